@@ -1,0 +1,21 @@
+using Iced.Intel;
+
+namespace Dirigent.Accel.Emu.Core;
+
+/// <summary>
+/// A run of decoded instructions that starts at one guest address and ends at a control transfer, a
+/// mode-changing instruction, a page boundary or a length cap. Decoded once, run many times, dropped when a
+/// write touches its bytes.
+/// </summary>
+internal sealed unsafe class Block
+{
+    public ulong Phys;      // guest-physical address of the first byte
+    public ulong Ip;        // CS offset it was decoded at (branch targets and RIP-relative operands depend on it)
+    public ulong Linear;    // linear address it was fetched from (jump-cache validation)
+    public int Bits;        // decoder bitness
+    public ulong Page0, Page1 = ulong.MaxValue; // guest-physical pages the bytes live on
+    public Instruction[] Instrs = [];
+    public delegate*<Cpu, ref Instruction, void>[] Handlers = [];
+    public int Count;
+    public volatile bool Valid = true;
+}

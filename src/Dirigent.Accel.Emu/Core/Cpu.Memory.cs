@@ -1,0 +1,438 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+
+namespace Dirigent.Accel.Emu.Core;
+
+public enum Access { Read = 0, Write = 1, Exec = 2 }
+
+/// <summary>One software-TLB entry: linear page → host pointer (as an addend) and guest-physical page.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct TlbEntry
+{
+    public ulong Tag;       // linear page number, or ulong.MaxValue when empty
+    public ulong Addend;    // host address = linear + Addend
+    public ulong PhysPage;  // guest-physical page base
+}
+
+public sealed unsafe partial class Cpu
+{
+    // QEMU-softmmu-style TLB: direct-mapped, one table per (privilege, access kind), so a hit is a shift, a mask,
+    // one compare and a load from host memory. Entries only ever point at RAM; MMIO and code pages that must trap
+    // writes (for self-modifying code) always take the slow path.
+    private const int TlbBits = 9;
+    private const int TlbSize = 1 << TlbBits;
+    private const ulong TlbMask = TlbSize - 1;
+    private TlbEntry* _tlbBase;
+    private TlbEntry* _tlbR, _tlbW, _tlbX;
+    public ulong TlbMisses;
+
+    private void AllocTlb()
+    {
+        _tlbBase = (TlbEntry*)NativeMemory.AlignedAlloc((nuint)(sizeof(TlbEntry) * TlbSize * 6), 64);
+        FlushTlb();
+        SelectTlb();
+    }
+
+    private void FreeTlb()
+    {
+        if (_tlbBase != null) NativeMemory.AlignedFree(_tlbBase);
+        _tlbBase = null;
+    }
+
+    /// <summary>Drops every cached translation (CR3/CR0/CR4/EFER writes).</summary>
+    public void FlushTlb()
+    {
+        for (int k = 0; k < TlbSize * 6; k++) { _tlbBase[k].Tag = ulong.MaxValue; }
+    }
+
+    /// <summary>INVLPG: drops the translations of one linear page.</summary>
+    public void FlushTlbPage(ulong linear)
+    {
+        ulong page = linear >> 12;
+        int idx = (int)(page & TlbMask);
+        for (int t = 0; t < 6; t++)
+            if (_tlbBase[t * TlbSize + idx].Tag == page) _tlbBase[t * TlbSize + idx].Tag = ulong.MaxValue;
+    }
+
+    /// <summary>Drops write translations that point at a guest-physical page (it just became a code page).</summary>
+    internal void FlushTlbWritesTo(ulong physPage)
+    {
+        for (int t = 0; t < 2; t++)
+        {
+            TlbEntry* w = _tlbBase + (t * 3 + 1) * TlbSize;
+            for (int k = 0; k < TlbSize; k++)
+                if (w[k].Tag != ulong.MaxValue && w[k].PhysPage == physPage) w[k].Tag = ulong.MaxValue;
+        }
+    }
+
+    private void SelectTlb()
+    {
+        TlbEntry* set = _tlbBase + (Cpl == 3 ? 3 * TlbSize : 0);
+        _tlbR = set;
+        _tlbW = set + TlbSize;
+        _tlbX = set + 2 * TlbSize;
+    }
+
+    // ---------------- fast paths ----------------
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public byte Read8(ulong la)
+    {
+        ulong page = la >> 12;
+        TlbEntry* e = _tlbR + (page & TlbMask);
+        if (e->Tag == page) return *(byte*)(la + e->Addend);
+        return (byte)ReadSlow(la, 1);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ushort Read16(ulong la)
+    {
+        ulong page = la >> 12;
+        TlbEntry* e = _tlbR + (page & TlbMask);
+        if (e->Tag == page && (la & 0xFFF) <= 0xFFE) return *(ushort*)(la + e->Addend);
+        return (ushort)ReadSlow(la, 2);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public uint Read32(ulong la)
+    {
+        ulong page = la >> 12;
+        TlbEntry* e = _tlbR + (page & TlbMask);
+        if (e->Tag == page && (la & 0xFFF) <= 0xFFC) return *(uint*)(la + e->Addend);
+        return (uint)ReadSlow(la, 4);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ulong Read64(ulong la)
+    {
+        ulong page = la >> 12;
+        TlbEntry* e = _tlbR + (page & TlbMask);
+        if (e->Tag == page && (la & 0xFFF) <= 0xFF8) return *(ulong*)(la + e->Addend);
+        return ReadSlow(la, 8);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Write8(ulong la, byte v)
+    {
+        ulong page = la >> 12;
+        TlbEntry* e = _tlbW + (page & TlbMask);
+        if (e->Tag == page) { *(byte*)(la + e->Addend) = v; return; }
+        WriteSlow(la, 1, v);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Write16(ulong la, ushort v)
+    {
+        ulong page = la >> 12;
+        TlbEntry* e = _tlbW + (page & TlbMask);
+        if (e->Tag == page && (la & 0xFFF) <= 0xFFE) { *(ushort*)(la + e->Addend) = v; return; }
+        WriteSlow(la, 2, v);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Write32(ulong la, uint v)
+    {
+        ulong page = la >> 12;
+        TlbEntry* e = _tlbW + (page & TlbMask);
+        if (e->Tag == page && (la & 0xFFF) <= 0xFFC) { *(uint*)(la + e->Addend) = v; return; }
+        WriteSlow(la, 4, v);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void Write64(ulong la, ulong v)
+    {
+        ulong page = la >> 12;
+        TlbEntry* e = _tlbW + (page & TlbMask);
+        if (e->Tag == page && (la & 0xFFF) <= 0xFF8) { *(ulong*)(la + e->Addend) = v; return; }
+        WriteSlow(la, 8, v);
+    }
+
+    /// <summary>Reads 1, 2, 4 or 8 bytes at a linear address.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public ulong ReadLinear(ulong la, int size) => size switch
+    {
+        1 => Read8(la),
+        2 => Read16(la),
+        4 => Read32(la),
+        _ => Read64(la),
+    };
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void WriteLinear(ulong la, int size, ulong v)
+    {
+        switch (size)
+        {
+            case 1: Write8(la, (byte)v); break;
+            case 2: Write16(la, (ushort)v); break;
+            case 4: Write32(la, (uint)v); break;
+            default: Write64(la, v); break;
+        }
+    }
+
+    /// <summary>
+    /// Host pointer for an aligned-within-page RAM access that the caller will perform atomically (LOCK prefix,
+    /// XCHG, CMPXCHG). Returns null for MMIO or page-crossing accesses; callers then fall back to
+    /// <see cref="ReadLinear"/>/<see cref="WriteLinear"/> under <see cref="SplitLock"/>.
+    /// </summary>
+    public byte* HostPointerForRmw(ulong la, int size)
+    {
+        if ((la & 0xFFF) + (ulong)size > 0x1000) return null;
+        ulong page = la >> 12;
+        TlbEntry* e = _tlbW + (page & TlbMask);
+        if (e->Tag != page)
+        {
+            // The write translation fills the TLB unless the page is code or MMIO.
+            ulong pa = Translate(la, Access.Write, Cpl == 3);
+            byte* p = _mem.TryGetHostPointer(pa, (ulong)size);
+            if (p == null) return null;
+            _codeCache.NotifyWrite(pa, size, this);
+            return p;
+        }
+        return (byte*)(la + e->Addend);
+    }
+
+    /// <summary>Serializes atomic operations that cannot use a host atomic (split across pages, MMIO).</summary>
+    public static readonly object SplitLock = new();
+
+    // ---------------- slow paths ----------------
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private ulong ReadSlow(ulong la, int size)
+    {
+        if ((la & 0xFFF) + (ulong)size > 0x1000)
+        {
+            ulong v = 0;
+            for (int k = 0; k < size; k++) v |= (ulong)ReadByteSlow(la + (ulong)k) << (8 * k);
+            return v;
+        }
+        ulong pa = TranslateAndFill(la, Access.Read);
+        byte* p = _mem.TryGetHostPointer(pa, (ulong)size);
+        if (p != null) return size switch { 1 => *p, 2 => *(ushort*)p, 4 => *(uint*)p, _ => *(ulong*)p };
+        return _vm.Mmio.Read(pa, size);
+    }
+
+    private byte ReadByteSlow(ulong la)
+    {
+        ulong pa = TranslateAndFill(la, Access.Read);
+        byte* p = _mem.TryGetHostPointer(pa);
+        return p != null ? *p : (byte)_vm.Mmio.Read(pa, 1);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void WriteSlow(ulong la, int size, ulong v)
+    {
+        if ((la & 0xFFF) + (ulong)size > 0x1000)
+        {
+            // Check both pages before storing anything, so a fault on the second page leaves memory untouched.
+            Translate(la, Access.Write, Cpl == 3);
+            Translate(la + (ulong)size - 1, Access.Write, Cpl == 3);
+            for (int k = 0; k < size; k++) WriteByteSlow(la + (ulong)k, (byte)(v >> (8 * k)));
+            return;
+        }
+        ulong pa = TranslateAndFill(la, Access.Write);
+        byte* p = _mem.TryGetHostPointer(pa, (ulong)size);
+        if (p != null)
+        {
+            switch (size)
+            {
+                case 1: *p = (byte)v; break;
+                case 2: *(ushort*)p = (ushort)v; break;
+                case 4: *(uint*)p = (uint)v; break;
+                default: *(ulong*)p = v; break;
+            }
+            _codeCache.NotifyWrite(pa, size, this);
+            return;
+        }
+        _vm.Mmio.Write(pa, size, v);
+    }
+
+    private void WriteByteSlow(ulong la, byte v)
+    {
+        ulong pa = TranslateAndFill(la, Access.Write);
+        byte* p = _mem.TryGetHostPointer(pa);
+        if (p != null) { *p = v; _codeCache.NotifyWrite(pa, 1, this); }
+        else _vm.Mmio.Write(pa, 1, v);
+    }
+
+    /// <summary>Translates for the current privilege and fills the TLB when the target is cacheable RAM.</summary>
+    private ulong TranslateAndFill(ulong la, Access acc)
+    {
+        TlbMisses++;
+        ulong pa = Translate(la, acc, Cpl == 3);
+        ulong ppage = pa & ~0xFFFUL;
+        byte* host = _mem.TryGetHostPointer(ppage, 4096);
+        if (host != null && !(acc == Access.Write && _codeCache.IsCodePage(ppage)))
+        {
+            ulong page = la >> 12;
+            TlbEntry* t = acc switch { Access.Read => _tlbR, Access.Write => _tlbW, _ => _tlbX };
+            TlbEntry* e = t + (page & TlbMask);
+            e->Tag = page;
+            e->Addend = (ulong)host - (la & ~0xFFFUL);
+            e->PhysPage = ppage;
+        }
+        return pa;
+    }
+
+    /// <summary>Linear → guest-physical for an instruction fetch, via the execute TLB.</summary>
+    internal ulong TranslateFetch(ulong la)
+    {
+        ulong page = la >> 12;
+        TlbEntry* e = _tlbX + (page & TlbMask);
+        if (e->Tag == page) return e->PhysPage | (la & 0xFFF);
+        return TranslateAndFill(la, Access.Exec);
+    }
+
+    // ---------------- page walk ----------------
+
+    /// <summary>Physical-address width we advertise in CPUID 0x80000008; page-table bits above it are reserved.</summary>
+    public const int MaxPhysAddrBits = 40;
+    private const ulong PhysAddrMask = ((1UL << MaxPhysAddrBits) - 1) & ~0xFFFUL;
+    private const ulong PteP = 1, PteRW = 2, PteUS = 4, PteA = 0x20, PteD = 0x40, PtePS = 0x80;
+    private const ulong PteNX = 1UL << 63;
+
+    /// <summary>
+    /// Walks the guest page tables (none, 32-bit, PAE or 4-level, per CR0/CR4/EFER), sets accessed/dirty bits and
+    /// checks U/S, R/W (with CR0.WP) and NX. Raises #PF with the SDM error code and CR2 on failure; #GP for a
+    /// non-canonical address in long mode.
+    /// </summary>
+    public ulong Translate(ulong la, Access acc, bool user)
+    {
+        if ((Cr0 & Cr0PG) == 0)
+            return LongModeActive ? la : la & 0xFFFF_FFFF;
+        if (LongModeActive)
+        {
+            if ((ulong)((long)(la << 16) >> 16) != la) throw new CpuException(Vec.GP, 0);
+            return Walk4Level(la, acc, user);
+        }
+        la &= 0xFFFF_FFFF;
+        return (Cr4 & Cr4PAE) != 0 ? WalkPae(la, acc, user) : Walk32(la, acc, user);
+    }
+
+    private ulong ReadPte(ulong pa, bool wide)
+    {
+        byte* p = _mem.TryGetHostPointer(pa, wide ? 8UL : 4UL);
+        if (p == null) return 0; // page tables outside RAM read as not-present
+        return wide ? Volatile.Read(ref *(ulong*)p) : Volatile.Read(ref *(uint*)p);
+    }
+
+    private void SetPteBits(ulong pa, bool wide, ulong bits)
+    {
+        byte* p = _mem.TryGetHostPointer(pa, wide ? 8UL : 4UL);
+        if (p == null) return;
+        // Atomic OR: other vCPUs and the guest's own page-table code may be updating the same entry.
+        if (wide) Interlocked.Or(ref *(ulong*)p, bits);
+        else Interlocked.Or(ref *(uint*)p, (uint)bits);
+        _codeCache.NotifyWrite(pa, wide ? 8 : 4, this);
+    }
+
+    private CpuException PageFault(ulong la, Access acc, bool user, bool present, bool rsvd)
+    {
+        uint ec = 0;
+        if (present) ec |= 1;
+        if (acc == Access.Write) ec |= 2;
+        if (user) ec |= 4;
+        if (rsvd) ec |= 8;
+        if (acc == Access.Exec && (Efer & EferNXE) != 0 && ((Cr4 & Cr4PAE) != 0)) ec |= 16;
+        Cr2 = la;
+        return new CpuException(Vec.PF, ec);
+    }
+
+    private void CheckLeaf(ulong la, Access acc, bool user, ulong rights, bool nx)
+    {
+        bool uok = (rights & PteUS) != 0, wok = (rights & PteRW) != 0;
+        if (user && !uok) throw PageFault(la, acc, user, true, false);
+        if (acc == Access.Write && !wok && (user || (Cr0 & Cr0WP) != 0)) throw PageFault(la, acc, user, true, false);
+        if (acc == Access.Exec && nx) throw PageFault(la, acc, user, true, false);
+    }
+
+    private static readonly ulong RsvdHigh = ((1UL << 52) - 1) & ~((1UL << MaxPhysAddrBits) - 1);
+
+    private ulong Walk4Level(ulong la, Access acc, bool user)
+    {
+        bool nxe = (Efer & EferNXE) != 0;
+        ulong table = Cr3 & PhysAddrMask;
+        ulong rights = PteRW | PteUS;
+        bool nx = false;
+        for (int level = 3; level >= 0; level--)
+        {
+            int shift = 12 + 9 * level;
+            ulong ea = table + (((la >> shift) & 0x1FF) << 3);
+            ulong e = ReadPte(ea, true);
+            if ((e & PteP) == 0) throw PageFault(la, acc, user, false, false);
+            bool leaf = level == 0 || (level <= 2 && (e & PtePS) != 0);
+            ulong pageMask = (1UL << shift) - 1;
+            // Large-page frames must be aligned: bits 12..shift-1 other than PAT (bit 12) are reserved.
+            bool misaligned = leaf && level > 0 && (e & pageMask & ~0x1FFFUL) != 0;
+            if ((e & RsvdHigh) != 0 || (!nxe && (e & PteNX) != 0) || (level == 3 && (e & PtePS) != 0) || misaligned)
+                throw PageFault(la, acc, user, true, true);
+            rights &= e;
+            nx |= nxe && (e & PteNX) != 0;
+            if (leaf)
+            {
+                CheckLeaf(la, acc, user, rights, nx);
+                ulong need = PteA | (acc == Access.Write ? PteD : 0);
+                if ((e & need) != need) SetPteBits(ea, true, need);
+                return (e & PhysAddrMask & ~pageMask) | (la & pageMask);
+            }
+            // Non-leaf accessed bits are set as the walk passes, even if it later faults (SDM 4.8).
+            if ((e & PteA) == 0) SetPteBits(ea, true, PteA);
+            table = e & PhysAddrMask;
+        }
+        throw new InvalidOperationException("unreachable");
+    }
+
+    private ulong WalkPae(ulong la, Access acc, bool user)
+    {
+        bool nxe = (Efer & EferNXE) != 0;
+        ulong pdpte = ReadPte((Cr3 & 0xFFFF_FFE0UL) + ((la >> 30) & 3) * 8, true);
+        if ((pdpte & PteP) == 0) throw PageFault(la, acc, user, false, false);
+        ulong rights = PteRW | PteUS;
+        bool nx = false;
+        ulong table = pdpte & PhysAddrMask;
+        for (int level = 1; level >= 0; level--)
+        {
+            int shift = 12 + 9 * level;
+            ulong ea = table + (((la >> shift) & 0x1FF) << 3);
+            ulong e = ReadPte(ea, true);
+            if ((e & PteP) == 0) throw PageFault(la, acc, user, false, false);
+            if ((e & RsvdHigh) != 0 || (!nxe && (e & PteNX) != 0)) throw PageFault(la, acc, user, true, true);
+            rights &= e;
+            nx |= nxe && (e & PteNX) != 0;
+            if (level == 0 || (e & PtePS) != 0)
+            {
+                CheckLeaf(la, acc, user, rights, nx);
+                ulong need = PteA | (acc == Access.Write ? PteD : 0);
+                if ((e & need) != need) SetPteBits(ea, true, need);
+                ulong pageMask = (1UL << shift) - 1;
+                return (e & PhysAddrMask & ~pageMask) | (la & pageMask);
+            }
+            if ((e & PteA) == 0) SetPteBits(ea, true, PteA);
+            table = e & PhysAddrMask;
+        }
+        throw new InvalidOperationException("unreachable");
+    }
+
+    private ulong Walk32(ulong la, Access acc, bool user)
+    {
+        ulong pdeAddr = (Cr3 & 0xFFFF_F000UL) + ((la >> 22) << 2);
+        ulong pde = ReadPte(pdeAddr, false);
+        if ((pde & PteP) == 0) throw PageFault(la, acc, user, false, false);
+        if ((pde & PtePS) != 0 && (Cr4 & Cr4PSE) != 0)
+        {
+            CheckLeaf(la, acc, user, pde, false);
+            ulong need4m = PteA | (acc == Access.Write ? PteD : 0);
+            if ((pde & need4m) != need4m) SetPteBits(pdeAddr, false, need4m);
+            // PSE-36: bits 13..20 of the PDE are physical-address bits 32..39.
+            ulong frame = (pde & 0xFFC0_0000UL) | (((pde >> 13) & 0xFF) << 32);
+            return frame | (la & 0x3F_FFFF);
+        }
+        ulong pteAddr = (pde & 0xFFFF_F000UL) + (((la >> 12) & 0x3FF) << 2);
+        ulong pte = ReadPte(pteAddr, false);
+        if ((pte & PteP) == 0) throw PageFault(la, acc, user, false, false);
+        CheckLeaf(la, acc, user, pde & pte, false);
+        if ((pde & PteA) == 0) SetPteBits(pdeAddr, false, PteA);
+        ulong need = PteA | (acc == Access.Write ? PteD : 0);
+        if ((pte & need) != need) SetPteBits(pteAddr, false, need);
+        return (pte & 0xFFFF_F000UL) | (la & 0xFFF);
+    }
+}

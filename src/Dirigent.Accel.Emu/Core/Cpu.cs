@@ -1,0 +1,310 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using Dirigent.Machine;
+using Dirigent.Machine.Accel;
+using Dirigent.Machine.Memory;
+using Iced.Intel;
+
+namespace Dirigent.Accel.Emu.Core;
+
+/// <summary>
+/// One software x86-64 vCPU. Its architectural state is spread over partial files by concern (flags, memory/TLB,
+/// segmentation, exceptions, FPU); instruction semantics live under Instructions/, one static class per group,
+/// registered into <see cref="Dispatch"/> by Iced <see cref="Code"/>.
+/// </summary>
+public sealed unsafe partial class Cpu : IVcpu, IDisposable
+{
+    private readonly VirtualMachine _vm;
+    private readonly GuestMemory _mem;
+    private readonly CodeCache _codeCache;
+
+    public int Index { get; }
+    public VirtualMachine Machine => _vm;
+
+    // ---------------- architectural state ----------------
+    /// <summary>RAX..R15 in encoding order.</summary>
+    public readonly ulong[] Gpr = new ulong[16];
+    /// <summary>Offset of the next instruction in CS (set before each handler runs; branches overwrite it).</summary>
+    public ulong Rip;
+    /// <summary>Offset of the instruction now executing: faults report it, and it is where they resume.</summary>
+    public ulong InstrIp;
+    public readonly SegmentState[] Sreg = new SegmentState[6];
+    public SegmentState Ldtr, Tr;
+    public TableRegister Gdtr, Idtr;
+    public ulong Cr0, Cr2, Cr3, Cr4, Cr8, Efer;
+    public readonly ulong[] Dr = new ulong[8];
+    public readonly Vector128<byte>[] Xmm = new Vector128<byte>[16];
+    public uint Mxcsr = 0x1F80;
+
+    // MSRs the CPU itself interprets; everything else it accepts lives in OtherMsrs.
+    public ulong Star, Lstar, Cstar, Sfmask, KernelGsBase, SysenterCs, SysenterEsp, SysenterEip, TscAux, Pat = 0x0007040600070406UL;
+    public ulong ApicBase = 0xFEE0_0900; // BSP, xAPIC enabled
+    public ulong MiscEnable = 1; // fast strings
+    public readonly Dictionary<uint, ulong> OtherMsrs = new();
+
+    public const ulong Cr0PE = 1, Cr0MP = 2, Cr0EM = 4, Cr0TS = 8, Cr0ET = 0x10, Cr0NE = 0x20, Cr0WP = 0x1_0000,
+        Cr0AM = 0x4_0000, Cr0NW = 0x2000_0000, Cr0CD = 0x4000_0000, Cr0PG = 0x8000_0000;
+    public const ulong Cr4VME = 1, Cr4PVI = 2, Cr4TSD = 4, Cr4DE = 8, Cr4PSE = 0x10, Cr4PAE = 0x20, Cr4MCE = 0x40,
+        Cr4PGE = 0x80, Cr4PCE = 0x100, Cr4OSFXSR = 0x200, Cr4OSXMMEXCPT = 0x400;
+    public const ulong EferSCE = 1, EferLME = 0x100, EferLMA = 0x400, EferNXE = 0x800;
+
+    // ---------------- derived mode (recomputed by UpdateMode) ----------------
+    /// <summary>Current privilege level.</summary>
+    public int Cpl { get; private set; }
+    /// <summary>16, 32 or 64: the default operand/address size of the code segment, i.e. the decoder's bitness.</summary>
+    public int CodeBits { get; private set; } = 16;
+    /// <summary>8 in 64-bit mode, else 4 or 2 from SS.B: the width of pushes' stack pointer.</summary>
+    public int StackAddrSize { get; private set; } = 2;
+    public bool LongModeActive => (Efer & EferLMA) != 0;
+    public bool ProtectedMode => (Cr0 & Cr0PE) != 0;
+    public bool Is64BitMode => CodeBits == 64;
+    public bool IsRealMode => (Cr0 & Cr0PE) == 0;
+    public bool IsV86Mode => (_flags & VM) != 0;
+
+    // ---------------- run control ----------------
+    private volatile bool _stopRequested;
+    private volatile int _pendingEvents;
+    private readonly ulong[] _pendingVectors = new ulong[4];
+    private volatile bool _nmiPending;
+    private bool _nmiBlocked;
+    private readonly ManualResetEventSlim _wake = new(false);
+    /// <summary>Set by handlers that change state the current block was decoded or translated under.</summary>
+    public bool BlockExit;
+    /// <summary>STI / MOV SS / POP SS: interrupts are held off until after the next instruction.</summary>
+    public bool InterruptShadow;
+    public bool Halted;
+    private ulong _instret;
+    private Block? _currentBlock;
+
+    public ulong InstructionsRetired => _instret;
+
+    /// <summary>Called once per undefined/unimplemented opcode (first occurrence), for logging.</summary>
+    public Action<string>? Log;
+
+    internal Cpu(VirtualMachine vm, CodeCache cache, int index)
+    {
+        _vm = vm;
+        _mem = vm.Memory;
+        _codeCache = cache;
+        Index = index;
+        AllocTlb();
+        cache.Register(this);
+        SetState(CpuState.Reset());
+    }
+
+    public void Dispose()
+    {
+        _codeCache.Unregister(this);
+        FreeTlb();
+        _wake.Dispose();
+    }
+
+    // ---------------- IVcpu ----------------
+
+    public void RequestStop()
+    {
+        _stopRequested = true;
+        _pendingEvents = 1;
+        _wake.Set();
+    }
+
+    public void InjectInterrupt(byte vector)
+    {
+        Interlocked.Or(ref _pendingVectors[vector >> 6], 1UL << (vector & 63));
+        _pendingEvents = 1;
+        _wake.Set();
+    }
+
+    public void InjectNmi()
+    {
+        _nmiPending = true;
+        _pendingEvents = 1;
+        _wake.Set();
+    }
+
+    /// <summary>Guest-visible TSC frequency (CPUID 0x15/0x16 advertise it).</summary>
+    public const ulong TscHz = 2_000_000_000;
+    private static readonly long s_tscEpoch = System.Diagnostics.Stopwatch.GetTimestamp();
+    public long TscOffset;
+
+    /// <summary>The TSC from the host monotonic clock, scaled to <see cref="TscHz"/>.</summary>
+    public ulong ReadTsc()
+    {
+        long ticks = System.Diagnostics.Stopwatch.GetTimestamp() - s_tscEpoch;
+        UInt128 t = (UInt128)(ulong)ticks * TscHz / (ulong)System.Diagnostics.Stopwatch.Frequency;
+        return (ulong)t + (ulong)TscOffset;
+    }
+
+    public VcpuExit Run()
+    {
+        _stopRequested = false;
+        while (true)
+        {
+            if (_pendingEvents != 0)
+            {
+                if (_stopRequested)
+                {
+                    _stopRequested = false;
+                    _pendingEvents = 0;
+                    if (_vm.PowerEvent != PowerEventKind.None) return new VcpuExit(VcpuExitReason.PowerEvent, _vm.PowerEvent.ToString());
+                    return new VcpuExit(VcpuExitReason.Stopped);
+                }
+            }
+            if (Halted)
+            {
+                if (!HasDeliverableEvent())
+                {
+                    if (!InterruptsEnabled && !_nmiPending) return new VcpuExit(VcpuExitReason.HaltedForever, $"HLT with IF=0 at {Sreg[CS].Selector:x4}:{InstrIp:x}");
+                    // HLT sleeps the thread; InjectInterrupt/RequestStop wake it.
+                    _wake.Wait(100);
+                    _wake.Reset();
+                    continue;
+                }
+                Halted = false;
+            }
+            try
+            {
+                if (_pendingEvents != 0 && !InterruptShadow) DeliverPendingEvents();
+                InterruptShadow = false;
+                InstrIp = Rip;
+                Block b = GetBlock();
+                ExecuteBlock(b);
+            }
+            catch (CpuException ex)
+            {
+                Rip = InstrIp;
+                BlockExit = false;
+                if (!DeliverException(ex.Vector, ex.ErrorCode, ex.HasErrorCode, softwareInt: false))
+                    return new VcpuExit(VcpuExitReason.Shutdown, $"triple fault ({ex.Message}) at {Sreg[CS].Selector:x4}:{InstrIp:x}");
+            }
+            catch (TripleFaultException tf)
+            {
+                return new VcpuExit(VcpuExitReason.Shutdown, tf.Message);
+            }
+        }
+    }
+
+    private bool HasDeliverableEvent()
+    {
+        if (_stopRequested) return true;
+        if (_nmiPending && !_nmiBlocked) return true;
+        if (!InterruptsEnabled) return false;
+        for (int k = 0; k < 4; k++) if (Volatile.Read(ref _pendingVectors[k]) != 0) return true;
+        return false;
+    }
+
+    /// <summary>Delivers an NMI or the highest pending external interrupt, if the guest can take it now.</summary>
+    private void DeliverPendingEvents()
+    {
+        _pendingEvents = 0;
+        if (_nmiPending && !_nmiBlocked)
+        {
+            _nmiPending = false;
+            _nmiBlocked = true;
+            InstrIp = Rip;
+            DeliverInterrupt(Vec.NMI);
+            return;
+        }
+        bool any = _nmiPending;
+        for (int k = 3; k >= 0; k--)
+        {
+            ulong bits = Volatile.Read(ref _pendingVectors[k]);
+            if (bits == 0) continue;
+            any = true;
+            if (!InterruptsEnabled) break;
+            int bit = 63 - System.Numerics.BitOperations.LeadingZeroCount(bits);
+            Interlocked.And(ref _pendingVectors[k], ~(1UL << bit));
+            InstrIp = Rip;
+            DeliverInterrupt(k * 64 + bit);
+            for (int j = 0; j < 4; j++) if (Volatile.Read(ref _pendingVectors[j]) != 0) any = true;
+            break;
+        }
+        // Keep polling while something is still waiting (masked by IF, or more vectors queued).
+        if (any || _stopRequested) _pendingEvents = 1;
+    }
+
+    private void DeliverInterrupt(int vector)
+    {
+        if (!DeliverException(vector, 0, false, softwareInt: false, external: true))
+            throw new TripleFaultException($"triple fault delivering interrupt {vector} at {Sreg[CS].Selector:x4}:{Rip:x}");
+    }
+
+    /// <summary>Called when IF becomes 1 (STI, POPF, IRET) so that pending interrupts are looked at again.</summary>
+    public void OnInterruptsMaybeEnabled() => _pendingEvents = 1;
+
+    /// <summary>NMI blocking ends at the next IRET (SDM 6.7.1).</summary>
+    public void OnIret() { if (_nmiBlocked) { _nmiBlocked = false; if (_nmiPending) _pendingEvents = 1; } }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void ExecuteBlock(Block b)
+    {
+        _currentBlock = b;
+        var instrs = b.Instrs;
+        var handlers = b.Handlers;
+        int n = b.Count;
+        int k = 0;
+        try
+        {
+            for (; k < n; k++)
+            {
+                ref Instruction i = ref instrs[k];
+                InstrIp = Rip;
+                Rip = i.NextIP;
+                handlers[k](this, ref i);
+                if (BlockExit) { BlockExit = false; k++; break; }
+            }
+        }
+        finally
+        {
+            _instret += (ulong)k;
+            _currentBlock = null;
+        }
+    }
+
+    /// <summary>Ends the current block after this instruction (mode, paging or code changed).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void EndBlock() => BlockExit = true;
+
+    /// <summary>The code cache tells the CPU that the block it is running was overwritten.</summary>
+    internal void OnBlockInvalidated(Block b)
+    {
+        if (ReferenceEquals(b, _currentBlock)) BlockExit = true;
+    }
+
+    // ---------------- block lookup ----------------
+
+    private const int JmpCacheBits = 12;
+    private readonly Block?[] _jmpCache = new Block?[2 << JmpCacheBits];
+
+    internal void FlushJmpCache() => Array.Clear(_jmpCache);
+
+    private Block GetBlock()
+    {
+        ulong linear = Is64BitMode ? Rip : (uint)(Sreg[CS].Base + Rip);
+        int idx = (int)((linear ^ (linear >> JmpCacheBits)) & ((1 << JmpCacheBits) - 1)) + (Cpl == 3 ? 1 << JmpCacheBits : 0);
+        Block? b = _jmpCache[idx];
+        if (b != null && b.Valid && b.Linear == linear && b.Ip == Rip && b.Bits == CodeBits) return b;
+        if (!Is64BitMode && Rip > Sreg[CS].Limit) throw new CpuException(Vec.GP, 0);
+        ulong phys = TranslateFetch(linear);
+        b = _codeCache.Lookup(phys, Rip, CodeBits);
+        if (b == null || b.Linear != linear)
+        {
+            b = _codeCache.Translate(this, linear, phys, Rip, CodeBits);
+        }
+        _jmpCache[idx] = b;
+        return b;
+    }
+
+    internal void SetCr2Raw(ulong v) => Cr2 = v;
+
+    public void Halt()
+    {
+        Halted = true;
+        EndBlock();
+    }
+
+    public void LogOnce(string message) => Log?.Invoke(message);
+}
+
+/// <summary>A fault while delivering a double fault: the CPU shuts down (a PC resets).</summary>
+public sealed class TripleFaultException(string message) : Exception(message);

@@ -1,0 +1,50 @@
+namespace Dirigent.Machine.Accel;
+
+/// <summary>Why <see cref="IVcpu.Run"/> returned.</summary>
+public enum VcpuExitReason
+{
+    /// <summary><see cref="IVcpu.RequestStop"/> was called (pause, shutdown of the VM, a device asked to stop).</summary>
+    Stopped,
+    /// <summary>The guest executed HLT with interrupts disabled and no NMI can wake it: it will never run again.</summary>
+    HaltedForever,
+    /// <summary>Triple fault or shutdown: a real PC resets here.</summary>
+    Shutdown,
+    /// <summary>A device (reset port, ACPI, debug-exit) asked the machine to reset or power off; see <see cref="VirtualMachine.PowerEvent"/>.</summary>
+    PowerEvent,
+    /// <summary>The accelerator failed in a way that is not the guest's doing (a bug or host error).</summary>
+    InternalError,
+}
+
+public readonly record struct VcpuExit(VcpuExitReason Reason, string Detail = "");
+
+/// <summary>
+/// One accelerator: the software CPU or KVM. It runs vCPUs over a <see cref="VirtualMachine"/>'s memory and buses;
+/// devices never see it.
+/// </summary>
+public interface IAccelerator : IDisposable
+{
+    string Name { get; }
+    IVcpu CreateVcpu(int index);
+}
+
+public interface IVcpu
+{
+    int Index { get; }
+
+    /// <summary>Runs the guest on the calling thread until an exit (see <see cref="VcpuExitReason"/>).</summary>
+    VcpuExit Run();
+
+    /// <summary>Thread-safe: makes a running or halted <see cref="Run"/> return <see cref="VcpuExitReason.Stopped"/> soon.</summary>
+    void RequestStop();
+
+    CpuState GetState();
+    void SetState(CpuState state);
+
+    /// <summary>Thread-safe: an external (maskable) interrupt with this vector is pending until the guest takes it.</summary>
+    void InjectInterrupt(byte vector);
+    /// <summary>Thread-safe: an NMI is pending.</summary>
+    void InjectNmi();
+
+    /// <summary>Guest instructions retired so far (the software CPU counts them exactly; KVM may not know).</summary>
+    ulong InstructionsRetired { get; }
+}

@@ -1,0 +1,124 @@
+using System.Runtime.InteropServices;
+
+namespace Dirigent.Machine.Memory;
+
+/// <summary>One contiguous block of guest RAM backed by a single native allocation.</summary>
+public sealed unsafe class RamRegion
+{
+    public ulong GuestBase { get; }
+    public ulong Size { get; }
+    public byte* Host { get; }
+
+    internal RamRegion(ulong guestBase, ulong size)
+    {
+        GuestBase = guestBase;
+        Size = size;
+        // Zeroed like fresh DRAM after a cold reset as QEMU presents it; guests rely on e.g. BSS being untouched garbage-free.
+        Host = (byte*)NativeMemory.AlignedAlloc((nuint)size, 4096);
+        NativeMemory.Clear(Host, (nuint)size);
+    }
+
+    internal void Free() => NativeMemory.AlignedFree(Host);
+}
+
+/// <summary>
+/// Guest-physical address space: RAM regions with holes between them (MMIO windows).
+/// Every accessor is bounds-checked, so nothing the guest programs can make the host touch memory outside its RAM.
+/// </summary>
+public sealed unsafe class GuestMemory : IDisposable
+{
+    /// <summary>Start of the 32-bit MMIO hole (PCI window, IOAPIC, LAPIC, BIOS flash) as on a PC with &gt;3.5 GiB.</summary>
+    public const ulong LowMmioStart = 0xE000_0000;
+    public const ulong HighRamStart = 0x1_0000_0000;
+    public const int PageShift = 12;
+    public const ulong PageSize = 1UL << PageShift;
+
+    private readonly RamRegion[] _regions;
+    private bool _disposed;
+
+    public ulong RamSize { get; }
+    public IReadOnlyList<RamRegion> Regions => _regions;
+
+    /// <summary>Highest guest-physical address + 1 that is backed by RAM.</summary>
+    public ulong TopOfRam { get; }
+
+    /// <summary>Bumped whenever a page's contents may have changed behind an accelerator's back (DMA, loaders).</summary>
+    public event Action<ulong, ulong>? ExternalWrite;
+
+    public GuestMemory(ulong ramSize)
+    {
+        if (ramSize < PageSize || (ramSize & (PageSize - 1)) != 0)
+            throw new ArgumentException($"RAM size must be a positive multiple of 4 KiB, got {ramSize}");
+        RamSize = ramSize;
+        if (ramSize <= LowMmioStart)
+        {
+            _regions = [new RamRegion(0, ramSize)];
+            TopOfRam = ramSize;
+        }
+        else
+        {
+            _regions = [new RamRegion(0, LowMmioStart), new RamRegion(HighRamStart, ramSize - LowMmioStart)];
+            TopOfRam = HighRamStart + ramSize - LowMmioStart;
+        }
+    }
+
+    /// <summary>Host pointer for [gpa, gpa+len) if the whole range lies in one RAM region, else null.</summary>
+    public byte* TryGetHostPointer(ulong gpa, ulong len = 1)
+    {
+        foreach (var r in _regions)
+        {
+            ulong off = gpa - r.GuestBase;
+            if (gpa >= r.GuestBase && off < r.Size && len <= r.Size - off)
+                return r.Host + off;
+        }
+        return null;
+    }
+
+    public bool IsRam(ulong gpa, ulong len = 1) => TryGetHostPointer(gpa, len) != null;
+
+    /// <summary>Copies guest RAM into a host buffer; false (and nothing copied) if any byte is not RAM.</summary>
+    public bool TryRead(ulong gpa, Span<byte> dst)
+    {
+        byte* p = TryGetHostPointer(gpa, (ulong)dst.Length);
+        if (p == null) return false;
+        new ReadOnlySpan<byte>(p, dst.Length).CopyTo(dst);
+        return true;
+    }
+
+    public bool TryWrite(ulong gpa, ReadOnlySpan<byte> src)
+    {
+        byte* p = TryGetHostPointer(gpa, (ulong)src.Length);
+        if (p == null) return false;
+        src.CopyTo(new Span<byte>(p, src.Length));
+        ExternalWrite?.Invoke(gpa, (ulong)src.Length);
+        return true;
+    }
+
+    public void Read(ulong gpa, Span<byte> dst)
+    {
+        if (!TryRead(gpa, dst))
+            throw new ArgumentOutOfRangeException(nameof(gpa), $"guest-physical range 0x{gpa:x}+0x{dst.Length:x} is not RAM");
+    }
+
+    public void Write(ulong gpa, ReadOnlySpan<byte> src)
+    {
+        if (!TryWrite(gpa, src))
+            throw new ArgumentOutOfRangeException(nameof(gpa), $"guest-physical range 0x{gpa:x}+0x{src.Length:x} is not RAM");
+    }
+
+    public ulong ReadU64(ulong gpa) { Span<byte> b = stackalloc byte[8]; Read(gpa, b); return BitConverter.ToUInt64(b); }
+    public uint ReadU32(ulong gpa) { Span<byte> b = stackalloc byte[4]; Read(gpa, b); return BitConverter.ToUInt32(b); }
+    public ushort ReadU16(ulong gpa) { Span<byte> b = stackalloc byte[2]; Read(gpa, b); return BitConverter.ToUInt16(b); }
+    public byte ReadU8(ulong gpa) { Span<byte> b = stackalloc byte[1]; Read(gpa, b); return b[0]; }
+    public void WriteU64(ulong gpa, ulong v) { Span<byte> b = stackalloc byte[8]; BitConverter.TryWriteBytes(b, v); Write(gpa, b); }
+    public void WriteU32(ulong gpa, uint v) { Span<byte> b = stackalloc byte[4]; BitConverter.TryWriteBytes(b, v); Write(gpa, b); }
+    public void WriteU16(ulong gpa, ushort v) { Span<byte> b = stackalloc byte[2]; BitConverter.TryWriteBytes(b, v); Write(gpa, b); }
+    public void WriteU8(ulong gpa, byte v) { Span<byte> b = [v]; Write(gpa, b); }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (var r in _regions) r.Free();
+    }
+}

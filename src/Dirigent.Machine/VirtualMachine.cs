@@ -1,0 +1,39 @@
+using Dirigent.Machine.Bus;
+using Dirigent.Machine.Memory;
+
+namespace Dirigent.Machine;
+
+public enum PowerEventKind { None, PowerOff, Reset, DebugExit }
+
+/// <summary>
+/// The machine model shared by every accelerator: guest memory and the I/O and MMIO buses devices sit on.
+/// </summary>
+public sealed class VirtualMachine : IDisposable
+{
+    public GuestMemory Memory { get; }
+    public IoBus Io { get; } = new();
+    public MmioBus Mmio { get; } = new();
+
+    public PowerEventKind PowerEvent { get; private set; }
+    public int ExitCode { get; private set; }
+
+    /// <summary>Raised (on the requesting thread) when a device asks for power-off/reset; the VMM stops the vCPUs.</summary>
+    public event Action<PowerEventKind>? PowerEventRequested;
+
+    public VirtualMachine(ulong ramSize) => Memory = new GuestMemory(ramSize);
+
+    public void RequestPowerEvent(PowerEventKind kind, int exitCode = 0)
+    {
+        lock (this)
+        {
+            if (PowerEvent != PowerEventKind.None) return;
+            PowerEvent = kind;
+            ExitCode = exitCode;
+        }
+        PowerEventRequested?.Invoke(kind);
+    }
+
+    public void ClearPowerEvent() { lock (this) { PowerEvent = PowerEventKind.None; ExitCode = 0; } }
+
+    public void Dispose() => Memory.Dispose();
+}
