@@ -28,8 +28,15 @@ internal static unsafe class Dispatch
         IntegerMulDiv.Install(r);
         IntegerBit.Install(r);
         IntegerString.Install(r);
+        IntegerStack.Install(r);
+        IntegerMisc.Install(r);
         ControlFlow.Install(r);
+        ControlFlowFar.Install(r);
         SystemInstructions.Install(r);
+        SystemRegisters.Install(r);
+        SystemMsr.Install(r);
+        SystemCalls.Install(r);
+        SegmentInstructions.Install(r);
         Sse.Install(r);
         X87.Install(r);
     }

@@ -1,0 +1,11 @@
+using Dirigent.Accel.Emu.Core;
+using Iced.Intel;
+
+namespace Dirigent.Accel.Emu.Instructions;
+
+internal static unsafe class ControlFlowFar
+{
+    public static void Install(HandlerRegistry r)
+    {
+    }
+}

@@ -1,0 +1,121 @@
+using System.Text;
+using Decoder = Iced.Intel.Decoder;
+using Iced.Intel;
+
+namespace Dirigent.Tests.Native;
+
+/// <summary>
+/// Differential testing of the software CPU against the host CPU: the same instruction from the same random states,
+/// comparing GPRs, the flags the SDM defines for it, the FXSAVE image and the memory buffer.
+/// Case count per form: DIRIGENT_DIFF_CASES (default 64; set it high for a deep run).
+/// </summary>
+public sealed class Differential : IDisposable
+{
+    private readonly NativeRunner _native = new();
+    private readonly EmuRunner _emu = new();
+    public static int CasesPerForm => int.TryParse(Environment.GetEnvironmentVariable("DIRIGENT_DIFF_CASES"), out var n) && n > 0 ? n : 64;
+    public int CasesRun { get; private set; }
+
+    /// <summary>Assembles a single 64-bit instruction.</summary>
+    public static byte[] Asm(Action<Assembler> build)
+    {
+        var a = new Assembler(64);
+        build(a);
+        using var ms = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(ms), EmuRunner.CodeAddr);
+        return ms.ToArray();
+    }
+
+    /// <summary>RFLAGS bits the SDM leaves undefined for this instruction (Iced's instruction info), to mask out.</summary>
+    public static ulong UndefinedFlags(byte[] code)
+    {
+        var d = Decoder.Create(64, code);
+        d.IP = EmuRunner.CodeAddr;
+        d.Decode(out var ins);
+        var u = ins.RflagsUndefined;
+        ulong m = 0;
+        if ((u & RflagsBits.OF) != 0) m |= 1UL << 11;
+        if ((u & RflagsBits.SF) != 0) m |= 1UL << 7;
+        if ((u & RflagsBits.ZF) != 0) m |= 1UL << 6;
+        if ((u & RflagsBits.AF) != 0) m |= 1UL << 4;
+        if ((u & RflagsBits.CF) != 0) m |= 1UL << 0;
+        if ((u & RflagsBits.PF) != 0) m |= 1UL << 2;
+        return m;
+    }
+
+    /// <summary>
+    /// Runs the instruction from <paramref name="input"/> on both CPUs and returns a description of every
+    /// difference (empty when they agree). flagMask: extra flag bits to ignore; compareFx: compare x87/SSE state.
+    /// RBX is set to each side's own buffer address when <paramref name="memBase"/> is true.
+    /// </summary>
+    public string Compare(byte[] code, MachineState input, ulong flagMask = 0, bool compareFx = true, bool memBase = false)
+    {
+        CasesRun++;
+        var hin = input.Clone();
+        var ein = input.Clone();
+        if (memBase)
+        {
+            hin.Gpr[NativeRunner.MemBaseReg] = _native.HostMemAddress;
+            ein.Gpr[NativeRunner.MemBaseReg] = EmuRunner.GuestMemAddress;
+        }
+        var h = _native.Run(code, hin);
+        var e = _emu.Run(code, ein);
+        var sb = new StringBuilder();
+        for (int k = 0; k < 16; k++)
+        {
+            if (k == 4 || (memBase && k == NativeRunner.MemBaseReg)) continue;
+            if (h.Gpr[k] != e.Gpr[k]) sb.Append($" r{k}: host={h.Gpr[k]:x} emu={e.Gpr[k]:x};");
+        }
+        ulong mask = 0xCD5 & ~(UndefinedFlags(code) | flagMask);
+        if ((h.Rflags & mask) != (e.Rflags & mask)) sb.Append($" rflags: host={h.Rflags & mask:x} emu={e.Rflags & mask:x};");
+        if (compareFx)
+        {
+            for (int off = 0; off < 416; off++)
+            {
+                if (off is >= 6 and < 24) continue; // FOP/FIP/FDP: last-instruction pointers, not modelled
+                if (off is >= 28 and < 32) continue; // MXCSR_MASK
+                if (h.Fx[off] != e.Fx[off]) { sb.Append($" fx[{off}]: host={Hex(h.Fx, off)} emu={Hex(e.Fx, off)};"); break; }
+            }
+        }
+        for (int k = 0; k < MachineState.MemSize; k++)
+            if (h.Mem[k] != e.Mem[k]) { sb.Append($" mem[{k}]: host={h.Mem[k]:x2} emu={e.Mem[k]:x2};"); break; }
+        if (sb.Length == 0) return "";
+        var dec = Decoder.Create(64, code);
+        dec.Decode(out var ins);
+        return $"{ins}: in r0={input.Gpr[0]:x} r1={input.Gpr[1]:x} r2={input.Gpr[2]:x} fl={input.Rflags:x} ->{sb}";
+    }
+
+    private static string Hex(byte[] b, int off) => Convert.ToHexString(b, off & ~15, 16);
+
+    /// <summary>Random state biased towards edge values (0, 1, all-ones, sign boundaries, small numbers).</summary>
+    public static MachineState RandomState(Random rng)
+    {
+        var s = new MachineState();
+        for (int k = 0; k < 16; k++) s.Gpr[k] = RandomValue(rng);
+        s.Rflags = (ulong)rng.Next() & 0x8D5;
+        for (int k = 0; k < 16; k++) for (int b = 0; b < 16; b += 8) BitConverter.TryWriteBytes(s.Xmm(k)[b..], RandomValue(rng));
+        rng.NextBytes(s.Mem);
+        return s;
+    }
+
+    public static ulong RandomValue(Random rng)
+    {
+        switch (rng.Next(10))
+        {
+            case 0: return 0;
+            case 1: return (ulong)rng.Next(0, 70);
+            case 2: return ulong.MaxValue - (ulong)rng.Next(0, 3);
+            case 3: return 1UL << rng.Next(64);
+            case 4: return (1UL << rng.Next(64)) - 1;
+            case 5: return (ulong)(long)rng.Next(-200, 200);
+            case 6: return 0x8000_0000UL + (ulong)rng.Next(-2, 2);
+            default: return (ulong)rng.NextInt64() ^ ((ulong)rng.Next() << 40);
+        }
+    }
+
+    public void Dispose()
+    {
+        _native.Dispose();
+        _emu.Dispose();
+    }
+}
