@@ -1,0 +1,116 @@
+using System.Diagnostics;
+using Dirigent.Accel.Emu;
+using Dirigent.Accel.Emu.Core;
+using Dirigent.Machine;
+using Dirigent.Machine.Accel;
+using Dirigent.Machine.Bus;
+using Dirigent.Machine.Loaders;
+
+namespace Dirigent.Bench;
+
+/// <summary>
+/// CPU benchmark: each bare-metal workload on Dirigent's software CPU and on qemu-system-x86_64 (TCG) in the same
+/// run, printing guest MIPS and the ratio. QEMU's time has its start-up (measured with an empty workload)
+/// subtracted; its instruction count is Dirigent's, since both run the same bytes.
+/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu] [--quick] [--no-qemu] [--from64]
+/// </summary>
+public static class Program
+{
+    public static int Main(string[] args)
+    {
+        bool quick = args.Contains("--quick");
+        bool noQemu = args.Contains("--no-qemu");
+        bool from64 = args.Contains("--from64");
+        string? qemu = noQemu ? null : FindQemu();
+        if (!noQemu && qemu == null)
+            Console.WriteLine("qemu-system-x86_64 not found: install it (apt-get install qemu-system-x86) or pass --no-qemu");
+        long scale = quick ? 1 : 10;
+        var workloads = new (string name, long iters)[]
+        {
+            ("intloop", 25_000_000 * scale),
+            ("memcpy", 100 * scale),
+            ("hash", 20 * scale),
+        };
+        double qemuBase = 0;
+        if (qemu != null)
+        {
+            var g0 = CpuGuests.Build("null", 0);
+            qemuBase = Enumerable.Range(0, 3).Select(_ => RunQemu(qemu, g0)).Min();
+            Console.WriteLine($"QEMU TCG start-up + exit (empty workload): {qemuBase:F3} s (subtracted below)");
+        }
+        Console.WriteLine($"{"workload",-10} {"instructions",14} {"dirigent s",11} {"MIPS",8} {"qemu s",9} {"MIPS",8} {"dirigent/qemu",14}");
+        foreach (var (name, iters) in workloads)
+        {
+            var g = CpuGuests.Build(name, iters);
+            var (instr, secs) = RunDirigent(g, from64);
+            double mips = instr / secs / 1e6;
+            string q = "", qm = "", ratio = "";
+            if (qemu != null)
+            {
+                double qs = Math.Max(1e-3, RunQemu(qemu, g) - qemuBase);
+                double qmips = instr / qs / 1e6;
+                q = qs.ToString("F3"); qm = qmips.ToString("F0"); ratio = (mips / qmips).ToString("F2") + "x";
+            }
+            Console.WriteLine($"{name,-10} {instr,14:N0} {secs,11:F3} {mips,8:F0} {q,9} {qm,8} {ratio,14}   {g.Description}");
+        }
+        return 0;
+    }
+
+    private sealed class ExitPort(VirtualMachine vm) : IPortDevice
+    {
+        public uint Read(ushort offset, int size) => 0xFF;
+        public void Write(ushort offset, int size, uint value) => vm.RequestPowerEvent(PowerEventKind.DebugExit, (int)value);
+    }
+
+    private static (ulong instructions, double seconds) RunDirigent(CpuGuests.Guest g, bool from64)
+    {
+        using var vm = new VirtualMachine(256 << 20);
+        using var accel = new EmuAccelerator(vm);
+        var cpu = (Cpu)accel.CreateVcpu(0);
+        vm.Io.Register(0xF4, 4, new ExitPort(vm));
+        vm.PowerEventRequested += _ => cpu.RequestStop();
+        vm.Memory.Write(CpuGuests.LoadAddr, g.Image);
+        cpu.SetState(from64 ? BootState.Long64(vm.Memory, g.Entry64, 0x8_0000) : BootState.Protected32(vm.Memory, g.Entry32));
+        string? log = null;
+        cpu.Log = m => log ??= m;
+        var sw = Stopwatch.StartNew();
+        var exit = cpu.Run();
+        sw.Stop();
+        if (exit.Reason != VcpuExitReason.PowerEvent)
+            throw new InvalidOperationException($"{g.Name}: guest ended with {exit.Reason} {exit.Detail} {log}");
+        return (cpu.InstructionsRetired, sw.Elapsed.TotalSeconds);
+    }
+
+    private static string? FindQemu()
+    {
+        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':'))
+        {
+            var p = Path.Combine(dir, "qemu-system-x86_64");
+            if (File.Exists(p)) return p;
+        }
+        return null;
+    }
+
+    private static double RunQemu(string qemu, CpuGuests.Guest g)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"dirigent-bench-{g.Name}-{Environment.ProcessId}.bin");
+        File.WriteAllBytes(path, g.Image);
+        var psi = new ProcessStartInfo(qemu)
+        {
+            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
+        };
+        foreach (var a in new[] { "-M", "pc", "-accel", "tcg", "-nodefaults", "-nographic", "-display", "none",
+                     "-serial", "none", "-monitor", "none", "-m", "256", "-kernel", path,
+                     "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04" })
+            psi.ArgumentList.Add(a);
+        var sw = Stopwatch.StartNew();
+        using var p = Process.Start(psi)!;
+        p.StandardOutput.ReadToEnd();
+        string err = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        sw.Stop();
+        File.Delete(path);
+        if (p.ExitCode != 1) throw new InvalidOperationException($"qemu exited {p.ExitCode} for {g.Name}: {err}");
+        return sw.Elapsed.TotalSeconds;
+    }
+}
