@@ -98,7 +98,7 @@ internal sealed unsafe class CodeCache
         {
             int di = bits == 64 ? 2 : bits == 32 ? 1 : 0;
             _reader.Reset(cpu, linear, phys, _mem);
-            var dec = _decoders[di] ??= Decoder.Create(bits, _reader, DecoderOptions.NoInvalidCheck);
+            var dec = _decoders[di] ??= Decoder.Create(bits, _reader, DecoderOptions.None);
             dec.IP = ip;
             var table = Dispatch.Table;
             var ends = Dispatch.EndsBlock;

@@ -168,7 +168,8 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 InterruptShadow = false;
                 InstrIp = Rip;
                 Block b = GetBlock();
-                ExecuteBlock(b);
+                if ((_flags & TF) == 0) ExecuteBlock(b, b.Count);
+                else SingleStep(b);
             }
             catch (CpuException ex)
             {
@@ -235,13 +236,26 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// <summary>NMI blocking ends at the next IRET (SDM 6.7.1).</summary>
     public void OnIret() { if (_nmiBlocked) { _nmiBlocked = false; if (_nmiPending) _pendingEvents = 1; } }
 
+    /// <summary>
+    /// RFLAGS.TF: run one instruction, then raise the single-step #DB trap (DR6.BS) with RIP after it.
+    /// An instruction that faults delivers its fault instead, as on hardware.
+    /// </summary>
+    private void SingleStep(Block b)
+    {
+        ExecuteBlock(b, 1);
+        if (Halted) return;
+        Dr[6] |= 1UL << 14;
+        InstrIp = Rip;
+        if (!DeliverException(Vec.DB, 0, false, softwareInt: false))
+            throw new TripleFaultException($"triple fault delivering #DB at {Sreg[CS].Selector:x4}:{Rip:x}");
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void ExecuteBlock(Block b)
+    private void ExecuteBlock(Block b, int n)
     {
         _currentBlock = b;
         var instrs = b.Instrs;
         var handlers = b.Handlers;
-        int n = b.Count;
         int k = 0;
         try
         {
