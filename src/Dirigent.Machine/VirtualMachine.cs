@@ -1,5 +1,6 @@
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Memory;
+using Dirigent.Machine.Time;
 
 namespace Dirigent.Machine;
 
@@ -13,6 +14,7 @@ public sealed class VirtualMachine : IDisposable
     public GuestMemory Memory { get; }
     public IoBus Io { get; } = new();
     public MmioBus Mmio { get; } = new();
+    public VirtualClock Clock { get; } = new();
 
     public PowerEventKind PowerEvent { get; private set; }
     public int ExitCode { get; private set; }
@@ -35,5 +37,9 @@ public sealed class VirtualMachine : IDisposable
 
     public void ClearPowerEvent() { lock (this) { PowerEvent = PowerEventKind.None; ExitCode = 0; } }
 
-    public void Dispose() => Memory.Dispose();
+    public void Dispose()
+    {
+        Clock.Dispose();
+        Memory.Dispose();
+    }
 }

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
+using Dirigent.Machine.Bus;
 
 namespace Dirigent.Accel.Emu.Core;
 
@@ -208,14 +209,14 @@ public sealed unsafe partial class Cpu
         ulong pa = TranslateAndFill(la, Access.Read);
         byte* p = _mem.TryGetHostPointer(pa, (ulong)size);
         if (p != null) return size switch { 1 => *p, 2 => *(ushort*)p, 4 => *(uint*)p, _ => *(ulong*)p };
-        return _vm.Mmio.Read(pa, size);
+        return MmioRead(pa, size);
     }
 
     private byte ReadByteSlow(ulong la)
     {
         ulong pa = TranslateAndFill(la, Access.Read);
         byte* p = _mem.TryGetHostPointer(pa);
-        return p != null ? *p : (byte)_vm.Mmio.Read(pa, 1);
+        return p != null ? *p : (byte)MmioRead(pa, 1);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
@@ -243,7 +244,7 @@ public sealed unsafe partial class Cpu
             _codeCache.NotifyWrite(pa, size, this);
             return;
         }
-        _vm.Mmio.Write(pa, size, v);
+        MmioWrite(pa, size, v);
     }
 
     private void WriteByteSlow(ulong la, byte v)
@@ -251,7 +252,20 @@ public sealed unsafe partial class Cpu
         ulong pa = TranslateAndFill(la, Access.Write);
         byte* p = _mem.TryGetHostPointer(pa);
         if (p != null) { *p = v; _codeCache.NotifyWrite(pa, 1, this); }
-        else _vm.Mmio.Write(pa, 1, v);
+        else MmioWrite(pa, 1, v);
+    }
+
+    private IMmioDevice? _apicMmio;
+
+    /// <summary>The APIC page is per vCPU (IA32_APIC_BASE, when globally enabled); everything else is the shared bus.</summary>
+    private bool IsApicPage(ulong pa) => _apicMmio != null && (pa & ~0xFFFUL) == (ApicBase & 0xF_FFFF_F000UL) && (ApicBase & 0x800) != 0;
+
+    private ulong MmioRead(ulong pa, int size) => IsApicPage(pa) ? _apicMmio!.Read(pa & 0xFFF, size) : _vm.Mmio.Read(pa, size);
+
+    private void MmioWrite(ulong pa, int size, ulong v)
+    {
+        if (IsApicPage(pa)) _apicMmio!.Write(pa & 0xFFF, size, v);
+        else _vm.Mmio.Write(pa, size, v);
     }
 
     /// <summary>Translates for the current privilege and fills the TLB when the target is cacheable RAM.</summary>

@@ -2,6 +2,8 @@ using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using Dirigent.Machine;
 using Dirigent.Machine.Accel;
+using Dirigent.Machine.Bus;
+using Dirigent.Machine.Interrupts;
 using Dirigent.Machine.Memory;
 using Iced.Intel;
 
@@ -124,15 +126,27 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     /// <summary>Guest-visible TSC frequency (CPUID 0x15/0x16 advertise it).</summary>
     public const ulong TscHz = 2_000_000_000;
-    private static readonly long s_tscEpoch = System.Diagnostics.Stopwatch.GetTimestamp();
     public long TscOffset;
 
-    /// <summary>The TSC from the host monotonic clock, scaled to <see cref="TscHz"/>.</summary>
+    /// <summary>The TSC from the VM's clock (host monotonic time), scaled to <see cref="TscHz"/>.</summary>
     public ulong ReadTsc()
     {
-        long ticks = System.Diagnostics.Stopwatch.GetTimestamp() - s_tscEpoch;
-        UInt128 t = (UInt128)(ulong)ticks * TscHz / (ulong)System.Diagnostics.Stopwatch.Frequency;
+        UInt128 t = (UInt128)(ulong)_vm.Clock.NowNs * TscHz / 1_000_000_000UL;
         return (ulong)t + (ulong)TscOffset;
+    }
+
+    private IInterruptController? _intCtrl;
+
+    /// <summary>
+    /// The local APIC (with the PIC behind it) this vCPU takes maskable interrupts from, and its MMIO page: each
+    /// vCPU sees its own APIC at IA32_APIC_BASE, so those accesses bypass the shared MMIO bus.
+    /// </summary>
+    public void AttachInterruptController(IInterruptController ctrl, IMmioDevice? apicMmio)
+    {
+        _intCtrl = ctrl;
+        _apicMmio = apicMmio;
+        ctrl.Kick = () => { _pendingEvents = 1; _wake.Set(); };
+        _pendingEvents = 1;
     }
 
     public VcpuExit Run()
@@ -191,7 +205,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         if (_nmiPending && !_nmiBlocked) return true;
         if (!InterruptsEnabled) return false;
         for (int k = 0; k < 4; k++) if (Volatile.Read(ref _pendingVectors[k]) != 0) return true;
-        return false;
+        return _intCtrl != null && _intCtrl.HasPendingInterrupt;
     }
 
     /// <summary>Delivers an NMI or the highest pending external interrupt, if the guest can take it now.</summary>
@@ -219,6 +233,19 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             DeliverInterrupt(k * 64 + bit);
             for (int j = 0; j < 4; j++) if (Volatile.Read(ref _pendingVectors[j]) != 0) any = true;
             break;
+        }
+        if (!any && _intCtrl != null && _intCtrl.HasPendingInterrupt)
+        {
+            any = true;
+            if (InterruptsEnabled)
+            {
+                int v = _intCtrl.AcknowledgeInterrupt();
+                if (v >= 0)
+                {
+                    InstrIp = Rip;
+                    DeliverInterrupt(v);
+                }
+            }
         }
         // Keep polling while something is still waiting (masked by IF, or more vectors queued).
         if (any || _stopRequested) _pendingEvents = 1;
