@@ -1,0 +1,106 @@
+namespace Dirigent.Vmm.Console;
+
+/// <summary>
+/// Connects the guest's serial console to the host's stdin/stdout. On a terminal: raw mode with QEMU's escape
+/// (Ctrl-A x quits, Ctrl-A h helps, Ctrl-A Ctrl-A sends Ctrl-A). Otherwise plain pass-through, and end-of-file on
+/// stdin only stops input: the VM keeps running (so `&lt;/dev/null` works, as with QEMU).
+/// </summary>
+public sealed class ConsoleFrontend : IDisposable
+{
+    private readonly Stream _out;
+    private readonly Action<byte[]> _input;
+    private readonly Action _quit;
+    private readonly TerminalMode? _raw;
+    private readonly object _outLock = new();
+    private Thread? _reader;
+    private volatile bool _stopped;
+
+    public const byte EscapeChar = 0x01; // Ctrl-A
+
+    public bool Interactive => _raw != null;
+
+    public ConsoleFrontend(Stream output, Action<byte[]> input, Action quit, bool useTerminal = true)
+    {
+        _out = output;
+        _input = input;
+        _quit = quit;
+        _raw = useTerminal ? TerminalMode.EnterRaw() : null;
+    }
+
+    /// <summary>A byte from the guest's UART.</summary>
+    public void Write(byte b)
+    {
+        lock (_outLock)
+        {
+            // Raw mode turns off the terminal's own LF -> CRLF mapping; the guest already sends CRLF on its console.
+            _out.WriteByte(b);
+            _out.Flush();
+        }
+    }
+
+    public void StartInput(Stream stdin)
+    {
+        _reader = new Thread(() => ReadLoop(stdin)) { IsBackground = true, Name = "dirigent-console-in" };
+        _reader.Start();
+    }
+
+    private void ReadLoop(Stream stdin)
+    {
+        var buf = new byte[256];
+        bool escape = false;
+        while (!_stopped)
+        {
+            int n;
+            try { n = stdin.Read(buf, 0, buf.Length); }
+            catch (IOException) { return; }
+            if (n <= 0) return; // EOF: input ends, the VM keeps running
+            if (_raw == null)
+            {
+                _input(buf[..n]);
+                continue;
+            }
+            var pass = new List<byte>(n);
+            for (int k = 0; k < n; k++)
+            {
+                byte b = buf[k];
+                if (escape)
+                {
+                    escape = false;
+                    switch (b)
+                    {
+                        case (byte)'x': case (byte)'X':
+                            Message("\r\ndirigent: terminated by Ctrl-A x\r\n");
+                            _quit();
+                            return;
+                        case (byte)'h': case (byte)'H': case (byte)'?':
+                            Message("\r\nC-a h    print this help\r\nC-a x    exit the VM\r\nC-a C-a  send C-a to the guest\r\n");
+                            break;
+                        case EscapeChar:
+                            pass.Add(EscapeChar);
+                            break;
+                    }
+                    continue;
+                }
+                if (b == EscapeChar) { escape = true; continue; }
+                pass.Add(b);
+            }
+            if (pass.Count > 0) _input(pass.ToArray());
+        }
+    }
+
+    private void Message(string s)
+    {
+        lock (_outLock)
+        {
+            var bytes = System.Text.Encoding.ASCII.GetBytes(s);
+            _out.Write(bytes);
+            _out.Flush();
+        }
+    }
+
+    public void Dispose()
+    {
+        _stopped = true;
+        _raw?.Dispose();
+    }
+}

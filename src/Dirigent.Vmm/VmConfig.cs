@@ -1,0 +1,50 @@
+namespace Dirigent.Vmm;
+
+public enum AccelKind { Auto, Emu, Kvm }
+
+/// <summary>What `dirigent run` was asked for, after parsing and validation.</summary>
+public sealed class VmConfig
+{
+    public ulong MemoryBytes = 512UL << 20;
+    public int Cpus = 1;
+    public string? Kernel;
+    public List<string> Initrds = new();
+    public string Append = "";
+    public AccelKind Accel = AccelKind.Auto;
+    /// <summary>"stdio", "none" or "file:PATH".</summary>
+    public string Serial = "stdio";
+    public bool NoReboot;
+
+    /// <summary>
+    /// Parses a memory size the way QEMU's -m does: a bare number is MiB; K/M/G/T suffixes (optionally with B/iB).
+    /// </summary>
+    public static ulong ParseMemory(string s)
+    {
+        string t = s.Trim();
+        if (t.Length == 0) throw new FormatException("empty memory size");
+        string upper = t.ToUpperInvariant();
+        if (upper.EndsWith("IB")) upper = upper[..^2];
+        else if (upper.EndsWith('B')) upper = upper[..^1];
+        ulong mul = 1UL << 20;
+        char last = upper[^1];
+        if (char.IsLetter(last))
+        {
+            mul = last switch
+            {
+                'K' => 1UL << 10,
+                'M' => 1UL << 20,
+                'G' => 1UL << 30,
+                'T' => 1UL << 40,
+                _ => throw new FormatException($"unknown memory size suffix in '{s}' (use K, M, G or T)"),
+            };
+            upper = upper[..^1];
+        }
+        if (!ulong.TryParse(upper, out ulong n) || n == 0)
+            throw new FormatException($"invalid memory size '{s}' (examples: 512, 512M, 2G)");
+        ulong bytes = n * mul;
+        if (bytes / mul != n) throw new FormatException($"memory size '{s}' is too large");
+        if (bytes < (16UL << 20)) throw new FormatException($"memory size '{s}' is too small (at least 16M)");
+        if ((bytes & 0xFFF) != 0) throw new FormatException($"memory size '{s}' is not a multiple of 4 KiB");
+        return bytes;
+    }
+}
