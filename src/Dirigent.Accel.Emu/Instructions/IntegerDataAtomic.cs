@@ -156,8 +156,9 @@ internal static unsafe class IntegerDataAtomic
         {
             Register dst = i.Op0Register;
             old = c.GetReg(dst);
-            // The destination is written either way (a 32-bit one is zero-extended even when the compare fails).
-            c.SetReg(dst, old == acc ? v : old);
+            // A register destination is written only on success: a failing 32-bit CMPXCHG keeps its upper half
+            // (AMD and Bochs agree; the SDM's "written back" holds for memory only).
+            if (old == acc) c.SetReg(dst, v);
         }
         else
         {
