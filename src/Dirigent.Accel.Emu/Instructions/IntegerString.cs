@@ -1,11 +1,381 @@
+using System.Runtime.CompilerServices;
 using Dirigent.Accel.Emu.Core;
 using Iced.Intel;
 
 namespace Dirigent.Accel.Emu.Instructions;
 
+/// <summary>
+/// MOVS, STOS, LODS, CMPS, SCAS (byte..quad, all address sizes) with REP/REPE/REPNE; INS/OUTS are in
+/// <see cref="IntegerStringIo"/>. A REP instruction runs at most <see cref="Budget"/> units per execution and then
+/// restarts itself (RIP back at the instruction, block ended) so interrupts are taken during long copies; SI/DI/CX
+/// always describe the progress made, so a fault in the middle also restarts where it stopped.
+/// </summary>
 internal static unsafe class IntegerString
 {
     public static void Install(HandlerRegistry r)
     {
+        r.Add(&Movs, Code.Movsb_m8_m8, Code.Movsw_m16_m16, Code.Movsd_m32_m32, Code.Movsq_m64_m64);
+        r.Add(&Stos, Code.Stosb_m8_AL, Code.Stosw_m16_AX, Code.Stosd_m32_EAX, Code.Stosq_m64_RAX);
+        r.Add(&Lods, Code.Lodsb_AL_m8, Code.Lodsw_AX_m16, Code.Lodsd_EAX_m32, Code.Lodsq_RAX_m64);
+        r.Add(&Cmps, Code.Cmpsb_m8_m8, Code.Cmpsw_m16_m16, Code.Cmpsd_m32_m32, Code.Cmpsq_m64_m64);
+        r.Add(&Scas, Code.Scasb_AL_m8, Code.Scasw_AX_m16, Code.Scasd_EAX_m32, Code.Scasq_RAX_m64);
+        IntegerStringIo.Install(r);
+    }
+
+    /// <summary>Work per execution of a REP instruction: bytes moved in bulk, or <see cref="ElemCost"/> per element.</summary>
+    internal const int Budget = 32768;
+    internal const int ElemCost = 8;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int KindAddrSize(OpKind k) => k switch
+    {
+        OpKind.MemorySegSI or OpKind.MemorySegDI or OpKind.MemoryESDI => 2,
+        OpKind.MemorySegESI or OpKind.MemorySegEDI or OpKind.MemoryESEDI => 4,
+        OpKind.MemorySegRSI or OpKind.MemorySegRDI or OpKind.MemoryESRDI => 8,
+        _ => 0,
+    };
+
+    /// <summary>Address size (2, 4, 8) of a string instruction: it selects SI/ESI/RSI, DI/EDI/RDI and CX/ECX/RCX.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static int AddrSize(ref Instruction i) => KindAddrSize(i.Op0Kind) | KindAddrSize(i.Op1Kind);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static ulong AddrMask(int asz) => asz == 8 ? ulong.MaxValue : asz == 4 ? 0xFFFF_FFFFUL : 0xFFFFUL;
+
+    /// <summary>Writes SI/DI/CX at the address size: 16-bit merges, 32-bit zero-extends.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void SetIndex(Cpu c, int reg, ulong v, int asz)
+    {
+        switch (asz)
+        {
+            case 8: c.Gpr[reg] = v; break;
+            case 4: c.Gpr[reg] = (uint)v; break;
+            default: c.Gpr[reg] = (c.Gpr[reg] & ~0xFFFFUL) | (ushort)v; break;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool IsRep(ref Instruction i) => i.HasRepPrefix || i.HasRepnePrefix;
+
+    /// <summary>Resumes the instruction after the block boundary (where pending interrupts are looked at).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal static void Restart(Cpu c)
+    {
+        c.Rip = c.InstrIp;
+        c.EndBlock();
+    }
+
+    /// <summary>
+    /// How many elements of size sz starting at offset off fit in the segment and the address-size wrap, counted
+    /// up to max (0 when the caller should use single element accesses, e.g. expand-down segments).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong Room(Cpu c, int seg, ulong off, int sz, ulong mask, ulong max)
+    {
+        ulong n = max;
+        if (mask != ulong.MaxValue) n = Math.Min(n, (mask - off + 1) / (ulong)sz);
+        if (!c.Is64BitMode)
+        {
+            ref var s = ref c.Sreg[seg];
+            if ((s.Type & 0xC) == 0x4) return 0; // expand-down data
+            ulong lim = s.Limit;
+            n = off > lim ? 0 : Math.Min(n, (lim - off + 1) / (ulong)sz);
+        }
+        return n;
+    }
+
+    // ---------------- MOVS ----------------
+
+    private static void Movs(Cpu c, ref Instruction i)
+    {
+        int sz = Cpu.MemSize(ref i);
+        int asz = AddrSize(ref i);
+        int seg = Cpu.MemSeg(ref i);
+        ulong mask = AddrMask(asz);
+        ulong si = c.Gpr[Cpu.RSI] & mask, di = c.Gpr[Cpu.RDI] & mask;
+        ulong step = c.DirectionFlag ? (ulong)-sz : (ulong)sz;
+        if (!IsRep(ref i))
+        {
+            ulong v = c.ReadMem(seg, si, sz);
+            c.WriteMem(Cpu.ES, di, sz, v);
+            SetIndex(c, Cpu.RSI, si + step, asz);
+            SetIndex(c, Cpu.RDI, di + step, asz);
+            return;
+        }
+        ulong count = c.Gpr[Cpu.RCX] & mask;
+        if (count == 0) return;
+        long budget = Budget;
+        bool forward = !c.DirectionFlag;
+        try
+        {
+            while (count != 0 && budget > 0)
+            {
+                if (forward)
+                {
+                    ulong n = MovsBulk(c, seg, si, di, count, sz, mask, (ulong)budget);
+                    if (n != 0)
+                    {
+                        ulong bytes = n * (ulong)sz;
+                        si = (si + bytes) & mask;
+                        di = (di + bytes) & mask;
+                        count -= n;
+                        budget -= (long)bytes;
+                        continue;
+                    }
+                }
+                ulong v = c.ReadMem(seg, si, sz);
+                c.WriteMem(Cpu.ES, di, sz, v);
+                si = (si + step) & mask;
+                di = (di + step) & mask;
+                count--;
+                budget -= ElemCost;
+            }
+        }
+        finally
+        {
+            SetIndex(c, Cpu.RSI, si, asz);
+            SetIndex(c, Cpu.RDI, di, asz);
+            SetIndex(c, Cpu.RCX, count, asz);
+        }
+        if (count != 0) Restart(c);
+    }
+
+    /// <summary>
+    /// Forward MOVS of up to count elements that stay inside one source page and one destination page, with a
+    /// host copy. Returns the elements moved, 0 when this run needs element accesses (page-straddling element,
+    /// MMIO, segment limit). Overlap closer than the run length keeps element-by-element semantics.
+    /// </summary>
+    private static ulong MovsBulk(Cpu c, int seg, ulong si, ulong di, ulong count, int sz, ulong mask, ulong budget)
+    {
+        // The first element's checks raise exactly the faults the element path would.
+        ulong las = c.Linear(seg, si, sz, false);
+        ulong lad = c.Linear(Cpu.ES, di, sz, true);
+        ulong n = Math.Min(count, budget / (ulong)sz);
+        n = Math.Min(n, (0x1000 - (las & 0xFFF)) / (ulong)sz);
+        n = Math.Min(n, (0x1000 - (lad & 0xFFF)) / (ulong)sz);
+        n = Room(c, seg, si, sz, mask, n);
+        n = Room(c, Cpu.ES, di, sz, mask, n);
+        if (n < 2) return 0;
+        int len = (int)n * sz;
+        byte* ps = c.BulkReadPointer(las, len);
+        if (ps == null) return 0;
+        byte* pd = c.BulkWritePointer(lad, len, out ulong notify);
+        if (pd == null) return 0;
+        long d = pd - ps;
+        if (d > 0 && d < len)
+        {
+            // The destination starts inside the source run: each element must see earlier elements' stores.
+            switch (sz)
+            {
+                case 1: for (int k = 0; k < len; k++) pd[k] = ps[k]; break;
+                case 2: for (int k = 0; k < len; k += 2) Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<ushort>(ps + k)); break;
+                case 4: for (int k = 0; k < len; k += 4) Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<uint>(ps + k)); break;
+                default: for (int k = 0; k < len; k += 8) Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<ulong>(ps + k)); break;
+            }
+        }
+        else
+        {
+            Buffer.MemoryCopy(ps, pd, len, len);
+        }
+        c.BulkWriteDone(notify, len);
+        return n;
+    }
+
+    // ---------------- STOS ----------------
+
+    private static void Stos(Cpu c, ref Instruction i)
+    {
+        int sz = Cpu.MemSize(ref i);
+        int asz = AddrSize(ref i);
+        ulong mask = AddrMask(asz);
+        ulong di = c.Gpr[Cpu.RDI] & mask;
+        ulong val = c.Gpr[Cpu.RAX];
+        ulong step = c.DirectionFlag ? (ulong)-sz : (ulong)sz;
+        if (!IsRep(ref i))
+        {
+            c.WriteMem(Cpu.ES, di, sz, val);
+            SetIndex(c, Cpu.RDI, di + step, asz);
+            return;
+        }
+        ulong count = c.Gpr[Cpu.RCX] & mask;
+        if (count == 0) return;
+        long budget = Budget;
+        bool forward = !c.DirectionFlag;
+        try
+        {
+            while (count != 0 && budget > 0)
+            {
+                if (forward)
+                {
+                    ulong n = StosBulk(c, di, count, sz, mask, (ulong)budget, val);
+                    if (n != 0)
+                    {
+                        ulong bytes = n * (ulong)sz;
+                        di = (di + bytes) & mask;
+                        count -= n;
+                        budget -= (long)bytes;
+                        continue;
+                    }
+                }
+                c.WriteMem(Cpu.ES, di, sz, val);
+                di = (di + step) & mask;
+                count--;
+                budget -= ElemCost;
+            }
+        }
+        finally
+        {
+            SetIndex(c, Cpu.RDI, di, asz);
+            SetIndex(c, Cpu.RCX, count, asz);
+        }
+        if (count != 0) Restart(c);
+    }
+
+    private static ulong StosBulk(Cpu c, ulong di, ulong count, int sz, ulong mask, ulong budget, ulong val)
+    {
+        ulong lad = c.Linear(Cpu.ES, di, sz, true);
+        ulong n = Math.Min(count, budget / (ulong)sz);
+        n = Math.Min(n, (0x1000 - (lad & 0xFFF)) / (ulong)sz);
+        n = Room(c, Cpu.ES, di, sz, mask, n);
+        if (n < 2) return 0;
+        int len = (int)n * sz;
+        byte* pd = c.BulkWritePointer(lad, len, out ulong notify);
+        if (pd == null) return 0;
+        // x86 has no alignment requirement here, and neither do spans over host memory on x64.
+        switch (sz)
+        {
+            case 1: new Span<byte>(pd, (int)n).Fill((byte)val); break;
+            case 2: new Span<ushort>(pd, (int)n).Fill((ushort)val); break;
+            case 4: new Span<uint>(pd, (int)n).Fill((uint)val); break;
+            default: new Span<ulong>(pd, (int)n).Fill(val); break;
+        }
+        c.BulkWriteDone(notify, len);
+        return n;
+    }
+
+    // ---------------- LODS ----------------
+
+    private static void Lods(Cpu c, ref Instruction i)
+    {
+        int sz = Cpu.MemSize(ref i);
+        int asz = AddrSize(ref i);
+        int seg = Cpu.MemSeg(ref i);
+        ulong mask = AddrMask(asz);
+        ulong si = c.Gpr[Cpu.RSI] & mask;
+        ulong step = c.DirectionFlag ? (ulong)-sz : (ulong)sz;
+        Register acc = i.Op0Register;
+        if (!IsRep(ref i))
+        {
+            c.SetReg(acc, c.ReadMem(seg, si, sz));
+            SetIndex(c, Cpu.RSI, si + step, asz);
+            return;
+        }
+        ulong count = c.Gpr[Cpu.RCX] & mask;
+        if (count == 0) return;
+        long budget = Budget;
+        try
+        {
+            while (count != 0 && budget > 0)
+            {
+                c.SetReg(acc, c.ReadMem(seg, si, sz));
+                si = (si + step) & mask;
+                count--;
+                budget -= ElemCost;
+            }
+        }
+        finally
+        {
+            SetIndex(c, Cpu.RSI, si, asz);
+            SetIndex(c, Cpu.RCX, count, asz);
+        }
+        if (count != 0) Restart(c);
+    }
+
+    // ---------------- CMPS / SCAS ----------------
+
+    private static void Cmps(Cpu c, ref Instruction i)
+    {
+        int sz = Cpu.MemSize(ref i);
+        int asz = AddrSize(ref i);
+        int seg = Cpu.MemSeg(ref i);
+        ulong mask = AddrMask(asz);
+        ulong smask = Cpu.SizeMask(sz);
+        ulong si = c.Gpr[Cpu.RSI] & mask, di = c.Gpr[Cpu.RDI] & mask;
+        ulong step = c.DirectionFlag ? (ulong)-sz : (ulong)sz;
+        bool rep = i.HasRepePrefix, repne = i.HasRepnePrefix;
+        if (!rep && !repne)
+        {
+            ulong a = c.ReadMem(seg, si, sz), b = c.ReadMem(Cpu.ES, di, sz);
+            c.SetLazyFlags(LazyOp.Sub, sz, (a - b) & smask, a, b);
+            SetIndex(c, Cpu.RSI, si + step, asz);
+            SetIndex(c, Cpu.RDI, di + step, asz);
+            return;
+        }
+        ulong count = c.Gpr[Cpu.RCX] & mask;
+        if (count == 0) return;
+        long budget = Budget;
+        bool stop = false;
+        try
+        {
+            while (budget > 0)
+            {
+                ulong a = c.ReadMem(seg, si, sz), b = c.ReadMem(Cpu.ES, di, sz);
+                c.SetLazyFlags(LazyOp.Sub, sz, (a - b) & smask, a, b);
+                si = (si + step) & mask;
+                di = (di + step) & mask;
+                count--;
+                budget -= ElemCost;
+                // REPE stops on the first difference, REPNE on the first match.
+                if (count == 0 || (a == b) == repne) { stop = true; break; }
+            }
+        }
+        finally
+        {
+            SetIndex(c, Cpu.RSI, si, asz);
+            SetIndex(c, Cpu.RDI, di, asz);
+            SetIndex(c, Cpu.RCX, count, asz);
+        }
+        if (!stop) Restart(c);
+    }
+
+    private static void Scas(Cpu c, ref Instruction i)
+    {
+        int sz = Cpu.MemSize(ref i);
+        int asz = AddrSize(ref i);
+        ulong mask = AddrMask(asz);
+        ulong smask = Cpu.SizeMask(sz);
+        ulong a = c.Gpr[Cpu.RAX] & smask;
+        ulong di = c.Gpr[Cpu.RDI] & mask;
+        ulong step = c.DirectionFlag ? (ulong)-sz : (ulong)sz;
+        bool rep = i.HasRepePrefix, repne = i.HasRepnePrefix;
+        if (!rep && !repne)
+        {
+            ulong b = c.ReadMem(Cpu.ES, di, sz);
+            c.SetLazyFlags(LazyOp.Sub, sz, (a - b) & smask, a, b);
+            SetIndex(c, Cpu.RDI, di + step, asz);
+            return;
+        }
+        ulong count = c.Gpr[Cpu.RCX] & mask;
+        if (count == 0) return;
+        long budget = Budget;
+        bool stop = false;
+        try
+        {
+            while (budget > 0)
+            {
+                ulong b = c.ReadMem(Cpu.ES, di, sz);
+                c.SetLazyFlags(LazyOp.Sub, sz, (a - b) & smask, a, b);
+                di = (di + step) & mask;
+                count--;
+                budget -= ElemCost;
+                if (count == 0 || (a == b) == repne) { stop = true; break; }
+            }
+        }
+        finally
+        {
+            SetIndex(c, Cpu.RDI, di, asz);
+            SetIndex(c, Cpu.RCX, count, asz);
+        }
+        if (!stop) Restart(c);
     }
 }

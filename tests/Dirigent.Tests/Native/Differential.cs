@@ -47,8 +47,11 @@ public sealed class Differential : IDisposable
     /// Runs the instruction from <paramref name="input"/> on both CPUs and returns a description of every
     /// difference (empty when they agree). flagMask: extra flag bits to ignore; compareFx: compare x87/SSE state.
     /// RBX is set to each side's own buffer address when <paramref name="memBase"/> is true.
+    /// <paramref name="stringRegs"/> (string instructions): RSI and RDI point at these byte offsets inside each
+    /// side's buffer, and only their offsets from the buffer are compared afterwards.
     /// </summary>
-    public string Compare(byte[] code, MachineState input, ulong flagMask = 0, bool compareFx = true, bool memBase = false)
+    public string Compare(byte[] code, MachineState input, ulong flagMask = 0, bool compareFx = true, bool memBase = false,
+        (int Si, int Di)? stringRegs = null)
     {
         CasesRun++;
         var hin = input.Clone();
@@ -58,12 +61,25 @@ public sealed class Differential : IDisposable
             hin.Gpr[NativeRunner.MemBaseReg] = _native.HostMemAddress;
             ein.Gpr[NativeRunner.MemBaseReg] = EmuRunner.GuestMemAddress;
         }
+        if (stringRegs is { } sr)
+        {
+            hin.Gpr[6] = _native.HostMemAddress + (ulong)sr.Si;
+            hin.Gpr[7] = _native.HostMemAddress + (ulong)sr.Di;
+            ein.Gpr[6] = EmuRunner.GuestMemAddress + (ulong)sr.Si;
+            ein.Gpr[7] = EmuRunner.GuestMemAddress + (ulong)sr.Di;
+        }
         var h = _native.Run(code, hin);
         var e = _emu.Run(code, ein);
         var sb = new StringBuilder();
         for (int k = 0; k < 16; k++)
         {
             if (k == 4 || (memBase && k == NativeRunner.MemBaseReg)) continue;
+            if (stringRegs != null && k is 6 or 7)
+            {
+                long hd = (long)(h.Gpr[k] - _native.HostMemAddress), ed = (long)(e.Gpr[k] - EmuRunner.GuestMemAddress);
+                if (hd != ed) sb.Append($" r{k} offset: host={hd} emu={ed};");
+                continue;
+            }
             if (h.Gpr[k] != e.Gpr[k]) sb.Append($" r{k}: host={h.Gpr[k]:x} emu={e.Gpr[k]:x};");
         }
         ulong mask = 0xCD5 & ~(UndefinedFlags(code) | flagMask);

@@ -98,6 +98,7 @@ public sealed unsafe class NativeRunner : IDisposable
         a.pushfq();
         a.pop(rcx);
         a.mov(__qword_ptr[rax + 128], rcx);
+        a.cld(); // the ABI requires DF=0 on return; string-instruction tests run with DF=1
         a.mov(rax, (ulong)(_page + FxOff));
         a.fxsave(__[rax]);
         a.fninit();
