@@ -26,7 +26,8 @@ public sealed partial class Cpu
             }
             catch (CpuException nested)
             {
-                Gpr[RSP] = rsp; Rip = rip; Rflags = flags; Sreg[CS] = cs; Sreg[SS] = ss;
+                // A fault while delivering INT n/INT3/INTO is reported at that instruction, not after it.
+                Gpr[RSP] = rsp; Rip = softwareInt ? InstrIp : rip; Rflags = flags; Sreg[CS] = cs; Sreg[SS] = ss;
                 UpdateMode();
                 if (vector == Vec.DF) return false;
                 int second = nested.Vector;
