@@ -80,6 +80,9 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     public ulong InstructionsRetired => _instret;
 
+    /// <summary>Tracing hook: called before each block runs with its linear address and instruction count.</summary>
+    public Action<Cpu, ulong, int>? BlockTrace;
+
     /// <summary>Called once per undefined/unimplemented opcode (first occurrence), for logging.</summary>
     public Action<string>? Log;
 
@@ -182,6 +185,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 InterruptShadow = false;
                 InstrIp = Rip;
                 Block b = GetBlock();
+                BlockTrace?.Invoke(this, b.Linear, b.Count);
                 if ((_flags & TF) == 0) ExecuteBlock(b, b.Count);
                 else SingleStep(b);
             }
