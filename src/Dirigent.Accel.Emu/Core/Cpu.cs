@@ -328,16 +328,31 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         ulong linear = Is64BitMode ? Rip : (uint)(Sreg[CS].Base + Rip);
         int idx = (int)((linear ^ (linear >> JmpCacheBits)) & ((1 << JmpCacheBits) - 1)) + (Cpl == 3 ? 1 << JmpCacheBits : 0);
         Block? b = _jmpCache[idx];
-        if (b != null && b.Valid && b.Linear == linear && b.Ip == Rip && b.Bits == CodeBits) return b;
+        // A jump-cache hit is only trusted while the execute TLB still maps the block's page(s) to the same
+        // guest-physical frames, so CR3 switches and INVLPG need no jump-cache flush: the TLB flush suffices.
+        if (b != null && b.Valid && b.Linear == linear && b.Ip == Rip && b.Bits == CodeBits && FetchMapped(linear, b))
+            return b;
         if (!Is64BitMode && Rip > Sreg[CS].Limit) throw new CpuException(Vec.GP, 0);
         ulong phys = TranslateFetch(linear);
         b = _codeCache.Lookup(phys, Rip, CodeBits);
-        if (b == null || b.Linear != linear)
+        if (b == null || b.Linear != linear ||
+            (b.Page1 != ulong.MaxValue && (TranslateFetch((linear | 0xFFF) + 1) & ~0xFFFUL) != b.Page1))
         {
             b = _codeCache.Translate(this, linear, phys, Rip, CodeBits);
         }
         _jmpCache[idx] = b;
         return b;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool FetchMapped(ulong linear, Block b)
+    {
+        ulong page = linear >> 12;
+        TlbEntry* e = _tlbX + (page & TlbMask);
+        if (e->Tag != page || e->PhysPage != b.Page0) return false;
+        if (b.Page1 == ulong.MaxValue) return true;
+        TlbEntry* e2 = _tlbX + ((page + 1) & TlbMask);
+        return e2->Tag == page + 1 && e2->PhysPage == b.Page1;
     }
 
     internal void SetCr2Raw(ulong v) => Cr2 = v;
