@@ -131,7 +131,7 @@ internal static class IntForms
         var rng = new Random(seed);
         foreach (Code c in Enum.GetValues<Code>())
         {
-            if (!select(c)) continue;
+            if (!select(c) || c.ToOpCode().Encoding != EncodingKind.Legacy || !c.ToOpCode().Mode64) continue;
             for (int v = 0; v < perKind; v++)
             {
                 if (HasRegForm(c)) yield return Row(c, false);
