@@ -23,7 +23,7 @@ public class IntDataVmTests
     private static TestVm StartWithIdt(Action<Assembler> body)
     {
         var vm = new TestVm();
-        foreach (int vec in new[] { 0, 13 })
+        foreach (int vec in new[] { 0, 6, 13 })
         {
             ulong h = HandlerBase + (ulong)vec * 0x100;
             bool err = vec == 13;
@@ -124,6 +124,19 @@ public class IntDataVmTests
         a.Label(ref at);
         a.@lock.cmpxchg16b(__xmmword_ptr[rsi]);
     }, 13);
+
+    [Theory]
+    [InlineData(new byte[] { 0xF0, 0x0F, 0xC1, 0xC8 })] // lock xadd eax,ecx
+    [InlineData(new byte[] { 0xF0, 0x48, 0x0F, 0xB1, 0xC8 })] // lock cmpxchg rax,rcx
+    [InlineData(new byte[] { 0xF0, 0x87, 0xC8 })] // lock xchg eax,ecx
+    [InlineData(new byte[] { 0xF0, 0x0F, 0xAB, 0xC8 })] // lock bts eax,ecx
+    [InlineData(new byte[] { 0xF0, 0x0F, 0xA3, 0x0E })] // lock bt [rsi],ecx
+    public void LockWithoutMemoryDestinationRaisesUD(byte[] bytes) => ExpectFault((a, at) =>
+    {
+        a.mov(rsi, Data + 0x40);
+        a.Label(ref at);
+        a.db(bytes);
+    }, 6);
 
     [Fact]
     public void DivisionsThatFitComplete()
