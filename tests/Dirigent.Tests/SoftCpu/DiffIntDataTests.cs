@@ -261,6 +261,10 @@ public class DiffIntDataTests
         yield return IntForms.Hand("nop", a => a.nop());
         yield return IntForms.Hand("nop dword [rax+rax]", a => a.nop(__dword_ptr[rax + rax]));
         yield return IntForms.Hand("pause", a => a.pause());
+        yield return IntForms.Hand("endbr64", a => a.endbr64());
+        yield return IntForms.Hand("cldemote [rbx+9]", a => a.cldemote(__byte_ptr[rbx + 9]));
+        yield return IntForms.Hand("nop word [rbx+rax*2+0x1234]", a => a.nop(__word_ptr[rbx + rax * 2 + 0x1234]));
+        yield return IntForms.Hand("reserved-nop 0F 19 /r", a => a.db(0x0F, 0x19, 0xC1));
         yield return IntForms.Hand("prefetcht0 [rsi]", a => a.prefetcht0(__byte_ptr[rsi]));
         yield return IntForms.Hand("prefetchnta [rbx+3]", a => a.prefetchnta(__byte_ptr[rbx + 3]));
         yield return IntForms.Hand("prefetchw [rbx]", a => a.prefetchw(__byte_ptr[rbx]));
