@@ -238,6 +238,60 @@ public class IntDataVmTests
         Assert.Equal((ushort)0xF022, vm.Vm.Memory.ReadU16(Data + 0x30));
     }
 
+    /// <summary>Protected-mode (32-bit) forms: bit offsets reaching other words, XLAT with EBX, moffs32, CDQ.</summary>
+    [Fact]
+    public void ProtectedModeForms()
+    {
+        using var vm = new TestVm();
+        for (int k = 0; k < 16; k++) vm.Vm.Memory.WriteU8(Data + 0x100 + (ulong)k, (byte)(0xA0 + k));
+        vm.Start32(a =>
+        {
+            a.mov(esi, (uint)Data + 0x80);
+            a.mov(eax, -1);
+            a.bts(__dword_ptr[esi], eax);   // bit -1: bit 31 of the dword at esi-4
+            a.setc(cl);
+            a.mov(eax, 35);
+            a.bts(__word_ptr[esi], ax);     // bit 35 of a word operand: bit 3 of the word at esi+4
+            a.mov(edx, 33);
+            a.btc(__dword_ptr[esi], edx);   // bit 1 of the dword at esi+4
+            a.mov(ebx, (uint)Data + 0x100);
+            a.mov(al, 7);
+            a.xlatb();
+            a.mov(__byte_ptr[(int)Data + 0x90], al); // moffs32 store
+            a.mov(eax, 0x8000_0000);
+            a.cdq();
+            a.hlt();
+        });
+        vm.RunToHlt();
+        Assert.Equal(0x8000_0000U, vm.Vm.Memory.ReadU32(Data + 0x7C));
+        Assert.Equal(0x0000_000AU, vm.Vm.Memory.ReadU32(Data + 0x84));
+        Assert.Equal(0UL, vm.Cpu.Gpr[1] & 0xFF);
+        Assert.Equal((byte)0xA7, vm.Vm.Memory.ReadU8(Data + 0x90));
+        Assert.Equal(0xFFFF_FFFFUL, vm.Cpu.Gpr[2]);
+    }
+
+    /// <summary>Real mode: 16-bit addressing for BT's word selection and XLAT with BX.</summary>
+    [Fact]
+    public void RealModeForms()
+    {
+        using var vm = new TestVm();
+        for (int k = 0; k < 16; k++) vm.Vm.Memory.WriteU8(0x9000 + (ulong)k, (byte)(0x50 + k));
+        vm.Start16(a =>
+        {
+            a.mov(si, 0x9100); // DS is 0 after reset
+            a.mov(ax, -17);
+            a.bts(__word_ptr[si], ax);   // bit -17: bit 15 of the word at si-4
+            a.mov(bx, 0x9000);
+            a.mov(al, 3);
+            a.xlatb();
+            a.mov(dl, al);
+            a.hlt();
+        });
+        vm.RunToHlt();
+        Assert.Equal((ushort)0x8000, vm.Vm.Memory.ReadU16(0x90FC));
+        Assert.Equal(0x53UL, vm.Cpu.Gpr[2] & 0xFF);
+    }
+
     [Fact]
     public void MoffsEncodingIsUsed()
     {
