@@ -61,6 +61,7 @@ internal static unsafe class IntegerBit
         int size;
         if (i.Op0Kind == OpKind.Register)
         {
+            if (i.HasLockPrefix) throw Cpu.UD(); // the decoder skips Iced's invalid-LOCK check
             Register r = i.Op0Register;
             size = Cpu.RegSize(r);
             ulong bit = 1UL << (int)(offset & (ulong)(size * 8 - 1));
@@ -82,7 +83,11 @@ internal static unsafe class IntegerBit
         }
         else la = c.MemLinear(ref i, size, op != Op.Test);
         ulong mbit = 1UL << (int)(offset & (ulong)(bits - 1));
-        if (op == Op.Test) a = c.ReadLinear(la, size);
+        if (op == Op.Test)
+        {
+            if (i.HasLockPrefix) throw Cpu.UD();
+            a = c.ReadLinear(la, size);
+        }
         else if (i.HasLockPrefix)
         {
             a = op switch

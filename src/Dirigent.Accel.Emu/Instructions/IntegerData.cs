@@ -38,7 +38,11 @@ internal static unsafe class IntegerData
         // Prefetches are hints (they never fault, even on a bad address), PAUSE is a spin-loop hint: all NOPs here.
         r.Add(&Nop, Code.Pause, Code.Prefetch_m8, Code.Prefetchw_m8, Code.Prefetchwt1_m8, Code.Prefetchnta_m8,
             Code.Prefetcht0_m8, Code.Prefetcht1_m8, Code.Prefetcht2_m8, Code.Prefetchreserved3_m8,
-            Code.Prefetchreserved4_m8, Code.Prefetchreserved5_m8, Code.Prefetchreserved6_m8, Code.Prefetchreserved7_m8);
+            Code.Prefetchreserved4_m8, Code.Prefetchreserved5_m8, Code.Prefetchreserved6_m8, Code.Prefetchreserved7_m8,
+            Code.Cldemote_m8);
+        // CET is not advertised, and these sit in the hint-NOP space: on such a CPU they are NOPs. Kernels built
+        // with IBT start every function with ENDBR64 and run it long before they could patch it out.
+        r.Add(&Nop, Code.Endbr64, Code.Endbr32, Code.Rdsspd_r32, Code.Rdsspq_r64);
         foreach (Code c in Enum.GetValues<Code>())
         {
             switch (c.Mnemonic())

@@ -107,6 +107,8 @@ internal static unsafe class IntegerDataAtomic
         Register src = i.Op1Register;
         if (i.Op0Kind == OpKind.Register)
         {
+            // The decoder runs without Iced's invalid checks, so LOCK with a register destination is caught here.
+            if (i.HasLockPrefix) throw Cpu.UD();
             Register dst = i.Op0Register;
             ulong a = c.GetReg(dst), b = c.GetReg(src);
             c.SetReg(dst, b);
@@ -127,6 +129,7 @@ internal static unsafe class IntegerDataAtomic
         ulong b = c.GetReg(src), a;
         if (i.Op0Kind == OpKind.Register)
         {
+            if (i.HasLockPrefix) throw Cpu.UD();
             Register dst = i.Op0Register;
             a = c.GetReg(dst);
             c.SetReg(src, a);
@@ -154,6 +157,7 @@ internal static unsafe class IntegerDataAtomic
         ulong acc = c.Gpr[Cpu.RAX] & mask, v = c.GetReg(src), old;
         if (i.Op0Kind == OpKind.Register)
         {
+            if (i.HasLockPrefix) throw Cpu.UD();
             Register dst = i.Op0Register;
             old = c.GetReg(dst);
             // A register destination is written only on success: a failing 32-bit CMPXCHG keeps its upper half

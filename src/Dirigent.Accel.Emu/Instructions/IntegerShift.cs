@@ -234,11 +234,10 @@ internal static unsafe class IntegerShift
                     break;
                 default:
                     {
-                        // Counts above 16 are undefined; this is what P6-and-later Intel parts do (dest:src:dest).
+                        // Counts above 16 are undefined. AMD (and the original Pentium) shift dest:src:src, which
+                        // leaves src rotated by count-16; P6-and-later Intel parts shift dest:src:dest instead.
                         ulong t = (a << 16) | b;
-                        ulong r32 = t << count;
-                        if (count > 16) r32 |= a << (count - 16);
-                        res = (r32 >> 16) & 0xFFFF;
+                        res = count <= 16 ? ((t << count) >> 16) & 0xFFFF : ((b << (count - 16)) | (b >> (32 - count))) & 0xFFFF;
                         cf = (t >> (32 - count)) & 1;
                         break;
                     }
@@ -257,9 +256,7 @@ internal static unsafe class IntegerShift
                 default:
                     {
                         ulong t = (b << 16) | a;
-                        ulong r32 = t >> count;
-                        if (count > 16) r32 |= a << (32 - count);
-                        res = r32 & 0xFFFF;
+                        res = count <= 16 ? (t >> count) & 0xFFFF : ((b >> (count - 16)) | (b << (32 - count))) & 0xFFFF;
                         break;
                     }
             }
