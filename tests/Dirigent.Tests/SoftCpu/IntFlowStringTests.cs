@@ -308,6 +308,34 @@ public class IntFlowStringTests
     }
 
     [Fact]
+    public void AddressSize32In64BitModeUsesEsiEdiEcx()
+    {
+        using var vm = new TestVm();
+        var m = vm.Vm.Memory;
+        var data = Pattern(32, 5);
+        m.Write(0x20_0000, data);
+        vm.Start64(a =>
+        {
+            a.mov(rsi, 0xFFFF_FFFF_0020_0000UL);
+            a.mov(rdi, 0x1234_5678_0030_0000UL);
+            a.mov(rcx, 0x1_0000_0004UL);
+            a.db(0x67, 0xF3, 0x48, 0xA5);     // rep movsq with ESI/EDI/ECX
+            a.mov(rdi, 0xAB_0030_1000UL);
+            a.mov(eax, 0x5A);
+            a.db(0x67, 0xAA);                 // stosb to EDI
+            a.hlt();
+        });
+        vm.RunToHlt();
+        var got = new byte[32];
+        m.Read(0x30_0000, got);
+        Assert.Equal(data, got);
+        Assert.Equal(0x20_0020UL, vm.Cpu.Gpr[6]);  // 32-bit index writes zero-extend
+        Assert.Equal(0UL, vm.Cpu.Gpr[1]);
+        Assert.Equal((byte)0x5A, m.ReadU8(0x30_1000));
+        Assert.Equal(0x30_1001UL, vm.Cpu.Gpr[7]);
+    }
+
+    [Fact]
     public void RealModeRepMovswUsesDsAndEs()
     {
         using var vm = new TestVm();
