@@ -336,6 +336,35 @@ public class IntFlowStringTests
     }
 
     [Fact]
+    public void RepMovsStopsAtSegmentLimitWithProgress32()
+    {
+        using var vm = new TestVm();
+        var m = vm.Vm.Memory;
+        m.Write(0x20_0000, Pattern(16, 7));
+        vm.Start32(a =>
+        {
+            a.mov(esi, 0x20_0000);
+            a.mov(edi, 0x30_0000);
+            a.mov(ecx, 16);
+            a.rep.movsb();
+            a.hlt();
+        });
+        var s = vm.Cpu.GetState();
+        s.Segments[(int)Seg.DS].Limit = 0x20_0007;   // byte-granular limit: 8 bytes readable
+        vm.Cpu.SetState(s);
+        IntFlowSupport.InstallIdt(vm, longMode: false);
+        vm.RunToHlt();
+        Assert.Equal(13u, IntFlowSupport.Vector(vm));
+        Assert.Equal(8UL, vm.Cpu.Gpr[1]);
+        Assert.Equal(0x20_0008UL, vm.Cpu.Gpr[6]);
+        Assert.Equal(0x30_0008UL, vm.Cpu.Gpr[7]);
+        var got = new byte[9];
+        m.Read(0x30_0000, got);
+        Assert.Equal(Pattern(16, 7)[..8], got[..8]);
+        Assert.Equal(0, got[8]);
+    }
+
+    [Fact]
     public void RealModeRepMovswUsesDsAndEs()
     {
         using var vm = new TestVm();
