@@ -315,10 +315,24 @@ internal static unsafe class IntegerString
         if (count == 0) return;
         long budget = Budget;
         bool stop = false;
+        bool bulk = sz == 1 && rep && !c.DirectionFlag;
         try
         {
             while (budget > 0)
             {
+                if (bulk)
+                {
+                    ulong n = CmpsbBulk(c, seg, si, di, count, mask, (ulong)budget, out bool mismatch);
+                    if (n != 0)
+                    {
+                        si = (si + n) & mask;
+                        di = (di + n) & mask;
+                        count -= n;
+                        budget -= (long)n;
+                        if (count == 0 || mismatch) { stop = true; break; }
+                        continue;
+                    }
+                }
                 ulong a = c.ReadMem(seg, si, sz), b = c.ReadMem(Cpu.ES, di, sz);
                 c.SetLazyFlags(LazyOp.Sub, sz, (a - b) & smask, a, b);
                 si = (si + step) & mask;
@@ -359,10 +373,23 @@ internal static unsafe class IntegerString
         if (count == 0) return;
         long budget = Budget;
         bool stop = false;
+        bool bulk = sz == 1 && !c.DirectionFlag;
         try
         {
             while (budget > 0)
             {
+                if (bulk)
+                {
+                    ulong n = ScasbBulk(c, di, count, mask, (ulong)budget, (byte)a, repne, out bool found);
+                    if (n != 0)
+                    {
+                        di = (di + n) & mask;
+                        count -= n;
+                        budget -= (long)n;
+                        if (count == 0 || found) { stop = true; break; }
+                        continue;
+                    }
+                }
                 ulong b = c.ReadMem(Cpu.ES, di, sz);
                 c.SetLazyFlags(LazyOp.Sub, sz, (a - b) & smask, a, b);
                 di = (di + step) & mask;
@@ -377,5 +404,53 @@ internal static unsafe class IntegerString
             SetIndex(c, Cpu.RCX, count, asz);
         }
         if (!stop) Restart(c);
+    }
+
+    /// <summary>
+    /// REPE CMPSB, forward, within one page of each operand: compares on the host and stops after the first
+    /// difference. Returns the bytes consumed (0: use element accesses) and sets the flags of the last compare.
+    /// </summary>
+    private static ulong CmpsbBulk(Cpu c, int seg, ulong si, ulong di, ulong count, ulong mask, ulong budget, out bool mismatch)
+    {
+        mismatch = false;
+        ulong las = c.Linear(seg, si, 1, false);
+        ulong lad = c.Linear(Cpu.ES, di, 1, false);
+        ulong n = Math.Min(count, budget);
+        n = Math.Min(n, 0x1000 - (las & 0xFFF));
+        n = Math.Min(n, 0x1000 - (lad & 0xFFF));
+        n = Room(c, seg, si, 1, mask, n);
+        n = Room(c, Cpu.ES, di, 1, mask, n);
+        if (n < 2) return 0;
+        byte* ps = c.BulkReadPointer(las, (int)n);
+        if (ps == null) return 0;
+        byte* pd = c.BulkReadPointer(lad, (int)n);
+        if (pd == null) return 0;
+        var a = new ReadOnlySpan<byte>(ps, (int)n);
+        var b = new ReadOnlySpan<byte>(pd, (int)n);
+        int same = a.CommonPrefixLength(b);
+        int last = same < (int)n ? same : (int)n - 1;
+        mismatch = same < (int)n;
+        c.SetLazyFlags(LazyOp.Sub, 1, (byte)(a[last] - b[last]), a[last], b[last]);
+        return (ulong)last + 1;
+    }
+
+    /// <summary>REPNE/REPE SCASB, forward, within one page: searches on the host (the strlen/memchr idiom).</summary>
+    private static ulong ScasbBulk(Cpu c, ulong di, ulong count, ulong mask, ulong budget, byte al, bool repne, out bool found)
+    {
+        found = false;
+        ulong lad = c.Linear(Cpu.ES, di, 1, false);
+        ulong n = Math.Min(count, budget);
+        n = Math.Min(n, 0x1000 - (lad & 0xFFF));
+        n = Room(c, Cpu.ES, di, 1, mask, n);
+        if (n < 2) return 0;
+        byte* pd = c.BulkReadPointer(lad, (int)n);
+        if (pd == null) return 0;
+        var s = new ReadOnlySpan<byte>(pd, (int)n);
+        // REPNE stops at the first byte equal to AL, REPE at the first one that differs.
+        int idx = repne ? s.IndexOf(al) : s.IndexOfAnyExcept(al);
+        found = idx >= 0;
+        int last = found ? idx : (int)n - 1;
+        c.SetLazyFlags(LazyOp.Sub, 1, (byte)(al - s[last]), al, s[last]);
+        return (ulong)last + 1;
     }
 }

@@ -180,6 +180,29 @@ public class IntFlowControlTests
     }
 
     [Fact]
+    public void SixteenBitJccTargetWrapsAt64K()
+    {
+        using var vm = new TestVm();
+        // xor ax,ax (ZF=1); jz rel16 at 0000:FFF2 to FFF6+1B = 0x10011, which wraps to IP 0x0011.
+        vm.Start16(a => a.db(0x31, 0xC0, 0x0F, 0x84, 0x1B, 0x00), 0xFFF0);
+        vm.Vm.Memory.Write(0x11, new byte[] { 0xB8, 0x34, 0x12, 0xF4 });
+        vm.RunToHlt();
+        Assert.Equal(0x1234UL, vm.Cpu.Gpr[0] & 0xFFFF);
+    }
+
+    [Fact]
+    public void OperandSize16JccIn32BitCodeMasksTarget()
+    {
+        using var vm = new TestVm();
+        // At 0x100000: xor eax,eax; jz rel16 (66 0F 84): target (0x100007 + 0x100) & 0xFFFF = 0x0107.
+        vm.Start32(a => a.db(0x31, 0xC0, 0x66, 0x0F, 0x84, 0x00, 0x01));
+        vm.Vm.Memory.Write(0x107, new byte[] { 0xB8, 0x77, 0, 0, 0, 0xF4 });
+        vm.RunToHlt();
+        Assert.Equal(0x77UL, vm.Cpu.Gpr[0]);
+        Assert.Equal(0x10DUL, vm.Cpu.Rip);
+    }
+
+    [Fact]
     public void RetToNonCanonicalTargetFaultsWithStackIntact()
     {
         using var vm = new TestVm();
