@@ -318,9 +318,11 @@ public sealed class LocalApic : IInterruptController, IMmioDevice
 
     private void StartCountLocked(uint count)
     {
+        // In TSC-deadline mode the initial-count register ignores writes (SDM 11.5.4.1).
+        if (TimerModeLocked == TimerTscDeadline) return;
         StopTimerLocked();
         _timerInitial = count;
-        if (count == 0 || TimerModeLocked == TimerTscDeadline) return;
+        if (count == 0) return;
         long ns = (long)((Int128)count * DivisorLocked * 1_000_000_000 / TimerHz);
         if (TimerModeLocked == TimerPeriodic) ns = Math.Max(ns, MinPeriodicNs);
         _timerPeriodNs = Math.Max(ns, 1);

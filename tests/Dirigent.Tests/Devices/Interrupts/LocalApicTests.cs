@@ -190,7 +190,8 @@ public sealed class LocalApicTests : IDisposable
         Assert.Equal(0ul, _apic.ReadTscDeadline()); // ignored outside TSC-deadline mode
         W(RegLvtTimer, 0x40042);
         W(RegTimerInitial, 1000);
-        Assert.Equal(0u, R(RegTimerCurrent)); // the counter is unused in this mode
+        Assert.Equal(0u, R(RegTimerInitial)); // the counter ignores writes in this mode
+        Assert.Equal(0u, R(RegTimerCurrent));
         ulong now = (ulong)_clock.NowNs * (TscHz / 1_000_000_000);
         ulong deadline = now + 20_000_000 * (TscHz / 1_000_000_000); // 20 ms ahead
         _apic.WriteTscDeadline(deadline);
