@@ -25,8 +25,11 @@ public readonly record struct ApicMessage(
 /// <summary>The system side the local APICs talk to: other APICs (IPIs) and the IOAPICs (EOI broadcasts).</summary>
 public interface IApicBus
 {
-    /// <summary>Delivers a message; <paramref name="source"/> is the sending local APIC (for shorthands) or null.</summary>
-    void Deliver(in ApicMessage message, LocalApic? source);
+    /// <summary>
+    /// Delivers a message; <paramref name="source"/> is the sending local APIC (for shorthands) or null. Returns
+    /// whether any local APIC accepted it.
+    /// </summary>
+    bool Deliver(in ApicMessage message, LocalApic? source);
 
     /// <summary>A local APIC retired a level-triggered vector: IOAPIC entries with that vector clear remote IRR.</summary>
     void BroadcastEoi(int vector);

@@ -99,19 +99,19 @@ public sealed class InterruptRouter : IApicBus
         Deliver(msg, null);
     }
 
-    public void Deliver(in ApicMessage message, LocalApic? source)
+    public bool Deliver(in ApicMessage message, LocalApic? source)
     {
         var m = message;
+        bool accepted = false;
         switch (m.Shorthand)
         {
             case ApicShorthand.Self:
-                source?.Accept(m);
-                return;
+                return source?.Accept(m) ?? false;
             case ApicShorthand.AllIncludingSelf:
             case ApicShorthand.AllExcludingSelf:
                 foreach (var a in LocalApics)
-                    if (m.Shorthand == ApicShorthand.AllIncludingSelf || a != source) a.Accept(m);
-                return;
+                    if (m.Shorthand == ApicShorthand.AllIncludingSelf || a != source) accepted |= a.Accept(m);
+                return accepted;
         }
         if (m.Mode == ApicDeliveryMode.LowestPriority)
         {
@@ -124,11 +124,11 @@ public sealed class InterruptRouter : IApicBus
                 uint apr = a.ArbitrationPriority;
                 if (apr < bestApr) { best = a; bestApr = apr; }
             }
-            best?.Accept(m);
-            return;
+            return best?.Accept(m) ?? false;
         }
         foreach (var a in LocalApics)
-            if (a.MatchesDestination(m.LogicalDestination, m.Destination)) a.Accept(m);
+            if (a.MatchesDestination(m.LogicalDestination, m.Destination)) accepted |= a.Accept(m);
+        return accepted;
     }
 
     public void BroadcastEoi(int vector) => IoApic.EndOfInterrupt(vector);

@@ -70,13 +70,13 @@ public sealed class IoApic : IMmioDevice
             else if (level && !was && (e & RedirMask) == 0)
                 msg = MessageFor(e); // edges on a masked pin are lost, as on the 82093AA
         }
-        if (msg is { } m) _bus.Deliver(m, null);
+        if (msg is { } m) Send(pin, m);
     }
 
     /// <summary>An EOI for a level-triggered vector: clear Remote IRR and re-deliver pins that are still asserted.</summary>
     public void EndOfInterrupt(int vector)
     {
-        List<ApicMessage>? msgs = null;
+        List<(int Pin, ApicMessage Message)>? msgs = null;
         lock (_lock)
         {
             for (int pin = 0; pin < Pins; pin++)
@@ -84,10 +84,17 @@ public sealed class IoApic : IMmioDevice
                 ulong e = _redir[pin];
                 if ((e & RedirRemoteIrr) == 0 || (int)(e & RedirVectorMask) != vector) continue;
                 _redir[pin] = e & ~RedirRemoteIrr;
-                if ((_pinLevels & (1u << pin)) != 0 && TryService(pin) is { } m) (msgs ??= new()).Add(m);
+                if ((_pinLevels & (1u << pin)) != 0 && TryService(pin) is { } m) (msgs ??= new()).Add((pin, m));
             }
         }
-        if (msgs != null) foreach (var m in msgs) _bus.Deliver(m, null);
+        if (msgs != null) foreach (var (pin, m) in msgs) Send(pin, m);
+    }
+
+    private void Send(int pin, in ApicMessage m)
+    {
+        if (_bus.Deliver(m, null) || !m.LevelTriggered) return;
+        // No local APIC took it (all targets software-disabled, say): no EOI will come, so do not wait for one.
+        lock (_lock) _redir[pin] &= ~RedirRemoteIrr;
     }
 
     // Must hold _lock. A level pin sends one message and then waits in Remote IRR for the EOI.
@@ -153,11 +160,16 @@ public sealed class IoApic : IMmioDevice
     public void Write(ulong offset, int size, ulong value)
     {
         ApicMessage? msg = null;
+        int pin = 0;
         lock (_lock)
         {
             if (offset == 0) _ioRegSel = (byte)value;
-            else if (offset == 0x10 && size >= 4) msg = WriteRegister(_ioRegSel, (uint)value);
+            else if (offset == 0x10 && size >= 4)
+            {
+                msg = WriteRegister(_ioRegSel, (uint)value);
+                pin = (_ioRegSel - 0x10) >> 1;
+            }
         }
-        if (msg is { } m) _bus.Deliver(m, null);
+        if (msg is { } m) Send(pin, m);
     }
 }

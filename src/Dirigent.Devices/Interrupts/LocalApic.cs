@@ -219,8 +219,8 @@ public sealed class LocalApic : IInterruptController, IMmioDevice
         if ((lvt & LvtMasked) == 0 && v >= 16) { Set(_irr, v); Clear(_tmr, v); }
     }
 
-    /// <summary>A message from the APIC bus addressed to this APIC.</summary>
-    internal void Accept(in ApicMessage m)
+    /// <summary>A message from the APIC bus addressed to this APIC; false when it was refused.</summary>
+    internal bool Accept(in ApicMessage m)
     {
         switch (m.Mode)
         {
@@ -229,8 +229,8 @@ public sealed class LocalApic : IInterruptController, IMmioDevice
                 lock (_lock)
                 {
                     // A software-disabled APIC answers only INIT, NMI, SMI and STARTUP (SDM 11.4.7.2).
-                    if ((_svr & SvrEnable) == 0) return;
-                    RaiseLocked(m.Vector, m.LevelTriggered);
+                    if ((_svr & SvrEnable) == 0) return false;
+                    if (!RaiseLocked(m.Vector, m.LevelTriggered)) return false;
                 }
                 KickIfPending();
                 break;
@@ -239,7 +239,7 @@ public sealed class LocalApic : IInterruptController, IMmioDevice
                 break;
             case ApicDeliveryMode.Init:
                 // INIT level de-assert only resynchronises arbitration IDs.
-                if (m.LevelTriggered && !m.Assert) return;
+                if (m.LevelTriggered && !m.Assert) return false;
                 int id;
                 lock (_lock) { ResetLocked(); id = (int)(_id >> 24); }
                 OnInitIpi?.Invoke(id, m.Vector);
@@ -251,7 +251,10 @@ public sealed class LocalApic : IInterruptController, IMmioDevice
                 lock (_lock) _extIntPending = true;
                 Kick?.Invoke();
                 break;
+            default:
+                return false;
         }
+        return true;
     }
 
     /// <summary>Whether a non-shorthand message with this destination addresses this APIC (SDM 11.6.2).</summary>

@@ -209,3 +209,69 @@ public sealed class InterruptRouterTests : IDisposable
         Assert.Throws<ArgumentOutOfRangeException>(() => _router.Line(24));
     }
 }
+
+public sealed class InterruptRouterConcurrencyTests
+{
+    /// <summary>
+    /// Devices, the timer thread and two "vCPUs" hammer the controllers at once: every path must finish (no lock
+    /// cycle) and the level-triggered line must end fully serviced.
+    /// </summary>
+    [Fact]
+    public void ConcurrentSourcesAndVcpusDoNotDeadlock()
+    {
+        using var clock = new VirtualClock();
+        var router = new InterruptRouter(clock, 2, 2_000_000_000);
+        var io = new IoBus();
+        router.Pic.RegisterPorts(io);
+        foreach (var (port, v) in new (ushort, byte)[] {
+            (0x21, 0xFF), (0x20, 0x11), (0x21, 0x30), (0x21, 0x04), (0x21, 0x01),
+            (0xA0, 0x11), (0xA1, 0x38), (0xA1, 0x02), (0xA1, 0x01), (0x21, 0xF9), (0xA1, 0xFF) })
+            io.Write(port, 1, v);
+        LocalApic bsp = router.LocalApics[0], ap = router.LocalApics[1];
+        bsp.Write(LocalApic.RegSvr, 4, 0x1FF);
+        ap.Write(LocalApic.RegSvr, 4, 0x1FF);
+        bsp.Write(LocalApic.RegLvtLint0, 4, 0x700);
+        router.IoApic.Write(0, 4, 0x10 + 2 * 16);
+        router.IoApic.Write(0x10, 4, 0x8050); // GSI 16: level, vector 0x50, to APIC 0
+        ap.Write(LocalApic.RegTimerDivide, 4, 0xB);
+        ap.Write(LocalApic.RegLvtTimer, 4, 0x20060);
+        ap.Write(LocalApic.RegTimerInitial, 4, 200_000); // 200 us periodic
+
+        var stop = new ManualResetEventSlim();
+        var pci = router.Line(16);
+        var kbd = router.Line(1);
+        int serviced = 0;
+        void Vcpu(LocalApic a)
+        {
+            while (!stop.IsSet || a.HasPendingInterrupt)
+            {
+                if (!a.HasPendingInterrupt) { Thread.Yield(); continue; }
+                int v = a.AcknowledgeInterrupt();
+                if (v is >= 0x30 and < 0x38) io.Write(0x20, 1, 0x20); // 8259 EOI
+                else if (v >= 0) { a.Write(LocalApic.RegEoi, 4, 0); Interlocked.Increment(ref serviced); }
+                if (stop.IsSet) { pci.Set(false); kbd.Set(false); }
+            }
+        }
+        var threads = new[]
+        {
+            new Thread(() => { for (int i = 0; i < 20_000; i++) pci.Set(i % 2 == 0); }),
+            new Thread(() => { for (int i = 0; i < 20_000; i++) kbd.Set(i % 2 == 0); }),
+            new Thread(() =>
+            {
+                for (int i = 0; i < 20_000; i++) { ap.Write(LocalApic.RegIcrHigh, 4, 0); ap.Write(LocalApic.RegIcrLow, 4, 0x4090); }
+            }),
+            new Thread(() => Vcpu(bsp)),
+            new Thread(() => Vcpu(ap)),
+        };
+        foreach (var t in threads) { t.IsBackground = true; t.Start(); }
+        for (int i = 0; i < 3; i++) Assert.True(threads[i].Join(20_000), $"source thread {i} hung");
+        ap.Write(LocalApic.RegTimerInitial, 4, 0);
+        pci.Set(false);
+        kbd.Set(false);
+        stop.Set();
+        Assert.True(threads[3].Join(20_000) && threads[4].Join(20_000), "vCPU thread hung");
+        Assert.True(serviced > 0);
+        Assert.False(bsp.HasPendingInterrupt || ap.HasPendingInterrupt);
+        Assert.Equal(0ul, router.IoApic.ReadRedirection(16) & (1UL << 14)); // every level delivery got its EOI
+    }
+}

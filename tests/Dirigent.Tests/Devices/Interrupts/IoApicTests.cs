@@ -7,7 +7,8 @@ public class IoApicTests
     private sealed class RecordingBus : IApicBus
     {
         public readonly List<ApicMessage> Messages = new();
-        public void Deliver(in ApicMessage message, LocalApic? source) => Messages.Add(message);
+        public bool Accepting = true;
+        public bool Deliver(in ApicMessage message, LocalApic? source) { Messages.Add(message); return Accepting; }
         public void BroadcastEoi(int vector) { }
     }
 
@@ -104,6 +105,16 @@ public class IoApicTests
         Program(10, 0x1_0052);
         Assert.Equal(0u, ReadReg(0x10 + 20) & (1u << 14));
         Program(10, 0x8052);
+        Assert.Equal(0u, ReadReg(0x10 + 20) & (1u << 14));
+    }
+
+    [Fact]
+    public void LevelMessageNobodyAcceptedLeavesNoRemoteIrr()
+    {
+        _bus.Accepting = false;
+        Program(10, 0x8052);
+        _ioapic.SetPin(10, true);
+        Assert.Single(_bus.Messages);
         Assert.Equal(0u, ReadReg(0x10 + 20) & (1u << 14));
     }
 
