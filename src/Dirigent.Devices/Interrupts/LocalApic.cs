@@ -326,11 +326,30 @@ public sealed class LocalApic : IInterruptController, IMmioDevice
         StopTimerLocked();
         _timerInitial = count;
         if (count == 0) return;
-        long ns = (long)((Int128)count * DivisorLocked * 1_000_000_000 / TimerHz);
+        long ns = CountToNsLocked(count);
         if (TimerModeLocked == TimerPeriodic) ns = Math.Max(ns, MinPeriodicNs);
         _timerPeriodNs = Math.Max(ns, 1);
         _timerStartNs = _clock.NowNs;
         _timerArmed = true;
+        ScheduleLocked(_timerStartNs + _timerPeriodNs);
+    }
+
+    private long CountToNsLocked(long count) => (long)((Int128)count * DivisorLocked * 1_000_000_000 / TimerHz);
+
+    // A new divisor while counting keeps the current count and runs the rest (and later periods) at the new rate.
+    private void SetDivideLocked(uint value)
+    {
+        if (value == _timerDivide) return;
+        if (!_timerArmed || TimerModeLocked == TimerTscDeadline) { _timerDivide = value; return; }
+        uint current = CurrentCountLocked();
+        _timerDivide = value;
+        _timerEntry?.Cancel();
+        _timerGen++;
+        long period = CountToNsLocked(_timerInitial);
+        if (TimerModeLocked == TimerPeriodic) period = Math.Max(period, MinPeriodicNs);
+        _timerPeriodNs = Math.Max(period, 1);
+        long now = _clock.NowNs;
+        _timerStartNs = now - (long)((Int128)(_timerInitial - current) * _timerPeriodNs / Math.Max(_timerInitial, 1u));
         ScheduleLocked(_timerStartNs + _timerPeriodNs);
     }
 
@@ -473,7 +492,7 @@ public sealed class LocalApic : IInterruptController, IMmioDevice
                     ipi = IpiLocked();
                     break;
                 case RegTimerInitial: StartCountLocked(value); break;
-                case RegTimerDivide: _timerDivide = value & 0xB; break;
+                case RegTimerDivide: SetDivideLocked(value & 0xB); break;
                 case >= RegLvtTimer and <= RegLvtError when (reg & 0xF) == 0:
                     WriteLvtLocked((reg - RegLvtTimer) >> 4, value);
                     break;

@@ -79,9 +79,10 @@ public sealed class Pic8259
 
         public void Icw1(byte value)
         {
-            // ICW1 clears the mask and in-service state, resets the edge-sense latches and the priority order;
-            // asserted level inputs stay requested. The ELCR belongs to the chipset and survives.
-            Imr = 0; Isr = 0; EdgeSense = 0;
+            // ICW1 clears the mask and in-service state, resets the edge-sense circuit (an edge input that is high
+            // must go low and high again) and the priority order; asserted level inputs stay requested. The ELCR
+            // belongs to the chipset and survives.
+            Imr = 0; Isr = 0; EdgeSense = Lines;
             Irr = (byte)(Lines & Elcr);
             LowestPriorityAdd = 0; VectorBase = 0;
             ReadIsr = false; Poll = false;

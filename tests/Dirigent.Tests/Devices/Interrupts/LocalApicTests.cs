@@ -172,6 +172,21 @@ public sealed class LocalApicTests : IDisposable
     }
 
     [Fact]
+    public void DivideChangeWhileCountingKeepsTheCount()
+    {
+        Enable();
+        W(RegTimerDivide, 0xB); // divide by 1: 100M counts = 100 ms
+        W(RegLvtTimer, 0x40);
+        W(RegTimerInitial, 100_000_000);
+        uint before = R(RegTimerCurrent);
+        W(RegTimerDivide, 0xA); // divide by 128: the rest now takes seconds
+        uint after = R(RegTimerCurrent);
+        Assert.InRange(after, before - 50_000_000u, before); // no jump beyond what elapsed in between (<50 ms)
+        Assert.False(WaitPending(300)); // at the old rate it would have fired by now
+        Assert.True(R(RegTimerCurrent) > after - 10_000_000u); // 300 ms at 1 GHz / 128 is ~2.3M counts
+    }
+
+    [Fact]
     public void MaskedTimerCountsWithoutInterrupting()
     {
         Enable();
