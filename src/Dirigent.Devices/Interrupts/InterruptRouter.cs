@@ -1,3 +1,4 @@
+using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
 using Dirigent.Machine.Time;
 
@@ -36,6 +37,17 @@ public sealed class InterruptRouter : IApicBus
             apics[0].SetLint(0, level);
             IoApic.SetPin(0, level);
         };
+    }
+
+    /// <summary>
+    /// Claims the 8259 ports (0x20-0x21, 0xA0-0xA1, ELCR 0x4D0-0x4D1) and the IOAPIC page at
+    /// <see cref="PcPlatform.IoApicBase"/>. The local APIC pages are not on the shared bus: each vCPU reaches its
+    /// own APIC through the CPU (Cpu.AttachInterruptController(apic, apic)).
+    /// </summary>
+    public void Register(IoBus io, MmioBus mmio)
+    {
+        Pic.RegisterPorts(io);
+        mmio.Register(PcPlatform.IoApicBase, 0x1000, IoApic);
     }
 
     /// <summary>System reset: controllers back to their power-on state (lines keep their levels).</summary>

@@ -203,6 +203,18 @@ public sealed class InterruptRouterTests : IDisposable
     private static bool Bit(LocalApic a, int v) => ((uint)a.Read((ulong)(RegIrr + v / 32 * 0x10), 4) & (1u << (v % 32))) != 0;
 
     [Fact]
+    public void RegisterPutsPicPortsAndIoApicPageOnTheBuses()
+    {
+        var io = new IoBus();
+        var mmio = new MmioBus();
+        _router.Register(io, mmio);
+        io.Write(0x21, 1, 0xA5);
+        Assert.Equal(0xA5u, io.Read(0x21, 1));
+        mmio.Write(PcPlatform.IoApicBase, 4, 1);
+        Assert.Equal(0x0017_0011ul, mmio.Read(PcPlatform.IoApicBase + 0x10, 4));
+    }
+
+    [Fact]
     public void InvalidLinesAreRejected()
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => _router.Line(2));
