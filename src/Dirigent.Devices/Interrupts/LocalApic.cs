@@ -37,7 +37,7 @@ public sealed class LocalApic : IInterruptController, IMmioDevice
     private readonly object _lock = new();
     private readonly VirtualClock _clock;
     private readonly ulong _tscHz;
-    private IApicBus? _bus;
+    private readonly IApicBus? _bus;
 
     // Register state
     private uint _id, _tpr, _ldr, _dfr, _svr, _esr, _esrPending, _icrLow, _icrHigh, _timerInitial, _timerDivide;
@@ -78,8 +78,6 @@ public sealed class LocalApic : IInterruptController, IMmioDevice
         _bus = bus;
         Reset();
     }
-
-    internal void AttachBus(IApicBus bus) => _bus = bus;
 
     public int ApicId { get { lock (_lock) return (int)(_id >> 24); } }
     public bool SoftwareEnabled { get { lock (_lock) return (_svr & SvrEnable) != 0; } }
@@ -392,8 +390,11 @@ public sealed class LocalApic : IInterruptController, IMmioDevice
         KickIfPending();
     }
 
-    /// <summary>Guest write of IA32_TSC_DEADLINE (ignored unless the timer is in TSC-deadline mode; 0 disarms).</summary>
-    public void WriteTscDeadline(ulong tsc)
+    /// <summary>
+    /// Guest write of IA32_TSC_DEADLINE (ignored unless the timer is in TSC-deadline mode; 0 disarms).
+    /// <paramref name="tscOffset"/> is what the vCPU adds to the clock-derived TSC (a guest write of IA32_TSC).
+    /// </summary>
+    public void WriteTscDeadline(ulong tsc, long tscOffset = 0)
     {
         lock (_lock)
         {
@@ -402,7 +403,9 @@ public sealed class LocalApic : IInterruptController, IMmioDevice
             _tscDeadline = tsc;
             if (tsc == 0) return;
             _timerArmed = true;
-            UInt128 ns = (UInt128)tsc * 1_000_000_000UL / _tscHz;
+            // A deadline the offset puts before the clock's epoch is simply due now.
+            ulong clockTsc = tscOffset >= 0 ? (tsc > (ulong)tscOffset ? tsc - (ulong)tscOffset : 0) : tsc + (ulong)-tscOffset;
+            UInt128 ns = (UInt128)clockTsc * 1_000_000_000UL / _tscHz;
             ScheduleLocked(ns > long.MaxValue ? long.MaxValue : (long)ns);
         }
     }
