@@ -232,6 +232,14 @@ public sealed class LocalApicTests : IDisposable
         _apic.WriteTscDeadline(1);
         Assert.True(WaitPending(1000));
         Assert.Equal(0x43, _apic.AcknowledgeInterrupt());
+        W(RegEoi, 0);
+
+        // With a TSC offset (the guest wrote IA32_TSC), the deadline is in the guest's TSC units.
+        const long offset = 1L << 50;
+        _apic.WriteTscDeadline((ulong)offset + (ulong)_clock.NowNs * 2 + 10_000_000_000UL, offset); // 5 s ahead
+        Assert.False(WaitPending(100));
+        _apic.WriteTscDeadline((ulong)offset + (ulong)_clock.NowNs * 2, offset);
+        Assert.True(WaitPending(1000));
     }
 
     [Fact]
