@@ -34,19 +34,21 @@ public sealed class AcpiPm : IPortDevice
     private const int SlpTypShift = 10;
 
     private readonly VirtualMachine _vm;
-    private readonly VirtualClock _clock;
+    private readonly DeviceClock _clock;
     private readonly IIrqLine? _sci;
     private readonly object _lock = new();
     private ushort _pm1Sts, _pm1En, _pm1Cnt = SciEn;
     private uint _gpe0Sts, _gpe0En;
     private long _tmrMsbToggles; // bit-23 transitions of the PM timer already reported through TMR_STS
     private bool _sciLevel;
-    private VirtualClock.TimerEntry? _tmrTimer;
+    private Action? _cancelTmrTimer;
 
-    public AcpiPm(VirtualMachine vm, IIrqLine? sci)
+    public AcpiPm(VirtualMachine vm, IIrqLine? sci) : this(vm, DeviceClock.From(vm.Clock), sci) { }
+
+    internal AcpiPm(VirtualMachine vm, DeviceClock clock, IIrqLine? sci)
     {
         _vm = vm;
-        _clock = vm.Clock;
+        _clock = clock;
         _sci = sci;
         _tmrMsbToggles = PmTicks(_clock.NowNs) >> 23;
     }
@@ -166,11 +168,11 @@ public sealed class AcpiPm : IPortDevice
 
     private void ArmTimerOverflow()
     {
-        _tmrTimer?.Cancel();
-        _tmrTimer = null;
+        _cancelTmrTimer?.Invoke();
+        _cancelTmrTimer = null;
         if ((_pm1En & TmrSts) == 0 || _sci == null) return;
         long next = (_tmrMsbToggles + 1) << 23;
-        _tmrTimer = _clock.Schedule(PmTicksToNs(next), OnTimerOverflow);
+        _cancelTmrTimer = _clock.Schedule(PmTicksToNs(next), OnTimerOverflow);
     }
 
     private void OnTimerOverflow()

@@ -1,3 +1,4 @@
+using Dirigent.Devices.Misc;
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
 using Dirigent.Machine.Time;
@@ -48,7 +49,7 @@ public sealed class Uart16550 : IPortDevice
 
     private readonly ISerialBackend _backend;
     private readonly IIrqLine? _irq;
-    private readonly VirtualClock _clock;
+    private readonly DeviceClock _clock;
     private readonly object _lock = new();
 
     private byte _ier, _lcr, _mcr, _scr;
@@ -63,10 +64,13 @@ public sealed class Uart16550 : IPortDevice
     private bool _thrIPending;
     private bool _timeoutPending;
     private long _lastRxActivityNs;
-    private VirtualClock.TimerEntry? _timeoutTimer;
+    private Action? _cancelTimeout;
     private bool _irqLevel;
 
     public Uart16550(ISerialBackend backend, IIrqLine? irq, VirtualClock clock)
+        : this(backend, irq, DeviceClock.From(clock)) { }
+
+    internal Uart16550(ISerialBackend backend, IIrqLine? irq, DeviceClock clock)
     {
         _backend = backend;
         _irq = irq;
@@ -272,11 +276,11 @@ public sealed class Uart16550 : IPortDevice
 
     private void ArmTimeout()
     {
-        _timeoutTimer?.Cancel();
-        _timeoutTimer = null;
+        _cancelTimeout?.Invoke();
+        _cancelTimeout = null;
         if (!_fifoEnabled || _rxFifo.Count == 0 || _timeoutPending) return;
         long activity = _lastRxActivityNs;
-        _timeoutTimer = _clock.Schedule(activity + TimeoutNs(), () => OnTimeout(activity));
+        _cancelTimeout = _clock.Schedule(activity + TimeoutNs(), () => OnTimeout(activity));
     }
 
     private void OnTimeout(long activity)

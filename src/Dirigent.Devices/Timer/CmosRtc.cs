@@ -1,3 +1,4 @@
+using Dirigent.Devices.Misc;
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
 using Dirigent.Machine.Time;
@@ -27,35 +28,39 @@ public sealed class CmosRtc : IPortDevice
     private const byte RegDVrt = 0x80;
 
     /// <summary>The update cycle lasts 1984 us; UIP rises 244 us before it begins (datasheet timing).</summary>
-    private const long UipLeadNs = 244_000;
+    private const long UipLeadTicks = 2_440;
+    private const long TicksPerSecond = TimeSpan.TicksPerSecond; // guest time is kept in DateTime ticks (100 ns)
     private const long NsPerSecond = 1_000_000_000;
 
-    private readonly VirtualClock _clock;
+    private readonly DeviceClock _clock;
     private readonly IIrqLine? _irq;
     private readonly object _lock = new();
     private readonly byte[] _cmos = new byte[128];
     private byte _index;
     private bool _nmiDisabled;
 
-    // Guest time (ns since 0001-01-01 UTC) = _anchorWallNs + (NowNs - _anchorNs) + _offsetNs
-    private readonly long _anchorWallNs;
+    // Guest time (DateTime ticks, UTC) = _anchorWallTicks + (NowNs - _anchorNs) / 100 + _offsetTicks
+    private readonly long _anchorWallTicks;
     private readonly long _anchorNs;
-    private long _offsetNs;
+    private long _offsetTicks;
 
     private bool _frozen;           // SET bit: the time registers hold what the guest writes, the clock stops
     private long _lastEventCheckNs; // virtual ns up to which PF/UF/AF have been accounted
     private bool _irqLevel;
-    private VirtualClock.TimerEntry? _timer;
+    private Action? _cancelTimer;
     private int _timerGeneration;
 
     /// <param name="ramBelow4G">RAM below the 4 GiB hole in bytes (reported in CMOS like QEMU's PC does).</param>
     /// <param name="ramAbove4G">RAM mapped above 4 GiB in bytes.</param>
     public CmosRtc(VirtualClock clock, IIrqLine? irq8, ulong ramBelow4G, ulong ramAbove4G = 0)
+        : this(DeviceClock.From(clock), irq8, ramBelow4G, ramAbove4G) { }
+
+    internal CmosRtc(DeviceClock clock, IIrqLine? irq8, ulong ramBelow4G, ulong ramAbove4G = 0)
     {
         _clock = clock;
         _irq = irq8;
         _anchorNs = clock.NowNs;
-        _anchorWallNs = DateTime.UtcNow.Ticks * 100;
+        _anchorWallTicks = DateTime.UtcNow.Ticks;
         _lastEventCheckNs = _anchorNs;
         _cmos[RegA] = 0x26;              // 32.768 kHz time base, 1024 Hz periodic rate
         _cmos[RegB] = RegB24Hour;        // BCD, 24-hour, no interrupts
@@ -129,7 +134,13 @@ public sealed class CmosRtc : IPortDevice
         if (level is bool l) _irq?.Set(l);
     }
 
-    private long GuestNs(long now) => _anchorWallNs + (now - _anchorNs) + _offsetNs;
+    private long GuestTicks(long now) => _anchorWallTicks + (now - _anchorNs) / 100 + _offsetTicks;
+
+    /// <summary>The virtual time at which guest time reaches the given tick count.</summary>
+    private long VirtualNsAt(long guestTicks) => _anchorNs + (guestTicks - _anchorWallTicks - _offsetTicks) * 100;
+
+    private DateTime GuestTime(long now) =>
+        new(Math.Clamp(GuestTicks(now), 0, DateTime.MaxValue.Ticks), DateTimeKind.Utc);
 
     private byte ReadRegister(int index, out bool lowerIrq)
     {
@@ -139,11 +150,11 @@ public sealed class CmosRtc : IPortDevice
         {
             case RegSeconds or RegMinutes or RegHours or RegDayOfWeek or RegDayOfMonth or RegMonth or RegYear
                 or RegCentury:
-                return _frozen ? _cmos[index] : EncodeField(index, new DateTime(GuestNs(now) / 100, DateTimeKind.Utc));
+                return _frozen ? _cmos[index] : EncodeField(index, GuestTime(now));
             case RegA:
             {
                 byte a = (byte)(_cmos[RegA] & 0x7F);
-                if (!_frozen && GuestNs(now) % NsPerSecond >= NsPerSecond - UipLeadNs) a |= RegAUip;
+                if (!_frozen && GuestTicks(now) % TicksPerSecond >= TicksPerSecond - UipLeadTicks) a |= RegAUip;
                 return a;
             }
             case RegC:
@@ -242,7 +253,7 @@ public sealed class CmosRtc : IPortDevice
     /// <summary>Copies the running time into the time registers (the clock is about to be stopped or edited).</summary>
     private void SnapshotTime(long now)
     {
-        var t = new DateTime(GuestNs(now) / 100, DateTimeKind.Utc);
+        var t = GuestTime(now);
         foreach (int r in (ReadOnlySpan<int>)[RegSeconds, RegMinutes, RegHours, RegDayOfWeek, RegDayOfMonth, RegMonth,
                      RegYear, RegCentury])
             _cmos[r] = EncodeField(r, t);
@@ -267,8 +278,7 @@ public sealed class CmosRtc : IPortDevice
         day = Math.Clamp(day, 1, DateTime.DaysInMonth(year, month));
         var t = new DateTime(year, month, day, Math.Clamp(hour, 0, 23), Math.Clamp(min, 0, 59),
             Math.Clamp(sec, 0, 59), DateTimeKind.Utc);
-        long wantNs = t.Ticks * 100;
-        _offsetNs = wantNs - (_anchorWallNs + (now - _anchorNs));
+        _offsetTicks = t.Ticks - (_anchorWallTicks + (now - _anchorNs) / 100);
     }
 
     private void AccountFromNow(long now) => _lastEventCheckNs = now;
@@ -294,11 +304,12 @@ public sealed class CmosRtc : IPortDevice
         if (period > 0 && now / period > from / period) _cmos[RegC] |= RegCPf;
         if (!_frozen)
         {
-            long g0 = GuestNs(from), g1 = GuestNs(now);
-            if (g1 / NsPerSecond > g0 / NsPerSecond)
+            long g0 = GuestTicks(from), g1 = GuestTicks(now);
+            if (g1 / TicksPerSecond > g0 / TicksPerSecond)
             {
                 _cmos[RegC] |= RegCUf;
-                var t = new DateTime(g1 / NsPerSecond * NsPerSecond / 100, DateTimeKind.Utc);
+                var t = new DateTime(Math.Clamp(g1 / TicksPerSecond * TicksPerSecond, 0, DateTime.MaxValue.Ticks),
+                    DateTimeKind.Utc);
                 if (AlarmMatches(t)) _cmos[RegC] |= RegCAf;
             }
         }
@@ -324,8 +335,8 @@ public sealed class CmosRtc : IPortDevice
     private bool? Reschedule(long now)
     {
         _timerGeneration++;
-        _timer?.Cancel();
-        _timer = null;
+        _cancelTimer?.Invoke();
+        _cancelTimer = null;
         bool? change = null;
         bool want = (_cmos[RegC] & RegCIrqf) != 0;
         if (want != _irqLevel) { _irqLevel = want; change = want; }
@@ -336,13 +347,12 @@ public sealed class CmosRtc : IPortDevice
         if ((b & RegBPie) != 0 && period > 0) next = (now / period + 1) * period;
         if ((b & (RegBUie | RegBAie)) != 0 && !_frozen)
         {
-            long g = GuestNs(now);
-            long toSecond = (g / NsPerSecond + 1) * NsPerSecond - g;
-            next = Math.Min(next, now + toSecond);
+            long g = GuestTicks(now);
+            next = Math.Min(next, Math.Max(now + 1, VirtualNsAt((g / TicksPerSecond + 1) * TicksPerSecond)));
         }
         if (next == long.MaxValue) return change;
         int gen = _timerGeneration;
-        _timer = _clock.Schedule(next, () => OnTimer(gen));
+        _cancelTimer = _clock.Schedule(next, () => OnTimer(gen));
         return change;
     }
 

@@ -18,11 +18,11 @@ public sealed class Pit8254 : IPortDevice
     public const long InputHz = 1_193_182;
     public const int PortCount = 4;
 
-    private readonly VirtualClock _clock;
+    private readonly DeviceClock _clock;
     private readonly IIrqLine? _irq0;
     private readonly object _lock = new();
     private readonly Counter[] _counters = [new(), new(), new()];
-    private VirtualClock.TimerEntry? _irqTimer;
+    private Action? _cancelIrqTimer;
     private int _irqGeneration;
 
     private sealed class Counter
@@ -49,7 +49,9 @@ public sealed class Pit8254 : IPortDevice
         public bool Irq0Raised;     // mode 0: the terminal-count level is already on the line
     }
 
-    public Pit8254(VirtualClock clock, IIrqLine? irq0)
+    public Pit8254(VirtualClock clock, IIrqLine? irq0) : this(DeviceClock.From(clock), irq0) { }
+
+    internal Pit8254(DeviceClock clock, IIrqLine? irq0)
     {
         _clock = clock;
         _irq0 = irq0;
@@ -246,6 +248,8 @@ public sealed class Pit8254 : IPortDevice
         lock (_lock) return Out(_counters[counter], _clock.NowNs);
     }
 
+    internal DeviceClock Clock => _clock;
+
     public bool GetGate(int counter)
     {
         if ((uint)counter > 2) return false;
@@ -301,8 +305,8 @@ public sealed class Pit8254 : IPortDevice
     private void CancelIrqTimer()
     {
         _irqGeneration++;
-        _irqTimer?.Cancel();
-        _irqTimer = null;
+        _cancelIrqTimer?.Invoke();
+        _cancelIrqTimer = null;
     }
 
     /// <summary>Arms a callback at counter 0's next OUT rising edge. Called with the lock held.</summary>
@@ -338,7 +342,7 @@ public sealed class Pit8254 : IPortDevice
                 break;
         }
         int gen = _irqGeneration;
-        _irqTimer = _clock.Schedule(c.StartNs + TicksToNs(edgeTick), () => OnIrqTimer(gen));
+        _cancelIrqTimer = _clock.Schedule(c.StartNs + TicksToNs(edgeTick), () => OnIrqTimer(gen));
     }
 
     private void OnIrqTimer(int generation)
@@ -357,7 +361,7 @@ public sealed class Pit8254 : IPortDevice
                 level = true;
             }
             else pulse = true;
-            _irqTimer = null;
+            _cancelIrqTimer = null;
             ScheduleIrq(now);
         }
         // Periodic modes deliver one edge per callback: ticks missed while the host was descheduled are dropped,

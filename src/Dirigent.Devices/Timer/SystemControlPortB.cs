@@ -1,5 +1,5 @@
+using Dirigent.Devices.Misc;
 using Dirigent.Machine.Bus;
-using Dirigent.Machine.Time;
 
 namespace Dirigent.Devices.Timer;
 
@@ -9,8 +9,9 @@ namespace Dirigent.Devices.Timer;
 /// DRAM refresh cycle (15.085 us, derived from the clock so delay loops that count toggles see real time), 5 is
 /// PIT counter 2's OUT, 6-7 (IOCHK/SERR) stay clear since we never raise NMIs.
 /// </summary>
-public sealed class SystemControlPortB(Pit8254 pit, VirtualClock clock) : IPortDevice
+public sealed class SystemControlPortB(Pit8254 pit) : IPortDevice
 {
+    private readonly DeviceClock _clock = pit.Clock;
     private const long RefreshPeriodNs = 15_085;
     private readonly object _lock = new();
     private byte _control; // bits 0-3 as written
@@ -20,7 +21,7 @@ public sealed class SystemControlPortB(Pit8254 pit, VirtualClock clock) : IPortD
         if (offset != 0) return 0xFF;
         byte control;
         lock (_lock) control = _control;
-        bool refresh = ((clock.NowNs / RefreshPeriodNs) & 1) != 0;
+        bool refresh = ((_clock.NowNs / RefreshPeriodNs) & 1) != 0;
         bool out2 = pit.GetOut(2);
         uint v = (uint)(control & 0x0F) | (refresh ? 0x10u : 0) | (out2 ? 0x20u : 0);
         // Wider reads see open bus above the single port.
