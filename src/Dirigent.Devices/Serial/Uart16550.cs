@@ -65,6 +65,7 @@ public sealed class Uart16550 : IPortDevice
     private bool _timeoutPending;
     private long _lastRxActivityNs;
     private Action? _cancelTimeout;
+    private long _timeoutArmedFor;
     private bool _irqLevel;
 
     public Uart16550(ISerialBackend backend, IIrqLine? irq, VirtualClock clock)
@@ -84,6 +85,7 @@ public sealed class Uart16550 : IPortDevice
         {
             foreach (byte b in data) _hostInput.Enqueue(b);
             RefillFromHost();
+            ArmTimeout();
             UpdateIrq();
         }
     }
@@ -199,7 +201,7 @@ public sealed class Uart16550 : IPortDevice
     {
         if (Loopback)
         {
-            if (_rxFifo.Count < RxCapacity) ReceiveIntoFifo(value);
+            if (_rxFifo.Count < RxCapacity) { ReceiveIntoFifo(value); ArmTimeout(); }
             else _lsrErrors |= LsrOe;
         }
         else _backend.Write(value);
@@ -220,6 +222,7 @@ public sealed class Uart16550 : IPortDevice
         {
             _rxTrigger = 1;
             RefillFromHost();
+            ArmTimeout();
             return;
         }
         if ((value & FcrClearRx) != 0)
@@ -248,7 +251,7 @@ public sealed class Uart16550 : IPortDevice
         if ((_msrInputs & MsrRi) != 0 && (inputs & MsrRi) == 0) _msrDelta |= MsrTeri;
         _msrInputs = inputs;
         // Leaving loopback reconnects the receiver to the host.
-        if (wasLoop && !Loopback) RefillFromHost();
+        if (wasLoop && !Loopback) { RefillFromHost(); ArmTimeout(); }
     }
 
     private void ReceiveIntoFifo(byte b)
@@ -256,9 +259,9 @@ public sealed class Uart16550 : IPortDevice
         _rxFifo.Enqueue(b);
         _timeoutPending = false;
         _lastRxActivityNs = _clock.NowNs;
-        ArmTimeout();
     }
 
+    /// <summary>Moves waiting host bytes into the receive FIFO; callers re-arm the timeout afterwards.</summary>
     private void RefillFromHost()
     {
         if (Loopback) return;
@@ -276,10 +279,14 @@ public sealed class Uart16550 : IPortDevice
 
     private void ArmTimeout()
     {
+        bool wanted = _fifoEnabled && _rxFifo.Count > 0 && !_timeoutPending;
+        // Keep a timer already armed for the same last activity: host bytes arriving into a full FIFO change
+        // nothing.
+        if (wanted && _cancelTimeout != null && _timeoutArmedFor == _lastRxActivityNs) return;
         _cancelTimeout?.Invoke();
         _cancelTimeout = null;
-        if (!_fifoEnabled || _rxFifo.Count == 0 || _timeoutPending) return;
-        long activity = _lastRxActivityNs;
+        if (!wanted) return;
+        long activity = _timeoutArmedFor = _lastRxActivityNs;
         _cancelTimeout = _clock.Schedule(activity + TimeoutNs(), () => OnTimeout(activity));
     }
 
@@ -287,6 +294,7 @@ public sealed class Uart16550 : IPortDevice
     {
         lock (_lock)
         {
+            if (activity == _timeoutArmedFor) _cancelTimeout = null;
             if (activity != _lastRxActivityNs || !_fifoEnabled || _rxFifo.Count == 0) return;
             _timeoutPending = true;
             UpdateIrq();

@@ -109,9 +109,11 @@ public sealed class CmosRtc : IPortDevice
         uint v = 0xFF;
         if (offset == 1)
         {
-            bool lower;
-            lock (_lock) v = ReadRegister(_index, out lower);
-            if (lower) _irq?.Set(false);
+            lock (_lock)
+            {
+                v = ReadRegister(_index, out bool lower);
+                if (lower) _irq?.Set(false);
+            }
         }
         // The index port is write-only; wider accesses see open bus above the byte.
         return size switch { 2 => v | 0xFF00, 4 => v | 0xFFFF_FF00, _ => v };
@@ -129,9 +131,11 @@ public sealed class CmosRtc : IPortDevice
             return;
         }
         if (offset != 1) return;
-        bool? level;
-        lock (_lock) level = WriteRegister(_index, (byte)value);
-        if (level is bool l) _irq?.Set(l);
+        // The line is driven with the lock held so that levels reach the interrupt router in order.
+        lock (_lock)
+        {
+            if (WriteRegister(_index, (byte)value) is bool level) _irq?.Set(level);
+        }
     }
 
     private long GuestTicks(long now) => _anchorWallTicks + (now - _anchorNs) / 100 + _offsetTicks;
@@ -330,7 +334,7 @@ public sealed class CmosRtc : IPortDevice
 
     /// <summary>
     /// Re-evaluates the IRQ level and arms a callback at the next event the guest enabled. Returns the new IRQ
-    /// level when it changed; the caller drives the line outside the lock.
+    /// level when it changed; the caller drives the line (still holding the lock).
     /// </summary>
     private bool? Reschedule(long now)
     {
@@ -358,14 +362,12 @@ public sealed class CmosRtc : IPortDevice
 
     private void OnTimer(int generation)
     {
-        bool? level;
         lock (_lock)
         {
             if (generation != _timerGeneration) return;
             long now = _clock.NowNs;
             AccountEvents(now);
-            level = Reschedule(now);
+            if (Reschedule(now) is bool level) _irq?.Set(level);
         }
-        if (level is bool l) _irq?.Set(l);
     }
 }

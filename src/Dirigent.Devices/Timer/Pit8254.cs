@@ -106,14 +106,13 @@ public sealed class Pit8254 : IPortDevice
 
     private void WriteByte(int offset, byte value)
     {
-        Action? irqAction;
+        // The line is driven with the lock held so that levels reach the interrupt router in order.
         lock (_lock)
         {
             long now = _clock.NowNs;
-            if (offset == 3) irqAction = WriteControl(value, now);
-            else irqAction = WriteCount(offset, value, now);
+            var irqAction = offset == 3 ? WriteControl(value, now) : WriteCount(offset, value, now);
+            irqAction?.Invoke();
         }
-        irqAction?.Invoke();
     }
 
     private Action? WriteControl(byte value, long now)
@@ -349,24 +348,21 @@ public sealed class Pit8254 : IPortDevice
     {
         var irq = _irq0;
         if (irq == null) return;
-        bool level = false, pulse = false;
         lock (_lock)
         {
             if (generation != _irqGeneration) return;
             var c = _counters[0];
             long now = _clock.NowNs;
+            _cancelIrqTimer = null;
+            // Periodic modes deliver one edge per callback: ticks missed while the host was descheduled are
+            // dropped, as they would be by a PIC whose IRR bit is already set.
             if (c.Mode == 0)
             {
                 c.Irq0Raised = true;
-                level = true;
+                irq.Set(true);
             }
-            else pulse = true;
-            _cancelIrqTimer = null;
+            else irq.Pulse();
             ScheduleIrq(now);
         }
-        // Periodic modes deliver one edge per callback: ticks missed while the host was descheduled are dropped,
-        // as they would be on a real PIC whose IRR is already set.
-        if (level) irq.Set(true);
-        else if (pulse) irq.Pulse();
     }
 }
