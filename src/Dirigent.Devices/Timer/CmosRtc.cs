@@ -101,6 +101,20 @@ public sealed class CmosRtc : IPortDevice
         _cmos[0x2F] = (byte)sum;
     }
 
+    /// <summary>
+    /// Sets a plain CMOS RAM byte (firmware configuration such as boot order or CPU count) and keeps the
+    /// 0x10-0x2D checksum valid. Clock and status registers (0x00-0x0D) are not settable this way.
+    /// </summary>
+    public void SetCmosByte(int index, byte value)
+    {
+        if (index is < 0x0E or > 0x7F || index == RegCentury) return;
+        lock (_lock)
+        {
+            _cmos[index] = value;
+            if (index is >= 0x10 and <= 0x2D) UpdateChecksum();
+        }
+    }
+
     /// <summary>True while the guest holds NMIs off through port 0x70 bit 7 (stored only: we raise no NMIs).</summary>
     public bool NmiDisabled { get { lock (_lock) return _nmiDisabled; } }
 

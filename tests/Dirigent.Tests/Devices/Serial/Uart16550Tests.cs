@@ -156,6 +156,19 @@ public sealed class Uart16550Tests : IDisposable
     }
 
     [Fact]
+    public void CharacterTimeoutOnTheRealClock()
+    {
+        var irq = new FakeIrqLine();
+        var uart = new Uart16550(_backend, irq, _vm.Clock);
+        uart.Write(2, 1, 0xC7); // FIFO, trigger 14
+        uart.Write(4, 1, 0x08);
+        uart.Write(1, 1, 0x01);
+        uart.EnqueueInput("x"u8);
+        Assert.True(FakeIrqLine.WaitFor(() => irq.Level, 10_000));
+        Assert.Equal(0xCCu, uart.Read(2, 1));
+    }
+
+    [Fact]
     public void NoByteLostWhenHostSendsMoreThanTheFifoHolds()
     {
         Out(2, 0x07);

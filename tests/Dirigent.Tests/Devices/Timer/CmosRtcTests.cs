@@ -184,6 +184,16 @@ public sealed class CmosRtcTests : IDisposable
     }
 
     [Fact]
+    public void ChecksumCoversConfigurationBytes()
+    {
+        _rtc.SetCmosByte(0x10, 0x40);
+        int sum = 0;
+        for (int i = 0x10; i <= 0x2D; i++) sum += Cmos(i);
+        Assert.Equal(sum, (Cmos(0x2E) << 8) | Cmos(0x2F));
+        Assert.Equal(0x40, Cmos(0x10));
+    }
+
+    [Fact]
     public void IndexPortStoresNmiDisableAndRamIsReadWrite()
     {
         _vm.Io.Write(0x70, 1, 0x80 | 0x40);
