@@ -201,6 +201,7 @@ public sealed class CmosRtc : IPortDevice
                 or RegCentury:
                 if (_frozen) { _cmos[index] = value; return null; }
                 // Writing a time register of a running clock sets that field immediately.
+                AccountEvents(now);
                 SnapshotTime(now);
                 _cmos[index] = value;
                 CommitTime(now);
