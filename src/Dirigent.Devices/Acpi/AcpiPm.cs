@@ -80,6 +80,7 @@ public sealed class AcpiPm : IPortDevice
             AccountTimerStatus(now);
             // One timer sample per access so the bytes of a 32-bit read agree with each other.
             uint tmr = (uint)(PmTicks(now) & 0xFF_FFFF);
+            if (offset == PmTmrOffset && size == 4) return tmr; // the clocksource read: no byte splitting
             return PortBytes.Read(offset, size, PortCount, o => ReadByte(o, tmr));
         }
     }

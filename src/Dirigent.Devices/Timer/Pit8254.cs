@@ -62,8 +62,15 @@ public sealed class Pit8254 : IPortDevice
     public static long NsToTicks(long ns) => ns <= 0 ? 0 : (long)((Int128)ns * InputHz / 1_000_000_000);
     public static long TicksToNs(long ticks) => (long)(((Int128)ticks * 1_000_000_000 + InputHz - 1) / InputHz);
 
-    public uint Read(ushort offset, int size) => PortBytes.Read(offset, size, PortCount, ReadByte);
-    public void Write(ushort offset, int size, uint value) => PortBytes.Write(offset, size, value, PortCount, WriteByte);
+    // Byte accesses (all a driver does) skip the splitting helper: calibration loops poll these ports hard.
+    public uint Read(ushort offset, int size) =>
+        size == 1 && offset < PortCount ? ReadByte(offset) : PortBytes.Read(offset, size, PortCount, ReadByte);
+
+    public void Write(ushort offset, int size, uint value)
+    {
+        if (size == 1 && offset < PortCount) WriteByte(offset, (byte)value);
+        else PortBytes.Write(offset, size, value, PortCount, WriteByte);
+    }
 
     private byte ReadByte(int offset)
     {
