@@ -1,0 +1,60 @@
+using Dirigent.Devices;
+using Dirigent.Devices.Acpi;
+using Dirigent.Devices.Input;
+using Dirigent.Devices.Interrupts;
+using Dirigent.Devices.Misc;
+using Dirigent.Devices.Serial;
+using Dirigent.Devices.Timer;
+using Dirigent.Machine;
+using Dirigent.Machine.Memory;
+
+namespace Dirigent.Vmm;
+
+/// <summary>
+/// The PC machine's fixed devices, at the addresses and IRQs in <see cref="PcPlatform"/>: the interrupt
+/// controllers (8259 pair, IOAPIC, one local APIC per vCPU), PIT with port 0x61, CMOS RTC, COM1, i8042, the ACPI PM
+/// block, the debug-exit port, the POST port and the reset ports.
+/// </summary>
+public sealed class PcBoard
+{
+    public InterruptRouter Interrupts { get; }
+    public Pit8254 Pit { get; }
+    public CmosRtc Rtc { get; }
+    public Uart16550 Com1 { get; }
+    public I8042 Keyboard { get; }
+    public AcpiPm AcpiPm { get; }
+
+    public PcBoard(VirtualMachine vm, int cpuCount, ulong tscHz, ISerialBackend console)
+    {
+        Interrupts = new InterruptRouter(vm.Clock, cpuCount, tscHz);
+        Interrupts.Register(vm.Io, vm.Mmio);
+
+        Pit = new Pit8254(vm.Clock, Interrupts.Line(PcPlatform.IrqPit));
+        vm.Io.Register(PcPlatform.PitPort, Pit8254.PortCount, Pit);
+        vm.Io.Register(PcPlatform.SystemControlPortB, 1, new SystemControlPortB(Pit));
+
+        ulong below4G = 0, above4G = 0;
+        foreach (var r in vm.Memory.Regions)
+        {
+            if (r.GuestBase < GuestMemory.HighRamStart) below4G += r.Size;
+            else above4G += r.Size;
+        }
+        Rtc = new CmosRtc(vm.Clock, Interrupts.Line(PcPlatform.IrqRtc), below4G, above4G);
+        vm.Io.Register(PcPlatform.CmosPort, CmosRtc.PortCount, Rtc);
+
+        Com1 = new Uart16550(console, Interrupts.Line(PcPlatform.IrqCom1), vm.Clock);
+        vm.Io.Register(PcPlatform.Com1Port, Uart16550.PortCount, Com1);
+
+        Keyboard = new I8042(vm, Interrupts.Line(PcPlatform.IrqKeyboard));
+        vm.Io.Register(PcPlatform.I8042DataPort, 1, Keyboard.DataPort);
+        vm.Io.Register(PcPlatform.I8042CmdPort, 1, Keyboard.CommandPort);
+
+        AcpiPm = new AcpiPm(vm, Interrupts.Line(PcPlatform.IrqAcpiSci));
+        vm.Io.Register(PcPlatform.AcpiPmBase, AcpiPm.PortCount, AcpiPm);
+
+        vm.Io.Register(PcPlatform.DebugExitPort, DebugExit.PortCount, new DebugExit(vm));
+        vm.Io.Register(PcPlatform.PostPort, 1, new PostCodePort());
+        vm.Io.Register(PcPlatform.ResetControlPort, 1, new ResetControl(vm));
+        vm.Io.Register(PcPlatform.SystemControlPortA, 1, new SystemControlPortA(vm));
+    }
+}
