@@ -136,3 +136,47 @@ public class ModeSwitchTests
         Assert.Equal(0x0B, vm.Vm.Memory.ReadU8(pushedIp + 1UL));
     }
 }
+
+/// <summary>Leaving and re-entering long mode from compatibility mode, as Linux's decompressor trampoline does.</summary>
+public class ModeSwitchLongModeExitTests
+{
+    [Fact]
+    public void PagingOffInCompatibilityModeClearsLmaAndPagingOnSetsItAgain()
+    {
+        using var vm = new TestVm();
+        const ulong compat = 0x18_0000;
+        var a = new Assembler(64);
+        Label back = a.CreateLabel();
+        // RETFQ to the 32-bit code segment: frame is RIP, CS.
+        a.mov(__qword_ptr[rsp - 16], (int)compat);
+        a.mov(__qword_ptr[rsp - 8], SystemTestKit.K32);
+        a.sub(rsp, 16);
+        a.db(0x48, 0xCB);
+        a.Label(ref back);
+        a.mov(ecx, 0xC000_0080u);
+        a.rdmsr();
+        a.mov(__dword_ptr[SystemTestKit.Results + 8], eax);
+        a.mov(__qword_ptr[SystemTestKit.Results + 16], rsp);
+        a.hlt();
+        var l = SystemTestKit.Emit(vm, a, TestVm.CodeBase, back);
+        vm.Load(compat, 32, b =>
+        {
+            b.mov(eax, cr0);
+            b.and(eax, 0x7FFF_FFFF);
+            b.mov(cr0, eax);
+            b.mov(ecx, 0xC000_0080u);
+            b.rdmsr();
+            b.mov(__dword_ptr[(uint)SystemTestKit.Results], eax);
+            b.mov(eax, cr0);
+            b.or(eax, 0x8000_0000);
+            b.mov(cr0, eax);
+            b.jmp(SystemTestKit.K64, (uint)l[0]);
+        });
+        SystemTestKit.Setup64(vm, TestVm.CodeBase);
+        vm.RunToHlt();
+        Assert.Equal(0x100u, vm.Vm.Memory.ReadU32(SystemTestKit.Results) & 0x500);     // LME only
+        Assert.Equal(0x500u, vm.Vm.Memory.ReadU32(SystemTestKit.Results + 8) & 0x500); // LME | LMA
+        Assert.Equal(TestVm.StackTop, vm.Vm.Memory.ReadU64(SystemTestKit.Results + 16));
+        Assert.True(vm.Cpu.Is64BitMode);
+    }
+}
