@@ -281,4 +281,63 @@ public class SystemMiscTests
         Assert.Equal("ND", vm.Console.ToString());
         Assert.Equal(1, vm.Vm.Memory.ReadU8(Flag));
     }
+
+    [Fact]
+    public void Cr8DebugRegistersLmswSmswClts()
+    {
+        using var vm = new TestVm();
+        var a = new Assembler(64);
+        Label hGp = a.CreateLabel(), hUd = a.CreateLabel(), r1 = a.CreateLabel(), r2 = a.CreateLabel(), r3 = a.CreateLabel();
+        a.mov(rbx, Results);
+        a.mov(eax, 5);
+        a.mov(cr8, rax);
+        a.mov(rax, cr8);
+        a.mov(__qword_ptr[Results + 0x300], rax);
+        a.lea(r15, __[r1]);
+        a.mov(eax, 0x10);
+        a.mov(cr8, rax); // reserved TPR bits: #GP(0)
+        a.Label(ref r1);
+        a.mov(eax, 0x1_0001);
+        a.mov(dr7, rax);
+        a.mov(rax, dr7);
+        a.mov(__qword_ptr[Results + 0x308], rax);
+        a.mov(eax, 0xF);
+        a.mov(dr6, rax);
+        a.mov(rax, dr4); // CR4.DE=0: DR4 is DR6
+        a.mov(__qword_ptr[Results + 0x310], rax);
+        a.mov(rax, cr4);
+        a.or(eax, 8);
+        a.mov(cr4, rax);
+        a.lea(r15, __[r2]);
+        a.mov(rax, dr5); // CR4.DE=1: #UD
+        a.Label(ref r2);
+        a.mov(eax, 0xB); // LMSW: PE|MP|TS; cannot clear PE anyway
+        a.lmsw(ax);
+        a.smsw(eax);
+        a.mov(__qword_ptr[Results + 0x318], rax);
+        a.clts();
+        a.smsw(eax);
+        a.mov(__qword_ptr[Results + 0x320], rax);
+        a.lea(r15, __[r3]);
+        a.mov(rax, cr0);
+        a.or(eax, 0x2000_0000); // NW without CD: #GP(0)
+        a.and(eax, ~0x4000_0000);
+        a.mov(cr0, rax);
+        a.Label(ref r3);
+        a.hlt();
+        RecordingHandler64(a, ref hGp, 13, true);
+        RecordingHandler64(a, ref hUd, 6, false);
+        var l = Emit(vm, a, TestVm.CodeBase, hGp, hUd);
+        Setup64(vm, TestVm.CodeBase);
+        Gate64(vm, 13, l[0]);
+        Gate64(vm, 6, l[1]);
+        vm.RunToHlt();
+        Assert.Equal(5UL, R64(vm, Results + 0x300));
+        Assert.Equal(0x1_0401UL, R64(vm, Results + 0x308));
+        Assert.Equal(0xFFFF_0FFFUL, R64(vm, Results + 0x310));
+        Assert.Equal(0xBUL, R64(vm, Results + 0x318) & 0xF);
+        Assert.Equal(0x3UL, R64(vm, Results + 0x320) & 0xF);
+        Assert.Equal(new ulong[] { 13, 6, 13 }, new[] { ReadRec(vm, 0).Tag, ReadRec(vm, 1).Tag, ReadRec(vm, 2).Tag });
+        Assert.Equal(0UL, R64(vm, Results + 3 * 40));
+    }
 }
