@@ -101,6 +101,8 @@ public class ModeSwitchTests
         {
             a.mov(__dword_ptr[0x40 * 4], 0x0000_7E00u); // IVT[0x40] = 0000:7E00
             a.mov(__dword_ptr[6 * 4], 0x07E0_0080u);   // IVT[6] = 07E0:0080 (= 0x7E80)
+            a.mov(__dword_ptr[3 * 4], 0x0000_7E40u);   // IVT[3] = 0000:7E40
+            a.int3();
             a.@int(0x40);
             Out(a, 'M');
             a.call(0x0000, 0x7F00);
@@ -110,6 +112,11 @@ public class ModeSwitchTests
         vm.Load(0x7E00, 16, a =>
         {
             Out(a, 'I');
+            a.iret();
+        });
+        vm.Load(0x7E40, 16, a =>
+        {
+            Out(a, '3');
             a.iret();
         });
         vm.Load(0x7E80, 16, a =>
@@ -128,7 +135,7 @@ public class ModeSwitchTests
             a.retf();
         });
         vm.RunToHlt();
-        Assert.Equal("IMFBU", vm.Console.ToString());
+        Assert.Equal("3IMFBU", vm.Console.ToString());
         Assert.Equal(0x07E0, vm.Vm.Memory.ReadU16(0x6000));
         // #UD pushes the address of UD2 itself: the last two bytes of the boot code.
         ushort pushedIp = vm.Vm.Memory.ReadU16(0x6002);
