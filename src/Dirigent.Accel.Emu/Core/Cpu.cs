@@ -164,11 +164,13 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             }
             try
             {
-                if (_pendingEvents != 0 && !InterruptShadow) DeliverPendingEvents();
+                bool shadow = InterruptShadow;
+                if (_pendingEvents != 0 && !shadow) DeliverPendingEvents();
                 InterruptShadow = false;
                 InstrIp = Rip;
                 Block b = GetBlock();
-                ExecuteBlock(b);
+                // The STI/MOV SS shadow covers one instruction: with an event waiting, run just that one.
+                ExecuteBlock(b, shadow && _pendingEvents != 0 ? 1 : b.Count);
             }
             catch (CpuException ex)
             {
@@ -236,12 +238,12 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     public void OnIret() { if (_nmiBlocked) { _nmiBlocked = false; if (_nmiPending) _pendingEvents = 1; } }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void ExecuteBlock(Block b)
+    private void ExecuteBlock(Block b, int limit)
     {
         _currentBlock = b;
         var instrs = b.Instrs;
         var handlers = b.Handlers;
-        int n = b.Count;
+        int n = Math.Min(b.Count, limit);
         int k = 0;
         try
         {

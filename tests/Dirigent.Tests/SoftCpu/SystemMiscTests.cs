@@ -340,4 +340,31 @@ public class SystemMiscTests
         Assert.Equal(new ulong[] { 13, 6, 13 }, new[] { ReadRec(vm, 0).Tag, ReadRec(vm, 1).Tag, ReadRec(vm, 2).Tag });
         Assert.Equal(0UL, R64(vm, Results + 3 * 40));
     }
+
+    [Fact]
+    public void MovSsHoldsOffAPendingInterruptForOneInstruction()
+    {
+        using var vm = new TestVm();
+        var a = new Assembler(64);
+        Label h = a.CreateLabel();
+        a.mov(__byte_ptr[Flag], 0);
+        a.mov(eax, ss);
+        a.sti();
+        a.mov(ss, ax);              // the interrupt pending since STI must wait one more instruction
+        a.mov(__byte_ptr[Flag], 1);
+        a.nop();
+        a.cli();
+        a.hlt();
+        a.Label(ref h);
+        a.mov(al, __byte_ptr[Flag]);
+        a.add(al, (byte)'0');
+        a.@out(0xE9, al);
+        a.iretq();
+        var l = Emit(vm, a, TestVm.CodeBase, h);
+        Setup64(vm, TestVm.CodeBase);
+        Gate64(vm, 0x30, l[0]);
+        vm.Cpu.InjectInterrupt(0x30);
+        vm.RunToHlt();
+        Assert.Equal("1", vm.Console.ToString());
+    }
 }
