@@ -269,4 +269,44 @@ public class SystemFarTests
         Assert.Equal((ulong)ldt, m.ReadU64(Results + 64));
         Assert.Equal((ulong)ldtData, m.ReadU64(Results + 72));
     }
+
+    [Fact]
+    public void FarPointerLoadsAndSegmentPushPop()
+    {
+        using var vm = new TestVm();
+        var a = new Assembler(64);
+        Label hGp = a.CreateLabel(), r1 = a.CreateLabel();
+        a.mov(rbx, Results + 0x400);
+        a.mov(__dword_ptr[Ptr], 0x1234_5678);
+        a.mov(__word_ptr[Ptr + 4], UData);
+        a.lfs(eax, __fword_ptr[Ptr]);
+        a.mov(__qword_ptr[Results], rax);
+        a.mov(ecx, fs);
+        a.mov(__qword_ptr[Results + 8], rcx);
+        a.push(fs);
+        a.pop(gs);
+        a.mov(ecx, gs);
+        a.mov(__qword_ptr[Results + 16], rcx);
+        a.mov(__qword_ptr[Results + 24], rsp);
+        a.lea(r15, __[r1]);
+        a.mov(__word_ptr[Ptr + 4], K64);
+        a.mov(edx, 0xABCDu);
+        a.lgs(edx, __fword_ptr[Ptr]); // execute-only code segment: #GP(0x10), EDX unchanged
+        a.Label(ref r1);
+        a.mov(__qword_ptr[Results + 32], rdx);
+        a.hlt();
+        RecordingHandler64(a, ref hGp, 13, true);
+        var l = Emit(vm, a, TestVm.CodeBase, hGp);
+        Setup64(vm, TestVm.CodeBase);
+        Gate64(vm, 13, l[0]);
+        // Make K64 execute-only so that loading it into a data segment register faults.
+        W64(vm, Gdt + K64, 0x00AF_9900_0000_FFFF);
+        vm.RunToHlt();
+        Assert.Equal(0x1234_5678UL, R64(vm, Results));
+        Assert.Equal((ulong)UData, R64(vm, Results + 8));
+        Assert.Equal((ulong)UData, R64(vm, Results + 16));
+        Assert.Equal(TestVm.StackTop, R64(vm, Results + 24));
+        Assert.Equal((13UL, (ulong)K64), (R64(vm, Results + 0x400), R64(vm, Results + 0x408)));
+        Assert.Equal(0xABCDUL, R64(vm, Results + 32));
+    }
 }
