@@ -181,12 +181,14 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             }
             try
             {
-                if (_pendingEvents != 0 && !InterruptShadow) DeliverPendingEvents();
+                bool shadow = InterruptShadow;
+                if (_pendingEvents != 0 && !shadow) DeliverPendingEvents();
                 InterruptShadow = false;
                 InstrIp = Rip;
                 Block b = GetBlock();
                 BlockTrace?.Invoke(this, b.Linear, b.Count);
-                if ((_flags & TF) == 0) ExecuteBlock(b, b.Count);
+                // The STI/MOV SS shadow covers one instruction: with an event waiting, run just that one.
+                if ((_flags & TF) == 0) ExecuteBlock(b, shadow && _pendingEvents != 0 ? 1 : b.Count);
                 else SingleStep(b);
             }
             catch (CpuException ex)

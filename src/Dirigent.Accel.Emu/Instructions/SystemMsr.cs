@@ -57,7 +57,11 @@ internal static unsafe class SystemMsr
             case MsrMtrrCap: v = MtrrCapValue; return true;
             case MsrMcgCap: case MsrMcgStatus: case MsrPlatformId: v = 0; return true;
             case MsrPlatformInfo: v = (Cpu.TscHz / 100_000_000) << 8; return true; // max non-turbo ratio x 100 MHz
-            case Cpu.MsrTscDeadline: case MsrMtrrDefType: case MsrBiosSignId: case MsrDebugCtl:
+            case MsrMtrrDefType:
+                // Firmware would have enabled the MTRRs with write-back as the default type; no ranges are set.
+                v = c.OtherMsrs.TryGetValue(msr, out ulong d) ? d : 0x806;
+                return true;
+            case Cpu.MsrTscDeadline: case MsrBiosSignId: case MsrDebugCtl:
                 v = c.OtherMsrs.GetValueOrDefault(msr);
                 return true;
         }

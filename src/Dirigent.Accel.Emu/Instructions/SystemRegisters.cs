@@ -120,10 +120,13 @@ internal static unsafe class SystemRegisters
     /// <summary>Guest memory is always coherent with the host's caches: INVD/WBINVD have nothing to do.</summary>
     private static void CacheFlush(Cpu c, ref Instruction i) => c.RequireCpl0();
 
-    /// <summary>CLFLUSH checks the access like a byte read (it can #PF/#GP) and otherwise only orders memory.</summary>
+    /// <summary>
+    /// CLFLUSH checks the access like a byte read (it can #PF/#GP) and otherwise only orders memory. It translates
+    /// without reading, so flushing an MMIO line has no device side effect.
+    /// </summary>
     private static void Clflush(Cpu c, ref Instruction i)
     {
-        c.ReadLinear(c.MemLinear(ref i, 1, false), 1);
+        c.Translate(c.MemLinear(ref i, 1, false), Access.Read, c.Cpl == 3);
         Interlocked.MemoryBarrier();
     }
 

@@ -232,4 +232,43 @@ public class Exception64Tests
         var e = vm.Run();
         Assert.Equal(VcpuExitReason.Shutdown, e.Reason);
     }
+
+    [Fact]
+    public void IntNToAGateBelowCplFaultsAtTheIntInstruction()
+    {
+        using var vm = new TestVm();
+        var a = new Assembler(64);
+        Label user = a.CreateLabel(), intAt = a.CreateLabel(), hGp = a.CreateLabel(), h40 = a.CreateLabel();
+        a.mov(__qword_ptr[rsp - 8], UData);
+        a.mov(__qword_ptr[rsp - 16], 0x5_F000);
+        a.mov(__qword_ptr[rsp - 24], 0x2);
+        a.mov(__qword_ptr[rsp - 32], U64);
+        a.lea(rax, __[user]);
+        a.mov(__qword_ptr[rsp - 40], rax);
+        a.sub(rsp, 40);
+        a.iretq();
+        a.Label(ref user);
+        a.nop();
+        a.Label(ref intAt);
+        a.@int(0x40); // gate DPL0 from CPL3: #GP(0x40 * 8 + 2)
+        a.hlt();
+        a.Label(ref hGp);
+        a.mov(rax, __qword_ptr[rsp]);
+        a.mov(__qword_ptr[Results], rax);
+        a.mov(rax, __qword_ptr[rsp + 8]);
+        a.mov(__qword_ptr[Results + 8], rax);
+        a.hlt();
+        a.Label(ref h40);
+        a.mov(__qword_ptr[Results + 16], 1);
+        a.hlt();
+        var l = Emit(vm, a, TestVm.CodeBase, hGp, h40, intAt);
+        Setup64(vm, TestVm.CodeBase, userPages: true);
+        Gate64(vm, 13, l[0]);
+        Gate64(vm, 0x40, l[1]);
+        W64(vm, Tss + 4, 0x4_0000);
+        vm.RunToHlt();
+        Assert.Equal(0x40UL * 8 + 2, R64(vm, Results));
+        Assert.Equal(l[2], R64(vm, Results + 8));
+        Assert.Equal(0UL, R64(vm, Results + 16));
+    }
 }

@@ -41,6 +41,25 @@ internal static class SystemTestKit
         return r;
     }
 
+    /// <summary>
+    /// Two-pass assembly for 16/32-bit code, where Iced cannot use labels as memory operands: build gets the label
+    /// addresses of the previous pass through at(k) (0 in the first), and returns its labels in that order.
+    /// </summary>
+    public static ulong[] Emit2(TestVm vm, ulong addr, int bits, Func<Assembler, Func<int, uint>, Label[]> build)
+    {
+        ulong[] prev = new ulong[64];
+        ulong[] got = [];
+        for (int pass = 0; pass < 2; pass++)
+        {
+            var a = new Assembler(bits);
+            var snapshot = (ulong[])prev.Clone();
+            var labels = build(a, k => (uint)snapshot[k]);
+            got = Emit(vm, a, addr, labels);
+            Array.Copy(got, prev, got.Length);
+        }
+        return got;
+    }
+
     public static void W64(TestVm vm, ulong addr, ulong v) => vm.Vm.Memory.WriteU64(addr, v);
     public static ulong R64(TestVm vm, ulong addr) => vm.Vm.Memory.ReadU64(addr);
     public static uint R32(TestVm vm, ulong addr) => (uint)vm.Vm.Memory.ReadU64(addr);
@@ -120,5 +139,27 @@ internal static class SystemTestKit
     {
         ulong b = Results + (ulong)n * 40;
         return new Rec(R64(vm, b), R64(vm, b + 8), R64(vm, b + 16), R64(vm, b + 24), R64(vm, b + 32));
+    }
+
+    // Protected-mode (32-bit) GDT selectors.
+    public const ushort P32Code = 0x08, P32Data = 0x10, P32UCode = 0x1B, P32UData = 0x23, P32Tss = 0x28;
+
+    /// <summary>32-bit protected mode, paging off, with kernel/user flat segments, a 32-bit TSS and an IDT at <see cref="Idt"/>.</summary>
+    public static void Setup32(TestVm vm, ulong entry)
+    {
+        var s = BootState.Protected32(vm.Vm.Memory, entry);
+        s.Gpr[4] = TestVm.StackTop;
+        vm.Cpu.SetState(s);
+        W64(vm, Gdt, 0);
+        W64(vm, Gdt + 0x08, 0x00CF_9B00_0000_FFFF);
+        W64(vm, Gdt + 0x10, 0x00CF_9300_0000_FFFF);
+        W64(vm, Gdt + 0x18, 0x00CF_FB00_0000_FFFF);
+        W64(vm, Gdt + 0x20, 0x00CF_F300_0000_FFFF);
+        W64(vm, Gdt + 0x28, Desc(Tss, 0x67, 0x89, 0));
+        vm.Cpu.Gdtr = new TableRegister { Base = Gdt, Limit = 0x2F };
+        vm.Cpu.Idtr = new TableRegister { Base = Idt, Limit = 0x7FF };
+        var data = new SegmentState { Selector = P32Data, Base = 0, Limit = 0xFFFF_FFFF, Attributes = 0xC093 };
+        foreach (int seg in new[] { 0, 2, 3, 4, 5 }) vm.Cpu.Sreg[seg] = data;
+        vm.Cpu.Tr = new SegmentState { Selector = P32Tss, Base = Tss, Limit = 0x67, Attributes = 0x8B };
     }
 }
