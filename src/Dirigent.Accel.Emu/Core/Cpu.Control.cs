@@ -82,6 +82,11 @@ public sealed partial class Cpu
     {
         if ((v & ~0xFUL) != 0) throw GP0();
         Cr8 = v;
+        if (ApicRegisters != null)
+        {
+            ApicRegisters.Tpr = (uint)v << 4;
+            OnInterruptsMaybeEnabled(); // a lower priority may let a pending interrupt through
+        }
     }
 
     /// <summary>WRMSR IA32_EFER: LMA is read-only; LME cannot change while paging is on.</summary>

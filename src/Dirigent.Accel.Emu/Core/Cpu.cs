@@ -140,6 +140,9 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     private IInterruptController? _intCtrl;
 
+    /// <summary>CR8 and IA32_TSC_DEADLINE live in the attached local APIC when there is one.</summary>
+    public ILocalApicRegisters? ApicRegisters { get; private set; }
+
     /// <summary>
     /// The local APIC (with the PIC behind it) this vCPU takes maskable interrupts from, and its MMIO page: each
     /// vCPU sees its own APIC at IA32_APIC_BASE, so those accesses bypass the shared MMIO bus.
@@ -148,6 +151,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     {
         _intCtrl = ctrl;
         _apicMmio = apicMmio;
+        ApicRegisters = ctrl as ILocalApicRegisters;
         ctrl.Kick = () => { _pendingEvents = 1; _wake.Set(); };
         _pendingEvents = 1;
     }

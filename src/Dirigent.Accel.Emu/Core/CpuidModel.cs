@@ -19,6 +19,16 @@ public sealed class CpuidModel
     public uint MaxHypervisorLeaf = 0x4000_0010;
     public uint Leaf1Ecx, Leaf1Edx, Ext1Ecx, Ext1Edx;
 
+    /// <summary>The local APIC timer's input clock (the emulated APIC's TimerHz).</summary>
+    public const ulong ApicTimerHz = 1_000_000_000;
+
+    /// <summary>
+    /// IA32_ARCH_CAPABILITIES: RDCL_NO, SKIP_L1DFL_VMENTRY, SSB_NO, MDS_NO, IF_PSCHANGE_MC_NO, TAA_NO, SBDR_SSDP_NO,
+    /// FBSDP_NO, PSDP_NO, PBRSB_NO, GDS_NO, RFDS_NO: an interpreter has none of these side channels.
+    /// </summary>
+    public ulong ArchCapabilities = (1UL << 0) | (1UL << 3) | (1UL << 4) | (1UL << 5) | (1UL << 6) | (1UL << 8) |
+        (1UL << 13) | (1UL << 14) | (1UL << 15) | (1UL << 24) | (1UL << 26) | (1UL << 27);
+
     // Leaf 1 EDX
     public const uint FPU = 1u << 0, DE = 1u << 2, PSE = 1u << 3, TSC = 1u << 4, MSR = 1u << 5, PAE = 1u << 6,
         CX8 = 1u << 8, APIC = 1u << 9, SEP = 1u << 11, MTRR = 1u << 12, PGE = 1u << 13, CMOV = 1u << 15, PAT = 1u << 16,
@@ -97,9 +107,16 @@ public sealed class CpuidModel
                 else if (sub == 1) { a = 0; b = 1; c = 1 | (2u << 8); }
                 else c = sub & 0xFF;
                 break;
+            case 7:
+                // Only IA32_ARCH_CAPABILITIES (EDX bit 29): it tells the guest which speculative-execution flaws this
+                // CPU does not have, so Linux skips mitigations that only cost time here (above all KPTI, whose CR3
+                // switch on every kernel entry would flush our TLB each time).
+                if (sub == 0) d = 1u << 29;
+                break;
             case 0x15:
-                // TSC = crystal * EBX / EAX: 25 MHz * 80 = 2 GHz.
-                a = 1; b = (uint)(Cpu.TscHz / 25_000_000); c = 25_000_000;
+                // TSC = crystal * EBX / EAX. Linux also takes the crystal as the local APIC timer's clock
+                // (lapic_timer_period = crystal_khz * 1000 / HZ), so the crystal is the APIC timer's 1 GHz.
+                a = 1; b = (uint)(Cpu.TscHz / ApicTimerHz); c = (uint)ApicTimerHz;
                 break;
             case 0x16:
                 a = (uint)(Cpu.TscHz / 1_000_000); b = a; c = 100;

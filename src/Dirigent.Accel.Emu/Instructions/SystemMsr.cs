@@ -15,7 +15,7 @@ internal static unsafe class SystemMsr
         r.Add(&Rdpmc, Code.Rdpmc);
     }
 
-    public const uint MsrPlatformId = 0x17, MsrBiosSignId = 0x8B, MsrPlatformInfo = 0xCE, MsrMtrrCap = 0xFE,
+    public const uint MsrPlatformId = 0x17, MsrBiosSignId = 0x8B, MsrPlatformInfo = 0xCE, MsrMtrrCap = 0xFE, MsrArchCapabilities = 0x10A,
         MsrMcgCap = 0x179, MsrMcgStatus = 0x17A, MsrDebugCtl = 0x1D9, MsrMtrrDefType = 0x2FF;
 
     /// <summary>8 variable ranges, fixed ranges, write-combining.</summary>
@@ -55,11 +55,15 @@ internal static unsafe class SystemMsr
             case Cpu.MsrSysenterEsp: v = c.SysenterEsp; return true;
             case Cpu.MsrSysenterEip: v = c.SysenterEip; return true;
             case MsrMtrrCap: v = MtrrCapValue; return true;
+            case MsrArchCapabilities: v = c.Cpuid.ArchCapabilities; return true;
             case MsrMcgCap: case MsrMcgStatus: case MsrPlatformId: v = 0; return true;
             case MsrPlatformInfo: v = (Cpu.TscHz / 100_000_000) << 8; return true; // max non-turbo ratio x 100 MHz
             case MsrMtrrDefType:
                 // Firmware would have enabled the MTRRs with write-back as the default type; no ranges are set.
                 v = c.OtherMsrs.TryGetValue(msr, out ulong d) ? d : 0x806;
+                return true;
+            case Cpu.MsrTscDeadline when c.ApicRegisters != null:
+                v = c.ApicRegisters.ReadTscDeadline();
                 return true;
             case Cpu.MsrTscDeadline: case MsrBiosSignId: case MsrDebugCtl:
                 v = c.OtherMsrs.GetValueOrDefault(msr);
@@ -128,7 +132,10 @@ internal static unsafe class SystemMsr
                 if (!Cpu.IsCanonical(v)) return false;
                 if (msr == Cpu.MsrSysenterEsp) c.SysenterEsp = v; else c.SysenterEip = v;
                 return true;
-            case Cpu.MsrTscDeadline: c.OtherMsrs[msr] = v; return true;
+            case Cpu.MsrTscDeadline:
+                if (c.ApicRegisters != null) c.ApicRegisters.WriteTscDeadline(v, c.TscOffset);
+                else c.OtherMsrs[msr] = v;
+                return true;
             case MsrMcgStatus:
                 if (v != 0) return false;
                 return true;

@@ -11,7 +11,7 @@ namespace Dirigent.Devices.Interrupts;
 /// the local vector table with LINT0 as the 8259's virtual wire, and the timer (one-shot, periodic, TSC-deadline)
 /// driven by the <see cref="VirtualClock"/>. The vCPU pulls interrupts through <see cref="IInterruptController"/>.
 /// </summary>
-public sealed class LocalApic : IInterruptController, IMmioDevice
+public sealed class LocalApic : IInterruptController, IMmioDevice, ILocalApicRegisters
 {
     /// <summary>The clock the divided timer counts (KVM uses the same 1 GHz).</summary>
     public const long TimerHz = 1_000_000_000;

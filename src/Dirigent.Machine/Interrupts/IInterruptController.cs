@@ -27,3 +27,16 @@ public interface IIrqLine
     /// <summary>Edge-triggered convenience: raise then lower.</summary>
     void Pulse() { Set(true); Set(false); }
 }
+
+/// <summary>
+/// Local-APIC state the CPU itself reads and writes besides the APIC page: CR8 (task priority) and the
+/// IA32_TSC_DEADLINE MSR. Implemented by the emulated local APIC; KVM keeps both in the kernel.
+/// </summary>
+public interface ILocalApicRegisters
+{
+    /// <summary>TPR as in the APIC register (CR8 = TPR &gt;&gt; 4).</summary>
+    uint Tpr { get; set; }
+    ulong ReadTscDeadline();
+    /// <param name="tscOffset">The vCPU's TSC offset (guest TSC = clock-derived TSC + offset).</param>
+    void WriteTscDeadline(ulong tsc, long tscOffset);
+}
