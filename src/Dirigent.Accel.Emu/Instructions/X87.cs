@@ -223,12 +223,14 @@ internal static unsafe class X87
     {
         CheckNm(c);
         c.FpuTags = 0;
+        c.FpuTop = 0; // as the host (AMD) does; MMX instructions set TOP=0 anyway
     }
 
     private static void Ffree(Cpu c, ref Instruction i)
     {
         Begin(c);
         c.StSetEmpty(i.Op0Register - Register.ST0);
+        SetC1(c, false);
     }
 
     private static void Ffreep(Cpu c, ref Instruction i)
@@ -276,6 +278,7 @@ internal static unsafe class X87
     private static bool LoadChecks(Cpu c, ref F80 v, bool denormal)
     {
         int f = 0;
+        if (PushWouldOverflow(c)) return true; // the stack fault takes precedence
         if (v.IsSNaN) { f |= Cpu.FswIE; v = X87Float.Quiet(v); }
         if (denormal) f |= Cpu.FswDE;
         if (f != 0 && Signal(c, f)) return false;
@@ -382,8 +385,7 @@ internal static unsafe class X87
             if (v.IsUnsupported) { f = Cpu.FswIE; bits = 0xFFC0_0000; }
             else
             {
-                if (v.IsSNaN) f = Cpu.FswIE;
-                else if (v.IsDenormal) f = Cpu.FswDE;
+                if (v.IsSNaN) f = Cpu.FswIE; // a denormal source raises no DE here on the AMD reference host
                 bits = X87Float.ToSingleBits(v, Rc(c), ref f, out up);
             }
             SetC1(c, up);
@@ -411,8 +413,7 @@ internal static unsafe class X87
             if (v.IsUnsupported) { f = Cpu.FswIE; bits = 0xFFF8_0000_0000_0000UL; }
             else
             {
-                if (v.IsSNaN) f = Cpu.FswIE;
-                else if (v.IsDenormal) f = Cpu.FswDE;
+                if (v.IsSNaN) f = Cpu.FswIE; // a denormal source raises no DE here on the AMD reference host
                 bits = X87Float.ToDoubleBits(v, Rc(c), ref f, out up);
             }
             SetC1(c, up);
@@ -476,7 +477,6 @@ internal static unsafe class X87
             if (v.Exp == 0x7FFF || v.IsUnsupported) f = Cpu.FswIE;
             else
             {
-                if (v.IsDenormal) f |= Cpu.FswDE;
                 if (X87Float.RoundToInteger(v, trunc ? 3 : Rc(c), out ulong mag, out bool inexact, out up) &&
                     (v.Sign ? mag <= indefinite : mag < indefinite))
                 {
@@ -513,7 +513,6 @@ internal static unsafe class X87
             else if (X87Float.RoundToInteger(v, Rc(c), out ulong mag, out bool inexact, out up) && mag < 1_000_000_000_000_000_000UL)
             {
                 if (inexact) f |= Cpu.FswPE;
-                if (v.IsDenormal) f |= Cpu.FswDE;
                 lo = 0;
                 hi = (ushort)(v.Sign ? 0x8000 : 0);
                 for (int d = 0; d < 18; d++)
@@ -582,7 +581,6 @@ internal static unsafe class X87
             if (Underflow(c)) { c.St(0) = F80.Indefinite; c.StSetValid(0); }
             return;
         }
-        SetC1(c, false);
         bool cond = i.Code switch
         {
             Code.Fcmovb_st0_sti => c.GetCF(),

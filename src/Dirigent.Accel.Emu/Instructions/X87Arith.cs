@@ -165,13 +165,15 @@ internal static unsafe class X87Arith
 
     private const double MinNormal = 2.2250738585072014E-308;
 
-    private static void ToSt0(Cpu c, ref Instruction i, F80 src)
+    private static void ToSt0(Cpu c, ref Instruction i, F80 src, bool srcDenormal = false)
     {
         if (c.StEmpty(0))
         {
             if (X87.Underflow(c)) { c.St(0) = F80.Indefinite; c.StSetValid(0); }
             return;
         }
+        // A binary32/64 denormal is normal as an 80-bit value: report it here, after the stack check, as hardware.
+        if (srcDenormal && !src.IsNaN && X87.Signal(c, Cpu.FswDE)) return;
         if (Arith(c, s_op[(int)i.Code], c.St(0), src, out F80 r)) c.St(0) = r;
     }
 
@@ -180,16 +182,14 @@ internal static unsafe class X87Arith
         X87.Begin(c);
         uint b = c.Read32(X87.Mem(c, ref i, 4, false));
         F80 v = X87Float.FromSingle(b);
-        if ((b & 0x7F80_0000) == 0 && (b & 0x7F_FFFF) != 0) X87.Signal(c, Cpu.FswDE);
-        ToSt0(c, ref i, v);
+        ToSt0(c, ref i, v, IsDenormal32(b));
     }
 
     private static void ArithM64(Cpu c, ref Instruction i)
     {
         X87.Begin(c);
         ulong b = c.Read64(X87.Mem(c, ref i, 8, false));
-        if ((b & 0x7FF0_0000_0000_0000UL) == 0 && (b & 0xF_FFFF_FFFF_FFFFUL) != 0) X87.Signal(c, Cpu.FswDE);
-        ToSt0(c, ref i, X87Float.FromDouble(BitConverter.UInt64BitsToDouble(b)));
+        ToSt0(c, ref i, X87Float.FromDouble(BitConverter.UInt64BitsToDouble(b)), IsDenormal64(b));
     }
 
     private static void ArithI16(Cpu c, ref Instruction i)
@@ -251,7 +251,10 @@ internal static unsafe class X87Arith
 
     private static void SetCompareCc(Cpu c, int res) => X87.SetCc(c, (res & 4) << 1 | (res & 2) << 1 | (res & 1));
 
-    private static void CompareSt0(Cpu c, F80 src, bool quiet, int pops)
+    internal static bool IsDenormal32(uint b) => (b & 0x7F80_0000) == 0 && (b & 0x7F_FFFF) != 0;
+    internal static bool IsDenormal64(ulong b) => (b & 0x7FF0_0000_0000_0000UL) == 0 && (b & 0xF_FFFF_FFFF_FFFFUL) != 0;
+
+    private static void CompareSt0(Cpu c, F80 src, bool quiet, int pops, bool srcDenormal = false)
     {
         if (c.StEmpty(0))
         {
@@ -260,6 +263,7 @@ internal static unsafe class X87Arith
         }
         else
         {
+            if (srcDenormal && !c.St(0).IsNaN && X87.Signal(c, Cpu.FswDE)) return;
             int res = Compare(c, c.St(0), src, quiet);
             if (res < 0) return;
             SetCompareCc(c, res);
@@ -271,14 +275,14 @@ internal static unsafe class X87Arith
     {
         X87.Begin(c);
         uint b = c.Read32(X87.Mem(c, ref i, 4, false));
-        CompareSt0(c, X87Float.FromSingle(b), false, i.Code == Code.Fcomp_m32fp ? 1 : 0);
+        CompareSt0(c, X87Float.FromSingle(b), false, i.Code == Code.Fcomp_m32fp ? 1 : 0, IsDenormal32(b));
     }
 
     private static void FcomM64(Cpu c, ref Instruction i)
     {
         X87.Begin(c);
         ulong b = c.Read64(X87.Mem(c, ref i, 8, false));
-        CompareSt0(c, X87Float.FromDouble(BitConverter.UInt64BitsToDouble(b)), false, i.Code == Code.Fcomp_m64fp ? 1 : 0);
+        CompareSt0(c, X87Float.FromDouble(BitConverter.UInt64BitsToDouble(b)), false, i.Code == Code.Fcomp_m64fp ? 1 : 0, IsDenormal64(b));
     }
 
     private static void FicomM16(Cpu c, ref Instruction i)
@@ -330,7 +334,6 @@ internal static unsafe class X87Arith
         {
             res = Compare(c, c.St(0), c.St(k), quiet);
             if (res < 0) return;
-            X87.SetC1(c, false);
         }
         ulong fl = 0;
         if ((res & 4) != 0) fl |= Cpu.ZF;
@@ -374,6 +377,7 @@ internal static unsafe class X87Arith
             return false;
         }
         v = c.St(0);
+        if (v.IsUnsupported || v.IsNaN) X87.SetC1(c, false);
         if (v.IsUnsupported)
         {
             if (!X87.Signal(c, Cpu.FswIE)) c.St(0) = F80.Indefinite;
@@ -440,6 +444,7 @@ internal static unsafe class X87Arith
         }
         if (b.IsInf)
         {
+            if (a.IsDenormal && X87.Signal(c, Cpu.FswDE)) return;
             if ((a.IsZero && !b.Sign) || (a.IsInf && b.Sign)) { if (!X87.Signal(c, Cpu.FswIE)) c.St(0) = F80.Indefinite; return; }
             if (a.IsZero || a.IsInf) return;
             c.St(0) = b.Sign ? new F80(0, (ushort)(a.SE & 0x8000)) : new F80(X87Float.IntBit, (ushort)((a.SE & 0x8000) | 0x7FFF));
@@ -458,11 +463,25 @@ internal static unsafe class X87Arith
         }
         X87Float.Normalize(a, out int ea, out ulong ma);
         long ne = ea + n;
-        if (ne + X87Float.Bias >= 0x7FFF) f |= Cpu.FswOE | Cpu.FswPE;
-        else if (ne + X87Float.Bias <= 0)
+        if (ne + X87Float.Bias >= 0x7FFF)
         {
-            long sh = 1 - (ne + X87Float.Bias);
-            if (sh >= 64 || (ma & ((1UL << (int)sh) - 1)) != 0) f |= Cpu.FswUE | Cpu.FswPE;
+            // Overflow: infinity or the largest finite value, per RC (C1: rounded up to infinity).
+            int rc = X87.Rc(c);
+            bool toInf = rc switch { 0 => true, 1 => a.Sign, 2 => !a.Sign, _ => false };
+            X87.SetC1(c, toInf);
+            if (X87.Signal(c, f | Cpu.FswOE | Cpu.FswPE) && (f & Cpu.FswDE) != 0) return;
+            c.St(0) = toInf ? new F80(X87Float.IntBit, (ushort)((a.SE & 0x8000) | 0x7FFF)) : new F80(ulong.MaxValue, (ushort)((a.SE & 0x8000) | 0x7FFE));
+            return;
+        }
+        if (ne + X87Float.Bias <= 0)
+        {
+            // Denormal result, rounded per RC (C1: rounded up).
+            int fl = 0;
+            ulong keep = X87Float.RoundToFormat(a.Sign, (int)Math.Max(ne, -100000), ma, X87.Rc(c), 64, 1 - X87Float.Bias, X87Float.Bias, ref fl, out bool up);
+            X87.SetC1(c, up);
+            if (X87.Signal(c, f | fl) && (f & Cpu.FswDE) != 0) return;
+            c.St(0) = new F80(keep, (ushort)((a.SE & 0x8000) | (int)(keep >> 63)));
+            return;
         }
         if (f != 0 && X87.Signal(c, f) && (f & Cpu.FswDE) != 0) return;
         c.St(0) = X87Float.Pack(a.Sign, (int)Math.Clamp(ne, -100000, 100000), ma);
@@ -505,12 +524,14 @@ internal static unsafe class X87Arith
     {
         X87.Begin(c);
         bool ieee = i.Code == Code.Fprem1;
+        c.FswNoTop &= unchecked((ushort)~(Cpu.FswC1 | Cpu.FswC2));
         if (c.StEmpty(0) || c.StEmpty(1))
         {
             if (X87.Underflow(c)) { c.St(0) = F80.Indefinite; c.StSetValid(0); }
             return;
         }
         F80 a = c.St(0), b = c.St(1);
+        c.FswNoTop &= unchecked((ushort)~(Cpu.FswC1 | Cpu.FswC2));
         if (a.IsUnsupported || b.IsUnsupported) { if (!X87.Signal(c, Cpu.FswIE)) c.St(0) = F80.Indefinite; return; }
         if (a.IsNaN || b.IsNaN)
         {
@@ -531,7 +552,7 @@ internal static unsafe class X87Arith
             int n = 32 + (d & 31);
             UInt128 pr = Divide(ma, mb, n, out _);
             c.St(0) = PackWide(sign, eb + (d - n), pr);
-            c.FswNoTop |= Cpu.FswC2;
+            X87.SetCc(c, 0b0100); // incomplete: C2=1; the host (AMD) clears C0, C1 and C3
             return;
         }
         ulong q;
