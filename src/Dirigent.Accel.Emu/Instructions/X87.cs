@@ -9,17 +9,16 @@ namespace Dirigent.Accel.Emu.Instructions;
 /// transcendentals in <see cref="X87Arith"/>; FNSTENV/FLDENV/FNSAVE/FRSTOR/FXSAVE/FXRSTOR in <see cref="X87Env"/>.
 ///
 /// PRECISION. Registers hold exact 80-bit values (<see cref="F80"/>), so FLD/FST m80, FLD/FST ST(i), FXCH,
-/// FCHS/FABS, FXSAVE/FXRSTOR, FNSAVE/FRSTOR round-trip bit-exactly, and everything that is exact on hardware is
-/// exact here too: FILD (all widths), FIST/FISTP/FISTTP and FRNDINT (all four rounding modes), FLD m32/m64 and
-/// FST m32/m64 (rounded from 64 bits per RC, with PE/UE/OE and C1), comparisons, FXAM, FXTRACT, FSCALE (in range),
-/// FPREM/FPREM1 (exact long division, as hardware), FBLD/FBSTP, the FLDxx constants (rounded per RC like Intel).
-/// FADD/FSUB/FMUL/FDIV/FSQRT compute in binary64: operands are rounded to the nearest double and the result is
-/// the correctly rounded double result for FCW.RC (directed modes done with exact error terms), with PE and C1
-/// exact for that double result. So with FCW.PC = 53-bit (the Windows/ MSVC default, and what our differential
-/// tests use) they match hardware bit-for-bit as long as values stay in the double exponent range; with PC =
-/// 64-bit (the Linux default) results carry 53 instead of 64 significant bits; PC = 24-bit rounds once more to
-/// single. Values beyond the double exponent range overflow/underflow as doubles would. FSIN/FCOS/FSINCOS/FPTAN/
-/// FPATAN/F2XM1/FYL2X/FYL2XP1 use the host's double-precision math library.
+/// FCHS/FABS, FXSAVE/FXRSTOR, FNSAVE/FRSTOR round-trip bit-exactly. FADD/FSUB/FMUL/FDIV/FSQRT (and their
+/// integer/memory/pop forms) are computed by a software float with a 128-bit working significand
+/// (<see cref="X87SoftFloat"/>): correctly rounded to the precision control (24/53/64 bits) with every rounding
+/// mode, full 15-bit exponent range with denormals, and PE/UE/OE/ZE/IE/DE and C1 as hardware: bit-exact against
+/// the host in the differential tests. Also exact: FILD, FIST/FISTP/FISTTP and FRNDINT (all RC), FLD m32/m64,
+/// FST m32/m64 (rounded per RC with PE/UE/OE and C1), comparisons, FXAM, FXTRACT, FSCALE, FPREM/FPREM1 (exact
+/// long division), FBLD/FBSTP and the FLDxx constants (rounded per RC like hardware). Only the transcendentals
+/// (FSIN/FCOS/FSINCOS/FPTAN/FPATAN/F2XM1/FYL2X/FYL2XP1) are computed in binary64 with the host math library:
+/// their results carry double precision (tests allow a few double ulps), and their operands are first rounded
+/// to double.
 ///
 /// EXCEPTIONS. Flags (IE with SF and C1 for stack faults, DE, ZE, OE, UE, PE) are set as the SDM describes; masked
 /// responses (QNaN indefinite, integer indefinite, infinities) are produced. An unmasked IE/ZE/DE leaves the

@@ -63,12 +63,11 @@ internal static unsafe class X87Arith
     /// dest op src for op in Add/Mul/Sub/Subr/Div/Divr, with x87 special cases, exception flags and C1.
     /// Returns false when an unmasked IE/ZE/DE means the destination must stay unchanged.
     /// </summary>
-    private static bool Arith(Cpu c, int op, F80 a, F80 b, out F80 result)
+    private static bool Arith(Cpu c, int op, F80 a, F80 b, out F80 result, int f = 0)
     {
         if (op == OpSubr) { (a, b) = (b, a); op = OpSub; }
         else if (op == OpDivr) { (a, b) = (b, a); op = OpDiv; }
         X87.SetC1(c, false);
-        int f = 0;
         if (a.IsUnsupported || b.IsUnsupported) { result = F80.Indefinite; return !X87.Signal(c, Cpu.FswIE); }
         if (a.IsNaN || b.IsNaN)
         {
@@ -76,94 +75,28 @@ internal static unsafe class X87Arith
             return !(a.IsSNaN || b.IsSNaN) || !X87.Signal(c, Cpu.FswIE);
         }
         if (a.IsDenormal || b.IsDenormal) f |= Cpu.FswDE;
-        double x = X87Float.ToDouble(a), y = X87Float.ToDouble(b);
-        double r;
-        int err; // sign of (exact - r)
+        int rc = X87.Rc(c), p = X87SoftFloat.Precision(c.Fcw);
+        bool up;
         switch (op)
         {
-            case OpAdd:
-            case OpSub:
-                if (op == OpSub) y = -y;
-                r = x + y;
-                if (double.IsInfinity(x) || double.IsInfinity(y) || double.IsNaN(r)) err = 0;
-                else if (double.IsInfinity(r)) err = r > 0 ? 1 : -1;
-                else
-                {
-                    double bb = r - x;
-                    err = Math.Sign((x - (r - bb)) + (y - bb));
-                    // An exact zero sum is +0 except in round-down (IEEE 754 6.3); the host already gets the
-                    // other modes right.
-                    if (r == 0 && err == 0 && X87.Rc(c) == 1)
-                        r = x == 0 && y == 0 && !double.IsNegative(x) && !double.IsNegative(y) ? 0.0 : -0.0;
-                }
-                break;
-            case OpMul:
-                r = x * y;
-                if (double.IsInfinity(x) || double.IsInfinity(y) || double.IsNaN(r) || r == 0 && (x == 0 || y == 0)) err = 0;
-                else if (double.IsInfinity(r)) err = r > 0 ? 1 : -1;
-                else err = Math.Sign(Math.FusedMultiplyAdd(x, y, -r));
-                break;
+            case OpAdd: result = X87SoftFloat.Add(a, b, rc, p, ref f, out up); break;
+            case OpSub: result = X87SoftFloat.Add(a, new F80(b.M, (ushort)(b.SE ^ 0x8000)), rc, p, ref f, out up); break;
+            case OpMul: result = X87SoftFloat.Mul(a, b, rc, p, ref f, out up); break;
             default:
-                if (y == 0 && x != 0 && !double.IsInfinity(x)) f |= Cpu.FswZE;
-                r = x / y;
-                if (double.IsInfinity(x) || double.IsInfinity(y) || double.IsNaN(r) || y == 0 || x == 0) err = 0;
-                else if (double.IsInfinity(r)) err = r > 0 ? 1 : -1;
-                else err = Math.Sign(Math.FusedMultiplyAdd(-r, y, x)) * Math.Sign(y);
+                result = X87SoftFloat.Div(a, b, rc, p, ref f, out up);
+                if ((f & Cpu.FswZE) != 0) f &= ~Cpu.FswDE; // the host reports only ZE for x/0 with a denormal x
                 break;
         }
-        if (double.IsNaN(r)) { result = F80.Indefinite; return !X87.Signal(c, Cpu.FswIE | f); }
-        if ((f & Cpu.FswZE) != 0) { result = X87Float.FromDouble(r); return !X87.Signal(c, f); }
-        return Finish(c, r, err, f, out result);
+        return Complete(c, f, up);
     }
 
-    /// <summary>
-    /// Applies rounding control and precision control to a round-to-nearest double r whose error sign against the
-    /// exact result is err; raises PE/OE/UE, sets C1. Shared with FSQRT.
-    /// </summary>
-    private static bool Finish(Cpu c, double r, int err, int f, out F80 result)
+    /// <summary>Sets C1 and raises the flags; false when an unmasked IE/ZE/DE leaves the destination unchanged.</summary>
+    private static bool Complete(Cpu c, int f, bool up)
     {
-        int rc = X87.Rc(c);
-        if (err != 0)
-        {
-            f |= Cpu.FswPE;
-            if (double.IsInfinity(r))
-            {
-                f |= Cpu.FswOE;
-                bool toInf = rc switch { 0 => true, 1 => r < 0, 2 => r > 0, _ => false };
-                if (!toInf) r = r > 0 ? double.MaxValue : -double.MaxValue;
-                err = toInf ? -Math.Sign(r) : Math.Sign(r); // exact lies beyond max: sign(exact - r)
-            }
-            else
-            {
-                switch (rc)
-                {
-                    case 1: if (err < 0) { r = Math.BitDecrement(r); err = 1; } break;
-                    case 2: if (err > 0) { r = Math.BitIncrement(r); err = -1; } break;
-                    case 3:
-                        if (r > 0 && err < 0) { r = Math.BitDecrement(r); err = 1; }
-                        else if (r < 0 && err > 0) { r = Math.BitIncrement(r); err = -1; }
-                        break;
-                }
-                if (Math.Abs(r) < MinNormal) f |= Cpu.FswUE;
-            }
-        }
-        bool up = err != 0 && ((r > 0 && err < 0) || (r < 0 && err > 0));
-        result = X87Float.FromDouble(r);
-        if ((c.Fcw & 0x300) == 0 && !double.IsInfinity(r) && !double.IsNaN(r) && r != 0)
-        {
-            // PC = single: round the double once more (a second rounding; documented).
-            int f2 = 0;
-            X87Float.Normalize(result, out int e, out ulong m);
-            uint bits = (uint)X87Float.RoundToFormat(r < 0, e, m, rc, 24, -126, 127, ref f2, out bool up2);
-            result = X87Float.FromSingle(bits | (r < 0 ? 0x8000_0000U : 0));
-            if (f2 != 0) { f |= f2 | Cpu.FswPE; up = up2; }
-        }
         X87.SetC1(c, up);
         if (f == 0) return true;
         return !X87.Signal(c, f) || (f & (Cpu.FswIE | Cpu.FswZE | Cpu.FswDE)) == 0;
     }
-
-    private const double MinNormal = 2.2250738585072014E-308;
 
     private static void ToSt0(Cpu c, ref Instruction i, F80 src, bool srcDenormal = false)
     {
@@ -173,8 +106,7 @@ internal static unsafe class X87Arith
             return;
         }
         // A binary32/64 denormal is normal as an 80-bit value: report it here, after the stack check, as hardware.
-        if (srcDenormal && !src.IsNaN && X87.Signal(c, Cpu.FswDE)) return;
-        if (Arith(c, s_op[(int)i.Code], c.St(0), src, out F80 r)) c.St(0) = r;
+        if (Arith(c, s_op[(int)i.Code], c.St(0), src, out F80 r, srcDenormal ? Cpu.FswDE : 0)) c.St(0) = r;
     }
 
     private static void ArithM32(Cpu c, ref Instruction i)
@@ -403,11 +335,8 @@ internal static unsafe class X87Arith
             return;
         }
         int f = v.IsDenormal ? Cpu.FswDE : 0;
-        if (v.IsInf) return;
-        double x = X87Float.ToDouble(v);
-        double r = Math.Sqrt(x);
-        int err = Math.Sign(Math.FusedMultiplyAdd(-r, r, x));
-        if (Finish(c, r, err, f, out F80 res)) c.St(0) = res;
+        F80 res = X87SoftFloat.Sqrt(v, X87.Rc(c), X87SoftFloat.Precision(c.Fcw), ref f, out bool up);
+        if (Complete(c, f, up)) c.St(0) = res;
     }
 
     private static void Frndint(Cpu c, ref Instruction i)

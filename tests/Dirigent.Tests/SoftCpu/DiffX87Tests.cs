@@ -10,7 +10,7 @@ namespace Dirigent.Tests.SoftCpu;
 /// Exact forms (data movement, integer conversion, rounding, compares, FPREM, FXTRACT, FSCALE, constants, control)
 /// use arbitrary 64-bit-significand values and all rounding modes. The emulator computes FADD/FSUB/FMUL/FDIV/FSQRT
 /// in binary64, so their tests set FCW.PC to double precision and use double-representable operands of moderate
-/// exponent: the host then rounds to 53 bits as well and everything (results, PE, C1) must agree bit-for-bit.
+/// exponent; the same forms also run with arbitrary 80-bit operands and every precision control setting.
 /// </summary>
 public class DiffX87Tests
 {
@@ -140,7 +140,11 @@ public class DiffX87Tests
     [MemberData(nameof(ArithForms))]
     public void ArithmeticAtDoublePrecisionMatchesHost(string name, Action<Assembler> form) => Run(name, form, doubles: true);
 
-    private static void Run(string name, Action<Assembler> form, bool doubles)
+    [Theory]
+    [MemberData(nameof(ArithForms))]
+    public void ArithmeticExtendedMatchesHost(string name, Action<Assembler> form) => Run(name, form, doubles: false, randomPc: true);
+
+    private static void Run(string name, Action<Assembler> form, bool doubles, bool randomPc = false)
     {
         Assert.True(NativeRunner.Supported, "differential tests need an x86-64 Linux host");
         using var d = new Differential();
@@ -149,7 +153,7 @@ public class DiffX87Tests
         var failures = new List<string>();
         for (int k = 0; k < Differential.CasesPerForm * 2; k++)
         {
-            var s = X87Gen.State(rng, doubles);
+            var s = X87Gen.State(rng, doubles, randomPc);
             string diff = d.Compare(code, s, memBase: true);
             if (diff != "") failures.Add(diff + " in: " + X87Gen.Describe(s));
         }
@@ -216,14 +220,14 @@ internal static class X87Gen
         }
     }
 
-    public static MachineState State(Random rng, bool doubles)
+    public static MachineState State(Random rng, bool doubles, bool randomPc = false)
     {
         var st = Differential.RandomState(rng);
         int top = rng.Next(8);
         // Mostly 2-7 valid registers; sometimes none or all (stack underflow/overflow).
         int n = rng.Next(10) switch { 0 => 0, 1 => 8, 2 => 1, _ => rng.Next(2, 8) };
         int rc = rng.Next(4);
-        int pc = doubles ? 2 : 3;
+        int pc = randomPc ? rng.Next(3) switch { 0 => 0, 1 => 2, _ => 3 } : doubles ? 2 : 3;
         ushort fcw = (ushort)(0x7F | pc << 8 | rc << 10);
         ushort fsw = (ushort)(top << 11);
         if (rng.Next(4) == 0) fsw |= (ushort)(rng.Next(16) switch { var b => (b & 7) << 8 | (b >> 3) << 14 });
