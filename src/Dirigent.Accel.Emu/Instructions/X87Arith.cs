@@ -195,7 +195,7 @@ internal static unsafe class X87Arith
         }
         else
         {
-            if (srcDenormal && !c.St(0).IsNaN && X87.Signal(c, Cpu.FswDE)) return;
+            if (srcDenormal && !c.St(0).IsNaN && !c.St(0).IsUnsupported && X87.Signal(c, Cpu.FswDE)) return;
             int res = Compare(c, c.St(0), src, quiet);
             if (res < 0) return;
             SetCompareCc(c, res);
@@ -379,8 +379,12 @@ internal static unsafe class X87Arith
             c.St(0) = b.Sign ? new F80(0, (ushort)(a.SE & 0x8000)) : new F80(X87Float.IntBit, (ushort)((a.SE & 0x8000) | 0x7FFF));
             return;
         }
-        if (a.IsZero || a.IsInf) return;
         int f = a.IsDenormal || b.IsDenormal ? Cpu.FswDE : 0;
+        if (a.IsZero || a.IsInf)
+        {
+            if (f != 0) X87.Signal(c, f);
+            return;
+        }
         // Truncate ST1 to an integer; anything beyond +-2^20 saturates the exponent either way.
         long n;
         if (b.IsZero) n = 0;

@@ -95,6 +95,8 @@ public class DiffX87Tests
         yield return ["emms", F(a => a.emms())];
         yield return ["fnstenv", F(a => a.fnstenv(__[rbx + 64]))];
         yield return ["fnsave", F(a => a.fnsave(__[rbx + 64]))];
+        yield return ["fldenv", F(a => a.fldenv(__[rbx + 64]))];
+        yield return ["frstor", F(a => a.frstor(__[rbx + 64]))];
     }
 
     public static IEnumerable<object[]> ArithForms()
@@ -204,8 +206,9 @@ internal static class X87Gen
     {
         ushort s = (ushort)(rng.Next(2) == 0 ? 0 : 0x8000);
         ulong m = (ulong)rng.NextInt64() | (ulong)rng.Next() << 63;
-        switch (rng.Next(20))
+        switch (rng.Next(21))
         {
+            case 20: return (m >> 1, (ushort)(s | (rng.Next(2) == 0 ? 0x7FFF : rng.Next(1, 0x7FFF)))); // unsupported
             case 0: return (0, s);
             case 1: return (1UL << 63, (ushort)(s | 0x7FFF));
             case 2: return (1UL << 63 | 1UL << 62 | (m >> 20), (ushort)(s | 0x7FFF)); // QNaN
@@ -277,6 +280,16 @@ internal static class X87Gen
             }
             BitConverter.TryWriteBytes(mem.AsSpan(48), lo);
             BitConverter.TryWriteBytes(mem.AsSpan(56), hi);
+        }
+        // An FLDENV/FRSTOR image at 64: masked control word, any status/tag word, arbitrary registers.
+        BitConverter.TryWriteBytes(mem.AsSpan(64), 0xFFFF0000u | (uint)(0x7F | rng.Next(4) << 8 | rng.Next(4) << 10));
+        BitConverter.TryWriteBytes(mem.AsSpan(68), (uint)rng.Next() & 0xFFFF_7F7F);
+        BitConverter.TryWriteBytes(mem.AsSpan(72), (uint)rng.Next());
+        for (int i = 0; i < 8; i++)
+        {
+            var (rm, rse) = RandomExt(rng);
+            BitConverter.TryWriteBytes(mem.AsSpan(92 + 10 * i), rm);
+            BitConverter.TryWriteBytes(mem.AsSpan(100 + 10 * i), rse);
         }
         // FLDCW source: a control word with every exception masked (unmasked ones would fault on the host).
         BitConverter.TryWriteBytes(mem.AsSpan(6), (ushort)(0x7F | rng.Next(4) << 8 | rng.Next(4) << 10 | rng.Next(2) << 12));
