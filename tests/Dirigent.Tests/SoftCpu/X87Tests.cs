@@ -245,6 +245,84 @@ public class X87Tests
         Assert.Equal(unchecked((uint)-2), vm.Vm.Memory.ReadU32(Data + 8));
     }
 
+    [Theory]
+    [InlineData(Cpu.Cr0MP | Cpu.Cr0TS, true)]
+    [InlineData(Cpu.Cr0TS, false)]       // WAIT ignores TS unless MP is set
+    [InlineData(Cpu.Cr0EM, false)]       // and ignores EM
+    public void WaitRaisesNmOnlyWithMpAndTs(ulong cr0Bits, bool faults)
+    {
+        using var vm = new TestVm();
+        vm.Start64(a => { a.wait(); a.hlt(); });
+        vm.Cpu.Cr0 = (vm.Cpu.Cr0 & ~(Cpu.Cr0MP | Cpu.Cr0TS | Cpu.Cr0EM)) | cr0Bits;
+        var e = vm.Run();
+        if (faults) { Assert.Equal(VcpuExitReason.Shutdown, e.Reason); Assert.Contains("#NM", e.Detail); }
+        else Assert.Equal(VcpuExitReason.HaltedForever, e.Reason);
+    }
+
+    [Theory]
+    [InlineData(Cpu.Cr0EM)]
+    [InlineData(Cpu.Cr0TS)]
+    public void FxsaveAndFnstswRaiseNmWithEmOrTs(ulong cr0Bits)
+    {
+        foreach (var body in new Action<Iced.Intel.Assembler>[] { a => a.fxsave(__[rbx]), a => a.fnstsw(ax) })
+        {
+            using var vm = new TestVm();
+            vm.Start64(a => { a.mov(rbx, Data); body(a); a.hlt(); });
+            vm.Cpu.Cr0 |= cr0Bits;
+            Assert.Contains("#NM", RunExpectingFault(vm).Detail);
+        }
+    }
+
+    [Fact]
+    public void UnmaskedInvalidLeavesDestinationAndRaisesMfAtNextFloatInstruction()
+    {
+        using var vm = new TestVm();
+        vm.Vm.Memory.Write(Data, BitConverter.GetBytes((ushort)0x37E)); // IM cleared
+        vm.Start64(a =>
+        {
+            a.mov(rbx, Data);
+            a.fninit();
+            a.fldcw(__word_ptr[rbx]);
+            a.fld1();
+            a.fchs();
+            a.fsqrt();                          // sqrt(-1): #IA, unmasked
+            a.fnstsw(ax);
+            a.fnstenv(__[rbx + 16]);            // non-waiting; masks everything afterwards
+            a.fldcw(__word_ptr[rbx]);           // unmask IM again: FLDCW is non-waiting too
+            a.fstp(__tword_ptr[rbx + 64]);      // waiting: #MF before it executes
+            a.hlt();
+        });
+        var e = RunExpectingFault(vm);
+        Assert.Contains("#MF", e.Detail);
+        Assert.Equal(0x8081UL, vm.Cpu.Gpr[0] & 0x80FF);             // B, ES, IE
+        Assert.Equal(0xBFFF, vm.Cpu.St(0).SE);                      // -1.0 still there
+        Assert.Equal(0x8000_0000_0000_0000UL, vm.Cpu.St(0).M);
+        Assert.Equal(0x037E | 0x40, vm.Vm.Memory.ReadU16(Data + 16) | 0x40); // FNSTENV stored the unmasked FCW
+    }
+
+    [Fact]
+    public void Fnstenv16BitLayout()
+    {
+        using var vm = new TestVm();
+        vm.Start32(a =>
+        {
+            a.mov(ebx, (uint)Data);
+            a.fninit();
+            a.fld1();
+            a.fldz();
+            a.db(0x66);                         // operand-size prefix: 14-byte environment
+            a.fnstenv(__[ebx]);
+            a.hlt();
+        });
+        vm.RunToHlt();
+        Assert.Equal(0x037F, vm.Vm.Memory.ReadU16(Data));
+        Assert.Equal(6 << 11, vm.Vm.Memory.ReadU16(Data + 2));
+        Assert.Equal(0x1FFF, vm.Vm.Memory.ReadU16(Data + 4));      // ST0 (phys 6) zero, ST1 (phys 7) valid
+        Assert.InRange(vm.Vm.Memory.ReadU16(Data + 6), 1, 20);        // FIP low 16 bits: FLDZ, near CodeBase
+        Assert.Equal(vm.Cpu.Sreg[Cpu.CS].Selector, vm.Vm.Memory.ReadU16(Data + 8));
+        Assert.Equal(0u, vm.Vm.Memory.ReadU32(Data + 14));             // nothing written past 14 bytes
+    }
+
     // ---------------- differential with custom comparison ----------------
 
     [Fact]
