@@ -473,7 +473,12 @@ internal static unsafe class X87Arith
         }
         if (a.IsInf || b.IsZero) { if (!X87.Signal(c, Cpu.FswIE)) c.St(0) = F80.Indefinite; return; }
         if ((a.IsDenormal || b.IsDenormal) && X87.Signal(c, Cpu.FswDE)) return;
-        if (a.IsZero || b.IsInf) { X87.SetCc(c, 0); return; }
+        if (a.IsZero || b.IsInf)
+        {
+            X87.SetCc(c, 0);
+            if (a.IsDenormal && (a.M >> 63) != 0) c.St(0) = new F80(a.M, (ushort)(a.SE | 1)); // pseudo-denormal: normal encoding
+            return;
+        }
         X87Float.Normalize(a, out int ea, out ulong ma);
         X87Float.Normalize(b, out int eb, out ulong mb);
         int d = ea - eb;

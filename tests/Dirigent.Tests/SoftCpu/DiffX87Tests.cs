@@ -206,8 +206,9 @@ internal static class X87Gen
     {
         ushort s = (ushort)(rng.Next(2) == 0 ? 0 : 0x8000);
         ulong m = (ulong)rng.NextInt64() | (ulong)rng.Next() << 63;
-        switch (rng.Next(21))
+        switch (rng.Next(22))
         {
+            case 21: return (1UL << 63 | m, s); // pseudo-denormal
             case 20: return (m >> 1, (ushort)(s | (rng.Next(2) == 0 ? 0x7FFF : rng.Next(1, 0x7FFF)))); // unsupported
             case 0: return (0, s);
             case 1: return (1UL << 63, (ushort)(s | 0x7FFF));
