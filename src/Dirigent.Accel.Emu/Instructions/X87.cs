@@ -32,11 +32,14 @@ internal static unsafe class X87
     public static void Install(HandlerRegistry r)
     {
         r.Add(&Fwait, Code.Wait);
-        r.Add(&Fninit, Code.Fninit, Code.Finit);
-        r.Add(&Fnclex, Code.Fnclex, Code.Fclex);
-        r.Add(&FnstswAx, Code.Fnstsw_AX, Code.Fstsw_AX);
-        r.Add(&FnstswM, Code.Fnstsw_m2byte, Code.Fstsw_m2byte);
-        r.Add(&Fnstcw, Code.Fnstcw_m2byte, Code.Fstcw_m2byte);
+        r.Add(&Fninit, Code.Fninit);
+        r.Add(&Fnclex, Code.Fnclex);
+        r.Add(&FnstswAx, Code.Fnstsw_AX);
+        r.Add(&FnstswM, Code.Fnstsw_m2byte);
+        r.Add(&Fnstcw, Code.Fnstcw_m2byte);
+        // Iced may decode 9B+control as one instruction: do the WAIT part first.
+        r.Add(&WaitThenControl, Code.Finit, Code.Fclex, Code.Fstsw_AX, Code.Fstsw_m2byte, Code.Fstcw_m2byte,
+            Code.Fstenv_m14byte, Code.Fstenv_m28byte, Code.Fsave_m94byte, Code.Fsave_m108byte);
         r.Add(&Fldcw, Code.Fldcw_m2byte);
         r.Add(&Fnop, Code.Fnop, Code.Fneni, Code.Feni, Code.Fndisi, Code.Fdisi, Code.Fnsetpm, Code.Fsetpm);
         r.Add(&Emms, Code.Emms);
@@ -181,6 +184,20 @@ internal static unsafe class X87
     {
         if ((c.Cr0 & (Cpu.Cr0MP | Cpu.Cr0TS)) == (Cpu.Cr0MP | Cpu.Cr0TS)) throw new CpuException(Vec.NM);
         if ((c.FswNoTop & Cpu.FswES) != 0 && (c.Cr0 & Cpu.Cr0NE) != 0) throw new CpuException(Vec.MF);
+    }
+
+    private static void WaitThenControl(Cpu c, ref Instruction i)
+    {
+        Fwait(c, ref i);
+        switch (i.Code)
+        {
+            case Code.Finit: Fninit(c, ref i); break;
+            case Code.Fclex: Fnclex(c, ref i); break;
+            case Code.Fstsw_AX: FnstswAx(c, ref i); break;
+            case Code.Fstsw_m2byte: FnstswM(c, ref i); break;
+            case Code.Fstcw_m2byte: Fnstcw(c, ref i); break;
+            default: X87Env.StoreEnvOrSave(c, ref i); break;
+        }
     }
 
     private static void Fninit(Cpu c, ref Instruction i) { CheckNm(c); c.FpuInit(); }

@@ -301,6 +301,30 @@ public class X87Tests
     }
 
     [Fact]
+    public void WaitingFstswRaisesPendingMfButFnstswDoesNot()
+    {
+        using var vm = new TestVm();
+        vm.Vm.Memory.Write(Data, BitConverter.GetBytes((ushort)0x37B)); // ZM cleared
+        vm.Start64(a =>
+        {
+            a.mov(rbx, Data);
+            a.fninit();
+            a.fldcw(__word_ptr[rbx]);
+            a.fldz();
+            a.fld1();
+            a.fdiv(st0, st1);    // unmasked #Z pending
+            a.fnstsw(ax);
+            a.mov(ecx, 1);
+            a.db(0x9B, 0xDF, 0xE0); // FSTSW AX (WAIT form)
+            a.mov(ecx, 2);
+            a.hlt();
+        });
+        var e = RunExpectingFault(vm);
+        Assert.Contains("#MF", e.Detail);
+        Assert.Equal(1UL, vm.Cpu.Gpr[1]);
+    }
+
+    [Fact]
     public void Fnstenv16BitLayout()
     {
         using var vm = new TestVm();
