@@ -142,6 +142,7 @@ public sealed partial class Cpu
         Fop = (ushort)(BinaryPrimitives.ReadUInt16LittleEndian(area[6..]) & 0x7FF);
         Fip = BinaryPrimitives.ReadUInt64LittleEndian(area[8..]);
         Fdp = BinaryPrimitives.ReadUInt64LittleEndian(area[16..]);
+        Fcs = 0; Fds = 0; // not part of the 64-bit image; the 32-bit FXRSTOR sets them afterwards
         for (int i = 0; i < 8; i++)
         {
             var s = area.Slice(32 + 16 * i, 16);

@@ -9,17 +9,16 @@ namespace Dirigent.Accel.Emu.Instructions;
 /// transcendentals in <see cref="X87Arith"/>; FNSTENV/FLDENV/FNSAVE/FRSTOR/FXSAVE/FXRSTOR in <see cref="X87Env"/>.
 ///
 /// PRECISION. Registers hold exact 80-bit values (<see cref="F80"/>), so FLD/FST m80, FLD/FST ST(i), FXCH,
-/// FCHS/FABS, FXSAVE/FXRSTOR, FNSAVE/FRSTOR round-trip bit-exactly, and everything that is exact on hardware is
-/// exact here too: FILD (all widths), FIST/FISTP/FISTTP and FRNDINT (all four rounding modes), FLD m32/m64 and
-/// FST m32/m64 (rounded from 64 bits per RC, with PE/UE/OE and C1), comparisons, FXAM, FXTRACT, FSCALE (in range),
-/// FPREM/FPREM1 (exact long division, as hardware), FBLD/FBSTP, the FLDxx constants (rounded per RC like Intel).
-/// FADD/FSUB/FMUL/FDIV/FSQRT compute in binary64: operands are rounded to the nearest double and the result is
-/// the correctly rounded double result for FCW.RC (directed modes done with exact error terms), with PE and C1
-/// exact for that double result. So with FCW.PC = 53-bit (the Windows/ MSVC default, and what our differential
-/// tests use) they match hardware bit-for-bit as long as values stay in the double exponent range; with PC =
-/// 64-bit (the Linux default) results carry 53 instead of 64 significant bits; PC = 24-bit rounds once more to
-/// single. Values beyond the double exponent range overflow/underflow as doubles would. FSIN/FCOS/FSINCOS/FPTAN/
-/// FPATAN/F2XM1/FYL2X/FYL2XP1 use the host's double-precision math library.
+/// FCHS/FABS, FXSAVE/FXRSTOR, FNSAVE/FRSTOR round-trip bit-exactly. FADD/FSUB/FMUL/FDIV/FSQRT (and their
+/// integer/memory/pop forms) are computed by a software float with a 128-bit working significand
+/// (<see cref="X87SoftFloat"/>): correctly rounded to the precision control (24/53/64 bits) with every rounding
+/// mode, full 15-bit exponent range with denormals, and PE/UE/OE/ZE/IE/DE and C1 as hardware: bit-exact against
+/// the host in the differential tests. Also exact: FILD, FIST/FISTP/FISTTP and FRNDINT (all RC), FLD m32/m64,
+/// FST m32/m64 (rounded per RC with PE/UE/OE and C1), comparisons, FXAM, FXTRACT, FSCALE, FPREM/FPREM1 (exact
+/// long division), FBLD/FBSTP and the FLDxx constants (rounded per RC like hardware). Only the transcendentals
+/// (FSIN/FCOS/FSINCOS/FPTAN/FPATAN/F2XM1/FYL2X/FYL2XP1) are computed in binary64 with the host math library:
+/// their results carry double precision (tests allow a few double ulps), and their operands are first rounded
+/// to double.
 ///
 /// EXCEPTIONS. Flags (IE with SF and C1 for stack faults, DE, ZE, OE, UE, PE) are set as the SDM describes; masked
 /// responses (QNaN indefinite, integer indefinite, infinities) are produced. An unmasked IE/ZE/DE leaves the
@@ -33,11 +32,14 @@ internal static unsafe class X87
     public static void Install(HandlerRegistry r)
     {
         r.Add(&Fwait, Code.Wait);
-        r.Add(&Fninit, Code.Fninit, Code.Finit);
-        r.Add(&Fnclex, Code.Fnclex, Code.Fclex);
-        r.Add(&FnstswAx, Code.Fnstsw_AX, Code.Fstsw_AX);
-        r.Add(&FnstswM, Code.Fnstsw_m2byte, Code.Fstsw_m2byte);
-        r.Add(&Fnstcw, Code.Fnstcw_m2byte, Code.Fstcw_m2byte);
+        r.Add(&Fninit, Code.Fninit);
+        r.Add(&Fnclex, Code.Fnclex);
+        r.Add(&FnstswAx, Code.Fnstsw_AX);
+        r.Add(&FnstswM, Code.Fnstsw_m2byte);
+        r.Add(&Fnstcw, Code.Fnstcw_m2byte);
+        // Iced may decode 9B+control as one instruction: do the WAIT part first.
+        r.Add(&WaitThenControl, Code.Finit, Code.Fclex, Code.Fstsw_AX, Code.Fstsw_m2byte, Code.Fstcw_m2byte,
+            Code.Fstenv_m14byte, Code.Fstenv_m28byte, Code.Fsave_m94byte, Code.Fsave_m108byte);
         r.Add(&Fldcw, Code.Fldcw_m2byte);
         r.Add(&Fnop, Code.Fnop, Code.Fneni, Code.Feni, Code.Fndisi, Code.Fdisi, Code.Fnsetpm, Code.Fsetpm);
         r.Add(&Emms, Code.Emms);
@@ -184,6 +186,20 @@ internal static unsafe class X87
         if ((c.FswNoTop & Cpu.FswES) != 0 && (c.Cr0 & Cpu.Cr0NE) != 0) throw new CpuException(Vec.MF);
     }
 
+    private static void WaitThenControl(Cpu c, ref Instruction i)
+    {
+        Fwait(c, ref i);
+        switch (i.Code)
+        {
+            case Code.Finit: Fninit(c, ref i); break;
+            case Code.Fclex: Fnclex(c, ref i); break;
+            case Code.Fstsw_AX: FnstswAx(c, ref i); break;
+            case Code.Fstsw_m2byte: FnstswM(c, ref i); break;
+            case Code.Fstcw_m2byte: Fnstcw(c, ref i); break;
+            default: X87Env.StoreEnvOrSave(c, ref i); break;
+        }
+    }
+
     private static void Fninit(Cpu c, ref Instruction i) { CheckNm(c); c.FpuInit(); }
 
     private static void Fnclex(Cpu c, ref Instruction i)
@@ -223,12 +239,14 @@ internal static unsafe class X87
     {
         CheckNm(c);
         c.FpuTags = 0;
+        c.FpuTop = 0; // as the host (AMD) does; MMX instructions set TOP=0 anyway
     }
 
     private static void Ffree(Cpu c, ref Instruction i)
     {
         Begin(c);
         c.StSetEmpty(i.Op0Register - Register.ST0);
+        SetC1(c, false);
     }
 
     private static void Ffreep(Cpu c, ref Instruction i)
@@ -276,6 +294,7 @@ internal static unsafe class X87
     private static bool LoadChecks(Cpu c, ref F80 v, bool denormal)
     {
         int f = 0;
+        if (PushWouldOverflow(c)) return true; // the stack fault takes precedence
         if (v.IsSNaN) { f |= Cpu.FswIE; v = X87Float.Quiet(v); }
         if (denormal) f |= Cpu.FswDE;
         if (f != 0 && Signal(c, f)) return false;
@@ -382,8 +401,7 @@ internal static unsafe class X87
             if (v.IsUnsupported) { f = Cpu.FswIE; bits = 0xFFC0_0000; }
             else
             {
-                if (v.IsSNaN) f = Cpu.FswIE;
-                else if (v.IsDenormal) f = Cpu.FswDE;
+                if (v.IsSNaN) f = Cpu.FswIE; // a denormal source raises no DE here on the AMD reference host
                 bits = X87Float.ToSingleBits(v, Rc(c), ref f, out up);
             }
             SetC1(c, up);
@@ -411,8 +429,7 @@ internal static unsafe class X87
             if (v.IsUnsupported) { f = Cpu.FswIE; bits = 0xFFF8_0000_0000_0000UL; }
             else
             {
-                if (v.IsSNaN) f = Cpu.FswIE;
-                else if (v.IsDenormal) f = Cpu.FswDE;
+                if (v.IsSNaN) f = Cpu.FswIE; // a denormal source raises no DE here on the AMD reference host
                 bits = X87Float.ToDoubleBits(v, Rc(c), ref f, out up);
             }
             SetC1(c, up);
@@ -476,7 +493,6 @@ internal static unsafe class X87
             if (v.Exp == 0x7FFF || v.IsUnsupported) f = Cpu.FswIE;
             else
             {
-                if (v.IsDenormal) f |= Cpu.FswDE;
                 if (X87Float.RoundToInteger(v, trunc ? 3 : Rc(c), out ulong mag, out bool inexact, out up) &&
                     (v.Sign ? mag <= indefinite : mag < indefinite))
                 {
@@ -513,7 +529,6 @@ internal static unsafe class X87
             else if (X87Float.RoundToInteger(v, Rc(c), out ulong mag, out bool inexact, out up) && mag < 1_000_000_000_000_000_000UL)
             {
                 if (inexact) f |= Cpu.FswPE;
-                if (v.IsDenormal) f |= Cpu.FswDE;
                 lo = 0;
                 hi = (ushort)(v.Sign ? 0x8000 : 0);
                 for (int d = 0; d < 18; d++)
@@ -582,7 +597,6 @@ internal static unsafe class X87
             if (Underflow(c)) { c.St(0) = F80.Indefinite; c.StSetValid(0); }
             return;
         }
-        SetC1(c, false);
         bool cond = i.Code switch
         {
             Code.Fcmovb_st0_sti => c.GetCF(),

@@ -63,12 +63,11 @@ internal static unsafe class X87Arith
     /// dest op src for op in Add/Mul/Sub/Subr/Div/Divr, with x87 special cases, exception flags and C1.
     /// Returns false when an unmasked IE/ZE/DE means the destination must stay unchanged.
     /// </summary>
-    private static bool Arith(Cpu c, int op, F80 a, F80 b, out F80 result)
+    private static bool Arith(Cpu c, int op, F80 a, F80 b, out F80 result, int f = 0)
     {
         if (op == OpSubr) { (a, b) = (b, a); op = OpSub; }
         else if (op == OpDivr) { (a, b) = (b, a); op = OpDiv; }
         X87.SetC1(c, false);
-        int f = 0;
         if (a.IsUnsupported || b.IsUnsupported) { result = F80.Indefinite; return !X87.Signal(c, Cpu.FswIE); }
         if (a.IsNaN || b.IsNaN)
         {
@@ -76,103 +75,38 @@ internal static unsafe class X87Arith
             return !(a.IsSNaN || b.IsSNaN) || !X87.Signal(c, Cpu.FswIE);
         }
         if (a.IsDenormal || b.IsDenormal) f |= Cpu.FswDE;
-        double x = X87Float.ToDouble(a), y = X87Float.ToDouble(b);
-        double r;
-        int err; // sign of (exact - r)
+        int rc = X87.Rc(c), p = X87SoftFloat.Precision(c.Fcw);
+        bool up;
         switch (op)
         {
-            case OpAdd:
-            case OpSub:
-                if (op == OpSub) y = -y;
-                r = x + y;
-                if (double.IsInfinity(x) || double.IsInfinity(y) || double.IsNaN(r)) err = 0;
-                else if (double.IsInfinity(r)) err = r > 0 ? 1 : -1;
-                else
-                {
-                    double bb = r - x;
-                    err = Math.Sign((x - (r - bb)) + (y - bb));
-                    // An exact zero sum is +0 except in round-down (IEEE 754 6.3); the host already gets the
-                    // other modes right.
-                    if (r == 0 && err == 0 && X87.Rc(c) == 1)
-                        r = x == 0 && y == 0 && !double.IsNegative(x) && !double.IsNegative(y) ? 0.0 : -0.0;
-                }
-                break;
-            case OpMul:
-                r = x * y;
-                if (double.IsInfinity(x) || double.IsInfinity(y) || double.IsNaN(r) || r == 0 && (x == 0 || y == 0)) err = 0;
-                else if (double.IsInfinity(r)) err = r > 0 ? 1 : -1;
-                else err = Math.Sign(Math.FusedMultiplyAdd(x, y, -r));
-                break;
+            case OpAdd: result = X87SoftFloat.Add(a, b, rc, p, ref f, out up); break;
+            case OpSub: result = X87SoftFloat.Add(a, new F80(b.M, (ushort)(b.SE ^ 0x8000)), rc, p, ref f, out up); break;
+            case OpMul: result = X87SoftFloat.Mul(a, b, rc, p, ref f, out up); break;
             default:
-                if (y == 0 && x != 0 && !double.IsInfinity(x)) f |= Cpu.FswZE;
-                r = x / y;
-                if (double.IsInfinity(x) || double.IsInfinity(y) || double.IsNaN(r) || y == 0 || x == 0) err = 0;
-                else if (double.IsInfinity(r)) err = r > 0 ? 1 : -1;
-                else err = Math.Sign(Math.FusedMultiplyAdd(-r, y, x)) * Math.Sign(y);
+                result = X87SoftFloat.Div(a, b, rc, p, ref f, out up);
+                if ((f & Cpu.FswZE) != 0) f &= ~Cpu.FswDE; // the host reports only ZE for x/0 with a denormal x
                 break;
         }
-        if (double.IsNaN(r)) { result = F80.Indefinite; return !X87.Signal(c, Cpu.FswIE | f); }
-        if ((f & Cpu.FswZE) != 0) { result = X87Float.FromDouble(r); return !X87.Signal(c, f); }
-        return Finish(c, r, err, f, out result);
+        return Complete(c, f, up);
     }
 
-    /// <summary>
-    /// Applies rounding control and precision control to a round-to-nearest double r whose error sign against the
-    /// exact result is err; raises PE/OE/UE, sets C1. Shared with FSQRT.
-    /// </summary>
-    private static bool Finish(Cpu c, double r, int err, int f, out F80 result)
+    /// <summary>Sets C1 and raises the flags; false when an unmasked IE/ZE/DE leaves the destination unchanged.</summary>
+    private static bool Complete(Cpu c, int f, bool up)
     {
-        int rc = X87.Rc(c);
-        if (err != 0)
-        {
-            f |= Cpu.FswPE;
-            if (double.IsInfinity(r))
-            {
-                f |= Cpu.FswOE;
-                bool toInf = rc switch { 0 => true, 1 => r < 0, 2 => r > 0, _ => false };
-                if (!toInf) r = r > 0 ? double.MaxValue : -double.MaxValue;
-                err = toInf ? -Math.Sign(r) : Math.Sign(r); // exact lies beyond max: sign(exact - r)
-            }
-            else
-            {
-                switch (rc)
-                {
-                    case 1: if (err < 0) { r = Math.BitDecrement(r); err = 1; } break;
-                    case 2: if (err > 0) { r = Math.BitIncrement(r); err = -1; } break;
-                    case 3:
-                        if (r > 0 && err < 0) { r = Math.BitDecrement(r); err = 1; }
-                        else if (r < 0 && err > 0) { r = Math.BitIncrement(r); err = -1; }
-                        break;
-                }
-                if (Math.Abs(r) < MinNormal) f |= Cpu.FswUE;
-            }
-        }
-        bool up = err != 0 && ((r > 0 && err < 0) || (r < 0 && err > 0));
-        result = X87Float.FromDouble(r);
-        if ((c.Fcw & 0x300) == 0 && !double.IsInfinity(r) && !double.IsNaN(r) && r != 0)
-        {
-            // PC = single: round the double once more (a second rounding; documented).
-            int f2 = 0;
-            X87Float.Normalize(result, out int e, out ulong m);
-            uint bits = (uint)X87Float.RoundToFormat(r < 0, e, m, rc, 24, -126, 127, ref f2, out bool up2);
-            result = X87Float.FromSingle(bits | (r < 0 ? 0x8000_0000U : 0));
-            if (f2 != 0) { f |= f2 | Cpu.FswPE; up = up2; }
-        }
         X87.SetC1(c, up);
         if (f == 0) return true;
         return !X87.Signal(c, f) || (f & (Cpu.FswIE | Cpu.FswZE | Cpu.FswDE)) == 0;
     }
 
-    private const double MinNormal = 2.2250738585072014E-308;
-
-    private static void ToSt0(Cpu c, ref Instruction i, F80 src)
+    private static void ToSt0(Cpu c, ref Instruction i, F80 src, bool srcDenormal = false)
     {
         if (c.StEmpty(0))
         {
             if (X87.Underflow(c)) { c.St(0) = F80.Indefinite; c.StSetValid(0); }
             return;
         }
-        if (Arith(c, s_op[(int)i.Code], c.St(0), src, out F80 r)) c.St(0) = r;
+        // A binary32/64 denormal is normal as an 80-bit value: report it here, after the stack check, as hardware.
+        if (Arith(c, s_op[(int)i.Code], c.St(0), src, out F80 r, srcDenormal ? Cpu.FswDE : 0)) c.St(0) = r;
     }
 
     private static void ArithM32(Cpu c, ref Instruction i)
@@ -180,16 +114,14 @@ internal static unsafe class X87Arith
         X87.Begin(c);
         uint b = c.Read32(X87.Mem(c, ref i, 4, false));
         F80 v = X87Float.FromSingle(b);
-        if ((b & 0x7F80_0000) == 0 && (b & 0x7F_FFFF) != 0) X87.Signal(c, Cpu.FswDE);
-        ToSt0(c, ref i, v);
+        ToSt0(c, ref i, v, IsDenormal32(b));
     }
 
     private static void ArithM64(Cpu c, ref Instruction i)
     {
         X87.Begin(c);
         ulong b = c.Read64(X87.Mem(c, ref i, 8, false));
-        if ((b & 0x7FF0_0000_0000_0000UL) == 0 && (b & 0xF_FFFF_FFFF_FFFFUL) != 0) X87.Signal(c, Cpu.FswDE);
-        ToSt0(c, ref i, X87Float.FromDouble(BitConverter.UInt64BitsToDouble(b)));
+        ToSt0(c, ref i, X87Float.FromDouble(BitConverter.UInt64BitsToDouble(b)), IsDenormal64(b));
     }
 
     private static void ArithI16(Cpu c, ref Instruction i)
@@ -251,7 +183,10 @@ internal static unsafe class X87Arith
 
     private static void SetCompareCc(Cpu c, int res) => X87.SetCc(c, (res & 4) << 1 | (res & 2) << 1 | (res & 1));
 
-    private static void CompareSt0(Cpu c, F80 src, bool quiet, int pops)
+    internal static bool IsDenormal32(uint b) => (b & 0x7F80_0000) == 0 && (b & 0x7F_FFFF) != 0;
+    internal static bool IsDenormal64(ulong b) => (b & 0x7FF0_0000_0000_0000UL) == 0 && (b & 0xF_FFFF_FFFF_FFFFUL) != 0;
+
+    private static void CompareSt0(Cpu c, F80 src, bool quiet, int pops, bool srcDenormal = false)
     {
         if (c.StEmpty(0))
         {
@@ -260,6 +195,7 @@ internal static unsafe class X87Arith
         }
         else
         {
+            if (srcDenormal && !c.St(0).IsNaN && !c.St(0).IsUnsupported && X87.Signal(c, Cpu.FswDE)) return;
             int res = Compare(c, c.St(0), src, quiet);
             if (res < 0) return;
             SetCompareCc(c, res);
@@ -271,14 +207,14 @@ internal static unsafe class X87Arith
     {
         X87.Begin(c);
         uint b = c.Read32(X87.Mem(c, ref i, 4, false));
-        CompareSt0(c, X87Float.FromSingle(b), false, i.Code == Code.Fcomp_m32fp ? 1 : 0);
+        CompareSt0(c, X87Float.FromSingle(b), false, i.Code == Code.Fcomp_m32fp ? 1 : 0, IsDenormal32(b));
     }
 
     private static void FcomM64(Cpu c, ref Instruction i)
     {
         X87.Begin(c);
         ulong b = c.Read64(X87.Mem(c, ref i, 8, false));
-        CompareSt0(c, X87Float.FromDouble(BitConverter.UInt64BitsToDouble(b)), false, i.Code == Code.Fcomp_m64fp ? 1 : 0);
+        CompareSt0(c, X87Float.FromDouble(BitConverter.UInt64BitsToDouble(b)), false, i.Code == Code.Fcomp_m64fp ? 1 : 0, IsDenormal64(b));
     }
 
     private static void FicomM16(Cpu c, ref Instruction i)
@@ -330,7 +266,6 @@ internal static unsafe class X87Arith
         {
             res = Compare(c, c.St(0), c.St(k), quiet);
             if (res < 0) return;
-            X87.SetC1(c, false);
         }
         ulong fl = 0;
         if ((res & 4) != 0) fl |= Cpu.ZF;
@@ -374,6 +309,7 @@ internal static unsafe class X87Arith
             return false;
         }
         v = c.St(0);
+        if (v.IsUnsupported || v.IsNaN) X87.SetC1(c, false);
         if (v.IsUnsupported)
         {
             if (!X87.Signal(c, Cpu.FswIE)) c.St(0) = F80.Indefinite;
@@ -399,11 +335,8 @@ internal static unsafe class X87Arith
             return;
         }
         int f = v.IsDenormal ? Cpu.FswDE : 0;
-        if (v.IsInf) return;
-        double x = X87Float.ToDouble(v);
-        double r = Math.Sqrt(x);
-        int err = Math.Sign(Math.FusedMultiplyAdd(-r, r, x));
-        if (Finish(c, r, err, f, out F80 res)) c.St(0) = res;
+        F80 res = X87SoftFloat.Sqrt(v, X87.Rc(c), X87SoftFloat.Precision(c.Fcw), ref f, out bool up);
+        if (Complete(c, f, up)) c.St(0) = res;
     }
 
     private static void Frndint(Cpu c, ref Instruction i)
@@ -440,13 +373,18 @@ internal static unsafe class X87Arith
         }
         if (b.IsInf)
         {
+            if (a.IsDenormal && X87.Signal(c, Cpu.FswDE)) return;
             if ((a.IsZero && !b.Sign) || (a.IsInf && b.Sign)) { if (!X87.Signal(c, Cpu.FswIE)) c.St(0) = F80.Indefinite; return; }
             if (a.IsZero || a.IsInf) return;
             c.St(0) = b.Sign ? new F80(0, (ushort)(a.SE & 0x8000)) : new F80(X87Float.IntBit, (ushort)((a.SE & 0x8000) | 0x7FFF));
             return;
         }
-        if (a.IsZero || a.IsInf) return;
         int f = a.IsDenormal || b.IsDenormal ? Cpu.FswDE : 0;
+        if (a.IsZero || a.IsInf)
+        {
+            if (f != 0) X87.Signal(c, f);
+            return;
+        }
         // Truncate ST1 to an integer; anything beyond +-2^20 saturates the exponent either way.
         long n;
         if (b.IsZero) n = 0;
@@ -458,11 +396,25 @@ internal static unsafe class X87Arith
         }
         X87Float.Normalize(a, out int ea, out ulong ma);
         long ne = ea + n;
-        if (ne + X87Float.Bias >= 0x7FFF) f |= Cpu.FswOE | Cpu.FswPE;
-        else if (ne + X87Float.Bias <= 0)
+        if (ne + X87Float.Bias >= 0x7FFF)
         {
-            long sh = 1 - (ne + X87Float.Bias);
-            if (sh >= 64 || (ma & ((1UL << (int)sh) - 1)) != 0) f |= Cpu.FswUE | Cpu.FswPE;
+            // Overflow: infinity or the largest finite value, per RC (C1: rounded up to infinity).
+            int rc = X87.Rc(c);
+            bool toInf = rc switch { 0 => true, 1 => a.Sign, 2 => !a.Sign, _ => false };
+            X87.SetC1(c, toInf);
+            if (X87.Signal(c, f | Cpu.FswOE | Cpu.FswPE) && (f & Cpu.FswDE) != 0) return;
+            c.St(0) = toInf ? new F80(X87Float.IntBit, (ushort)((a.SE & 0x8000) | 0x7FFF)) : new F80(ulong.MaxValue, (ushort)((a.SE & 0x8000) | 0x7FFE));
+            return;
+        }
+        if (ne + X87Float.Bias <= 0)
+        {
+            // Denormal result, rounded per RC (C1: rounded up).
+            int fl = 0;
+            ulong keep = X87Float.RoundToFormat(a.Sign, (int)Math.Max(ne, -100000), ma, X87.Rc(c), 64, 1 - X87Float.Bias, X87Float.Bias, ref fl, out bool up);
+            X87.SetC1(c, up);
+            if (X87.Signal(c, f | fl) && (f & Cpu.FswDE) != 0) return;
+            c.St(0) = new F80(keep, (ushort)((a.SE & 0x8000) | (int)(keep >> 63)));
+            return;
         }
         if (f != 0 && X87.Signal(c, f) && (f & Cpu.FswDE) != 0) return;
         c.St(0) = X87Float.Pack(a.Sign, (int)Math.Clamp(ne, -100000, 100000), ma);
@@ -505,12 +457,14 @@ internal static unsafe class X87Arith
     {
         X87.Begin(c);
         bool ieee = i.Code == Code.Fprem1;
+        c.FswNoTop &= unchecked((ushort)~(Cpu.FswC1 | Cpu.FswC2));
         if (c.StEmpty(0) || c.StEmpty(1))
         {
             if (X87.Underflow(c)) { c.St(0) = F80.Indefinite; c.StSetValid(0); }
             return;
         }
         F80 a = c.St(0), b = c.St(1);
+        c.FswNoTop &= unchecked((ushort)~(Cpu.FswC1 | Cpu.FswC2));
         if (a.IsUnsupported || b.IsUnsupported) { if (!X87.Signal(c, Cpu.FswIE)) c.St(0) = F80.Indefinite; return; }
         if (a.IsNaN || b.IsNaN)
         {
@@ -519,7 +473,12 @@ internal static unsafe class X87Arith
         }
         if (a.IsInf || b.IsZero) { if (!X87.Signal(c, Cpu.FswIE)) c.St(0) = F80.Indefinite; return; }
         if ((a.IsDenormal || b.IsDenormal) && X87.Signal(c, Cpu.FswDE)) return;
-        if (a.IsZero || b.IsInf) { X87.SetCc(c, 0); return; }
+        if (a.IsZero || b.IsInf)
+        {
+            X87.SetCc(c, 0);
+            if (a.IsDenormal && (a.M >> 63) != 0) c.St(0) = new F80(a.M, (ushort)(a.SE | 1)); // pseudo-denormal: normal encoding
+            return;
+        }
         X87Float.Normalize(a, out int ea, out ulong ma);
         X87Float.Normalize(b, out int eb, out ulong mb);
         int d = ea - eb;
@@ -531,7 +490,7 @@ internal static unsafe class X87Arith
             int n = 32 + (d & 31);
             UInt128 pr = Divide(ma, mb, n, out _);
             c.St(0) = PackWide(sign, eb + (d - n), pr);
-            c.FswNoTop |= Cpu.FswC2;
+            X87.SetCc(c, 0b0100); // incomplete: C2=1; the host (AMD) clears C0, C1 and C3
             return;
         }
         ulong q;

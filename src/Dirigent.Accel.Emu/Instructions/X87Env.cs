@@ -13,12 +13,19 @@ internal static unsafe class X87Env
 {
     public static void Install(HandlerRegistry r)
     {
-        r.Add(&Fnstenv, Code.Fnstenv_m14byte, Code.Fstenv_m14byte, Code.Fnstenv_m28byte, Code.Fstenv_m28byte);
+        r.Add(&Fnstenv, Code.Fnstenv_m14byte, Code.Fnstenv_m28byte);
         r.Add(&Fldenv, Code.Fldenv_m14byte, Code.Fldenv_m28byte);
-        r.Add(&Fnsave, Code.Fnsave_m94byte, Code.Fsave_m94byte, Code.Fnsave_m108byte, Code.Fsave_m108byte);
+        r.Add(&Fnsave, Code.Fnsave_m94byte, Code.Fnsave_m108byte);
         r.Add(&Frstor, Code.Frstor_m94byte, Code.Frstor_m108byte);
         r.Add(&Fxsave, Code.Fxsave_m512byte, Code.Fxsave64_m512byte);
         r.Add(&Fxrstor, Code.Fxrstor_m512byte, Code.Fxrstor64_m512byte);
+    }
+
+    /// <summary>FSTENV/FSAVE after their WAIT part.</summary>
+    internal static void StoreEnvOrSave(Cpu c, ref Instruction i)
+    {
+        if (i.Code is Code.Fstenv_m14byte or Code.Fstenv_m28byte) Fnstenv(c, ref i);
+        else Fnsave(c, ref i);
     }
 
     private static bool Is16(Code code) => code is Code.Fnstenv_m14byte or Code.Fstenv_m14byte or Code.Fldenv_m14byte or

@@ -6,7 +6,7 @@ namespace Dirigent.Accel.Emu.Instructions;
 
 /// <summary>
 /// Exact conversions between the 80-bit format and integers, binary32/binary64 (with every rounding mode and the
-/// exception flags they raise), integer rounding, comparison. Arithmetic itself is in <see cref="X87Arith"/>.
+/// exception flags they raise), integer rounding, comparison. Arithmetic is in <see cref="X87SoftFloat"/>.
 /// </summary>
 internal static class X87Float
 {
@@ -158,7 +158,7 @@ internal static class X87Float
         return s | (uint)RoundToFormat(v.Sign, e, m, rc, 24, -126, 127, ref flags, out roundedUp);
     }
 
-    /// <summary>Nearest binary64 value, flags ignored: the working format of the arithmetic.</summary>
+    /// <summary>Nearest binary64 value, flags ignored: the working format of the transcendentals.</summary>
     public static double ToDouble(F80 v)
     {
         int f = 0;
@@ -239,6 +239,4 @@ internal static class X87Float
         }
         return Quiet(an ? a : b);
     }
-
-    public static readonly F80 MaxPositive = new(ulong.MaxValue, 0x7FFE);
 }

@@ -77,7 +77,25 @@ internal static unsafe class X87Transcendental
         X87.Signal(c, Cpu.FswPE);
         double x = X87Float.ToDouble(v);
         // Defined for -1 <= x <= 1; outside, hardware results are undefined: extend the function naturally.
-        c.St(0) = X87Float.FromDouble(double.ExpM1(x * Math.Log(2)));
+        c.St(0) = X87Float.FromDouble(ExpM1(x * Math.Log(2)));
+    }
+
+    /// <summary>e^y - 1 without cancellation for small y (Kahan's trick).</summary>
+    private static double ExpM1(double y)
+    {
+        double u = Math.Exp(y);
+        if (u == 1.0) return y;
+        double um1 = u - 1.0;
+        if (um1 == -1.0) return -1.0;
+        return double.IsInfinity(u) ? u : um1 * y / Math.Log(u);
+    }
+
+    /// <summary>ln(1 + x) without cancellation for small x (Kahan's trick).</summary>
+    private static double Log1P(double x)
+    {
+        double u = 1.0 + x;
+        if (u == 1.0) return x;
+        return Math.Log(u) * x / (u - 1.0);
     }
 
     private static void Binary(Cpu c, ref Instruction i)
@@ -124,7 +142,7 @@ internal static unsafe class X87Transcendental
                 default:
                     // Defined for |x| < 1 - sqrt(2)/2; outside, extend naturally.
                     if (x <= -1 || (x == 0 && double.IsInfinity(y))) { f = Cpu.FswIE; r = double.NaN; }
-                    else r = y * (double.LogP1(x) / Math.Log(2));
+                    else r = y * (Log1P(x) / Math.Log(2));
                     break;
             }
             if (double.IsNaN(r)) f |= Cpu.FswIE;
