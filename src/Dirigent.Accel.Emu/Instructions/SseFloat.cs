@@ -66,13 +66,13 @@ internal static unsafe class SseFloat
         _ => SseFp.Sqrt(b, d, mx, ref fl),
     };
 
-    /// <summary>MIN/MAX return the second operand when either is a NaN (IE even for QNaN) or both are zeros.</summary>
+    /// <summary>MIN/MAX return the second operand (after DAZ) when either is a NaN (IE even for QNaN) or both are zeros.</summary>
     private static ulong MinMax(ulong a, ulong b, bool d, bool max, uint mx, ref uint fl)
     {
         if (IsNaN(a, d) || IsNaN(b, d))
         {
             fl |= IE;
-            return b;
+            return Daz(b, d, mx);
         }
         ulong x = DazDe(a, d, mx, ref fl), y = DazDe(b, d, mx, ref fl);
         double dx = ToDouble(x, d), dy = ToDouble(y, d);

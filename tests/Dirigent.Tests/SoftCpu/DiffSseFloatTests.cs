@@ -24,8 +24,9 @@ internal static class SseDiff
         var failures = new List<string>();
         for (int k = 0; k < Differential.CasesPerForm * casesFactor; k++)
         {
-            string diff = d.Compare(code, state(rng), memBase: true);
-            if (diff != "") failures.Add(diff);
+            var input = state(rng);
+            string diff = d.Compare(code, input, memBase: true);
+            if (diff != "") failures.Add($"{diff} (mxcsr in={BitConverter.ToUInt32(input.Fx, 24):x}, x1={Convert.ToHexString(input.Xmm(1))}, x2={Convert.ToHexString(input.Xmm(2))})");
         }
         Assert.True(failures.Count == 0, $"{failures.Count} mismatches, first: {failures.FirstOrDefault()}");
     }
