@@ -247,3 +247,28 @@ public class SseFaultTests
         }
     }
 }
+
+/// <summary>The portable paths used when the host lacks SSE2/SSSE3 agree with the host instructions.</summary>
+public class SseFallbackTests
+{
+    [Fact]
+    public void SoftwareUnpackAndPshufbMatchHostIntrinsics()
+    {
+        Assert.True(System.Runtime.Intrinsics.X86.Ssse3.IsSupported);
+        var rng = new Random(77);
+        var buf = new byte[32];
+        for (int n = 0; n < 500; n++)
+        {
+            rng.NextBytes(buf);
+            var d = Vector128.Create(buf.AsSpan(0, 16));
+            var s = Vector128.Create(buf.AsSpan(16, 16));
+            Assert.Equal(System.Runtime.Intrinsics.X86.Sse2.UnpackLow(d, s), Dirigent.Accel.Emu.Instructions.SseInt.Unpack(d, s, 0));
+            Assert.Equal(System.Runtime.Intrinsics.X86.Sse2.UnpackHigh(d, s), Dirigent.Accel.Emu.Instructions.SseInt.Unpack(d, s, 2));
+            Assert.Equal(System.Runtime.Intrinsics.X86.Sse2.UnpackLow(d.AsUInt16(), s.AsUInt16()).AsByte(), Dirigent.Accel.Emu.Instructions.SseInt.Unpack(d, s, 4));
+            Assert.Equal(System.Runtime.Intrinsics.X86.Sse2.UnpackHigh(d.AsUInt16(), s.AsUInt16()).AsByte(), Dirigent.Accel.Emu.Instructions.SseInt.Unpack(d, s, 6));
+            Assert.Equal(System.Runtime.Intrinsics.X86.Sse2.UnpackLow(d.AsUInt32(), s.AsUInt32()).AsByte(), Dirigent.Accel.Emu.Instructions.SseInt.Unpack(d, s, 8));
+            Assert.Equal(System.Runtime.Intrinsics.X86.Sse2.UnpackHigh(d.AsUInt32(), s.AsUInt32()).AsByte(), Dirigent.Accel.Emu.Instructions.SseInt.Unpack(d, s, 10));
+            Assert.Equal(System.Runtime.Intrinsics.X86.Ssse3.Shuffle(d, s), Dirigent.Accel.Emu.Instructions.Ssse3.PshufbSoftware(d, s));
+        }
+    }
+}
