@@ -22,17 +22,20 @@ internal static unsafe class Sse
         SseConvert.Install(r);
     }
 
-    /// <summary>CR0.EM=1 or CR4.OSFXSR=0 → #UD; CR0.TS=1 → #NM (SDM vol. 3, table 2-? "SSE availability").</summary>
+    /// <summary>
+    /// CR0.EM=1, CR4.OSFXSR=0 or a LOCK prefix → #UD; CR0.TS=1 → #NM (SDM vol. 2, "SIMD floating-point exceptions"
+    /// tables). The decoder runs without Iced's invalid-LOCK check, so the LOCK test is ours.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Check(Cpu c)
+    public static void Check(Cpu c, ref Instruction i)
     {
-        if (((c.Cr0 & (Cpu.Cr0EM | Cpu.Cr0TS)) | (~c.Cr4 & Cpu.Cr4OSFXSR)) != 0) Unavailable(c);
+        if (((c.Cr0 & (Cpu.Cr0EM | Cpu.Cr0TS)) | (~c.Cr4 & Cpu.Cr4OSFXSR)) != 0 || i.HasLockPrefix) Unavailable(c, i.HasLockPrefix);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void Unavailable(Cpu c)
+    private static void Unavailable(Cpu c, bool locked)
     {
-        if ((c.Cr0 & Cpu.Cr0EM) != 0 || (c.Cr4 & Cpu.Cr4OSFXSR) == 0) throw new CpuException(Vec.UD);
+        if (locked || (c.Cr0 & Cpu.Cr0EM) != 0 || (c.Cr4 & Cpu.Cr4OSFXSR) == 0) throw new CpuException(Vec.UD);
         throw new CpuException(Vec.NM);
     }
 

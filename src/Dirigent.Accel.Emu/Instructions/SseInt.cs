@@ -64,7 +64,7 @@ internal static unsafe class SseInt
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static ref Vector128<byte> Bin(Cpu c, ref Instruction i, out Vector128<byte> s)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         s = Sse.Src(c, ref i, 1);
         return ref Sse.Dst(c, ref i);
     }
@@ -199,14 +199,14 @@ internal static unsafe class SseInt
 
     private static void ShiftImm(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ref var d = ref Sse.Dst(c, ref i);
         d = Shift(i.Code, d, i.Immediate8);
     }
 
     private static void Pslldq(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ref var d = ref Sse.Dst(c, ref i);
         int n = i.Immediate8;
         d = n > 15 ? default : Vector128.Shuffle(d, Vector128<byte>.Indices - Vector128.Create((byte)n));
@@ -214,7 +214,7 @@ internal static unsafe class SseInt
 
     private static void Psrldq(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ref var d = ref Sse.Dst(c, ref i);
         int n = i.Immediate8;
         d = n > 15 ? default : Vector128.Shuffle(d, Vector128<byte>.Indices + Vector128.Create((byte)n));
@@ -306,7 +306,7 @@ internal static unsafe class SseInt
 
     private static void Pinsrw(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ushort v = i.Op1Kind == OpKind.Register ? (ushort)c.GetReg(i.Op1Register) : c.Read16(c.MemLinear(ref i, 2, false));
         ref var d = ref Sse.Dst(c, ref i);
         d = d.AsUInt16().WithElement(i.Immediate8 & 7, v).AsByte();
@@ -314,7 +314,7 @@ internal static unsafe class SseInt
 
     private static void Pextrw(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         c.SetReg(i.Op0Register, c.Xmm[Sse.X(i.Op1Register)].AsUInt16().GetElement(i.Immediate8 & 7));
     }
 

@@ -123,6 +123,15 @@ public class SseFaultTests
     }
 
     [Fact]
+    public void LockPrefixRaisesUdEvenWithTsSet()
+    {
+        using var vm = new TestVm();
+        Assert.Equal(Vec.UD, RunForVector(vm, a => { a.db(0xF0, 0x66, 0x0F, 0xFC, 0xC1); a.hlt(); })); // lock paddb xmm0,xmm1
+        using var vm2 = new TestVm();
+        Assert.Equal(Vec.UD, RunForVector(vm2, a => { a.db(0xF0, 0x66, 0x0F, 0xFC, 0xC1); a.hlt(); }, c => c.Cr0 |= Cpu.Cr0TS));
+    }
+
+    [Fact]
     public void MovntiIgnoresOsfxsr()
     {
         using var vm = new TestVm();
