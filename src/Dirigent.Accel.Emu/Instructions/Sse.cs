@@ -8,8 +8,9 @@ namespace Dirigent.Accel.Emu.Instructions;
 /// <summary>
 /// SSE/SSE2/SSE3/SSSE3 (legacy encodings, XMM forms). The group is split by sub-family into Sse*.cs files; this class
 /// installs them all and holds the shared operand plumbing: the CR0/CR4 availability checks, XMM register access and
-/// 128-bit memory operands with the legacy-SSE alignment rule. MMX (mm register) forms are left to raise #UD: MMX
-/// state aliases the x87 stack, which the x87 group owns.
+/// 128-bit memory operands with the legacy-SSE alignment rule. Not here: MMX (mm register) forms, including
+/// CVTPI2PS/CVTPS2PI/MOVQ2DQ/MASKMOVQ/PSHUFW, raise #UD because MMX state aliases the x87 stack the x87 group owns;
+/// AMD SSE4a (EXTRQ, INSERTQ, MOVNTSS/SD); fences, prefetches and CLFLUSH; FXSAVE/FXRSTOR (x87 group).
 /// </summary>
 internal static unsafe class Sse
 {
@@ -22,17 +23,20 @@ internal static unsafe class Sse
         SseConvert.Install(r);
     }
 
-    /// <summary>CR0.EM=1 or CR4.OSFXSR=0 → #UD; CR0.TS=1 → #NM (SDM vol. 3, table 2-? "SSE availability").</summary>
+    /// <summary>
+    /// CR0.EM=1, CR4.OSFXSR=0 or a LOCK prefix → #UD; CR0.TS=1 → #NM (SDM vol. 2, "SIMD floating-point exceptions"
+    /// tables). The decoder runs without Iced's invalid-LOCK check, so the LOCK test is ours.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Check(Cpu c)
+    public static void Check(Cpu c, ref Instruction i)
     {
-        if (((c.Cr0 & (Cpu.Cr0EM | Cpu.Cr0TS)) | (~c.Cr4 & Cpu.Cr4OSFXSR)) != 0) Unavailable(c);
+        if (((c.Cr0 & (Cpu.Cr0EM | Cpu.Cr0TS)) | (~c.Cr4 & Cpu.Cr4OSFXSR)) != 0 || i.HasLockPrefix) Unavailable(c, i.HasLockPrefix);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static void Unavailable(Cpu c)
+    private static void Unavailable(Cpu c, bool locked)
     {
-        if ((c.Cr0 & Cpu.Cr0EM) != 0 || (c.Cr4 & Cpu.Cr4OSFXSR) == 0) throw new CpuException(Vec.UD);
+        if (locked || (c.Cr0 & Cpu.Cr0EM) != 0 || (c.Cr4 & Cpu.Cr4OSFXSR) == 0) throw new CpuException(Vec.UD);
         throw new CpuException(Vec.NM);
     }
 
@@ -101,20 +105,5 @@ internal static unsafe class Sse
     {
         if (i.GetOpKind(n) == OpKind.Register) return c.Xmm[i.GetOpRegister(n) - Register.XMM0].AsUInt32().GetElement(0);
         return c.Read32(c.MemLinear(ref i, 4, false));
-    }
-
-    /// <summary>All codes of a mnemonic whose name marks them as legacy XMM forms (no VEX/EVEX, no MMX).</summary>
-    public static IEnumerable<Code> XmmCodes(Mnemonic m)
-    {
-        foreach (Code c in Enum.GetValues<Code>())
-        {
-            if (c.Mnemonic() != m) continue;
-            string s = c.ToString();
-            if (s.StartsWith("VEX_", StringComparison.Ordinal) || s.StartsWith("EVEX_", StringComparison.Ordinal)) continue;
-            bool mmx = false;
-            foreach (string t in s.Split('_')) if (t.StartsWith("mm", StringComparison.Ordinal)) mmx = true;
-            if (mmx) continue;
-            yield return c;
-        }
     }
 }

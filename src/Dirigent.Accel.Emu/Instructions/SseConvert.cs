@@ -33,7 +33,7 @@ internal static unsafe class SseConvert
 
     private static void Cvtsi2ss(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         long v = SignedSource(c, ref i);
         uint fl = 0;
         uint r = (uint)FromInt(v, false, c.Mxcsr, ref fl);
@@ -44,7 +44,7 @@ internal static unsafe class SseConvert
 
     private static void Cvtsi2sd(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         long v = SignedSource(c, ref i);
         uint fl = 0;
         ulong r = FromInt(v, true, c.Mxcsr, ref fl);
@@ -55,7 +55,7 @@ internal static unsafe class SseConvert
 
     private static void CvtToInt(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         bool d = i.Code is Code.Cvtsd2si_r32_xmmm64 or Code.Cvtsd2si_r64_xmmm64 or Code.Cvttsd2si_r32_xmmm64 or Code.Cvttsd2si_r64_xmmm64;
         bool t = i.Code is Code.Cvttss2si_r32_xmmm32 or Code.Cvttss2si_r64_xmmm32 or Code.Cvttsd2si_r32_xmmm64 or Code.Cvttsd2si_r64_xmmm64;
         ulong a = d ? Sse.Src64(c, ref i, 1) : Sse.Src32(c, ref i, 1);
@@ -68,7 +68,7 @@ internal static unsafe class SseConvert
 
     private static void Cvtss2sd(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         uint a = Sse.Src32(c, ref i, 1);
         uint fl = 0;
         ulong r = Convert(a, false, c.Mxcsr, ref fl);
@@ -79,7 +79,7 @@ internal static unsafe class SseConvert
 
     private static void Cvtsd2ss(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ulong a = Sse.Src64(c, ref i, 1);
         uint fl = 0;
         uint r = (uint)Convert(a, true, c.Mxcsr, ref fl);
@@ -90,7 +90,7 @@ internal static unsafe class SseConvert
 
     private static void Cvtps2pd(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ulong a = Sse.Src64(c, ref i, 1);
         uint mx = c.Mxcsr, fl = 0;
         var r = Vector128.Create(Convert((uint)a, false, mx, ref fl), Convert(a >> 32, false, mx, ref fl));
@@ -100,7 +100,7 @@ internal static unsafe class SseConvert
 
     private static void Cvtpd2ps(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var a = Sse.Src(c, ref i, 1).AsUInt64();
         uint mx = c.Mxcsr, fl = 0;
         var r = Vector128.Create((uint)Convert(a[0], true, mx, ref fl), (uint)Convert(a[1], true, mx, ref fl), 0, 0);
@@ -110,7 +110,7 @@ internal static unsafe class SseConvert
 
     private static void Cvtdq2ps(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var a = Sse.Src(c, ref i, 1).AsInt32();
         uint mx = c.Mxcsr, fl = 0;
         var r = Vector128.Create((uint)FromInt(a[0], false, mx, ref fl), (uint)FromInt(a[1], false, mx, ref fl),
@@ -121,7 +121,7 @@ internal static unsafe class SseConvert
 
     private static void Cvtps2dq(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         bool t = i.Code == Code.Cvttps2dq_xmm_xmmm128;
         var a = Sse.Src(c, ref i, 1).AsUInt32();
         uint mx = c.Mxcsr, fl = 0;
@@ -133,7 +133,7 @@ internal static unsafe class SseConvert
 
     private static void Cvtdq2pd(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ulong a = Sse.Src64(c, ref i, 1);
         uint fl = 0;
         var r = Vector128.Create(FromInt((int)(uint)a, true, c.Mxcsr, ref fl), FromInt((int)(uint)(a >> 32), true, c.Mxcsr, ref fl));
@@ -142,7 +142,7 @@ internal static unsafe class SseConvert
 
     private static void Cvtpd2dq(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         bool t = i.Code == Code.Cvttpd2dq_xmm_xmmm128;
         var a = Sse.Src(c, ref i, 1).AsUInt64();
         uint mx = c.Mxcsr, fl = 0;

@@ -66,13 +66,13 @@ internal static unsafe class SseFloat
         _ => SseFp.Sqrt(b, d, mx, ref fl),
     };
 
-    /// <summary>MIN/MAX return the second operand when either is a NaN (IE even for QNaN) or both are zeros.</summary>
+    /// <summary>MIN/MAX return the second operand (after DAZ) when either is a NaN (IE even for QNaN) or both are zeros.</summary>
     private static ulong MinMax(ulong a, ulong b, bool d, bool max, uint mx, ref uint fl)
     {
         if (IsNaN(a, d) || IsNaN(b, d))
         {
             fl |= IE;
-            return b;
+            return Daz(b, d, mx);
         }
         ulong x = DazDe(a, d, mx, ref fl), y = DazDe(b, d, mx, ref fl);
         double dx = ToDouble(x, d), dy = ToDouble(y, d);
@@ -82,7 +82,7 @@ internal static unsafe class SseFloat
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Packed(Cpu c, ref Instruction i, Op op, bool d)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var s = Sse.Src(c, ref i, 1);
         ref var dst = ref Sse.Dst(c, ref i);
         uint mx = c.Mxcsr, fl = 0;
@@ -105,7 +105,7 @@ internal static unsafe class SseFloat
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Scalar(Cpu c, ref Instruction i, Op op, bool d)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ulong b = d ? Sse.Src64(c, ref i, 1) : Sse.Src32(c, ref i, 1);
         ref var dst = ref Sse.Dst(c, ref i);
         uint mx = c.Mxcsr, fl = 0;
@@ -154,7 +154,7 @@ internal static unsafe class SseFloat
 
     private static void Addsubps(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var b = Sse.Src(c, ref i, 1).AsUInt32();
         ref var dst = ref Sse.Dst(c, ref i);
         var a = dst.AsUInt32();
@@ -167,7 +167,7 @@ internal static unsafe class SseFloat
 
     private static void Addsubpd(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var b = Sse.Src(c, ref i, 1).AsUInt64();
         ref var dst = ref Sse.Dst(c, ref i);
         var a = dst.AsUInt64();
@@ -179,7 +179,7 @@ internal static unsafe class SseFloat
 
     private static void HorizontalPs(Cpu c, ref Instruction i, bool sub)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var b = Sse.Src(c, ref i, 1).AsUInt32();
         ref var dst = ref Sse.Dst(c, ref i);
         var a = dst.AsUInt32();
@@ -192,7 +192,7 @@ internal static unsafe class SseFloat
 
     private static void HorizontalPd(Cpu c, ref Instruction i, bool sub)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var b = Sse.Src(c, ref i, 1).AsUInt64();
         ref var dst = ref Sse.Dst(c, ref i);
         var a = dst.AsUInt64();
@@ -231,7 +231,7 @@ internal static unsafe class SseFloat
 
     private static void Cmpps(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var b = Sse.Src(c, ref i, 1).AsUInt32();
         ref var dst = ref Sse.Dst(c, ref i);
         var a = dst.AsUInt32();
@@ -245,7 +245,7 @@ internal static unsafe class SseFloat
 
     private static void Cmppd(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var b = Sse.Src(c, ref i, 1).AsUInt64();
         ref var dst = ref Sse.Dst(c, ref i);
         var a = dst.AsUInt64();
@@ -258,7 +258,7 @@ internal static unsafe class SseFloat
 
     private static void Cmpss(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         uint b = Sse.Src32(c, ref i, 1);
         ref var dst = ref Sse.Dst(c, ref i);
         uint mx = c.Mxcsr, fl = 0;
@@ -269,7 +269,7 @@ internal static unsafe class SseFloat
 
     private static void Cmpsd(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ulong b = Sse.Src64(c, ref i, 1);
         ref var dst = ref Sse.Dst(c, ref i);
         uint mx = c.Mxcsr, fl = 0;
@@ -281,7 +281,7 @@ internal static unsafe class SseFloat
     /// <summary>(U)COMISS/SD: ZF,PF,CF = 111 unordered, 000 greater, 001 less, 100 equal; OF, SF, AF cleared.</summary>
     private static void Comis(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         bool d = i.Code is Code.Comisd_xmm_xmmm64 or Code.Ucomisd_xmm_xmmm64;
         bool signaling = i.Code is Code.Comiss_xmm_xmmm32 or Code.Comisd_xmm_xmmm64;
         ulong b = d ? Sse.Src64(c, ref i, 1) : Sse.Src32(c, ref i, 1);
@@ -331,21 +331,21 @@ internal static unsafe class SseFloat
 
     private static void Rcpps(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var s = Sse.Src(c, ref i, 1).AsUInt32();
         Sse.Dst(c, ref i) = Vector128.Create(Rcp(s[0]), Rcp(s[1]), Rcp(s[2]), Rcp(s[3])).AsByte();
     }
 
     private static void Rsqrtps(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var s = Sse.Src(c, ref i, 1).AsUInt32();
         Sse.Dst(c, ref i) = Vector128.Create(Rsqrt(s[0]), Rsqrt(s[1]), Rsqrt(s[2]), Rsqrt(s[3])).AsByte();
     }
 
     private static void Rcpss(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         uint v = Rcp(Sse.Src32(c, ref i, 1));
         ref var dst = ref Sse.Dst(c, ref i);
         dst = dst.AsUInt32().WithElement(0, v).AsByte();
@@ -353,7 +353,7 @@ internal static unsafe class SseFloat
 
     private static void Rsqrtss(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         uint v = Rsqrt(Sse.Src32(c, ref i, 1));
         ref var dst = ref Sse.Dst(c, ref i);
         dst = dst.AsUInt32().WithElement(0, v).AsByte();

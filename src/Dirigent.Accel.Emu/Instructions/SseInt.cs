@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using X86 = System.Runtime.Intrinsics.X86;
 using Dirigent.Accel.Emu.Core;
 using Iced.Intel;
 
@@ -63,7 +64,7 @@ internal static unsafe class SseInt
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static ref Vector128<byte> Bin(Cpu c, ref Instruction i, out Vector128<byte> s)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         s = Sse.Src(c, ref i, 1);
         return ref Sse.Dst(c, ref i);
     }
@@ -198,14 +199,14 @@ internal static unsafe class SseInt
 
     private static void ShiftImm(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ref var d = ref Sse.Dst(c, ref i);
         d = Shift(i.Code, d, i.Immediate8);
     }
 
     private static void Pslldq(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ref var d = ref Sse.Dst(c, ref i);
         int n = i.Immediate8;
         d = n > 15 ? default : Vector128.Shuffle(d, Vector128<byte>.Indices - Vector128.Create((byte)n));
@@ -213,7 +214,7 @@ internal static unsafe class SseInt
 
     private static void Psrldq(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ref var d = ref Sse.Dst(c, ref i);
         int n = i.Immediate8;
         d = n > 15 ? default : Vector128.Shuffle(d, Vector128<byte>.Indices + Vector128.Create((byte)n));
@@ -257,18 +258,16 @@ internal static unsafe class SseInt
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Unpack(Cpu c, ref Instruction i, int which)
-    {
-        ref var d = ref Bin(c, ref i, out var s);
-        d = Vector128.Shuffle(d, s_unpack[which]) | Vector128.Shuffle(s, s_unpack[which + 1]);
-    }
+    internal static Vector128<byte> Unpack(Vector128<byte> d, Vector128<byte> s, int which) =>
+        Vector128.Shuffle(d, s_unpack[which]) | Vector128.Shuffle(s, s_unpack[which + 1]);
 
-    private static void Punpcklbw(Cpu c, ref Instruction i) => Unpack(c, ref i, 0);
-    private static void Punpckhbw(Cpu c, ref Instruction i) => Unpack(c, ref i, 2);
-    private static void Punpcklwd(Cpu c, ref Instruction i) => Unpack(c, ref i, 4);
-    private static void Punpckhwd(Cpu c, ref Instruction i) => Unpack(c, ref i, 6);
-    private static void Punpckldq(Cpu c, ref Instruction i) => Unpack(c, ref i, 8);
-    private static void Punpckhdq(Cpu c, ref Instruction i) => Unpack(c, ref i, 10);
+    // The host's own unpack instructions when present (identical semantics); the shuffle form otherwise.
+    private static void Punpcklbw(Cpu c, ref Instruction i) { ref var d = ref Bin(c, ref i, out var s); d = X86.Sse2.IsSupported ? X86.Sse2.UnpackLow(d, s) : Unpack(d, s, 0); }
+    private static void Punpckhbw(Cpu c, ref Instruction i) { ref var d = ref Bin(c, ref i, out var s); d = X86.Sse2.IsSupported ? X86.Sse2.UnpackHigh(d, s) : Unpack(d, s, 2); }
+    private static void Punpcklwd(Cpu c, ref Instruction i) { ref var d = ref Bin(c, ref i, out var s); d = X86.Sse2.IsSupported ? X86.Sse2.UnpackLow(d.AsUInt16(), s.AsUInt16()).AsByte() : Unpack(d, s, 4); }
+    private static void Punpckhwd(Cpu c, ref Instruction i) { ref var d = ref Bin(c, ref i, out var s); d = X86.Sse2.IsSupported ? X86.Sse2.UnpackHigh(d.AsUInt16(), s.AsUInt16()).AsByte() : Unpack(d, s, 6); }
+    private static void Punpckldq(Cpu c, ref Instruction i) { ref var d = ref Bin(c, ref i, out var s); d = X86.Sse2.IsSupported ? X86.Sse2.UnpackLow(d.AsUInt32(), s.AsUInt32()).AsByte() : Unpack(d, s, 8); }
+    private static void Punpckhdq(Cpu c, ref Instruction i) { ref var d = ref Bin(c, ref i, out var s); d = X86.Sse2.IsSupported ? X86.Sse2.UnpackHigh(d.AsUInt32(), s.AsUInt32()).AsByte() : Unpack(d, s, 10); }
 
     private static void Punpcklqdq(Cpu c, ref Instruction i)
     {
@@ -307,7 +306,7 @@ internal static unsafe class SseInt
 
     private static void Pinsrw(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ushort v = i.Op1Kind == OpKind.Register ? (ushort)c.GetReg(i.Op1Register) : c.Read16(c.MemLinear(ref i, 2, false));
         ref var d = ref Sse.Dst(c, ref i);
         d = d.AsUInt16().WithElement(i.Immediate8 & 7, v).AsByte();
@@ -315,7 +314,7 @@ internal static unsafe class SseInt
 
     private static void Pextrw(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         c.SetReg(i.Op0Register, c.Xmm[Sse.X(i.Op1Register)].AsUInt16().GetElement(i.Immediate8 & 7));
     }
 

@@ -40,21 +40,21 @@ internal static unsafe class SseMove
 
     private static void MovAligned(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         if (i.Op0Kind == OpKind.Register) Sse.Dst(c, ref i) = Sse.Src(c, ref i, 1);
         else Sse.Write128(c, Sse.Aligned(c, ref i, true), c.Xmm[Sse.X(i.Op1Register)]);
     }
 
     private static void MovUnaligned(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         if (i.Op0Kind == OpKind.Register) Sse.Dst(c, ref i) = Sse.SrcU(c, ref i, 1);
         else Sse.Write128(c, c.MemLinear(ref i, 16, true), c.Xmm[Sse.X(i.Op1Register)]);
     }
 
     private static void Movss(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         if (i.Op0Kind != OpKind.Register)
             c.Write32(c.MemLinear(ref i, 4, true), c.Xmm[Sse.X(i.Op1Register)].AsUInt32().GetElement(0));
         else if (i.Op1Kind == OpKind.Register)
@@ -65,7 +65,7 @@ internal static unsafe class SseMove
 
     private static void Movsd(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         if (i.Op0Kind != OpKind.Register)
             c.Write64(c.MemLinear(ref i, 8, true), c.Xmm[Sse.X(i.Op1Register)].AsUInt64().GetElement(0));
         else if (i.Op1Kind == OpKind.Register)
@@ -76,27 +76,27 @@ internal static unsafe class SseMove
 
     private static void MovdToXmm(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         int size = i.Code == Code.Movd_xmm_rm32 ? 4 : 8;
         Sse.Dst(c, ref i) = Vector128.CreateScalar(c.ReadOp(ref i, 1, size)).AsByte();
     }
 
     private static void MovdFromXmm(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         int size = i.Code == Code.Movd_rm32_xmm ? 4 : 8;
         c.WriteOp(ref i, 0, size, c.Xmm[Sse.X(i.Op1Register)].AsUInt64().GetElement(0) & Cpu.SizeMask(size));
     }
 
     private static void MovqLoad(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         Sse.Dst(c, ref i) = Vector128.CreateScalar(Sse.Src64(c, ref i, 1)).AsByte();
     }
 
     private static void MovqStore(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ulong v = c.Xmm[Sse.X(i.Op1Register)].AsUInt64().GetElement(0);
         if (i.Op0Kind == OpKind.Register) Sse.Dst(c, ref i) = Vector128.CreateScalar(v).AsByte();
         else c.Write64(c.MemLinear(ref i, 8, true), v);
@@ -104,7 +104,7 @@ internal static unsafe class SseMove
 
     private static void MovlLoad(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ulong v = c.Read64(c.MemLinear(ref i, 8, false));
         ref var d = ref Sse.Dst(c, ref i);
         d = d.AsUInt64().WithElement(0, v).AsByte();
@@ -112,13 +112,13 @@ internal static unsafe class SseMove
 
     private static void MovlStore(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         c.Write64(c.MemLinear(ref i, 8, true), c.Xmm[Sse.X(i.Op1Register)].AsUInt64().GetElement(0));
     }
 
     private static void MovhLoad(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ulong v = c.Read64(c.MemLinear(ref i, 8, false));
         ref var d = ref Sse.Dst(c, ref i);
         d = d.AsUInt64().WithElement(1, v).AsByte();
@@ -126,46 +126,46 @@ internal static unsafe class SseMove
 
     private static void MovhStore(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         c.Write64(c.MemLinear(ref i, 8, true), c.Xmm[Sse.X(i.Op1Register)].AsUInt64().GetElement(1));
     }
 
     private static void Movhlps(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ref var d = ref Sse.Dst(c, ref i);
         d = d.AsUInt64().WithElement(0, c.Xmm[Sse.X(i.Op1Register)].AsUInt64().GetElement(1)).AsByte();
     }
 
     private static void Movlhps(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         ref var d = ref Sse.Dst(c, ref i);
         d = d.AsUInt64().WithElement(1, c.Xmm[Sse.X(i.Op1Register)].AsUInt64().GetElement(0)).AsByte();
     }
 
     private static void Movmskps(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         c.SetReg(i.Op0Register, c.Xmm[Sse.X(i.Op1Register)].AsUInt32().ExtractMostSignificantBits());
     }
 
     private static void Movmskpd(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         c.SetReg(i.Op0Register, c.Xmm[Sse.X(i.Op1Register)].AsUInt64().ExtractMostSignificantBits());
     }
 
     private static void Pmovmskb(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         c.SetReg(i.Op0Register, c.Xmm[Sse.X(i.Op1Register)].ExtractMostSignificantBits());
     }
 
     /// <summary>Byte-masked store to DS:rDI (segment overridable); unselected bytes are not accessed at all.</summary>
     private static void Maskmovdqu(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var data = c.Xmm[Sse.X(i.Op1Register)];
         uint mask = c.Xmm[Sse.X(i.Op2Register)].ExtractMostSignificantBits();
         if (mask == 0) return;
@@ -185,20 +185,20 @@ internal static unsafe class SseMove
 
     private static void Movddup(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         Sse.Dst(c, ref i) = Vector128.Create(Sse.Src64(c, ref i, 1)).AsByte();
     }
 
     private static void Movsldup(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var s = Sse.Src(c, ref i, 1).AsUInt32();
         Sse.Dst(c, ref i) = Vector128.Shuffle(s, Vector128.Create(0u, 0, 2, 2)).AsByte();
     }
 
     private static void Movshdup(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         var s = Sse.Src(c, ref i, 1).AsUInt32();
         Sse.Dst(c, ref i) = Vector128.Shuffle(s, Vector128.Create(1u, 1, 3, 3)).AsByte();
     }
@@ -206,13 +206,14 @@ internal static unsafe class SseMove
     /// <summary>MOVNTI stores a GPR; it has no CR0/CR4 SSE availability checks (SDM).</summary>
     private static void Movnti(Cpu c, ref Instruction i)
     {
+        if (i.HasLockPrefix) throw new CpuException(Vec.UD);
         int size = Cpu.RegSize(i.Op1Register);
         c.WriteLinear(c.MemLinear(ref i, size, true), size, c.GetReg(i.Op1Register));
     }
 
     private static void Ldmxcsr(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         uint v = c.Read32(c.MemLinear(ref i, 4, false));
         if ((v & ~Cpu.MxcsrMask) != 0) throw new CpuException(Vec.GP, 0);
         c.Mxcsr = v;
@@ -220,7 +221,7 @@ internal static unsafe class SseMove
 
     private static void Stmxcsr(Cpu c, ref Instruction i)
     {
-        Sse.Check(c);
+        Sse.Check(c, ref i);
         c.Write32(c.MemLinear(ref i, 4, true), c.Mxcsr);
     }
 }

@@ -14,6 +14,7 @@ namespace Dirigent.Accel.Emu.Instructions;
 internal static class SseFp
 {
     public const uint IE = 1, DE = 2, ZE = 4, OE = 8, UE = 0x10, PE = 0x20, DAZ = 0x40, UM = 0x800, FTZ = 0x8000;
+    public const uint RcMask = 0x6000;
     public const int RNE = 0, RDN = 1, RUP = 2, RTZ = 3;
 
     public const int KZero = 0, KFinite = 1, KInf = 2, KNaN = 3;
@@ -160,6 +161,7 @@ internal static class SseFp
 
     public static ulong Add(ulong a, ulong b, bool d, bool subtract, uint mxcsr, ref uint flags)
     {
+        if ((mxcsr & RcMask) == 0 && SseFastFloat.Add(a, b, d, subtract, ref flags, out ulong fast)) return fast;
         if (IsNaN(a, d) || IsNaN(b, d)) return PropagateNaN(a, b, d, ref flags);
         int ka = Unpack(a, d, mxcsr, ref flags, out bool sa, out int ea, out ulong ma);
         int kb = Unpack(b, d, mxcsr, ref flags, out bool sbn, out int eb, out ulong mb);
@@ -194,6 +196,7 @@ internal static class SseFp
 
     public static ulong Mul(ulong a, ulong b, bool d, uint mxcsr, ref uint flags)
     {
+        if ((mxcsr & RcMask) == 0 && SseFastFloat.Mul(a, b, d, ref flags, out ulong fast)) return fast;
         if (IsNaN(a, d) || IsNaN(b, d)) return PropagateNaN(a, b, d, ref flags);
         int ka = Unpack(a, d, mxcsr, ref flags, out bool sa, out int ea, out ulong ma);
         int kb = Unpack(b, d, mxcsr, ref flags, out bool sbn, out int eb, out ulong mb);
@@ -215,22 +218,26 @@ internal static class SseFp
 
     public static ulong Div(ulong a, ulong b, bool d, uint mxcsr, ref uint flags)
     {
+        if ((mxcsr & RcMask) == 0 && SseFastFloat.Div(a, b, d, ref flags, out ulong fast)) return fast;
         if (IsNaN(a, d) || IsNaN(b, d)) return PropagateNaN(a, b, d, ref flags);
-        int ka = Unpack(a, d, mxcsr, ref flags, out bool sa, out int ea, out ulong ma);
-        int kb = Unpack(b, d, mxcsr, ref flags, out bool sbn, out int eb, out ulong mb);
+        // A denormal dividend of a division by zero reports only ZE (hardware gives #Z precedence over #D).
+        uint de = 0;
+        int ka = Unpack(a, d, mxcsr, ref de, out bool sa, out int ea, out ulong ma);
+        int kb = Unpack(b, d, mxcsr, ref de, out bool sbn, out int eb, out ulong mb);
         bool sign = sa != sbn;
+        if (kb == KZero && ka != KInf)
+        {
+            if (ka == KZero) { flags |= IE; return DefaultNaN(d); }
+            flags |= ZE;
+            return Inf(sign, d);
+        }
+        flags |= de;
         if (ka == KInf)
         {
             if (kb == KInf) { flags |= IE; return DefaultNaN(d); }
             return Inf(sign, d);
         }
         if (kb == KInf) return Zero(sign, d);
-        if (kb == KZero)
-        {
-            if (ka == KZero) { flags |= IE; return DefaultNaN(d); }
-            flags |= ZE;
-            return Inf(sign, d);
-        }
         if (ka == KZero) return Zero(sign, d);
         UInt128 num = (UInt128)(ma >> 1) << 64;
         ulong q = (ulong)(num / mb);
@@ -241,10 +248,13 @@ internal static class SseFp
 
     public static ulong Sqrt(ulong a, bool d, uint mxcsr, ref uint flags)
     {
+        if ((mxcsr & RcMask) == 0 && SseFastFloat.Sqrt(a, d, ref flags, out ulong fast)) return fast;
         if (IsNaN(a, d)) { if (IsSNaN(a, d)) flags |= IE; return Quiet(a, d); }
-        int k = Unpack(a, d, mxcsr, ref flags, out bool s, out int e, out ulong m);
+        uint de = 0;
+        int k = Unpack(a, d, mxcsr, ref de, out bool s, out int e, out ulong m);
         if (k == KZero) return Zero(s, d);
-        if (s) { flags |= IE; return DefaultNaN(d); }
+        if (s) { flags |= IE; return DefaultNaN(d); } // IE alone: #I takes precedence over #D
+        flags |= de;
         if (k == KInf) return a;
         bool odd = (e & 1) != 0;
         UInt128 big = (UInt128)m << (odd ? 64 : 63);

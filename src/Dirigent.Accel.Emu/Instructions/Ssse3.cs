@@ -1,4 +1,5 @@
 using System.Runtime.Intrinsics;
+using X86 = System.Runtime.Intrinsics.X86;
 using Dirigent.Accel.Emu.Core;
 using Iced.Intel;
 
@@ -31,8 +32,11 @@ internal static unsafe class Ssse3
     {
         ref var d = ref SseInt.Bin(c, ref i, out var s);
         // Index bytes with bit 7 set select zero; Shuffle zeroes any index >= 16, so keep bit 7 and the low nibble.
-        d = Vector128.Shuffle(d, s & Vector128.Create((byte)0x8F));
+        d = X86.Ssse3.IsSupported ? X86.Ssse3.Shuffle(d, s) : PshufbSoftware(d, s);
     }
+
+    internal static Vector128<byte> PshufbSoftware(Vector128<byte> d, Vector128<byte> s) =>
+        Vector128.Shuffle(d, s & Vector128.Create((byte)0x8F));
 
     private static void Palignr(Cpu c, ref Instruction i)
     {

@@ -102,6 +102,11 @@ public sealed unsafe class NativeRunner : IDisposable
         a.mov(rax, (ulong)(_page + FxOff));
         a.fxsave(__[rax]);
         a.fninit();
+        // Give the thread back .NET's default MXCSR: the test's RC/DAZ/FTZ would otherwise leak into managed code
+        // (including an emulator that uses the host FPU) running next on this thread.
+        a.mov(rax, state + 144);
+        a.mov(__dword_ptr[rax], 0x1F80);
+        a.ldmxcsr(__dword_ptr[rax]);
         a.mov(rax, state + 136);
         a.mov(rsp, __qword_ptr[rax]);
         a.pop(r15); a.pop(r14); a.pop(r13); a.pop(r12); a.pop(rbp); a.pop(rbx);
