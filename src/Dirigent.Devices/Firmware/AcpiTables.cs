@@ -5,7 +5,7 @@ namespace Dirigent.Devices.Firmware;
 /// <summary>
 /// ACPI tables for the PC machine (ACPI 6.x): RSDP (revision 2) at the start of the firmware area so Linux finds it
 /// by scanning 0xE0000..0xFFFFF (there is no EFI), RSDT and XSDT, FADT (revision 5) describing the PM block in
-/// <see cref="PcPlatform"/>, MADT with one local APIC per vCPU, and a DSDT holding only \_S5 so the guest can power off.
+/// <see cref="PcPlatform"/>, MADT with one local APIC per vCPU, and a FACS, and a DSDT holding only \_S5 so the guest can power off.
 /// </summary>
 public static class AcpiTables
 {
@@ -27,8 +27,10 @@ public static class AcpiTables
             next = (at + (ulong)table.Length + 15) & ~15UL;
             return at;
         }
+        next = (next + 63) & ~63UL; // the FACS must be 64-byte aligned
+        ulong facs = Place(BuildFacs());
         ulong dsdt = Place(BuildDsdt());
-        ulong fadt = Place(BuildFadt(dsdt));
+        ulong fadt = Place(BuildFadt(dsdt, facs));
         ulong madt = Place(BuildMadt(cpuCount));
         ulong rsdt = Place(BuildRsdt([fadt, madt], wide: false));
         ulong xsdt = Place(BuildRsdt([fadt, madt], wide: true));
@@ -69,12 +71,22 @@ public static class AcpiTables
     private static TableWriter Gas(TableWriter w, int bits, int accessSize, ulong port) =>
         w.U8(1 /* SystemIO */).U8(bits).U8(0).U8(accessSize).U64(port);
 
-    internal static byte[] BuildFadt(ulong dsdt)
+    /// <summary>
+    /// FACS: no checksum, no S3 waking vector; present because ACPICA looks for the global lock in it.
+    /// </summary>
+    internal static byte[] BuildFacs()
+    {
+        var w = new TableWriter();
+        w.Ascii("FACS", 4).U32(64).U32(0).U32(0).U32(0).U32(0).U64(0).U8(2).Bytes(new byte[31]);
+        return w.ToArray();
+    }
+
+    internal static byte[] BuildFadt(ulong dsdt, ulong facs)
     {
         const uint Wbinvd = 1 << 0, ProcC1 = 1 << 2, PwrButton = 1 << 4, SlpButton = 1 << 5, ResetRegSup = 1 << 10;
         const int LegacyDevices = 1 << 0, I8042 = 1 << 1;
         var w = Header("FACP", 5);
-        w.U32(0)                          // FIRMWARE_CTRL: no FACS (no S3/S4, no global lock)
+        w.U32(facs)                       // FIRMWARE_CTRL
          .U32(dsdt)
          .U8(0).U8(0)                     // reserved, Preferred_PM_Profile: unspecified
          .U16(PcPlatform.IrqAcpiSci)      // SCI_INT
@@ -95,7 +107,7 @@ public static class AcpiTables
          .U32(Wbinvd | ProcC1 | PwrButton | SlpButton | ResetRegSup);
         Gas(w, 8, 1, PcPlatform.ResetControlPort).U8(0x06) // RESET_REG / RESET_VALUE: CF9 full reset
          .U16(0).U8(0)                    // ARM_BOOT_ARCH, FADT minor version
-         .U64(0).U64(dsdt);               // X_FIRMWARE_CTRL, X_DSDT
+         .U64(facs).U64(dsdt);            // X_FIRMWARE_CTRL, X_DSDT
         Gas(w, 32, 2, PcPlatform.AcpiPm1aEvtBlk);
         Gas(w, 0, 0, 0);
         Gas(w, 16, 2, PcPlatform.AcpiPm1aCntBlk);

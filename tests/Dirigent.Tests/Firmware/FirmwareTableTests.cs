@@ -97,6 +97,11 @@ public class FirmwareTableTests
         ulong dsdt = mem.ReadU32(f + 40);
         Assert.Equal(dsdt, mem.ReadU64(f + 140));
         Assert.Equal("DSDT", Sig(mem, dsdt));
+        ulong facs = mem.ReadU32(f + 36);
+        Assert.Equal(facs, mem.ReadU64(f + 132));
+        Assert.Equal("FACS", Sig(mem, facs));
+        Assert.Equal(64u, mem.ReadU32(facs + 4));
+        Assert.Equal(0UL, facs & 63);
         Assert.Equal(9, mem.ReadU16(f + 46));                     // SCI_INT
         Assert.Equal(0u, mem.ReadU32(f + 48));                    // SMI_CMD: ACPI always enabled
         Assert.Equal(PcPlatform.AcpiPm1aEvtBlk, (ushort)mem.ReadU32(f + 56));
