@@ -128,3 +128,29 @@ public class InitramfsTests
         finally { Directory.Delete(dir, recursive: true); }
     }
 }
+
+public class DefaultImageHelperTests
+{
+    [Fact]
+    public void VersionedPackageNamesCompareNumerically()
+    {
+        Assert.True(DefaultImage.CompareVersionNames("linux-image-6.1.0-10-cloud-amd64", "linux-image-6.1.0-9-cloud-amd64") > 0);
+        Assert.True(DefaultImage.CompareVersionNames("linux-image-5.10.0-30-cloud-amd64", "linux-image-6.1.0-1-cloud-amd64") < 0);
+    }
+
+    [Fact]
+    public void ArReaderSplitsMembersWithOddPadding()
+    {
+        static byte[] Member(string name, string data)
+        {
+            var h = $"{name,-16}{"0",-12}{"0",-6}{"0",-6}{"100644",-8}{data.Length,-10}`\n";
+            return Encoding.ASCII.GetBytes(h + data + (data.Length % 2 == 1 ? "\n" : ""));
+        }
+        var ar = Encoding.ASCII.GetBytes("!<arch>\n").Concat(Member("debian-binary", "2.0\n")).Concat(Member("control.tar.xz", "abc"))
+            .Concat(Member("data.tar.xz", "hello")).ToArray();
+        var m = DebArchive.ReadAr(ar).ToList();
+        Assert.Equal(["debian-binary", "control.tar.xz", "data.tar.xz"], m.Select(x => x.Name));
+        Assert.Equal("hello", Encoding.ASCII.GetString(m[2].Data));
+        Assert.Throws<InvalidDataException>(() => DebArchive.ReadAr(Encoding.ASCII.GetBytes("not an archive")).ToList());
+    }
+}
