@@ -15,9 +15,18 @@ public static class PcFirmware
             (PcPlatform.LocalApicBase, GuestMemory.PageSize),
         ]);
 
-    /// <summary>Writes the ACPI and MP tables; returns the RSDP address (for <see cref="BootOptions.AcpiRsdpAddress"/>).</summary>
+    /// <summary>BIOS data area words guests read to find the EBDA (Linux: get_bios_ebda, the MP/RSDP scans).</summary>
+    public const ulong BdaEbdaSegment = 0x40E, BdaBaseMemoryKiB = 0x413;
+
+    /// <summary>
+    /// Writes the BIOS data area's EBDA pointer and base-memory size, and the ACPI and MP tables; returns the RSDP
+    /// address (for <see cref="BootOptions.AcpiRsdpAddress"/>).
+    /// </summary>
     public static ulong WriteTables(GuestMemory mem, int cpuCount)
     {
+        mem.WriteU16(BdaEbdaSegment, (ushort)(PcPlatform.EbdaBase >> 4));
+        mem.WriteU16(BdaBaseMemoryKiB, (ushort)(PcPlatform.EbdaBase >> 10));
+        mem.WriteU16(PcPlatform.EbdaBase, 1); // EBDA size in KiB (its first word)
         MpTable.Write(mem, cpuCount);
         return AcpiTables.Write(mem, cpuCount);
     }

@@ -69,6 +69,15 @@ public class FirmwareTableTests
     }
 
     [Fact]
+    public void BiosDataAreaPointsAtTheEbda()
+    {
+        using var mem = new GuestMemory(32 << 20);
+        PcFirmware.WriteTables(mem, 1);
+        Assert.Equal(PcPlatform.EbdaBase, (ulong)mem.ReadU16(0x40E) << 4);
+        Assert.Equal(639, mem.ReadU16(0x413));
+    }
+
+    [Fact]
     public void EveryTableChecksumsAndLiesInTheFirmwareArea()
     {
         using var mem = new GuestMemory(32 << 20);
