@@ -37,8 +37,9 @@ public static class MultibootLoader
         if (hoff < 0) throw new LoaderException("no Multiboot header (magic 0x1BADB002 with a valid checksum) in the first 8 KiB");
         var img = image.AsSpan();
         uint flags = U32(img, hoff + 4);
-        // Bits 0-15 are requirements: refuse the ones we do not provide (video mode setting, unknown bits).
-        uint unsupported = flags & 0xFFFF & ~(FlagPageAlignModules | FlagMemInfo);
+        // Bits 0-15 are requirements: refuse unknown ones. A video-mode request (bit 2) is accepted without VBE
+        // information, as QEMU does, since text-console kernels commonly set it.
+        uint unsupported = flags & 0xFFFF & ~(FlagPageAlignModules | FlagMemInfo | FlagVideoMode);
         if (unsupported != 0) throw new LoaderException($"Multiboot header requires unsupported features (flags 0x{flags:x})");
 
         ulong lo, hi, entry;

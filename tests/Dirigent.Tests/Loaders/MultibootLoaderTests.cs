@@ -188,8 +188,8 @@ public class MultibootLoaderTests
     public void BadMultibootImagesAreRejected()
     {
         using var vm = new TestVm();
-        // Valid header, but asks for a video mode (flags bit 2), which we do not provide.
-        var video = Assemble(0x10_0000, a => Dd(a, Magic, 0x1_0004, unchecked(0u - Magic - 0x1_0004), 0x10_0000, 0x10_0000, 0, 0, 0x10_0020));
+        // Valid header, but requires a feature this loader does not know (flags bit 3).
+        var video = Assemble(0x10_0000, a => Dd(a, Magic, 0x1_0008, unchecked(0u - Magic - 0x1_0008), 0x10_0000, 0x10_0000, 0, 0, 0x10_0020));
         Assert.Contains("unsupported", Assert.Throws<LoaderException>(() => KernelImage.Load(vm.Vm.Memory, video, Options(vm, ""))).Message);
         // Loads above the end of RAM.
         uint far = 0x4000_0000;
