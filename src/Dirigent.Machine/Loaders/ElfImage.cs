@@ -52,6 +52,9 @@ internal sealed class ElfImage
         return elf;
     }
 
+    public (ulong Low, ulong High) PhysicalRange() =>
+        (Segments.Min(s => s.PAddr), Segments.Max(s => s.PAddr + s.MemSize));
+
     /// <summary>Copies every segment to its physical (or virtual) address after checking it is usable RAM; returns the covered range.</summary>
     public (ulong Low, ulong High) LoadSegments(GuestMemory mem, IReadOnlyList<E820Entry> map, bool useVirtual)
     {

@@ -84,7 +84,10 @@ public static class LinuxLoader
         var elf = ElfImage.Parse(image);
         if (!elf.Is64 || elf.Machine != ElfImage.MachineX86_64)
             throw new LoaderException("vmlinux must be an ELF64 x86-64 executable");
-        var (lo, hi) = elf.LoadSegments(mem, opt.MemoryMap, useVirtual: false);
+        var (lo, hi) = elf.PhysicalRange();
+        MemoryMap.CheckClear(lo, hi, BootState.GdtAddr, ZeroPageAddr + 0x1000, "boot page tables and zero page");
+        MemoryMap.CheckClear(lo, hi, CmdLineAddr, CmdLineAddr + CmdLineMax, "command line");
+        elf.LoadSegments(mem, opt.MemoryMap, useVirtual: false);
         ulong entry = elf.Entry >= StartKernelMap ? elf.Entry - StartKernelMap : elf.Entry;
         if (entry < lo || entry >= hi) throw new LoaderException($"vmlinux entry point 0x{elf.Entry:x} is outside its loaded segments");
 

@@ -63,6 +63,13 @@ public static class MemoryMap
         return end != 0 && addr + len <= end && mem.IsRam(addr, len);
     }
 
+    /// <summary>Refuses a kernel whose range [lo, hi) overlaps the loader's own structures at [start, end).</summary>
+    internal static void CheckClear(ulong lo, ulong hi, ulong start, ulong end, string what)
+    {
+        if (lo < end && hi > start)
+            throw new LoaderException($"kernel at 0x{lo:x}..0x{hi:x} overlaps the {what} at 0x{start:x}..0x{end:x}");
+    }
+
     internal static ulong AlignUp(ulong v, ulong a) => a <= 1 ? v : (v + a - 1) & ~(a - 1);
     internal static ulong AlignDown(ulong v, ulong a) => a <= 1 ? v : v & ~(a - 1);
 }

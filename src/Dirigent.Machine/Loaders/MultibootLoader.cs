@@ -59,6 +59,7 @@ public static class MultibootLoader
             if (memEnd < loadAddr + (ulong)fileLen) throw new LoaderException($"Multiboot bss_end_addr 0x{bssEnd:x} is below load_end_addr");
             if (!MemoryMap.IsUsable(mem, opt.MemoryMap, loadAddr, memEnd - loadAddr))
                 throw new LoaderException($"Multiboot kernel at 0x{loadAddr:x}..0x{memEnd:x} is not in guest RAM");
+            MemoryMap.CheckClear(loadAddr, memEnd, BootState.GdtAddr, BootState.GdtAddr + 0x1000, "boot GDT");
             mem.Write(loadAddr, img.Slice((int)fileStart, (int)fileLen));
             if (memEnd > loadAddr + (ulong)fileLen) ElfImage.Zero(mem, loadAddr + (ulong)fileLen, memEnd - loadAddr - (ulong)fileLen);
             (lo, hi, entry, format) = (loadAddr, memEnd, entryAddr, KernelFormat.MultibootAout);
@@ -69,7 +70,9 @@ public static class MultibootLoader
             var elf = ElfImage.Parse(image);
             if (elf.Machine != ElfImage.MachineI386 && elf.Machine != ElfImage.MachineX86_64)
                 throw new LoaderException($"Multiboot ELF kernel is for machine {elf.Machine}, not x86");
-            (lo, hi) = elf.LoadSegments(mem, opt.MemoryMap, useVirtual: false);
+            (lo, hi) = elf.PhysicalRange();
+            MemoryMap.CheckClear(lo, hi, BootState.GdtAddr, BootState.GdtAddr + 0x1000, "boot GDT");
+            elf.LoadSegments(mem, opt.MemoryMap, useVirtual: false);
             entry = elf.Entry;
             format = KernelFormat.MultibootElf;
         }

@@ -228,6 +228,15 @@ public class LinuxLoaderTests
     }
 
     [Fact]
+    public void ElfOverlappingBootStructuresIsRejected()
+    {
+        using var mem = new GuestMemory(16 << 20);
+        var img = Elf64(0x7000, 0x7000, 0x7000, [0x90], 0x100);
+        var ex = Assert.Throws<LoaderException>(() => KernelImage.Load(mem, img, Options(mem)));
+        Assert.Contains("overlaps the boot page tables", ex.Message);
+    }
+
+    [Fact]
     public void ElfSegmentOutsideRamIsRejected()
     {
         using var mem = new GuestMemory(16 << 20);
