@@ -107,7 +107,7 @@ public static class AcpiTables
          .U32(Wbinvd | ProcC1 | PwrButton | SlpButton | ResetRegSup);
         Gas(w, 8, 1, PcPlatform.ResetControlPort).U8(0x06) // RESET_REG / RESET_VALUE: CF9 full reset
          .U16(0).U8(0)                    // ARM_BOOT_ARCH, FADT minor version
-         .U64(facs).U64(dsdt);            // X_FIRMWARE_CTRL, X_DSDT
+         .U64(0).U64(dsdt);               // X_FIRMWARE_CTRL (must be 0 when FIRMWARE_CTRL is used), X_DSDT
         Gas(w, 32, 2, PcPlatform.AcpiPm1aEvtBlk);
         Gas(w, 0, 0, 0);
         Gas(w, 16, 2, PcPlatform.AcpiPm1aCntBlk);

@@ -14,7 +14,7 @@ public class IaslTests
         PcFirmware.WriteTables(mem, 2);
         var tables = FirmwareTableTests.Tables(mem);
         tables["DSDT"] = mem.ReadU64(tables["FACP"] + 140);
-        tables["FACS"] = mem.ReadU64(tables["FACP"] + 132);
+        tables["FACS"] = mem.ReadU32(tables["FACP"] + 36);
         tables["RSDT"] = mem.ReadU32(AcpiTables.RsdpAddress + 16);
         tables["XSDT"] = mem.ReadU64(AcpiTables.RsdpAddress + 24);
         string dir = Directory.CreateTempSubdirectory("dirigent-iasl").FullName;
