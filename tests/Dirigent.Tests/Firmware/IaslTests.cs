@@ -1,0 +1,45 @@
+using Dirigent.Devices.Firmware;
+using Dirigent.Machine.Memory;
+
+namespace Dirigent.Tests.Firmware;
+
+/// <summary>The ACPICA disassembler must accept every table we write (it checks lengths, checksums, field values, AML).</summary>
+public class IaslTests
+{
+    [Fact]
+    public void IaslDisassemblesEveryTableWithoutErrors()
+    {
+        string iasl = RequiredTool.Find("iasl", "acpica-tools");
+        using var mem = new GuestMemory(32 << 20);
+        PcFirmware.WriteTables(mem, 2);
+        var tables = FirmwareTableTests.Tables(mem);
+        tables["DSDT"] = mem.ReadU64(tables["FACP"] + 140);
+        tables["FACS"] = mem.ReadU32(tables["FACP"] + 36);
+        tables["RSDT"] = mem.ReadU32(AcpiTables.RsdpAddress + 16);
+        tables["XSDT"] = mem.ReadU64(AcpiTables.RsdpAddress + 24);
+        string dir = Directory.CreateTempSubdirectory("dirigent-iasl").FullName;
+        try
+        {
+            foreach (var (sig, addr) in tables)
+            {
+                var b = new byte[mem.ReadU32(addr + 4)];
+                mem.Read(addr, b);
+                File.WriteAllBytes(Path.Combine(dir, sig.ToLowerInvariant() + ".dat"), b);
+                var (rc, output) = RequiredTool.Run(iasl, ["-d", sig.ToLowerInvariant() + ".dat"], dir);
+                Assert.True(rc == 0, $"iasl -d {sig} failed (rc {rc}): {output}");
+                string dsl = File.ReadAllText(Path.Combine(dir, sig.ToLowerInvariant() + ".dsl"));
+                Assert.DoesNotContain("Invalid", dsl);
+                Assert.DoesNotContain("Incorrect", dsl); // e.g. "Incorrect checksum"
+                Assert.DoesNotContain("Error", output);
+                if (sig == "DSDT")
+                {
+                    Assert.Contains("Name (\\_S5, Package (0x04)", dsl);
+                    // The disassembled source must compile back.
+                    var (crc, cout) = RequiredTool.Run(iasl, ["-p", "recompiled", "dsdt.dsl"], dir);
+                    Assert.True(crc == 0, $"iasl could not recompile the DSDT: {cout}");
+                }
+            }
+        }
+        finally { if (Environment.GetEnvironmentVariable("DIRIGENT_KEEP_IASL") == null) Directory.Delete(dir, recursive: true); }
+    }
+}
