@@ -1,25 +1,36 @@
 using System.CommandLine;
 using System.Reflection;
+using Dirigent.Vmm;
+using Dirigent.Vmm.Images;
 
 namespace Dirigent.Cli;
 
 public static class Program
 {
-    /// <summary>Exit status when a command exists but its feature has not landed yet.</summary>
-    public const int NotYetAvailable = 3;
-
     public static int Main(string[] args)
     {
-        var root = new RootCommand("Dirigent: a hypervisor with a software x86-64 CPU and KVM");
+        var root = new RootCommand("Dirigent: a hypervisor with a software x86-64 CPU (and KVM, later)");
+        root.Subcommands.Add(RunCommand.Create());
 
-        var run = new Command("run", "Boot a VM (the default guest: Debian's stock kernel with a busybox initramfs)");
-        run.SetAction(_ =>
+        var image = new Command("image", "The default guest image (Debian cloud kernel + busybox initramfs)");
+        var build = new Command("build", "Build the default guest image into the cache (needs apt-get and network)");
+        build.SetAction(_ =>
         {
-            Console.Error.WriteLine("dirigent run: booting a guest arrives with the Linux-boot issue (#3); this build has the software CPU only.");
-            Console.Error.WriteLine("Try the CPU benchmark meanwhile: dotnet run -c Release --project bench/Dirigent.Bench");
-            return NotYetAvailable;
+            try
+            {
+                var img = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, m => Console.Error.WriteLine($"dirigent: {m}"));
+                Console.WriteLine($"kernel    {img.Kernel} ({img.KernelVersion})");
+                Console.WriteLine($"initramfs {img.Initramfs}");
+                return ExitCodes.Ok;
+            }
+            catch (ImageBuildException e)
+            {
+                Console.Error.WriteLine($"dirigent image build: {e.Message}");
+                return ExitCodes.BadInput;
+            }
         });
-        root.Subcommands.Add(run);
+        image.Subcommands.Add(build);
+        root.Subcommands.Add(image);
 
         var version = new Command("version", "Print the version");
         version.SetAction(_ =>

@@ -8,8 +8,6 @@ namespace Dirigent.Vmm.Console;
 public sealed class ConsoleFrontend : IDisposable
 {
     private readonly Stream _out;
-    private readonly Action<byte[]> _input;
-    private readonly Action _quit;
     private readonly TerminalMode? _raw;
     private readonly object _outLock = new();
     private Thread? _reader;
@@ -19,11 +17,15 @@ public sealed class ConsoleFrontend : IDisposable
 
     public bool Interactive => _raw != null;
 
-    public ConsoleFrontend(Stream output, Action<byte[]> input, Action quit, bool useTerminal = true)
+    /// <summary>Where host keystrokes go (the UART's receive queue).</summary>
+    public Action<byte[]>? Input { get; set; }
+
+    /// <summary>What Ctrl-A x does (stop the VM).</summary>
+    public Action? Quit { get; set; }
+
+    public ConsoleFrontend(Stream output, bool useTerminal = true)
     {
         _out = output;
-        _input = input;
-        _quit = quit;
         _raw = useTerminal ? TerminalMode.EnterRaw() : null;
     }
 
@@ -56,7 +58,7 @@ public sealed class ConsoleFrontend : IDisposable
             if (n <= 0) return; // EOF: input ends, the VM keeps running
             if (_raw == null)
             {
-                _input(buf[..n]);
+                Input?.Invoke(buf[..n]);
                 continue;
             }
             var pass = new List<byte>(n);
@@ -70,7 +72,7 @@ public sealed class ConsoleFrontend : IDisposable
                     {
                         case (byte)'x': case (byte)'X':
                             Message("\r\ndirigent: terminated by Ctrl-A x\r\n");
-                            _quit();
+                            Quit?.Invoke();
                             return;
                         case (byte)'h': case (byte)'H': case (byte)'?':
                             Message("\r\nC-a h    print this help\r\nC-a x    exit the VM\r\nC-a C-a  send C-a to the guest\r\n");
@@ -84,7 +86,7 @@ public sealed class ConsoleFrontend : IDisposable
                 if (b == EscapeChar) { escape = true; continue; }
                 pass.Add(b);
             }
-            if (pass.Count > 0) _input(pass.ToArray());
+            if (pass.Count > 0) Input?.Invoke(pass.ToArray());
         }
     }
 

@@ -1,0 +1,128 @@
+using Dirigent.Accel.Emu;
+using Dirigent.Accel.Emu.Core;
+using Dirigent.Devices.Firmware;
+using Dirigent.Devices.Serial;
+using Dirigent.Machine;
+using Dirigent.Machine.Accel;
+using Dirigent.Machine.Loaders;
+using Dirigent.Vmm.Console;
+using Dirigent.Vmm.Images;
+
+namespace Dirigent.Vmm;
+
+/// <summary>`dirigent run`: builds the PC machine for a configuration, loads the guest and runs it to its end.</summary>
+public static class VmLauncher
+{
+    /// <summary>Where the default guest image is cached (DIRIGENT_CACHE, else ~/.cache/dirigent).</summary>
+    public static string CacheDir =>
+        Environment.GetEnvironmentVariable("DIRIGENT_CACHE") is { Length: > 0 } d ? d :
+        Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "dirigent");
+
+    /// <summary>The default guest's kernel command line: serial console, quiet boot noise we do not need.</summary>
+    public const string DefaultAppend = "console=ttyS0 panic=-1";
+
+    private sealed class SerialSink(Action<byte> write) : ISerialBackend
+    {
+        public void Write(byte b) => write(b);
+    }
+
+    public static int Run(VmConfig cfg, TextWriter err, Stream? stdin = null, Stream? stdout = null, bool useTerminal = true)
+    {
+        if (cfg.Accel == AccelKind.Kvm)
+        {
+            err.WriteLine("dirigent run: --accel kvm is not available yet (the KVM accelerator arrives with issue #4)");
+            return ExitCodes.VmmFailure;
+        }
+        string kernel;
+        List<string> initrds = cfg.Initrds;
+        string append = cfg.Append;
+        if (cfg.Kernel == null)
+        {
+            try
+            {
+                var img = DefaultImage.EnsureBuilt(CacheDir, m => err.WriteLine($"dirigent: {m}"));
+                kernel = img.Kernel;
+                if (initrds.Count == 0) initrds = [img.Initramfs];
+                if (append.Length == 0) append = DefaultAppend;
+            }
+            catch (ImageBuildException e)
+            {
+                err.WriteLine($"dirigent run: cannot build the default guest image: {e.Message}");
+                return ExitCodes.BadInput;
+            }
+        }
+        else kernel = cfg.Kernel;
+
+        using var vm = new VirtualMachine(cfg.MemoryBytes);
+        using var accel = new EmuAccelerator(vm);
+        Stream output = stdout ?? System.Console.OpenStandardOutput();
+        FileStream? serialFile = null;
+        ConsoleFrontend? frontend = null;
+        Action<byte> sink = _ => { };
+        if (cfg.Serial == "stdio")
+        {
+            frontend = new ConsoleFrontend(output, useTerminal);
+            sink = frontend.Write;
+        }
+        else if (cfg.Serial.StartsWith("file:", StringComparison.Ordinal))
+        {
+            try { serialFile = new FileStream(cfg.Serial[5..], FileMode.Create, FileAccess.Write, FileShare.Read); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                err.WriteLine($"dirigent run: cannot open serial output {cfg.Serial[5..]}: {e.Message}");
+                return ExitCodes.BadInput;
+            }
+            sink = b => { serialFile.WriteByte(b); serialFile.Flush(); };
+        }
+        using var serialFileScope = serialFile;
+
+        var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)));
+        var vcpus = new Cpu[cfg.Cpus];
+        for (int k = 0; k < cfg.Cpus; k++)
+        {
+            vcpus[k] = (Cpu)accel.CreateVcpu(k);
+            var apic = board.Interrupts.LocalApics[k];
+            vcpus[k].AttachInterruptController(apic, apic);
+            var cpu = vcpus[k];
+            apic.OnNmi = cpu.InjectNmi;
+        }
+
+        LoadedKernel Boot()
+        {
+            var map = PcFirmware.MemoryMap(vm.Memory);
+            ulong rsdp = PcFirmware.WriteTables(vm.Memory, cfg.Cpus);
+            var loaded = KernelImage.LoadFiles(vm.Memory, kernel, initrds, append, map, rsdp);
+            vcpus[0].SetState(loaded.State);
+            return loaded;
+        }
+
+        try { Boot(); }
+        catch (LoaderException e)
+        {
+            err.WriteLine($"dirigent run: {e.Message}");
+            return ExitCodes.BadInput;
+        }
+        if (cfg.Cpus > 1)
+            err.WriteLine("dirigent run: note: only vCPU 0 runs; secondary vCPUs (SMP start-up) are not implemented yet");
+
+        var host = new VmHost(vm, cfg.Cpus > 1 ? [vcpus[0]] : vcpus, () =>
+        {
+            board.Interrupts.Reset();
+            Boot();
+        }, cfg.NoReboot, err);
+        if (frontend != null)
+        {
+            frontend.Input = bytes => board.Com1.EnqueueInput(bytes);
+            frontend.Quit = host.Quit;
+            frontend.StartInput(stdin ?? System.Console.OpenStandardInput());
+        }
+        try
+        {
+            return host.Run();
+        }
+        finally
+        {
+            frontend?.Dispose();
+        }
+    }
+}
