@@ -26,7 +26,9 @@ public static class VmLauncher
         public void Write(byte b) => write(b);
     }
 
-    public static int Run(VmConfig cfg, TextWriter err, Stream? stdin = null, Stream? stdout = null, bool useTerminal = true)
+    /// <param name="cancel">Stops the VM (as Ctrl-A x would): tests use it as a watchdog.</param>
+    public static int Run(VmConfig cfg, TextWriter err, Stream? stdin = null, Stream? stdout = null, bool useTerminal = true,
+        CancellationToken cancel = default)
     {
         if (cfg.Accel == AccelKind.Kvm)
         {
@@ -116,6 +118,7 @@ public static class VmLauncher
             frontend.Quit = host.Quit;
             frontend.StartInput(stdin ?? System.Console.OpenStandardInput());
         }
+        using var cancelReg = cancel.Register(host.Quit);
         try
         {
             return host.Run();
