@@ -38,4 +38,19 @@ public class LinuxEntrySequenceTests
         Assert.Equal(0x1234UL, vm.Cpu.Gpr[3]);
         Assert.Equal((ushort)0x10, vm.Cpu.Sreg[1].Selector);
     }
+
+    [Fact]
+    public void ArchCapabilitiesMsrSaysNoMeltdownSoLinuxSkipsKpti()
+    {
+        using var vm = new TestVm();
+        vm.Start64(a =>
+        {
+            a.mov(ecx, 0x10A);
+            a.rdmsr();
+            a.hlt();
+        });
+        vm.RunToHlt();
+        Assert.Equal(1UL, vm.Cpu.Gpr[0] & 1); // RDCL_NO
+        Assert.Equal(vm.Cpu.Cpuid.ArchCapabilities, (vm.Cpu.Gpr[2] << 32) | (uint)vm.Cpu.Gpr[0]);
+    }
 }
