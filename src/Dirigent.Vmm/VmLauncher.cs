@@ -21,6 +21,15 @@ public static class VmLauncher
     /// <summary>The default guest's kernel command line: serial console, quiet boot noise we do not need.</summary>
     public const string DefaultAppend = "console=ttyS0 panic=-1";
 
+    private static void PrintStats(TextWriter err, Cpu cpu, EmuAccelerator accel, TimeSpan elapsed)
+    {
+        double s = elapsed.TotalSeconds;
+        err.WriteLine($"dirigent: stats: {cpu.InstructionsRetired:N0} instructions in {s:F2} s ({cpu.InstructionsRetired / s / 1e6:F1} MIPS), " +
+            $"TLB misses {cpu.TlbMisses:N0}, blocks translated {accel.BlocksTranslated:N0}, invalidated {accel.BlocksInvalidated:N0}");
+        var top = cpu.EventsDelivered.Select((n, v) => (n, v)).Where(x => x.n > 0).OrderByDescending(x => x.n).Take(8);
+        err.WriteLine("dirigent: stats: events by vector: " + string.Join(", ", top.Select(x => $"{x.v:x2}={x.n:N0}")));
+    }
+
     private sealed class SerialSink(Action<byte> write) : ISerialBackend
     {
         public void Write(byte b) => write(b);
@@ -119,6 +128,7 @@ public static class VmLauncher
             frontend.StartInput(stdin ?? System.Console.OpenStandardInput());
         }
         using var cancelReg = cancel.Register(host.Quit);
+        var sw = System.Diagnostics.Stopwatch.StartNew();
         try
         {
             return host.Run();
@@ -126,6 +136,7 @@ public static class VmLauncher
         finally
         {
             frontend?.Dispose();
+            if (Environment.GetEnvironmentVariable("DIRIGENT_STATS") == "1") PrintStats(err, vcpus[0], accel, sw.Elapsed);
         }
     }
 }

@@ -11,8 +11,12 @@ public sealed partial class Cpu
     /// push: the faulting instruction for faults, the next one for traps and INT n. Faults raised while delivering
     /// are combined per SDM table 6-5 (double fault); a fault while delivering #DF returns false (triple fault).
     /// </summary>
+    /// <summary>Exceptions and interrupts delivered, by vector (statistics).</summary>
+    public readonly ulong[] EventsDelivered = new ulong[256];
+
     public bool DeliverException(int vector, uint errorCode, bool hasError, bool softwareInt, bool external = false)
     {
+        EventsDelivered[vector & 0xFF]++;
         while (true)
         {
             // Delivery can fault half-way (a stack page not present); restore what it changed before retrying.
