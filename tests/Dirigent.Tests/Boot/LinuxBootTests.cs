@@ -58,4 +58,16 @@ public class LinuxBootTests
         Assert.Equal(0, rc); // /init powers off after the command
         Assert.Contains($"{InitScript.ExitStatusPrefix}3", r.Output);
     }
+
+    [Fact]
+    public void GuestRebootUnderNoRebootEndsTheRunWithZero()
+    {
+        var r = new GuestRunner();
+        var cfg = Config("reboot -f");
+        cfg.NoReboot = true;
+        int rc = r.Run(cfg, BootTimeout);
+        Assert.True(rc == 0, $"exit status {rc}; errors: {r.Errors}\n{GuestRunner.Tail(r.Output)}");
+        Assert.Contains("reboot: machine restart", r.Output);
+        Assert.Single(Regex.Matches(r.Output, "Linux version"));
+    }
 }
