@@ -30,7 +30,8 @@ internal static unsafe class IntegerAlu
         }
     }
 
-    private enum Op { Add, Adc, Sub, Sbb, And, Or, Xor, Cmp, Test }
+    // ReverseSub (b - a) exists only so that LOCK NEG can share the compare-exchange loop: NEG m = 0 - m.
+    private enum Op { Add, Adc, Sub, Sbb, And, Or, Xor, Cmp, Test, ReverseSub }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static ulong Compute(Op op, ulong a, ulong b, bool cin) => op switch
@@ -41,6 +42,7 @@ internal static unsafe class IntegerAlu
         Op.Sbb => a - b - (cin ? 1UL : 0),
         Op.And or Op.Test => a & b,
         Op.Or => a | b,
+        Op.ReverseSub => b - a,
         _ => a ^ b,
     };
 
@@ -167,7 +169,7 @@ internal static unsafe class IntegerAlu
                     UOp.Inc => AtomicRmw(c, la, size, Op.Add, 1, false, out res),
                     UOp.Dec => AtomicRmw(c, la, size, Op.Sub, 1, false, out res),
                     UOp.Not => AtomicRmw(c, la, size, Op.Xor, Cpu.SizeMask(size), false, out res),
-                    _ => AtomicNeg(c, la, size, out res),
+                    _ => AtomicRmw(c, la, size, Op.ReverseSub, 0, false, out res),
                 };
             }
             else
@@ -182,17 +184,6 @@ internal static unsafe class IntegerAlu
             case UOp.Inc: c.SetLazyIncDec(true, size, res, a); break;
             case UOp.Dec: c.SetLazyIncDec(false, size, res, a); break;
             case UOp.Neg: c.SetLazyFlags(LazyOp.Neg, size, res, 0, a); break;
-        }
-    }
-
-    private static ulong AtomicNeg(Cpu c, ulong la, int size, out ulong res)
-    {
-        lock (Cpu.SplitLock)
-        {
-            ulong a = c.ReadLinear(la, size);
-            res = 0 - a;
-            c.WriteLinear(la, size, res);
-            return a;
         }
     }
 

@@ -27,6 +27,8 @@ public class DiffAluTests
         yield return ["lock sub qword [rbx+16],rdx", (Action<Assembler>)(a => a.@lock.sub(__qword_ptr[rbx + 16], rdx))];
         yield return ["sbb cx,[rbx+3]", (Action<Assembler>)(a => a.sbb(cx, __word_ptr[rbx + 3]))];
         yield return ["lock inc byte [rbx+1]", (Action<Assembler>)(a => a.@lock.inc(__byte_ptr[rbx + 1]))];
+        yield return ["lock neg qword [rbx+8]", (Action<Assembler>)(a => a.@lock.neg(__qword_ptr[rbx + 8]))];
+        yield return ["lock not word [rbx+6]", (Action<Assembler>)(a => a.@lock.not(__word_ptr[rbx + 6]))];
     }
 
     [Theory]
