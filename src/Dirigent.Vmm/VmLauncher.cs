@@ -21,6 +21,13 @@ public static class VmLauncher
     /// <summary>The default guest's kernel command line: serial console, quiet boot noise we do not need.</summary>
     public const string DefaultAppend = "console=ttyS0 panic=-1";
 
+    /// <summary>
+    /// stdin/stdout as plain file streams: .NET's console streams re-apply their own terminal settings around each
+    /// read, which would undo the raw mode the serial console needs.
+    /// </summary>
+    private static Stream RawStdio(int fd, FileAccess access) =>
+        new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: false), access, 1);
+
     private static void PrintStats(TextWriter err, Cpu cpu, EmuAccelerator accel, TimeSpan elapsed)
     {
         double s = elapsed.TotalSeconds;
@@ -66,7 +73,7 @@ public static class VmLauncher
 
         using var vm = new VirtualMachine(cfg.MemoryBytes);
         using var accel = new EmuAccelerator(vm);
-        Stream output = stdout ?? System.Console.OpenStandardOutput();
+        Stream output = stdout ?? RawStdio(1, FileAccess.Write);
         FileStream? serialFile = null;
         ConsoleFrontend? frontend = null;
         Action<byte> sink = _ => { };
@@ -125,7 +132,7 @@ public static class VmLauncher
         {
             frontend.Input = bytes => board.Com1.EnqueueInput(bytes);
             frontend.Quit = host.Quit;
-            frontend.StartInput(stdin ?? System.Console.OpenStandardInput());
+            frontend.StartInput(stdin ?? RawStdio(0, FileAccess.Read));
         }
         using var cancelReg = cancel.Register(host.Quit);
         var sw = System.Diagnostics.Stopwatch.StartNew();
