@@ -135,6 +135,8 @@ public static class VmLauncher
             frontend.StartInput(stdin ?? RawStdio(0, FileAccess.Read));
         }
         using var cancelReg = cancel.Register(host.Quit);
+        using var profiler = Environment.GetEnvironmentVariable("DIRIGENT_PROFILE") is { Length: > 0 } profPath
+            ? new RipSampler(vcpus[0], profPath) : null;
         var sw = System.Diagnostics.Stopwatch.StartNew();
         try
         {
