@@ -7,7 +7,7 @@ public sealed partial class Cpu
     public const uint MsrEfer = 0xC000_0080, MsrStar = 0xC000_0081, MsrLstar = 0xC000_0082, MsrCstar = 0xC000_0083,
         MsrSfmask = 0xC000_0084, MsrFsBase = 0xC000_0100, MsrGsBase = 0xC000_0101, MsrKernelGsBase = 0xC000_0102,
         MsrTscAux = 0xC000_0103, MsrSysenterCs = 0x174, MsrSysenterEsp = 0x175, MsrSysenterEip = 0x176,
-        MsrTsc = 0x10, MsrApicBase = 0x1B, MsrPat = 0x277, MsrMiscEnable = 0x1A0, MsrTscDeadline = 0x6E0;
+        MsrTsc = 0x10, MsrTscAdjust = 0x3B, MsrApicBase = 0x1B, MsrPat = 0x277, MsrMiscEnable = 0x1A0, MsrTscDeadline = 0x6E0;
 
     public CpuState GetState()
     {
@@ -25,6 +25,7 @@ public sealed partial class Cpu
         s.Msrs[MsrSysenterEip] = SysenterEip; s.Msrs[MsrTscAux] = TscAux; s.Msrs[MsrPat] = Pat;
         s.Msrs[MsrApicBase] = ApicBase; s.Msrs[MsrMiscEnable] = MiscEnable;
         s.Msrs[MsrTsc] = ReadTsc();
+        s.Msrs[MsrTscAdjust] = TscAdjust;
         SaveFxsave(s.Fxsave);
         return s;
     }
@@ -55,6 +56,7 @@ public sealed partial class Cpu
                 case MsrPat: Pat = kv.Value; break;
                 case MsrApicBase: ApicBase = kv.Value; break;
                 case MsrMiscEnable: MiscEnable = kv.Value; break;
+                case MsrTscAdjust: TscAdjust = kv.Value; break;
                 case MsrTsc: TscOffset = (long)(kv.Value - (ReadTsc() - (ulong)TscOffset)); break;
                 default: OtherMsrs[kv.Key] = kv.Value; break;
             }

@@ -130,6 +130,8 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// <summary>Guest-visible TSC frequency (CPUID 0x15/0x16 advertise it).</summary>
     public const ulong TscHz = 2_000_000_000;
     public long TscOffset;
+    /// <summary>IA32_TSC_ADJUST: the sum of adjustments made to this vCPU's TSC by guest writes.</summary>
+    public ulong TscAdjust;
 
     /// <summary>The TSC from the VM's clock (host monotonic time), scaled to <see cref="TscHz"/>.</summary>
     public ulong ReadTsc()

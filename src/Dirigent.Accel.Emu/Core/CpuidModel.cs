@@ -111,7 +111,10 @@ public sealed class CpuidModel
                 // Only IA32_ARCH_CAPABILITIES (EDX bit 29): it tells the guest which speculative-execution flaws this
                 // CPU does not have, so Linux skips mitigations that only cost time here (above all KPTI, whose CR3
                 // switch on every kernel entry would flush our TLB each time).
-                if (sub == 0) d = 1u << 29;
+                // EBX bit 1, TSC_ADJUST: with an invariant TSC it also tells Linux (>= 5.16) the TSC needs no
+                // clocksource watchdog. Ours is host monotonic time; a watchdog comparing it with the PM timer only
+                // measures host scheduling delays and, on a loaded host, wrongly marks the TSC unstable.
+                if (sub == 0) { b = 1u << 1; d = 1u << 29; }
                 break;
             case 0x15:
                 // TSC = crystal * EBX / EAX. Linux also takes the crystal as the local APIC timer's clock

@@ -47,6 +47,7 @@ internal static unsafe class SystemMsr
             case Cpu.MsrGsBase: v = c.Sreg[Cpu.GS].Base; return true;
             case Cpu.MsrKernelGsBase: v = c.KernelGsBase; return true;
             case Cpu.MsrTsc: v = c.ReadTsc(); return true;
+            case Cpu.MsrTscAdjust: v = c.TscAdjust; return true;
             case Cpu.MsrTscAux: v = c.TscAux; return true;
             case Cpu.MsrApicBase: v = c.ApicBase; return true;
             case Cpu.MsrPat: v = c.Pat; return true;
@@ -107,7 +108,16 @@ internal static unsafe class SystemMsr
                 c.KernelGsBase = v;
                 return true;
             case Cpu.MsrTsc:
-                c.TscOffset += (long)(v - c.ReadTsc());
+            {
+                // SDM 17.17.3: a TSC write moves IA32_TSC_ADJUST by the same amount.
+                long delta = (long)(v - c.ReadTsc());
+                c.TscOffset += delta;
+                c.TscAdjust += (ulong)delta;
+                return true;
+            }
+            case Cpu.MsrTscAdjust:
+                c.TscOffset += (long)(v - c.TscAdjust);
+                c.TscAdjust = v;
                 return true;
             case Cpu.MsrTscAux:
                 if ((v >> 32) != 0) return false;

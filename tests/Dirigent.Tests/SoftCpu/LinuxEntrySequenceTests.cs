@@ -53,4 +53,40 @@ public class LinuxEntrySequenceTests
         Assert.Equal(1UL, vm.Cpu.Gpr[0] & 1); // RDCL_NO
         Assert.Equal(vm.Cpu.Cpuid.ArchCapabilities, (vm.Cpu.Gpr[2] << 32) | (uint)vm.Cpu.Gpr[0]);
     }
+
+    [Fact]
+    public void TscAdjustFollowsTscWritesAndMovesTheTsc()
+    {
+        using var vm = new TestVm();
+        vm.Start64(a =>
+        {
+            // IA32_TSC_ADJUST = 10^12: the TSC jumps forward by that much.
+            a.mov(ecx, 0x3B);
+            a.mov(rax, 1_000_000_000_000L);
+            a.mov(rdx, rax);
+            a.shr(rdx, 32);
+            a.wrmsr();
+            a.rdtsc();
+            a.shl(rdx, 32);
+            a.or(rax, rdx);
+            a.mov(r8, rax);
+            // Writing the TSC to 5 moves IA32_TSC_ADJUST by the same (negative) delta.
+            a.mov(ecx, 0x10);
+            a.mov(eax, 5);
+            a.xor(edx, edx);
+            a.wrmsr();
+            a.mov(ecx, 0x3B);
+            a.rdmsr();
+            a.shl(rdx, 32);
+            a.or(rax, rdx);
+            a.mov(r9, rax);
+            a.hlt();
+        });
+        vm.RunToHlt();
+        Assert.True(vm.Cpu.Gpr[8] >= 1_000_000_000_000UL, $"TSC after adjust: {vm.Cpu.Gpr[8]}");
+        // adjust = 10^12 + (5 - TSC at the write) = 5 - the ticks since the adjust write: slightly below 5.
+        Assert.InRange((long)vm.Cpu.Gpr[9], -2_000_000_000L, 5L);
+        Assert.Equal(vm.Cpu.TscAdjust, vm.Cpu.Gpr[9]);
+        Assert.True(vm.Cpu.ReadTsc() < 1_000_000_000UL, "TSC restarts near 5 after the write");
+    }
 }

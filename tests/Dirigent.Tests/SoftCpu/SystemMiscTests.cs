@@ -52,7 +52,7 @@ public class SystemMiscTests
         foreach (int bit in new[] { 1, 7, 14, 28 }) Assert.True((edx1 >> bit & 1) == 0, $"leaf1 edx bit {bit} must be clear");
         foreach (int bit in new[] { 0, 9, 13, 23, 24, 31 }) Assert.True((ecx1 >> bit & 1) != 0, $"leaf1 ecx bit {bit}");
         foreach (int bit in new[] { 3, 17, 19, 20, 21, 22, 26, 27, 28 }) Assert.True((ecx1 >> bit & 1) == 0, $"leaf1 ecx bit {bit} must be clear");
-        Assert.Equal(new uint[] { 0, 0, 0, 1u << 29 }, r[2]); // leaf 7: only IA32_ARCH_CAPABILITIES
+        Assert.Equal(new uint[] { 0, 1u << 1, 0, 1u << 29 }, r[2]); // leaf 7: TSC_ADJUST and IA32_ARCH_CAPABILITIES
         Assert.Equal((uint)Dirigent.Accel.Emu.Core.CpuidModel.ApicTimerHz, r[3][2]); // crystal = APIC timer clock
         Assert.Equal(Dirigent.Accel.Emu.Core.Cpu.TscHz, (ulong)r[3][2] * r[3][1] / r[3][0]);
         Assert.Equal("DirigentDrgt", Str(r[4][1], r[4][2], r[4][3]));
