@@ -26,6 +26,7 @@ public sealed unsafe class KvmAccelerator : IAccelerator
     internal int RunMmapSize { get; }
     internal KvmCpuidEntry2[] Cpuid { get; }
     internal VirtualMachine Machine => _vm;
+    internal bool HasXsave { get; }
 
     public string Name => "kvm";
 
@@ -58,6 +59,7 @@ public sealed unsafe class KvmAccelerator : IAccelerator
                 };
                 Check(Libc.Ioctl(_vmFd, KvmAbi.SET_USER_MEMORY_REGION, &slot), $"KVM_SET_USER_MEMORY_REGION slot {i} (0x{r.GuestBase:x}+0x{r.Size:x})");
             }
+            HasXsave = Libc.Ioctl(_kvmFd, KvmAbi.CHECK_EXTENSION, KvmAbi.CAP_XSAVE) > 0;
             RunMmapSize = Check(Libc.Ioctl(_kvmFd, KvmAbi.GET_VCPU_MMAP_SIZE, 0), "KVM_GET_VCPU_MMAP_SIZE");
             Cpuid = FilterCpuid(GetSupportedCpuid(_kvmFd));
         }

@@ -26,11 +26,9 @@ public sealed unsafe partial class KvmVcpu
     {
         KvmRegs regs;
         KvmSregs sregs;
-        KvmFpu fpu;
         KvmDebugRegs dbg;
         KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.GET_REGS, &regs), "KVM_GET_REGS");
         KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.GET_SREGS, &sregs), "KVM_GET_SREGS");
-        KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.GET_FPU, &fpu), "KVM_GET_FPU");
         KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.GET_DEBUGREGS, &dbg), "KVM_GET_DEBUGREGS");
 
         var s = new CpuState();
@@ -55,7 +53,7 @@ public sealed unsafe partial class KvmVcpu
         s.Dr[5] = s.Dr[7] = dbg.Dr7;
         foreach (uint idx in s_reportedMsrs.Concat(_extraMsrs))
             if (TryGetMsr(idx, out ulong v)) s.Msrs[idx] = v;
-        FpuToFxsave(in fpu, s.Fxsave);
+        GetFxsave(s.Fxsave);
         return s;
     }
 
@@ -87,8 +85,7 @@ public sealed unsafe partial class KvmVcpu
         regs.Rflags = state.Rflags | 2;
         KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.SET_REGS, &regs), "KVM_SET_REGS");
 
-        var fpu = FxsaveToFpu(state.Fxsave);
-        KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.SET_FPU, &fpu), "KVM_SET_FPU");
+        SetFxsave(state.Fxsave);
 
         KvmDebugRegs dbg = default;
         for (int i = 0; i < 4; i++) dbg.Db[i] = state.Dr[i];
@@ -104,6 +101,44 @@ public sealed unsafe partial class KvmVcpu
             if (idx is MsrApicBase or MsrEfer or MsrFsBase or MsrGsBase) continue;
             if (TrySetMsr(idx, value) && Array.IndexOf(s_reportedMsrs, idx) < 0) _extraMsrs.Add(idx);
         }
+    }
+
+    /// <summary>
+    /// x87/SSE state goes through KVM_GET/SET_XSAVE, whose first 512 bytes are exactly the FXSAVE image. KVM_GET_FPU
+    /// is the fallback only: on this project's test host (a PVM kernel) it reports MXCSR as 0 while XSAVE has 0x1F80.
+    /// </summary>
+    private void GetFxsave(Span<byte> fx)
+    {
+        if (_accel.HasXsave)
+        {
+            var x = new KvmXsave();
+            KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.GET_XSAVE, &x), "KVM_GET_XSAVE");
+            new ReadOnlySpan<byte>(x.Region, 512).CopyTo(fx);
+            return;
+        }
+        KvmFpu fpu;
+        KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.GET_FPU, &fpu), "KVM_GET_FPU");
+        FpuToFxsave(in fpu, fx);
+    }
+
+    private void SetFxsave(ReadOnlySpan<byte> fx)
+    {
+        if (_accel.HasXsave)
+        {
+            // Read-modify-write keeps KVM's MXCSR_MASK and any other components; XSTATE_BV bits 0 and 1 say the x87
+            // and SSE parts are live rather than in their init state.
+            var x = new KvmXsave();
+            KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.GET_XSAVE, &x), "KVM_GET_XSAVE");
+            var region = new Span<byte>(x.Region, 4096);
+            uint mxcsrMask = BinaryPrimitives.ReadUInt32LittleEndian(region[28..]);
+            fx[..512].CopyTo(region);
+            BinaryPrimitives.WriteUInt32LittleEndian(region[28..], mxcsrMask);
+            region[512] |= 3;
+            KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.SET_XSAVE, &x), "KVM_SET_XSAVE");
+            return;
+        }
+        var fpu = FxsaveToFpu(fx);
+        KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.SET_FPU, &fpu), "KVM_SET_FPU");
     }
 
     private bool TryGetMsr(uint index, out ulong value)
@@ -167,7 +202,7 @@ public sealed unsafe partial class KvmVcpu
         BinaryPrimitives.WriteUInt64LittleEndian(fx[8..], f.LastIp);
         BinaryPrimitives.WriteUInt64LittleEndian(fx[16..], f.LastDp);
         BinaryPrimitives.WriteUInt32LittleEndian(fx[24..], f.Mxcsr);
-        BinaryPrimitives.WriteUInt32LittleEndian(fx[28..], 0xFFFF); // MXCSR_MASK: all MXCSR bits writable but DAZ-less hosts are gone
+        BinaryPrimitives.WriteUInt32LittleEndian(fx[28..], 0xFFFF); // MXCSR_MASK (kvm_fpu has none): DAZ-capable, as every x86-64 host is
         fixed (byte* fpr = f.Fpr) new ReadOnlySpan<byte>(fpr, 128).CopyTo(fx.Slice(32, 128));
         fixed (byte* xmm = f.Xmm) new ReadOnlySpan<byte>(xmm, 256).CopyTo(fx.Slice(160, 256));
     }

@@ -40,10 +40,12 @@ internal static class KvmAbi
     public const nuint NMI = 0xAE9A;
     public const nuint GET_DEBUGREGS = 0x8080AEA1;
     public const nuint SET_DEBUGREGS = 0x4080AEA2;
+    public const nuint GET_XSAVE = 0x9000AEA4;
+    public const nuint SET_XSAVE = 0x5000AEA5;
 
     // Capabilities.
     public const int CAP_IRQCHIP = 0, CAP_USER_MEMORY = 3, CAP_SET_TSS_ADDR = 4, CAP_EXT_CPUID = 7,
-        CAP_NR_MEMSLOTS = 10, CAP_SET_IDENTITY_MAP_ADDR = 37, CAP_DEBUGREGS = 50, CAP_IMMEDIATE_EXIT = 136;
+        CAP_NR_MEMSLOTS = 10, CAP_SET_IDENTITY_MAP_ADDR = 37, CAP_DEBUGREGS = 50, CAP_XSAVE = 55, CAP_IMMEDIATE_EXIT = 136;
 
     // kvm_run.exit_reason values.
     public const uint EXIT_UNKNOWN = 0, EXIT_EXCEPTION = 1, EXIT_IO = 2, EXIT_HYPERCALL = 3, EXIT_DEBUG = 4,
@@ -141,6 +143,14 @@ internal unsafe struct KvmFpu
     [FieldOffset(144)] public ulong LastDp;
     [FieldOffset(152)] public fixed byte Xmm[256];
     [FieldOffset(408)] public uint Mxcsr;
+}
+
+/// <summary>struct kvm_xsave: 4 KiB in the XSAVE layout; the first 512 bytes are the FXSAVE image, then the
+/// XSAVE header (XSTATE_BV at 512).</summary>
+[StructLayout(LayoutKind.Sequential, Size = 4096)]
+internal unsafe struct KvmXsave
+{
+    public fixed byte Region[4096];
 }
 
 /// <summary>struct kvm_debugregs (128 bytes).</summary>
