@@ -159,7 +159,8 @@ public sealed unsafe class KvmAccelerator : IAccelerator
     /// What the guest sees in CPUID: everything KVM supports, minus XSAVE and the AVX family. <see cref="CpuState"/>
     /// carries only the 512-byte FXSAVE image, so state saved and restored through it would silently lose YMM/ZMM
     /// upper halves, AVX-512 mask registers and AMX tiles; until CpuState grows an XSAVE area the guest must not
-    /// be told about them. (SSE4.x, AES-NI, BMI etc. are kept: their state is all in FXSAVE.)
+    /// be told about them. (SSE4.x, AES-NI, BMI etc. are kept: their state is all in FXSAVE.) x2APIC and TSC-deadline go
+    /// too, since the local APIC is the emulated one, not KVM's.
     /// </summary>
     internal static KvmCpuidEntry2[] FilterCpuid(KvmCpuidEntry2[] supported)
     {
@@ -170,8 +171,9 @@ public sealed unsafe class KvmAccelerator : IAccelerator
             switch (e.Function)
             {
                 case 0x1:
-                    // FMA(12) XSAVE(26) OSXSAVE(27) AVX(28) F16C(29)
-                    e.Ecx &= ~((1u << 12) | (1u << 26) | (1u << 27) | (1u << 28) | (1u << 29));
+                    // FMA(12) XSAVE(26) OSXSAVE(27) AVX(28) F16C(29). Also x2APIC(21) and TSC-deadline(24): without an
+                    // in-kernel LAPIC KVM refuses the x2APIC and IA32_TSC_DEADLINE MSRs, so the guest must not use them.
+                    e.Ecx &= ~((1u << 12) | (1u << 21) | (1u << 24) | (1u << 26) | (1u << 27) | (1u << 28) | (1u << 29));
                     break;
                 case 0x7 when e.Index == 0:
                     // AVX2(5) AVX512F(16) DQ(17) IFMA(21) PF(26) ER(27) CD(28) BW(30) VL(31)

@@ -74,10 +74,13 @@ public sealed unsafe partial class KvmVcpu
         sregs.Idt = new KvmDtable { Base = state.Idtr.Base, Limit = state.Idtr.Limit };
         sregs.Cr0 = state.Cr0; sregs.Cr2 = state.Cr2; sregs.Cr3 = state.Cr3; sregs.Cr4 = state.Cr4; sregs.Cr8 = state.Cr8;
         sregs.Efer = state.Efer;
-        if (state.Msrs.TryGetValue(MsrApicBase, out ulong apicBase)) sregs.ApicBase = apicBase;
+        // IA32_APIC_BASE lives in sregs; a state without it gets the power-on value (xAPIC enabled, BSP for vCPU 0).
+        sregs.ApicBase = state.Msrs.TryGetValue(MsrApicBase, out ulong apicBase) ? apicBase : 0xFEE0_0800UL | (Index == 0 ? 0x100UL : 0);
         // A new state has no interrupt half-delivered.
         for (int i = 0; i < 4; i++) sregs.InterruptBitmap[i] = 0;
         KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.SET_SREGS, &sregs), "KVM_SET_SREGS");
+        // Without an in-kernel LAPIC every KVM_RUN loads CR8 from kvm_run.cr8 (last exit's value): keep it in step.
+        _run->Cr8 = state.Cr8;
 
         KvmRegs regs;
         for (int i = 0; i < 16; i++) regs.R[s_gprSlot[i]] = state.Gpr[i];

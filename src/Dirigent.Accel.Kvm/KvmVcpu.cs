@@ -1,6 +1,8 @@
 using Dirigent.Accel.Kvm.Native;
 using Dirigent.Machine;
 using Dirigent.Machine.Accel;
+using Dirigent.Machine.Bus;
+using Dirigent.Machine.Interrupts;
 
 namespace Dirigent.Accel.Kvm;
 
@@ -80,6 +82,25 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
             }
             KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.SET_CPUID2, p), "KVM_SET_CPUID2");
         }
+    }
+
+    private IInterruptController? _intCtrl;
+    private IMmioDevice? _apicMmio;
+    private ILocalApicRegisters? _apicRegs;
+
+    /// <summary>
+    /// Like the software CPU's method of the same name: maskable interrupts also come from this controller (the
+    /// emulated local APIC with the PIC behind it), acknowledged when the guest can take one, and the vCPU's APIC page
+    /// (at IA32_APIC_BASE, as KVM reports it on each exit) goes to <paramref name="apicMmio"/> instead of the shared
+    /// MMIO bus. The task priority is kept in step with CR8 through <see cref="ILocalApicRegisters"/> when the
+    /// controller has them. Call before <see cref="Run"/>.
+    /// </summary>
+    public void AttachInterruptController(IInterruptController ctrl, IMmioDevice? apicMmio)
+    {
+        _intCtrl = ctrl;
+        _apicMmio = apicMmio;
+        _apicRegs = ctrl as ILocalApicRegisters;
+        ctrl.Kick = Kick;
     }
 
     // ---------------- thread-safe requests ----------------
@@ -191,6 +212,8 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
                 return new VcpuExit(VcpuExitReason.InternalError, $"KVM_RUN failed: {Libc.ErrorText(errno)}");
             }
             _pendingCompletion = false;
+            // Without an in-kernel LAPIC, CR8 writes are reported in kvm_run; the emulated APIC's TPR follows them.
+            if (_apicRegs != null) _apicRegs.Tpr = (uint)(_run->Cr8 & 0xF) << 4;
             var exit = HandleExit();
             if (exit != null) return exit.Value;
         }
@@ -217,9 +240,27 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
             _nmiPending = false;
             Libc.Ioctl(_fd, KvmAbi.NMI, 0);
         }
+        if (_apicRegs != null) _run->Cr8 = _apicRegs.Tpr >> 4;
         int vector = HighestPendingVector();
-        if (vector < 0) { _run->RequestInterruptWindow = 0; return; }
-        if (_run->ReadyForInterruptInjection != 0 && _run->IfFlag != 0)
+        bool fromController = false;
+        if (vector < 0 && _intCtrl != null && _intCtrl.HasPendingInterrupt)
+        {
+            fromController = true;
+            if (_run->ReadyForInterruptInjection != 0 && _run->IfFlag != 0)
+            {
+                // INTA only when KVM can take the vector now: acknowledging moves it in service in the APIC.
+                int v = _intCtrl.AcknowledgeInterrupt();
+                if (v >= 0)
+                {
+                    uint irq = (uint)v;
+                    KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.INTERRUPT, &irq), "KVM_INTERRUPT");
+                    _run->RequestInterruptWindow = _intCtrl.HasPendingInterrupt ? (byte)1 : (byte)0;
+                    return;
+                }
+            }
+        }
+        if (vector < 0 && !fromController) { _run->RequestInterruptWindow = 0; return; }
+        if (vector >= 0 && _run->ReadyForInterruptInjection != 0 && _run->IfFlag != 0)
         {
             uint irq = (uint)vector;
             if (Libc.Ioctl(_fd, KvmAbi.INTERRUPT, &irq) == 0)
@@ -315,6 +356,13 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
         int len = (int)_run->MmioLen;
         ulong addr = _run->MmioPhysAddr;
         ulong mask = len >= 8 ? ulong.MaxValue : (1UL << (len * 8)) - 1;
+        ulong apicBase = _run->ApicBase;
+        if (_apicMmio != null && (apicBase & 0x800) != 0 && (addr & ~0xFFFUL) == (apicBase & 0xF_FFFF_F000UL))
+        {
+            if (_run->MmioIsWrite != 0) _apicMmio.Write(addr & 0xFFF, len, _run->MmioData & mask);
+            else _run->MmioData = _apicMmio.Read(addr & 0xFFF, len) & mask;
+            return;
+        }
         if (_run->MmioIsWrite != 0) _vm.Mmio.Write(addr, len, _run->MmioData & mask);
         else _run->MmioData = _vm.Mmio.Read(addr, len) & mask;
     }
@@ -331,8 +379,8 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
         while (true)
         {
             if (_stopRequested || _nmiPending) return null;
-            if (!interruptsOn) return new VcpuExit(VcpuExitReason.HaltedForever, $"HLT with IF=0 at {Where()}");
-            if (HighestPendingVector() >= 0) return null;
+            if (!interruptsOn) return new VcpuExit(VcpuExitReason.HaltedForever, $"HLT with IF=0 at {Where(-1)}");
+            if (HighestPendingVector() >= 0 || (_intCtrl != null && _intCtrl.HasPendingInterrupt)) return null;
             _wake.Wait(100);
             _wake.Reset();
         }
@@ -354,12 +402,13 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
     }
 
     /// <summary>CS:RIP for messages; best effort (a failing ioctl here must not hide the real exit).</summary>
-    private string Where()
+    /// <param name="ripDelta">-1 for HLT: KVM reports the RIP after it, the software CPU the HLT itself.</param>
+    private string Where(int ripDelta = 0)
     {
         KvmRegs regs;
         KvmSregs sregs;
         if (Libc.Ioctl(_fd, KvmAbi.GET_REGS, &regs) < 0 || Libc.Ioctl(_fd, KvmAbi.GET_SREGS, &sregs) < 0) return "?";
-        return $"{sregs.Cs.Selector:x4}:{regs.Rip:x}";
+        return $"{sregs.Cs.Selector:x4}:{regs.Rip + (ulong)(long)ripDelta:x}";
     }
 
     public void Dispose()

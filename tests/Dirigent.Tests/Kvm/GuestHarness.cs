@@ -5,6 +5,7 @@ using Dirigent.Accel.Kvm;
 using Dirigent.Machine;
 using Dirigent.Machine.Accel;
 using Dirigent.Machine.Bus;
+using Dirigent.Machine.Interrupts;
 using Dirigent.Machine.Loaders;
 using Iced.Intel;
 
@@ -82,6 +83,17 @@ public sealed class GuestMachine : IDisposable
         public void Write(ulong offset, int size, ulong value)
         {
             lock (m._mmioLog) m._mmioLog.Add($"W{size}@{offset:x}={value:x}");
+        }
+    }
+
+    /// <summary>Attaches a vCPU-local interrupt controller and APIC page, on whichever accelerator this is.</summary>
+    public void AttachController(IInterruptController ctrl, IMmioDevice? apicMmio)
+    {
+        switch (Vcpu)
+        {
+            case Dirigent.Accel.Emu.Core.Cpu cpu: cpu.AttachInterruptController(ctrl, apicMmio); break;
+            case KvmVcpu kvm: kvm.AttachInterruptController(ctrl, apicMmio); break;
+            default: throw new InvalidOperationException(Vcpu.GetType().Name);
         }
     }
 

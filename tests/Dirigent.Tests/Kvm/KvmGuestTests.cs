@@ -1,6 +1,8 @@
 using System.Diagnostics;
 using Dirigent.Accel.Kvm;
 using Dirigent.Machine.Accel;
+using Dirigent.Machine.Bus;
+using Dirigent.Machine.Interrupts;
 using Iced.Intel;
 using Xunit.Abstractions;
 using static Iced.Intel.AssemblerRegisters;
@@ -237,6 +239,100 @@ public sealed class KvmGuestTests(ITestOutputHelper output)
         });
         Differential.AssertSame(emu, kvm);
         Assert.Equal("HIB", kvm.Console);
+        Assert.Equal(1UL, kvm.Gpr[15]);
+    }
+
+    /// <summary>A stand-in local APIC: one queued vector at a time, and an APIC page that logs into the MMIO log.</summary>
+    private sealed class FakeApic : IInterruptController, IMmioDevice
+    {
+        private readonly Queue<int> _pending = new();
+        public readonly List<string> Log = new();
+        public Action? Kick { get; set; }
+        public bool HasPendingInterrupt { get { lock (_pending) return _pending.Count > 0; } }
+        public int AcknowledgeInterrupt() { lock (_pending) return _pending.Count > 0 ? _pending.Dequeue() : -1; }
+        public void Raise(int vector) { lock (_pending) _pending.Enqueue(vector); Kick?.Invoke(); }
+        public ulong Read(ulong offset, int size) { lock (Log) Log.Add($"R{size}@{offset:x}"); return offset == 0x30 ? 0x5_0014UL : 0; }
+        public void Write(ulong offset, int size, ulong value) { lock (Log) Log.Add($"W{size}@{offset:x}={value:x}"); }
+    }
+
+    [Fact]
+    public void Interrupt_controller_and_apic_page()
+    {
+        const ulong handler = GuestMachine.CodeBase + 0x800, idt = 0x9000, idtr = 0x9F00;
+        const byte vector = 0x41;
+        var apics = new List<FakeApic>();
+        var (emu, kvm) = Both(m =>
+        {
+            var apic = new FakeApic();
+            apics.Add(apic);
+            m.AttachController(apic, apic);
+            m.Vm.Memory.WriteU16(idt + vector * 16, unchecked((ushort)handler));
+            m.Vm.Memory.WriteU16(idt + vector * 16 + 2, 0x10);
+            m.Vm.Memory.WriteU16(idt + vector * 16 + 4, 0x8E00);
+            m.Vm.Memory.WriteU16(idt + vector * 16 + 6, (ushort)(handler >> 16));
+            m.Vm.Memory.WriteU16(idtr, 0xFFF);
+            m.Vm.Memory.WriteU64(idtr + 2, idt);
+            m.Load(handler, 64, a =>
+            {
+                Print(a, 'C');
+                a.mov(__dword_ptr[rbx + 0xB0], 0); // EOI
+                a.inc(r15);
+                a.iretq();
+            });
+            m.Start64(a =>
+            {
+                a.lidt(__[idtr]);
+                a.mov(rbx, 0xFEE0_0000UL);
+                a.mov(r14d, __dword_ptr[rbx + 0x30]); // version register
+                Print(a, 'H');
+                a.sti();
+                a.hlt();
+                a.cli();
+                Exit(a, 4);
+            });
+        }, m =>
+        {
+            m.WaitForConsole("H");
+            Thread.Sleep(50);
+            apics[^1].Raise(vector);
+        });
+        Differential.AssertSame(emu, kvm);
+        Assert.Equal("HC", kvm.Console);
+        Assert.Equal(0x5_0014UL, kvm.Gpr[14]);
+        Assert.Equal(1UL, kvm.Gpr[15]);
+        Assert.Equal(apics[0].Log, apics[1].Log);
+        Assert.Equal(["R4@30", "W4@b0=0"], apics[1].Log);
+        Assert.Empty(kvm.MmioLog); // the APIC page never reached the shared bus
+    }
+
+    [Fact]
+    public void Nmi_is_delivered_through_vector_2()
+    {
+        const ulong handler = GuestMachine.CodeBase + 0x800, idt = 0x9000;
+        var (emu, kvm) = Both(m =>
+        {
+            m.Vm.Memory.WriteU16(idt + 2 * 16, unchecked((ushort)handler));
+            m.Vm.Memory.WriteU16(idt + 2 * 16 + 2, 0x10);
+            m.Vm.Memory.WriteU16(idt + 2 * 16 + 4, 0x8E00);
+            m.Vm.Memory.WriteU16(idt + 2 * 16 + 6, (ushort)(handler >> 16));
+            m.Load(handler, 64, a =>
+            {
+                Print(a, 'N');
+                a.inc(r15);
+                a.iretq();
+            });
+            m.Start64(a =>
+            {
+                Print(a, 'M');
+                Exit(a, 6);
+            });
+            var s = m.Vcpu.GetState();
+            s.Idtr = new TableRegister { Base = idt, Limit = 0xFFF };
+            m.Vcpu.SetState(s);
+            m.Vcpu.InjectNmi(); // pending before Run: taken before the first instruction
+        });
+        Differential.AssertSame(emu, kvm);
+        Assert.Equal("NM", kvm.Console);
         Assert.Equal(1UL, kvm.Gpr[15]);
     }
 
