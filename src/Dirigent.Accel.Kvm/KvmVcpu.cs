@@ -126,9 +126,11 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
     private void Kick()
     {
         Interlocked.MemoryBarrier();
-        _wake.Set();
         lock (_kickLock)
         {
+            // A device may still kick after teardown (its timer fires late): nothing left to wake.
+            if (_fd < 0) return;
+            _wake.Set();
             if (!_inRun || _run == null) return;
             _run->ImmediateExit = 1;
             Libc.PthreadKill(_runThread, s_kickSignal);
@@ -411,12 +413,14 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
         return $"{sregs.Cs.Selector:x4}:{regs.Rip + (ulong)(long)ripDelta:x}";
     }
 
+    /// <summary>Unmaps kvm_run and closes the vCPU fd. The vCPU must not be running (stop it first).</summary>
     public void Dispose()
     {
         lock (_kickLock)
         {
             if (_run != null) { Libc.Munmap((nint)_run, _runSize); _run = null; }
             if (_fd >= 0) { Libc.Close(_fd); _fd = -1; }
+            if (_intCtrl != null) _intCtrl.Kick = null;
         }
         _wake.Dispose();
     }

@@ -337,6 +337,54 @@ public sealed class KvmGuestTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Interrupts_reach_a_spinning_guest()
+    {
+        // Each injection must kick the vCPU out of KVM_RUN while the guest computes (no HLT to exit on).
+        const ulong handler = GuestMachine.CodeBase + 0x800, idt = 0x9000, idtr = 0x9F00;
+        const byte vector = 0x50;
+        const int count = 20;
+        var (emu, kvm) = Both(m =>
+        {
+            m.Vm.Memory.WriteU16(idt + vector * 16, unchecked((ushort)handler));
+            m.Vm.Memory.WriteU16(idt + vector * 16 + 2, 0x10);
+            m.Vm.Memory.WriteU16(idt + vector * 16 + 4, 0x8E00);
+            m.Vm.Memory.WriteU16(idt + vector * 16 + 6, (ushort)(handler >> 16));
+            m.Vm.Memory.WriteU16(idtr, 0xFFF);
+            m.Vm.Memory.WriteU64(idtr + 2, idt);
+            m.Load(handler, 64, a =>
+            {
+                Print(a, '.');
+                a.inc(r15);
+                a.iretq();
+            });
+            m.Start64(a =>
+            {
+                var spin = a.CreateLabel();
+                a.lidt(__[idtr]);
+                a.xor(r15, r15);
+                Print(a, 'S');
+                a.sti();
+                a.Label(ref spin);
+                a.cmp(r15, count);
+                a.jb(spin);
+                a.cli();
+                Exit(a, 8);
+            });
+        }, m =>
+        {
+            m.WaitForConsole("S");
+            for (int k = 1; k <= count; k++)
+            {
+                m.Vcpu.InjectInterrupt(vector);
+                m.WaitForConsole("S" + new string('.', k));
+            }
+        });
+        Differential.AssertSame(emu, kvm);
+        Assert.Equal("S" + new string('.', count), kvm.Console);
+        Assert.Equal((ulong)count, kvm.Gpr[15]);
+    }
+
+    [Fact]
     public void Triple_fault_is_shutdown()
     {
         // IDT limit 0 (BootState's): #UD cannot be delivered, nor #GP, nor #DF.
