@@ -256,6 +256,7 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
                 {
                     uint irq = (uint)v;
                     KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.INTERRUPT, &irq), "KVM_INTERRUPT");
+                    _run->ReadyForInterruptInjection = 0; // see below
                     _run->RequestInterruptWindow = _intCtrl.HasPendingInterrupt ? (byte)1 : (byte)0;
                     return;
                 }
@@ -267,6 +268,9 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
             uint irq = (uint)vector;
             if (Libc.Ioctl(_fd, KvmAbi.INTERRUPT, &irq) == 0)
             {
+                // KVM holds one queued vector and a second KVM_INTERRUPT would replace it; until the next exit says
+                // otherwise (a kick may end this KVM_RUN before the vector is delivered), we are not ready.
+                _run->ReadyForInterruptInjection = 0;
                 Interlocked.And(ref _pendingVectors[vector >> 6], ~(1UL << (vector & 63)));
                 _run->RequestInterruptWindow = HighestPendingVector() >= 0 ? (byte)1 : (byte)0;
                 return;
