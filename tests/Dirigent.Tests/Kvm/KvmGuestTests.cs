@@ -432,6 +432,37 @@ public sealed class KvmGuestTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Repeated_stops_and_interrupts_during_io_exits()
+    {
+        // A guest that exits to us on every iteration, so kicks race with exits; no kick may be lost or kill us.
+        Differential.RequireKvm();
+        using var m = new GuestMachine(AccelKind.Kvm);
+        m.Start64(a =>
+        {
+            var spin = a.CreateLabel();
+            a.mov(al, (byte)'.');
+            a.Label(ref spin);
+            a.@out(0xE9, al);
+            a.inc(rbx);
+            a.jmp(spin);
+        });
+        ulong last = 0;
+        for (int k = 0; k < 30; k++)
+        {
+            int seen = m.Console.Length;
+            var r = m.Run(5000, g =>
+            {
+                while (g.Console.Length < seen + 3) Thread.Sleep(0);
+                g.Vcpu.InjectInterrupt(0x30); // IF=0: stays pending, must not disturb the stop
+                g.Vcpu.RequestStop();
+            });
+            Assert.Equal(VcpuExitReason.Stopped, r.Reason);
+            Assert.True(r.Gpr[3] > last);
+            last = r.Gpr[3];
+        }
+    }
+
+    [Fact]
     public void State_round_trips_through_kvm()
     {
         Differential.RequireKvm();
