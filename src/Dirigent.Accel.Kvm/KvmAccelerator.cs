@@ -1,0 +1,214 @@
+using Dirigent.Accel.Kvm.Native;
+using Dirigent.Machine;
+using Dirigent.Machine.Accel;
+
+namespace Dirigent.Accel.Kvm;
+
+/// <summary>KVM refused something or is unusable on this host; the message says which ioctl and why.</summary>
+public sealed class KvmException(string message) : Exception(message);
+
+/// <summary>
+/// The hardware accelerator: Linux KVM through its ioctl interface, by P/Invoke into libc. One VM file descriptor
+/// per <see cref="VirtualMachine"/>, each RAM region registered as one memory slot (KVM reads and writes the same
+/// host memory the devices and loaders see, so nothing is copied), no in-kernel irqchip: port I/O, MMIO and
+/// interrupts go through the machine model exactly as with the software CPU.
+/// </summary>
+public sealed unsafe class KvmAccelerator : IAccelerator
+{
+    public const string DevicePath = "/dev/kvm";
+
+    private readonly VirtualMachine _vm;
+    private int _kvmFd = -1;
+    private int _vmFd = -1;
+    private readonly List<KvmVcpu> _vcpus = new();
+    private bool _disposed;
+
+    internal int RunMmapSize { get; }
+    internal KvmCpuidEntry2[] Cpuid { get; }
+    internal VirtualMachine Machine => _vm;
+    internal bool HasXsave { get; }
+
+    public string Name => "kvm";
+
+    public KvmAccelerator(VirtualMachine vm)
+    {
+        _vm = vm;
+        try
+        {
+            _kvmFd = OpenSystem();
+            foreach (var (cap, name) in new[] { (KvmAbi.CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"), (KvmAbi.CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR"),
+                         (KvmAbi.CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"), (KvmAbi.CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT") })
+                if (Libc.Ioctl(_kvmFd, KvmAbi.CHECK_EXTENSION, cap) <= 0) throw new KvmException($"KVM lacks {name}");
+            _vmFd = Check(IoctlRetry(_kvmFd, KvmAbi.CREATE_VM, 0), "KVM_CREATE_VM");
+            // Real mode and protected mode without paging need these two under VMX without unrestricted guest.
+            Check(Libc.Ioctl(_vmFd, KvmAbi.SET_TSS_ADDR, unchecked((nint)KvmAbi.TssAddr)), "KVM_SET_TSS_ADDR");
+            if (Libc.Ioctl(_kvmFd, KvmAbi.CHECK_EXTENSION, KvmAbi.CAP_SET_IDENTITY_MAP_ADDR) > 0)
+            {
+                ulong idmap = KvmAbi.IdentityMapAddr;
+                Check(Libc.Ioctl(_vmFd, KvmAbi.SET_IDENTITY_MAP_ADDR, &idmap), "KVM_SET_IDENTITY_MAP_ADDR");
+            }
+            int maxSlots = Libc.Ioctl(_kvmFd, KvmAbi.CHECK_EXTENSION, KvmAbi.CAP_NR_MEMSLOTS);
+            var regions = vm.Memory.Regions;
+            if (maxSlots > 0 && regions.Count > maxSlots) throw new KvmException($"KVM allows {maxSlots} memory slots, the VM needs {regions.Count}");
+            for (int i = 0; i < regions.Count; i++)
+            {
+                var r = regions[i];
+                var slot = new KvmUserspaceMemoryRegion
+                {
+                    Slot = (uint)i, GuestPhysAddr = r.GuestBase, MemorySize = r.Size, UserspaceAddr = (ulong)r.Host,
+                };
+                Check(Libc.Ioctl(_vmFd, KvmAbi.SET_USER_MEMORY_REGION, &slot), $"KVM_SET_USER_MEMORY_REGION slot {i} (0x{r.GuestBase:x}+0x{r.Size:x})");
+            }
+            HasXsave = Libc.Ioctl(_kvmFd, KvmAbi.CHECK_EXTENSION, KvmAbi.CAP_XSAVE) > 0;
+            RunMmapSize = Check(Libc.Ioctl(_kvmFd, KvmAbi.GET_VCPU_MMAP_SIZE, 0), "KVM_GET_VCPU_MMAP_SIZE");
+            Cpuid = FilterCpuid(GetSupportedCpuid(_kvmFd));
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+    }
+
+    public IVcpu CreateVcpu(int index)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        var v = new KvmVcpu(this, _vmFd, index);
+        lock (_vcpus) _vcpus.Add(v);
+        return v;
+    }
+
+    /// <summary>
+    /// Whether KVM can run a VM here: /dev/kvm exists and opens, reports API version 12, has the capabilities this
+    /// accelerator relies on, and creates a VM. <paramref name="reason"/> says what failed, or describes KVM.
+    /// </summary>
+    public static bool Probe(out string reason)
+    {
+        if (!File.Exists(DevicePath)) { reason = $"{DevicePath} does not exist (no KVM module, or not visible in this container)"; return false; }
+        int kvm = -1, vmFd = -1;
+        try
+        {
+            kvm = OpenSystem();
+            foreach (var (cap, name) in new[] { (KvmAbi.CAP_USER_MEMORY, "KVM_CAP_USER_MEMORY"), (KvmAbi.CAP_SET_TSS_ADDR, "KVM_CAP_SET_TSS_ADDR"),
+                         (KvmAbi.CAP_EXT_CPUID, "KVM_CAP_EXT_CPUID"), (KvmAbi.CAP_IMMEDIATE_EXIT, "KVM_CAP_IMMEDIATE_EXIT") })
+                if (Libc.Ioctl(kvm, KvmAbi.CHECK_EXTENSION, cap) <= 0) { reason = $"KVM lacks {name}"; return false; }
+            vmFd = IoctlRetry(kvm, KvmAbi.CREATE_VM, 0);
+            if (vmFd < 0) { reason = $"KVM_CREATE_VM failed: {Libc.ErrorText(Libc.LastErrno)}"; return false; }
+            reason = $"KVM API {KvmAbi.ApiVersion} at {DevicePath}";
+            return true;
+        }
+        catch (KvmException e) { reason = e.Message; return false; }
+        catch (DllNotFoundException e) { reason = $"libc not loadable: {e.Message}"; return false; }
+        finally
+        {
+            if (vmFd >= 0) Libc.Close(vmFd);
+            if (kvm >= 0) Libc.Close(kvm);
+        }
+    }
+
+    private static int OpenSystem()
+    {
+        int fd = Libc.Open(DevicePath, Libc.O_RDWR | Libc.O_CLOEXEC);
+        if (fd < 0) throw new KvmException($"cannot open {DevicePath}: {Libc.ErrorText(Libc.LastErrno)}");
+        int api = Libc.Ioctl(fd, KvmAbi.GET_API_VERSION, 0);
+        if (api != KvmAbi.ApiVersion)
+        {
+            Libc.Close(fd);
+            throw new KvmException($"{DevicePath} reports KVM API version {api}, need {KvmAbi.ApiVersion}");
+        }
+        return fd;
+    }
+
+    /// <summary>KVM_CREATE_VM can fail with EINTR on a busy host; everything else is final.</summary>
+    private static int IoctlRetry(int fd, nuint req, nint arg)
+    {
+        while (true)
+        {
+            int r = Libc.Ioctl(fd, req, arg);
+            if (r >= 0 || Libc.LastErrno != Libc.EINTR) return r;
+        }
+    }
+
+    internal static int Check(int result, string what)
+    {
+        if (result < 0) throw new KvmException($"{what} failed: {Libc.ErrorText(Libc.LastErrno)}");
+        return result;
+    }
+
+    private static KvmCpuidEntry2[] GetSupportedCpuid(int kvmFd)
+    {
+        for (int n = 64; ; n *= 2)
+        {
+            var buf = new byte[8 + n * sizeof(KvmCpuidEntry2)];
+            fixed (byte* p = buf)
+            {
+                *(uint*)p = (uint)n;
+                if (Libc.Ioctl(kvmFd, KvmAbi.GET_SUPPORTED_CPUID, p) < 0)
+                {
+                    int e = Libc.LastErrno;
+                    if (e == Libc.E2BIG && n < 4096) continue;
+                    throw new KvmException($"KVM_GET_SUPPORTED_CPUID failed: {Libc.ErrorText(e)}");
+                }
+                int count = (int)*(uint*)p;
+                return new ReadOnlySpan<KvmCpuidEntry2>(p + 8, count).ToArray();
+            }
+        }
+    }
+
+    /// <summary>
+    /// What the guest sees in CPUID: everything KVM supports, minus XSAVE and the AVX family. <see cref="CpuState"/>
+    /// carries only the 512-byte FXSAVE image, so state saved and restored through it would silently lose YMM/ZMM
+    /// upper halves, AVX-512 mask registers and AMX tiles; until CpuState grows an XSAVE area the guest must not
+    /// be told about them. (SSE4.x, AES-NI, BMI etc. are kept: their state is all in FXSAVE.) x2APIC and TSC-deadline go
+    /// too, since the local APIC is the emulated one, not KVM's.
+    /// </summary>
+    internal static KvmCpuidEntry2[] FilterCpuid(KvmCpuidEntry2[] supported)
+    {
+        var list = new List<KvmCpuidEntry2>(supported.Length);
+        foreach (var e0 in supported)
+        {
+            var e = e0;
+            switch (e.Function)
+            {
+                case 0x1:
+                    // FMA(12) XSAVE(26) OSXSAVE(27) AVX(28) F16C(29). Also x2APIC(21) and TSC-deadline(24): without an
+                    // in-kernel LAPIC KVM refuses the x2APIC and IA32_TSC_DEADLINE MSRs, so the guest must not use them.
+                    e.Ecx &= ~((1u << 12) | (1u << 21) | (1u << 24) | (1u << 26) | (1u << 27) | (1u << 28) | (1u << 29));
+                    break;
+                case 0x7 when e.Index == 0:
+                    // AVX2(5) AVX512F(16) DQ(17) IFMA(21) PF(26) ER(27) CD(28) BW(30) VL(31)
+                    e.Ebx &= ~((1u << 5) | (1u << 16) | (1u << 17) | (1u << 21) | (1u << 26) | (1u << 27) | (1u << 28) | (1u << 30) | (1u << 31));
+                    // AVX512_VBMI(1) VBMI2(6) VAES(9) VPCLMULQDQ(10) VNNI(11) BITALG(12) VPOPCNTDQ(14)
+                    e.Ecx &= ~((1u << 1) | (1u << 6) | (1u << 9) | (1u << 10) | (1u << 11) | (1u << 12) | (1u << 14));
+                    // AVX512_4VNNIW(2) 4FMAPS(3) VP2INTERSECT(8) AMX_BF16(22) AVX512_FP16(23) AMX_TILE(24) AMX_INT8(25)
+                    e.Edx &= ~((1u << 2) | (1u << 3) | (1u << 8) | (1u << 22) | (1u << 23) | (1u << 24) | (1u << 25));
+                    break;
+                case 0x7 when e.Index == 1:
+                    e.Eax &= ~((1u << 4) | (1u << 5)); // AVX_VNNI, AVX512_BF16
+                    break;
+                case 0xD:
+                case 0x1D:
+                case 0x1E:
+                    continue; // XSAVE state components, AMX tile info: meaningless without XSAVE
+                case 0x8000_0001:
+                    e.Ecx &= ~((1u << 11) | (1u << 16)); // XOP, FMA4
+                    break;
+            }
+            list.Add(e);
+        }
+        return list.ToArray();
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        lock (_vcpus)
+        {
+            foreach (var v in _vcpus) v.Dispose();
+            _vcpus.Clear();
+        }
+        if (_vmFd >= 0) { Libc.Close(_vmFd); _vmFd = -1; }
+        if (_kvmFd >= 0) { Libc.Close(_kvmFd); _kvmFd = -1; }
+    }
+}

@@ -1,0 +1,194 @@
+using System.Runtime.InteropServices;
+
+namespace Dirigent.Accel.Kvm.Native;
+
+/// <summary>
+/// ioctl numbers and constants from linux/kvm.h (x86-64). The numbers are the expanded _IO/_IOR/_IOW/_IOWR values
+/// (type 0xAE), checked against the C header's macros on an x86-64 host.
+/// </summary>
+internal static class KvmAbi
+{
+    public const int ApiVersion = 12;
+
+    // System ioctls (on /dev/kvm).
+    public const nuint GET_API_VERSION = 0xAE00;
+    public const nuint CREATE_VM = 0xAE01;
+    public const nuint GET_MSR_INDEX_LIST = 0xC004AE02;
+    public const nuint CHECK_EXTENSION = 0xAE03;
+    public const nuint GET_VCPU_MMAP_SIZE = 0xAE04;
+    public const nuint GET_SUPPORTED_CPUID = 0xC008AE05;
+
+    // VM ioctls.
+    public const nuint CREATE_VCPU = 0xAE41;
+    public const nuint SET_USER_MEMORY_REGION = 0x4020AE46;
+    public const nuint SET_TSS_ADDR = 0xAE47;
+    public const nuint SET_IDENTITY_MAP_ADDR = 0x4008AE48;
+
+    // vCPU ioctls.
+    public const nuint RUN = 0xAE80;
+    public const nuint GET_REGS = 0x8090AE81;
+    public const nuint SET_REGS = 0x4090AE82;
+    public const nuint GET_SREGS = 0x8138AE83;
+    public const nuint SET_SREGS = 0x4138AE84;
+    public const nuint INTERRUPT = 0x4004AE86;
+    public const nuint GET_MSRS = 0xC008AE88;
+    public const nuint SET_MSRS = 0x4008AE89;
+    public const nuint SET_SIGNAL_MASK = 0x4004AE8B;
+    public const nuint GET_FPU = 0x81A0AE8C;
+    public const nuint SET_FPU = 0x41A0AE8D;
+    public const nuint SET_CPUID2 = 0x4008AE90;
+    public const nuint NMI = 0xAE9A;
+    public const nuint GET_DEBUGREGS = 0x8080AEA1;
+    public const nuint SET_DEBUGREGS = 0x4080AEA2;
+    public const nuint GET_XSAVE = 0x9000AEA4;
+    public const nuint SET_XSAVE = 0x5000AEA5;
+
+    // Capabilities.
+    public const int CAP_IRQCHIP = 0, CAP_USER_MEMORY = 3, CAP_SET_TSS_ADDR = 4, CAP_EXT_CPUID = 7,
+        CAP_NR_MEMSLOTS = 10, CAP_SET_IDENTITY_MAP_ADDR = 37, CAP_DEBUGREGS = 50, CAP_XSAVE = 55, CAP_IMMEDIATE_EXIT = 136;
+
+    // kvm_run.exit_reason values.
+    public const uint EXIT_UNKNOWN = 0, EXIT_EXCEPTION = 1, EXIT_IO = 2, EXIT_HYPERCALL = 3, EXIT_DEBUG = 4,
+        EXIT_HLT = 5, EXIT_MMIO = 6, EXIT_IRQ_WINDOW_OPEN = 7, EXIT_SHUTDOWN = 8, EXIT_FAIL_ENTRY = 9, EXIT_INTR = 10,
+        EXIT_NMI = 16, EXIT_INTERNAL_ERROR = 17, EXIT_SYSTEM_EVENT = 24;
+
+    public const byte IO_IN = 0, IO_OUT = 1;
+    public const uint SYSTEM_EVENT_SHUTDOWN = 1, SYSTEM_EVENT_RESET = 2, SYSTEM_EVENT_CRASH = 3;
+
+    /// <summary>Where KVM puts the real-mode TSS (3 pages) and the EPT identity map (1 page): inside the PC's
+    /// MMIO hole just below the BIOS flash, never guest RAM (as QEMU and kvmtool do).</summary>
+    public const ulong TssAddr = 0xFFFB_D000, IdentityMapAddr = 0xFFFB_C000;
+}
+
+/// <summary>struct kvm_run: the mmap'ed page shared with the kernel; only the fields we use, at their ABI offsets.</summary>
+[StructLayout(LayoutKind.Explicit)]
+internal struct KvmRun
+{
+    [FieldOffset(0)] public byte RequestInterruptWindow;
+    [FieldOffset(1)] public byte ImmediateExit;
+    [FieldOffset(8)] public uint ExitReason;
+    [FieldOffset(12)] public byte ReadyForInterruptInjection;
+    [FieldOffset(13)] public byte IfFlag;
+    [FieldOffset(16)] public ulong Cr8;
+    [FieldOffset(24)] public ulong ApicBase;
+
+    // Exit-specific union at offset 32.
+    // io: direction, size, port, count, data_offset (from the start of kvm_run)
+    [FieldOffset(32)] public byte IoDirection;
+    [FieldOffset(33)] public byte IoSize;
+    [FieldOffset(34)] public ushort IoPort;
+    [FieldOffset(36)] public uint IoCount;
+    [FieldOffset(40)] public ulong IoDataOffset;
+    // mmio: phys_addr, data[8], len, is_write
+    [FieldOffset(32)] public ulong MmioPhysAddr;
+    [FieldOffset(40)] public ulong MmioData;
+    [FieldOffset(48)] public uint MmioLen;
+    [FieldOffset(52)] public byte MmioIsWrite;
+    // fail_entry: hardware_entry_failure_reason, cpu
+    [FieldOffset(32)] public ulong FailEntryReason;
+    // internal: suberror, ndata, data[16]; system_event: type, ndata, data[16] (same shape)
+    [FieldOffset(32)] public uint UnionU32a;
+    [FieldOffset(36)] public uint UnionU32b;
+    [FieldOffset(40)] public ulong UnionData0;
+    [FieldOffset(48)] public ulong UnionData1;
+    [FieldOffset(56)] public ulong UnionData2;
+    [FieldOffset(64)] public ulong UnionData3;
+}
+
+/// <summary>struct kvm_regs: note the order (rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags), not encoding order.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct KvmRegs
+{
+    public fixed ulong R[16];
+    public ulong Rip, Rflags;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+internal struct KvmSegment
+{
+    public ulong Base;
+    public uint Limit;
+    public ushort Selector;
+    public byte Type, Present, Dpl, Db, S, L, G, Avl, Unusable, Padding;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+internal struct KvmDtable
+{
+    public ulong Base;
+    public ushort Limit;
+    public ushort Pad0, Pad1, Pad2;
+}
+
+/// <summary>struct kvm_sregs (312 bytes). Segment order: cs ds es fs gs ss tr ldt.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal unsafe struct KvmSregs
+{
+    public KvmSegment Cs, Ds, Es, Fs, Gs, Ss, Tr, Ldt;
+    public KvmDtable Gdt, Idt;
+    public ulong Cr0, Cr2, Cr3, Cr4, Cr8, Efer, ApicBase;
+    public fixed ulong InterruptBitmap[4];
+}
+
+/// <summary>struct kvm_fpu (416 bytes): the FXSAVE contents in a different order.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 416)]
+internal unsafe struct KvmFpu
+{
+    [FieldOffset(0)] public fixed byte Fpr[128];
+    [FieldOffset(128)] public ushort Fcw;
+    [FieldOffset(130)] public ushort Fsw;
+    [FieldOffset(132)] public byte Ftwx;
+    [FieldOffset(134)] public ushort LastOpcode;
+    [FieldOffset(136)] public ulong LastIp;
+    [FieldOffset(144)] public ulong LastDp;
+    [FieldOffset(152)] public fixed byte Xmm[256];
+    [FieldOffset(408)] public uint Mxcsr;
+}
+
+/// <summary>struct kvm_xsave: 4 KiB in the XSAVE layout; the first 512 bytes are the FXSAVE image, then the
+/// XSAVE header (XSTATE_BV at 512).</summary>
+[StructLayout(LayoutKind.Sequential, Size = 4096)]
+internal unsafe struct KvmXsave
+{
+    public fixed byte Region[4096];
+}
+
+/// <summary>struct kvm_debugregs (128 bytes).</summary>
+[StructLayout(LayoutKind.Explicit, Size = 128)]
+internal unsafe struct KvmDebugRegs
+{
+    [FieldOffset(0)] public fixed ulong Db[4];
+    [FieldOffset(32)] public ulong Dr6;
+    [FieldOffset(40)] public ulong Dr7;
+    [FieldOffset(48)] public ulong Flags;
+}
+
+[StructLayout(LayoutKind.Sequential)]
+internal struct KvmUserspaceMemoryRegion
+{
+    public uint Slot, Flags;
+    public ulong GuestPhysAddr, MemorySize, UserspaceAddr;
+}
+
+/// <summary>struct kvm_cpuid_entry2 (40 bytes); kvm_cpuid2 is {u32 nent, u32 pad} followed by these.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct KvmCpuidEntry2
+{
+    public uint Function, Index, Flags, Eax, Ebx, Ecx, Edx, Pad0, Pad1, Pad2;
+}
+
+/// <summary>struct kvm_msrs holding one entry: {u32 nmsrs, u32 pad, {u32 index, u32 reserved, u64 data}}.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct KvmOneMsr
+{
+    public uint NMsrs, Pad, Index, Reserved;
+    public ulong Data;
+}
+
+/// <summary>struct kvm_signal_mask: u32 len, then the kernel's 8-byte sigset right after it (unaligned, at 4).</summary>
+[StructLayout(LayoutKind.Explicit, Size = 12)]
+internal struct KvmSignalMask
+{
+    [FieldOffset(0)] public uint Len;
+    [FieldOffset(4)] public ulong Sigset;
+}
