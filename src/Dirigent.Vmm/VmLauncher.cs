@@ -25,11 +25,19 @@ public static class VmLauncher
     public const string DefaultAppend = "console=ttyS0 panic=-1 cryptomgr.notests";
 
     /// <summary>
-    /// stdin/stdout as plain file streams: .NET's console streams re-apply their own terminal settings around each
-    /// read, which would undo the raw mode the serial console needs.
+    /// A terminal stdin as a plain file stream: .NET's console stream re-applies its own terminal settings around
+    /// each read, which would undo the raw mode the serial console needs. (Only for a TTY: on a regular file a
+    /// FileStream would read from its own offset, not the shared file position.)
     /// </summary>
-    private static Stream RawStdio(int fd, FileAccess access) =>
-        new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: false), access, 1);
+    private static Stream RawStdin() =>
+        new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(0, ownsHandle: false), FileAccess.Read, 1);
+
+    private static LoadedKernel LoadGuestInto(VirtualMachine vm, int cpus, string kernel, List<string> initrds, string append)
+    {
+        var map = PcFirmware.MemoryMap(vm.Memory);
+        ulong rsdp = PcFirmware.WriteTables(vm.Memory, cpus);
+        return KernelImage.LoadFiles(vm.Memory, kernel, initrds, append, map, rsdp);
+    }
 
     private static void PrintStats(TextWriter err, Cpu cpu, EmuAccelerator accel, TimeSpan elapsed)
     {
@@ -49,11 +57,6 @@ public static class VmLauncher
     public static int Run(VmConfig cfg, TextWriter err, Stream? stdin = null, Stream? stdout = null, bool useTerminal = true,
         CancellationToken cancel = default)
     {
-        if (cfg.Accel == AccelKind.Kvm)
-        {
-            err.WriteLine("dirigent run: --accel kvm is not available yet (the KVM accelerator arrives with issue #4)");
-            return ExitCodes.VmmFailure;
-        }
         string kernel;
         List<string> initrds = cfg.Initrds;
         string append = cfg.Append;
@@ -75,17 +78,16 @@ public static class VmLauncher
         else kernel = cfg.Kernel;
 
         using var vm = new VirtualMachine(cfg.MemoryBytes);
-        using var accel = new EmuAccelerator(vm);
-        Stream output = stdout ?? RawStdio(1, FileAccess.Write);
-        FileStream? serialFile = null;
-        ConsoleFrontend? frontend = null;
-        Action<byte> sink = _ => { };
-        if (cfg.Serial == "stdio")
+        // Bad input ends here, before any accelerator is probed or calibrated: nothing has started yet.
+        LoadedKernel loaded;
+        try { loaded = LoadGuestInto(vm, cfg.Cpus, kernel, initrds, append); }
+        catch (LoaderException e)
         {
-            frontend = new ConsoleFrontend(output, useTerminal);
-            sink = frontend.Write;
+            err.WriteLine($"dirigent run: {e.Message}");
+            return ExitCodes.BadInput;
         }
-        else if (cfg.Serial.StartsWith("file:", StringComparison.Ordinal))
+        FileStream? serialFile = null;
+        if (cfg.Serial.StartsWith("file:", StringComparison.Ordinal))
         {
             try { serialFile = new FileStream(cfg.Serial[5..], FileMode.Create, FileAccess.Write, FileShare.Read); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -93,53 +95,66 @@ public static class VmLauncher
                 err.WriteLine($"dirigent run: cannot open serial output {cfg.Serial[5..]}: {e.Message}");
                 return ExitCodes.BadInput;
             }
-            sink = b => { serialFile.WriteByte(b); serialFile.Flush(); };
         }
         using var serialFileScope = serialFile;
-
+        IAccelerator accel;
+        try
+        {
+            accel = AccelSelector.Create(cfg, vm, err, out string? accelError);
+            if (accelError != null)
+            {
+                err.WriteLine($"dirigent run: {accelError}");
+                return ExitCodes.VmmFailure;
+            }
+        }
+        catch (Dirigent.Accel.Kvm.KvmException e)
+        {
+            err.WriteLine($"dirigent run: kvm: {e.Message}");
+            return ExitCodes.VmmFailure;
+        }
+        using var accelScope = accel;
+        // The terminal goes raw only now that nothing can fail before the VM runs (and the finally below restores it).
+        Stream output = stdout ?? System.Console.OpenStandardOutput();
+        ConsoleFrontend? frontend = null;
+        Action<byte> sink = _ => { };
+        if (cfg.Serial == "stdio")
+        {
+            frontend = new ConsoleFrontend(output, useTerminal);
+            sink = frontend.Write;
+        }
+        else if (serialFile != null)
+        {
+            sink = b => { serialFile.WriteByte(b); serialFile.Flush(); };
+        }
         var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)));
-        var vcpus = new Cpu[cfg.Cpus];
+        var vcpus = new IVcpu[cfg.Cpus];
         for (int k = 0; k < cfg.Cpus; k++)
         {
-            vcpus[k] = (Cpu)accel.CreateVcpu(k);
+            vcpus[k] = accel.CreateVcpu(k);
             var apic = board.Interrupts.LocalApics[k];
             vcpus[k].AttachInterruptController(apic, apic);
             var cpu = vcpus[k];
             apic.OnNmi = cpu.InjectNmi;
         }
 
-        LoadedKernel Boot()
-        {
-            var map = PcFirmware.MemoryMap(vm.Memory);
-            ulong rsdp = PcFirmware.WriteTables(vm.Memory, cfg.Cpus);
-            var loaded = KernelImage.LoadFiles(vm.Memory, kernel, initrds, append, map, rsdp);
-            vcpus[0].SetState(loaded.State);
-            return loaded;
-        }
-
-        try { Boot(); }
-        catch (LoaderException e)
-        {
-            err.WriteLine($"dirigent run: {e.Message}");
-            return ExitCodes.BadInput;
-        }
+        vcpus[0].SetState(loaded.State);
         if (cfg.Cpus > 1)
             err.WriteLine("dirigent run: note: only vCPU 0 runs; secondary vCPUs (SMP start-up) are not implemented yet");
 
         var host = new VmHost(vm, cfg.Cpus > 1 ? [vcpus[0]] : vcpus, () =>
         {
             board.Interrupts.Reset();
-            Boot();
+            vcpus[0].SetState(LoadGuestInto(vm, cfg.Cpus, kernel, initrds, append).State);
         }, cfg.NoReboot, err);
         if (frontend != null)
         {
             frontend.Input = bytes => board.Com1.EnqueueInput(bytes);
             frontend.Quit = host.Quit;
-            frontend.StartInput(stdin ?? RawStdio(0, FileAccess.Read));
+            frontend.StartInput(stdin ?? (TerminalMode.IsTerminal(0) ? RawStdin() : System.Console.OpenStandardInput()));
         }
         using var cancelReg = cancel.Register(host.Quit);
-        using var profiler = Environment.GetEnvironmentVariable("DIRIGENT_PROFILE") is { Length: > 0 } profPath
-            ? new RipSampler(vcpus[0], profPath) : null;
+        using var profiler = Environment.GetEnvironmentVariable("DIRIGENT_PROFILE") is { Length: > 0 } profPath && vcpus[0] is Cpu soft
+            ? new RipSampler(soft, profPath) : null;
         var sw = System.Diagnostics.Stopwatch.StartNew();
         try
         {
@@ -148,7 +163,8 @@ public static class VmLauncher
         finally
         {
             frontend?.Dispose();
-            if (Environment.GetEnvironmentVariable("DIRIGENT_STATS") == "1") PrintStats(err, vcpus[0], accel, sw.Elapsed);
+            if (Environment.GetEnvironmentVariable("DIRIGENT_STATS") == "1" && vcpus[0] is Cpu soft0 && accel is EmuAccelerator emu)
+                PrintStats(err, soft0, emu, sw.Elapsed);
         }
     }
 }

@@ -1,3 +1,6 @@
+using Dirigent.Machine.Bus;
+using Dirigent.Machine.Interrupts;
+
 namespace Dirigent.Machine.Accel;
 
 /// <summary>Why <see cref="IVcpu.Run"/> returned.</summary>
@@ -47,4 +50,10 @@ public interface IVcpu
 
     /// <summary>Guest instructions retired so far (the software CPU counts them exactly; KVM may not know).</summary>
     ulong InstructionsRetired { get; }
+
+    /// <summary>
+    /// Takes maskable interrupts from the machine's emulated local APIC (with the PIC behind it) and routes this
+    /// vCPU's APIC page to it. Call before <see cref="Run"/>.
+    /// </summary>
+    void AttachInterruptController(IInterruptController ctrl, IMmioDevice? apicMmio);
 }

@@ -10,7 +10,7 @@ public class MultibootRunTests
     private const uint LoadAddr = 0x10_0000;
 
     /// <summary>A Multiboot v1 a.out-kludge image: print the message on COM1 (polling LSR.THRE), exit via port 0xF4.</summary>
-    private static byte[] BuildKernel(string message, byte exitValue)
+    internal static byte[] BuildKernel(string message, byte exitValue)
     {
         var a = new Assembler(32);
         const uint magic = 0x1BADB002, flags = 0x0001_0000;
