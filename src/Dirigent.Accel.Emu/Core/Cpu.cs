@@ -328,7 +328,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     // ---------------- block lookup ----------------
 
-    private const int JmpCacheBits = 12;
+    private const int JmpCacheBits = 14;
     private readonly Block?[] _jmpCache = new Block?[2 << JmpCacheBits];
 
     internal void FlushJmpCache() => Array.Clear(_jmpCache);
