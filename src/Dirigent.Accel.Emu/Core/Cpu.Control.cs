@@ -63,7 +63,8 @@ public sealed partial class Cpu
         }
         else v = (uint)v;
         Cr3 = v;
-        FlushTranslations();
+        // The jump cache survives: its hits are validated against the execute TLB, which this flush empties.
+        FlushTlb();
         UpdateMode();
     }
 

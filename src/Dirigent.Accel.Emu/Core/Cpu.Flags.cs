@@ -202,6 +202,23 @@ public sealed partial class Cpu
                 case ConditionCode.g: return (long)(a << sh) > (long)(b << sh);
             }
         }
+        if (_lazyOp == LazyOp.Logic)
+        {
+            // AND/OR/XOR/TEST clear CF and OF, so every condition reduces to ZF and SF of the result.
+            ulong res = _lazyRes & SizeMask(_lazySize);
+            bool zf = res == 0, sf = ((res >> (_lazySize * 8 - 1)) & 1) != 0;
+            switch (cc)
+            {
+                case ConditionCode.e: case ConditionCode.be: return zf;
+                case ConditionCode.ne: case ConditionCode.a: return !zf;
+                case ConditionCode.s: case ConditionCode.l: return sf;
+                case ConditionCode.ns: case ConditionCode.ge: return !sf;
+                case ConditionCode.le: return zf || sf;
+                case ConditionCode.g: return !zf && !sf;
+                case ConditionCode.b: case ConditionCode.o: return false;
+                case ConditionCode.ae: case ConditionCode.no: return true;
+            }
+        }
         return TestConditionSlow(cc);
     }
 

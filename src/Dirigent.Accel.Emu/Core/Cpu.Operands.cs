@@ -42,15 +42,15 @@ public sealed partial class Cpu
         {
             if (b == Register.RIP) return ea;
             if (b == Register.EIP) return (uint)ea;
-            int info = s_regInfo[(int)b];
+            int info = RegInfo(b);
             asz = (info >> 4) & 0xF;
-            ea += Gpr[info & 0xF];
+            ea += GprRef(info);
         }
         if (x != Register.None)
         {
-            int info = s_regInfo[(int)x];
+            int info = RegInfo(x);
             asz = (info >> 4) & 0xF;
-            ea += Gpr[info & 0xF] << BitScale(i.MemoryIndexScale);
+            ea += GprRef(info) << BitScale(i.MemoryIndexScale);
         }
         return asz switch { 8 => ea, 4 => (uint)ea, _ => (ushort)ea };
     }

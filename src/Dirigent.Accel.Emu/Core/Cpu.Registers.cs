@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Iced.Intel;
 
 namespace Dirigent.Accel.Emu.Core;
@@ -24,18 +25,26 @@ public sealed partial class Cpu
         return t;
     }
 
+    // Iced only hands out defined Register values, all below the table's length, and GPR indices are masked to
+    // 0..15 against a 16-entry array: the hot register paths skip the bounds checks.
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static int RegIndex(Register r) => s_regInfo[(int)r] & 0xF;
+    internal static int RegInfo(Register r) => Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(s_regInfo), (int)r);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static int RegSize(Register r) => (s_regInfo[(int)r] >> 4) & 0xF;
+    internal ref ulong GprRef(int info) => ref Unsafe.Add(ref MemoryMarshal.GetArrayDataReference(Gpr), info & 0xF);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int RegIndex(Register r) => RegInfo(r) & 0xF;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int RegSize(Register r) => (RegInfo(r) >> 4) & 0xF;
 
     /// <summary>Reads a general-purpose register of any width (zero-extended).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public ulong GetReg(Register r)
     {
-        int info = s_regInfo[(int)r];
-        ulong v = Gpr[info & 0xF];
+        int info = RegInfo(r);
+        ulong v = GprRef(info);
         switch (info >> 4)
         {
             case 8: return v;
@@ -50,8 +59,8 @@ public sealed partial class Cpu
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void SetReg(Register r, ulong value)
     {
-        int info = s_regInfo[(int)r];
-        ref ulong g = ref Gpr[info & 0xF];
+        int info = RegInfo(r);
+        ref ulong g = ref GprRef(info);
         switch (info >> 4)
         {
             case 8: g = value; break;

@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using Dirigent.Machine;
 using Dirigent.Machine.Accel;
@@ -293,18 +294,21 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     private void ExecuteBlock(Block b, int n)
     {
         _currentBlock = b;
-        var instrs = b.Instrs;
-        var handlers = b.Handlers;
+        // n never exceeds b.Count (the arrays' length), so the per-instruction bounds checks can go.
+        ref Instruction instrs = ref MemoryMarshal.GetArrayDataReference(b.Instrs);
         int k = 0;
         try
         {
-            for (; k < n; k++)
+            fixed (delegate*<Cpu, ref Instruction, void>* handlers = b.Handlers)
             {
-                ref Instruction i = ref instrs[k];
-                InstrIp = Rip;
-                Rip = i.NextIP;
-                handlers[k](this, ref i);
-                if (BlockExit) { BlockExit = false; k++; break; }
+                for (; k < n; k++)
+                {
+                    ref Instruction i = ref Unsafe.Add(ref instrs, k);
+                    InstrIp = Rip;
+                    Rip = i.NextIP;
+                    handlers[k](this, ref i);
+                    if (BlockExit) { BlockExit = false; k++; break; }
+                }
             }
         }
         finally
@@ -326,7 +330,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     // ---------------- block lookup ----------------
 
-    private const int JmpCacheBits = 12;
+    private const int JmpCacheBits = 14;
     private readonly Block?[] _jmpCache = new Block?[2 << JmpCacheBits];
 
     internal void FlushJmpCache() => Array.Clear(_jmpCache);

@@ -112,8 +112,8 @@ internal static unsafe class SystemRegisters
     private static void Invlpg(Cpu c, ref Instruction i)
     {
         c.RequireCpl0();
+        // No jump-cache flush: its hits are validated against the execute TLB entry dropped here.
         c.FlushTlbPage(UncheckedLinear(c, ref i));
-        c.FlushJmpCache();
         c.EndBlock();
     }
 
