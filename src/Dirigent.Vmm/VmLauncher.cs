@@ -113,19 +113,7 @@ public static class VmLauncher
             return ExitCodes.VmmFailure;
         }
         using var accelScope = accel;
-        // The terminal goes raw only now that nothing can fail before the VM runs (and the finally below restores it).
-        Stream output = stdout ?? System.Console.OpenStandardOutput();
-        ConsoleFrontend? frontend = null;
         Action<byte> sink = _ => { };
-        if (cfg.Serial == "stdio")
-        {
-            frontend = new ConsoleFrontend(output, useTerminal);
-            sink = frontend.Write;
-        }
-        else if (serialFile != null)
-        {
-            sink = b => { serialFile.WriteByte(b); serialFile.Flush(); };
-        }
         var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)));
         var vcpus = new IVcpu[cfg.Cpus];
         for (int k = 0; k < cfg.Cpus; k++)
@@ -138,6 +126,18 @@ public static class VmLauncher
         }
 
         vcpus[0].SetState(loaded.State);
+        // The terminal goes raw only now that nothing can fail before the VM runs (and the finally below restores it).
+        Stream output = stdout ?? System.Console.OpenStandardOutput();
+        ConsoleFrontend? frontend = null;
+        if (cfg.Serial == "stdio")
+        {
+            frontend = new ConsoleFrontend(output, useTerminal);
+            sink = frontend.Write;
+        }
+        else if (serialFile != null)
+        {
+            sink = b => { serialFile.WriteByte(b); serialFile.Flush(); };
+        }
         if (cfg.Cpus > 1)
             err.WriteLine("dirigent run: note: only vCPU 0 runs; secondary vCPUs (SMP start-up) are not implemented yet");
 
