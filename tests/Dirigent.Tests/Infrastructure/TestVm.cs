@@ -54,16 +54,7 @@ public sealed class TestVm : IDisposable
     }
 
     /// <summary>Assembles code at an address and copies it into guest RAM; returns the code bytes.</summary>
-    public byte[] Load(ulong addr, int bitness, Action<Assembler> build)
-    {
-        var a = new Assembler(bitness);
-        build(a);
-        using var ms = new MemoryStream();
-        a.Assemble(new StreamCodeWriter(ms), addr);
-        var bytes = ms.ToArray();
-        Vm.Memory.Write(addr, bytes);
-        return bytes;
-    }
+    public byte[] Load(ulong addr, int bitness, Action<Assembler> build) => GuestSetup.Load(Vm.Memory, addr, bitness, build);
 
     /// <summary>Loads 64-bit code at <see cref="CodeBase"/> and starts the CPU there in long mode.</summary>
     public void Start64(Action<Assembler> build)
@@ -75,21 +66,14 @@ public sealed class TestVm : IDisposable
     public void Start32(Action<Assembler> build)
     {
         Load(CodeBase, 32, build);
-        var s = BootState.Protected32(Vm.Memory, CodeBase);
-        s.Gpr[4] = StackTop;
-        Cpu.SetState(s);
+        Cpu.SetState(GuestSetup.Protected32(Vm.Memory, CodeBase, StackTop));
     }
 
     /// <summary>Loads 16-bit code at physical 0x7C00 and starts at 0000:7C00 in real mode, like a boot sector.</summary>
     public void Start16(Action<Assembler> build, ulong addr = 0x7C00)
     {
         Load(addr, 16, build);
-        var s = CpuState.Reset();
-        s.Segments[(int)Seg.CS] = SegmentState.RealMode(0);
-        s.Segments[(int)Seg.CS].Attributes = 0x9B;
-        s.Rip = addr;
-        s.Gpr[4] = 0x7000;
-        Cpu.SetState(s);
+        Cpu.SetState(GuestSetup.Real16(addr));
     }
 
     /// <summary>Runs until the guest exits; a watchdog stops a guest that runs longer than the timeout.</summary>
