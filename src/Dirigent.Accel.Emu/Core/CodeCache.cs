@@ -46,7 +46,7 @@ internal sealed unsafe class CodeCache
     }
 
     /// <summary>A store hit guest RAM at pa: drop blocks decoded from that page.</summary>
-    public void NotifyWrite(ulong pa, int size, Cpu? writer)
+    public void NotifyWrite(ulong pa, int size)
     {
         ulong n = pa >> 12;
         if (n < (ulong)_isCode.Length && _isCode[n] != 0) InvalidatePage(n << 12);

@@ -186,7 +186,7 @@ public sealed unsafe partial class Cpu
             ulong pa = Translate(la, Access.Write, Cpl == 3);
             byte* p = _mem.TryGetHostPointer(pa, (ulong)size);
             if (p == null) return null;
-            _codeCache.NotifyWrite(pa, size, this);
+            _codeCache.NotifyWrite(pa, size);
             return p;
         }
         return (byte*)(la + e->Addend);
@@ -241,7 +241,7 @@ public sealed unsafe partial class Cpu
                 case 4: *(uint*)p = (uint)v; break;
                 default: *(ulong*)p = v; break;
             }
-            _codeCache.NotifyWrite(pa, size, this);
+            _codeCache.NotifyWrite(pa, size);
             return;
         }
         MmioWrite(pa, size, v);
@@ -251,7 +251,7 @@ public sealed unsafe partial class Cpu
     {
         ulong pa = TranslateAndFill(la, Access.Write);
         byte* p = _mem.TryGetHostPointer(pa);
-        if (p != null) { *p = v; _codeCache.NotifyWrite(pa, 1, this); }
+        if (p != null) { *p = v; _codeCache.NotifyWrite(pa, 1); }
         else MmioWrite(pa, 1, v);
     }
 
@@ -336,7 +336,7 @@ public sealed unsafe partial class Cpu
         // Atomic OR: other vCPUs and the guest's own page-table code may be updating the same entry.
         if (wide) Interlocked.Or(ref *(ulong*)p, bits);
         else Interlocked.Or(ref *(uint*)p, (uint)bits);
-        _codeCache.NotifyWrite(pa, wide ? 8 : 4, this);
+        _codeCache.NotifyWrite(pa, wide ? 8 : 4);
     }
 
     private CpuException PageFault(ulong la, Access acc, bool user, bool present, bool rsvd)
