@@ -239,14 +239,7 @@ public class Exception64Tests
         using var vm = new TestVm();
         var a = new Assembler(64);
         Label user = a.CreateLabel(), intAt = a.CreateLabel(), hGp = a.CreateLabel(), h40 = a.CreateLabel();
-        a.mov(__qword_ptr[rsp - 8], UData);
-        a.mov(__qword_ptr[rsp - 16], 0x5_F000);
-        a.mov(__qword_ptr[rsp - 24], 0x2);
-        a.mov(__qword_ptr[rsp - 32], U64);
-        a.lea(rax, __[user]);
-        a.mov(__qword_ptr[rsp - 40], rax);
-        a.sub(rsp, 40);
-        a.iretq();
+        IretqToRing3(a, user);
         a.Label(ref user);
         a.nop();
         a.Label(ref intAt);

@@ -42,14 +42,7 @@ public class PagingTests
         a.mov(__byte_ptr[0x40_0010], 1);                   // not present, write
         a.Label(ref L[7]);
         // To ring 3.
-        a.mov(__qword_ptr[rsp - 8], UData);
-        a.mov(__qword_ptr[rsp - 16], 0x5_F000);
-        a.mov(__qword_ptr[rsp - 24], 0x2);
-        a.mov(__qword_ptr[rsp - 32], U64);
-        a.lea(rax, __[L[2]]);
-        a.mov(__qword_ptr[rsp - 40], rax);
-        a.sub(rsp, 40);
-        a.iretq();
+        IretqToRing3(a, L[2]);
         a.Label(ref L[2]);
         a.lea(r15, __[L[8]]);
         a.mov(rax, __qword_ptr[0x40_4000]);                // user read of a supervisor page

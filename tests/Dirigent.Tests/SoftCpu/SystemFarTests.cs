@@ -69,14 +69,7 @@ public class SystemFarTests
         using var vm = new TestVm();
         var a = new Assembler(64);
         Label user = a.CreateLabel(), gateTarget = a.CreateLabel(), afterCall = a.CreateLabel(), fin = a.CreateLabel();
-        a.mov(__qword_ptr[rsp - 8], UData);
-        a.mov(__qword_ptr[rsp - 16], 0x5_F000);
-        a.mov(__qword_ptr[rsp - 24], 0x2);
-        a.mov(__qword_ptr[rsp - 32], U64);
-        a.lea(rax, __[user]);
-        a.mov(__qword_ptr[rsp - 40], rax);
-        a.sub(rsp, 40);
-        a.iretq();
+        IretqToRing3(a, user);
         a.Label(ref user);
         a.mov(__qword_ptr[Ptr], 0);
         a.mov(__word_ptr[Ptr + 8], GateSel | 3);

@@ -92,6 +92,19 @@ internal static class SystemTestKit
         }
     }
 
+    /// <summary>Emits an IRETQ frame that drops to ring 3 (user code/data selectors, RSP 0x5F000, IF clear) at <paramref name="user"/>.</summary>
+    public static void IretqToRing3(Assembler a, Label user)
+    {
+        a.mov(__qword_ptr[rsp - 8], UData);
+        a.mov(__qword_ptr[rsp - 16], 0x5_F000);
+        a.mov(__qword_ptr[rsp - 24], 0x2);
+        a.mov(__qword_ptr[rsp - 32], U64);
+        a.lea(rax, __[user]);
+        a.mov(__qword_ptr[rsp - 40], rax);
+        a.sub(rsp, 40);
+        a.iretq();
+    }
+
     public static void Gate64(TestVm vm, int vector, ulong handler, int dpl = 0, int ist = 0, int type = 0xE, ushort sel = K64, bool present = true)
     {
         ulong lo = (handler & 0xFFFF) | ((ulong)sel << 16) | ((ulong)ist << 32) | ((ulong)type << 40) | ((ulong)dpl << 45) |
