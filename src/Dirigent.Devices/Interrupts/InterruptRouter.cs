@@ -10,7 +10,7 @@ namespace Dirigent.Devices.Interrupts;
 /// to IOAPIC pin 0, as on PIIX boards), and the APIC bus that carries IOAPIC messages, IPIs and MSIs to the local
 /// APICs and EOI broadcasts back to the IOAPIC.
 /// </summary>
-public sealed class InterruptRouter : IApicBus
+public sealed class InterruptRouter : IApicBus, IInterruptSink
 {
     public Pic8259 Pic { get; }
     public IoApic IoApic { get; }

@@ -40,3 +40,17 @@ public interface ILocalApicRegisters
     /// <param name="tscOffset">The vCPU's TSC offset (guest TSC = clock-derived TSC + offset).</param>
     void WriteTscDeadline(ulong tsc, long tscOffset);
 }
+
+/// <summary>
+/// Where devices send interrupts, independent of who models the interrupt controllers: the emulated PIC/IOAPIC/
+/// local APICs (software CPU, or KVM without an in-kernel irqchip) or KVM's in-kernel irqchip
+/// (KVM_IRQ_LINE / KVM_SIGNAL_MSI). Devices get their lines and MSI target from here and never know which.
+/// </summary>
+public interface IInterruptSink
+{
+    /// <summary>A new source on ISA IRQ 0..15 (not 2) or PCI GSI 16..23; sources on one line are ORed.</summary>
+    IIrqLine Line(int isaIrqOrGsi);
+
+    /// <summary>A PCI MSI/MSI-X write of <paramref name="data"/> to <paramref name="address"/> (0xFEEx_xxxx).</summary>
+    void SignalMsi(ulong address, uint data);
+}
