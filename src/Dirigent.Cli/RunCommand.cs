@@ -16,9 +16,10 @@ internal static class RunCommand
         var accel = new Option<string>("--accel") { Description = "emu, kvm or auto", DefaultValueFactory = _ => "auto" };
         var serial = new Option<string>("--serial") { Description = "stdio, file:PATH or none", DefaultValueFactory = _ => "stdio" };
         var noReboot = new Option<bool>("--no-reboot") { Description = "Exit (status 0) when the guest reboots instead of rebooting it" };
+        var net = new Option<string[]>("--net") { Description = "A virtio-net card on a TAP interface: tap=NAME[,mac=MAC][,netns=NS] (repeatable)" };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
-            kernel, initrd, append, memory, cpus, accel, serial, noReboot,
+            kernel, initrd, append, memory, cpus, accel, serial, noReboot, net,
         };
         cmd.SetAction(r =>
         {
@@ -43,6 +44,8 @@ internal static class RunCommand
                 if (cfg.Serial is not ("stdio" or "none") && !cfg.Serial.StartsWith("file:", StringComparison.Ordinal))
                     throw new FormatException($"--serial must be stdio, file:PATH or none, got '{cfg.Serial}'");
                 cfg.NoReboot = r.GetValue(noReboot);
+                foreach (string spec in r.GetValue(net) ?? [])
+                    cfg.Nics.Add(NicConfig.Parse(spec, cfg.Nics.Count));
             }
             catch (FormatException e)
             {

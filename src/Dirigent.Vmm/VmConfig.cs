@@ -14,6 +14,8 @@ public sealed class VmConfig
     /// <summary>"stdio", "none" or "file:PATH".</summary>
     public string Serial = "stdio";
     public bool NoReboot;
+    /// <summary>One virtio-net card per entry, in PCI slot order (--net tap=NAME[,mac=MAC][,netns=NS]).</summary>
+    public List<NicConfig> Nics = new();
 
     /// <summary>
     /// Parses a memory size the way QEMU's -m does: a bare number is MiB; K/M/G/T suffixes (optionally with B/iB).
@@ -46,5 +48,57 @@ public sealed class VmConfig
         if (bytes < (16UL << 20)) throw new FormatException($"memory size '{s}' is too small (at least 16M)");
         if ((bytes & 0xFFF) != 0) throw new FormatException($"memory size '{s}' is not a multiple of 4 KiB");
         return bytes;
+    }
+}
+
+/// <summary>A virtio-net card backed by a TAP interface.</summary>
+public sealed class NicConfig
+{
+    public required string Tap;
+    public required byte[] Mac;
+    /// <summary>Network namespace (name under /run/netns, or a path) the TAP is opened in; null: the VMM's own.</summary>
+    public string? Netns;
+
+    /// <summary>
+    /// Parses `tap=NAME[,mac=MAC][,netns=NS]`. Without mac=, card <paramref name="index"/> gets QEMU's default
+    /// scheme, 52:54:00:12:34:56 plus the index, so the cards of one VM differ.
+    /// </summary>
+    public static NicConfig Parse(string spec, int index)
+    {
+        string? tap = null, netns = null;
+        byte[]? mac = null;
+        foreach (string part in spec.Split(','))
+        {
+            int eq = part.IndexOf('=');
+            string key = eq < 0 ? part : part[..eq], value = eq < 0 ? "" : part[(eq + 1)..];
+            switch (key)
+            {
+                case "tap": tap = value; break;
+                case "mac": mac = ParseMac(value); break;
+                case "netns":
+                    if (value.Length == 0) throw new FormatException("--net: netns= needs a namespace name or path");
+                    netns = value;
+                    break;
+                default: throw new FormatException($"--net: unknown option '{key}' in '{spec}' (expected tap=NAME[,mac=MAC][,netns=NS])");
+            }
+        }
+        if (tap == null) throw new FormatException($"--net: '{spec}' names no TAP (expected tap=NAME[,mac=MAC][,netns=NS])");
+        if (Net.TapInterface.InvalidNameReason(tap) is { } bad) throw new FormatException($"--net: {bad}");
+        if (index > 0xA9) throw new FormatException("--net: too many cards");
+        return new NicConfig { Tap = tap, Netns = netns, Mac = mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, (byte)(0x56 + index)] };
+    }
+
+    /// <summary>A unicast MAC written as six hex pairs separated by ':' or '-'.</summary>
+    public static byte[] ParseMac(string s)
+    {
+        string[] parts = s.Split(s.Contains('-') ? '-' : ':');
+        var mac = new byte[6];
+        if (parts.Length != 6) throw new FormatException($"--net: invalid MAC '{s}' (expected six hex pairs, e.g. 52:54:00:12:34:56)");
+        for (int k = 0; k < 6; k++)
+            if (parts[k].Length != 2 || !byte.TryParse(parts[k], System.Globalization.NumberStyles.AllowHexSpecifier, null, out mac[k]))
+                throw new FormatException($"--net: invalid MAC '{s}' (expected six hex pairs, e.g. 52:54:00:12:34:56)");
+        if ((mac[0] & 1) != 0) throw new FormatException($"--net: MAC '{s}' is a multicast address (the first byte must be even)");
+        if (mac.All(b => b == 0)) throw new FormatException($"--net: MAC '{s}' is all zeros");
+        return mac;
     }
 }
