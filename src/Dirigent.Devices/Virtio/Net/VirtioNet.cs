@@ -1,0 +1,251 @@
+using System.Buffers.Binary;
+using Dirigent.Devices.Net;
+
+namespace Dirigent.Devices.Virtio.Net;
+
+/// <summary>
+/// virtio-net (virtio 1.2 §5.1): one queue pair, receiveq1 = queue 0 and transmitq1 = queue 1, on an
+/// <see cref="INetBackend"/>. Features: MAC, STATUS (link always up) and MRG_RXBUF; no checksum or segmentation
+/// offloads, so every packet crosses with a zeroed header and the backend sees only complete frames.
+/// <para>Transmit runs on the vCPU thread that notifies queue 1: each chain (header + frame) goes to the backend in
+/// one write. Receive runs on the backend's thread: a packet fills as many receive chains as it needs (with
+/// MRG_RXBUF; one chain otherwise), the first starting with the header whose num_buffers counts them. When the
+/// guest has posted too few buffers the packet is refused and the backend holds it (and stops reading) until the
+/// guest notifies queue 0; chains already taken for it stay with the device. The vCPU never waits for the host
+/// network.</para>
+/// </summary>
+public sealed class VirtioNet : IVirtioDevice
+{
+    // Feature bits (§5.1.3).
+    public const int FeatureMac = 5, FeatureMrgRxbuf = 15, FeatureStatus = 16;
+    public const ulong Mac = 1UL << FeatureMac, MrgRxbuf = 1UL << FeatureMrgRxbuf, Status = 1UL << FeatureStatus;
+
+    public const int ReceiveQueue = 0, TransmitQueue = 1;
+    public const ushort QueueSize = 256;
+    /// <summary>VIRTIO_NET_S_LINK_UP in the status field.</summary>
+    public const ushort StatusLinkUp = 1;
+    private const int HeaderLength = INetBackend.HeaderLength;
+    /// <summary>Offset of num_buffers in struct virtio_net_hdr.</summary>
+    private const int NumBuffersOffset = 10;
+
+    private readonly INetBackend _backend;
+    private readonly byte[] _mac;
+    private readonly object _rxLock = new(), _txLock = new();
+    private readonly byte[] _txBuffer = new byte[INetBackend.MaxPacketLength];
+    private readonly VirtqueueChain _txChain = new();
+    private readonly Receiver _receiver;
+    private IVirtioTransport? _transport;
+    private bool _backendStarted;
+
+    // Receive state, under _rxLock: the transport while the driver is running, and the chains taken for the packet
+    // being delivered (kept across a refusal).
+    private IVirtioTransport? _rxTransport;
+    private bool _mergeable;
+    private VirtqueueChain[] _rxChains = [new VirtqueueChain()];
+    private int _rxTaken;
+
+    /// <summary>Counters (guest's view): frames delivered and sent, and frames dropped on the way.</summary>
+    public long RxPackets, RxDropped, TxPackets, TxDropped;
+
+    public VirtioNet(INetBackend backend, ReadOnlySpan<byte> mac)
+    {
+        if (mac.Length != 6) throw new ArgumentException("a MAC address has 6 bytes", nameof(mac));
+        _backend = backend;
+        _mac = mac.ToArray();
+        _receiver = new Receiver(this);
+    }
+
+    public ushort DeviceType => VirtioConstants.DeviceNet;
+    /// <summary>Network controller, Ethernet.</summary>
+    public uint PciClassCode => 0x020000;
+    public ulong DeviceFeatures => Mac | MrgRxbuf | Status;
+    public int QueueCount => 2;
+    public ushort QueueMaxSize(int queue) => QueueSize;
+
+    /// <summary>struct virtio_net_config up to max_virtqueue_pairs: mac[6], status, max_virtqueue_pairs (1).</summary>
+    public int ConfigLength => 10;
+
+    public uint ReadConfig(int offset, int size)
+    {
+        Span<byte> config = stackalloc byte[ConfigLength];
+        _mac.CopyTo(config);
+        BinaryPrimitives.WriteUInt16LittleEndian(config[6..], StatusLinkUp);
+        BinaryPrimitives.WriteUInt16LittleEndian(config[8..], 1);
+        uint v = 0;
+        for (int k = 0; k < size && offset + k < ConfigLength; k++) v |= (uint)config[offset + k] << (8 * k);
+        return v;
+    }
+
+    /// <summary>Every field is read-only for a VERSION_1 driver (the MAC is changed through the control queue, which we do not offer).</summary>
+    public void WriteConfig(int offset, int size, uint value) { }
+
+    public void Activate(IVirtioTransport transport)
+    {
+        _transport = transport;
+        lock (_rxLock)
+        {
+            _mergeable = (transport.NegotiatedFeatures & MrgRxbuf) != 0;
+            _rxTaken = 0;
+            _rxTransport = transport;
+        }
+        if (!_backendStarted)
+        {
+            _backendStarted = true;
+            _backend.Start(_receiver);
+        }
+        else _backend.ReceiveReady();
+    }
+
+    public void QueueNotify(int queue)
+    {
+        if (queue == ReceiveQueue) _backend.ReceiveReady();
+        else if (queue == TransmitQueue) Transmit();
+    }
+
+    public void Reset()
+    {
+        // Taking the locks waits out a receive or transmit in progress; afterwards neither touches the queues.
+        lock (_rxLock)
+        {
+            _rxTransport = null;
+            _rxTaken = 0;
+        }
+        lock (_txLock) _transport = null;
+        // A packet the backend holds for us is dropped now rather than delivered after the driver restarts.
+        _backend.ReceiveReady();
+    }
+
+    private void Transmit()
+    {
+        lock (_txLock)
+        {
+            var t = _transport;
+            if (t == null) return;
+            var q = t.Queue(TransmitQueue);
+            do
+            {
+                while (q.TryPop(_txChain))
+                {
+                    long len = _txChain.ReadableLength;
+                    if (len < HeaderLength + 14 || len > _txBuffer.Length || _txChain.Read(0, _txBuffer.AsSpan(0, (int)len)) != len)
+                        TxDropped++;
+                    else
+                    {
+                        // No offloads were offered: whatever the driver put in the header means nothing, and a TAP
+                        // would act on it. num_buffers is unused on transmit.
+                        _txBuffer.AsSpan(0, HeaderLength).Clear();
+                        if (_backend.Send(_txBuffer.AsSpan(0, (int)len))) TxPackets++;
+                        else TxDropped++;
+                    }
+                    q.Push(_txChain, 0);
+                }
+                q.NotifyGuest();
+            }
+            while (q.PrepareToSleep());
+        }
+    }
+
+    /// <summary>Delivers one packet from the backend (on its thread); false: no room, the backend holds it.</summary>
+    private bool Receive(ReadOnlySpan<byte> packet)
+    {
+        lock (_rxLock)
+        {
+            var t = _rxTransport;
+            var q = t?.Queue(ReceiveQueue);
+            if (q == null || !q.Enabled || q.IsBroken)
+            {
+                RxDropped++;
+                return true;
+            }
+            // Nothing segmented or awaiting a checksum can be handed to a driver that negotiated no offloads.
+            if (packet.Length < HeaderLength + 14 || packet[1] != 0 || (packet[0] & 1) != 0)
+            {
+                RxDropped++;
+                return true;
+            }
+            // Gather chains until the packet fits: several with MRG_RXBUF, exactly one without.
+            long room = 0;
+            for (int k = 0; k < _rxTaken; k++) room += _rxChains[k].WritableLength;
+            while (room < packet.Length)
+            {
+                if (!_mergeable && _rxTaken == 1)
+                {
+                    // The driver's buffers are too small for this frame: it is lost, the buffer waits for the next.
+                    RxDropped++;
+                    return true;
+                }
+                if (_rxTaken == _rxChains.Length)
+                {
+                    Array.Resize(ref _rxChains, _rxChains.Length * 2);
+                    for (int k = _rxTaken; k < _rxChains.Length; k++) _rxChains[k] = new VirtqueueChain();
+                }
+                if (!q.TryPop(_rxChains[_rxTaken]))
+                {
+                    if (q.IsBroken) { RxDropped++; _rxTaken = 0; return true; }
+                    return false;
+                }
+                var taken = _rxChains[_rxTaken];
+                if (taken.WritableLength == 0)
+                {
+                    // Nothing to write into: give it back at once rather than count it as a part of the packet.
+                    q.Push(taken, 0);
+                    continue;
+                }
+                room += taken.WritableLength;
+                _rxTaken++;
+            }
+
+            Span<byte> header = stackalloc byte[HeaderLength];
+            // flags and GSO fields stay zero (no GUEST_CSUM, no guest offloads): the frame is complete.
+            header.Clear();
+            BinaryPrimitives.WriteUInt16LittleEndian(header[NumBuffersOffset..], (ushort)_rxTaken);
+            var frame = packet[HeaderLength..];
+            int chain = 0, done = 0;
+            long inChain = 0;
+            // Header first, then the frame, each chain filled in order.
+            for (int part = 0; part < 2; part++)
+            {
+                var src = part == 0 ? (ReadOnlySpan<byte>)header : frame;
+                int pos = 0;
+                while (pos < src.Length)
+                {
+                    var c = _rxChains[chain];
+                    int n = (int)Math.Min(src.Length - pos, c.WritableLength - inChain);
+                    if (n > 0 && c.Write(inChain, src.Slice(pos, n)) != n)
+                    {
+                        // Checked to be RAM when taken; a guest racing its own memory map loses the packet.
+                        q.Fail("receive buffer no longer in guest RAM");
+                        _rxTaken = 0;
+                        RxDropped++;
+                        return true;
+                    }
+                    pos += n;
+                    inChain += n;
+                    done += n;
+                    if (inChain == c.WritableLength && done < packet.Length)
+                    {
+                        chain++;
+                        inChain = 0;
+                    }
+                }
+            }
+            // Every chain taken carries part of the packet (the loop above took only as many as needed).
+            long left = packet.Length;
+            for (int k = 0; k < _rxTaken; k++)
+            {
+                uint written = (uint)Math.Min(left, _rxChains[k].WritableLength);
+                left -= written;
+                q.Push(_rxChains[k], written);
+            }
+            _rxTaken = 0;
+            RxPackets++;
+            q.NotifyGuest();
+            return true;
+        }
+    }
+
+    private sealed class Receiver(VirtioNet dev) : INetReceiver
+    {
+        public bool TryReceive(ReadOnlySpan<byte> packet) => dev.Receive(packet);
+    }
+}
