@@ -16,10 +16,12 @@ internal static class RunCommand
         var accel = new Option<string>("--accel") { Description = "emu, kvm or auto", DefaultValueFactory = _ => "auto" };
         var serial = new Option<string>("--serial") { Description = "stdio, file:PATH or none", DefaultValueFactory = _ => "stdio" };
         var noReboot = new Option<bool>("--no-reboot") { Description = "Exit (status 0) when the guest reboots instead of rebooting it" };
-        var net = new Option<string[]>("--net") { Description = "A virtio-net card on a TAP interface: tap=NAME[,mac=MAC][,netns=NS] (repeatable)" };
+        var disk = new Option<string[]>("--disk") { Description = "virtio-blk disk: PATH[,format=raw|qcow2][,readonly] (repeatable)", AllowMultipleArgumentsPerToken = false };
+        var rng = new Option<bool>("--rng") { Description = "Attach a virtio-rng device fed from the host's random source" };
+        var net = new Option<string[]>("--net") { Description = "virtio-net card on a TAP interface: tap=NAME[,mac=MAC][,netns=NS] (repeatable)", AllowMultipleArgumentsPerToken = false };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
-            kernel, initrd, append, memory, cpus, accel, serial, noReboot, net,
+            kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, net,
         };
         cmd.SetAction(r =>
         {
@@ -46,6 +48,8 @@ internal static class RunCommand
                 cfg.NoReboot = r.GetValue(noReboot);
                 foreach (string spec in r.GetValue(net) ?? [])
                     cfg.Nics.Add(NicConfig.Parse(spec, cfg.Nics.Count));
+                foreach (var d in r.GetValue(disk) ?? []) cfg.Disks.Add(VmConfig.ParseDisk(d));
+                cfg.Rng = r.GetValue(rng);
             }
             catch (FormatException e)
             {

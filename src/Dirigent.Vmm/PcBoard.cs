@@ -3,19 +3,25 @@ using Dirigent.Devices.Acpi;
 using Dirigent.Devices.Input;
 using Dirigent.Devices.Interrupts;
 using Dirigent.Devices.Misc;
+using Dirigent.Devices.Pci;
 using Dirigent.Devices.Serial;
 using Dirigent.Devices.Timer;
+using Dirigent.Devices.Virtio;
+using Dirigent.Devices.Virtio.Block;
+using Dirigent.Devices.Virtio.Rng;
 using Dirigent.Machine;
 using Dirigent.Machine.Memory;
+using Dirigent.Storage;
 
 namespace Dirigent.Vmm;
 
 /// <summary>
 /// The PC machine's fixed devices, at the addresses and IRQs in <see cref="PcPlatform"/>: the interrupt
 /// controllers (8259 pair, IOAPIC, one local APIC per vCPU), PIT with port 0x61, CMOS RTC, COM1, i8042, the ACPI PM
-/// block, the debug-exit port, the POST port and the reset ports.
+/// block, the debug-exit port, the POST port and the reset ports; and PCI bus 0 (host bridge at 00:00.0, then one
+/// virtio-blk function per disk and the optional virtio-rng, in slot order).
 /// </summary>
-public sealed class PcBoard
+public sealed class PcBoard : IDisposable
 {
     public InterruptRouter Interrupts { get; }
     public Pit8254 Pit { get; }
@@ -23,8 +29,14 @@ public sealed class PcBoard
     public Uart16550 Com1 { get; }
     public I8042 Keyboard { get; }
     public AcpiPm AcpiPm { get; }
+    public PciBus Pci { get; }
+    /// <summary>The virtio functions on the PCI bus, in slot order.</summary>
+    public List<VirtioPciDevice> Virtio { get; } = new();
+    private readonly List<IDisposable> _owned = new();
 
-    public PcBoard(VirtualMachine vm, int cpuCount, ulong tscHz, ISerialBackend console)
+    /// <param name="disks">Images for virtio-blk functions; the board owns and disposes them.</param>
+    public PcBoard(VirtualMachine vm, int cpuCount, ulong tscHz, ISerialBackend console,
+        IReadOnlyList<IBlockDevice>? disks = null, bool rng = false)
     {
         Interrupts = new InterruptRouter(vm.Clock, cpuCount, tscHz);
         Interrupts.Register(vm.Io, vm.Mmio);
@@ -56,5 +68,44 @@ public sealed class PcBoard
         vm.Io.Register(PcPlatform.PostPort, 1, new PostCodePort());
         vm.Io.Register(PcPlatform.ResetControlPort, 1, new ResetControl(vm));
         vm.Io.Register(PcPlatform.SystemControlPortA, 1, new SystemControlPortA(vm));
+
+        Pci = new PciBus(vm.Mmio, Interrupts, PcPlatform.PciMmioBase, PcPlatform.PciMmioSize);
+        Pci.Register(vm.Io);
+        Pci.Attach(new PciHostBridge(), 0);
+        foreach (var disk in disks ?? [])
+        {
+            _owned.Add(disk);
+            var blk = new VirtioBlock(disk, $"dirigent-disk{Virtio.Count}");
+            _owned.Add(blk);
+            AttachVirtio(vm, blk);
+        }
+        if (rng) AttachVirtio(vm, new VirtioRng());
+    }
+
+    /// <summary>Puts a virtio device on the next free PCI slot behind the modern PCI transport.</summary>
+    public VirtioPciDevice AttachVirtio(VirtualMachine vm, IVirtioDevice device)
+    {
+        var fn = new VirtioPciDevice(device, vm.Memory);
+        Pci.Attach(fn);
+        Virtio.Add(fn);
+        return fn;
+    }
+
+    /// <summary>System reset (reboot): interrupt controllers and PCI functions back to their power-on state.</summary>
+    public void Reset()
+    {
+        Interrupts.Reset();
+        Pci.Reset();
+    }
+
+    /// <summary>Stops device worker threads (requests in progress finish) and closes the disk images.</summary>
+    public void Dispose()
+    {
+        // Devices before the images they use.
+        for (int i = _owned.Count - 1; i >= 0; i--)
+            if (_owned[i] is not IBlockDevice) _owned[i].Dispose();
+        foreach (var d in _owned)
+            if (d is IBlockDevice) d.Dispose();
+        _owned.Clear();
     }
 }
