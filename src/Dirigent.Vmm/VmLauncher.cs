@@ -97,6 +97,13 @@ public static class VmLauncher
             }
         }
         using var serialFileScope = serialFile;
+        using var nics = new Net.NetBackendSet();
+        try { nics.OpenAll(cfg.Nics); }
+        catch (Net.NetBackendException e)
+        {
+            err.WriteLine($"dirigent run: --net: {e.Message}");
+            return ExitCodes.VmmFailure;
+        }
         var disks = new List<Dirigent.Storage.IBlockDevice>();
         try
         {
@@ -128,6 +135,7 @@ public static class VmLauncher
         using var accelScope = accel;
         Action<byte> sink = _ => { };
         using var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)), disks, cfg.Rng);
+        foreach (var (backend, mac) in nics.Cards) board.AttachVirtio(vm, new Dirigent.Devices.Virtio.Net.VirtioNet(backend, mac));
         var vcpus = new IVcpu[cfg.Cpus];
         for (int k = 0; k < cfg.Cpus; k++)
         {

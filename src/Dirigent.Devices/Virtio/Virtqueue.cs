@@ -186,6 +186,24 @@ public sealed unsafe class Virtqueue
     public void Push(VirtqueueChain chain, uint written) => Push(chain.Head, written);
 
     /// <summary>
+    /// Returns several chains that the driver must see together (virtio-net's merged receive buffers: the driver
+    /// takes num_buffers used elements as soon as it sees the first, §5.1.6.4): the elements are written first and
+    /// one used-index store publishes them all.
+    /// </summary>
+    public void PushAll(ReadOnlySpan<VirtqueueChain> chains, ReadOnlySpan<uint> written)
+    {
+        if (!Enabled) return;
+        for (int k = 0; k < chains.Length; k++)
+        {
+            byte* e = _used + 4 + 8 * (_usedIdx & (Size - 1));
+            *(uint*)e = chains[k].Head;
+            *(uint*)(e + 4) = written[k];
+            _usedIdx++;
+        }
+        Volatile.Write(ref *(ushort*)(_used + 2), _usedIdx);
+    }
+
+    /// <summary>
     /// Interrupts the driver for the chains pushed since the last call, unless it asked not to be: with EVENT_IDX
     /// when used_event was not crossed (§2.7.10), otherwise when VIRTQ_AVAIL_F_NO_INTERRUPT is set.
     /// </summary>

@@ -231,12 +231,13 @@ public sealed class VirtioNet : IVirtioDevice
             }
             // Every chain taken carries part of the packet (the loop above took only as many as needed).
             long left = packet.Length;
+            Span<uint> written = _rxTaken <= 64 ? stackalloc uint[_rxTaken] : new uint[_rxTaken];
             for (int k = 0; k < _rxTaken; k++)
             {
-                uint written = (uint)Math.Min(left, _rxChains[k].WritableLength);
-                left -= written;
-                q.Push(_rxChains[k], written);
+                written[k] = (uint)Math.Min(left, _rxChains[k].WritableLength);
+                left -= written[k];
             }
+            q.PushAll(_rxChains.AsSpan(0, _rxTaken), written);
             _rxTaken = 0;
             RxPackets++;
             q.NotifyGuest();

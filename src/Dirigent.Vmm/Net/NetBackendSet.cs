@@ -1,0 +1,23 @@
+using Dirigent.Devices.Net;
+
+namespace Dirigent.Vmm.Net;
+
+/// <summary>The host backends of a VM's network cards, opened before the machine is built and closed after it.</summary>
+public sealed class NetBackendSet : IDisposable
+{
+    private readonly List<(INetBackend Backend, byte[] Mac)> _cards = new();
+
+    public IReadOnlyList<(INetBackend Backend, byte[] Mac)> Cards => _cards;
+
+    /// <summary>Opens every --net card's TAP; throws <see cref="NetBackendException"/> (naming the TAP) on the first failure.</summary>
+    public void OpenAll(IEnumerable<NicConfig> nics)
+    {
+        foreach (var n in nics) _cards.Add((TapInterface.Open(n.Tap, n.Netns), n.Mac));
+    }
+
+    public void Dispose()
+    {
+        foreach (var (b, _) in _cards) b.Dispose();
+        _cards.Clear();
+    }
+}
