@@ -6,7 +6,9 @@ namespace Dirigent.Devices.Net;
 /// virtio 1.x <c>struct virtio_net_hdr</c> (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset,
 /// num_buffers; <see cref="HeaderLength"/>) followed by the Ethernet frame, because that is what a TAP with
 /// IFF_VNET_HDR and a 12-byte vnet header size reads and writes: a virtio NIC passes it through without reshaping.
-/// A backend that offers no offloads delivers headers with no GSO and no checksum request.
+/// What a received header may ask for (a checksum to complete, a segmented packet) is limited to what
+/// <see cref="SetReceiveOffloads"/> allowed; a packet sent may use any offload in <see cref="SupportedOffloads"/>,
+/// and the backend (the host kernel, for a TAP) completes the checksum or segments it.
 /// </summary>
 public interface INetBackend : IDisposable
 {
@@ -18,6 +20,16 @@ public interface INetBackend : IDisposable
 
     /// <summary>What the backend is (for messages), e.g. "tap0".</summary>
     string Name { get; }
+
+    /// <summary>Offloads this backend honours end to end, in both directions.</summary>
+    NetOffloads SupportedOffloads { get; }
+
+    /// <summary>
+    /// What received packets may carry from now on: partial checksums (<see cref="NetOffloads.Checksum"/>) and
+    /// which segmentation types; None (the start state): only complete, checksummed frames of link MTU size.
+    /// Packets already queued may still carry the previous set.
+    /// </summary>
+    void SetReceiveOffloads(NetOffloads offloads);
 
     /// <summary>
     /// Starts delivering received packets to <paramref name="receiver"/>, on a thread of the backend's own. Called
@@ -36,6 +48,21 @@ public interface INetBackend : IDisposable
     /// the packet it holds. Cheap when nothing is held.
     /// </summary>
     void ReceiveReady();
+}
+
+/// <summary>Offloads in the virtio-net header's terms (the values are Linux's TUN_F_* bits).</summary>
+[Flags]
+public enum NetOffloads
+{
+    None = 0,
+    /// <summary>NEEDS_CSUM: csum_start/csum_offset name a checksum still to be completed.</summary>
+    Checksum = 1,
+    /// <summary>GSO_TCPV4: a TCP/IPv4 packet to be cut into gso_size segments.</summary>
+    Tso4 = 2,
+    /// <summary>GSO_TCPV6.</summary>
+    Tso6 = 4,
+    /// <summary>GSO_ECN: TSO with the ECN CWR bit set.</summary>
+    TsoEcn = 8,
 }
 
 /// <summary>The device side of a backend: takes received packets.</summary>

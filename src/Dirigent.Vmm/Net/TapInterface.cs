@@ -8,8 +8,9 @@ namespace Dirigent.Vmm.Net;
 /// <list type="bullet">
 /// <item>Opens /dev/net/tun with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and sets the vnet header size to 12, so the
 /// kernel reads and writes the virtio 1.x header (num_buffers included) in front of every frame and the virtio NIC
-/// passes packets through unchanged. Offloads are switched off (TUNSETOFFLOAD 0), which a TAP left configured by
-/// another user might still have: the kernel then only ever hands us complete, checksummed frames.</item>
+/// passes packets through unchanged. Receive offloads start switched off (TUNSETOFFLOAD 0; a TAP left configured
+/// by another user might still have some) and follow what the guest's driver accepts
+/// (<see cref="SetReceiveOffloads"/>); on send the kernel honours whatever the header asks for.</item>
 /// <item>Attaches to an existing TAP of that name or creates one; it never sets TUNSETPERSIST, so a TAP it created
 /// disappears when the VM ends. Like QEMU it configures nothing on the host side: no addresses, and no link
 /// state (a new TAP is down until the user, or a script, runs `ip link set NAME up`).</item>
@@ -120,6 +121,18 @@ public sealed unsafe class TapInterface : INetBackend
             NetNative.Close(fd);
             throw;
         }
+    }
+
+    /// <summary>The kernel completes checksums and segments what we write, and does both for what we read unless told it may not.</summary>
+    public NetOffloads SupportedOffloads => NetOffloads.Checksum | NetOffloads.Tso4 | NetOffloads.Tso6 | NetOffloads.TsoEcn;
+
+    public void SetReceiveOffloads(NetOffloads offloads)
+    {
+        // TUNSETOFFLOAD takes TUN_F_* bits, which NetOffloads mirrors; the kernel rejects TSO without CSUM.
+        if ((offloads & ~NetOffloads.Checksum) != 0) offloads |= NetOffloads.Checksum;
+        if (Volatile.Read(ref _disposed) != 0) return;
+        // A failure leaves the kernel delivering less than allowed (complete frames), which every driver takes.
+        NetNative.Ioctl(_fd, NetNative.TUNSETOFFLOAD, (nuint)(uint)offloads);
     }
 
     public void Start(INetReceiver receiver)

@@ -5,8 +5,11 @@ namespace Dirigent.Devices.Virtio.Net;
 
 /// <summary>
 /// virtio-net (virtio 1.2 §5.1): one queue pair, receiveq1 = queue 0 and transmitq1 = queue 1, on an
-/// <see cref="INetBackend"/>. Features: MAC, STATUS (link always up) and MRG_RXBUF; no checksum or segmentation
-/// offloads, so every packet crosses with a zeroed header and the backend sees only complete frames.
+/// <see cref="INetBackend"/>. Features: MAC, STATUS (link always up) and MRG_RXBUF; and, when the backend honours
+/// them end to end (a TAP does: its kernel completes checksums and segments), the checksum and TCP segmentation
+/// offloads in both directions (CSUM, HOST_TSO4/6, HOST_ECN; GUEST_CSUM, GUEST_TSO4/6, GUEST_ECN). The header then
+/// passes through as the driver or the backend wrote it, after checking it asks only for what was negotiated;
+/// what the backend may deliver follows what the driver accepted.
 /// <para>Transmit runs on the vCPU thread that notifies queue 1: each chain (header + frame) goes to the backend in
 /// one write. Receive runs on the backend's thread: a packet fills as many receive chains as it needs (with
 /// MRG_RXBUF; one chain otherwise), the first starting with the header whose num_buffers counts them. When the
@@ -17,8 +20,14 @@ namespace Dirigent.Devices.Virtio.Net;
 public sealed class VirtioNet : IVirtioDevice
 {
     // Feature bits (§5.1.3).
-    public const int FeatureMac = 5, FeatureMrgRxbuf = 15, FeatureStatus = 16;
-    public const ulong Mac = 1UL << FeatureMac, MrgRxbuf = 1UL << FeatureMrgRxbuf, Status = 1UL << FeatureStatus;
+    public const ulong Csum = 1UL << 0, GuestCsum = 1UL << 1, Mac = 1UL << 5, GuestTso4 = 1UL << 7, GuestTso6 = 1UL << 8,
+        GuestEcn = 1UL << 9, HostTso4 = 1UL << 11, HostTso6 = 1UL << 12, HostEcn = 1UL << 13, MrgRxbuf = 1UL << 15,
+        Status = 1UL << 16;
+    public const ulong Offloads = Csum | GuestCsum | GuestTso4 | GuestTso6 | GuestEcn | HostTso4 | HostTso6 | HostEcn;
+
+    // struct virtio_net_hdr (§5.1.6): flags and gso_type values.
+    public const byte HdrFlagNeedsCsum = 1, HdrFlagDataValid = 2;
+    public const byte GsoNone = 0, GsoTcpV4 = 1, GsoUdp = 3, GsoTcpV6 = 4, GsoEcn = 0x80;
 
     public const int ReceiveQueue = 0, TransmitQueue = 1;
     public const ushort QueueSize = 256;
@@ -41,6 +50,7 @@ public sealed class VirtioNet : IVirtioDevice
     // being delivered (kept across a refusal).
     private IVirtioTransport? _rxTransport;
     private bool _mergeable;
+    private ulong _features;
     private VirtqueueChain[] _rxChains = [new VirtqueueChain()];
     private int _rxTaken;
 
@@ -58,7 +68,9 @@ public sealed class VirtioNet : IVirtioDevice
     public ushort DeviceType => VirtioConstants.DeviceNet;
     /// <summary>Network controller, Ethernet.</summary>
     public uint PciClassCode => 0x020000;
-    public ulong DeviceFeatures => Mac | MrgRxbuf | Status;
+    public ulong DeviceFeatures => Mac | MrgRxbuf | Status |
+        ((_backend.SupportedOffloads & (NetOffloads.Checksum | NetOffloads.Tso4 | NetOffloads.Tso6 | NetOffloads.TsoEcn)) ==
+            (NetOffloads.Checksum | NetOffloads.Tso4 | NetOffloads.Tso6 | NetOffloads.TsoEcn) ? Offloads : 0);
     public int QueueCount => 2;
     public ushort QueueMaxSize(int queue) => QueueSize;
 
@@ -81,10 +93,18 @@ public sealed class VirtioNet : IVirtioDevice
 
     public void Activate(IVirtioTransport transport)
     {
+        ulong f = transport.NegotiatedFeatures;
+        _features = f;
+        var rx = NetOffloads.None;
+        if ((f & GuestCsum) != 0) rx |= NetOffloads.Checksum;
+        if ((f & GuestTso4) != 0) rx |= NetOffloads.Tso4;
+        if ((f & GuestTso6) != 0) rx |= NetOffloads.Tso6;
+        if ((f & GuestEcn) != 0) rx |= NetOffloads.TsoEcn;
+        _backend.SetReceiveOffloads(rx);
         _transport = transport;
         lock (_rxLock)
         {
-            _mergeable = (transport.NegotiatedFeatures & MrgRxbuf) != 0;
+            _mergeable = (f & MrgRxbuf) != 0;
             _rxTaken = 0;
             _rxTransport = transport;
         }
@@ -111,6 +131,8 @@ public sealed class VirtioNet : IVirtioDevice
             _rxTaken = 0;
         }
         lock (_txLock) _transport = null;
+        _features = 0;
+        _backend.SetReceiveOffloads(NetOffloads.None);
         // A packet the backend holds for us is dropped now rather than delivered after the driver restarts.
         _backend.ReceiveReady();
     }
@@ -127,13 +149,11 @@ public sealed class VirtioNet : IVirtioDevice
                 while (q.TryPop(_txChain))
                 {
                     long len = _txChain.ReadableLength;
-                    if (len < HeaderLength + 14 || len > _txBuffer.Length || _txChain.Read(0, _txBuffer.AsSpan(0, (int)len)) != len)
+                    if (len < HeaderLength + 14 || len > _txBuffer.Length || _txChain.Read(0, _txBuffer.AsSpan(0, (int)len)) != len
+                        || !CheckTransmitHeader(_txBuffer))
                         TxDropped++;
                     else
                     {
-                        // No offloads were offered: whatever the driver put in the header means nothing, and a TAP
-                        // would act on it. num_buffers is unused on transmit.
-                        _txBuffer.AsSpan(0, HeaderLength).Clear();
                         if (_backend.Send(_txBuffer.AsSpan(0, (int)len))) TxPackets++;
                         else TxDropped++;
                     }
@@ -143,6 +163,47 @@ public sealed class VirtioNet : IVirtioDevice
             }
             while (q.PrepareToSleep());
         }
+    }
+
+    /// <summary>
+    /// Keeps what the header may ask of the backend within the negotiated offloads: a driver asking for more
+    /// loses the packet. Flags other than NEEDS_CSUM mean nothing on transmit and num_buffers is unused: both are
+    /// cleared, so the backend acts on nothing the driver did not negotiate.
+    /// </summary>
+    private bool CheckTransmitHeader(Span<byte> header)
+    {
+        ulong f = _features;
+        byte flags = (byte)(header[0] & HdrFlagNeedsCsum), gso = header[1];
+        if (flags != 0 && (f & Csum) == 0) return false;
+        if (gso != GsoNone)
+        {
+            if ((gso & GsoEcn) != 0 && (f & HostEcn) == 0) return false;
+            ulong need = (gso & ~GsoEcn) switch { GsoTcpV4 => HostTso4, GsoTcpV6 => HostTso6, _ => 0 };
+            if (need == 0 || (f & need) == 0) return false;
+        }
+        else if ((f & Csum) == 0) header[..NumBuffersOffset].Clear();
+        header[0] = flags;
+        header.Slice(NumBuffersOffset, 2).Clear();
+        return true;
+    }
+
+    /// <summary>
+    /// Whether a received header asks only for what the driver accepted (GUEST_CSUM for partial checksums,
+    /// GUEST_TSO4/6/ECN for segmented packets). Without GUEST_CSUM, DATA_VALID is dropped: §5.1.6.4 wants flags 0.
+    /// </summary>
+    private static bool CheckReceiveHeader(ReadOnlySpan<byte> packet, ulong f, out byte flags)
+    {
+        flags = (byte)(packet[0] & (HdrFlagNeedsCsum | HdrFlagDataValid));
+        if ((f & GuestCsum) == 0)
+        {
+            if ((flags & HdrFlagNeedsCsum) != 0) return false;
+            flags = 0;
+        }
+        byte gso = packet[1];
+        if (gso == GsoNone) return true;
+        if ((gso & GsoEcn) != 0 && (f & GuestEcn) == 0) return false;
+        ulong need = (gso & ~GsoEcn) switch { GsoTcpV4 => GuestTso4, GsoTcpV6 => GuestTso6, _ => 0 };
+        return need != 0 && (f & need) != 0;
     }
 
     /// <summary>Delivers one packet from the backend (on its thread); false: no room, the backend holds it.</summary>
@@ -157,8 +218,7 @@ public sealed class VirtioNet : IVirtioDevice
                 RxDropped++;
                 return true;
             }
-            // Nothing segmented or awaiting a checksum can be handed to a driver that negotiated no offloads.
-            if (packet.Length < HeaderLength + 14 || packet[1] != 0 || (packet[0] & 1) != 0)
+            if (packet.Length < HeaderLength + 14 || !CheckReceiveHeader(packet, _features, out byte flags))
             {
                 RxDropped++;
                 return true;
@@ -196,8 +256,9 @@ public sealed class VirtioNet : IVirtioDevice
             }
 
             Span<byte> header = stackalloc byte[HeaderLength];
-            // flags and GSO fields stay zero (no GUEST_CSUM, no guest offloads): the frame is complete.
-            header.Clear();
+            packet[..HeaderLength].CopyTo(header);
+            header[0] = flags;
+            if (flags == 0 && header[1] == GsoNone) header[..NumBuffersOffset].Clear();
             BinaryPrimitives.WriteUInt16LittleEndian(header[NumBuffersOffset..], (ushort)_rxTaken);
             var frame = packet[HeaderLength..];
             int chain = 0, done = 0;
