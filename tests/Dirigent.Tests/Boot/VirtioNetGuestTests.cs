@@ -36,6 +36,24 @@ public class VirtioNetGuestTests(ITestOutputHelper log)
     private static string Up(NetNamespace ns) =>
         $"ip addr add {ns.GuestAddress}/24 dev eth0 && ip link set eth0 up && ";
 
+    [Theory]
+    [InlineData("dtest-no-such-namespace", "dirigent run: --net: network namespace 'dtest-no-such-namespace' does not exist (/run/netns/dtest-no-such-namespace not found)")]
+    [InlineData(null, "dirigent run: --net: 'lo' exists and is not a single-queue TAP interface")]
+    public void TapThatCannotBeOpenedEndsTheRunBeforeTheGuestStarts(string? netns, string expected)
+    {
+        var cfg = new VmConfig
+        {
+            Kernel = s_image.Value.Kernel,
+            Initrds = [s_image.Value.Initramfs],
+            Nics = [new NicConfig { Tap = "lo", Netns = netns, Mac = GuestMac }],
+        };
+        var r = new GuestRunner();
+        int rc = r.Run(cfg, TimeSpan.FromMinutes(1));
+        Assert.Equal(ExitCodes.VmmFailure, rc);
+        Assert.Equal(expected, r.Errors.Trim());
+        Assert.Equal("", r.Output);
+    }
+
     [Fact]
     public void GuestPingsTheNamespace()
     {
@@ -100,7 +118,7 @@ public class VirtioNetGuestTests(ITestOutputHelper log)
             receiver.Start();
             string script = Up(ns) +
                 $"nc {ns.HostAddress} {p1} </dev/null >/tmp/in && echo RX-SHA=$(sha256sum /tmp/in) && " +
-                $"nc {ns.HostAddress} {p2} </tmp/in && echo TX-DONE";
+                $"nc {ns.HostAddress} {p2} </tmp/in && echo TX-DONE && grep eth0: /proc/net/dev";
             var r = new GuestRunner();
             int rc = r.Run(Config(ns, script), BootTimeout);
             string o = r.Output;
@@ -115,6 +133,7 @@ public class VirtioNetGuestTests(ITestOutputHelper log)
             Assert.Equal(sha, receivedSha);
             log.WriteLine($"host -> guest: 16 MiB in {sendSeconds:F2} s ({16 / sendSeconds:F1} MiB/s); " +
                 $"guest -> host: 16 MiB in {receiveSeconds:F2} s ({16 / receiveSeconds:F1} MiB/s)");
+            log.WriteLine("guest counters: " + Regex.Match(o, @"eth0:.*").Value.TrimEnd());
         }
         finally
         {
