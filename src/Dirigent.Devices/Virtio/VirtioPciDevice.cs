@@ -161,16 +161,21 @@ public sealed class VirtioPciDevice : PciDevice, IVirtioTransport
             ResetDevice();
             return;
         }
-        byte old = _status;
-        byte next = (byte)((value & ~StatusNeedsReset) | (old & StatusNeedsReset));
-        if ((next & StatusFeaturesOk) != 0 && (old & StatusFeaturesOk) == 0)
+        byte old, next;
+        // Under the ISR lock: a device thread may set DEVICE_NEEDS_RESET concurrently, and the driver cannot clear it.
+        lock (_isrLock)
         {
-            // §2.2.2: accept only a subset of what was offered, and only modern drivers (VERSION_1).
-            bool ok = (_driverFeatures & ~OfferedFeatures) == 0 && (_driverFeatures & Version1) != 0;
-            if (ok) NegotiatedFeatures = _driverFeatures;
-            else next &= unchecked((byte)~StatusFeaturesOk);
+            old = _status;
+            next = (byte)((value & ~StatusNeedsReset) | (old & StatusNeedsReset));
+            if ((next & StatusFeaturesOk) != 0 && (old & StatusFeaturesOk) == 0)
+            {
+                // §2.2.2: accept only a subset of what was offered, and only modern drivers (VERSION_1).
+                bool ok = (_driverFeatures & ~OfferedFeatures) == 0 && (_driverFeatures & Version1) != 0;
+                if (ok) NegotiatedFeatures = _driverFeatures;
+                else next &= unchecked((byte)~StatusFeaturesOk);
+            }
+            _status = next;
         }
-        _status = next;
         if ((next & StatusDriverOk) != 0 && (old & StatusDriverOk) == 0 && (next & StatusFeaturesOk) != 0 && !_active)
         {
             _active = true;
