@@ -4,7 +4,7 @@ using Dirigent.Devices.Virtio;
 using Dirigent.Devices.Virtio.Net;
 using Dirigent.Machine.Memory;
 
-namespace Dirigent.Tests.Devices.Virtio;
+namespace Dirigent.Tests.Virtio;
 
 /// <summary>
 /// virtio-net's queue handling with a test-driven "driver" writing split rings in guest memory, a minimal
