@@ -57,9 +57,23 @@ public class VirtioNetFuzzTests(ITestOutputHelper output)
             bool receive = rnd.Next(2) == 0;
             ulong rings = receive ? RxRings : TxRings;
             var q = transport.Queue(receive ? 0 : 1);
+            // Half the time well-formed single-buffer chains, so packets get through and the merging paths run.
+            bool wellFormed = rnd.Next(2) == 0;
             for (int i = 0; i < Size; i++)
             {
                 ulong d = rings + 16UL * (ulong)i;
+                if (wellFormed)
+                {
+                    ulong a = Buffers + (ulong)rnd.Next(0, (int)(Ram - Buffers) - 16);
+                    uint l = (uint)rnd.Next(1, (int)Math.Min(5000, Ram - a));
+                    mem.WriteU64(d, a);
+                    mem.WriteU32(d + 8, l);
+                    mem.WriteU16(d + 12, receive ? VirtioConstants.DescFlagWrite : (ushort)0);
+                    mem.WriteU16(d + 14, 0);
+                    if (receive) allowed.Add((a, a + l));
+                    mem.WriteU16(rings + 0x100 + 4 + 2UL * (ulong)i, (ushort)i);
+                    continue;
+                }
                 ulong addr = rnd.Next(10) switch
                 {
                     0 => (ulong)rnd.NextInt64(),
