@@ -55,6 +55,21 @@ public sealed class NetNamespace : IDisposable
     /// <summary>Whether a link of that name exists in the namespace.</summary>
     public bool HasLink(string name) => TryIp(out _, "-n", Name, "link", "show", "dev", name) == 0;
 
+    /// <summary>
+    /// Waits until the kernel reports the link operationally up. A TAP's carrier comes on when a process attaches,
+    /// but the kernel activates its transmit queue a little later (link watch, deferred work): a reply sent before
+    /// that is dropped, so tests that expect answers wait for it first.
+    /// </summary>
+    public void WaitUntilUp(string link, TimeSpan timeout)
+    {
+        var end = DateTime.UtcNow + timeout;
+        while (!IpIn("-o", "link", "show", "dev", link).Contains("state UP", StringComparison.Ordinal))
+        {
+            if (DateTime.UtcNow > end) throw new TimeoutException($"{link} in {Name} did not come up within {timeout}");
+            Thread.Sleep(20);
+        }
+    }
+
     public static bool NamespaceExists(string name) => File.Exists(Path.Combine("/run/netns", name));
 
     public static string Ip(params string[] args)
