@@ -98,7 +98,7 @@ public static class VmLauncher
         }
         using var serialFileScope = serialFile;
         using var nics = new Net.NetBackendSet();
-        try { nics.OpenAll(cfg.Nics); }
+        try { nics.OpenAll(cfg.Nics, err); }
         catch (Net.NetBackendException e)
         {
             err.WriteLine($"dirigent run: --net: {e.Message}");

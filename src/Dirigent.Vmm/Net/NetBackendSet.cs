@@ -9,10 +9,19 @@ public sealed class NetBackendSet : IDisposable
 
     public IReadOnlyList<(INetBackend Backend, byte[] Mac)> Cards => _cards;
 
-    /// <summary>Opens every --net card's TAP; throws <see cref="NetBackendException"/> (naming the TAP) on the first failure.</summary>
-    public void OpenAll(IEnumerable<NicConfig> nics)
+    /// <summary>
+    /// Opens every --net card's TAP; throws <see cref="NetBackendException"/> (naming the TAP) on the first failure.
+    /// A TAP that fails later (its interface deleted under the VM) says so on <paramref name="err"/>; the guest sees
+    /// a link that stays silent.
+    /// </summary>
+    public void OpenAll(IEnumerable<NicConfig> nics, TextWriter err)
     {
-        foreach (var n in nics) _cards.Add((TapInterface.Open(n.Tap, n.Netns), n.Mac));
+        foreach (var n in nics)
+        {
+            var tap = TapInterface.Open(n.Tap, n.Netns);
+            tap.Failed = reason => err.WriteLine($"dirigent: --net: {reason}; the card receives nothing from now on");
+            _cards.Add((tap, n.Mac));
+        }
     }
 
     public void Dispose()

@@ -41,6 +41,15 @@ public sealed unsafe class TapInterface : INetBackend
     /// <summary>Set when the receive thread stopped because the TAP failed (e.g. its netdev was deleted).</summary>
     public string? ReceiveError { get; private set; }
 
+    /// <summary>Called once, on the receive thread, with <see cref="ReceiveError"/> when receiving stops.</summary>
+    public Action<string>? Failed;
+
+    private void Fail(string reason)
+    {
+        ReceiveError = reason;
+        Failed?.Invoke(reason);
+    }
+
     private TapInterface(int fd, int wakeFd, string name)
     {
         _fd = fd;
@@ -194,7 +203,7 @@ public sealed unsafe class TapInterface : INetBackend
                 {
                     int e = NetNative.LastErrno;
                     if (e == NetNative.EINTR) continue;
-                    ReceiveError = $"TAP {Name}: poll failed: {NetNative.ErrorText(e)}";
+                    Fail($"TAP {Name}: poll failed: {NetNative.ErrorText(e)}");
                     return;
                 }
                 if ((fds[0].Revents & NetNative.POLLIN) != 0)
@@ -212,7 +221,7 @@ public sealed unsafe class TapInterface : INetBackend
                 {
                     if ((fds[1].Revents & (NetNative.POLLERR | NetNative.POLLNVAL)) != 0)
                     {
-                        ReceiveError = $"TAP {Name}: the interface reported an error";
+                        Fail($"TAP {Name}: the interface reported an error (was it deleted?)");
                         return;
                     }
                     continue;
@@ -252,9 +261,9 @@ public sealed unsafe class TapInterface : INetBackend
                 int e = NetNative.LastErrno;
                 if (e == NetNative.EINTR) continue;
                 if (e == NetNative.EAGAIN) return 0;
-                ReceiveError = e == NetNative.EBADFD
+                Fail(e == NetNative.EBADFD
                     ? $"TAP {Name}: the interface was deleted"
-                    : $"TAP {Name}: read failed: {NetNative.ErrorText(e)}";
+                    : $"TAP {Name}: read failed: {NetNative.ErrorText(e)}");
                 return -1;
             }
             if (n < INetBackend.HeaderLength) continue;

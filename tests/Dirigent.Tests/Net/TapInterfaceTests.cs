@@ -136,6 +136,24 @@ public class TapInterfaceTests
     }
 
     [Fact]
+    public void DeletedInterfaceStopsTheReceiveThreadWithAReason()
+    {
+        using var ns = new NetNamespace();
+        using var tap = TapInterface.Open(ns.TapName, ns.Name);
+        string? failed = null;
+        tap.Failed = m => Volatile.Write(ref failed, m);
+        tap.Start(new Collector());
+        ns.IpIn("link", "del", "dev", ns.TapName);
+        var deadline = DateTime.UtcNow + Wait;
+        while (Volatile.Read(ref failed) == null && DateTime.UtcNow < deadline) Thread.Sleep(10);
+        Assert.NotNull(tap.ReceiveError);
+        Assert.Contains(ns.TapName, tap.ReceiveError);
+        Assert.Equal(tap.ReceiveError, failed);
+        Assert.False(tap.Send(Frames.ArpRequest(Mac, ns.GuestIp, ns.HostIp)));
+        Assert.Equal(1, tap.SendDropped);
+    }
+
+    [Fact]
     public void OpenErrorsAreOneLineReasons()
     {
         using var ns = new NetNamespace();
