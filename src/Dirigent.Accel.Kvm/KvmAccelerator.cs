@@ -155,14 +155,16 @@ public sealed unsafe class KvmAccelerator : IAccelerator
         catch (IOException) { }
         var words = flags.Split([' ', '\t', ':'], StringSplitOptions.RemoveEmptyEntries);
         string? ext = words.Contains("vmx") ? "vmx" : words.Contains("svm") ? "svm" : null;
-        if (ext == null) { reason = "no hardware virtualization (neither vmx nor svm in /proc/cpuinfo flags)"; return false; }
         bool pvm = Directory.Exists("/sys/module/kvm_pvm");
         try { pvm |= File.Exists("/proc/modules") && File.ReadLines("/proc/modules").Any(l => l.StartsWith("kvm_pvm ", StringComparison.Ordinal)); }
         catch (IOException) { }
-        if (pvm) { reason = "KVM is PVM (kvm_pvm module): it emulates every guest instruction"; return false; }
-        if (!Probe(out string why)) { reason = $"KVM unusable: {why}"; return false; }
-        reason = $"{ext}, {why}";
-        return true;
+        bool usable = Probe(out string why);
+        var missing = new List<string>();
+        if (ext == null) missing.Add("neither vmx nor svm in the /proc/cpuinfo flags");
+        if (pvm) missing.Add("KVM here is PVM (kvm_pvm module), which emulates every guest instruction");
+        if (!usable) missing.Add($"KVM unusable: {why}");
+        reason = missing.Count == 0 ? $"{ext}, {why}" : "no hardware virtualization: " + string.Join("; ", missing);
+        return missing.Count == 0;
     }
 
     private static int OpenSystem()
