@@ -49,6 +49,8 @@ internal static class KvmAbi
     public const nuint GET_LAPIC = 0x8400AE8E;
     public const nuint SET_LAPIC = 0x4400AE8F;
     public const nuint SET_CPUID2 = 0x4008AE90;
+    public const nuint GET_MP_STATE = 0x8004AE98;
+    public const nuint SET_MP_STATE = 0x4004AE99;
     public const nuint NMI = 0xAE9A;
     public const nuint GET_DEBUGREGS = 0x8080AEA1;
     public const nuint SET_DEBUGREGS = 0x4080AEA2;
@@ -71,6 +73,7 @@ internal static class KvmAbi
     public const uint IRQ_ROUTING_IRQCHIP = 1;
     public const uint IRQCHIP_PIC_MASTER = 0, IRQCHIP_PIC_SLAVE = 1, IRQCHIP_IOAPIC = 2;
     public const uint PIT_SPEAKER_DUMMY = 1;
+    public const uint MP_STATE_RUNNABLE = 0, MP_STATE_HALTED = 3;
     public const uint SYSTEM_EVENT_SHUTDOWN = 1, SYSTEM_EVENT_RESET = 2, SYSTEM_EVENT_CRASH = 3;
 
     /// <summary>Where KVM puts the real-mode TSS (3 pages) and the EPT identity map (1 page): inside the PC's

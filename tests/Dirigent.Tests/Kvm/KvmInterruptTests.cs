@@ -364,6 +364,35 @@ public sealed class KvmInterruptTests(ITestOutputHelper output)
         Assert.Throws<ArgumentOutOfRangeException>(() => m.Interrupts!.Line(24));
     }
 
+    [Fact]
+    public void Halted_vcpu_stops_on_request_and_runs_a_new_state()
+    {
+        // With the in-kernel LAPIC, HLT with IF=0 waits inside KVM_RUN (an NMI or INIT could still wake it): a stop
+        // request must get it out, and a state set afterwards must run rather than stay halted.
+        Differential.RequireKvm();
+        using var m = new GuestMachine(AccelKind.Kvm, interruptControllers: true);
+        if (!InKernel(m, output)) return;
+        m.Start64(a =>
+        {
+            Print(a, 'h');
+            a.cli();
+            a.hlt();
+            Print(a, '!');
+        });
+        var r = m.Run(5000, g =>
+        {
+            g.WaitForConsole("h");
+            Thread.Sleep(100);
+            g.Vcpu.RequestStop();
+        });
+        Assert.Equal(VcpuExitReason.Stopped, r.Reason);
+        Assert.Equal("h", r.Console);
+        m.Start64(a => Exit(a, 0x21));
+        var r2 = m.Run(3000);
+        Assert.Equal(VcpuExitReason.PowerEvent, r2.Reason);
+        Assert.Equal(0x21, r2.ExitValue);
+    }
+
     private sealed class NoController : IInterruptController
     {
         public bool HasPendingInterrupt => false;
