@@ -143,15 +143,14 @@ public sealed class KvmInterruptTests(ITestOutputHelper output)
             Thread.Sleep(50);
             devices[^1].Raise();
         });
-        Differential.AssertSame(emu, kvm, compareGprs: false);
+        output.WriteLine($"redirection entry after the second EOI: emu 0x{emu.Gpr[14]:x}, kvm 0x{kvm.Gpr[14]:x}");
+        Differential.AssertSame(emu, kvm);
         Assert.Equal("HIBIC", kvm.Console);
         Assert.Equal(2UL, kvm.Gpr[15]);
         Assert.All(devices, d => Assert.Equal(2, d.Acks));
-        // The redirection entry as the guest read it last: vector, level-triggered; remote IRR (bit 14) is not
-        // compared, KVM clears it lazily (PVM here still showed it set right after the EOI, yet took the next one).
-        Assert.Equal(emu.Gpr[14] & ~0x4000UL, kvm.Gpr[14] & ~0x4000UL);
-        Assert.Equal(0x8000UL | vector, emu.Gpr[14]);
-        output.WriteLine($"redirection entry after EOI: emu 0x{emu.Gpr[14]:x}, kvm 0x{kvm.Gpr[14]:x}");
+        // Vector, level-triggered, remote IRR clear. (Read right after the *first* EOI, PVM's in-kernel IOAPIC still
+        // showed remote IRR set, 0xc062, though it took the line again: hence the read after the second.)
+        Assert.Equal(0x8000UL | vector, kvm.Gpr[14]);
     }
 
     [Fact]
