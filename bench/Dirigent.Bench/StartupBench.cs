@@ -54,6 +54,7 @@ public static class StartupBench
             if (q.Name != null)
                 foreach (var (name, med, _) in rows.Where(r => r.Name != q.Name))
                     Console.WriteLine($"{name} / qemu tcg: start-up {med.FirstByteMs / q.Median.FirstByteMs:F2}x, peak RSS {(double)med.PeakRssKiB / q.Median.PeakRssKiB:F2}x");
+            Console.WriteLine($"for scale: `dirigent --version` (.NET runtime start, CLI parsing, exit; no VM): {VersionMs(cli):F1} ms median");
             Console.WriteLine("anchor (Firecracker, hardware KVM): boot to /init <= 125 ms, VMM overhead <= 5 MiB");
         }
         finally { File.Delete(kernel); }
@@ -107,6 +108,21 @@ public static class StartupBench
         try { p.Kill(); } catch (InvalidOperationException) { }
         p.WaitForExit();
         return new Sample(firstByte, hwm, stderr.Result);
+    }
+
+    private static double VersionMs(string cli)
+    {
+        var times = new List<double>();
+        for (int k = 0; k < Runs; k++)
+        {
+            var sw = Stopwatch.StartNew();
+            using var p = Process.Start(Psi(cli, "--version"))!;
+            p.StandardOutput.ReadToEnd();
+            p.WaitForExit();
+            times.Add(sw.Elapsed.TotalMilliseconds);
+        }
+        times.Sort();
+        return times[Runs / 2];
     }
 
     private static long PeakRssKiB(int pid)
