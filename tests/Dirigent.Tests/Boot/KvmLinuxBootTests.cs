@@ -29,16 +29,18 @@ public class KvmLinuxBootTests(ITestOutputHelper output)
         {
             Kernel = image.Kernel,
             Initrds = [image.Initramfs],
-            Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument("echo KVM-GUEST-UP; grep -c . /proc/interrupts; cat /proc/uptime; exit 5")}",
+            // `read` blocks on the tty until the UART's receive interrupt, through KVM's in-kernel IOAPIC, wakes it.
+            Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument("echo KVM-GUEST-UP; cat /proc/uptime; echo READY-FOR-INPUT; read line; echo \"GOT:$line\"; exit 5")}",
             MemoryBytes = 256UL << 20,
             Accel = AccelKind.Kvm,
         };
-        var r = new GuestRunner();
+        var r = new GuestRunner().When("READY-FOR-INPUT", "typed on the host\n");
         var sw = System.Diagnostics.Stopwatch.StartNew();
         int rc = r.Run(cfg, TimeSpan.FromMinutes(2));
         output.WriteLine($"wall {sw.Elapsed.TotalSeconds:F2} s; errors: {r.Errors}");
         Assert.True(rc == 0, $"exit status {rc}; errors: {r.Errors}\n{GuestRunner.Tail(r.Output)}");
         Assert.Contains("KVM-GUEST-UP", r.Output);
+        Assert.Contains("GOT:typed on the host", r.Output);
         Assert.Contains($"{InitScript.ExitStatusPrefix}5", r.Output);
         Assert.Contains("kvm: interrupt controllers: kvm in-kernel", r.Errors);
     }

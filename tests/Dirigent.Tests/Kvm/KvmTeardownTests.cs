@@ -58,6 +58,33 @@ public sealed class KvmTeardownTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Lines_and_msis_after_teardown_do_nothing()
+    {
+        // A device timer may fire after the VM is gone; its line must not reach an fd number reused meanwhile.
+        Differential.RequireKvm();
+        var m = new GuestMachine(AccelKind.Kvm, interruptControllers: true);
+        if (m.Interrupts is not KvmIrqChip chip)
+        {
+            string line = $"not run: KVM has no in-kernel irqchip here ({m.InterruptModel})";
+            output.WriteLine(line);
+            System.Console.WriteLine(line);
+            m.Dispose();
+            return;
+        }
+        var irq = chip.Line(4);
+        irq.Set(true);
+        irq.Set(false);
+        Assert.Equal(0, chip.LastError);
+        m.Dispose();
+        var before = KvmResources();
+        irq.Set(true);
+        chip.SignalMsi(0xFEE0_0000, 0x40);
+        chip.Reset();
+        Assert.Equal(0, chip.LastError); // an ioctl on the closed fd would have left EBADF here
+        Assert.Equal(before, KvmResources());
+    }
+
+    [Fact]
     public void Fpu_state_round_trips_through_kvm_get_set_fpu()
     {
         Differential.RequireKvm();
