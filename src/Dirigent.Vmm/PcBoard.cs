@@ -14,8 +14,8 @@ namespace Dirigent.Vmm;
 /// <summary>
 /// The PC machine's fixed devices, at the addresses and IRQs in <see cref="PcPlatform"/>: the interrupt
 /// controllers (8259 pair, IOAPIC, one local APIC per vCPU) and PIT with port 0x61 unless the accelerator models
-/// them in its kernel, CMOS RTC, COM1, i8042, the ACPI PM
-/// block, the debug-exit port, the POST port and the reset ports.
+/// them in its kernel, CMOS RTC, COM1, i8042, the ACPI PM block, the debug-exit port, the POST port and the reset
+/// ports.
 /// </summary>
 public sealed class PcBoard
 {

@@ -115,8 +115,17 @@ public static class VmLauncher
         using var accelScope = accel;
         Action<byte> sink = _ => { };
         // The accelerator's own interrupt controllers when it has them (KVM's in-kernel irqchip), else ours.
-        var irqChip = accel.CreateInKernelIrqChip(out string irqChipReason);
-        if (accel.Name != "emu") err.WriteLine($"{accel.Name}: interrupt controllers: {irqChipReason}");
+        Dirigent.Machine.Interrupts.IInKernelIrqChip? irqChip;
+        try
+        {
+            irqChip = accel.CreateInKernelIrqChip(out string irqChipReason);
+            if (accel is not EmuAccelerator) err.WriteLine($"{accel.Name}: interrupt controllers: {irqChipReason}");
+        }
+        catch (Dirigent.Accel.Kvm.KvmException e)
+        {
+            err.WriteLine($"dirigent run: kvm: {e.Message}");
+            return ExitCodes.VmmFailure;
+        }
         var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)), irqChip);
         var vcpus = new IVcpu[cfg.Cpus];
         for (int k = 0; k < cfg.Cpus; k++)
