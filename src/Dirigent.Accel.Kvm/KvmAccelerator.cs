@@ -18,6 +18,8 @@ public sealed class KvmException(string message) : Exception(message);
 public sealed unsafe class KvmAccelerator : IAccelerator
 {
     public const string DevicePath = "/dev/kvm";
+    /// <summary>Set to "user" to keep the emulated interrupt controllers under KVM (debugging, comparisons).</summary>
+    public const string UserspaceIrqChipVariable = "DIRIGENT_KVM_IRQCHIP";
 
     private readonly VirtualMachine _vm;
     private int _kvmFd = -1;
@@ -90,6 +92,11 @@ public sealed unsafe class KvmAccelerator : IAccelerator
         lock (_vcpus)
             if (_vcpus.Count > 0) throw new InvalidOperationException("the in-kernel irqchip must be created before any vCPU");
         if (IrqChip != null) throw new InvalidOperationException("the in-kernel irqchip exists already");
+        if (Environment.GetEnvironmentVariable(UserspaceIrqChipVariable) == "user")
+        {
+            reason = $"{UserspaceIrqChipVariable}=user: emulated interrupt controllers";
+            return null;
+        }
         if (KvmIrqChip.MissingCapability(_kvmFd) is { } missing)
         {
             reason = $"kvm lacks {missing}: emulated interrupt controllers";

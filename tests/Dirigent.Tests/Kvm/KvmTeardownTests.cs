@@ -5,11 +5,12 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace Dirigent.Tests.Kvm;
 
-/// <summary>Counts the process's KVM file descriptors and mappings: nothing else may create KVM VMs meanwhile.</summary>
-[CollectionDefinition(nameof(KvmFdAccounting), DisableParallelization = true)]
-public sealed class KvmFdAccounting;
+/// <summary>Tests that count the process's KVM fds and mappings or set process-wide environment: nothing else may
+/// create KVM VMs meanwhile.</summary>
+[CollectionDefinition(nameof(KvmProcessWide), DisableParallelization = true)]
+public sealed class KvmProcessWide;
 
-[Collection(nameof(KvmFdAccounting))]
+[Collection(nameof(KvmProcessWide))]
 public sealed class KvmTeardownTests(ITestOutputHelper output)
 {
     /// <summary>Open fds on /dev/kvm or KVM's anonymous inodes (kvm-vm, kvm-vcpu:N), and mappings of the latter.</summary>

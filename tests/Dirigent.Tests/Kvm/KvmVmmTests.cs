@@ -57,31 +57,54 @@ public sealed class KvmVmmTests(ITestOutputHelper output)
         return ms.ToArray();
     }
 
+    internal static (int rc, string output, string errors) RunRebootingGuest(Dirigent.Vmm.AccelKind accel)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"dirigent-kvm-reboot-{Environment.ProcessId}-{Guid.NewGuid():N}.bin");
+        File.WriteAllBytes(path, RebootingGuest());
+        try
+        {
+            var r = new GuestRunner();
+            int rc = r.Run(new VmConfig { Kernel = path, MemoryBytes = 32UL << 20, Accel = accel }, TimeSpan.FromSeconds(30));
+            return (rc, r.Output, r.Errors);
+        }
+        finally { File.Delete(path); }
+    }
+
     [Fact]
     public void Reboot_resets_the_interrupt_controllers_on_both_accelerators()
     {
         Differential.RequireKvm();
-        string path = Path.Combine(Path.GetTempPath(), $"dirigent-kvm-reboot-{Environment.ProcessId}.bin");
-        File.WriteAllBytes(path, RebootingGuest());
+        var emu = RunRebootingGuest(Dirigent.Vmm.AccelKind.Emu);
+        var kvm = RunRebootingGuest(Dirigent.Vmm.AccelKind.Kvm);
+        output.WriteLine($"emu: rc {emu.rc} '{emu.output}' {emu.errors}");
+        output.WriteLine($"kvm: rc {kvm.rc} '{kvm.output}' {kvm.errors}");
+        Assert.Equal("RM", emu.output);
+        Assert.Equal((3 << 1) | 1, emu.rc);
+        Assert.Equal(emu.output, kvm.output);
+        Assert.Equal(emu.rc, kvm.rc);
+        // The VMM used KVM's in-kernel irqchip (PVM has one), or says why not.
+        Assert.Matches(@"kvm: interrupt controllers: (kvm in-kernel LAPIC/IOAPIC/PIC \+ PIT|.*emulated interrupt controllers)", kvm.errors);
+    }
+}
+
+/// <summary>The userspace fallback through the whole VMM, forced with DIRIGENT_KVM_IRQCHIP=user (process-wide, so
+/// alone).</summary>
+[Collection(nameof(KvmProcessWide))]
+public sealed class KvmUserspaceIrqChipVmmTests(ITestOutputHelper output)
+{
+    [Fact]
+    public void Emulated_controllers_serve_kvm_when_the_in_kernel_irqchip_is_not_used()
+    {
+        Differential.RequireKvm();
+        Environment.SetEnvironmentVariable(Dirigent.Accel.Kvm.KvmAccelerator.UserspaceIrqChipVariable, "user");
         try
         {
-            (int rc, string output, string errors) Run(Dirigent.Vmm.AccelKind accel)
-            {
-                var r = new GuestRunner();
-                int rc = r.Run(new VmConfig { Kernel = path, MemoryBytes = 32UL << 20, Accel = accel }, TimeSpan.FromSeconds(30));
-                return (rc, r.Output, r.Errors);
-            }
-            var emu = Run(Dirigent.Vmm.AccelKind.Emu);
-            var kvm = Run(Dirigent.Vmm.AccelKind.Kvm);
-            output.WriteLine($"emu: rc {emu.rc} '{emu.output}' {emu.errors}");
+            var kvm = KvmVmmTests.RunRebootingGuest(Dirigent.Vmm.AccelKind.Kvm);
             output.WriteLine($"kvm: rc {kvm.rc} '{kvm.output}' {kvm.errors}");
-            Assert.Equal("RM", emu.output);
-            Assert.Equal((3 << 1) | 1, emu.rc);
-            Assert.Equal(emu.output, kvm.output);
-            Assert.Equal(emu.rc, kvm.rc);
-            // The VMM used KVM's in-kernel irqchip (PVM has one), or says why not.
-            Assert.Matches(@"kvm: interrupt controllers: (kvm in-kernel LAPIC/IOAPIC/PIC \+ PIT|.*emulated interrupt controllers)", kvm.errors);
+            Assert.Equal("RM", kvm.output);
+            Assert.Equal((3 << 1) | 1, kvm.rc);
+            Assert.Contains("kvm: interrupt controllers: DIRIGENT_KVM_IRQCHIP=user: emulated interrupt controllers", kvm.errors);
         }
-        finally { File.Delete(path); }
+        finally { Environment.SetEnvironmentVariable(Dirigent.Accel.Kvm.KvmAccelerator.UserspaceIrqChipVariable, null); }
     }
 }
