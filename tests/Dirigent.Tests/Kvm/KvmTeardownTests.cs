@@ -58,6 +58,35 @@ public sealed class KvmTeardownTests(ITestOutputHelper output)
         Assert.Equal(before, after);
     }
 
+    private static long RssAnonKiB() =>
+        long.Parse(File.ReadLines("/proc/self/status").First(l => l.StartsWith("RssAnon:", StringComparison.Ordinal))[8..].Trim().Split(' ')[0]);
+
+    [Theory]
+    [InlineData(AccelKind.Emu)]
+    [InlineData(AccelKind.Kvm)]
+    public void Guest_ram_is_not_resident_until_the_guest_touches_it(AccelKind kind)
+    {
+        // The VMM's own footprint must not grow with the guest's RAM size: pages cost host memory once used.
+        if (kind == AccelKind.Kvm) Differential.RequireKvm();
+        long before = RssAnonKiB();
+        using var m = new GuestMachine(kind, ramSize: 512UL << 20);
+        m.Start64(a =>
+        {
+            a.mov(rdi, 0x1000_0000UL); // touch one page at 256 MiB
+            a.mov(__qword_ptr[rdi], rdi);
+            a.mov(al, 1);
+            a.@out(0xF4, al);
+            a.hlt();
+        });
+        var r = m.Run();
+        Assert.Equal(VcpuExitReason.PowerEvent, r.Reason);
+        Assert.Equal(0x1000_0000UL, m.Vm.Memory.ReadU64(0x1000_0000));
+        Assert.Equal(0UL, m.Vm.Memory.ReadU64(0x1800_0000)); // untouched RAM reads as zero
+        long grown = RssAnonKiB() - before;
+        output.WriteLine($"{kind}: anonymous RSS grew by {grown} KiB for a 512 MiB guest");
+        Assert.True(grown < 64 * 1024, $"anonymous RSS grew by {grown / 1024} MiB for a 512 MiB guest that touched a few pages");
+    }
+
     [Fact]
     public void Lines_and_msis_after_teardown_do_nothing()
     {
