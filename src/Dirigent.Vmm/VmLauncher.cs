@@ -114,12 +114,25 @@ public static class VmLauncher
         }
         using var accelScope = accel;
         Action<byte> sink = _ => { };
-        var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)));
+        // The accelerator's own interrupt controllers when it has them (KVM's in-kernel irqchip), else ours.
+        Dirigent.Machine.Interrupts.IInKernelIrqChip? irqChip;
+        try
+        {
+            irqChip = accel.CreateInKernelIrqChip(out string irqChipReason);
+            if (accel is not EmuAccelerator) err.WriteLine($"{accel.Name}: interrupt controllers: {irqChipReason}");
+        }
+        catch (Dirigent.Accel.Kvm.KvmException e)
+        {
+            err.WriteLine($"dirigent run: kvm: {e.Message}");
+            return ExitCodes.VmmFailure;
+        }
+        var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)), irqChip);
         var vcpus = new IVcpu[cfg.Cpus];
         for (int k = 0; k < cfg.Cpus; k++)
         {
             vcpus[k] = accel.CreateVcpu(k);
-            var apic = board.Interrupts.LocalApics[k];
+            if (board.EmulatedInterrupts is not { } router) continue;
+            var apic = router.LocalApics[k];
             vcpus[k].AttachInterruptController(apic, apic);
             var cpu = vcpus[k];
             apic.OnNmi = cpu.InjectNmi;
@@ -143,7 +156,7 @@ public static class VmLauncher
 
         var host = new VmHost(vm, cfg.Cpus > 1 ? [vcpus[0]] : vcpus, () =>
         {
-            board.Interrupts.Reset();
+            board.ResetInterruptControllers();
             vcpus[0].SetState(LoadGuestInto(vm, cfg.Cpus, kernel, initrds, append).State);
         }, cfg.NoReboot, err);
         if (frontend != null)
