@@ -16,9 +16,11 @@ internal static class RunCommand
         var accel = new Option<string>("--accel") { Description = "emu, kvm or auto", DefaultValueFactory = _ => "auto" };
         var serial = new Option<string>("--serial") { Description = "stdio, file:PATH or none", DefaultValueFactory = _ => "stdio" };
         var noReboot = new Option<bool>("--no-reboot") { Description = "Exit (status 0) when the guest reboots instead of rebooting it" };
+        var disk = new Option<string[]>("--disk") { Description = "virtio-blk disk: PATH[,format=raw|qcow2][,readonly] (repeatable)", AllowMultipleArgumentsPerToken = false };
+        var rng = new Option<bool>("--rng") { Description = "Attach a virtio-rng device fed from the host's random source" };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
-            kernel, initrd, append, memory, cpus, accel, serial, noReboot,
+            kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng,
         };
         cmd.SetAction(r =>
         {
@@ -43,6 +45,8 @@ internal static class RunCommand
                 if (cfg.Serial is not ("stdio" or "none") && !cfg.Serial.StartsWith("file:", StringComparison.Ordinal))
                     throw new FormatException($"--serial must be stdio, file:PATH or none, got '{cfg.Serial}'");
                 cfg.NoReboot = r.GetValue(noReboot);
+                foreach (var d in r.GetValue(disk) ?? []) cfg.Disks.Add(VmConfig.ParseDisk(d));
+                cfg.Rng = r.GetValue(rng);
             }
             catch (FormatException e)
             {

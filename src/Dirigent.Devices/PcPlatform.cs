@@ -39,4 +39,13 @@ public static class PcPlatform
     /// <summary>Firmware-table area (MP floating pointer, ACPI RSDP and tables) in the BIOS range, reserved in e820.</summary>
     public const ulong FirmwareTablesBase = 0xE_0000, FirmwareTablesSize = 0x2_0000;
     public const ulong EbdaBase = 0x9_FC00;
+
+    // PCI
+    /// <summary>
+    /// 32-bit window for PCI memory BARs: the start of the hole below 4 GiB (RAM never reaches past it), well below
+    /// the IOAPIC. Not in e820: Linux sees it as a gap and takes it from the host bridge's _CRS.
+    /// </summary>
+    public const ulong PciMmioBase = 0xE000_0000, PciMmioSize = 0x1000_0000;
+    /// <summary>PCI INTA..INTD of slot s swizzle onto GSI 16 + ((s + pin - 1) mod 8) (IOAPIC pins 16..23).</summary>
+    public const int PciFirstGsi = 16, PciGsiCount = 8;
 }

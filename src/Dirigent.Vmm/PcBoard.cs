@@ -3,11 +3,16 @@ using Dirigent.Devices.Acpi;
 using Dirigent.Devices.Input;
 using Dirigent.Devices.Interrupts;
 using Dirigent.Devices.Misc;
+using Dirigent.Devices.Pci;
 using Dirigent.Devices.Serial;
 using Dirigent.Devices.Timer;
+using Dirigent.Devices.Virtio;
+using Dirigent.Devices.Virtio.Block;
+using Dirigent.Devices.Virtio.Rng;
 using Dirigent.Machine;
 using Dirigent.Machine.Interrupts;
 using Dirigent.Machine.Memory;
+using Dirigent.Storage;
 
 namespace Dirigent.Vmm;
 
@@ -15,9 +20,10 @@ namespace Dirigent.Vmm;
 /// The PC machine's fixed devices, at the addresses and IRQs in <see cref="PcPlatform"/>: the interrupt
 /// controllers (8259 pair, IOAPIC, one local APIC per vCPU) and PIT with port 0x61 unless the accelerator models
 /// them in its kernel, CMOS RTC, COM1, i8042, the ACPI PM block, the debug-exit port, the POST port and the reset
-/// ports.
+/// ports; and PCI bus 0 (host bridge at 00:00.0, then one virtio-blk function per disk and the optional
+/// virtio-rng, in slot order).
 /// </summary>
-public sealed class PcBoard
+public sealed class PcBoard : IDisposable
 {
     /// <summary>Where every device gets its IRQ lines and sends MSIs: <see cref="EmulatedInterrupts"/> or the
     /// accelerator's in-kernel irqchip.</summary>
@@ -31,10 +37,16 @@ public sealed class PcBoard
     public Uart16550 Com1 { get; }
     public I8042 Keyboard { get; }
     public AcpiPm AcpiPm { get; }
+    public PciBus Pci { get; }
+    /// <summary>The virtio functions on the PCI bus, in slot order.</summary>
+    public List<VirtioPciDevice> Virtio { get; } = new();
+    private readonly List<IDisposable> _owned = new();
 
     /// <param name="inKernelIrqChip">The accelerator's own interrupt controllers and PIT
     /// (<c>IAccelerator.CreateInKernelIrqChip</c>): ours are then neither created nor put on the buses.</param>
-    public PcBoard(VirtualMachine vm, int cpuCount, ulong tscHz, ISerialBackend console, IInKernelIrqChip? inKernelIrqChip = null)
+    /// <param name="disks">Images for virtio-blk functions; the board owns and disposes them.</param>
+    public PcBoard(VirtualMachine vm, int cpuCount, ulong tscHz, ISerialBackend console, IInKernelIrqChip? inKernelIrqChip = null,
+        IReadOnlyList<IBlockDevice>? disks = null, bool rng = false)
     {
         _inKernelIrqChip = inKernelIrqChip;
         if (inKernelIrqChip != null) Interrupts = inKernelIrqChip;
@@ -73,6 +85,45 @@ public sealed class PcBoard
         vm.Io.Register(PcPlatform.PostPort, 1, new PostCodePort());
         vm.Io.Register(PcPlatform.ResetControlPort, 1, new ResetControl(vm));
         vm.Io.Register(PcPlatform.SystemControlPortA, 1, new SystemControlPortA(vm));
+
+        Pci = new PciBus(vm.Mmio, Interrupts, PcPlatform.PciMmioBase, PcPlatform.PciMmioSize);
+        Pci.Register(vm.Io);
+        Pci.Attach(new PciHostBridge(), 0);
+        foreach (var disk in disks ?? [])
+        {
+            _owned.Add(disk);
+            var blk = new VirtioBlock(disk, $"dirigent-disk{Virtio.Count}");
+            _owned.Add(blk);
+            AttachVirtio(vm, blk);
+        }
+        if (rng) AttachVirtio(vm, new VirtioRng());
+    }
+
+    /// <summary>Puts a virtio device on the next free PCI slot behind the modern PCI transport.</summary>
+    public VirtioPciDevice AttachVirtio(VirtualMachine vm, IVirtioDevice device)
+    {
+        var fn = new VirtioPciDevice(device, vm.Memory);
+        Pci.Attach(fn);
+        Virtio.Add(fn);
+        return fn;
+    }
+
+    /// <summary>System reset (reboot): interrupt controllers and PCI functions back to their power-on state.</summary>
+    public void Reset()
+    {
+        ResetInterruptControllers();
+        Pci.Reset();
+    }
+
+    /// <summary>Stops device worker threads (requests in progress finish) and closes the disk images.</summary>
+    public void Dispose()
+    {
+        // Devices before the images they use.
+        for (int i = _owned.Count - 1; i >= 0; i--)
+            if (_owned[i] is not IBlockDevice) _owned[i].Dispose();
+        foreach (var d in _owned)
+            if (d is IBlockDevice) d.Dispose();
+        _owned.Clear();
     }
 
     /// <summary>System reset of the interrupt controllers (and the in-kernel PIT), whichever model them.</summary>

@@ -2,6 +2,11 @@ namespace Dirigent.Vmm;
 
 public enum AccelKind { Auto, Emu, Kvm }
 
+public enum DiskFormat { Raw, Qcow2 }
+
+/// <summary>One --disk: an image file attached as a virtio-blk device.</summary>
+public sealed record DiskConfig(string Path, DiskFormat Format, bool ReadOnly);
+
 /// <summary>What `dirigent run` was asked for, after parsing and validation.</summary>
 public sealed class VmConfig
 {
@@ -14,6 +19,32 @@ public sealed class VmConfig
     /// <summary>"stdio", "none" or "file:PATH".</summary>
     public string Serial = "stdio";
     public bool NoReboot;
+    /// <summary>virtio-blk disks in PCI slot order (the guest sees /dev/vda, /dev/vdb, ...).</summary>
+    public List<DiskConfig> Disks = new();
+    /// <summary>Attach a virtio entropy device (/dev/hwrng in the guest).</summary>
+    public bool Rng;
+
+    /// <summary>Parses <c>PATH[,format=raw|qcow2][,readonly]</c> (also <c>readonly=on|off</c>).</summary>
+    public static DiskConfig ParseDisk(string spec)
+    {
+        var parts = spec.Split(',');
+        if (parts[0].Length == 0) throw new FormatException($"--disk '{spec}': missing image path");
+        var format = DiskFormat.Raw;
+        bool ro = false;
+        foreach (var opt in parts.Skip(1))
+        {
+            switch (opt)
+            {
+                case "format=raw": format = DiskFormat.Raw; break;
+                case "format=qcow2": format = DiskFormat.Qcow2; break;
+                case "readonly" or "readonly=on": ro = true; break;
+                case "readonly=off": ro = false; break;
+                default:
+                    throw new FormatException($"--disk '{spec}': unknown option '{opt}' (use format=raw|qcow2, readonly)");
+            }
+        }
+        return new DiskConfig(parts[0], format, ro);
+    }
 
     /// <summary>
     /// Parses a memory size the way QEMU's -m does: a bare number is MiB; K/M/G/T suffixes (optionally with B/iB).

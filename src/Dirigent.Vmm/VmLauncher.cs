@@ -97,18 +97,31 @@ public static class VmLauncher
             }
         }
         using var serialFileScope = serialFile;
+        var disks = new List<Dirigent.Storage.IBlockDevice>();
+        try
+        {
+            foreach (var d in cfg.Disks) disks.Add(DiskFactory.Open(d));
+        }
+        catch (Dirigent.Storage.BlockDeviceException e)
+        {
+            foreach (var d in disks) d.Dispose();
+            err.WriteLine($"dirigent run: {e.Message}");
+            return ExitCodes.BadInput;
+        }
         IAccelerator accel;
         try
         {
             accel = AccelSelector.Create(cfg, vm, err, out string? accelError);
             if (accelError != null)
             {
+                foreach (var d in disks) d.Dispose();
                 err.WriteLine($"dirigent run: {accelError}");
                 return ExitCodes.VmmFailure;
             }
         }
         catch (Dirigent.Accel.Kvm.KvmException e)
         {
+            foreach (var d in disks) d.Dispose();
             err.WriteLine($"dirigent run: kvm: {e.Message}");
             return ExitCodes.VmmFailure;
         }
@@ -126,7 +139,7 @@ public static class VmLauncher
             err.WriteLine($"dirigent run: kvm: {e.Message}");
             return ExitCodes.VmmFailure;
         }
-        var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)), irqChip);
+        using var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)), irqChip, disks, cfg.Rng);
         var vcpus = new IVcpu[cfg.Cpus];
         for (int k = 0; k < cfg.Cpus; k++)
         {
@@ -156,7 +169,7 @@ public static class VmLauncher
 
         var host = new VmHost(vm, cfg.Cpus > 1 ? [vcpus[0]] : vcpus, () =>
         {
-            board.ResetInterruptControllers();
+            board.Reset();
             vcpus[0].SetState(LoadGuestInto(vm, cfg.Cpus, kernel, initrds, append).State);
         }, cfg.NoReboot, err);
         if (frontend != null)

@@ -5,7 +5,7 @@ namespace Dirigent.Devices.Firmware;
 /// <summary>
 /// ACPI tables for the PC machine (ACPI 6.x): RSDP (revision 2) at the start of the firmware area so Linux finds it
 /// by scanning 0xE0000..0xFFFFF (there is no EFI), RSDT and XSDT, FADT (revision 5) describing the PM block in
-/// <see cref="PcPlatform"/>, MADT with one local APIC per vCPU, and a FACS, and a DSDT holding only \_S5 so the guest can power off.
+/// <see cref="PcPlatform"/>, MADT with one local APIC per vCPU, and a FACS, and a DSDT with the PCI host bridge and \_S5 so the guest can power off.
 /// </summary>
 public static class AcpiTables
 {
@@ -135,11 +135,12 @@ public static class AcpiTables
         return Finish(w);
     }
 
-    /// <summary>DSDT whose AML is just <c>Scope (\_SB) {}</c> and <c>Name (\_S5, Package (4) { typ, typ, 0, 0 })</c>.</summary>
+    /// <summary>DSDT whose AML is <c>Scope (\_SB) { Device (PCI0) {...} }</c> (see <see cref="PciRootAml"/>) and <c>Name (\_S5, Package (4) { typ, typ, 0, 0 })</c>.</summary>
     internal static byte[] BuildDsdt()
     {
         var w = Header("DSDT", 2);
-        w.Bytes([0x10, 0x05, (byte)'_', (byte)'S', (byte)'B', (byte)'_']);              // ScopeOp PkgLength NameSeg
+        byte[] pci = PciRootAml.Device();
+        w.U8(0x10).Bytes(PciRootAml.PkgLength(4 + pci.Length)).Bytes("_SB_"u8).Bytes(pci);  // Scope (\_SB) { PCI0 }
         byte typ = (byte)PcPlatform.AcpiS5SlpTyp;
         w.Bytes([0x08, (byte)'\\', (byte)'_', (byte)'S', (byte)'5', (byte)'_',           // NameOp \_S5_
                  0x12, 0x08, 0x04, 0x0A, typ, 0x0A, typ, 0x00, 0x00]);                   // PackageOp len 8, 4 elems

@@ -4,8 +4,8 @@ namespace Dirigent.Devices.Firmware;
 
 /// <summary>
 /// Intel MultiProcessor Specification 1.4 tables: the floating pointer structure (in 0xF0000..0xFFFFF, where Linux
-/// scans for it) and the configuration table with processors, the ISA bus, the IOAPIC, I/O interrupt assignments
-/// for ISA IRQs 0-15 (IRQ0 on INTIN2) and the local interrupts (ExtINT on LINT0, NMI on LINT1).
+/// scans for it) and the configuration table with processors, the ISA and PCI buses, the IOAPIC, I/O interrupt assignments
+/// for ISA IRQs 0-15 (IRQ0 on INTIN2) and PCI INTA-D of every slot (GSI 16-23), and the local interrupts (ExtINT on LINT0, NMI on LINT1).
 /// </summary>
 public static class MpTable
 {
@@ -13,6 +13,8 @@ public static class MpTable
     public const ulong FloatingPointerAddress = PcPlatform.FirmwareTablesBase + PcPlatform.FirmwareTablesSize / 2;
     public const ulong ConfigTableAddress = FloatingPointerAddress + 16;
     public const byte IsaBusId = 0;
+    /// <summary>The PCI bus entry; Linux numbers PCI buses in the order of their entries, so this is PCI bus 0.</summary>
+    public const byte PciBusId = 1;
     private const int IntTypeInt = 0, IntTypeNmi = 1, IntTypeExtInt = 3;
 
     /// <summary>Writes both structures and returns the floating pointer's physical address.</summary>
@@ -51,6 +53,7 @@ public static class MpTable
             w.U8(0).U8(i).U8(0x14).U8(i == 0 ? 3 : 1).U32(0x600).U32(0x201).U32(0).U32(0);
         }
         w.U8(1).U8(IsaBusId).Ascii("ISA", 6); entries++;
+        w.U8(1).U8(PciBusId).Ascii("PCI", 6); entries++;
         w.U8(2).U8(PcPlatform.IoApicId).U8(0x11).U8(1).U32(PcPlatform.IoApicBase); entries++;
         for (int irq = 0; irq < 16; irq++)
         {
@@ -59,6 +62,14 @@ public static class MpTable
             int flags = irq == PcPlatform.IrqAcpiSci ? 0x000D : 0; // SCI: level, active high (as in the MADT)
             w.U8(3).U8(IntTypeInt).U16(flags).U8(IsaBusId).U8(irq).U8(PcPlatform.IoApicId).U8(pin); entries++;
         }
+        // PCI INTx: source bus IRQ = slot << 2 | pin (0 = INTA), level/active low as the PCI bus defines it.
+        for (int slot = 0; slot < 32; slot++)
+            for (int pin = 0; pin < 4; pin++)
+            {
+                w.U8(3).U8(IntTypeInt).U16(0x000F).U8(PciBusId).U8(slot << 2 | pin).U8(PcPlatform.IoApicId)
+                 .U8(PciRootAml.Gsi(slot, pin + 1));
+                entries++;
+            }
         w.U8(4).U8(IntTypeExtInt).U16(0).U8(IsaBusId).U8(0).U8(0xFF).U8(0); entries++;
         w.U8(4).U8(IntTypeNmi).U16(0).U8(IsaBusId).U8(0).U8(0xFF).U8(1); entries++;
         w.PatchU16(4, w.Length);

@@ -215,7 +215,9 @@ public class FirmwareTableTests
         var procs = new List<(int Id, int Flags)>();
         var ioints = new Dictionary<int, int>();
         var lints = new Dictionary<int, int>();
-        bool isa = false, ioapic = false;
+        var buses = new Dictionary<int, string>();
+        var pciInts = new Dictionary<int, int>();
+        bool ioapic = false;
         ulong p = c + 44;
         for (int n = 0; n < count; n++)
         {
@@ -223,11 +225,12 @@ public class FirmwareTableTests
             switch (type)
             {
                 case 0: procs.Add((mem.ReadU8(p + 1), mem.ReadU8(p + 3))); p += 20; break;
-                case 1: isa = Sig(mem, p + 2, 6) == "ISA   "; p += 8; break;
+                case 1: buses[mem.ReadU8(p + 1)] = Sig(mem, p + 2, 6); p += 8; break;
                 case 2: ioapic = mem.ReadU8(p + 1) == PcPlatform.IoApicId && mem.ReadU32(p + 4) == PcPlatform.IoApicBase && (mem.ReadU8(p + 3) & 1) == 1; p += 8; break;
                 case 3:
                     Assert.Equal(PcPlatform.IoApicId, mem.ReadU8(p + 6));
-                    ioints[mem.ReadU8(p + 5)] = mem.ReadU8(p + 7);
+                    if (mem.ReadU8(p + 4) == MpTable.PciBusId) pciInts[mem.ReadU8(p + 5)] = mem.ReadU8(p + 7);
+                    else ioints[mem.ReadU8(p + 5)] = mem.ReadU8(p + 7);
                     p += 8;
                     break;
                 case 4: lints[mem.ReadU8(p + 7)] = mem.ReadU8(p + 1); p += 8; break;
@@ -236,7 +239,15 @@ public class FirmwareTableTests
         }
         Assert.Equal((int)(p - c), len);
         Assert.Equal(new[] { (0, 3), (1, 1) }, procs); // CPU 0 is the bootstrap processor
-        Assert.True(isa && ioapic);
+        Assert.True(ioapic);
+        Assert.Equal("ISA   ", buses[MpTable.IsaBusId]);
+        Assert.Equal("PCI   ", buses[MpTable.PciBusId]);
+        // PCI INTx: source IRQ slot << 2 | pin, swizzled onto GSI 16..23.
+        Assert.Equal(128, pciInts.Count);
+        Assert.Equal(16, pciInts[0 << 2 | 0]);
+        Assert.Equal(17, pciInts[1 << 2 | 0]);
+        Assert.Equal(20, pciInts[1 << 2 | 3]);
+        Assert.Equal(16, pciInts[7 << 2 | 1]);
         Assert.Equal(2, ioints[0]);
         Assert.False(ioints.ContainsKey(2));
         Assert.All(Enumerable.Range(1, 15).Where(i => i != 2), i => Assert.Equal(i, ioints[i]));

@@ -34,6 +34,12 @@ public class IaslTests
                 if (sig == "DSDT")
                 {
                     Assert.Contains("Name (\\_S5, Package (0x04)", dsl);
+                    // The PCI host bridge Linux scans (with ACPI it ignores buses the DSDT does not declare).
+                    Assert.Contains("Device (PCI0)", dsl);
+                    Assert.Contains("EisaId (\"PNP0A03\")", dsl);
+                    Assert.Contains("0xE0000000,         // Range Minimum", dsl);
+                    Assert.Contains("0xEFFFFFFF,         // Range Maximum", dsl);
+                    Assert.Contains("Name (_PRT, Package (0x80)", dsl);
                     // The disassembled source must compile back.
                     var (crc, cout) = RequiredTool.Run(iasl, ["-p", "recompiled", "dsdt.dsl"], dir);
                     Assert.True(crc == 0, $"iasl could not recompile the DSDT: {cout}");

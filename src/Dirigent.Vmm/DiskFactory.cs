@@ -1,0 +1,17 @@
+using Dirigent.Storage;
+
+namespace Dirigent.Vmm;
+
+/// <summary>Opens a --disk image in its format: the one place that maps formats to IBlockDevice implementations.</summary>
+public static class DiskFactory
+{
+    /// <exception cref="BlockDeviceException">The image cannot be opened (one-line message for the user).</exception>
+    public static IBlockDevice Open(string path, DiskFormat format, bool readOnly) => format switch
+    {
+        DiskFormat.Raw => new RawDisk(path, readOnly),
+        DiskFormat.Qcow2 => throw new BlockDeviceException($"cannot open disk image '{path}': qcow2 support not merged yet"),
+        _ => throw new BlockDeviceException($"cannot open disk image '{path}': unknown format {format}"),
+    };
+
+    public static IBlockDevice Open(DiskConfig disk) => Open(disk.Path, disk.Format, disk.ReadOnly);
+}

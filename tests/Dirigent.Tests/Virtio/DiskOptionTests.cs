@@ -1,0 +1,47 @@
+using Dirigent.Storage;
+using Dirigent.Vmm;
+
+namespace Dirigent.Tests.Virtio;
+
+public class DiskOptionTests
+{
+    [Fact]
+    public void DiskSpecParsesPathFormatAndReadOnly()
+    {
+        Assert.Equal(new DiskConfig("/a/b.img", DiskFormat.Raw, false), VmConfig.ParseDisk("/a/b.img"));
+        Assert.Equal(new DiskConfig("x.qcow2", DiskFormat.Qcow2, true), VmConfig.ParseDisk("x.qcow2,format=qcow2,readonly"));
+        Assert.Equal(new DiskConfig("x", DiskFormat.Raw, true), VmConfig.ParseDisk("x,readonly=on,format=raw"));
+        Assert.Contains("unknown option 'format=vmdk'", Assert.Throws<FormatException>(() => VmConfig.ParseDisk("x,format=vmdk")).Message);
+        Assert.Contains("missing image path", Assert.Throws<FormatException>(() => VmConfig.ParseDisk(",readonly")).Message);
+    }
+
+    [Fact]
+    public void FactoryOpensRawAndRefusesQcow2AndMissingFilesWithOneLine()
+    {
+        string f = Path.GetTempFileName();
+        try
+        {
+            File.WriteAllBytes(f, new byte[4096]);
+            using (var d = DiskFactory.Open(f, DiskFormat.Raw, readOnly: true))
+            {
+                Assert.Equal(4096, d.Size);
+                Assert.True(d.ReadOnly);
+            }
+            var q = Assert.Throws<BlockDeviceException>(() => DiskFactory.Open(f, DiskFormat.Qcow2, false));
+            Assert.Contains("qcow2 support not merged yet", q.Message);
+            var m = Assert.Throws<BlockDeviceException>(() => DiskFactory.Open(f + ".missing", DiskFormat.Raw, false));
+            Assert.DoesNotContain('\n', m.Message);
+        }
+        finally { File.Delete(f); }
+    }
+
+    [Fact]
+    public void RunWithAnUnopenableDiskFailsWithStatus2BeforeStartingTheVm()
+    {
+        var cfg = new VmConfig { Disks = [new DiskConfig("/nonexistent/disk.img", DiskFormat.Raw, false)], Accel = AccelKind.Emu };
+        var err = new StringWriter();
+        int rc = VmLauncher.Run(cfg, err, Stream.Null, Stream.Null, useTerminal: false);
+        Assert.Equal(ExitCodes.BadInput, rc);
+        Assert.Matches(@"^dirigent run: cannot open disk image '/nonexistent/disk.img': .*\n$", err.ToString());
+    }
+}
