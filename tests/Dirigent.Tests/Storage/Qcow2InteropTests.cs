@@ -159,9 +159,7 @@ public class Qcow2InteropTests
         QemuImg.MustRun("create", "-q", "-f", "qcow2", "-b", "base.raw", "-F", "raw", mid);
         RunQemuIo(mid, "write -P 0x11 100k 200k");
         using (var f = new FileStream(refPath, FileMode.Open)) { f.Position = 100 << 10; f.Write(Enumerable.Repeat((byte)0x11, 200 << 10).ToArray()); }
-        Qcow2Disk.Create(top, 0, "mid.qcow2", null, clusterBits: 12); // size 0 here; the CLI takes the backing size
         string baseHash = FileHash.Of(baseRaw), midHash = FileHash.Of(mid);
-        File.Delete(top);
         Qcow2Disk.Create(top, 4 << 20, "mid.qcow2", null, clusterBits: 12);
         using (var disk = DiskImage.Open(top, null, readOnly: false))
         using (var reference = new FileStream(refPath, FileMode.Open))
@@ -307,6 +305,92 @@ public class Qcow2InteropTests
         var v = new byte[2];
         System.Buffers.Binary.BinaryPrimitives.WriteUInt16BigEndian(v, value);
         raw.Write(block + cluster % perBlock * 2, v);
+    }
+
+    [Fact]
+    public void SmallClustersGrowTheRefcountTableAndStayClean()
+    {
+        QemuImg.Require();
+        using var dir = new TempDir();
+        string img = dir["small.qcow2"], refPath = dir["small.raw"];
+        const long size = 24L << 20;
+        Qcow2Disk.Create(img, size, clusterBits: 9);
+        long TableOffset()
+        {
+            var h = new byte[64];
+            using var f = File.OpenRead(img);
+            f.ReadExactly(h);
+            return (long)System.Buffers.Binary.BinaryPrimitives.ReadUInt64BigEndian(h.AsSpan(48));
+        }
+        long before = TableOffset();
+        DiskImage.Create(refPath, "raw", size);
+        var rng = new Random(11);
+        using (var disk = Qcow2Disk.Open(img, readOnly: false))
+        using (var reference = new FileStream(refPath, FileMode.Open))
+        {
+            // One 512-byte refcount table cluster covers 8 MiB of file: 20 MiB of data must move the table.
+            for (long off = 0; off < 20L << 20; off += 256 << 10)
+                WriteBoth(disk, reference, off + rng.Next(512), RandomBytes(rng, (256 << 10) - 512));
+        }
+        Assert.NotEqual(before, TableOffset());
+        QemuImg.AssertClean(img);
+        QemuImg.MustRun("compare", "-q", "-f", "qcow2", "-F", "raw", img, refPath);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Version2ImagesAreReadAndWritten(bool withBacking)
+    {
+        QemuImg.Require();
+        using var dir = new TempDir();
+        string img = dir["v2.qcow2"], refPath = dir["ref.raw"];
+        var rng = new Random(2);
+        File.WriteAllBytes(refPath, withBacking ? RandomBytes(rng, 4 << 20) : new byte[4 << 20]);
+        if (withBacking)
+        {
+            File.Copy(refPath, dir["base.raw"]);
+            QemuImg.MustRun("create", "-q", "-f", "qcow2", "-o", "compat=0.10", "-b", "base.raw", "-F", "raw", img, "4M");
+        }
+        else QemuImg.MustRun("create", "-q", "-f", "qcow2", "-o", "compat=0.10", img, "4M");
+        using (var disk = Qcow2Disk.Open(img, readOnly: false))
+        using (var reference = new FileStream(refPath, FileMode.Open))
+        {
+            Assert.Equal(2, disk.Version);
+            for (int i = 0; i < 100; i++)
+            {
+                int len = rng.Next(1, 150000);
+                WriteBoth(disk, reference, rng.NextInt64(0, disk.Size - len), RandomBytes(rng, len));
+            }
+            // v2 has no zero flag: over a backing file the zeros must really be written.
+            disk.WriteZeroes(1 << 20, 512 << 10);
+            reference.Position = 1 << 20; reference.Write(new byte[512 << 10]);
+            reference.Flush();
+            AssertSameAsReference(disk, refPath);
+        }
+        Assert.Equal("0.10", QemuImg.Info(img).GetProperty("format-specific").GetProperty("data").GetProperty("compat").GetString());
+        QemuImg.AssertClean(img);
+        QemuImg.MustRun("compare", "-q", "-f", "qcow2", "-F", "raw", img, refPath);
+    }
+
+    [Fact]
+    public void QemuReadsWhatWeWroteAndWeReadWhatQemuWroteOnTop()
+    {
+        QemuImg.Require();
+        using var dir = new TempDir();
+        string img = dir["x.qcow2"];
+        Qcow2Disk.Create(img, 8 << 20, clusterBits: 12);
+        using (var disk = Qcow2Disk.Open(img, readOnly: false))
+            disk.Write(3 << 20, Enumerable.Repeat((byte)0xC3, 10000).ToArray());
+        RunQemuIo(img, "read -P 0xc3 3M 10000", "write -P 0x77 3M 4k", "write -z 5M 1M");
+        using (var disk = Qcow2Disk.Open(img, readOnly: true))
+        {
+            var b = new byte[10000];
+            disk.Read(3 << 20, b);
+            Assert.All(b.AsSpan(0, 4096).ToArray(), x => Assert.Equal(0x77, x));
+            Assert.All(b.AsSpan(4096).ToArray(), x => Assert.Equal(0xC3, x));
+        }
+        QemuImg.AssertClean(img);
     }
 
     internal static void RunQemuIo(string img, params string[] commands)
