@@ -14,6 +14,7 @@ public sealed partial class Qcow2Disk
 
     private readonly L2Slot?[] _l2Cache;
     private long _l2Clock;
+    private L2Slot? _lastL2;
     private ulong[] _reftable;
     private readonly Dictionary<long, ushort[]> _refblocks = [];
     private readonly int _rbBits;
@@ -61,9 +62,11 @@ public sealed partial class Qcow2Disk
 
     private L2Slot GetL2(long offset)
     {
+        // Sequential I/O stays within one table for a long time: try the last one first.
+        if (_lastL2 != null && _lastL2.Offset == offset) return _lastL2;
         foreach (var s in _l2Cache)
         {
-            if (s != null && s.Offset == offset) { s.Stamp = ++_l2Clock; return s; }
+            if (s != null && s.Offset == offset) { s.Stamp = ++_l2Clock; return _lastL2 = s; }
         }
         var entries = new ulong[L2Entries];
         ReadFile(offset, _metaBuf);
@@ -82,7 +85,7 @@ public sealed partial class Qcow2Disk
         // Entries are written through, so an evicted table needs no write-back.
         var slot = new L2Slot { Offset = offset, Entries = entries, Stamp = ++_l2Clock };
         _l2Cache[victim] = slot;
-        return slot;
+        return _lastL2 = slot;
     }
 
     private void SetL2Entry(L2Slot slot, int idx, ulong value)
@@ -205,7 +208,7 @@ public sealed partial class Qcow2Disk
     private void RebuildRefcounts()
     {
         long fileClusters = _nextFree >> _clusterBits;
-        if (fileClusters > 1L << 28) throw new BlockDeviceException($"'{Path}': image too large to repair (dirty; run 'qemu-img check -r all')");
+        if (fileClusters > 1L << 27) throw new BlockDeviceException($"'{Path}': image too large to repair (dirty; run 'qemu-img check -r all')");
         var refs = new ushort[fileClusters];
         void Count(long start, long length)
         {

@@ -263,7 +263,7 @@ public sealed partial class Qcow2Disk : IBlockDevice
         var kind = Classify(e);
         if (kind == ClusterKind.Normal && (e & L2Copied) != 0)
         {
-            WriteFile(DataOffset(e) + inCluster, src);
+            WriteFile(CheckNotMetadata(DataOffset(e)) + inCluster, src);
             return;
         }
         bool full = src.Length == _clusterSize;
@@ -276,7 +276,7 @@ public sealed partial class Qcow2Disk : IBlockDevice
         if (kind == ClusterKind.ZeroAllocated && (e & L2Copied) != 0)
         {
             // A preallocated zero cluster: it is ours already, only the zero flag has to go.
-            WriteFile(DataOffset(e), whole);
+            WriteFile(CheckNotMetadata(DataOffset(e)), whole);
             SetL2Entry(slot, idx, (e & OffsetMask) | L2Copied);
             return;
         }
@@ -302,6 +302,13 @@ public sealed partial class Qcow2Disk : IBlockDevice
         long end = offset + length;
         while (offset < end)
         {
+            if (_backing == null && _l1[offset >> (_clusterBits + _l2Bits)] == 0)
+            {
+                // Nothing mapped in this L2 range and nothing behind it: it reads as zeros already.
+                long rangeEnd = ((offset >> (_clusterBits + _l2Bits)) + 1) << (_clusterBits + _l2Bits);
+                offset = Math.Min(end, rangeEnd);
+                continue;
+            }
             int inCluster = (int)(offset & _clusterMask);
             long n = Math.Min(end - offset, _clusterSize - inCluster);
             if (n < _clusterSize)
@@ -424,6 +431,18 @@ public sealed partial class Qcow2Disk : IBlockDevice
         if ((host & _clusterMask) != 0) throw Corrupt($"data cluster offset 0x{host:x} is not cluster-aligned");
         if (host >= _nextFree) throw Corrupt($"data cluster at 0x{host:x} lies past the end of the file");
         if (host < _clusterSize) throw Corrupt("an L2 entry points at the header cluster");
+        return host;
+    }
+
+    /// <summary>
+    /// A corrupt L2 entry must not let guest data overwrite the image's own L1 or refcount table (QEMU's overlap
+    /// check, for the tables whose place we know without a lookup).
+    /// </summary>
+    private long CheckNotMetadata(long host)
+    {
+        static bool Inside(long x, long start, long length) => x >= start && x < start + length;
+        if (Inside(host, _h.L1TableOffset, _l1.Length * 8L) || Inside(host, _h.RefcountTableOffset, (long)_h.RefcountTableClusters * _clusterSize))
+            throw Corrupt($"data cluster at 0x{host:x} overlaps the image's metadata");
         return host;
     }
 

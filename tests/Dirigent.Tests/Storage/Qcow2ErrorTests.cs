@@ -163,6 +163,27 @@ public class Qcow2ErrorTests
     }
 
     [Fact]
+    public void CorruptL2EntryCannotMakeGuestWritesOverwriteTheTables()
+    {
+        using var dir = new TempDir();
+        string path = dir["ov.qcow2"];
+        Qcow2Disk.Create(path, 1 << 20);
+        using (var d = Qcow2Disk.Open(path, readOnly: false)) d.Write(0, new byte[] { 1 });
+        var bytes = File.ReadAllBytes(path);
+        long l1 = (long)BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan(40));
+        long l2 = (long)(BinaryPrimitives.ReadUInt64BigEndian(bytes.AsSpan((int)l1)) & 0x00FF_FFFF_FFFF_FE00UL);
+        U64(bytes, (int)l2, (1UL << 63) | (ulong)l1); // guest cluster 0 "is" the L1 table
+        File.WriteAllBytes(path, bytes);
+        using (var disk = Qcow2Disk.Open(path, readOnly: false))
+        {
+            var e = Assert.Throws<BlockDeviceException>(() => disk.Write(0, new byte[512]));
+            Assert.Contains("overlaps the image's metadata", e.Message);
+        }
+        var after = File.ReadAllBytes(path);
+        Assert.Equal(bytes.AsSpan((int)l1, 8).ToArray(), after.AsSpan((int)l1, 8).ToArray());
+    }
+
+    [Fact]
     public void CorruptFlagAndSnapshotsRefuseWritingButAllowReading()
     {
         QemuImg.Require();
