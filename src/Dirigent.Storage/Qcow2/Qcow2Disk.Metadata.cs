@@ -147,11 +147,11 @@ public sealed partial class Qcow2Disk
         long own = blockHost >> _clusterBits;
         bool selfCovered = own >> _rbBits == ti;
         if (selfCovered) block[own & (RefblockEntries - 1)] = 1;
+        else AdjustRefcount(own, +1); // counted before the table points at it, like every other cluster
         WriteRefblock(blockHost, block);
         _refblocks[ti] = block;
         _reftable[ti] = (ulong)blockHost;
         WriteEntry(_h.RefcountTableOffset + ti * 8, _reftable[ti]);
-        if (!selfCovered) AdjustRefcount(own, +1);
         return (block, blockHost);
     }
 
@@ -162,8 +162,9 @@ public sealed partial class Qcow2Disk
     }
 
     /// <summary>
-    /// Moves the refcount table to a bigger run of clusters at the end of the file: the new table is written in
-    /// full, then the header switched to it, then the new clusters counted and the old ones released.
+    /// Moves the refcount table to a bigger run of clusters at the end of the file. Everything the new table needs
+    /// is counted first (in existing blocks, or in new blocks it alone points at), then the table is written, then
+    /// the header switched to it, and only then the old table released: a crash at any point leaks, never corrupts.
     /// </summary>
     private void GrowRefcountTable(long minEntries)
     {
@@ -171,7 +172,7 @@ public sealed partial class Qcow2Disk
         long entries = Math.Max(minEntries, _reftable.Length * 2L);
         long clusters = (entries + perCluster - 1) / perCluster;
         // The table and the blocks for its own clusters must fit: leave room for what this allocation adds.
-        long endCluster = (_nextFree >> _clusterBits) + clusters + 2;
+        long endCluster = (_nextFree >> _clusterBits) + 2 * clusters + 2;
         entries = Math.Max(clusters * perCluster, (endCluster >> _rbBits) + 2);
         clusters = (entries + perCluster - 1) / perCluster;
         if (clusters * _clusterSize > Qcow2Header.MaxRefcountTableBytes)
@@ -181,6 +182,25 @@ public sealed partial class Qcow2Disk
         _nextFree += clusters * _clusterSize;
         var table = new ulong[clusters * perCluster];
         _reftable.CopyTo(table, 0);
+        var fresh = new Dictionary<long, ushort[]>();
+        void Count(long cluster)
+        {
+            long ti = cluster >> _rbBits;
+            if (ti < _reftable.Length && _reftable[ti] != 0) { AdjustRefcount(cluster, +1); return; }
+            if (!fresh.TryGetValue(ti, out var block))
+            {
+                if (ti >= table.Length) throw new InvalidOperationException("refcount table growth undersized");
+                long b = _nextFree;
+                _nextFree += _clusterSize;
+                fresh[ti] = block = new ushort[RefblockEntries];
+                table[ti] = (ulong)b;
+                Count(b >> _clusterBits);
+            }
+            block[cluster & (RefblockEntries - 1)]++;
+        }
+        for (long c = 0; c < clusters; c++) Count((newOffset >> _clusterBits) + c);
+        foreach (var (ti, block) in fresh) WriteRefblock((long)table[ti], block);
+
         var bytes = new byte[table.Length * 8];
         for (int i = 0; i < table.Length; i++) BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(i * 8), table[i]);
         WriteFile(newOffset, bytes);
@@ -192,11 +212,12 @@ public sealed partial class Qcow2Disk
         BinaryPrimitives.WriteUInt64BigEndian(hdr, (ulong)newOffset);
         BinaryPrimitives.WriteUInt32BigEndian(hdr[8..], (uint)clusters);
         WriteFile(Qcow2Header.OffRefcountTableOffset, hdr);
+        RefcountTableMovedAtWrite = WritesDone;
         _h.RefcountTableOffset = newOffset;
         _h.RefcountTableClusters = (uint)clusters;
         _reftable = table;
+        foreach (var (ti, block) in fresh) _refblocks[ti] = block;
 
-        for (long c = 0; c < clusters; c++) AdjustRefcount((newOffset >> _clusterBits) + c, +1);
         for (long c = 0; c < oldClusters; c++) AdjustRefcount((oldOffset >> _clusterBits) + c, -1);
     }
 

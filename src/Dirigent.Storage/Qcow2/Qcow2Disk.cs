@@ -379,7 +379,7 @@ public sealed partial class Qcow2Disk : IBlockDevice
         _disposed = true;
         try
         {
-            if (!ReadOnly && _h.Version >= 3)
+            if (!ReadOnly && _h.Version >= 3 && !_crashed)
             {
                 RandomAccess.FlushToDisk(_file);
                 _h.IncompatibleFeatures &= ~Qcow2Header.IncompatDirty;
@@ -480,8 +480,21 @@ public sealed partial class Qcow2Disk : IBlockDevice
         return done;
     }
 
+    /// <summary>Tests: file writes left before a simulated kill of the process (negative: never).</summary>
+    internal long WritesBeforeCrash = -1;
+    /// <summary>Tests: file writes so far, and the write that switched the header to a new refcount table.</summary>
+    internal long WritesDone, RefcountTableMovedAtWrite = -1;
+    private bool _crashed;
+
     private void WriteFile(long offset, ReadOnlySpan<byte> src)
     {
+        if (_crashed || (WritesBeforeCrash >= 0 && WritesBeforeCrash-- == 0))
+        {
+            // The process "dies" here: nothing more reaches the file, not even Dispose's header update.
+            _crashed = true;
+            throw new IOException("simulated crash");
+        }
+        WritesDone++;
         RandomAccess.Write(_file, src, offset);
         if (offset + src.Length > _fileLength) _fileLength = offset + src.Length;
     }
