@@ -99,10 +99,39 @@ public sealed partial class Qcow2Disk
     /// <summary>Appends one cluster with refcount 1; the caller writes it before linking it anywhere.</summary>
     private long AllocateCluster()
     {
-        long host = _nextFree;
-        _nextFree += _clusterSize;
+        long host = TakeClusters(1);
         AdjustRefcount(host >> _clusterBits, +1);
         return host;
+    }
+
+    /// <summary>
+    /// The next <paramref name="count"/> clusters at the end of the file that nothing counts yet. A writer killed
+    /// after counting a cluster but before writing it leaves a refcount past the end of the file (v2 images have
+    /// no dirty bit to trigger a repair): such clusters are stepped over rather than counted twice.
+    /// </summary>
+    private long TakeClusters(long count)
+    {
+        long skipped = 0;
+        for (long run = 0; run < count; run++)
+        {
+            if (RefcountIfKnown((_nextFree >> _clusterBits) + run) != 0)
+            {
+                _nextFree += (run + 1) * _clusterSize;
+                skipped += run + 1;
+                if (skipped > 1 << 16) throw Corrupt("refcounts claim a large area past the end of the file");
+                run = -1;
+            }
+        }
+        long host = _nextFree;
+        _nextFree += count * _clusterSize;
+        return host;
+    }
+
+    private int RefcountIfKnown(long cluster)
+    {
+        long ti = cluster >> _rbBits;
+        if (ti >= _reftable.Length || _reftable[ti] == 0) return 0;
+        return GetRefblock(ti, allocate: false).Block[cluster & (RefblockEntries - 1)];
     }
 
     private void AdjustRefcount(long cluster, int delta)
@@ -141,8 +170,7 @@ public sealed partial class Qcow2Disk
         if (!allocate) throw Corrupt($"no refcount block for cluster 0x{ti << (_rbBits + _clusterBits):x}");
 
         // A new block at the end of the file; it usually covers itself, which ends the recursion.
-        long blockHost = _nextFree;
-        _nextFree += _clusterSize;
+        long blockHost = TakeClusters(1);
         var block = new ushort[RefblockEntries];
         long own = blockHost >> _clusterBits;
         bool selfCovered = own >> _rbBits == ti;
@@ -178,8 +206,7 @@ public sealed partial class Qcow2Disk
         if (clusters * _clusterSize > Qcow2Header.MaxRefcountTableBytes)
             throw new BlockDeviceException($"'{Path}': the image has grown too large for its refcount table");
 
-        long newOffset = _nextFree;
-        _nextFree += clusters * _clusterSize;
+        long newOffset = TakeClusters(clusters);
         var table = new ulong[clusters * perCluster];
         _reftable.CopyTo(table, 0);
         var fresh = new Dictionary<long, ushort[]>();
@@ -190,8 +217,7 @@ public sealed partial class Qcow2Disk
             if (!fresh.TryGetValue(ti, out var block))
             {
                 if (ti >= table.Length) throw new InvalidOperationException("refcount table growth undersized");
-                long b = _nextFree;
-                _nextFree += _clusterSize;
+                long b = TakeClusters(1);
                 fresh[ti] = block = new ushort[RefblockEntries];
                 table[ti] = (ulong)b;
                 Count(b >> _clusterBits);

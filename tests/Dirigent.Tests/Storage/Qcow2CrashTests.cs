@@ -23,6 +23,42 @@ public class Qcow2CrashTests
     public void KillWhileTheRefcountTableMoves() =>
         Run(clusterBits: 9, size: 24L << 20, withBacking: false, opCount: 500, maxLength: 64 << 10, seed: 20, growthWindow: true, points: 3);
 
+    /// <summary>
+    /// v2 images have no dirty bit, so nothing repairs them after a kill: the next writer must step over clusters
+    /// counted past the end of the file instead of counting them twice (refcount 2 on a writable cluster).
+    /// </summary>
+    [Fact]
+    public void KilledWriterOnVersion2ImageLeavesNothingTheNextWriterCountsTwice()
+    {
+        QemuImg.Require();
+        using var dir = new TempDir(inMemory: true);
+        for (int crashAt = 0; crashAt < 8; crashAt++)
+        {
+            string img = dir["v2.qcow2"];
+            File.Delete(img);
+            QemuImg.MustRun("create", "-q", "-f", "qcow2", "-o", "compat=0.10,cluster_size=4096", img, "1M");
+            var first = Enumerable.Repeat((byte)0xAB, 3000).ToArray();
+            using (var d = Qcow2Disk.Open(img, readOnly: false))
+            {
+                d.WritesBeforeCrash = crashAt;
+                Assert.Throws<IOException>(() => { d.Write(0, first); d.Write(8192, first); });
+            }
+            var second = Enumerable.Repeat((byte)0xCD, 9000).ToArray();
+            using (var d = Qcow2Disk.Open(img, readOnly: false))
+            {
+                Assert.False(d.Repaired);
+                d.Write(100_000, second);
+                var back = new byte[second.Length];
+                d.Read(100_000, back);
+                Assert.Equal(second, back);
+            }
+            var (errors, _, firstError) = RefcountChecker.Check(img);
+            Assert.True(errors == 0, $"crash at write {crashAt}: {firstError}");
+            var (rc, o, e) = QemuImg.Run("check", img);
+            Assert.True(rc is 0 or 3, $"crash at write {crashAt}: qemu-img check exited {rc}: {o}{e}");
+        }
+    }
+
     private static void Run(int clusterBits, long size, bool withBacking, int opCount, int maxLength, int seed, bool growthWindow, int points)
     {
         QemuImg.Require();

@@ -27,6 +27,8 @@ public static class RefcountChecker
         ulong U64(long at) => at + 8 <= f.Length ? BinaryPrimitives.ReadUInt64BigEndian(f.AsSpan((int)at)) : 0;
         const ulong mask = 0x00FF_FFFF_FFFF_FE00UL;
 
+        // QEMU_OFLAG_COPIED promises refcount exactly 1: writers write such clusters in place.
+        var copied = new List<long>();
         Count(0, cs);
         Count(l1Off, l1Size * 8);
         int csizeShift = 62 - (cb - 8);
@@ -35,6 +37,7 @@ public static class RefcountChecker
             long l2 = (long)(U64(l1Off + i * 8) & mask);
             if (l2 == 0) continue;
             Count(l2, cs);
+            if ((U64(l1Off + i * 8) & (1UL << 63)) != 0) copied.Add(l2 / cs);
             for (long j = 0; j < cs / 8; j++)
             {
                 ulong e = U64(l2 + j * 8);
@@ -44,7 +47,11 @@ public static class RefcountChecker
                     long sectors = (long)((e >> csizeShift) & ((1UL << (cb - 8)) - 1)) + 1;
                     Count(coff & ~511L, sectors * 512);
                 }
-                else if ((e & mask) != 0) Count((long)(e & mask), cs);
+                else if ((e & mask) != 0)
+                {
+                    Count((long)(e & mask), cs);
+                    if ((e & (1UL << 63)) != 0) copied.Add((long)(e & mask) / cs);
+                }
             }
         }
         Count(rtOff, rtClusters * cs);
@@ -69,6 +76,12 @@ public static class RefcountChecker
             int want = refs.GetValueOrDefault(c), have = stored.GetValueOrDefault(c);
             if (have < want || (want > 0 && c >= fileClusters)) { errors++; if (first == "") first = $"cluster {c}: refcount {have}, referenced {want}"; }
             else if (have > want && c < fileClusters) leaks++; // as qemu-img: counts past the end of the file are not leaks
+        }
+        foreach (long c in copied)
+        {
+            if (stored.GetValueOrDefault(c) == 1) continue;
+            errors++;
+            if (first == "") first = $"cluster {c}: marked COPIED with refcount {stored.GetValueOrDefault(c)}";
         }
         return (errors, leaks, first);
     }
