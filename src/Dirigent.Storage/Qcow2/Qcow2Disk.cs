@@ -151,10 +151,34 @@ public sealed partial class Qcow2Disk : IBlockDevice
         {
             int inCluster = (int)(offset & _clusterMask);
             int n = Math.Min(buffer.Length, _clusterSize - inCluster);
-            ReadInCluster(offset, inCluster, buffer[..n]);
+            ulong e = LookupL2Entry(offset);
+            if (Classify(e) == ClusterKind.Normal)
+            {
+                // Clusters that follow each other on the host too are read with one call.
+                long host = DataOffset(e) + inCluster;
+                n = ContiguousRun(offset, host, n, buffer.Length, needCopied: false);
+                ReadFile(host, buffer[..n]);
+            }
+            else ReadInCluster(offset, inCluster, buffer[..n]);
             buffer = buffer[n..];
             offset += n;
         }
+    }
+
+    /// <summary>
+    /// Extends a run of <paramref name="n"/> bytes at guest <paramref name="offset"/> / host <paramref name="host"/>
+    /// over the following clusters while they are standard clusters right behind it on the host.
+    /// </summary>
+    private int ContiguousRun(long offset, long host, int n, int max, bool needCopied)
+    {
+        while (n < max)
+        {
+            ulong next = LookupL2Entry(offset + n);
+            if (Classify(next) != ClusterKind.Normal || (needCopied && (next & L2Copied) == 0) || (long)(next & OffsetMask) != host + n) break;
+            if (needCopied) CheckNotMetadata(host + n);
+            n += Math.Min(max - n, _clusterSize);
+        }
+        return n;
     }
 
     private void ReadInCluster(long offset, int inCluster, Span<byte> dst)
@@ -250,7 +274,15 @@ public sealed partial class Qcow2Disk : IBlockDevice
         {
             int inCluster = (int)(offset & _clusterMask);
             int n = Math.Min(data.Length, _clusterSize - inCluster);
-            WriteInCluster(offset, inCluster, data[..n]);
+            ulong e = LookupL2Entry(offset);
+            if (Classify(e) == ClusterKind.Normal && (e & L2Copied) != 0)
+            {
+                // Already ours: overwrite in place, several host-contiguous clusters at once.
+                long host = CheckNotMetadata(DataOffset(e)) + inCluster;
+                n = ContiguousRun(offset, host, n, data.Length, needCopied: true);
+                WriteFile(host, data[..n]);
+            }
+            else WriteInCluster(offset, inCluster, data[..n]);
             data = data[n..];
             offset += n;
         }

@@ -113,6 +113,20 @@ public class DiskImageTests
     }
 
     [Fact]
+    public void AutoclearBitsAreClearedByAWriterOnly()
+    {
+        using var dir = new TempDir();
+        Qcow2Disk.Create(dir["a.qcow2"], 1 << 20);
+        var bytes = File.ReadAllBytes(dir["a.qcow2"]);
+        bytes[95] = 0x03; // bitmaps + raw external data: both stale once someone writes without knowing them
+        File.WriteAllBytes(dir["a.qcow2"], bytes);
+        using (Qcow2Disk.Open(dir["a.qcow2"], readOnly: true)) { }
+        Assert.Equal(0x03, File.ReadAllBytes(dir["a.qcow2"])[95]);
+        using (Qcow2Disk.Open(dir["a.qcow2"], readOnly: false)) { }
+        Assert.Equal(0, File.ReadAllBytes(dir["a.qcow2"])[95]);
+    }
+
+    [Fact]
     public void RawImagesReadWriteAndCreate()
     {
         using var dir = new TempDir();
