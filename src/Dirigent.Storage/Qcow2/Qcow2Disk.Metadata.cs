@@ -134,6 +134,26 @@ public sealed partial class Qcow2Disk
         return GetRefblock(ti, allocate: false).Block[cluster & (RefblockEntries - 1)];
     }
 
+    /// <summary>Raises the refcounts of <paramref name="count"/> (at most 64) consecutive clusters, one write per block.</summary>
+    private void IncrementRefcounts(long first, int count)
+    {
+        Span<byte> b = stackalloc byte[128];
+        for (long c = first, end = first + count; c < end;)
+        {
+            long ti = c >> _rbBits;
+            int bi = (int)(c & (RefblockEntries - 1));
+            var (block, blockOffset) = GetRefblock(ti, allocate: true);
+            int m = (int)Math.Min(end - c, RefblockEntries - bi);
+            for (int j = 0; j < m; j++)
+            {
+                if (block[bi + j] == ushort.MaxValue) throw Corrupt($"refcount of cluster 0x{(c + j) << _clusterBits:x} overflows 16 bits");
+                BinaryPrimitives.WriteUInt16BigEndian(b[(j * 2)..], ++block[bi + j]);
+            }
+            WriteFile(blockOffset + bi * 2L, b[..(m * 2)]);
+            c += m;
+        }
+    }
+
     private void AdjustRefcount(long cluster, int delta)
     {
         long ti = cluster >> _rbBits;

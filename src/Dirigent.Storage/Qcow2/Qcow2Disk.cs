@@ -282,6 +282,7 @@ public sealed partial class Qcow2Disk : IBlockDevice
                 n = ContiguousRun(offset, host, n, data.Length, needCopied: true);
                 WriteFile(host, data[..n]);
             }
+            else if (n == _clusterSize && data.Length >= 2 * _clusterSize) n = WriteNewClusters(offset, data);
             else WriteInCluster(offset, inCluster, data[..n]);
             data = data[n..];
             offset += n;
@@ -316,6 +317,45 @@ public sealed partial class Qcow2Disk : IBlockDevice
         WriteFile(host, whole);
         SetL2Entry(slot, idx, (ulong)host | L2Copied);
         ReleaseCluster(e, kind);
+    }
+
+    private const int MaxRun = 64;
+
+    /// <summary>
+    /// Whole clusters that need new host clusters (unallocated, zero, compressed or shared), up to the end of the
+    /// L2 table: one contiguous run is counted, then written with one call, then mapped with one L2 write, then the
+    /// old clusters released, the same order as one cluster at a time. Returns the bytes written.
+    /// </summary>
+    private int WriteNewClusters(long offset, ReadOnlySpan<byte> data)
+    {
+        var (slot, idx) = GetL2ForWrite(offset);
+        int limit = (int)Math.Min(Math.Min(MaxRun, L2Entries - idx), data.Length / _clusterSize);
+        Span<ulong> old = stackalloc ulong[MaxRun];
+        int k = 0;
+        for (; k < limit; k++)
+        {
+            ulong e = slot.Entries[idx + k];
+            var kind = Classify(e);
+            if ((kind is ClusterKind.Normal or ClusterKind.ZeroAllocated) && (e & L2Copied) != 0) break;
+            old[k] = e;
+        }
+        if (k < 2)
+        {
+            WriteInCluster(offset, 0, data[.._clusterSize]);
+            return _clusterSize;
+        }
+        long host = TakeClusters(k);
+        IncrementRefcounts(host >> _clusterBits, k);
+        WriteFile(host, data[..(k * _clusterSize)]);
+        Span<byte> entries = stackalloc byte[MaxRun * 8];
+        for (int j = 0; j < k; j++)
+        {
+            slot.Entries[idx + j] = (ulong)(host + (long)j * _clusterSize) | L2Copied;
+            BinaryPrimitives.WriteUInt64BigEndian(entries[(j * 8)..], slot.Entries[idx + j]);
+        }
+        WriteFile(slot.Offset + idx * 8L, entries[..(k * 8)]);
+        for (int j = 0; j < k; j++) ReleaseCluster(old[j], Classify(old[j]));
+        return k * _clusterSize;
     }
 
     public void WriteZeroes(long offset, long length) => ZeroOrDiscard(offset, length, discard: false);
