@@ -1,6 +1,7 @@
 using Dirigent.Accel.Kvm.Native;
 using Dirigent.Machine;
 using Dirigent.Machine.Accel;
+using Dirigent.Machine.Interrupts;
 
 namespace Dirigent.Accel.Kvm;
 
@@ -10,12 +11,15 @@ public sealed class KvmException(string message) : Exception(message);
 /// <summary>
 /// The hardware accelerator: Linux KVM through its ioctl interface, by P/Invoke into libc. One VM file descriptor
 /// per <see cref="VirtualMachine"/>, each RAM region registered as one memory slot (KVM reads and writes the same
-/// host memory the devices and loaders see, so nothing is copied), no in-kernel irqchip: port I/O, MMIO and
-/// interrupts go through the machine model exactly as with the software CPU.
+/// host memory the devices and loaders see, so nothing is copied). Port I/O and MMIO go through the machine model
+/// exactly as with the software CPU; interrupts too, unless <see cref="CreateInKernelIrqChip"/> switched to KVM's
+/// in-kernel LAPIC/IOAPIC/PIC/PIT (<see cref="KvmIrqChip"/>).
 /// </summary>
 public sealed unsafe class KvmAccelerator : IAccelerator
 {
     public const string DevicePath = "/dev/kvm";
+    /// <summary>Set to "user" to keep the emulated interrupt controllers under KVM (debugging, comparisons).</summary>
+    public const string UserspaceIrqChipVariable = "DIRIGENT_KVM_IRQCHIP";
 
     private readonly VirtualMachine _vm;
     private int _kvmFd = -1;
@@ -24,9 +28,15 @@ public sealed unsafe class KvmAccelerator : IAccelerator
     private bool _disposed;
 
     internal int RunMmapSize { get; }
-    internal KvmCpuidEntry2[] Cpuid { get; }
+    private readonly KvmCpuidEntry2[] _supportedCpuid = [];
+    /// <summary>What vCPUs get: <see cref="FilterCpuid"/> of what KVM supports, for the irqchip in use.</summary>
+    internal KvmCpuidEntry2[] Cpuid => FilterCpuid(_supportedCpuid, IrqChip != null);
+    /// <summary>The in-kernel irqchip once <see cref="CreateInKernelIrqChip"/> made it; null: interrupts from userspace.</summary>
+    internal KvmIrqChip? IrqChip { get; private set; }
     internal VirtualMachine Machine => _vm;
-    internal bool HasXsave { get; }
+    /// <summary>x87/SSE state through KVM_GET/SET_XSAVE; tests clear it to exercise the KVM_GET/SET_FPU path.</summary>
+    internal bool HasXsave { get; set; }
+    internal bool HasXsaveCapability { get; }
 
     public string Name => "kvm";
 
@@ -59,15 +69,49 @@ public sealed unsafe class KvmAccelerator : IAccelerator
                 };
                 Check(Libc.Ioctl(_vmFd, KvmAbi.SET_USER_MEMORY_REGION, &slot), $"KVM_SET_USER_MEMORY_REGION slot {i} (0x{r.GuestBase:x}+0x{r.Size:x})");
             }
-            HasXsave = Libc.Ioctl(_kvmFd, KvmAbi.CHECK_EXTENSION, KvmAbi.CAP_XSAVE) > 0;
+            HasXsave = HasXsaveCapability = Libc.Ioctl(_kvmFd, KvmAbi.CHECK_EXTENSION, KvmAbi.CAP_XSAVE) > 0;
             RunMmapSize = Check(Libc.Ioctl(_kvmFd, KvmAbi.GET_VCPU_MMAP_SIZE, 0), "KVM_GET_VCPU_MMAP_SIZE");
-            Cpuid = FilterCpuid(GetSupportedCpuid(_kvmFd));
+            _supportedCpuid = GetSupportedCpuid(_kvmFd);
         }
         catch
         {
             Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// Switches this VM to KVM's in-kernel irqchip and PIT when KVM has them (KVM_CAP_IRQCHIP, _PIT2, _PIT_STATE2,
+    /// _IRQ_ROUTING, _SIGNAL_MSI) and KVM_CREATE_IRQCHIP succeeds; otherwise returns null, the VM stays as it was and
+    /// the caller keeps the emulated controllers. The real-mode TSS and identity map are already placed (KVM wants
+    /// them before any vCPU exists, as the irqchip).
+    /// </summary>
+    public IInKernelIrqChip? CreateInKernelIrqChip(out string reason)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        lock (_vcpus)
+            if (_vcpus.Count > 0) throw new InvalidOperationException("the in-kernel irqchip must be created before any vCPU");
+        if (IrqChip != null) throw new InvalidOperationException("the in-kernel irqchip exists already");
+        if (Environment.GetEnvironmentVariable(UserspaceIrqChipVariable) == "user")
+        {
+            reason = $"{UserspaceIrqChipVariable}=user: emulated interrupt controllers";
+            return null;
+        }
+        if (KvmIrqChip.MissingCapability(_kvmFd) is { } missing)
+        {
+            reason = $"kvm lacks {missing}: emulated interrupt controllers";
+            return null;
+        }
+        IrqChip = KvmIrqChip.Create(this, _vmFd, out string? error);
+        reason = IrqChip != null ? IrqChip.Description : $"{error}: emulated interrupt controllers";
+        return IrqChip;
+    }
+
+    /// <summary>Each vCPU's local APIC back to the state KVM gave it at creation (system reset).</summary>
+    internal void ResetLocalApics()
+    {
+        lock (_vcpus)
+            foreach (var v in _vcpus) v.ResetLocalApic();
     }
 
     public IVcpu CreateVcpu(int index)
@@ -104,6 +148,30 @@ public sealed unsafe class KvmAccelerator : IAccelerator
             if (vmFd >= 0) Libc.Close(vmFd);
             if (kvm >= 0) Libc.Close(kvm);
         }
+    }
+
+    /// <summary>
+    /// Whether KVM here runs guests on hardware virtualization: the CPU flags show VMX or SVM, KVM is not PVM (the
+    /// kvm_pvm module, in /proc/modules or /sys/module, emulates every guest instruction) and <see cref="Probe"/>
+    /// passes. <paramref name="reason"/> says what is missing, or what was found.
+    /// </summary>
+    public static bool HasHardwareVirtualization(out string reason)
+    {
+        string flags = "";
+        try { flags = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("flags", StringComparison.Ordinal)) ?? ""; }
+        catch (IOException) { }
+        var words = flags.Split([' ', '\t', ':'], StringSplitOptions.RemoveEmptyEntries);
+        string? ext = words.Contains("vmx") ? "vmx" : words.Contains("svm") ? "svm" : null;
+        bool pvm = Directory.Exists("/sys/module/kvm_pvm");
+        try { pvm |= File.Exists("/proc/modules") && File.ReadLines("/proc/modules").Any(l => l.StartsWith("kvm_pvm ", StringComparison.Ordinal)); }
+        catch (IOException) { }
+        bool usable = Probe(out string why);
+        var missing = new List<string>();
+        if (ext == null) missing.Add("neither vmx nor svm in the /proc/cpuinfo flags");
+        if (pvm) missing.Add("KVM here is PVM (kvm_pvm module), which emulates every guest instruction");
+        if (!usable) missing.Add($"KVM unusable: {why}");
+        reason = missing.Count == 0 ? $"{ext}, {why}" : "no hardware virtualization: " + string.Join("; ", missing);
+        return missing.Count == 0;
     }
 
     private static int OpenSystem()
@@ -160,9 +228,9 @@ public sealed unsafe class KvmAccelerator : IAccelerator
     /// carries only the 512-byte FXSAVE image, so state saved and restored through it would silently lose YMM/ZMM
     /// upper halves, AVX-512 mask registers and AMX tiles; until CpuState grows an XSAVE area the guest must not
     /// be told about them. (SSE4.x, AES-NI, BMI etc. are kept: their state is all in FXSAVE.) x2APIC and TSC-deadline go
-    /// too, since the local APIC is the emulated one, not KVM's.
+    /// too when the local APIC is the emulated one; KVM's in-kernel LAPIC has both.
     /// </summary>
-    internal static KvmCpuidEntry2[] FilterCpuid(KvmCpuidEntry2[] supported)
+    internal static KvmCpuidEntry2[] FilterCpuid(KvmCpuidEntry2[] supported, bool inKernelIrqChip = false)
     {
         var list = new List<KvmCpuidEntry2>(supported.Length);
         foreach (var e0 in supported)
@@ -173,7 +241,8 @@ public sealed unsafe class KvmAccelerator : IAccelerator
                 case 0x1:
                     // FMA(12) XSAVE(26) OSXSAVE(27) AVX(28) F16C(29). Also x2APIC(21) and TSC-deadline(24): without an
                     // in-kernel LAPIC KVM refuses the x2APIC and IA32_TSC_DEADLINE MSRs, so the guest must not use them.
-                    e.Ecx &= ~((1u << 12) | (1u << 21) | (1u << 24) | (1u << 26) | (1u << 27) | (1u << 28) | (1u << 29));
+                    e.Ecx &= ~((1u << 12) | (1u << 26) | (1u << 27) | (1u << 28) | (1u << 29));
+                    if (!inKernelIrqChip) e.Ecx &= ~((1u << 21) | (1u << 24));
                     break;
                 case 0x7 when e.Index == 0:
                     // AVX2(5) AVX512F(16) DQ(17) IFMA(21) PF(26) ER(27) CD(28) BW(30) VL(31)
@@ -208,6 +277,7 @@ public sealed unsafe class KvmAccelerator : IAccelerator
             foreach (var v in _vcpus) v.Dispose();
             _vcpus.Clear();
         }
+        IrqChip?.Detach();
         if (_vmFd >= 0) { Libc.Close(_vmFd); _vmFd = -1; }
         if (_kvmFd >= 0) { Libc.Close(_kvmFd); _kvmFd = -1; }
     }

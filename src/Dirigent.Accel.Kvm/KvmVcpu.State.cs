@@ -79,6 +79,13 @@ public sealed unsafe partial class KvmVcpu
         // A new state has no interrupt half-delivered.
         for (int i = 0; i < 4; i++) sregs.InterruptBitmap[i] = 0;
         KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.SET_SREGS, &sregs), "KVM_SET_SREGS");
+        if (_accel.IrqChip != null)
+        {
+            // With the in-kernel LAPIC a HLT leaves the vCPU HALTED in KVM (it would wait for an interrupt before running
+            // the new state); a state we set is one that runs, as with the software CPU.
+            uint mp = KvmAbi.MP_STATE_RUNNABLE;
+            KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.SET_MP_STATE, &mp), "KVM_SET_MP_STATE");
+        }
         // Without an in-kernel LAPIC every KVM_RUN loads CR8 from kvm_run.cr8 (last exit's value): keep it in step.
         _run->Cr8 = state.Cr8;
 

@@ -8,8 +8,9 @@ namespace Dirigent.Accel.Kvm;
 
 /// <summary>
 /// One KVM vCPU: a vCPU fd, its mmap'ed kvm_run page, and the loop that runs KVM_RUN and dispatches exits to the
-/// machine's buses. Interrupts come from <see cref="InjectInterrupt"/> (no in-kernel irqchip): they are queued here
-/// and handed to KVM with KVM_INTERRUPT when the guest can take them, otherwise an interrupt window is requested.
+/// machine's buses. Without the in-kernel irqchip, interrupts come from <see cref="InjectInterrupt"/> or an attached
+/// controller: they are queued here and handed to KVM with KVM_INTERRUPT when the guest can take them, otherwise an
+/// interrupt window is requested. With it, KVM's LAPIC takes them and HLT waits inside KVM_RUN.
 /// </summary>
 /// <remarks>
 /// Kicking a vCPU out of KVM_RUN (stop requests, new interrupts) uses a real-time signal without a handler: the
@@ -58,6 +59,12 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
             if (p == Libc.MapFailed) throw new KvmException($"mmap of kvm_run failed: {Libc.ErrorText(Libc.LastErrno)}");
             _run = (KvmRun*)p;
             SetCpuid(accel.Cpuid);
+            if (accel.IrqChip != null)
+            {
+                KvmLapicState lapic;
+                KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.GET_LAPIC, &lapic), "KVM_GET_LAPIC");
+                _powerOnLapic = lapic;
+            }
         }
         catch
         {
@@ -84,6 +91,9 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
         }
     }
 
+    /// <summary>The in-kernel local APIC as KVM made it, for system reset (in-kernel irqchip only).</summary>
+    private KvmLapicState _powerOnLapic;
+
     private IInterruptController? _intCtrl;
     private IMmioDevice? _apicMmio;
     private ILocalApicRegisters? _apicRegs;
@@ -97,6 +107,8 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
     /// </summary>
     public void AttachInterruptController(IInterruptController ctrl, IMmioDevice? apicMmio)
     {
+        if (_accel.IrqChip != null)
+            throw new InvalidOperationException("KVM's in-kernel irqchip is active: the vCPU's local APIC is KVM's, not an emulated one");
         _intCtrl = ctrl;
         _apicMmio = apicMmio;
         _apicRegs = ctrl as ILocalApicRegisters;
@@ -113,6 +125,13 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
 
     public void InjectInterrupt(byte vector)
     {
+        if (_accel.IrqChip is { } chip)
+        {
+            // KVM_INTERRUPT is refused with an in-kernel LAPIC: the vector goes through this vCPU's LAPIC instead, as
+            // a fixed interrupt (so the guest must have it software-enabled, and EOIs it).
+            chip.SendFixed(Index, vector);
+            return;
+        }
         Interlocked.Or(ref _pendingVectors[vector >> 6], 1UL << (vector & 63));
         Kick();
     }
@@ -415,6 +434,40 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
         KvmSregs sregs;
         if (Libc.Ioctl(_fd, KvmAbi.GET_REGS, &regs) < 0 || Libc.Ioctl(_fd, KvmAbi.GET_SREGS, &sregs) < 0) return "?";
         return $"{sregs.Cs.Selector:x4}:{regs.Rip + (ulong)(long)ripDelta:x}";
+    }
+
+    /// <summary>
+    /// The in-kernel local APIC's registers (struct kvm_lapic_state: the 1 KiB APIC page, one register every 16
+    /// bytes, APIC ID at 0x20 in xAPIC form). Only with the in-kernel irqchip; for save/restore.
+    /// </summary>
+    public byte[] GetLocalApicState()
+    {
+        RequireInKernelLapic();
+        KvmLapicState s;
+        KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.GET_LAPIC, &s), "KVM_GET_LAPIC");
+        return new ReadOnlySpan<byte>(s.Regs, sizeof(KvmLapicState)).ToArray();
+    }
+
+    public void SetLocalApicState(ReadOnlySpan<byte> regs)
+    {
+        RequireInKernelLapic();
+        if (regs.Length != sizeof(KvmLapicState)) throw new ArgumentException($"a local APIC state is {sizeof(KvmLapicState)} bytes, got {regs.Length}", nameof(regs));
+        KvmLapicState s;
+        regs.CopyTo(new Span<byte>(s.Regs, sizeof(KvmLapicState)));
+        KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.SET_LAPIC, &s), "KVM_SET_LAPIC");
+    }
+
+    private void RequireInKernelLapic()
+    {
+        ObjectDisposedException.ThrowIf(_fd < 0, this);
+        if (_accel.IrqChip == null) throw new InvalidOperationException("no in-kernel local APIC: the VM uses the emulated interrupt controllers");
+    }
+
+    internal void ResetLocalApic()
+    {
+        if (_fd < 0 || _accel.IrqChip == null) return;
+        var s = _powerOnLapic;
+        KvmAccelerator.Check(Libc.Ioctl(_fd, KvmAbi.SET_LAPIC, &s), "KVM_SET_LAPIC");
     }
 
     /// <summary>Unmaps kvm_run and closes the vCPU fd. The vCPU must not be running (stop it first).</summary>

@@ -11,6 +11,7 @@ public static class Program
     {
         var root = new RootCommand("Dirigent: a hypervisor with a software x86-64 CPU (and KVM, later)");
         root.Subcommands.Add(RunCommand.Create());
+        root.Subcommands.Add(DiskCommand.Create());
 
         var image = new Command("image", "The default guest image (Debian cloud kernel + busybox initramfs)");
         var build = new Command("build", "Build the default guest image into the cache (needs apt-get and network)");
@@ -40,6 +41,13 @@ public static class Program
         });
         root.Subcommands.Add(version);
 
-        return root.Parse(args).Invoke();
+        var parsed = root.Parse(args);
+        // README: a bad command line is status 2 with one line, not System.CommandLine's 1 and a help page.
+        if (parsed.Errors.Count > 0)
+        {
+            Console.Error.WriteLine($"dirigent: {parsed.Errors[0].Message}");
+            return ExitCodes.BadInput;
+        }
+        return parsed.Invoke();
     }
 }

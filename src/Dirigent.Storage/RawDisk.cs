@@ -8,6 +8,7 @@ public sealed class RawDisk : IBlockDevice
     private readonly SafeFileHandle _file;
     private readonly string _path;
 
+    public string Path => _path;
     public long Size { get; }
     public bool ReadOnly { get; }
 

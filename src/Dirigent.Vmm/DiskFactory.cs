@@ -8,8 +8,9 @@ public static class DiskFactory
     /// <exception cref="BlockDeviceException">The image cannot be opened (one-line message for the user).</exception>
     public static IBlockDevice Open(string path, DiskFormat format, bool readOnly) => format switch
     {
-        DiskFormat.Raw => new RawDisk(path, readOnly),
-        DiskFormat.Qcow2 => throw new BlockDeviceException($"cannot open disk image '{path}': qcow2 support not merged yet"),
+        DiskFormat.Auto => DiskImage.Open(path, null, readOnly),
+        DiskFormat.Raw => DiskImage.Open(path, "raw", readOnly),
+        DiskFormat.Qcow2 => DiskImage.Open(path, "qcow2", readOnly),
         _ => throw new BlockDeviceException($"cannot open disk image '{path}': unknown format {format}"),
     };
 

@@ -10,6 +10,7 @@ using Dirigent.Devices.Virtio;
 using Dirigent.Devices.Virtio.Block;
 using Dirigent.Devices.Virtio.Rng;
 using Dirigent.Machine;
+using Dirigent.Machine.Interrupts;
 using Dirigent.Machine.Memory;
 using Dirigent.Storage;
 
@@ -17,14 +18,21 @@ namespace Dirigent.Vmm;
 
 /// <summary>
 /// The PC machine's fixed devices, at the addresses and IRQs in <see cref="PcPlatform"/>: the interrupt
-/// controllers (8259 pair, IOAPIC, one local APIC per vCPU), PIT with port 0x61, CMOS RTC, COM1, i8042, the ACPI PM
-/// block, the debug-exit port, the POST port and the reset ports; and PCI bus 0 (host bridge at 00:00.0, then one
-/// virtio-blk function per disk and the optional virtio-rng, in slot order).
+/// controllers (8259 pair, IOAPIC, one local APIC per vCPU) and PIT with port 0x61 unless the accelerator models
+/// them in its kernel, CMOS RTC, COM1, i8042, the ACPI PM block, the debug-exit port, the POST port and the reset
+/// ports; and PCI bus 0 (host bridge at 00:00.0, then one virtio-blk function per disk and the optional
+/// virtio-rng, in slot order).
 /// </summary>
 public sealed class PcBoard : IDisposable
 {
-    public InterruptRouter Interrupts { get; }
-    public Pit8254 Pit { get; }
+    /// <summary>Where every device gets its IRQ lines and sends MSIs: <see cref="EmulatedInterrupts"/> or the
+    /// accelerator's in-kernel irqchip.</summary>
+    public IInterruptSink Interrupts { get; }
+    /// <summary>The emulated 8259s, IOAPIC and local APICs; null when an in-kernel irqchip replaces them.</summary>
+    public InterruptRouter? EmulatedInterrupts { get; }
+    private readonly IInKernelIrqChip? _inKernelIrqChip;
+    /// <summary>The emulated PIT; null when the in-kernel irqchip's PIT (with port 0x61) replaces it.</summary>
+    public Pit8254? Pit { get; }
     public CmosRtc Rtc { get; }
     public Uart16550 Com1 { get; }
     public I8042 Keyboard { get; }
@@ -34,16 +42,25 @@ public sealed class PcBoard : IDisposable
     public List<VirtioPciDevice> Virtio { get; } = new();
     private readonly List<IDisposable> _owned = new();
 
+    /// <param name="inKernelIrqChip">The accelerator's own interrupt controllers and PIT
+    /// (<c>IAccelerator.CreateInKernelIrqChip</c>): ours are then neither created nor put on the buses.</param>
     /// <param name="disks">Images for virtio-blk functions; the board owns and disposes them.</param>
-    public PcBoard(VirtualMachine vm, int cpuCount, ulong tscHz, ISerialBackend console,
+    public PcBoard(VirtualMachine vm, int cpuCount, ulong tscHz, ISerialBackend console, IInKernelIrqChip? inKernelIrqChip = null,
         IReadOnlyList<IBlockDevice>? disks = null, bool rng = false)
     {
-        Interrupts = new InterruptRouter(vm.Clock, cpuCount, tscHz);
-        Interrupts.Register(vm.Io, vm.Mmio);
+        _inKernelIrqChip = inKernelIrqChip;
+        if (inKernelIrqChip != null) Interrupts = inKernelIrqChip;
+        else
+        {
+            var router = new InterruptRouter(vm.Clock, cpuCount, tscHz);
+            router.Register(vm.Io, vm.Mmio);
+            EmulatedInterrupts = router;
+            Interrupts = router;
 
-        Pit = new Pit8254(vm.Clock, Interrupts.Line(PcPlatform.IrqPit));
-        vm.Io.Register(PcPlatform.PitPort, Pit8254.PortCount, Pit);
-        vm.Io.Register(PcPlatform.SystemControlPortB, 1, new SystemControlPortB(Pit));
+            Pit = new Pit8254(vm.Clock, Interrupts.Line(PcPlatform.IrqPit));
+            vm.Io.Register(PcPlatform.PitPort, Pit8254.PortCount, Pit);
+            vm.Io.Register(PcPlatform.SystemControlPortB, 1, new SystemControlPortB(Pit));
+        }
 
         ulong below4G = 0, above4G = 0;
         foreach (var r in vm.Memory.Regions)
@@ -94,7 +111,7 @@ public sealed class PcBoard : IDisposable
     /// <summary>System reset (reboot): interrupt controllers and PCI functions back to their power-on state.</summary>
     public void Reset()
     {
-        Interrupts.Reset();
+        ResetInterruptControllers();
         Pci.Reset();
     }
 
@@ -107,5 +124,12 @@ public sealed class PcBoard : IDisposable
         foreach (var d in _owned)
             if (d is IBlockDevice) d.Dispose();
         _owned.Clear();
+    }
+
+    /// <summary>System reset of the interrupt controllers (and the in-kernel PIT), whichever model them.</summary>
+    public void ResetInterruptControllers()
+    {
+        EmulatedInterrupts?.Reset();
+        _inKernelIrqChip?.Reset();
     }
 }

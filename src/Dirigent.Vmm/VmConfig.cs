@@ -2,7 +2,8 @@ namespace Dirigent.Vmm;
 
 public enum AccelKind { Auto, Emu, Kvm }
 
-public enum DiskFormat { Raw, Qcow2 }
+/// <summary>A --disk image's format; Auto probes the file's magic (a qcow2 file is never taken for raw).</summary>
+public enum DiskFormat { Auto, Raw, Qcow2 }
 
 /// <summary>One --disk: an image file attached as a virtio-blk device.</summary>
 public sealed record DiskConfig(string Path, DiskFormat Format, bool ReadOnly);
@@ -31,7 +32,7 @@ public sealed class VmConfig
     {
         var parts = spec.Split(',');
         if (parts[0].Length == 0) throw new FormatException($"--disk '{spec}': missing image path");
-        var format = DiskFormat.Raw;
+        var format = DiskFormat.Auto;
         bool ro = false;
         foreach (var opt in parts.Skip(1))
         {

@@ -134,13 +134,26 @@ public static class VmLauncher
         }
         using var accelScope = accel;
         Action<byte> sink = _ => { };
-        using var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)), disks, cfg.Rng);
+        // The accelerator's own interrupt controllers when it has them (KVM's in-kernel irqchip), else ours.
+        Dirigent.Machine.Interrupts.IInKernelIrqChip? irqChip;
+        try
+        {
+            irqChip = accel.CreateInKernelIrqChip(out string irqChipReason);
+            if (accel is not EmuAccelerator) err.WriteLine($"{accel.Name}: interrupt controllers: {irqChipReason}");
+        }
+        catch (Dirigent.Accel.Kvm.KvmException e)
+        {
+            err.WriteLine($"dirigent run: kvm: {e.Message}");
+            return ExitCodes.VmmFailure;
+        }
+        using var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)), irqChip, disks, cfg.Rng);
         foreach (var (backend, mac) in nics.Cards) board.AttachVirtio(vm, new Dirigent.Devices.Virtio.Net.VirtioNet(backend, mac));
         var vcpus = new IVcpu[cfg.Cpus];
         for (int k = 0; k < cfg.Cpus; k++)
         {
             vcpus[k] = accel.CreateVcpu(k);
-            var apic = board.Interrupts.LocalApics[k];
+            if (board.EmulatedInterrupts is not { } router) continue;
+            var apic = router.LocalApics[k];
             vcpus[k].AttachInterruptController(apic, apic);
             var cpu = vcpus[k];
             apic.OnNmi = cpu.InjectNmi;

@@ -23,6 +23,16 @@ internal static class KvmAbi
     public const nuint SET_USER_MEMORY_REGION = 0x4020AE46;
     public const nuint SET_TSS_ADDR = 0xAE47;
     public const nuint SET_IDENTITY_MAP_ADDR = 0x4008AE48;
+    public const nuint CREATE_IRQCHIP = 0xAE60;
+    public const nuint IRQ_LINE = 0x4008AE61;
+    public const nuint GET_IRQCHIP = 0xC208AE62;
+    public const nuint SET_IRQCHIP = 0x8208AE63;
+    public const nuint IRQ_LINE_STATUS = 0xC008AE67;
+    public const nuint SET_GSI_ROUTING = 0x4008AE6A;
+    public const nuint CREATE_PIT2 = 0x4040AE77;
+    public const nuint GET_PIT2 = 0x8070AE9F;
+    public const nuint SET_PIT2 = 0x4070AEA0;
+    public const nuint SIGNAL_MSI = 0x4020AEA5;
 
     // vCPU ioctls.
     public const nuint RUN = 0xAE80;
@@ -36,7 +46,11 @@ internal static class KvmAbi
     public const nuint SET_SIGNAL_MASK = 0x4004AE8B;
     public const nuint GET_FPU = 0x81A0AE8C;
     public const nuint SET_FPU = 0x41A0AE8D;
+    public const nuint GET_LAPIC = 0x8400AE8E;
+    public const nuint SET_LAPIC = 0x4400AE8F;
     public const nuint SET_CPUID2 = 0x4008AE90;
+    public const nuint GET_MP_STATE = 0x8004AE98;
+    public const nuint SET_MP_STATE = 0x4004AE99;
     public const nuint NMI = 0xAE9A;
     public const nuint GET_DEBUGREGS = 0x8080AEA1;
     public const nuint SET_DEBUGREGS = 0x4080AEA2;
@@ -45,7 +59,8 @@ internal static class KvmAbi
 
     // Capabilities.
     public const int CAP_IRQCHIP = 0, CAP_USER_MEMORY = 3, CAP_SET_TSS_ADDR = 4, CAP_EXT_CPUID = 7,
-        CAP_NR_MEMSLOTS = 10, CAP_SET_IDENTITY_MAP_ADDR = 37, CAP_DEBUGREGS = 50, CAP_XSAVE = 55, CAP_IMMEDIATE_EXIT = 136;
+        CAP_NR_MEMSLOTS = 10, CAP_IRQ_ROUTING = 25, CAP_IRQ_INJECT_STATUS = 26, CAP_PIT2 = 33, CAP_PIT_STATE2 = 35,
+        CAP_SIGNAL_MSI = 77, CAP_SET_IDENTITY_MAP_ADDR = 37, CAP_DEBUGREGS = 50, CAP_XSAVE = 55, CAP_IMMEDIATE_EXIT = 136;
 
     // kvm_run.exit_reason values.
     public const uint EXIT_UNKNOWN = 0, EXIT_EXCEPTION = 1, EXIT_IO = 2, EXIT_HYPERCALL = 3, EXIT_DEBUG = 4,
@@ -53,6 +68,12 @@ internal static class KvmAbi
         EXIT_NMI = 16, EXIT_INTERNAL_ERROR = 17, EXIT_SYSTEM_EVENT = 24;
 
     public const byte IO_IN = 0, IO_OUT = 1;
+
+    // Interrupt routing (kvm_irq_routing_entry.type) and kvm_irqchip.chip_id values; kvm_pit_config.flags.
+    public const uint IRQ_ROUTING_IRQCHIP = 1;
+    public const uint IRQCHIP_PIC_MASTER = 0, IRQCHIP_PIC_SLAVE = 1, IRQCHIP_IOAPIC = 2;
+    public const uint PIT_SPEAKER_DUMMY = 1;
+    public const uint MP_STATE_RUNNABLE = 0, MP_STATE_HALTED = 3;
     public const uint SYSTEM_EVENT_SHUTDOWN = 1, SYSTEM_EVENT_RESET = 2, SYSTEM_EVENT_CRASH = 3;
 
     /// <summary>Where KVM puts the real-mode TSS (3 pages) and the EPT identity map (1 page): inside the PC's
@@ -191,4 +212,64 @@ internal struct KvmSignalMask
 {
     [FieldOffset(0)] public uint Len;
     [FieldOffset(4)] public ulong Sigset;
+}
+
+/// <summary>struct kvm_irq_level: the GSI in, the delivery status out (KVM_IRQ_LINE_STATUS), then the level.</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct KvmIrqLevel
+{
+    public int IrqOrStatus;
+    public uint Level;
+}
+
+/// <summary>struct kvm_msi (32 bytes).</summary>
+[StructLayout(LayoutKind.Explicit, Size = 32)]
+internal struct KvmMsi
+{
+    [FieldOffset(0)] public uint AddressLo;
+    [FieldOffset(4)] public uint AddressHi;
+    [FieldOffset(8)] public uint Data;
+    [FieldOffset(12)] public uint Flags;
+    [FieldOffset(16)] public uint DevId;
+}
+
+/// <summary>struct kvm_pit_config (64 bytes): flags and reserved words.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 64)]
+internal struct KvmPitConfig
+{
+    [FieldOffset(0)] public uint Flags;
+}
+
+/// <summary>struct kvm_irq_routing_entry (48 bytes) for the irqchip type: {gsi, type, flags, pad, {irqchip, pin}}.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 48)]
+internal struct KvmIrqRoutingEntry
+{
+    [FieldOffset(0)] public uint Gsi;
+    [FieldOffset(4)] public uint Type;
+    [FieldOffset(8)] public uint Flags;
+    [FieldOffset(16)] public uint IrqChip;
+    [FieldOffset(20)] public uint Pin;
+}
+
+/// <summary>struct kvm_irqchip (520 bytes): chip id, then the PIC or IOAPIC state as the kernel keeps it.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 520)]
+internal unsafe struct KvmIrqChipState
+{
+    [FieldOffset(0)] public uint ChipId;
+    [FieldOffset(8)] public fixed byte Chip[512];
+}
+
+/// <summary>struct kvm_pit_state2 (112 bytes): three channel states, flags, reserved; kept opaque.</summary>
+[StructLayout(LayoutKind.Sequential, Size = 112)]
+internal unsafe struct KvmPitState2
+{
+    public fixed byte Raw[112];
+}
+
+/// <summary>struct kvm_lapic_state: the 1 KiB local APIC register page as the kernel keeps it (APIC layout, one
+/// 32-bit register every 16 bytes).</summary>
+[StructLayout(LayoutKind.Sequential, Size = 1024)]
+internal unsafe struct KvmLapicState
+{
+    public fixed byte Regs[1024];
 }

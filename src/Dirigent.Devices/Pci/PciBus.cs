@@ -13,7 +13,7 @@ public sealed class PciBus
 {
     public const int Slots = 32;
     public const ushort ConfigAddressPort = 0xCF8, ConfigDataPort = 0xCFC;
-    public const int FirstIntxGsi = 16, IntxGsiCount = 8;
+    public const int FirstIntxGsi = PcPlatform.PciFirstGsi, IntxGsiCount = PcPlatform.PciGsiCount;
 
     private readonly PciDevice?[] _slots = new PciDevice?[Slots];
     private readonly MmioBus _mmio;

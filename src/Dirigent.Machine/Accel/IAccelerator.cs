@@ -28,6 +28,18 @@ public interface IAccelerator : IDisposable
 {
     string Name { get; }
     IVcpu CreateVcpu(int index);
+
+    /// <summary>
+    /// Switches to the accelerator's own interrupt controllers (KVM: KVM_CREATE_IRQCHIP + KVM_CREATE_PIT2) and returns
+    /// the sink devices must use; null when it has none (the software CPU) or the host cannot provide them, and the
+    /// caller keeps the emulated controllers (<see cref="IVcpu.AttachInterruptController"/>). Call at most once,
+    /// before <see cref="CreateVcpu"/>. <paramref name="reason"/> says which was chosen and why, for one log line.
+    /// </summary>
+    IInKernelIrqChip? CreateInKernelIrqChip(out string reason)
+    {
+        reason = $"{Name} has no in-kernel interrupt controllers";
+        return null;
+    }
 }
 
 public interface IVcpu

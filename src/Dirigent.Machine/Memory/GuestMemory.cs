@@ -9,16 +9,44 @@ public sealed unsafe class RamRegion
     public ulong Size { get; }
     public byte* Host { get; }
 
+    private readonly bool _mapped;
+
     internal RamRegion(ulong guestBase, ulong size)
     {
         GuestBase = guestBase;
         Size = size;
         // Zeroed like fresh DRAM after a cold reset as QEMU presents it; guests rely on e.g. BSS being untouched garbage-free.
+        // On Linux an anonymous mapping is zero already and costs no resident memory until the guest touches a page
+        // (clearing a heap block would make all of guest RAM resident at start: the VMM's RSS would be the guest's size).
+        if (OperatingSystem.IsLinux())
+        {
+            nint p = AnonMap.Mmap(0, (nuint)size, AnonMap.PROT_READ | AnonMap.PROT_WRITE,
+                AnonMap.MAP_PRIVATE | AnonMap.MAP_ANONYMOUS | AnonMap.MAP_NORESERVE, -1, 0);
+            if (p == -1) throw new OutOfMemoryException($"cannot map {size >> 20} MiB of guest RAM (errno {Marshal.GetLastPInvokeError()})");
+            Host = (byte*)p;
+            _mapped = true;
+            return;
+        }
         Host = (byte*)NativeMemory.AlignedAlloc((nuint)size, 4096);
         NativeMemory.Clear(Host, (nuint)size);
     }
 
-    internal void Free() => NativeMemory.AlignedFree(Host);
+    internal void Free()
+    {
+        if (_mapped) AnonMap.Munmap((nint)Host, (nuint)Size);
+        else NativeMemory.AlignedFree(Host);
+    }
+}
+
+internal static partial class AnonMap
+{
+    public const int PROT_READ = 1, PROT_WRITE = 2, MAP_PRIVATE = 0x02, MAP_ANONYMOUS = 0x20, MAP_NORESERVE = 0x4000;
+
+    [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
+    public static partial nint Mmap(nint addr, nuint length, int prot, int flags, int fd, nint offset);
+
+    [LibraryImport("libc", EntryPoint = "munmap", SetLastError = true)]
+    public static partial int Munmap(nint addr, nuint length);
 }
 
 /// <summary>

@@ -2,6 +2,10 @@ using Dirigent.Tests.Infrastructure;
 using System.Diagnostics;
 using System.Text;
 using Dirigent.Accel.Emu;
+using Dirigent.Accel.Emu.Core;
+using Dirigent.Devices;
+using Dirigent.Devices.Interrupts;
+using Dirigent.Devices.Timer;
 using Dirigent.Accel.Kvm;
 using Dirigent.Machine;
 using Dirigent.Machine.Accel;
@@ -43,12 +47,44 @@ public sealed class GuestMachine : IDisposable
 
     public string Console { get { lock (_console) return _console.ToString(); } }
 
-    public GuestMachine(AccelKind kind, ulong ramSize = 16 << 20)
+    /// <summary>Where devices raise lines and send MSIs, when built with interrupt controllers.</summary>
+    public IInterruptSink? Interrupts { get; }
+    /// <summary>The emulated PIC/IOAPIC/LAPIC, when those serve (software CPU, or KVM without an in-kernel irqchip).</summary>
+    public InterruptRouter? EmulatedInterrupts { get; }
+    /// <summary>Which interrupt controllers this machine has, in words.</summary>
+    public string InterruptModel { get; } = "none";
+
+    /// <param name="interruptControllers">Give the machine a PC's interrupt controllers and PIT, as the VMM would:
+    /// KVM's in-kernel irqchip when KVM offers it, else the emulated 8259s, IOAPIC, local APIC and 8254.</param>
+    public GuestMachine(AccelKind kind, ulong ramSize = 16 << 20, bool interruptControllers = false)
     {
         Kind = kind;
         Vm = new VirtualMachine(ramSize);
         Accel = kind == AccelKind.Emu ? new EmuAccelerator(Vm) : new KvmAccelerator(Vm);
+        if (interruptControllers)
+        {
+            var chip = Accel.CreateInKernelIrqChip(out string reason);
+            if (chip != null)
+            {
+                Interrupts = chip;
+                InterruptModel = reason;
+            }
+            else
+            {
+                var router = new InterruptRouter(Vm.Clock, 1, Cpu.TscHz);
+                router.Register(Vm.Io, Vm.Mmio);
+                Vm.Io.Register(PcPlatform.PitPort, Pit8254.PortCount, new Pit8254(Vm.Clock, router.Line(PcPlatform.IrqPit)));
+                Interrupts = EmulatedInterrupts = router;
+                InterruptModel = kind == AccelKind.Emu ? "emulated PIC/IOAPIC/LAPIC/PIT" : $"emulated PIC/IOAPIC/LAPIC/PIT ({reason})";
+            }
+        }
         Vcpu = Accel.CreateVcpu(0);
+        if (EmulatedInterrupts != null)
+        {
+            var apic = EmulatedInterrupts.LocalApics[0];
+            Vcpu.AttachInterruptController(apic, apic);
+            apic.OnNmi = Vcpu.InjectNmi;
+        }
         Vm.Io.Register(0xE9, 1, new ConsolePort(this));
         Vm.Io.Register(0xF4, 1, new ExitPort(this));
         Vm.Mmio.Register(MmioBase, 0x1000, new RecordingMmio(this));
@@ -169,12 +205,14 @@ public static class Differential
     }
 
     /// <summary>Runs one guest on each accelerator (same setup, fresh machine each) and returns both results.</summary>
-    public static (GuestResult Emu, GuestResult Kvm) RunBoth(Action<GuestMachine> setup, Action<GuestMachine>? whileRunning = null, int timeoutMs = 5000)
+    public static (GuestResult Emu, GuestResult Kvm) RunBoth(Action<GuestMachine> setup, Action<GuestMachine>? whileRunning = null,
+        int timeoutMs = 5000, bool interruptControllers = false, Action<GuestMachine>? describe = null)
     {
         RequireKvm();
         GuestResult RunOn(AccelKind kind)
         {
-            using var m = new GuestMachine(kind);
+            using var m = new GuestMachine(kind, interruptControllers: interruptControllers);
+            describe?.Invoke(m);
             setup(m);
             return m.Run(timeoutMs, whileRunning);
         }

@@ -25,6 +25,33 @@ public sealed class KvmAbiTests
         Assert.Equal(24, Unsafe.SizeOf<KvmOneMsr>());
         Assert.Equal(12, Unsafe.SizeOf<KvmSignalMask>());
         Assert.Equal(4096, Unsafe.SizeOf<KvmXsave>());
+        Assert.Equal(8, Unsafe.SizeOf<KvmIrqLevel>());
+        Assert.Equal(32, Unsafe.SizeOf<KvmMsi>());
+        Assert.Equal(64, Unsafe.SizeOf<KvmPitConfig>());
+        Assert.Equal(48, Unsafe.SizeOf<KvmIrqRoutingEntry>());
+        Assert.Equal(520, Unsafe.SizeOf<KvmIrqChipState>());
+        Assert.Equal(112, Unsafe.SizeOf<KvmPitState2>());
+        Assert.Equal(1024, Unsafe.SizeOf<KvmLapicState>());
+    }
+
+    /// <summary>_IOC(dir, 0xAE, nr, size): bits 16..29 of each number are the size of the struct it carries.</summary>
+    [Fact]
+    public void Irqchip_ioctl_numbers_encode_their_struct_sizes()
+    {
+        static int Size(nuint ioctl) => (int)((ioctl >> 16) & 0x3FFF);
+        Assert.Equal(Unsafe.SizeOf<KvmIrqLevel>(), Size(KvmAbi.IRQ_LINE));
+        Assert.Equal(Unsafe.SizeOf<KvmIrqLevel>(), Size(KvmAbi.IRQ_LINE_STATUS));
+        Assert.Equal(Unsafe.SizeOf<KvmMsi>(), Size(KvmAbi.SIGNAL_MSI));
+        Assert.Equal(Unsafe.SizeOf<KvmPitConfig>(), Size(KvmAbi.CREATE_PIT2));
+        Assert.Equal(Unsafe.SizeOf<KvmPitState2>(), Size(KvmAbi.GET_PIT2));
+        Assert.Equal(Unsafe.SizeOf<KvmPitState2>(), Size(KvmAbi.SET_PIT2));
+        Assert.Equal(Unsafe.SizeOf<KvmIrqChipState>(), Size(KvmAbi.GET_IRQCHIP));
+        Assert.Equal(Unsafe.SizeOf<KvmIrqChipState>(), Size(KvmAbi.SET_IRQCHIP));
+        Assert.Equal(Unsafe.SizeOf<KvmLapicState>(), Size(KvmAbi.GET_LAPIC));
+        Assert.Equal(Unsafe.SizeOf<KvmLapicState>(), Size(KvmAbi.SET_LAPIC));
+        Assert.Equal(8, Size(KvmAbi.SET_GSI_ROUTING)); // struct kvm_irq_routing header: nr, flags
+        Assert.Equal(4, Size(KvmAbi.SET_MP_STATE));
+        Assert.Equal(0, Size(KvmAbi.CREATE_IRQCHIP));
     }
 
     [Fact]
@@ -70,6 +97,10 @@ public sealed class KvmAbiTests
         Assert.Equal(0u, filtered[0].Ecx & ((1u << 26) | (1u << 27) | (1u << 28)));
         Assert.NotEqual(0u, filtered[0].Ecx & (1u << 19)); // SSE4.1 stays
         Assert.Equal(0u, filtered[1].Ebx & ((1u << 5) | (1u << 16)));
+        Assert.Equal(0u, filtered[0].Ecx & ((1u << 21) | (1u << 24))); // x2APIC, TSC-deadline: the emulated LAPIC has neither
+        var inKernel = KvmAccelerator.FilterCpuid([new KvmCpuidEntry2 { Function = 1, Ecx = 0xFFFF_FFFF }], inKernelIrqChip: true);
+        Assert.Equal((1u << 21) | (1u << 24), inKernel[0].Ecx & ((1u << 21) | (1u << 24))); // KVM's LAPIC has both
+        Assert.Equal(0u, inKernel[0].Ecx & (1u << 26));
     }
 
     [Fact]

@@ -166,6 +166,10 @@ public class PciBusTests
         Assert.Equal(20, PciBus.IntxGsi(3, 2));
         Assert.Equal(16, PciBus.IntxGsi(7, 2));
         Assert.Equal((uint)gsi, r.Read(3, 0x3C, 1));
+        // The firmware's _PRT and MP entries describe the same wiring.
+        for (int s = 0; s < 32; s++)
+            for (int p = 1; p <= 4; p++)
+                Assert.Equal(PciBus.IntxGsi(s, p), Dirigent.Devices.Firmware.PciRootAml.Gsi(s, p));
         var line = r.Sink.Lines[gsi];
         r.Fn.RaiseIntx(true);
         Assert.True(line.Level);

@@ -8,7 +8,7 @@ public class DiskOptionTests
     [Fact]
     public void DiskSpecParsesPathFormatAndReadOnly()
     {
-        Assert.Equal(new DiskConfig("/a/b.img", DiskFormat.Raw, false), VmConfig.ParseDisk("/a/b.img"));
+        Assert.Equal(new DiskConfig("/a/b.img", DiskFormat.Auto, false), VmConfig.ParseDisk("/a/b.img"));
         Assert.Equal(new DiskConfig("x.qcow2", DiskFormat.Qcow2, true), VmConfig.ParseDisk("x.qcow2,format=qcow2,readonly"));
         Assert.Equal(new DiskConfig("x", DiskFormat.Raw, true), VmConfig.ParseDisk("x,readonly=on,format=raw"));
         Assert.Contains("unknown option 'format=vmdk'", Assert.Throws<FormatException>(() => VmConfig.ParseDisk("x,format=vmdk")).Message);
@@ -16,7 +16,7 @@ public class DiskOptionTests
     }
 
     [Fact]
-    public void FactoryOpensRawAndRefusesQcow2AndMissingFilesWithOneLine()
+    public void FactoryOpensRawAndQcow2ProbesTheFormatAndRefusesMissingFilesWithOneLine()
     {
         string f = Path.GetTempFileName();
         try
@@ -28,7 +28,18 @@ public class DiskOptionTests
                 Assert.True(d.ReadOnly);
             }
             var q = Assert.Throws<BlockDeviceException>(() => DiskFactory.Open(f, DiskFormat.Qcow2, false));
-            Assert.Contains("qcow2 support not merged yet", q.Message);
+            Assert.DoesNotContain('\n', q.Message);
+            DiskImage.Create(f + ".qcow2", "qcow2", 1 << 20);
+            try
+            {
+                using (var d = DiskFactory.Open(f + ".qcow2", DiskFormat.Auto, readOnly: false))
+                {
+                    Assert.IsType<Qcow2Disk>(d);
+                    Assert.Equal(1 << 20, d.Size);
+                }
+                using (var d = DiskFactory.Open(f, DiskFormat.Auto, readOnly: true)) Assert.IsType<RawDisk>(d);
+            }
+            finally { File.Delete(f + ".qcow2"); }
             var m = Assert.Throws<BlockDeviceException>(() => DiskFactory.Open(f + ".missing", DiskFormat.Raw, false));
             Assert.DoesNotContain('\n', m.Message);
         }

@@ -166,4 +166,42 @@ public class VirtioBlockTests
         h.Common(0x14, 1, 0); // reset waits for the worker
         Assert.Equal(0, h.Status);
     }
+
+    private sealed class SlowDisk(MemoryDisk inner) : Dirigent.Storage.IBlockDevice
+    {
+        public int Zeroed;
+        public long Size => inner.Size;
+        public bool ReadOnly => false;
+        public void Read(long offset, Span<byte> buffer) => inner.Read(offset, buffer);
+        public void Write(long offset, ReadOnlySpan<byte> data) => inner.Write(offset, data);
+        public void Flush() { }
+        public void Discard(long offset, long length) => WriteZeroes(offset, length);
+        public void WriteZeroes(long offset, long length) { Thread.Sleep(100); Interlocked.Increment(ref Zeroed); }
+        public void Dispose() { }
+    }
+
+    [Fact]
+    public void ResetDoesNotWaitForTheWholeQueueOfSlowRequests()
+    {
+        var disk = new SlowDisk(new MemoryDisk(64 * 1024));
+        using var blk = new VirtioBlock(disk, "s", useWorkerThread: true);
+        using var h = new VirtioHarness(blk);
+        h.Start(Version1, 16);
+        h.Mem.WriteU32(Header, VirtioBlock.TypeWriteZeroes);
+        h.Mem.WriteU64(Buffer, 0);
+        h.Mem.WriteU32(Buffer + 8, 1);
+        h.Mem.WriteU32(Buffer + 12, 0);
+        h.Desc(0, Header, 16, DescFlagNext, 1);
+        h.Desc(1, Buffer, 16, DescFlagNext, 2);
+        h.Desc(2, Status, 1, DescFlagWrite);
+        for (int i = 0; i < 12; i++) h.Publish(0, kick: i == 11); // twelve 100 ms requests
+        Assert.True(FakeIrqLine.WaitFor(() => Volatile.Read(ref disk.Zeroed) >= 1));
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        h.Common(0x14, 1, 0);
+        Assert.True(sw.ElapsedMilliseconds < 600, $"reset took {sw.ElapsedMilliseconds} ms");
+        int done = Volatile.Read(ref disk.Zeroed);
+        Thread.Sleep(300);
+        Assert.Equal(done, Volatile.Read(ref disk.Zeroed)); // nothing more after the reset
+        Assert.True(done < 12);
+    }
 }

@@ -33,7 +33,7 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
     private readonly object _run = new();
     private readonly Thread? _worker;
     private readonly AutoResetEvent _kick = new(false);
-    private volatile bool _stop;
+    private volatile bool _stop, _stopBatch;
     private IVirtioTransport? _transport;
 
     public ushort DeviceType => VirtioConstants.DeviceBlock;
@@ -91,8 +91,14 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
 
     public void Reset()
     {
-        // Waits for a batch in progress: afterwards the worker no longer touches the queue.
-        lock (_run) _transport = null;
+        // The worker stops after its current request (a guest can queue minutes of discards; a reset must not
+        // wait for all of them), then no longer touches the queue.
+        _stopBatch = true;
+        lock (_run)
+        {
+            _transport = null;
+            _stopBatch = false;
+        }
     }
 
     public void QueueNotify(int queue)
@@ -119,7 +125,7 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
         do
         {
             int batch = 0;
-            while (q.TryPop(_chain))
+            while (!_stopBatch && q.TryPop(_chain))
             {
                 long written = Handle(q, _chain);
                 if (written < 0) return; // malformed: the queue has stopped
@@ -129,7 +135,7 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
                 if (++batch % 16 == 0) q.NotifyGuest();
             }
             q.NotifyGuest();
-        } while (q.PrepareToSleep());
+        } while (!_stopBatch && q.PrepareToSleep());
     }
 
     /// <summary>Serves one request; returns the bytes written to the chain, or -1 if it was malformed.</summary>
@@ -243,7 +249,7 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
 
     public void Dispose()
     {
-        _stop = true;
+        _stop = _stopBatch = true;
         _kick.Set();
         _worker?.Join();
         lock (_run) _transport = null;

@@ -1,0 +1,179 @@
+using Dirigent.Accel.Kvm.Native;
+using Dirigent.Machine.Interrupts;
+
+namespace Dirigent.Accel.Kvm;
+
+/// <summary>
+/// KVM's in-kernel interrupt controllers (a local APIC per vCPU, the IOAPIC at 0xFEC00000, the 8259 pair) and 8254
+/// PIT (with the dummy speaker port 0x61), seen by devices as an <see cref="IInterruptSink"/>: lines become
+/// KVM_IRQ_LINE, MSIs KVM_SIGNAL_MSI. The GSI routing is the PC's with the interrupt source override our MADT and
+/// MP table announce: GSI 0 (the PIT, ISA IRQ0) goes to PIC pin 0 and IOAPIC pin 2, ISA IRQs 1..15 to their PIC
+/// and IOAPIC pins, GSIs 16..23 to the IOAPIC only, as on QEMU's PC; KVM's own default (identity) would put the PIT
+/// on IOAPIC pin 0, where the guest, told IRQ0 is on pin 2, never looks.
+/// </summary>
+public sealed unsafe class KvmIrqChip : IInKernelIrqChip
+{
+    public const int Pins = 24;
+
+    private readonly KvmAccelerator _accel;
+    /// <summary>The VM fd, or -1 once the accelerator is gone: a device timer firing late must not hit a reused fd.
+    /// Guarded by <see cref="_lock"/>.</summary>
+    private int _vmFd;
+    private readonly object _lock = new();
+    /// <summary>Asserted sources per GSI: devices sharing a line form a wired OR, and KVM sees only the OR.</summary>
+    private readonly int[] _asserted = new int[Pins];
+    private KvmIrqChipState _picMaster, _picSlave, _ioApic;
+    private KvmPitState2 _pit;
+
+    public string Description => "kvm in-kernel LAPIC/IOAPIC/PIC + PIT";
+
+    /// <summary>errno of the last KVM_IRQ_LINE / KVM_SIGNAL_MSI that failed (0: none); devices cannot be told.</summary>
+    public int LastError { get; private set; }
+
+    private KvmIrqChip(KvmAccelerator accel, int vmFd)
+    {
+        _accel = accel;
+        _vmFd = vmFd;
+    }
+
+    /// <summary>Capabilities the in-kernel path needs, in the order checked; null when all are there.</summary>
+    internal static string? MissingCapability(int kvmFd)
+    {
+        foreach (var (cap, name) in new[] { (KvmAbi.CAP_IRQCHIP, "KVM_CAP_IRQCHIP"), (KvmAbi.CAP_PIT2, "KVM_CAP_PIT2"),
+                     (KvmAbi.CAP_PIT_STATE2, "KVM_CAP_PIT_STATE2"), (KvmAbi.CAP_IRQ_ROUTING, "KVM_CAP_IRQ_ROUTING"),
+                     (KvmAbi.CAP_SIGNAL_MSI, "KVM_CAP_SIGNAL_MSI") })
+            if (Libc.Ioctl(kvmFd, KvmAbi.CHECK_EXTENSION, cap) <= 0) return name;
+        return null;
+    }
+
+    /// <summary>
+    /// KVM_CREATE_IRQCHIP, the PC routing, KVM_CREATE_PIT2; then the power-on state of each chip is kept for
+    /// <see cref="Reset"/>. Returns null with <paramref name="error"/> when KVM_CREATE_IRQCHIP itself fails (the VM is
+    /// unchanged, the emulated controllers can still serve); a failure after that leaves a half-made irqchip that
+    /// cannot be removed, so it throws.
+    /// </summary>
+    internal static KvmIrqChip? Create(KvmAccelerator accel, int vmFd, out string? error)
+    {
+        if (Libc.Ioctl(vmFd, KvmAbi.CREATE_IRQCHIP, 0) < 0)
+        {
+            error = $"KVM_CREATE_IRQCHIP failed: {Libc.ErrorText(Libc.LastErrno)}";
+            return null;
+        }
+        error = null;
+        SetPcRouting(vmFd);
+        var cfg = new KvmPitConfig { Flags = KvmAbi.PIT_SPEAKER_DUMMY };
+        KvmAccelerator.Check(Libc.Ioctl(vmFd, KvmAbi.CREATE_PIT2, &cfg), "KVM_CREATE_PIT2");
+        var chip = new KvmIrqChip(accel, vmFd);
+        chip._picMaster = chip.GetChip(KvmAbi.IRQCHIP_PIC_MASTER);
+        chip._picSlave = chip.GetChip(KvmAbi.IRQCHIP_PIC_SLAVE);
+        chip._ioApic = chip.GetChip(KvmAbi.IRQCHIP_IOAPIC);
+        KvmPitState2 pit;
+        KvmAccelerator.Check(Libc.Ioctl(vmFd, KvmAbi.GET_PIT2, &pit), "KVM_GET_PIT2");
+        chip._pit = pit;
+        return chip;
+    }
+
+    private static void SetPcRouting(int vmFd)
+    {
+        // GSI 0..15: PIC pin + IOAPIC pin (GSI 0 on IOAPIC pin 2, GSI 2, the cascade, nowhere); 16..23 IOAPIC only.
+        var entries = new List<KvmIrqRoutingEntry>(40);
+        for (uint gsi = 0; gsi < Pins; gsi++)
+        {
+            if (gsi == 2) continue;
+            if (gsi < 16)
+                entries.Add(new KvmIrqRoutingEntry { Gsi = gsi, Type = KvmAbi.IRQ_ROUTING_IRQCHIP,
+                    IrqChip = gsi < 8 ? KvmAbi.IRQCHIP_PIC_MASTER : KvmAbi.IRQCHIP_PIC_SLAVE, Pin = gsi & 7 });
+            entries.Add(new KvmIrqRoutingEntry { Gsi = gsi, Type = KvmAbi.IRQ_ROUTING_IRQCHIP,
+                IrqChip = KvmAbi.IRQCHIP_IOAPIC, Pin = gsi == 0 ? 2u : gsi });
+        }
+        var buf = new byte[8 + entries.Count * sizeof(KvmIrqRoutingEntry)];
+        fixed (byte* p = buf)
+        {
+            *(uint*)p = (uint)entries.Count;
+            var dst = new Span<KvmIrqRoutingEntry>(p + 8, entries.Count);
+            entries.CopyTo(dst);
+            KvmAccelerator.Check(Libc.Ioctl(vmFd, KvmAbi.SET_GSI_ROUTING, p), "KVM_SET_GSI_ROUTING");
+        }
+    }
+
+    private KvmIrqChipState GetChip(uint id)
+    {
+        var s = new KvmIrqChipState { ChipId = id };
+        KvmAccelerator.Check(Libc.Ioctl(_vmFd, KvmAbi.GET_IRQCHIP, &s), $"KVM_GET_IRQCHIP {id}");
+        return s;
+    }
+
+    /// <summary>Same contract as the emulated router: ISA IRQ 0..15 except 2, or PCI GSI 16..23; sources are ORed.</summary>
+    public IIrqLine Line(int isaIrqOrGsi)
+    {
+        if (isaIrqOrGsi < 0 || isaIrqOrGsi >= Pins || isaIrqOrGsi == 2)
+            throw new ArgumentOutOfRangeException(nameof(isaIrqOrGsi), "ISA IRQ 0..15 except 2, or GSI 16..23");
+        return new Source(this, isaIrqOrGsi);
+    }
+
+    private sealed class Source(KvmIrqChip chip, int gsi) : IIrqLine
+    {
+        private bool _level;
+
+        public void Set(bool level)
+        {
+            lock (chip._lock)
+            {
+                if (level == _level) return;
+                _level = level;
+                int before = chip._asserted[gsi];
+                chip._asserted[gsi] += level ? 1 : -1;
+                if ((before > 0) != (chip._asserted[gsi] > 0)) chip.Drive(gsi, level);
+            }
+        }
+    }
+
+    // Under _lock, so KVM sees each line's edges in the order the devices made them.
+    private void Drive(int gsi, bool level)
+    {
+        if (_vmFd < 0) return;
+        var l = new KvmIrqLevel { IrqOrStatus = gsi, Level = level ? 1u : 0u };
+        if (Libc.Ioctl(_vmFd, KvmAbi.IRQ_LINE, &l) < 0) LastError = Libc.LastErrno;
+    }
+
+    /// <summary>An MSI write; as with the emulated router, anything outside the 0xFEEx_xxxx window is dropped.</summary>
+    public void SignalMsi(ulong address, uint data)
+    {
+        if ((address >> 20) != 0xFEE) return;
+        var msi = new KvmMsi { AddressLo = (uint)address, AddressHi = (uint)(address >> 32), Data = data };
+        lock (_lock)
+        {
+            if (_vmFd < 0) return;
+            // 0: the interrupt was blocked (e.g. APIC disabled), as a real MSI to nowhere would be: not an error.
+            if (Libc.Ioctl(_vmFd, KvmAbi.SIGNAL_MSI, &msi) < 0) LastError = Libc.LastErrno;
+        }
+    }
+
+    /// <summary>A fixed, edge-triggered interrupt to one local APIC (physical destination), for IVcpu.InjectInterrupt.</summary>
+    internal void SendFixed(int apicId, byte vector) => SignalMsi(0xFEE0_0000UL | ((ulong)(byte)apicId << 12), vector);
+
+    public void Reset()
+    {
+        lock (_lock)
+        {
+            if (_vmFd < 0) return;
+            foreach (var saved in new[] { _picMaster, _picSlave, _ioApic })
+            {
+                var s = saved;
+                KvmAccelerator.Check(Libc.Ioctl(_vmFd, KvmAbi.SET_IRQCHIP, &s), $"KVM_SET_IRQCHIP {s.ChipId}");
+            }
+            var pit = _pit;
+            KvmAccelerator.Check(Libc.Ioctl(_vmFd, KvmAbi.SET_PIT2, &pit), "KVM_SET_PIT2");
+            _accel.ResetLocalApics();
+            // The power-on chip state has every pin low; lines still asserted must be seen again.
+            for (int gsi = 0; gsi < Pins; gsi++)
+                if (_asserted[gsi] > 0) Drive(gsi, true);
+        }
+    }
+
+    /// <summary>Called by the accelerator before it closes the VM fd.</summary>
+    internal void Detach()
+    {
+        lock (_lock) _vmFd = -1;
+    }
+}

@@ -1,0 +1,67 @@
+using System.CommandLine;
+using Dirigent.Storage;
+using Dirigent.Vmm;
+
+namespace Dirigent.Cli;
+
+/// <summary>`dirigent disk create|info`: qcow2 and raw images (like qemu-img create/info).</summary>
+internal static class DiskCommand
+{
+    public static Command Create()
+    {
+        var disk = new Command("disk", "Disk images (raw, qcow2)");
+
+        var format = new Option<string>("--format", "-f") { Description = "qcow2 or raw", DefaultValueFactory = _ => "qcow2" };
+        var size = new Option<string?>("--size", "-s") { Description = "Virtual size: 8G, 512M, 100K or bytes (default with --backing: the backing file's size)" };
+        var backing = new Option<string?>("--backing", "-b") { Description = "Backing file (qcow2 only); a relative path is relative to the new image's directory" };
+        var backingFormat = new Option<string?>("--backing-format", "-F") { Description = "raw or qcow2 (default: probed)" };
+        var clusterSize = new Option<string>("--cluster-size") { Description = "qcow2 cluster size, a power of two from 512 to 2M", DefaultValueFactory = _ => "64K" };
+        var createPath = new Argument<string>("PATH") { Description = "The image file to create" };
+        var create = new Command("create", "Create a disk image") { format, size, backing, backingFormat, clusterSize, createPath };
+        create.SetAction(r => Guard("disk create", () =>
+        {
+            string path = r.GetValue(createPath)!;
+            string fmt = r.GetValue(format)!;
+            string? back = r.GetValue(backing);
+            string? sizeText = r.GetValue(size);
+            if (File.Exists(path)) throw new FormatException($"'{path}' already exists");
+            long bytes;
+            if (sizeText != null) bytes = DiskInfo.ParseSize(sizeText);
+            else if (back != null)
+            {
+                string dir = Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".";
+                using var b = DiskImage.Open(Path.IsPathRooted(back) ? back : Path.Combine(dir, back), r.GetValue(backingFormat), readOnly: true);
+                bytes = b.Size;
+            }
+            else throw new FormatException("--size is required without --backing");
+            long cs = DiskInfo.ParseSize(r.GetValue(clusterSize)!);
+            if (cs < 512 || cs > 2 << 20 || (cs & (cs - 1)) != 0)
+                throw new FormatException($"--cluster-size must be a power of two from 512 to 2M, got {r.GetValue(clusterSize)}");
+            DiskImage.Create(path, fmt, bytes, back, r.GetValue(backingFormat), System.Numerics.BitOperations.Log2((ulong)cs));
+            Console.WriteLine($"created {path}: {fmt}, {DiskInfo.Human(bytes)}{(back != null ? $", backing {back}" : "")}");
+        }));
+
+        var infoFormat = new Option<string?>("--format", "-f") { Description = "raw or qcow2 (default: probed)" };
+        var infoPath = new Argument<string>("PATH") { Description = "The image file" };
+        var info = new Command("info", "Describe a disk image and its backing chain") { infoFormat, infoPath };
+        info.SetAction(r => Guard("disk info", () => Console.Write(DiskInfo.Describe(r.GetValue(infoPath)!, r.GetValue(infoFormat)))));
+
+        disk.Subcommands.Add(create);
+        disk.Subcommands.Add(info);
+        return disk;
+    }
+
+    private static int Guard(string what, Action action)
+    {
+        try
+        {
+            action();
+            return ExitCodes.Ok;
+        }
+        catch (Exception e) when (e is BlockDeviceException or FormatException or IOException or UnauthorizedAccessException)
+        {
+            Console.Error.WriteLine($"dirigent {what}: {e.Message}");
+            return ExitCodes.BadInput;
+        }
+    }
+}

@@ -1,0 +1,331 @@
+using System.Buffers.Binary;
+
+namespace Dirigent.Storage;
+
+/// <summary>L2 table cache, cluster allocation, refcounts (incl. growing the refcount table) and repair.</summary>
+public sealed partial class Qcow2Disk
+{
+    private sealed class L2Slot
+    {
+        public long Offset;
+        public required ulong[] Entries;
+        public long Stamp;
+    }
+
+    private readonly L2Slot?[] _l2Cache;
+    private long _l2Clock;
+    private L2Slot? _lastL2;
+    private ulong[] _reftable;
+    private readonly Dictionary<long, ushort[]> _refblocks = [];
+    private readonly int _rbBits;
+    /// <summary>Where the next cluster is appended: new clusters always go at the end of the file.</summary>
+    private long _nextFree;
+
+    private int L2Entries => 1 << _l2Bits;
+    private int RefblockEntries => 1 << _rbBits;
+
+    // ---------------------------------------------------------------- L2 tables
+
+    private ulong LookupL2Entry(long offset)
+    {
+        long vc = offset >> _clusterBits;
+        long l1Index = vc >> _l2Bits;
+        ulong l1e = _l1[l1Index];
+        if ((l1e & OffsetMask) == 0) return 0;
+        return GetL2(CheckL2Offset(l1e)).Entries[vc & (L2Entries - 1)];
+    }
+
+    private (L2Slot Slot, int Index) GetL2ForWrite(long offset)
+    {
+        long vc = offset >> _clusterBits;
+        long l1Index = vc >> _l2Bits;
+        int idx = (int)(vc & (L2Entries - 1));
+        ulong l1e = _l1[l1Index];
+        if ((l1e & OffsetMask) != 0) return (GetL2(CheckL2Offset(l1e)), idx);
+
+        long host = AllocateCluster();
+        _zeros ??= new byte[_clusterSize];
+        WriteFile(host, _zeros);
+        var slot = InsertL2(host, new ulong[L2Entries]);
+        _l1[l1Index] = (ulong)host | L1Copied;
+        WriteEntry(_h.L1TableOffset + l1Index * 8, _l1[l1Index]);
+        return (slot, idx);
+    }
+
+    private long CheckL2Offset(ulong l1e)
+    {
+        long off = (long)(l1e & OffsetMask);
+        if ((off & _clusterMask) != 0) throw Corrupt($"L2 table offset 0x{off:x} is not cluster-aligned");
+        if (off + _clusterSize > _fileLength || off < _clusterSize) throw Corrupt($"L2 table at 0x{off:x} lies outside the file");
+        return off;
+    }
+
+    private L2Slot GetL2(long offset)
+    {
+        // Sequential I/O stays within one table for a long time: try the last one first.
+        if (_lastL2 != null && _lastL2.Offset == offset) return _lastL2;
+        foreach (var s in _l2Cache)
+        {
+            if (s != null && s.Offset == offset) { s.Stamp = ++_l2Clock; return _lastL2 = s; }
+        }
+        var entries = new ulong[L2Entries];
+        ReadFile(offset, _metaBuf);
+        for (int i = 0; i < entries.Length; i++) entries[i] = BinaryPrimitives.ReadUInt64BigEndian(_metaBuf.AsSpan(i * 8));
+        return InsertL2(offset, entries);
+    }
+
+    private L2Slot InsertL2(long offset, ulong[] entries)
+    {
+        int victim = 0;
+        for (int i = 0; i < _l2Cache.Length; i++)
+        {
+            if (_l2Cache[i] == null) { victim = i; break; }
+            if (_l2Cache[i]!.Stamp < _l2Cache[victim]!.Stamp) victim = i;
+        }
+        // Entries are written through, so an evicted table needs no write-back.
+        var slot = new L2Slot { Offset = offset, Entries = entries, Stamp = ++_l2Clock };
+        _l2Cache[victim] = slot;
+        return _lastL2 = slot;
+    }
+
+    private void SetL2Entry(L2Slot slot, int idx, ulong value)
+    {
+        slot.Entries[idx] = value;
+        WriteEntry(slot.Offset + idx * 8L, value);
+    }
+
+    // ---------------------------------------------------------------- allocation and refcounts
+
+    /// <summary>Appends one cluster with refcount 1; the caller writes it before linking it anywhere.</summary>
+    private long AllocateCluster()
+    {
+        long host = TakeClusters(1);
+        AdjustRefcount(host >> _clusterBits, +1);
+        return host;
+    }
+
+    /// <summary>
+    /// The next <paramref name="count"/> clusters at the end of the file that nothing counts yet. A writer killed
+    /// after counting a cluster but before writing it leaves a refcount past the end of the file (v2 images have
+    /// no dirty bit to trigger a repair): such clusters are stepped over rather than counted twice.
+    /// </summary>
+    private long TakeClusters(long count)
+    {
+        long skipped = 0;
+        for (long run = 0; run < count; run++)
+        {
+            if (RefcountIfKnown((_nextFree >> _clusterBits) + run) != 0)
+            {
+                _nextFree += (run + 1) * _clusterSize;
+                skipped += run + 1;
+                if (skipped > 1 << 16) throw Corrupt("refcounts claim a large area past the end of the file");
+                run = -1;
+            }
+        }
+        long host = _nextFree;
+        _nextFree += count * _clusterSize;
+        return host;
+    }
+
+    private int RefcountIfKnown(long cluster)
+    {
+        long ti = cluster >> _rbBits;
+        if (ti >= _reftable.Length || _reftable[ti] == 0) return 0;
+        return GetRefblock(ti, allocate: false).Block[cluster & (RefblockEntries - 1)];
+    }
+
+    /// <summary>Raises the refcounts of <paramref name="count"/> (at most 64) consecutive clusters, one write per block.</summary>
+    private void IncrementRefcounts(long first, int count)
+    {
+        Span<byte> b = stackalloc byte[128];
+        for (long c = first, end = first + count; c < end;)
+        {
+            long ti = c >> _rbBits;
+            int bi = (int)(c & (RefblockEntries - 1));
+            var (block, blockOffset) = GetRefblock(ti, allocate: true);
+            int m = (int)Math.Min(end - c, RefblockEntries - bi);
+            for (int j = 0; j < m; j++)
+            {
+                if (block[bi + j] == ushort.MaxValue) throw Corrupt($"refcount of cluster 0x{(c + j) << _clusterBits:x} overflows 16 bits");
+                BinaryPrimitives.WriteUInt16BigEndian(b[(j * 2)..], ++block[bi + j]);
+            }
+            WriteFile(blockOffset + bi * 2L, b[..(m * 2)]);
+            c += m;
+        }
+    }
+
+    private void AdjustRefcount(long cluster, int delta)
+    {
+        long ti = cluster >> _rbBits;
+        int bi = (int)(cluster & (RefblockEntries - 1));
+        var (block, blockOffset) = GetRefblock(ti, allocate: delta > 0);
+        int v = block[bi] + delta;
+        if (v < 0) throw Corrupt($"refcount of cluster 0x{cluster << _clusterBits:x} would drop below zero");
+        if (v > ushort.MaxValue) throw Corrupt($"refcount of cluster 0x{cluster << _clusterBits:x} overflows 16 bits");
+        block[bi] = (ushort)v;
+        Span<byte> b = stackalloc byte[2];
+        BinaryPrimitives.WriteUInt16BigEndian(b, (ushort)v);
+        WriteFile(blockOffset + bi * 2L, b);
+    }
+
+    private (ushort[] Block, long Offset) GetRefblock(long ti, bool allocate)
+    {
+        if (ti >= _reftable.Length)
+        {
+            if (!allocate) throw Corrupt($"cluster 0x{ti << (_rbBits + _clusterBits):x} is beyond the refcount table");
+            GrowRefcountTable(ti + 1);
+        }
+        long off = (long)(_reftable[ti] & ~511UL);
+        if (off != 0)
+        {
+            if (_refblocks.TryGetValue(ti, out var cached)) return (cached, off);
+            if ((off & _clusterMask) != 0 || off + _clusterSize > _fileLength)
+                throw Corrupt($"refcount block at 0x{off:x} is unaligned or lies outside the file");
+            var loaded = new ushort[RefblockEntries];
+            ReadFile(off, _metaBuf);
+            for (int i = 0; i < loaded.Length; i++) loaded[i] = BinaryPrimitives.ReadUInt16BigEndian(_metaBuf.AsSpan(i * 2));
+            _refblocks[ti] = loaded;
+            return (loaded, off);
+        }
+        if (!allocate) throw Corrupt($"no refcount block for cluster 0x{ti << (_rbBits + _clusterBits):x}");
+
+        // A new block at the end of the file; it usually covers itself, which ends the recursion.
+        long blockHost = TakeClusters(1);
+        var block = new ushort[RefblockEntries];
+        long own = blockHost >> _clusterBits;
+        bool selfCovered = own >> _rbBits == ti;
+        if (selfCovered) block[own & (RefblockEntries - 1)] = 1;
+        else AdjustRefcount(own, +1); // counted before the table points at it, like every other cluster
+        WriteRefblock(blockHost, block);
+        _refblocks[ti] = block;
+        _reftable[ti] = (ulong)blockHost;
+        WriteEntry(_h.RefcountTableOffset + ti * 8, _reftable[ti]);
+        return (block, blockHost);
+    }
+
+    private void WriteRefblock(long offset, ushort[] block)
+    {
+        for (int i = 0; i < block.Length; i++) BinaryPrimitives.WriteUInt16BigEndian(_metaBuf.AsSpan(i * 2), block[i]);
+        WriteFile(offset, _metaBuf);
+    }
+
+    /// <summary>
+    /// Moves the refcount table to a bigger run of clusters at the end of the file. Everything the new table needs
+    /// is counted first (in existing blocks, or in new blocks it alone points at), then the table is written, then
+    /// the header switched to it, and only then the old table released: a crash at any point leaks, never corrupts.
+    /// </summary>
+    private void GrowRefcountTable(long minEntries)
+    {
+        long perCluster = _clusterSize / 8;
+        long entries = Math.Max(minEntries, _reftable.Length * 2L);
+        long clusters = (entries + perCluster - 1) / perCluster;
+        // The table and the blocks for its own clusters must fit: leave room for what this allocation adds.
+        long endCluster = (_nextFree >> _clusterBits) + 2 * clusters + 2;
+        entries = Math.Max(clusters * perCluster, (endCluster >> _rbBits) + 2);
+        clusters = (entries + perCluster - 1) / perCluster;
+        if (clusters * _clusterSize > Qcow2Header.MaxRefcountTableBytes)
+            throw new BlockDeviceException($"'{Path}': the image has grown too large for its refcount table");
+
+        long newOffset = TakeClusters(clusters);
+        var table = new ulong[clusters * perCluster];
+        _reftable.CopyTo(table, 0);
+        var fresh = new Dictionary<long, ushort[]>();
+        void Count(long cluster)
+        {
+            long ti = cluster >> _rbBits;
+            if (ti < _reftable.Length && _reftable[ti] != 0) { AdjustRefcount(cluster, +1); return; }
+            if (!fresh.TryGetValue(ti, out var block))
+            {
+                if (ti >= table.Length) throw new InvalidOperationException("refcount table growth undersized");
+                long b = TakeClusters(1);
+                fresh[ti] = block = new ushort[RefblockEntries];
+                table[ti] = (ulong)b;
+                Count(b >> _clusterBits);
+            }
+            block[cluster & (RefblockEntries - 1)]++;
+        }
+        for (long c = 0; c < clusters; c++) Count((newOffset >> _clusterBits) + c);
+        foreach (var (ti, block) in fresh) WriteRefblock((long)table[ti], block);
+
+        var bytes = new byte[table.Length * 8];
+        for (int i = 0; i < table.Length; i++) BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(i * 8), table[i]);
+        WriteFile(newOffset, bytes);
+        RandomAccess.FlushToDisk(_file);
+
+        long oldOffset = _h.RefcountTableOffset;
+        long oldClusters = _h.RefcountTableClusters;
+        Span<byte> hdr = stackalloc byte[12];
+        BinaryPrimitives.WriteUInt64BigEndian(hdr, (ulong)newOffset);
+        BinaryPrimitives.WriteUInt32BigEndian(hdr[8..], (uint)clusters);
+        WriteFile(Qcow2Header.OffRefcountTableOffset, hdr);
+        RefcountTableMovedAtWrite = WritesDone;
+        _h.RefcountTableOffset = newOffset;
+        _h.RefcountTableClusters = (uint)clusters;
+        _reftable = table;
+        foreach (var (ti, block) in fresh) _refblocks[ti] = block;
+
+        for (long c = 0; c < oldClusters; c++) AdjustRefcount((oldOffset >> _clusterBits) + c, -1);
+    }
+
+    /// <summary>
+    /// Repair of a dirty image: recount every reference (header, L1, L2 tables, data and compressed clusters,
+    /// refcount table and blocks) and rewrite all refcount blocks from that count, dropping leaks. Images with
+    /// internal snapshots are refused before this runs (their tables are not walked).
+    /// </summary>
+    private void RebuildRefcounts()
+    {
+        long fileClusters = _nextFree >> _clusterBits;
+        if (fileClusters > 1L << 27) throw new BlockDeviceException($"'{Path}': image too large to repair (dirty; run 'qemu-img check -r all')");
+        var refs = new ushort[fileClusters];
+        void Count(long start, long length)
+        {
+            if (length <= 0) return;
+            for (long c = start >> _clusterBits; c <= (start + length - 1) >> _clusterBits; c++)
+            {
+                if (c >= fileClusters) throw Corrupt($"a reference to 0x{c << _clusterBits:x} lies past the end of the file");
+                if (refs[c] < ushort.MaxValue) refs[c]++;
+            }
+        }
+
+        Count(0, _clusterSize);
+        Count(_h.L1TableOffset, _l1.Length * 8L);
+        var entries = new ulong[L2Entries];
+        foreach (ulong l1e in _l1)
+        {
+            if ((l1e & OffsetMask) == 0) continue;
+            long l2 = CheckL2Offset(l1e);
+            Count(l2, _clusterSize);
+            ReadTable(l2, entries);
+            foreach (ulong e in entries)
+            {
+                var kind = Classify(e);
+                if (kind is ClusterKind.Normal or ClusterKind.ZeroAllocated) Count((long)(e & OffsetMask), _clusterSize);
+                else if (kind == ClusterKind.Compressed) { var (s, l) = CompressedRange(e); Count(s, l); }
+            }
+        }
+        Count(_h.RefcountTableOffset, (long)_h.RefcountTableClusters * _clusterSize);
+        foreach (ulong rte in _reftable)
+            if ((rte & ~511UL) != 0) Count((long)(rte & ~511UL), _clusterSize);
+
+        _refblocks.Clear();
+        for (long ti = 0; ti < _reftable.Length; ti++)
+        {
+            long off = (long)(_reftable[ti] & ~511UL);
+            if (off == 0) continue;
+            if ((off & _clusterMask) != 0) throw Corrupt($"refcount block at 0x{off:x} is not cluster-aligned");
+            var block = new ushort[RefblockEntries];
+            long first = ti << _rbBits;
+            for (int i = 0; i < block.Length && first + i < fileClusters; i++) block[i] = refs[first + i];
+            WriteRefblock(off, block);
+            _refblocks[ti] = block;
+        }
+        // Referenced clusters whose range had no refcount block at all get one now (appended, self-counting).
+        for (long c = 0; c < fileClusters; c++)
+        {
+            long ti = c >> _rbBits;
+            if (refs[c] != 0 && (ti >= _reftable.Length || _reftable[ti] == 0))
+                for (int k = 0; k < refs[c]; k++) AdjustRefcount(c, +1);
+        }
+        RandomAccess.FlushToDisk(_file);
+    }
+}
