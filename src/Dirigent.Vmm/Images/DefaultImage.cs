@@ -15,6 +15,9 @@ public sealed record GuestImage(string Kernel, string Initramfs, string KernelVe
 public static partial class DefaultImage
 {
     public const string KernelFile = "vmlinuz", InitramfsFile = "initramfs.cpio.gz", VersionFile = "kernel-version";
+    /// <summary>Bumped whenever the initramfs layout or /init changes, so cached images are rebuilt.</summary>
+    public const string LayoutVersion = "2";
+    private const string LayoutFile = "layout-version";
     private const string Remedy = "install apt (Debian/Ubuntu host with network) or pass --kernel/--initrd";
 
     /// <summary>Module files taken from lib/modules/VERSION/kernel (the virtio drivers and what they depend on).</summary>
@@ -33,12 +36,21 @@ public static partial class DefaultImage
         "sha256sum", "seq", "base64", "setsid", "cttyhack", "sync", "mkdir", "sleep", "head", "tail", "grep",
     ];
 
+    private static readonly object s_buildLock = new();
+
     public static GuestImage EnsureBuilt(string cacheDir, Action<string> log)
+    {
+        // Several VMs (or test classes) in one process may ask at once; one builds, the others wait for it.
+        lock (s_buildLock) return EnsureBuiltLocked(cacheDir, log);
+    }
+
+    private static GuestImage EnsureBuiltLocked(string cacheDir, Action<string> log)
     {
         Directory.CreateDirectory(cacheDir);
         string kernel = Path.Combine(cacheDir, KernelFile), initramfs = Path.Combine(cacheDir, InitramfsFile);
-        string versionFile = Path.Combine(cacheDir, VersionFile);
-        if (File.Exists(kernel) && File.Exists(initramfs) && File.Exists(versionFile))
+        string versionFile = Path.Combine(cacheDir, VersionFile), layoutFile = Path.Combine(cacheDir, LayoutFile);
+        if (File.Exists(kernel) && File.Exists(initramfs) && File.Exists(versionFile)
+            && File.Exists(layoutFile) && File.ReadAllText(layoutFile).Trim() == LayoutVersion)
             return new GuestImage(kernel, initramfs, File.ReadAllText(versionFile).Trim());
 
         string pkg = FindKernelPackage(log);
@@ -81,6 +93,7 @@ public static partial class DefaultImage
             File.Move(initramfs + ".tmp", initramfs, overwrite: true);
             File.Move(kernel + ".tmp", kernel, overwrite: true);
             File.WriteAllText(versionFile, version + "\n");
+            File.WriteAllText(layoutFile, LayoutVersion + "\n");
             log($"default image ready: kernel {version}");
             return new GuestImage(kernel, initramfs, version);
         }
@@ -149,7 +162,7 @@ public static partial class DefaultImage
         using (var gz = new GZipStream(ms, CompressionLevel.Optimal, leaveOpen: true))
         using (var cpio = new CpioNewcWriter(gz, leaveOpen: true))
         {
-            foreach (var d in new[] { "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc", "lib", "lib/modules" })
+            foreach (var d in new[] { "bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "etc", "lib", "lib/modules", "mnt" })
                 cpio.AddDirectory(d);
             cpio.AddCharDevice("dev/console", 5, 1);
             cpio.AddCharDevice("dev/null", 1, 3, 0x1B6);
