@@ -19,9 +19,10 @@ public sealed unsafe class KvmIrqChip : IInKernelIrqChip
     /// <summary>The VM fd, or -1 once the accelerator is gone: a device timer firing late must not hit a reused fd.
     /// Guarded by <see cref="_lock"/>.</summary>
     private int _vmFd;
-    private readonly object _lock = new();
-    /// <summary>Asserted sources per GSI: devices sharing a line form a wired OR, and KVM sees only the OR.</summary>
-    private readonly int[] _asserted = new int[Pins];
+    /// <summary>Devices sharing a GSI form a wired OR, and KVM sees only the OR; its lock also guards the fd.</summary>
+    private readonly WiredOrLines _lines;
+    private object _lock => _lines.Lock;
+
     private KvmIrqChipState _picMaster, _picSlave, _ioApic;
     private KvmPitState2 _pit;
 
@@ -34,6 +35,7 @@ public sealed unsafe class KvmIrqChip : IInKernelIrqChip
     {
         _accel = accel;
         _vmFd = vmFd;
+        _lines = new WiredOrLines(Pins, Drive);
     }
 
     /// <summary>Capabilities the in-kernel path needs, in the order checked; null when all are there.</summary>
@@ -108,24 +110,7 @@ public sealed unsafe class KvmIrqChip : IInKernelIrqChip
     {
         if (isaIrqOrGsi < 0 || isaIrqOrGsi >= Pins || isaIrqOrGsi == 2)
             throw new ArgumentOutOfRangeException(nameof(isaIrqOrGsi), "ISA IRQ 0..15 except 2, or GSI 16..23");
-        return new Source(this, isaIrqOrGsi);
-    }
-
-    private sealed class Source(KvmIrqChip chip, int gsi) : IIrqLine
-    {
-        private bool _level;
-
-        public void Set(bool level)
-        {
-            lock (chip._lock)
-            {
-                if (level == _level) return;
-                _level = level;
-                int before = chip._asserted[gsi];
-                chip._asserted[gsi] += level ? 1 : -1;
-                if ((before > 0) != (chip._asserted[gsi] > 0)) chip.Drive(gsi, level);
-            }
-        }
+        return _lines.NewSource(isaIrqOrGsi);
     }
 
     // Under _lock, so KVM sees each line's edges in the order the devices made them.
@@ -166,8 +151,7 @@ public sealed unsafe class KvmIrqChip : IInKernelIrqChip
             KvmAccelerator.Check(Libc.Ioctl(_vmFd, KvmAbi.SET_PIT2, &pit), "KVM_SET_PIT2");
             _accel.ResetLocalApics();
             // The power-on chip state has every pin low; lines still asserted must be seen again.
-            for (int gsi = 0; gsi < Pins; gsi++)
-                if (_asserted[gsi] > 0) Drive(gsi, true);
+            _lines.ReassertAll();
         }
     }
 

@@ -16,13 +16,13 @@ public sealed class InterruptRouter : IApicBus, IInterruptSink
     public IoApic IoApic { get; }
     public IReadOnlyList<LocalApic> LocalApics { get; }
 
-    private readonly object _lineLock = new();
-    /// <summary>Asserted sources per pin (0..23), so devices sharing a line form a wired OR.</summary>
-    private readonly int[] _asserted = new int[PcPlatform.IoApicPins];
+    /// <summary>Devices sharing a pin (0..23) form a wired OR.</summary>
+    private readonly WiredOrLines _lines;
 
     public InterruptRouter(VirtualClock clock, int cpuCount, ulong tscHz)
     {
         if (cpuCount < 1 || cpuCount > 255) throw new ArgumentOutOfRangeException(nameof(cpuCount));
+        _lines = new WiredOrLines(PcPlatform.IoApicPins, Drive);
         Pic = new Pic8259();
         IoApic = new IoApic(this);
         var apics = new LocalApic[cpuCount];
@@ -56,9 +56,7 @@ public sealed class InterruptRouter : IApicBus, IInterruptSink
         Pic.Reset();
         IoApic.Reset();
         foreach (var a in LocalApics) a.Reset();
-        lock (_lineLock)
-            for (int n = 0; n < _asserted.Length; n++)
-                if (_asserted[n] > 0) Drive(n, true);
+        _lines.ReassertAll();
     }
 
     /// <summary>
@@ -69,27 +67,10 @@ public sealed class InterruptRouter : IApicBus, IInterruptSink
     {
         if (isaIrqOrGsi < 0 || isaIrqOrGsi >= PcPlatform.IoApicPins || isaIrqOrGsi == 2)
             throw new ArgumentOutOfRangeException(nameof(isaIrqOrGsi), "ISA IRQ 0..15 except 2, or GSI 16..23");
-        return new Source(this, isaIrqOrGsi);
+        return _lines.NewSource(isaIrqOrGsi);
     }
 
-    private sealed class Source(InterruptRouter router, int line) : IIrqLine
-    {
-        private bool _level;
-
-        public void Set(bool level)
-        {
-            lock (router._lineLock)
-            {
-                if (level == _level) return;
-                _level = level;
-                int before = router._asserted[line];
-                router._asserted[line] += level ? 1 : -1;
-                if ((before > 0) != (router._asserted[line] > 0)) router.Drive(line, level);
-            }
-        }
-    }
-
-    // Under _lineLock, so the controllers see each line's edges in order.
+    // Under the lines' lock, so the controllers see each line's edges in order.
     private void Drive(int line, bool level)
     {
         if (line < 16) Pic.SetIrq(line, level);
