@@ -95,15 +95,17 @@ public class Qcow2GuestTests(ITestOutputHelper output)
         var disks = new[] { new DiskConfig(overlay, DiskFormat.Auto, false) };
 
         // The guest rewrites 12 KiB inside base.bin (copy-on-write of clusters the base holds), deletes a base
-        // file and writes new ones, one of them 384 KiB of its own random data.
+        // file and writes new ones, one of them 384 KiB of its own random data, then trims the free space: on a v3
+        // overlay whole free clusters become zero clusters (the base must not show through), on v2 nothing changes.
         string o = Run(Config(
             "mkdir -p /mnt && mount /dev/vda /mnt && cat /mnt/hello.txt && md5sum /mnt/base.bin && " +
             "dd if=/dev/zero of=/mnt/base.bin bs=4096 seek=10 count=3 conv=notrunc 2>/dev/null && rm /mnt/gone.txt && " +
             "echo from-guest-$((6*7)) > /mnt/guest.txt && mkdir /mnt/d && head -c 393216 /dev/urandom > /mnt/d/rand.bin && " +
-            "md5sum /mnt/d/rand.bin && umount /mnt && echo BOOT1-OK", disks), $"{maker} boot 1");
+            "md5sum /mnt/d/rand.bin && fstrim -v /mnt && umount /mnt && echo BOOT1-OK", disks), $"{maker} boot 1");
         Assert.Contains("hello-from-the-base", o);
         Assert.Contains($"{Md5(baseBin)}  /mnt/base.bin", o);
         Assert.Contains("BOOT1-OK", o);
+        Assert.Matches(new Regex(@"/mnt: [1-9][0-9]* bytes trimmed"), o);
         var m = Regex.Match(o, @"([0-9a-f]{32})  /mnt/d/rand\.bin");
         Assert.True(m.Success, $"no md5 of rand.bin:\n{GuestRunner.Tail(o)}");
         string randMd5 = m.Groups[1].Value;
@@ -122,6 +124,10 @@ public class Qcow2GuestTests(ITestOutputHelper output)
         long allocated;
         using (var q = Qcow2Disk.Open(overlay, readOnly: true)) allocated = q.AllocatedBytes();
         Assert.InRange(allocated, Cluster, 16 * MiB);
+        int zeroClusters = ZeroFlagged(overlay);
+        output.WriteLine($"{maker}: overlay holds {allocated / 1024} KiB of data and {zeroClusters} KiB of zero clusters");
+        if (maker == "qemu-img-v2") Assert.Equal(0, zeroClusters);
+        else Assert.True(zeroClusters > 0, "fstrim on a v3 overlay left no zero clusters");
 
         // The host sees the guest's files through qemu-img's reading of the overlay.
         string flat = dir["flat.raw"];
@@ -147,6 +153,17 @@ public class Qcow2GuestTests(ITestOutputHelper output)
         QemuImg.AssertClean(overlay);
     }
 
+    /// <summary>KiB of the overlay that read as zeros through its own L2 zero flag (qemu-img map: depth 0, no data).</summary>
+    private static int ZeroFlagged(string path)
+    {
+        using var doc = JsonDocument.Parse(QemuImg.MustRun("map", "--output=json", path));
+        long bytes = 0;
+        foreach (var e in doc.RootElement.EnumerateArray())
+            if (e.GetProperty("depth").GetInt32() == 0 && e.GetProperty("zero").GetBoolean() && !e.GetProperty("data").GetBoolean())
+                bytes += e.GetProperty("length").GetInt64();
+        return (int)(bytes / 1024);
+    }
+
     // ------------------------------------------------------------------ 2. 100+ MiB of raw device writes
 
     /// <summary>
@@ -157,7 +174,8 @@ public class Qcow2GuestTests(ITestOutputHelper output)
     /// </summary>
     private readonly record struct DiskOp(char Fn, long Src, long Dst, long Len);
 
-    private const long DiskSize = 160L * MiB, SeedSize = 8 * MiB;
+    // Not a whole number of clusters: the last cluster of the image is partial.
+    private const long DiskSize = 160L * MiB + 3584, SeedSize = 8 * MiB;
     private const int Regions = 26;
     private const long RegionSize = 4 * MiB, RegionStride = 6 * MiB + 3584, SeedStride = 77824;
 
@@ -166,7 +184,7 @@ public class Qcow2GuestTests(ITestOutputHelper output)
         new('c', 123 * 512 + 7, 5 * MiB - 2560, 5120),                 // gap: straddles a cluster boundary, both unallocated
         new('c', 999, 193L * Cluster + 1536, 1536),                     // inside an allocated cluster of region 2
         new('b', 77, 13 * MiB + 777, 1000),                             // sub-sector and unaligned: page-cache read-modify-write
-        new('b', 4242, DiskSize - 1003, 1000),                          // the disk's last page, in an unallocated cluster
+        new('b', 4242, DiskSize - 1003, 1000),                          // the disk's last sectors, in its partial last cluster
         new('z', 0, 5 * RegionStride + 4096, 300 * 1024),               // zeros written as data
         new('x', 0, 291L * Cluster, 4 * Cluster),                       // whole clusters inside region 3
         new('x', 0, 440L * Cluster, 16 * Cluster),                      // region 4's end and the gap after it
@@ -201,20 +219,29 @@ public class Qcow2GuestTests(ITestOutputHelper output)
         s.Append("for d in vda vdb; do ");
         s.Append($"for i in $(seq 0 {Regions - 1}); do c $((i*{SeedStride})) $((i*{RegionStride})) {RegionSize}; done; ");
         foreach (var op in ExtraOps) s.Append(CultureInfo.InvariantCulture, $"{op.Fn} {op.Src} {op.Dst} {op.Len}; ");
-        s.Append("done; sync; echo WRITE-TIME $t0 $(u); ");
+        s.Append("echo WROTE $d $(u); done; sync; echo WRITE-TIME $t0 $(u); ");
         s.Append("r(){ echo R $1 $2 $(dd if=/dev/vda bs=64K iflag=skip_bytes,count_bytes,direct skip=$1 count=$2 2>/dev/null | md5sum); }; ");
         foreach (var (off, len) in ReadBacks) s.Append(CultureInfo.InvariantCulture, $"r {off} {len}; ");
         return s.ToString();
     }
 
-    /// <summary>The disk as the operations leave it, and which clusters a qcow2 image must have allocated.</summary>
-    private static (byte[] Image, bool[] Allocated) Expected(byte[] seed)
+    /// <summary>
+    /// The disk as the operations leave it, and which clusters a qcow2 image must have allocated. A buffered write
+    /// reaches the disk as the dirty blocks of the page cache: 512-byte ones here (the disk size is not a multiple
+    /// of 4 KiB), or whole pages with another block size; <paramref name="pageWriteback"/> picks the model.
+    /// </summary>
+    private static (byte[] Image, bool[] Allocated) Expected(byte[] seed, int clusterSize, bool pageWriteback)
     {
         var img = new byte[DiskSize];
-        var alloc = new bool[DiskSize / Cluster];
+        var alloc = new bool[(DiskSize + clusterSize - 1) / clusterSize];
         foreach (var op in AllOps())
         {
-            long first = op.Dst / Cluster, last = (op.Dst + op.Len - 1) / Cluster;
+            long first = op.Dst / clusterSize, last = (op.Dst + op.Len - 1) / clusterSize;
+            if (op.Fn == 'b' && pageWriteback)
+            {
+                first = op.Dst / 4096 * 4096 / clusterSize;
+                last = (Math.Min(DiskSize, (op.Dst + op.Len + 4095) / 4096 * 4096) - 1) / clusterSize;
+            }
             switch (op.Fn)
             {
                 case 'c' or 'b':
@@ -224,7 +251,7 @@ public class Qcow2GuestTests(ITestOutputHelper output)
                     img.AsSpan((int)op.Dst, (int)op.Len).Clear();
                     break;
                 case 'x':
-                    Assert.True(op.Dst % Cluster == 0 && op.Len % Cluster == 0, "discards in this test cover whole clusters");
+                    Assert.True(op.Dst % clusterSize == 0 && op.Len % clusterSize == 0, "discards in this test cover whole clusters");
                     img.AsSpan((int)op.Dst, (int)op.Len).Clear();
                     for (long c = first; c <= last; c++) alloc[c] = false;
                     continue;
@@ -234,13 +261,18 @@ public class Qcow2GuestTests(ITestOutputHelper output)
         return (img, alloc);
     }
 
-    [Fact]
-    public void GuestWritesOver100MiBStraightToTheDeviceAndTheImageMatchesARawMirror()
+    [Theory]
+    [InlineData("dirigent", 16)]
+    [InlineData("dirigent", 9)]   // 512-byte clusters: ~215000 of them, thousands of L2 tables and refcount blocks
+    [InlineData("qemu-img", 16)]
+    public void GuestWritesOver100MiBStraightToTheDeviceAndTheImageMatchesARawMirror(string maker, int clusterBits)
     {
         QemuImg.Require();
         using var dir = new TempDir();
         string vda = dir["vda.qcow2"], vdb = dir["vdb.raw"], vdc = dir["seed.raw"];
-        DiskImage.Create(vda, "qcow2", DiskSize);
+        int clusterSize = 1 << clusterBits;
+        if (maker == "dirigent") DiskImage.Create(vda, "qcow2", DiskSize, clusterBits: clusterBits);
+        else QemuImg.MustRun("create", "-q", "-f", "qcow2", "-o", $"cluster_size={clusterSize}", vda, DiskSize.ToString(CultureInfo.InvariantCulture));
         DiskImage.Create(vdb, "raw", DiskSize);
         // Random data from the host: /dev/urandom in the guest runs at well under 1 MiB/s on the software CPU.
         byte[] seed = SeededBytes(2026, (int)SeedSize);
@@ -258,11 +290,15 @@ public class Qcow2GuestTests(ITestOutputHelper output)
         double wall = sw.Elapsed.TotalSeconds;
         var t = Regex.Match(o, @"WRITE-TIME ([0-9.]+) ([0-9.]+)");
         Assert.True(t.Success, $"no timing line:\n{GuestRunner.Tail(o)}");
-        double guestSeconds = double.Parse(t.Groups[2].Value, CultureInfo.InvariantCulture) - double.Parse(t.Groups[1].Value, CultureInfo.InvariantCulture);
-        output.WriteLine($"guest wrote {written / (double)MiB:F1} MiB to each of vda (qcow2) and vdb (raw) in {guestSeconds:F2} s " +
-                         $"({2 * written / (double)MiB / Math.Max(guestSeconds, 0.01):F0} MiB/s); whole run {wall:F1} s wall");
+        var vdaDone = Regex.Match(o, @"WROTE vda ([0-9.]+)");
+        Assert.True(vdaDone.Success, $"no timing line for vda:\n{GuestRunner.Tail(o)}");
+        double Seconds(Group g) => double.Parse(g.Value, CultureInfo.InvariantCulture);
+        double qcow2Seconds = Seconds(vdaDone.Groups[1]) - Seconds(t.Groups[1]), rawSeconds = Seconds(t.Groups[2]) - Seconds(vdaDone.Groups[1]);
+        output.WriteLine($"guest wrote {written / (double)MiB:F1} MiB to vda (qcow2) in {qcow2Seconds:F2} s and to vdb (raw) in {rawSeconds:F2} s " +
+                         $"(guest uptime); whole run {wall:F1} s wall");
 
-        var (expected, alloc) = Expected(seed);
+        var (expected, alloc) = Expected(seed, clusterSize, pageWriteback: false);
+        var (_, allocPages) = Expected(seed, clusterSize, pageWriteback: true);
         // What the guest read back through the qcow2 device.
         foreach (var (off, len) in ReadBacks)
         {
@@ -276,15 +312,16 @@ public class Qcow2GuestTests(ITestOutputHelper output)
         Assert.True(rc == 0, $"qemu-img compare vda.qcow2 vdb.raw: {rc} {cmpOut}{cmpErr}");
         // The raw mirror holds exactly what the host expects (so the two disks did not merely agree on a wrong result).
         AssertSameBytes(expected, File.ReadAllBytes(vdb), "vdb.raw");
-        // And our own reader of the qcow2 file agrees, cluster for cluster, on what is allocated.
+        // Our own reader of the qcow2 file agrees, and the image holds the clusters written and not discarded since.
         using (var q = Qcow2Disk.Open(vda, readOnly: true))
         {
             var actual = new byte[DiskSize];
             q.Read(0, actual);
             AssertSameBytes(expected, actual, "vda.qcow2 through Qcow2Disk");
-            long clusters = alloc.Count(a => a);
-            Assert.Equal(clusters * Cluster, q.AllocatedBytes());
-            output.WriteLine($"vda.qcow2: {clusters} clusters allocated ({clusters * Cluster / (double)MiB:F1} MiB), file {new FileInfo(vda).Length / (double)MiB:F1} MiB");
+            long clusters = alloc.Count(a => a), clustersPages = allocPages.Count(a => a);
+            Assert.InRange(q.AllocatedBytes(), clusters * clusterSize, clustersPages * clusterSize);
+            output.WriteLine($"vda.qcow2: {q.AllocatedBytes() / clusterSize} clusters of {clusterSize} B allocated ({q.AllocatedBytes() / (double)MiB:F1} MiB), " +
+                             $"file {new FileInfo(vda).Length / (double)MiB:F1} MiB");
         }
     }
 
@@ -292,7 +329,7 @@ public class Qcow2GuestTests(ITestOutputHelper output)
     {
         Assert.Equal(expected.Length, actual.Length);
         int at = expected.AsSpan().CommonPrefixLength(actual);
-        Assert.True(at == expected.Length, $"{what} differs from the expected image first at byte {at} (cluster {at / Cluster})");
+        Assert.True(at == expected.Length, $"{what} differs from the expected image first at byte {at}");
     }
 
     // ------------------------------------------------------------------ 3. images that cannot be opened
