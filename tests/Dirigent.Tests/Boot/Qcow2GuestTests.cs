@@ -74,14 +74,8 @@ public class Qcow2GuestTests(ITestOutputHelper output)
     {
         QemuImg.Require();
         using var dir = new TempDir();
-        string tree = Directory.CreateDirectory(dir["tree"]).FullName;
         byte[] baseBin = SeededBytes(11, 256 * 1024);
-        File.WriteAllText(Path.Combine(tree, "hello.txt"), "hello-from-the-base\n");
-        File.WriteAllText(Path.Combine(tree, "gone.txt"), "the guest deletes this\n");
-        File.WriteAllBytes(Path.Combine(tree, "base.bin"), baseBin);
-        string baseRaw = dir["base.raw"];
-        using (var f = File.Create(baseRaw)) f.SetLength(32 * MiB);
-        Tool("mkfs.ext4", dir.Path, "-q", "-F", "-d", tree, baseRaw);
+        string baseRaw = MakeExt4Base(dir, baseBin);
         string baseHash = FileHash.Of(baseRaw);
 
         string overlay = dir["overlay.qcow2"];
@@ -151,6 +145,72 @@ public class Qcow2GuestTests(ITestOutputHelper output)
         Assert.Contains("BOOT2-OK", o);
         Assert.Equal(baseHash, FileHash.Of(baseRaw));
         QemuImg.AssertClean(overlay);
+    }
+
+    /// <summary>dir/base.raw: a 32 MiB ext4 filesystem (mkfs.ext4 -d) with hello.txt, gone.txt and base.bin.</summary>
+    private static string MakeExt4Base(TempDir dir, byte[] baseBin)
+    {
+        string tree = Directory.CreateDirectory(dir["tree"]).FullName;
+        File.WriteAllText(Path.Combine(tree, "hello.txt"), "hello-from-the-base\n");
+        File.WriteAllText(Path.Combine(tree, "gone.txt"), "the guest deletes this\n");
+        File.WriteAllBytes(Path.Combine(tree, "base.bin"), baseBin);
+        string baseRaw = dir["base.raw"];
+        using (var f = File.Create(baseRaw)) f.SetLength(32 * MiB);
+        Tool("mkfs.ext4", dir.Path, "-q", "-F", "-d", tree, baseRaw);
+        return baseRaw;
+    }
+
+    /// <summary>
+    /// raw base &lt;- mid.qcow2 (ours, written by a first guest) &lt;- top.qcow2 (qemu-img's): a second guest reads
+    /// every layer and writes only the top; a third gets the top read-only and leaves its bytes as they are.
+    /// </summary>
+    [Fact]
+    public void ThreeLayerChainReadsEveryLayerWritesOnlyTheTopAndReadOnlyChangesNothing()
+    {
+        QemuImg.Require();
+        using var dir = new TempDir();
+        byte[] baseBin = SeededBytes(12, 256 * 1024);
+        string baseRaw = MakeExt4Base(dir, baseBin), mid = dir["mid.qcow2"], top = dir["top.qcow2"];
+        string baseHash = FileHash.Of(baseRaw);
+        DiskImage.Create(mid, "qcow2", 32 * MiB, "base.raw", "raw");
+        string o = Run(Config("mkdir -p /mnt && mount /dev/vda /mnt && echo mid-layer > /mnt/mid.txt && " +
+                              "dd if=/dev/zero of=/mnt/base.bin bs=1024 seek=100 count=1 conv=notrunc 2>/dev/null && umount /mnt",
+            [new DiskConfig(mid, DiskFormat.Qcow2, false)]), "chain boot 1 (mid)");
+        QemuImg.AssertClean(mid);
+        QemuImg.MustRun("create", "-q", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", top);
+        string midHash = FileHash.Of(mid);
+
+        o = Run(Config("mkdir -p /mnt && mount /dev/vda /mnt && cat /mnt/hello.txt /mnt/mid.txt && md5sum /mnt/base.bin && " +
+                       "echo top-layer > /mnt/top.txt && echo mid-rewritten-on-top > /mnt/mid.txt && " +
+                       "dd if=/dev/zero of=/mnt/base.bin bs=1024 seek=200 count=1 conv=notrunc 2>/dev/null && umount /mnt",
+            [new DiskConfig(top, DiskFormat.Auto, false)]), "chain boot 2 (top)");
+        byte[] afterMid = (byte[])baseBin.Clone();
+        Array.Clear(afterMid, 100 * 1024, 1024);
+        byte[] afterTop = (byte[])afterMid.Clone();
+        Array.Clear(afterTop, 200 * 1024, 1024);
+        Assert.Contains("hello-from-the-base", o);
+        Assert.Contains("mid-layer", o);
+        Assert.Contains($"{Md5(afterMid)}  /mnt/base.bin", o);
+        Assert.Equal(baseHash, FileHash.Of(baseRaw));
+        Assert.Equal(midHash, FileHash.Of(mid));
+        QemuImg.AssertClean(top);
+        string flat = dir["flat.raw"];
+        QemuImg.MustRun("convert", "-O", "raw", top, flat);
+        Assert.Contains("top-layer", Tool("debugfs", dir.Path, "-R", "cat /top.txt", flat));
+        Assert.Contains("mid-rewritten-on-top", Tool("debugfs", dir.Path, "-R", "cat /mid.txt", flat));
+        Tool("e2fsck", dir.Path, "-f", "-n", flat);
+
+        string topHash = FileHash.Of(top);
+        o = Run(Config("echo RO=$(cat /sys/block/vda/ro); mkdir -p /mnt && mount -o ro /dev/vda /mnt && " +
+                       "cat /mnt/top.txt /mnt/mid.txt && md5sum /mnt/base.bin && umount /mnt",
+            [new DiskConfig(top, DiskFormat.Auto, true)]), "chain boot 3 (top, read-only)");
+        Assert.Contains("RO=1", o);
+        Assert.Contains("top-layer", o);
+        Assert.Contains("mid-rewritten-on-top", o);
+        Assert.Contains($"{Md5(afterTop)}  /mnt/base.bin", o);
+        Assert.Equal(topHash, FileHash.Of(top));
+        Assert.Equal(midHash, FileHash.Of(mid));
+        Assert.Equal(baseHash, FileHash.Of(baseRaw));
     }
 
     /// <summary>KiB of the overlay that read as zeros through its own L2 zero flag (qemu-img map: depth 0, no data).</summary>
