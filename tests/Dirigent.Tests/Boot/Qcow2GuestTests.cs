@@ -147,10 +147,13 @@ public class Qcow2GuestTests(ITestOutputHelper output)
         QemuImg.AssertClean(overlay);
     }
 
-    /// <summary>dir/base.raw: a 32 MiB ext4 filesystem (mkfs.ext4 -d) with hello.txt, gone.txt and base.bin.</summary>
-    private static string MakeExt4Base(TempDir dir, byte[] baseBin)
+    /// <summary>dir/base.raw: a 32 MiB ext4 filesystem (mkfs.ext4 -d) with hello.txt, gone.txt, base.bin (and text.txt).</summary>
+    private static string MakeExt4Base(TempDir dir, byte[] baseBin, bool text = false)
     {
         string tree = Directory.CreateDirectory(dir["tree"]).FullName;
+        // 1 MiB of text for images meant to compress well.
+        if (text)
+            File.WriteAllText(Path.Combine(tree, "text.txt"), string.Concat(Enumerable.Range(0, 1 << 20).Select(k => (char)('a' + k % 7 * (k / 4096 % 3 + 1) % 26))));
         File.WriteAllText(Path.Combine(tree, "hello.txt"), "hello-from-the-base\n");
         File.WriteAllText(Path.Combine(tree, "gone.txt"), "the guest deletes this\n");
         File.WriteAllBytes(Path.Combine(tree, "base.bin"), baseBin);
@@ -211,6 +214,58 @@ public class Qcow2GuestTests(ITestOutputHelper output)
         Assert.Equal(topHash, FileHash.Of(top));
         Assert.Equal(midHash, FileHash.Of(mid));
         Assert.Equal(baseHash, FileHash.Of(baseRaw));
+    }
+
+    /// <summary>
+    /// A compressed image from <c>qemu-img convert -c</c>, booted writable: the guest reads files out of compressed
+    /// clusters (several of which share a host cluster) and rewrites parts of them, which stores those clusters
+    /// uncompressed and drops the compressed ones' references; qemu-img must find no leaks or corruption.
+    /// </summary>
+    [Fact]
+    public void CompressedImageIsReadAndRewrittenByTheGuestWithoutLeaks()
+    {
+        QemuImg.Require();
+        using var dir = new TempDir();
+        byte[] baseBin = SeededBytes(13, 64 * 1024);
+        string baseRaw = MakeExt4Base(dir, baseBin, text: true);
+        string comp = dir["comp.qcow2"];
+        QemuImg.MustRun("convert", "-c", "-f", "raw", "-O", "qcow2", baseRaw, comp);
+        var text = File.ReadAllBytes(dir["tree/text.txt"]);
+        int compressedBefore = CompressedClusters(comp);
+        Assert.True(compressedBefore >= 16, $"qemu-img convert -c left only {compressedBefore} compressed clusters");
+        var disks = new[] { new DiskConfig(comp, DiskFormat.Auto, false) };
+
+        string o = Run(Config(
+            "mkdir -p /mnt && mount /dev/vda /mnt && md5sum /mnt/text.txt /mnt/base.bin && cat /mnt/hello.txt && " +
+            "dd if=/dev/zero of=/mnt/text.txt bs=1024 seek=300 count=5 conv=notrunc 2>/dev/null && echo rewritten > /mnt/hello.txt && " +
+            "umount /mnt && echo COMP-OK", disks), "compressed boot 1");
+        Assert.Contains($"{Md5(text)}  /mnt/text.txt", o);
+        Assert.Contains($"{Md5(baseBin)}  /mnt/base.bin", o);
+        Assert.Contains("hello-from-the-base", o);
+        Assert.Contains("COMP-OK", o);
+        Array.Clear(text, 300 * 1024, 5 * 1024);
+        QemuImg.AssertClean(comp);
+        int compressedAfter = CompressedClusters(comp);
+        output.WriteLine($"compressed clusters: {compressedBefore} before the guest wrote, {compressedAfter} after");
+        Assert.InRange(compressedAfter, 1, compressedBefore - 1);
+        string flat = dir["flat.raw"];
+        QemuImg.MustRun("convert", "-O", "raw", comp, flat);
+        Tool("e2fsck", dir.Path, "-f", "-n", flat);
+        Tool("debugfs", dir.Path, "-R", $"dump /text.txt {dir["text.out"]}", flat);
+        Assert.Equal(Md5(text), Md5(File.ReadAllBytes(dir["text.out"])));
+
+        o = Run(Config("mkdir -p /mnt && mount /dev/vda /mnt && md5sum /mnt/text.txt /mnt/base.bin && cat /mnt/hello.txt && umount /mnt",
+            disks), "compressed boot 2");
+        Assert.Contains($"{Md5(text)}  /mnt/text.txt", o);
+        Assert.Contains($"{Md5(baseBin)}  /mnt/base.bin", o);
+        Assert.Contains("rewritten", o);
+        QemuImg.AssertClean(comp);
+    }
+
+    private static int CompressedClusters(string path)
+    {
+        using var doc = JsonDocument.Parse(QemuImg.MustRun("check", "--output=json", path));
+        return doc.RootElement.TryGetProperty("compressed-clusters", out var c) ? c.GetInt32() : 0;
     }
 
     /// <summary>KiB of the overlay that read as zeros through its own L2 zero flag (qemu-img map: depth 0, no data).</summary>
