@@ -143,6 +143,7 @@ public static class VmLauncher
         }
         catch (Dirigent.Accel.Kvm.KvmException e)
         {
+            foreach (var d in disks) d.Dispose();
             err.WriteLine($"dirigent run: kvm: {e.Message}");
             return ExitCodes.VmmFailure;
         }
