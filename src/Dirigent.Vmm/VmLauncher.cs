@@ -48,6 +48,20 @@ public static class VmLauncher
         err.WriteLine("dirigent: stats: events by vector: " + string.Join(", ", top.Select(x => $"{x.v:x2}={x.n:N0}")));
     }
 
+    /// <summary>Open disk images not yet owned by the board: disposed on early return.</summary>
+    private sealed class OwnedDisks : IDisposable
+    {
+        private List<Dirigent.Storage.IBlockDevice>? _disks = new();
+        public void Add(Dirigent.Storage.IBlockDevice d) => _disks!.Add(d);
+        /// <summary>Hands the disks over; this object no longer disposes them.</summary>
+        public List<Dirigent.Storage.IBlockDevice> Release() { var d = _disks!; _disks = null; return d; }
+        public void Dispose()
+        {
+            foreach (var d in _disks ?? []) d.Dispose();
+            _disks = null;
+        }
+    }
+
     private sealed class SerialSink(Action<byte> write) : ISerialBackend
     {
         public void Write(byte b) => write(b);
@@ -57,6 +71,18 @@ public static class VmLauncher
     public static int Run(VmConfig cfg, TextWriter err, Stream? stdin = null, Stream? stdout = null, bool useTerminal = true,
         CancellationToken cancel = default)
     {
+        // Disks first: a bad --disk is the user's to fix before any image is built or downloaded. Until the board
+        // takes them, early returns close them (so no image stays locked or marked dirty).
+        using var disks = new OwnedDisks();
+        try
+        {
+            foreach (var d in cfg.Disks) disks.Add(DiskFactory.Open(d));
+        }
+        catch (Dirigent.Storage.BlockDeviceException e)
+        {
+            err.WriteLine($"dirigent run: {e.Message}");
+            return ExitCodes.BadInput;
+        }
         string kernel;
         List<string> initrds = cfg.Initrds;
         string append = cfg.Append;
@@ -104,31 +130,18 @@ public static class VmLauncher
             err.WriteLine($"dirigent run: --net: {e.Message}");
             return ExitCodes.VmmFailure;
         }
-        var disks = new List<Dirigent.Storage.IBlockDevice>();
-        try
-        {
-            foreach (var d in cfg.Disks) disks.Add(DiskFactory.Open(d));
-        }
-        catch (Dirigent.Storage.BlockDeviceException e)
-        {
-            foreach (var d in disks) d.Dispose();
-            err.WriteLine($"dirigent run: {e.Message}");
-            return ExitCodes.BadInput;
-        }
         IAccelerator accel;
         try
         {
             accel = AccelSelector.Create(cfg, vm, err, out string? accelError);
             if (accelError != null)
             {
-                foreach (var d in disks) d.Dispose();
-                err.WriteLine($"dirigent run: {accelError}");
+                    err.WriteLine($"dirigent run: {accelError}");
                 return ExitCodes.VmmFailure;
             }
         }
         catch (Dirigent.Accel.Kvm.KvmException e)
         {
-            foreach (var d in disks) d.Dispose();
             err.WriteLine($"dirigent run: kvm: {e.Message}");
             return ExitCodes.VmmFailure;
         }
@@ -143,11 +156,10 @@ public static class VmLauncher
         }
         catch (Dirigent.Accel.Kvm.KvmException e)
         {
-            foreach (var d in disks) d.Dispose();
             err.WriteLine($"dirigent run: kvm: {e.Message}");
             return ExitCodes.VmmFailure;
         }
-        using var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)), irqChip, disks, cfg.Rng);
+        using var board = new PcBoard(vm, cfg.Cpus, Cpu.TscHz, new SerialSink(b => sink(b)), irqChip, disks.Release(), cfg.Rng);
         foreach (var (backend, mac) in nics.Cards) board.AttachVirtio(vm, new Dirigent.Devices.Virtio.Net.VirtioNet(backend, mac));
         var vcpus = new IVcpu[cfg.Cpus];
         for (int k = 0; k < cfg.Cpus; k++)
