@@ -73,6 +73,14 @@ public sealed partial class Cpu
         _flags = (_flags & ~ArithFlags) | (arith & ArithFlags);
     }
 
+    /// <summary>Rotates: replaces CF and OF (given as 0/1) and keeps the other arithmetic flags.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void SetCfOf(ulong cf, ulong of)
+    {
+        if (_lazyOp != LazyOp.None) Materialize();
+        _flags = (_flags & ~(CF | OF)) | cf | (of << 11);
+    }
+
     /// <summary>Sets or clears the given flag bit(s), materializing pending lazy flags first.</summary>
     public void SetFlag(ulong bit, bool on)
     {

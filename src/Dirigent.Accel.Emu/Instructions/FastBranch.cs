@@ -1,0 +1,126 @@
+using System.Runtime.CompilerServices;
+using Dirigent.Accel.Emu.Core;
+using Iced.Intel;
+
+namespace Dirigent.Accel.Emu.Instructions;
+
+/// <summary>
+/// 64-bit-mode relative Jcc/JMP with the condition fixed at block translation (one handler per condition, so
+/// <see cref="Cpu.TestCondition"/> folds to the one test it needs) and the target read straight from Iced's
+/// 64-bit branch field; and ROL/ROR of a full-width register by an immediate, which only touch CF and OF.
+/// Semantics match the generic handlers.
+/// </summary>
+internal static unsafe class FastBranch
+{
+    public static delegate*<Cpu, ref Instruction, void> Select(ref Instruction i, int bits, delegate*<Cpu, ref Instruction, void> current)
+    {
+        if (bits != 64) return current;
+        if (i.OpCount == 1 && i.Op0Kind == OpKind.NearBranch64)
+        {
+            if (i.Code.IsJmpShortOrNear()) return &Jmp;
+            if (!i.Code.IsJccShortOrNear()) return current;
+            return i.ConditionCode switch
+            {
+                ConditionCode.o => &Jo,
+                ConditionCode.no => &Jno,
+                ConditionCode.b => &Jb,
+                ConditionCode.ae => &Jae,
+                ConditionCode.e => &Je,
+                ConditionCode.ne => &Jne,
+                ConditionCode.be => &Jbe,
+                ConditionCode.a => &Ja,
+                ConditionCode.s => &Js,
+                ConditionCode.ns => &Jns,
+                ConditionCode.p => &Jp,
+                ConditionCode.np => &Jnp,
+                ConditionCode.l => &Jl,
+                ConditionCode.ge => &Jge,
+                ConditionCode.le => &Jle,
+                ConditionCode.g => &Jg,
+                _ => current,
+            };
+        }
+        if (i.OpCount == 2 && i.Op0Kind == OpKind.Register && i.Op1Kind == OpKind.Immediate8)
+        {
+            return i.Code switch
+            {
+                Code.Rol_rm64_imm8 => &Rol64,
+                Code.Rol_rm32_imm8 => &Rol32,
+                Code.Ror_rm64_imm8 => &Ror64,
+                Code.Ror_rm32_imm8 => &Ror32,
+                _ => current,
+            };
+        }
+        return current;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Branch(Cpu c, ref Instruction i, ConditionCode cc)
+    {
+        if (c.TestCondition(cc)) c.JumpTo(i.NearBranch64);
+    }
+
+    private static void Jmp(Cpu c, ref Instruction i) => c.JumpTo(i.NearBranch64);
+    private static void Jo(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.o);
+    private static void Jno(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.no);
+    private static void Jb(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.b);
+    private static void Jae(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.ae);
+    private static void Je(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.e);
+    private static void Jne(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.ne);
+    private static void Jbe(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.be);
+    private static void Ja(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.a);
+    private static void Js(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.s);
+    private static void Jns(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.ns);
+    private static void Jp(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.p);
+    private static void Jnp(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.np);
+    private static void Jl(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.l);
+    private static void Jge(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.ge);
+    private static void Jle(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.le);
+    private static void Jg(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.g);
+
+    // A rotate by a (masked) zero count changes nothing but still zero-extends a 32-bit destination. Otherwise
+    // only CF and OF change (OF is defined for count 1; the generic handler sets it the same way for any count).
+    private static void Rol64(Cpu c, ref Instruction i)
+    {
+        ref ulong d = ref c.GprRef(Cpu.RegInfo(i.Op0Register));
+        int k = i.Immediate8 & 63;
+        if (k == 0) return;
+        ulong res = ulong.RotateLeft(d, k);
+        d = res;
+        ulong cf = res & 1;
+        c.SetCfOf(cf, (res >> 63) ^ cf);
+    }
+
+    private static void Rol32(Cpu c, ref Instruction i)
+    {
+        ref ulong d = ref c.GprRef(Cpu.RegInfo(i.Op0Register));
+        int k = i.Immediate8 & 31;
+        uint res = uint.RotateLeft((uint)d, k);
+        d = res;
+        if (k == 0) return;
+        ulong cf = res & 1;
+        c.SetCfOf(cf, (res >> 31) ^ cf);
+    }
+
+    private static void Ror64(Cpu c, ref Instruction i)
+    {
+        ref ulong d = ref c.GprRef(Cpu.RegInfo(i.Op0Register));
+        int k = i.Immediate8 & 63;
+        if (k == 0) return;
+        ulong res = ulong.RotateRight(d, k);
+        d = res;
+        ulong cf = res >> 63;
+        c.SetCfOf(cf, cf ^ ((res >> 62) & 1));
+    }
+
+    private static void Ror32(Cpu c, ref Instruction i)
+    {
+        ref ulong d = ref c.GprRef(Cpu.RegInfo(i.Op0Register));
+        int k = i.Immediate8 & 31;
+        uint res = uint.RotateRight((uint)d, k);
+        d = res;
+        if (k == 0) return;
+        ulong cf = res >> 31;
+        c.SetCfOf(cf, cf ^ ((res >> 30) & 1));
+    }
+}
