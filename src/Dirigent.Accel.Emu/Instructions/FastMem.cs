@@ -20,13 +20,15 @@ internal static unsafe class FastMem
         bool mem0 = i.Op0Kind == OpKind.Memory, mem1 = i.Op1Kind == OpKind.Memory;
         if ((mem0 || mem1) && !SimpleAddress(ref i)) return current;
         OpKind k1 = i.Op1Kind;
-        bool imm1 = k1 is OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32 or OpKind.Immediate32to64;
+        bool imm1 = k1 is OpKind.Immediate8 or OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32 or OpKind.Immediate32to64;
         bool reg0 = i.Op0Kind == OpKind.Register, reg1 = k1 == OpKind.Register;
         if (reg0 && mem1)
         {
             return i.Code switch
             {
                 Code.Mov_r64_rm64 => &Load64,
+                Code.Lea_r64_m => &Lea64,
+                Code.Lea_r32_m => &Lea32,
                 Code.Mov_r32_rm32 => &Load32,
                 Code.Movzx_r32_rm8 or Code.Movzx_r64_rm8 => &Load8,
                 Code.Movzx_r32_rm16 or Code.Movzx_r64_rm16 => &Load16,
@@ -64,6 +66,10 @@ internal static unsafe class FastMem
             {
                 Code.Mov_rm64_imm32 => &StoreImm64,
                 Code.Mov_rm32_imm32 => &StoreImm32,
+                Code.Mov_rm8_imm8 => &StoreImm8,
+                Code.Cmp_rm8_imm8 => &CmpMI8,
+                Code.Test_rm8_imm8 => &TestMI8,
+                Code.Test_rm32_imm32 => &TestMI32,
                 Code.Cmp_rm64_imm8 or Code.Cmp_rm64_imm32 => &CmpMI64,
                 Code.Cmp_rm32_imm8 or Code.Cmp_rm32_imm32 => &CmpMI32,
                 _ => current,
@@ -119,6 +125,17 @@ internal static unsafe class FastMem
         return seg >= Cpu.FS ? c.Sreg[seg].Base + ea : ea;
     }
 
+    /// <summary>LEA: the effective address alone, no segment base.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong Ea(Cpu c, ref Instruction i)
+    {
+        ulong ea = i.MemoryDisplacement64;
+        Register b = i.MemoryBase, x = i.MemoryIndex;
+        if (b != Register.None && b != Register.RIP) ea += c.GprRef(Cpu.RegInfo(b));
+        if (x != Register.None) ea += c.GprRef(Cpu.RegInfo(x)) << Scale(i.MemoryIndexScale);
+        return ea;
+    }
+
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static int Scale(int scale) => scale switch { 1 => 0, 2 => 1, 4 => 2, _ => 3 };
 
@@ -132,6 +149,9 @@ internal static unsafe class FastMem
     private static void Load32(Cpu c, ref Instruction i) { ulong la = Addr(c, ref i); R0(c, ref i) = c.Read32(la); }
     private static void Load8(Cpu c, ref Instruction i) { ulong la = Addr(c, ref i); R0(c, ref i) = c.Read8(la); }
     private static void Load16(Cpu c, ref Instruction i) { ulong la = Addr(c, ref i); R0(c, ref i) = c.Read16(la); }
+    private static void Lea64(Cpu c, ref Instruction i) => R0(c, ref i) = Ea(c, ref i);
+    private static void Lea32(Cpu c, ref Instruction i) => R0(c, ref i) = (uint)Ea(c, ref i);
+    private static void StoreImm8(Cpu c, ref Instruction i) => c.Write8(Addr(c, ref i), i.Immediate8);
     private static void Store64(Cpu c, ref Instruction i) => c.Write64(Addr(c, ref i), R1(c, ref i));
     private static void Store32(Cpu c, ref Instruction i) => c.Write32(Addr(c, ref i), (uint)R1(c, ref i));
     private static void StoreImm64(Cpu c, ref Instruction i) => c.Write64(Addr(c, ref i), (ulong)(long)(int)i.Immediate32);
@@ -194,6 +214,20 @@ internal static unsafe class FastMem
     private static void TestMR32(Cpu c, ref Instruction i) { ulong a = c.Read32(Addr(c, ref i)); Alu32(c, ref a, R1(c, ref i), Op.Test); }
     private static void CmpMI64(Cpu c, ref Instruction i) { ulong a = c.Read64(Addr(c, ref i)); Alu64(c, ref a, i.GetImmediate(1), Op.Cmp); }
     private static void CmpMI32(Cpu c, ref Instruction i) { ulong a = c.Read32(Addr(c, ref i)); Alu32(c, ref a, i.GetImmediate(1), Op.Cmp); }
+
+    private static void TestMI32(Cpu c, ref Instruction i) { ulong a = c.Read32(Addr(c, ref i)); Alu32(c, ref a, i.Immediate32, Op.Test); }
+
+    private static void CmpMI8(Cpu c, ref Instruction i)
+    {
+        ulong a = c.Read8(Addr(c, ref i)), b = i.Immediate8;
+        c.SetLazyFlags(LazyOp.Sub, 1, a - b, a, b);
+    }
+
+    private static void TestMI8(Cpu c, ref Instruction i)
+    {
+        ulong a = c.Read8(Addr(c, ref i)), b = i.Immediate8;
+        c.SetLazyFlags(LazyOp.Logic, 1, a & b, a, b);
+    }
 
     // Iced's GetImmediate sign-extends imm8/imm32 to the operand size, as the generic handlers use it.
     private static void AddRI64(Cpu c, ref Instruction i) => Alu64(c, ref R0(c, ref i), i.GetImmediate(1), Op.Add);

@@ -58,6 +58,14 @@ public class DiffFastFormTests
         yield return ["test rcx,0x100", (Action<Assembler>)(a => a.test(rcx, 0x100))];
         yield return ["test ecx,-1", (Action<Assembler>)(a => a.test(ecx, -1))];
         yield return ["test rax,-2 (rax form)", (Action<Assembler>)(a => a.test(rax, -2))];
+        yield return ["lea rax,[rsi+rcx*4+8]", (Action<Assembler>)(a => a.lea(rax, __qword_ptr[rsi + rcx * 4 + 8]))];
+        yield return ["lea ecx,[rsi+rdi*2-5]", (Action<Assembler>)(a => a.lea(ecx, __dword_ptr[rsi + rdi * 2 - 5]))];
+        yield return ["lea rdx,[rdx+0x7fffffff]", (Action<Assembler>)(a => a.lea(rdx, __qword_ptr[rdx + 0x7fffffff]))];
+        yield return ["mov byte [rbx+3],0x80", (Action<Assembler>)(a => a.mov(__byte_ptr[rbx + 3], 0x80))];
+        yield return ["cmp byte [rbx+2],0x7f", (Action<Assembler>)(a => a.cmp(__byte_ptr[rbx + 2], 0x7f))];
+        yield return ["cmp byte [rbx+2],0x80", (Action<Assembler>)(a => a.cmp(__byte_ptr[rbx + 2], 0x80))];
+        yield return ["test byte [rbx+1],0x81", (Action<Assembler>)(a => a.test(__byte_ptr[rbx + 1], 0x81))];
+        yield return ["test dword [rbx+4],0x80000001", (Action<Assembler>)(a => a.test(__dword_ptr[rbx + 4], unchecked((int)0x80000001)))];
         // Not specialised (16-bit destination merges): must still behave.
         yield return ["add cx,-3", (Action<Assembler>)(a => a.add(cx, -3))];
     }
