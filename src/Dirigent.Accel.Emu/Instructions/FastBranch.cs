@@ -7,7 +7,7 @@ namespace Dirigent.Accel.Emu.Instructions;
 /// <summary>
 /// 64-bit-mode relative Jcc/JMP with the condition fixed at block translation (one handler per condition, so
 /// <see cref="Cpu.TestCondition"/> folds to the one test it needs) and the target read straight from Iced's
-/// 64-bit branch field; and ROL/ROR of a full-width register by an immediate, which only touch CF and OF.
+/// 64-bit branch field; and ROL/ROR/SHL/SHR/SAR of a full-width register by an immediate.
 /// Semantics match the generic handlers.
 /// </summary>
 internal static unsafe class FastBranch
@@ -48,6 +48,12 @@ internal static unsafe class FastBranch
                 Code.Rol_rm32_imm8 => &Rol32,
                 Code.Ror_rm64_imm8 => &Ror64,
                 Code.Ror_rm32_imm8 => &Ror32,
+                Code.Shl_rm64_imm8 => &Shl64,
+                Code.Shl_rm32_imm8 => &Shl32,
+                Code.Shr_rm64_imm8 => &Shr64,
+                Code.Shr_rm32_imm8 => &Shr32,
+                Code.Sar_rm64_imm8 => &Sar64,
+                Code.Sar_rm32_imm8 => &Sar32,
                 _ => current,
             };
         }
@@ -122,5 +128,79 @@ internal static unsafe class FastBranch
         if (k == 0) return;
         ulong cf = res >> 31;
         c.SetCfOf(cf, cf ^ ((res >> 30) & 1));
+    }
+
+    // Shifts by a non-zero (masked) count set SF/ZF/PF from the result, CF from the last bit out, OF as for a
+    // count of 1, and clear AF, exactly as the generic handler; a zero count changes no flags.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong Szp(ulong res, int bits)
+    {
+        ulong f = (System.Numerics.BitOperations.PopCount(res & 0xFF) & 1) == 0 ? Cpu.PF : 0;
+        if (res == 0) f |= Cpu.ZF;
+        if ((res >> (bits - 1)) != 0) f |= Cpu.SF;
+        return f;
+    }
+
+    private static void Shl64(Cpu c, ref Instruction i)
+    {
+        ref ulong d = ref c.GprRef(Cpu.RegInfo(i.Op0Register));
+        int k = i.Immediate8 & 63;
+        if (k == 0) return;
+        ulong a = d, res = a << k, cf = (a >> (64 - k)) & 1;
+        d = res;
+        c.SetArithFlags(Szp(res, 64) | cf | (((res >> 63) ^ cf) << 11));
+    }
+
+    private static void Shl32(Cpu c, ref Instruction i)
+    {
+        ref ulong d = ref c.GprRef(Cpu.RegInfo(i.Op0Register));
+        int k = i.Immediate8 & 31;
+        ulong a = (uint)d, res = (uint)(a << k);
+        d = res;
+        if (k == 0) return;
+        ulong cf = (a >> (32 - k)) & 1;
+        c.SetArithFlags(Szp(res, 32) | cf | (((res >> 31) ^ cf) << 11));
+    }
+
+    private static void Shr64(Cpu c, ref Instruction i)
+    {
+        ref ulong d = ref c.GprRef(Cpu.RegInfo(i.Op0Register));
+        int k = i.Immediate8 & 63;
+        if (k == 0) return;
+        ulong a = d, res = a >> k;
+        d = res;
+        c.SetArithFlags(Szp(res, 64) | ((a >> (k - 1)) & 1) | ((a >> 63) << 11));
+    }
+
+    private static void Shr32(Cpu c, ref Instruction i)
+    {
+        ref ulong d = ref c.GprRef(Cpu.RegInfo(i.Op0Register));
+        int k = i.Immediate8 & 31;
+        ulong a = (uint)d, res = a >> k;
+        d = res;
+        if (k == 0) return;
+        c.SetArithFlags(Szp(res, 32) | ((a >> (k - 1)) & 1) | ((a >> 31) << 11));
+    }
+
+    private static void Sar64(Cpu c, ref Instruction i)
+    {
+        ref ulong d = ref c.GprRef(Cpu.RegInfo(i.Op0Register));
+        int k = i.Immediate8 & 63;
+        if (k == 0) return;
+        long a = (long)d;
+        ulong res = (ulong)(a >> k);
+        d = res;
+        c.SetArithFlags(Szp(res, 64) | ((ulong)(a >> (k - 1)) & 1));
+    }
+
+    private static void Sar32(Cpu c, ref Instruction i)
+    {
+        ref ulong d = ref c.GprRef(Cpu.RegInfo(i.Op0Register));
+        int k = i.Immediate8 & 31;
+        long a = (int)(uint)d;
+        ulong res = (uint)(a >> k);
+        d = res;
+        if (k == 0) return;
+        c.SetArithFlags(Szp(res, 32) | ((ulong)(a >> (k - 1)) & 1));
     }
 }

@@ -6,7 +6,7 @@ namespace Dirigent.Tests.SoftCpu;
 
 /// <summary>
 /// Host-vs-emulator differential tests for the 64-bit Jcc handlers specialised per condition (after each kind of
-/// lazy flag record: SUB/CMP, logic, ADD, INC and a rotate) and for ROL/ROR of a register by an immediate. The
+/// lazy flag record: SUB/CMP, logic, ADD, ADC, SBB, INC, DEC and a rotate) and for ROL/ROR of a register by an immediate. The
 /// branch outcome shows in RDX: the fall-through path writes a marker the taken path skips.
 /// </summary>
 public class DiffFastBranchTests
@@ -20,6 +20,9 @@ public class DiffFastBranchTests
         ("add eax,ecx", a => a.add(eax, ecx)),
         ("inc rax", a => a.inc(rax)),
         ("ror rax,1", a => a.ror(rax, 1)),
+        ("adc rax,rcx", a => a.adc(rax, rcx)),
+        ("sbb eax,ecx", a => a.sbb(eax, ecx)),
+        ("dec ax", a => a.dec(ax)),
     ];
 
     public static IEnumerable<object[]> Forms()
@@ -38,13 +41,25 @@ public class DiffFastBranchTests
                     a.nop();
                 })];
             }
-        foreach (int n in new[] { 0, 1, 7, 31, 32, 63 })
+        foreach (int n in new[] { 0, 1, 2, 7, 31, 32, 33, 63 })
         {
             yield return [$"rol rcx,{n}", (Action<Assembler>)(a => a.rol(rcx, (byte)n))];
             yield return [$"ror rcx,{n}", (Action<Assembler>)(a => a.ror(rcx, (byte)n))];
             yield return [$"rol ecx,{n}", (Action<Assembler>)(a => a.rol(ecx, (byte)n))];
             yield return [$"ror ecx,{n}", (Action<Assembler>)(a => a.ror(ecx, (byte)n))];
+            yield return [$"shl rcx,{n}", (Action<Assembler>)(a => a.shl(rcx, (byte)n))];
+            yield return [$"shl ecx,{n}", (Action<Assembler>)(a => a.shl(ecx, (byte)n))];
+            yield return [$"shr rcx,{n}", (Action<Assembler>)(a => a.shr(rcx, (byte)n))];
+            yield return [$"shr ecx,{n}", (Action<Assembler>)(a => a.shr(ecx, (byte)n))];
+            yield return [$"sar rcx,{n}", (Action<Assembler>)(a => a.sar(rcx, (byte)n))];
+            yield return [$"sar ecx,{n}", (Action<Assembler>)(a => a.sar(ecx, (byte)n))];
         }
+        // Carry chains: each ADC/SBB reads the CF of the lazy record the previous one left.
+        yield return ["adc rax,rcx; adc rdx,rsi; adc rdi,r8", (Action<Assembler>)(a => { a.adc(rax, rcx); a.adc(rdx, rsi); a.adc(rdi, r8); })];
+        yield return ["sbb eax,ecx; sbb edx,esi; sbb bl,r8b", (Action<Assembler>)(a => { a.sbb(eax, ecx); a.sbb(edx, esi); a.sbb(bl, r8b); })];
+        yield return ["adc ax,cx; sbb rdx,rsi", (Action<Assembler>)(a => { a.adc(ax, cx); a.sbb(rdx, rsi); })];
+        yield return ["inc rax; adc rdx,rsi", (Action<Assembler>)(a => { a.inc(rax); a.adc(rdx, rsi); })];
+        yield return ["dec ecx; sbb edx,esi", (Action<Assembler>)(a => { a.dec(ecx); a.sbb(edx, esi); })];
         // The rotate after a lazy ADD must keep the ADD's ZF/SF/PF/AF.
         yield return ["add rax,rcx; ror rdx,5", (Action<Assembler>)(a => { a.add(rax, rcx); a.ror(rdx, 5); })];
         yield return ["sub eax,ecx; rol edx,3", (Action<Assembler>)(a => { a.sub(eax, ecx); a.rol(edx, 3); })];
