@@ -18,4 +18,9 @@ internal sealed unsafe class Block
     public delegate*<Cpu, ref Instruction, void>[] Handlers = [];
     public int Count;
     public volatile bool Valid = true;
+    /// <summary>
+    /// The last two blocks that ran after this one (64-bit mode only): a hint that saves the jump-cache lookup.
+    /// Each use re-checks the successor exactly as the jump cache is checked, so a stale link is just a miss.
+    /// </summary>
+    public Block? Succ0, Succ1;
 }

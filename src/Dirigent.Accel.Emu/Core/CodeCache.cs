@@ -129,7 +129,12 @@ internal sealed unsafe class CodeCache
                 Handlers = new delegate*<Cpu, ref Instruction, void>[n],
                 Page0 = phys & ~0xFFFUL,
             };
-            for (int k = 0; k < n; k++) b.Handlers[k] = Instructions.FastRegReg.Select(ref b.Instrs[k], table[(int)b.Instrs[k].Code]);
+            for (int k = 0; k < n; k++)
+            {
+                var h = Instructions.FastRegReg.Select(ref b.Instrs[k], table[(int)b.Instrs[k].Code]);
+                h = Instructions.FastMem.Select(ref b.Instrs[k], bits, h);
+                b.Handlers[k] = Instructions.FastBranch.Select(ref b.Instrs[k], bits, h);
+            }
             if (_reader.SecondPagePhys != ulong.MaxValue) b.Page1 = _reader.SecondPagePhys;
             AddToPage(b.Page0, b);
             if (b.Page1 != ulong.MaxValue) AddToPage(b.Page1, b);

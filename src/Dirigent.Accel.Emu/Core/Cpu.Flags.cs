@@ -73,6 +73,14 @@ public sealed partial class Cpu
         _flags = (_flags & ~ArithFlags) | (arith & ArithFlags);
     }
 
+    /// <summary>Rotates: replaces CF and OF (given as 0/1) and keeps the other arithmetic flags.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void SetCfOf(ulong cf, ulong of)
+    {
+        if (_lazyOp != LazyOp.None) Materialize();
+        _flags = (_flags & ~(CF | OF)) | cf | (of << 11);
+    }
+
     /// <summary>Sets or clears the given flag bit(s), materializing pending lazy flags first.</summary>
     public void SetFlag(ulong bit, bool on)
     {
@@ -165,6 +173,22 @@ public sealed partial class Cpu
                     ulong m = SizeMask(_lazySize);
                     return (_lazyRes & m) < (_lazyA & m);
                 }
+            // ADC/SBB chains (checksums, multi-word arithmetic) read CF after every step: derive it alone.
+            case LazyOp.Adc:
+                {
+                    ulong m = SizeMask(_lazySize);
+                    ulong r = _lazyRes & m, a = _lazyA & m;
+                    return r < a || (_lazyCarryIn && r == a);
+                }
+            case LazyOp.Sbb:
+                {
+                    ulong m = SizeMask(_lazySize);
+                    ulong a = _lazyA & m, b = _lazyB & m;
+                    return a < b || (_lazyCarryIn && a == b);
+                }
+            case LazyOp.Inc:
+            case LazyOp.Dec:
+                return _lazyCarryIn;
             default: return (ComputeArith() & CF) != 0;
         }
     }

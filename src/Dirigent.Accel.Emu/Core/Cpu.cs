@@ -195,8 +195,9 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 Block b = GetBlock();
                 BlockTrace?.Invoke(this, b.Linear, b.Count);
                 // The STI/MOV SS shadow covers one instruction: with an event waiting, run just that one.
-                if ((_flags & TF) == 0) ExecuteBlock(b, shadow && _pendingEvents != 0 ? 1 : b.Count);
-                else SingleStep(b);
+                if ((_flags & TF) != 0) SingleStep(b);
+                else if (shadow && _pendingEvents != 0) ExecuteBlock(b, 1);
+                else RunChained(b);
             }
             catch (CpuException ex)
             {
@@ -317,6 +318,39 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             _currentBlock = null;
         }
     }
+
+    /// <summary>
+    /// Runs b and then, while nothing needs the outer loop (an event, HLT, an interrupt shadow, TF, tracing), the
+    /// blocks that follow it, found through b's successor links before the jump cache. Only 64-bit code chains:
+    /// there the linear address is RIP and no CS limit applies, so a link is valid exactly when the jump cache
+    /// would accept the block.
+    /// </summary>
+    private void RunChained(Block b)
+    {
+        while (true)
+        {
+            ExecuteBlock(b, b.Count);
+            if (_pendingEvents != 0 || Halted || InterruptShadow || (_flags & TF) != 0 || CodeBits != 64 || BlockTrace != null)
+                return;
+            ulong rip = Rip;
+            Block? n = b.Succ0;
+            if (n == null || !LinkValid(n, rip))
+            {
+                n = b.Succ1;
+                if (n == null || !LinkValid(n, rip))
+                {
+                    InstrIp = rip;
+                    n = GetBlock();
+                    b.Succ1 = b.Succ0;
+                    b.Succ0 = n;
+                }
+            }
+            b = n;
+        }
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool LinkValid(Block n, ulong rip) => n.Linear == rip && n.Ip == rip && n.Bits == 64 && n.Valid && FetchMapped(rip, n);
 
     /// <summary>Ends the current block after this instruction (mode, paging or code changed).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
