@@ -135,6 +135,11 @@ internal sealed unsafe class CodeCache
                 h = Instructions.FastMem.Select(ref b.Instrs[k], bits, h);
                 b.Handlers[k] = Instructions.FastBranch.Select(ref b.Instrs[k], bits, h);
             }
+            if (bits == 64 && n >= 2)
+            {
+                var f = Instructions.FastFused.Select(ref b.Instrs[n - 2], ref b.Instrs[n - 1]);
+                if (f != null) b.Handlers[n - 2] = f;
+            }
             if (_reader.SecondPagePhys != ulong.MaxValue) b.Page1 = _reader.SecondPagePhys;
             AddToPage(b.Page0, b);
             if (b.Page1 != ulong.MaxValue) AddToPage(b.Page1, b);

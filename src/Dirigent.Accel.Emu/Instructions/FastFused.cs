@@ -1,0 +1,118 @@
+using System.Runtime.CompilerServices;
+using Dirigent.Accel.Emu.Core;
+using Iced.Intel;
+
+namespace Dirigent.Accel.Emu.Instructions;
+
+/// <summary>
+/// CMP/TEST of a full-width register (with a register or an immediate) immediately followed by the block-ending
+/// 64-bit Jcc: one handler does both, saving a dispatch per compare-and-branch, the commonest pair in kernel code.
+/// The flags are still recorded lazily exactly as the lone CMP/TEST does, so later readers see the same state.
+/// The pair is only fused when the branch target is canonical (the Jcc cannot fault), and under RFLAGS.TF the
+/// handler runs the CMP/TEST alone so single-stepping still traps between the two.
+/// The Jcc keeps its own handler, which runs when the fused one did not take it over.
+/// </summary>
+internal static unsafe class FastFused
+{
+    public static delegate*<Cpu, ref Instruction, void> Select(ref Instruction cmp, ref Instruction jcc)
+    {
+        if (jcc.OpCount != 1 || jcc.Op0Kind != OpKind.NearBranch64 || !jcc.Code.IsJccShortOrNear()) return null;
+        ulong t = jcc.NearBranch64;
+        if ((ulong)((long)(t << 16) >> 16) != t) return null;
+        if (cmp.HasLockPrefix || cmp.OpCount != 2 || cmp.Op0Kind != OpKind.Register) return null;
+        if (cmp.Op1Kind == OpKind.Register)
+        {
+            return cmp.Code switch
+            {
+                Code.Cmp_rm64_r64 or Code.Cmp_r64_rm64 => &CmpRR64,
+                Code.Cmp_rm32_r32 or Code.Cmp_r32_rm32 => &CmpRR32,
+                Code.Test_rm64_r64 => &TestRR64,
+                Code.Test_rm32_r32 => &TestRR32,
+                _ => null,
+            };
+        }
+        int size = Cpu.RegSize(cmp.Op0Register);
+        if (size != 8 && size != 4) return null;
+        return cmp.Code switch
+        {
+            Code.Cmp_rm64_imm8 or Code.Cmp_rm64_imm32 or Code.Cmp_RAX_imm32 => &CmpRI64,
+            Code.Cmp_rm32_imm8 or Code.Cmp_rm32_imm32 or Code.Cmp_EAX_imm32 => &CmpRI32,
+            Code.Test_rm64_imm32 or Code.Test_RAX_imm32 => &TestRI64,
+            Code.Test_rm32_imm32 or Code.Test_EAX_imm32 => &TestRI32,
+            _ => null,
+        };
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong R0(Cpu c, ref Instruction i) => c.GprRef(Cpu.RegInfo(i.Op0Register));
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ulong R1(Cpu c, ref Instruction i) => c.GprRef(Cpu.RegInfo(i.Op1Register));
+
+    /// <summary>Runs the Jcc that follows i in the block (its Instruction is the next array element).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Branch(Cpu c, ref Instruction i)
+    {
+        if (c.TrapFlag) return;
+        ref Instruction j = ref Unsafe.Add(ref i, 1);
+        c.Rip = c.TestCondition(j.ConditionCode) ? j.NearBranch64 : j.NextIP;
+        c.RetireFused();
+        c.EndBlock();
+    }
+
+    private static void CmpRR64(Cpu c, ref Instruction i)
+    {
+        ulong a = R0(c, ref i), b = R1(c, ref i);
+        c.SetLazyFlags(LazyOp.Sub, 8, a - b, a, b);
+        Branch(c, ref i);
+    }
+
+    private static void CmpRR32(Cpu c, ref Instruction i)
+    {
+        ulong a = (uint)R0(c, ref i), b = (uint)R1(c, ref i);
+        c.SetLazyFlags(LazyOp.Sub, 4, a - b, a, b);
+        Branch(c, ref i);
+    }
+
+    private static void TestRR64(Cpu c, ref Instruction i)
+    {
+        ulong a = R0(c, ref i), b = R1(c, ref i);
+        c.SetLazyFlags(LazyOp.Logic, 8, a & b, a, b);
+        Branch(c, ref i);
+    }
+
+    private static void TestRR32(Cpu c, ref Instruction i)
+    {
+        ulong a = (uint)R0(c, ref i), b = (uint)R1(c, ref i);
+        c.SetLazyFlags(LazyOp.Logic, 4, a & b, a, b);
+        Branch(c, ref i);
+    }
+
+    private static void CmpRI64(Cpu c, ref Instruction i)
+    {
+        ulong a = R0(c, ref i), b = i.GetImmediate(1);
+        c.SetLazyFlags(LazyOp.Sub, 8, a - b, a, b);
+        Branch(c, ref i);
+    }
+
+    private static void CmpRI32(Cpu c, ref Instruction i)
+    {
+        ulong a = (uint)R0(c, ref i), b = (uint)i.GetImmediate(1);
+        c.SetLazyFlags(LazyOp.Sub, 4, a - b, a, b);
+        Branch(c, ref i);
+    }
+
+    private static void TestRI64(Cpu c, ref Instruction i)
+    {
+        ulong a = R0(c, ref i), b = i.GetImmediate(1);
+        c.SetLazyFlags(LazyOp.Logic, 8, a & b, a, b);
+        Branch(c, ref i);
+    }
+
+    private static void TestRI32(Cpu c, ref Instruction i)
+    {
+        ulong a = (uint)R0(c, ref i), b = (uint)i.GetImmediate(1);
+        c.SetLazyFlags(LazyOp.Logic, 4, a & b, a, b);
+        Branch(c, ref i);
+    }
+}
