@@ -5,7 +5,7 @@ using Iced.Intel;
 namespace Dirigent.Accel.Emu.Instructions;
 
 /// <summary>
-/// CMP/TEST of a full-width register (with a register or an immediate) immediately followed by the block-ending
+/// CMP/TEST/SUB/ADD (register or immediate source) or INC/DEC of a full-width register immediately followed by the block-ending
 /// 64-bit Jcc: one handler does both, saving a dispatch per compare-and-branch, the commonest pair in kernel code.
 /// The flags are still recorded lazily exactly as the lone CMP/TEST does, so later readers see the same state.
 /// The pair is only fused when the branch target is canonical (the Jcc cannot fault), and under RFLAGS.TF the
@@ -19,11 +19,27 @@ internal static unsafe class FastFused
         if (jcc.OpCount != 1 || jcc.Op0Kind != OpKind.NearBranch64 || !jcc.Code.IsJccShortOrNear()) return null;
         ulong t = jcc.NearBranch64;
         if ((ulong)((long)(t << 16) >> 16) != t) return null;
-        if (cmp.HasLockPrefix || cmp.OpCount != 2 || cmp.Op0Kind != OpKind.Register) return null;
+        if (cmp.HasLockPrefix || cmp.Op0Kind != OpKind.Register) return null;
+        if (cmp.OpCount == 1)
+        {
+            return cmp.Code switch
+            {
+                Code.Dec_rm64 => &DecR64,
+                Code.Dec_rm32 => &DecR32,
+                Code.Inc_rm64 => &IncR64,
+                Code.Inc_rm32 => &IncR32,
+                _ => null,
+            };
+        }
+        if (cmp.OpCount != 2) return null;
         if (cmp.Op1Kind == OpKind.Register)
         {
             return cmp.Code switch
             {
+                Code.Sub_rm64_r64 or Code.Sub_r64_rm64 => &SubRR64,
+                Code.Sub_rm32_r32 or Code.Sub_r32_rm32 => &SubRR32,
+                Code.Add_rm64_r64 or Code.Add_r64_rm64 => &AddRR64,
+                Code.Add_rm32_r32 or Code.Add_r32_rm32 => &AddRR32,
                 Code.Cmp_rm64_r64 or Code.Cmp_r64_rm64 => &CmpRR64,
                 Code.Cmp_rm32_r32 or Code.Cmp_r32_rm32 => &CmpRR32,
                 Code.Test_rm64_r64 => &TestRR64,
@@ -35,6 +51,10 @@ internal static unsafe class FastFused
         if (size != 8 && size != 4) return null;
         return cmp.Code switch
         {
+            Code.Sub_rm64_imm8 or Code.Sub_rm64_imm32 or Code.Sub_RAX_imm32 => &SubRI64,
+            Code.Sub_rm32_imm8 or Code.Sub_rm32_imm32 or Code.Sub_EAX_imm32 => &SubRI32,
+            Code.Add_rm64_imm8 or Code.Add_rm64_imm32 or Code.Add_RAX_imm32 => &AddRI64,
+            Code.Add_rm32_imm8 or Code.Add_rm32_imm32 or Code.Add_EAX_imm32 => &AddRI32,
             Code.Cmp_rm64_imm8 or Code.Cmp_rm64_imm32 or Code.Cmp_RAX_imm32 => &CmpRI64,
             Code.Cmp_rm32_imm8 or Code.Cmp_rm32_imm32 or Code.Cmp_EAX_imm32 => &CmpRI32,
             Code.Test_rm64_imm32 or Code.Test_RAX_imm32 => &TestRI64,
@@ -59,6 +79,24 @@ internal static unsafe class FastFused
         c.RetireFused();
         c.EndBlock();
     }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static ref ulong D(Cpu c, ref Instruction i) => ref c.GprRef(Cpu.RegInfo(i.Op0Register));
+
+    // Writers mirror FastRegReg/FastMem/IntegerAlu: 32-bit results zero-extend, the lazy record is the same.
+    private static void DecR64(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = d, r = a - 1; d = r; c.SetLazyIncDec(false, 8, r, a); Branch(c, ref i); }
+    private static void DecR32(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = (uint)d, r = a - 1; d = (uint)r; c.SetLazyIncDec(false, 4, r, a); Branch(c, ref i); }
+    private static void IncR64(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = d, r = a + 1; d = r; c.SetLazyIncDec(true, 8, r, a); Branch(c, ref i); }
+    private static void IncR32(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = (uint)d, r = a + 1; d = (uint)r; c.SetLazyIncDec(true, 4, r, a); Branch(c, ref i); }
+
+    private static void SubRR64(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = d, b = R1(c, ref i), r = a - b; d = r; c.SetLazyFlags(LazyOp.Sub, 8, r, a, b); Branch(c, ref i); }
+    private static void SubRR32(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = (uint)d, b = (uint)R1(c, ref i), r = a - b; d = (uint)r; c.SetLazyFlags(LazyOp.Sub, 4, r, a, b); Branch(c, ref i); }
+    private static void AddRR64(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = d, b = R1(c, ref i), r = a + b; d = r; c.SetLazyFlags(LazyOp.Add, 8, r, a, b); Branch(c, ref i); }
+    private static void AddRR32(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = (uint)d, b = (uint)R1(c, ref i), r = a + b; d = (uint)r; c.SetLazyFlags(LazyOp.Add, 4, r, a, b); Branch(c, ref i); }
+    private static void SubRI64(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = d, b = i.GetImmediate(1), r = a - b; d = r; c.SetLazyFlags(LazyOp.Sub, 8, r, a, b); Branch(c, ref i); }
+    private static void SubRI32(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = (uint)d, b = (uint)i.GetImmediate(1), r = a - b; d = (uint)r; c.SetLazyFlags(LazyOp.Sub, 4, r, a, b); Branch(c, ref i); }
+    private static void AddRI64(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = d, b = i.GetImmediate(1), r = a + b; d = r; c.SetLazyFlags(LazyOp.Add, 8, r, a, b); Branch(c, ref i); }
+    private static void AddRI32(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = (uint)d, b = (uint)i.GetImmediate(1), r = a + b; d = (uint)r; c.SetLazyFlags(LazyOp.Add, 4, r, a, b); Branch(c, ref i); }
 
     private static void CmpRR64(Cpu c, ref Instruction i)
     {
