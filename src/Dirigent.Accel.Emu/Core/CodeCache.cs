@@ -124,7 +124,7 @@ internal sealed unsafe class CodeCache
             }
             var b = new Block
             {
-                Phys = phys, Ip = ip, Linear = linear, Bits = bits, Count = n,
+                Phys = phys, Ip = ip, Linear = linear, Bits = bits, Count = n, RunCount = n,
                 Instrs = _scratch.AsSpan(0, n).ToArray(),
                 Handlers = new delegate*<Cpu, ref Instruction, void>[n],
                 Page0 = phys & ~0xFFFUL,
@@ -138,7 +138,7 @@ internal sealed unsafe class CodeCache
             if (bits == 64 && n >= 2)
             {
                 var f = Instructions.FastFused.Select(ref b.Instrs[n - 2], ref b.Instrs[n - 1]);
-                if (f != null) b.Handlers[n - 2] = f;
+                if (f != null) { b.Handlers[n - 2] = f; b.RunCount = n - 1; }
             }
             if (_reader.SecondPagePhys != ulong.MaxValue) b.Page1 = _reader.SecondPagePhys;
             AddToPage(b.Page0, b);

@@ -334,7 +334,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     {
         while (true)
         {
-            ExecuteBlock(b, b.Count);
+            ExecuteBlock(b, b.RunCount);
             if (_pendingEvents != 0 || Halted || InterruptShadow || (_flags & TF) != 0 || CodeBits != 64 || BlockTrace != null)
                 return;
             ulong rip = Rip;

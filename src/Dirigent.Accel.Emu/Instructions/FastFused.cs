@@ -10,7 +10,9 @@ namespace Dirigent.Accel.Emu.Instructions;
 /// The flags are still recorded lazily exactly as the lone CMP/TEST does, so later readers see the same state.
 /// The pair is only fused when the branch target is canonical (the Jcc cannot fault), and under RFLAGS.TF the
 /// handler runs the CMP/TEST alone so single-stepping still traps between the two.
-/// The Jcc keeps its own handler, which runs when the fused one did not take it over.
+/// The dispatch loop stops before the Jcc (<see cref="Block.RunCount"/>), so the loop still ends the ordinary
+/// way rather than through BlockExit; the Jcc keeps its own handler for when the block runs from it (after a
+/// single-step trap between the two).
 /// </summary>
 internal static unsafe class FastFused
 {
@@ -77,7 +79,6 @@ internal static unsafe class FastFused
         ref Instruction j = ref Unsafe.Add(ref i, 1);
         c.Rip = c.TestCondition(j.ConditionCode) ? j.NearBranch64 : j.NextIP;
         c.RetireFused();
-        c.EndBlock();
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
