@@ -21,15 +21,41 @@ internal static unsafe class FastFused
         if (jcc.OpCount != 1 || jcc.Op0Kind != OpKind.NearBranch64 || !jcc.Code.IsJccShortOrNear()) return null;
         ulong t = jcc.NearBranch64;
         if ((ulong)((long)(t << 16) >> 16) != t) return null;
+        // One instantiation per condition, so each fused handler tests a constant condition (no shared switch
+        // whose indirect jump would mispredict across the many CMP/Jcc sites).
+        return jcc.ConditionCode switch
+        {
+            ConditionCode.o => For<CcO>(ref cmp),
+            ConditionCode.no => For<CcNo>(ref cmp),
+            ConditionCode.b => For<CcB>(ref cmp),
+            ConditionCode.ae => For<CcAe>(ref cmp),
+            ConditionCode.e => For<CcE>(ref cmp),
+            ConditionCode.ne => For<CcNe>(ref cmp),
+            ConditionCode.be => For<CcBe>(ref cmp),
+            ConditionCode.a => For<CcA>(ref cmp),
+            ConditionCode.s => For<CcS>(ref cmp),
+            ConditionCode.ns => For<CcNs>(ref cmp),
+            ConditionCode.p => For<CcP>(ref cmp),
+            ConditionCode.np => For<CcNp>(ref cmp),
+            ConditionCode.l => For<CcL>(ref cmp),
+            ConditionCode.ge => For<CcGe>(ref cmp),
+            ConditionCode.le => For<CcLe>(ref cmp),
+            ConditionCode.g => For<CcG>(ref cmp),
+            _ => null,
+        };
+    }
+
+    private static delegate*<Cpu, ref Instruction, void> For<T>(ref Instruction cmp) where T : struct, ICc
+    {
         if (cmp.HasLockPrefix || cmp.Op0Kind != OpKind.Register) return null;
         if (cmp.OpCount == 1)
         {
             return cmp.Code switch
             {
-                Code.Dec_rm64 => &DecR64,
-                Code.Dec_rm32 => &DecR32,
-                Code.Inc_rm64 => &IncR64,
-                Code.Inc_rm32 => &IncR32,
+                Code.Dec_rm64 => &DecR64<T>,
+                Code.Dec_rm32 => &DecR32<T>,
+                Code.Inc_rm64 => &IncR64<T>,
+                Code.Inc_rm32 => &IncR32<T>,
                 _ => null,
             };
         }
@@ -38,14 +64,14 @@ internal static unsafe class FastFused
         {
             return cmp.Code switch
             {
-                Code.Sub_rm64_r64 or Code.Sub_r64_rm64 => &SubRR64,
-                Code.Sub_rm32_r32 or Code.Sub_r32_rm32 => &SubRR32,
-                Code.Add_rm64_r64 or Code.Add_r64_rm64 => &AddRR64,
-                Code.Add_rm32_r32 or Code.Add_r32_rm32 => &AddRR32,
-                Code.Cmp_rm64_r64 or Code.Cmp_r64_rm64 => &CmpRR64,
-                Code.Cmp_rm32_r32 or Code.Cmp_r32_rm32 => &CmpRR32,
-                Code.Test_rm64_r64 => &TestRR64,
-                Code.Test_rm32_r32 => &TestRR32,
+                Code.Sub_rm64_r64 or Code.Sub_r64_rm64 => &SubRR64<T>,
+                Code.Sub_rm32_r32 or Code.Sub_r32_rm32 => &SubRR32<T>,
+                Code.Add_rm64_r64 or Code.Add_r64_rm64 => &AddRR64<T>,
+                Code.Add_rm32_r32 or Code.Add_r32_rm32 => &AddRR32<T>,
+                Code.Cmp_rm64_r64 or Code.Cmp_r64_rm64 => &CmpRR64<T>,
+                Code.Cmp_rm32_r32 or Code.Cmp_r32_rm32 => &CmpRR32<T>,
+                Code.Test_rm64_r64 => &TestRR64<T>,
+                Code.Test_rm32_r32 => &TestRR32<T>,
                 _ => null,
             };
         }
@@ -53,14 +79,14 @@ internal static unsafe class FastFused
         if (size != 8 && size != 4) return null;
         return cmp.Code switch
         {
-            Code.Sub_rm64_imm8 or Code.Sub_rm64_imm32 or Code.Sub_RAX_imm32 => &SubRI64,
-            Code.Sub_rm32_imm8 or Code.Sub_rm32_imm32 or Code.Sub_EAX_imm32 => &SubRI32,
-            Code.Add_rm64_imm8 or Code.Add_rm64_imm32 or Code.Add_RAX_imm32 => &AddRI64,
-            Code.Add_rm32_imm8 or Code.Add_rm32_imm32 or Code.Add_EAX_imm32 => &AddRI32,
-            Code.Cmp_rm64_imm8 or Code.Cmp_rm64_imm32 or Code.Cmp_RAX_imm32 => &CmpRI64,
-            Code.Cmp_rm32_imm8 or Code.Cmp_rm32_imm32 or Code.Cmp_EAX_imm32 => &CmpRI32,
-            Code.Test_rm64_imm32 or Code.Test_RAX_imm32 => &TestRI64,
-            Code.Test_rm32_imm32 or Code.Test_EAX_imm32 => &TestRI32,
+            Code.Sub_rm64_imm8 or Code.Sub_rm64_imm32 or Code.Sub_RAX_imm32 => &SubRI64<T>,
+            Code.Sub_rm32_imm8 or Code.Sub_rm32_imm32 or Code.Sub_EAX_imm32 => &SubRI32<T>,
+            Code.Add_rm64_imm8 or Code.Add_rm64_imm32 or Code.Add_RAX_imm32 => &AddRI64<T>,
+            Code.Add_rm32_imm8 or Code.Add_rm32_imm32 or Code.Add_EAX_imm32 => &AddRI32<T>,
+            Code.Cmp_rm64_imm8 or Code.Cmp_rm64_imm32 or Code.Cmp_RAX_imm32 => &CmpRI64<T>,
+            Code.Cmp_rm32_imm8 or Code.Cmp_rm32_imm32 or Code.Cmp_EAX_imm32 => &CmpRI32<T>,
+            Code.Test_rm64_imm32 or Code.Test_RAX_imm32 => &TestRI64<T>,
+            Code.Test_rm32_imm32 or Code.Test_EAX_imm32 => &TestRI32<T>,
             _ => null,
         };
     }
@@ -73,11 +99,11 @@ internal static unsafe class FastFused
 
     /// <summary>Runs the Jcc that follows i in the block (its Instruction is the next array element).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Branch(Cpu c, ref Instruction i)
+    private static void Branch<T>(Cpu c, ref Instruction i) where T : struct, ICc
     {
         if (c.TrapFlag) return;
         ref Instruction j = ref Unsafe.Add(ref i, 1);
-        c.Rip = c.TestCondition(j.ConditionCode) ? j.NearBranch64 : j.NextIP;
+        c.Rip = c.TestCondition(T.Cc) ? j.NearBranch64 : j.NextIP;
         c.RetireFused();
     }
 
@@ -85,73 +111,91 @@ internal static unsafe class FastFused
     private static ref ulong D(Cpu c, ref Instruction i) => ref c.GprRef(Cpu.RegInfo(i.Op0Register));
 
     // Writers mirror FastRegReg/FastMem/IntegerAlu: 32-bit results zero-extend, the lazy record is the same.
-    private static void DecR64(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = d, r = a - 1; d = r; c.SetLazyIncDec(false, 8, r, a); Branch(c, ref i); }
-    private static void DecR32(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = (uint)d, r = a - 1; d = (uint)r; c.SetLazyIncDec(false, 4, r, a); Branch(c, ref i); }
-    private static void IncR64(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = d, r = a + 1; d = r; c.SetLazyIncDec(true, 8, r, a); Branch(c, ref i); }
-    private static void IncR32(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = (uint)d, r = a + 1; d = (uint)r; c.SetLazyIncDec(true, 4, r, a); Branch(c, ref i); }
+    private static void DecR64<T>(Cpu c, ref Instruction i) where T : struct, ICc { ref ulong d = ref D(c, ref i); ulong a = d, r = a - 1; d = r; c.SetLazyIncDec(false, 8, r, a); Branch<T>(c, ref i); }
+    private static void DecR32<T>(Cpu c, ref Instruction i) where T : struct, ICc { ref ulong d = ref D(c, ref i); ulong a = (uint)d, r = a - 1; d = (uint)r; c.SetLazyIncDec(false, 4, r, a); Branch<T>(c, ref i); }
+    private static void IncR64<T>(Cpu c, ref Instruction i) where T : struct, ICc { ref ulong d = ref D(c, ref i); ulong a = d, r = a + 1; d = r; c.SetLazyIncDec(true, 8, r, a); Branch<T>(c, ref i); }
+    private static void IncR32<T>(Cpu c, ref Instruction i) where T : struct, ICc { ref ulong d = ref D(c, ref i); ulong a = (uint)d, r = a + 1; d = (uint)r; c.SetLazyIncDec(true, 4, r, a); Branch<T>(c, ref i); }
 
-    private static void SubRR64(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = d, b = R1(c, ref i), r = a - b; d = r; c.SetLazyFlags(LazyOp.Sub, 8, r, a, b); Branch(c, ref i); }
-    private static void SubRR32(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = (uint)d, b = (uint)R1(c, ref i), r = a - b; d = (uint)r; c.SetLazyFlags(LazyOp.Sub, 4, r, a, b); Branch(c, ref i); }
-    private static void AddRR64(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = d, b = R1(c, ref i), r = a + b; d = r; c.SetLazyFlags(LazyOp.Add, 8, r, a, b); Branch(c, ref i); }
-    private static void AddRR32(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = (uint)d, b = (uint)R1(c, ref i), r = a + b; d = (uint)r; c.SetLazyFlags(LazyOp.Add, 4, r, a, b); Branch(c, ref i); }
-    private static void SubRI64(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = d, b = i.GetImmediate(1), r = a - b; d = r; c.SetLazyFlags(LazyOp.Sub, 8, r, a, b); Branch(c, ref i); }
-    private static void SubRI32(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = (uint)d, b = (uint)i.GetImmediate(1), r = a - b; d = (uint)r; c.SetLazyFlags(LazyOp.Sub, 4, r, a, b); Branch(c, ref i); }
-    private static void AddRI64(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = d, b = i.GetImmediate(1), r = a + b; d = r; c.SetLazyFlags(LazyOp.Add, 8, r, a, b); Branch(c, ref i); }
-    private static void AddRI32(Cpu c, ref Instruction i) { ref ulong d = ref D(c, ref i); ulong a = (uint)d, b = (uint)i.GetImmediate(1), r = a + b; d = (uint)r; c.SetLazyFlags(LazyOp.Add, 4, r, a, b); Branch(c, ref i); }
+    private static void SubRR64<T>(Cpu c, ref Instruction i) where T : struct, ICc { ref ulong d = ref D(c, ref i); ulong a = d, b = R1(c, ref i), r = a - b; d = r; c.SetLazyFlags(LazyOp.Sub, 8, r, a, b); Branch<T>(c, ref i); }
+    private static void SubRR32<T>(Cpu c, ref Instruction i) where T : struct, ICc { ref ulong d = ref D(c, ref i); ulong a = (uint)d, b = (uint)R1(c, ref i), r = a - b; d = (uint)r; c.SetLazyFlags(LazyOp.Sub, 4, r, a, b); Branch<T>(c, ref i); }
+    private static void AddRR64<T>(Cpu c, ref Instruction i) where T : struct, ICc { ref ulong d = ref D(c, ref i); ulong a = d, b = R1(c, ref i), r = a + b; d = r; c.SetLazyFlags(LazyOp.Add, 8, r, a, b); Branch<T>(c, ref i); }
+    private static void AddRR32<T>(Cpu c, ref Instruction i) where T : struct, ICc { ref ulong d = ref D(c, ref i); ulong a = (uint)d, b = (uint)R1(c, ref i), r = a + b; d = (uint)r; c.SetLazyFlags(LazyOp.Add, 4, r, a, b); Branch<T>(c, ref i); }
+    private static void SubRI64<T>(Cpu c, ref Instruction i) where T : struct, ICc { ref ulong d = ref D(c, ref i); ulong a = d, b = i.GetImmediate(1), r = a - b; d = r; c.SetLazyFlags(LazyOp.Sub, 8, r, a, b); Branch<T>(c, ref i); }
+    private static void SubRI32<T>(Cpu c, ref Instruction i) where T : struct, ICc { ref ulong d = ref D(c, ref i); ulong a = (uint)d, b = (uint)i.GetImmediate(1), r = a - b; d = (uint)r; c.SetLazyFlags(LazyOp.Sub, 4, r, a, b); Branch<T>(c, ref i); }
+    private static void AddRI64<T>(Cpu c, ref Instruction i) where T : struct, ICc { ref ulong d = ref D(c, ref i); ulong a = d, b = i.GetImmediate(1), r = a + b; d = r; c.SetLazyFlags(LazyOp.Add, 8, r, a, b); Branch<T>(c, ref i); }
+    private static void AddRI32<T>(Cpu c, ref Instruction i) where T : struct, ICc { ref ulong d = ref D(c, ref i); ulong a = (uint)d, b = (uint)i.GetImmediate(1), r = a + b; d = (uint)r; c.SetLazyFlags(LazyOp.Add, 4, r, a, b); Branch<T>(c, ref i); }
 
-    private static void CmpRR64(Cpu c, ref Instruction i)
+    private static void CmpRR64<T>(Cpu c, ref Instruction i) where T : struct, ICc
     {
         ulong a = R0(c, ref i), b = R1(c, ref i);
         c.SetLazyFlags(LazyOp.Sub, 8, a - b, a, b);
-        Branch(c, ref i);
+        Branch<T>(c, ref i);
     }
 
-    private static void CmpRR32(Cpu c, ref Instruction i)
+    private static void CmpRR32<T>(Cpu c, ref Instruction i) where T : struct, ICc
     {
         ulong a = (uint)R0(c, ref i), b = (uint)R1(c, ref i);
         c.SetLazyFlags(LazyOp.Sub, 4, a - b, a, b);
-        Branch(c, ref i);
+        Branch<T>(c, ref i);
     }
 
-    private static void TestRR64(Cpu c, ref Instruction i)
+    private static void TestRR64<T>(Cpu c, ref Instruction i) where T : struct, ICc
     {
         ulong a = R0(c, ref i), b = R1(c, ref i);
         c.SetLazyFlags(LazyOp.Logic, 8, a & b, a, b);
-        Branch(c, ref i);
+        Branch<T>(c, ref i);
     }
 
-    private static void TestRR32(Cpu c, ref Instruction i)
+    private static void TestRR32<T>(Cpu c, ref Instruction i) where T : struct, ICc
     {
         ulong a = (uint)R0(c, ref i), b = (uint)R1(c, ref i);
         c.SetLazyFlags(LazyOp.Logic, 4, a & b, a, b);
-        Branch(c, ref i);
+        Branch<T>(c, ref i);
     }
 
-    private static void CmpRI64(Cpu c, ref Instruction i)
+    private static void CmpRI64<T>(Cpu c, ref Instruction i) where T : struct, ICc
     {
         ulong a = R0(c, ref i), b = i.GetImmediate(1);
         c.SetLazyFlags(LazyOp.Sub, 8, a - b, a, b);
-        Branch(c, ref i);
+        Branch<T>(c, ref i);
     }
 
-    private static void CmpRI32(Cpu c, ref Instruction i)
+    private static void CmpRI32<T>(Cpu c, ref Instruction i) where T : struct, ICc
     {
         ulong a = (uint)R0(c, ref i), b = (uint)i.GetImmediate(1);
         c.SetLazyFlags(LazyOp.Sub, 4, a - b, a, b);
-        Branch(c, ref i);
+        Branch<T>(c, ref i);
     }
 
-    private static void TestRI64(Cpu c, ref Instruction i)
+    private static void TestRI64<T>(Cpu c, ref Instruction i) where T : struct, ICc
     {
         ulong a = R0(c, ref i), b = i.GetImmediate(1);
         c.SetLazyFlags(LazyOp.Logic, 8, a & b, a, b);
-        Branch(c, ref i);
+        Branch<T>(c, ref i);
     }
 
-    private static void TestRI32(Cpu c, ref Instruction i)
+    private static void TestRI32<T>(Cpu c, ref Instruction i) where T : struct, ICc
     {
         ulong a = (uint)R0(c, ref i), b = (uint)i.GetImmediate(1);
         c.SetLazyFlags(LazyOp.Logic, 4, a & b, a, b);
-        Branch(c, ref i);
+        Branch<T>(c, ref i);
     }
+
+    internal interface ICc { static abstract ConditionCode Cc { get; } }
+    private struct CcO : ICc { public static ConditionCode Cc => ConditionCode.o; }
+    private struct CcNo : ICc { public static ConditionCode Cc => ConditionCode.no; }
+    private struct CcB : ICc { public static ConditionCode Cc => ConditionCode.b; }
+    private struct CcAe : ICc { public static ConditionCode Cc => ConditionCode.ae; }
+    private struct CcE : ICc { public static ConditionCode Cc => ConditionCode.e; }
+    private struct CcNe : ICc { public static ConditionCode Cc => ConditionCode.ne; }
+    private struct CcBe : ICc { public static ConditionCode Cc => ConditionCode.be; }
+    private struct CcA : ICc { public static ConditionCode Cc => ConditionCode.a; }
+    private struct CcS : ICc { public static ConditionCode Cc => ConditionCode.s; }
+    private struct CcNs : ICc { public static ConditionCode Cc => ConditionCode.ns; }
+    private struct CcP : ICc { public static ConditionCode Cc => ConditionCode.p; }
+    private struct CcNp : ICc { public static ConditionCode Cc => ConditionCode.np; }
+    private struct CcL : ICc { public static ConditionCode Cc => ConditionCode.l; }
+    private struct CcGe : ICc { public static ConditionCode Cc => ConditionCode.ge; }
+    private struct CcLe : ICc { public static ConditionCode Cc => ConditionCode.le; }
+    private struct CcG : ICc { public static ConditionCode Cc => ConditionCode.g; }
 }
