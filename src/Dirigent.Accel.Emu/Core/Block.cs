@@ -17,6 +17,8 @@ internal sealed unsafe class Block
     public Instruction[] Instrs = [];
     public delegate*<Cpu, ref Instruction, void>[] Handlers = [];
     public int Count;
+    /// <summary>Handlers the chained loop runs: Count, or Count - 1 when the last one's work is fused into the one before.</summary>
+    public int RunCount;
     public volatile bool Valid = true;
     /// <summary>
     /// The last two blocks that ran after this one (64-bit mode only): a hint that saves the jump-cache lookup.

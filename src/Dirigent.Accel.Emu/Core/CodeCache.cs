@@ -124,7 +124,7 @@ internal sealed unsafe class CodeCache
             }
             var b = new Block
             {
-                Phys = phys, Ip = ip, Linear = linear, Bits = bits, Count = n,
+                Phys = phys, Ip = ip, Linear = linear, Bits = bits, Count = n, RunCount = n,
                 Instrs = _scratch.AsSpan(0, n).ToArray(),
                 Handlers = new delegate*<Cpu, ref Instruction, void>[n],
                 Page0 = phys & ~0xFFFUL,
@@ -134,6 +134,11 @@ internal sealed unsafe class CodeCache
                 var h = Instructions.FastRegReg.Select(ref b.Instrs[k], table[(int)b.Instrs[k].Code]);
                 h = Instructions.FastMem.Select(ref b.Instrs[k], bits, h);
                 b.Handlers[k] = Instructions.FastBranch.Select(ref b.Instrs[k], bits, h);
+            }
+            if (bits == 64 && n >= 2)
+            {
+                var f = Instructions.FastFused.Select(ref b.Instrs[n - 2], ref b.Instrs[n - 1]);
+                if (f != null) { b.Handlers[n - 2] = f; b.RunCount = n - 1; }
             }
             if (_reader.SecondPagePhys != ulong.MaxValue) b.Page1 = _reader.SecondPagePhys;
             AddToPage(b.Page0, b);

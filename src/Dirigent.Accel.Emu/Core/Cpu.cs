@@ -81,6 +81,11 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     public ulong InstructionsRetired => _instret;
 
+    /// <summary>A fused handler ran a second instruction (the Jcc after a CMP/TEST) in one dispatch.</summary>
+    internal void RetireFused() => _instret++;
+
+    internal bool TrapFlag => (_flags & TF) != 0;
+
     /// <summary>Tracing hook: called before each block runs with its linear address and instruction count.</summary>
     public Action<Cpu, ulong, int>? BlockTrace;
 
@@ -329,7 +334,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     {
         while (true)
         {
-            ExecuteBlock(b, b.Count);
+            ExecuteBlock(b, b.RunCount);
             if (_pendingEvents != 0 || Halted || InterruptShadow || (_flags & TF) != 0 || CodeBits != 64 || BlockTrace != null)
                 return;
             ulong rip = Rip;

@@ -6,7 +6,7 @@ namespace Dirigent.Tests.SoftCpu;
 
 /// <summary>
 /// Host-vs-emulator differential tests for the 64-bit Jcc handlers specialised per condition (after each kind of
-/// lazy flag record: SUB/CMP, logic, ADD, ADC, SBB, INC, DEC and a rotate) and for ROL/ROR of a register by an immediate. The
+/// lazy flag record: SUB/CMP, logic, CMP/TEST/SUB/ADD/INC/DEC fused with the Jcc, ADD, ADC, SBB, INC, DEC and a rotate) and for ROL/ROR of a register by an immediate. The
 /// branch outcome shows in RDX: the fall-through path writes a marker the taken path skips.
 /// </summary>
 public class DiffFastBranchTests
@@ -23,6 +23,18 @@ public class DiffFastBranchTests
         ("adc rax,rcx", a => a.adc(rax, rcx)),
         ("sbb eax,ecx", a => a.sbb(eax, ecx)),
         ("dec ax", a => a.dec(ax)),
+        // Register-immediate CMP/TEST: fused with the Jcc that follows them into one handler.
+        ("cmp rax,-3", a => a.cmp(rax, -3)),
+        ("cmp ecx,0x7fffff00", a => a.cmp(ecx, 0x7fffff00)),
+        ("test rax,0x80000001", a => a.test(rax, unchecked((int)0x80000001))),
+        ("test ecx,0x80000001", a => a.test(ecx, unchecked((int)0x80000001))),
+        ("dec rax", a => a.dec(rax)),
+        ("inc eax", a => a.inc(eax)),
+        ("dec ecx", a => a.dec(ecx)),
+        ("sub rax,rcx", a => a.sub(rax, rcx)),
+        ("add rax,-7", a => a.add(rax, -7)),
+        ("sub ecx,1", a => a.sub(ecx, 1)),
+        ("add ecx,0x7fffffff", a => a.add(ecx, 0x7fffffff)),
     ];
 
     public static IEnumerable<object[]> Forms()
