@@ -103,6 +103,29 @@ public sealed class Differential : IDisposable
 
     private static string Hex(byte[] b, int off) => Convert.ToHexString(b, off & ~15, 16);
 
+    /// <summary>
+    /// Runs <paramref name="form"/> from <see cref="CasesPerForm"/> random states (seeded by the form's name and
+    /// <paramref name="salt"/>; <paramref name="adjust"/> may bias each state) on the host and on the software CPU,
+    /// and fails with the first mismatch.
+    /// </summary>
+    public static void AssertMatchesHost(string name, Action<Assembler> form, int salt, bool memBase = false,
+        Action<Random, MachineState>? adjust = null)
+    {
+        Assert.True(NativeRunner.Supported, "differential tests need an x86-64 Linux host");
+        using var d = new Differential();
+        var code = Asm(form);
+        var rng = new Random(name.GetHashCode(StringComparison.Ordinal) ^ salt);
+        var failures = new List<string>();
+        for (int k = 0; k < CasesPerForm; k++)
+        {
+            var s = RandomState(rng);
+            adjust?.Invoke(rng, s);
+            string diff = d.Compare(code, s, memBase: memBase);
+            if (diff != "") failures.Add(diff);
+        }
+        Assert.True(failures.Count == 0, $"{failures.Count} mismatches, first: {failures.FirstOrDefault()}");
+    }
+
     /// <summary>Random state biased towards edge values (0, 1, all-ones, sign boundaries, small numbers).</summary>
     public static MachineState RandomState(Random rng)
     {

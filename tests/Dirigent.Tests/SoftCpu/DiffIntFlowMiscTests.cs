@@ -23,20 +23,6 @@ public class DiffIntFlowMiscTests
 
     [Theory]
     [MemberData(nameof(Forms))]
-    public void MatchesHost(string name, Action<Assembler> form)
-    {
-        Assert.True(NativeRunner.Supported, "differential tests need an x86-64 Linux host");
-        using var d = new Differential();
-        var code = Differential.Asm(form);
-        var rng = new Random(name.GetHashCode(StringComparison.Ordinal) ^ 777);
-        var failures = new List<string>();
-        for (int k = 0; k < Differential.CasesPerForm; k++)
-        {
-            var s = Differential.RandomState(rng);
-            if (rng.Next(2) == 0) s.Rflags |= 0x400; // DF
-            string diff = d.Compare(code, s);
-            if (diff != "") failures.Add(diff);
-        }
-        Assert.True(failures.Count == 0, $"{failures.Count} mismatches, first: {failures.FirstOrDefault()}");
-    }
+    public void MatchesHost(string name, Action<Assembler> form) => Differential.AssertMatchesHost(name, form, 777,
+        adjust: (rng, s) => { if (rng.Next(2) == 0) s.Rflags |= 0x400; }); // DF half the time
 }
