@@ -19,26 +19,8 @@ internal static unsafe class FastBranch
         {
             if (i.Code.IsJmpShortOrNear()) return &Jmp;
             if (!i.Code.IsJccShortOrNear()) return current;
-            return i.ConditionCode switch
-            {
-                ConditionCode.o => &Jo,
-                ConditionCode.no => &Jno,
-                ConditionCode.b => &Jb,
-                ConditionCode.ae => &Jae,
-                ConditionCode.e => &Je,
-                ConditionCode.ne => &Jne,
-                ConditionCode.be => &Jbe,
-                ConditionCode.a => &Ja,
-                ConditionCode.s => &Js,
-                ConditionCode.ns => &Jns,
-                ConditionCode.p => &Jp,
-                ConditionCode.np => &Jnp,
-                ConditionCode.l => &Jl,
-                ConditionCode.ge => &Jge,
-                ConditionCode.le => &Jle,
-                ConditionCode.g => &Jg,
-                _ => current,
-            };
+            var jcc = FixedCondition.Select<JccPicker>(i.ConditionCode, ref i);
+            return jcc != null ? jcc : current;
         }
         if (i.OpCount == 2 && i.Op0Kind == OpKind.Register && i.Op1Kind == OpKind.Immediate8)
         {
@@ -60,29 +42,17 @@ internal static unsafe class FastBranch
         return current;
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Branch(Cpu c, ref Instruction i, ConditionCode cc)
+    private struct JccPicker : IConditionHandlerPicker
     {
-        if (c.TestCondition(cc)) c.JumpTo(i.NearBranch64);
+        public static delegate*<Cpu, ref Instruction, void> Pick<T>(ref Instruction i) where T : struct, ICc => &Jcc<T>;
+    }
+
+    private static void Jcc<T>(Cpu c, ref Instruction i) where T : struct, ICc
+    {
+        if (c.TestCondition(T.Cc)) c.JumpTo(i.NearBranch64);
     }
 
     private static void Jmp(Cpu c, ref Instruction i) => c.JumpTo(i.NearBranch64);
-    private static void Jo(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.o);
-    private static void Jno(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.no);
-    private static void Jb(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.b);
-    private static void Jae(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.ae);
-    private static void Je(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.e);
-    private static void Jne(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.ne);
-    private static void Jbe(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.be);
-    private static void Ja(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.a);
-    private static void Js(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.s);
-    private static void Jns(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.ns);
-    private static void Jp(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.p);
-    private static void Jnp(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.np);
-    private static void Jl(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.l);
-    private static void Jge(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.ge);
-    private static void Jle(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.le);
-    private static void Jg(Cpu c, ref Instruction i) => Branch(c, ref i, ConditionCode.g);
 
     // A rotate by a (masked) zero count changes nothing but still zero-extends a 32-bit destination. Otherwise
     // only CF and OF change (OF is defined for count 1; the generic handler sets it the same way for any count).

@@ -21,28 +21,12 @@ internal static unsafe class FastFused
         if (jcc.OpCount != 1 || jcc.Op0Kind != OpKind.NearBranch64 || !jcc.Code.IsJccShortOrNear()) return null;
         ulong t = jcc.NearBranch64;
         if ((ulong)((long)(t << 16) >> 16) != t) return null;
-        // One instantiation per condition, so each fused handler tests a constant condition (no shared switch
-        // whose indirect jump would mispredict across the many CMP/Jcc sites).
-        return jcc.ConditionCode switch
-        {
-            ConditionCode.o => For<CcO>(ref cmp),
-            ConditionCode.no => For<CcNo>(ref cmp),
-            ConditionCode.b => For<CcB>(ref cmp),
-            ConditionCode.ae => For<CcAe>(ref cmp),
-            ConditionCode.e => For<CcE>(ref cmp),
-            ConditionCode.ne => For<CcNe>(ref cmp),
-            ConditionCode.be => For<CcBe>(ref cmp),
-            ConditionCode.a => For<CcA>(ref cmp),
-            ConditionCode.s => For<CcS>(ref cmp),
-            ConditionCode.ns => For<CcNs>(ref cmp),
-            ConditionCode.p => For<CcP>(ref cmp),
-            ConditionCode.np => For<CcNp>(ref cmp),
-            ConditionCode.l => For<CcL>(ref cmp),
-            ConditionCode.ge => For<CcGe>(ref cmp),
-            ConditionCode.le => For<CcLe>(ref cmp),
-            ConditionCode.g => For<CcG>(ref cmp),
-            _ => null,
-        };
+        return FixedCondition.Select<Fuse>(jcc.ConditionCode, ref cmp);
+    }
+
+    private struct Fuse : IConditionHandlerPicker
+    {
+        public static delegate*<Cpu, ref Instruction, void> Pick<T>(ref Instruction cmp) where T : struct, ICc => For<T>(ref cmp);
     }
 
     private static delegate*<Cpu, ref Instruction, void> For<T>(ref Instruction cmp) where T : struct, ICc
@@ -181,21 +165,4 @@ internal static unsafe class FastFused
         Branch<T>(c, ref i);
     }
 
-    internal interface ICc { static abstract ConditionCode Cc { get; } }
-    private struct CcO : ICc { public static ConditionCode Cc => ConditionCode.o; }
-    private struct CcNo : ICc { public static ConditionCode Cc => ConditionCode.no; }
-    private struct CcB : ICc { public static ConditionCode Cc => ConditionCode.b; }
-    private struct CcAe : ICc { public static ConditionCode Cc => ConditionCode.ae; }
-    private struct CcE : ICc { public static ConditionCode Cc => ConditionCode.e; }
-    private struct CcNe : ICc { public static ConditionCode Cc => ConditionCode.ne; }
-    private struct CcBe : ICc { public static ConditionCode Cc => ConditionCode.be; }
-    private struct CcA : ICc { public static ConditionCode Cc => ConditionCode.a; }
-    private struct CcS : ICc { public static ConditionCode Cc => ConditionCode.s; }
-    private struct CcNs : ICc { public static ConditionCode Cc => ConditionCode.ns; }
-    private struct CcP : ICc { public static ConditionCode Cc => ConditionCode.p; }
-    private struct CcNp : ICc { public static ConditionCode Cc => ConditionCode.np; }
-    private struct CcL : ICc { public static ConditionCode Cc => ConditionCode.l; }
-    private struct CcGe : ICc { public static ConditionCode Cc => ConditionCode.ge; }
-    private struct CcLe : ICc { public static ConditionCode Cc => ConditionCode.le; }
-    private struct CcG : ICc { public static ConditionCode Cc => ConditionCode.g; }
 }
