@@ -3,7 +3,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.RegularExpressions;
 using Dirigent.Vmm;
-using Dirigent.Vmm.Images;
+using Dirigent.Images;
 
 namespace Dirigent.Bench;
 

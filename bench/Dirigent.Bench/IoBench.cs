@@ -4,7 +4,7 @@ using System.IO.Compression;
 using System.Text;
 using System.Text.RegularExpressions;
 using Dirigent.Vmm;
-using Dirigent.Vmm.Images;
+using Dirigent.Images;
 
 namespace Dirigent.Bench;
 

@@ -3,7 +3,7 @@ using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using Dirigent.Vmm;
-using Dirigent.Vmm.Images;
+using Dirigent.Images;
 
 namespace Dirigent.Bench;
 

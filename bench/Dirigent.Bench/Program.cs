@@ -61,7 +61,7 @@ public static class Program
         return 0;
     }
 
-    private sealed class ExitPort(VirtualMachine vm) : IPortDevice
+    private sealed class ExitPort(MachineModel vm) : IPortDevice
     {
         public uint Read(ushort offset, int size) => 0xFF;
         public void Write(ushort offset, int size, uint value) => vm.RequestPowerEvent(PowerEventKind.DebugExit, (int)value);
@@ -69,7 +69,7 @@ public static class Program
 
     private static (ulong instructions, double seconds) RunDirigent(CpuGuests.Guest g, bool from64)
     {
-        using var vm = new VirtualMachine(256 << 20);
+        using var vm = new MachineModel(256 << 20);
         using var accel = new EmuAccelerator(vm);
         var cpu = (Cpu)accel.CreateVcpu(0);
         vm.Io.Register(0xF4, 4, new ExitPort(vm));

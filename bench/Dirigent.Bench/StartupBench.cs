@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using Dirigent.Accel.Kvm;
 using Dirigent.Vmm;
-using Dirigent.Vmm.Images;
+using Dirigent.Images;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
 

@@ -7,11 +7,11 @@ namespace Dirigent.Accel.Emu;
 /// <summary>The pure C# x86-64 accelerator: runs on any host, lets us trace and inspect guests.</summary>
 public sealed class EmuAccelerator : IAccelerator
 {
-    private readonly VirtualMachine _vm;
+    private readonly MachineModel _vm;
     private readonly CodeCache _cache;
     private readonly List<Cpu> _cpus = new();
 
-    public EmuAccelerator(VirtualMachine vm)
+    public EmuAccelerator(MachineModel vm)
     {
         _vm = vm;
         _cache = new CodeCache(vm.Memory);
@@ -25,6 +25,10 @@ public sealed class EmuAccelerator : IAccelerator
         _cpus.Add(c);
         return c;
     }
+
+    // TODO(lifecycle): write tracking through the soft TLB.
+    public void SetDirtyLogging(bool enabled) => throw new NotImplementedException("dirty logging on the software CPU");
+    public void CollectDirtyPages() => throw new NotImplementedException("dirty logging on the software CPU");
 
     public long BlocksTranslated => _cache.BlocksTranslated;
     public long BlocksInvalidated => _cache.BlocksInvalidated;

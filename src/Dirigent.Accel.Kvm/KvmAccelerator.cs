@@ -10,7 +10,7 @@ public sealed class KvmException(string message) : Exception(message);
 
 /// <summary>
 /// The hardware accelerator: Linux KVM through its ioctl interface, by P/Invoke into libc. One VM file descriptor
-/// per <see cref="VirtualMachine"/>, each RAM region registered as one memory slot (KVM reads and writes the same
+/// per <see cref="MachineModel"/>, each RAM region registered as one memory slot (KVM reads and writes the same
 /// host memory the devices and loaders see, so nothing is copied). Port I/O and MMIO go through the machine model
 /// exactly as with the software CPU; interrupts too, unless <see cref="CreateInKernelIrqChip"/> switched to KVM's
 /// in-kernel LAPIC/IOAPIC/PIC/PIT (<see cref="KvmIrqChip"/>).
@@ -21,7 +21,7 @@ public sealed unsafe class KvmAccelerator : IAccelerator
     /// <summary>Set to "user" to keep the emulated interrupt controllers under KVM (debugging, comparisons).</summary>
     public const string UserspaceIrqChipVariable = "DIRIGENT_KVM_IRQCHIP";
 
-    private readonly VirtualMachine _vm;
+    private readonly MachineModel _vm;
     private int _kvmFd = -1;
     private int _vmFd = -1;
     private readonly List<KvmVcpu> _vcpus = new();
@@ -33,14 +33,14 @@ public sealed unsafe class KvmAccelerator : IAccelerator
     internal KvmCpuidEntry2[] Cpuid => FilterCpuid(_supportedCpuid, IrqChip != null);
     /// <summary>The in-kernel irqchip once <see cref="CreateInKernelIrqChip"/> made it; null: interrupts from userspace.</summary>
     internal KvmIrqChip? IrqChip { get; private set; }
-    internal VirtualMachine Machine => _vm;
+    internal MachineModel Machine => _vm;
     /// <summary>x87/SSE state through KVM_GET/SET_XSAVE; tests clear it to exercise the KVM_GET/SET_FPU path.</summary>
     internal bool HasXsave { get; set; }
     internal bool HasXsaveCapability { get; }
 
     public string Name => "kvm";
 
-    public KvmAccelerator(VirtualMachine vm)
+    public KvmAccelerator(MachineModel vm)
     {
         _vm = vm;
         try
@@ -267,6 +267,10 @@ public sealed unsafe class KvmAccelerator : IAccelerator
         }
         return list.ToArray();
     }
+
+    // TODO(lifecycle): KVM_MEM_LOG_DIRTY_PAGES + KVM_GET_DIRTY_LOG.
+    public void SetDirtyLogging(bool enabled) => throw new NotImplementedException("dirty logging under KVM");
+    public void CollectDirtyPages() => throw new NotImplementedException("dirty logging under KVM");
 
     public void Dispose()
     {

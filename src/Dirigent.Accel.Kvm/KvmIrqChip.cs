@@ -160,4 +160,14 @@ public sealed unsafe class KvmIrqChip : IInKernelIrqChip
     {
         lock (_lock) _vmFd = -1;
     }
+
+    // TODO(lifecycle): neutral records <-> KVM_GET/SET_IRQCHIP, _PIT2, _LAPIC.
+    public PicPairState SavePic() => throw new NotImplementedException();
+    public void RestorePic(PicPairState state) => throw new NotImplementedException();
+    public IoApicState SaveIoApic() => throw new NotImplementedException();
+    public void RestoreIoApic(IoApicState state) => throw new NotImplementedException();
+    public PitState SavePit() => throw new NotImplementedException();
+    public void RestorePit(PitState state) => throw new NotImplementedException();
+    public LocalApicState SaveLocalApic(int vcpu) => throw new NotImplementedException();
+    public void RestoreLocalApic(int vcpu, LocalApicState state) => throw new NotImplementedException();
 }

@@ -21,7 +21,7 @@ namespace Dirigent.Accel.Kvm;
 public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
 {
     private readonly KvmAccelerator _accel;
-    private readonly VirtualMachine _vm;
+    private readonly MachineModel _vm;
     private int _fd;
     private KvmRun* _run;
     private readonly nuint _runSize;

@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Reflection;
 using Dirigent.Vmm;
-using Dirigent.Vmm.Images;
+using Dirigent.Images;
 
 namespace Dirigent.Cli;
 

@@ -17,7 +17,7 @@ public static class AccelSelector
     /// <summary>Iterations of the calibration loop (4 instructions each): quick even on an emulating KVM.</summary>
     public const int CalibrationIterations = 50_000;
 
-    public static IAccelerator Create(VmConfig cfg, VirtualMachine vm, TextWriter err, out string? error)
+    public static IAccelerator Create(VmConfig cfg, MachineModel vm, TextWriter err, out string? error)
     {
         error = null;
         switch (cfg.Accel)
@@ -53,7 +53,7 @@ public static class AccelSelector
     /// Runs a 64-bit integer loop (`mov ecx,N; L: add eax,ecx; dec ecx; jnz L; hlt`) and returns the wall time of
     /// the whole thing, VM creation included, since that too is part of what a user waits for. Best of two runs.
     /// </summary>
-    public static double TimeCalibration(Func<VirtualMachine, IAccelerator> create)
+    public static double TimeCalibration(Func<MachineModel, IAccelerator> create)
     {
         byte[] code =
         [
@@ -67,7 +67,7 @@ public static class AccelSelector
         for (int k = 0; k < 2; k++)
         {
             var sw = Stopwatch.StartNew();
-            using var vm = new VirtualMachine(2 << 20);
+            using var vm = new MachineModel(2 << 20);
             using var accel = create(vm);
             const ulong entry = 0x10_0000;
             vm.Memory.Write(entry, code);

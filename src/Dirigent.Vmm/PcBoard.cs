@@ -45,7 +45,7 @@ public sealed class PcBoard : IDisposable
     /// <param name="inKernelIrqChip">The accelerator's own interrupt controllers and PIT
     /// (<c>IAccelerator.CreateInKernelIrqChip</c>): ours are then neither created nor put on the buses.</param>
     /// <param name="disks">Images for virtio-blk functions; the board owns and disposes them.</param>
-    public PcBoard(VirtualMachine vm, int cpuCount, ulong tscHz, ISerialBackend console, IInKernelIrqChip? inKernelIrqChip = null,
+    public PcBoard(MachineModel vm, int cpuCount, ulong tscHz, ISerialBackend console, IInKernelIrqChip? inKernelIrqChip = null,
         IReadOnlyList<IBlockDevice>? disks = null, bool rng = false)
     {
         _inKernelIrqChip = inKernelIrqChip;
@@ -100,7 +100,7 @@ public sealed class PcBoard : IDisposable
     }
 
     /// <summary>Puts a virtio device on the next free PCI slot behind the modern PCI transport.</summary>
-    public VirtioPciDevice AttachVirtio(VirtualMachine vm, IVirtioDevice device)
+    public VirtioPciDevice AttachVirtio(MachineModel vm, IVirtioDevice device)
     {
         var fn = new VirtioPciDevice(device, vm.Memory);
         Pci.Attach(fn);

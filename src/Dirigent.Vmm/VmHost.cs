@@ -9,7 +9,7 @@ namespace Dirigent.Vmm;
 /// </summary>
 public sealed class VmHost
 {
-    private readonly VirtualMachine _vm;
+    private readonly MachineModel _vm;
     private readonly IVcpu[] _vcpus;
     private readonly Action _resetMachine;
     private readonly bool _noReboot;
@@ -17,7 +17,7 @@ public sealed class VmHost
     private volatile bool _quitRequested;
 
     /// <param name="resetMachine">Puts devices and memory back to their boot state and reloads the guest (reboot).</param>
-    public VmHost(VirtualMachine vm, IVcpu[] vcpus, Action resetMachine, bool noReboot, TextWriter err)
+    public VmHost(MachineModel vm, IVcpu[] vcpus, Action resetMachine, bool noReboot, TextWriter err)
     {
         _vm = vm;
         _vcpus = vcpus;

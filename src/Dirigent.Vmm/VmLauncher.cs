@@ -6,7 +6,7 @@ using Dirigent.Machine;
 using Dirigent.Machine.Accel;
 using Dirigent.Machine.Loaders;
 using Dirigent.Vmm.Console;
-using Dirigent.Vmm.Images;
+using Dirigent.Images;
 
 namespace Dirigent.Vmm;
 
@@ -32,7 +32,7 @@ public static class VmLauncher
     private static Stream RawStdin() =>
         new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(0, ownsHandle: false), FileAccess.Read, 1);
 
-    private static LoadedKernel LoadGuestInto(VirtualMachine vm, int cpus, string kernel, List<string> initrds, string append)
+    private static LoadedKernel LoadGuestInto(MachineModel vm, int cpus, string kernel, List<string> initrds, string append)
     {
         var map = PcFirmware.MemoryMap(vm.Memory);
         ulong rsdp = PcFirmware.WriteTables(vm.Memory, cpus);
@@ -103,7 +103,7 @@ public static class VmLauncher
         }
         else kernel = cfg.Kernel;
 
-        using var vm = new VirtualMachine(cfg.MemoryBytes);
+        using var vm = new MachineModel(cfg.MemoryBytes);
         // Bad input ends here, before any accelerator is probed or calibrated: nothing has started yet.
         LoadedKernel loaded;
         try { loaded = LoadGuestInto(vm, cfg.Cpus, kernel, initrds, append); }

@@ -17,12 +17,12 @@ namespace Dirigent.Accel.Emu.Core;
 /// </summary>
 public sealed unsafe partial class Cpu : IVcpu, IDisposable
 {
-    private readonly VirtualMachine _vm;
+    private readonly MachineModel _vm;
     private readonly GuestMemory _mem;
     private readonly CodeCache _codeCache;
 
     public int Index { get; }
-    public VirtualMachine Machine => _vm;
+    public MachineModel Machine => _vm;
 
     // ---------------- architectural state ----------------
     /// <summary>RAX..R15 in encoding order.</summary>
@@ -92,7 +92,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// <summary>Called once per undefined/unimplemented opcode (first occurrence), for logging.</summary>
     public Action<string>? Log;
 
-    internal Cpu(VirtualMachine vm, CodeCache cache, int index)
+    internal Cpu(MachineModel vm, CodeCache cache, int index)
     {
         _vm = vm;
         _mem = vm.Memory;

@@ -33,7 +33,7 @@ public sealed class AcpiPm : IPortDevice
     private const ushort SciEn = 1 << 0, GblRls = 1 << 2, SlpEn = 1 << 13;
     private const int SlpTypShift = 10;
 
-    private readonly VirtualMachine _vm;
+    private readonly MachineModel _vm;
     private readonly DeviceClock _clock;
     private readonly IIrqLine? _sci;
     private readonly object _lock = new();
@@ -43,9 +43,9 @@ public sealed class AcpiPm : IPortDevice
     private bool _sciLevel;
     private Action? _cancelTmrTimer;
 
-    public AcpiPm(VirtualMachine vm, IIrqLine? sci) : this(vm, DeviceClock.From(vm.Clock), sci) { }
+    public AcpiPm(MachineModel vm, IIrqLine? sci) : this(vm, DeviceClock.From(vm.Clock), sci) { }
 
-    internal AcpiPm(VirtualMachine vm, DeviceClock clock, IIrqLine? sci)
+    internal AcpiPm(MachineModel vm, DeviceClock clock, IIrqLine? sci)
     {
         _vm = vm;
         _clock = clock;

@@ -23,7 +23,7 @@ public sealed class I8042
     // Output port
     private const byte OutReset = 0x01, OutA20 = 0x02;
 
-    private readonly VirtualMachine _vm;
+    private readonly MachineModel _vm;
     private readonly IIrqLine? _irq1;
     private readonly object _lock = new();
     private readonly Queue<(byte Value, bool Aux)> _output = new();
@@ -36,7 +36,7 @@ public sealed class I8042
     private int _scancodeSet = 2;
     private bool _irqLevel;
 
-    public I8042(VirtualMachine vm, IIrqLine? irq1)
+    public I8042(MachineModel vm, IIrqLine? irq1)
     {
         _vm = vm;
         _irq1 = irq1;

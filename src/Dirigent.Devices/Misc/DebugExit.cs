@@ -8,7 +8,7 @@ namespace Dirigent.Devices.Misc;
 /// (v &lt;&lt; 1) | 1, so a test guest can report status without a console. Byte, word and dword writes are all
 /// accepted (QEMU's iosize property); like QEMU's 4-port window, any port of it exits.
 /// </summary>
-public sealed class DebugExit(VirtualMachine vm) : IPortDevice
+public sealed class DebugExit(MachineModel vm) : IPortDevice
 {
     public const int PortCount = 4;
 

@@ -7,7 +7,7 @@ namespace Dirigent.Devices.Misc;
 /// PIIX reset control register at port 0xCF9: bit 1 selects a hard reset, bit 2 (RST_CPU) starts the reset.
 /// Linux's "reboot=pci" and the FADT reset register (0xCF9 / 0x06) use it. Both reset kinds reset the machine.
 /// </summary>
-public sealed class ResetControl(VirtualMachine vm) : IPortDevice
+public sealed class ResetControl(MachineModel vm) : IPortDevice
 {
     private const byte SysRst = 0x02, RstCpu = 0x04, FullReset = 0x08;
     private readonly object _lock = new();

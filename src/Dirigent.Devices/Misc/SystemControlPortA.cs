@@ -7,7 +7,7 @@ namespace Dirigent.Devices.Misc;
 /// System control port A (port 0x92, "fast A20 and init"): bit 1 gates A20 (stored only: the machine never wraps
 /// addresses at 1 MiB), a 0-to-1 transition of bit 0 resets the CPU.
 /// </summary>
-public sealed class SystemControlPortA(VirtualMachine vm) : IPortDevice
+public sealed class SystemControlPortA(MachineModel vm) : IPortDevice
 {
     private const byte FastReset = 0x01, FastA20 = 0x02;
     private readonly object _lock = new();

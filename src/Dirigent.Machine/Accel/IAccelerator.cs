@@ -12,7 +12,7 @@ public enum VcpuExitReason
     HaltedForever,
     /// <summary>Triple fault or shutdown: a real PC resets here.</summary>
     Shutdown,
-    /// <summary>A device (reset port, ACPI, debug-exit) asked the machine to reset or power off; see <see cref="VirtualMachine.PowerEvent"/>.</summary>
+    /// <summary>A device (reset port, ACPI, debug-exit) asked the machine to reset or power off; see <see cref="MachineModel.PowerEvent"/>.</summary>
     PowerEvent,
     /// <summary>The accelerator failed in a way that is not the guest's doing (a bug or host error).</summary>
     InternalError,
@@ -21,7 +21,7 @@ public enum VcpuExitReason
 public readonly record struct VcpuExit(VcpuExitReason Reason, string Detail = "");
 
 /// <summary>
-/// One accelerator: the software CPU or KVM. It runs vCPUs over a <see cref="VirtualMachine"/>'s memory and buses;
+/// One accelerator: the software CPU or KVM. It runs vCPUs over a <see cref="MachineModel"/>'s memory and buses;
 /// devices never see it.
 /// </summary>
 public interface IAccelerator : IDisposable
@@ -40,6 +40,20 @@ public interface IAccelerator : IDisposable
         reason = $"{Name} has no in-kernel interrupt controllers";
         return null;
     }
+
+    /// <summary>
+    /// Starts (or stops) tracking the guest's writes to RAM for live migration. While on, <see cref="CollectDirtyPages"/>
+    /// moves what the vCPUs wrote into the memory's dirty log (<see cref="Memory.GuestMemory.DirtyLog"/>); device
+    /// and loader writes are logged there directly. Thread-safe; vCPUs may be running.
+    /// </summary>
+    void SetDirtyLogging(bool enabled);
+
+    /// <summary>
+    /// Marks in the memory's dirty log every page the vCPUs wrote since logging started or since the last call
+    /// (KVM: KVM_GET_DIRTY_LOG; software CPU: pages whose soft-TLB write entries were filled, then write entries are
+    /// dropped so the next write is seen again). Call before harvesting the log; thread-safe.
+    /// </summary>
+    void CollectDirtyPages();
 }
 
 public interface IVcpu
@@ -52,7 +66,15 @@ public interface IVcpu
     /// <summary>Thread-safe: makes a running or halted <see cref="Run"/> return <see cref="VcpuExitReason.Stopped"/> soon.</summary>
     void RequestStop();
 
+    /// <summary>
+    /// The full architectural state, including activity (running/halted/waiting for SIPI) and pending events. Only
+    /// while <see cref="Run"/> is not executing on another thread (a stopped vCPU).
+    /// </summary>
     CpuState GetState();
+    /// <summary>
+    /// Replaces the state, activity and pending events included: a state saved by either accelerator continues exactly
+    /// where it was (a halted vCPU stays halted until an interrupt). Only while the vCPU is not running.
+    /// </summary>
     void SetState(CpuState state);
 
     /// <summary>Thread-safe: an external (maskable) interrupt with this vector is pending until the guest takes it.</summary>

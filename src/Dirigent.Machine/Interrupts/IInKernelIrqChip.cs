@@ -12,4 +12,16 @@ public interface IInKernelIrqChip : IInterruptSink
 
     /// <summary>System reset: the controllers and timers go back to their power-on state (lines keep their levels).</summary>
     void Reset();
+
+    // Saved state in the neutral records the emulated controllers use too (see ControllerStates.cs); called while
+    // the VM is paused. Restores throw StateRestoreException for records the kernel refuses.
+    PicPairState SavePic();
+    void RestorePic(PicPairState state);
+    IoApicState SaveIoApic();
+    void RestoreIoApic(IoApicState state);
+    PitState SavePit();
+    void RestorePit(PitState state);
+    /// <summary>The local APIC of vCPU <paramref name="vcpu"/> (which must have been created).</summary>
+    LocalApicState SaveLocalApic(int vcpu);
+    void RestoreLocalApic(int vcpu, LocalApicState state);
 }

@@ -73,6 +73,15 @@ public sealed unsafe class GuestMemory : IDisposable
     /// <summary>Bumped whenever a page's contents may have changed behind an accelerator's back (DMA, loaders).</summary>
     public event Action<ulong, ulong>? ExternalWrite;
 
+    /// <summary>Pages written since the last harvest, while live migration tracks them.</summary>
+    public DirtyLog DirtyLog { get; }
+
+    /// <summary>
+    /// A device wrote [gpa, gpa+len) through a host pointer (DMA): logs it for migration. (<see cref="TryWrite"/> does
+    /// this itself.)
+    /// </summary>
+    public void MarkDirty(ulong gpa, ulong len) => DirtyLog.Mark(gpa, len);
+
     public GuestMemory(ulong ramSize)
     {
         if (ramSize < PageSize || (ramSize & (PageSize - 1)) != 0)
@@ -88,6 +97,7 @@ public sealed unsafe class GuestMemory : IDisposable
             _regions = [new RamRegion(0, LowMmioStart), new RamRegion(HighRamStart, ramSize - LowMmioStart)];
             TopOfRam = HighRamStart + ramSize - LowMmioStart;
         }
+        DirtyLog = new DirtyLog(this);
     }
 
     /// <summary>Host pointer for [gpa, gpa+len) if the whole range lies in one RAM region, else null.</summary>
@@ -118,6 +128,7 @@ public sealed unsafe class GuestMemory : IDisposable
         byte* p = TryGetHostPointer(gpa, (ulong)src.Length);
         if (p == null) return false;
         src.CopyTo(new Span<byte>(p, src.Length));
+        DirtyLog.Mark(gpa, (ulong)src.Length);
         ExternalWrite?.Invoke(gpa, (ulong)src.Length);
         return true;
     }

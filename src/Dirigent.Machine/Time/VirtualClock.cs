@@ -1,20 +1,34 @@
 using System.Diagnostics;
+using Dirigent.Machine.State;
 
 namespace Dirigent.Machine.Time;
 
-/// <summary>
-/// The one clock every virtual timer (PIT, RTC, APIC timer, TSC) derives from: host monotonic time in nanoseconds
-/// since the VM was created, so devices agree with each other and with the TSC.
-/// </summary>
-public sealed class VirtualClock : IDisposable
+/// <summary>The VM clock's saved state: VM time at the save.</summary>
+public sealed record ClockState : ISavedState
 {
-    private readonly long _epoch = Stopwatch.GetTimestamp();
+    public static int FormatVersion => 1;
+    /// <summary>Nanoseconds of VM time (time the VM has run) when it was saved.</summary>
+    public long NowNs;
+}
+
+/// <summary>
+/// VM time: the one clock every virtual timer (PIT, RTC, APIC timer, ACPI PM timer, TSC, device deadlines) derives
+/// from, in nanoseconds. It advances with the host's monotonic clock only while it runs: <see cref="Stop"/> freezes
+/// it (a paused VM sees no time pass, so no burst of timer interrupts follows a resume) and timers are not fired while
+/// it is stopped; <see cref="Save"/>/<see cref="Restore"/> carry it across snapshots and migration. A new clock runs.
+/// </summary>
+public sealed class VirtualClock : IStateful<ClockState>, IDisposable
+{
     private readonly PriorityQueue<TimerEntry, long> _queue = new();
     private readonly object _lock = new();
     private readonly Thread _thread;
     private readonly AutoResetEvent _changed = new(false);
     private volatile bool _disposed;
     private long _seq;
+    // VM time = (host timestamp - _epoch) scaled, while running; _frozenNs while stopped.
+    private long _epoch = Stopwatch.GetTimestamp();
+    private volatile bool _running = true;
+    private long _frozenNs;
 
     public VirtualClock()
     {
@@ -22,8 +36,65 @@ public sealed class VirtualClock : IDisposable
         _thread.Start();
     }
 
-    /// <summary>Nanoseconds since the VM started.</summary>
-    public long NowNs => (long)((double)(Stopwatch.GetTimestamp() - _epoch) * 1e9 / Stopwatch.Frequency);
+    /// <summary>Nanoseconds of VM time.</summary>
+    public long NowNs
+    {
+        get
+        {
+            if (!_running) return Volatile.Read(ref _frozenNs);
+            return HostToVm(Stopwatch.GetTimestamp(), Volatile.Read(ref _epoch));
+        }
+    }
+
+    private static long HostToVm(long ts, long epoch) => (long)((double)(ts - epoch) * 1e9 / Stopwatch.Frequency);
+
+    /// <summary>True while VM time advances.</summary>
+    public bool IsRunning => _running;
+
+    /// <summary>Freezes VM time (pause). Idempotent.</summary>
+    public void Stop()
+    {
+        lock (_lock)
+        {
+            if (!_running) return;
+            _frozenNs = HostToVm(Stopwatch.GetTimestamp(), _epoch);
+            _running = false;
+        }
+        _changed.Set();
+    }
+
+    /// <summary>Lets VM time advance again from where it stopped. Idempotent.</summary>
+    public void Start()
+    {
+        lock (_lock)
+        {
+            if (_running) return;
+            SetEpochFor(_frozenNs);
+            _running = true;
+        }
+        _changed.Set();
+    }
+
+    private void SetEpochFor(long vmNs) =>
+        Volatile.Write(ref _epoch, Stopwatch.GetTimestamp() - (long)((double)vmNs * Stopwatch.Frequency / 1e9));
+
+    /// <summary>The clock has no power-on state of its own to return to: VM time keeps counting across a reboot,
+    /// as a PC's does; the devices reset their own timers.</summary>
+    public void Reset() { }
+
+    public ClockState Save() => new() { NowNs = NowNs };
+
+    /// <summary>Sets VM time (timers already queued keep their VM-time deadlines); the clock stays stopped or running.</summary>
+    public void Restore(ClockState state)
+    {
+        if (state.NowNs < 0) throw new StateRestoreException($"clock: negative VM time {state.NowNs}");
+        lock (_lock)
+        {
+            if (_running) SetEpochFor(state.NowNs);
+            else _frozenNs = state.NowNs;
+        }
+        _changed.Set();
+    }
 
     public sealed class TimerEntry
     {
@@ -36,7 +107,7 @@ public sealed class VirtualClock : IDisposable
         public void Cancel() => Cancelled = true;
     }
 
-    /// <summary>Runs the callback on the timer thread once <see cref="NowNs"/> reaches the deadline.</summary>
+    /// <summary>Runs the callback on the timer thread once <see cref="NowNs"/> reaches the deadline (VM time).</summary>
     public TimerEntry Schedule(long deadlineNs, Action callback)
     {
         var e = new TimerEntry { Deadline = deadlineNs, Callback = callback };
@@ -57,7 +128,7 @@ public sealed class VirtualClock : IDisposable
             long waitNs = 50_000_000;
             lock (_lock)
             {
-                while (_queue.TryPeek(out var e, out long dl))
+                while (_running && _queue.TryPeek(out var e, out long dl))
                 {
                     if (e.Cancelled) { _queue.Dequeue(); continue; }
                     long now = NowNs;
@@ -72,7 +143,7 @@ public sealed class VirtualClock : IDisposable
                 catch (Exception ex) { Console.Error.WriteLine($"dirigent: timer callback failed: {ex.Message}"); }
                 continue;
             }
-            // Sleep until the next deadline or until a new, earlier timer arrives.
+            // Sleep until the next deadline, a new earlier timer, or a stop/start/restore.
             _changed.WaitOne(TimeSpan.FromTicks(Math.Max(1, waitNs / 100)));
         }
     }

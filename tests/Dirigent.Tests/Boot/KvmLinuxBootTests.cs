@@ -1,6 +1,6 @@
 using Dirigent.Accel.Kvm;
 using Dirigent.Vmm;
-using Dirigent.Vmm.Images;
+using Dirigent.Images;
 using Xunit.Abstractions;
 
 namespace Dirigent.Tests.Boot;

@@ -1,6 +1,6 @@
 using System.Text.RegularExpressions;
 using Dirigent.Vmm;
-using Dirigent.Vmm.Images;
+using Dirigent.Images;
 
 namespace Dirigent.Tests.Boot;
 

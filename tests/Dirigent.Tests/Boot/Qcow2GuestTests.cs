@@ -8,7 +8,7 @@ using Dirigent.Storage;
 using Dirigent.Tests.Firmware;
 using Dirigent.Tests.Storage;
 using Dirigent.Vmm;
-using Dirigent.Vmm.Images;
+using Dirigent.Images;
 using Xunit.Abstractions;
 
 namespace Dirigent.Tests.Boot;

@@ -5,7 +5,7 @@ using System.Security.Cryptography;
 using System.Text.RegularExpressions;
 using Dirigent.Tests.Net;
 using Dirigent.Vmm;
-using Dirigent.Vmm.Images;
+using Dirigent.Images;
 using Xunit.Abstractions;
 
 namespace Dirigent.Tests.Boot;

@@ -3,7 +3,7 @@ using System.Text;
 using Dirigent.Devices.Firmware;
 using Dirigent.Machine.Loaders;
 using Dirigent.Machine.Memory;
-using Dirigent.Vmm.Images;
+using Dirigent.Images;
 
 namespace Dirigent.Tests.Images;
 

@@ -1,7 +1,7 @@
 using System.IO.Compression;
 using System.Text;
 using Dirigent.Tests.Firmware;
-using Dirigent.Vmm.Images;
+using Dirigent.Images;
 
 namespace Dirigent.Tests.Images;
 

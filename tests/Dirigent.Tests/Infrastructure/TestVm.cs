@@ -15,7 +15,7 @@ namespace Dirigent.Tests.Infrastructure;
 /// </summary>
 public sealed class TestVm : IDisposable
 {
-    public VirtualMachine Vm { get; }
+    public MachineModel Vm { get; }
     public EmuAccelerator Accel { get; }
     public Cpu Cpu { get; }
     public StringBuilder Console { get; } = new();
@@ -28,7 +28,7 @@ public sealed class TestVm : IDisposable
 
     public TestVm(ulong ramSize = 16 << 20)
     {
-        Vm = new VirtualMachine(ramSize);
+        Vm = new MachineModel(ramSize);
         Accel = new EmuAccelerator(Vm);
         Cpu = (Cpu)Accel.CreateVcpu(0);
         Cpu.Log = Log.Add;

@@ -38,7 +38,7 @@ public sealed class GuestMachine : IDisposable
     public const ulong MmioBase = 0xD000_0000;
 
     public AccelKind Kind { get; }
-    public VirtualMachine Vm { get; }
+    public MachineModel Vm { get; }
     public IAccelerator Accel { get; }
     public IVcpu Vcpu { get; }
     private readonly StringBuilder _console = new();
@@ -59,7 +59,7 @@ public sealed class GuestMachine : IDisposable
     public GuestMachine(AccelKind kind, ulong ramSize = 16 << 20, bool interruptControllers = false)
     {
         Kind = kind;
-        Vm = new VirtualMachine(ramSize);
+        Vm = new MachineModel(ramSize);
         Accel = kind == AccelKind.Emu ? new EmuAccelerator(Vm) : new KvmAccelerator(Vm);
         if (interruptControllers)
         {

@@ -7,7 +7,7 @@ namespace Dirigent.Tests.Devices.Acpi;
 
 public sealed class AcpiPmTests : IDisposable
 {
-    private readonly VirtualMachine _vm = new(1 << 20);
+    private readonly MachineModel _vm = new(1 << 20);
     private readonly FakeIrqLine _sci = new();
     private readonly AcpiPm _pm;
 

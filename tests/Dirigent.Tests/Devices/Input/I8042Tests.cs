@@ -7,7 +7,7 @@ namespace Dirigent.Tests.Devices.Input;
 
 public sealed class I8042Tests : IDisposable
 {
-    private readonly VirtualMachine _vm = new(1 << 20);
+    private readonly MachineModel _vm = new(1 << 20);
     private readonly FakeIrqLine _irq1 = new();
     private readonly I8042 _kbc;
 

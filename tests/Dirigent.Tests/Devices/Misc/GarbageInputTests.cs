@@ -16,7 +16,7 @@ public sealed class GarbageInputTests
     [Fact]
     public void RandomPortTrafficNeverThrows()
     {
-        using var vm = new VirtualMachine(1 << 20);
+        using var vm = new MachineModel(1 << 20);
         var clock = new ManualClock();
         var irq = new FakeIrqLine();
         var pit = new Pit8254(clock, irq);

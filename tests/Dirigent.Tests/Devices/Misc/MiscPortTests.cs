@@ -6,7 +6,7 @@ namespace Dirigent.Tests.Devices.Misc;
 
 public sealed class MiscPortTests : IDisposable
 {
-    private readonly VirtualMachine _vm = new(1 << 20);
+    private readonly MachineModel _vm = new(1 << 20);
 
     public void Dispose() => _vm.Dispose();
 

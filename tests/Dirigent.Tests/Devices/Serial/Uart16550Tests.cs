@@ -8,7 +8,7 @@ namespace Dirigent.Tests.Devices.Serial;
 public sealed class Uart16550Tests : IDisposable
 {
     private const ushort Com1 = PcPlatform.Com1Port;
-    private readonly VirtualMachine _vm = new(1 << 20);
+    private readonly MachineModel _vm = new(1 << 20);
     private readonly ManualClock _clock = new();
     private readonly FakeIrqLine _irq4 = new();
     private readonly Backend _backend = new();

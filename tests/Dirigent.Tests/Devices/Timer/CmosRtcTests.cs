@@ -7,7 +7,7 @@ namespace Dirigent.Tests.Devices.Timer;
 
 public sealed class CmosRtcTests : IDisposable
 {
-    private readonly VirtualMachine _vm = new(1 << 20);
+    private readonly MachineModel _vm = new(1 << 20);
     private readonly ManualClock _clock = new();
     private readonly FakeIrqLine _irq8 = new();
     private readonly CmosRtc _rtc;

@@ -8,7 +8,7 @@ namespace Dirigent.Tests.Devices.Timer;
 /// <summary>PIT and port 0x61 driven through their ports, on a hand-advanced clock (exact timing).</summary>
 public sealed class PitTests : IDisposable
 {
-    private readonly VirtualMachine _vm = new(1 << 20);
+    private readonly MachineModel _vm = new(1 << 20);
     private readonly ManualClock _clock = new();
     private readonly FakeIrqLine _irq0 = new();
     private readonly Pit8254 _pit;

@@ -1,7 +1,7 @@
 using System.ComponentModel;
 using System.Diagnostics;
 
-namespace Dirigent.Vmm.Images;
+namespace Dirigent.Images;
 
 /// <summary>The default image cannot be built; the message says what to install or to pass --kernel/--initrd.</summary>
 public sealed class ImageBuildException(string message) : Exception(message);

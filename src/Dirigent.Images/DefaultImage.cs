@@ -2,7 +2,7 @@ using System.IO.Compression;
 using System.Text;
 using System.Text.RegularExpressions;
 
-namespace Dirigent.Vmm.Images;
+namespace Dirigent.Images;
 
 /// <summary>Paths of a built default guest image.</summary>
 public sealed record GuestImage(string Kernel, string Initramfs, string KernelVersion);

@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace Dirigent.Vmm.Images;
+namespace Dirigent.Images;
 
 /// <summary>
 /// Writes a cpio archive in the SVR4 "newc" format (magic 070701) that the Linux kernel unpacks as an initramfs

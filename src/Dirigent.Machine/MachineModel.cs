@@ -7,9 +7,11 @@ namespace Dirigent.Machine;
 public enum PowerEventKind { None, PowerOff, Reset, DebugExit }
 
 /// <summary>
-/// The machine model shared by every accelerator: guest memory and the I/O and MMIO buses devices sit on.
+/// The machine model shared by every accelerator: guest memory, the I/O and MMIO buses devices sit on, the VM clock
+/// and the power events devices raise. Not the VM itself (that is Dirigent.Vmm.Vm, which owns one of these, the
+/// devices, the accelerator and the lifecycle).
 /// </summary>
-public sealed class VirtualMachine : IDisposable
+public sealed class MachineModel : IDisposable
 {
     public GuestMemory Memory { get; }
     public IoBus Io { get; } = new();
@@ -22,7 +24,7 @@ public sealed class VirtualMachine : IDisposable
     /// <summary>Raised (on the requesting thread) when a device asks for power-off/reset; the VMM stops the vCPUs.</summary>
     public event Action<PowerEventKind>? PowerEventRequested;
 
-    public VirtualMachine(ulong ramSize) => Memory = new GuestMemory(ramSize);
+    public MachineModel(ulong ramSize) => Memory = new GuestMemory(ramSize);
 
     public void RequestPowerEvent(PowerEventKind kind, int exitCode = 0)
     {

@@ -1,6 +1,6 @@
 using System.Text;
 
-namespace Dirigent.Vmm.Images;
+namespace Dirigent.Images;
 
 /// <summary>
 /// Unpacks a Debian binary package: the .deb is a Unix ar archive (read here) whose data.tar.* member holds the

@@ -1,4 +1,4 @@
-namespace Dirigent.Vmm.Images;
+namespace Dirigent.Images;
 
 /// <summary>
 /// The default initramfs's /init. It mounts proc, sysfs and devtmpfs, loads the virtio modules in dependency
