@@ -98,7 +98,7 @@ public static partial class BootBench
     {
         var self = Process.GetCurrentProcess();
         var w = new Watch(() => { self.Refresh(); return self.TotalProcessorTime; });
-        var cfg = new VmConfig { Kernel = img.Kernel, Initrds = [img.Initramfs], Append = append, MemoryBytes = 512UL << 20 };
+        var cfg = new VmSpec { Kernel = img.Kernel, Initrds = [img.Initramfs], Append = append, MemoryBytes = 512UL << 20 };
         var sw = Stopwatch.StartNew();
         int rc = VmLauncher.Run(cfg, Console.Error, new MemoryStream(), w, useTerminal: false);
         double wall = sw.Elapsed.TotalSeconds;

@@ -25,14 +25,14 @@ internal static class RunCommand
         };
         cmd.SetAction(r =>
         {
-            var cfg = new VmConfig();
+            var cfg = new VmSpec();
             try
             {
                 cfg.Kernel = r.GetValue(kernel);
                 string? ird = r.GetValue(initrd);
                 if (!string.IsNullOrEmpty(ird)) cfg.Initrds.AddRange(ird.Split(',', StringSplitOptions.RemoveEmptyEntries));
                 cfg.Append = r.GetValue(append) ?? "";
-                cfg.MemoryBytes = VmConfig.ParseMemory(r.GetValue(memory)!);
+                cfg.MemoryBytes = VmSpec.ParseMemory(r.GetValue(memory)!);
                 cfg.Cpus = r.GetValue(cpus);
                 if (cfg.Cpus < 1 || cfg.Cpus > 64) throw new FormatException($"--cpus must be between 1 and 64, got {cfg.Cpus}");
                 cfg.Accel = r.GetValue(accel) switch
@@ -48,7 +48,7 @@ internal static class RunCommand
                 cfg.NoReboot = r.GetValue(noReboot);
                 foreach (string spec in r.GetValue(net) ?? [])
                     cfg.Nics.Add(NicConfig.Parse(spec, cfg.Nics.Count));
-                foreach (var d in r.GetValue(disk) ?? []) cfg.Disks.Add(VmConfig.ParseDisk(d));
+                foreach (var d in r.GetValue(disk) ?? []) cfg.Disks.Add(VmSpec.ParseDisk(d));
                 cfg.Rng = r.GetValue(rng);
             }
             catch (FormatException e)

@@ -17,7 +17,7 @@ public static class AccelSelector
     /// <summary>Iterations of the calibration loop (4 instructions each): quick even on an emulating KVM.</summary>
     public const int CalibrationIterations = 50_000;
 
-    public static IAccelerator Create(VmConfig cfg, MachineModel vm, TextWriter err, out string? error)
+    public static IAccelerator Create(VmSpec cfg, MachineModel vm, TextWriter err, out string? error)
     {
         error = null;
         switch (cfg.Accel)

@@ -12,6 +12,7 @@ using Dirigent.Devices.Virtio.Rng;
 using Dirigent.Machine;
 using Dirigent.Machine.Interrupts;
 using Dirigent.Machine.Memory;
+using Dirigent.Machine.State;
 using Dirigent.Storage;
 
 namespace Dirigent.Vmm;
@@ -41,6 +42,15 @@ public sealed class PcBoard : IDisposable
     /// <summary>The virtio functions on the PCI bus, in slot order.</summary>
     public List<VirtioPciDevice> Virtio { get; } = new();
     private readonly List<IDisposable> _owned = new();
+    private readonly MachineModel _machine;
+
+    /// <summary>
+    /// Every stateful component under its stable name, in the order reset, start and restore go (stop goes in
+    /// reverse): the VM clock first, the interrupt controllers, the timers and ISA devices, then PCI functions by
+    /// slot. Whether the interrupt controllers and PIT are ours or the accelerator's in-kernel ones, they are
+    /// registered under the same names with the same neutral records, so snapshots cross accelerators.
+    /// </summary>
+    public StateRegistry Registry { get; } = new();
 
     /// <param name="inKernelIrqChip">The accelerator's own interrupt controllers and PIT
     /// (<c>IAccelerator.CreateInKernelIrqChip</c>): ours are then neither created nor put on the buses.</param>
@@ -48,7 +58,9 @@ public sealed class PcBoard : IDisposable
     public PcBoard(MachineModel vm, int cpuCount, ulong tscHz, ISerialBackend console, IInKernelIrqChip? inKernelIrqChip = null,
         IReadOnlyList<IBlockDevice>? disks = null, bool rng = false)
     {
+        _machine = vm;
         _inKernelIrqChip = inKernelIrqChip;
+        Registry.Add("clock", vm.Clock);
         if (inKernelIrqChip != null) Interrupts = inKernelIrqChip;
         else
         {
@@ -108,12 +120,17 @@ public sealed class PcBoard : IDisposable
         return fn;
     }
 
-    /// <summary>System reset (reboot): interrupt controllers and PCI functions back to their power-on state.</summary>
-    public void Reset()
+    /// <summary>
+    /// Registers the per-vCPU components (local APICs: ours or the in-kernel ones) once the vCPUs exist, after the
+    /// board's own; then registers the PCI functions, so the order is fixed for snapshots.
+    /// </summary>
+    public void RegisterVcpus(IReadOnlyList<Dirigent.Machine.Accel.IVcpu> vcpus)
     {
-        ResetInterruptControllers();
-        Pci.Reset();
+        RegisterComponents(vcpus.Count);
     }
+
+    /// <summary>System reset (reboot): every registered component back to its power-on state.</summary>
+    public void Reset() => Registry.ResetAll();
 
     /// <summary>Stops device worker threads (requests in progress finish) and closes the disk images.</summary>
     public void Dispose()
@@ -131,5 +148,17 @@ public sealed class PcBoard : IDisposable
     {
         EmulatedInterrupts?.Reset();
         _inKernelIrqChip?.Reset();
+    }
+
+    private void RegisterComponents(int cpus)
+    {
+        // Filled in as the devices gain IStateful (see issue #9).
+        Registry.Add("interrupts", new ActionLifecycle(ResetInterruptControllers));
+        Registry.Add("pci", new ActionLifecycle(Pci.Reset));
+    }
+
+    private sealed class ActionLifecycle(Action reset) : ILifecycle
+    {
+        public void Reset() => reset();
     }
 }

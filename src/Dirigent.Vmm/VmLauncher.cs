@@ -68,7 +68,7 @@ public static class VmLauncher
     }
 
     /// <param name="cancel">Stops the VM (as Ctrl-A x would): tests use it as a watchdog.</param>
-    public static int Run(VmConfig cfg, TextWriter err, Stream? stdin = null, Stream? stdout = null, bool useTerminal = true,
+    public static int Run(VmSpec cfg, TextWriter err, Stream? stdin = null, Stream? stdout = null, bool useTerminal = true,
         CancellationToken cancel = default)
     {
         // Disks first: a bad --disk is the user's to fix before any image is built or downloaded. Until the board

@@ -14,7 +14,7 @@ public class AccelSelectionTests
         try
         {
             var r = new GuestRunner();
-            int rc = r.Run(new VmConfig { Kernel = path, MemoryBytes = 32UL << 20, Accel = accel }, TimeSpan.FromSeconds(60));
+            int rc = r.Run(new VmSpec { Kernel = path, MemoryBytes = 32UL << 20, Accel = accel }, TimeSpan.FromSeconds(60));
             return (rc, r.Output, r.Errors);
         }
         finally { File.Delete(path); }

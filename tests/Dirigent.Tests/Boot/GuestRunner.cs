@@ -23,7 +23,7 @@ public sealed class GuestRunner
         return this;
     }
 
-    public int Run(VmConfig cfg, TimeSpan timeout)
+    public int Run(VmSpec cfg, TimeSpan timeout)
     {
         var err = new StringWriter();
         using var cts = new CancellationTokenSource(timeout);

@@ -25,7 +25,7 @@ public class KvmLinuxBootTests(ITestOutputHelper output)
         }
         output.WriteLine($"hardware virtualization: {why}");
         var image = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, _ => { });
-        var cfg = new VmConfig
+        var cfg = new VmSpec
         {
             Kernel = image.Kernel,
             Initrds = [image.Initramfs],

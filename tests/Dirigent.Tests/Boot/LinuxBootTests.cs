@@ -14,7 +14,7 @@ public class LinuxBootTests
     private static readonly Lazy<GuestImage> s_image = new(() => DefaultImage.EnsureBuilt(VmLauncher.CacheDir, _ => { }));
     private static readonly TimeSpan BootTimeout = TimeSpan.FromMinutes(4);
 
-    private static VmConfig Config(string script) => new()
+    private static VmSpec Config(string script) => new()
     {
         Kernel = s_image.Value.Kernel,
         Initrds = [s_image.Value.Initramfs],

@@ -50,7 +50,7 @@ public class MultibootRunTests
         try
         {
             var r = new GuestRunner();
-            int rc = r.Run(new VmConfig { Kernel = path, MemoryBytes = 32UL << 20 }, TimeSpan.FromSeconds(60));
+            int rc = r.Run(new VmSpec { Kernel = path, MemoryBytes = 32UL << 20 }, TimeSpan.FromSeconds(60));
             Assert.Equal((0x21 << 1) | 1, rc);
             Assert.Contains("hello from multiboot", r.Output);
         }
@@ -65,7 +65,7 @@ public class MultibootRunTests
         try
         {
             var err = new StringWriter();
-            int rc = VmLauncher.Run(new VmConfig { Kernel = path }, err, new MemoryStream(), new MemoryStream(), useTerminal: false);
+            int rc = VmLauncher.Run(new VmSpec { Kernel = path }, err, new MemoryStream(), new MemoryStream(), useTerminal: false);
             Assert.Equal(ExitCodes.BadInput, rc);
             string msg = err.ToString().Trim();
             Assert.DoesNotContain('\n', msg);
@@ -93,7 +93,7 @@ public class MultibootRunTests
         try
         {
             var r = new GuestRunner();
-            int rc = r.Run(new VmConfig { Kernel = path, MemoryBytes = 32UL << 20 }, TimeSpan.FromSeconds(60));
+            int rc = r.Run(new VmSpec { Kernel = path, MemoryBytes = 32UL << 20 }, TimeSpan.FromSeconds(60));
             Assert.Equal(ExitCodes.GuestDied, rc);
             Assert.Contains("triple fault", r.Errors);
         }

@@ -25,7 +25,7 @@ public class Qcow2GuestTests(ITestOutputHelper output)
     private static readonly TimeSpan BootTimeout = TimeSpan.FromMinutes(4);
     private const int MiB = 1 << 20, Cluster = 64 * 1024;
 
-    private static VmConfig Config(string script, IEnumerable<DiskConfig> disks) => new()
+    private static VmSpec Config(string script, IEnumerable<DiskConfig> disks) => new()
     {
         Kernel = s_image.Value.Kernel,
         Initrds = [s_image.Value.Initramfs],
@@ -34,7 +34,7 @@ public class Qcow2GuestTests(ITestOutputHelper output)
         Disks = disks.ToList(),
     };
 
-    private string Run(VmConfig cfg, string what)
+    private string Run(VmSpec cfg, string what)
     {
         var sw = Stopwatch.StartNew();
         var r = new GuestRunner();

@@ -17,7 +17,7 @@ public class VirtioGuestTests
     private static readonly Lazy<GuestImage> s_image = new(() => DefaultImage.EnsureBuilt(VmLauncher.CacheDir, _ => { }));
     private static readonly TimeSpan BootTimeout = TimeSpan.FromMinutes(4);
 
-    private static VmConfig Config(string script, IEnumerable<DiskConfig>? disks = null, bool rng = false, string extraArgs = "") => new()
+    private static VmSpec Config(string script, IEnumerable<DiskConfig>? disks = null, bool rng = false, string extraArgs = "") => new()
     {
         Kernel = s_image.Value.Kernel,
         Initrds = [s_image.Value.Initramfs],
@@ -27,7 +27,7 @@ public class VirtioGuestTests
         Rng = rng,
     };
 
-    private static string Run(VmConfig cfg)
+    private static string Run(VmSpec cfg)
     {
         var r = new GuestRunner();
         int rc = r.Run(cfg, BootTimeout);

@@ -24,7 +24,7 @@ public class VirtioNetGuestTests(ITestOutputHelper log)
     private static readonly TimeSpan BootTimeout = TimeSpan.FromMinutes(4);
     private static readonly byte[] GuestMac = [0x52, 0x54, 0x00, 0x4e, 0x45, 0x54];
 
-    private static VmConfig Config(NetNamespace ns, string script) => new()
+    private static VmSpec Config(NetNamespace ns, string script) => new()
     {
         Kernel = s_image.Value.Kernel,
         Initrds = [s_image.Value.Initramfs],
@@ -41,7 +41,7 @@ public class VirtioNetGuestTests(ITestOutputHelper log)
     [InlineData(null, "dirigent run: --net: 'lo' exists and is not a single-queue TAP interface")]
     public void TapThatCannotBeOpenedEndsTheRunBeforeTheGuestStarts(string? netns, string expected)
     {
-        var cfg = new VmConfig
+        var cfg = new VmSpec
         {
             Kernel = s_image.Value.Kernel,
             Initrds = [s_image.Value.Initramfs],

@@ -64,7 +64,7 @@ public sealed class KvmVmmTests(ITestOutputHelper output)
         try
         {
             var r = new GuestRunner();
-            int rc = r.Run(new VmConfig { Kernel = path, MemoryBytes = 32UL << 20, Accel = accel }, TimeSpan.FromSeconds(30));
+            int rc = r.Run(new VmSpec { Kernel = path, MemoryBytes = 32UL << 20, Accel = accel }, TimeSpan.FromSeconds(30));
             return (rc, r.Output, r.Errors);
         }
         finally { File.Delete(path); }

@@ -8,11 +8,11 @@ public class DiskOptionTests
     [Fact]
     public void DiskSpecParsesPathFormatAndReadOnly()
     {
-        Assert.Equal(new DiskConfig("/a/b.img", DiskFormat.Auto, false), VmConfig.ParseDisk("/a/b.img"));
-        Assert.Equal(new DiskConfig("x.qcow2", DiskFormat.Qcow2, true), VmConfig.ParseDisk("x.qcow2,format=qcow2,readonly"));
-        Assert.Equal(new DiskConfig("x", DiskFormat.Raw, true), VmConfig.ParseDisk("x,readonly=on,format=raw"));
-        Assert.Contains("unknown option 'format=vmdk'", Assert.Throws<FormatException>(() => VmConfig.ParseDisk("x,format=vmdk")).Message);
-        Assert.Contains("missing image path", Assert.Throws<FormatException>(() => VmConfig.ParseDisk(",readonly")).Message);
+        Assert.Equal(new DiskConfig("/a/b.img", DiskFormat.Auto, false), VmSpec.ParseDisk("/a/b.img"));
+        Assert.Equal(new DiskConfig("x.qcow2", DiskFormat.Qcow2, true), VmSpec.ParseDisk("x.qcow2,format=qcow2,readonly"));
+        Assert.Equal(new DiskConfig("x", DiskFormat.Raw, true), VmSpec.ParseDisk("x,readonly=on,format=raw"));
+        Assert.Contains("unknown option 'format=vmdk'", Assert.Throws<FormatException>(() => VmSpec.ParseDisk("x,format=vmdk")).Message);
+        Assert.Contains("missing image path", Assert.Throws<FormatException>(() => VmSpec.ParseDisk(",readonly")).Message);
     }
 
     [Fact]
@@ -49,7 +49,7 @@ public class DiskOptionTests
     [Fact]
     public void RunWithAnUnopenableDiskFailsWithStatus2BeforeStartingTheVm()
     {
-        var cfg = new VmConfig { Disks = [new DiskConfig("/nonexistent/disk.img", DiskFormat.Raw, false)], Accel = AccelKind.Emu };
+        var cfg = new VmSpec { Disks = [new DiskConfig("/nonexistent/disk.img", DiskFormat.Raw, false)], Accel = AccelKind.Emu };
         var err = new StringWriter();
         int rc = VmLauncher.Run(cfg, err, Stream.Null, Stream.Null, useTerminal: false);
         Assert.Equal(ExitCodes.BadInput, rc);

@@ -9,7 +9,7 @@ public enum DiskFormat { Auto, Raw, Qcow2 }
 public sealed record DiskConfig(string Path, DiskFormat Format, bool ReadOnly);
 
 /// <summary>What `dirigent run` was asked for, after parsing and validation.</summary>
-public sealed class VmConfig
+public sealed class VmSpec
 {
     public ulong MemoryBytes = 512UL << 20;
     public int Cpus = 1;

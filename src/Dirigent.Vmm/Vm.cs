@@ -1,0 +1,438 @@
+using Dirigent.Accel.Emu;
+using Dirigent.Devices.Firmware;
+using Dirigent.Devices.Serial;
+using Dirigent.Machine;
+using Dirigent.Machine.Accel;
+using Dirigent.Machine.Loaders;
+using Dirigent.Machine.State;
+using Dirigent.Storage;
+
+namespace Dirigent.Vmm;
+
+/// <summary>
+/// One virtual machine, embeddable: the CLI, the per-VM API socket, tests and the daemon all drive VMs through this.
+/// It owns the machine model (memory, buses, VM clock), the accelerator and its vCPU threads, the board's devices,
+/// the disk images and network backends. Lifecycle requests (<see cref="Pause"/>, <see cref="Resume"/>,
+/// <see cref="Reset"/>, <see cref="Stop"/>, snapshots, migration) are serialized; each either does what it says or
+/// throws <see cref="VmStateException"/> and changes nothing. What the guest does (power-off, reboot, triple fault)
+/// ends or restarts the run on a supervisor thread, and <see cref="Exited"/> tells why.
+/// </summary>
+public sealed partial class Vm : IDisposable
+{
+    private readonly TextWriter _log;
+    internal readonly MachineModel Machine;
+    internal readonly IAccelerator Accel;
+    internal readonly PcBoard Board;
+    internal readonly IVcpu[] Vcpus;
+    private readonly Net.NetBackendSet _nics;
+    private readonly object _cmd = new();
+    private readonly TaskCompletionSource<VmExitReason> _exit = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly AutoResetEvent _vcpuEnded = new(false);
+    private readonly Thread _supervisor;
+    private Thread[]? _threads;
+    private VcpuExit[] _exits = [];
+    private volatile bool _disposed;
+    /// <summary>vCPU states captured at pause, set back at resume on accelerators whose TSC runs on in the host while
+    /// paused (KVM): the guest sees no time pass.</summary>
+    private CpuState[]? _pausedStates;
+
+    public VmSpec Spec { get; }
+    public VmState State { get; private set; } = VmState.Created;
+    /// <summary>The accelerator's name: "emu" or "kvm".</summary>
+    public string AccelName => Accel.Name;
+    public VmConsole Console { get; } = new();
+    /// <summary>How the VM ended; null while it has not.</summary>
+    public VmExitReason? ExitReason { get; private set; }
+    /// <summary>Completes when the VM ends (never faults).</summary>
+    public Task<VmExitReason> Completion => _exit.Task;
+    /// <summary>Raised once when the VM ends, on a thread-pool thread.</summary>
+    public event Action<VmExitReason>? Exited;
+    /// <summary>Guest reboots so far.</summary>
+    public int Reboots { get; private set; }
+    /// <summary>VM time: how long the guest has run (pauses excluded).</summary>
+    public TimeSpan Uptime => TimeSpan.FromTicks(Machine.Clock.NowNs / 100);
+    public IReadOnlyList<IVcpu> VcpuList => Vcpus;
+
+    private Vm(VmSpec spec, TextWriter log, MachineModel machine, IAccelerator accel, PcBoard board, IVcpu[] vcpus,
+        Net.NetBackendSet nics)
+    {
+        Spec = spec;
+        _log = log;
+        Machine = machine;
+        Accel = accel;
+        Board = board;
+        Vcpus = vcpus;
+        _nics = nics;
+        Console.ConnectInput(data => Board.Com1.EnqueueInput(data));
+        machine.PowerEventRequested += _ => { foreach (var v in Vcpus) v.RequestStop(); };
+        // Nothing runs before Start: VM time starts at the first instruction.
+        machine.Clock.Stop();
+        _supervisor = new Thread(Supervise) { IsBackground = true, Name = "vm-supervisor" };
+        _supervisor.Start();
+    }
+
+    /// <summary>
+    /// Builds a VM from a spec (kernel, initrds and append must be set: the CLI resolves the default image). Throws
+    /// <see cref="VmException"/> with one line on bad input or host failure; nothing is left open then.
+    /// </summary>
+    public static Vm Create(VmSpec spec, TextWriter log) => Build(spec, log, loadGuest: true);
+
+    private static Vm Build(VmSpec spec, TextWriter log, bool loadGuest, MachineModel? machine = null)
+    {
+        if (spec.Kernel == null && loadGuest) throw new VmException("no kernel given", badInput: true);
+        if (spec.Cpus < 1) throw new VmException($"--cpus {spec.Cpus}: at least 1", badInput: true);
+        var owned = new Stack<IDisposable>();
+        try
+        {
+            var disks = new List<IBlockDevice>();
+            try
+            {
+                foreach (var d in spec.Disks) { var dev = DiskFactory.Open(d); owned.Push(dev); disks.Add(dev); }
+            }
+            catch (BlockDeviceException e) { throw new VmException(e.Message, badInput: true); }
+            if (machine == null)
+            {
+                machine = new MachineModel(spec.MemoryBytes);
+                owned.Push(machine);
+            }
+            if (loadGuest)
+            {
+                try { LoadGuest(machine, spec); }
+                catch (LoaderException e) { throw new VmException(e.Message, badInput: true); }
+            }
+            var nics = new Net.NetBackendSet();
+            owned.Push(nics);
+            try { nics.OpenAll(spec.Nics, log); }
+            catch (Net.NetBackendException e) { throw new VmException($"--net: {e.Message}", badInput: false); }
+            IAccelerator accel;
+            Dirigent.Machine.Interrupts.IInKernelIrqChip? irqChip;
+            try
+            {
+                accel = AccelSelector.Create(spec, machine, log, out string? accelError);
+                if (accelError != null) throw new VmException(accelError, badInput: false);
+                owned.Push(accel);
+                irqChip = accel.CreateInKernelIrqChip(out string irqChipReason);
+                if (accel is not EmuAccelerator) log.WriteLine($"{accel.Name}: interrupt controllers: {irqChipReason}");
+            }
+            catch (Dirigent.Accel.Kvm.KvmException e) { throw new VmException($"kvm: {e.Message}", badInput: false); }
+            VmConsole? console = null;
+            var board = new PcBoard(machine, spec.Cpus, Dirigent.Accel.Emu.Core.Cpu.TscHz,
+                new SerialSink(b => console?.GuestWrote(b)), irqChip, disks, spec.Rng);
+            // The board owns the disks from here.
+            foreach (var d in disks) RemoveOwned(owned, d);
+            owned.Push(board);
+            foreach (var (backend, mac) in nics.Cards) board.AttachVirtio(machine, new Devices.Virtio.Net.VirtioNet(backend, mac));
+            var vcpus = new IVcpu[spec.Cpus];
+            for (int k = 0; k < spec.Cpus; k++)
+            {
+                vcpus[k] = accel.CreateVcpu(k);
+                if (board.EmulatedInterrupts is not { } router) continue;
+                var apic = router.LocalApics[k];
+                vcpus[k].AttachInterruptController(apic, apic);
+                apic.OnNmi = vcpus[k].InjectNmi;
+            }
+            board.RegisterVcpus(vcpus);
+            var vm = new Vm(spec, log, machine, accel, board, vcpus, nics);
+            console = vm.Console;
+            if (loadGuest) vm.SetBootState();
+            return vm;
+        }
+        catch
+        {
+            while (owned.Count > 0) owned.Pop().Dispose();
+            throw;
+        }
+    }
+
+    private static void RemoveOwned(Stack<IDisposable> owned, IDisposable d)
+    {
+        var rest = owned.Where(x => !ReferenceEquals(x, d)).Reverse().ToList();
+        owned.Clear();
+        foreach (var x in rest) owned.Push(x);
+    }
+
+    private sealed class SerialSink(Action<byte> write) : ISerialBackend
+    {
+        public void Write(byte b) => write(b);
+    }
+
+    private static LoadedKernel LoadGuest(MachineModel machine, VmSpec spec)
+    {
+        var map = PcFirmware.MemoryMap(machine.Memory);
+        ulong rsdp = PcFirmware.WriteTables(machine.Memory, spec.Cpus);
+        return KernelImage.LoadFiles(machine.Memory, spec.Kernel!, spec.Initrds, spec.Append, map, rsdp);
+    }
+
+    private void SetBootState()
+    {
+        var loaded = LoadGuest(Machine, Spec);
+        Vcpus[0].SetState(loaded.State);
+        // Application processors stay in reset: SMP start-up is not implemented yet, and only vCPU 0 runs.
+        for (int k = 1; k < Vcpus.Length; k++)
+        {
+            var s = CpuState.Reset();
+            s.Activity = VcpuActivity.WaitForSipi;
+            Vcpus[k].SetState(s);
+        }
+    }
+
+    /// <summary>vCPUs that run: only the boot processor until SMP start-up exists.</summary>
+    private IVcpu[] RunnableVcpus => Vcpus.Length > 1 ? [Vcpus[0]] : Vcpus;
+
+    // ------------------------------------------------------------------ lifecycle requests
+
+    /// <summary>Created or restored → Running.</summary>
+    public void Start()
+    {
+        lock (_cmd)
+        {
+            Require("start", VmState.Created);
+            ResumeCore();
+            State = VmState.Running;
+        }
+    }
+
+    /// <summary>Running → Paused: vCPUs stop at an instruction boundary, device workers quiesce, VM time freezes.</summary>
+    public void Pause()
+    {
+        lock (_cmd)
+        {
+            Require("pause", VmState.Running, VmState.ShuttingDown);
+            if (!PauseCore()) throw new VmStateException($"the VM ended while pausing: {ExitReason}");
+            State = VmState.Paused;
+        }
+    }
+
+    public void Resume()
+    {
+        lock (_cmd)
+        {
+            Require("resume", VmState.Paused);
+            ResumeCore();
+            State = VmState.Running;
+        }
+    }
+
+    /// <summary>Presses the ACPI power button: a guest with acpid/systemd shuts down cleanly, then powers off.</summary>
+    public void PowerButton()
+    {
+        lock (_cmd)
+        {
+            Require("press the power button of", VmState.Running, VmState.ShuttingDown);
+            Board.AcpiPm.PressPowerButton();
+            State = VmState.ShuttingDown;
+        }
+    }
+
+    /// <summary>Hardware reset (the reset button): the guest reboots; a paused VM stays paused.</summary>
+    public void Reset()
+    {
+        lock (_cmd)
+        {
+            Require("reset", VmState.Running, VmState.ShuttingDown, VmState.Paused);
+            bool running = State != VmState.Paused;
+            if (running && !PauseCore()) return; // the guest ended it meanwhile
+            RebootCore();
+            if (running) { ResumeCore(); State = VmState.Running; }
+        }
+    }
+
+    /// <summary>Stops the VM now (as pulling the plug, but disks are flushed and closed in order at dispose).</summary>
+    public void Stop()
+    {
+        lock (_cmd)
+        {
+            if (State is VmState.Stopped or VmState.Crashed) return;
+            if (State is VmState.Running or VmState.ShuttingDown && !PauseCore()) return;
+            Finish(VmState.Stopped, new VmExitReason(VmExitKind.StoppedByRequest));
+        }
+    }
+
+    private void Require(string what, params VmState[] allowed)
+    {
+        if (_disposed) throw new ObjectDisposedException(nameof(Vm));
+        if (Array.IndexOf(allowed, State) < 0)
+            throw new VmStateException($"cannot {what} a VM that is {State.ToString().ToLowerInvariant()}" +
+                (ExitReason != null ? $" ({ExitReason})" : ""));
+    }
+
+    // ------------------------------------------------------------------ vCPU threads and the supervisor
+
+    /// <summary>VM time, device workers, then vCPU threads (the reverse of <see cref="PauseCore"/>).</summary>
+    private void ResumeCore()
+    {
+        if (_pausedStates != null && Accel is not EmuAccelerator)
+            for (int k = 0; k < Vcpus.Length; k++) Vcpus[k].SetState(_pausedStates[k]);
+        _pausedStates = null;
+        Board.Registry.StartAll();
+        var run = RunnableVcpus;
+        _exits = new VcpuExit[run.Length];
+        var threads = new Thread[run.Length];
+        for (int k = 0; k < run.Length; k++)
+        {
+            int idx = k;
+            var exits = _exits;
+            threads[k] = new Thread(() =>
+            {
+                try { exits[idx] = run[idx].Run(); }
+                catch (Exception ex) { exits[idx] = new VcpuExit(VcpuExitReason.InternalError, ex.ToString()); }
+                _vcpuEnded.Set();
+            }, 64 << 20) { IsBackground = true, Name = $"vcpu{idx}" };
+        }
+        _threads = threads;
+        foreach (var t in threads) t.Start();
+    }
+
+    /// <summary>
+    /// Stops the vCPU threads and settles what they ran into. True: the VM is stopped at an instruction boundary with
+    /// device workers quiesced and VM time frozen (ready to save or resume). False: the guest ended the VM meanwhile
+    /// (power-off, triple fault...), and <see cref="State"/> says so.
+    /// </summary>
+    private bool PauseCore()
+    {
+        while (true)
+        {
+            var exits = JoinVcpus();
+            if (!SettleExits(exits)) break;
+            // The guest rebooted meanwhile and runs again, or the VM ended.
+            if (State is VmState.Stopped or VmState.Crashed) return false;
+        }
+        Board.Registry.StopAll();
+        _pausedStates = Vcpus.Select(v => v.GetState()).ToArray();
+        return true;
+    }
+
+    private VcpuExit[] JoinVcpus()
+    {
+        var threads = _threads;
+        if (threads == null) return [];
+        foreach (var v in RunnableVcpus) v.RequestStop();
+        foreach (var t in threads) t.Join();
+        _threads = null;
+        return _exits;
+    }
+
+    private void Supervise()
+    {
+        while (!_disposed)
+        {
+            _vcpuEnded.WaitOne();
+            if (_disposed) return;
+            lock (_cmd)
+            {
+                if (_threads == null || !_threads.Any(t => !t.IsAlive)) continue;
+                if (State is not (VmState.Running or VmState.ShuttingDown)) continue;
+                var exits = JoinVcpus();
+                if (!SettleExits(exits))
+                {
+                    // A vCPU stopped with nothing to say (should not happen): keep the VM honest, report it.
+                    Finish(VmState.Crashed, new VmExitReason(VmExitKind.VmmError, "a vCPU stopped for no reason"));
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Acts on why the vCPUs stopped (all of them are stopped). False: they only stopped because we asked. True: the
+    /// guest did something: rebooted (the vCPUs run again) or ended the VM.
+    /// </summary>
+    private bool SettleExits(VcpuExit[] exits)
+    {
+        var pe = Machine.PowerEvent;
+        if (pe != PowerEventKind.None)
+        {
+            switch (pe)
+            {
+                case PowerEventKind.PowerOff:
+                    Finish(VmState.Stopped, new VmExitReason(VmExitKind.PowerOff));
+                    return true;
+                case PowerEventKind.DebugExit:
+                    Finish(VmState.Stopped, new VmExitReason(VmExitKind.DebugExit, DebugExitValue: Machine.ExitCode));
+                    return true;
+                default:
+                    if (Spec.NoReboot)
+                    {
+                        Finish(VmState.Stopped, new VmExitReason(VmExitKind.Reset, "the guest reset the machine"));
+                        return true;
+                    }
+                    RebootCore();
+                    ResumeCore();
+                    State = VmState.Running;
+                    return true;
+            }
+        }
+        for (int k = 0; k < exits.Length; k++)
+        {
+            var e = exits[k];
+            switch (e.Reason)
+            {
+                case VcpuExitReason.Shutdown:
+                    Finish(VmState.Crashed, new VmExitReason(VmExitKind.TripleFault, e.Detail, Rip: SafeRip(k)));
+                    return true;
+                case VcpuExitReason.HaltedForever:
+                    Finish(VmState.Crashed, new VmExitReason(VmExitKind.HaltedForever, e.Detail, Rip: SafeRip(k)));
+                    return true;
+                case VcpuExitReason.InternalError:
+                    Finish(VmState.Crashed, new VmExitReason(VmExitKind.VmmError, $"vCPU {k}: {e.Detail}"));
+                    return true;
+                case VcpuExitReason.PowerEvent:
+                    Finish(VmState.Crashed, new VmExitReason(VmExitKind.VmmError, $"vCPU {k} stopped for a power event that vanished"));
+                    return true;
+            }
+        }
+        return false;
+    }
+
+    private ulong? SafeRip(int k)
+    {
+        try { return Vcpus[k].GetState().Rip; } catch { return null; }
+    }
+
+    /// <summary>System reset: every component back to power-on state, the guest loaded again.</summary>
+    private void RebootCore()
+    {
+        Reboots++;
+        _pausedStates = null;
+        Machine.ClearPowerEvent();
+        Board.Registry.ResetAll();
+        SetBootState();
+    }
+
+    private void Finish(VmState state, VmExitReason reason)
+    {
+        Board.Registry.StopAll();
+        State = state;
+        ExitReason = reason;
+        ThreadPool.QueueUserWorkItem(_ =>
+        {
+            _exit.TrySetResult(reason);
+            Exited?.Invoke(reason);
+        });
+    }
+
+    /// <summary>
+    /// Stops the VM if it still runs, then closes everything in order: devices (their workers finish), disk images
+    /// (flushed; qcow2's dirty bit cleared), network backends, the accelerator, memory.
+    /// </summary>
+    public void Dispose()
+    {
+        lock (_cmd)
+        {
+            if (_disposed) return;
+            if (State is VmState.Running or VmState.ShuttingDown or VmState.Paused or VmState.Created)
+            {
+                if (State is not (VmState.Paused or VmState.Created)) PauseCore();
+                if (State is not (VmState.Stopped or VmState.Crashed))
+                    Finish(VmState.Stopped, new VmExitReason(VmExitKind.StoppedByRequest));
+            }
+            _disposed = true;
+            _vcpuEnded.Set();
+        }
+        _supervisor.Join();
+        Board.Dispose();
+        _nics.Dispose();
+        Accel.Dispose();
+        Machine.Dispose();
+        _vcpuEnded.Dispose();
+    }
+}
