@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using System.Text.RegularExpressions;
+using Dirigent.Cli;
 using Dirigent.Vmm;
 using Dirigent.Images;
 

@@ -3,6 +3,7 @@ using System.Globalization;
 using System.IO.Compression;
 using System.Text;
 using System.Text.RegularExpressions;
+using Dirigent.Cli;
 using Dirigent.Vmm;
 using Dirigent.Images;
 

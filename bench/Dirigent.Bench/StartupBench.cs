@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using Dirigent.Accel.Kvm;
+using Dirigent.Cli;
 using Dirigent.Vmm;
 using Dirigent.Images;
 using Iced.Intel;

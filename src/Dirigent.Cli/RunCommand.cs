@@ -19,13 +19,17 @@ internal static class RunCommand
         var disk = new Option<string[]>("--disk") { Description = "virtio-blk disk: PATH[,format=raw|qcow2][,readonly] (repeatable)", AllowMultipleArgumentsPerToken = false };
         var rng = new Option<bool>("--rng") { Description = "Attach a virtio-rng device fed from the host's random source" };
         var net = new Option<string[]>("--net") { Description = "virtio-net card on a TAP interface: tap=NAME[,mac=MAC][,netns=NS] (repeatable)", AllowMultipleArgumentsPerToken = false };
+        var restore = new Option<string?>("--restore") { Description = "Resume the snapshot in DIR instead of booting (its VM spec is used; --accel may change the accelerator)" };
+        var incoming = new Option<string?>("--incoming") { Description = "Wait for a live migration at unix:PATH or tcp:HOST:PORT and run the VM it brings" };
+        var apiSocket = new Option<string?>("--api-socket") { Description = "Serve the VM's HTTP API on this Unix socket (mode 0600)" };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
-            kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, net,
+            kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, net, restore, incoming, apiSocket,
         };
         cmd.SetAction(r =>
         {
             var cfg = new VmSpec();
+            var opts = new RunOptions { RestoreDir = r.GetValue(restore), Incoming = r.GetValue(incoming), ApiSocket = r.GetValue(apiSocket) };
             try
             {
                 cfg.Kernel = r.GetValue(kernel);
@@ -35,6 +39,19 @@ internal static class RunCommand
                 cfg.MemoryBytes = VmSpec.ParseMemory(r.GetValue(memory)!);
                 cfg.Cpus = r.GetValue(cpus);
                 if (cfg.Cpus < 1 || cfg.Cpus > 64) throw new FormatException($"--cpus must be between 1 and 64, got {cfg.Cpus}");
+                if (opts.RestoreDir != null && opts.Incoming != null)
+                    throw new FormatException("--restore and --incoming exclude each other");
+                if (opts.Incoming != null && !opts.Incoming.StartsWith("unix:", StringComparison.Ordinal) && !opts.Incoming.StartsWith("tcp:", StringComparison.Ordinal))
+                    throw new FormatException($"--incoming must be unix:PATH or tcp:HOST:PORT, got '{opts.Incoming}'");
+                if (opts.RestoreDir != null || opts.Incoming != null)
+                {
+                    // The VM's shape comes from the snapshot or the source; only these options still apply.
+                    var given = new Option[] { kernel, initrd, append, memory, cpus, noReboot, disk, rng, net }
+                        .Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList();
+                    if (given.Count > 0)
+                        throw new FormatException($"{string.Join(", ", given)} cannot be combined with {(opts.RestoreDir != null ? "--restore" : "--incoming")} (the VM's spec comes with it)");
+                }
+                if (r.GetResult(accel) is { Implicit: false }) opts.AccelOverride = ParseAccel(r.GetValue(accel)!);
                 cfg.Accel = r.GetValue(accel) switch
                 {
                     "auto" => AccelKind.Auto,
@@ -56,8 +73,51 @@ internal static class RunCommand
                 Console.Error.WriteLine($"dirigent run: {e.Message}");
                 return ExitCodes.BadInput;
             }
-            return VmLauncher.Run(cfg, Console.Error);
+            return RunWithSignals(cfg, opts);
         });
         return cmd;
+    }
+
+    private static AccelKind ParseAccel(string a) => a switch
+    {
+        "auto" => AccelKind.Auto,
+        "emu" => AccelKind.Emu,
+        "kvm" => AccelKind.Kvm,
+        _ => throw new FormatException($"--accel must be emu, kvm or auto, got '{a}'"),
+    };
+
+    /// <summary>
+    /// SIGTERM, SIGINT and SIGHUP stop the VM in order (vCPUs, then devices, disks flushed and closed, TAPs closed,
+    /// terminal restored), then one line and status 128+signal. A second signal meanwhile exits at once.
+    /// </summary>
+    private static int RunWithSignals(VmSpec cfg, RunOptions opts)
+    {
+        using var cts = new CancellationTokenSource();
+        int signal = 0;
+        string signalName = "";
+        void OnSignal(System.Runtime.InteropServices.PosixSignalContext ctx, int number, string name)
+        {
+            ctx.Cancel = true;
+            if (Interlocked.CompareExchange(ref signal, number, 0) != 0)
+            {
+                Console.Error.WriteLine($"dirigent: {name} again: exiting at once");
+                Environment.Exit(128 + number);
+            }
+            signalName = name;
+            cts.Cancel();
+        }
+        using var term = System.Runtime.InteropServices.PosixSignalRegistration.Create(
+            System.Runtime.InteropServices.PosixSignal.SIGTERM, c => OnSignal(c, 15, "SIGTERM"));
+        using var intr = System.Runtime.InteropServices.PosixSignalRegistration.Create(
+            System.Runtime.InteropServices.PosixSignal.SIGINT, c => OnSignal(c, 2, "SIGINT"));
+        using var hup = System.Runtime.InteropServices.PosixSignalRegistration.Create(
+            System.Runtime.InteropServices.PosixSignal.SIGHUP, c => OnSignal(c, 1, "SIGHUP"));
+        int rc = VmLauncher.Run(cfg, Console.Error, cancel: cts.Token, opts: opts);
+        if (signal != 0)
+        {
+            Console.Error.WriteLine($"dirigent: stopped by {signalName}");
+            return 128 + signal;
+        }
+        return rc;
     }
 }

@@ -9,4 +9,11 @@ public sealed partial class Vm
     /// <see cref="VmException"/> and the VM keeps running here.
     /// </summary>
     public void Migrate(string to) => throw new NotImplementedException("migration");
+
+    /// <summary>
+    /// Waits at <paramref name="from"/> (<c>unix:PATH</c> or <c>tcp:HOST:PORT</c>) for one incoming migration and
+    /// returns the VM it brings, ready to <see cref="Start"/> where the source stopped.
+    /// </summary>
+    public static Vm Incoming(string from, AccelKind? accel, TextWriter log, CancellationToken cancel) =>
+        throw new NotImplementedException("migration");
 }

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Dirigent.Accel.Emu;
 using Dirigent.Devices.Firmware;
 using Dirigent.Devices.Serial;
@@ -31,6 +32,9 @@ public sealed partial class Vm : IDisposable
     private readonly Thread _supervisor;
     private Thread[]? _threads;
     private VcpuExit[] _exits = [];
+    /// <summary>vCPU threads of the current run that have returned (a counter per run, so the supervisor never
+    /// confuses a thread still finishing with one still running).</summary>
+    private StrongBox<int>? _ended;
     private volatile bool _disposed;
     /// <summary>vCPU states captured at pause, set back at resume on accelerators whose TSC runs on in the host while
     /// paused (KVM): the guest sees no time pass.</summary>
@@ -52,6 +56,8 @@ public sealed partial class Vm : IDisposable
     /// <summary>VM time: how long the guest has run (pauses excluded).</summary>
     public TimeSpan Uptime => TimeSpan.FromTicks(Machine.Clock.NowNs / 100);
     public IReadOnlyList<IVcpu> VcpuList => Vcpus;
+    /// <summary>The accelerator running the vCPUs (for statistics and tracing hooks).</summary>
+    public IAccelerator Accelerator => Accel;
 
     private Vm(VmSpec spec, TextWriter log, MachineModel machine, IAccelerator accel, PcBoard board, IVcpu[] vcpus,
         Net.NetBackendSet nics)
@@ -267,6 +273,7 @@ public sealed partial class Vm : IDisposable
         Board.Registry.StartAll();
         var run = RunnableVcpus;
         _exits = new VcpuExit[run.Length];
+        var ended = _ended = new StrongBox<int>();
         var threads = new Thread[run.Length];
         for (int k = 0; k < run.Length; k++)
         {
@@ -276,6 +283,7 @@ public sealed partial class Vm : IDisposable
             {
                 try { exits[idx] = run[idx].Run(); }
                 catch (Exception ex) { exits[idx] = new VcpuExit(VcpuExitReason.InternalError, ex.ToString()); }
+                Interlocked.Increment(ref ended.Value);
                 _vcpuEnded.Set();
             }, 64 << 20) { IsBackground = true, Name = $"vcpu{idx}" };
         }
@@ -309,6 +317,7 @@ public sealed partial class Vm : IDisposable
         foreach (var v in RunnableVcpus) v.RequestStop();
         foreach (var t in threads) t.Join();
         _threads = null;
+        _ended = null;
         return _exits;
     }
 
@@ -320,7 +329,7 @@ public sealed partial class Vm : IDisposable
             if (_disposed) return;
             lock (_cmd)
             {
-                if (_threads == null || !_threads.Any(t => !t.IsAlive)) continue;
+                if (_threads == null || _ended == null || Volatile.Read(ref _ended.Value) == 0) continue;
                 if (State is not (VmState.Running or VmState.ShuttingDown)) continue;
                 var exits = JoinVcpus();
                 if (!SettleExits(exits))
@@ -347,7 +356,7 @@ public sealed partial class Vm : IDisposable
                     Finish(VmState.Stopped, new VmExitReason(VmExitKind.PowerOff));
                     return true;
                 case PowerEventKind.DebugExit:
-                    Finish(VmState.Stopped, new VmExitReason(VmExitKind.DebugExit, DebugExitValue: Machine.ExitCode));
+                    Finish(VmState.Stopped, new VmExitReason(VmExitKind.DebugExit, DebugExitValue: Machine.ExitCode >> 1));
                     return true;
                 default:
                     if (Spec.NoReboot)

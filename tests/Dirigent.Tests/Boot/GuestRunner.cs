@@ -1,4 +1,5 @@
 using System.Text;
+using Dirigent.Cli;
 using Dirigent.Vmm;
 
 namespace Dirigent.Tests.Boot;

@@ -1,4 +1,5 @@
 using System.Text.RegularExpressions;
+using Dirigent.Cli;
 using Dirigent.Vmm;
 using Dirigent.Images;
 

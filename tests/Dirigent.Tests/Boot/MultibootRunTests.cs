@@ -1,3 +1,4 @@
+using Dirigent.Cli;
 using Dirigent.Vmm;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;

@@ -7,6 +7,7 @@ using System.Text.RegularExpressions;
 using Dirigent.Storage;
 using Dirigent.Tests.Firmware;
 using Dirigent.Tests.Storage;
+using Dirigent.Cli;
 using Dirigent.Vmm;
 using Dirigent.Images;
 using Xunit.Abstractions;

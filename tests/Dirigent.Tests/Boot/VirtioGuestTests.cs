@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text.RegularExpressions;
 using Dirigent.Tests.Firmware;
+using Dirigent.Cli;
 using Dirigent.Vmm;
 using Dirigent.Images;
 

@@ -4,6 +4,7 @@ using System.Net.Sockets;
 using System.Security.Cryptography;
 using System.Text.RegularExpressions;
 using Dirigent.Tests.Net;
+using Dirigent.Cli;
 using Dirigent.Vmm;
 using Dirigent.Images;
 using Xunit.Abstractions;

@@ -198,10 +198,13 @@ public sealed class GuestMachine : IDisposable
 
 public static class Differential
 {
-    /// <summary>KVM must be usable on machines that run these tests: a failing probe fails the test with its reason.</summary>
+    /// <summary>
+    /// Tests that need KVM are reported skipped, with the probe's reason, on a host where /dev/kvm is missing or
+    /// unusable (they must be [SkippableFact]/[SkippableTheory]).
+    /// </summary>
     public static void RequireKvm()
     {
-        if (!KvmAccelerator.Probe(out var reason)) Assert.Fail($"KVM is not usable here: {reason}");
+        Skip.IfNot(KvmAccelerator.Probe(out var reason), $"KVM is not usable here: {reason}");
     }
 
     /// <summary>Runs one guest on each accelerator (same setup, fresh machine each) and returns both results.</summary>

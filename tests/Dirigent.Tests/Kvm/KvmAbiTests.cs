@@ -11,7 +11,7 @@ namespace Dirigent.Tests.Kvm;
 /// <summary>The P/Invoke layouts against linux/kvm.h's sizes, and the pure translations, without running a guest.</summary>
 public sealed class KvmAbiTests
 {
-    [Fact]
+    [SkippableFact]
     public void Struct_sizes_match_the_kernel_abi()
     {
         Assert.Equal(144, Unsafe.SizeOf<KvmRegs>());
@@ -35,7 +35,7 @@ public sealed class KvmAbiTests
     }
 
     /// <summary>_IOC(dir, 0xAE, nr, size): bits 16..29 of each number are the size of the struct it carries.</summary>
-    [Fact]
+    [SkippableFact]
     public void Irqchip_ioctl_numbers_encode_their_struct_sizes()
     {
         static int Size(nuint ioctl) => (int)((ioctl >> 16) & 0x3FFF);
@@ -54,7 +54,7 @@ public sealed class KvmAbiTests
         Assert.Equal(0, Size(KvmAbi.CREATE_IRQCHIP));
     }
 
-    [Fact]
+    [SkippableFact]
     public void Segment_attributes_round_trip_through_kvm_segment()
     {
         for (int a = 0; a < 0x10000; a++)
@@ -71,7 +71,7 @@ public sealed class KvmAbiTests
         Assert.Equal((11, 1, 0, 1, 1, 0, 1), (cs64.Type, cs64.S, cs64.Dpl, cs64.Present, cs64.L, cs64.Db, cs64.G));
     }
 
-    [Fact]
+    [SkippableFact]
     public void Fxsave_image_round_trips_through_kvm_fpu()
     {
         var fx = new byte[512];
@@ -84,7 +84,7 @@ public sealed class KvmAbiTests
         Assert.Equal(fx, back);
     }
 
-    [Fact]
+    [SkippableFact]
     public void Cpuid_filter_hides_xsave_and_avx()
     {
         var filtered = KvmAccelerator.FilterCpuid(
@@ -103,7 +103,7 @@ public sealed class KvmAbiTests
         Assert.Equal(0u, inKernel[0].Ecx & (1u << 26));
     }
 
-    [Fact]
+    [SkippableFact]
     public void Vcpu_runs_again_after_a_power_event()
     {
         Differential.RequireKvm();

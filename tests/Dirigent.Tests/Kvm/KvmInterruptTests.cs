@@ -103,7 +103,7 @@ public sealed class KvmInterruptTests(ITestOutputHelper output)
         public void Write(ushort offset, int size, uint value) { Acks++; line.Set(false); }
     }
 
-    [Fact]
+    [SkippableFact]
     public void Level_triggered_device_line_through_the_ioapic()
     {
         const int gsi = 19;
@@ -153,7 +153,7 @@ public sealed class KvmInterruptTests(ITestOutputHelper output)
         Assert.Equal(0x8000UL | vector, kvm.Gpr[14]);
     }
 
-    [Fact]
+    [SkippableFact]
     public void Lapic_timer_wakes_hlt()
     {
         const byte vector = 0x60;
@@ -182,7 +182,7 @@ public sealed class KvmInterruptTests(ITestOutputHelper output)
         Assert.Equal(0UL, kvm.Gpr[13]);
     }
 
-    [Fact]
+    [SkippableFact]
     public void Pit_irq0_arrives_on_ioapic_pin_2_and_wakes_hlt()
     {
         // The MADT's interrupt source override puts ISA IRQ0 on IOAPIC pin 2: the in-kernel PIT must arrive there too.
@@ -214,7 +214,7 @@ public sealed class KvmInterruptTests(ITestOutputHelper output)
         Assert.Equal(1UL, kvm.Gpr[15]);
     }
 
-    [Fact]
+    [SkippableFact]
     public void Msi_reaches_the_guest_vector()
     {
         const byte vector = 0x63;
@@ -244,7 +244,7 @@ public sealed class KvmInterruptTests(ITestOutputHelper output)
         Assert.Equal(1UL, kvm.Gpr[15]);
     }
 
-    [Fact]
+    [SkippableFact]
     public void Inject_interrupt_goes_through_the_local_apic()
     {
         const byte vector = 0x64;
@@ -281,7 +281,7 @@ public sealed class KvmInterruptTests(ITestOutputHelper output)
         return false;
     }
 
-    [Fact]
+    [SkippableFact]
     public void Local_apic_state_round_trips_and_reaches_the_guest()
     {
         Differential.RequireKvm();
@@ -321,7 +321,7 @@ public sealed class KvmInterruptTests(ITestOutputHelper output)
         Assert.Equal(5UL, r.Gpr[14]);
     }
 
-    [Fact]
+    [SkippableFact]
     public void In_kernel_irqchip_resets_to_power_on_state()
     {
         Differential.RequireKvm();
@@ -351,7 +351,7 @@ public sealed class KvmInterruptTests(ITestOutputHelper output)
         Assert.Equal(0x1_0000UL, r.Gpr[12]);
     }
 
-    [Fact]
+    [SkippableFact]
     public void In_kernel_irqchip_replaces_the_userspace_paths()
     {
         Differential.RequireKvm();
@@ -363,7 +363,7 @@ public sealed class KvmInterruptTests(ITestOutputHelper output)
         Assert.Throws<ArgumentOutOfRangeException>(() => m.Interrupts!.Line(24));
     }
 
-    [Fact]
+    [SkippableFact]
     public void Halted_vcpu_stops_on_request_and_runs_a_new_state()
     {
         // With the in-kernel LAPIC, HLT with IF=0 waits inside KVM_RUN (an NMI or INIT could still wake it): a stop

@@ -28,7 +28,7 @@ public sealed class KvmTeardownTests(ITestOutputHelper output)
         return (fds, maps);
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData(false)]
     [InlineData(true)]
     public void Creating_and_disposing_vms_leaks_no_fds_or_mappings(bool inKernelIrqChip)
@@ -61,7 +61,7 @@ public sealed class KvmTeardownTests(ITestOutputHelper output)
     private static long RssAnonKiB() =>
         long.Parse(File.ReadLines("/proc/self/status").First(l => l.StartsWith("RssAnon:", StringComparison.Ordinal))[8..].Trim().Split(' ')[0]);
 
-    [Theory]
+    [SkippableTheory]
     [InlineData(AccelKind.Emu)]
     [InlineData(AccelKind.Kvm)]
     public void Guest_ram_is_not_resident_until_the_guest_touches_it(AccelKind kind)
@@ -87,7 +87,7 @@ public sealed class KvmTeardownTests(ITestOutputHelper output)
         Assert.True(grown < 64 * 1024, $"anonymous RSS grew by {grown / 1024} MiB for a 512 MiB guest that touched a few pages");
     }
 
-    [Fact]
+    [SkippableFact]
     public void Lines_and_msis_after_teardown_do_nothing()
     {
         // A device timer may fire after the VM is gone; its line must not reach an fd number reused meanwhile.
@@ -114,7 +114,7 @@ public sealed class KvmTeardownTests(ITestOutputHelper output)
         Assert.Equal(before, KvmResources());
     }
 
-    [Fact]
+    [SkippableFact]
     public void Fpu_state_round_trips_through_kvm_get_set_fpu()
     {
         Differential.RequireKvm();

@@ -70,7 +70,7 @@ public sealed class KvmVmmTests(ITestOutputHelper output)
         finally { File.Delete(path); }
     }
 
-    [Fact]
+    [SkippableFact]
     public void Reboot_resets_the_interrupt_controllers_on_both_accelerators()
     {
         Differential.RequireKvm();
@@ -92,7 +92,7 @@ public sealed class KvmVmmTests(ITestOutputHelper output)
 [Collection(nameof(KvmProcessWide))]
 public sealed class KvmUserspaceIrqChipVmmTests(ITestOutputHelper output)
 {
-    [Fact]
+    [SkippableFact]
     public void Emulated_controllers_serve_kvm_when_the_in_kernel_irqchip_is_not_used()
     {
         Differential.RequireKvm();

@@ -1,4 +1,5 @@
 using Dirigent.Storage;
+using Dirigent.Cli;
 using Dirigent.Vmm;
 
 namespace Dirigent.Tests.Virtio;

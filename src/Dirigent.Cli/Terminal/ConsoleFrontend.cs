@@ -1,4 +1,4 @@
-namespace Dirigent.Vmm.Console;
+namespace Dirigent.Cli.Terminal;
 
 /// <summary>
 /// Connects the guest's serial console to the host's stdin/stdout. On a terminal: raw mode with QEMU's escape

@@ -1,6 +1,6 @@
 using Dirigent.Accel.Emu.Core;
 
-namespace Dirigent.Vmm;
+namespace Dirigent.Cli;
 
 /// <summary>
 /// A poor man's guest profiler (DIRIGENT_PROFILE=FILE): samples vCPU 0's RIP every millisecond from another thread

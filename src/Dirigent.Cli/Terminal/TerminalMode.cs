@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace Dirigent.Vmm.Console;
+namespace Dirigent.Cli.Terminal;
 
 /// <summary>Puts a terminal into raw mode (no echo, no line editing, no signals) and restores it afterwards.</summary>
 public sealed class TerminalMode : IDisposable

@@ -1,0 +1,192 @@
+using Dirigent.Accel.Emu;
+using Dirigent.Accel.Emu.Core;
+using Dirigent.Cli.Terminal;
+using Dirigent.Images;
+using Dirigent.Vmm;
+
+namespace Dirigent.Cli;
+
+/// <summary>How `dirigent run` gets its VM and who else may drive it.</summary>
+public sealed class RunOptions
+{
+    /// <summary>--restore DIR: resume a snapshot instead of booting.</summary>
+    public string? RestoreDir;
+    /// <summary>--accel given explicitly (overrides a snapshot's or incoming VM's accelerator).</summary>
+    public AccelKind? AccelOverride;
+    /// <summary>--incoming unix:PATH|tcp:HOST:PORT: wait for a live migration and run the VM it brings.</summary>
+    public string? Incoming;
+    /// <summary>--api-socket PATH: serve the per-VM HTTP API there.</summary>
+    public string? ApiSocket;
+}
+
+/// <summary>
+/// `dirigent run`: builds a <see cref="Vm"/> (booted, restored or received), connects its serial console to the
+/// terminal or a file, serves its API socket, runs it to its end and turns that into the exit status. Exit codes,
+/// terminal handling and environment variables live here, not in the VM.
+/// </summary>
+public static class VmLauncher
+{
+    /// <summary>Where the default guest image is cached (DIRIGENT_CACHE, else ~/.cache/dirigent).</summary>
+    public static string CacheDir =>
+        Environment.GetEnvironmentVariable("DIRIGENT_CACHE") is { Length: > 0 } d ? d :
+        Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "dirigent");
+
+    /// <summary>
+    /// The default guest's kernel command line: serial console; a panic powers off at once; and no crypto self-tests
+    /// at boot (RSA test vectors are ~60% of the stock kernel's boot time on the software CPU). --append replaces it.
+    /// </summary>
+    public const string DefaultAppend = "console=ttyS0 panic=-1 cryptomgr.notests";
+
+    /// <summary>
+    /// A terminal stdin as a plain file stream: .NET's console stream re-applies its own terminal settings around
+    /// each read, which would undo the raw mode the serial console needs.
+    /// </summary>
+    private static Stream RawStdin() =>
+        new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(0, ownsHandle: false), FileAccess.Read, 1);
+
+    /// <summary>Fills in the default guest (kernel, initramfs, command line) when no kernel was given.</summary>
+    public static string? ResolveDefaultImage(VmSpec cfg, TextWriter err)
+    {
+        if (cfg.Kernel != null) return null;
+        try
+        {
+            var img = DefaultImage.EnsureBuilt(CacheDir, m => err.WriteLine($"dirigent: {m}"));
+            cfg.Kernel = img.Kernel;
+            if (cfg.Initrds.Count == 0) cfg.Initrds = [img.Initramfs];
+            if (cfg.Append.Length == 0) cfg.Append = DefaultAppend;
+            return null;
+        }
+        catch (ImageBuildException e) { return $"cannot build the default guest image: {e.Message}"; }
+    }
+
+    /// <param name="cancel">Stops the VM (as Ctrl-A x would): tests use it as a watchdog, the CLI for signals.</param>
+    public static int Run(VmSpec cfg, TextWriter err, Stream? stdin = null, Stream? stdout = null, bool useTerminal = true,
+        CancellationToken cancel = default, RunOptions? opts = null)
+    {
+        opts ??= new RunOptions();
+        Vm vm;
+        try
+        {
+            if (opts.RestoreDir != null) vm = Vm.Restore(opts.RestoreDir, opts.AccelOverride, err);
+            else if (opts.Incoming != null) vm = Vm.Incoming(opts.Incoming, opts.AccelOverride, err, cancel);
+            else
+            {
+                // Disks are checked before any image is built or downloaded: a bad --disk is the user's to fix first.
+                foreach (var d in cfg.Disks)
+                    try { DiskFactory.Open(d).Dispose(); }
+                    catch (Dirigent.Storage.BlockDeviceException e) { err.WriteLine($"dirigent run: {e.Message}"); return ExitCodes.BadInput; }
+                if (ResolveDefaultImage(cfg, err) is { } imageError)
+                {
+                    err.WriteLine($"dirigent run: {imageError}");
+                    return ExitCodes.BadInput;
+                }
+                vm = Vm.Create(cfg, err);
+            }
+        }
+        catch (VmException e)
+        {
+            err.WriteLine($"dirigent run: {e.Message}");
+            return e.BadInput ? ExitCodes.BadInput : ExitCodes.VmmFailure;
+        }
+        catch (OperationCanceledException)
+        {
+            err.WriteLine("dirigent run: cancelled while waiting for an incoming migration");
+            return ExitCodes.VmmFailure;
+        }
+        using var vmScope = vm;
+        if (vm.Spec.Cpus > 1)
+            err.WriteLine("dirigent run: note: only vCPU 0 runs; secondary vCPUs (SMP start-up) are not implemented yet");
+
+        FileStream? serialFile = null;
+        string serial = cfg.Serial;
+        if (serial.StartsWith("file:", StringComparison.Ordinal))
+        {
+            try { serialFile = new FileStream(serial[5..], FileMode.Create, FileAccess.Write, FileShare.Read); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                err.WriteLine($"dirigent run: cannot open serial output {serial[5..]}: {e.Message}");
+                return ExitCodes.BadInput;
+            }
+        }
+        using var serialFileScope = serialFile;
+        IAsyncDisposable? api = null;
+        if (opts.ApiSocket != null)
+        {
+            try { api = ApiHost.Start(vm, opts.ApiSocket, err); }
+            catch (Exception e) when (e is IOException or InvalidOperationException or UnauthorizedAccessException or System.Net.Sockets.SocketException)
+            {
+                err.WriteLine($"dirigent run: --api-socket {opts.ApiSocket}: {e.Message}");
+                return ExitCodes.BadInput;
+            }
+        }
+
+        // The terminal goes raw only now that nothing can fail before the VM runs (and the finally below restores it).
+        ConsoleFrontend? frontend = null;
+        IDisposable? outputSub = null;
+        if (serial == "stdio")
+        {
+            frontend = new ConsoleFrontend(stdout ?? System.Console.OpenStandardOutput(), useTerminal);
+            outputSub = vm.Console.Subscribe(frontend.Write);
+            frontend.Input = bytes => vm.Console.Write(bytes);
+            frontend.Quit = vm.Stop;
+            frontend.StartInput(stdin ?? (TerminalMode.IsTerminal(0) ? RawStdin() : System.Console.OpenStandardInput()));
+        }
+        else if (serialFile != null)
+        {
+            outputSub = vm.Console.Subscribe(b => { serialFile.WriteByte(b); serialFile.Flush(); });
+        }
+        using var cancelReg = cancel.Register(() => { try { vm.Stop(); } catch (ObjectDisposedException) { } });
+        using var profiler = Environment.GetEnvironmentVariable("DIRIGENT_PROFILE") is { Length: > 0 } profPath && vm.VcpuList[0] is Cpu soft
+            ? new RipSampler(soft, profPath) : null;
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        try
+        {
+            vm.Start();
+            var exit = vm.Completion.GetAwaiter().GetResult();
+            return StatusOf(exit, err);
+        }
+        finally
+        {
+            outputSub?.Dispose();
+            if (api != null) api.DisposeAsync().AsTask().GetAwaiter().GetResult();
+            // Disks flushed and closed in order before the terminal is given back.
+            vm.Dispose();
+            frontend?.Dispose();
+            if (Environment.GetEnvironmentVariable("DIRIGENT_STATS") == "1" && vm.VcpuList[0] is Cpu soft0 && vm.Accelerator is EmuAccelerator emu)
+                PrintStats(err, soft0, emu, sw.Elapsed);
+        }
+    }
+
+    /// <summary>The exit status for how the VM ended (see README's table), with one line for the bad endings.</summary>
+    public static int StatusOf(VmExitReason exit, TextWriter err)
+    {
+        switch (exit.Kind)
+        {
+            case VmExitKind.PowerOff:
+            case VmExitKind.Reset:
+            case VmExitKind.StoppedByRequest:
+            case VmExitKind.Migrated:
+                return ExitCodes.Ok;
+            case VmExitKind.DebugExit:
+                return (exit.DebugExitValue << 1) | 1;
+            case VmExitKind.TripleFault:
+                err.WriteLine($"dirigent: guest shut down: {exit.Detail}");
+                return ExitCodes.GuestDied;
+            case VmExitKind.HaltedForever:
+                err.WriteLine($"dirigent: guest halted with interrupts disabled and can never resume: {exit.Detail}");
+                return ExitCodes.GuestDied;
+            default:
+                err.WriteLine($"dirigent: VMM failure: {exit.Detail}");
+                return ExitCodes.VmmFailure;
+        }
+    }
+
+    private static void PrintStats(TextWriter err, Cpu cpu, EmuAccelerator accel, TimeSpan elapsed)
+    {
+        double s = elapsed.TotalSeconds;
+        err.WriteLine($"dirigent: stats: {cpu.InstructionsRetired:N0} instructions in {s:F2} s ({cpu.InstructionsRetired / s / 1e6:F1} MIPS), " +
+            $"TLB misses {cpu.TlbMisses:N0}, blocks translated {accel.BlocksTranslated:N0}, invalidated {accel.BlocksInvalidated:N0}");
+        var top = cpu.EventsDelivered.Select((n, v) => (n, v)).Where(x => x.n > 0).OrderByDescending(x => x.n).Take(8);
+        err.WriteLine("dirigent: stats: events by vector: " + string.Join(", ", top.Select(x => $"{x.v:x2}={x.n:N0}")));
+    }
+}
