@@ -129,6 +129,13 @@ public sealed class PcBoard : IDisposable
         RegisterComponents(vcpus.Count);
     }
 
+    /// <summary>Writes what the disk images cache to their files (the devices' workers must be stopped).</summary>
+    public void FlushDisks()
+    {
+        foreach (var d in _owned)
+            if (d is IBlockDevice b && !b.ReadOnly) b.Flush();
+    }
+
     /// <summary>System reset (reboot): every registered component back to its power-on state.</summary>
     public void Reset() => Registry.ResetAll();
 

@@ -187,12 +187,12 @@ public sealed partial class Vm : IDisposable
 
     // ------------------------------------------------------------------ lifecycle requests
 
-    /// <summary>Created or restored → Running.</summary>
+    /// <summary>Created, or restored/received (Paused) → Running.</summary>
     public void Start()
     {
         lock (_cmd)
         {
-            Require("start", VmState.Created);
+            Require("start", VmState.Created, VmState.Paused);
             ResumeCore();
             State = VmState.Running;
         }
