@@ -50,8 +50,7 @@ public sealed partial class AcpiPm
             _gpe0Sts = s.Gpe0Status; _gpe0En = s.Gpe0Enable;
             _tmrMsbToggles = s.TimerMsbToggles;
             AccountTimerStatus(_clock.NowNs);
-            // A freshly built machine's SCI line starts low: drive it to what status and enables say.
-            _sciLevel = false;
+            // Drive SCI to what status and enables say (a freshly built machine's line starts low).
             ArmTimerOverflow();
             UpdateSci();
         }

@@ -66,8 +66,7 @@ public sealed partial class I8042
             _pendingKeyboardCommand = s.PendingKeyboardCommand;
             _keyboardScanning = s.KeyboardScanning;
             _scancodeSet = s.ScancodeSet;
-            // A freshly built machine's IRQ1 line starts low: drive it to what the output buffer says.
-            _irqLevel = false;
+            // Drive IRQ1 to what the output buffer says (a freshly built machine's line starts low).
             UpdateIrq();
         }
     }

@@ -92,10 +92,8 @@ public sealed partial class Uart16550
             _lastRxActivityNs = _clock.NowNs - s.NsSinceRxActivity;
             RefillFromHost();
             ArmTimeout();
-            // A freshly built machine's line starts low: drive it to the restored interrupt state.
-            _irqLevel = false;
-            bool level = (_mcr & McrOut2) != 0 && InterruptId() != IirNone;
-            if (level) { _irqLevel = true; _irq?.Set(true); }
+            // Drive the line to the restored interrupt state (a freshly built machine's starts low).
+            UpdateIrq();
         }
     }
 }

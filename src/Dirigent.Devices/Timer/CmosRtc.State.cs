@@ -77,8 +77,7 @@ public sealed partial class CmosRtc
             _offsetTicks = 0;
             _frozen = state.Frozen;
             _lastEventCheckNs = now - state.NsSinceEventCheck;
-            // A freshly built machine's IRQ8 line starts low: drive it to what register C says.
-            _irqLevel = false;
+            // Drive IRQ8 to what register C says (a restored device drives its line again: the machine's starts low).
             if (Reschedule(now) is bool level) _irq?.Set(level);
         }
     }

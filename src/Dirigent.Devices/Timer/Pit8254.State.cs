@@ -95,6 +95,7 @@ public sealed partial class Pit8254
         {
             CancelIrqTimer();
             long now = _clock.NowNs;
+            bool wasRaised = _counters[0].Irq0Raised;
             for (int i = 0; i < 3; i++)
             {
                 var c = counters[i];
@@ -110,7 +111,11 @@ public sealed partial class Pit8254
                 c0.Irq0Raised = true;
                 _irq0?.Set(true);
             }
-            else ScheduleIrq(now);
+            else
+            {
+                if (wasRaised) _irq0?.Set(false);
+                ScheduleIrq(now);
+            }
         }
     }
 

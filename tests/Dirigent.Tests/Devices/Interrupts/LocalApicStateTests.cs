@@ -88,6 +88,22 @@ public sealed class LocalApicStateTests
     }
 
     [Fact]
+    public void OneShotDueButNotYetDeliveredStillFiresAfterRestore()
+    {
+        var a = new Rig();
+        a.W(RegSvr, 0x1FF);
+        a.W(RegTimerDivide, 0xB);
+        a.W(RegLvtTimer, OneShot | 0x40);
+        a.W(RegTimerInitial, 1000);
+        a.Clock.SkipNs(5000);                  // due, but the clock stopped before the timer ran
+        Assert.False(a.Irr(0x40));
+        var b = new Rig(ClockAt(a.Clock.NowNs));
+        Transfer(a.Apic, b.Apic);
+        b.Clock.AdvanceNs(1);
+        Assert.True(b.Irr(0x40));
+    }
+
+    [Fact]
     public void PeriodicTimerKeepsItsPhaseAfterRestore()
     {
         var a = new Rig();

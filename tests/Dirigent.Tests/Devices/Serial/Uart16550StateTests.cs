@@ -111,6 +111,17 @@ public sealed class Uart16550StateTests
     }
 
     [Fact]
+    public void RestoreLowersALineTheRecordDoesNotAssert()
+    {
+        var quiet = new Rig();
+        var r = new Rig();
+        r.Program();                            // THRE pending: line high
+        Assert.True(r.Irq.Level);
+        Transfer(quiet.Uart, r.Uart);
+        Assert.False(r.Irq.Level);
+    }
+
+    [Fact]
     public void HostileRecordsAreRefused()
     {
         var r = new Rig();

@@ -117,6 +117,21 @@ public sealed class PitStateTests
     }
 
     [Fact]
+    public void TerminalCountDueAtTheSaveStillInterrupts()
+    {
+        var a = new Rig();
+        a.Out(0x43, 0x30); a.Out(0x40, 0x10); a.Out(0x40, 0x00);
+        a.Clock.SkipNs(100_000);                 // due, but the clock stopped before the timer ran
+        Assert.False(a.Irq0.Level);
+        var b = new Rig(ClockAt(a.Clock.NowNs));
+        Transfer(a.Pit, b.Pit);
+        Assert.True(b.Irq0.Level);
+        Assert.Equal(1, b.Irq0.RisingEdges);
+        b.Clock.AdvanceMs(1);
+        Assert.Equal(1, b.Irq0.RisingEdges);
+    }
+
+    [Fact]
     public void HostileRecordsAreRefused()
     {
         var r = new Rig();
