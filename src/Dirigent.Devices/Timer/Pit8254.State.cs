@@ -10,7 +10,8 @@ namespace Dirigent.Devices.Timer;
 // - ReadState/WriteState use KVM's RW_STATE values: 1 LSB, 2 MSB, 3 word (LSB next), 4 word (MSB next).
 // - NsSinceLoad: VM ns since counting (re)started; with GATE low in modes 0 and 4 (counting suspended) the time
 //   counted before the gate fell; -1 in modes 1 and 5 for a count still waiting for its GATE trigger.
-// A latched 16-bit count restores with its LSB next (the record has no place for "LSB already read").
+// A latched 16-bit count restores with its LSB next (the record has no place for "LSB already read"), and port
+// 0x61 bits 2-3 (parity/channel-check enables, which do nothing here) restore clear.
 public sealed partial class Pit8254
 {
     private const int RwStateLsb = 1, RwStateMsb = 2, RwStateWord0 = 3, RwStateWord1 = 4;
