@@ -2,6 +2,7 @@ using Dirigent.Devices.Misc;
 using Dirigent.Machine;
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.State;
 using Dirigent.Machine.Time;
 
 namespace Dirigent.Devices.Acpi;
@@ -14,7 +15,7 @@ namespace Dirigent.Devices.Acpi;
 /// sources. Writing SLP_EN with the \_S5 SLP_TYP powers the machine off. SCI goes out on the IRQ9 line, level
 /// triggered, while any enabled status bit is set.
 /// </summary>
-public sealed class AcpiPm : IPortDevice
+public sealed partial class AcpiPm : IPortDevice, IStateful<AcpiPmState>
 {
     public const int PortCount = 0x40;
 
@@ -62,7 +63,11 @@ public sealed class AcpiPm : IPortDevice
     /// <summary>The PM timer value now (24 bits).</summary>
     public uint TimerValue => (uint)(PmTicks(_clock.NowNs) & 0xFF_FFFF);
 
-    /// <summary>Presses the power button: sets PWRBTN_STS and raises SCI if the guest enabled it.</summary>
+    /// <summary>
+    /// Presses the fixed-feature power button (the FADT leaves PWR_BUTTON clear, so the OS's ACPI button driver
+    /// owns it): sets PWRBTN_STS, and SCI stays raised while PWRBTN_EN is set too, until the OS writes 1 to the
+    /// status bit. With PWRBTN_EN clear nothing is signalled (the status bit is still visible to a poller).
+    /// </summary>
     public void PressPowerButton()
     {
         lock (_lock)

@@ -83,7 +83,7 @@ public static class AcpiTables
 
     internal static byte[] BuildFadt(ulong dsdt, ulong facs)
     {
-        const uint Wbinvd = 1 << 0, ProcC1 = 1 << 2, PwrButton = 1 << 4, SlpButton = 1 << 5, ResetRegSup = 1 << 10;
+        const uint Wbinvd = 1 << 0, ProcC1 = 1 << 2, SlpButton = 1 << 5, ResetRegSup = 1 << 10;
         const int LegacyDevices = 1 << 0, I8042 = 1 << 1;
         var w = Header("FACP", 5);
         w.U32(facs)                       // FIRMWARE_CTRL
@@ -104,7 +104,10 @@ public static class AcpiTables
          .U8(0).U8(0).U8(0x32)            // DAY_ALRM, MON_ALRM, CENTURY (CMOS register 0x32)
          .U16(LegacyDevices | I8042)      // IAPC_BOOT_ARCH
          .U8(0)
-         .U32(Wbinvd | ProcC1 | PwrButton | SlpButton | ResetRegSup);
+         // PWR_BUTTON clear: the power button is the fixed feature (PM1 PWRBTN_STS/EN), so Linux registers its
+         // fixed power button device and a host-side "press" (AcpiPm.PressPowerButton) shuts the guest down.
+         // SLP_BUTTON set: there is no sleep button.
+         .U32(Wbinvd | ProcC1 | SlpButton | ResetRegSup);
         Gas(w, 8, 1, PcPlatform.ResetControlPort).U8(0x06) // RESET_REG / RESET_VALUE: CF9 full reset
          .U16(0).U8(0)                    // ARM_BOOT_ARCH, FADT minor version
          .U64(0).U64(dsdt);               // X_FIRMWARE_CTRL (must be 0 when FIRMWARE_CTRL is used), X_DSDT

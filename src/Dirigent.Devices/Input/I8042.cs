@@ -1,6 +1,7 @@
 using Dirigent.Machine;
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.State;
 
 namespace Dirigent.Devices.Input;
 
@@ -13,7 +14,7 @@ namespace Dirigent.Devices.Input;
 /// Ports: <see cref="DataPort"/> at 0x60 and <see cref="CommandPort"/> at 0x64 (two single-port devices because
 /// port 0x61 lies between them).
 /// </summary>
-public sealed class I8042
+public sealed partial class I8042 : IStateful<I8042State>
 {
     // Status register
     private const byte StsObf = 0x01, StsSys = 0x04, StsCmd = 0x08, StsUnlocked = 0x10, StsAuxData = 0x20;
@@ -27,8 +28,8 @@ public sealed class I8042
     private readonly IIrqLine? _irq1;
     private readonly object _lock = new();
     private readonly Queue<(byte Value, bool Aux)> _output = new();
-    private byte _ctr = CtrKbdInt | CtrSys | CtrAuxDis | CtrXlate;
-    private byte _outputPort = OutReset | OutA20;
+    private byte _ctr = PowerOnCtr;
+    private byte _outputPort = PowerOnOutputPort;
     private bool _lastWriteWasCommand;
     private byte _pendingControllerCommand; // a controller command waiting for its data byte (0 = none)
     private byte _pendingKeyboardCommand;   // a keyboard command waiting for its parameter (0 = none)

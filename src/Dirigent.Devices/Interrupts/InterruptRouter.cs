@@ -1,5 +1,6 @@
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.State;
 using Dirigent.Machine.Time;
 
 namespace Dirigent.Devices.Interrupts;
@@ -16,6 +17,13 @@ public sealed class InterruptRouter : IApicBus, IInterruptSink
     public IoApic IoApic { get; }
     public IReadOnlyList<LocalApic> LocalApics { get; }
 
+    /// <summary>
+    /// The 8259 pair as a machine component (register it as "pic"; the IOAPIC as "ioapic", LocalApics[i] as
+    /// "lapic/i"): saves and restores <see cref="Pic"/>, and its reset drives the lines that sources still assert
+    /// into the freshly reset chips, as <see cref="Reset"/> does.
+    /// </summary>
+    public IStateful<PicPairState> Pics { get; }
+
     /// <summary>Devices sharing a pin (0..23) form a wired OR.</summary>
     private readonly WiredOrLines _lines;
 
@@ -24,6 +32,7 @@ public sealed class InterruptRouter : IApicBus, IInterruptSink
         if (cpuCount < 1 || cpuCount > 255) throw new ArgumentOutOfRangeException(nameof(cpuCount));
         _lines = new WiredOrLines(PcPlatform.IoApicPins, Drive);
         Pic = new Pic8259();
+        Pics = new PicPairUnit(this);
         IoApic = new IoApic(this);
         var apics = new LocalApic[cpuCount];
         for (int i = 0; i < cpuCount; i++)
@@ -57,6 +66,18 @@ public sealed class InterruptRouter : IApicBus, IInterruptSink
         IoApic.Reset();
         foreach (var a in LocalApics) a.Reset();
         _lines.ReassertAll();
+    }
+
+    private sealed class PicPairUnit(InterruptRouter router) : IStateful<PicPairState>
+    {
+        public void Reset()
+        {
+            router.Pic.Reset();
+            router._lines.ReassertAll();
+        }
+
+        public PicPairState Save() => router.Pic.Save();
+        public void Restore(PicPairState state) => router.Pic.Restore(state);
     }
 
     /// <summary>

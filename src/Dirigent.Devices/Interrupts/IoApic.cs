@@ -1,4 +1,6 @@
 using Dirigent.Machine.Bus;
+using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.State;
 
 namespace Dirigent.Devices.Interrupts;
 
@@ -13,7 +15,7 @@ namespace Dirigent.Devices.Interrupts;
 /// synchronous, so the delivery-status bit always reads idle. Version 0x11 has no EOI register; guests clear a
 /// stuck Remote IRR by switching the entry to edge, which this model honours like the 82093AA.
 /// </remarks>
-public sealed class IoApic : IMmioDevice
+public sealed class IoApic : IMmioDevice, IStateful<IoApicState>
 {
     public const int Pins = PcPlatform.IoApicPins;
     public const uint Version = 0x11;
@@ -33,19 +35,68 @@ public sealed class IoApic : IMmioDevice
     /// <summary>Asserted pins (bit n = pin n).</summary>
     private uint _pinLevels;
 
+    private readonly uint _powerOnId;
+
     public IoApic(IApicBus bus, byte id = PcPlatform.IoApicId)
     {
         _bus = bus;
-        _id = (uint)id << 24;
+        _powerOnId = (uint)id << 24;
         Reset();
     }
 
+    /// <summary>Power-on state: every entry masked, the firmware-assigned ID. Input pins keep their levels (wires).</summary>
     public void Reset()
     {
         lock (_lock)
         {
             _ioRegSel = 0;
+            _id = _powerOnId;
             for (int i = 0; i < Pins; i++) _redir[i] = RedirMask;
+        }
+    }
+
+    /// <summary>
+    /// The accelerator-neutral record (kvm_ioapic_state): <see cref="IoApicState.Id"/> is the 4-bit ID number,
+    /// <see cref="IoApicState.Irr"/> the asserted input pins (edge-triggered ones included: delivery here is
+    /// synchronous, so an edge is never left pending, and the level lets a line that a restored device drives high
+    /// again make no second edge).
+    /// </summary>
+    public IoApicState Save()
+    {
+        lock (_lock)
+            return new IoApicState
+            {
+                BaseAddress = PcPlatform.IoApicBase,
+                IoRegSel = _ioRegSel,
+                Id = _id >> 24,
+                Irr = _pinLevels,
+                Redirection = (ulong[])_redir.Clone(),
+            };
+    }
+
+    /// <summary>Restores registers and pin levels; nothing is delivered (pending level pins go out at the next EOI or unmask).</summary>
+    public void Restore(IoApicState state)
+    {
+        if (state.BaseAddress != PcPlatform.IoApicBase)
+            throw new StateRestoreException($"ioapic: base address {state.BaseAddress:x} (this machine's is {PcPlatform.IoApicBase:x})");
+        if (state.Redirection is not { Length: Pins })
+            throw new StateRestoreException($"ioapic: {state.Redirection?.Length ?? 0} redirection entries, expected {Pins}");
+        if (state.IoRegSel > 0xFF) throw new StateRestoreException($"ioapic: IOREGSEL {state.IoRegSel:x} above 0xFF");
+        if (state.Id > 0xF) throw new StateRestoreException($"ioapic: ID {state.Id} above 15");
+        if ((state.Irr >> Pins) != 0) throw new StateRestoreException($"ioapic: pins above {Pins - 1} asserted");
+        lock (_lock)
+        {
+            _ioRegSel = (byte)state.IoRegSel;
+            _id = state.Id << 24;
+            _pinLevels = state.Irr;
+            for (int i = 0; i < Pins; i++)
+            {
+                // Only guest-writable bits and Remote IRR (of level entries) are state; delivery status is always idle.
+                ulong e = state.Redirection[i];
+                ulong v = e & RedirWritable;
+                if ((e & RedirLevel) != 0) v |= e & RedirRemoteIrr;
+                _redir[i] = v;
+            }
         }
     }
 

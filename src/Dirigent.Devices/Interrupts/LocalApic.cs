@@ -1,6 +1,8 @@
 using System.Numerics;
+using Dirigent.Devices.Misc;
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.State;
 using Dirigent.Machine.Time;
 
 namespace Dirigent.Devices.Interrupts;
@@ -11,7 +13,7 @@ namespace Dirigent.Devices.Interrupts;
 /// the local vector table with LINT0 as the 8259's virtual wire, and the timer (one-shot, periodic, TSC-deadline)
 /// driven by the <see cref="VirtualClock"/>. The vCPU pulls interrupts through <see cref="IInterruptController"/>.
 /// </summary>
-public sealed class LocalApic : IInterruptController, IMmioDevice, ILocalApicRegisters
+public sealed partial class LocalApic : IInterruptController, IMmioDevice, ILocalApicRegisters, IStateful<LocalApicState>
 {
     /// <summary>The clock the divided timer counts (KVM uses the same 1 GHz).</summary>
     public const long TimerHz = 1_000_000_000;
@@ -35,7 +37,7 @@ public sealed class LocalApic : IInterruptController, IMmioDevice, ILocalApicReg
     private const int TimerOneShot = 0, TimerPeriodic = 1, TimerTscDeadline = 2;
 
     private readonly object _lock = new();
-    private readonly VirtualClock _clock;
+    private readonly DeviceClock _clock;
     private readonly ulong _tscHz;
     private readonly IApicBus? _bus;
 
@@ -51,7 +53,7 @@ public sealed class LocalApic : IInterruptController, IMmioDevice, ILocalApicReg
     private long _timerStartNs, _timerPeriodNs;
     private ulong _tscDeadline;
     private int _timerGen;
-    private VirtualClock.TimerEntry? _timerEntry;
+    private Action? _cancelTimer;
 
     /// <summary>The vCPU index this APIC belongs to; its power-on APIC ID.</summary>
     public int Index { get; }
@@ -71,6 +73,9 @@ public sealed class LocalApic : IInterruptController, IMmioDevice, ILocalApicReg
     /// <param name="tscHz">The guest TSC frequency (TSC = VirtualClock.NowNs * tscHz / 1e9), for TSC-deadline mode.</param>
     /// <param name="bus">Where IPIs and EOI broadcasts go; without one, only self-IPIs are delivered.</param>
     public LocalApic(int index, VirtualClock clock, ulong tscHz, IApicBus? bus = null)
+        : this(index, DeviceClock.From(clock), tscHz, bus) { }
+
+    internal LocalApic(int index, DeviceClock clock, ulong tscHz, IApicBus? bus = null)
     {
         Index = index;
         _clock = clock;
@@ -305,8 +310,8 @@ public sealed class LocalApic : IInterruptController, IMmioDevice, ILocalApicReg
 
     private void StopTimerLocked()
     {
-        _timerEntry?.Cancel();
-        _timerEntry = null;
+        _cancelTimer?.Invoke();
+        _cancelTimer = null;
         _timerArmed = false;
         _timerGen++;
     }
@@ -314,7 +319,7 @@ public sealed class LocalApic : IInterruptController, IMmioDevice, ILocalApicReg
     private void ScheduleLocked(long deadlineNs)
     {
         int gen = _timerGen;
-        _timerEntry = _clock.Schedule(deadlineNs, () => TimerExpired(gen));
+        _cancelTimer = _clock.Schedule(deadlineNs, () => TimerExpired(gen));
     }
 
     private void StartCountLocked(uint count)
@@ -341,7 +346,7 @@ public sealed class LocalApic : IInterruptController, IMmioDevice, ILocalApicReg
         if (!_timerArmed || TimerModeLocked == TimerTscDeadline) { _timerDivide = value; return; }
         uint current = CurrentCountLocked();
         _timerDivide = value;
-        _timerEntry?.Cancel();
+        _cancelTimer?.Invoke();
         _timerGen++;
         long period = CountToNsLocked(_timerInitial);
         if (TimerModeLocked == TimerPeriodic) period = Math.Max(period, MinPeriodicNs);
@@ -399,15 +404,21 @@ public sealed class LocalApic : IInterruptController, IMmioDevice, ILocalApicReg
         lock (_lock)
         {
             if (TimerModeLocked != TimerTscDeadline) return;
-            StopTimerLocked();
-            _tscDeadline = tsc;
-            if (tsc == 0) return;
-            _timerArmed = true;
-            // A deadline the offset puts before the clock's epoch is simply due now.
-            ulong clockTsc = tscOffset >= 0 ? (tsc > (ulong)tscOffset ? tsc - (ulong)tscOffset : 0) : tsc + (ulong)-tscOffset;
-            UInt128 ns = (UInt128)clockTsc * 1_000_000_000UL / _tscHz;
-            ScheduleLocked(ns > long.MaxValue ? long.MaxValue : (long)ns);
+            ArmTscDeadlineLocked(tsc, tscOffset);
         }
+    }
+
+    // Must hold _lock, in TSC-deadline mode.
+    private void ArmTscDeadlineLocked(ulong tsc, long tscOffset)
+    {
+        StopTimerLocked();
+        _tscDeadline = tsc;
+        if (tsc == 0) return;
+        _timerArmed = true;
+        // A deadline the offset puts before the clock's epoch is simply due now.
+        ulong clockTsc = tscOffset >= 0 ? (tsc > (ulong)tscOffset ? tsc - (ulong)tscOffset : 0) : tsc + (ulong)-tscOffset;
+        UInt128 ns = (UInt128)clockTsc * 1_000_000_000UL / _tscHz;
+        ScheduleLocked(ns > long.MaxValue ? long.MaxValue : (long)ns);
     }
 
     /// <summary>Guest read of IA32_TSC_DEADLINE: the armed deadline, 0 once it fired or outside TSC-deadline mode.</summary>

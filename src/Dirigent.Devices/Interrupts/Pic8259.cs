@@ -1,4 +1,6 @@
 using Dirigent.Machine.Bus;
+using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.State;
 
 namespace Dirigent.Devices.Interrupts;
 
@@ -9,7 +11,7 @@ namespace Dirigent.Devices.Interrupts;
 /// Inputs are ISA IRQ 0..15 through <see cref="SetIrq"/>. Special mask mode and LTIM (ICW1 bit 3) are not
 /// modelled; the ELCR gives per-line level triggering the way PC chipsets do.
 /// </summary>
-public sealed class Pic8259
+public sealed partial class Pic8259 : IStateful<PicPairState>
 {
     /// <summary>One 8259A. Field names follow the datasheet's registers.</summary>
     private sealed class Chip(byte elcrMask)

@@ -1,6 +1,7 @@
 using Dirigent.Devices.Misc;
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.State;
 using Dirigent.Machine.Time;
 
 namespace Dirigent.Devices.Serial;
@@ -18,7 +19,7 @@ public interface ISerialBackend
 /// shift register takes the byte. Host input waits in an unbounded host-side queue and enters the 16-byte receive
 /// FIFO only as the guest drains it, so nothing typed is lost. The IRQ line is gated by MCR.OUT2 as on PC boards.
 /// </summary>
-public sealed class Uart16550 : IPortDevice
+public sealed partial class Uart16550 : IPortDevice, IStateful<Uart16550State>
 {
     public const int PortCount = 8;
     private const int FifoSize = 16;

@@ -1,6 +1,7 @@
 using Dirigent.Devices.Misc;
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.State;
 using Dirigent.Machine.Time;
 
 namespace Dirigent.Devices.Timer;
@@ -11,7 +12,7 @@ namespace Dirigent.Devices.Timer;
 /// offset (anchored to <see cref="VirtualClock"/> so seconds tick in step with the other timers), so there is no
 /// per-second thread. Register A's UIP bit, register C's flags and the IRQ8 edges all follow from that time.
 /// </summary>
-public sealed class CmosRtc : IPortDevice
+public sealed partial class CmosRtc : IPortDevice, IStateful<CmosRtcState>
 {
     public const int PortCount = 2;
 
@@ -40,8 +41,8 @@ public sealed class CmosRtc : IPortDevice
     private bool _nmiDisabled;
 
     // Guest time (DateTime ticks, UTC) = _anchorWallTicks + (NowNs - _anchorNs) / 100 + _offsetTicks
-    private readonly long _anchorWallTicks;
-    private readonly long _anchorNs;
+    private long _anchorWallTicks;
+    private long _anchorNs;
     private long _offsetTicks;
 
     private bool _frozen;           // SET bit: the time registers hold what the guest writes, the clock stops

@@ -1,6 +1,7 @@
 using Dirigent.Devices.Misc;
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.State;
 using Dirigent.Machine.Time;
 
 namespace Dirigent.Devices.Timer;
@@ -11,9 +12,10 @@ namespace Dirigent.Devices.Timer;
 /// current count and OUT level from <see cref="VirtualClock.NowNs"/> at the 1.193182 MHz input clock, so polling
 /// loops (Linux's PIT TSC calibration) see real elapsed time. Counter 0's OUT drives IRQ0 through timer callbacks
 /// at the computed edge times; counter 2's GATE and OUT are reached through port 0x61
-/// (<see cref="SystemControlPortB"/>).
+/// (<see cref="SystemControlPortB"/>), whose writable bits are kept here so that <see cref="PitState"/> carries
+/// the speaker-data bit with the counters (the accelerator-neutral record KVM's in-kernel PIT also fills).
 /// </summary>
-public sealed class Pit8254 : IPortDevice
+public sealed partial class Pit8254 : IPortDevice, IStateful<PitState>
 {
     public const long InputHz = 1_193_182;
     public const int PortCount = 4;
@@ -24,6 +26,8 @@ public sealed class Pit8254 : IPortDevice
     private readonly Counter[] _counters = [new(), new(), new()];
     private Action? _cancelIrqTimer;
     private int _irqGeneration;
+    /// <summary>Port 0x61 bits 0-3 as written (bit 0 is counter 2's GATE, bit 1 the speaker data enable).</summary>
+    private byte _portBControl;
 
     private sealed class Counter
     {
@@ -57,6 +61,8 @@ public sealed class Pit8254 : IPortDevice
         _irq0 = irq0;
         // Power-on state is undefined; the BIOS leaves counter 0 in mode 3 at 18.2 Hz and Linux reprograms it.
         // We start with every counter idle (no count loaded) so nothing fires until the guest programs it.
+        // Counter 2's GATE follows port 0x61 bit 0, which powers on clear (KVM's PIT starts it low too).
+        _counters[2].Gate = false;
     }
 
     public static long NsToTicks(long ns) => ns <= 0 ? 0 : (long)((Int128)ns * InputHz / 1_000_000_000);
