@@ -257,6 +257,10 @@ public sealed unsafe partial class KvmVcpu
         }
         else
         {
+            // kvm_run's "ready for injection" and IF are the last exit's, not this state's: until KVM reports again,
+            // vectors wait for an interrupt window (KVM_INTERRUPT with IF clear would fail the VM entry).
+            _run->ReadyForInterruptInjection = 0;
+            _run->IfFlag = 0;
             foreach (byte v in state.PendingInterrupts) Interlocked.Or(ref _pendingVectors[v >> 6], 1UL << (v & 63));
             _nmiPending = state.NmiPending;
             _halted = state.Activity == VcpuActivity.Halted;
