@@ -238,9 +238,9 @@ public sealed unsafe class KvmAccelerator : IAccelerator
 
     /// <summary>
     /// What the guest sees in CPUID: everything KVM supports, minus XSAVE and the AVX family. <see cref="CpuState"/>
-    /// carries only the 512-byte FXSAVE image, so state saved and restored through it would silently lose YMM/ZMM
-    /// upper halves, AVX-512 mask registers and AMX tiles; until CpuState grows an XSAVE area the guest must not
-    /// be told about them. (SSE4.x, AES-NI, BMI etc. are kept: their state is all in FXSAVE.) x2APIC and TSC-deadline go
+    /// carries KVM's XSAVE area, but a snapshot must also restore on the software CPU, which has neither AVX nor XSAVE:
+    /// a guest told about them would lose YMM/ZMM upper halves, AVX-512 mask registers and AMX tiles there (and KVM's
+    /// 4 KiB kvm_xsave cannot hold AMX state at all). (SSE4.x, AES-NI, BMI etc. are kept: their state is all in FXSAVE.) x2APIC and TSC-deadline go
     /// too when the local APIC is the emulated one; KVM's in-kernel LAPIC has both.
     /// </summary>
     internal static KvmCpuidEntry2[] FilterCpuid(KvmCpuidEntry2[] supported, bool inKernelIrqChip = false)
