@@ -2,6 +2,7 @@ using Dirigent.Accel.Kvm.Native;
 using Dirigent.Machine;
 using Dirigent.Machine.Accel;
 using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.Memory;
 
 namespace Dirigent.Accel.Kvm;
 
@@ -37,6 +38,8 @@ public sealed unsafe class KvmAccelerator : IAccelerator
     /// <summary>x87/SSE state through KVM_GET/SET_XSAVE; tests clear it to exercise the KVM_GET/SET_FPU path.</summary>
     internal bool HasXsave { get; set; }
     internal bool HasXsaveCapability { get; }
+    /// <summary>KVM_GET/SET_VCPU_EVENTS (exceptions, interrupts and NMIs in flight) are there.</summary>
+    internal bool HasVcpuEvents { get; }
 
     public string Name => "kvm";
 
@@ -70,6 +73,7 @@ public sealed unsafe class KvmAccelerator : IAccelerator
                 Check(Libc.Ioctl(_vmFd, KvmAbi.SET_USER_MEMORY_REGION, &slot), $"KVM_SET_USER_MEMORY_REGION slot {i} (0x{r.GuestBase:x}+0x{r.Size:x})");
             }
             HasXsave = HasXsaveCapability = Libc.Ioctl(_kvmFd, KvmAbi.CHECK_EXTENSION, KvmAbi.CAP_XSAVE) > 0;
+            HasVcpuEvents = Libc.Ioctl(_kvmFd, KvmAbi.CHECK_EXTENSION, KvmAbi.CAP_VCPU_EVENTS) > 0;
             RunMmapSize = Check(Libc.Ioctl(_kvmFd, KvmAbi.GET_VCPU_MMAP_SIZE, 0), "KVM_GET_VCPU_MMAP_SIZE");
             _supportedCpuid = GetSupportedCpuid(_kvmFd);
         }
@@ -102,7 +106,8 @@ public sealed unsafe class KvmAccelerator : IAccelerator
             reason = $"kvm lacks {missing}: emulated interrupt controllers";
             return null;
         }
-        IrqChip = KvmIrqChip.Create(this, _vmFd, out string? error);
+        // The board's wiring is the PC's for now; the lead may hand one in through the interface later.
+        IrqChip = KvmIrqChip.Create(this, _vmFd, InterruptWiring.Pc, out string? error);
         reason = IrqChip != null ? IrqChip.Description : $"{error}: emulated interrupt controllers";
         return IrqChip;
     }
@@ -112,6 +117,14 @@ public sealed unsafe class KvmAccelerator : IAccelerator
     {
         lock (_vcpus)
             foreach (var v in _vcpus) v.ResetLocalApic();
+    }
+
+    /// <summary>The vCPU created with <paramref name="index"/>.</summary>
+    internal KvmVcpu FindVcpu(int index)
+    {
+        lock (_vcpus)
+            return _vcpus.FirstOrDefault(v => v.Index == index)
+                   ?? throw new ArgumentOutOfRangeException(nameof(index), $"no vCPU {index} has been created");
     }
 
     public IVcpu CreateVcpu(int index)
@@ -225,9 +238,9 @@ public sealed unsafe class KvmAccelerator : IAccelerator
 
     /// <summary>
     /// What the guest sees in CPUID: everything KVM supports, minus XSAVE and the AVX family. <see cref="CpuState"/>
-    /// carries only the 512-byte FXSAVE image, so state saved and restored through it would silently lose YMM/ZMM
-    /// upper halves, AVX-512 mask registers and AMX tiles; until CpuState grows an XSAVE area the guest must not
-    /// be told about them. (SSE4.x, AES-NI, BMI etc. are kept: their state is all in FXSAVE.) x2APIC and TSC-deadline go
+    /// carries KVM's XSAVE area, but a snapshot must also restore on the software CPU, which has neither AVX nor XSAVE:
+    /// a guest told about them would lose YMM/ZMM upper halves, AVX-512 mask registers and AMX tiles there (and KVM's
+    /// 4 KiB kvm_xsave cannot hold AMX state at all). (SSE4.x, AES-NI, BMI etc. are kept: their state is all in FXSAVE.) x2APIC and TSC-deadline go
     /// too when the local APIC is the emulated one; KVM's in-kernel LAPIC has both.
     /// </summary>
     internal static KvmCpuidEntry2[] FilterCpuid(KvmCpuidEntry2[] supported, bool inKernelIrqChip = false)
@@ -268,9 +281,94 @@ public sealed unsafe class KvmAccelerator : IAccelerator
         return list.ToArray();
     }
 
-    // TODO(lifecycle): KVM_MEM_LOG_DIRTY_PAGES + KVM_GET_DIRTY_LOG.
-    public void SetDirtyLogging(bool enabled) => throw new NotImplementedException("dirty logging under KVM");
-    public void CollectDirtyPages() => throw new NotImplementedException("dirty logging under KVM");
+    private readonly object _dirtyLock = new();
+    private bool _dirtyLogging;
+
+    /// <summary>
+    /// Re-registers every memory slot with KVM_MEM_LOG_DIRTY_PAGES set (or cleared): KVM then write-protects the slot
+    /// and records each page the vCPUs write, for <see cref="CollectDirtyPages"/>. The machine's own dirty log (device
+    /// and loader writes) is switched along with it. Throws <see cref="InvalidOperationException"/> when KVM refuses.
+    /// </summary>
+    public void SetDirtyLogging(bool enabled)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        lock (_dirtyLock)
+        {
+            var log = _vm.Memory.DirtyLog;
+            if (enabled == _dirtyLogging)
+            {
+                if (enabled && !log.Enabled) log.SetEnabled(true);
+                return;
+            }
+            var regions = _vm.Memory.Regions;
+            for (int i = 0; i < regions.Count; i++)
+            {
+                if (SetSlotFlags(i, enabled ? KvmAbi.MEM_LOG_DIRTY_PAGES : 0) is { } error)
+                {
+                    // Put back the slots already switched, so the VM stays as it was.
+                    for (int j = 0; j < i; j++) SetSlotFlags(j, enabled ? 0 : KvmAbi.MEM_LOG_DIRTY_PAGES);
+                    throw new InvalidOperationException($"KVM cannot log dirty pages here: {error}");
+                }
+            }
+            _dirtyLogging = enabled;
+            if (enabled)
+            {
+                // KVM starts the slot's log empty; so does ours (the first round sends all of RAM anyway).
+                if (!log.Enabled) log.SetEnabled(true);
+            }
+            else log.SetEnabled(false);
+        }
+    }
+
+    /// <summary>KVM_SET_USER_MEMORY_REGION for slot <paramref name="slot"/> as created, with other flags; the error, or null.</summary>
+    private string? SetSlotFlags(int slot, uint flags)
+    {
+        var r = _vm.Memory.Regions[slot];
+        var region = new KvmUserspaceMemoryRegion
+        {
+            Slot = (uint)slot, Flags = flags, GuestPhysAddr = r.GuestBase, MemorySize = r.Size, UserspaceAddr = (ulong)r.Host,
+        };
+        if (Libc.Ioctl(_vmFd, KvmAbi.SET_USER_MEMORY_REGION, &region) == 0) return null;
+        return $"KVM_SET_USER_MEMORY_REGION slot {slot} with flags {flags}: {Libc.ErrorText(Libc.LastErrno)}";
+    }
+
+    /// <summary>
+    /// KVM_GET_DIRTY_LOG for every slot (which also clears KVM's log and write-protects the pages again) and marks
+    /// each page it reports in the machine's dirty log; nothing while logging is off. Throws
+    /// <see cref="InvalidOperationException"/> when KVM refuses.
+    /// </summary>
+    public void CollectDirtyPages()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        lock (_dirtyLock)
+        {
+            if (!_dirtyLogging) return;
+            var log = _vm.Memory.DirtyLog;
+            var regions = _vm.Memory.Regions;
+            for (int i = 0; i < regions.Count; i++)
+            {
+                var r = regions[i];
+                ulong pages = r.Size / GuestMemory.PageSize;
+                var bitmap = new ulong[(pages + 63) / 64];
+                fixed (ulong* bits = bitmap)
+                {
+                    var d = new KvmDirtyLog { Slot = (uint)i, DirtyBitmap = (ulong)bits };
+                    if (Libc.Ioctl(_vmFd, KvmAbi.GET_DIRTY_LOG, &d) < 0)
+                        throw new InvalidOperationException($"KVM cannot report dirty pages here: KVM_GET_DIRTY_LOG slot {i}: {Libc.ErrorText(Libc.LastErrno)}");
+                }
+                for (int w = 0; w < bitmap.Length; w++)
+                {
+                    ulong v = bitmap[w];
+                    while (v != 0)
+                    {
+                        int b = System.Numerics.BitOperations.TrailingZeroCount(v);
+                        v &= v - 1;
+                        log.MarkPage(r.GuestBase + (((ulong)w * 64 + (ulong)b) << GuestMemory.PageShift));
+                    }
+                }
+            }
+        }
+    }
 
     public void Dispose()
     {

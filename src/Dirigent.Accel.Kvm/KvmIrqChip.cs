@@ -6,12 +6,13 @@ namespace Dirigent.Accel.Kvm;
 /// <summary>
 /// KVM's in-kernel interrupt controllers (a local APIC per vCPU, the IOAPIC at 0xFEC00000, the 8259 pair) and 8254
 /// PIT (with the dummy speaker port 0x61), seen by devices as an <see cref="IInterruptSink"/>: lines become
-/// KVM_IRQ_LINE, MSIs KVM_SIGNAL_MSI. The GSI routing is the PC's with the interrupt source override our MADT and
-/// MP table announce: GSI 0 (the PIT, ISA IRQ0) goes to PIC pin 0 and IOAPIC pin 2, ISA IRQs 1..15 to their PIC
-/// and IOAPIC pins, GSIs 16..23 to the IOAPIC only, as on QEMU's PC; KVM's own default (identity) would put the PIT
-/// on IOAPIC pin 0, where the guest, told IRQ0 is on pin 2, never looks.
+/// KVM_IRQ_LINE, MSIs KVM_SIGNAL_MSI. The GSI routing comes from the board's <see cref="InterruptWiring"/> (the PC's:
+/// ISA IRQ0, the PIT, on PIC pin 0 and IOAPIC pin 2 as the MADT's interrupt source override says, IRQs 1..15 on their
+/// PIC and IOAPIC pins, GSIs 16..23 on the IOAPIC only); KVM's own default (identity) would put the PIT on IOAPIC pin
+/// 0, where the guest, told IRQ0 is on pin 2, never looks. Saved state goes through the accelerator-neutral records
+/// (KvmIrqChip.State.cs).
 /// </summary>
-public sealed unsafe class KvmIrqChip : IInKernelIrqChip
+public sealed unsafe partial class KvmIrqChip : IInKernelIrqChip
 {
     public const int Pins = 24;
 
@@ -23,6 +24,7 @@ public sealed unsafe class KvmIrqChip : IInKernelIrqChip
     private readonly WiredOrLines _lines;
     private object _lock => _lines.Lock;
 
+    private readonly InterruptWiring _wiring;
     private KvmIrqChipState _picMaster, _picSlave, _ioApic;
     private KvmPitState2 _pit;
 
@@ -31,10 +33,11 @@ public sealed unsafe class KvmIrqChip : IInKernelIrqChip
     /// <summary>errno of the last KVM_IRQ_LINE / KVM_SIGNAL_MSI that failed (0: none); devices cannot be told.</summary>
     public int LastError { get; private set; }
 
-    private KvmIrqChip(KvmAccelerator accel, int vmFd)
+    private KvmIrqChip(KvmAccelerator accel, int vmFd, InterruptWiring wiring)
     {
         _accel = accel;
         _vmFd = vmFd;
+        _wiring = wiring;
         _lines = new WiredOrLines(Pins, Drive);
     }
 
@@ -49,12 +52,12 @@ public sealed unsafe class KvmIrqChip : IInKernelIrqChip
     }
 
     /// <summary>
-    /// KVM_CREATE_IRQCHIP, the PC routing, KVM_CREATE_PIT2; then the power-on state of each chip is kept for
+    /// KVM_CREATE_IRQCHIP, the routing of <paramref name="wiring"/>, KVM_CREATE_PIT2; then the power-on state of each chip is kept for
     /// <see cref="Reset"/>. Returns null with <paramref name="error"/> when KVM_CREATE_IRQCHIP itself fails (the VM is
     /// unchanged, the emulated controllers can still serve); a failure after that leaves a half-made irqchip that
     /// cannot be removed, so it throws.
     /// </summary>
-    internal static KvmIrqChip? Create(KvmAccelerator accel, int vmFd, out string? error)
+    internal static KvmIrqChip? Create(KvmAccelerator accel, int vmFd, InterruptWiring wiring, out string? error)
     {
         if (Libc.Ioctl(vmFd, KvmAbi.CREATE_IRQCHIP, 0) < 0)
         {
@@ -62,10 +65,10 @@ public sealed unsafe class KvmIrqChip : IInKernelIrqChip
             return null;
         }
         error = null;
-        SetPcRouting(vmFd);
+        SetRouting(vmFd, wiring);
         var cfg = new KvmPitConfig { Flags = KvmAbi.PIT_SPEAKER_DUMMY };
         KvmAccelerator.Check(Libc.Ioctl(vmFd, KvmAbi.CREATE_PIT2, &cfg), "KVM_CREATE_PIT2");
-        var chip = new KvmIrqChip(accel, vmFd);
+        var chip = new KvmIrqChip(accel, vmFd, wiring);
         chip._picMaster = chip.GetChip(KvmAbi.IRQCHIP_PIC_MASTER);
         chip._picSlave = chip.GetChip(KvmAbi.IRQCHIP_PIC_SLAVE);
         chip._ioApic = chip.GetChip(KvmAbi.IRQCHIP_IOAPIC);
@@ -75,19 +78,26 @@ public sealed unsafe class KvmIrqChip : IInKernelIrqChip
         return chip;
     }
 
-    private static void SetPcRouting(int vmFd)
+    /// <summary>KVM_SET_GSI_ROUTING entries for <paramref name="wiring"/>: one per PIC input and one per IOAPIC pin a line reaches.</summary>
+    internal static List<KvmIrqRoutingEntry> RoutingEntries(InterruptWiring wiring)
     {
-        // GSI 0..15: PIC pin + IOAPIC pin (GSI 0 on IOAPIC pin 2, GSI 2, the cascade, nowhere); 16..23 IOAPIC only.
-        var entries = new List<KvmIrqRoutingEntry>(40);
-        for (uint gsi = 0; gsi < Pins; gsi++)
+        var entries = new List<KvmIrqRoutingEntry>(2 * InterruptWiring.LineCount);
+        for (int line = 0; line < InterruptWiring.LineCount; line++)
         {
-            if (gsi == 2) continue;
-            if (gsi < 16)
-                entries.Add(new KvmIrqRoutingEntry { Gsi = gsi, Type = KvmAbi.IRQ_ROUTING_IRQCHIP,
-                    IrqChip = gsi < 8 ? KvmAbi.IRQCHIP_PIC_MASTER : KvmAbi.IRQCHIP_PIC_SLAVE, Pin = gsi & 7 });
-            entries.Add(new KvmIrqRoutingEntry { Gsi = gsi, Type = KvmAbi.IRQ_ROUTING_IRQCHIP,
-                IrqChip = KvmAbi.IRQCHIP_IOAPIC, Pin = gsi == 0 ? 2u : gsi });
+            var w = wiring[line];
+            if (w.Pic is { } pic)
+                entries.Add(new KvmIrqRoutingEntry { Gsi = (uint)line, Type = KvmAbi.IRQ_ROUTING_IRQCHIP,
+                    IrqChip = pic.Chip == 0 ? KvmAbi.IRQCHIP_PIC_MASTER : KvmAbi.IRQCHIP_PIC_SLAVE, Pin = (uint)pic.Pin });
+            if (w.IoApicPin is { } pin)
+                entries.Add(new KvmIrqRoutingEntry { Gsi = (uint)line, Type = KvmAbi.IRQ_ROUTING_IRQCHIP,
+                    IrqChip = KvmAbi.IRQCHIP_IOAPIC, Pin = (uint)pin });
         }
+        return entries;
+    }
+
+    private static void SetRouting(int vmFd, InterruptWiring wiring)
+    {
+        var entries = RoutingEntries(wiring);
         var buf = new byte[8 + entries.Count * sizeof(KvmIrqRoutingEntry)];
         fixed (byte* p = buf)
         {
@@ -105,10 +115,11 @@ public sealed unsafe class KvmIrqChip : IInKernelIrqChip
         return s;
     }
 
-    /// <summary>Same contract as the emulated router: ISA IRQ 0..15 except 2, or PCI GSI 16..23; sources are ORed.</summary>
+    /// <summary>Same contract as the emulated router: a line the wiring connects (on the PC ISA IRQ 0..15 except 2, or
+    /// PCI GSI 16..23); sources are ORed.</summary>
     public IIrqLine Line(int isaIrqOrGsi)
     {
-        if (isaIrqOrGsi < 0 || isaIrqOrGsi >= Pins || isaIrqOrGsi == 2)
+        if (isaIrqOrGsi < 0 || isaIrqOrGsi >= Pins || !_wiring[isaIrqOrGsi].Connected)
             throw new ArgumentOutOfRangeException(nameof(isaIrqOrGsi), "ISA IRQ 0..15 except 2, or GSI 16..23");
         return _lines.NewSource(isaIrqOrGsi);
     }
@@ -160,14 +171,4 @@ public sealed unsafe class KvmIrqChip : IInKernelIrqChip
     {
         lock (_lock) _vmFd = -1;
     }
-
-    // TODO(lifecycle): neutral records <-> KVM_GET/SET_IRQCHIP, _PIT2, _LAPIC.
-    public PicPairState SavePic() => throw new NotImplementedException();
-    public void RestorePic(PicPairState state) => throw new NotImplementedException();
-    public IoApicState SaveIoApic() => throw new NotImplementedException();
-    public void RestoreIoApic(IoApicState state) => throw new NotImplementedException();
-    public PitState SavePit() => throw new NotImplementedException();
-    public void RestorePit(PitState state) => throw new NotImplementedException();
-    public LocalApicState SaveLocalApic(int vcpu) => throw new NotImplementedException();
-    public void RestoreLocalApic(int vcpu, LocalApicState state) => throw new NotImplementedException();
 }

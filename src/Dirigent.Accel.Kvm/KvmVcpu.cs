@@ -29,6 +29,12 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
     private volatile bool _stopRequested;
     private volatile bool _nmiPending;
     private readonly ulong[] _pendingVectors = new ulong[4];
+    /// <summary>Userspace irqchip only: the guest executed HLT and no interrupt has woken it yet (kept across Run calls,
+    /// so a vCPU stopped while halted stays halted, and set by SetState for a halted state).</summary>
+    private bool _halted;
+    /// <summary>In-kernel irqchip only: vectors a restored state had pending beyond the one KVM takes as being
+    /// delivered; sent to the LAPIC when the vCPU next runs (after the LAPIC's own state is restored).</summary>
+    private readonly List<byte> _deferredVectors = new();
     private readonly ManualResetEventSlim _wake = new(false);
 
     // The thread inside Run, for kicks; guarded by _kickLock so a kick never targets a thread that has left Run.
@@ -206,6 +212,15 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
 
     private VcpuExit RunLoop()
     {
+        if (_accel.IrqChip is { } chip)
+        {
+            lock (_deferredVectors)
+            {
+                foreach (byte v in _deferredVectors) chip.SendFixed(Index, v);
+                _deferredVectors.Clear();
+            }
+        }
+        else if (_halted && WaitInHalt() is { } haltExit) return haltExit;
         while (true)
         {
             if (_stopRequested)
@@ -325,6 +340,7 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
             case KvmAbi.EXIT_INTR:
                 return null;
             case KvmAbi.EXIT_HLT:
+                _halted = true;
                 return WaitInHalt();
             case KvmAbi.EXIT_SHUTDOWN:
                 return new VcpuExit(VcpuExitReason.Shutdown, $"triple fault (KVM shutdown) at {Where()}");
@@ -394,7 +410,8 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
 
     /// <summary>
     /// HLT without an in-kernel irqchip exits to us. With IF=0 and no NMI coming the CPU is dead (what the software
-    /// CPU reports as well); otherwise sleep until an interrupt, NMI or stop request arrives.
+    /// CPU reports as well); otherwise sleep until an interrupt, NMI or stop request arrives. Only an interrupt or NMI
+    /// ends the halt: after a stop request the vCPU is still halted, and the next Run waits here again.
     /// </summary>
     private VcpuExit? WaitInHalt()
     {
@@ -403,9 +420,10 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
         bool interruptsOn = (regs.Rflags & 0x200) != 0;
         while (true)
         {
-            if (_stopRequested || _nmiPending) return null;
+            if (_nmiPending) { _halted = false; return null; }
+            if (_stopRequested) return null;
             if (!interruptsOn) return new VcpuExit(VcpuExitReason.HaltedForever, $"HLT with IF=0 at {Where(-1)}");
-            if (HighestPendingVector() >= 0 || (_intCtrl != null && _intCtrl.HasPendingInterrupt)) return null;
+            if (HighestPendingVector() >= 0 || (_intCtrl != null && _intCtrl.HasPendingInterrupt)) { _halted = false; return null; }
             _wake.Wait(100);
             _wake.Reset();
         }

@@ -20,6 +20,7 @@ internal static class KvmAbi
 
     // VM ioctls.
     public const nuint CREATE_VCPU = 0xAE41;
+    public const nuint GET_DIRTY_LOG = 0x4010AE42;
     public const nuint SET_USER_MEMORY_REGION = 0x4020AE46;
     public const nuint SET_TSS_ADDR = 0xAE47;
     public const nuint SET_IDENTITY_MAP_ADDR = 0x4008AE48;
@@ -52,6 +53,8 @@ internal static class KvmAbi
     public const nuint GET_MP_STATE = 0x8004AE98;
     public const nuint SET_MP_STATE = 0x4004AE99;
     public const nuint NMI = 0xAE9A;
+    public const nuint GET_VCPU_EVENTS = 0x8040AE9F; // same nr as the VM ioctl GET_PIT2; the fd tells them apart
+    public const nuint SET_VCPU_EVENTS = 0x4040AEA0;
     public const nuint GET_DEBUGREGS = 0x8080AEA1;
     public const nuint SET_DEBUGREGS = 0x4080AEA2;
     public const nuint GET_XSAVE = 0x9000AEA4;
@@ -59,7 +62,7 @@ internal static class KvmAbi
 
     // Capabilities.
     public const int CAP_IRQCHIP = 0, CAP_USER_MEMORY = 3, CAP_SET_TSS_ADDR = 4, CAP_EXT_CPUID = 7,
-        CAP_NR_MEMSLOTS = 10, CAP_IRQ_ROUTING = 25, CAP_IRQ_INJECT_STATUS = 26, CAP_PIT2 = 33, CAP_PIT_STATE2 = 35,
+        CAP_NR_MEMSLOTS = 10, CAP_MP_STATE = 14, CAP_IRQ_ROUTING = 25, CAP_VCPU_EVENTS = 41, CAP_IRQ_INJECT_STATUS = 26, CAP_PIT2 = 33, CAP_PIT_STATE2 = 35,
         CAP_SIGNAL_MSI = 77, CAP_SET_IDENTITY_MAP_ADDR = 37, CAP_DEBUGREGS = 50, CAP_XSAVE = 55, CAP_IMMEDIATE_EXIT = 136;
 
     // kvm_run.exit_reason values.
@@ -73,7 +76,15 @@ internal static class KvmAbi
     public const uint IRQ_ROUTING_IRQCHIP = 1;
     public const uint IRQCHIP_PIC_MASTER = 0, IRQCHIP_PIC_SLAVE = 1, IRQCHIP_IOAPIC = 2;
     public const uint PIT_SPEAKER_DUMMY = 1;
-    public const uint MP_STATE_RUNNABLE = 0, MP_STATE_HALTED = 3;
+    public const uint MP_STATE_RUNNABLE = 0, MP_STATE_UNINITIALIZED = 1, MP_STATE_INIT_RECEIVED = 2, MP_STATE_HALTED = 3,
+        MP_STATE_SIPI_RECEIVED = 4;
+    public const uint PIT_FLAGS_HPET_LEGACY = 1, PIT_FLAGS_SPEAKER_DATA_ON = 2;
+    /// <summary>kvm_vcpu_events.flags: which optional parts KVM_SET_VCPU_EVENTS applies.</summary>
+    public const uint VCPUEVENT_VALID_NMI_PENDING = 1, VCPUEVENT_VALID_SIPI_VECTOR = 2, VCPUEVENT_VALID_SHADOW = 4;
+    /// <summary>kvm_vcpu_events.interrupt.shadow bits (the SDM's interruptibility state).</summary>
+    public const byte SHADOW_INT_MOV_SS = 1, SHADOW_INT_STI = 2;
+    /// <summary>kvm_userspace_memory_region.flags: track the guest's writes to the slot (KVM_GET_DIRTY_LOG).</summary>
+    public const uint MEM_LOG_DIRTY_PAGES = 1;
     public const uint SYSTEM_EVENT_SHUTDOWN = 1, SYSTEM_EVENT_RESET = 2, SYSTEM_EVENT_CRASH = 3;
 
     /// <summary>Where KVM puts the real-mode TSS (3 pages) and the EPT identity map (1 page): inside the PC's
@@ -259,11 +270,101 @@ internal unsafe struct KvmIrqChipState
     [FieldOffset(8)] public fixed byte Chip[512];
 }
 
-/// <summary>struct kvm_pit_state2 (112 bytes): three channel states, flags, reserved; kept opaque.</summary>
-[StructLayout(LayoutKind.Sequential, Size = 112)]
-internal unsafe struct KvmPitState2
+/// <summary>struct kvm_pic_state (16 bytes): one 8259 as KVM keeps it, in the order of <c>Pic8259State</c>.</summary>
+[StructLayout(LayoutKind.Sequential, Size = 16)]
+internal struct KvmPicState
 {
-    public fixed byte Raw[112];
+    public byte LastIrr, Irr, Imr, Isr, PriorityAdd, IrqBase, ReadRegSelect, Poll, SpecialMask, InitState, AutoEoi,
+        RotateOnAutoEoi, SpecialFullyNestedMode, Init4, Elcr, ElcrMask;
+}
+
+/// <summary>struct kvm_ioapic_state (216 bytes): base, IOREGSEL, ID, IRR, pad, 24 redirection entries.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 216)]
+internal unsafe struct KvmIoApicState
+{
+    [FieldOffset(0)] public ulong BaseAddress;
+    [FieldOffset(8)] public uint IoRegSel;
+    [FieldOffset(12)] public uint Id;
+    [FieldOffset(16)] public uint Irr;
+    [FieldOffset(24)] public fixed ulong Redirtbl[24];
+}
+
+/// <summary>struct kvm_pit_channel_state (24 bytes). count_load_time is host ktime (CLOCK_MONOTONIC ns).</summary>
+[StructLayout(LayoutKind.Explicit, Size = 24)]
+internal struct KvmPitChannelState
+{
+    [FieldOffset(0)] public uint Count;
+    [FieldOffset(4)] public ushort LatchedCount;
+    /// <summary>Not a flag: the access mode of the latched count (which byte is read next), 0 when none.</summary>
+    [FieldOffset(6)] public byte CountLatched;
+    [FieldOffset(7)] public byte StatusLatched;
+    [FieldOffset(8)] public byte Status;
+    [FieldOffset(9)] public byte ReadState;
+    [FieldOffset(10)] public byte WriteState;
+    [FieldOffset(11)] public byte WriteLatch;
+    [FieldOffset(12)] public byte RwMode;
+    [FieldOffset(13)] public byte Mode;
+    [FieldOffset(14)] public byte Bcd;
+    [FieldOffset(15)] public byte Gate;
+    [FieldOffset(16)] public long CountLoadTime;
+}
+
+/// <summary>struct kvm_pit_state2 (112 bytes): three channel states, flags, reserved.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 112)]
+internal struct KvmPitState2
+{
+    [FieldOffset(0)] public KvmPitChannelState Channel0;
+    [FieldOffset(24)] public KvmPitChannelState Channel1;
+    [FieldOffset(48)] public KvmPitChannelState Channel2;
+    [FieldOffset(72)] public uint Flags;
+
+    [System.Diagnostics.CodeAnalysis.UnscopedRef]
+    public ref KvmPitChannelState Channel(int i)
+    {
+        switch (i)
+        {
+            case 0: return ref Channel0;
+            case 1: return ref Channel1;
+            case 2: return ref Channel2;
+            default: throw new ArgumentOutOfRangeException(nameof(i));
+        }
+    }
+}
+
+/// <summary>struct kvm_vcpu_events (64 bytes): exception, interrupt and NMI in flight, SIPI vector, SMM, flags.</summary>
+[StructLayout(LayoutKind.Explicit, Size = 64)]
+internal struct KvmVcpuEvents
+{
+    [FieldOffset(0)] public byte ExceptionInjected;
+    [FieldOffset(1)] public byte ExceptionNr;
+    [FieldOffset(2)] public byte ExceptionHasErrorCode;
+    [FieldOffset(3)] public byte ExceptionPending;
+    [FieldOffset(4)] public uint ExceptionErrorCode;
+    [FieldOffset(8)] public byte InterruptInjected;
+    [FieldOffset(9)] public byte InterruptNr;
+    [FieldOffset(10)] public byte InterruptSoft;
+    [FieldOffset(11)] public byte InterruptShadow;
+    [FieldOffset(12)] public byte NmiInjected;
+    [FieldOffset(13)] public byte NmiPending;
+    [FieldOffset(14)] public byte NmiMasked;
+    [FieldOffset(16)] public uint SipiVector;
+    [FieldOffset(20)] public uint Flags;
+    [FieldOffset(24)] public byte SmiSmm;
+    [FieldOffset(25)] public byte SmiPending;
+    [FieldOffset(26)] public byte SmiInsideNmi;
+    [FieldOffset(27)] public byte SmiLatchedInit;
+    [FieldOffset(28)] public byte TripleFaultPending;
+    [FieldOffset(55)] public byte ExceptionHasPayload;
+    [FieldOffset(56)] public ulong ExceptionPayload;
+}
+
+/// <summary>struct kvm_dirty_log (16 bytes): the slot, then a user pointer to its bitmap (one bit per page, in
+/// 64-bit words).</summary>
+[StructLayout(LayoutKind.Explicit, Size = 16)]
+internal struct KvmDirtyLog
+{
+    [FieldOffset(0)] public uint Slot;
+    [FieldOffset(8)] public ulong DirtyBitmap;
 }
 
 /// <summary>struct kvm_lapic_state: the 1 KiB local APIC register page as the kernel keeps it (APIC layout, one

@@ -59,6 +59,19 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "__libc_current_sigrtmax")]
     public static partial int SigRtMax();
 
+    public const int CLOCK_MONOTONIC = 1;
+
+    [LibraryImport(Lib, EntryPoint = "clock_gettime", SetLastError = true)]
+    public static partial int ClockGettime(int clockId, Timespec* tp);
+
+    /// <summary>CLOCK_MONOTONIC in ns: the kernel's ktime_get(), which KVM's PIT stamps count loads with.</summary>
+    public static long MonotonicNs()
+    {
+        Timespec t;
+        if (ClockGettime(CLOCK_MONOTONIC, &t) != 0) throw new InvalidOperationException($"clock_gettime failed: {ErrorText(LastErrno)}");
+        return t.Sec * 1_000_000_000 + t.Nsec;
+    }
+
     [LibraryImport(Lib, EntryPoint = "strerror")]
     private static partial nint StrError(int errnum);
 
