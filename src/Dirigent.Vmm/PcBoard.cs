@@ -11,6 +11,7 @@ using Dirigent.Devices.Virtio.Block;
 using Dirigent.Devices.Virtio.Rng;
 using Dirigent.Machine;
 using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.Accel;
 using Dirigent.Machine.Memory;
 using Dirigent.Machine.State;
 using Dirigent.Storage;
@@ -93,10 +94,38 @@ public sealed class PcBoard : IDisposable
         AcpiPm = new AcpiPm(vm, Interrupts.Line(PcPlatform.IrqAcpiSci));
         vm.Io.Register(PcPlatform.AcpiPmBase, AcpiPm.PortCount, AcpiPm);
 
-        vm.Io.Register(PcPlatform.DebugExitPort, DebugExit.PortCount, new DebugExit(vm));
-        vm.Io.Register(PcPlatform.PostPort, 1, new PostCodePort());
-        vm.Io.Register(PcPlatform.ResetControlPort, 1, new ResetControl(vm));
-        vm.Io.Register(PcPlatform.SystemControlPortA, 1, new SystemControlPortA(vm));
+        var debugExit = new DebugExit(vm);
+        var post = new PostCodePort();
+        var resetControl = new ResetControl(vm);
+        var port92 = new SystemControlPortA(vm);
+        vm.Io.Register(PcPlatform.DebugExitPort, DebugExit.PortCount, debugExit);
+        vm.Io.Register(PcPlatform.PostPort, 1, post);
+        vm.Io.Register(PcPlatform.ResetControlPort, 1, resetControl);
+        vm.Io.Register(PcPlatform.SystemControlPortA, 1, port92);
+
+        // Interrupt controllers first (a restored device re-drives its line into them), then timers and ISA devices.
+        if (EmulatedInterrupts is { } emulated)
+        {
+            Registry.Add("pic", emulated.Pics);
+            Registry.Add("ioapic", emulated.IoApic);
+            Registry.Add("pit", Pit!);
+        }
+        else
+        {
+            var chip = inKernelIrqChip!;
+            // One reset of the in-kernel chip puts the PICs, IOAPIC, PIT and LAPICs back together.
+            Registry.Add("pic", new Unit<PicPairState>(chip.Reset, chip.SavePic, chip.RestorePic));
+            Registry.Add("ioapic", new Unit<IoApicState>(() => { }, chip.SaveIoApic, chip.RestoreIoApic));
+            Registry.Add("pit", new Unit<PitState>(() => { }, chip.SavePit, chip.RestorePit));
+        }
+        Registry.Add("rtc", Rtc);
+        Registry.Add("com1", Com1);
+        Registry.Add("i8042", Keyboard);
+        Registry.Add("acpi-pm", AcpiPm);
+        Registry.Add("debug-exit", debugExit);
+        Registry.Add("post", post);
+        Registry.Add("reset-control", resetControl);
+        Registry.Add("port92", port92);
 
         Pci = new PciBus(vm.Mmio, Interrupts, PcPlatform.PciMmioBase, PcPlatform.PciMmioSize);
         Pci.Register(vm.Io);
@@ -126,7 +155,17 @@ public sealed class PcBoard : IDisposable
     /// </summary>
     public void RegisterVcpus(IReadOnlyList<Dirigent.Machine.Accel.IVcpu> vcpus)
     {
-        RegisterComponents(vcpus.Count);
+        for (int k = 0; k < vcpus.Count; k++)
+        {
+            if (EmulatedInterrupts is { } r) Registry.Add($"lapic/{k}", r.LocalApics[k]);
+            else
+            {
+                int idx = k;
+                var chip = _inKernelIrqChip!;
+                Registry.Add($"lapic/{k}", new Unit<LocalApicState>(() => { }, () => chip.SaveLocalApic(idx), s => chip.RestoreLocalApic(idx, s)));
+            }
+        }
+        RegisterPci();
     }
 
     /// <summary>Writes what the disk images cache to their files (the devices' workers must be stopped).</summary>
@@ -157,15 +196,21 @@ public sealed class PcBoard : IDisposable
         _inKernelIrqChip?.Reset();
     }
 
-    private void RegisterComponents(int cpus)
+    private void RegisterPci()
     {
-        // Filled in as the devices gain IStateful (see issue #9).
-        Registry.Add("interrupts", new ActionLifecycle(ResetInterruptControllers));
         Registry.Add("pci", new ActionLifecycle(Pci.Reset));
     }
 
     private sealed class ActionLifecycle(Action reset) : ILifecycle
     {
         public void Reset() => reset();
+    }
+
+    /// <summary>A component made of delegates: the in-kernel irqchip's parts under the emulated ones' names.</summary>
+    private sealed class Unit<T>(Action reset, Func<T> save, Action<T> restore) : IStateful<T> where T : class, ISavedState
+    {
+        public void Reset() => reset();
+        public T Save() => save();
+        public void Restore(T state) => restore(state);
     }
 }

@@ -105,7 +105,7 @@ public sealed class KvmLifecycleTests(ITestOutputHelper output)
 
     // ---------------- (a) the vCPU's own state ----------------
 
-    [Theory]
+    [SkippableTheory]
     [InlineData(true)]
     [InlineData(false)]
     public void Halted_vcpu_moves_to_a_new_vm_stays_halted_and_wakes_on_an_interrupt(bool inKernelIrqChip)
@@ -211,7 +211,7 @@ public sealed class KvmLifecycleTests(ITestOutputHelper output)
         Assert.Equal(1UL, r.Gpr[15]);
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData(true, false)]
     [InlineData(true, true)]
     [InlineData(false, false)]
@@ -264,7 +264,7 @@ public sealed class KvmLifecycleTests(ITestOutputHelper output)
 
     // ---------------- (b) the in-kernel irqchip's records ----------------
 
-    [Fact]
+    [SkippableFact]
     public void Irqchip_records_restore_what_the_guest_programmed()
     {
         Differential.RequireKvm();
@@ -431,7 +431,7 @@ public sealed class KvmLifecycleTests(ITestOutputHelper output)
         return m.Run();
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData(AccelKind.Kvm, AccelKind.Emu)]
     [InlineData(AccelKind.Emu, AccelKind.Kvm)]
     [InlineData(AccelKind.Kvm, AccelKind.Kvm)]
@@ -467,7 +467,7 @@ public sealed class KvmLifecycleTests(ITestOutputHelper output)
 
     // ---------------- (d) dirty log ----------------
 
-    [Fact]
+    [SkippableFact]
     public void Dirty_log_reports_the_pages_the_guest_wrote()
     {
         const ulong pageA = GuestMachine.DataBase + 0x3000, pageB = GuestMachine.DataBase + 0x7000;

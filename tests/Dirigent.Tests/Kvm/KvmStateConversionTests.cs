@@ -17,7 +17,7 @@ public sealed class KvmStateConversionTests
 {
     private static int IoctlSize(nuint ioctl) => (int)((ioctl >> 16) & 0x3FFF);
 
-    [Fact]
+    [SkippableFact]
     public void New_structs_match_the_kernel_abi()
     {
         Assert.Equal(16, Unsafe.SizeOf<KvmPicState>());
@@ -42,7 +42,7 @@ public sealed class KvmStateConversionTests
         Assert.Equal(KvmAbi.SET_PIT2 & 0xFFFF, KvmAbi.SET_VCPU_EVENTS & 0xFFFF);
     }
 
-    [Fact]
+    [SkippableFact]
     public void Pc_wiring_routes_as_the_madt_says()
     {
         var entries = KvmIrqChip.RoutingEntries(InterruptWiring.Pc);
@@ -60,7 +60,7 @@ public sealed class KvmStateConversionTests
         Assert.True(InterruptWiring.Pc[23].Connected);
     }
 
-    [Fact]
+    [SkippableFact]
     public void Wiring_rejects_what_no_board_has()
     {
         var lines = InterruptWiring.Pc.Lines.ToArray();
@@ -83,7 +83,7 @@ public sealed class KvmStateConversionTests
         Elcr = 0x08, ElcrMask = 0xF8,
     };
 
-    [Fact]
+    [SkippableFact]
     public void Pic_state_round_trips_through_the_neutral_record()
     {
         var k = SamplePic();
@@ -99,7 +99,7 @@ public sealed class KvmStateConversionTests
         Assert.Equal(0xDE, KvmIrqChip.ToKvm(back.Slave, 0xDE, "slave").ElcrMask);
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData("priority")]
     [InlineData("base")]
     [InlineData("init")]
@@ -121,7 +121,7 @@ public sealed class KvmStateConversionTests
         Assert.Throws<StateRestoreException>(() => KvmIrqChip.ToKvm(rec, 0xF8, "master"));
     }
 
-    [Fact]
+    [SkippableFact]
     public void Ioapic_state_round_trips_and_bad_records_are_refused()
     {
         var k = new KvmIoApicState { BaseAddress = 0xFEC0_0000, IoRegSel = 0x13, Id = 1, Irr = 1u << 19 };
@@ -139,7 +139,7 @@ public sealed class KvmStateConversionTests
         Assert.Throws<StateRestoreException>(() => KvmIrqChip.ToKvm(rec with { Irr = 1u << 24 }));
     }
 
-    [Fact]
+    [SkippableFact]
     public void Pit_state_keeps_the_age_of_each_load_across_clocks()
     {
         const long hostNow = 5_000_000_000_000;
@@ -186,7 +186,7 @@ public sealed class KvmStateConversionTests
         Assert.Equal(0u, KvmIrqChip.ToKvm(rec with { SpeakerDataOn = false }, later).Flags);
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData("channels")]
     [InlineData("null channel")]
     [InlineData("count")]
@@ -229,7 +229,7 @@ public sealed class KvmStateConversionTests
         Assert.Throws<StateRestoreException>(() => KvmIrqChip.ToKvm(rec, 2000));
     }
 
-    [Fact]
+    [SkippableFact]
     public void Vcpu_events_round_trip_through_cpu_state()
     {
         var ev = new KvmVcpuEvents
@@ -264,7 +264,7 @@ public sealed class KvmStateConversionTests
         Assert.Equal(((byte)0, (byte)0, (byte)0), (quiet.InterruptShadow, quiet.ExceptionInjected, quiet.NmiPending));
     }
 
-    [Fact]
+    [SkippableFact]
     public void An_nmi_being_delivered_is_pending_and_not_masked()
     {
         // KVM masks NMIs while it injects one; after a restore that NMI is delivered again, so it must not stay masked.
@@ -278,7 +278,7 @@ public sealed class KvmStateConversionTests
         Assert.Empty(pending);
     }
 
-    [Fact]
+    [SkippableFact]
     public void Mp_states_map_to_activities()
     {
         Assert.Equal((VcpuActivity.Running, false), KvmVcpu.FromMpState(KvmAbi.MP_STATE_RUNNABLE));
@@ -292,7 +292,7 @@ public sealed class KvmStateConversionTests
         Assert.Equal(KvmAbi.MP_STATE_SIPI_RECEIVED, KvmVcpu.ToMpState(VcpuActivity.WaitForSipi, 0x10));
     }
 
-    [Theory]
+    [SkippableTheory]
     [InlineData("gpr")]
     [InlineData("segments")]
     [InlineData("dr")]
@@ -323,7 +323,7 @@ public sealed class KvmStateConversionTests
         Assert.Throws<StateRestoreException>(() => KvmVcpu.Validate(s, inKernelLapic: true));
     }
 
-    [Fact]
+    [SkippableFact]
     public void Waiting_for_sipi_needs_the_in_kernel_lapic_and_xsave_alone_is_enough()
     {
         var s = CpuState.Reset();

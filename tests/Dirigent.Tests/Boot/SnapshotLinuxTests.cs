@@ -1,0 +1,86 @@
+using System.Text;
+using System.Text.RegularExpressions;
+using Dirigent.Cli;
+using Dirigent.Images;
+using Dirigent.Tests.Lifecycle;
+using Dirigent.Tests.Storage;
+using Dirigent.Vmm;
+
+namespace Dirigent.Tests.Boot;
+
+/// <summary>
+/// The default Linux guest (stock Debian kernel) snapshotted and restored on the software CPU: after the restore its
+/// shell answers on the serial console, its timers tick (sleep returns), a file written before the snapshot hashes
+/// the same, and it powers off cleanly. Also the ACPI power button: the guest's kernel sees the fixed-feature event.
+/// </summary>
+[Trait("Category", "Boot")]
+public class SnapshotLinuxTests
+{
+    private static readonly TimeSpan Timeout = TimeSpan.FromMinutes(4);
+
+    internal static VmSpec LinuxSpec(string script, ulong memory = 256UL << 20)
+    {
+        var image = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, _ => { });
+        return new VmSpec
+        {
+            Kernel = image.Kernel,
+            Initrds = [image.Initramfs],
+            Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
+            MemoryBytes = memory,
+            Accel = AccelKind.Emu,
+            Serial = "none",
+        };
+    }
+
+    [Fact]
+    public void Linux_guest_restored_from_a_snapshot_answers_keeps_time_and_its_files()
+    {
+        using var dir = new TempDir();
+        var spec = LinuxSpec(
+            "dd if=/dev/urandom of=/tmp/f bs=64k count=32 2>/dev/null; echo H1=$(sha256sum /tmp/f); " +
+            "echo READY; read line; echo GOT:$line; sleep 1; echo H2=$(sha256sum /tmp/f); echo ALLDONE");
+        string before;
+        using (var vm = Vm.Create(spec, TextWriter.Null))
+        using (var cap = new ConsoleCapture(vm))
+        {
+            vm.Start();
+            Assert.True(cap.WaitFor("READY", Timeout), "guest did not get ready: " + cap.Text[^Math.Min(2000, cap.Text.Length)..]);
+            vm.SaveSnapshot(dir["snap"]);      // running: pauses, saves, resumes
+            Assert.Equal(VmState.Running, vm.State);
+            before = cap.Text;
+            vm.Stop();
+        }
+        string h1 = Regex.Match(before, @"H1=([0-9a-f]{64})").Groups[1].Value;
+        Assert.NotEmpty(h1);
+
+        using var restored = Vm.Restore(dir["snap"], null, TextWriter.Null);
+        using var cap2 = new ConsoleCapture(restored);
+        restored.Start();
+        restored.Console.Write(Encoding.ASCII.GetBytes("typed-after-restore\n"));
+        Assert.True(cap2.WaitFor("ALLDONE", Timeout), "restored guest did not finish: " + cap2.Text);
+        Assert.Contains("GOT:typed-after-restore", cap2.Text);
+        Assert.Equal(h1, Regex.Match(cap2.Text, @"H2=([0-9a-f]{64})").Groups[1].Value);
+        Assert.True(restored.WaitEnded(Timeout));
+        Assert.Equal(VmExitKind.PowerOff, restored.ExitReason!.Kind);
+        Assert.DoesNotMatch("BUG|Oops|soft lockup|rcu_sched self-detected|clocksource.*unstable", cap2.Text);
+    }
+
+    [Fact]
+    public void The_acpi_power_button_reaches_the_guest_kernel()
+    {
+        // busybox has no acpid here: the test reads the ACPI fixed-event counter the kernel keeps per event.
+        var spec = LinuxSpec(
+            "echo READY; while [ \"$(cat /sys/firmware/acpi/interrupts/ff_pwr_btn | cut -d' ' -f1 | tr -d ' ')\" = 0 ]; do sleep 0.2; done; " +
+            "echo PWRBTN=$(cat /sys/firmware/acpi/interrupts/ff_pwr_btn); grep -i acpi /proc/interrupts");
+        using var vm = Vm.Create(spec, TextWriter.Null);
+        using var cap = new ConsoleCapture(vm);
+        vm.Start();
+        Assert.True(cap.WaitFor("READY", Timeout), cap.Text);
+        vm.PowerButton();
+        Assert.Equal(VmState.ShuttingDown, vm.State);
+        Assert.True(cap.WaitFor("PWRBTN=", Timeout), "the guest never saw the power button: " + cap.Text[^Math.Min(2000, cap.Text.Length)..]);
+        Assert.True(vm.WaitEnded(Timeout));
+        Assert.Matches(@"PWRBTN=\s*[1-9]", cap.Text);
+        Assert.Equal(VmExitKind.PowerOff, vm.ExitReason!.Kind);
+    }
+}
