@@ -54,6 +54,19 @@ public sealed class PciBus
     public PciDevice? Device(int slot) => (uint)slot < Slots ? _slots[slot] : null;
 
     /// <summary>
+    /// Every function on the bus with its slot and function number (as lspci prints them: 00:SS.F), in slot order;
+    /// the VM registers each one's saved state under that name.
+    /// </summary>
+    public IEnumerable<(int Slot, int Function, PciDevice Device)> Functions
+    {
+        get
+        {
+            for (int s = 0; s < Slots; s++)
+                if (_slots[s] is { } d) yield return (s, d.DevFn & 7, d);
+        }
+    }
+
+    /// <summary>
     /// Puts <paramref name="device"/> in <paramref name="slot"/> (or the first free one), places its BARs in the
     /// MMIO window (naturally aligned), sets its interrupt line to the swizzled GSI and connects INTx and MSI.
     /// Returns the slot.
@@ -166,7 +179,10 @@ public sealed class PciBus
         if (Decode(portOffset, size, out var dev, out int reg)) dev!.WriteConfig(reg, size, value);
     }
 
-    public uint ConfigAddress { get => _configAddress; set => _configAddress = value & 0x80FF_FFFC; }
+    /// <summary>The bits of CONFIG_ADDRESS that hold anything: enable, bus, device, function, dword register.</summary>
+    public const uint ConfigAddressMask = 0x80FF_FFFC;
+
+    public uint ConfigAddress { get => _configAddress; set => _configAddress = value & ConfigAddressMask; }
 
     private sealed class AddressPort(PciBus bus) : IPortDevice
     {
