@@ -208,7 +208,12 @@ public sealed class VirtioPciDevice : PciDevice, IVirtioTransport, IStateful<Vir
     /// <summary>System reset: the device and the function's config space return to power-on state.</summary>
     public override void ResetConfig()
     {
-        lock (_lock) ResetDevice();
+        lock (_lock)
+        {
+            ResetDevice();
+            // Power-on: the generation counter starts over too (a driver reset keeps counting).
+            lock (_isrLock) _configGeneration = 0;
+        }
         base.ResetConfig();
     }
 

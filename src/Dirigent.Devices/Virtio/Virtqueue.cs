@@ -64,6 +64,7 @@ public sealed unsafe class Virtqueue
         DescAddress = DriverAddress = DeviceAddress = 0;
         _desc = _avail = _used = null;
         _lastAvail = _usedIdx = _signalledUsed = 0;
+        _eventIdx = _indirect = false;
     }
 
     /// <summary>
