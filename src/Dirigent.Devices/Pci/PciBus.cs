@@ -1,5 +1,6 @@
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.State;
 
 namespace Dirigent.Devices.Pci;
 
@@ -64,6 +65,18 @@ public sealed class PciBus
             for (int s = 0; s < Slots; s++)
                 if (_slots[s] is { } d) yield return (s, d.DevFn & 7, d);
         }
+    }
+
+    /// <summary>The name a function's state is registered under: <c>pci/00:SS.F</c>, as lspci prints its address.</summary>
+    public static string StateName(int slot, int function) => $"pci/00:{slot:x2}.{function:x}";
+
+    /// <summary>
+    /// Registers every function's lifecycle and saved state (each with its own record type) under
+    /// <see cref="StateName"/>, in slot order, so a reboot resets them and a snapshot holds them.
+    /// </summary>
+    public void RegisterState(StateRegistry registry)
+    {
+        foreach (var (slot, fn, dev) in Functions) dev.RegisterState(registry, StateName(slot, fn));
     }
 
     /// <summary>

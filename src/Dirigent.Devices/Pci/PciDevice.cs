@@ -189,6 +189,26 @@ public abstract class PciDevice : ILifecycle
     /// <summary>Resumes what <see cref="Stop"/> quiesced.</summary>
     public virtual void Start() { }
 
+    /// <summary>
+    /// Registers the function's lifecycle and saved state under <paramref name="name"/> with its own record type (a
+    /// plain function saves a <see cref="PciFunctionState"/>; subclasses with more state register their record).
+    /// </summary>
+    public virtual void RegisterState(StateRegistry registry, string name) => registry.Add(name, new FunctionUnit(this));
+
+    /// <summary>A plain function as a saved-state unit: its config space and MSI-X.</summary>
+    private sealed class FunctionUnit(PciDevice f) : IStateful<PciFunctionState>
+    {
+        public void Reset() => f.Reset();
+        public void Stop() => f.Stop();
+        public void Start() => f.Start();
+        public PciFunctionState Save() => f.SaveFunction();
+        public void Restore(PciFunctionState state)
+        {
+            f.CheckFunction(state);
+            f.RestoreFunction(state);
+        }
+    }
+
     /// <summary>The configuration space, MSI-X table and PBA as they are now (VM paused).</summary>
     public PciFunctionState SaveFunction()
     {

@@ -19,6 +19,8 @@ public sealed class PciHostBridge : PciDevice, IStateful<PciHostBridgeState>
         base.ResetConfig();
     }
 
+    public override void RegisterState(StateRegistry registry, string name) => registry.Add<PciHostBridgeState>(name, this);
+
     public PciHostBridgeState Save() => new(SaveFunction(), Bus?.ConfigAddress ?? 0);
 
     public void Restore(PciHostBridgeState state)

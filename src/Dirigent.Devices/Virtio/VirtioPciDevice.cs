@@ -225,6 +225,8 @@ public sealed class VirtioPciDevice : PciDevice, IVirtioTransport, IStateful<Vir
     /// <summary>Resumes the device's threads; it then looks at its queues again.</summary>
     public override void Start() => _device.Start();
 
+    public override void RegisterState(StateRegistry registry, string name) => registry.Add<VirtioPciState>(name, this);
+
     public VirtioPciState Save()
     {
         lock (_lock)

@@ -128,4 +128,27 @@ public class PciStateTests
         Assert.Equal(0UL, a.Bus.MappedBase(a.Fn, 0));
         Assert.Equal(new[] { (0, 0, a.Bus.Device(0)!), (Slot, 0, (PciDevice)a.Fn) }, a.Bus.Functions.ToList());
     }
+
+    [Fact]
+    public void BusRegistersEveryFunctionUnderItsAddressWithItsRecordType()
+    {
+        var a = Programmed();
+        var reg = new StateRegistry();
+        a.Bus.RegisterState(reg);
+        Assert.Equal(new[] { "pci/00:00.0", "pci/00:03.0" }, reg.Names);
+        var saved = reg.SaveAll();
+        Assert.Equal(nameof(PciHostBridgeState), saved["pci/00:00.0"].Type);
+        Assert.Equal(nameof(PciFunctionState), saved["pci/00:03.0"].Type);
+        saved = JsonSerializer.Deserialize<Dictionary<string, SavedUnit>>(JsonSerializer.Serialize(saved, StateRegistry.Json), StateRegistry.Json)!;
+
+        var b = new Rig();
+        var reg2 = new StateRegistry();
+        b.Bus.RegisterState(reg2);
+        reg2.RestoreAll(saved);
+        Assert.Equal(Moved, b.Bus.MappedBase(b.Fn, 0));
+        Assert.Equal(0x8000_1808u, b.Bus.ConfigAddress);
+        reg2.ResetAll();
+        Assert.Equal(0UL, b.Bus.MappedBase(b.Fn, 0));
+        Assert.Equal(0u, b.Bus.ConfigAddress);
+    }
 }
