@@ -1,5 +1,6 @@
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.State;
 
 namespace Dirigent.Devices.Pci;
 
@@ -52,6 +53,31 @@ public sealed class PciBus
     }
 
     public PciDevice? Device(int slot) => (uint)slot < Slots ? _slots[slot] : null;
+
+    /// <summary>
+    /// Every function on the bus with its slot and function number (as lspci prints them: 00:SS.F), in slot order;
+    /// the VM registers each one's saved state under that name.
+    /// </summary>
+    public IEnumerable<(int Slot, int Function, PciDevice Device)> Functions
+    {
+        get
+        {
+            for (int s = 0; s < Slots; s++)
+                if (_slots[s] is { } d) yield return (s, d.DevFn & 7, d);
+        }
+    }
+
+    /// <summary>The name a function's state is registered under: <c>pci/00:SS.F</c>, as lspci prints its address.</summary>
+    public static string StateName(int slot, int function) => $"pci/00:{slot:x2}.{function:x}";
+
+    /// <summary>
+    /// Registers every function's lifecycle and saved state (each with its own record type) under
+    /// <see cref="StateName"/>, in slot order, so a reboot resets them and a snapshot holds them.
+    /// </summary>
+    public void RegisterState(StateRegistry registry)
+    {
+        foreach (var (slot, fn, dev) in Functions) dev.RegisterState(registry, StateName(slot, fn));
+    }
 
     /// <summary>
     /// Puts <paramref name="device"/> in <paramref name="slot"/> (or the first free one), places its BARs in the
@@ -166,7 +192,10 @@ public sealed class PciBus
         if (Decode(portOffset, size, out var dev, out int reg)) dev!.WriteConfig(reg, size, value);
     }
 
-    public uint ConfigAddress { get => _configAddress; set => _configAddress = value & 0x80FF_FFFC; }
+    /// <summary>The bits of CONFIG_ADDRESS that hold anything: enable, bus, device, function, dword register.</summary>
+    public const uint ConfigAddressMask = 0x80FF_FFFC;
+
+    public uint ConfigAddress { get => _configAddress; set => _configAddress = value & ConfigAddressMask; }
 
     private sealed class AddressPort(PciBus bus) : IPortDevice
     {

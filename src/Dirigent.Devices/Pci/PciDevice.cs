@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Interrupts;
+using Dirigent.Machine.State;
 
 namespace Dirigent.Devices.Pci;
 
@@ -9,7 +10,7 @@ namespace Dirigent.Devices.Pci;
 /// memory BARs (sizing by writing all ones), a capability list, INTx through the bus's swizzle and optional MSI-X.
 /// Subclasses describe themselves in the constructor and react to config writes through <see cref="OnConfigWritten"/>.
 /// </summary>
-public abstract class PciDevice
+public abstract class PciDevice : ILifecycle
 {
     public const int ConfigSpaceSize = 256;
 
@@ -176,6 +177,95 @@ public abstract class PciDevice
             if (_barSize[i] != 0) Set32(PciConfig.Bar0 + 4 * i, _assignedBar[i]);
         Msix?.Reset();
         SetIntx(false);
+        Bus?.UpdateMappings(this);
+    }
+
+    /// <summary>System reset (<see cref="ILifecycle"/>): the function's power-on state, see <see cref="ResetConfig"/>.</summary>
+    public void Reset() => ResetConfig();
+
+    /// <summary>Quiesces the function's own threads (none for a plain function).</summary>
+    public virtual void Stop() { }
+
+    /// <summary>Resumes what <see cref="Stop"/> quiesced.</summary>
+    public virtual void Start() { }
+
+    /// <summary>
+    /// Registers the function's lifecycle and saved state under <paramref name="name"/> with its own record type (a
+    /// plain function saves a <see cref="PciFunctionState"/>; subclasses with more state register their record).
+    /// </summary>
+    public virtual void RegisterState(StateRegistry registry, string name) => registry.Add(name, new FunctionUnit(this));
+
+    /// <summary>A plain function as a saved-state unit: its config space and MSI-X.</summary>
+    private sealed class FunctionUnit(PciDevice f) : IStateful<PciFunctionState>
+    {
+        public void Reset() => f.Reset();
+        public void Stop() => f.Stop();
+        public void Start() => f.Start();
+        public PciFunctionState Save() => f.SaveFunction();
+        public void Restore(PciFunctionState state)
+        {
+            f.CheckFunction(state);
+            f.RestoreFunction(state);
+        }
+    }
+
+    /// <summary>The configuration space, MSI-X table and PBA as they are now (VM paused).</summary>
+    public PciFunctionState SaveFunction()
+    {
+        lock (_intxLock)
+            return new PciFunctionState((byte[])_config.Clone(), Msix?.SaveTable(), Msix?.SavePba());
+    }
+
+    /// <summary>
+    /// Throws <see cref="StateRestoreException"/> unless <paramref name="state"/> could be this function's: every
+    /// read-only bit as this function has it (IDs, class, capability list, BAR type bits, so a BAR address that is
+    /// not naturally aligned for its size is refused), and an MSI-X table and PBA of the right shape. Changes nothing.
+    /// </summary>
+    public void CheckFunction(PciFunctionState state)
+    {
+        string who = $"PCI function {VendorId:x4}:{DeviceId:x4}";
+        if (state.Config == null || state.Config.Length != ConfigSpaceSize)
+            throw new StateRestoreException($"{who}: saved configuration space is not {ConfigSpaceSize} bytes");
+        for (int o = 0; o < ConfigSpaceSize; o++)
+        {
+            // Status.Interrupt follows the function's INTx, the one read-only bit that moves.
+            byte dynamic = o == PciConfig.Status ? (byte)PciConfig.StatusInterrupt : (byte)0;
+            byte fixedBits = (byte)~(_writeMask[o] | dynamic);
+            if (((state.Config[o] ^ _config[o]) & fixedBits) == 0) continue;
+            if (o >= PciConfig.Bar0 && o < PciConfig.Bar0 + 4 * PciConfig.BarCount && _barSize[(o - PciConfig.Bar0) / 4] != 0)
+            {
+                int bar = (o - PciConfig.Bar0) / 4;
+                throw new StateRestoreException(
+                    $"{who}: BAR {bar} = 0x{BinaryPrimitives.ReadUInt32LittleEndian(state.Config.AsSpan(PciConfig.Bar0 + 4 * bar)):x8} " +
+                    $"is not a memory BAR aligned to its size 0x{_barSize[bar]:x}");
+            }
+            throw new StateRestoreException($"{who}: read-only configuration byte 0x{o:x2} is 0x{state.Config[o]:x2}, this function has 0x{_config[o]:x2}");
+        }
+        if (Msix == null)
+        {
+            if (state.MsixTable != null || state.MsixPba != null)
+                throw new StateRestoreException($"{who}: saved state has an MSI-X table, this function has no MSI-X");
+        }
+        else
+        {
+            string? error = Msix.Check(state.MsixTable, state.MsixPba, state.Config);
+            if (error != null) throw new StateRestoreException($"{who}: {error}");
+        }
+    }
+
+    /// <summary>
+    /// Applies a state that passed <see cref="CheckFunction"/>: configuration space, MSI-X, INTx as Status.Interrupt
+    /// says, and BAR decoding on the MMIO bus as the command register and BARs say. Raises no MSI.
+    /// </summary>
+    public void RestoreFunction(PciFunctionState state)
+    {
+        lock (_intxLock)
+        {
+            state.Config.CopyTo(_config, 0);
+            _intxAsserted = (Get16(PciConfig.Status) & PciConfig.StatusInterrupt) != 0;
+        }
+        Msix?.Restore(state.MsixTable!, state.MsixPba!);
+        UpdateIntx();
         Bus?.UpdateMappings(this);
     }
 

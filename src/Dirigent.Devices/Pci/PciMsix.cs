@@ -135,6 +135,53 @@ public sealed class PciMsix
         }
     }
 
+    // ---- saved state ---------------------------------------------------------------------------------------
+
+    internal byte[] SaveTable() { lock (_lock) return (byte[])_table.Clone(); }
+
+    internal byte[] SavePba()
+    {
+        lock (_lock)
+        {
+            var b = new byte[PbaLength];
+            for (int i = 0; i < _pending.Length; i++) BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(i * 8), _pending[i]);
+            return b;
+        }
+    }
+
+    /// <summary>Why a saved table and PBA cannot be this capability's (null when they can); <paramref name="config"/> is the saved config space.</summary>
+    internal string? Check(byte[]? table, byte[]? pba, byte[] config)
+    {
+        if (table == null || table.Length != TableLength) return $"saved MSI-X table is not {TableLength} bytes";
+        if (pba == null || pba.Length != PbaLength) return $"saved MSI-X PBA is not {PbaLength} bytes";
+        ushort control = BinaryPrimitives.ReadUInt16LittleEndian(config.AsSpan(CapabilityOffset + ControlOffset));
+        bool delivering = (control & ControlEnable) != 0 && (control & ControlFunctionMask) == 0;
+        for (int v = 0; v < VectorCount; v++)
+        {
+            var e = table.AsSpan(v * EntrySize, EntrySize);
+            // The bits a guest cannot write (WriteTable clears them) are never set in a real table.
+            if ((e[0] & 3) != 0 || (e[12] & ~VectorMasked) != 0 || e[13] != 0 || e[14] != 0 || e[15] != 0)
+                return $"MSI-X vector {v} has reserved bits set";
+            bool pending = (pba[v >> 3] & (1 << (v & 7))) != 0;
+            // A pending vector that is not masked would have been sent when it was unmasked.
+            if (pending && delivering && (e[12] & VectorMasked) == 0)
+                return $"MSI-X vector {v} is pending but not masked";
+        }
+        for (int bit = VectorCount; bit < PbaLength * 8; bit++)
+            if ((pba[bit >> 3] & (1 << (bit & 7))) != 0) return $"MSI-X PBA has bit {bit} set beyond {VectorCount} vectors";
+        return null;
+    }
+
+    /// <summary>Applies a table and PBA that passed <see cref="Check"/> (sends nothing).</summary>
+    internal void Restore(byte[] table, byte[] pba)
+    {
+        lock (_lock)
+        {
+            table.CopyTo(_table, 0);
+            for (int i = 0; i < _pending.Length; i++) _pending[i] = BinaryPrimitives.ReadUInt64LittleEndian(pba.AsSpan(i * 8));
+        }
+    }
+
     /// <summary>A read of the vector table at <paramref name="offset"/> from its start.</summary>
     public ulong ReadTable(ulong offset, int size)
     {

@@ -31,6 +31,28 @@ public interface IVirtioDevice
     void QueueNotify(int queue);
     /// <summary>Device reset (status 0 or system reset): returns once the device no longer touches its queues.</summary>
     void Reset();
+
+    /// <summary>
+    /// Quiesces the device's own threads: a request in progress completes and is published, nothing new starts,
+    /// and once this returns no device thread touches guest memory or raises an interrupt until <see cref="Start"/>.
+    /// Idempotent.
+    /// </summary>
+    void Stop() { }
+
+    /// <summary>Resumes after <see cref="Stop"/> and looks at the queues for work that arrived meanwhile. Idempotent.</summary>
+    void Start() { }
+
+    /// <summary>Returns <paramref name="state"/> with the device type's own field filled in (device stopped).</summary>
+    VirtioPciState SaveState(VirtioPciState state) => state;
+
+    /// <summary>Throws <see cref="Dirigent.Machine.State.StateRestoreException"/> unless the record's device part fits this device; changes nothing.</summary>
+    void CheckState(VirtioPciState state) { }
+
+    /// <summary>
+    /// Applies the record's device part (checked by <see cref="CheckState"/>), after the transport and the queues
+    /// were restored and the device re-activated if it was active.
+    /// </summary>
+    void RestoreState(VirtioPciState state) { }
 }
 
 /// <summary>What a device sees of its transport.</summary>

@@ -1,6 +1,7 @@
 using Dirigent.Devices.Pci;
 using Dirigent.Machine.Bus;
 using Dirigent.Machine.Memory;
+using Dirigent.Machine.State;
 using static Dirigent.Devices.Virtio.VirtioConstants;
 
 namespace Dirigent.Devices.Virtio;
@@ -11,7 +12,7 @@ namespace Dirigent.Devices.Virtio;
 /// configuration and notification regions (each found through a vendor-specific capability) plus the MSI-X table
 /// and PBA. Also the VIRTIO_PCI_CAP_PCI_CFG window for drivers that cannot map the BAR.
 /// </summary>
-public sealed class VirtioPciDevice : PciDevice, IVirtioTransport
+public sealed class VirtioPciDevice : PciDevice, IVirtioTransport, IStateful<VirtioPciState>
 {
     // Capability cfg_type values (§4.1.4)
     public const byte CapCommonCfg = 1, CapNotifyCfg = 2, CapIsrCfg = 3, CapDeviceCfg = 4, CapPciCfg = 5;
@@ -207,8 +208,96 @@ public sealed class VirtioPciDevice : PciDevice, IVirtioTransport
     /// <summary>System reset: the device and the function's config space return to power-on state.</summary>
     public override void ResetConfig()
     {
-        lock (_lock) ResetDevice();
+        lock (_lock)
+        {
+            ResetDevice();
+            // Power-on: the generation counter starts over too (a driver reset keeps counting).
+            lock (_isrLock) _configGeneration = 0;
+        }
         base.ResetConfig();
+    }
+
+    // ---- lifecycle and saved state ----------------------------------------------------------------------------
+
+    /// <summary>Quiesces the device's threads (see <see cref="IVirtioDevice.Stop"/>).</summary>
+    public override void Stop() => _device.Stop();
+
+    /// <summary>Resumes the device's threads; it then looks at its queues again.</summary>
+    public override void Start() => _device.Start();
+
+    public override void RegisterState(StateRegistry registry, string name) => registry.Add<VirtioPciState>(name, this);
+
+    public VirtioPciState Save()
+    {
+        lock (_lock)
+        {
+            VirtioPciState s;
+            lock (_isrLock)
+                s = new VirtioPciState(SaveFunction(), _device.DeviceType, _status, _deviceFeatureSelect, _driverFeatureSelect,
+                    _driverFeatures, NegotiatedFeatures, _queueSelect, _configGeneration, _isr, _configVector, _active,
+                    NeedsResetReason, _queues.Select(q => q.Save()).ToArray());
+            return _device.SaveState(s);
+        }
+    }
+
+    /// <summary>
+    /// Restores a saved device on this freshly built one (same device type and configuration): the rings are
+    /// checked as enabling checks them, and a device that was active is activated again without touching the ring
+    /// indices, so chains the driver made available and the device had not taken are processed after
+    /// <see cref="Start"/>. The device is left stopped (as the VM is while restoring): <see cref="Start"/> resumes it.
+    /// </summary>
+    public void Restore(VirtioPciState state)
+    {
+        Check(state);
+        _device.Stop();
+        lock (_lock)
+        {
+            if (_active || _status != 0) ResetDevice();
+            RestoreFunction(state.Function);
+            for (int q = 0; q < _queues.Length; q++) _queues[q].Restore(state.Queues[q]);
+            _deviceFeatureSelect = state.DeviceFeatureSelect;
+            _driverFeatureSelect = state.DriverFeatureSelect;
+            _driverFeatures = state.DriverFeatures;
+            NegotiatedFeatures = state.NegotiatedFeatures;
+            _queueSelect = state.QueueSelect;
+            _configVector = state.ConfigMsixVector;
+            lock (_isrLock)
+            {
+                _status = state.Status;
+                _configGeneration = state.ConfigGeneration;
+                _isr = state.Isr;
+                NeedsResetReason = (state.Status & StatusNeedsReset) != 0 ? state.NeedsResetReason ?? "restored with DEVICE_NEEDS_RESET" : null;
+            }
+            _active = state.Active;
+            if (_active) _device.Activate(this);
+            _device.RestoreState(state);
+        }
+    }
+
+    private void Check(VirtioPciState s)
+    {
+        string who = $"virtio device {_device.DeviceType}";
+        void Fail(string what) => throw new StateRestoreException($"{who}: {what}");
+        if (s.Function == null) Fail("saved state has no PCI function");
+        if (s.DeviceType != _device.DeviceType) Fail($"saved state is of virtio device type {s.DeviceType}");
+        CheckFunction(s.Function!);
+        if (s.Queues == null || s.Queues.Length != _queues.Length) Fail($"saved state does not have {_queues.Length} queues");
+        for (int q = 0; q < _queues.Length; q++)
+        {
+            if (s.Queues![q] == null) Fail($"queue {q} missing");
+            string? error = _queues[q].Check(s.Queues[q], Msix!.VectorCount);
+            if (error != null) Fail(error);
+        }
+        if ((s.Isr & ~(IsrQueue | IsrConfig)) != 0) Fail($"ISR 0x{s.Isr:x2}");
+        // INTx is asserted exactly while ISR has a bit set (reading the ISR clears both).
+        bool intx = (s.Function!.Config[PciConfig.Status] & PciConfig.StatusInterrupt) != 0;
+        if (intx != (s.Isr != 0)) Fail("INTx state does not match the ISR");
+        if (s.ConfigMsixVector != NoVector && s.ConfigMsixVector >= Msix!.VectorCount) Fail($"config MSI-X vector {s.ConfigMsixVector}");
+        if ((s.NegotiatedFeatures & ~OfferedFeatures) != 0) Fail($"negotiated features 0x{s.NegotiatedFeatures:x} were not offered");
+        if ((s.Status & StatusFeaturesOk) != 0 && (s.NegotiatedFeatures != s.DriverFeatures || (s.NegotiatedFeatures & Version1) == 0))
+            Fail("FEATURES_OK without a valid negotiation");
+        if (s.Active && (s.NegotiatedFeatures & Version1) == 0) Fail("active device without negotiated features");
+        _device.CheckState(s);
     }
 
     // ---- common configuration (§4.1.4.3) ---------------------------------------------------------------------

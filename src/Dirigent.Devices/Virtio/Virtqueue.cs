@@ -64,6 +64,7 @@ public sealed unsafe class Virtqueue
         DescAddress = DriverAddress = DeviceAddress = 0;
         _desc = _avail = _used = null;
         _lastAvail = _usedIdx = _signalledUsed = 0;
+        _eventIdx = _indirect = false;
     }
 
     /// <summary>
@@ -175,12 +176,16 @@ public sealed unsafe class Virtqueue
     public void Push(ushort head, uint written)
     {
         if (!Enabled) return;
-        byte* e = _used + 4 + 8 * (_usedIdx & (Size - 1));
+        int slot = _usedIdx & (Size - 1);
+        byte* e = _used + 4 + 8 * slot;
         *(uint*)e = head;
         *(uint*)(e + 4) = written;
         _usedIdx++;
         // The element must be visible before the index that publishes it.
         Volatile.Write(ref *(ushort*)(_used + 2), _usedIdx);
+        // Written through a host pointer: logged for migration (the element and used->idx).
+        _memory.MarkDirty(DeviceAddress + 4 + 8 * (ulong)slot, 8);
+        _memory.MarkDirty(DeviceAddress + 2, 2);
     }
 
     public void Push(VirtqueueChain chain, uint written) => Push(chain.Head, written);
@@ -195,12 +200,15 @@ public sealed unsafe class Virtqueue
         if (!Enabled) return;
         for (int k = 0; k < chains.Length; k++)
         {
-            byte* e = _used + 4 + 8 * (_usedIdx & (Size - 1));
+            int slot = _usedIdx & (Size - 1);
+            byte* e = _used + 4 + 8 * slot;
             *(uint*)e = chains[k].Head;
             *(uint*)(e + 4) = written[k];
             _usedIdx++;
+            _memory.MarkDirty(DeviceAddress + 4 + 8 * (ulong)slot, 8);
         }
         Volatile.Write(ref *(ushort*)(_used + 2), _usedIdx);
+        _memory.MarkDirty(DeviceAddress + 2, 2);
     }
 
     /// <summary>
@@ -232,8 +240,83 @@ public sealed unsafe class Virtqueue
     public bool PrepareToSleep()
     {
         if (!Enabled || _broken) return false;
-        if (_eventIdx) Volatile.Write(ref *(ushort*)(_used + 4 + 8 * Size), _lastAvail);
+        if (_eventIdx)
+        {
+            Volatile.Write(ref *(ushort*)(_used + 4 + 8 * Size), _lastAvail);
+            _memory.MarkDirty(DeviceAddress + 4 + 8UL * Size, 2);
+        }
         Interlocked.MemoryBarrier();
         return AvailIdx != _lastAvail;
+    }
+
+    // ---- saved state ------------------------------------------------------------------------------------------
+
+    /// <summary>The queue's registers and device-side ring state (device quiesced).</summary>
+    public VirtqueueState Save() =>
+        new(Size, Enabled, MsixVector, (ushort)Index, DescAddress, DriverAddress, DeviceAddress,
+            _lastAvail, _usedIdx, _signalledUsed, _eventIdx, _indirect, Error);
+
+    /// <summary>
+    /// Why <paramref name="s"/> cannot be this queue's state (null when it can): for an enabled queue the checks
+    /// enabling makes (size, alignment, every ring in guest RAM) and at most a queue's worth of chains taken and not
+    /// yet returned; a disabled queue has not moved its indices.
+    /// </summary>
+    public string? Check(VirtqueueState s, int msixVectors)
+    {
+        if (s.NotifyOff != Index) return $"queue {Index}: notify offset {s.NotifyOff}";
+        if (s.MsixVector != NoVector && s.MsixVector >= msixVectors) return $"queue {Index}: MSI-X vector {s.MsixVector} of {msixVectors}";
+        if (!s.Enabled)
+            return s.LastAvail != 0 || s.UsedIdx != 0 || s.SignalledUsed != 0 ? $"queue {Index}: disabled queue with ring indices" : null;
+        if (s.Size == 0 || s.Size > MaxSize || !BitOperations.IsPow2((uint)s.Size))
+            return $"queue {Index}: size {s.Size} is not a power of two up to {MaxSize}";
+        if ((s.DescAddress & 15) != 0 || (s.DriverAddress & 1) != 0 || (s.DeviceAddress & 3) != 0)
+            return $"queue {Index}: misaligned ring address";
+        if (!_memory.IsRam(s.DescAddress, (ulong)DescriptorSize * s.Size) || !_memory.IsRam(s.DriverAddress, 6 + 2UL * s.Size)
+            || !_memory.IsRam(s.DeviceAddress, 6 + 8UL * s.Size))
+            return $"queue {Index}: ring outside guest RAM";
+        if ((ushort)(s.LastAvail - s.UsedIdx) > s.Size)
+            return $"queue {Index}: {(ushort)(s.LastAvail - s.UsedIdx)} chains in flight in a queue of {s.Size}";
+        return null;
+    }
+
+    /// <summary>
+    /// Applies a state that passed <see cref="Check"/> without touching guest memory or the indices: chains made
+    /// available after <see cref="VirtqueueState.LastAvail"/> are taken when the device next looks at the queue.
+    /// A queue that had stopped stays stopped (the transport restores DEVICE_NEEDS_RESET itself).
+    /// </summary>
+    public void Restore(VirtqueueState s)
+    {
+        Reset();
+        Size = s.Size;
+        MsixVector = s.MsixVector;
+        DescAddress = s.DescAddress;
+        DriverAddress = s.DriverAddress;
+        DeviceAddress = s.DeviceAddress;
+        if (s.Enabled)
+        {
+            _desc = _memory.TryGetHostPointer(DescAddress, (ulong)DescriptorSize * Size);
+            _avail = _memory.TryGetHostPointer(DriverAddress, 6 + 2UL * Size);
+            _used = _memory.TryGetHostPointer(DeviceAddress, 6 + 8UL * Size);
+            _eventIdx = s.EventIdx;
+            _indirect = s.Indirect;
+            _lastAvail = s.LastAvail;
+            _usedIdx = s.UsedIdx;
+            _signalledUsed = s.SignalledUsed;
+            Enabled = true;
+        }
+        if (s.Error != null)
+        {
+            Error = s.Error;
+            _broken = true;
+        }
+    }
+
+    /// <summary>
+    /// Gives back the chains taken since avail index <paramref name="lastAvail"/> and not returned (a device that
+    /// held them across a pause): they are taken again, in the same order, when the device next looks.
+    /// </summary>
+    public void Unpop(ushort lastAvail)
+    {
+        if ((ushort)(_lastAvail - lastAvail) <= (ushort)(_lastAvail - _usedIdx)) _lastAvail = lastAvail;
     }
 }

@@ -8,7 +8,7 @@ public class PciBusTests
     private const ulong Window = 0xE000_0000;
 
     /// <summary>A function with one 16 KiB memory BAR whose registers echo writes, and 4 MSI-X vectors in it.</summary>
-    private sealed class TestFunction : PciDevice
+    internal sealed class TestFunction : PciDevice
     {
         public readonly Dictionary<ulong, ulong> Regs = new();
         public PciMsix MsixCap { get; }
@@ -35,7 +35,7 @@ public class PciBusTests
         public void RaiseIntx(bool level) => SetIntx(level);
     }
 
-    private sealed class Rig
+    internal sealed class Rig
     {
         public readonly IoBus Io = new();
         public readonly MmioBus Mmio = new();

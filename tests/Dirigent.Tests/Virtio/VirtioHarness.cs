@@ -26,12 +26,13 @@ public sealed class VirtioHarness : IDisposable
     public readonly PciBus Bus;
     public readonly VirtioPciDevice Dev;
     public readonly ulong Bar;
-    public ushort QueueSize { get; private set; }
+    public ushort QueueSize { get; set; }
     private ushort _availIdx;
 
-    public VirtioHarness(IVirtioDevice device, ulong ramSize = RamSize)
+    /// <param name="memory">Guest RAM to share (a machine restored over the memory of the one saved); new RAM if null.</param>
+    public VirtioHarness(IVirtioDevice device, ulong ramSize = RamSize, GuestMemory? memory = null)
     {
-        Mem = new GuestMemory(ramSize);
+        Mem = memory ?? new GuestMemory(ramSize);
         Bus = new PciBus(Mmio, Sink, 0xE000_0000, 0x1000_0000);
         Bus.Register(Io);
         Bus.Attach(new PciHostBridge(), 0);

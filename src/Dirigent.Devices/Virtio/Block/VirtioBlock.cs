@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Text;
+using Dirigent.Machine.State;
 using Dirigent.Storage;
 
 namespace Dirigent.Devices.Virtio.Block;
@@ -34,6 +35,8 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
     private readonly Thread? _worker;
     private readonly AutoResetEvent _kick = new(false);
     private volatile bool _stop, _stopBatch;
+    // Stopped (VM paused): the worker finishes the request in hand and takes no new one until Start.
+    private volatile bool _paused;
     private IVirtioTransport? _transport;
 
     public ushort DeviceType => VirtioConstants.DeviceBlock;
@@ -101,6 +104,36 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
         }
     }
 
+    /// <summary>
+    /// Waits for the request in progress to complete and be published (used ring and interrupt), then takes no new
+    /// request until <see cref="Start"/>; afterwards the worker does not touch guest memory.
+    /// </summary>
+    public void Stop()
+    {
+        _paused = true;
+        lock (_run) { }
+    }
+
+    /// <summary>Takes requests again, starting with those the driver made available while stopped.</summary>
+    public void Start()
+    {
+        if (!_paused) return;
+        _paused = false;
+        QueueNotify(0);
+    }
+
+    private ulong CapacitySectors => (ulong)(_disk.Size / SectorSize);
+
+    public VirtioPciState SaveState(VirtioPciState state) => state with { Block = new VirtioBlockState(CapacitySectors, _disk.ReadOnly) };
+
+    public void CheckState(VirtioPciState state)
+    {
+        if (state.Block is not { } b) throw new StateRestoreException("virtio-blk: saved state has no block device part");
+        if (b.CapacitySectors != CapacitySectors || b.ReadOnly != _disk.ReadOnly)
+            throw new StateRestoreException($"virtio-blk: saved for a {(b.ReadOnly ? "read-only " : "")}disk of {b.CapacitySectors} sectors, " +
+                $"this one is a {(_disk.ReadOnly ? "read-only " : "")}disk of {CapacitySectors}");
+    }
+
     public void QueueNotify(int queue)
     {
         if (_worker != null) _kick.Set();
@@ -120,12 +153,12 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
     // Under _run.
     private void ProcessQueue()
     {
-        if (_transport == null) return;
+        if (_transport == null || _paused) return;
         var q = _transport.Queue(0);
         do
         {
             int batch = 0;
-            while (!_stopBatch && q.TryPop(_chain))
+            while (!_stopBatch && !_paused && q.TryPop(_chain))
             {
                 long written = Handle(q, _chain);
                 if (written < 0) return; // malformed: the queue has stopped
@@ -135,7 +168,7 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
                 if (++batch % 16 == 0) q.NotifyGuest();
             }
             q.NotifyGuest();
-        } while (!_stopBatch && q.PrepareToSleep());
+        } while (!_stopBatch && !_paused && q.PrepareToSleep());
     }
 
     /// <summary>Serves one request; returns the bytes written to the chain, or -1 if it was malformed.</summary>

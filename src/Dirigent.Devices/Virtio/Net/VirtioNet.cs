@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using Dirigent.Devices.Net;
+using Dirigent.Machine.State;
 
 namespace Dirigent.Devices.Virtio.Net;
 
@@ -53,6 +54,12 @@ public sealed class VirtioNet : IVirtioDevice
     private ulong _features;
     private VirtqueueChain[] _rxChains = [new VirtqueueChain()];
     private int _rxTaken;
+    // Avail index of the first chain held for the packet, and whether the held chains are the only ones taken since
+    // (so stopping can give them back to the ring); _stopped refuses packets while the VM is paused.
+    private ushort _rxHeldFrom;
+    private bool _rxHeldContiguous;
+    private bool _stopped;
+    private NetOffloads _receiveOffloads;
 
     /// <summary>Counters (guest's view): frames delivered and sent, and frames dropped on the way.</summary>
     public long RxPackets, RxDropped, TxPackets, TxDropped;
@@ -100,6 +107,7 @@ public sealed class VirtioNet : IVirtioDevice
         if ((f & GuestTso4) != 0) rx |= NetOffloads.Tso4;
         if ((f & GuestTso6) != 0) rx |= NetOffloads.Tso6;
         if ((f & GuestEcn) != 0) rx |= NetOffloads.TsoEcn;
+        _receiveOffloads = rx;
         _backend.SetReceiveOffloads(rx);
         _transport = transport;
         lock (_rxLock)
@@ -132,9 +140,74 @@ public sealed class VirtioNet : IVirtioDevice
         }
         lock (_txLock) _transport = null;
         _features = 0;
+        _receiveOffloads = NetOffloads.None;
         _backend.SetReceiveOffloads(NetOffloads.None);
         // A packet the backend holds for us is dropped now rather than delivered after the driver restarts.
         _backend.ReceiveReady();
+    }
+
+    /// <summary>
+    /// Refuses received packets from now on (the backend holds them) and waits out a delivery in progress. Receive
+    /// chains held for a refused packet go back to the ring (taken again after <see cref="Start"/>), so the saved
+    /// rings own every buffer. Transmit runs on vCPU threads, which are stopped first.
+    /// </summary>
+    public void Stop()
+    {
+        lock (_rxLock)
+        {
+            _stopped = true;
+            if (_rxTaken == 0) return;
+            var q = _rxTransport?.Queue(ReceiveQueue);
+            if (q != null && _rxHeldContiguous) q.Unpop(_rxHeldFrom);
+            else if (q != null)
+            {
+                // A buffer-less chain was returned between the held ones: return these too, empty.
+                Span<uint> zero = _rxTaken <= 64 ? stackalloc uint[_rxTaken] : new uint[_rxTaken];
+                q.PushAll(_rxChains.AsSpan(0, _rxTaken), zero);
+                q.NotifyGuest();
+            }
+            _rxTaken = 0;
+        }
+    }
+
+    /// <summary>Takes packets again: the backend offers the one it holds, and transmit chains posted meanwhile go out.</summary>
+    public void Start()
+    {
+        lock (_rxLock)
+        {
+            if (!_stopped) return;
+            _stopped = false;
+        }
+        Transmit();
+        _backend.ReceiveReady();
+    }
+
+    public VirtioPciState SaveState(VirtioPciState state) =>
+        state with { Net = new VirtioNetState(_mac.ToArray(), StatusLinkUp, _receiveOffloads, RxPackets, RxDropped, TxPackets, TxDropped) };
+
+    public void CheckState(VirtioPciState state)
+    {
+        if (state.Net is not { } n || n.Mac == null) throw new StateRestoreException("virtio-net: saved state has no network device part");
+        if (!n.Mac.AsSpan().SequenceEqual(_mac))
+            throw new StateRestoreException($"virtio-net: saved with MAC {Convert.ToHexString(n.Mac)}, this device has {Convert.ToHexString(_mac)}");
+        if ((n.ReceiveOffloads & ~(NetOffloads.Checksum | NetOffloads.Tso4 | NetOffloads.Tso6 | NetOffloads.TsoEcn)) != 0)
+            throw new StateRestoreException($"virtio-net: receive offloads {n.ReceiveOffloads}");
+        if (n.ReceiveOffloads != NetOffloads.None && !state.Active)
+            throw new StateRestoreException("virtio-net: receive offloads on a device the driver has not started");
+        if (n.RxPackets < 0 || n.RxDropped < 0 || n.TxPackets < 0 || n.TxDropped < 0)
+            throw new StateRestoreException("virtio-net: negative packet counter");
+    }
+
+    /// <summary>Re-applies the receive offloads the driver accepted to this backend (activation derived them already).</summary>
+    public void RestoreState(VirtioPciState state)
+    {
+        var n = state.Net!;
+        _receiveOffloads = n.ReceiveOffloads;
+        _backend.SetReceiveOffloads(n.ReceiveOffloads);
+        RxPackets = n.RxPackets;
+        RxDropped = n.RxDropped;
+        TxPackets = n.TxPackets;
+        TxDropped = n.TxDropped;
     }
 
     private void Transmit()
@@ -211,6 +284,8 @@ public sealed class VirtioNet : IVirtioDevice
     {
         lock (_rxLock)
         {
+            // Paused: refused, the backend keeps it until Start.
+            if (_stopped) return false;
             var t = _rxTransport;
             var q = t?.Queue(ReceiveQueue);
             if (q == null || !q.Enabled || q.IsBroken)
@@ -249,7 +324,13 @@ public sealed class VirtioNet : IVirtioDevice
                 {
                     // Nothing to write into: give it back at once rather than count it as a part of the packet.
                     q.Push(taken, 0);
+                    if (_rxTaken > 0) _rxHeldContiguous = false;
                     continue;
+                }
+                if (_rxTaken == 0)
+                {
+                    _rxHeldFrom = (ushort)(q.LastAvailIndex - 1);
+                    _rxHeldContiguous = true;
                 }
                 room += taken.WritableLength;
                 _rxTaken++;
