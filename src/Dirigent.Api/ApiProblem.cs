@@ -1,4 +1,5 @@
 using System.Buffers;
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.WebUtilities;
@@ -18,10 +19,13 @@ internal static class ApiProblem
 {
     public const string ContentType = "application/problem+json";
 
+    /// <summary>Plain quotes and angle brackets in messages (the default escapes them for HTML, which this never is).</summary>
+    public static readonly JsonWriterOptions JsonOptions = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
     public static Task Write(HttpContext ctx, int status, string detail)
     {
         var buf = new ArrayBufferWriter<byte>(256);
-        using (var w = new Utf8JsonWriter(buf))
+        using (var w = new Utf8JsonWriter(buf, JsonOptions))
         {
             w.WriteStartObject();
             w.WriteString("type", "about:blank");

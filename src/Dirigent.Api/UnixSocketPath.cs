@@ -68,9 +68,18 @@ internal static partial class UnixSocketPath
 
     private static bool IsLive(string path)
     {
-        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+        // Non-blocking: a live server whose backlog is full must not hang the probe.
+        using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified) { Blocking = false };
         try { probe.Connect(new UnixDomainSocketEndPoint(path)); return true; }
-        catch (SocketException) { return false; }
+        catch (SocketException e)
+        {
+            return e.SocketErrorCode switch
+            {
+                SocketError.ConnectionRefused => false,
+                SocketError.WouldBlock or SocketError.InProgress or SocketError.TryAgain => true,
+                _ => throw new ApiSocketException($"API socket '{path}' exists and cannot be probed: {e.Message}"),
+            };
+        }
     }
 
     internal enum FileType { Missing, Socket, Regular, Directory, Symlink, Other }

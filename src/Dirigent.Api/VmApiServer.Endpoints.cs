@@ -12,7 +12,7 @@ public sealed partial class VmApiServer
     private Task GetVm(HttpContext ctx)
     {
         var buf = new ArrayBufferWriter<byte>(256);
-        using (var w = new Utf8JsonWriter(buf))
+        using (var w = new Utf8JsonWriter(buf, ApiProblem.JsonOptions))
             WriteVmInfo(w, _vm);
         return WriteBytes(ctx, "application/json", buf.WrittenMemory);
     }
@@ -34,7 +34,7 @@ public sealed partial class VmApiServer
         {
             w.WriteStartObject("exit");
             w.WriteString("kind", SnakeCase(exit.Kind.ToString()));
-            w.WriteString("detail", exit.ToString());
+            w.WriteString("detail", exit.Detail);
             if (exit.Kind == VmExitKind.DebugExit) w.WriteNumber("debug_exit_value", exit.DebugExitValue);
             if (exit.Rip is { } rip) w.WriteString("rip", $"0x{rip:x}");
             w.WriteEndObject();

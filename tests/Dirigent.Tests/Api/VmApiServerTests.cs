@@ -166,7 +166,7 @@ public class VmApiServerTests
         Assert.Equal("stopped", vm.GetProperty("state").GetString());
         var exit = vm.GetProperty("exit");
         Assert.Equal("stopped_by_request", exit.GetProperty("kind").GetString());
-        Assert.Equal(nameof(VmExitKind.StoppedByRequest), exit.GetProperty("detail").GetString());
+        Assert.Equal("", exit.GetProperty("detail").GetString());
         Assert.Equal(VmExitKind.StoppedByRequest, (await t.Vm.Completion).Kind);
         // Stopping a stopped VM is a no-op; resuming it is a conflict that names the state.
         using (var r = await t.Put("/v1/vm/stop")) Assert.Equal(HttpStatusCode.NoContent, r.StatusCode);
