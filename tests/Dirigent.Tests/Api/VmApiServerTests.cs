@@ -291,6 +291,25 @@ public class VmApiServerTests
     }
 
     [Fact]
+    public async Task ClientErrorsAreNotLoggedUnlessEveryRequestIs()
+    {
+        await using var t = await ApiTestVm.StartAsync();
+        using (var r = await t.Put("/v1/vm/resume")) Assert.Equal(HttpStatusCode.Conflict, r.StatusCode);
+        Assert.Equal("", t.Log.ToString());
+
+        string path = Path.Combine(t.Dir, "verbose.sock");
+        var log = new StringWriter();
+        await using (var verbose = await VmApiServer.StartAsync(t.Vm, path, log, logRequests: true))
+        {
+            using var c = ApiTestVm.CreateClient(path);
+            using (var r = await c.GetAsync("/v1/vm")) Assert.Equal(HttpStatusCode.OK, r.StatusCode);
+            using (var r = await c.PutAsync("/v1/vm/resume", null)) Assert.Equal(HttpStatusCode.Conflict, r.StatusCode);
+        }
+        Assert.Equal(["api: GET /v1/vm: 200", "api: PUT /v1/vm/resume: 409 cannot resume a VM that is running"],
+            log.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => l.TrimEnd('\r')));
+    }
+
+    [Fact]
     public void ErrorsAreClassifiedByWhatFailed()
     {
         Assert.Equal(409, VmApiServer.Classify(new VmStateException("cannot pause a VM that is paused")).Status);
