@@ -16,7 +16,7 @@ public static partial class DefaultImage
 {
     public const string KernelFile = "vmlinuz", InitramfsFile = "initramfs.cpio.gz", VersionFile = "kernel-version";
     /// <summary>Bumped whenever the initramfs layout or /init changes, so cached images are rebuilt.</summary>
-    public const string LayoutVersion = "2";
+    public const string LayoutVersion = "3";
     private const string LayoutFile = "layout-version";
     private const string Remedy = "install apt (Debian/Ubuntu host with network) or pass --kernel/--initrd";
 
@@ -27,6 +27,9 @@ public static partial class DefaultImage
         "drivers/virtio/virtio_pci_legacy_dev", "drivers/virtio/virtio_pci", "drivers/block/virtio_blk",
         "net/core/failover", "drivers/net/net_failover", "drivers/net/virtio_net",
         "drivers/char/hw_random/virtio-rng", "drivers/char/virtio_console",
+        // The ACPI button driver: it enables the fixed-feature power button (PM1_EN.PWRBTN_EN) and turns presses
+        // into input/netlink events, so a VM's PowerButton reaches the guest as on a real PC.
+        "drivers/acpi/button",
     ];
 
     /// <summary>Applet links present before /init runs busybox --install (the kernel needs /bin/sh for /init).</summary>

@@ -17,7 +17,7 @@ public static class InitScript
     public static readonly string[] ModuleOrder =
     [
         "virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
-        "virtio_blk", "failover", "net_failover", "virtio_net", "virtio-rng", "virtio_console",
+        "virtio_blk", "failover", "net_failover", "virtio_net", "virtio-rng", "virtio_console", "button",
     ];
 
     /// <summary>The kernel command-line argument that makes /init run <paramref name="script"/> and power off.</summary>

@@ -196,10 +196,8 @@ public sealed class PcBoard : IDisposable
         _inKernelIrqChip?.Reset();
     }
 
-    private void RegisterPci()
-    {
-        Registry.Add("pci", new ActionLifecycle(Pci.Reset));
-    }
+    /// <summary>Each PCI function under pci/00:SS.F, in slot order.</summary>
+    private void RegisterPci() => Pci.RegisterState(Registry);
 
     private sealed class ActionLifecycle(Action reset) : ILifecycle
     {
