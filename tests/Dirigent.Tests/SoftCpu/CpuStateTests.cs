@@ -90,12 +90,16 @@ public class CpuStateTests
         using var idle = new ManualResetEventSlim(false);
         cpu2.OnIdle = idle.Set;
         var t = StartOn(cpu2, out var result);
-        Await(idle, "the restored vCPU to sleep in HLT");
-        Assert.Equal(0, vm.Vm.Memory.ReadU8(Flag)); // nothing after the HLT ran
-        Assert.Equal(0UL, cpu2.InstructionsRetired);
-        cpu2.InjectInterrupt(0x41);
-        var exit = Join(cpu2, t, result);
-        Assert.Equal(VcpuExitReason.HaltedForever, exit.Reason);
+        try
+        {
+            Await(idle, "the restored vCPU to sleep in HLT");
+            Assert.Equal(0, vm.Vm.Memory.ReadU8(Flag)); // nothing after the HLT ran
+            Assert.Equal(0UL, cpu2.InstructionsRetired);
+            cpu2.InjectInterrupt(0x41);
+            Assert.True(t.Join(10_000), "the vCPU did not finish after the interrupt");
+        }
+        finally { StopAndJoin(cpu2, t); }
+        Assert.Equal(VcpuExitReason.HaltedForever, result[0].Reason);
         Assert.Equal(0, vm.Vm.Memory.ReadU8(Results));          // the interrupt came before the code after HLT
         Assert.Equal(l[0], vm.Vm.Memory.ReadU64(Results + 8));  // and returned to it
         Assert.Equal(1, vm.Vm.Memory.ReadU8(Flag));
@@ -249,9 +253,9 @@ public class CpuStateTests
         using var idle = new ManualResetEventSlim(false);
         vm.Cpu.OnIdle = idle.Set;
         var t = StartOn(vm.Cpu, out var result);
-        Await(idle, "the vCPU to wait for a SIPI");
-        vm.Cpu.RequestStop();
-        Assert.Equal(VcpuExitReason.Stopped, Join(vm.Cpu, t, result).Reason);
+        try { Await(idle, "the vCPU to wait for a SIPI"); }
+        finally { StopAndJoin(vm.Cpu, t); }
+        Assert.Equal(VcpuExitReason.Stopped, result[0].Reason);
         Assert.Equal(0UL, vm.Cpu.InstructionsRetired);
         Assert.Equal(0, vm.Vm.Memory.ReadU8(Flag));
         var s2 = vm.Cpu.GetState();

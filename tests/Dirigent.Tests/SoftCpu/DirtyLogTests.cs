@@ -144,9 +144,9 @@ public class DirtyLogTests
         }
         finally
         {
-            vm.Cpu.RequestStop();
+            StopAndJoin(vm.Cpu, t);
         }
-        Assert.Equal(VcpuExitReason.Stopped, Join(vm.Cpu, t, result).Reason);
+        Assert.Equal(VcpuExitReason.Stopped, result[0].Reason);
     }
 
     [Fact]
@@ -187,9 +187,9 @@ public class DirtyLogTests
         finally
         {
             gate.Open.Set();
-            vm.Cpu.RequestStop();
+            StopAndJoin(vm.Cpu, t);
         }
-        Assert.Equal(VcpuExitReason.Stopped, Join(vm.Cpu, t, result).Reason);
+        Assert.Equal(VcpuExitReason.Stopped, result[0].Reason);
         Assert.Equal(VcpuActivity.Halted, vm.Cpu.GetState().Activity);
     }
 
