@@ -24,6 +24,8 @@ public sealed unsafe partial class Cpu
     private readonly object _tlbSync = new();
     // Under _tlbSync: the vCPU thread is between EnterExecution and LeaveExecution and may use its TLB.
     private bool _executing;
+    // Under _tlbSync: the managed thread id of the thread in Run while _executing.
+    private int _runThread;
     private volatile bool _writeFlushRequested;
 
     /// <summary>
@@ -41,7 +43,10 @@ public sealed unsafe partial class Cpu
     {
         lock (_tlbSync)
         {
-            if (!_executing)
+            // Not executing: its TLB is ours while we hold the lock. Asked from the vCPU's own thread (a device handler
+            // collecting): waiting for itself would deadlock, and dropping entries mid-instruction is safe (a store
+            // under way holds a host pointer, not an entry, and its page was marked when the entry was filled).
+            if (!_executing || _runThread == Environment.CurrentManagedThreadId)
             {
                 DropWriteEntries();
                 return;
@@ -81,7 +86,11 @@ public sealed unsafe partial class Cpu
 
     private void EnterExecution()
     {
-        lock (_tlbSync) _executing = true;
+        lock (_tlbSync)
+        {
+            _executing = true;
+            _runThread = Environment.CurrentManagedThreadId;
+        }
     }
 
     private void LeaveExecution()
