@@ -172,6 +172,9 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     public VcpuExit Run()
     {
         _stopRequested = false;
+        // The stop that ended the last Run cleared this with events still queued (an interrupt injected just before
+        // the pause, a restored exception): look at them again first.
+        _pendingEvents = 1;
         EnterExecution();
         try { return RunLoop(); }
         finally { LeaveExecution(); }

@@ -193,6 +193,46 @@ public class CpuStateTests
         Assert.False(cpu2.GetState().InterruptShadow);
     }
 
+    /// <summary>Injects vector 0x41 and asks for a stop on its first store, only stops on later ones.</summary>
+    private sealed class InjectAndStop(Cpu cpu) : Dirigent.Machine.Bus.IMmioDevice
+    {
+        private int _writes;
+        public ulong Read(ulong offset, int size) => 0;
+        public void Write(ulong offset, int size, ulong value)
+        {
+            if (_writes++ == 0) cpu.InjectInterrupt(0x41);
+            cpu.RequestStop();
+        }
+    }
+
+    [Fact]
+    public void InterruptPendingWhenTheVcpuStoppedIsTakenAsSoonAsItRunsAgain()
+    {
+        using var vm = new TestVm();
+        vm.Vm.Mmio.Register(StopAddr, 0x1000, new InjectAndStop(vm.Cpu));
+        var a = new Assembler(64);
+        Label spin = a.CreateLabel(), h = a.CreateLabel(), hspin = a.CreateLabel();
+        a.mov(rbx, StopAddr);
+        a.sti();
+        a.nop();
+        a.mov(__dword_ptr[rbx], eax); // interrupt and stop arrive together; the stop wins
+        a.Label(ref spin);
+        a.jmp(spin);                  // nothing else will ever set an event
+        a.Label(ref h);
+        a.mov(__byte_ptr[Flag], 1);
+        a.mov(__dword_ptr[rbx], eax);
+        a.Label(ref hspin);
+        a.jmp(hspin);
+        var l = Emit(vm, a, TestVm.CodeBase, h);
+        Setup64(vm, TestVm.CodeBase);
+        Gate64(vm, 0x41, l[0]);
+        Assert.Equal(VcpuExitReason.Stopped, vm.Run().Reason);
+        Assert.Equal(new byte[] { 0x41 }, vm.Cpu.GetState().PendingInterrupts);
+        Assert.Equal(0, vm.Vm.Memory.ReadU8(Flag));
+        Assert.Equal(VcpuExitReason.Stopped, vm.Run().Reason);
+        Assert.Equal(1, vm.Vm.Memory.ReadU8(Flag));
+    }
+
     [Fact]
     public void TscContinuesExactlyOnAFreshVcpuWhileTheClockIsStopped()
     {
