@@ -22,20 +22,54 @@ public sealed class EmuAccelerator : IAccelerator
     public IVcpu CreateVcpu(int index)
     {
         var c = new Cpu(_vm, _cache, index);
-        _cpus.Add(c);
+        lock (_cpus) _cpus.Add(c);
         return c;
     }
 
-    // TODO(lifecycle): write tracking through the soft TLB.
-    public void SetDirtyLogging(bool enabled) => throw new NotImplementedException("dirty logging on the software CPU");
-    public void CollectDirtyPages() => throw new NotImplementedException("dirty logging on the software CPU");
+    /// <summary>
+    /// Turns the memory's dirty log on (if it is not already: starting it clears it) or off. The vCPUs log the pages of
+    /// their write-TLB fills, of every store that bypasses the TLB and of each write entry they drop, so the entries
+    /// they hold from before are dropped now (logged) and every later store is seen.
+    /// </summary>
+    public void SetDirtyLogging(bool enabled)
+    {
+        var log = _vm.Memory.DirtyLog;
+        if (enabled)
+        {
+            if (!log.Enabled) log.SetEnabled(true);
+            DropWriteTlbs();
+        }
+        else log.SetEnabled(false);
+    }
+
+    /// <summary>
+    /// Makes every vCPU drop (and log) its write-TLB entries, so each page written since the last call is in the dirty
+    /// log when this returns and the next store to it is logged again. Running vCPUs do it at their next block
+    /// boundary; this waits for them. Harvest the log after this returns.
+    /// </summary>
+    public void CollectDirtyPages()
+    {
+        if (!_vm.Memory.DirtyLog.Enabled) return;
+        DropWriteTlbs();
+    }
+
+    private void DropWriteTlbs()
+    {
+        Cpu[] cpus;
+        lock (_cpus) cpus = _cpus.ToArray();
+        foreach (var c in cpus) c.PostWriteTlbDrop();
+        foreach (var c in cpus) c.WaitWriteTlbDropped();
+    }
 
     public long BlocksTranslated => _cache.BlocksTranslated;
     public long BlocksInvalidated => _cache.BlocksInvalidated;
 
     public void Dispose()
     {
-        foreach (var c in _cpus) c.Dispose();
-        _cpus.Clear();
+        lock (_cpus)
+        {
+            foreach (var c in _cpus) c.Dispose();
+            _cpus.Clear();
+        }
     }
 }

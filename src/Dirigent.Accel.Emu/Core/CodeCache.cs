@@ -45,9 +45,13 @@ internal sealed unsafe class CodeCache
         lock (_lock) return _blocks.TryGetValue((phys, ip, bits), out var b) ? b : null;
     }
 
-    /// <summary>A store hit guest RAM at pa: drop blocks decoded from that page.</summary>
+    /// <summary>
+    /// A store hit guest RAM at pa without going through a write-TLB entry: drop blocks decoded from the page(s) and
+    /// log them dirty (every slow-path, RMW and page-table store of the vCPUs comes through here).
+    /// </summary>
     public void NotifyWrite(ulong pa, int size)
     {
+        _mem.DirtyLog.Mark(pa, (ulong)size);
         ulong n = pa >> 12;
         if (n < (ulong)_isCode.Length && _isCode[n] != 0) InvalidatePage(n << 12);
         ulong last = (pa + (ulong)size - 1) >> 12;

@@ -43,6 +43,7 @@ public sealed unsafe partial class Cpu
     /// <summary>Drops every cached translation (CR3/CR0/CR4/EFER writes).</summary>
     public void FlushTlb()
     {
+        if (_mem.DirtyLog.Enabled) DropWriteEntries(); // logs the pages first (see Cpu.DirtyLog.cs)
         for (int k = 0; k < TlbSize * 6; k++) { _tlbBase[k].Tag = ulong.MaxValue; }
     }
 
@@ -52,18 +53,26 @@ public sealed unsafe partial class Cpu
         ulong page = linear >> 12;
         int idx = (int)(page & TlbMask);
         for (int t = 0; t < 6; t++)
-            if (_tlbBase[t * TlbSize + idx].Tag == page) _tlbBase[t * TlbSize + idx].Tag = ulong.MaxValue;
+        {
+            TlbEntry* e = _tlbBase + t * TlbSize + idx;
+            if (e->Tag != page) continue;
+            if ((t == 1 || t == 4) && _mem.DirtyLog.Enabled) _mem.DirtyLog.MarkPage(e->PhysPage);
+            e->Tag = ulong.MaxValue;
+        }
     }
 
     /// <summary>Drops write translations that point at a guest-physical page (it just became a code page).</summary>
     internal void FlushTlbWritesTo(ulong physPage)
     {
+        bool dropped = false;
         for (int t = 0; t < 2; t++)
         {
             TlbEntry* w = _tlbBase + (t * 3 + 1) * TlbSize;
             for (int k = 0; k < TlbSize; k++)
-                if (w[k].Tag != ulong.MaxValue && w[k].PhysPage == physPage) w[k].Tag = ulong.MaxValue;
+                if (w[k].Tag != ulong.MaxValue && w[k].PhysPage == physPage) { w[k].Tag = ulong.MaxValue; dropped = true; }
         }
+        // Stores made through the dropped entries must not go unlogged; later ones take the slow path, which logs.
+        if (dropped) _mem.DirtyLog.MarkPage(physPage);
     }
 
     private void SelectTlb()
@@ -280,6 +289,7 @@ public sealed unsafe partial class Cpu
             ulong page = la >> 12;
             TlbEntry* t = acc switch { Access.Read => _tlbR, Access.Write => _tlbW, _ => _tlbX };
             TlbEntry* e = t + (page & TlbMask);
+            if (acc == Access.Write && _mem.DirtyLog.Enabled) LogWriteFill(e, ppage);
             e->Tag = page;
             e->Addend = (ulong)host - (la & ~0xFFFUL);
             e->PhysPage = ppage;

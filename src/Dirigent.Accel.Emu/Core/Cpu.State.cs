@@ -1,4 +1,5 @@
 using Dirigent.Machine.Accel;
+using Dirigent.Machine.State;
 
 namespace Dirigent.Accel.Emu.Core;
 
@@ -27,11 +28,32 @@ public sealed partial class Cpu
         s.Msrs[MsrTsc] = ReadTsc();
         s.Msrs[MsrTscAdjust] = TscAdjust;
         SaveFxsave(s.Fxsave);
+        // No XSAVE on this CPU (CPUID does not offer it): FXSAVE is the whole extended state.
+        s.Xsave = null;
+        s.Activity = WaitingForSipi ? VcpuActivity.WaitForSipi : Halted ? VcpuActivity.Halted : VcpuActivity.Running;
+        s.SipiVector = _sipiVector;
+        s.InterruptShadow = InterruptShadow;
+        s.NmiMasked = _nmiBlocked;
+        s.NmiPending = _nmiPending;
+        var pending = new List<byte>();
+        for (int v = 0; v < 256; v++)
+            if ((Volatile.Read(ref _pendingVectors[v >> 6]) & (1UL << (v & 63))) != 0) pending.Add((byte)v);
+        s.PendingInterrupts = pending.ToArray();
+        // Run delivers exceptions before it returns, so only a restored one not yet delivered can be pending here.
+        s.PendingException = _pendingException;
         return s;
     }
 
+    /// <summary>
+    /// Replaces the whole state, activity and pending events included (a vCPU saved in HLT stays halted until an
+    /// interrupt or NMI wakes it). Throws <see cref="StateRestoreException"/> for a state no CPU can be in (wrong array
+    /// sizes, an exception vector above 31) rather than failing half-way. <see cref="CpuState.Fxsave"/> carries the
+    /// x87/SSE state; an <see cref="CpuState.Xsave"/> area is ignored (we offer no XSAVE components) except that its
+    /// legacy region (first 512 bytes) stands in when Fxsave is missing or short. Fxsave wins when both are given.
+    /// </summary>
     public void SetState(CpuState s)
     {
+        Validate(s);
         Array.Copy(s.Gpr, Gpr, 16);
         Rip = s.Rip;
         Array.Copy(s.Segments, Sreg, 6);
@@ -61,13 +83,48 @@ public sealed partial class Cpu
                 default: OtherMsrs[kv.Key] = kv.Value; break;
             }
         }
-        LoadFxsave(s.Fxsave);
-        Halted = false;
-        InterruptShadow = false;
-        FlushTlb();
+        LoadFxsave(s.Fxsave is { Length: >= 512 } ? s.Fxsave : s.Xsave!);
+        Halted = s.Activity == VcpuActivity.Halted;
+        WaitingForSipi = s.Activity == VcpuActivity.WaitForSipi;
+        _sipiVector = s.SipiVector;
+        InterruptShadow = s.InterruptShadow;
+        _nmiBlocked = s.NmiMasked;
+        _nmiPending = s.NmiPending;
+        for (int k = 0; k < 4; k++) Volatile.Write(ref _pendingVectors[k], 0);
+        foreach (byte v in s.PendingInterrupts) Interlocked.Or(ref _pendingVectors[v >> 6], 1UL << (v & 63));
+        _pendingException = s.PendingException;
+        // Let the Run loop look at whatever is pending (it clears this when nothing is).
+        _pendingEvents = 1;
+        lock (_tlbSync) FlushTlb();
         FlushJmpCache();
         Cpl = -1; // force SelectTlb
         UpdateMode();
         BlockExit = false;
+    }
+
+    private static void Validate(CpuState s)
+    {
+        static void Check(bool ok, string what)
+        {
+            if (!ok) throw new StateRestoreException($"invalid CPU state: {what}");
+        }
+        Check(s.Gpr is { Length: 16 }, "Gpr must hold 16 registers");
+        Check(s.Segments is { Length: 6 }, "Segments must hold 6 segment registers");
+        Check(s.Dr is { Length: 8 }, "Dr must hold 8 debug registers");
+        Check(s.Msrs != null, "Msrs missing");
+        Check(s.Fxsave is { Length: >= 512 } || s.Xsave is { Length: >= 512 }, "no 512-byte FXSAVE area (Fxsave or the start of Xsave)");
+        Check(Enum.IsDefined(s.Activity), $"unknown activity {(int)s.Activity}");
+        Check(s.SipiVector is >= -1 and <= 255, $"SIPI vector {s.SipiVector} out of range");
+        Check(s.PendingInterrupts != null, "PendingInterrupts missing");
+        Check(s.PendingException is not { } pe || pe.Vector < 32, $"pending exception vector {s.PendingException?.Vector} is not an exception (0..31)");
+    }
+
+    /// <summary>Delivers an exception a restored state had in flight; false on a triple fault.</summary>
+    private bool DeliverRestoredException(PendingException pe)
+    {
+        _pendingException = null;
+        Halted = false;
+        InstrIp = Rip;
+        return DeliverException(pe.Vector, pe.ErrorCode, pe.HasErrorCode, softwareInt: false);
     }
 }

@@ -76,6 +76,11 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// <summary>STI / MOV SS / POP SS: interrupts are held off until after the next instruction.</summary>
     public bool InterruptShadow;
     public bool Halted;
+    /// <summary>An AP after INIT: executes nothing until a STARTUP IPI (SMP start-up is not implemented yet).</summary>
+    public bool WaitingForSipi;
+    private int _sipiVector = -1;
+    /// <summary>An exception a restored state had in delivery; delivered first when Run resumes.</summary>
+    private PendingException? _pendingException;
     private ulong _instret;
     private Block? _currentBlock;
 
@@ -167,6 +172,16 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     public VcpuExit Run()
     {
         _stopRequested = false;
+        // The stop that ended the last Run cleared this with events still queued (an interrupt injected just before
+        // the pause, a restored exception): look at them again first.
+        _pendingEvents = 1;
+        EnterExecution();
+        try { return RunLoop(); }
+        finally { LeaveExecution(); }
+    }
+
+    private VcpuExit RunLoop()
+    {
         while (true)
         {
             if (_pendingEvents != 0)
@@ -178,6 +193,15 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                     if (_vm.PowerEvent != PowerEventKind.None) return new VcpuExit(VcpuExitReason.PowerEvent, _vm.PowerEvent.ToString());
                     return new VcpuExit(VcpuExitReason.Stopped);
                 }
+                if (_writeFlushRequested) HonourWriteFlush();
+                if (_pendingException is { } pe && !DeliverRestoredException(pe))
+                    return new VcpuExit(VcpuExitReason.Shutdown, $"triple fault delivering restored exception {pe.Vector} at {Sreg[CS].Selector:x4}:{Rip:x}");
+            }
+            if (WaitingForSipi)
+            {
+                // An AP after INIT executes nothing until a STARTUP IPI; only a stop request ends the wait for now.
+                Idle();
+                continue;
             }
             if (Halted)
             {
@@ -185,8 +209,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 {
                     if (!InterruptsEnabled && !_nmiPending) return new VcpuExit(VcpuExitReason.HaltedForever, $"HLT with IF=0 at {Sreg[CS].Selector:x4}:{InstrIp:x}");
                     // HLT sleeps the thread; InjectInterrupt/RequestStop wake it.
-                    _wake.Wait(100);
-                    _wake.Reset();
+                    Idle();
                     continue;
                 }
                 Halted = false;
@@ -230,7 +253,9 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// <summary>Delivers an NMI or the highest pending external interrupt, if the guest can take it now.</summary>
     private void DeliverPendingEvents()
     {
-        _pendingEvents = 0;
+        // A full fence, so the sources read below are read after the clear: a request posted concurrently (its
+        // source set before _pendingEvents) is either seen here or leaves _pendingEvents set.
+        Interlocked.Exchange(ref _pendingEvents, 0);
         if (_nmiPending && !_nmiBlocked)
         {
             _nmiPending = false;
@@ -267,7 +292,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             }
         }
         // Keep polling while something is still waiting (masked by IF, or more vectors queued).
-        if (any || _stopRequested) _pendingEvents = 1;
+        if (any || _stopRequested || _writeFlushRequested) _pendingEvents = 1;
     }
 
     private void DeliverInterrupt(int vector)
