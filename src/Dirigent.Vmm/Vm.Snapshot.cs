@@ -114,7 +114,12 @@ public sealed partial class Vm
                 throw new VmException($"snapshot: vCPU {k} state is malformed", badInput: true);
             s.Msrs ??= new();
             s.PendingInterrupts ??= [];
-            Vcpus[k].SetState(s);
+            try { Vcpus[k].SetState(s); }
+            catch (StateRestoreException e) { throw new VmException($"snapshot: vCPU {k}: {e.Message}", badInput: true); }
+            // The emulated local APIC re-armed its TSC deadline against an unshifted TSC; the vCPU's offset is
+            // known only now (the clock was restored first, then the CPU computed its offset from the saved TSC).
+            if (Vcpus[k] is Dirigent.Accel.Emu.Core.Cpu cpu && cpu.TscOffset != 0 && Board.EmulatedInterrupts is { } r)
+                r.LocalApics[k].WriteTscDeadline(r.LocalApics[k].ReadTscDeadline(), cpu.TscOffset);
         }
         Reboots = m.Reboots;
         lock (_cmd) State = VmState.Paused;
