@@ -68,7 +68,8 @@ public static class VmLauncher
         try
         {
             if (opts.RestoreDir != null) vm = Vm.Restore(opts.RestoreDir, opts.AccelOverride, err);
-            else if (opts.Incoming != null) vm = Vm.Incoming(opts.Incoming, opts.AccelOverride, err, cancel);
+            else if (opts.Incoming != null)
+                vm = Vm.Incoming(opts.Incoming, opts.AccelOverride, err, cancel, u => err.WriteLine($"dirigent: waiting for an incoming migration at {u}"));
             else
             {
                 // Disks are checked before any image is built or downloaded: a bad --disk is the user's to fix first.

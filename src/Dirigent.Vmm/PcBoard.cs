@@ -168,6 +168,32 @@ public sealed class PcBoard : IDisposable
         RegisterPci();
     }
 
+    /// <summary>
+    /// Closes every disk image (flushed; qcow2 marked clean) while the devices are stopped, so another process may
+    /// open them (live migration's hand-over). <see cref="ReopenDisks"/> undoes it.
+    /// </summary>
+    public void CloseDisks()
+    {
+        for (int i = 0; i < _owned.Count; i++)
+            if (_owned[i] is IBlockDevice d) { d.Dispose(); _owned[i] = ClosedDisk.Instance; }
+    }
+
+    /// <summary>Gives the virtio-blk devices freshly opened images of their disks, in the order they were attached.</summary>
+    public void ReopenDisks(IReadOnlyList<IBlockDevice> disks)
+    {
+        var blks = _owned.OfType<VirtioBlock>().ToList();
+        if (blks.Count != disks.Count) throw new ArgumentException($"{disks.Count} images for {blks.Count} disks");
+        for (int i = 0; i < blks.Count; i++) blks[i].ReplaceDisk(disks[i]);
+        _owned.RemoveAll(o => o is ClosedDisk);
+        _owned.InsertRange(0, disks);
+    }
+
+    private sealed class ClosedDisk : IDisposable
+    {
+        public static readonly ClosedDisk Instance = new();
+        public void Dispose() { }
+    }
+
     /// <summary>Writes what the disk images cache to their files (the devices' workers must be stopped).</summary>
     public void FlushDisks()
     {

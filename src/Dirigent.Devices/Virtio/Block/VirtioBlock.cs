@@ -26,7 +26,7 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
     public const uint SizeMax = 1 << 20, SegMax = QueueSize - 2;
     public const uint MaxDiscardSectors = 1 << 16, MaxDiscardSegments = 32;
 
-    private readonly IBlockDevice _disk;
+    private IBlockDevice _disk;
     private readonly byte[] _config = new byte[ConfigSize];
     private readonly byte[] _serial = new byte[SerialLength];
     private readonly byte[] _bounce = new byte[128 * 1024];
@@ -121,6 +121,20 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
         _paused = false;
         QueueNotify(0);
     }
+
+    /// <summary>
+    /// Hands the device another open image of the same disk (live migration: the source closes its images so the
+    /// target can open them, and reopens them if the migration fails). Only while the device is stopped.
+    /// </summary>
+    public void ReplaceDisk(IBlockDevice disk)
+    {
+        if (disk.Size != _disk.Size || disk.ReadOnly != _disk.ReadOnly)
+            throw new ArgumentException("the replacement image differs in size or writability");
+        _disk = disk;
+    }
+
+    /// <summary>The image the device serves.</summary>
+    public IBlockDevice Disk => _disk;
 
     private ulong CapacitySectors => (ulong)(_disk.Size / SectorSize);
 
