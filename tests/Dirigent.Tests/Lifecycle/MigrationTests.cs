@@ -54,7 +54,7 @@ public class MigrationTests
     public void A_running_guest_migrates_and_finishes_on_the_target_as_if_never_moved(string transport)
     {
         using var dir = new TempDir();
-        string kernel = TinyGuest.WriteKernel(dir.Path, ticks: 16);
+        string kernel = TinyGuest.WriteKernel(dir.Path, ticks: 120);
         var straight = SnapshotTests.Straight(kernel);
         string uri = transport == "unix" ? $"unix:{dir["mig.sock"]}" : $"tcp:127.0.0.1:{FreePort()}";
         var (target, before, _, source) = MigrateMidRun(kernel, uri, AccelKind.Emu, null);
