@@ -86,10 +86,10 @@ public static partial class LifecycleBench
                 R("pause latency, median (ms)", "idle.pause", "F3", "qemu: HMP `stop` round trip");
                 R("resume latency, median (ms)", "idle.resume", "F3", "qemu: HMP `cont` round trip");
             }
-            R("snapshot save, median (ms)", $"{kind}.save", "F1", "qemu: stop + migrate to exec:cat > file + cont");
+            R("snapshot save, median (ms)", $"{kind}.save", "F1", "qemu: stop + migrate to exec:cat > file + cont; dirigent fsyncs, qemu not");
             R("snapshot size, apparent (MiB)", $"{kind}.size", "F1", "qemu: migration stream (zero pages as flags)");
             R("snapshot size, allocated on disk (MiB)", $"{kind}.alloc", "F1", "dirigent: sparse memory file");
-            R("restore call (Vm.Restore + Start) (ms)", $"{kind}.restore", "F1", "qemu: migrate_incoming exec:cat until `running`");
+            R("restore call (Vm.Restore + Start) (ms)", $"{kind}.restore", "F1", "qemu: migrate_incoming exec:cat + cont until `running`");
             R("restore to first instruction (ms)", $"{kind}.first", "F1",
                 "Firecracker: < 8 ms on KVM" + (kind == "idle" ? "; idle vCPU waits in HLT for its next interrupt" : ""));
             R("live migration total (ms)", $"{kind}.mig.total", "F1", "loopback TCP");
@@ -405,7 +405,7 @@ public static partial class LifecycleBench
         f[$"{kind}.size"] = app / Mib;
         f[$"{kind}.alloc"] = alloc / Mib;
 
-        // Restore: a QEMU waiting with -incoming defer loads the stream; it autostarts once loaded. The first guest
+        // Restore: a QEMU waiting with -incoming defer loads the stream (polled with `info status`). The first guest
         // instruction is not observable from outside QEMU, so its figure stays n/a.
         var callTimes = new List<double>();
         for (int i = 0; i < restores; i++)
@@ -413,11 +413,16 @@ public static partial class LifecycleBench
             using var rvm = new QemuVm(qemu, img, script, work, $"qemu-{kind}-restore{i}", incoming: "defer");
             long t = Stopwatch.GetTimestamp();
             rvm.Cmd($"migrate_incoming \"exec:cat {file}\"");
-            while (!rvm.Cmd("info status").Contains("VM status: running"))
+            // The stream carries the source's run state (it was stopped when saved), so the loaded VM stays paused
+            // until `cont`, as Dirigent's restored VM waits for Start.
+            string status;
+            while ((status = rvm.Cmd("info status")).Contains("inmigrate"))
             {
-                if (Ms(t) > 60_000) throw new TimeoutException("qemu restore did not reach `running` in 60 s");
+                if (Ms(t) > 60_000) throw new TimeoutException($"qemu restore still loading after 60 s: {status}");
                 Thread.Sleep(1);
             }
+            if (!status.Contains("VM status: running")) status = rvm.Cmd("cont") + rvm.Cmd("info status");
+            if (!status.Contains("VM status: running")) throw new InvalidOperationException($"qemu restore did not run: {status}");
             callTimes.Add(Ms(t));
         }
         f[$"{kind}.restore"] = Median(callTimes);
