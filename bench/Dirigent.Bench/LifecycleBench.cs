@@ -46,8 +46,8 @@ public static partial class LifecycleBench
             if (qemu != null) Safe("qemu idle", () => Qemu(qemu, img, IdleScript, work, "idle", pauses, saves, restores, q));
             if (busy)
             {
-                Dirigent(img, BusyScript, work, "busy", 0, 1, restores, d);
-                if (qemu != null) Safe("qemu busy", () => Qemu(qemu, img, BusyScript, work, "busy", 0, 1, restores, q));
+                Dirigent(img, BusyScript, work, "busy", 0, Math.Min(saves, 3), restores, d);
+                if (qemu != null) Safe("qemu busy", () => Qemu(qemu, img, BusyScript, work, "busy", 0, Math.Min(saves, 3), restores, q));
             }
             Print(d, q, busy);
         }
