@@ -1,4 +1,5 @@
 using System.Text.Json;
+using Dirigent.Accel.Emu;
 using Dirigent.Machine.State;
 using Dirigent.Vmm.Snapshots;
 
@@ -89,7 +90,11 @@ public sealed partial class Vm
         var vm = Build(spec, log, loadGuest: false);
         try
         {
-            SnapshotFiles.ReadMemory(vm.Machine.Memory, mem);
+            // The software CPU reads RAM through host pointers only, so the file can simply be mapped copy-on-write
+            // (O(1) restore, as Firecracker). Under KVM the pages are copied: its memory slots were registered over the
+            // anonymous mapping, and replacing it under them is left to when it can be tested on a real KVM.
+            SnapshotFiles.ReadMemory(vm.Machine.Memory, mem, mapPrivate: vm.Accel is EmuAccelerator
+                && Environment.GetEnvironmentVariable("DIRIGENT_RESTORE_COPY") != "1");
             vm.ApplyManifest(m);
             return vm;
         }

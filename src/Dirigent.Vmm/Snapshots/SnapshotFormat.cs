@@ -79,16 +79,19 @@ public static partial class SnapshotFiles
         new ReadOnlySpan<byte>(p, (int)GuestMemory.PageSize).IndexOfAnyExcept((byte)0) < 0;
 
     /// <summary>
-    /// Loads the memory file into guest RAM, skipping the file's holes (SEEK_DATA) and zero pages, so restoring an
-    /// idle guest touches only the memory it used.
+    /// Loads the memory file into guest RAM: mapped copy-on-write when <paramref name="mapPrivate"/> (the file must
+    /// then stay unchanged while the VM runs; snapshot files are never rewritten), else copied, skipping the file's
+    /// holes (SEEK_DATA) and zero pages, so restoring an idle guest touches only the memory it used.
     /// </summary>
-    public static unsafe void ReadMemory(GuestMemory mem, string path)
+    public static unsafe void ReadMemory(GuestMemory mem, string path, bool mapPrivate = false)
     {
         using var f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.None);
         if (f.Length != (long)mem.RamSize)
             throw new VmException($"snapshot memory file is {f.Length} bytes, the VM has {mem.RamSize} bytes of RAM", badInput: true);
         var h = f.SafeFileHandle;
         int fd = (int)h.DangerousGetHandle();
+        // Copy-on-write mapping of the file: restore costs no reading at all; pages come in as the guest touches them.
+        if (mapPrivate && mem.TryMapFilePrivate(fd)) return;
         var buf = GC.AllocateUninitializedArray<byte>(1 << 20);
         long regionStart = 0;
         foreach (var r in mem.Regions)
