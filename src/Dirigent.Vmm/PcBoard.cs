@@ -103,21 +103,7 @@ public sealed class PcBoard : IDisposable
         vm.Io.Register(PcPlatform.ResetControlPort, 1, resetControl);
         vm.Io.Register(PcPlatform.SystemControlPortA, 1, port92);
 
-        // Interrupt controllers first (a restored device re-drives its line into them), then timers and ISA devices.
-        if (EmulatedInterrupts is { } emulated)
-        {
-            Registry.Add("pic", emulated.Pics);
-            Registry.Add("ioapic", emulated.IoApic);
-            Registry.Add("pit", Pit!);
-        }
-        else
-        {
-            var chip = inKernelIrqChip!;
-            // One reset of the in-kernel chip puts the PICs, IOAPIC, PIT and LAPICs back together.
-            Registry.Add("pic", new Unit<PicPairState>(chip.Reset, chip.SavePic, chip.RestorePic));
-            Registry.Add("ioapic", new Unit<IoApicState>(() => { }, chip.SaveIoApic, chip.RestoreIoApic));
-            Registry.Add("pit", new Unit<PitState>(() => { }, chip.SavePit, chip.RestorePit));
-        }
+        // ISA devices now; PCI functions, then the interrupt controllers and PIT once the vCPUs exist (RegisterVcpus).
         Registry.Add("rtc", Rtc);
         Registry.Add("com1", Com1);
         Registry.Add("i8042", Keyboard);
@@ -155,6 +141,11 @@ public sealed class PcBoard : IDisposable
     /// </summary>
     public void RegisterVcpus(IReadOnlyList<Dirigent.Machine.Accel.IVcpu> vcpus)
     {
+        // Devices restore before the interrupt controllers: a restored device re-drives its line, and under KVM a
+        // level driven after the IOAPIC's restore would be delivered again. The local APICs come before the IOAPIC
+        // (restoring KVM's IOAPIC re-delivers pending level pins into them) and after the vCPUs' own state (the
+        // VM sets CPU states just before the first lapic/N: CR8 and the TSC the deadline timer counts against).
+        RegisterPci();
         for (int k = 0; k < vcpus.Count; k++)
         {
             if (EmulatedInterrupts is { } r) Registry.Add($"lapic/{k}", r.LocalApics[k]);
@@ -165,7 +156,20 @@ public sealed class PcBoard : IDisposable
                 Registry.Add($"lapic/{k}", new Unit<LocalApicState>(() => { }, () => chip.SaveLocalApic(idx), s => chip.RestoreLocalApic(idx, s)));
             }
         }
-        RegisterPci();
+        if (EmulatedInterrupts is { } emulated)
+        {
+            Registry.Add("ioapic", emulated.IoApic);
+            Registry.Add("pic", emulated.Pics);
+            Registry.Add("pit", Pit!);
+        }
+        else
+        {
+            var chip = _inKernelIrqChip!;
+            Registry.Add("ioapic", new Unit<IoApicState>(() => { }, chip.SaveIoApic, chip.RestoreIoApic));
+            // One reset of the in-kernel chip puts the PICs, IOAPIC, PIT and LAPICs back together.
+            Registry.Add("pic", new Unit<PicPairState>(chip.Reset, chip.SavePic, chip.RestorePic));
+            Registry.Add("pit", new Unit<PitState>(() => { }, chip.SavePit, chip.RestorePit));
+        }
     }
 
     /// <summary>

@@ -110,8 +110,6 @@ public sealed partial class Vm
     {
         if (m.Cpus.Count != Vcpus.Length)
             throw new VmException($"snapshot has {m.Cpus.Count} vCPU states for {Vcpus.Length} vCPUs", badInput: true);
-        try { Board.Registry.RestoreAll(m.Components); }
-        catch (StateRestoreException e) { throw new VmException($"snapshot: {e.Message}", badInput: true); }
         for (int k = 0; k < Vcpus.Length; k++)
         {
             var s = m.Cpus[k];
@@ -119,10 +117,31 @@ public sealed partial class Vm
                 throw new VmException($"snapshot: vCPU {k} state is malformed", badInput: true);
             s.Msrs ??= new();
             s.PendingInterrupts ??= [];
-            try { Vcpus[k].SetState(s); }
-            catch (StateRestoreException e) { throw new VmException($"snapshot: vCPU {k}: {e.Message}", badInput: true); }
-            // The emulated local APIC re-armed its TSC deadline against an unshifted TSC; the vCPU's offset is
-            // known only now (the clock was restored first, then the CPU computed its offset from the saved TSC).
+        }
+        // Order: the clock and devices, then the vCPUs (their TSC is computed against the restored clock; under KVM
+        // CR8 and the TSC must be in before the local APICs), then local APICs, IOAPIC, PICs, PIT (the board's order).
+        bool cpusDone = false;
+        void RestoreCpus()
+        {
+            for (int k = 0; k < Vcpus.Length; k++)
+            {
+                try { Vcpus[k].SetState(m.Cpus[k]); }
+                catch (StateRestoreException e) { throw new VmException($"snapshot: vCPU {k}: {e.Message}", badInput: true); }
+            }
+            cpusDone = true;
+        }
+        try
+        {
+            Board.Registry.RestoreAll(m.Components, name =>
+            {
+                if (!cpusDone && name.StartsWith("lapic/", StringComparison.Ordinal)) RestoreCpus();
+            });
+            if (!cpusDone) RestoreCpus();
+        }
+        catch (StateRestoreException e) { throw new VmException($"snapshot: {e.Message}", badInput: true); }
+        for (int k = 0; k < Vcpus.Length; k++)
+        {
+            // The emulated local APIC re-armed its TSC deadline against an unshifted TSC; shift it by the vCPU's offset.
             if (Vcpus[k] is Dirigent.Accel.Emu.Core.Cpu cpu && cpu.TscOffset != 0 && Board.EmulatedInterrupts is { } r)
                 r.LocalApics[k].WriteTscDeadline(r.LocalApics[k].ReadTscDeadline(), cpu.TscOffset);
         }

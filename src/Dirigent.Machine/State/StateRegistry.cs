@@ -77,7 +77,9 @@ public sealed class StateRegistry
     /// Restores every component from <paramref name="saved"/>. The set of names must match exactly (a snapshot of
     /// another machine shape is refused before anything is restored).
     /// </summary>
-    public void RestoreAll(IReadOnlyDictionary<string, SavedUnit> saved)
+    /// <param name="beforeUnit">Called with each component's name just before it is restored (after all checks), so
+    /// the caller can put state that is not a component (vCPUs) in at the right point of the order.</param>
+    public void RestoreAll(IReadOnlyDictionary<string, SavedUnit> saved, Action<string>? beforeUnit = null)
     {
         var expected = _entries.Where(e => e.Restore != null).Select(e => e.Name).ToHashSet();
         var missing = expected.Where(n => !saved.ContainsKey(n)).ToList();
@@ -88,6 +90,9 @@ public sealed class StateRegistry
                     missing.Count > 0 ? "missing " + string.Join(", ", missing) : null,
                     extra.Count > 0 ? "unknown " + string.Join(", ", extra) : null }.Where(s => s != null)));
         foreach (var e in _entries)
+        {
+            beforeUnit?.Invoke(e.Name);
             if (e.Restore != null) e.Restore(saved[e.Name]);
+        }
     }
 }
