@@ -238,7 +238,12 @@ public sealed partial class Vm : IDisposable
             Require("reset", VmState.Running, VmState.ShuttingDown, VmState.Paused);
             bool running = State != VmState.Paused;
             if (running && !PauseCore()) return; // the guest ended it meanwhile
-            RebootCore();
+            try { RebootCore(); }
+            catch (VmRebootException e)
+            {
+                Finish(VmState.Crashed, new VmExitReason(VmExitKind.VmmError, e.Message));
+                throw new VmException(e.Message, badInput: false);
+            }
             if (running) { ResumeCore(); State = VmState.Running; }
         }
     }
@@ -331,11 +336,19 @@ public sealed partial class Vm : IDisposable
             {
                 if (_threads == null || _ended == null || Volatile.Read(ref _ended.Value) == 0) continue;
                 if (State is not (VmState.Running or VmState.ShuttingDown)) continue;
-                var exits = JoinVcpus();
-                if (!SettleExits(exits))
+                try
                 {
-                    // A vCPU stopped with nothing to say (should not happen): keep the VM honest, report it.
-                    Finish(VmState.Crashed, new VmExitReason(VmExitKind.VmmError, "a vCPU stopped for no reason"));
+                    var exits = JoinVcpus();
+                    if (!SettleExits(exits))
+                    {
+                        // A vCPU stopped with nothing to say (should not happen): keep the VM honest, report it.
+                        Finish(VmState.Crashed, new VmExitReason(VmExitKind.VmmError, "a vCPU stopped for no reason"));
+                    }
+                }
+                catch (Exception e)
+                {
+                    // Never let a VMM bug on this thread take the process (and the other VMs in it) down.
+                    Finish(VmState.Crashed, new VmExitReason(VmExitKind.VmmError, $"{e.GetType().Name}: {e.Message}"));
                 }
             }
         }
@@ -364,7 +377,12 @@ public sealed partial class Vm : IDisposable
                         Finish(VmState.Stopped, new VmExitReason(VmExitKind.Reset, "the guest reset the machine"));
                         return true;
                     }
-                    RebootCore();
+                    try { RebootCore(); }
+                    catch (VmRebootException e)
+                    {
+                        Finish(VmState.Crashed, new VmExitReason(VmExitKind.VmmError, e.Message));
+                        return true;
+                    }
                     ResumeCore();
                     State = VmState.Running;
                     return true;
@@ -404,8 +422,15 @@ public sealed partial class Vm : IDisposable
         _pausedStates = null;
         Machine.ClearPowerEvent();
         Board.Registry.ResetAll();
-        SetBootState();
+        try { SetBootState(); }
+        catch (Exception e) when (e is LoaderException or IOException or UnauthorizedAccessException)
+        {
+            // E.g. a VM restored from a snapshot whose kernel file is gone: it ran, but cannot boot again.
+            throw new VmRebootException($"cannot load the guest again for the reboot: {e.Message}");
+        }
     }
+
+    private sealed class VmRebootException(string message) : Exception(message);
 
     private void Finish(VmState state, VmExitReason reason)
     {

@@ -168,4 +168,21 @@ public class SnapshotTests
         Assert.True(ex.BadInput);
         Assert.Contains("changed since the snapshot", ex.Message);
     }
+
+    [Fact]
+    public void A_restored_vm_whose_kernel_is_gone_runs_and_a_reboot_ends_it_with_one_line()
+    {
+        using var dir = new TempDir();
+        string kernel = TinyGuest.WriteKernel(dir.Path, ticks: 2000);
+        SaveMidRun(kernel, dir["snap"], "A");
+        File.Delete(kernel);
+        using var vm = Vm.Restore(dir["snap"], null, TextWriter.Null);
+        using var cap = new ConsoleCapture(vm);
+        vm.Start();
+        Assert.True(cap.WaitFor("C", Timeout)); // it runs from memory: the kernel file is not needed
+        var e = Assert.Throws<VmException>(vm.Reset);
+        Assert.Contains("cannot load the guest again", e.Message);
+        Assert.Equal(VmState.Crashed, vm.State);
+        Assert.Equal(VmExitKind.VmmError, vm.ExitReason!.Kind);
+    }
 }
