@@ -182,13 +182,26 @@ public sealed class PcBoard : IDisposable
             if (_owned[i] is IBlockDevice d) { d.Dispose(); _owned[i] = ClosedDisk.Instance; }
     }
 
+    /// <summary>The guest-visible size of each disk, in the order they were attached.</summary>
+    public IReadOnlyList<long> DiskSizes() => _owned.OfType<VirtioBlock>().Select(b => b.Disk.Size).ToList();
+
     /// <summary>Gives the virtio-blk devices freshly opened images of their disks, in the order they were attached.</summary>
     public void ReopenDisks(IReadOnlyList<IBlockDevice> disks)
     {
         var blks = _owned.OfType<VirtioBlock>().ToList();
         if (blks.Count != disks.Count) throw new ArgumentException($"{disks.Count} images for {blks.Count} disks");
-        for (int i = 0; i < blks.Count; i++) blks[i].ReplaceDisk(disks[i]);
-        _owned.RemoveAll(o => o is ClosedDisk);
+        for (int i = 0; i < blks.Count; i++)
+        {
+            try { blks[i].ReplaceDisk(disks[i]); }
+            catch (ArgumentException)
+            {
+                foreach (var d in disks) d.Dispose();
+                throw;
+            }
+        }
+        // The images they replace (closed ones, or an incoming VM's stand-ins) go; the new ones are owned.
+        for (int i = _owned.Count - 1; i >= 0; i--)
+            if (_owned[i] is IBlockDevice or ClosedDisk) { _owned[i].Dispose(); _owned.RemoveAt(i); }
         _owned.InsertRange(0, disks);
     }
 

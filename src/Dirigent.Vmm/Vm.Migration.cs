@@ -54,6 +54,8 @@ public sealed partial class Vm
                     ch.WriteText(MigrationFrame.Spec, JsonSerializer.Serialize(new SnapshotManifest
                     {
                         Accel = Accel.Name, Spec = Spec, MemoryBytes = (long)Machine.Memory.RamSize,
+                        // The guest-visible size of each disk, so the target can build its devices before it may open them.
+                        Disks = Board.DiskSizes().Select((size, i) => new SnapshotDisk { Path = Spec.Disks[i].Path, Size = size }).ToList(),
                     }, SnapshotFiles.Json));
                     Accel.SetDirtyLogging(true);
                     long pages = SendAllMemory(ch);
@@ -180,7 +182,6 @@ public sealed partial class Vm
         }
         using (ch)
         {
-            MachineModel? machine = null;
             Vm? vm = null;
             try
             {
@@ -192,15 +193,21 @@ public sealed partial class Vm
                 if (spec.Cpus is < 1 or > 64 || spec.MemoryBytes == 0 || (long)spec.MemoryBytes != head.MemoryBytes)
                     throw new InvalidDataException("the VM spec is invalid");
                 spec.Accel = accel ?? (head.Accel == "kvm" ? AccelKind.Kvm : AccelKind.Emu);
-                machine = new MachineModel(spec.MemoryBytes);
+                if (head.Disks.Count != spec.Disks.Count || head.Disks.Any(d => d.Size <= 0))
+                    throw new InvalidDataException("the disk sizes do not match the VM spec");
+                // Everything is built now, while the source still runs (so the stop-and-copy only restores state):
+                // the disks get stand-ins of the right size until the source has closed the real ones.
+                vm = Build(spec, log, loadGuest: false,
+                    stand_ins: head.Disks.Select((d, i) => (IBlockDevice)new StandInDisk(d.Size, spec.Disks[i].ReadOnly)).ToList());
+                var memory = vm.Machine.Memory;
                 SnapshotManifest? state = null;
                 while (state == null)
                 {
                     (t, payload) = ch.ReadFrame();
                     switch (t)
                     {
-                        case MigrationFrame.Pages: ReceivePages(machine.Memory, payload, zero: false); break;
-                        case MigrationFrame.ZeroPages: ReceivePages(machine.Memory, payload, zero: true); break;
+                        case MigrationFrame.Pages: ReceivePages(memory, payload, zero: false); break;
+                        case MigrationFrame.ZeroPages: ReceivePages(memory, payload, zero: true); break;
                         case MigrationFrame.State:
                             state = JsonSerializer.Deserialize<SnapshotManifest>(payload, SnapshotFiles.Json)
                                     ?? throw new InvalidDataException("empty VM state");
@@ -209,8 +216,11 @@ public sealed partial class Vm
                     }
                 }
                 state.Spec = spec;
-                vm = Build(spec, log, loadGuest: false, machine: machine);
-                machine = null; // the VM owns it now
+                try { vm.Board.ReopenDisks(spec.Disks.Select(DiskFactory.Open).ToList()); }
+                catch (Exception e) when (e is BlockDeviceException or ArgumentException)
+                {
+                    throw new InvalidDataException($"cannot open the disks here: {e.Message}");
+                }
                 vm.ApplyManifest(state);
                 ch.WriteFrame(MigrationFrame.Reply, [0]);
                 ch.Flush();
@@ -226,7 +236,6 @@ public sealed partial class Vm
                 }
                 catch (Exception we) when (we is IOException or SocketException or ObjectDisposedException) { }
                 vm?.Dispose();
-                machine?.Dispose();
                 throw new VmException($"incoming migration failed: {why}", badInput: false);
             }
         }
@@ -250,5 +259,19 @@ public sealed partial class Vm
             if (zero) dst.Clear();
             else payload.AsSpan(at + 8, P).CopyTo(dst);
         }
+    }
+
+    /// <summary>A disk's place-holder while an incoming VM waits for the source to close the real image.</summary>
+    private sealed class StandInDisk(long size, bool readOnly) : IBlockDevice
+    {
+        public long Size => size;
+        public bool ReadOnly => readOnly;
+        private static Exception NotYet() => new BlockDeviceException("the disk is not handed over yet");
+        public void Read(long offset, Span<byte> buffer) => throw NotYet();
+        public void Write(long offset, ReadOnlySpan<byte> data) => throw NotYet();
+        public void Flush() { }
+        public void Discard(long offset, long length) => throw NotYet();
+        public void WriteZeroes(long offset, long length) => throw NotYet();
+        public void Dispose() { }
     }
 }

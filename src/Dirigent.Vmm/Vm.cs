@@ -83,7 +83,10 @@ public sealed partial class Vm : IDisposable
     /// </summary>
     public static Vm Create(VmSpec spec, TextWriter log) => Build(spec, log, loadGuest: true);
 
-    private static Vm Build(VmSpec spec, TextWriter log, bool loadGuest, MachineModel? machine = null)
+    /// <param name="stand_ins">Disk images to use instead of opening spec.Disks (an incoming migration builds the VM
+    /// before the source has let go of the disks, with stand-ins of the right size, and swaps the real ones in later).</param>
+    private static Vm Build(VmSpec spec, TextWriter log, bool loadGuest, MachineModel? machine = null,
+        IReadOnlyList<IBlockDevice>? stand_ins = null)
     {
         if (spec.Kernel == null && loadGuest) throw new VmException("no kernel given", badInput: true);
         if (spec.Cpus < 1) throw new VmException($"--cpus {spec.Cpus}: at least 1", badInput: true);
@@ -93,7 +96,8 @@ public sealed partial class Vm : IDisposable
             var disks = new List<IBlockDevice>();
             try
             {
-                foreach (var d in spec.Disks) { var dev = DiskFactory.Open(d); owned.Push(dev); disks.Add(dev); }
+                if (stand_ins != null) foreach (var dev in stand_ins) { owned.Push(dev); disks.Add(dev); }
+                else foreach (var d in spec.Disks) { var dev = DiskFactory.Open(d); owned.Push(dev); disks.Add(dev); }
             }
             catch (BlockDeviceException e) { throw new VmException(e.Message, badInput: true); }
             if (machine == null)

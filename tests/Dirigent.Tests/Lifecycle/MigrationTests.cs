@@ -14,7 +14,8 @@ public class MigrationTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromSeconds(120);
 
-    private static (Vm Target, string Before, string After, Vm Source) MigrateMidRun(string kernel, string uri, AccelKind from, AccelKind? to, string mark = "C")
+    private static (Vm Target, string Before, string After, Vm Source) MigrateMidRun(string kernel, string uri, AccelKind from, AccelKind? to,
+        string mark = "C", string? disk = null)
     {
         var listening = new ManualResetEventSlim();
         Vm? target = null;
@@ -26,7 +27,9 @@ public class MigrationTests
         });
         t.Start();
         Assert.True(listening.Wait(Timeout));
-        var source = Vm.Create(TinyGuest.Spec(kernel, from), TextWriter.Null);
+        var spec = TinyGuest.Spec(kernel, from);
+        if (disk != null) spec.Disks.Add(new DiskConfig(disk, DiskFormat.Auto, false));
+        var source = Vm.Create(spec, TextWriter.Null);
         using var cap = new ConsoleCapture(source);
         source.Start();
         Assert.True(cap.WaitFor(mark, Timeout));
@@ -57,7 +60,10 @@ public class MigrationTests
         string kernel = TinyGuest.WriteKernel(dir.Path, ticks: 120);
         var straight = SnapshotTests.Straight(kernel);
         string uri = transport == "unix" ? $"unix:{dir["mig.sock"]}" : $"tcp:127.0.0.1:{FreePort()}";
-        var (target, before, _, source) = MigrateMidRun(kernel, uri, AccelKind.Emu, null);
+        // A qcow2 disk travels by hand-over: the source closes it (clean), the target opens it.
+        string disk = dir["d.qcow2"];
+        Dirigent.Storage.DiskImage.Create(disk, "qcow2", 8L << 20);
+        var (target, before, _, source) = MigrateMidRun(kernel, uri, AccelKind.Emu, null, disk: disk);
         using (source)
         using (target)
         {
@@ -68,6 +74,8 @@ public class MigrationTests
             Assert.True(stats.Rounds >= 2, $"pre-copy made {stats.Rounds} rounds");
             Assert.True(stats.PagesSent > 0);
         }
+        var (rc, o, e) = QemuImg.Run("check", disk);
+        Assert.True(rc == 0, $"qemu-img check after the migration: {o}{e}");
     }
 
     [SkippableTheory]
