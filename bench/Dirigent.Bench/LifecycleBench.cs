@@ -93,7 +93,7 @@ public static partial class LifecycleBench
             R("restore to first instruction (ms)", $"{kind}.first", "F1",
                 "Firecracker: < 8 ms on KVM" + (kind == "idle" ? "; idle vCPU waits in HLT for its next interrupt" : ""));
             R("live migration total (ms)", $"{kind}.mig.total", "F1", "loopback TCP; qemu max-bandwidth lifted");
-            R("live migration downtime (ms)", $"{kind}.mig.down", "F1", "QEMU default limit: 300 ms; dirigent: until the target has built the VM and acked, qemu: source side");
+            R("live migration downtime (ms)", $"{kind}.mig.down", "F1", "QEMU default limit: 300 ms; dirigent: pause until the target has restored the state and acked, qemu: source side");
             R("live migration rounds", $"{kind}.mig.rounds", "F0", "qemu: dirty sync count");
             R("live migration pages sent (4 KiB)", $"{kind}.mig.pages", "F0", "qemu: normal pages (zero pages as flags)");
             R("live migration bytes sent (MiB)", $"{kind}.mig.bytes", "F1", "");
