@@ -72,16 +72,22 @@ public static class VmLauncher
                 vm = Vm.Incoming(opts.Incoming, opts.AccelOverride, err, cancel, u => err.WriteLine($"dirigent: waiting for an incoming migration at {u}"));
             else
             {
-                // Disks are checked before any image is built or downloaded: a bad --disk is the user's to fix first.
-                foreach (var d in cfg.Disks)
-                    try { DiskFactory.Open(d).Dispose(); }
-                    catch (Dirigent.Storage.BlockDeviceException e) { err.WriteLine($"dirigent run: {e.Message}"); return ExitCodes.BadInput; }
-                if (ResolveDefaultImage(cfg, err) is { } imageError)
+                // Disks are opened before any image is built or downloaded (a bad --disk is the user's to fix first)
+                // and handed to the VM, which owns them from then on.
+                var disks = new List<Dirigent.Storage.IBlockDevice>();
+                try
                 {
-                    err.WriteLine($"dirigent run: {imageError}");
+                    foreach (var d in cfg.Disks) disks.Add(DiskFactory.Open(d));
+                    if (ResolveDefaultImage(cfg, err) is { } imageError)
+                        throw new VmException(imageError, badInput: true);
+                }
+                catch (Exception e) when (e is Dirigent.Storage.BlockDeviceException or VmException)
+                {
+                    foreach (var d in disks) d.Dispose();
+                    err.WriteLine($"dirigent run: {e.Message}");
                     return ExitCodes.BadInput;
                 }
-                vm = Vm.Create(cfg, err);
+                vm = Vm.Create(cfg, err, disks);
             }
         }
         catch (VmException e)

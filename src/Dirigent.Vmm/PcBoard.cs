@@ -43,13 +43,13 @@ public sealed class PcBoard : IDisposable
     /// <summary>The virtio functions on the PCI bus, in slot order.</summary>
     public List<VirtioPciDevice> Virtio { get; } = new();
     private readonly List<IDisposable> _owned = new();
-    private readonly MachineModel _machine;
 
     /// <summary>
     /// Every stateful component under its stable name, in the order reset, start and restore go (stop goes in
-    /// reverse): the VM clock first, the interrupt controllers, the timers and ISA devices, then PCI functions by
-    /// slot. Whether the interrupt controllers and PIT are ours or the accelerator's in-kernel ones, they are
-    /// registered under the same names with the same neutral records, so snapshots cross accelerators.
+    /// reverse): the VM clock first, the ISA devices, the PCI functions by slot, then the local APICs, IOAPIC, PICs
+    /// and PIT (see <see cref="RegisterVcpus"/> for why). Whether the interrupt controllers and PIT are ours or the
+    /// accelerator's in-kernel ones, they are registered under the same names with the same neutral records, so
+    /// snapshots cross accelerators.
     /// </summary>
     public StateRegistry Registry { get; } = new();
 
@@ -59,7 +59,6 @@ public sealed class PcBoard : IDisposable
     public PcBoard(MachineModel vm, int cpuCount, ulong tscHz, ISerialBackend console, IInKernelIrqChip? inKernelIrqChip = null,
         IReadOnlyList<IBlockDevice>? disks = null, bool rng = false)
     {
-        _machine = vm;
         _inKernelIrqChip = inKernelIrqChip;
         Registry.Add("clock", vm.Clock);
         if (inKernelIrqChip != null) Interrupts = inKernelIrqChip;
@@ -136,10 +135,10 @@ public sealed class PcBoard : IDisposable
     }
 
     /// <summary>
-    /// Registers the per-vCPU components (local APICs: ours or the in-kernel ones) once the vCPUs exist, after the
-    /// board's own; then registers the PCI functions, so the order is fixed for snapshots.
+    /// Completes the registry once the vCPUs exist (and every PCI function is attached): the PCI functions, the local
+    /// APICs (ours or the in-kernel ones), then the IOAPIC, PICs and PIT, so the order is fixed for snapshots.
     /// </summary>
-    public void RegisterVcpus(IReadOnlyList<Dirigent.Machine.Accel.IVcpu> vcpus)
+    public void RegisterVcpus(IReadOnlyList<IVcpu> vcpus)
     {
         // Devices restore before the interrupt controllers: a restored device re-drives its line, and under KVM a
         // level driven after the IOAPIC's restore would be delivered again. The local APICs come before the IOAPIC
@@ -232,20 +231,8 @@ public sealed class PcBoard : IDisposable
         _owned.Clear();
     }
 
-    /// <summary>System reset of the interrupt controllers (and the in-kernel PIT), whichever model them.</summary>
-    public void ResetInterruptControllers()
-    {
-        EmulatedInterrupts?.Reset();
-        _inKernelIrqChip?.Reset();
-    }
-
     /// <summary>Each PCI function under pci/00:SS.F, in slot order.</summary>
     private void RegisterPci() => Pci.RegisterState(Registry);
-
-    private sealed class ActionLifecycle(Action reset) : ILifecycle
-    {
-        public void Reset() => reset();
-    }
 
     /// <summary>A component made of delegates: the in-kernel irqchip's parts under the emulated ones' names.</summary>
     private sealed class Unit<T>(Action reset, Func<T> save, Action<T> restore) : IStateful<T> where T : class, ISavedState

@@ -198,7 +198,7 @@ public sealed partial class Vm
                 // Everything is built now, while the source still runs (so the stop-and-copy only restores state):
                 // the disks get stand-ins of the right size until the source has closed the real ones.
                 vm = Build(spec, log, loadGuest: false,
-                    stand_ins: head.Disks.Select((d, i) => (IBlockDevice)new StandInDisk(d.Size, spec.Disks[i].ReadOnly)).ToList());
+                    openedDisks: head.Disks.Select((d, i) => (IBlockDevice)new StandInDisk(d.Size, spec.Disks[i].ReadOnly)).ToList());
                 var memory = vm.Machine.Memory;
                 SnapshotManifest? state = null;
                 while (state == null)

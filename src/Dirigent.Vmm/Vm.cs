@@ -81,33 +81,36 @@ public sealed partial class Vm : IDisposable
     /// Builds a VM from a spec (kernel, initrds and append must be set: the CLI resolves the default image). Throws
     /// <see cref="VmException"/> with one line on bad input or host failure; nothing is left open then.
     /// </summary>
-    public static Vm Create(VmSpec spec, TextWriter log) => Build(spec, log, loadGuest: true);
+    /// <param name="openedDisks">The images of spec.Disks, already open (the CLI opens them before it builds the
+    /// default image, so a bad --disk is reported first); the VM owns them from here, even when this throws.</param>
+    public static Vm Create(VmSpec spec, TextWriter log, IReadOnlyList<IBlockDevice>? openedDisks = null) =>
+        Build(spec, log, loadGuest: true, openedDisks);
 
-    /// <param name="stand_ins">Disk images to use instead of opening spec.Disks (an incoming migration builds the VM
-    /// before the source has let go of the disks, with stand-ins of the right size, and swaps the real ones in later).</param>
-    private static Vm Build(VmSpec spec, TextWriter log, bool loadGuest, MachineModel? machine = null,
-        IReadOnlyList<IBlockDevice>? stand_ins = null)
+    /// <param name="openedDisks">Images to use instead of opening spec.Disks: already opened ones, or an incoming
+    /// migration's stand-ins of the right size (it builds the VM before the source has let go of the disks and swaps
+    /// the real ones in later).</param>
+    private static Vm Build(VmSpec spec, TextWriter log, bool loadGuest, IReadOnlyList<IBlockDevice>? openedDisks = null)
     {
-        if (spec.Kernel == null && loadGuest) throw new VmException("no kernel given", badInput: true);
-        if (spec.Cpus < 1) throw new VmException($"--cpus {spec.Cpus}: at least 1", badInput: true);
+        // Until the board takes the disks, a failure closes them here; everything else built is in `owned`.
         var owned = new Stack<IDisposable>();
+        var disks = new List<IBlockDevice>(openedDisks ?? []);
+        PcBoard? board = null;
         try
         {
-            var disks = new List<IBlockDevice>();
-            try
+            if (spec.Kernel == null && loadGuest) throw new VmException("no kernel given", badInput: true);
+            if (spec.Cpus < 1) throw new VmException($"--cpus {spec.Cpus}: at least 1", badInput: true);
+            if (openedDisks == null)
             {
-                if (stand_ins != null) foreach (var dev in stand_ins) { owned.Push(dev); disks.Add(dev); }
-                else foreach (var d in spec.Disks) { var dev = DiskFactory.Open(d); owned.Push(dev); disks.Add(dev); }
+                try { foreach (var d in spec.Disks) disks.Add(DiskFactory.Open(d)); }
+                catch (BlockDeviceException e) { throw new VmException(e.Message, badInput: true); }
             }
-            catch (BlockDeviceException e) { throw new VmException(e.Message, badInput: true); }
-            if (machine == null)
-            {
-                machine = new MachineModel(spec.MemoryBytes);
-                owned.Push(machine);
-            }
+            var machine = new MachineModel(spec.MemoryBytes);
+            owned.Push(machine);
+            // The guest is loaded before any accelerator is probed: a bad kernel is the user's to fix, nothing started.
+            LoadedKernel? loaded = null;
             if (loadGuest)
             {
-                try { LoadGuest(machine, spec); }
+                try { loaded = LoadGuest(machine, spec); }
                 catch (LoaderException e) { throw new VmException(e.Message, badInput: true); }
             }
             var nics = new Net.NetBackendSet();
@@ -126,11 +129,9 @@ public sealed partial class Vm : IDisposable
             }
             catch (Dirigent.Accel.Kvm.KvmException e) { throw new VmException($"kvm: {e.Message}", badInput: false); }
             VmConsole? console = null;
-            var board = new PcBoard(machine, spec.Cpus, Dirigent.Accel.Emu.Core.Cpu.TscHz,
+            board = new PcBoard(machine, spec.Cpus, Dirigent.Accel.Emu.Core.Cpu.TscHz,
                 new SerialSink(b => console?.GuestWrote(b)), irqChip, disks, spec.Rng);
-            // The board owns the disks from here.
-            foreach (var d in disks) RemoveOwned(owned, d);
-            owned.Push(board);
+            owned.Push(board); // it owns the disks from here
             foreach (var (backend, mac) in nics.Cards) board.AttachVirtio(machine, new Devices.Virtio.Net.VirtioNet(backend, mac));
             var vcpus = new IVcpu[spec.Cpus];
             for (int k = 0; k < spec.Cpus; k++)
@@ -144,21 +145,15 @@ public sealed partial class Vm : IDisposable
             board.RegisterVcpus(vcpus);
             var vm = new Vm(spec, log, machine, accel, board, vcpus, nics);
             console = vm.Console;
-            if (loadGuest) vm.SetBootState();
+            if (loaded != null) vm.SetBootState(loaded);
             return vm;
         }
         catch
         {
             while (owned.Count > 0) owned.Pop().Dispose();
+            if (board == null) foreach (var d in disks) d.Dispose();
             throw;
         }
-    }
-
-    private static void RemoveOwned(Stack<IDisposable> owned, IDisposable d)
-    {
-        var rest = owned.Where(x => !ReferenceEquals(x, d)).Reverse().ToList();
-        owned.Clear();
-        foreach (var x in rest) owned.Push(x);
     }
 
     private sealed class SerialSink(Action<byte> write) : ISerialBackend
@@ -173,9 +168,10 @@ public sealed partial class Vm : IDisposable
         return KernelImage.LoadFiles(machine.Memory, spec.Kernel!, spec.Initrds, spec.Append, map, rsdp);
     }
 
-    private void SetBootState()
+    /// <summary>Boot state of every vCPU; the guest is (re)loaded into memory unless <paramref name="loaded"/> says it is.</summary>
+    private void SetBootState(LoadedKernel? loaded = null)
     {
-        var loaded = LoadGuest(Machine, Spec);
+        loaded ??= LoadGuest(Machine, Spec);
         Vcpus[0].SetState(loaded.State);
         // Application processors stay in reset: SMP start-up is not implemented yet, and only vCPU 0 runs.
         for (int k = 1; k < Vcpus.Length; k++)
@@ -242,12 +238,7 @@ public sealed partial class Vm : IDisposable
             Require("reset", VmState.Running, VmState.ShuttingDown, VmState.Paused);
             bool running = State != VmState.Paused;
             if (running && !PauseCore()) return; // the guest ended it meanwhile
-            try { RebootCore(); }
-            catch (VmRebootException e)
-            {
-                Finish(VmState.Crashed, new VmExitReason(VmExitKind.VmmError, e.Message));
-                throw new VmException(e.Message, badInput: false);
-            }
+            if (!TryReboot()) throw new VmException(ExitReason!.Detail, badInput: false);
             if (running) { ResumeCore(); State = VmState.Running; }
         }
     }
@@ -276,7 +267,7 @@ public sealed partial class Vm : IDisposable
     /// <summary>VM time, device workers, then vCPU threads (the reverse of <see cref="PauseCore"/>).</summary>
     private void ResumeCore()
     {
-        if (_pausedStates != null && Accel is not EmuAccelerator)
+        if (_pausedStates != null)
             for (int k = 0; k < Vcpus.Length; k++) Vcpus[k].SetState(_pausedStates[k]);
         _pausedStates = null;
         Board.Registry.StartAll();
@@ -315,7 +306,8 @@ public sealed partial class Vm : IDisposable
             if (State is VmState.Stopped or VmState.Crashed) return false;
         }
         Board.Registry.StopAll();
-        _pausedStates = Vcpus.Select(v => v.GetState()).ToArray();
+        // Only where the TSC runs on in the host while paused (KVM): the software CPU's follows the stopped VM clock.
+        if (Accel is not EmuAccelerator) _pausedStates = Vcpus.Select(v => v.GetState()).ToArray();
         return true;
     }
 
@@ -381,12 +373,7 @@ public sealed partial class Vm : IDisposable
                         Finish(VmState.Stopped, new VmExitReason(VmExitKind.Reset, "the guest reset the machine"));
                         return true;
                     }
-                    try { RebootCore(); }
-                    catch (VmRebootException e)
-                    {
-                        Finish(VmState.Crashed, new VmExitReason(VmExitKind.VmmError, e.Message));
-                        return true;
-                    }
+                    if (!TryReboot()) return true;
                     ResumeCore();
                     State = VmState.Running;
                     return true;
@@ -419,8 +406,12 @@ public sealed partial class Vm : IDisposable
         try { return Vcpus[k].GetState().Rip; } catch { return null; }
     }
 
-    /// <summary>System reset: every component back to power-on state, the guest loaded again.</summary>
-    private void RebootCore()
+    /// <summary>
+    /// System reset: every component back to power-on state, the guest loaded again. False when the guest cannot be
+    /// loaded again (e.g. a VM restored from a snapshot whose kernel file is gone: it ran, but cannot boot again):
+    /// the VM has then ended as a VMM error.
+    /// </summary>
+    private bool TryReboot()
     {
         Reboots++;
         _pausedStates = null;
@@ -429,12 +420,11 @@ public sealed partial class Vm : IDisposable
         try { SetBootState(); }
         catch (Exception e) when (e is LoaderException or IOException or UnauthorizedAccessException)
         {
-            // E.g. a VM restored from a snapshot whose kernel file is gone: it ran, but cannot boot again.
-            throw new VmRebootException($"cannot load the guest again for the reboot: {e.Message}");
+            Finish(VmState.Crashed, new VmExitReason(VmExitKind.VmmError, $"cannot load the guest again for the reboot: {e.Message}"));
+            return false;
         }
+        return true;
     }
-
-    private sealed class VmRebootException(string message) : Exception(message);
 
     private void Finish(VmState state, VmExitReason reason)
     {
@@ -457,12 +447,9 @@ public sealed partial class Vm : IDisposable
         lock (_cmd)
         {
             if (_disposed) return;
-            if (State is VmState.Running or VmState.ShuttingDown or VmState.Paused or VmState.Created)
-            {
-                if (State is not (VmState.Paused or VmState.Created)) PauseCore();
-                if (State is not (VmState.Stopped or VmState.Crashed))
-                    Finish(VmState.Stopped, new VmExitReason(VmExitKind.StoppedByRequest));
-            }
+            if (State is VmState.Running or VmState.ShuttingDown) PauseCore();
+            if (State is not (VmState.Stopped or VmState.Crashed))
+                Finish(VmState.Stopped, new VmExitReason(VmExitKind.StoppedByRequest));
             _disposed = true;
             _vcpuEnded.Set();
         }

@@ -16,9 +16,6 @@ public sealed class VmConsole
     private readonly List<Action<byte>> _subscribers = new();
     private Action<ReadOnlySpan<byte>>? _input;
 
-    /// <summary>Bytes the guest has written since the VM was created.</summary>
-    public long TotalOutput { get { lock (_lock) return _total; } }
-
     internal void ConnectInput(Action<ReadOnlySpan<byte>> input) => _input = input;
 
     /// <summary>Called by the UART for each byte the guest transmits.</summary>

@@ -56,8 +56,6 @@ public sealed class StateRegistry
         _entries.Add(e);
     }
 
-    public ILifecycle? Find(string name) => _entries.FirstOrDefault(e => e.Name == name)?.Unit;
-
     public void ResetAll() { foreach (var e in _entries) e.Unit.Reset(); }
 
     public void StopAll() { for (int i = _entries.Count - 1; i >= 0; i--) _entries[i].Unit.Stop(); }

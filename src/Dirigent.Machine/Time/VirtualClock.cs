@@ -48,9 +48,6 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
 
     private static long HostToVm(long ts, long epoch) => (long)((double)(ts - epoch) * 1e9 / Stopwatch.Frequency);
 
-    /// <summary>True while VM time advances.</summary>
-    public bool IsRunning => _running;
-
     /// <summary>Freezes VM time (pause). Idempotent.</summary>
     public void Stop()
     {
