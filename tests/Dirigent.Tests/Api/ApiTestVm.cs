@@ -211,18 +211,7 @@ internal sealed class ApiTestVm : IAsyncDisposable
         a.mov(__word_ptr[idtr], 256 * 8 - 1);
         a.mov(__dword_ptr[idtr + 2], idt);
         a.lidt(__[idtr]);
-        foreach (char ch in ReadyLine + "\r\n")
-        {
-            var wait = a.CreateLabel();
-            a.Label(ref wait);
-            a.mov(dx, 0x3FD);
-            a.@in(al, dx);
-            a.test(al, 0x20);
-            a.jz(wait);
-            a.mov(dx, 0x3F8);
-            a.mov(al, (byte)ch);
-            a.@out(dx, al);
-        }
+        Dirigent.Tests.Lifecycle.TinyGuest.EmitWriteCom1(a, ReadyLine + "\r\n");
         a.Label(ref halt);
         a.sti();
         a.hlt();

@@ -21,18 +21,7 @@ public class MultibootRunTests
         var bad = a.CreateLabel();
         a.cmp(eax, 0x2BADB002);
         a.jne(bad);
-        foreach (char ch in message)
-        {
-            var wait = a.CreateLabel();
-            a.Label(ref wait);
-            a.mov(dx, 0x3FD);
-            a.@in(al, dx);
-            a.test(al, 0x20);
-            a.jz(wait);
-            a.mov(dx, 0x3F8);
-            a.mov(al, (byte)ch);
-            a.@out(dx, al);
-        }
+        Dirigent.Tests.Lifecycle.TinyGuest.EmitWriteCom1(a, message);
         a.mov(al, exitValue);
         a.@out(0xF4, al);
         a.Label(ref bad);

@@ -42,15 +42,6 @@ public class MigrationTests
         return (target, cap.Text, "", source);
     }
 
-    private static (string Out, int Exit) Finish(Vm target)
-    {
-        using var cap = new ConsoleCapture(target);
-        target.Start();
-        Assert.True(target.WaitEnded(Timeout));
-        Assert.Equal(VmExitKind.DebugExit, target.ExitReason!.Kind);
-        return (cap.Text, target.ExitReason.DebugExitValue);
-    }
-
     [Theory]
     [InlineData("unix")]
     [InlineData("tcp")]
@@ -67,7 +58,7 @@ public class MigrationTests
         using (source)
         using (target)
         {
-            var after = Finish(target);
+            var after = target.RunToDebugExit(Timeout);
             Assert.Equal(straight.Out, before + after.Out);
             Assert.Equal(straight.Exit, after.Exit);
             var stats = source.LastMigration!;
@@ -91,7 +82,7 @@ public class MigrationTests
         using (source)
         using (target)
         {
-            var after = Finish(target);
+            var after = target.RunToDebugExit(Timeout);
             Assert.Equal(straight.Out, before + after.Out);
             Assert.Equal(straight.Exit, after.Exit);
         }

@@ -15,11 +15,7 @@ public class SnapshotTests
     internal static (string Out, int Exit) Straight(string kernel, AccelKind accel = AccelKind.Emu)
     {
         using var vm = Vm.Create(TinyGuest.Spec(kernel, accel), TextWriter.Null);
-        using var cap = new ConsoleCapture(vm);
-        vm.Start();
-        Assert.True(vm.WaitEnded(Timeout));
-        Assert.Equal(VmExitKind.DebugExit, vm.ExitReason!.Kind);
-        return (cap.Text, vm.ExitReason.DebugExitValue);
+        return vm.RunToDebugExit(Timeout);
     }
 
     /// <summary>Runs until <paramref name="mark"/> is printed, pauses, saves to <paramref name="snap"/>, stops.</summary>
@@ -41,11 +37,7 @@ public class SnapshotTests
     {
         using var vm = Vm.Restore(snap, accel, TextWriter.Null);
         Assert.Equal(VmState.Paused, vm.State);
-        using var cap = new ConsoleCapture(vm);
-        vm.Start();
-        Assert.True(vm.WaitEnded(Timeout));
-        Assert.Equal(VmExitKind.DebugExit, vm.ExitReason!.Kind);
-        return (cap.Text, vm.ExitReason.DebugExitValue);
+        return vm.RunToDebugExit(Timeout);
     }
 
     [Fact]

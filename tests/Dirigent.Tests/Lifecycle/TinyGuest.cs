@@ -55,6 +55,23 @@ internal static class TinyGuest
         return ms.ToArray();
     }
 
+    /// <summary>Writes <paramref name="text"/> to COM1, each byte after polling LSR until THR is empty (any mode).</summary>
+    public static void EmitWriteCom1(Assembler a, string text)
+    {
+        foreach (char ch in text)
+        {
+            var wait = a.CreateLabel();
+            a.Label(ref wait);
+            a.mov(dx, 0x3FD);
+            a.@in(al, dx);
+            a.test(al, 0x20);
+            a.jz(wait);
+            a.mov(dx, 0x3F8);
+            a.mov(al, (byte)ch);
+            a.@out(dx, al);
+        }
+    }
+
     /// <summary>Writes AL to COM1 after waiting for THR empty.</summary>
     private static void EmitPutc(Assembler a)
     {
@@ -120,6 +137,16 @@ internal sealed class ConsoleCapture : IDisposable
 
 internal static class VmTestExtensions
 {
+    /// <summary>Starts (or resumes) a tiny-guest VM and runs it to its debug-exit: its console output and exit value.</summary>
+    public static (string Out, int Exit) RunToDebugExit(this Vm vm, TimeSpan timeout)
+    {
+        using var cap = new ConsoleCapture(vm);
+        vm.Start();
+        Assert.True(vm.WaitEnded(timeout));
+        Assert.Equal(VmExitKind.DebugExit, vm.ExitReason!.Kind);
+        return (cap.Text, vm.ExitReason.DebugExitValue);
+    }
+
     /// <summary>Waits (bounded) for the VM to end.</summary>
     public static bool WaitEnded(this Vm vm, TimeSpan timeout) => vm.Completion.Wait(timeout);
 
