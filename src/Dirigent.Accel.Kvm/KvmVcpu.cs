@@ -148,6 +148,15 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
         Kick();
     }
 
+    /// <summary>
+    /// Not used: with KVM's in-kernel LAPIC the kernel handles INIT and STARTUP itself (KVM_MP_STATE_INIT_RECEIVED /
+    /// SIPI_RECEIVED), and without it the VM refuses more than one vCPU (KVM cannot start an AP for a user-space APIC).
+    /// </summary>
+    public void InjectInit() { }
+
+    /// <inheritdoc cref="InjectInit"/>
+    public void InjectSipi(byte vector) { }
+
     private void Kick()
     {
         Interlocked.MemoryBarrier();

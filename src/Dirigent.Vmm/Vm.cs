@@ -140,7 +140,10 @@ public sealed partial class Vm : IDisposable
                 if (board.EmulatedInterrupts is not { } router) continue;
                 var apic = router.LocalApics[k];
                 vcpus[k].AttachInterruptController(apic, apic);
-                apic.OnNmi = vcpus[k].InjectNmi;
+                var vcpu = vcpus[k];
+                apic.OnNmi = vcpu.InjectNmi;
+                apic.OnInitIpi = (_, _) => vcpu.InjectInit();
+                apic.OnStartupIpi = (_, vector) => vcpu.InjectSipi((byte)vector);
             }
             board.RegisterVcpus(vcpus);
             var vm = new Vm(spec, log, machine, accel, board, vcpus, nics);

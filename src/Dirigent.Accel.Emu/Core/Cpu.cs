@@ -138,6 +138,10 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         _wake.Set();
     }
 
+    public void InjectInit() => throw new NotImplementedException("INIT: SMP start-up (issue #10) is being written");
+
+    public void InjectSipi(byte vector) => throw new NotImplementedException("SIPI: SMP start-up (issue #10) is being written");
+
     /// <summary>Guest-visible TSC frequency (CPUID 0x15/0x16 advertise it).</summary>
     public const ulong TscHz = 2_000_000_000;
     public long TscOffset;

@@ -82,6 +82,20 @@ public interface IVcpu
     /// <summary>Thread-safe: an NMI is pending.</summary>
     void InjectNmi();
 
+    /// <summary>
+    /// Thread-safe: the local APIC received INIT (asserted). At its next instruction boundary the vCPU takes the INIT
+    /// state (SDM 10.1: registers as after RESET, x87/SSE, MTRRs and IA32_APIC_BASE kept); the boot processor then
+    /// runs from F000:FFF0, an application processor waits for a STARTUP IPI (<see cref="VcpuActivity.WaitForSipi"/>).
+    /// Only for accelerators whose local APICs are emulated (KVM's in-kernel LAPIC does this itself).
+    /// </summary>
+    void InjectInit();
+
+    /// <summary>
+    /// Thread-safe: the local APIC received a STARTUP IPI. A vCPU waiting for SIPI starts in real mode at
+    /// CS = vector &lt;&lt; 8, IP = 0 (physical vector * 4096); in any other activity state it is ignored (SDM 8.4.4).
+    /// </summary>
+    void InjectSipi(byte vector);
+
     /// <summary>Guest instructions retired so far (the software CPU counts them exactly; KVM may not know).</summary>
     ulong InstructionsRetired { get; }
 
