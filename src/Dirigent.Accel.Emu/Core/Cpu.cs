@@ -181,9 +181,15 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         // the pause, a restored exception): look at them again first.
         _pendingEvents = 1;
         _inRun = true;
+        t_self = this;
         EnterExecution();
         try { return RunLoop(); }
-        finally { LeaveExecution(); _inRun = false; }
+        finally
+        {
+            LeaveExecution();
+            t_self = null;
+            _inRun = false;
+        }
     }
 
     private VcpuExit RunLoop()
@@ -201,7 +207,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                     if (_vm.PowerEvent != PowerEventKind.None) return new VcpuExit(VcpuExitReason.PowerEvent, _vm.PowerEvent.ToString());
                     return new VcpuExit(VcpuExitReason.Stopped);
                 }
-                if (_writeFlushRequested) HonourWriteFlush();
+                if (_safePointPending) RunSafePointWork();
                 if (_pendingException is { } pe && !DeliverRestoredException(pe))
                     return new VcpuExit(VcpuExitReason.Shutdown, $"triple fault delivering restored exception {pe.Vector} at {Sreg[CS].Selector:x4}:{Rip:x}");
             }
@@ -302,7 +308,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             }
         }
         // Keep polling while something is still waiting (masked by IF, or more vectors queued).
-        if (any || _stopRequested || _writeFlushRequested || _startupPending) _pendingEvents = 1;
+        if (any || _stopRequested || _safePointPending || _startupPending) _pendingEvents = 1;
     }
 
     private void DeliverInterrupt(int vector)
