@@ -247,6 +247,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             catch (CpuException ex)
             {
                 Rip = InstrIp;
+                if (_rmwNotifyPa != ulong.MaxValue) FinishRmwNotify();
                 BlockExit = false;
                 if (!DeliverException(ex.Vector, ex.ErrorCode, ex.HasErrorCode, softwareInt: false))
                     return new VcpuExit(VcpuExitReason.Shutdown, $"triple fault ({ex.Message}) at {Sreg[CS].Selector:x4}:{InstrIp:x}");
@@ -354,7 +355,13 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                     InstrIp = Rip;
                     Rip = i.NextIP;
                     handlers[k](this, ref i);
-                    if (BlockExit) { BlockExit = false; k++; break; }
+                    if (BlockExit)
+                    {
+                        BlockExit = false;
+                        if (_rmwNotifyPa != ulong.MaxValue) FinishRmwNotify();
+                        k++;
+                        break;
+                    }
                 }
             }
         }
@@ -402,7 +409,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public void EndBlock() => BlockExit = true;
 
-    /// <summary>The code cache tells the CPU that the block it is running was overwritten.</summary>
+    /// <summary>The code cache tells the vCPU that wrote (on its own thread) that the block it is running was overwritten.</summary>
     internal void OnBlockInvalidated(Block b)
     {
         if (ReferenceEquals(b, _currentBlock)) BlockExit = true;
