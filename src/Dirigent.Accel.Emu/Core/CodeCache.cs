@@ -6,38 +6,87 @@ namespace Dirigent.Accel.Emu.Core;
 /// <summary>
 /// Decoded blocks keyed by (guest-physical address, CS offset, bitness), shared by the vCPUs of one VM. Pages that
 /// hold decoded code are tracked so that any write to them (guest store, DMA, loader) drops the stale blocks:
-/// self-modifying code takes effect at the next instruction.
+/// self-modifying and cross-modifying code take effect as on hardware.
 /// </summary>
+/// <remarks>
+/// No thread touches another vCPU's TLB or current block while that vCPU runs. A store reaches RAM either through a
+/// write-TLB entry (no hook) or through a slow path that calls <see cref="NotifyWrite"/>; so a page must not be covered
+/// by any vCPU's write entry while blocks decoded from it exist. Per page we keep a state (data, being protected,
+/// code) and a mask of the vCPUs that may hold a write entry for it. A vCPU filling a write entry sets its bit
+/// (Interlocked: a full fence) and then reads the state, refusing the fill unless the page is data. A vCPU about to
+/// decode from a data page sets the state to "being protected", fences, reads the mask, and has every vCPU in it drop
+/// its write entries for the page at a safe point (Cpu.SafePoint.cs), waiting without holding the cache lock; each one
+/// clears its own bit as it drops them. Dekker-style, either the filler sees the new state or the protector sees the
+/// filler's bit. Only then is the page code; a block is registered (under the lock) only while its pages are code, and
+/// an invalidation in between sends the decoder round again. Slow-path stores fence between the store and the state
+/// read for the same reason, so a decoder either reads the new bytes or the store invalidates what it decoded.
+/// Invalidation drops blocks and marks them invalid; only the writing vCPU's own current block is cut short
+/// (BlockExit): the others see Block.Valid false at their next lookup or chained jump, like a processor that has
+/// not yet serialized after another one modified its code.
+/// </remarks>
 internal sealed unsafe class CodeCache
 {
     private readonly GuestMemory _mem;
     private readonly Dictionary<(ulong, ulong, int), Block> _blocks = new();
     private readonly Dictionary<ulong, List<Block>> _byPage = new();
-    private readonly byte[] _isCode;          // one flag per guest-physical page below TopOfRam
+    // Per guest-physical page below TopOfRam: data (0), code (-1), or a positive ticket while a vCPU protects it (so
+    // that a protector whose page was invalidated and protected again by another meanwhile does not declare it code).
+    private readonly int[] _pageState;
+    // Per page: bit (vCPU index mod 64) set while that vCPU may hold a write-TLB entry for the page.
+    private readonly ulong[] _writers;
+    private int _lastTicket;
+    private const int PageData = 0, PageCode = -1;
     private readonly List<Cpu> _cpus = new();
+    private volatile Cpu[] _cpuArray = [];
     private readonly object _lock = new();
     private readonly Decoder?[] _decoders = new Decoder?[3];
     private readonly FetchReader _reader = new();
     private readonly Instruction[] _scratch = new Instruction[MaxBlockInstructions];
 
     public const int MaxBlockInstructions = 64;
+    /// <summary>Decodes of a block whose page was invalidated while being protected before it runs once uncached.</summary>
+    private const int MaxProtectAttempts = 4;
     public long BlocksTranslated;
     public long BlocksInvalidated;
 
     public CodeCache(GuestMemory mem)
     {
         _mem = mem;
-        _isCode = new byte[(mem.TopOfRam >> 12) + 1];
+        _pageState = new int[(mem.TopOfRam >> 12) + 1];
+        _writers = new ulong[_pageState.Length];
         mem.ExternalWrite += (gpa, len) => InvalidateRange(gpa, len);
     }
 
-    public void Register(Cpu c) { lock (_lock) _cpus.Add(c); }
-    public void Unregister(Cpu c) { lock (_lock) _cpus.Remove(c); }
+    public void Register(Cpu c) { lock (_lock) { _cpus.Add(c); _cpuArray = _cpus.ToArray(); } }
+    public void Unregister(Cpu c) { lock (_lock) { _cpus.Remove(c); _cpuArray = _cpus.ToArray(); } }
+
+    /// <summary>vCPUs of this VM (HLT with IF=0 can only end the run on a uniprocessor).</summary>
+    public int CpuCount => _cpuArray.Length;
 
     public bool IsCodePage(ulong physPage)
     {
         ulong n = physPage >> 12;
-        return n < (ulong)_isCode.Length && _isCode[n] != 0;
+        return n < (ulong)_pageState.Length && Volatile.Read(ref _pageState[n]) != PageData;
+    }
+
+    /// <summary>
+    /// The vCPU with writer bit <paramref name="bit"/> is about to fill a write-TLB entry for a RAM page: records it
+    /// and says whether the fill may go ahead (the page holds no code and no vCPU is protecting it).
+    /// </summary>
+    public bool PrepareWriteFill(ulong physPage, ulong bit)
+    {
+        ulong n = physPage >> 12;
+        if (n >= (ulong)_pageState.Length) return true;
+        // Already set means no protector has cleared it since our last fill, so any protector sees it: no fence needed.
+        if ((Volatile.Read(ref _writers[n]) & bit) == 0) Interlocked.Or(ref _writers[n], bit);
+        return Volatile.Read(ref _pageState[n]) == PageData;
+    }
+
+    /// <summary>A vCPU dropped its write entries for a page (on its own thread or while not executing).</summary>
+    public void ClearWriter(ulong physPage, ulong bit)
+    {
+        ulong n = physPage >> 12;
+        if (n < (ulong)_writers.Length) Interlocked.And(ref _writers[n], ~bit);
     }
 
     public Block? Lookup(ulong phys, ulong ip, int bits)
@@ -46,30 +95,35 @@ internal sealed unsafe class CodeCache
     }
 
     /// <summary>
-    /// A store hit guest RAM at pa without going through a write-TLB entry: drop blocks decoded from the page(s) and
-    /// log them dirty (every slow-path, RMW and page-table store of the vCPUs comes through here).
+    /// A store by <paramref name="writer"/> hit guest RAM at pa without going through a write-TLB entry, after the
+    /// bytes were stored: drop blocks decoded from the page(s) and log them dirty (every slow-path, RMW and page-table
+    /// store of the vCPUs comes through here).
     /// </summary>
-    public void NotifyWrite(ulong pa, int size)
+    public void NotifyWrite(ulong pa, int size, Cpu writer)
     {
         _mem.DirtyLog.Mark(pa, (ulong)size);
+        // Store, fence, read the state: pairs with the protector's state write, fence, decode (see the remarks).
+        if (_cpuArray.Length > 1) Interlocked.MemoryBarrier();
         ulong n = pa >> 12;
-        if (n < (ulong)_isCode.Length && _isCode[n] != 0) InvalidatePage(n << 12);
+        if (n < (ulong)_pageState.Length && Volatile.Read(ref _pageState[n]) != PageData) InvalidatePage(n << 12, writer);
         ulong last = (pa + (ulong)size - 1) >> 12;
-        if (last != n && last < (ulong)_isCode.Length && _isCode[last] != 0) InvalidatePage(last << 12);
+        if (last != n && last < (ulong)_pageState.Length && Volatile.Read(ref _pageState[last]) != PageData) InvalidatePage(last << 12, writer);
     }
 
+    /// <summary>DMA and loader writes (GuestMemory.ExternalWrite): no vCPU wrote, so none has its block cut short.</summary>
     public void InvalidateRange(ulong gpa, ulong len)
     {
         if (len == 0) return;
+        Interlocked.MemoryBarrier();
         for (ulong p = gpa & ~0xFFFUL; p < gpa + len; p += 4096)
-            if (IsCodePage(p)) InvalidatePage(p);
+            if (IsCodePage(p)) InvalidatePage(p, null);
     }
 
-    private void InvalidatePage(ulong page)
+    private void InvalidatePage(ulong page, Cpu? writer)
     {
         lock (_lock)
         {
-            _isCode[page >> 12] = 0;
+            Volatile.Write(ref _pageState[page >> 12], PageData);
             if (!_byPage.Remove(page, out var list)) return;
             foreach (var b in list)
             {
@@ -77,7 +131,92 @@ internal sealed unsafe class CodeCache
                 b.Valid = false;
                 BlocksInvalidated++;
                 _blocks.Remove((b.Phys, b.Ip, b.Bits));
-                foreach (var c in _cpus) c.OnBlockInvalidated(b);
+                // Only the writer's own block is cut short: another vCPU's current block belongs to its thread.
+                writer?.OnBlockInvalidated(b);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Makes a page code: no vCPU keeps a write entry for it when this returns, unless an invalidation (a slow-path
+    /// write) made it data again meanwhile. Called without the cache lock: it waits for other vCPUs' safe points.
+    /// </summary>
+    private void ProtectPage(ulong page)
+    {
+        ulong n = page >> 12;
+        if (n >= (ulong)_pageState.Length || Volatile.Read(ref _pageState[n]) == PageCode) return;
+        int ticket;
+        lock (_lock)
+        {
+            ticket = _pageState[n];
+            if (ticket == PageCode) return;
+            if (ticket == PageData)
+            {
+                ticket = ++_lastTicket;
+                if (ticket <= 0) ticket = _lastTicket = 1;
+                Volatile.Write(ref _pageState[n], ticket);
+            }
+        }
+        // State write, fence, mask read: pairs with PrepareWriteFill's bit set (a full fence) and state read.
+        Interlocked.MemoryBarrier();
+        ulong mask = Volatile.Read(ref _writers[n]);
+        if (mask != 0)
+        {
+            var cpus = _cpuArray;
+            Action<Cpu> drop = c => c.DropWritesToPage(page);
+            var posted = new List<(Cpu, Cpu.SafePointRequest)>();
+            foreach (var c in cpus)
+            {
+                if ((mask & c.WriterBit) == 0) continue;
+                // Runs inline on the caller's own vCPU and on vCPUs that are not executing.
+                var req = c.PostSafePoint(drop);
+                if (req != null) posted.Add((c, req));
+            }
+            foreach (var (c, req) in posted) c.WaitSafePoint(req);
+        }
+        lock (_lock)
+            if (_pageState[n] == ticket) Volatile.Write(ref _pageState[n], PageCode);
+    }
+
+    private bool IsProtected(ulong page)
+    {
+        ulong n = page >> 12;
+        return n >= (ulong)_pageState.Length || _pageState[n] == PageCode;
+    }
+
+    /// <summary>
+    /// Decodes a new block starting at the given address (the first byte is known to be fetchable). Its page(s) are
+    /// made code first; a block whose page a write made data again while it was decoded is decoded again, and after
+    /// <see cref="MaxProtectAttempts"/> runs once uncached (Valid false: no later lookup or link reuses it).
+    /// </summary>
+    public Block Translate(Cpu cpu, ulong linear, ulong phys, ulong ip, int bits)
+    {
+        ulong page1 = ulong.MaxValue;
+        for (int attempt = 1; ; attempt++)
+        {
+            bool last = attempt >= MaxProtectAttempts;
+            if (!last)
+            {
+                ProtectPage(phys & ~0xFFFUL);
+                if (page1 != ulong.MaxValue) ProtectPage(page1);
+            }
+            lock (_lock)
+            {
+                var b = Decode(cpu, linear, phys, ip, bits);
+                if (IsProtected(b.Page0) && (b.Page1 == ulong.MaxValue || IsProtected(b.Page1)))
+                {
+                    AddToPage(b.Page0, b);
+                    if (b.Page1 != ulong.MaxValue) AddToPage(b.Page1, b);
+                    _blocks[(phys, ip, bits)] = b;
+                    BlocksTranslated++;
+                    return b;
+                }
+                if (last)
+                {
+                    b.Valid = false;
+                    return b;
+                }
+                page1 = b.Page1;
             }
         }
     }
@@ -86,71 +225,57 @@ internal sealed unsafe class CodeCache
     {
         if (!_byPage.TryGetValue(page, out var list)) _byPage[page] = list = new List<Block>();
         list.Add(b);
-        ulong n = page >> 12;
-        if (n < (ulong)_isCode.Length && _isCode[n] == 0)
-        {
-            _isCode[n] = 1;
-            // Writes to this page must now trap to the slow path, so no vCPU may keep a direct write mapping.
-            foreach (var c in _cpus) c.FlushTlbWritesTo(page);
-        }
     }
 
-    /// <summary>Decodes a new block starting at the given address (the first byte is known to be fetchable).</summary>
-    public Block Translate(Cpu cpu, ulong linear, ulong phys, ulong ip, int bits)
+    /// <summary>Under the lock: decodes up to a control transfer, a block-ending instruction, a page end or the cap.</summary>
+    private Block Decode(Cpu cpu, ulong linear, ulong phys, ulong ip, int bits)
     {
-        lock (_lock)
+        int di = bits == 64 ? 2 : bits == 32 ? 1 : 0;
+        _reader.Reset(cpu, linear, phys, _mem);
+        var dec = _decoders[di] ??= Decoder.Create(bits, _reader, DecoderOptions.None);
+        dec.IP = ip;
+        var table = Dispatch.Table;
+        var ends = Dispatch.EndsBlock;
+        int n = 0;
+        ulong pageEnd = (linear | 0xFFF) + 1;
+        ulong curLinear = linear;
+        while (n < MaxBlockInstructions)
         {
-            int di = bits == 64 ? 2 : bits == 32 ? 1 : 0;
-            _reader.Reset(cpu, linear, phys, _mem);
-            var dec = _decoders[di] ??= Decoder.Create(bits, _reader, DecoderOptions.None);
-            dec.IP = ip;
-            var table = Dispatch.Table;
-            var ends = Dispatch.EndsBlock;
-            int n = 0;
-            ulong pageEnd = (linear | 0xFFF) + 1;
-            ulong curLinear = linear;
-            while (n < MaxBlockInstructions)
+            dec.Decode(out _scratch[n]);
+            ref Instruction ins = ref _scratch[n];
+            if (dec.LastError == DecoderError.NoMoreBytes)
             {
-                dec.Decode(out _scratch[n]);
-                ref Instruction ins = ref _scratch[n];
-                if (dec.LastError == DecoderError.NoMoreBytes)
-                {
-                    // The instruction runs into a page we cannot fetch: end the block before it so the fault is
-                    // raised (with the right RIP) when it is the first instruction of its own block.
-                    if (n == 0) _reader.RaiseFetchFault();
-                    break;
-                }
-                n++;
-                curLinear += (ulong)ins.Length;
-                bool end = ins.Code == Code.INVALID || ends[(int)ins.Code] || ins.FlowControl != FlowControl.Next;
-                if (end || curLinear >= pageEnd) break;
-                if (bits != 64 && ins.NextIP > 0xFFFF_FFFF) break;
+                // The instruction runs into a page we cannot fetch: end the block before it so the fault is
+                // raised (with the right RIP) when it is the first instruction of its own block.
+                if (n == 0) _reader.RaiseFetchFault();
+                break;
             }
-            var b = new Block
-            {
-                Phys = phys, Ip = ip, Linear = linear, Bits = bits, Count = n, RunCount = n,
-                Instrs = _scratch.AsSpan(0, n).ToArray(),
-                Handlers = new delegate*<Cpu, ref Instruction, void>[n],
-                Page0 = phys & ~0xFFFUL,
-            };
-            for (int k = 0; k < n; k++)
-            {
-                var h = Instructions.FastRegReg.Select(ref b.Instrs[k], table[(int)b.Instrs[k].Code]);
-                h = Instructions.FastMem.Select(ref b.Instrs[k], bits, h);
-                b.Handlers[k] = Instructions.FastBranch.Select(ref b.Instrs[k], bits, h);
-            }
-            if (bits == 64 && n >= 2)
-            {
-                var f = Instructions.FastFused.Select(ref b.Instrs[n - 2], ref b.Instrs[n - 1]);
-                if (f != null) { b.Handlers[n - 2] = f; b.RunCount = n - 1; }
-            }
-            if (_reader.SecondPagePhys != ulong.MaxValue) b.Page1 = _reader.SecondPagePhys;
-            AddToPage(b.Page0, b);
-            if (b.Page1 != ulong.MaxValue) AddToPage(b.Page1, b);
-            _blocks[(phys, ip, bits)] = b;
-            BlocksTranslated++;
-            return b;
+            n++;
+            curLinear += (ulong)ins.Length;
+            bool end = ins.Code == Code.INVALID || ends[(int)ins.Code] || ins.FlowControl != FlowControl.Next;
+            if (end || curLinear >= pageEnd) break;
+            if (bits != 64 && ins.NextIP > 0xFFFF_FFFF) break;
         }
+        var b = new Block
+        {
+            Phys = phys, Ip = ip, Linear = linear, Bits = bits, Count = n, RunCount = n,
+            Instrs = _scratch.AsSpan(0, n).ToArray(),
+            Handlers = new delegate*<Cpu, ref Instruction, void>[n],
+            Page0 = phys & ~0xFFFUL,
+        };
+        for (int k = 0; k < n; k++)
+        {
+            var h = Instructions.FastRegReg.Select(ref b.Instrs[k], table[(int)b.Instrs[k].Code]);
+            h = Instructions.FastMem.Select(ref b.Instrs[k], bits, h);
+            b.Handlers[k] = Instructions.FastBranch.Select(ref b.Instrs[k], bits, h);
+        }
+        if (bits == 64 && n >= 2)
+        {
+            var f = Instructions.FastFused.Select(ref b.Instrs[n - 2], ref b.Instrs[n - 1]);
+            if (f != null) { b.Handlers[n - 2] = f; b.RunCount = n - 1; }
+        }
+        if (_reader.SecondPagePhys != ulong.MaxValue) b.Page1 = _reader.SecondPagePhys;
+        return b;
     }
 
     /// <summary>Feeds instruction bytes to Iced from guest memory, translating a second page only when needed.</summary>

@@ -40,6 +40,6 @@ public sealed unsafe partial class Cpu
 
     internal void BulkWriteDone(ulong notifyPa, int len)
     {
-        if (notifyPa != ulong.MaxValue) _codeCache.NotifyWrite(notifyPa, len);
+        if (notifyPa != ulong.MaxValue) _codeCache.NotifyWrite(notifyPa, len, this);
     }
 }

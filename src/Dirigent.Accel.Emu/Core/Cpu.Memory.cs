@@ -61,8 +61,21 @@ public sealed unsafe partial class Cpu
         }
     }
 
-    /// <summary>Drops write translations that point at a guest-physical page (it just became a code page).</summary>
-    internal void FlushTlbWritesTo(ulong physPage)
+    /// <summary>This vCPU's bit in CodeCache's per-page writer masks.</summary>
+    internal ulong WriterBit => 1UL << (Index & 63);
+
+    /// <summary>
+    /// Safe-point work (Cpu.SafePoint.cs) for a page becoming code: drops this vCPU's write entries for it, then says
+    /// so (a later fill sets the bit again and sees the page is code).
+    /// </summary>
+    internal void DropWritesToPage(ulong physPage)
+    {
+        FlushTlbWritesTo(physPage);
+        _codeCache.ClearWriter(physPage, WriterBit);
+    }
+
+    /// <summary>Drops write translations that point at a guest-physical page (it is becoming a code page).</summary>
+    private void FlushTlbWritesTo(ulong physPage)
     {
         bool dropped = false;
         for (int t = 0; t < 2; t++)
@@ -191,14 +204,37 @@ public sealed unsafe partial class Cpu
         TlbEntry* e = _tlbW + (page & TlbMask);
         if (e->Tag != page)
         {
-            // The write translation fills the TLB unless the page is code or MMIO.
-            ulong pa = Translate(la, Access.Write, Cpl == 3);
+            // Fills the write TLB unless the page is code or MMIO.
+            ulong pa = TranslateAndFill(la, Access.Write);
             byte* p = _mem.TryGetHostPointer(pa, (ulong)size);
             if (p == null) return null;
-            _codeCache.NotifyWrite(pa, size);
+            if (e->Tag != page)
+            {
+                // A code page: the caller stores after we return, so blocks decoded from it are dropped now (the
+                // writer's own current one included) and again at the end of this instruction, when the store is
+                // done: another vCPU may have decoded the old bytes in between (see CodeCache's remarks).
+                _codeCache.NotifyWrite(pa, size, this);
+                _rmwNotifyPa = pa;
+                _rmwNotifySize = size;
+                BlockExit = true;
+            }
             return p;
         }
         return (byte*)(la + e->Addend);
+    }
+
+    // A store through HostPointerForRmw to a code page whose notification is due after the instruction (or MaxValue).
+    private ulong _rmwNotifyPa = ulong.MaxValue;
+    private int _rmwNotifySize;
+
+    /// <summary>At the end of the instruction that set BlockExit: the second notification of an RMW store to code.</summary>
+    private void FinishRmwNotify()
+    {
+        ulong pa = _rmwNotifyPa;
+        _rmwNotifyPa = ulong.MaxValue;
+        _codeCache.NotifyWrite(pa, _rmwNotifySize, this);
+        // The writer's own block was cut short already; a second BlockExit would end the next block early.
+        BlockExit = false;
     }
 
     /// <summary>Serializes atomic operations that cannot use a host atomic (split across pages, MMIO).</summary>
@@ -250,7 +286,7 @@ public sealed unsafe partial class Cpu
                 case 4: *(uint*)p = (uint)v; break;
                 default: *(ulong*)p = v; break;
             }
-            _codeCache.NotifyWrite(pa, size);
+            _codeCache.NotifyWrite(pa, size, this);
             return;
         }
         MmioWrite(pa, size, v);
@@ -260,7 +296,7 @@ public sealed unsafe partial class Cpu
     {
         ulong pa = TranslateAndFill(la, Access.Write);
         byte* p = _mem.TryGetHostPointer(pa);
-        if (p != null) { *p = v; _codeCache.NotifyWrite(pa, 1); }
+        if (p != null) { *p = v; _codeCache.NotifyWrite(pa, 1, this); }
         else MmioWrite(pa, 1, v);
     }
 
@@ -284,7 +320,8 @@ public sealed unsafe partial class Cpu
         ulong pa = Translate(la, acc, Cpl == 3);
         ulong ppage = pa & ~0xFFFUL;
         byte* host = _mem.TryGetHostPointer(ppage, 4096);
-        if (host != null && !(acc == Access.Write && _codeCache.IsCodePage(ppage)))
+        // A write entry only for a page that holds no code, and only after saying we may hold one (CodeCache remarks).
+        if (host != null && (acc != Access.Write || _codeCache.PrepareWriteFill(ppage, WriterBit)))
         {
             ulong page = la >> 12;
             TlbEntry* t = acc switch { Access.Read => _tlbR, Access.Write => _tlbW, _ => _tlbX };
@@ -346,7 +383,7 @@ public sealed unsafe partial class Cpu
         // Atomic OR: other vCPUs and the guest's own page-table code may be updating the same entry.
         if (wide) Interlocked.Or(ref *(ulong*)p, bits);
         else Interlocked.Or(ref *(uint*)p, (uint)bits);
-        _codeCache.NotifyWrite(pa, wide ? 8 : 4);
+        _codeCache.NotifyWrite(pa, wide ? 8 : 4, this);
     }
 
     private CpuException PageFault(ulong la, Access acc, bool user, bool present, bool rsvd)

@@ -61,7 +61,7 @@ public sealed partial class Cpu
             unsafe
             {
                 byte* p = _mem.TryGetHostPointer(pa);
-                if (p != null) { *p = (byte)(v >> (8 * k)); _codeCache.NotifyWrite(pa, 1); }
+                if (p != null) { *p = (byte)(v >> (8 * k)); _codeCache.NotifyWrite(pa, 1, this); }
                 else _vm.Mmio.Write(pa, 1, (byte)(v >> (8 * k)));
             }
         }
