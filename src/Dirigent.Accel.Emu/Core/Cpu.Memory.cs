@@ -363,11 +363,17 @@ public sealed unsafe partial class Cpu
         if (LongModeActive)
         {
             if ((ulong)((long)(la << 16) >> 16) != la) throw new CpuException(Vec.GP, 0);
-            return Walk4Level(la, acc, user);
         }
-        la &= 0xFFFF_FFFF;
-        return (Cr4 & Cr4PAE) != 0 ? WalkPae(la, acc, user) : Walk32(la, acc, user);
+        else la &= 0xFFFF_FFFF;
+        _walkRestarts = 0;
+        ulong pa;
+        // A walk returns NoTranslation when an entry it had read changed before its A/D update (SetPteBits).
+        do pa = LongModeActive ? Walk4Level(la, acc, user) : (Cr4 & Cr4PAE) != 0 ? WalkPae(la, acc, user) : Walk32(la, acc, user);
+        while (pa == NoTranslation);
+        return pa;
     }
+
+    private const ulong NoTranslation = ulong.MaxValue;
 
     private ulong ReadPte(ulong pa, bool wide)
     {
@@ -376,15 +382,38 @@ public sealed unsafe partial class Cpu
         return wide ? Volatile.Read(ref *(ulong*)p) : Volatile.Read(ref *(uint*)p);
     }
 
-    private void SetPteBits(ulong pa, bool wide, ulong bits)
+    /// <summary>
+    /// Sets accessed/dirty bits in a paging-structure entry read as <paramref name="seen"/>, the way the processor does
+    /// it: a locked compare-exchange against that value. False when the entry changed since it was read (another vCPU,
+    /// e.g. Linux's ptep_get_and_clear, cleared or rewrote it): the walk must start again, since setting A/D on an
+    /// entry that was cleared would corrupt it. After <see cref="MaxWalkRestarts"/> restarts (only a guest rewriting
+    /// the entry in a tight loop gets there) the bits are ORed in regardless, so a vCPU never spins here forever.
+    /// </summary>
+    private bool SetPteBits(ulong pa, bool wide, ulong seen, ulong bits)
     {
         byte* p = _mem.TryGetHostPointer(pa, wide ? 8UL : 4UL);
-        if (p == null) return;
-        // Atomic OR: other vCPUs and the guest's own page-table code may be updating the same entry.
-        if (wide) Interlocked.Or(ref *(ulong*)p, bits);
-        else Interlocked.Or(ref *(uint*)p, (uint)bits);
+        if (p == null) return true;
+        BeforePteUpdate?.Invoke(pa);
+        if (_walkRestarts >= MaxWalkRestarts)
+        {
+            if (wide) Interlocked.Or(ref *(ulong*)p, bits);
+            else Interlocked.Or(ref *(uint*)p, (uint)bits);
+        }
+        else if (wide ? Interlocked.CompareExchange(ref *(ulong*)p, seen | bits, seen) != seen
+                      : Interlocked.CompareExchange(ref *(uint*)p, (uint)(seen | bits), (uint)seen) != (uint)seen)
+        {
+            _walkRestarts++;
+            return false;
+        }
         _codeCache.NotifyWrite(pa, wide ? 8 : 4, this);
+        return true;
     }
+
+    private const int MaxWalkRestarts = 64;
+    /// <summary>Test hook: called with the entry's address between the walk's read of it and its A/D update.</summary>
+    internal Action<ulong>? BeforePteUpdate;
+    // Restarts of the walk in progress (reset by Translate).
+    private int _walkRestarts;
 
     private CpuException PageFault(ulong la, Access acc, bool user, bool present, bool rsvd)
     {
@@ -432,11 +461,11 @@ public sealed unsafe partial class Cpu
             {
                 CheckLeaf(la, acc, user, rights, nx);
                 ulong need = PteA | (acc == Access.Write ? PteD : 0);
-                if ((e & need) != need) SetPteBits(ea, true, need);
+                if ((e & need) != need && !SetPteBits(ea, true, e, need)) return NoTranslation;
                 return (e & PhysAddrMask & ~pageMask) | (la & pageMask);
             }
             // Non-leaf accessed bits are set as the walk passes, even if it later faults (SDM 4.8).
-            if ((e & PteA) == 0) SetPteBits(ea, true, PteA);
+            if ((e & PteA) == 0 && !SetPteBits(ea, true, e, PteA)) return NoTranslation;
             table = e & PhysAddrMask;
         }
         throw new InvalidOperationException("unreachable");
@@ -463,11 +492,11 @@ public sealed unsafe partial class Cpu
             {
                 CheckLeaf(la, acc, user, rights, nx);
                 ulong need = PteA | (acc == Access.Write ? PteD : 0);
-                if ((e & need) != need) SetPteBits(ea, true, need);
+                if ((e & need) != need && !SetPteBits(ea, true, e, need)) return NoTranslation;
                 ulong pageMask = (1UL << shift) - 1;
                 return (e & PhysAddrMask & ~pageMask) | (la & pageMask);
             }
-            if ((e & PteA) == 0) SetPteBits(ea, true, PteA);
+            if ((e & PteA) == 0 && !SetPteBits(ea, true, e, PteA)) return NoTranslation;
             table = e & PhysAddrMask;
         }
         throw new InvalidOperationException("unreachable");
@@ -482,7 +511,7 @@ public sealed unsafe partial class Cpu
         {
             CheckLeaf(la, acc, user, pde, false);
             ulong need4m = PteA | (acc == Access.Write ? PteD : 0);
-            if ((pde & need4m) != need4m) SetPteBits(pdeAddr, false, need4m);
+            if ((pde & need4m) != need4m && !SetPteBits(pdeAddr, false, pde, need4m)) return NoTranslation;
             // PSE-36: bits 13..20 of the PDE are physical-address bits 32..39.
             ulong frame = (pde & 0xFFC0_0000UL) | (((pde >> 13) & 0xFF) << 32);
             return frame | (la & 0x3F_FFFF);
@@ -491,9 +520,9 @@ public sealed unsafe partial class Cpu
         ulong pte = ReadPte(pteAddr, false);
         if ((pte & PteP) == 0) throw PageFault(la, acc, user, false, false);
         CheckLeaf(la, acc, user, pde & pte, false);
-        if ((pde & PteA) == 0) SetPteBits(pdeAddr, false, PteA);
+        if ((pde & PteA) == 0 && !SetPteBits(pdeAddr, false, pde, PteA)) return NoTranslation;
         ulong need = PteA | (acc == Access.Write ? PteD : 0);
-        if ((pte & need) != need) SetPteBits(pteAddr, false, need);
+        if ((pte & need) != need && !SetPteBits(pteAddr, false, pte, need)) return NoTranslation;
         return (pte & 0xFFFF_F000UL) | (la & 0xFFF);
     }
 }

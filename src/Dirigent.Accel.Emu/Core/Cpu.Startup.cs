@@ -120,6 +120,15 @@ public sealed partial class Cpu
         BlockExit = false;
     }
 
+    /// <summary>
+    /// PAUSE: a guest spinning on a lock gives its host thread up, so that the vCPU holding the lock gets a host core
+    /// when vCPUs outnumber them. On a uniprocessor nothing it waits for runs on another vCPU thread: a plain NOP.
+    /// </summary>
+    internal void SpinPause()
+    {
+        if (_codeCache.CpuCount > 1) Thread.Yield();
+    }
+
     /// <summary>HLT with IF=0 ends Run only on a uniprocessor: with other vCPUs an NMI or INIT IPI may still wake it.</summary>
     private bool HaltIsForever => _codeCache.CpuCount == 1;
 }

@@ -35,8 +35,10 @@ internal static unsafe class IntegerData
         r.Add(&Lahf, Code.Lahf);
         r.Add(&Sahf, Code.Sahf);
         r.Add(&Xlat, Code.Xlat_m8);
-        // Prefetches are hints (they never fault, even on a bad address), PAUSE is a spin-loop hint: all NOPs here.
-        r.Add(&Nop, Code.Pause, Code.Prefetch_m8, Code.Prefetchw_m8, Code.Prefetchwt1_m8, Code.Prefetchnta_m8,
+        // PAUSE is a spin-loop hint: with other vCPUs it gives the host thread up (Cpu.SpinPause).
+        r.Add(&Pause, Code.Pause);
+        // Prefetches are hints (they never fault, even on a bad address): NOPs here.
+        r.Add(&Nop, Code.Prefetch_m8, Code.Prefetchw_m8, Code.Prefetchwt1_m8, Code.Prefetchnta_m8,
             Code.Prefetcht0_m8, Code.Prefetcht1_m8, Code.Prefetcht2_m8, Code.Prefetchreserved3_m8,
             Code.Prefetchreserved4_m8, Code.Prefetchreserved5_m8, Code.Prefetchreserved6_m8, Code.Prefetchreserved7_m8,
             Code.Cldemote_m8);
@@ -136,6 +138,8 @@ internal static unsafe class IntegerData
     private static void Lea(Cpu c, ref Instruction i) => c.SetReg(i.Op0Register, c.EffectiveAddress(ref i));
 
     private static void Nop(Cpu c, ref Instruction i) { }
+
+    private static void Pause(Cpu c, ref Instruction i) => c.SpinPause();
 
     private static void Cmovcc(Cpu c, ref Instruction i)
     {
