@@ -57,8 +57,9 @@ public sealed class EmuAccelerator : IAccelerator
     {
         Cpu[] cpus;
         lock (_cpus) cpus = _cpus.ToArray();
-        foreach (var c in cpus) c.PostWriteTlbDrop();
-        foreach (var c in cpus) c.WaitWriteTlbDropped();
+        var posted = new Cpu.SafePointRequest?[cpus.Length];
+        for (int k = 0; k < cpus.Length; k++) posted[k] = cpus[k].PostWriteTlbDrop();
+        for (int k = 0; k < cpus.Length; k++) cpus[k].WaitSafePoint(posted[k]);
     }
 
     public long BlocksTranslated => _cache.BlocksTranslated;

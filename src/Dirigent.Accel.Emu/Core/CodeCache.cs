@@ -31,8 +31,13 @@ internal sealed unsafe class CodeCache
         mem.ExternalWrite += (gpa, len) => InvalidateRange(gpa, len);
     }
 
-    public void Register(Cpu c) { lock (_lock) _cpus.Add(c); }
-    public void Unregister(Cpu c) { lock (_lock) _cpus.Remove(c); }
+    private volatile int _cpuCount;
+
+    public void Register(Cpu c) { lock (_lock) { _cpus.Add(c); _cpuCount = _cpus.Count; } }
+    public void Unregister(Cpu c) { lock (_lock) { _cpus.Remove(c); _cpuCount = _cpus.Count; } }
+
+    /// <summary>vCPUs of this VM (HLT with IF=0 can only end the run on a uniprocessor).</summary>
+    public int CpuCount => _cpuCount;
 
     public bool IsCodePage(ulong physPage)
     {

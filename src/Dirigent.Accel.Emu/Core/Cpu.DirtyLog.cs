@@ -14,107 +14,18 @@ public sealed unsafe partial class Cpu
     // that follows it. While logging is off the marks are skipped (one flag test per TLB fill and flush, nothing per
     // instruction).
     //
-    // The drop requested by CollectDirtyPages never touches the TLB of a thread that is executing guest code: the
-    // vCPU honours the request at its next block boundary (the Run loop and the chained inner loop both leave on
-    // _pendingEvents) and acknowledges it. A vCPU that is not executing (not in Run, or asleep in HLT) cannot use its
-    // TLB while _tlbSync is held, so the requester drops its entries itself, which is that vCPU's implicit
-    // acknowledgement; doing it then rather than when the vCPU next runs keeps a vCPU that never runs again (the VM
-    // paused for the final round) from holding unmarked stores.
-
-    private readonly object _tlbSync = new();
-    // Under _tlbSync: the vCPU thread is between EnterExecution and LeaveExecution and may use its TLB.
-    private bool _executing;
-    // Under _tlbSync: the managed thread id of the thread in Run while _executing.
-    private int _runThread;
-    private volatile bool _writeFlushRequested;
+    // The drop requested by CollectDirtyPages is a safe-point request (Cpu.SafePoint.cs): it never touches the TLB of
+    // a thread that is executing guest code. A vCPU that is not executing has its entries dropped by the requester at
+    // once, which also keeps a vCPU that never runs again (the VM paused for the final round) from holding unmarked
+    // stores; a running one drops them at its next block boundary.
 
     /// <summary>
-    /// Test hook: called on the vCPU thread each time it goes to sleep (HLT with nothing deliverable, or waiting for a
-    /// SIPI), after it stopped counting as executing.
+    /// Any thread: asks this vCPU to drop its write-TLB entries (logging their pages when dirty logging is on); pass the
+    /// result to <see cref="WaitSafePoint"/>. Posting to every vCPU before waiting lets them all work at once.
     /// </summary>
-    internal Action? OnIdle;
+    internal SafePointRequest? PostWriteTlbDrop() => PostSafePoint(s_dropWriteEntries);
 
-    /// <summary>
-    /// Any thread: asks this vCPU to drop its write-TLB entries (logging their pages when dirty logging is on). A vCPU
-    /// that is not executing has them dropped here and now; a running one does it at its next block boundary, which
-    /// <see cref="WaitWriteTlbDropped"/> waits for. Posting to every vCPU before waiting lets them all work at once.
-    /// </summary>
-    internal void PostWriteTlbDrop()
-    {
-        lock (_tlbSync)
-        {
-            // Not executing: its TLB is ours while we hold the lock. Asked from the vCPU's own thread (a device handler
-            // collecting): waiting for itself would deadlock, and dropping entries mid-instruction is safe (a store
-            // under way holds a host pointer, not an entry, and its page was marked when the entry was filled).
-            if (!_executing || _runThread == Environment.CurrentManagedThreadId)
-            {
-                DropWriteEntries();
-                return;
-            }
-            _writeFlushRequested = true;
-            // After the flag: DeliverPendingEvents clears _pendingEvents with a full fence and then re-reads the flag.
-            _pendingEvents = 1;
-        }
-    }
-
-    /// <summary>Returns once the drop posted by <see cref="PostWriteTlbDrop"/> is done.</summary>
-    internal void WaitWriteTlbDropped()
-    {
-        lock (_tlbSync)
-        {
-            while (_writeFlushRequested && _executing) Monitor.Wait(_tlbSync);
-            if (_writeFlushRequested)
-            {
-                // It stopped executing before reaching a block boundary: its TLB is ours while we hold the lock.
-                DropWriteEntries();
-                _writeFlushRequested = false;
-            }
-        }
-    }
-
-    /// <summary>vCPU thread, at a block boundary with _pendingEvents set.</summary>
-    private void HonourWriteFlush()
-    {
-        lock (_tlbSync)
-        {
-            if (!_writeFlushRequested) return;
-            DropWriteEntries();
-            _writeFlushRequested = false;
-            Monitor.PulseAll(_tlbSync);
-        }
-    }
-
-    private void EnterExecution()
-    {
-        lock (_tlbSync)
-        {
-            _executing = true;
-            _runThread = Environment.CurrentManagedThreadId;
-        }
-    }
-
-    private void LeaveExecution()
-    {
-        lock (_tlbSync)
-        {
-            _executing = false;
-            // A requester waiting for our acknowledgement now drops the entries itself.
-            Monitor.PulseAll(_tlbSync);
-        }
-    }
-
-    /// <summary>Sleeps in HLT or wait-for-SIPI until InjectInterrupt/InjectNmi/RequestStop (or a poll interval).</summary>
-    private void Idle()
-    {
-        LeaveExecution();
-        try
-        {
-            OnIdle?.Invoke();
-            _wake.Wait(100);
-            _wake.Reset();
-        }
-        finally { EnterExecution(); }
-    }
+    private static readonly Action<Cpu> s_dropWriteEntries = c => c.DropWriteEntries();
 
     /// <summary>Drops both privilege levels' write entries, logging their pages when dirty logging is on.</summary>
     private void DropWriteEntries()

@@ -12,6 +12,9 @@ public sealed partial class Cpu
 
     public CpuState GetState()
     {
+        // An INIT that reached a vCPU not in Run is taken now, as it would be at its next boundary: the saved state
+        // shows its effect rather than losing it (CpuState has no "INIT pending"). A SIPI stays latched (SipiVector).
+        if (_startupPending && !_inRun) HonourStartup(takeSipi: false);
         var s = new CpuState();
         Array.Copy(Gpr, s.Gpr, 16);
         s.Rip = Rip;
@@ -85,8 +88,14 @@ public sealed partial class Cpu
         }
         LoadFxsave(s.Fxsave is { Length: >= 512 } ? s.Fxsave : s.Xsave!);
         Halted = s.Activity == VcpuActivity.Halted;
-        WaitingForSipi = s.Activity == VcpuActivity.WaitForSipi;
-        _sipiVector = s.SipiVector;
+        lock (_startupSync)
+        {
+            WaitingForSipi = s.Activity == VcpuActivity.WaitForSipi;
+            // A latched SIPI only means something to a vCPU waiting for one; it starts the vCPU when it next runs.
+            _sipiVector = WaitingForSipi ? s.SipiVector : -1;
+            _initPending = false;
+            _startupPending = _sipiVector >= 0;
+        }
         InterruptShadow = s.InterruptShadow;
         _nmiBlocked = s.NmiMasked;
         _nmiPending = s.NmiPending;

@@ -41,7 +41,8 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     // MSRs the CPU itself interprets; everything else it accepts lives in OtherMsrs.
     public ulong Star, Lstar, Cstar, Sfmask, KernelGsBase, SysenterCs, SysenterEsp, SysenterEip, TscAux, Pat = 0x0007040600070406UL;
-    public ulong ApicBase = 0xFEE0_0900; // BSP, xAPIC enabled
+    /// <summary>IA32_APIC_BASE; <see cref="ResetApicBase"/> (the BSP flag on vCPU 0 only) until the guest writes it.</summary>
+    public ulong ApicBase;
     public ulong MiscEnable = 1; // fast strings
     public readonly Dictionary<uint, ulong> OtherMsrs = new();
 
@@ -66,6 +67,8 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     // ---------------- run control ----------------
     private volatile bool _stopRequested;
+    // The vCPU thread is inside Run (executing, or asleep in HLT / wait-for-SIPI): its state is its own.
+    private volatile bool _inRun;
     private volatile int _pendingEvents;
     private readonly ulong[] _pendingVectors = new ulong[4];
     private volatile bool _nmiPending;
@@ -76,8 +79,9 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// <summary>STI / MOV SS / POP SS: interrupts are held off until after the next instruction.</summary>
     public bool InterruptShadow;
     public bool Halted;
-    /// <summary>An AP after INIT: executes nothing until a STARTUP IPI (SMP start-up is not implemented yet).</summary>
+    /// <summary>An AP after INIT: executes nothing until a STARTUP IPI (Cpu.Startup.cs).</summary>
     public bool WaitingForSipi;
+    // A SIPI accepted and not yet taken, or -1 (under _startupSync; see Cpu.Startup.cs).
     private int _sipiVector = -1;
     /// <summary>An exception a restored state had in delivery; delivered first when Run resumes.</summary>
     private PendingException? _pendingException;
@@ -103,6 +107,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         _mem = vm.Memory;
         _codeCache = cache;
         Index = index;
+        ApicBase = ResetApicBase(index);
         AllocTlb();
         cache.Register(this);
         SetState(CpuState.Reset());
@@ -137,10 +142,6 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         _pendingEvents = 1;
         _wake.Set();
     }
-
-    public void InjectInit() => throw new NotImplementedException("INIT: SMP start-up (issue #10) is being written");
-
-    public void InjectSipi(byte vector) => throw new NotImplementedException("SIPI: SMP start-up (issue #10) is being written");
 
     /// <summary>Guest-visible TSC frequency (CPUID 0x15/0x16 advertise it).</summary>
     public const ulong TscHz = 2_000_000_000;
@@ -179,9 +180,16 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         // The stop that ended the last Run cleared this with events still queued (an interrupt injected just before
         // the pause, a restored exception): look at them again first.
         _pendingEvents = 1;
+        _inRun = true;
+        t_self = this;
         EnterExecution();
         try { return RunLoop(); }
-        finally { LeaveExecution(); }
+        finally
+        {
+            LeaveExecution();
+            t_self = null;
+            _inRun = false;
+        }
     }
 
     private VcpuExit RunLoop()
@@ -190,6 +198,8 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         {
             if (_pendingEvents != 0)
             {
+                // Before a stop, so that an INIT/SIPI that raced with it is not left pending in a saved state.
+                if (_startupPending) HonourStartup();
                 if (_stopRequested)
                 {
                     _stopRequested = false;
@@ -197,22 +207,25 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                     if (_vm.PowerEvent != PowerEventKind.None) return new VcpuExit(VcpuExitReason.PowerEvent, _vm.PowerEvent.ToString());
                     return new VcpuExit(VcpuExitReason.Stopped);
                 }
-                if (_writeFlushRequested) HonourWriteFlush();
+                if (_safePointPending) RunSafePointWork();
                 if (_pendingException is { } pe && !DeliverRestoredException(pe))
                     return new VcpuExit(VcpuExitReason.Shutdown, $"triple fault delivering restored exception {pe.Vector} at {Sreg[CS].Selector:x4}:{Rip:x}");
             }
             if (WaitingForSipi)
             {
-                // An AP after INIT executes nothing until a STARTUP IPI; only a stop request ends the wait for now.
-                Idle();
+                // An AP after INIT executes nothing until a STARTUP IPI (or INIT, or a stop) wakes it.
+                if (!_startupPending && !_stopRequested) Idle();
                 continue;
             }
             if (Halted)
             {
                 if (!HasDeliverableEvent())
                 {
-                    if (!InterruptsEnabled && !_nmiPending) return new VcpuExit(VcpuExitReason.HaltedForever, $"HLT with IF=0 at {Sreg[CS].Selector:x4}:{InstrIp:x}");
-                    // HLT sleeps the thread; InjectInterrupt/RequestStop wake it.
+                    // A stop or INIT is taken at the top of the loop; the vCPU stays halted until then.
+                    if (_stopRequested || _startupPending) continue;
+                    if (!InterruptsEnabled && !_nmiPending && HaltIsForever)
+                        return new VcpuExit(VcpuExitReason.HaltedForever, $"HLT with IF=0 at {Sreg[CS].Selector:x4}:{InstrIp:x}");
+                    // HLT sleeps the thread; InjectInterrupt/InjectNmi/InjectInit/RequestStop wake it.
                     Idle();
                     continue;
                 }
@@ -247,7 +260,6 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     private bool HasDeliverableEvent()
     {
-        if (_stopRequested) return true;
         if (_nmiPending && !_nmiBlocked) return true;
         if (!InterruptsEnabled) return false;
         for (int k = 0; k < 4; k++) if (Volatile.Read(ref _pendingVectors[k]) != 0) return true;
@@ -296,7 +308,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             }
         }
         // Keep polling while something is still waiting (masked by IF, or more vectors queued).
-        if (any || _stopRequested || _writeFlushRequested) _pendingEvents = 1;
+        if (any || _stopRequested || _safePointPending || _startupPending) _pendingEvents = 1;
     }
 
     private void DeliverInterrupt(int vector)
