@@ -38,7 +38,7 @@ internal static class RunCommand
                 cfg.Append = r.GetValue(append) ?? "";
                 cfg.MemoryBytes = VmSpec.ParseMemory(r.GetValue(memory)!);
                 cfg.Cpus = r.GetValue(cpus);
-                if (cfg.Cpus < 1 || cfg.Cpus > 64) throw new FormatException($"--cpus must be between 1 and 64, got {cfg.Cpus}");
+                if (cfg.Cpus is < 1 or > VmSpec.MaxCpus) throw new FormatException($"--cpus must be between 1 and {VmSpec.MaxCpus}, got {cfg.Cpus}");
                 if (opts.RestoreDir != null && opts.Incoming != null)
                     throw new FormatException("--restore and --incoming exclude each other");
                 if (opts.Incoming != null && !opts.Incoming.StartsWith("unix:", StringComparison.Ordinal) && !opts.Incoming.StartsWith("tcp:", StringComparison.Ordinal))

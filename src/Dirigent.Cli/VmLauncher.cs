@@ -101,8 +101,6 @@ public static class VmLauncher
             return ExitCodes.VmmFailure;
         }
         using var vmScope = vm;
-        if (vm.Spec.Cpus > 1)
-            err.WriteLine("dirigent run: note: only vCPU 0 runs; secondary vCPUs (SMP start-up) are not implemented yet");
 
         FileStream? serialFile = null;
         string serial = cfg.Serial;

@@ -98,7 +98,8 @@ public sealed partial class Vm : IDisposable
         try
         {
             if (spec.Kernel == null && loadGuest) throw new VmException("no kernel given", badInput: true);
-            if (spec.Cpus < 1) throw new VmException($"--cpus {spec.Cpus}: at least 1", badInput: true);
+            if (spec.Cpus is < 1 or > VmSpec.MaxCpus)
+                throw new VmException($"--cpus {spec.Cpus}: between 1 and {VmSpec.MaxCpus}", badInput: true);
             if (openedDisks == null)
             {
                 try { foreach (var d in spec.Disks) disks.Add(DiskFactory.Open(d)); }
@@ -126,6 +127,10 @@ public sealed partial class Vm : IDisposable
                 owned.Push(accel);
                 irqChip = accel.CreateInKernelIrqChip(out string irqChipReason);
                 if (accel is not EmuAccelerator) log.WriteLine($"{accel.Name}: interrupt controllers: {irqChipReason}");
+                // KVM starts application processors only through its own local APICs (INIT/SIPI set the in-kernel
+                // MP state); with user-space APICs there is no way to make a waiting AP run.
+                if (irqChip == null && accel is not EmuAccelerator && spec.Cpus > 1)
+                    throw new VmException($"{accel.Name}: --cpus {spec.Cpus} needs the in-kernel interrupt controllers ({irqChipReason})", badInput: false);
             }
             catch (Dirigent.Accel.Kvm.KvmException e) { throw new VmException($"kvm: {e.Message}", badInput: false); }
             VmConsole? console = null;
@@ -176,7 +181,7 @@ public sealed partial class Vm : IDisposable
     {
         loaded ??= LoadGuest(Machine, Spec);
         Vcpus[0].SetState(loaded.State);
-        // Application processors stay in reset: SMP start-up is not implemented yet, and only vCPU 0 runs.
+        // Application processors wait for the boot processor's INIT/STARTUP IPIs (MP spec B.4), as after power-on.
         for (int k = 1; k < Vcpus.Length; k++)
         {
             var s = CpuState.Reset();
@@ -184,9 +189,6 @@ public sealed partial class Vm : IDisposable
             Vcpus[k].SetState(s);
         }
     }
-
-    /// <summary>vCPUs that run: only the boot processor until SMP start-up exists.</summary>
-    private IVcpu[] RunnableVcpus => Vcpus.Length > 1 ? [Vcpus[0]] : Vcpus;
 
     // ------------------------------------------------------------------ lifecycle requests
 
@@ -274,7 +276,7 @@ public sealed partial class Vm : IDisposable
             for (int k = 0; k < Vcpus.Length; k++) Vcpus[k].SetState(_pausedStates[k]);
         _pausedStates = null;
         Board.Registry.StartAll();
-        var run = RunnableVcpus;
+        var run = Vcpus;
         _exits = new VcpuExit[run.Length];
         var ended = _ended = new StrongBox<int>();
         var threads = new Thread[run.Length];
@@ -318,7 +320,7 @@ public sealed partial class Vm : IDisposable
     {
         var threads = _threads;
         if (threads == null) return [];
-        foreach (var v in RunnableVcpus) v.RequestStop();
+        foreach (var v in Vcpus) v.RequestStop();
         foreach (var t in threads) t.Join();
         _threads = null;
         _ended = null;

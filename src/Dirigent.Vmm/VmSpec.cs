@@ -12,7 +12,13 @@ public sealed record DiskConfig(string Path, DiskFormat Format, bool ReadOnly);
 public sealed class VmSpec
 {
     public ulong MemoryBytes = 512UL << 20;
+    /// <summary>vCPUs, 1..<see cref="MaxCpus"/>; vCPU i has APIC ID i, vCPU 0 is the boot processor.</summary>
     public int Cpus = 1;
+    /// <summary>
+    /// The most vCPUs a VM may have: one host thread each, and the software CPU tracks which vCPUs may write a page in
+    /// one 64-bit mask. (xAPIC IDs would allow 255; QEMU's q35 allows 288 with x2APIC.)
+    /// </summary>
+    public const int MaxCpus = 64;
     public string? Kernel;
     public List<string> Initrds = new();
     public string Append = "";

@@ -39,4 +39,29 @@ public class KvmLinuxBootTests(ITestOutputHelper output)
         Assert.Contains($"{InitScript.ExitStatusPrefix}5", r.Output);
         Assert.Contains("kvm: interrupt controllers: kvm in-kernel", r.Errors);
     }
+
+    /// <summary>SMP under KVM: the in-kernel LAPICs start the APs (INIT/SIPI), one host thread per vCPU.</summary>
+    [SkippableTheory]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void Stock_linux_brings_up_every_vcpu_under_kvm(int cpus)
+    {
+        Skip.IfNot(KvmAccelerator.HasHardwareVirtualization(out string why), why);
+        var image = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, _ => { });
+        var cfg = new VmSpec
+        {
+            Kernel = image.Kernel,
+            Initrds = [image.Initramfs],
+            Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument("echo NPROC=$(nproc); echo ONLINE=$(cat /sys/devices/system/cpu/online); dmesg | grep -c -E 'BUG:|WARNING:|Oops|stall|lockup' | sed 's/^/BAD=/'")}",
+            MemoryBytes = 256UL << 20,
+            Cpus = cpus,
+            Accel = AccelKind.Kvm,
+        };
+        var r = new GuestRunner();
+        int rc = r.Run(cfg, TimeSpan.FromMinutes(2));
+        Assert.True(rc == 0, $"exit status {rc}; errors: {r.Errors}\n{GuestRunner.Tail(r.Output)}");
+        Assert.Contains($"NPROC={cpus}", r.Output);
+        Assert.Contains($"ONLINE=0-{cpus - 1}", r.Output);
+        Assert.Contains("BAD=0", r.Output);
+    }
 }

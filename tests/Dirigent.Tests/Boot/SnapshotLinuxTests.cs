@@ -18,7 +18,7 @@ public class SnapshotLinuxTests
 {
     private static readonly TimeSpan Timeout = TimeSpan.FromMinutes(4);
 
-    internal static VmSpec LinuxSpec(string script, ulong memory = 256UL << 20)
+    internal static VmSpec LinuxSpec(string script, ulong memory = 256UL << 20, int cpus = 1)
     {
         var image = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, _ => { });
         return new VmSpec
@@ -27,18 +27,24 @@ public class SnapshotLinuxTests
             Initrds = [image.Initramfs],
             Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
             MemoryBytes = memory,
+            Cpus = cpus,
             Accel = AccelKind.Emu,
             Serial = "none",
         };
     }
 
-    [Fact]
-    public void Linux_guest_restored_from_a_snapshot_answers_keeps_time_and_its_files()
+    /// <summary>With 2 vCPUs the snapshot holds an SMP guest: both vCPUs' states (the idle one halted) and both APICs.</summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    public void Linux_guest_restored_from_a_snapshot_answers_keeps_time_and_its_files(int cpus)
     {
         using var dir = new TempDir();
         var spec = LinuxSpec(
             "dd if=/dev/urandom of=/tmp/f bs=64k count=32 2>/dev/null; echo H1=$(sha256sum /tmp/f); " +
-            "echo READY; read line; echo GOT:$line; sleep 1; echo H2=$(sha256sum /tmp/f); echo ALLDONE");
+            "echo READY; read line; echo GOT:$line; sleep 1; echo H2=$(sha256sum /tmp/f); " +
+            "(sha256sum /tmp/f > /tmp/a) & (sha256sum /tmp/f > /tmp/b) & wait; echo NPROC=$(nproc) SAME=$(cat /tmp/a /tmp/b | uniq | wc -l); " +
+            "echo ALLDONE", cpus: cpus);
         string before;
         using (var vm = Vm.Create(spec, TextWriter.Null))
         using (var cap = new ConsoleCapture(vm))
@@ -60,6 +66,7 @@ public class SnapshotLinuxTests
         Assert.True(cap2.WaitFor("ALLDONE", Timeout), "restored guest did not finish: " + cap2.Text);
         Assert.Contains("GOT:typed-after-restore", cap2.Text);
         Assert.Equal(h1, Regex.Match(cap2.Text, @"H2=([0-9a-f]{64})").Groups[1].Value);
+        Assert.Contains($"NPROC={cpus} SAME=1", cap2.Text);
         Assert.True(restored.WaitEnded(Timeout));
         Assert.Equal(VmExitKind.PowerOff, restored.ExitReason!.Kind);
         Assert.DoesNotMatch("BUG|Oops|soft lockup|rcu_sched self-detected|clocksource.*unstable", cap2.Text);
