@@ -59,7 +59,7 @@ internal static class SmpGuest
     private const uint Pair = Vars + 0x200, Torn = Vars + 0x240, Failed = Vars + 0x280, Gen = Vars + 0x2C0;
     private const uint Acks = Vars + 0x300, Bad = Vars + 0x340, LastBad = Vars + 0x380;
     private const uint FixedCount = Vars + 0x400, NmiCount = Vars + 0x600, ExpFixed = Vars + 0x800, ExpNmi = Vars + 0xA00;
-    private const uint IdtrAddr = Vars + 0xF00;
+    private const uint Contended = Vars + 0xD00, MaxWait = Vars + 0xE00, IdtrAddr = Vars + 0xF00;
 
     private const ulong Lapic = 0xFEE0_0000;
     private const int ApicId = 0x20, Eoi = 0xB0, Ldr = 0xD0, Dfr = 0xE0, Svr = 0xF0, IcrLow = 0x300, IcrHigh = 0x310;
@@ -418,14 +418,26 @@ internal static class SmpGuest
         a.Label(ref l.BodyBsp);
         a.jmp(l.BodyAp);
         a.Label(ref l.BodyAp);
+        // R10 counts signs that another vCPU got in between (evidence of real overlap): XADD results that do not
+        // follow this vCPU's previous one (R11; the first is compared with a plain read), failed compare-exchanges,
+        // spins for the ticket lock.
         var loop = a.CreateLabel();
+        var next = a.CreateLabel();
         a.mov(r9d, iterations);
+        a.xor(r10d, r10d);
+        a.mov(r11, __qword_ptr[Counter]);
+        a.dec(r11);
         a.Label(ref loop);
         switch (work)
         {
             case SmpWork.LockXadd:
                 a.mov(eax, 1);
                 a.@lock.xadd(__qword_ptr[Counter], rax);
+                a.lea(rdx, __[r11 + 1]);
+                a.mov(r11, rax);
+                a.cmp(rax, rdx);
+                a.je(next);
+                a.inc(r10);
                 break;
             case SmpWork.LockCmpxchg:
             {
@@ -434,7 +446,9 @@ internal static class SmpGuest
                 a.Label(ref retry);
                 a.lea(rdx, __[rax + 1]);
                 a.@lock.cmpxchg(__qword_ptr[Counter], rdx); // on failure RAX = the current value
-                a.jne(retry);
+                a.je(next);
+                a.inc(r10);
+                a.jmp(retry);
                 break;
             }
             case SmpWork.TicketLock:
@@ -446,6 +460,7 @@ internal static class SmpGuest
                 a.Label(ref spin);
                 a.cmp(__qword_ptr[NowServing], rax);
                 a.je(got);
+                a.inc(r10);
                 a.pause();
                 a.jmp(spin);
                 a.Label(ref got);
@@ -464,7 +479,6 @@ internal static class SmpGuest
             case SmpWork.Cmpxchg16b:
             {
                 var retry = a.CreateLabel();
-                var done = a.CreateLabel();
                 // Plain loads, low half first: both halves only grow together, so an untorn pair gives hi >= lo.
                 a.mov(rax, __qword_ptr[Pair]);
                 a.mov(rdx, __qword_ptr[Pair + 8]);
@@ -475,18 +489,20 @@ internal static class SmpGuest
                 a.lea(rbx, __[rax + 1]);
                 a.lea(rcx, __[rdx + 1]);
                 a.@lock.cmpxchg16b(__xmmword_ptr[Pair]);
-                a.je(done);
+                a.je(next);
+                a.inc(r10);
                 // Failed: RDX:RAX is the value found, read atomically, so its halves are equal.
                 a.cmp(rax, rdx);
                 a.je(retry);
                 a.@lock.inc(__qword_ptr[Torn]);
                 a.jmp(retry);
-                a.Label(ref done);
                 break;
             }
         }
+        a.Label(ref next);
         a.dec(r9d);
         a.jnz(loop);
+        a.@lock.add(__qword_ptr[Contended], r10);
         a.ret();
     }
 
@@ -623,11 +639,23 @@ internal static class SmpGuest
                     EmitCheck(a, l, $"fixed{d}", FixedCount + (uint)d * 8, d == 0 ? 0 : (ulong)(FixedPerRound * iterations));
                     EmitCheck(a, l, $"nmi{d}", NmiCount + (uint)d * 8, d == 0 ? 0 : (ulong)(NmiPerRound * iterations));
                 }
+                EmitPrint(a, l, " maxwait=");
+                a.mov(rax, __qword_ptr[MaxWait]);
+                a.call(l.PutHex);
+                EmitPrint(a, l, " slow=");
+                a.mov(rax, __qword_ptr[MaxWait + 8]);
+                a.call(l.PutHex);
                 break;
             case SmpWork.CrossModifyingCode:
                 EmitCheck(a, l, "acks", Acks, (ulong)((cpus - 1) * iterations));
                 EmitCheck(a, l, "bad", Bad, 0);
                 break;
+        }
+        if (work is SmpWork.LockXadd or SmpWork.LockCmpxchg or SmpWork.TicketLock or SmpWork.Cmpxchg16b)
+        {
+            EmitPrint(a, l, " contended=");
+            a.mov(rax, __qword_ptr[Contended]);
+            a.call(l.PutHex);
         }
         var failed = a.CreateLabel();
         EmitPrint(a, l, "\n");
@@ -752,7 +780,12 @@ internal static class SmpGuest
         var notYet = a.CreateLabel();
         var counted = a.CreateLabel();
         var lost = a.CreateLabel();
+        var counted2 = a.CreateLabel();
         a.Label(ref l.WaitIpis);
+        a.rdtsc();
+        a.shl(rdx, 32);
+        a.or(rdx, rax);
+        a.mov(r10, rdx);
         a.mov(r8d, 1);
         a.Label(ref nextAp);
         a.cmp(r8d, cpus);
@@ -773,6 +806,20 @@ internal static class SmpGuest
         a.jnz(poll);
         a.jmp(lost);
         a.Label(ref counted);
+        // The longest wait in TSC ticks, for the report (a lost wake-up shows as a poll interval).
+        a.rdtsc();
+        a.shl(rdx, 32);
+        a.or(rdx, rax);
+        a.sub(rdx, r10);
+        a.mov(rax, 40_000_000);
+        a.cmp(rdx, rax);
+        a.setae(al);
+        a.movzx(eax, al);
+        a.add(__qword_ptr[MaxWait + 8], rax);
+        a.cmp(rdx, __qword_ptr[MaxWait]);
+        a.jbe(counted2);
+        a.mov(__qword_ptr[MaxWait], rdx);
+        a.Label(ref counted2);
         a.ret();
         a.Label(ref lost);
         EmitPrint(a, l, "\nLOST apic=");

@@ -2,6 +2,7 @@ using Dirigent.Tests.Kvm;
 using Dirigent.Tests.Lifecycle;
 using Dirigent.Tests.Storage;
 using Dirigent.Vmm;
+using Xunit.Abstractions;
 using AccelKind = Dirigent.Vmm.AccelKind;
 
 namespace Dirigent.Tests.Smp;
@@ -11,7 +12,7 @@ namespace Dirigent.Tests.Smp;
 /// STARTUP IPIs, then all vCPUs work on shared memory at once. 4 vCPUs on a 2-core host must time-share. Every
 /// final value is exact; the guest checks them itself too and exits with <see cref="SmpGuest.Pass"/>.
 /// </summary>
-public class SmpGuestTests
+public class SmpGuestTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan HangGuard = TimeSpan.FromSeconds(120);
     private const int PerCpu = 20_000;
@@ -59,7 +60,7 @@ public class SmpGuestTests
     [InlineData(4)]
     public void FixedAndNmiIpisArriveExactlyOnceEach(int cpus)
     {
-        const int rounds = 200;
+        const int rounds = 100;
         string text = RunPassing(SmpWork.Ipis, cpus, rounds);
         Assert.Contains($" fixed0={0:X16} nmi0={0:X16}", text);
         for (int d = 1; d < cpus; d++)
@@ -71,7 +72,7 @@ public class SmpGuestTests
     [InlineData(4)]
     public void CrossModifiedCodeRunsTheNewInstructions(int cpus)
     {
-        const int rounds = 2000;
+        const int rounds = 500;
         string text = RunPassing(SmpWork.CrossModifyingCode, cpus, rounds);
         Assert.Contains($" acks={(ulong)((cpus - 1) * rounds):X16} bad={0:X16}", text);
     }
@@ -94,7 +95,7 @@ public class SmpGuestTests
     }
 
     /// <summary>Runs the guest to its debug-exit; asserts it reported PASS and returns its console output.</summary>
-    private static string RunPassing(SmpWork work, int cpus, int iterations, AccelKind accel = AccelKind.Emu)
+    private string RunPassing(SmpWork work, int cpus, int iterations, AccelKind accel = AccelKind.Emu)
     {
         using var dir = new TempDir();
         var spec = new VmSpec
@@ -107,8 +108,11 @@ public class SmpGuestTests
         };
         using var vm = Vm.Create(spec, TextWriter.Null);
         using var cap = new ConsoleCapture(vm);
+        var started = System.Diagnostics.Stopwatch.StartNew();
         vm.Start();
-        Assert.True(vm.WaitEnded(HangGuard), $"no debug-exit within {HangGuard.TotalSeconds} s; console:\n{cap.Text}");
+        bool ended = vm.WaitEnded(HangGuard);
+        output.WriteLine($"{started.Elapsed.TotalMilliseconds:F0} ms; console:\n{cap.Text}");
+        Assert.True(ended, $"no debug-exit within {HangGuard.TotalSeconds} s; console:\n{cap.Text}");
         var exit = vm.ExitReason!;
         Assert.True(exit.Kind == VmExitKind.DebugExit, $"{exit}; console:\n{cap.Text}");
         Assert.True(exit.DebugExitValue == SmpGuest.Pass, $"exit value 0x{exit.DebugExitValue:x}; console:\n{cap.Text}");
