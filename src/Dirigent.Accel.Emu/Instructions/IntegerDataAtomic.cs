@@ -202,42 +202,30 @@ internal static unsafe class IntegerDataAtomic
         c.SetFlag(Cpu.ZF, eq);
     }
 
-    // .NET has no 128-bit interlocked compare-exchange; CMPXCHG16B is rare (lockless lists, percpu ops), so a lock
-    // suffices: it is atomic against other CMPXCHG16Bs, and each 8-byte half is stored with a single host store.
-    private static readonly object s_lock16 = new();
-
     private static void Cmpxchg16b(Cpu c, ref Instruction i)
     {
-        ulong ea = c.EffectiveAddress(ref i);
-        if ((ea & 15) != 0) throw new CpuException(Vec.GP, 0);
         ulong la = c.MemLinear(ref i, 16, true);
+        // The alignment check is on the linear address (as Bochs does): an FS/GS base counts.
+        if ((la & 15) != 0) throw new CpuException(Vec.GP, 0);
         ulong eLo = c.Gpr[Cpu.RAX], eHi = c.Gpr[Cpu.RDX];
         ulong oLo, oHi;
         bool eq;
-        lock (s_lock16)
+        byte* p = c.HostPointerForRmw(la, 16);
+        // RAM is mapped page-aligned, so a 16-aligned linear address gives a 16-aligned host pointer; the test
+        // only keeps a misaligned host pointer (which would fault the host) away from the native instruction.
+        if (p != null && ((nuint)p & 15) == 0)
+            eq = HostAtomic128.CompareExchange((ulong*)p, eLo, eHi, c.Gpr[Cpu.RBX], c.Gpr[Cpu.RCX], out oLo, out oHi);
+        else
         {
-            byte* p = c.HostPointerForRmw(la, 16);
-            if (p != null)
+            // MMIO (or the impossible misaligned RAM case): serialized with the other locked fallbacks only.
+            lock (Cpu.SplitLock)
             {
-                oLo = Volatile.Read(ref *(ulong*)p);
-                oHi = Volatile.Read(ref *(ulong*)(p + 8));
+                oLo = c.Read64(la);
+                oHi = c.Read64(la + 8);
                 eq = oLo == eLo && oHi == eHi;
-                if (eq)
-                {
-                    Volatile.Write(ref *(ulong*)p, c.Gpr[Cpu.RBX]);
-                    Volatile.Write(ref *(ulong*)(p + 8), c.Gpr[Cpu.RCX]);
-                }
-            }
-            else
-            {
-                lock (Cpu.SplitLock)
-                {
-                    oLo = c.Read64(la);
-                    oHi = c.Read64(la + 8);
-                    eq = oLo == eLo && oHi == eHi;
-                    c.Write64(la, eq ? c.Gpr[Cpu.RBX] : oLo);
-                    c.Write64(la + 8, eq ? c.Gpr[Cpu.RCX] : oHi);
-                }
+                // A locked operation always writes its destination, even when the comparison fails.
+                c.Write64(la, eq ? c.Gpr[Cpu.RBX] : oLo);
+                c.Write64(la + 8, eq ? c.Gpr[Cpu.RCX] : oHi);
             }
         }
         if (!eq)
