@@ -46,7 +46,7 @@ public static partial class BootBench
     private static void Row(string name, double a, double? b) =>
         Console.WriteLine($"{name,-34} {a,10:F2} {(b.HasValue ? b.Value.ToString("F2") : "-"),10} {(b is > 0 ? (a / b.Value).ToString("F2") + "x" : "-"),14}");
 
-    private sealed class Watch : Stream
+    private sealed class Watch : OutputSink
     {
         private readonly StringBuilder _sb = new();
         private readonly Func<TimeSpan> _cpu;
@@ -65,16 +65,6 @@ public static partial class BootBench
             }
         }
         public override void Write(byte[] buffer, int offset, int count) => Feed(buffer, offset, count);
-        public override void WriteByte(byte value) => Feed([value], 0, 1);
-        public override void Flush() { }
-        public override bool CanRead => false;
-        public override bool CanSeek => false;
-        public override bool CanWrite => true;
-        public override long Length => 0;
-        public override long Position { get => 0; set { } }
-        public override int Read(byte[] buffer, int offset, int count) => 0;
-        public override long Seek(long offset, SeekOrigin origin) => 0;
-        public override void SetLength(long value) { }
 
         public double IdlePercent => IdleBegin.HasValue && IdleEnd.HasValue
             ? (IdleEnd.Value - IdleBegin.Value).TotalSeconds / (IdleEndWall!.Value - IdleBeginWall!.Value).TotalSeconds * 100 : double.NaN;

@@ -116,7 +116,7 @@ public static partial class SmpBench
     }
 
     /// <summary>Collects the serial output and notes the host's wall time when /init's first mark arrives.</summary>
-    private sealed class Marks : Stream
+    private sealed class Marks : OutputSink
     {
         private readonly StringBuilder _sb = new();
         public Stopwatch Clock = null!;
@@ -150,16 +150,6 @@ public static partial class SmpBench
                 Num(one.Groups[2].Value) - Num(one.Groups[1].Value), Num(two.Groups[2].Value) - Num(two.Groups[1].Value));
         }
 
-        public override void WriteByte(byte value) => Write([value], 0, 1);
-        public override void Flush() { }
-        public override bool CanRead => false;
-        public override bool CanSeek => false;
-        public override bool CanWrite => true;
-        public override long Length => 0;
-        public override long Position { get => 0; set { } }
-        public override int Read(byte[] buffer, int offset, int count) => 0;
-        public override long Seek(long offset, SeekOrigin origin) => 0;
-        public override void SetLength(long value) { }
     }
 
     [GeneratedRegex(@"MARK-INIT ([0-9.]+) ([0-9]+)")] private static partial Regex MarkInit();

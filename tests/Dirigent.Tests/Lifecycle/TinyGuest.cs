@@ -72,8 +72,8 @@ internal static class TinyGuest
         }
     }
 
-    /// <summary>Writes AL to COM1 after waiting for THR empty.</summary>
-    private static void EmitPutc(Assembler a)
+    /// <summary>Writes AL to COM1 after waiting for THR empty (any mode; AH and DX are used).</summary>
+    internal static void EmitPutc(Assembler a)
     {
         var wait = a.CreateLabel();
         a.mov(ah, al);

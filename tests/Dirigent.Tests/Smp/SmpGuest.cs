@@ -396,18 +396,9 @@ internal static partial class SmpGuest
     private static void EmitRoutines(Assembler a, Code64 l, int cpus)
     {
         // Putc: AL to COM1 once THR is empty. Keeps all registers but AX.
-        var wait = a.CreateLabel();
         a.Label(ref l.Putc);
         a.push(rdx);
-        a.mov(ah, al);
-        a.Label(ref wait);
-        a.mov(dx, 0x3FD);
-        a.@in(al, dx);
-        a.test(al, 0x20);
-        a.jz(wait);
-        a.mov(dx, 0x3F8);
-        a.mov(al, ah);
-        a.@out(dx, al);
+        Lifecycle.TinyGuest.EmitPutc(a);
         a.pop(rdx);
         a.ret();
 

@@ -1,6 +1,7 @@
 using System.Runtime.Intrinsics;
 using Dirigent.Accel.Emu.Core;
 using Dirigent.Machine.Accel;
+using Dirigent.Machine.Bus;
 using Dirigent.Machine.Loaders;
 using Dirigent.Tests.Infrastructure;
 using static Dirigent.Tests.SoftCpu.LifecycleTestKit;
@@ -18,6 +19,20 @@ public class SmpStartupTests
     // The AP's start-up code lives at 0x8000 (SIPI vector 0x08), its results at 0x9000.
     private const byte Vector = 0x08;
     private const ulong Trampoline = 0x8000, Done = 0x9000, NmiDone = 0x9001;
+
+    /// <summary>64-bit code at CodeBase storing to <paramref name="addr"/> forever, where <paramref name="device"/> sits.</summary>
+    private static void LoadStoreLoop(TestVm vm, ulong addr, IMmioDevice device)
+    {
+        vm.Vm.Mmio.Register(addr, 0x1000, device);
+        vm.Load(TestVm.CodeBase, 64, a =>
+        {
+            var top = a.CreateLabel();
+            a.mov(rbx, addr);
+            a.Label(ref top);
+            a.mov(__dword_ptr[rbx], eax);
+            a.jmp(top);
+        });
+    }
 
     private static (TestVm vm, Cpu ap) TwoCpus()
     {
@@ -80,15 +95,7 @@ public class SmpStartupTests
         var (vm, ap) = TwoCpus();
         using var _ = vm;
         var tick = new TickDevice();
-        vm.Vm.Mmio.Register(TickAddr, 0x1000, tick);
-        vm.Load(TestVm.CodeBase, 64, a =>
-        {
-            var top = a.CreateLabel();
-            a.mov(rbx, TickAddr);
-            a.Label(ref top);
-            a.mov(__dword_ptr[rbx], eax);
-            a.jmp(top);
-        });
+        LoadStoreLoop(vm, TickAddr, tick);
         var s0 = BootState.Long64(vm.Vm.Memory, TestVm.CodeBase, TestVm.StackTop);
         s0.Cr0 |= Cpu.Cr0CD; // kept by INIT (SDM table 10-1)
         ap.SetState(s0);
@@ -158,15 +165,7 @@ public class SmpStartupTests
         var (vm, ap) = TwoCpus();
         using var _ = vm;
         var tick = new TickDevice();
-        vm.Vm.Mmio.Register(TickAddr, 0x1000, tick);
-        vm.Load(TestVm.CodeBase, 64, a =>
-        {
-            var top = a.CreateLabel();
-            a.mov(rbx, TickAddr);
-            a.Label(ref top);
-            a.mov(__dword_ptr[rbx], eax);
-            a.jmp(top);
-        });
+        LoadStoreLoop(vm, TickAddr, tick);
         ap.SetState(BootState.Long64(vm.Vm.Memory, TestVm.CodeBase, TestVm.StackTop));
         var t = StartOn(ap, out var result);
         try
@@ -195,15 +194,7 @@ public class SmpStartupTests
         using var vm = new TestVm();
         var ap = (Cpu)vm.Accel.CreateVcpu(1);
         var gate = new GateDevice();
-        vm.Vm.Mmio.Register(GateAddr, 0x1000, gate);
-        vm.Load(TestVm.CodeBase, 64, a =>
-        {
-            var top = a.CreateLabel();
-            a.mov(rbx, GateAddr);
-            a.Label(ref top);
-            a.mov(__dword_ptr[rbx], eax); // the test sends INIT while the vCPU waits here
-            a.jmp(top);
-        });
+        LoadStoreLoop(vm, GateAddr, gate); // the test sends INIT while the vCPU waits in the gate's store
         var bsp = vm.Cpu;
         bsp.SetState(BootState.Long64(vm.Vm.Memory, TestVm.CodeBase, TestVm.StackTop));
         var t = StartOn(bsp, out var result);
