@@ -42,6 +42,39 @@ public sealed partial class VmApiServer
         w.WriteEndObject();
     }
 
+    /// <summary>
+    /// GET /v1/vm/vcpus: each vCPU's activity (running, halted, wait_for_sipi), CS:RIP, code size and instructions
+    /// retired, without pausing the VM; a running vCPU the accelerator cannot look at (KVM) has only its index.
+    /// </summary>
+    private async Task GetVcpus(HttpContext ctx)
+    {
+        // The software CPU answers at each vCPU's next block boundary: wait for that off Kestrel's I/O threads.
+        var list = await Task.Run(_vm.QueryVcpus);
+        var buf = new ArrayBufferWriter<byte>(256);
+        using (var w = new Utf8JsonWriter(buf, ApiProblem.JsonOptions))
+        {
+            w.WriteStartObject();
+            w.WriteStartArray("vcpus");
+            foreach (var v in list)
+            {
+                w.WriteStartObject();
+                w.WriteNumber("index", v.Index);
+                if (v.Live)
+                {
+                    w.WriteString("activity", SnakeCase(v.Activity.ToString()));
+                    w.WriteString("cs", $"0x{v.Cs:x}");
+                    w.WriteString("rip", $"0x{v.Rip:x}");
+                    w.WriteNumber("mode", v.Mode);
+                    w.WriteNumber("instructions", v.InstructionsRetired);
+                }
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteEndObject();
+        }
+        await WriteBytes(ctx, "application/json", buf.WrittenMemory);
+    }
+
     /// <summary>GET /v1/vm/console: the console's recent output (its ring buffer), raw bytes.</summary>
     private Task GetConsole(HttpContext ctx) => WriteBytes(ctx, "application/octet-stream", _vm.Console.Recent());
 

@@ -110,6 +110,7 @@ public sealed partial class VmApiServer : IAsyncDisposable
         // an empty body).
         app.Map("/v1/vm", c => Serve(c, HttpMethods.Get, GetVm));
         app.Map("/v1/vm/console", c => Serve(c, HttpMethods.Get, GetConsole));
+        app.Map("/v1/vm/vcpus", c => Serve(c, HttpMethods.Get, GetVcpus));
         app.Map("/v1/vm/pause", c => Serve(c, HttpMethods.Put, x => Lifecycle(x, _vm.Pause)));
         app.Map("/v1/vm/resume", c => Serve(c, HttpMethods.Put, x => Lifecycle(x, _vm.Resume)));
         app.Map("/v1/vm/power-button", c => Serve(c, HttpMethods.Put, x => Lifecycle(x, _vm.PowerButton)));

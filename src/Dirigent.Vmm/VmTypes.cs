@@ -56,3 +56,11 @@ public sealed class VmException(string message, bool badInput) : Exception(messa
 
 /// <summary>A request that the VM's current state does not allow (resume while running...): the API's 409.</summary>
 public sealed class VmStateException(string message) : InvalidOperationException(message);
+
+/// <summary>
+/// What one vCPU is doing (a monitor's view, as QEMU's `info cpus`): its activity, where it is, how much it ran.
+/// <see cref="Live"/> is false for a running vCPU the accelerator cannot look at (KVM): then only the index is known.
+/// </summary>
+public sealed record VcpuInfo(int Index, bool Live, Dirigent.Machine.Accel.VcpuActivity Activity = default,
+    ushort Cs = 0, ulong Rip = 0, int Mode = 0, ulong InstructionsRetired = 0);
+

@@ -1,3 +1,5 @@
+using Dirigent.Machine.Accel;
+
 namespace Dirigent.Accel.Emu.Core;
 
 public sealed partial class Cpu
@@ -40,6 +42,18 @@ public sealed partial class Cpu
     /// SIPI), after it stopped counting as executing.
     /// </summary>
     internal Action? OnIdle;
+
+    /// <summary>
+    /// Any thread: the vCPU's state at its next safe point (a block boundary, or now when it does not execute), so
+    /// a monitor can look at a running SMP guest without pausing it. The caller must not race a SetState (the VM
+    /// serializes both).
+    /// </summary>
+    public CpuState QueryState()
+    {
+        CpuState? state = null;
+        RunAtSafePoint(c => state = c.GetState());
+        return state!;
+    }
 
     /// <summary>Any thread: runs <paramref name="work"/> on this vCPU's state at a safe point and returns when it is done.</summary>
     internal void RunAtSafePoint(Action<Cpu> work) => WaitSafePoint(PostSafePoint(work));

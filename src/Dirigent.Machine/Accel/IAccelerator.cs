@@ -77,6 +77,14 @@ public interface IVcpu
     /// </summary>
     void SetState(CpuState state);
 
+    /// <summary>
+    /// Thread-safe, while the vCPU may be running: its state at an instruction boundary, taken without stopping the
+    /// other vCPUs (the software CPU answers at its next block boundary, or at once when asleep in HLT). Null when the
+    /// accelerator cannot look at a running vCPU (KVM: its registers are the kernel's until KVM_RUN returns); use
+    /// <see cref="GetState"/> on a stopped vCPU there.
+    /// </summary>
+    CpuState? QueryState() => null;
+
     /// <summary>Thread-safe: an external (maskable) interrupt with this vector is pending until the guest takes it.</summary>
     void InjectInterrupt(byte vector);
     /// <summary>Thread-safe: an NMI is pending.</summary>

@@ -35,12 +35,13 @@ internal sealed class ApiTestVm : IAsyncDisposable
     }
 
     /// <summary>Builds and starts the VM and its API server; returns once the guest has printed its ready line.</summary>
-    public static async Task<ApiTestVm> StartAsync()
+    /// <param name="cpus">vCPUs; the guest runs on vCPU 0 only (it never starts the others).</param>
+    public static async Task<ApiTestVm> StartAsync(int cpus = 1)
     {
         string dir = Directory.CreateTempSubdirectory("dirigent-api-").FullName;
         string kernel = Path.Combine(dir, "guest.bin");
         File.WriteAllBytes(kernel, BuildGuest());
-        var vm = Vm.Create(new VmSpec { Kernel = kernel, Accel = AccelKind.Emu, Serial = "none", MemoryBytes = 16UL << 20 },
+        var vm = Vm.Create(new VmSpec { Kernel = kernel, Accel = AccelKind.Emu, Serial = "none", MemoryBytes = 16UL << 20, Cpus = cpus },
             TextWriter.Null);
         var log = new StringWriter();
         VmApiServer server;

@@ -26,6 +26,40 @@ public class VmApiServerTests
     }
 
     [Fact]
+    public async Task VcpusAreListedWithoutPausingTheVm()
+    {
+        // Two vCPUs; the guest never starts the AP, so vCPU 1 still waits for a SIPI at the reset vector.
+        await using var t = await ApiTestVm.StartAsync(cpus: 2);
+        async Task<JsonElement[]> Vcpus()
+        {
+            using var r = await t.Http.GetAsync("/v1/vm/vcpus");
+            Assert.Equal(HttpStatusCode.OK, r.StatusCode);
+            using var doc = JsonDocument.Parse(await r.Content.ReadAsByteArrayAsync());
+            return doc.RootElement.GetProperty("vcpus").EnumerateArray().Select(e => e.Clone()).ToArray();
+        }
+        var first = await Vcpus();
+        Assert.Equal(2, first.Length);
+        Assert.Equal(0, first[0].GetProperty("index").GetInt32());
+        Assert.Equal(32, first[0].GetProperty("mode").GetInt32()); // the Multiboot guest runs in protected mode
+        Assert.Contains(first[0].GetProperty("activity").GetString(), new[] { "running", "halted" });
+        Assert.Equal("wait_for_sipi", first[1].GetProperty("activity").GetString());
+        Assert.Equal("0xf000", first[1].GetProperty("cs").GetString());
+        Assert.Equal("0xfff0", first[1].GetProperty("rip").GetString());
+        Assert.Equal(16, first[1].GetProperty("mode").GetInt32());
+        Assert.Equal(0UL, first[1].GetProperty("instructions").GetUInt64());
+        Assert.Equal("running", (await t.GetVm()).GetProperty("state").GetString());
+        Assert.True(first[0].GetProperty("instructions").GetUInt64() > 0);
+        // After its ready line the guest waits in STI; HLT: vCPU 0 is seen asleep there, inside the guest's code.
+        var halted = await ApiTestVm.Until(Vcpus, v => v[0].GetProperty("activity").GetString() == "halted", "vCPU 0 to halt");
+        Assert.True(Convert.ToUInt64(halted[0].GetProperty("rip").GetString(), 16) >= 0x10_0000);
+        // Paused: the same answer from the stopped vCPUs.
+        (await t.Put("/v1/vm/pause")).EnsureSuccessStatusCode();
+        var paused = await Vcpus();
+        Assert.Equal(paused[0].GetProperty("rip").GetString(), (await Vcpus())[0].GetProperty("rip").GetString());
+        Assert.Equal("wait_for_sipi", paused[1].GetProperty("activity").GetString());
+    }
+
+    [Fact]
     public async Task PauseFreezesVmTimeAndResumeRestartsIt()
     {
         await using var t = await ApiTestVm.StartAsync();
