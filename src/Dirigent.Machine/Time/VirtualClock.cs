@@ -145,9 +145,14 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
         }
     }
 
+    /// <summary>
+    /// Stops the timer thread and waits until no callback runs any more: the machine frees guest memory right after,
+    /// and a device timer still running would touch it (unless a callback itself disposes the clock).
+    /// </summary>
     public void Dispose()
     {
         _disposed = true;
         _changed.Set();
+        if (Thread.CurrentThread != _thread) _thread.Join();
     }
 }
