@@ -27,7 +27,9 @@ namespace Dirigent.Accel.Emu.Core;
 internal sealed unsafe class CodeCache
 {
     private readonly GuestMemory _mem;
-    private readonly Dictionary<(ulong, ulong, int), Block> _blocks = new();
+    // Read without the lock (vCPUs look blocks up on every jump-cache miss, and must not wait behind another vCPU's
+    // decode); added and removed under _lock with the page lists.
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<(ulong, ulong, int), Block> _blocks = new();
     private readonly Dictionary<ulong, List<Block>> _byPage = new();
     // Per guest-physical page below TopOfRam: data (0), code (-1), or a positive ticket while a vCPU protects it (so
     // that a protector whose page was invalidated and protected again by another meanwhile does not declare it code).
@@ -91,7 +93,7 @@ internal sealed unsafe class CodeCache
 
     public Block? Lookup(ulong phys, ulong ip, int bits)
     {
-        lock (_lock) return _blocks.TryGetValue((phys, ip, bits), out var b) ? b : null;
+        return _blocks.TryGetValue((phys, ip, bits), out var b) ? b : null;
     }
 
     /// <summary>
@@ -130,7 +132,7 @@ internal sealed unsafe class CodeCache
                 if (!b.Valid) continue;
                 b.Valid = false;
                 BlocksInvalidated++;
-                _blocks.Remove((b.Phys, b.Ip, b.Bits));
+                _blocks.TryRemove((b.Phys, b.Ip, b.Bits), out _);
                 // Only the writer's own block is cut short: another vCPU's current block belongs to its thread.
                 writer?.OnBlockInvalidated(b);
             }

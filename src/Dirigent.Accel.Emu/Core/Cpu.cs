@@ -434,7 +434,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         if (!Is64BitMode && Rip > Sreg[CS].Limit) throw new CpuException(Vec.GP, 0);
         ulong phys = TranslateFetch(linear);
         b = _codeCache.Lookup(phys, Rip, CodeBits);
-        if (b == null || b.Linear != linear ||
+        if (b == null || !b.Valid || b.Linear != linear ||
             (b.Page1 != ulong.MaxValue && (TranslateFetch((linear | 0xFFF) + 1) & ~0xFFFUL) != b.Page1))
         {
             b = _codeCache.Translate(this, linear, phys, Rip, CodeBits);
