@@ -311,8 +311,15 @@ public sealed partial class SqliteInventory : IInventory
     private void ReapTick()
     {
         // Ticks must not pile up behind a slow disk; the next write reaps anyway.
-        if (Interlocked.Exchange(ref _reaping, 1) == 1) return;
-        _ = ExpireLeasesAsync(_disposeCts.Token).ContinueWith(task =>
+        if (_disposed || Interlocked.Exchange(ref _reaping, 1) == 1) return;
+        Task<int> reap;
+        try { reap = ExpireLeasesAsync(_disposeCts.Token); }
+        catch (ObjectDisposedException)
+        {
+            // Disposed between the check and the call; an exception here would escape a timer callback and end the process.
+            return;
+        }
+        _ = reap.ContinueWith(task =>
         {
             // A failed background reap is not lost work: the next write (or tick) retries it in its transaction.
             _ = task.Exception;

@@ -112,3 +112,33 @@ public sealed class InventoryLeaseTests : IDisposable
         }
     }
 }
+
+public sealed class InventoryLeaseReaperTests : IDisposable
+{
+    private readonly InventoryDir _dir = new();
+
+    public void Dispose() => _dir.Dispose();
+
+    [Fact]
+    public async Task TheBackgroundReaperEndsAnExpiredLeaseWithoutAnyWrite()
+    {
+        // Expiry is still judged by the fake clock; only the tick that looks is a real timer, so the test waits for
+        // the delete event (hang guard only), never for a duration.
+        await using var inv = SqliteInventory.Open(_dir.File, new SqliteInventoryOptions
+        {
+            Time = _dir.Time,
+            LeaseReapInterval = TimeSpan.FromMilliseconds(10),
+        });
+        long lease = await inv.GrantLeaseAsync(TimeSpan.FromSeconds(10));
+        long start = (await inv.PutAsync("hosts/h1", "1".Utf8(), leaseId: lease)).Revision;
+
+        using var cts = new CancellationTokenSource(InventoryTestExtensions.Guard);
+        await using var watch = inv.Watch("hosts/", start, cts.Token).GetAsyncEnumerator(cts.Token);
+        var pending = watch.NextAsync();
+        _dir.Time.Advance(TimeSpan.FromSeconds(10));
+
+        var e = await pending;
+        Assert.Equal((InventoryEventKind.Delete, "hosts/h1", start + 1), (e.Kind, e.Key, e.Revision));
+        Assert.Null(await inv.GetAsync("hosts/h1"));
+    }
+}
