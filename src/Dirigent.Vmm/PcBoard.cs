@@ -182,6 +182,9 @@ public sealed class PcBoard : IDisposable
     }
 
     /// <summary>The guest-visible size of each disk, in the order they were attached.</summary>
+    /// <summary>The virtio-blk devices, in the order they were attached.</summary>
+    public IReadOnlyList<VirtioBlock> Blocks => _owned.OfType<VirtioBlock>().ToList();
+
     public IReadOnlyList<long> DiskSizes() => _owned.OfType<VirtioBlock>().Select(b => b.Disk.Size).ToList();
 
     /// <summary>Gives the virtio-blk devices freshly opened images of their disks, in the order they were attached.</summary>

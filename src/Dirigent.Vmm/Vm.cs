@@ -137,7 +137,16 @@ public sealed partial class Vm : IDisposable
             board = new PcBoard(machine, spec.Cpus, Dirigent.Accel.Emu.Core.Cpu.TscHz,
                 new SerialSink(b => console?.GuestWrote(b)), irqChip, disks, spec.Rng);
             owned.Push(board); // it owns the disks from here
-            foreach (var (backend, mac) in nics.Cards) board.AttachVirtio(machine, new Devices.Virtio.Net.VirtioNet(backend, mac));
+            var blks = board.Blocks;
+            for (int k = 0; k < blks.Count && k < spec.Disks.Count; k++)
+                if (spec.Disks[k].ToRateLimit() is { } diskLimit) blks[k].SetRateLimit(diskLimit, machine.Clock);
+            for (int k = 0; k < nics.Cards.Count; k++)
+            {
+                var (backend, mac) = nics.Cards[k];
+                var nic = new Devices.Virtio.Net.VirtioNet(backend, mac);
+                if (k < spec.Nics.Count && spec.Nics[k].ToRateLimit() is { } nicLimit) nic.SetRateLimit(nicLimit, machine.Clock);
+                board.AttachVirtio(machine, nic);
+            }
             var vcpus = new IVcpu[spec.Cpus];
             for (int k = 0; k < spec.Cpus; k++)
             {

@@ -1,3 +1,5 @@
+using Dirigent.Devices.Virtio;
+
 namespace Dirigent.Vmm;
 
 public enum AccelKind { Auto, Emu, Kvm }
@@ -5,8 +7,39 @@ public enum AccelKind { Auto, Emu, Kvm }
 /// <summary>A --disk image's format; Auto probes the file's magic (a qcow2 file is never taken for raw).</summary>
 public enum DiskFormat { Auto, Raw, Qcow2 }
 
-/// <summary>One --disk: an image file attached as a virtio-blk device.</summary>
-public sealed record DiskConfig(string Path, DiskFormat Format, bool ReadOnly);
+/// <summary>
+/// One --disk: an image file attached as a virtio-blk device, optionally rate-limited (bytes read or written per
+/// second, requests per second; 0: unlimited).
+/// </summary>
+public sealed record DiskConfig(string Path, DiskFormat Format, bool ReadOnly, long BytesPerSecond = 0, long OpsPerSecond = 0)
+{
+    /// <summary>The device's limits (a burst of one second's worth), or null when unlimited.</summary>
+    public RateLimitConfig? ToRateLimit() => RateLimits.Config(BytesPerSecond, OpsPerSecond);
+}
+
+/// <summary>The bps=/iops=/pps= options of --disk and --net.</summary>
+public static class RateLimits
+{
+    public static RateLimitConfig? Config(long bytesPerSecond, long opsPerSecond) =>
+        bytesPerSecond == 0 && opsPerSecond == 0 ? null : new RateLimitConfig(
+            bytesPerSecond == 0 ? null : TokenBucketConfig.PerSecond(bytesPerSecond),
+            opsPerSecond == 0 ? null : TokenBucketConfig.PerSecond(opsPerSecond));
+
+    /// <summary>A positive rate: digits with an optional K, M or G suffix (binary: K = 1024), e.g. 50M.</summary>
+    public static long Parse(string option, string spec, string value)
+    {
+        string t = value.Trim().ToUpperInvariant();
+        long mul = 1;
+        if (t.Length > 0 && t[^1] is 'K' or 'M' or 'G')
+        {
+            mul = t[^1] switch { 'K' => 1L << 10, 'M' => 1L << 20, _ => 1L << 30 };
+            t = t[..^1];
+        }
+        if (t.Length == 0 || !t.All(char.IsAsciiDigit) || !long.TryParse(t, out long n) || n <= 0 || n > long.MaxValue / mul / 1024)
+            throw new FormatException($"{spec}: {option}='{value}' is not a positive rate (digits with an optional K, M or G suffix, e.g. 50M)");
+        return n * mul;
+    }
+}
 
 /// <summary>What `dirigent run` was asked for, after parsing and validation.</summary>
 public sealed class VmSpec
@@ -26,22 +59,25 @@ public sealed class VmSpec
     /// <summary>"stdio", "none" or "file:PATH".</summary>
     public string Serial = "stdio";
     public bool NoReboot;
-    /// <summary>One virtio-net card per entry, in PCI slot order (--net tap=NAME[,mac=MAC][,netns=NS]).</summary>
+    /// <summary>One virtio-net card per entry, in PCI slot order (--net tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N]).</summary>
     public List<NicConfig> Nics = new();
     /// <summary>virtio-blk disks in PCI slot order (the guest sees /dev/vda, /dev/vdb, ...).</summary>
     public List<DiskConfig> Disks = new();
     /// <summary>Attach a virtio entropy device (/dev/hwrng in the guest).</summary>
     public bool Rng;
 
-    /// <summary>Parses <c>PATH[,format=raw|qcow2][,readonly]</c> (also <c>readonly=on|off</c>).</summary>
+    /// <summary>Parses <c>PATH[,format=raw|qcow2][,readonly][,bps=N][,iops=N]</c> (also <c>readonly=on|off</c>).</summary>
     public static DiskConfig ParseDisk(string spec)
     {
         var parts = spec.Split(',');
         if (parts[0].Length == 0) throw new FormatException($"--disk '{spec}': missing image path");
         var format = DiskFormat.Auto;
         bool ro = false;
+        long bps = 0, iops = 0;
         foreach (var opt in parts.Skip(1))
         {
+            if (opt.StartsWith("bps=", StringComparison.Ordinal)) { bps = RateLimits.Parse("bps", $"--disk '{spec}'", opt[4..]); continue; }
+            if (opt.StartsWith("iops=", StringComparison.Ordinal)) { iops = RateLimits.Parse("iops", $"--disk '{spec}'", opt[5..]); continue; }
             switch (opt)
             {
                 case "format=raw": format = DiskFormat.Raw; break;
@@ -49,10 +85,10 @@ public sealed class VmSpec
                 case "readonly" or "readonly=on": ro = true; break;
                 case "readonly=off": ro = false; break;
                 default:
-                    throw new FormatException($"--disk '{spec}': unknown option '{opt}' (use format=raw|qcow2, readonly)");
+                    throw new FormatException($"--disk '{spec}': unknown option '{opt}' (use format=raw|qcow2, readonly, bps=N, iops=N)");
             }
         }
-        return new DiskConfig(parts[0], format, ro);
+        return new DiskConfig(parts[0], format, ro, bps, iops);
     }
 
     /// <summary>
@@ -96,15 +132,21 @@ public sealed class NicConfig
     public required byte[] Mac;
     /// <summary>Network namespace (name under /run/netns, or a path) the TAP is opened in; null: the VMM's own.</summary>
     public string? Netns;
+    /// <summary>Frame bytes and packets per second, each direction separately; 0: unlimited.</summary>
+    public long BytesPerSecond, PacketsPerSecond;
+
+    /// <summary>Each direction's limits (a burst of one second's worth), or null when unlimited.</summary>
+    public RateLimitConfig? ToRateLimit() => RateLimits.Config(BytesPerSecond, PacketsPerSecond);
 
     /// <summary>
-    /// Parses `tap=NAME[,mac=MAC][,netns=NS]`. Without mac=, card <paramref name="index"/> gets QEMU's default
+    /// Parses `tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N]`. Without mac=, card <paramref name="index"/> gets QEMU's default
     /// scheme, 52:54:00:12:34:56 plus the index, so the cards of one VM differ.
     /// </summary>
     public static NicConfig Parse(string spec, int index)
     {
         string? tap = null, netns = null;
         byte[]? mac = null;
+        long bps = 0, pps = 0;
         foreach (string part in spec.Split(','))
         {
             int eq = part.IndexOf('=');
@@ -117,13 +159,15 @@ public sealed class NicConfig
                     if (value.Length == 0) throw new FormatException("--net: netns= needs a namespace name or path");
                     netns = value;
                     break;
-                default: throw new FormatException($"--net: unknown option '{key}' in '{spec}' (expected tap=NAME[,mac=MAC][,netns=NS])");
+                case "bps": bps = RateLimits.Parse("bps", $"--net '{spec}'", value); break;
+                case "pps": pps = RateLimits.Parse("pps", $"--net '{spec}'", value); break;
+                default: throw new FormatException($"--net: unknown option '{key}' in '{spec}' (expected tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N])");
             }
         }
         if (tap == null) throw new FormatException($"--net: '{spec}' names no TAP (expected tap=NAME[,mac=MAC][,netns=NS])");
         if (Net.TapInterface.InvalidNameReason(tap) is { } bad) throw new FormatException($"--net: {bad}");
         if (index > 0xA9) throw new FormatException("--net: too many cards");
-        return new NicConfig { Tap = tap, Netns = netns, Mac = mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, (byte)(0x56 + index)] };
+        return new NicConfig { Tap = tap, Netns = netns, BytesPerSecond = bps, PacketsPerSecond = pps, Mac = mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, (byte)(0x56 + index)] };
     }
 
     /// <summary>A unicast MAC written as six hex pairs separated by ':' or '-'.</summary>

@@ -38,6 +38,7 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
     // Stopped (VM paused): the worker finishes the request in hand and takes no new one until Start.
     private volatile bool _paused;
     private IVirtioTransport? _transport;
+    private RateLimiter? _limiter;
 
     public ushort DeviceType => VirtioConstants.DeviceBlock;
     public uint PciClassCode => 0x01_80_00; // mass storage, other (QEMU's virtio-blk-pci)
@@ -86,6 +87,33 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
 
     /// <summary>Every field is read-only without CONFIG_WCE (not offered).</summary>
     public void WriteConfig(int offset, int size, uint value) { }
+
+    /// <summary>
+    /// Limits the requests served (bytes read or written, and requests) in VM time; null removes the limit. Set it
+    /// before the driver starts the device.
+    /// </summary>
+    public void SetRateLimit(RateLimitConfig? limit, Dirigent.Machine.Time.VirtualClock clock) =>
+        SetRateLimit(limit, limit == null ? null : Misc.DeviceClock.From(clock));
+
+    internal void SetRateLimit(RateLimitConfig? limit, Misc.DeviceClock? clock)
+    {
+        lock (_run)
+        {
+            _limiter?.Cancel();
+            _limiter = limit == null ? null : new RateLimiter(limit, clock!, Resume);
+        }
+    }
+
+    private void Resume()
+    {
+        // The timer may fire while the device is being disposed: then there is nothing left to resume.
+        if (_stop) return;
+        try { QueueNotify(0); }
+        catch (ObjectDisposedException) { }
+    }
+
+    /// <summary>The limiter, if any (tests and statistics).</summary>
+    internal RateLimiter? Limiter => _limiter;
 
     public void Activate(IVirtioTransport transport)
     {
@@ -174,6 +202,14 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
             int batch = 0;
             while (!_stopBatch && !_paused && q.TryPop(_chain))
             {
+                if (_limiter != null && !Admit(_chain))
+                {
+                    // Out of tokens: the request goes back to the ring, first in line; the limiter's timer resumes
+                    // the queue when it may go. Until then kicks find it refused again.
+                    q.Unpop((ushort)(q.LastAvailIndex - 1));
+                    q.NotifyGuest();
+                    return;
+                }
                 long written = Handle(q, _chain);
                 if (written < 0) return; // malformed: the queue has stopped
                 q.Push(_chain, (uint)written);
@@ -183,6 +219,23 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
             }
             q.NotifyGuest();
         } while (!_stopBatch && !_paused && q.PrepareToSleep());
+    }
+
+    /// <summary>
+    /// Charges a request to the limiter: one op each, and the data bytes of reads and writes (Firecracker's rule;
+    /// flushes, discards and GET_ID cost an op only). A malformed request costs an op and is failed by Handle.
+    /// </summary>
+    private bool Admit(VirtqueueChain chain)
+    {
+        Span<byte> type = stackalloc byte[4];
+        long bytes = 0;
+        if (chain.Read(0, type) == 4)
+        {
+            uint t = BinaryPrimitives.ReadUInt32LittleEndian(type);
+            if (t == TypeIn) bytes = Math.Max(chain.WritableLength - 1, 0);
+            else if (t == TypeOut) bytes = Math.Max(chain.ReadableLength - 16, 0);
+        }
+        return _limiter!.TryConsume(bytes, 1, out _);
     }
 
     /// <summary>Serves one request; returns the bytes written to the chain, or -1 if it was malformed.</summary>
@@ -297,6 +350,7 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
     public void Dispose()
     {
         _stop = _stopBatch = true;
+        _limiter?.Cancel();
         _kick.Set();
         _worker?.Join();
         lock (_run) _transport = null;

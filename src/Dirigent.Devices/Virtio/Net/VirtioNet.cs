@@ -60,6 +60,11 @@ public sealed class VirtioNet : IVirtioDevice
     private bool _rxHeldContiguous;
     private bool _stopped;
     private NetOffloads _receiveOffloads;
+    // Rate limits per direction (null: none). _rxCharged: the packet the backend is offering has been paid for
+    // (it may be refused for want of buffers and offered again). _txStopped: paused, a limiter timer must not send.
+    private RateLimiter? _rxLimiter, _txLimiter;
+    private bool _rxCharged;
+    private volatile bool _txStopped;
 
     /// <summary>Counters (guest's view): frames delivered and sent, and frames dropped on the way.</summary>
     public long RxPackets, RxDropped, TxPackets, TxDropped;
@@ -97,6 +102,30 @@ public sealed class VirtioNet : IVirtioDevice
 
     /// <summary>Every field is read-only for a VERSION_1 driver (the MAC is changed through the control queue, which we do not offer).</summary>
     public void WriteConfig(int offset, int size, uint value) { }
+
+    /// <summary>
+    /// Limits each direction separately to <paramref name="limit"/> (frame bytes and packets) in VM time; null
+    /// removes the limits. Set it before the driver starts the device.
+    /// </summary>
+    public void SetRateLimit(RateLimitConfig? limit, Dirigent.Machine.Time.VirtualClock clock) =>
+        SetRateLimit(limit, limit == null ? null : Misc.DeviceClock.From(clock));
+
+    internal void SetRateLimit(RateLimitConfig? limit, Misc.DeviceClock? clock)
+    {
+        lock (_rxLock)
+        {
+            _rxLimiter?.Cancel();
+            _rxLimiter = limit == null ? null : new RateLimiter(limit, clock!, _backend.ReceiveReady);
+        }
+        lock (_txLock)
+        {
+            _txLimiter?.Cancel();
+            _txLimiter = limit == null ? null : new RateLimiter(limit, clock!, Transmit);
+        }
+    }
+
+    internal RateLimiter? RxLimiter => _rxLimiter;
+    internal RateLimiter? TxLimiter => _txLimiter;
 
     public void Activate(IVirtioTransport transport)
     {
@@ -137,6 +166,7 @@ public sealed class VirtioNet : IVirtioDevice
         {
             _rxTransport = null;
             _rxTaken = 0;
+            _rxCharged = false;
         }
         lock (_txLock) _transport = null;
         _features = 0;
@@ -153,6 +183,9 @@ public sealed class VirtioNet : IVirtioDevice
     /// </summary>
     public void Stop()
     {
+        // A rate limiter's timer may send from its own thread: it sends nothing once this is set and the lock is had.
+        _txStopped = true;
+        lock (_txLock) { }
         lock (_rxLock)
         {
             _stopped = true;
@@ -178,6 +211,7 @@ public sealed class VirtioNet : IVirtioDevice
             if (!_stopped) return;
             _stopped = false;
         }
+        _txStopped = false;
         Transmit();
         _backend.ReceiveReady();
     }
@@ -215,13 +249,20 @@ public sealed class VirtioNet : IVirtioDevice
         lock (_txLock)
         {
             var t = _transport;
-            if (t == null) return;
+            if (t == null || _txStopped) return;
             var q = t.Queue(TransmitQueue);
             do
             {
                 while (q.TryPop(_txChain))
                 {
                     long len = _txChain.ReadableLength;
+                    if (_txLimiter != null && !_txLimiter.TryConsume(Math.Max(len - HeaderLength, 0), 1, out _))
+                    {
+                        // Out of tokens: the chain goes back, first in line; the limiter's timer sends it later.
+                        q.Unpop((ushort)(q.LastAvailIndex - 1));
+                        q.NotifyGuest();
+                        return;
+                    }
                     if (len < HeaderLength + 14 || len > _txBuffer.Length || _txChain.Read(0, _txBuffer.AsSpan(0, (int)len)) != len
                         || !CheckTransmitHeader(_txBuffer))
                         TxDropped++;
@@ -279,10 +320,20 @@ public sealed class VirtioNet : IVirtioDevice
         return need != 0 && (f & need) != 0;
     }
 
-    /// <summary>Delivers one packet from the backend (on its thread); false: no room, the backend holds it.</summary>
+    /// <summary>Delivers one packet from the backend (on its thread); false: no room or no tokens, the backend holds it.</summary>
     private bool Receive(ReadOnlySpan<byte> packet)
     {
         lock (_rxLock)
+        {
+            bool done = ReceiveLocked(packet);
+            // A packet done with (delivered or dropped) is paid for; the next one pays anew.
+            if (done) _rxCharged = false;
+            return done;
+        }
+    }
+
+    private bool ReceiveLocked(ReadOnlySpan<byte> packet)
+    {
         {
             // Paused: refused, the backend keeps it until Start.
             if (_stopped) return false;
@@ -297,6 +348,12 @@ public sealed class VirtioNet : IVirtioDevice
             {
                 RxDropped++;
                 return true;
+            }
+            // Over the rate: refused before any chain is taken; the limiter's timer asks the backend to offer it again.
+            if (_rxLimiter != null && !_rxCharged)
+            {
+                if (!_rxLimiter.TryConsume(packet.Length - HeaderLength, 1, out _)) return false;
+                _rxCharged = true;
             }
             // Gather chains until the packet fits: several with MRG_RXBUF, exactly one without.
             long room = 0;
