@@ -181,16 +181,16 @@ public sealed class PcBoard : IDisposable
             if (_owned[i] is IBlockDevice d) { d.Dispose(); _owned[i] = ClosedDisk.Instance; }
     }
 
-    /// <summary>The guest-visible size of each disk, in the order they were attached.</summary>
     /// <summary>The virtio-blk devices, in the order they were attached.</summary>
     public IReadOnlyList<VirtioBlock> Blocks => _owned.OfType<VirtioBlock>().ToList();
 
-    public IReadOnlyList<long> DiskSizes() => _owned.OfType<VirtioBlock>().Select(b => b.Disk.Size).ToList();
+    /// <summary>The guest-visible size of each disk, in the order they were attached.</summary>
+    public IReadOnlyList<long> DiskSizes() => Blocks.Select(b => b.Disk.Size).ToList();
 
     /// <summary>Gives the virtio-blk devices freshly opened images of their disks, in the order they were attached.</summary>
     public void ReopenDisks(IReadOnlyList<IBlockDevice> disks)
     {
-        var blks = _owned.OfType<VirtioBlock>().ToList();
+        var blks = Blocks;
         if (blks.Count != disks.Count) throw new ArgumentException($"{disks.Count} images for {blks.Count} disks");
         for (int i = 0; i < blks.Count; i++)
         {

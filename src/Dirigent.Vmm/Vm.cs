@@ -284,20 +284,11 @@ public sealed partial class Vm : IDisposable
                 var s = running ? Vcpus[k].QueryState() : Vcpus[k].GetState();
                 list[k] = s == null
                     ? new VcpuInfo(k, Live: false)
-                    : new VcpuInfo(k, true, s.Activity, s.Segments[(int)Seg.CS].Selector, s.Rip, ModeOf(s),
+                    : new VcpuInfo(k, true, s.Activity, s.Segments[(int)Seg.CS].Selector, s.Rip, s.CodeBits,
                         Vcpus[k].InstructionsRetired);
             }
             return list;
         }
-    }
-
-    /// <summary>16, 32 or 64: the code size the vCPU executes in (CS.L in long mode, else CS.D, real mode 16).</summary>
-    private static int ModeOf(CpuState s)
-    {
-        var cs = s.Segments[(int)Seg.CS];
-        if ((s.Cr0 & 1) == 0) return 16;
-        if ((s.Efer & 0x400) != 0 && cs.L) return 64;
-        return cs.DB ? 32 : 16;
     }
 
     private void Require(string what, params VmState[] allowed)

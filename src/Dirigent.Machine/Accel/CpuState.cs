@@ -102,6 +102,19 @@ public sealed class CpuState
     /// <summary>An exception being delivered when the vCPU stopped; delivered first on resume.</summary>
     public PendingException? PendingException;
 
+    /// <summary>16, 32 or 64: the code size the vCPU executes in (real mode 16; long mode with CS.L 64; else CS.D/B).</summary>
+    [JsonIgnore]
+    public int CodeBits
+    {
+        get
+        {
+            var cs = Segments[(int)Seg.CS];
+            if ((Cr0 & 1) == 0) return 16;                // CR0.PE
+            if ((Efer & 0x400) != 0 && cs.L) return 64;   // EFER.LMA
+            return cs.DB ? 32 : 16;
+        }
+    }
+
     /// <summary>The state after RESET/INIT as the SDM's table 10-1 gives it, with CS:IP = F000:FFF0.</summary>
     public static CpuState Reset()
     {

@@ -53,9 +53,9 @@ internal static partial class SmpGuest
     private const uint Func = 0x23_0000; // the cross-modified function, on its own page
 
     // Shared variables, one 64-byte line each (per-CPU arrays: 8 bytes per APIC ID).
-    private const uint Vars = 0x22_0000;
-    private const uint NextIndex = Vars + 0x000, CheckedIn = Vars + 0x040, Done = Vars + 0x080, Go = Vars + 0x0C0;
-    private const uint Counter = Vars + 0x100, NextTicket = Vars + 0x140, NowServing = Vars + 0x180, Guarded = Vars + 0x1C0;
+    internal const uint Vars = 0x22_0000;
+    internal const uint NextIndex = Vars + 0x000, CheckedIn = Vars + 0x040, Done = Vars + 0x080, Go = Vars + 0x0C0;
+    internal const uint Counter = Vars + 0x100, NextTicket = Vars + 0x140, NowServing = Vars + 0x180, Guarded = Vars + 0x1C0;
     private const uint Pair = Vars + 0x200, Torn = Vars + 0x240, Failed = Vars + 0x280, Gen = Vars + 0x2C0;
     private const uint Acks = Vars + 0x300, Bad = Vars + 0x340, LastBad = Vars + 0x380;
     private const uint FixedCount = Vars + 0x400, NmiCount = Vars + 0x600, ExpFixed = Vars + 0x800, ExpNmi = Vars + 0xA00;

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using System.Reflection;
 using Dirigent.Machine.Accel;
 using Dirigent.Machine.Time;
 using Dirigent.Tests.Lifecycle;
@@ -37,13 +36,10 @@ public class SmpSnapshotTests(ITestOutputHelper output)
     /// <summary>How often (VM time) the progress timer looks at the guest's counter.</summary>
     private const long ProgressPollNs = 1_000_000;
 
-    // The guest's shared variables, by the names SmpGuest gives them (one source of truth for the layout).
-    private static readonly ulong CounterGpa = GuestVar("Counter"), NowServingGpa = GuestVar("NowServing"), DoneGpa = GuestVar("Done");
+    // The guest's shared variables (SmpGuest's layout is the one source of truth).
+    private const ulong CounterGpa = SmpGuest.Counter, NowServingGpa = SmpGuest.NowServing, DoneGpa = SmpGuest.Done;
     /// <summary>Taken from the guest's <c>Done</c> count while the test holds its finish line.</summary>
     private const ulong FinishHold = 1UL << 32;
-
-    private static ulong GuestVar(string name) =>
-        (uint)typeof(SmpGuest).GetField(name, BindingFlags.NonPublic | BindingFlags.Static)!.GetRawConstantValue()!;
 
     /// <summary>
     /// Iterations per vCPU: the work then takes from a few hundred milliseconds to seconds on a shared 2-core host,
