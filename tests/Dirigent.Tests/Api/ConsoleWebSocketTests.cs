@@ -78,6 +78,21 @@ public class ConsoleWebSocketTests
     }
 
     [Fact]
+    public async Task AServerDisposedRightAfterTheVmEndsStillSaysTheVmEnded()
+    {
+        // What a worker does: its VM ends and it disposes the API server at once, before the VM's exit event may have
+        // reached the viewers. They still get the "vm ended" close, not "shutting down".
+        await using var t = await ApiTestVm.StartAsync();
+        await using var v = await ConsoleClient.ConnectAsync(t.SocketPath);
+        await v.ReadUntil(ApiTestVm.ReadyLine);
+        t.Vm.Stop();
+        var disposing = t.Server.DisposeAsync().AsTask();
+        var (status, reason) = await v.ReadToClose();
+        Assert.Equal((WebSocketCloseStatus.NormalClosure, "vm ended: stopped_by_request"), (status, reason));
+        Assert.True(disposing.WaitDone(TimeSpan.FromSeconds(30)), "server disposal hung on an open console");
+    }
+
+    [Fact]
     public async Task APlainGetIs400()
     {
         await using var t = await ApiTestVm.StartAsync();
