@@ -49,6 +49,10 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
     /// <summary>KVM does not count retired instructions for us.</summary>
     public ulong InstructionsRetired => 0;
 
+    private long _exits;
+    /// <summary>Exits to user space (KVM_RUN returns that were not kicks), for metrics; read from any thread.</summary>
+    public long Exits => Volatile.Read(ref _exits);
+
     /// <summary>The real-time signal used for kicks (SIGRTMAX-3: clear of glibc's and .NET's own RT signals at SIGRTMIN).</summary>
     private static readonly int s_kickSignal = Libc.SigRtMax() - 3;
 
@@ -257,6 +261,8 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
                 return new VcpuExit(VcpuExitReason.InternalError, $"KVM_RUN failed: {Libc.ErrorText(errno)}");
             }
             _pendingCompletion = false;
+            // Only this thread writes it; a reader elsewhere may see a slightly older count (64-bit loads are atomic).
+            _exits++;
             // Without an in-kernel LAPIC, CR8 writes are reported in kvm_run; the emulated APIC's TPR follows them.
             if (_apicRegs != null) _apicRegs.Tpr = (uint)(_run->Cr8 & 0xF) << 4;
             var exit = HandleExit();

@@ -133,6 +133,7 @@ public sealed partial class VmApiServer
         }
         w.WriteEndArray();
         w.WriteNumber("memory_bytes", vm.Spec.MemoryBytes);
+        if (vm.KvmExits() is { } exits) w.WriteNumber("kvm_exits", exits);
         w.WriteEndObject();
     }
 

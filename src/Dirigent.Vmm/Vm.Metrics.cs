@@ -23,6 +23,18 @@ public sealed partial class Vm
         return r;
     }
 
+    /// <summary>Exits from KVM_RUN to the VMM, all vCPUs together; null on the software CPU (it has no such exits).</summary>
+    public long? KvmExits()
+    {
+        long total = 0;
+        foreach (var v in Vcpus)
+        {
+            if (v is not Dirigent.Accel.Kvm.KvmVcpu k) return null;
+            total += k.Exits;
+        }
+        return total;
+    }
+
     /// <summary>Each virtio-blk disk's counters, in attach order. Lock-free: the devices count with Interlocked.</summary>
     public IReadOnlyList<DiskMetrics> DiskCounters()
     {

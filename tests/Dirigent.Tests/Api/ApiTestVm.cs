@@ -38,12 +38,12 @@ internal sealed class ApiTestVm : IAsyncDisposable
     /// <param name="cpus">vCPUs; the guest runs on vCPU 0 only (it never starts the others).</param>
     /// <param name="echo">After the ready line the guest echoes every byte typed on COM1 (polling) instead of halting.</param>
     /// <param name="disks">Sizes of blank raw disks to attach (the guest never touches them).</param>
-    public static async Task<ApiTestVm> StartAsync(int cpus = 1, bool echo = false, long[]? disks = null)
+    public static async Task<ApiTestVm> StartAsync(int cpus = 1, bool echo = false, long[]? disks = null, AccelKind accel = AccelKind.Emu)
     {
         string dir = Directory.CreateTempSubdirectory("dirigent-api-").FullName;
         string kernel = Path.Combine(dir, "guest.bin");
         File.WriteAllBytes(kernel, BuildGuest(echo));
-        var spec = new VmSpec { Kernel = kernel, Accel = AccelKind.Emu, Serial = "none", MemoryBytes = 16UL << 20, Cpus = cpus };
+        var spec = new VmSpec { Kernel = kernel, Accel = accel, Serial = "none", MemoryBytes = 16UL << 20, Cpus = cpus };
         foreach (long size in disks ?? [])
         {
             string image = Path.Combine(dir, $"disk{spec.Disks.Count}.raw");

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Text.Json;
+using Dirigent.Vmm;
 using Dirigent.Devices.Virtio.Block;
 using Dirigent.Tests.Devices.Misc;
 using Dirigent.Tests.Virtio;
@@ -57,6 +58,18 @@ public class VmMetricsTests
         // Ended (the worker serves its API until it exits): the final counts.
         (await t.Put("/v1/vm/stop")).EnsureSuccessStatusCode();
         Assert.Equal("stopped", (await Metrics(t)).GetProperty("state").GetString());
+    }
+
+    [SkippableFact]
+    public async Task UnderKvmMetricsCountExitsAndNoInstructions()
+    {
+        Dirigent.Tests.Kvm.Differential.RequireKvm();
+        await using var t = await ApiTestVm.StartAsync(accel: AccelKind.Kvm);
+        var m = await Metrics(t);
+        Assert.Equal("running", m.GetProperty("state").GetString());
+        // Printing the ready line took one port I/O exit per LSR poll and per byte at least.
+        Assert.True(m.GetProperty("kvm_exits").GetInt64() >= ApiTestVm.ReadyLine.Length);
+        Assert.Equal(0UL, m.GetProperty("instructions_retired").GetUInt64());
     }
 
     [Fact]
