@@ -94,6 +94,7 @@ public sealed class WorkerSupervisor
         foreach (string a in launch.RunArgs)
             if (a is "--api-socket" or "--console-log" or "--exit-file" or "--serial" or "--detach")
                 throw new ArgumentException($"RunArgs must not contain {a}: the supervisor sets it", nameof(launch));
+        ct.ThrowIfCancellationRequested();
         Directory.CreateDirectory(vmDir);
         string logPath = Path.Combine(vmDir, WorkerLogFileName);
         // A previous run's exit record would be taken for this run's: it goes before this worker can write one.
