@@ -183,6 +183,24 @@ public sealed class WorkerSupervisorTests
     }
 
     [Fact]
+    public async Task WorkerThatNeverAnswersIsKilledAfterTheStartTimeout()
+    {
+        await using var f = new WorkerFixture();
+        // A worker waiting for an incoming migration serves no API until one comes: it never answers.
+        var s = new WorkerSupervisor(WorkerFixture.CliCommand, f.Cgroups, TextWriter.Null) { StartTimeout = TimeSpan.FromSeconds(2) };
+        int spawned = 0;
+        f.Cgroups.OnAddProcess = pid => spawned = pid;
+        var launch = new WorkerLaunch("mute", f.VmDir("mute"), ["--incoming", "unix:" + Path.Combine(f.Dir, "mig.sock"), "--accel", "emu"],
+            new ResourceLimits(null, 100, null));
+        var e = await Assert.ThrowsAsync<WorkerStartException>(() => s.StartAsync(launch).WaitAsync(WorkerFixture.Hang));
+        Assert.StartsWith("VM 'mute': the worker did not answer on ", e.Message);
+        Assert.Contains("within 2 s (killed)", e.Message);
+        // (Not asserted: what the worker logged by then, which depends on how fast it started.)
+        Assert.NotEqual(0, spawned);
+        Assert.Null(ProcessInfo.StartTime(spawned));
+    }
+
+    [Fact]
     public async Task UnavailableLimitsFailTheStartBeforeAnyWorkerRuns()
     {
         await using var f = new WorkerFixture();
