@@ -9,20 +9,26 @@ using Dirigent.Images;
 namespace Dirigent.Bench;
 
 /// <summary>
-/// VMs per host (issue #11): a real `dirigent daemon` with a temporary home starts idle default guests of 64 MiB
-/// one after the other until N run, then measures RSS per VM (the workers' plus a 1/N share of the daemon's),
+/// VMs per host (issue #11): a real `dirigent daemon` with a temporary home starts idle default guests (96 MiB, see
+/// <see cref="DefaultMemoryMib"/>) one after the other until N run, then measures RSS per VM (the workers' plus a 1/N share of the daemon's),
 /// the host CPU all of them use while idle (daemon + workers, /proc utime+stime over 10 s, as % of one core; the
 /// issue's target is under 50 % for 50 VMs), the time from POST start to the first console byte, and the API latency
 /// (p50/p99) of GET /vms and POST pause/resume with 100 concurrent clients. The same N guests under QEMU TCG
 /// (one process each) give the memory, idle-CPU and first-byte comparison. Everything started is killed at the end.
-/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- daemon [--vms N] [--quick] [--no-qemu] [--dirigent PATH]
+/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- daemon [--vms N] [--memory-mib M] [--quick] [--no-qemu] [--dirigent PATH]
 /// </summary>
 public static class DaemonBench
 {
     /// <summary>/init prints this when it has started the console shell: the guest is booted and goes idle.</summary>
     private const string BootedMarker = "shell on the console";
 
-    private const int MemoryMib = 64;
+    /// <summary>
+    /// Guest RAM. The issue asks for 64 MiB, but the default guest's stock Debian kernel cannot boot in it on any VMM:
+    /// its bzImage header asks for init_size 51.5 MiB at the 16 MiB physical load address (LOAD_PHYSICAL_ADDR, the
+    /// decompressor's floor), so below ~70 MiB it triple-faults in the decompressor on Dirigent and resets in a loop
+    /// on QEMU. 96 MiB is the default here; --memory-mib sets it (both VMMs get the same).
+    /// </summary>
+    private const int DefaultMemoryMib = 96;
     private const int Clients = 100;
     private static readonly TimeSpan IdleWindow = TimeSpan.FromSeconds(10);
     // Lets the last guest's boot tail (udev-less /init, JIT tiering in the worker) finish before the idle window.
@@ -34,16 +40,17 @@ public static class DaemonBench
     {
         public int Running;
         public readonly List<double> FirstByte = [], Booted = [];
-        public double RssPerVm, WorkerRss, DaemonRss = double.NaN, IdleCpu;
+        public double RssPerVm = double.NaN, WorkerRss = double.NaN, DaemonRss = double.NaN, IdleCpu = double.NaN;
     }
 
     public static int Run(string? qemu, string[] args)
     {
         bool quick = args.Contains("--quick");
         int n = IntOption(args, "--vms") ?? (quick ? 5 : 50);
+        int memoryMib = IntOption(args, "--memory-mib") ?? DefaultMemoryMib;
         var img = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, m => Console.Error.WriteLine($"dirigent: {m}"));
         string[] dirigent = DirigentCommand(args);
-        Console.WriteLine($"guest: {img.KernelVersion}, {MemoryMib} MiB, idle at the console shell; {n} VMs; host: {Environment.ProcessorCount} cores; " +
+        Console.WriteLine($"guest: {img.KernelVersion}, {memoryMib} MiB, idle at the console shell; {n} VMs; host: {Environment.ProcessorCount} cores; " +
                           $"dirigent: {string.Join(' ', dirigent)}");
 
         var d = new Figures();
@@ -51,7 +58,7 @@ public static class DaemonBench
         string home = Directory.CreateTempSubdirectory("dirigent-bench-daemon-").FullName;
         try
         {
-            RunDirigent(dirigent, home, n, d, api).GetAwaiter().GetResult();
+            RunDirigent(dirigent, home, n, memoryMib, d, api).GetAwaiter().GetResult();
         }
         catch (Exception e) when (e is InvalidOperationException or HttpRequestException or IOException or TimeoutException)
         {
@@ -80,12 +87,12 @@ public static class DaemonBench
         if (qemu == null)
             Console.WriteLine("qemu-system-x86_64 not found (or --no-qemu): no QEMU comparison");
         else
-            RunQemu(qemu, img, n, q);
+            RunQemu(qemu, img, n, memoryMib, q);
         Print(n, d, q, qemu != null, api);
         return d.Running == n ? 0 : 1;
     }
 
-    private static async Task RunDirigent(string[] dirigent, string home, int n, Figures f,
+    private static async Task RunDirigent(string[] dirigent, string home, int n, int memoryMib, Figures f,
         List<(string, List<double>, Dictionary<int, int>, double)> api)
     {
         Process daemon = StartDaemon(dirigent, home);
@@ -98,7 +105,7 @@ public static class DaemonBench
         {
             string name = $"b{i}";
             await client.ExpectAsync(201, HttpMethod.Post, "api/v1/vms",
-                new JsonObject { ["name"] = name, ["spec"] = new JsonObject { ["memory_mib"] = MemoryMib } });
+                new JsonObject { ["name"] = name, ["spec"] = new JsonObject { ["memory_mib"] = memoryMib } });
             long start = Stopwatch.GetTimestamp();
             JsonNode? op = await client.ExpectAsync(202, HttpMethod.Post, $"api/v1/vms/{name}/start");
             Task<JsonNode?> done = client.ExpectAsync(200, HttpMethod.Get, $"api/v1/operations/{op?["id"]}/wait?timeout=60");
@@ -225,10 +232,10 @@ public static class DaemonBench
     }
 
     /// <summary>
-    /// N `qemu-system-x86_64 -accel tcg -m 64` processes booting the same kernel, initramfs and command line, one after
+    /// N `qemu-system-x86_64 -accel tcg -m MIB` processes booting the same kernel, initramfs and command line, one after
     /// the other like the daemon's VMs: first serial byte and shell prompt from process start, then RSS and idle CPU.
     /// </summary>
-    private static void RunQemu(string qemu, GuestImage img, int n, Figures f)
+    private static void RunQemu(string qemu, GuestImage img, int n, int memoryMib, Figures f)
     {
         var procs = new List<Process>();
         try
@@ -236,7 +243,7 @@ public static class DaemonBench
             for (int i = 1; i <= n; i++)
             {
                 var info = new ProcessStartInfo(qemu) { RedirectStandardOutput = true, RedirectStandardInput = true, UseShellExecute = false };
-                foreach (string a in new[] { "-M", "pc", "-accel", "tcg", "-m", MemoryMib.ToString(CultureInfo.InvariantCulture),
+                foreach (string a in new[] { "-M", "pc", "-accel", "tcg", "-m", memoryMib.ToString(CultureInfo.InvariantCulture),
                              "-nodefaults", "-nographic", "-serial", "stdio", "-kernel", img.Kernel, "-initrd", img.Initramfs,
                              "-append", VmLauncher.DefaultAppend })
                     info.ArgumentList.Add(a);
@@ -314,7 +321,7 @@ public static class DaemonBench
         Row("start -> first console byte, median (s)", Median(d.FirstByte), Median(q.FirstByte), withQemu);
         Row("start -> first console byte, max (s)", Max(d.FirstByte), Max(q.FirstByte), withQemu);
         Row("start -> console shell, median (s)", Median(d.Booted), Median(q.Booted), withQemu);
-        if (d.Running == n)
+        if (d.Running == n || q.Running == n)
         {
             Row("RSS per VM incl. daemon share (MiB)", d.RssPerVm, q.RssPerVm, withQemu);
             Row("RSS per worker process (MiB)", d.WorkerRss, q.WorkerRss, withQemu);
@@ -322,7 +329,8 @@ public static class DaemonBench
             Row($"host CPU, all {n} idle, 10 s (% of one core)", d.IdleCpu, q.IdleCpu, withQemu);
             Row("host CPU per idle VM (% of one core)", d.IdleCpu / n, q.IdleCpu / n, withQemu);
             // The issue's target scales to the VMs actually run: 50 VMs under 50 % of a core = 1 % per VM.
-            Console.WriteLine($"target: {n} idle VMs under {n}% of one core (50 under 50%): {(d.IdleCpu < n ? "met" : "NOT met")} ({d.IdleCpu:F1}%)");
+            if (d.Running == n)
+                Console.WriteLine($"target: {n} idle VMs under {n}% of one core (50 under 50%): {(d.IdleCpu < n ? "met" : "NOT met")} ({d.IdleCpu:F1}%)");
         }
         foreach (var (name, ms, statuses, seconds) in api)
         {
@@ -330,7 +338,7 @@ public static class DaemonBench
             string codes = string.Join(", ", statuses.OrderBy(s => s.Key).Select(s => $"{s.Key}: {s.Value}"));
             Console.WriteLine($"API {name,-20} {Clients} clients: p50 {p50:F2} ms, p99 {p99:F2} ms, {ms.Count / seconds:F0} req/s ({codes})");
         }
-        Console.WriteLine("first byte: dirigent from POST start (API + worker spawn + boot, seen through GET console/log polled every 20 ms); qemu from process start");
+        Console.WriteLine("first byte: dirigent from POST start (API + worker spawn + boot, seen through GET console/log polled every 20 ms); qemu from process start (its first bytes are SeaBIOS's)");
     }
 
     private static void Row(string name, double a, double b, bool withQemu, bool ratio = true) =>

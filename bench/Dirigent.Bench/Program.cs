@@ -12,7 +12,7 @@ namespace Dirigent.Bench;
 /// CPU benchmark: each bare-metal workload on Dirigent's software CPU and on qemu-system-x86_64 (TCG) in the same
 /// run, printing guest MIPS and the ratio. QEMU's time has its start-up (measured with an empty workload)
 /// subtracted; its instruction count is Dirigent's, since both run the same bytes.
-/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu|boot|smp|startup|io|net|lifecycle|daemon] [--quick] [--no-qemu] [--no-dirigent (io, net)] [--from64] [--no-busy (lifecycle)] [--vms N] [--dirigent PATH] (daemon)
+/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu|boot|smp|startup|io|net|lifecycle|daemon] [--quick] [--no-qemu] [--no-dirigent (io, net)] [--from64] [--no-busy (lifecycle)] [--vms N] [--memory-mib M] [--dirigent PATH] (daemon)
 /// </summary>
 public static class Program
 {
