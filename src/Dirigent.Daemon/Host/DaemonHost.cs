@@ -27,8 +27,8 @@ public sealed class DaemonOptions
     /// <summary>TCP listeners (HOST:PORT); every request on them needs a bearer token.</summary>
     public IReadOnlyList<string> Listen { get; init; } = [];
     public bool LogRequests { get; init; }
-    /// <summary>The worker command: the dirigent executable and any arguments before `run`.</summary>
-    public IReadOnlyList<string>? WorkerCommand { get; init; }
+    /// <summary>The worker command (default: this very dirigent binary).</summary>
+    public WorkerCommand? WorkerCommand { get; init; }
 }
 
 /// <summary>A bad option or an unusable state directory: one line for the user.</summary>
@@ -44,27 +44,20 @@ public sealed class DaemonHost : IAsyncDisposable
     private readonly WebApplication _app;
     private readonly SqliteInventory _inventory;
     private readonly OperationManager _ops;
+    private readonly VmManager _vms;
     private readonly TextWriter _log;
     private int _disposed;
 
     public DaemonPaths Paths { get; }
 
-    private DaemonHost(WebApplication app, SqliteInventory inventory, OperationManager ops, DaemonPaths paths, TextWriter log)
+    private DaemonHost(WebApplication app, SqliteInventory inventory, OperationManager ops, VmManager vms, DaemonPaths paths, TextWriter log)
     {
+        _vms = vms;
         _app = app;
         _inventory = inventory;
         _ops = ops;
         Paths = paths;
         _log = log;
-    }
-
-    /// <summary>The worker command when none is given: this very binary (`dotnet dirigent.dll` when run that way).</summary>
-    public static IReadOnlyList<string> DefaultWorkerCommand()
-    {
-        string exe = Environment.ProcessPath ?? throw new DaemonStartException("cannot tell which executable is running");
-        if (Path.GetFileNameWithoutExtension(exe) == "dotnet" && System.Reflection.Assembly.GetEntryAssembly()?.Location is { Length: > 0 } dll)
-            return [exe, dll];
-        return [exe];
     }
 
     public static async Task<DaemonHost> StartAsync(DaemonOptions options, TextWriter log, CancellationToken ct = default)
@@ -87,8 +80,7 @@ public sealed class DaemonHost : IAsyncDisposable
         {
             var tokens = new TokenStore(inventory);
             var cgroups = CgroupManager.Detect();
-            var worker = options.WorkerCommand ?? DefaultWorkerCommand();
-            var supervisor = new WorkerSupervisor(worker[0], cgroups, log);
+            var supervisor = new WorkerSupervisor(options.WorkerCommand ?? WorkerCommand.Current(), cgroups, log);
             var store = new VmStore(inventory);
             var disks = new DiskManager(inventory, paths, store);
             var vms = new VmManager(store, disks, ops, events, supervisor, cgroups, paths, log);
@@ -146,7 +138,7 @@ public sealed class DaemonHost : IAsyncDisposable
                 throw new DaemonStartException($"cannot listen: {ApiProblem.OneLine(inner.Message)}");
             }
             log.WriteLine($"daemon: serving {paths.Socket}{string.Concat(endpoints.Select(e => $" and http://{e}"))} (state in {paths.Home}, cgroups: {cgroups.Kind})");
-            return new DaemonHost(app, inventory, ops, paths, log);
+            return new DaemonHost(app, inventory, ops, vms, paths, log);
         }
         catch
         {
@@ -194,6 +186,8 @@ public sealed class DaemonHost : IAsyncDisposable
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { }
         await _app.DisposeAsync();
         UnixSocketPath.Remove(Paths.Socket);
+        // Let go of the workers (they keep running; the next daemon re-adopts them) before the inventory closes.
+        _vms.ReleaseWorkers();
         _ops.Dispose();
         await _inventory.DisposeAsync();
     }

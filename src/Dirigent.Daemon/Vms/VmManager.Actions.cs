@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Dirigent.Daemon.Operations;
@@ -87,7 +86,7 @@ internal sealed partial class VmManager
         catch (Exception e) when (e is not OperationCanceledException) { _log.WriteLine($"daemon: VM '{name}': stop request: {e.Message}"); }
         if (await WaitProcessedAsync(rt, StopGrace, ct)) return;
         _log.WriteLine($"daemon: VM '{name}': worker {rt.Handle.Pid} did not exit within {StopGrace.TotalSeconds} s: killing it");
-        Kill(rt.Handle.Pid);
+        rt.Handle.Kill();
         if (!await WaitProcessedAsync(rt, StopGrace, ct))
             throw new InvalidOperationException($"worker {rt.Handle.Pid} of VM '{name}' did not exit even after SIGKILL");
     }
@@ -96,12 +95,6 @@ internal sealed partial class VmManager
     {
         try { await rt.Processed.Task.WaitAsync(timeout, ct); return true; }
         catch (TimeoutException) { return false; }
-    }
-
-    private static void Kill(int pid)
-    {
-        try { using var p = Process.GetProcessById(pid); p.Kill(); }
-        catch (Exception e) when (e is ArgumentException or InvalidOperationException or System.ComponentModel.Win32Exception) { }
     }
 
     /// <summary>shutdown {"timeout_s":60,"force":false}: ACPI power button, then (force) a stop after the timeout.</summary>

@@ -1,4 +1,3 @@
-using System.Text.Json;
 using Dirigent.Daemon.Workers;
 using S = Dirigent.Daemon.Vms.VmStates;
 
@@ -20,7 +19,7 @@ internal sealed partial class VmManager
             WorkerHandle? h = null;
             if (rec.Pid is int pid && rec.PidStartTime is long st)
             {
-                try { h = _supervisor.TryAdopt(rec.Name, _paths.VmDir(rec.Name), pid, st); }
+                try { h = await _supervisor.TryAdoptAsync(rec.Name, _paths.VmDir(rec.Name), pid, st, ct); }
                 catch (Exception e) { _log.WriteLine($"daemon: VM '{rec.Name}': cannot adopt worker {pid}: {e.Message}"); }
             }
             if (h != null)
@@ -32,7 +31,7 @@ internal sealed partial class VmManager
                 _log.WriteLine($"daemon: VM '{rec.Name}': re-adopted worker {h.Pid}");
                 continue;
             }
-            var exit = ReadExitFile(rec.Name)
+            var exit = WorkerSupervisor.ReadExitFile(_paths.VmDir(rec.Name))
                        ?? (rec.State == S.Stopping
                            ? new WorkerExit(S.Stopped, "stopped_by_request", "the worker ended while the daemon was down", null)
                            : new WorkerExit(S.Crashed, "worker_vanished", "worker vanished while the daemon was down", null));
@@ -42,24 +41,5 @@ internal sealed partial class VmManager
         foreach (var (rec, _) in await _store.ListAsync(ct))
             if (rec.Autostart && S.IsDown(rec.State) && !started.Contains(rec.Name) && !InFlight(rec.Name))
                 SubmitStart(rec.Name, $"autostart {rec.Name}");
-    }
-
-    /// <summary>The worker's own account of its end (exit.json), or null when it left none.</summary>
-    private WorkerExit? ReadExitFile(string name)
-    {
-        try
-        {
-            using var doc = JsonDocument.Parse(File.ReadAllBytes(_paths.ExitFile(name)));
-            var r = doc.RootElement;
-            string state = r.TryGetProperty("state", out var s) && s.GetString() == S.Stopped ? S.Stopped : S.Crashed;
-            string kind = r.TryGetProperty("kind", out var k) && k.ValueKind == JsonValueKind.String ? k.GetString()! : "unknown";
-            string detail = r.TryGetProperty("detail", out var d) && d.ValueKind == JsonValueKind.String ? d.GetString()! : "";
-            int? code = r.TryGetProperty("exit_code", out var c) && c.ValueKind == JsonValueKind.Number ? c.GetInt32() : null;
-            return new WorkerExit(state, kind, detail, code);
-        }
-        catch (Exception e) when (e is IOException or JsonException or UnauthorizedAccessException or InvalidOperationException)
-        {
-            return null;
-        }
     }
 }

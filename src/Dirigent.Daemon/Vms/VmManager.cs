@@ -164,6 +164,12 @@ internal sealed partial class VmManager
         {
             WorkerExit exit;
             try { exit = await h.Exited.ConfigureAwait(false); }
+            catch (OperationCanceledException)
+            {
+                // The handle was released (the daemon is stopping): the worker runs on, nothing to record.
+                rt.Processed.TrySetResult();
+                return;
+            }
             catch (Exception e) { exit = new WorkerExit(VmStates.Crashed, "vmm_error", $"lost the worker: {e.Message}", null); }
             try { await OnWorkerExitedAsync(name, rt, exit); }
             catch (Exception e) { _log.WriteLine($"daemon: VM '{name}': recording the worker's exit failed: {e.Message}"); }
@@ -228,6 +234,12 @@ internal sealed partial class VmManager
             times.Enqueue(now);
         }
         SubmitStart(rec.Name, $"restart {rec.Name} (restart={rec.Restart})");
+    }
+
+    /// <summary>Daemon shutdown: stops watching the workers without touching them.</summary>
+    public void ReleaseWorkers()
+    {
+        foreach (var rt in _live.Values) rt.Handle.Dispose();
     }
 
     // ---- operations bookkeeping ----
