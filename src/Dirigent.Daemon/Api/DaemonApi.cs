@@ -23,7 +23,9 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
     public const string Base = "/api/v1";
 
     private static RouteHandlerBuilder Route(IEndpointRouteBuilder app, string method, string pattern, TokenRights right, Delegate handler)
-        => app.MapMethods(pattern, [method], handler).WithMetadata(new RequiredRight(right));
+        => app.MapMethods(pattern, [method], handler).WithMetadata(new RequiredRight(right))
+            // Group the OpenAPI document by resource (vms, disks, operations, events, metrics, tokens).
+            .WithTags(pattern.StartsWith(Base + "/", StringComparison.Ordinal) ? pattern[(Base.Length + 1)..].Split('/')[0] : pattern.Trim('/'));
 
     public void Map(WebApplication app)
     {
@@ -62,6 +64,9 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
     private async Task ListVms(HttpContext c)
     {
         string? state = c.Request.Query["state"];
+        if (state != null && state is not (VmStates.Stopped or VmStates.Starting or VmStates.Running or VmStates.Paused
+                or VmStates.ShuttingDown or VmStates.Stopping or VmStates.Crashed))
+            throw Bad($"state must be stopped, starting, running, paused, shutting_down, stopping or crashed, got '{state}'");
         var list = new JsonArray();
         foreach (var (rec, rev) in await vms.Store.ListAsync(c.RequestAborted))
             if (state == null || rec.State == state) list.Add(rec.ToApi(rev));
