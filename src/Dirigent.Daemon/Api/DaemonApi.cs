@@ -23,7 +23,9 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
     public const string Base = "/api/v1";
 
     private static RouteHandlerBuilder Route(IEndpointRouteBuilder app, string method, string pattern, TokenRights right, Delegate handler)
-        => app.MapMethods(pattern, [method], handler).WithMetadata(new RequiredRight(right));
+        => app.MapMethods(pattern, [method], handler).WithMetadata(new RequiredRight(right))
+            // Group the OpenAPI document by resource (vms, disks, operations, events, metrics, tokens).
+            .WithTags(pattern.StartsWith(Base + "/", StringComparison.Ordinal) ? pattern[(Base.Length + 1)..].Split('/')[0] : pattern.Trim('/'));
 
     public void Map(WebApplication app)
     {
@@ -33,10 +35,10 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
         Route(app, "GET", Base + "/vms/{name}", R, GetVm);
         Route(app, "PATCH", Base + "/vms/{name}", A, PatchVm);
         Route(app, "DELETE", Base + "/vms/{name}", A, DeleteVm);
-        Route(app, "POST", Base + "/vms/{name}/start", O, (HttpContext c, string name) => Accepted(c, vms.StartAsync(name, c.RequestAborted)));
-        Route(app, "POST", Base + "/vms/{name}/stop", O, (HttpContext c, string name) => Accepted(c, vms.StopAsync(name, c.RequestAborted)));
+        Route(app, "POST", Base + "/vms/{name}/start", O, async (HttpContext c, string name) => { await NoBody(c); await Accepted(c, vms.StartAsync(name, c.RequestAborted)); });
+        Route(app, "POST", Base + "/vms/{name}/stop", O, async (HttpContext c, string name) => { await NoBody(c); await Accepted(c, vms.StopAsync(name, c.RequestAborted)); });
         Route(app, "POST", Base + "/vms/{name}/shutdown", O, Shutdown);
-        Route(app, "POST", Base + "/vms/{name}/reboot", O, (HttpContext c, string name) => Accepted(c, vms.RebootAsync(name, c.RequestAborted)));
+        Route(app, "POST", Base + "/vms/{name}/reboot", O, async (HttpContext c, string name) => { await NoBody(c); await Accepted(c, vms.RebootAsync(name, c.RequestAborted)); });
         Route(app, "POST", Base + "/vms/{name}/reset", O, (HttpContext c, string name) => Simple(c, name, "reset"));
         Route(app, "POST", Base + "/vms/{name}/pause", O, (HttpContext c, string name) => Simple(c, name, "pause"));
         Route(app, "POST", Base + "/vms/{name}/resume", O, (HttpContext c, string name) => Simple(c, name, "resume"));
@@ -62,6 +64,9 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
     private async Task ListVms(HttpContext c)
     {
         string? state = c.Request.Query["state"];
+        if (state != null && state is not (VmStates.Stopped or VmStates.Starting or VmStates.Running or VmStates.Paused
+                or VmStates.ShuttingDown or VmStates.Stopping or VmStates.Crashed))
+            throw Bad($"state must be stopped, starting, running, paused, shutting_down, stopping or crashed, got '{state}'");
         var list = new JsonArray();
         foreach (var (rec, rev) in await vms.Store.ListAsync(c.RequestAborted))
             if (state == null || rec.State == state) list.Add(rec.ToApi(rev));
@@ -148,8 +153,9 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
     private static async Task NoBody(HttpContext c)
     {
         using var doc = ParseObject(await ReadBodyAsync(c), optional: true);
-        if (doc != null && doc.RootElement.EnumerateObject().FirstOrDefault() is { Name: { } n } p && p.Value.ValueKind != JsonValueKind.Undefined)
-            throw Bad($"unknown field '{n}' (this action takes no arguments)");
+        if (doc != null)
+            foreach (var p in doc.RootElement.EnumerateObject())
+                throw Bad($"unknown field '{p.Name}' (this action takes no arguments)");
     }
 
     /// <summary>202 Accepted, Location of the operation, the operation as the body.</summary>

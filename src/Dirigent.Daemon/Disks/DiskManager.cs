@@ -34,6 +34,7 @@ internal sealed class DiskManager(IInventory inventory, DaemonPaths paths, VmSto
 
     public async Task<DiskRecord?> GetAsync(string name, CancellationToken ct = default)
     {
+        if (!VmRequestParser.IsValidName(name)) return null;
         var e = await inventory.GetAsync(Prefix + name, ct);
         return e == null ? null : JsonSerializer.Deserialize<DiskRecord>(e.Value, ApiJson.Options);
     }
@@ -97,7 +98,8 @@ internal sealed class DiskManager(IInventory inventory, DaemonPaths paths, VmSto
     /// <summary>DELETE /disks/NAME: refused (409) while a VM's spec or another disk's backing refers to it.</summary>
     public async Task DeleteAsync(string name, CancellationToken ct)
     {
-        var e = await inventory.GetAsync(Prefix + name, ct) ?? throw NotFound($"no disk named '{name}'");
+        var e = (VmRequestParser.IsValidName(name) ? await inventory.GetAsync(Prefix + name, ct) : null)
+                ?? throw NotFound($"no disk named '{name}'");
         var rec = JsonSerializer.Deserialize<DiskRecord>(e.Value, ApiJson.Options)!;
         var users = (await vms.ListAsync(ct)).Where(v => v.Record.Spec.Disks.Any(d => d.Disk == name)).Select(v => v.Record.Name).ToList();
         if (users.Count > 0) throw Conflict($"disk '{name}' is used by VM {string.Join(", ", users.Select(u => $"'{u}'"))}");

@@ -19,6 +19,8 @@ internal sealed class VmStore(IInventory inventory)
 
     public async Task<(VmRecord Record, long Revision)?> GetAsync(string name, CancellationToken ct = default)
     {
+        // A name no VM can have (from a URL path) is simply absent; it never reaches the inventory's key checks.
+        if (!VmRequestParser.IsValidName(name)) return null;
         var e = await inventory.GetAsync(Key(name), ct);
         return e == null ? null : (Decode(e.Value), e.Revision);
     }

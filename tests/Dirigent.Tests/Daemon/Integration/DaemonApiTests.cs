@@ -63,6 +63,10 @@ public sealed class DaemonApiTests(DaemonApiFixture fixture) : IClassFixture<Dae
         Assert.Contains("no VM named 'ghost'", await Problem(HttpMethod.Get, "/api/v1/vms/ghost", HttpStatusCode.NotFound));
         Assert.Contains("no VM named 'ghost'", await Problem(HttpMethod.Post, "/api/v1/vms/ghost/start", HttpStatusCode.NotFound));
         Assert.Contains("no such endpoint", await Problem(HttpMethod.Get, "/api/v1/nothing-here", HttpStatusCode.NotFound));
+        // A name no VM can have is just absent (never a server error from the inventory's key rules).
+        await Problem(HttpMethod.Get, "/api/v1/vms/Bad%20Name%01", HttpStatusCode.NotFound);
+        await Problem(HttpMethod.Get, "/api/v1/disks/..%2Fetc", HttpStatusCode.NotFound);
+        Assert.Contains("state must be", await Problem(HttpMethod.Get, "/api/v1/vms?state=bogus", HttpStatusCode.BadRequest));
         Assert.Contains("no operation", await Problem(HttpMethod.Get, "/api/v1/operations/nope", HttpStatusCode.NotFound));
         var (_, _, resp) = await D.SendAsync(HttpMethod.Put, "/api/v1/vms");
         Assert.Equal(HttpStatusCode.MethodNotAllowed, resp.StatusCode);
