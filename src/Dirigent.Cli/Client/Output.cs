@@ -28,6 +28,20 @@ public static class Output
     {
         Description = "table, json or yaml",
         DefaultValueFactory = _ => OutputFormat.Table,
+        // Our own parser for a one-line error (the enum binder's lists the values on separate lines).
+        CustomParser = result =>
+        {
+            string text = result.Tokens.Count == 1 ? result.Tokens[0].Value : "";
+            switch (text)
+            {
+                case "table": return OutputFormat.Table;
+                case "json": return OutputFormat.Json;
+                case "yaml": return OutputFormat.Yaml;
+                default:
+                    result.AddError($"--output must be table, json or yaml, got '{text}'");
+                    return OutputFormat.Table;
+            }
+        },
     };
 
     private static readonly JsonSerializerOptions Indented = new() { WriteIndented = true };
@@ -83,10 +97,11 @@ public static class Output
         {
             for (int k = 0; k < line.Length; k++)
             {
-                // Two spaces between columns; no padding after the last, so lines have no trailing blanks.
-                if (k == line.Length - 1) sb.Append(line[k]);
-                else sb.Append(line[k].PadRight(widths[k] + 2));
+                // Two spaces between columns; lines end without trailing blanks.
+                sb.Append(k == line.Length - 1 ? line[k] : line[k].PadRight(widths[k] + 2));
             }
+            // Empty last cells would leave padding behind.
+            while (sb.Length > 0 && sb[^1] == ' ') sb.Length--;
             sb.Append('\n');
         }
         return sb.ToString();
@@ -133,7 +148,8 @@ public static class Output
     public static string Mib(JsonNode? node)
     {
         if (node is null) return "-";
-        long mib = node.GetValue<long>();
+        // Through the JSON text: a parsed number and one built from an int both read back (GetValue<long> would not).
+        if (!long.TryParse(node.ToJsonString(), NumberStyles.Integer, CultureInfo.InvariantCulture, out long mib)) return Text(node);
         return mib >= 1024 && mib % 1024 == 0 ? $"{mib / 1024} GiB" : $"{mib} MiB";
     }
 
