@@ -28,6 +28,8 @@ public sealed partial class VmApiServer : IAsyncDisposable
     private readonly TextWriter _log;
     private readonly bool _logRequests;
     private int _disposed;
+    /// <summary>Cancelled when the server stops: ends the long-lived console WebSockets (Kestrel would wait for them).</summary>
+    private readonly CancellationTokenSource _stopping = new();
 
     /// <summary>The path of the socket file the server listens on.</summary>
     public string SocketPath { get; }
@@ -98,18 +100,24 @@ public sealed partial class VmApiServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        await _stopping.CancelAsync();
         try { await _app.StopAsync(); }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { }
         await _app.DisposeAsync();
         UnixSocketPath.Remove(SocketPath);
+        _stopping.Dispose();
     }
 
     private void MapEndpoints(WebApplication app)
     {
+        // Upgrades GET /v1/vm/console/ws; pings keep idle consoles alive through proxies (the daemon's, a browser's).
+        app.UseWebSockets(new WebSocketOptions { KeepAliveInterval = TimeSpan.FromSeconds(30) });
         // Each path takes any method, so a wrong one gets a 405 problem with an Allow header (routing's own 405 has
         // an empty body).
         app.Map("/v1/vm", c => Serve(c, HttpMethods.Get, GetVm));
         app.Map("/v1/vm/console", c => Serve(c, HttpMethods.Get, GetConsole));
+        app.Map("/v1/vm/console/ws", c => Serve(c, HttpMethods.Get, ConsoleWebSocket));
+        app.Map("/v1/vm/metrics", c => Serve(c, HttpMethods.Get, GetMetrics));
         app.Map("/v1/vm/vcpus", c => Serve(c, HttpMethods.Get, GetVcpus));
         app.Map("/v1/vm/pause", c => Serve(c, HttpMethods.Put, x => Lifecycle(x, _vm.Pause)));
         app.Map("/v1/vm/resume", c => Serve(c, HttpMethods.Put, x => Lifecycle(x, _vm.Resume)));

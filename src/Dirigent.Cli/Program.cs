@@ -15,6 +15,7 @@ public static class Program
         root.Subcommands.Add(Client.VmCommands.Create());
         root.Subcommands.Add(Client.TokenCommands.Create());
         root.Subcommands.Add(Client.EventsCommand.Create());
+        root.Subcommands.Add(DaemonCommand.Create());
 
         var image = new Command("image", "The default guest image (Debian cloud kernel + busybox initramfs)");
         var build = new Command("build", "Build the default guest image into the cache (needs apt-get and network)");

@@ -22,14 +22,24 @@ internal static class RunCommand
         var restore = new Option<string?>("--restore") { Description = "Resume the snapshot in DIR instead of booting (its VM spec is used; --accel may change the accelerator)" };
         var incoming = new Option<string?>("--incoming") { Description = "Wait for a live migration at unix:PATH or tcp:HOST:PORT and run the VM it brings" };
         var apiSocket = new Option<string?>("--api-socket") { Description = "Serve the VM's HTTP API on this Unix socket (mode 0600)" };
+        var consoleLog = new Option<string?>("--console-log") { Description = "Append all console output to this file (with any --serial)" };
+        var exitFile = new Option<string?>("--exit-file") { Description = "When the VM ends, write how (JSON: state, kind, detail, exit_code, rip) to this file" };
+        var detach = new Option<bool>("--detach") { Description = "Run in a session of its own (setsid): for workers started by the daemon" };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
             kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, net, restore, incoming, apiSocket,
+            consoleLog, exitFile, detach,
         };
         cmd.SetAction(r =>
         {
             var cfg = new VmSpec();
-            var opts = new RunOptions { RestoreDir = r.GetValue(restore), Incoming = r.GetValue(incoming), ApiSocket = r.GetValue(apiSocket) };
+            // First, before any thread or file: a session of our own (already a group leader: detached enough).
+            if (r.GetValue(detach)) Worker.Detach.NewSession();
+            var opts = new RunOptions
+            {
+                RestoreDir = r.GetValue(restore), Incoming = r.GetValue(incoming), ApiSocket = r.GetValue(apiSocket),
+                ConsoleLog = r.GetValue(consoleLog), ExitFile = r.GetValue(exitFile),
+            };
             try
             {
                 cfg.Kernel = r.GetValue(kernel);
@@ -88,22 +98,25 @@ internal static class RunCommand
 
     /// <summary>
     /// SIGTERM, SIGINT and SIGHUP stop the VM in order (vCPUs, then devices, disks flushed and closed, TAPs closed,
-    /// terminal restored), then one line and status 128+signal. A second signal meanwhile exits at once.
+    /// terminal restored), then one line and status 128+signal (the exit file says kind "signal"). A second signal
+    /// meanwhile exits at once (after writing the exit file).
     /// </summary>
     private static int RunWithSignals(VmSpec cfg, RunOptions opts)
     {
         using var cts = new CancellationTokenSource();
         int signal = 0;
-        string signalName = "";
         void OnSignal(System.Runtime.InteropServices.PosixSignalContext ctx, int number, string name)
         {
             ctx.Cancel = true;
             if (Interlocked.CompareExchange(ref signal, number, 0) != 0)
             {
                 Console.Error.WriteLine($"dirigent: {name} again: exiting at once");
+                if (opts.ExitFile != null)
+                    Worker.ExitFile.Write(opts.ExitFile, new Worker.ExitFile.Record("stopped", "signal",
+                        $"{name} while stopping: exited at once", 128 + number), Console.Error);
                 Environment.Exit(128 + number);
             }
-            signalName = name;
+            opts.Signal = new StopSignal(name, number);
             cts.Cancel();
         }
         using var term = System.Runtime.InteropServices.PosixSignalRegistration.Create(
@@ -113,11 +126,8 @@ internal static class RunCommand
         using var hup = System.Runtime.InteropServices.PosixSignalRegistration.Create(
             System.Runtime.InteropServices.PosixSignal.SIGHUP, c => OnSignal(c, 1, "SIGHUP"));
         int rc = VmLauncher.Run(cfg, Console.Error, cancel: cts.Token, opts: opts);
-        if (signal != 0)
-        {
-            Console.Error.WriteLine($"dirigent: stopped by {signalName}");
-            return 128 + signal;
-        }
+        // Run returned 128+signal (and wrote the exit file) if a signal stopped the VM.
+        if (opts.Signal is { } sig) Console.Error.WriteLine($"dirigent: stopped by {sig.Name}");
         return rc;
     }
 }

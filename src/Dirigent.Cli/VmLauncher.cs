@@ -17,7 +17,17 @@ public sealed class RunOptions
     public string? Incoming;
     /// <summary>--api-socket PATH: serve the per-VM HTTP API there.</summary>
     public string? ApiSocket;
+    /// <summary>--console-log PATH: append every console output byte to this file.</summary>
+    public string? ConsoleLog;
+    /// <summary>--exit-file PATH: write how the VM ended there (JSON, atomically) just before returning.</summary>
+    public string? ExitFile;
+    /// <summary>Set (by the signal handler, before it cancels the run) to the signal that stops the VM: the run then
+    /// ends with status 128+number and the exit file says kind "signal".</summary>
+    public volatile StopSignal? Signal;
 }
+
+/// <summary>A signal that stopped the VM: its name (SIGTERM) and number (15).</summary>
+public sealed record StopSignal(string Name, int Number);
 
 /// <summary>
 /// `dirigent run`: builds a <see cref="Vm"/> (booted, restored or received), connects its serial console to the
@@ -64,6 +74,38 @@ public static class VmLauncher
         CancellationToken cancel = default, RunOptions? opts = null)
     {
         opts ??= new RunOptions();
+        var outcome = new Outcome();
+        int rc = RunCore(cfg, err, stdin, stdout, useTerminal, cancel, opts, outcome);
+        if (opts.Signal is { } sig)
+        {
+            rc = 128 + sig.Number;
+            outcome.Record = new Worker.ExitFile.Record("stopped", "signal", $"stopped by {sig.Name}", rc);
+        }
+        if (opts.ExitFile != null)
+            Worker.ExitFile.Write(opts.ExitFile, outcome.Record ?? new Worker.ExitFile.Record("crashed", "vmm_error",
+                outcome.Failure ?? "the VM did not run", rc) with { ExitCode = rc }, err);
+        return rc;
+    }
+
+    /// <summary>What the exit file will say: the VM's end, or why it never ran.</summary>
+    private sealed class Outcome
+    {
+        public Worker.ExitFile.Record? Record;
+        public string? Failure;
+
+        /// <summary>One line on the error log, remembered for the exit file (kind start_failed).</summary>
+        public int Fail(TextWriter err, string message, int rc)
+        {
+            err.WriteLine($"dirigent run: {message}");
+            Failure = message;
+            Record = new Worker.ExitFile.Record("crashed", "start_failed", message, rc);
+            return rc;
+        }
+    }
+
+    private static int RunCore(VmSpec cfg, TextWriter err, Stream? stdin, Stream? stdout, bool useTerminal,
+        CancellationToken cancel, RunOptions opts, Outcome outcome)
+    {
         Vm vm;
         try
         {
@@ -84,21 +126,18 @@ public static class VmLauncher
                 catch (Exception e) when (e is Dirigent.Storage.BlockDeviceException or VmException)
                 {
                     foreach (var d in disks) d.Dispose();
-                    err.WriteLine($"dirigent run: {e.Message}");
-                    return ExitCodes.BadInput;
+                    return outcome.Fail(err, e.Message, ExitCodes.BadInput);
                 }
                 vm = Vm.Create(cfg, err, disks);
             }
         }
         catch (VmException e)
         {
-            err.WriteLine($"dirigent run: {e.Message}");
-            return e.BadInput ? ExitCodes.BadInput : ExitCodes.VmmFailure;
+            return outcome.Fail(err, e.Message, e.BadInput ? ExitCodes.BadInput : ExitCodes.VmmFailure);
         }
         catch (OperationCanceledException)
         {
-            err.WriteLine("dirigent run: cancelled while waiting for an incoming migration");
-            return ExitCodes.VmmFailure;
+            return outcome.Fail(err, "cancelled while waiting for an incoming migration", ExitCodes.VmmFailure);
         }
         using var vmScope = vm;
 
@@ -109,19 +148,29 @@ public static class VmLauncher
             try { serialFile = new FileStream(serial[5..], FileMode.Create, FileAccess.Write, FileShare.Read); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
-                err.WriteLine($"dirigent run: cannot open serial output {serial[5..]}: {e.Message}");
-                return ExitCodes.BadInput;
+                return outcome.Fail(err, $"cannot open serial output {serial[5..]}: {e.Message}", ExitCodes.BadInput);
             }
         }
         using var serialFileScope = serialFile;
+        Worker.ConsoleLog? consoleLog = null;
+        if (opts.ConsoleLog != null)
+        {
+            try { consoleLog = new Worker.ConsoleLog(opts.ConsoleLog, err); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                return outcome.Fail(err, $"--console-log {opts.ConsoleLog}: {e.Message}", ExitCodes.BadInput);
+            }
+        }
+        // Disposed after the VM (see the finally below), so the last bytes the guest wrote are in the file.
+        using var consoleLogScope = consoleLog;
+        using var consoleLogSub = consoleLog == null ? null : vm.Console.Subscribe(consoleLog.OnByte);
         IAsyncDisposable? api = null;
         if (opts.ApiSocket != null)
         {
             try { api = ApiHost.Start(vm, opts.ApiSocket, err); }
             catch (Exception e) when (e is IOException or InvalidOperationException or UnauthorizedAccessException or System.Net.Sockets.SocketException)
             {
-                err.WriteLine($"dirigent run: --api-socket {opts.ApiSocket}: {e.Message}");
-                return ExitCodes.BadInput;
+                return outcome.Fail(err, $"--api-socket {opts.ApiSocket}: {e.Message}", ExitCodes.BadInput);
             }
         }
 
@@ -148,7 +197,9 @@ public static class VmLauncher
         {
             vm.Start();
             var exit = vm.Completion.GetAwaiter().GetResult();
-            return StatusOf(exit, err);
+            int rc = StatusOf(exit, err);
+            outcome.Record = Worker.ExitFile.Of(exit, vm.State, rc);
+            return rc;
         }
         finally
         {

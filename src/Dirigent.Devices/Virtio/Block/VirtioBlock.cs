@@ -48,6 +48,15 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
     public int ConfigLength => ConfigSize;
     public long RequestsCompleted { get; private set; }
 
+    // Completed reads and writes (status OK), for metrics: updated once per request by the worker, read from any
+    // thread (Interlocked, so a reader on another core never sees a torn or stale-forever value). Not saved in
+    // snapshots: they count this process's work, as a host's disk statistics do.
+    private long _readBytes, _writeBytes, _readOps, _writeOps;
+
+    /// <summary>Data bytes of completed reads and writes, and their counts, since the device was created.</summary>
+    public BlockCounters Counters => new(Interlocked.Read(ref _readBytes), Interlocked.Read(ref _writeBytes),
+        Interlocked.Read(ref _readOps), Interlocked.Read(ref _writeOps));
+
     /// <param name="serial">What GET_ID returns (up to 20 bytes, ASCII).</param>
     /// <param name="useWorkerThread">False runs requests on the notifying thread (deterministic, for tests).</param>
     public VirtioBlock(IBlockDevice disk, string serial, bool useWorkerThread = true)
@@ -258,10 +267,20 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
             {
                 case TypeIn:
                     status = Read(chain, sector, dataIn);
-                    if (status == StatusOk) written = dataIn;
+                    if (status == StatusOk)
+                    {
+                        written = dataIn;
+                        Interlocked.Add(ref _readBytes, dataIn);
+                        Interlocked.Increment(ref _readOps);
+                    }
                     break;
                 case TypeOut:
                     status = WriteData(chain, sector, dataOut);
+                    if (status == StatusOk)
+                    {
+                        Interlocked.Add(ref _writeBytes, dataOut);
+                        Interlocked.Increment(ref _writeOps);
+                    }
                     break;
                 case TypeFlush:
                     _disk.Flush();
@@ -357,3 +376,6 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
         _kick.Dispose();
     }
 }
+
+/// <summary>A virtio-blk device's completed data transfers: bytes and requests, per direction.</summary>
+public readonly record struct BlockCounters(long ReadBytes, long WriteBytes, long ReadOps, long WriteOps);

@@ -68,6 +68,9 @@ public sealed class VirtioNet : IVirtioDevice
 
     /// <summary>Counters (guest's view): frames delivered and sent, and frames dropped on the way.</summary>
     public long RxPackets, RxDropped, TxPackets, TxDropped;
+    /// <summary>Frame bytes (without the virtio-net header) of the packets counted in RxPackets and TxPackets. Not in
+    /// snapshots (the packet counters are): metrics of this process's work.</summary>
+    public long RxBytes, TxBytes;
 
     public VirtioNet(INetBackend backend, ReadOnlySpan<byte> mac)
     {
@@ -268,7 +271,11 @@ public sealed class VirtioNet : IVirtioDevice
                         TxDropped++;
                     else
                     {
-                        if (_backend.Send(_txBuffer.AsSpan(0, (int)len))) TxPackets++;
+                        if (_backend.Send(_txBuffer.AsSpan(0, (int)len)))
+                        {
+                            TxPackets++;
+                            TxBytes += len - HeaderLength;
+                        }
                         else TxDropped++;
                     }
                     q.Push(_txChain, 0);
@@ -439,6 +446,7 @@ public sealed class VirtioNet : IVirtioDevice
             q.PushAll(_rxChains.AsSpan(0, _rxTaken), written);
             _rxTaken = 0;
             RxPackets++;
+            RxBytes += frame.Length;
             q.NotifyGuest();
             return true;
         }

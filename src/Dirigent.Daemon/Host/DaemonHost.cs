@@ -1,0 +1,194 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using Dirigent.Api;
+using Dirigent.Daemon.Api;
+using Dirigent.Daemon.Auth;
+using Dirigent.Daemon.Disks;
+using Dirigent.Daemon.Limits;
+using Dirigent.Daemon.Operations;
+using Dirigent.Daemon.Vms;
+using Dirigent.Daemon.Workers;
+using Dirigent.Inventory;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.AspNetCore.Server.Kestrel.Transport.Sockets;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+
+namespace Dirigent.Daemon.Host;
+
+/// <summary>What `dirigent daemon` was asked for.</summary>
+public sealed class DaemonOptions
+{
+    public string Home { get; init; } = DaemonPaths.DefaultHome();
+    /// <summary>TCP listeners (HOST:PORT); every request on them needs a bearer token.</summary>
+    public IReadOnlyList<string> Listen { get; init; } = [];
+    public bool LogRequests { get; init; }
+    /// <summary>The worker command (default: this very dirigent binary).</summary>
+    public WorkerCommand? WorkerCommand { get; init; }
+}
+
+/// <summary>A bad option or an unusable state directory: one line for the user.</summary>
+public sealed class DaemonStartException(string message) : Exception(message);
+
+/// <summary>
+/// dirigentd: the inventory, the operations engine, the worker supervisor and the REST API on Kestrel (Unix socket,
+/// mode 0660, plus optional TCP listeners with bearer tokens). Stopping it (SIGTERM) stops serving and closes the
+/// inventory but leaves the workers running: the next daemon re-adopts them.
+/// </summary>
+public sealed class DaemonHost : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly SqliteInventory _inventory;
+    private readonly OperationManager _ops;
+    private readonly VmManager _vms;
+    private readonly TextWriter _log;
+    private int _disposed;
+
+    public DaemonPaths Paths { get; }
+
+    private DaemonHost(WebApplication app, SqliteInventory inventory, OperationManager ops, VmManager vms, DaemonPaths paths, TextWriter log)
+    {
+        _vms = vms;
+        _app = app;
+        _inventory = inventory;
+        _ops = ops;
+        Paths = paths;
+        _log = log;
+    }
+
+    public static async Task<DaemonHost> StartAsync(DaemonOptions options, TextWriter log, CancellationToken ct = default)
+    {
+        log = TextWriter.Synchronized(log);
+        var paths = new DaemonPaths(options.Home);
+        var endpoints = options.Listen.Select(ParseListen).ToList();
+        try { paths.Create(); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new DaemonStartException($"state directory '{paths.Home}': {e.Message}");
+        }
+        try { UnixSocketPath.Prepare(paths.Socket); }
+        catch (ApiSocketException e) { throw new DaemonStartException(e.Message); }
+
+        var inventory = SqliteInventory.Open(paths.InventoryDb);
+        var events = new EventHub();
+        var ops = new OperationManager(new OperationManagerOptions(), events);
+        try
+        {
+            var tokens = new TokenStore(inventory);
+            var cgroups = CgroupManager.Detect();
+            var supervisor = new WorkerSupervisor(options.WorkerCommand ?? WorkerCommand.Current(), cgroups, log);
+            var store = new VmStore(inventory);
+            var disks = new DiskManager(inventory, paths, store);
+            var vms = new VmManager(store, disks, ops, events, supervisor, cgroups, paths, log);
+            var metrics = new RequestMetrics();
+
+            var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions
+            {
+                ApplicationName = typeof(DaemonHost).Assembly.GetName().Name,
+                ContentRootPath = AppContext.BaseDirectory,
+            });
+            builder.Logging.ClearProviders();
+            builder.Services.AddRouting();
+            builder.Services.AddSystemd(); // Type=notify readiness and SIGTERM handling under systemd; nothing elsewhere
+            builder.Services.AddOpenApi("v1", o =>
+            {
+                o.OpenApiVersion = Microsoft.OpenApi.OpenApiSpecVersion.OpenApi3_1;
+                o.AddDocumentTransformer((doc, _, _) =>
+                {
+                    doc.Info = new Microsoft.OpenApi.OpenApiInfo { Title = "Dirigent management API", Version = "v1" };
+                    return Task.CompletedTask;
+                });
+            });
+            builder.Services.Configure<HostOptions>(o => o.ShutdownTimeout = TimeSpan.FromSeconds(5));
+            builder.WebHost.UseKestrelCore();
+            builder.WebHost.ConfigureKestrel(o =>
+            {
+                o.AddServerHeader = false;
+                o.Limits.MaxRequestBodySize = DaemonLimits.MaxRequestBody;
+                o.ListenUnixSocket(paths.Socket, l => l.Protocols = HttpProtocols.Http1);
+                foreach (var ep in endpoints) o.Listen(ep, l => l.Protocols = HttpProtocols.Http1);
+            });
+            // Bind the Unix socket ourselves and make it 0660 before Kestrel listens: the group may use the API.
+            builder.WebHost.UseSockets(o => o.CreateBoundListenSocket = ep =>
+            {
+                if (ep is not UnixDomainSocketEndPoint) return SocketTransportOptions.CreateDefaultBoundListenSocket(ep);
+                var s = UnixSocketPath.Bind(paths.Socket);
+                if (OperatingSystem.IsLinux()) File.SetUnixFileMode(paths.Socket, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.GroupWrite);
+                return s;
+            });
+
+            var app = builder.Build();
+            RequestPipeline.Use(app, tokens, metrics, log, options.LogRequests);
+            new DaemonApi(vms, disks, ops, events, tokens, metrics, paths).Map(app);
+            app.MapOpenApi(DaemonApi.Base + "/openapi.json").WithMetadata(new RequiredRight(TokenRights.Read));
+
+            // Workers first (re-adopt, record the vanished, restart policies, autostart), then serve.
+            await vms.RecoverAsync(ct);
+            try { await app.StartAsync(ct); }
+            catch (Exception e)
+            {
+                await app.DisposeAsync();
+                UnixSocketPath.Remove(paths.Socket);
+                var inner = e;
+                while (inner.InnerException != null && inner is not (ApiSocketException or SocketException)) inner = inner.InnerException;
+                throw new DaemonStartException($"cannot listen: {ApiProblem.OneLine(inner.Message)}");
+            }
+            log.WriteLine($"daemon: serving {paths.Socket}{string.Concat(endpoints.Select(e => $" and http://{e}"))} (state in {paths.Home}, cgroups: {cgroups.Kind})");
+            return new DaemonHost(app, inventory, ops, vms, paths, log);
+        }
+        catch
+        {
+            ops.Dispose();
+            await inventory.DisposeAsync();
+            throw;
+        }
+    }
+
+    private static IPEndPoint ParseListen(string s)
+    {
+        int colon = s.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(s.AsSpan(colon + 1), out int port) || port is < 0 or > 65535)
+            throw new DaemonStartException($"--listen '{s}': expected HOST:PORT, e.g. 127.0.0.1:8006");
+        string host = s[..colon].Trim('[', ']');
+        if (host is "localhost") return new IPEndPoint(IPAddress.Loopback, port);
+        if (host is "*" or "0.0.0.0") return new IPEndPoint(IPAddress.Any, port);
+        if (!IPAddress.TryParse(host, out var ip)) throw new DaemonStartException($"--listen '{s}': '{host}' is not an IP address");
+        return new IPEndPoint(ip, port);
+    }
+
+    /// <summary>The TCP ports actually bound (port 0 in --listen picks a free one).</summary>
+    public IReadOnlyList<string> Addresses =>
+        _app.Services.GetRequiredService<Microsoft.AspNetCore.Hosting.Server.IServer>()
+            .Features.Get<Microsoft.AspNetCore.Hosting.Server.Features.IServerAddressesFeature>()?.Addresses.ToList() ?? [];
+
+    /// <summary>Serves until SIGTERM/SIGINT (or systemd's stop), then shuts down without touching the workers.</summary>
+    public async Task RunUntilSignalAsync()
+    {
+        var stop = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void On(PosixSignalContext c) { c.Cancel = true; stop.TrySetResult(); }
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, On);
+        using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, On);
+        var lifetime = _app.Services.GetRequiredService<IHostApplicationLifetime>();
+        using var reg = lifetime.ApplicationStopping.Register(() => stop.TrySetResult());
+        await stop.Task;
+        _log.WriteLine("daemon: stopping (VM workers keep running)");
+        await DisposeAsync();
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        try { await _app.StopAsync(); }
+        catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { }
+        await _app.DisposeAsync();
+        UnixSocketPath.Remove(Paths.Socket);
+        // Let go of the workers (they keep running; the next daemon re-adopts them) before the inventory closes.
+        _vms.ReleaseWorkers();
+        _ops.Dispose();
+        await _inventory.DisposeAsync();
+    }
+}

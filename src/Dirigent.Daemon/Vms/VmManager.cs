@@ -1,0 +1,294 @@
+using System.Collections.Concurrent;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Dirigent.Daemon.Disks;
+using Dirigent.Daemon.Host;
+using Dirigent.Daemon.Limits;
+using Dirigent.Daemon.Operations;
+using Dirigent.Daemon.Workers;
+using Dirigent.Inventory;
+using static Dirigent.Daemon.Api.ApiJson;
+
+namespace Dirigent.Daemon.Vms;
+
+/// <summary>
+/// The VMs: records in the inventory, one worker process per running VM, and the state machine between them
+/// (stopped → starting → running ⇄ paused; shutting_down; stopping; crashed). Everything that takes time runs as an
+/// operation queued on "vms/NAME", so actions on one VM happen in order and different VMs proceed in parallel.
+/// A worker's exit is recorded by <see cref="OnWorkerExitedAsync"/> (the only place a live VM becomes stopped or
+/// crashed), which also applies the restart policy.
+/// </summary>
+internal sealed partial class VmManager
+{
+    private readonly VmStore _store;
+    private readonly DiskManager _disks;
+    private readonly OperationManager _ops;
+    private readonly EventHub _events;
+    private readonly WorkerSupervisor _supervisor;
+    private readonly ICgroupManager _cgroups;
+    private readonly DaemonPaths _paths;
+    private readonly TextWriter _log;
+    private readonly ConcurrentDictionary<string, VmRuntime> _live = new(StringComparer.Ordinal);
+    // Operations submitted and not yet finished, per VM: while any is queued, a request's state check at submit time
+    // would look at a state that is about to change, so only the operation itself checks then.
+    private readonly ConcurrentDictionary<string, int> _inFlight = new(StringComparer.Ordinal);
+    // Restart-policy restarts per VM (recent times): a guest that crashes at once is not restarted forever.
+    private readonly ConcurrentDictionary<string, Queue<DateTimeOffset>> _restarts = new(StringComparer.Ordinal);
+
+    public const int MaxRestartsPerMinute = 5;
+
+    public VmManager(VmStore store, DiskManager disks, OperationManager ops, EventHub events, WorkerSupervisor supervisor,
+        ICgroupManager cgroups, DaemonPaths paths, TextWriter log)
+    {
+        _store = store;
+        _disks = disks;
+        _ops = ops;
+        _events = events;
+        _supervisor = supervisor;
+        _cgroups = cgroups;
+        _paths = paths;
+        _log = log;
+    }
+
+    public VmStore Store => _store;
+
+    /// <summary>The live workers (for metrics and the console).</summary>
+    public IReadOnlyDictionary<string, VmRuntime> Live => _live;
+
+    public static string Target(string name) => VmStore.Key(name);
+
+    // ---- records ----
+
+    public async Task<JsonObject> CreateAsync(JsonElement body, CancellationToken ct)
+    {
+        var rec = VmRequestParser.ParseCreate(body);
+        await CheckDisksExist(rec.Spec, ct);
+        rec.CreatedAt = DateTimeOffset.UtcNow;
+        if (await _store.GetAsync(rec.Name, ct) != null) throw Conflict($"a VM named '{rec.Name}' already exists");
+        Directory.CreateDirectory(_paths.VmDir(rec.Name));
+        long rev = await _store.CreateAsync(rec, ct) ?? throw Conflict($"a VM named '{rec.Name}' already exists");
+        _events.Publish(new VmStateChanged(rec.Name, null, rec.State));
+        return rec.ToApi(rev);
+    }
+
+    private async Task CheckDisksExist(VmSpecModel spec, CancellationToken ct)
+    {
+        for (int i = 0; i < spec.Disks.Count; i++)
+            if (spec.Disks[i].Disk is { } d && await _disks.GetAsync(d, ct) == null)
+                throw Bad($"field 'spec.disks[{i}].disk': no disk named '{d}' (create it with POST /api/v1/disks)");
+    }
+
+    /// <summary>PATCH: a down VM takes any change; a live one only limits, restart and autostart (limits applied at once).</summary>
+    public async Task<JsonObject> PatchAsync(string name, JsonElement body, long? ifMatch, CancellationToken ct)
+    {
+        var patch = VmRequestParser.ParsePatch(body);
+        VmSpecModel? checkDisks = null;
+        var (old, now, rev) = await _store.UpdateAsync(name, r =>
+        {
+            if (patch.Spec != null)
+            {
+                if (!VmStates.IsDown(r.State))
+                    throw Conflict($"VM '{name}' is {r.State}: its spec can change only while it is stopped (limits, restart and autostart can change now)");
+                if (patch.Spec.Value.ValueKind != JsonValueKind.Null) VmRequestParser.ApplySpec(patch.Spec.Value, r.Spec);
+                checkDisks = r.Spec;
+            }
+            if (patch.Limits is { } l)
+            {
+                if (l.ValueKind == JsonValueKind.Null) r.Limits = new VmLimitsModel();
+                else VmRequestParser.ApplyLimits(l, r.Limits);
+            }
+            if (patch.Restart != null) r.Restart = patch.Restart;
+            if (patch.Autostart != null) r.Autostart = patch.Autostart.Value;
+        }, ifMatch, ct);
+        if (checkDisks != null) await CheckDisksExist(checkDisks, ct);
+        if (patch.Limits != null && _live.TryGetValue(name, out var rt)) ApplyLiveLimits(name, rt, now.Limits);
+        return now.ToApi(rev);
+    }
+
+    private void ApplyLiveLimits(string name, VmRuntime rt, VmLimitsModel limits)
+    {
+        try
+        {
+            if (rt.Cgroup != null) rt.Cgroup.Update(limits.ToResourceLimits());
+            else if (limits.Any)
+            {
+                // Started without limits: give the running worker a group now.
+                var g = _cgroups.Create(name, limits.ToResourceLimits());
+                g.AddProcess(rt.Handle.Pid);
+                rt.Cgroup = g;
+            }
+        }
+        catch (CgroupException e)
+        {
+            throw Conflict($"limits saved but not applied to the running VM: {e.Message}");
+        }
+    }
+
+    /// <summary>DELETE: stopped or crashed VMs only; purge also removes the disks the VM owns (its clones' overlays).</summary>
+    public async Task DeleteAsync(string name, bool purge, CancellationToken ct)
+    {
+        var (rec, rev) = await _store.RequireAsync(name, ct);
+        if (!VmStates.IsDown(rec.State) || _live.ContainsKey(name))
+            throw Conflict($"VM '{name}' is {rec.State}: stop it before deleting it");
+        if (InFlight(name)) throw Conflict($"VM '{name}' has operations in progress: wait for them first");
+        if (!await _store.DeleteAsync(name, rev, ct)) throw Conflict($"VM '{name}' changed meanwhile: try again");
+        _events.Publish(new VmStateChanged(name, rec.State, "deleted"));
+        if (purge)
+            foreach (var d in (await _disks.ListAsync(ct)).Where(d => d.Owner == name))
+            {
+                try { await _disks.DeleteAsync(d.Name, ct); }
+                catch (Dirigent.Api.ApiRequestException e) { _log.WriteLine($"daemon: purge of VM '{name}': disk '{d.Name}' kept: {e.Message}"); }
+            }
+        try { Directory.Delete(_paths.VmDir(name), recursive: true); }
+        catch (DirectoryNotFoundException) { }
+        catch (IOException e) { _log.WriteLine($"daemon: VM '{name}' deleted, its directory stays: {e.Message}"); }
+    }
+
+    // ---- state transitions and worker exits ----
+
+    /// <summary>Updates the record and publishes vm-state-changed when the state changed.</summary>
+    private async Task<(VmRecord Old, VmRecord New, long Revision)> TransitionAsync(string name, Action<VmRecord> mutate,
+        CancellationToken ct = default)
+    {
+        var r = await _store.UpdateAsync(name, mutate, ct: ct);
+        if (r.Old.State != r.New.State) _events.Publish(new VmStateChanged(name, r.Old.State, r.New.State));
+        return r;
+    }
+
+    /// <summary>Starts watching a live worker: its exit is recorded once, whoever caused it.</summary>
+    private VmRuntime Track(string name, WorkerHandle h)
+    {
+        var rt = new VmRuntime(h);
+        _live[name] = rt;
+        _ = Task.Run(async () =>
+        {
+            WorkerExit exit;
+            try { exit = await h.Exited.ConfigureAwait(false); }
+            catch (OperationCanceledException)
+            {
+                // The handle was released (the daemon is stopping): the worker runs on, nothing to record.
+                rt.Processed.TrySetResult();
+                return;
+            }
+            catch (Exception e) { exit = new WorkerExit(VmStates.Crashed, "vmm_error", $"lost the worker: {e.Message}", null); }
+            try { await OnWorkerExitedAsync(name, rt, exit); }
+            catch (Exception e) { _log.WriteLine($"daemon: VM '{name}': recording the worker's exit failed: {e.Message}"); }
+            finally { rt.Processed.TrySetResult(); }
+        });
+        return rt;
+    }
+
+    private async Task OnWorkerExitedAsync(string name, VmRuntime rt, WorkerExit exit)
+    {
+        _live.TryRemove(new KeyValuePair<string, VmRuntime>(name, rt));
+        try { rt.Cgroup?.Dispose(); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or CgroupException) { _log.WriteLine($"daemon: VM '{name}': cgroup not removed: {e.Message}"); }
+        await RecordExitAsync(name, rt.Handle.Pid, exit);
+    }
+
+    /// <summary>
+    /// Writes the exit into the record (only if it still names that worker's pid), publishes vm-exited and
+    /// vm-state-changed, then applies the restart policy.
+    /// </summary>
+    private async Task RecordExitAsync(string name, int? pid, WorkerExit exit)
+    {
+        string state = exit.State == VmStates.Stopped ? VmStates.Stopped : VmStates.Crashed;
+        (VmRecord Old, VmRecord New, long Revision) r;
+        try
+        {
+            r = await _store.UpdateAsync(name, rec =>
+            {
+                if (pid != null && rec.Pid != null && rec.Pid != pid) throw new StaleExitException();
+                rec.State = state;
+                rec.Exit = new VmExitInfo { Kind = exit.Kind, Detail = exit.Detail, ExitCode = exit.ExitCode, At = DateTimeOffset.UtcNow };
+                rec.Pid = null;
+                rec.PidStartTime = null;
+            });
+        }
+        catch (StaleExitException) { return; }
+        catch (Dirigent.Api.ApiRequestException) { return; } // deleted meanwhile
+        _log.WriteLine($"daemon: VM '{name}' {state}: {exit.Kind}: {exit.Detail}");
+        _events.Publish(new VmExited(name, exit.Kind, exit.Detail));
+        if (r.Old.State != r.New.State) _events.Publish(new VmStateChanged(name, r.Old.State, r.New.State));
+        ApplyRestartPolicy(r.New);
+    }
+
+    private sealed class StaleExitException : Exception;
+
+    /// <summary>on-failure: restart a crashed VM; always: restart unless the API stopped it. At most 5 a minute.</summary>
+    private void ApplyRestartPolicy(VmRecord rec)
+    {
+        bool restart = !rec.StopRequested &&
+                       (rec.Restart == "always" || (rec.Restart == "on-failure" && rec.State == VmStates.Crashed));
+        if (!restart) return;
+        var times = _restarts.GetOrAdd(rec.Name, _ => new Queue<DateTimeOffset>());
+        lock (times)
+        {
+            var now = DateTimeOffset.UtcNow;
+            while (times.Count > 0 && now - times.Peek() > TimeSpan.FromMinutes(1)) times.Dequeue();
+            if (times.Count >= MaxRestartsPerMinute)
+            {
+                _log.WriteLine($"daemon: VM '{rec.Name}' ended {MaxRestartsPerMinute} times within a minute: not restarting it (restart={rec.Restart})");
+                return;
+            }
+            times.Enqueue(now);
+        }
+        SubmitStart(rec.Name, $"restart {rec.Name} (restart={rec.Restart})");
+    }
+
+    /// <summary>Daemon shutdown: stops watching the workers without touching them.</summary>
+    public void ReleaseWorkers()
+    {
+        foreach (var rt in _live.Values) rt.Handle.Dispose();
+    }
+
+    // ---- operations bookkeeping ----
+
+    private bool InFlight(string name) => _inFlight.TryGetValue(name, out int n) && n > 0;
+
+    /// <summary>Queues work on the VM's target and counts it as in flight until it finishes.</summary>
+    private Operation Submit(string name, string description, Func<OperationContext, CancellationToken, Task<JsonNode?>> work)
+    {
+        _inFlight.AddOrUpdate(name, 1, (_, n) => n + 1);
+        try
+        {
+            return _ops.Submit(Target(name), description, async (ctx, ct) =>
+            {
+                try { return await work(ctx, ct); }
+                finally { _inFlight.AddOrUpdate(name, 0, (_, n) => n - 1); }
+            });
+        }
+        catch
+        {
+            _inFlight.AddOrUpdate(name, 0, (_, n) => n - 1);
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// The submit-time state check: when nothing is queued for the VM, a state already known wrong is a 409 at once
+    /// (the operation itself checks again when it runs).
+    /// </summary>
+    private async Task<VmRecord> PrecheckAsync(string name, string action, CancellationToken ct, params string[] allowed)
+    {
+        var (rec, _) = await _store.RequireAsync(name, ct);
+        if (!InFlight(name) && Array.IndexOf(allowed, rec.State) < 0)
+            throw Conflict($"cannot {action} VM '{name}': it is {rec.State} (needs {string.Join(" or ", allowed)})");
+        return rec;
+    }
+
+    /// <summary>Inside an operation: the VM must be in one of <paramref name="allowed"/> now.</summary>
+    private async Task<VmRecord> RequireStateAsync(string name, string action, CancellationToken ct, params string[] allowed)
+    {
+        var (rec, _) = await _store.RequireAsync(name, ct);
+        if (Array.IndexOf(allowed, rec.State) < 0)
+            throw new InvalidOperationException($"cannot {action} VM '{name}': it is {rec.State} (needs {string.Join(" or ", allowed)})");
+        return rec;
+    }
+
+    private async Task<JsonNode> CurrentAsync(string name, CancellationToken ct)
+    {
+        var (rec, rev) = await _store.RequireAsync(name, ct);
+        return rec.ToApi(rev);
+    }
+}

@@ -1,0 +1,104 @@
+using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
+using Dirigent.Daemon.Api;
+
+namespace Dirigent.Daemon.Vms;
+
+/// <summary>VM states as the API shows them (snake_case strings in JSON).</summary>
+public static class VmStates
+{
+    public const string Stopped = "stopped", Starting = "starting", Running = "running", Paused = "paused",
+        ShuttingDown = "shutting_down", Stopping = "stopping", Crashed = "crashed";
+
+    /// <summary>States in which a worker process exists (or is being made) for the VM.</summary>
+    public static bool HasWorker(string s) => s is Starting or Running or Paused or ShuttingDown or Stopping;
+
+    public static bool IsDown(string s) => s is Stopped or Crashed;
+}
+
+/// <summary>
+/// One VM as stored in the inventory at "vms/NAME" (JSON, snake_case). The API shows it without the fields that only
+/// the daemon needs (<see cref="PidStartTime"/>, <see cref="StopRequested"/>) and with the entry's revision.
+/// </summary>
+public sealed class VmRecord
+{
+    public string Name { get; set; } = "";
+    public string State { get; set; } = VmStates.Stopped;
+    public VmSpecModel Spec { get; set; } = new();
+    public VmLimitsModel Limits { get; set; } = new();
+    public string Restart { get; set; } = "no";
+    public bool Autostart { get; set; }
+    public VmExitInfo? Exit { get; set; }
+    public int? Pid { get; set; }
+    /// <summary>/proc/PID/stat start time of the worker: with the pid, it tells a re-adopted worker from a reused pid.</summary>
+    public long? PidStartTime { get; set; }
+    /// <summary>Set when the API stopped the VM, so restart=always leaves it down (kept across daemon restarts).</summary>
+    public bool StopRequested { get; set; }
+    public DateTimeOffset CreatedAt { get; set; }
+
+    public VmRecord Clone() => System.Text.Json.JsonSerializer.Deserialize<VmRecord>(
+        System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(this, ApiJson.Options), ApiJson.Options)!;
+
+    /// <summary>The API's view: internal fields removed, the revision added (also the ETag).</summary>
+    public JsonObject ToApi(long revision)
+    {
+        var o = (JsonObject)ApiJson.ToNode(this);
+        o.Remove("pid_start_time");
+        o.Remove("stop_requested");
+        o["revision"] = revision;
+        return o;
+    }
+}
+
+public sealed class VmSpecModel
+{
+    public int MemoryMib { get; set; } = 512;
+    public int Vcpus { get; set; } = 1;
+    public string? Kernel { get; set; }
+    public List<string> Initrd { get; set; } = [];
+    public string? Cmdline { get; set; }
+    public string Accel { get; set; } = "auto";
+    public bool Rng { get; set; }
+    public List<VmDiskModel> Disks { get; set; } = [];
+    public List<VmNicModel> Nics { get; set; } = [];
+}
+
+/// <summary>A disk of a VM: either a disk made through the API (<see cref="Disk"/>) or a host path.</summary>
+public sealed class VmDiskModel
+{
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Disk { get; set; }
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Path { get; set; }
+    public string Format { get; set; } = "auto";
+    public bool Readonly { get; set; }
+    public long Bps { get; set; }
+    public long Iops { get; set; }
+}
+
+public sealed class VmNicModel
+{
+    public string Tap { get; set; } = "";
+    public string? Mac { get; set; }
+    public string? Netns { get; set; }
+    public long Bps { get; set; }
+    public long Pps { get; set; }
+}
+
+public sealed class VmLimitsModel
+{
+    public double? Cpu { get; set; }
+    public int? CpuWeight { get; set; }
+    public int? MemoryMib { get; set; }
+
+    [JsonIgnore] public bool Any => Cpu != null || CpuWeight != null || MemoryMib != null;
+
+    public Limits.ResourceLimits ToResourceLimits() => new(Cpu, CpuWeight, MemoryMib is { } m ? (long)m << 20 : null);
+}
+
+/// <summary>Why the VM's last worker ended (from its exit.json, or what the daemon saw).</summary>
+public sealed class VmExitInfo
+{
+    public string Kind { get; set; } = "";
+    public string Detail { get; set; } = "";
+    public int? ExitCode { get; set; }
+    public DateTimeOffset At { get; set; }
+}
