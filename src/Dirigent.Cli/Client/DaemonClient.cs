@@ -52,20 +52,11 @@ public sealed class ConnectionOptions
     private static string? NullIfEmpty(string? s) => string.IsNullOrEmpty(s) ? null : s;
 }
 
-/// <summary>Where the daemon keeps its state when nothing else is said (the contract of issue #11).</summary>
+/// <summary>The daemon's state directory as `dirigent daemon` picks it, so both sides agree on the socket.</summary>
 public static class DaemonHome
 {
-    [System.Runtime.InteropServices.DllImport("libc")] private static extern uint geteuid();
-
-    public static string Resolve(string? option)
-    {
-        if (!string.IsNullOrEmpty(option)) return Path.GetFullPath(option);
-        string? env = Environment.GetEnvironmentVariable("DIRIGENT_HOME");
-        if (!string.IsNullOrEmpty(env)) return Path.GetFullPath(env);
-        if (OperatingSystem.IsLinux() && geteuid() == 0) return "/var/lib/dirigent";
-        string home = Environment.GetFolderPath(Environment.SpecialFolder.UserProfile);
-        return Path.Combine(home, ".local", "share", "dirigent");
-    }
+    public static string Resolve(string? option) =>
+        Path.GetFullPath(string.IsNullOrEmpty(option) ? Dirigent.Daemon.Host.DaemonPaths.DefaultHome() : option);
 }
 
 /// <summary>

@@ -17,8 +17,9 @@ public static class DaemonDiskCommands
     [
         new("NAME", o => Output.Text(o["name"])),
         new("FORMAT", o => Output.Text(o["format"])),
-        new("SIZE", o => o["size"] is JsonValue v && v.TryGetValue(out long n) ? DiskInfo.Human(n) : Output.Text(o["size"])),
+        new("SIZE", o => o["size_bytes"] is JsonValue v && v.TryGetValue(out long n) ? DiskInfo.Human(n) : Output.Text(o["size_bytes"])),
         new("BACKING", o => Output.Text(o["backing"])),
+        new("OWNER", o => Output.Text(o["owner"])),
     ];
 
     /// <summary>Adds the daemon's verbs to the existing `disk` command.</summary>

@@ -233,6 +233,7 @@ public static class VmCommands
             [
                 new("NAME", o => Output.Text(o["name"])),
                 new("CREATED", o => Output.Text(o["created_at"])),
+                new("SIZE", o => o["size_bytes"] is JsonValue v && v.TryGetValue(out long n) ? Dirigent.Storage.DiskInfo.Human(n) : Output.Text(o["size_bytes"])),
             ]);
             return ClientExit.Ok;
         });

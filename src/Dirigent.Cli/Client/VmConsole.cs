@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Net.WebSockets;
+using System.Runtime.InteropServices;
 using Dirigent.Cli.Terminal;
 
 namespace Dirigent.Cli.Client;
@@ -43,6 +44,15 @@ public static class VmConsole
 
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var detached = new TaskCompletionSource();
+        // SIGTERM, SIGHUP and (without a terminal) SIGINT detach in order, restoring the terminal, with status 0.
+        void OnSignal(PosixSignalContext c)
+        {
+            c.Cancel = true;
+            detached.TrySetResult();
+        }
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+        using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, OnSignal);
+        using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
         // stdin cannot be read with a cancellation token: a background thread, left blocked in read() when we return.
         var input = new Thread(() => InputLoop(ws, interactive, Message, detached, stop.Token)) { IsBackground = true, Name = "dirigent-console-stdin" };
         input.Start();
