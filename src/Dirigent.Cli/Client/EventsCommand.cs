@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using System.Text;
 using System.Text.Json.Nodes;
 
@@ -7,7 +8,8 @@ namespace Dirigent.Cli.Client;
 /// <summary>
 /// `dirigent events [--vm NAME]`: the daemon's Server-Sent Events stream (GET /api/v1/events), one line per event
 /// until interrupted. Text: "SEQ TYPE key=value ..." (nested fields dotted, nulls left out); --output json: one JSON
-/// object per line, <c>{"id":SEQ,"event":TYPE,"data":{...}}</c>. The stream ending (daemon stopped) is status 6; a
+/// object per line, <c>{"id":SEQ,"event":TYPE,"data":{...}}</c>. Ctrl-C, SIGTERM or SIGHUP stop it with status 0;
+/// the stream ending (daemon stopped) is status 6; a
 /// "lagged" event (we fell too far behind and the daemon cut us off) is printed, then status 1.
 /// </summary>
 public static class EventsCommand
@@ -24,12 +26,25 @@ public static class EventsCommand
             string format = r.GetValue(output)!;
             if (format is not ("text" or "json" or "table")) throw new FormatException($"--output must be text or json, got '{format}'");
             string? filter = r.GetValue(vm);
+            // SIGTERM/SIGHUP end the stream like Ctrl-C does: status 0, nothing half-written.
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            void OnSignal(PosixSignalContext c)
+            {
+                c.Cancel = true;
+                stop.Cancel();
+            }
+            using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, OnSignal);
+            using var hup = PosixSignalRegistration.Create(PosixSignal.SIGHUP, OnSignal);
+            using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, OnSignal);
+            ct = stop.Token;
             using var client = conn.Connect(r);
             // No client timeout on a stream that is meant to stay open: only the headers are awaited under it.
             using var response = await client.SendAsync(HttpMethod.Get,
                 filter == null ? "/api/v1/events" : $"/api/v1/events?vm={Uri.EscapeDataString(filter)}", null, ct,
                 HttpCompletionOption.ResponseHeadersRead);
             using var reader = new StreamReader(await response.Content.ReadAsStreamAsync(ct), Encoding.UTF8);
+            // The daemon subscribes before it answers: from here on no event is missed (scripts can wait for this line).
+            Console.Error.WriteLine($"dirigent: following events from {client.Endpoint}{(filter != null ? $" about {filter}" : "")}");
             var parser = new SseParser();
             try
             {

@@ -52,3 +52,88 @@ public static class Cli
         return dir;
     }
 }
+
+/// <summary>A long-running CLI process (events, console): its output lines as they come, waited on without polling.</summary>
+public sealed class CliChild : IDisposable
+{
+    private readonly System.Diagnostics.Process _p;
+    private readonly List<string> _out = [], _err = [];
+    private readonly Lock _lock = new();
+    private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public CliChild(string home, params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "dirigent.dll"));
+        foreach (string a in args) psi.ArgumentList.Add(a);
+        psi.Environment["DIRIGENT_HOME"] = home;
+        psi.Environment.Remove("DIRIGENT_TOKEN");
+        _p = new System.Diagnostics.Process { StartInfo = psi, EnableRaisingEvents = true };
+        _p.OutputDataReceived += (_, e) => Add(_out, e.Data);
+        _p.ErrorDataReceived += (_, e) => Add(_err, e.Data);
+        _p.Exited += (_, _) => Signal();
+        _p.Start();
+        _p.BeginOutputReadLine();
+        _p.BeginErrorReadLine();
+    }
+
+    public System.Diagnostics.Process Process => _p;
+
+    public string Out { get { lock (_lock) return string.Join('\n', _out); } }
+    public string Err { get { lock (_lock) return string.Join('\n', _err); } }
+
+    private void Add(List<string> lines, string? line)
+    {
+        if (line == null) return;
+        lock (_lock) lines.Add(line);
+        Signal();
+    }
+
+    private void Signal()
+    {
+        TaskCompletionSource done;
+        lock (_lock)
+        {
+            done = _changed;
+            _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        }
+        done.TrySetResult();
+    }
+
+    /// <summary>Waits until a stdout (or stderr) line matches; fails if the process exits first or the guard runs out.</summary>
+    public async Task<string> WaitForLine(Func<string, bool> match, bool stderr = false, TimeSpan? timeout = null)
+    {
+        using var guard = new CancellationTokenSource(timeout ?? TimeSpan.FromSeconds(240));
+        while (true)
+        {
+            Task next;
+            lock (_lock)
+            {
+                var hit = (stderr ? _err : _out).FirstOrDefault(match);
+                if (hit != null) return hit;
+                next = _changed.Task;
+            }
+            if (_p.HasExited) throw new InvalidOperationException($"exited ({_p.ExitCode}) first; stdout:\n{Out}\nstderr:\n{Err}");
+            try { await next.WaitAsync(guard.Token); }
+            catch (OperationCanceledException) { throw new TimeoutException($"no such line; stdout:\n{Out}\nstderr:\n{Err}"); }
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int kill(int pid, int sig);
+
+    /// <summary>SIGTERM, then the exit status.</summary>
+    public async Task<int> TerminateAsync()
+    {
+        Assert.Equal(0, kill(_p.Id, 15));
+        await _p.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(240));
+        return _p.ExitCode;
+    }
+
+    public void Dispose()
+    {
+        try { if (!_p.HasExited) _p.Kill(); }
+        catch (InvalidOperationException) { }
+        _p.Dispose();
+    }
+}

@@ -191,3 +191,55 @@ public sealed class CliDaemonTests(CliDaemon d) : IClassFixture<CliDaemon>
         Assert.True(revoked.Exit == ClientExit.Auth, revoked.ToString());
     }
 }
+
+/// <summary>The CLI's event stream and snapshot/clone verbs against the real daemon (its own daemon, so no other test's events).</summary>
+public sealed class CliDaemonEventTests(CliDaemon d) : IClassFixture<CliDaemon>
+{
+    [Fact]
+    public async Task EventsFollowAVmAsJsonLines()
+    {
+        d.Ok("vm", "create", "ev", "--kernel", d.Kernel, "--memory", "16M", "--accel", "emu");
+        using var events = new CliChild(d.Home, "events", "--vm", "ev", "--output", "json");
+        await events.WaitForLine(l => l.StartsWith("dirigent: following events", StringComparison.Ordinal), stderr: true);
+        d.Ok("vm", "start", "ev");
+        string line = await events.WaitForLine(l => l.Contains("\"vm-state-changed\"") && l.Contains("\"new_state\":\"running\""));
+        var ev = JsonNode.Parse(line)!;
+        Assert.True((long)ev["id"]! > 0);
+        Assert.Equal("ev", (string?)ev["data"]!["vm"]);
+        // Operations on the VM come too (the filter keeps those whose target is the VM).
+        Assert.Contains("\"operation-", events.Out);
+        Assert.Equal(0, await events.TerminateAsync());
+
+        using var text = new CliChild(d.Home, "events");
+        await text.WaitForLine(l => l.StartsWith("dirigent: following events", StringComparison.Ordinal), stderr: true);
+        d.Ok("vm", "stop", "ev");
+        await text.WaitForLine(l => System.Text.RegularExpressions.Regex.IsMatch(l, @"^\d+ vm-state-changed vm=ev old_state=\w+ new_state=stopped"));
+        Assert.Equal(0, await text.TerminateAsync());
+        d.Ok("vm", "delete", "ev");
+    }
+
+    [Fact]
+    public void SnapshotRestoreAndCloneThroughTheCli()
+    {
+        d.Ok("vm", "create", "snappy", "--kernel", d.Kernel, "--memory", "16M", "--accel", "emu");
+        d.Ok("vm", "start", "snappy");
+        d.Ok("vm", "snapshot", "snappy", "s1");
+        var snaps = JsonNode.Parse(d.Ok("vm", "snapshots", "snappy", "-o", "json").Out)!.AsArray();
+        Assert.Equal("s1", (string?)Assert.Single(snaps)!["name"]);
+        Assert.Matches(@"(?m)^s1 ", d.Ok("vm", "snapshots", "snappy").Out);
+        var dup = d.Run("vm", "snapshot", "snappy", "s1");
+        Assert.True(dup.Exit == ClientExit.Conflict, dup.ToString());
+        d.Ok("vm", "restore", "snappy", "s1");
+        Assert.Equal("running", (string?)JsonNode.Parse(d.Ok("vm", "show", "snappy", "-o", "json").Out)!["state"]);
+        var missing = d.Run("vm", "restore", "snappy", "nope");
+        Assert.True(missing.Exit == ClientExit.NotFound, missing.ToString());
+
+        d.Ok("vm", "stop", "snappy");
+        d.Ok("vm", "clone", "snappy", "snappy2");
+        var clone = JsonNode.Parse(d.Ok("vm", "show", "snappy2", "-o", "json").Out)!;
+        Assert.Equal("stopped", (string?)clone["state"]);
+        Assert.Equal(d.Kernel, (string?)clone["spec"]!["kernel"]);
+        d.Ok("vm", "delete", "snappy2", "--purge");
+        d.Ok("vm", "delete", "snappy");
+    }
+}
