@@ -105,14 +105,13 @@ public static class VmConsole
     /// <summary>Reads stdin and sends it to the guest; in raw mode through <see cref="DetachEscape"/>.</summary>
     private static void InputLoop(WebSocket ws, bool interactive, Action<string> message, TaskCompletionSource detached, CancellationToken stop)
     {
-        using var stdin = Console.OpenStandardInput();
         var escape = new DetachEscape();
         var buf = new byte[1024];
         try
         {
             while (!stop.IsCancellationRequested)
             {
-                int n = stdin.Read(buf, 0, buf.Length);
+                int n = ReadStdin(buf);
                 if (n <= 0) return; // EOF: input ends, output goes on
                 ReadOnlyMemory<byte> send = buf.AsMemory(0, n);
                 if (interactive)
@@ -134,6 +133,29 @@ public static class VmConsole
         catch (Exception e) when (e is IOException or WebSocketException or OperationCanceledException or ObjectDisposedException)
         {
             // The socket closed under us (the output side reports why) or stdin failed: input simply ends.
+        }
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern nint read(int fd, byte[] buf, nint count);
+
+    /// <summary>
+    /// read(2) on fd 0. Not .NET's console stream: on a terminal it switches the terminal to its own settings around
+    /// each read and back to the ones it saw first (cooked), so keys stayed in the line buffer until Enter and
+    /// Ctrl-A d arrived late or never.
+    /// </summary>
+    private static int ReadStdin(byte[] buf)
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            using var s = Console.OpenStandardInput();
+            return s.Read(buf, 0, buf.Length);
+        }
+        while (true)
+        {
+            nint n = read(0, buf, buf.Length);
+            if (n >= 0) return (int)n;
+            if (Marshal.GetLastPInvokeError() != 4 /* EINTR */) throw new IOException($"reading stdin: errno {Marshal.GetLastPInvokeError()}");
         }
     }
 

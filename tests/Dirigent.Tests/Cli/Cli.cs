@@ -61,11 +61,27 @@ public sealed class CliChild : IDisposable
     private readonly Lock _lock = new();
     private TaskCompletionSource _changed = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
-    public CliChild(string home, params string[] args)
+    public CliChild(string home, params string[] args) : this(home, false, args) { }
+
+    /// <summary>
+    /// With <paramref name="pty"/>: inside util-linux `script`, so the CLI's stdin and stdout are a pseudo-terminal
+    /// (what a person at a terminal has) while the test writes keystrokes into script's stdin.
+    /// </summary>
+    public CliChild(string home, bool pty, params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "dirigent.dll"));
-        foreach (string a in args) psi.ArgumentList.Add(a);
+        string dll = Path.Combine(AppContext.BaseDirectory, "dirigent.dll");
+        var psi = new ProcessStartInfo(pty ? "script" : "dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = true };
+        if (pty)
+        {
+            static string Quote(string a) => "'" + a.Replace("'", "'\\''", StringComparison.Ordinal) + "'";
+            foreach (string a in new[] { "-q", "-f", "-e", "-c", string.Join(' ', new[] { "dotnet", dll }.Concat(args).Select(Quote)), "/dev/null" })
+                psi.ArgumentList.Add(a);
+        }
+        else
+        {
+            psi.ArgumentList.Add(dll);
+            foreach (string a in args) psi.ArgumentList.Add(a);
+        }
         psi.Environment["DIRIGENT_HOME"] = home;
         psi.Environment.Remove("DIRIGENT_TOKEN");
         _p = new System.Diagnostics.Process { StartInfo = psi, EnableRaisingEvents = true };
@@ -78,6 +94,15 @@ public sealed class CliChild : IDisposable
     }
 
     public System.Diagnostics.Process Process => _p;
+
+    /// <summary>Whether util-linux `script` (for <see cref="CliChild(string, bool, string[])"/> with a pty) is installed.</summary>
+    public static bool HasScript => new[] { "/usr/bin/script", "/bin/script" }.Any(File.Exists);
+
+    public void Type(byte[] keys)
+    {
+        _p.StandardInput.BaseStream.Write(keys);
+        _p.StandardInput.BaseStream.Flush();
+    }
 
     public string Out { get { lock (_lock) return string.Join('\n', _out); } }
     public string Err { get { lock (_lock) return string.Join('\n', _err); } }

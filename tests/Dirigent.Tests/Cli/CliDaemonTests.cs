@@ -152,6 +152,26 @@ public sealed class CliDaemonTests(CliDaemon d) : IClassFixture<CliDaemon>
         d.Ok("vm", "delete", "cons");
     }
 
+    [SkippableFact]
+    public async Task ConsoleOnATerminalDetachesWithCtrlAD()
+    {
+        Skip.IfNot(CliChild.HasScript, "util-linux script (a pseudo-terminal for the CLI) is not installed");
+        CreateTiny("tty");
+        d.Ok("vm", "start", "tty");
+        using (var console = new CliChild(d.Home, pty: true, "vm", "console", "tty"))
+        {
+            await console.WaitForLine(l => l.Contains("attached to tty's console", StringComparison.Ordinal));
+            await console.WaitForLine(l => l.Contains(ApiTestVm.ReadyLine, StringComparison.Ordinal));
+            console.Type([0x01, (byte)'d']);
+            await console.WaitForLine(l => l.Contains("detached from tty (it keeps running)", StringComparison.Ordinal));
+            await console.Process.WaitForExitAsync().WaitAsync(Hang);
+            Assert.True(console.Process.ExitCode == 0, $"exit {console.Process.ExitCode}: {console.Out}");
+        }
+        Assert.Equal("running", (string?)Show("tty")["state"]);
+        d.Ok("vm", "stop", "tty");
+        d.Ok("vm", "delete", "tty");
+    }
+
     [Fact]
     public void DisksAreAddedListedAndRemoved()
     {
