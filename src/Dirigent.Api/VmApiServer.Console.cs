@@ -27,12 +27,15 @@ public sealed partial class VmApiServer
         using var ws = await ctx.WebSockets.AcceptWebSocketAsync();
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted, _stopping.Token);
         var viewer = new ConsoleViewer();
-        void OnExit(VmExitReason r) => viewer.End($"vm ended: {SnakeCase(r.Kind.ToString())}");
+        var done = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        _viewers[viewer] = done.Task;
+        void OnExit(VmExitReason r) => viewer.End(EndReason(r));
         _vm.Exited += OnExit;
         using var sub = _vm.Console.Subscribe(viewer.OnByte, replay: true);
         // Subscribed first, so an exit that happened before is seen here and one that happens after by the event.
         if (_vm.ExitReason is { } ended) OnExit(ended);
-        var receiving = ReceiveConsoleInput(ws, cts.Token);
+        // Not cancelled when the server stops: cancelling a receive aborts the socket, and we want to say goodbye.
+        var receiving = ReceiveConsoleInput(ws, ctx.RequestAborted);
         try
         {
             await SendConsoleOutput(ws, viewer, receiving, cts.Token);
@@ -46,13 +49,29 @@ public sealed partial class VmApiServer
         finally
         {
             _vm.Exited -= OnExit;
-            // After our close frame the client answers with its own: give it a moment before the connection goes.
-            if (ws.State == WebSocketState.CloseSent)
-                await Task.WhenAny(receiving, Task.Delay(CloseGrace, cts.Token)).ContinueWith(_ => { }, TaskScheduler.Default);
-            await cts.CancelAsync();
+            _viewers.TryRemove(viewer, out _);
+            done.TrySetResult();
+            // After our close frame the client answers with its own: give it a moment, then drop the connection.
+            try { await receiving.WaitAsync(CloseGrace); }
+            catch (Exception e) when (e is TimeoutException or OperationCanceledException or WebSocketException or ObjectDisposedException) { }
+            if (!receiving.IsCompleted) ws.Abort();
             try { await receiving; }
             catch (Exception e) when (e is OperationCanceledException or WebSocketException or ObjectDisposedException) { }
         }
+    }
+
+    private static string EndReason(VmExitReason r) => $"vm ended: {SnakeCase(r.Kind.ToString())}";
+
+    /// <summary>
+    /// At disposal: if the VM has ended, each viewer gets the rest of the output and the "vm ended" close (the worker
+    /// disposes the server as soon as its VM ends, possibly before the VM's exit event has reached the viewers).
+    /// </summary>
+    private async Task DrainViewersOfEndedVm()
+    {
+        if (_vm.ExitReason is not { } r || _viewers.IsEmpty) return;
+        foreach (var v in _viewers.Keys) v.End(EndReason(r));
+        try { await Task.WhenAll(_viewers.Values).WaitAsync(CloseGrace * 2); }
+        catch (TimeoutException) { } // a viewer that does not answer its close is cut off below
     }
 
     /// <summary>Sends output until the VM ends, the viewer lags, or the client closes its side.</summary>
@@ -60,7 +79,11 @@ public sealed partial class VmApiServer
     {
         var takeCancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
         // The client's close ends the wait for output too (nobody reads what we would send).
-        _ = receiving.ContinueWith(_ => takeCancel.Cancel(), CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        _ = receiving.ContinueWith(_ =>
+        {
+            try { takeCancel.Cancel(); }
+            catch (ObjectDisposedException) { } // the sender has already finished
+        }, CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
         try
         {
             while (true)

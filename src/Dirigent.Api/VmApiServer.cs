@@ -30,6 +30,8 @@ public sealed partial class VmApiServer : IAsyncDisposable
     private int _disposed;
     /// <summary>Cancelled when the server stops: ends the long-lived console WebSockets (Kestrel would wait for them).</summary>
     private readonly CancellationTokenSource _stopping = new();
+    /// <summary>Open console WebSockets, each with a task that completes when its handler is done.</summary>
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<ConsoleViewer, Task> _viewers = new();
 
     /// <summary>The path of the socket file the server listens on.</summary>
     public string SocketPath { get; }
@@ -100,6 +102,7 @@ public sealed partial class VmApiServer : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        await DrainViewersOfEndedVm();
         await _stopping.CancelAsync();
         try { await _app.StopAsync(); }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { }

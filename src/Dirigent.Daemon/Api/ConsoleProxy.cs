@@ -14,10 +14,10 @@ internal static class ConsoleProxy
     public static async Task Serve(HttpContext c, VmManager vms, string name)
     {
         var (rec, _) = await vms.Store.RequireAsync(name, c.RequestAborted);
-        if (!c.WebSockets.IsWebSocketRequest)
-            throw Bad("the console is a WebSocket: send an Upgrade: websocket request (GET /console/log has the log)");
         if (!vms.Live.TryGetValue(name, out var rt))
             throw Conflict($"VM '{name}' is {rec.State}: the console exists only while it runs");
+        if (!c.WebSockets.IsWebSocketRequest)
+            throw Bad("the console is a WebSocket: send an Upgrade: websocket request (GET /console/log has the log)");
         // Connect upstream first, so a worker that cannot be reached is a problem answer, not a dead WebSocket.
         using var upstream = await rt.Handle.Client.ConnectConsoleAsync(c.RequestAborted);
         using var client = await c.WebSockets.AcceptWebSocketAsync();

@@ -33,10 +33,10 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
         Route(app, "GET", Base + "/vms/{name}", R, GetVm);
         Route(app, "PATCH", Base + "/vms/{name}", A, PatchVm);
         Route(app, "DELETE", Base + "/vms/{name}", A, DeleteVm);
-        Route(app, "POST", Base + "/vms/{name}/start", O, (HttpContext c, string name) => Accepted(c, vms.StartAsync(name, c.RequestAborted)));
-        Route(app, "POST", Base + "/vms/{name}/stop", O, (HttpContext c, string name) => Accepted(c, vms.StopAsync(name, c.RequestAborted)));
+        Route(app, "POST", Base + "/vms/{name}/start", O, async (HttpContext c, string name) => { await NoBody(c); await Accepted(c, vms.StartAsync(name, c.RequestAborted)); });
+        Route(app, "POST", Base + "/vms/{name}/stop", O, async (HttpContext c, string name) => { await NoBody(c); await Accepted(c, vms.StopAsync(name, c.RequestAborted)); });
         Route(app, "POST", Base + "/vms/{name}/shutdown", O, Shutdown);
-        Route(app, "POST", Base + "/vms/{name}/reboot", O, (HttpContext c, string name) => Accepted(c, vms.RebootAsync(name, c.RequestAborted)));
+        Route(app, "POST", Base + "/vms/{name}/reboot", O, async (HttpContext c, string name) => { await NoBody(c); await Accepted(c, vms.RebootAsync(name, c.RequestAborted)); });
         Route(app, "POST", Base + "/vms/{name}/reset", O, (HttpContext c, string name) => Simple(c, name, "reset"));
         Route(app, "POST", Base + "/vms/{name}/pause", O, (HttpContext c, string name) => Simple(c, name, "pause"));
         Route(app, "POST", Base + "/vms/{name}/resume", O, (HttpContext c, string name) => Simple(c, name, "resume"));
@@ -148,8 +148,9 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
     private static async Task NoBody(HttpContext c)
     {
         using var doc = ParseObject(await ReadBodyAsync(c), optional: true);
-        if (doc != null && doc.RootElement.EnumerateObject().FirstOrDefault() is { Name: { } n } p && p.Value.ValueKind != JsonValueKind.Undefined)
-            throw Bad($"unknown field '{n}' (this action takes no arguments)");
+        if (doc != null)
+            foreach (var p in doc.RootElement.EnumerateObject())
+                throw Bad($"unknown field '{p.Name}' (this action takes no arguments)");
     }
 
     /// <summary>202 Accepted, Location of the operation, the operation as the body.</summary>

@@ -32,12 +32,19 @@ internal static class VmMetrics
             catch (Exception) { return (kv.Key, kv.Value, (JsonObject?)null); }
         }));
 
-        Head(sb, "dirigent_vm_cpu_seconds_total", "counter", "CPU time used by the VM's worker (its cgroup).");
+        Head(sb, "dirigent_vm_cpu_seconds_total", "counter", "CPU time used by the VM's worker (its cgroup, else the worker process).");
         foreach (var (name, rt, _) in fetched)
         {
-            try { if (rt.Cgroup is { } g) Line(sb, "dirigent_vm_cpu_seconds_total", $"vm=\"{name}\"", g.CpuUsage.TotalSeconds); }
+            double? cpu = null;
+            try { if (rt.Cgroup is { } g) cpu = g.CpuUsage.TotalSeconds; }
             catch (Exception) { /* the group went away with the worker */ }
+            // Without a cgroup (no limits, or none on this host) the worker's own user+system time is the figure.
+            cpu ??= ProcStat(rt.Handle.Pid)?.CpuSeconds;
+            if (cpu != null) Line(sb, "dirigent_vm_cpu_seconds_total", $"vm=\"{name}\"", cpu.Value);
         }
+        Head(sb, "dirigent_vm_worker_rss_bytes", "gauge", "Resident memory of the VM's worker process.");
+        foreach (var (name, rt, _) in fetched)
+            if (ProcStat(rt.Handle.Pid)?.RssBytes is long rss) Line(sb, "dirigent_vm_worker_rss_bytes", $"vm=\"{name}\"", rss);
         Head(sb, "dirigent_vm_memory_usage_bytes", "gauge", "Memory used by the VM's worker (its cgroup).");
         foreach (var (name, rt, _) in fetched)
         {
@@ -79,6 +86,24 @@ internal static class VmMetrics
             foreach (var (name, m) in ok)
                 foreach (var n in Items(m, "nics"))
                     Line(sb, metric, $"vm=\"{name}\",nic=\"{n["index"]}\"", Num(n[key]));
+        }
+    }
+
+    /// <summary>utime+stime (fields 14, 15, in USER_HZ = 100 ticks on Linux) and rss (field 24, pages) of /proc/PID/stat.</summary>
+    private static (double CpuSeconds, long RssBytes)? ProcStat(int pid)
+    {
+        try
+        {
+            string stat = File.ReadAllText($"/proc/{pid}/stat");
+            // The command name (field 2) may hold spaces and parentheses: count fields after its last ')'.
+            var f = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            double cpu = (long.Parse(f[11], CultureInfo.InvariantCulture) + long.Parse(f[12], CultureInfo.InvariantCulture)) / 100.0;
+            long rss = long.Parse(f[21], CultureInfo.InvariantCulture) * Environment.SystemPageSize;
+            return (cpu, rss);
+        }
+        catch (Exception e) when (e is IOException or FormatException or IndexOutOfRangeException or UnauthorizedAccessException)
+        {
+            return null;
         }
     }
 

@@ -137,8 +137,10 @@ public sealed class DaemonHost : IAsyncDisposable
                 while (inner.InnerException != null && inner is not (ApiSocketException or SocketException)) inner = inner.InnerException;
                 throw new DaemonStartException($"cannot listen: {ApiProblem.OneLine(inner.Message)}");
             }
-            log.WriteLine($"daemon: serving {paths.Socket}{string.Concat(endpoints.Select(e => $" and http://{e}"))} (state in {paths.Home}, cgroups: {cgroups.Kind})");
-            return new DaemonHost(app, inventory, ops, vms, paths, log);
+            var host = new DaemonHost(app, inventory, ops, vms, paths, log);
+            // The bound addresses (not the asked ones): port 0 picks a free port, and tests read it from this line.
+            log.WriteLine($"daemon: serving {paths.Socket}{string.Concat(host.Addresses.Where(a => a.StartsWith("http://", StringComparison.Ordinal) && !a.Contains("unix:", StringComparison.Ordinal)).Select(a => " and " + a))} (state in {paths.Home}, cgroups: {cgroups.Kind})");
+            return host;
         }
         catch
         {
@@ -159,6 +161,9 @@ public sealed class DaemonHost : IAsyncDisposable
         if (!IPAddress.TryParse(host, out var ip)) throw new DaemonStartException($"--listen '{s}': '{host}' is not an IP address");
         return new IPEndPoint(ip, port);
     }
+
+    /// <summary>The web application's services (tests compare the mapped endpoints with the OpenAPI document).</summary>
+    internal IServiceProvider Services => _app.Services;
 
     /// <summary>The TCP ports actually bound (port 0 in --listen picks a free one).</summary>
     public IReadOnlyList<string> Addresses =>

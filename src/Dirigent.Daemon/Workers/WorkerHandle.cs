@@ -56,19 +56,11 @@ public sealed class WorkerHandle : IDisposable
     /// <summary>SIGTERM: the worker stops its VM in order (disks flushed) and exits; false if it is already gone.</summary>
     public bool Terminate() => SendSignal(ProcessInfo.SIGTERM);
 
-    private bool SendSignal(int signal)
-    {
-        if (_process != null)
-        {
-            // Our child: until we reap it, its PID cannot be reused, so HasExited is the whole check.
-            try
-            {
-                if (_process.HasExited) return false;
-            }
-            catch (InvalidOperationException) { return false; }
-        }
-        return ProcessInfo.Signal(Pid, ProcessStartTime, signal);
-    }
+    /// <summary>
+    /// By PID and start time even for our own child (its Process object may already be disposed): a child not yet
+    /// reaped is a zombie, which counts as gone, and a reaped one's PID, if reused, has another start time.
+    /// </summary>
+    private bool SendSignal(int signal) => ProcessInfo.Signal(Pid, ProcessStartTime, signal);
 
     /// <summary>
     /// Lets go of the worker without touching it (it keeps running): closes the client and stops watching, which
@@ -103,9 +95,10 @@ public sealed class WorkerHandle : IDisposable
         _log($"worker for VM '{VmName}' (pid {Pid}) ended: {exit.State}, {exit.Kind}: {exit.Detail}");
         if (Cgroup != null)
         {
-            // The worker is gone, so its group is empty and can go (a failure only leaves an empty group behind).
+            // The worker is gone, so its group is empty and can go (a failure only leaves an empty group behind, and
+            // must not fault Exited: whatever the cgroup layer throws is logged).
             try { Cgroup.Dispose(); }
-            catch (Exception e) when (e is CgroupException or IOException or UnauthorizedAccessException)
+            catch (Exception e)
             {
                 _log($"worker for VM '{VmName}': cannot remove its cgroup {Cgroup.Path}: {e.Message}");
             }

@@ -94,10 +94,18 @@ public sealed class WorkerSupervisor
         foreach (string a in launch.RunArgs)
             if (a is "--api-socket" or "--console-log" or "--exit-file" or "--serial" or "--detach")
                 throw new ArgumentException($"RunArgs must not contain {a}: the supervisor sets it", nameof(launch));
-        Directory.CreateDirectory(vmDir);
+        ct.ThrowIfCancellationRequested();
         string logPath = Path.Combine(vmDir, WorkerLogFileName);
-        // A previous run's exit record would be taken for this run's: it goes before this worker can write one.
-        File.Delete(Path.Combine(vmDir, ExitFileName));
+        try
+        {
+            Directory.CreateDirectory(vmDir);
+            // A previous run's exit record would be taken for this run's: it goes before this worker can write one.
+            File.Delete(Path.Combine(vmDir, ExitFileName));
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new WorkerStartException($"VM '{name}': cannot prepare its directory {vmDir}: {e.Message}", inner: e);
+        }
 
         IVmCgroup? cgroup = null;
         if (launch.Limits != null)
@@ -110,13 +118,23 @@ public sealed class WorkerSupervisor
         }
 
         var args = WorkerArguments(launch);
-        long logOffset = AppendLogHeader(logPath, args);
+        long logOffset;
+        try { logOffset = AppendLogHeader(logPath, args); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            cgroup?.Dispose();
+            throw new WorkerStartException($"VM '{name}': cannot write its log {logPath}: {e.Message}", inner: e);
+        }
         var psi = new ProcessStartInfo("/bin/sh") { UseShellExecute = false };
         psi.ArgumentList.Add("-c");
         psi.ArgumentList.Add(SpawnScript);
         psi.ArgumentList.Add(_command.Executable);
         foreach (string a in args) psi.ArgumentList.Add(a);
         psi.Environment["DIRIGENT_WORKER_LOG"] = logPath;
+        // systemd's hand-over variables are the daemon's (Type=notify, socket activation): a worker that inherited
+        // them could report readiness or take sockets on the daemon's behalf.
+        foreach (string v in (string[])["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"])
+            psi.Environment.Remove(v);
 
         Process process;
         try { process = Process.Start(psi) ?? throw new InvalidOperationException("Process.Start returned null"); }

@@ -36,13 +36,21 @@ internal sealed class ApiTestVm : IAsyncDisposable
 
     /// <summary>Builds and starts the VM and its API server; returns once the guest has printed its ready line.</summary>
     /// <param name="cpus">vCPUs; the guest runs on vCPU 0 only (it never starts the others).</param>
-    public static async Task<ApiTestVm> StartAsync(int cpus = 1)
+    /// <param name="echo">After the ready line the guest echoes every byte typed on COM1 (polling) instead of halting.</param>
+    /// <param name="disks">Sizes of blank raw disks to attach (the guest never touches them).</param>
+    public static async Task<ApiTestVm> StartAsync(int cpus = 1, bool echo = false, long[]? disks = null)
     {
         string dir = Directory.CreateTempSubdirectory("dirigent-api-").FullName;
         string kernel = Path.Combine(dir, "guest.bin");
-        File.WriteAllBytes(kernel, BuildGuest());
-        var vm = Vm.Create(new VmSpec { Kernel = kernel, Accel = AccelKind.Emu, Serial = "none", MemoryBytes = 16UL << 20, Cpus = cpus },
-            TextWriter.Null);
+        File.WriteAllBytes(kernel, BuildGuest(echo));
+        var spec = new VmSpec { Kernel = kernel, Accel = AccelKind.Emu, Serial = "none", MemoryBytes = 16UL << 20, Cpus = cpus };
+        foreach (long size in disks ?? [])
+        {
+            string image = Path.Combine(dir, $"disk{spec.Disks.Count}.raw");
+            using (var f = File.Create(image)) f.SetLength(size);
+            spec.Disks.Add(VmSpec.ParseDisk($"{image},format=raw"));
+        }
+        var vm = Vm.Create(spec, TextWriter.Null);
         var log = new StringWriter();
         VmApiServer server;
         try
@@ -174,9 +182,10 @@ internal sealed class ApiTestVm : IAsyncDisposable
     /// <summary>
     /// A Multiboot v1 kernel: an IDT whose every gate IRETs (so a stray interrupt is harmless), the ready line on COM1
     /// (polling LSR.THRE), then HLT with interrupts enabled forever: the VM runs, VM time advances, and the vCPU
-    /// thread sleeps instead of spinning.
+    /// thread sleeps instead of spinning. With <paramref name="echo"/> it polls LSR.DR instead and writes back every
+    /// byte it receives (the vCPU spins with PAUSE: for short tests only).
     /// </summary>
-    internal static byte[] BuildGuest()
+    internal static byte[] BuildGuest(bool echo = false)
     {
         const uint idt = 0x7_0000, idtr = 0x6_F800, stackTop = 0x6_F000;
         var a = new Assembler(32);
@@ -213,6 +222,23 @@ internal sealed class ApiTestVm : IAsyncDisposable
         a.mov(__dword_ptr[idtr + 2], idt);
         a.lidt(__[idtr]);
         Dirigent.Tests.Lifecycle.TinyGuest.EmitWriteCom1(a, ReadyLine + "\r\n");
+        if (echo)
+        {
+            var poll = a.CreateLabel();
+            var idle = a.CreateLabel();
+            a.Label(ref poll);
+            a.mov(dx, 0x3FD);
+            a.@in(al, dx);
+            a.test(al, 0x01);  // LSR.DR: a received byte waits in RBR
+            a.jz(idle);
+            a.mov(dx, 0x3F8);
+            a.@in(al, dx);
+            Dirigent.Tests.Lifecycle.TinyGuest.EmitPutc(a);
+            a.jmp(poll);
+            a.Label(ref idle);
+            a.pause();
+            a.jmp(poll);
+        }
         a.Label(ref halt);
         a.sti();
         a.hlt();

@@ -82,6 +82,7 @@ public sealed class VirtioNetTests : IDisposable
         Assert.All(_tx.Used, u => Assert.Equal(0u, u.Length));
         Assert.True(_transport.Signals[1] > 0);
         Assert.Equal(2, _net.TxPackets);
+        Assert.Equal(200, _net.TxBytes); // frame bytes, without the virtio-net header
     }
 
     private static byte[] TsoHeader(byte gsoType) => [VirtioNet.HdrFlagNeedsCsum, gsoType, 66, 0, 0xa8, 0x05, 34, 0, 16, 0, 9, 9];
@@ -198,6 +199,7 @@ public sealed class VirtioNetTests : IDisposable
         // The fourth buffer is still the driver's.
         Assert.True(_backend.Receiver.TryReceive(Packet(60)));
         Assert.Equal(4, _rx.Used.Count);
+        Assert.Equal((2L, 1400L - 12 + 60), (_net.RxPackets, _net.RxBytes)); // frame bytes, without the header
     }
 
     [Fact]

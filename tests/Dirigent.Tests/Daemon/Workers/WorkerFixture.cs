@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using Dirigent.Daemon.Limits;
 using Dirigent.Daemon.Workers;
 using Dirigent.Tests.Api;
@@ -68,28 +67,6 @@ internal sealed class WorkerFixture : IAsyncDisposable
         try { Directory.Delete(Dir, recursive: true); }
         catch (IOException) { }
     }
-
-    /// <summary>
-    /// Whether the CLI built beside the tests has the worker flags the supervisor passes (--console-log, --exit-file,
-    /// --detach: issue #11's worker side, branch d-worker); without them every worker fails to parse its command line.
-    /// </summary>
-    public static bool CliHasWorkerFlags => s_cliHasWorkerFlags.Value;
-
-    private static readonly Lazy<bool> s_cliHasWorkerFlags = new(() =>
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "dirigent.dll"));
-        psi.ArgumentList.Add("run");
-        psi.ArgumentList.Add("--help");
-        using var p = Process.Start(psi)!;
-        var err = p.StandardError.ReadToEndAsync();
-        string help = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        return help.Contains("--exit-file") && help.Contains("--console-log") && help.Contains("--detach");
-    });
-
-    public static void RequireWorkerFlags() =>
-        Skip.IfNot(CliHasWorkerFlags, "the built `dirigent run` lacks --console-log/--exit-file/--detach (worker side of issue #11 not merged)");
 }
 
 /// <summary>Records what the supervisor asks of the cgroup layer; <see cref="FailWith"/> makes Create refuse.</summary>
@@ -98,6 +75,8 @@ internal sealed class FakeCgroupManager : ICgroupManager
     public readonly List<FakeCgroup> Created = [];
     public readonly Dictionary<string, FakeCgroup> Existing = [];
     public string? FailWith;
+    /// <summary>Given to every group this manager creates.</summary>
+    public Action<int>? OnAddProcess;
 
     public string Kind => "fake";
     public string? UnavailableReason => FailWith;
@@ -105,7 +84,7 @@ internal sealed class FakeCgroupManager : ICgroupManager
     public IVmCgroup Create(string vmName, ResourceLimits limits)
     {
         if (FailWith != null) throw new CgroupException(FailWith);
-        var g = new FakeCgroup($"/fake/dirigent/{vmName}", limits);
+        var g = new FakeCgroup($"/fake/dirigent/{vmName}", limits) { OnAddProcess = OnAddProcess };
         lock (Created) { Created.Add(g); Existing[vmName] = g; }
         return g;
     }
@@ -122,10 +101,13 @@ internal sealed class FakeCgroup(string path, ResourceLimits limits) : IVmCgroup
     public ResourceLimits Limits = limits;
     public readonly List<int> Pids = [];
     public int Disposals;
+    /// <summary>Runs in AddProcess: right after the spawn, before the worker answers.</summary>
+    public Action<int>? OnAddProcess;
 
     public void AddProcess(int pid)
     {
         lock (Pids) Pids.Add(pid);
+        OnAddProcess?.Invoke(pid);
     }
 
     public void Update(ResourceLimits limits) => Limits = limits;
