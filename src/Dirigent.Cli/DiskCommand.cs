@@ -4,12 +4,12 @@ using Dirigent.Vmm;
 
 namespace Dirigent.Cli;
 
-/// <summary>`dirigent disk create|info`: qcow2 and raw images (like qemu-img create/info).</summary>
+/// <summary>`dirigent disk create|info`: qcow2 and raw images (like qemu-img create/info); list|add|rm go to the daemon.</summary>
 internal static class DiskCommand
 {
     public static Command Create()
     {
-        var disk = new Command("disk", "Disk images (raw, qcow2)");
+        var disk = new Command("disk", "Disk images: local files (create, info) and the daemon's disks (list, add, rm)");
 
         var format = new Option<string>("--format", "-f") { Description = "qcow2 or raw", DefaultValueFactory = _ => "qcow2" };
         var size = new Option<string?>("--size", "-s") { Description = "Virtual size: 8G, 512M, 100K or bytes (default with --backing: the backing file's size)" };
@@ -48,6 +48,7 @@ internal static class DiskCommand
 
         disk.Subcommands.Add(create);
         disk.Subcommands.Add(info);
+        Client.DaemonDiskCommands.AddTo(disk); // list|add|rm: the daemon's disks
         return disk;
     }
 

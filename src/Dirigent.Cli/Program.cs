@@ -12,6 +12,9 @@ public static class Program
         var root = new RootCommand("Dirigent: a hypervisor with a software x86-64 CPU (and KVM, later)");
         root.Subcommands.Add(RunCommand.Create());
         root.Subcommands.Add(DiskCommand.Create());
+        root.Subcommands.Add(Client.VmCommands.Create());
+        root.Subcommands.Add(Client.TokenCommands.Create());
+        root.Subcommands.Add(Client.EventsCommand.Create());
         root.Subcommands.Add(DaemonCommand.Create());
 
         var image = new Command("image", "The default guest image (Debian cloud kernel + busybox initramfs)");
