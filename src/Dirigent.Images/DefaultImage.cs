@@ -16,7 +16,7 @@ public static partial class DefaultImage
 {
     public const string KernelFile = "vmlinuz", InitramfsFile = "initramfs.cpio.gz", VersionFile = "kernel-version";
     /// <summary>Bumped whenever the initramfs layout or /init changes, so cached images are rebuilt.</summary>
-    public const string LayoutVersion = "3";
+    public const string LayoutVersion = "4";
     private const string LayoutFile = "layout-version";
     private const string Remedy = "install apt (Debian/Ubuntu host with network) or pass --kernel/--initrd";
 
@@ -30,6 +30,8 @@ public static partial class DefaultImage
         // The ACPI button driver: it enables the fixed-feature power button (PM1_EN.PWRBTN_EN) and turns presses
         // into input/netlink events, so a VM's PowerButton reaches the guest as on a real PC.
         "drivers/acpi/button",
+        // evdev gives the button a /dev/input node, which busybox acpid reads to power the guest off.
+        "drivers/input/evdev",
     ];
 
     /// <summary>Applet links present before /init runs busybox --install (the kernel needs /bin/sh for /init).</summary>
