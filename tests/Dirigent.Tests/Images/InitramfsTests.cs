@@ -113,17 +113,23 @@ public class InitramfsTests
             Directory.CreateDirectory(bin);
             void Stub(string name, string body) { File.WriteAllText(Path.Combine(bin, name), "#!/bin/sh\n" + body + "\n"); File.SetUnixFileMode(Path.Combine(bin, name), (UnixFileMode)0x1ED); }
             foreach (var n in new[] { "mount", "insmod", "sync", "uname" }) Stub(n, "true");
+            Stub("acpid", $"echo \"ACPID $*\" >> {dir}/log");
             Stub("poweroff", $"echo POWEROFF >> {dir}/log");
             Stub("setsid", "echo SHELL");
             Stub("cat", $"[ \"$1\" = /proc/cmdline ] && echo '{cmdline}' || /bin/cat \"$@\"");
             // Point /init's absolute paths into the fake root, and keep stubs first on PATH.
             string script = InitScript.Text.Replace("export PATH=/bin:/sbin:/usr/bin:/usr/sbin", $"export PATH={bin}:/usr/bin:/bin")
-                .Replace("/bin/busybox --install -s", "true").Replace("echo \"dirigent: $(uname -r)", "true \"");
+                .Replace("/bin/busybox --install -s", "true").Replace("/etc/acpi", dir + "/etc/acpi").Replace("echo \"dirigent: $(uname -r)", "true \"");
             File.WriteAllText(Path.Combine(dir, "init"), script);
             var (rc, output) = RequiredTool.Run("/bin/sh", [Path.Combine(dir, "init")], dir);
             Assert.True(rc == 0, output);
             Assert.Equal(expectedOut, output);
-            Assert.Equal("POWEROFF\n", File.ReadAllText(Path.Combine(dir, "log")));
+            Assert.Equal("ACPID -l /dev/null\nPOWEROFF\n", File.ReadAllText(Path.Combine(dir, "log")));
+            // The power-button handler acpid runs for KEY_POWER: executable, announces itself, powers off.
+            string handler = Path.Combine(dir, "etc/acpi/PWRF/00000080");
+            Assert.Contains(InitScript.PowerButtonLine, File.ReadAllText(handler));
+            Assert.EndsWith("poweroff -f\n", File.ReadAllText(handler));
+            Assert.True((File.GetUnixFileMode(handler) & UnixFileMode.UserExecute) != 0);
         }
         finally { Directory.Delete(dir, recursive: true); }
     }
