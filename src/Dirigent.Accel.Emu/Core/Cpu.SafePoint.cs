@@ -140,14 +140,18 @@ public sealed partial class Cpu
         }
     }
 
-    /// <summary>Sleeps in HLT or wait-for-SIPI until InjectInterrupt/InjectNmi/InjectInit/RequestStop (or a poll interval).</summary>
+    private const int IdlePollMs = 1000;
+
+    /// <summary>Sleeps in HLT or wait-for-SIPI until InjectInterrupt/InjectNmi/InjectInit/RequestStop (or a 1 s safety poll).</summary>
     private void Idle()
     {
         LeaveExecution();
         try
         {
             OnIdle?.Invoke();
-            _wake.Wait(100);
+            // Every wake source sets _wake (interrupt injection, the APIC's kick, INIT/SIPI, stop); the timeout is only
+            // a safety net, long enough that an idle VM is not woken by it more than once a second.
+            _wake.Wait(IdlePollMs);
             _wake.Reset();
         }
         finally { EnterExecution(); }

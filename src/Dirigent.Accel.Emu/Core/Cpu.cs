@@ -73,7 +73,9 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     private readonly ulong[] _pendingVectors = new ulong[4];
     private volatile bool _nmiPending;
     private bool _nmiBlocked;
-    private readonly ManualResetEventSlim _wake = new(false);
+    // Spin count 10: a short busy spin before sleeping, and none of the sched_yield rounds the default (35) adds;
+    // those cost an idle VM a burst of syscalls at every HLT.
+    private readonly ManualResetEventSlim _wake = new(false, spinCount: 10);
     /// <summary>Set by handlers that change state the current block was decoded or translated under.</summary>
     public bool BlockExit;
     /// <summary>STI / MOV SS / POP SS: interrupts are held off until after the next instruction.</summary>

@@ -122,7 +122,9 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
         while (!_disposed)
         {
             TimerEntry? due = null;
-            long waitNs = 50_000_000;
+            // With no timer due sooner, sleep up to a second: Schedule/Stop/Start/Restore wake the loop, so a longer
+            // sleep only saves an idle VM's wake-ups.
+            long waitNs = 1_000_000_000;
             lock (_lock)
             {
                 while (_running && _queue.TryPeek(out var e, out long dl))
