@@ -1,3 +1,4 @@
+using Dirigent.Accel.Emu.Jit;
 using System.Diagnostics;
 using Dirigent.Accel.Emu;
 using Dirigent.Accel.Emu.Core;
@@ -46,12 +47,14 @@ public static class Program
             qemuBase = Enumerable.Range(0, 3).Select(_ => RunQemu(qemu, g0)).Min();
             Console.WriteLine($"QEMU TCG start-up + exit (empty workload): {qemuBase:F3} s (subtracted below)");
         }
-        Console.WriteLine($"{"workload",-10} {"instructions",14} {"dirigent s",11} {"MIPS",8} {"qemu s",9} {"MIPS",8} {"dirigent/qemu",14}");
+        // Each workload on the interpreter alone (--jit off) and with the compiled tier (on, the default).
+        Console.WriteLine($"{"workload",-10} {"instructions",14} {"jit off MIPS",13} {"jit on s",9} {"MIPS",8} {"qemu s",9} {"MIPS",8} {"dirigent/qemu MIPS",19}");
         foreach (var (name, iters) in workloads)
         {
             var g = CpuGuests.Build(name, iters);
-            var (instr, secs) = RunDirigent(g, from64);
-            double mips = instr / secs / 1e6;
+            var (instrOff, secsOff, _) = RunDirigent(g, from64, JitMode.Off);
+            var (instr, secs, jit) = RunDirigent(g, from64, JitMode.On);
+            double mipsOff = instrOff / secsOff / 1e6, mips = instr / secs / 1e6;
             string q = "", qm = "", ratio = "";
             if (qemu != null)
             {
@@ -59,7 +62,8 @@ public static class Program
                 double qmips = instr / qs / 1e6;
                 q = qs.ToString("F3"); qm = qmips.ToString("F0"); ratio = (mips / qmips).ToString("F2") + "x";
             }
-            Console.WriteLine($"{name,-10} {instr,14:N0} {secs,11:F3} {mips,8:F0} {q,9} {qm,8} {ratio,14}   {g.Description}");
+            Console.WriteLine($"{name,-10} {instr,14:N0} {mipsOff,13:F0} {secs,9:F3} {mips,8:F0} {q,9} {qm,8} {ratio,19}   {g.Description}");
+            Console.WriteLine($"{"",-10} jit: {jit}");
         }
         return 0;
     }
@@ -70,10 +74,10 @@ public static class Program
         public void Write(ushort offset, int size, uint value) => vm.RequestPowerEvent(PowerEventKind.DebugExit, (int)value);
     }
 
-    private static (ulong instructions, double seconds) RunDirigent(CpuGuests.Guest g, bool from64)
+    private static (ulong instructions, double seconds, string jit) RunDirigent(CpuGuests.Guest g, bool from64, JitMode mode)
     {
         using var vm = new MachineModel(256 << 20);
-        using var accel = new EmuAccelerator(vm);
+        using var accel = new EmuAccelerator(vm, mode);
         var cpu = (Cpu)accel.CreateVcpu(0);
         vm.Io.Register(0xF4, 4, new ExitPort(vm));
         vm.PowerEventRequested += _ => cpu.RequestStop();
@@ -86,8 +90,14 @@ public static class Program
         sw.Stop();
         if (exit.Reason != VcpuExitReason.PowerEvent)
             throw new InvalidOperationException($"{g.Name}: guest ended with {exit.Reason} {exit.Detail} {log}");
-        return (cpu.InstructionsRetired, sw.Elapsed.TotalSeconds);
+        return (cpu.InstructionsRetired, sw.Elapsed.TotalSeconds, JitSummary(accel));
     }
+
+    /// <summary>The compiled tier's figures for one run: blocks, IL bytes, compile time on the background thread.</summary>
+    public static string JitSummary(EmuAccelerator accel) =>
+        $"{accel.JitBlocksCompiled} blocks compiled ({accel.JitInstructionsInlined}/{accel.JitInstructionsCompiled} instructions inline), " +
+        $"{accel.JitIlBytes / 1024.0:F0} KiB IL, compile time {accel.JitCompileTime.TotalMilliseconds:F0} ms, {accel.JitBlocksEvicted} evicted" +
+        (accel.JitFailures > 0 ? $", {accel.JitFailures} failures (first: {accel.JitFirstFailure})" : "");
 
     private static string? FindQemu()
     {

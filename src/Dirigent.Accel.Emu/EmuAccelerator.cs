@@ -11,11 +11,24 @@ public sealed class EmuAccelerator : IAccelerator
     private readonly CodeCache _cache;
     private readonly List<Cpu> _cpus = new();
 
-    public EmuAccelerator(MachineModel vm)
+    /// <param name="jit">The compiled tier; null: from DIRIGENT_JIT (on unless it says 0).</param>
+    public EmuAccelerator(MachineModel vm, Jit.JitMode? jit = null)
     {
         _vm = vm;
-        _cache = new CodeCache(vm.Memory);
+        _cache = new CodeCache(vm.Memory, jit ?? Jit.JitSettings.FromEnvironment());
     }
+
+    /// <summary>The compiled tier's mode and figures (blocks, IL bytes, compile time, evictions).</summary>
+    public Jit.JitMode JitMode => _cache.Jit?.Mode ?? Jit.JitMode.Off;
+    internal Jit.JitCompiler? JitCompiler => _cache.Jit;
+    public long JitBlocksCompiled => _cache.Jit?.BlocksCompiled ?? 0;
+    public long JitIlBytes => _cache.Jit?.IlBytes ?? 0;
+    public TimeSpan JitCompileTime => _cache.Jit?.CompileTime ?? TimeSpan.Zero;
+    public long JitFailures => _cache.Jit?.Failures ?? 0;
+    public string? JitFirstFailure => _cache.Jit?.FirstFailure;
+    public long JitInstructionsCompiled => _cache.Jit?.InstructionsCompiled ?? 0;
+    public long JitInstructionsInlined => _cache.Jit?.InstructionsInlined ?? 0;
+    public long JitBlocksEvicted => _cache.Jit?.BlocksEvicted ?? 0;
 
     public string Name => "emu";
 
@@ -72,5 +85,6 @@ public sealed class EmuAccelerator : IAccelerator
             foreach (var c in _cpus) c.Dispose();
             _cpus.Clear();
         }
+        _cache.Dispose();
     }
 }

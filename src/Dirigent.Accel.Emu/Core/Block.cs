@@ -25,4 +25,13 @@ internal sealed unsafe class Block
     /// Each use re-checks the successor exactly as the jump cache is checked, so a stale link is just a miss.
     /// </summary>
     public Block? Succ0, Succ1;
+
+    // ---- compiled tier (Jit/) ----
+    /// <summary>The block compiled to host code, once the background compiler has published it (null: interpret).</summary>
+    public volatile Jit.CompiledCode? Compiled;
+    /// <summary>Interpreted runs so far (racy across vCPUs: only a hint for when to compile).</summary>
+    public int Heat;
+    /// <summary>1 once queued for compilation (until evicted).</summary>
+    public int JitQueued;
+    public int JitIlBytes;
 }

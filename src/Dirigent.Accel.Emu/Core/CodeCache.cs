@@ -51,9 +51,13 @@ internal sealed unsafe class CodeCache
     public long BlocksTranslated;
     public long BlocksInvalidated;
 
-    public CodeCache(GuestMemory mem)
+    /// <summary>The compiled tier (null when off).</summary>
+    public Jit.JitCompiler? Jit { get; }
+
+    public CodeCache(GuestMemory mem, Jit.JitMode jit = Emu.Jit.JitMode.Off)
     {
         _mem = mem;
+        if (jit != Emu.Jit.JitMode.Off) Jit = new Jit.JitCompiler(jit);
         _pageState = new int[(mem.TopOfRam >> 12) + 1];
         _writers = new ulong[_pageState.Length];
         mem.ExternalWrite += (gpa, len) => InvalidateRange(gpa, len);
@@ -135,6 +139,7 @@ internal sealed unsafe class CodeCache
                 _blocks.TryRemove((b.Phys, b.Ip, b.Bits), out _);
                 // Only the writer's own block is cut short: another vCPU's current block belongs to its thread.
                 writer?.OnBlockInvalidated(b);
+                Jit?.Forget(b);
             }
         }
     }
@@ -193,6 +198,14 @@ internal sealed unsafe class CodeCache
     /// </summary>
     public Block Translate(Cpu cpu, ulong linear, ulong phys, ulong ip, int bits)
     {
+        var b = TranslateBlock(cpu, linear, phys, ip, bits);
+        // JitMode.Always (tests): every 64-bit block is compiled before it first runs.
+        if (Jit is { Mode: Emu.Jit.JitMode.Always } jit && bits == 64 && b.Valid) jit.CompileNow(b);
+        return b;
+    }
+
+    private Block TranslateBlock(Cpu cpu, ulong linear, ulong phys, ulong ip, int bits)
+    {
         ulong page1 = ulong.MaxValue;
         for (int attempt = 1; ; attempt++)
         {
@@ -236,7 +249,6 @@ internal sealed unsafe class CodeCache
         _reader.Reset(cpu, linear, phys, _mem);
         var dec = _decoders[di] ??= Decoder.Create(bits, _reader, DecoderOptions.None);
         dec.IP = ip;
-        var table = Dispatch.Table;
         var ends = Dispatch.EndsBlock;
         int n = 0;
         ulong pageEnd = (linear | 0xFFF) + 1;
@@ -265,12 +277,7 @@ internal sealed unsafe class CodeCache
             Handlers = new delegate*<Cpu, ref Instruction, void>[n],
             Page0 = phys & ~0xFFFUL,
         };
-        for (int k = 0; k < n; k++)
-        {
-            var h = Instructions.FastRegReg.Select(ref b.Instrs[k], table[(int)b.Instrs[k].Code]);
-            h = Instructions.FastMem.Select(ref b.Instrs[k], bits, h);
-            b.Handlers[k] = Instructions.FastBranch.Select(ref b.Instrs[k], bits, h);
-        }
+        for (int k = 0; k < n; k++) b.Handlers[k] = HandlerFor(ref b.Instrs[k], bits);
         if (bits == 64 && n >= 2)
         {
             var f = Instructions.FastFused.Select(ref b.Instrs[n - 2], ref b.Instrs[n - 1]);
@@ -279,6 +286,16 @@ internal sealed unsafe class CodeCache
         if (_reader.SecondPagePhys != ulong.MaxValue) b.Page1 = _reader.SecondPagePhys;
         return b;
     }
+
+    /// <summary>The interpreter's handler for one instruction (specialised forms first; never a fused pair).</summary>
+    internal static delegate*<Cpu, ref Instruction, void> HandlerFor(ref Instruction i, int bits)
+    {
+        var h = Instructions.FastRegReg.Select(ref i, Dispatch.Table[(int)i.Code]);
+        h = Instructions.FastMem.Select(ref i, bits, h);
+        return Instructions.FastBranch.Select(ref i, bits, h);
+    }
+
+    public void Dispose() => Jit?.Dispose();
 
     /// <summary>Feeds instruction bytes to Iced from guest memory, translating a second page only when needed.</summary>
     private sealed class FetchReader : CodeReader

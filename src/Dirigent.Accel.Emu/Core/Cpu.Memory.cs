@@ -23,6 +23,8 @@ public sealed unsafe partial class Cpu
     private const int TlbBits = 9;
     private const int TlbSize = 1 << TlbBits;
     private const ulong TlbMask = TlbSize - 1;
+    /// <summary>The TLB's index mask, for compiled code's inline probe.</summary>
+    internal const ulong TlbIndexMask = TlbMask;
     private TlbEntry* _tlbBase;
     private TlbEntry* _tlbR, _tlbW, _tlbX;
     public ulong TlbMisses;

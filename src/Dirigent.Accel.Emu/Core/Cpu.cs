@@ -20,6 +20,8 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     private readonly MachineModel _vm;
     private readonly GuestMemory _mem;
     private readonly CodeCache _codeCache;
+    // The background compiler, when hot blocks are to be queued (JitMode.On).
+    private readonly Jit.JitCompiler? _jit;
 
     public int Index { get; }
     public MachineModel Machine => _vm;
@@ -108,6 +110,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         _vm = vm;
         _mem = vm.Memory;
         _codeCache = cache;
+        _jit = cache.Jit is { Mode: Jit.JitMode.On } j ? j : null;
         Index = index;
         ApicBase = ResetApicBase(index);
         AllocTlb();
@@ -374,6 +377,36 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         }
     }
 
+    /// <summary>Runs a compiled block (Jit/BlockCompiler.cs); it keeps RIP, InstrIp and the retired count as ExecuteBlock does.</summary>
+    private void ExecuteCompiled(Block b, Jit.CompiledCode code)
+    {
+        _currentBlock = b;
+        try { code(this, ref MemoryMarshal.GetArrayDataReference(b.Instrs)); }
+        catch (CpuException)
+        {
+            // Instructions of this pass that completed before the faulting one.
+            _instret += (ulong)JitDone;
+            throw;
+        }
+        finally { _currentBlock = null; }
+    }
+
+    // ---- entry points of compiled code ----
+    /// <summary>Compiled code: instructions of the current pass completed before a call that may fault.</summary>
+    internal int JitDone;
+
+    /// <summary>Compiled code leaves after an instruction that set BlockExit, as ExecuteBlock does.</summary>
+    internal void JitBlockExit()
+    {
+        BlockExit = false;
+        if (_rmwNotifyPa != ulong.MaxValue) FinishRmwNotify();
+    }
+
+    internal ulong SegmentBase(int seg) => Sreg[seg].Base;
+
+    /// <summary>Compiled code: #GP(0) at the current instruction (a non-canonical RET target).</summary>
+    internal void RaiseGp0() => throw new CpuException(Vec.GP, 0);
+
     /// <summary>
     /// Runs b and then, while nothing needs the outer loop (an event, HLT, an interrupt shadow, TF, tracing), the
     /// blocks that follow it, found through b's successor links before the jump cache. Only 64-bit code chains:
@@ -384,7 +417,13 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     {
         while (true)
         {
-            ExecuteBlock(b, b.RunCount);
+            var code = b.Compiled;
+            if (code != null && BlockTrace == null) ExecuteCompiled(b, code);
+            else
+            {
+                ExecuteBlock(b, b.RunCount);
+                if (_jit != null && b.Bits == 64 && ++b.Heat == _jit.Threshold) _jit.Enqueue(b);
+            }
             if (_pendingEvents != 0 || Halted || InterruptShadow || (_flags & TF) != 0 || CodeBits != 64 || BlockTrace != null)
                 return;
             ulong rip = Rip;

@@ -157,6 +157,14 @@ internal static unsafe class IntegerMulDiv
         SetMulFlags(c, p, size, ov);
     }
 
+    /// <summary>IMUL's product and flags for compiled code (Jit/BlockCompiler): the same as <see cref="Imul2"/>.</summary>
+    internal static ulong ImulForJit(Cpu c, ulong a, ulong b, int size)
+    {
+        ulong p = SignedProduct(a, b, size, out bool ov);
+        SetMulFlags(c, p, size, ov);
+        return p;
+    }
+
     private static void Imul3(Cpu c, ref Instruction i)
     {
         Register d = i.Op0Register;

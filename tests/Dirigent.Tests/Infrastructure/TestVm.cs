@@ -26,10 +26,11 @@ public sealed class TestVm : IDisposable
     public const ulong StackTop = 0x8_0000;    // stacks grow down from 512 KiB
     public const ulong DataBase = 0x20_0000;   // 2 MiB: scratch data
 
-    public TestVm(ulong ramSize = 16 << 20)
+    /// <param name="jit">The software CPU's compiled tier; null: DIRIGENT_JIT (on by default).</param>
+    public TestVm(ulong ramSize = 16 << 20, Dirigent.Accel.Emu.Jit.JitMode? jit = null)
     {
         Vm = new MachineModel(ramSize);
-        Accel = new EmuAccelerator(Vm);
+        Accel = new EmuAccelerator(Vm, jit);
         Cpu = (Cpu)Accel.CreateVcpu(0);
         Cpu.Log = Log.Add;
         Vm.Io.Register(0xE9, 1, new ConsolePort(this));

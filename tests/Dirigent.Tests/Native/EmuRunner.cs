@@ -7,7 +7,10 @@ namespace Dirigent.Tests.Native;
 /// <summary>Runs one instruction (followed by HLT) on the software CPU in 64-bit mode from a <see cref="MachineState"/>.</summary>
 public sealed class EmuRunner : IDisposable
 {
-    private readonly TestVm _vm = new();
+    private readonly TestVm _vm;
+
+    /// <param name="jit">Off: the interpreter alone; Always: every block compiled before it runs.</param>
+    public EmuRunner(Dirigent.Accel.Emu.Jit.JitMode jit = Dirigent.Accel.Emu.Jit.JitMode.Off) => _vm = new TestVm(jit: jit);
     public const ulong CodeAddr = 0x10_0000;
     /// <summary>Guest address of the memory buffer, to place in <see cref="NativeRunner.MemBaseReg"/>.</summary>
     public const ulong GuestMemAddress = 0x30_0000;

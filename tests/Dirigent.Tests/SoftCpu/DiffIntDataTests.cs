@@ -188,7 +188,7 @@ internal static class IntForms
         Assert.True(NativeRunner.Supported, "differential tests need an x86-64 Linux host");
         var ins = Decode(code);
         using var d = new Differential();
-        var rng = new Random(name.GetHashCode(StringComparison.Ordinal) ^ 0x1D47A);
+        var rng = new Random(Dirigent.Tests.Native.Differential.StableHash(name) ^ 0x1D47A);
         var failures = new List<string>();
         int ran = 0;
         for (int k = 0; k < Differential.CasesPerForm * 4 && ran < Differential.CasesPerForm; k++)

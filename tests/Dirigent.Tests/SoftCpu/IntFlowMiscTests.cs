@@ -157,7 +157,7 @@ public class IntFlowMiscTests
         uint definedFlags = name switch { "daa" or "das" => CF | AF | SF | ZF | PF, "aaa" or "aas" => CF | AF, _ => SF | ZF | PF };
         int failures = 0;
         string first = "";
-        foreach (var (eax, fl, oeax, ofl) in RunTable(op, name.GetHashCode(StringComparison.Ordinal) ^ imm))
+        foreach (var (eax, fl, oeax, ofl) in RunTable(op, Dirigent.Tests.Native.Differential.StableHash(name) ^ imm))
         {
             var (ax, efl) = name switch
             {

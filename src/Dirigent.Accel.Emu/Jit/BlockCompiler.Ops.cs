@@ -1,0 +1,560 @@
+using System.Reflection.Emit;
+using Dirigent.Accel.Emu.Core;
+using Iced.Intel;
+using Label = System.Reflection.Emit.Label;
+
+namespace Dirigent.Accel.Emu.Jit;
+
+/// <summary>The instructions the compiler emits inline, and the block-ending branches.</summary>
+internal sealed partial class BlockCompiler
+{
+    private enum Kind { None, Nop, Alu, Store, Load, Lea, IncDec, Push, Pop, Cmov, Imul }
+
+    /// <summary>What an instruction compiles to inline; None: it calls its interpreter handler.</summary>
+    private static Kind Classify(ref Instruction i)
+    {
+        if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return Kind.None;
+        if (i.Mnemonic == Mnemonic.Nop) return Kind.Nop;
+        bool mem0 = i.Op0Kind == OpKind.Memory, mem1 = i.OpCount > 1 && i.Op1Kind == OpKind.Memory;
+        if ((mem0 || mem1) && !SimpleAddress(ref i)) return Kind.None;
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Mov or Mnemonic.Add or Mnemonic.Sub or Mnemonic.And or Mnemonic.Or or Mnemonic.Xor or Mnemonic.Cmp or Mnemonic.Test:
+                if (i.OpCount != 2) return Kind.None;
+                if (i.Op0Kind == OpKind.Register)
+                {
+                    if (!DestGpr(i.Op0Register, out _, out int size)) return Kind.None;
+                    if (i.Mnemonic == Mnemonic.Mov && i.Op1Kind == OpKind.Register && !DestGpr(i.Op1Register, out _, out _)) return Kind.None;
+                    return SourceOk(ref i, size) ? Kind.Alu : Kind.None;
+                }
+                if (mem0)
+                {
+                    int size = Cpu.MemSize(ref i);
+                    if (i.Mnemonic == Mnemonic.Mov) return size is 1 or 2 or 4 or 8 && SourceOk(ref i, size) ? Kind.Store : Kind.None;
+                    if (i.Mnemonic is Mnemonic.Cmp or Mnemonic.Test) return size is 4 or 8 && SourceOk(ref i, size) ? Kind.Alu : Kind.None;
+                }
+                return Kind.None;
+            case Mnemonic.Movzx or Mnemonic.Movsx or Mnemonic.Movsxd:
+                {
+                    if (i.Op0Kind != OpKind.Register || !DestGpr(i.Op0Register, out _, out int size)) return Kind.None;
+                    if (i.Code == Code.Movsxd_r32_rm32 || i.Code == Code.Movsxd_r16_rm16) return Kind.None;
+                    int srcSize = mem1 ? Cpu.MemSize(ref i) : SrcGpr(i.Op1Register, out _, out int s) ? s : 0;
+                    return srcSize is 1 or 2 or 4 && srcSize < size ? Kind.Load : Kind.None;
+                }
+            case Mnemonic.Imul when i.OpCount >= 2:
+                {
+                    if (!DestGpr(i.Op0Register, out _, out int size)) return Kind.None;
+                    if (mem1) return Cpu.MemSize(ref i) == size ? Kind.Imul : Kind.None;
+                    return DestGpr(i.Op1Register, out _, out int s) && s == size ? Kind.Imul : Kind.None;
+                }
+            case Mnemonic.Lea:
+                return i.Op0Kind == OpKind.Register && DestGpr(i.Op0Register, out _, out _) && mem1 ? Kind.Lea : Kind.None;
+            case Mnemonic.Inc or Mnemonic.Dec:
+                return i.Op0Kind == OpKind.Register && DestGpr(i.Op0Register, out _, out _) ? Kind.IncDec : Kind.None;
+            case Mnemonic.Push:
+                return i.Code is Code.Push_r64 or Code.Pushq_imm8 or Code.Pushq_imm32 ? Kind.Push : Kind.None;
+            case Mnemonic.Pop:
+                return i.Code == Code.Pop_r64 && i.Op0Register != Register.RSP ? Kind.Pop : Kind.None;
+            case Mnemonic.Cmova or Mnemonic.Cmovae or Mnemonic.Cmovb or Mnemonic.Cmovbe or Mnemonic.Cmove or Mnemonic.Cmovg
+                or Mnemonic.Cmovge or Mnemonic.Cmovl or Mnemonic.Cmovle or Mnemonic.Cmovne or Mnemonic.Cmovno or Mnemonic.Cmovnp
+                or Mnemonic.Cmovns or Mnemonic.Cmovo or Mnemonic.Cmovp or Mnemonic.Cmovs:
+                {
+                    if (!DestGpr(i.Op0Register, out _, out int size)) return Kind.None;
+                    if (mem1) return Cpu.MemSize(ref i) == size ? Kind.Cmov : Kind.None;
+                    return DestGpr(i.Op1Register, out _, out int s) && s == size ? Kind.Cmov : Kind.None;
+                }
+        }
+        return Kind.None;
+    }
+
+    private static bool CanInline(ref Instruction i) => Classify(ref i) != Kind.None;
+
+    /// <summary>64-bit address size: base and index (if any) are 64-bit GPRs, or the base is RIP.</summary>
+    private static bool SimpleAddress(ref Instruction i)
+    {
+        Register b = i.MemoryBase, x = i.MemoryIndex;
+        return (b == Register.None || b == Register.RIP || (b >= Register.RAX && b <= Register.R15)) &&
+               (x == Register.None || (x >= Register.RAX && x <= Register.R15));
+    }
+
+    /// <summary>A full-width destination: a 32- or 64-bit GPR.</summary>
+    private static bool DestGpr(Register r, out int idx, out int size)
+    {
+        idx = size = 0;
+        if (r is >= Register.EAX and <= Register.R15D) { idx = r - Register.EAX; size = 4; return true; }
+        if (r is >= Register.RAX and <= Register.R15) { idx = r - Register.RAX; size = 8; return true; }
+        return false;
+    }
+
+    /// <summary>A source GPR of any width except AH/CH/DH/BH (whose bits are not the register's low ones).</summary>
+    private static bool SrcGpr(Register r, out int idx, out int size)
+    {
+        if (DestGpr(r, out idx, out size)) return true;
+        if (r is >= Register.AX and <= Register.R15W) { idx = r - Register.AX; size = 2; return true; }
+        if (r is >= Register.AL and <= Register.BL) { idx = r - Register.AL; size = 1; return true; }
+        if (r is >= Register.SPL and <= Register.R15L) { idx = r - Register.SPL + 4; size = 1; return true; }
+        return false;
+    }
+
+    private static bool IsImmediate(OpKind k) => k is OpKind.Immediate8 or OpKind.Immediate16 or OpKind.Immediate32 or
+        OpKind.Immediate64 or OpKind.Immediate8to16 or OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32to64;
+
+    private static bool SourceOk(ref Instruction i, int size)
+    {
+        OpKind k = i.Op1Kind;
+        if (IsImmediate(k)) return true;
+        if (k == OpKind.Memory) return i.Op0Kind == OpKind.Register;
+        return k == OpKind.Register && SrcGpr(i.Op1Register, out _, out int s) && s == size;
+    }
+
+    private static ulong Mask(int size) => size == 8 ? ulong.MaxValue : (1UL << (size * 8)) - 1;
+
+    private void ZeroExtend(int size)
+    {
+        switch (size)
+        {
+            case 1: _il.Emit(OpCodes.Conv_U1); _il.Emit(OpCodes.Conv_U8); break;
+            case 2: _il.Emit(OpCodes.Conv_U2); _il.Emit(OpCodes.Conv_U8); break;
+            case 4: _il.Emit(OpCodes.Conv_U4); _il.Emit(OpCodes.Conv_U8); break;
+        }
+    }
+
+    /// <summary>Pushes operand 1 (register, immediate, or memory already read into _val) zero-extended to size.</summary>
+    private void PushSource(ref Instruction i, int size)
+    {
+        OpKind k = i.Op1Kind;
+        if (k == OpKind.Register) { SrcGpr(i.Op1Register, out int r, out _); PushReg(r); ZeroExtend(size); }
+        else if (k == OpKind.Memory) _il.Emit(OpCodes.Ldloc, _val);
+        else _il.Emit(OpCodes.Ldc_I8, (long)(i.GetImmediate(1) & Mask(size)));
+    }
+
+    private bool EmitInline(ref Instruction i)
+    {
+        switch (Classify(ref i))
+        {
+            case Kind.Nop: return true;
+            case Kind.Alu: EmitAlu(ref i); return true;
+            case Kind.Store:
+                {
+                    int size = Cpu.MemSize(ref i);
+                    PushAddress(ref i);
+                    _il.Emit(OpCodes.Stloc, _la);
+                    PushSource(ref i, size);
+                    _il.Emit(OpCodes.Stloc, _val);
+                    EmitWrite(ref i, size, i.NextIP);
+                    return true;
+                }
+            case Kind.Load: EmitLoadExtend(ref i); return true;
+            case Kind.Lea:
+                {
+                    DestGpr(i.Op0Register, out int d, out int size);
+                    PushAddress(ref i, lea: true);
+                    ZeroExtend(size);
+                    StoreReg(d);
+                    return true;
+                }
+            case Kind.IncDec: EmitIncDec(ref i); return true;
+            case Kind.Push:
+                {
+                    if (i.Op0Kind == OpKind.Register) PushReg(Cpu.RegIndex(i.Op0Register));
+                    else _il.Emit(OpCodes.Ldc_I8, (long)i.GetImmediate(0));
+                    _il.Emit(OpCodes.Stloc, _val);
+                    EmitPushVal(ref i, i.NextIP);
+                    return true;
+                }
+            case Kind.Pop:
+                {
+                    EmitPopVal(ref i);
+                    _il.Emit(OpCodes.Ldloc, _val);
+                    StoreReg(Cpu.RegIndex(i.Op0Register));
+                    return true;
+                }
+            case Kind.Cmov: EmitCmov(ref i); return true;
+            case Kind.Imul: EmitImul(ref i); return true;
+        }
+        return false;
+    }
+
+    /// <summary>Reads operand 1 from memory into _val when it is a memory operand (size bytes).</summary>
+    private void ReadMemSource(ref Instruction i, int size)
+    {
+        if (i.Op1Kind != OpKind.Memory) return;
+        PushAddress(ref i);
+        _il.Emit(OpCodes.Stloc, _la);
+        EmitRead(ref i, size);
+    }
+
+    private void EmitAlu(ref Instruction i)
+    {
+        Mnemonic m = i.Mnemonic;
+        int size, d = -1;
+        if (i.Op0Kind == OpKind.Register) DestGpr(i.Op0Register, out d, out size);
+        else size = Cpu.MemSize(ref i);
+        ReadMemSource(ref i, size);
+        if (m == Mnemonic.Mov)
+        {
+            PushSource(ref i, size);
+            StoreReg(d);
+            return;
+        }
+        // a: the destination operand (register, or memory for CMP/TEST [m], x)
+        if (d >= 0) { PushReg(d); ZeroExtend(size); }
+        else
+        {
+            PushAddress(ref i);
+            _il.Emit(OpCodes.Stloc, _la);
+            EmitRead(ref i, size);
+            _il.Emit(OpCodes.Ldloc, _val);
+        }
+        _il.Emit(OpCodes.Stloc, _fa);
+        PushSource(ref i, size);
+        _il.Emit(OpCodes.Stloc, _fb);
+        _il.Emit(OpCodes.Ldloc, _fa);
+        _il.Emit(OpCodes.Ldloc, _fb);
+        (OpCode op, LazyOp lazy, bool writes) = m switch
+        {
+            Mnemonic.Add => (OpCodes.Add, LazyOp.Add, true),
+            Mnemonic.Sub => (OpCodes.Sub, LazyOp.Sub, true),
+            Mnemonic.Cmp => (OpCodes.Sub, LazyOp.Sub, false),
+            Mnemonic.And => (OpCodes.And, LazyOp.Logic, true),
+            Mnemonic.Or => (OpCodes.Or, LazyOp.Logic, true),
+            Mnemonic.Xor => (OpCodes.Xor, LazyOp.Logic, true),
+            _ => (OpCodes.And, LazyOp.Logic, false), // TEST
+        };
+        _il.Emit(op);
+        _il.Emit(OpCodes.Stloc, _fr);
+        _fop = lazy;
+        _fsize = size;
+        if (writes)
+        {
+            _il.Emit(OpCodes.Ldloc, _fr);
+            ZeroExtend(size);
+            StoreReg(d);
+        }
+    }
+
+    private void EmitLoadExtend(ref Instruction i)
+    {
+        DestGpr(i.Op0Register, out int d, out int size);
+        int srcSize;
+        if (i.Op1Kind == OpKind.Memory)
+        {
+            srcSize = Cpu.MemSize(ref i);
+            ReadMemSource(ref i, srcSize);
+            _il.Emit(OpCodes.Ldloc, _val);
+        }
+        else
+        {
+            SrcGpr(i.Op1Register, out int s, out srcSize);
+            PushReg(s);
+        }
+        if (i.Mnemonic == Mnemonic.Movzx) ZeroExtend(srcSize);
+        else
+        {
+            _il.Emit(srcSize switch { 1 => OpCodes.Conv_I1, 2 => OpCodes.Conv_I2, _ => OpCodes.Conv_I4 });
+            _il.Emit(OpCodes.Conv_I8);
+            ZeroExtend(size);
+        }
+        StoreReg(d);
+    }
+
+    private void EmitIncDec(ref Instruction i)
+    {
+        DestGpr(i.Op0Register, out int d, out int size);
+        bool inc = i.Mnemonic == Mnemonic.Inc;
+        // INC/DEC keep CF: the record carries the CF of the flags they replace.
+        if (_fop is not (LazyOp.Inc or LazyOp.Dec))
+        {
+            PushCarry();
+            _il.Emit(OpCodes.Stloc, _fcin);
+        }
+        PushReg(d);
+        ZeroExtend(size);
+        _il.Emit(OpCodes.Stloc, _fa);
+        _il.Emit(OpCodes.Ldc_I8, 1L);
+        _il.Emit(OpCodes.Stloc, _fb);
+        _il.Emit(OpCodes.Ldloc, _fa);
+        _il.Emit(OpCodes.Ldc_I8, 1L);
+        _il.Emit(inc ? OpCodes.Add : OpCodes.Sub);
+        ZeroExtend(size);
+        _il.Emit(OpCodes.Stloc, _fr);
+        _fop = inc ? LazyOp.Inc : LazyOp.Dec;
+        _fsize = size;
+        _il.Emit(OpCodes.Ldloc, _fr);
+        StoreReg(d);
+    }
+
+    /// <summary>Pushes CF (0/1) of the current flags.</summary>
+    private void PushCarry()
+    {
+        switch (_fop)
+        {
+            case LazyOp.Logic: _il.Emit(OpCodes.Ldc_I4_0); return;
+            case LazyOp.Sub:
+                _il.Emit(OpCodes.Ldloc, _fa);
+                _il.Emit(OpCodes.Ldloc, _fb);
+                _il.Emit(OpCodes.Clt_Un);
+                return;
+            case LazyOp.Add:
+                _il.Emit(OpCodes.Ldloc, _fr);
+                ZeroExtend(_fsize);
+                _il.Emit(OpCodes.Ldloc, _fa);
+                _il.Emit(OpCodes.Clt_Un);
+                return;
+            case LazyOp.Inc or LazyOp.Dec:
+                _il.Emit(OpCodes.Ldloc, _fcin);
+                return;
+            default:
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Call, MGetCF);
+                return;
+        }
+    }
+
+    /// <summary>PUSH of _val (8 bytes): RSP changes only once the store succeeded.</summary>
+    private void EmitPushVal(ref Instruction i, ulong ripAfter)
+    {
+        Load(Cpu.RSP);
+        _dirty[Cpu.RSP] = true;
+        _il.Emit(OpCodes.Ldloc, _reg[Cpu.RSP]);
+        _il.Emit(OpCodes.Ldc_I8, 8L);
+        _il.Emit(OpCodes.Sub);
+        _il.Emit(OpCodes.Stloc, _la);
+        EmitWrite(ref i, 8, ripAfter, () => { _il.Emit(OpCodes.Ldloc, _la); _il.Emit(OpCodes.Stloc, _reg[Cpu.RSP]); });
+        _il.Emit(OpCodes.Ldloc, _la);
+        StoreReg(Cpu.RSP);
+    }
+
+    /// <summary>POP into _val (8 bytes); RSP moves after the read.</summary>
+    private void EmitPopVal(ref Instruction i, long extra = 0)
+    {
+        Load(Cpu.RSP);
+        _il.Emit(OpCodes.Ldloc, _reg[Cpu.RSP]);
+        _il.Emit(OpCodes.Stloc, _la);
+        EmitRead(ref i, 8);
+        _il.Emit(OpCodes.Ldloc, _reg[Cpu.RSP]);
+        _il.Emit(OpCodes.Ldc_I8, 8L + extra);
+        _il.Emit(OpCodes.Add);
+        StoreReg(Cpu.RSP);
+    }
+
+    /// <summary>IMUL r, r/m and IMUL r, r/m, imm: the product and its flags (CF/OF on overflow) through one helper call.</summary>
+    private void EmitImul(ref Instruction i)
+    {
+        DestGpr(i.Op0Register, out int d, out int size);
+        if (i.Op1Kind == OpKind.Memory) ReadMemSource(ref i, size);
+        else
+        {
+            DestGpr(i.Op1Register, out int s, out _);
+            PushReg(s);
+            _il.Emit(OpCodes.Stloc, _val);
+        }
+        _il.Emit(OpCodes.Ldarg_1);
+        if (i.OpCount == 3)
+        {
+            _il.Emit(OpCodes.Ldloc, _val);
+            _il.Emit(OpCodes.Ldc_I8, (long)i.GetImmediate(2));
+        }
+        else
+        {
+            PushReg(d);
+            _il.Emit(OpCodes.Ldloc, _val);
+        }
+        _il.Emit(OpCodes.Ldc_I4, size);
+        _il.Emit(OpCodes.Call, MImul);
+        ZeroExtend(size);
+        StoreReg(d);
+        // The helper wrote the flags to the CPU: the pending record is overwritten.
+        _fop = LazyOp.None;
+    }
+
+    private void EmitCmov(ref Instruction i)
+    {
+        DestGpr(i.Op0Register, out int d, out int size);
+        if (i.Op1Kind == OpKind.Memory) ReadMemSource(ref i, size);
+        else
+        {
+            DestGpr(i.Op1Register, out int s, out _);
+            PushReg(s);
+            _il.Emit(OpCodes.Stloc, _val);
+        }
+        Load(d);
+        Label no = _il.DefineLabel(), end = _il.DefineLabel();
+        PushCondition(i.ConditionCode);
+        _il.Emit(OpCodes.Brfalse, no);
+        _il.Emit(OpCodes.Ldloc, _val);
+        ZeroExtend(size);
+        _il.Emit(OpCodes.Stloc, _reg[d]);
+        _il.Emit(OpCodes.Br, end);
+        _il.MarkLabel(no);
+        if (size == 4)
+        {
+            // A 32-bit CMOV zero-extends its destination even when it does not move.
+            _il.Emit(OpCodes.Ldloc, _reg[d]);
+            ZeroExtend(4);
+            _il.Emit(OpCodes.Stloc, _reg[d]);
+        }
+        _il.MarkLabel(end);
+        _dirty[d] = true;
+    }
+
+    /// <summary>Pushes the condition (0/1), from the pending record when it allows, else through the CPU's flags.</summary>
+    private void PushCondition(ConditionCode cc)
+    {
+        if (TryInlineCondition(cc)) return;
+        SpillFlags();
+        _fop = LazyOp.None;
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldc_I4, (int)cc);
+        _il.Emit(OpCodes.Call, MTestCondition);
+    }
+
+    private bool TryInlineCondition(ConditionCode cc)
+    {
+        // Result-based conditions (ZF/SF) hold for every record we make; the rest need the operation.
+        void Res() { _il.Emit(OpCodes.Ldloc, _fr); ZeroExtend(_fsize); }
+        void Zero(bool isZero) { Res(); _il.Emit(OpCodes.Ldc_I8, 0L); _il.Emit(OpCodes.Ceq); if (!isZero) Not(); }
+        void Sign(bool set)
+        {
+            Res();
+            _il.Emit(OpCodes.Ldc_I4, _fsize * 8 - 1);
+            _il.Emit(OpCodes.Shr_Un);
+            _il.Emit(OpCodes.Conv_I4);
+            _il.Emit(OpCodes.Ldc_I4_1);
+            _il.Emit(OpCodes.And);
+            if (!set) Not();
+        }
+        void Not() { _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ceq); }
+        void Signed(LocalBuilder x) { _il.Emit(OpCodes.Ldloc, x); if (_fsize == 4) { _il.Emit(OpCodes.Conv_I4); _il.Emit(OpCodes.Conv_I8); } }
+        switch (_fop)
+        {
+            case LazyOp.None: return false;
+            case LazyOp.Sub:
+                // a and b are the size-masked operands: compare them directly, as TestCondition does.
+                switch (cc)
+                {
+                    case ConditionCode.e: _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Ldloc, _fb); _il.Emit(OpCodes.Ceq); return true;
+                    case ConditionCode.ne: _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Ldloc, _fb); _il.Emit(OpCodes.Ceq); Not(); return true;
+                    case ConditionCode.b: _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Ldloc, _fb); _il.Emit(OpCodes.Clt_Un); return true;
+                    case ConditionCode.ae: _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Ldloc, _fb); _il.Emit(OpCodes.Clt_Un); Not(); return true;
+                    case ConditionCode.a: _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Ldloc, _fb); _il.Emit(OpCodes.Cgt_Un); return true;
+                    case ConditionCode.be: _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Ldloc, _fb); _il.Emit(OpCodes.Cgt_Un); Not(); return true;
+                    case ConditionCode.l: Signed(_fa); Signed(_fb); _il.Emit(OpCodes.Clt); return true;
+                    case ConditionCode.ge: Signed(_fa); Signed(_fb); _il.Emit(OpCodes.Clt); Not(); return true;
+                    case ConditionCode.g: Signed(_fa); Signed(_fb); _il.Emit(OpCodes.Cgt); return true;
+                    case ConditionCode.le: Signed(_fa); Signed(_fb); _il.Emit(OpCodes.Cgt); Not(); return true;
+                    case ConditionCode.s: Sign(true); return true;
+                    case ConditionCode.ns: Sign(false); return true;
+                }
+                return false;
+            case LazyOp.Logic:
+                // CF = OF = 0: every condition is one of ZF, SF or a constant.
+                switch (cc)
+                {
+                    case ConditionCode.e or ConditionCode.be: Zero(true); return true;
+                    case ConditionCode.ne or ConditionCode.a: Zero(false); return true;
+                    case ConditionCode.s or ConditionCode.l: Sign(true); return true;
+                    case ConditionCode.ns or ConditionCode.ge: Sign(false); return true;
+                    case ConditionCode.b or ConditionCode.o: _il.Emit(OpCodes.Ldc_I4_0); return true;
+                    case ConditionCode.ae or ConditionCode.no: _il.Emit(OpCodes.Ldc_I4_1); return true;
+                }
+                return false;
+            default:
+                switch (cc)
+                {
+                    case ConditionCode.e: Zero(true); return true;
+                    case ConditionCode.ne: Zero(false); return true;
+                    case ConditionCode.s: Sign(true); return true;
+                    case ConditionCode.ns: Sign(false); return true;
+                    case ConditionCode.b when _fop == LazyOp.Add: PushCarry(); return true;
+                    case ConditionCode.ae when _fop == LazyOp.Add: PushCarry(); Not(); return true;
+                }
+                return false;
+        }
+    }
+
+    // ---------------- the block's last instruction ----------------
+
+    private static bool Canonical(ulong a) => (ulong)((long)(a << 16) >> 16) == a;
+
+    /// <summary>Compiles a final JMP/Jcc/CALL/RET inline; false leaves it to the generic paths.</summary>
+    private bool EmitBranchEnd(ref Instruction i, Label top)
+    {
+        if (i.HasLockPrefix) return false;
+        int n = _b.Count;
+        if ((i.Code.IsJmpShortOrNear() || i.Code.IsJccShortOrNear()) && i.Op0Kind == OpKind.NearBranch64)
+        {
+            ulong target = i.NearBranch64;
+            if (!Canonical(target)) return false;
+            Label notTaken = _il.DefineLabel();
+            if (i.Code.IsJccShortOrNear())
+            {
+                PushCondition(i.ConditionCode);
+                _il.Emit(OpCodes.Brfalse, notTaken);
+            }
+            if (_selfLoop && target == _b.Ip) BackEdge(top, n);
+            else ExitTo(target, n);
+            _il.MarkLabel(notTaken);
+            if (i.Code.IsJccShortOrNear()) ExitTo(i.NextIP, n);
+            return true;
+        }
+        if (i.Code == Code.Call_rel32_64 && Canonical(i.NearBranch64))
+        {
+            _il.Emit(OpCodes.Ldc_I8, (long)i.NextIP);
+            _il.Emit(OpCodes.Stloc, _val);
+            EmitPushVal(ref i, i.NearBranch64);
+            ExitTo(i.NearBranch64, n);
+            return true;
+        }
+        if (i.Code is Code.Retnq or Code.Retnq_imm16)
+        {
+            EmitPopVal(ref i, i.Code == Code.Retnq_imm16 ? i.Immediate16 : 0);
+            // A non-canonical return address is #GP(0) at the RET, before RSP moves: undo the pop's RSP change.
+            Label ok = _il.DefineLabel();
+            _il.Emit(OpCodes.Ldloc, _val);
+            _il.Emit(OpCodes.Ldc_I4, 16);
+            _il.Emit(OpCodes.Shl);
+            _il.Emit(OpCodes.Ldc_I4, 16);
+            _il.Emit(OpCodes.Shr);
+            _il.Emit(OpCodes.Ldloc, _val);
+            _il.Emit(OpCodes.Beq, ok);
+            _il.Emit(OpCodes.Ldloc, _la);
+            _il.Emit(OpCodes.Stloc, _reg[Cpu.RSP]);
+            Sync(ref i);
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Call, MRaiseGp);
+            _il.Emit(OpCodes.Ret); // not reached: RaiseGp0 throws
+            _il.MarkLabel(ok);
+            SpillRegs();
+            SpillFlags();
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldloc, _val);
+            _il.Emit(OpCodes.Stfld, FRip);
+            AddInstret(n);
+            _il.Emit(OpCodes.Ret);
+            return true;
+        }
+        return false;
+    }
+
+    /// <summary>The jump back to the block's own start: go round again unless something needs the dispatcher.</summary>
+    private void BackEdge(Label top, int n)
+    {
+        Label leave = _il.DefineLabel();
+        SpillFlags();
+        AddInstret(n);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, FPending);
+        _il.Emit(OpCodes.Brtrue, leave);
+        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, FValid);
+        _il.Emit(OpCodes.Brfalse, leave);
+        _il.Emit(OpCodes.Br, top);
+        _il.MarkLabel(leave);
+        SpillRegs();
+        StoreConst(FRip, _b.Ip);
+        _il.Emit(OpCodes.Ret);
+    }
+}

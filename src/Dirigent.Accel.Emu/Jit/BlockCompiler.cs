@@ -1,0 +1,380 @@
+using System.Reflection;
+using System.Reflection.Emit;
+using System.Runtime.CompilerServices;
+using Dirigent.Accel.Emu.Core;
+using Iced.Intel;
+using Label = System.Reflection.Emit.Label;
+
+namespace Dirigent.Accel.Emu.Jit;
+
+/// <summary>A compiled block: runs the block's instructions (and loops on itself while it may), as ExecuteBlock would.</summary>
+internal delegate void CompiledCode(Cpu c, ref Instruction first);
+
+/// <summary>
+/// Translates one decoded 64-bit block to IL (a DynamicMethod closed over its <see cref="Block"/>), which the .NET
+/// JIT turns into host code. Guest registers live in IL locals from first use to the block's exits; the arithmetic
+/// flags of the last flag-writing instruction live in locals too (op, size, operands and result, the same record as
+/// the interpreter's lazy flags) and are written to the CPU only at exits and before anything that can fault or
+/// look at them; a Jcc/CMOVcc after CMP/SUB/TEST/logic/INC/DEC tests the operands directly. Memory operands inline
+/// the soft-TLB hit path and call the interpreter's slow path only on a miss. Instructions the compiler does not
+/// know run through the interpreter's own handler (a direct <c>calli</c>, with the registers written back first and
+/// reloaded after), so every instruction is supported and behaves exactly as interpreted. A block whose last
+/// instruction jumps back to its own start, and which is all inline, loops inside the method (registers stay in
+/// locals) until an event is pending, the block is invalidated or it falls out.
+/// Precision: before any call that can fault, RIP/InstrIp, the registers, the flags and the retired count are
+/// those of the faulting instruction; so the exception is delivered as from the interpreter.
+/// </summary>
+internal sealed partial class BlockCompiler
+{
+    private static readonly Type CpuT = typeof(Cpu);
+    private static readonly FieldInfo FGpr = Field("Gpr"), FRip = Field("Rip"), FInstrIp = Field("InstrIp"),
+        FBlockExit = Field("BlockExit"), FPending = Field("_pendingEvents"), FTlbR = Field("_tlbR"), FTlbW = Field("_tlbW"),
+        FInstret = Field("_instret"), FJitDone = Field("JitDone"), FLazyOp = Field("_lazyOp"), FLazySize = Field("_lazySize"),
+        FLazyRes = Field("_lazyRes"), FLazyA = Field("_lazyA"), FLazyB = Field("_lazyB"), FLazyCarryIn = Field("_lazyCarryIn");
+    private static readonly FieldInfo FValid = typeof(Block).GetField(nameof(Block.Valid))!;
+    private static readonly MethodInfo MReadSlow = Method("ReadSlow"), MWriteSlow = Method("WriteSlow"),
+        MTestCondition = Method(nameof(Cpu.TestCondition)), MGetCF = Method(nameof(Cpu.GetCF)),
+        MJitExit = Method(nameof(Cpu.JitBlockExit)), MSegBase = Method(nameof(Cpu.SegmentBase)),
+        MRaiseGp = Method(nameof(Cpu.RaiseGp0));
+    private static readonly MethodInfo MImul = typeof(Instructions.IntegerMulDiv).GetMethod(nameof(Instructions.IntegerMulDiv.ImulForJit),
+        BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
+    private static readonly int InstrSize = Unsafe.SizeOf<Instruction>();
+    private static readonly Type[] Params = [typeof(Block), typeof(Cpu), typeof(Instruction).MakeByRefType()];
+    private static readonly Type[] HandlerParams = [typeof(Cpu), typeof(Instruction).MakeByRefType()];
+
+    private static FieldInfo Field(string name) =>
+        CpuT.GetField(name, BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic)
+        ?? throw new MissingFieldException(CpuT.Name, name);
+
+    private static MethodInfo Method(string name) =>
+        CpuT.GetMethod(name, BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic)
+        ?? throw new MissingMethodException(CpuT.Name, name);
+
+    // ---- per compilation ----
+    private readonly Block _b;
+    private readonly ILGenerator _il;
+    private readonly DynamicMethod _dm;
+    private readonly LocalBuilder[] _reg = new LocalBuilder[16];
+    private readonly bool[] _loaded = new bool[16], _dirty = new bool[16];
+    private readonly LocalBuilder _gpr, _la, _page, _ent, _val, _tmp, _fa, _fb, _fr, _fcin;
+    // The pending flag record held in _fa/_fb/_fr/_fcin (None: the CPU's fields are current).
+    private LazyOp _fop = LazyOp.None;
+    private int _fsize;
+    private int _k;              // instruction being compiled
+    private bool _selfLoop;
+
+    /// <summary>IL bytes of the method (the code budget's measure).</summary>
+    public int IlBytes { get; private set; }
+    /// <summary>Instructions compiled inline (the rest call their interpreter handler).</summary>
+    public int Inlined { get; private set; }
+
+    private BlockCompiler(Block b)
+    {
+        _b = b;
+        _dm = new DynamicMethod($"jit_{b.Ip:x}", typeof(void), Params, typeof(Cpu).Module, skipVisibility: true);
+        _il = _dm.GetILGenerator(256 + b.Count * 64);
+        _gpr = _il.DeclareLocal(typeof(ulong[]));
+        _la = _il.DeclareLocal(typeof(ulong));
+        _page = _il.DeclareLocal(typeof(ulong));
+        _ent = _il.DeclareLocal(typeof(nint));
+        _val = _il.DeclareLocal(typeof(ulong));
+        _tmp = _il.DeclareLocal(typeof(ulong));
+        _fa = _il.DeclareLocal(typeof(ulong));
+        _fb = _il.DeclareLocal(typeof(ulong));
+        _fr = _il.DeclareLocal(typeof(ulong));
+        _fcin = _il.DeclareLocal(typeof(bool));
+        for (int k = 0; k < 16; k++) _reg[k] = _il.DeclareLocal(typeof(ulong));
+    }
+
+    /// <summary>Compiles a 64-bit block; null when the block cannot be compiled (other bitness, nothing to run).</summary>
+    public static (CompiledCode Code, int IlBytes, int Inlined, DynamicMethod Method)? Compile(Block b)
+    {
+        if (b.Bits != 64 || b.Count == 0 || !b.Valid) return null;
+        var c = new BlockCompiler(b);
+        c.Emit();
+        var code = (CompiledCode)c._dm.CreateDelegate(typeof(CompiledCode), b);
+        return (code, c.IlBytes, c.Inlined, c._dm);
+    }
+
+    private void Emit()
+    {
+        int n = _b.Count;
+        var ins = _b.Instrs;
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldfld, FGpr);
+        _il.Emit(OpCodes.Stloc, _gpr);
+
+        // A self-loop: the last instruction branches back to the block's start and everything is inline.
+        ref Instruction last = ref ins[n - 1];
+        _selfLoop = (last.Code.IsJccShortOrNear() || last.Code.IsJmpShortOrNear()) && last.Op0Kind == OpKind.NearBranch64 &&
+                    last.NearBranch64 == _b.Ip;
+        for (int k = 0; k < n && _selfLoop; k++)
+            if (k < n - 1 ? !CanInline(ref ins[k]) : !last.Code.IsJccShortOrNear() && !last.Code.IsJmpShortOrNear()) _selfLoop = false;
+        Label top = _il.DefineLabel();
+        if (_selfLoop)
+        {
+            // Every register is loaded before the loop head, so the locals are valid on every pass (and written back
+            // at every exit).
+            for (int r = 0; r < 16; r++) { Load(r); _dirty[r] = true; }
+        }
+        _il.MarkLabel(top);
+        for (_k = 0; _k < n; _k++)
+        {
+            ref Instruction i = ref ins[_k];
+            bool isLast = _k == n - 1;
+            if (isLast && EmitBranchEnd(ref i, top)) { Inlined++; break; }
+            if (EmitInline(ref i)) { Inlined++; if (!isLast) continue; ExitTo(i.NextIP, n); break; }
+            EmitHandlerCall(ref i);
+            if (isLast)
+            {
+                // The handler set RIP (a branch, or the next instruction); registers were written back before it.
+                AddInstret(n);
+                _il.Emit(OpCodes.Ret);
+            }
+        }
+        IlBytes = _il.ILOffset;
+    }
+
+    // ---------------- registers ----------------
+
+    private void Load(int r)
+    {
+        if (_loaded[r]) return;
+        _il.Emit(OpCodes.Ldloc, _gpr);
+        _il.Emit(OpCodes.Ldc_I4, r);
+        _il.Emit(OpCodes.Ldelem_I8);
+        _il.Emit(OpCodes.Stloc, _reg[r]);
+        _loaded[r] = true;
+    }
+
+    private void PushReg(int r) { Load(r); _il.Emit(OpCodes.Ldloc, _reg[r]); }
+
+    /// <summary>Stores the value on the stack to register r (the caller has zero-extended 32-bit results).</summary>
+    private void StoreReg(int r)
+    {
+        _il.Emit(OpCodes.Stloc, _reg[r]);
+        _loaded[r] = true;
+        _dirty[r] = true;
+    }
+
+    /// <summary>Writes dirty registers back to the CPU (they stay dirty: this may be on a conditional path).</summary>
+    private void SpillRegs()
+    {
+        for (int r = 0; r < 16; r++)
+        {
+            if (!_dirty[r]) continue;
+            _il.Emit(OpCodes.Ldloc, _gpr);
+            _il.Emit(OpCodes.Ldc_I4, r);
+            _il.Emit(OpCodes.Ldloc, _reg[r]);
+            _il.Emit(OpCodes.Stelem_I8);
+        }
+    }
+
+    /// <summary>Writes the pending flag record to the CPU's lazy-flag fields.</summary>
+    private void SpillFlags()
+    {
+        if (_fop == LazyOp.None) return;
+        StoreField(FLazyOp, () => _il.Emit(OpCodes.Ldc_I4, (int)_fop));
+        StoreField(FLazySize, () => _il.Emit(OpCodes.Ldc_I4, _fsize));
+        StoreField(FLazyRes, () => _il.Emit(OpCodes.Ldloc, _fr));
+        StoreField(FLazyA, () => _il.Emit(OpCodes.Ldloc, _fa));
+        StoreField(FLazyB, () => _il.Emit(OpCodes.Ldloc, _fb));
+        if (_fop is LazyOp.Inc or LazyOp.Dec) StoreField(FLazyCarryIn, () => _il.Emit(OpCodes.Ldloc, _fcin));
+    }
+
+    private void StoreField(FieldInfo f, Action value)
+    {
+        _il.Emit(OpCodes.Ldarg_1);
+        value();
+        _il.Emit(OpCodes.Stfld, f);
+    }
+
+    private void StoreConst(FieldInfo f, ulong v) => StoreField(f, () => _il.Emit(OpCodes.Ldc_I8, (long)v));
+
+    /// <summary>State for a call that may fault or read the CPU: registers, flags, RIP/InstrIp, the retired count.</summary>
+    private void Sync(ref Instruction i)
+    {
+        SpillRegs();
+        SpillFlags();
+        StoreField(FJitDone, () => _il.Emit(OpCodes.Ldc_I4, _k));
+        StoreConst(FInstrIp, i.IP);
+        StoreConst(FRip, i.NextIP);
+    }
+
+    private void AddInstret(int count)
+    {
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldfld, FInstret);
+        _il.Emit(OpCodes.Ldc_I8, (long)count);
+        _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Stfld, FInstret);
+    }
+
+    /// <summary>Leaves the block with RIP = target after <paramref name="count"/> instructions.</summary>
+    private void ExitTo(ulong target, int count)
+    {
+        SpillRegs();
+        SpillFlags();
+        StoreConst(FRip, target);
+        AddInstret(count);
+        _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>After a call that may set BlockExit (a slow-path store, MMIO): leave after this instruction if it did.</summary>
+    private void ExitIfBlockExit(ulong ripAfter, Action? finish = null)
+    {
+        Label go = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldfld, FBlockExit);
+        _il.Emit(OpCodes.Brfalse, go);
+        finish?.Invoke();
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Call, MJitExit);
+        ExitTo(ripAfter, _k + 1);
+        _il.MarkLabel(go);
+    }
+
+    // ---------------- interpreter handlers ----------------
+
+    private unsafe void EmitHandlerCall(ref Instruction i)
+    {
+        Sync(ref i);
+        // Registers and flags are the CPU's again after the handler: forget the locals.
+        Array.Clear(_loaded);
+        Array.Clear(_dirty);
+        _fop = LazyOp.None;
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldarg_2);
+        if (_k > 0)
+        {
+            _il.Emit(OpCodes.Ldc_I4, _k * InstrSize);
+            _il.Emit(OpCodes.Add);
+        }
+        _il.Emit(OpCodes.Ldc_I8, (long)(nint)CodeCache.HandlerFor(ref i, 64));
+        _il.Emit(OpCodes.Conv_I);
+        _il.EmitCalli(OpCodes.Calli, CallingConventions.Standard, typeof(void), HandlerParams, null);
+        // HLT, mode and paging changes, stores to this block's code: the interpreter would stop here too.
+        Label go = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldfld, FBlockExit);
+        _il.Emit(OpCodes.Brfalse, go);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Call, MJitExit);
+        AddInstret(_k + 1);
+        _il.Emit(OpCodes.Ret);
+        _il.MarkLabel(go);
+    }
+
+    // ---------------- memory ----------------
+
+    /// <summary>Pushes the linear address of a 64-bit-addressed memory operand (registers it needs are loaded first).</summary>
+    private void PushAddress(ref Instruction i, bool lea = false)
+    {
+        Register b = i.MemoryBase, x = i.MemoryIndex;
+        int bi = b is Register.None or Register.RIP ? -1 : Cpu.RegIndex(b), xi = x == Register.None ? -1 : Cpu.RegIndex(x);
+        if (bi >= 0) Load(bi);
+        if (xi >= 0) Load(xi);
+        _il.Emit(OpCodes.Ldc_I8, (long)i.MemoryDisplacement64);
+        if (bi >= 0) { _il.Emit(OpCodes.Ldloc, _reg[bi]); _il.Emit(OpCodes.Add); }
+        if (xi >= 0)
+        {
+            _il.Emit(OpCodes.Ldloc, _reg[xi]);
+            int sh = i.MemoryIndexScale switch { 1 => 0, 2 => 1, 4 => 2, _ => 3 };
+            if (sh != 0) { _il.Emit(OpCodes.Ldc_I4, sh); _il.Emit(OpCodes.Shl); }
+            _il.Emit(OpCodes.Add);
+        }
+        int seg = Cpu.SegIndex(i.MemorySegment);
+        if (!lea && seg >= Cpu.FS)
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldc_I4, seg);
+            _il.Emit(OpCodes.Call, MSegBase);
+            _il.Emit(OpCodes.Add);
+        }
+    }
+
+    /// <summary>
+    /// Soft-TLB probe of _la for an access of <paramref name="size"/> bytes: leaves the host address in _ent's place
+    /// and branches to <paramref name="miss"/> when the entry does not cover it.
+    /// </summary>
+    private unsafe void EmitTlbProbe(FieldInfo table, int size, Label miss)
+    {
+        // page = la >> 12; ent = table + (page & mask) * sizeof(TlbEntry)
+        _il.Emit(OpCodes.Ldloc, _la);
+        _il.Emit(OpCodes.Ldc_I4, 12);
+        _il.Emit(OpCodes.Shr_Un);
+        _il.Emit(OpCodes.Stloc, _page);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldfld, table);
+        _il.Emit(OpCodes.Ldloc, _page);
+        _il.Emit(OpCodes.Ldc_I8, (long)Cpu.TlbIndexMask);
+        _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Ldc_I8, (long)sizeof(TlbEntry));
+        _il.Emit(OpCodes.Mul);
+        _il.Emit(OpCodes.Conv_I);
+        _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Stloc, _ent);
+        // ent->Tag == page
+        _il.Emit(OpCodes.Ldloc, _ent);
+        _il.Emit(OpCodes.Ldind_I8);
+        _il.Emit(OpCodes.Ldloc, _page);
+        _il.Emit(OpCodes.Bne_Un, miss);
+        if (size > 1)
+        {
+            // (la & 0xFFF) <= 4096 - size: the access stays inside the page
+            _il.Emit(OpCodes.Ldloc, _la);
+            _il.Emit(OpCodes.Ldc_I8, 0xFFFL);
+            _il.Emit(OpCodes.And);
+            _il.Emit(OpCodes.Ldc_I8, (long)(4096 - size));
+            _il.Emit(OpCodes.Bgt_Un, miss);
+        }
+        // host = la + ent->Addend (Addend is the second field)
+        _il.Emit(OpCodes.Ldloc, _la);
+        _il.Emit(OpCodes.Ldloc, _ent);
+        _il.Emit(OpCodes.Ldc_I4_8);
+        _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Ldind_I8);
+        _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Conv_I);
+    }
+
+    /// <summary>Reads size bytes at the address in _la into _val (zero-extended).</summary>
+    private void EmitRead(ref Instruction i, int size)
+    {
+        Label miss = _il.DefineLabel(), done = _il.DefineLabel();
+        EmitTlbProbe(FTlbR, size, miss);
+        _il.Emit(size switch { 1 => OpCodes.Ldind_U1, 2 => OpCodes.Ldind_U2, 4 => OpCodes.Ldind_U4, _ => OpCodes.Ldind_I8 });
+        if (size < 8) _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.Stloc, _val);
+        _il.Emit(OpCodes.Br, done);
+        _il.MarkLabel(miss);
+        Sync(ref i);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, _la);
+        _il.Emit(OpCodes.Ldc_I4, size);
+        _il.Emit(OpCodes.Call, MReadSlow);
+        _il.Emit(OpCodes.Stloc, _val);
+        _il.MarkLabel(done);
+    }
+
+    /// <summary>Writes the low size bytes of _val at the address in _la; a slow-path store may end the block after it.</summary>
+    private void EmitWrite(ref Instruction i, int size, ulong ripAfter, Action? beforeExit = null)
+    {
+        Label miss = _il.DefineLabel(), done = _il.DefineLabel();
+        EmitTlbProbe(FTlbW, size, miss);
+        _il.Emit(OpCodes.Ldloc, _val);
+        _il.Emit(size switch { 1 => OpCodes.Stind_I1, 2 => OpCodes.Stind_I2, 4 => OpCodes.Stind_I4, _ => OpCodes.Stind_I8 });
+        _il.Emit(OpCodes.Br, done);
+        _il.MarkLabel(miss);
+        Sync(ref i);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, _la);
+        _il.Emit(OpCodes.Ldc_I4, size);
+        _il.Emit(OpCodes.Ldloc, _val);
+        _il.Emit(OpCodes.Call, MWriteSlow);
+        // A store into this block's own code (or an MMIO write that ends the block) stops it after this instruction.
+        ExitIfBlockExit(ripAfter, beforeExit);
+        _il.MarkLabel(done);
+    }
+}

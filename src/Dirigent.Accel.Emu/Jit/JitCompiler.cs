@@ -1,0 +1,165 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Reflection;
+using System.Runtime.CompilerServices;
+using Dirigent.Accel.Emu.Core;
+
+namespace Dirigent.Accel.Emu.Jit;
+
+/// <summary>
+/// The compiled tier of one VM: hot blocks are queued by the vCPUs and compiled on one background thread (below
+/// normal priority), which also has the .NET JIT produce their machine code before they are published, so a vCPU
+/// never waits for a compiler; it keeps interpreting the block until <see cref="Block.Compiled"/> appears. Compiled
+/// code has a budget (IL bytes, <see cref="BudgetIlBytes"/>): past it the oldest compiled blocks go back to the
+/// interpreter (and may be compiled again if they get hot again), so a guest that makes code forever cannot grow it.
+/// </summary>
+internal sealed class JitCompiler : IDisposable
+{
+    /// <summary>
+    /// Interpreted runs of a block before it is queued. Low, because compiling is off the vCPU's thread and a block
+    /// that runs 32 times in the boot usually runs thousands; it keeps one-off code (init, probes) out of the queue.
+    /// </summary>
+    public const int DefaultThreshold = 32;
+    /// <summary>IL bytes of all compiled blocks at most (the .NET JIT's code is ~3-5x this).</summary>
+    public const long BudgetIlBytes = 32L << 20;
+
+    public JitMode Mode { get; }
+    public int Threshold { get; }
+    private readonly long _budget;
+    private readonly ConcurrentQueue<Block> _queue = new();
+    private readonly SemaphoreSlim _signal = new(0);
+    private readonly Queue<Block> _compiled = new();
+    private readonly object _lock = new();
+    private readonly Thread? _thread;
+    private volatile bool _disposed;
+    private int _live;
+
+    public long IlBytes, BlocksCompiled, BlocksEvicted, InstructionsCompiled, InstructionsInlined, CompileTicks, Failures;
+    /// <summary>The first compile failure (a compiler bug): the block stays interpreted.</summary>
+    public string? FirstFailure;
+
+    public JitCompiler(JitMode mode, int threshold = DefaultThreshold, long budgetIlBytes = BudgetIlBytes)
+    {
+        Mode = mode;
+        Threshold = Math.Max(1, threshold);
+        _budget = budgetIlBytes;
+        if (mode == JitMode.On)
+        {
+            _thread = new Thread(Loop) { IsBackground = true, Name = "dirigent-jit", Priority = ThreadPriority.BelowNormal };
+            _thread.Start();
+        }
+    }
+
+    public TimeSpan CompileTime => Stopwatch.GetElapsedTime(0, Interlocked.Read(ref CompileTicks));
+
+    /// <summary>A vCPU found b hot: compile it in the background (once; again only after an eviction).</summary>
+    public void Enqueue(Block b)
+    {
+        if (Interlocked.Exchange(ref b.JitQueued, 1) != 0) return;
+        _queue.Enqueue(b);
+        _signal.Release();
+    }
+
+    /// <summary><see cref="JitMode.Always"/>: compile on the caller's thread now.</summary>
+    public void CompileNow(Block b)
+    {
+        if (Interlocked.Exchange(ref b.JitQueued, 1) != 0) return;
+        Compile(b);
+    }
+
+    /// <summary>A block was invalidated (its code was written): its compiled code goes with it.</summary>
+    public void Forget(Block b)
+    {
+        if (b.Compiled == null) return;
+        lock (_lock)
+        {
+            if (b.Compiled == null) return;
+            b.Compiled = null;
+            IlBytes -= b.JitIlBytes;
+            _live--;
+        }
+    }
+
+    private void Loop()
+    {
+        while (!_disposed)
+        {
+            _signal.Wait();
+            while (!_disposed && _queue.TryDequeue(out var b)) Compile(b);
+        }
+    }
+
+    private void Compile(Block b)
+    {
+        if (!b.Valid) return;
+        long t0 = Stopwatch.GetTimestamp();
+        CompiledCode code;
+        int il, inlined;
+        try
+        {
+            var r = BlockCompiler.Compile(b);
+            if (r == null) return;
+            (code, il, inlined, var method) = r.Value;
+            // Have the .NET JIT compile it here, not on the vCPU at its first call.
+            Prepare(method);
+        }
+        catch (Exception e) when (e is InvalidProgramException or NotSupportedException or ArgumentException or InvalidOperationException)
+        {
+            Interlocked.Increment(ref Failures);
+            Interlocked.CompareExchange(ref FirstFailure, $"block at {b.Ip:x}: {e.GetType().Name}: {e.Message}", null);
+            return;
+        }
+        finally { Interlocked.Add(ref CompileTicks, Stopwatch.GetTimestamp() - t0); }
+        lock (_lock)
+        {
+            if (!b.Valid) return;
+            b.JitIlBytes = il;
+            b.Compiled = code;
+            IlBytes += il;
+            BlocksCompiled++;
+            InstructionsCompiled += b.Count;
+            InstructionsInlined += inlined;
+            _live++;
+            _compiled.Enqueue(b);
+            while (IlBytes > _budget && _compiled.TryDequeue(out var old))
+            {
+                if (old.Compiled == null) continue;
+                old.Compiled = null;
+                IlBytes -= old.JitIlBytes;
+                _live--;
+                BlocksEvicted++;
+                old.Heat = 0;
+                Volatile.Write(ref old.JitQueued, 0);
+            }
+            // Invalidated blocks leave dead entries behind: drop them before they outnumber the live ones.
+            if (_compiled.Count > 2 * _live + 1024)
+            {
+                var keep = _compiled.Where(x => x.Compiled != null).ToArray();
+                _compiled.Clear();
+                foreach (var x in keep) _compiled.Enqueue(x);
+            }
+        }
+    }
+
+    private static readonly MethodInfo? s_getMethodDescriptor =
+        typeof(System.Reflection.Emit.DynamicMethod).GetMethod("GetMethodDescriptor", BindingFlags.Instance | BindingFlags.NonPublic);
+
+    /// <summary>
+    /// Has the .NET JIT compile a DynamicMethod now (RuntimeHelpers.PrepareMethod on its runtime handle, which the
+    /// public API does not expose for dynamic methods); an IL error surfaces here as InvalidProgramException.
+    /// </summary>
+    private static void Prepare(System.Reflection.Emit.DynamicMethod m)
+    {
+        if (s_getMethodDescriptor == null) return;
+        RuntimeMethodHandle handle;
+        try { handle = (RuntimeMethodHandle)s_getMethodDescriptor.Invoke(m, null)!; }
+        catch (TargetInvocationException) { return; }
+        RuntimeHelpers.PrepareMethod(handle);
+    }
+
+    public void Dispose()
+    {
+        _disposed = true;
+        _signal.Release();
+    }
+}
