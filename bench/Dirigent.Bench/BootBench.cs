@@ -32,19 +32,24 @@ public static partial class BootBench
         var img = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, m => Console.Error.WriteLine($"dirigent: {m}"));
         string append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(Script)}";
         Console.WriteLine($"guest: {img.KernelVersion}, 512 MiB, 1 vCPU");
+        // The interpreter alone (DIRIGENT_JIT=0: the --jit off column), then the default with the compiled tier.
+        string? saved = Environment.GetEnvironmentVariable("DIRIGENT_JIT");
+        Environment.SetEnvironmentVariable("DIRIGENT_JIT", "0");
+        var off = RunDirigent(img, append);
+        Environment.SetEnvironmentVariable("DIRIGENT_JIT", saved);
         var d = RunDirigent(img, append);
         Result? q = qemu != null ? RunQemu(qemu, img, append) : null;
-        Console.WriteLine($"{"metric",-34} {"dirigent",10} {"qemu tcg",10} {"dirigent/qemu",14}");
-        Row("guest uptime at /init (s)", d.InitUptime, q?.InitUptime);
-        Row("wall time to power-off (s)", d.WallToPowerOff, q?.WallToPowerOff);
-        Row("dd 16 MiB | sha256sum (s)", d.Sha, q?.Sha);
-        Row("shell loop, 20000 iterations (s)", d.Loop, q?.Loop);
-        Row("host CPU while guest idles (%)", d.IdleCpuPercent, q?.IdleCpuPercent);
+        Console.WriteLine($"{"metric",-34} {"jit off",10} {"dirigent",10} {"qemu tcg",10} {"dirigent/qemu",14}");
+        Row("guest uptime at /init (s)", off.InitUptime, d.InitUptime, q?.InitUptime);
+        Row("wall time to power-off (s)", off.WallToPowerOff, d.WallToPowerOff, q?.WallToPowerOff);
+        Row("dd 16 MiB | sha256sum (s)", off.Sha, d.Sha, q?.Sha);
+        Row("shell loop, 20000 iterations (s)", off.Loop, d.Loop, q?.Loop);
+        Row("host CPU while guest idles (%)", off.IdleCpuPercent, d.IdleCpuPercent, q?.IdleCpuPercent);
         return 0;
     }
 
-    private static void Row(string name, double a, double? b) =>
-        Console.WriteLine($"{name,-34} {a,10:F2} {(b.HasValue ? b.Value.ToString("F2") : "-"),10} {(b is > 0 ? (a / b.Value).ToString("F2") + "x" : "-"),14}");
+    private static void Row(string name, double off, double a, double? b) =>
+        Console.WriteLine($"{name,-34} {off,10:F2} {a,10:F2} {(b.HasValue ? b.Value.ToString("F2") : "-"),10} {(b is > 0 ? (a / b.Value).ToString("F2") + "x" : "-"),14}");
 
     private sealed class Watch : OutputSink
     {

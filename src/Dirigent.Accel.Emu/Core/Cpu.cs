@@ -382,13 +382,16 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     {
         _currentBlock = b;
         try { code(this, ref MemoryMarshal.GetArrayDataReference(b.Instrs)); }
-        catch (CpuException)
-        {
-            // Instructions of this pass that completed before the faulting one.
-            _instret += (ulong)JitDone;
-            throw;
-        }
+        // A filter, not catch-and-rethrow: the fault is dispatched once (guest page faults are frequent).
+        catch (CpuException) when (CountFaultedPass()) { }
         finally { _currentBlock = null; }
+    }
+
+    /// <summary>Exception filter: adds the instructions of the pass that completed before the fault; never catches.</summary>
+    private bool CountFaultedPass()
+    {
+        _instret += (ulong)JitDone;
+        return false;
     }
 
     // ---- entry points of compiled code ----

@@ -157,13 +157,8 @@ internal static unsafe class IntegerMulDiv
         SetMulFlags(c, p, size, ov);
     }
 
-    /// <summary>IMUL's product and flags for compiled code (Jit/BlockCompiler): the same as <see cref="Imul2"/>.</summary>
-    internal static ulong ImulForJit(Cpu c, ulong a, ulong b, int size)
-    {
-        ulong p = SignedProduct(a, b, size, out bool ov);
-        SetMulFlags(c, p, size, ov);
-        return p;
-    }
+    /// <summary>Compiled code writing back an inline IMUL's flags: as <see cref="Imul2"/> sets them.</summary>
+    internal static void SetMulFlagsForJit(Cpu c, ulong low, int size, bool overflow) => SetMulFlags(c, low, size, overflow);
 
     private static void Imul3(Cpu c, ref Instruction i)
     {

@@ -304,6 +304,10 @@ internal sealed partial class BlockCompiler
             case LazyOp.Inc or LazyOp.Dec:
                 _il.Emit(OpCodes.Ldloc, _fcin);
                 return;
+            case MulRecord:
+                _il.Emit(OpCodes.Ldloc, _fb);
+                _il.Emit(OpCodes.Conv_I4);
+                return;
             default:
                 _il.Emit(OpCodes.Ldarg_1);
                 _il.Emit(OpCodes.Call, MGetCF);
@@ -349,23 +353,49 @@ internal sealed partial class BlockCompiler
             PushReg(s);
             _il.Emit(OpCodes.Stloc, _val);
         }
-        _il.Emit(OpCodes.Ldarg_1);
-        if (i.OpCount == 3)
+        // a → _fa, b → _fb (as signed values of the operand size)
+        if (i.OpCount == 3) _il.Emit(OpCodes.Ldc_I8, (long)i.GetImmediate(2));
+        else PushReg(d);
+        _il.Emit(OpCodes.Stloc, _fa);
+        if (size == 8)
         {
+            // high = BigMul(a, b, out low); overflow unless high is low's sign extension
             _il.Emit(OpCodes.Ldloc, _val);
-            _il.Emit(OpCodes.Ldc_I8, (long)i.GetImmediate(2));
+            _il.Emit(OpCodes.Ldloc, _fa);
+            _il.Emit(OpCodes.Ldloca, _fr);
+            _il.Emit(OpCodes.Call, MBigMul);
+            _il.Emit(OpCodes.Ldloc, _fr);
+            _il.Emit(OpCodes.Ldc_I4, 63);
+            _il.Emit(OpCodes.Shr);
+            _il.Emit(OpCodes.Ceq);
         }
         else
         {
-            PushReg(d);
+            // p = (long)(int)a * (long)(int)b; overflow unless p fits in 32 signed bits
             _il.Emit(OpCodes.Ldloc, _val);
+            _il.Emit(OpCodes.Conv_I4);
+            _il.Emit(OpCodes.Conv_I8);
+            _il.Emit(OpCodes.Ldloc, _fa);
+            _il.Emit(OpCodes.Conv_I4);
+            _il.Emit(OpCodes.Conv_I8);
+            _il.Emit(OpCodes.Mul);
+            _il.Emit(OpCodes.Stloc, _fr);
+            _il.Emit(OpCodes.Ldloc, _fr);
+            _il.Emit(OpCodes.Ldloc, _fr);
+            _il.Emit(OpCodes.Conv_I4);
+            _il.Emit(OpCodes.Conv_I8);
+            _il.Emit(OpCodes.Ceq);
         }
-        _il.Emit(OpCodes.Ldc_I4, size);
-        _il.Emit(OpCodes.Call, MImul);
+        // fb = overflow (1) or not (0)
+        _il.Emit(OpCodes.Ldc_I4_0);
+        _il.Emit(OpCodes.Ceq);
+        _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.Stloc, _fb);
+        _fop = MulRecord;
+        _fsize = size;
+        _il.Emit(OpCodes.Ldloc, _fr);
         ZeroExtend(size);
         StoreReg(d);
-        // The helper wrote the flags to the CPU: the pending record is overwritten.
-        _fop = LazyOp.None;
     }
 
     private void EmitCmov(ref Instruction i)
@@ -459,6 +489,18 @@ internal sealed partial class BlockCompiler
                     case ConditionCode.ae or ConditionCode.no: _il.Emit(OpCodes.Ldc_I4_1); return true;
                 }
                 return false;
+            case MulRecord:
+                // CF = OF = overflow; ZF/SF/PF from the low product (as the interpreter sets them).
+                switch (cc)
+                {
+                    case ConditionCode.e: Zero(true); return true;
+                    case ConditionCode.ne: Zero(false); return true;
+                    case ConditionCode.s: Sign(true); return true;
+                    case ConditionCode.ns: Sign(false); return true;
+                    case ConditionCode.b or ConditionCode.o: PushCarry(); return true;
+                    case ConditionCode.ae or ConditionCode.no: PushCarry(); Not(); return true;
+                }
+                return false;
             default:
                 switch (cc)
                 {
@@ -541,7 +583,8 @@ internal sealed partial class BlockCompiler
     private void BackEdge(Label top, int n)
     {
         Label leave = _il.DefineLabel();
-        SpillFlags();
+        if (_pass == 1) _headFlags = (_fop, _fsize);
+        else if (_headFlags != (_fop, _fsize)) throw new PeelMismatch();
         AddInstret(n);
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Volatile);
@@ -551,9 +594,10 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Volatile);
         _il.Emit(OpCodes.Ldfld, FValid);
         _il.Emit(OpCodes.Brfalse, leave);
-        _il.Emit(OpCodes.Br, top);
+        _il.Emit(OpCodes.Br, _loopHead);
         _il.MarkLabel(leave);
         SpillRegs();
+        SpillFlags();
         StoreConst(FRip, _b.Ip);
         _il.Emit(OpCodes.Ret);
     }

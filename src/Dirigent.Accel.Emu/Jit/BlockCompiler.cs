@@ -36,8 +36,11 @@ internal sealed partial class BlockCompiler
         MTestCondition = Method(nameof(Cpu.TestCondition)), MGetCF = Method(nameof(Cpu.GetCF)),
         MJitExit = Method(nameof(Cpu.JitBlockExit)), MSegBase = Method(nameof(Cpu.SegmentBase)),
         MRaiseGp = Method(nameof(Cpu.RaiseGp0));
-    private static readonly MethodInfo MImul = typeof(Instructions.IntegerMulDiv).GetMethod(nameof(Instructions.IntegerMulDiv.ImulForJit),
+    private static readonly MethodInfo MSetMulFlags = typeof(Instructions.IntegerMulDiv).GetMethod(nameof(Instructions.IntegerMulDiv.SetMulFlagsForJit),
         BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
+    private static readonly MethodInfo MBigMul = typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(long), typeof(long), typeof(long).MakeByRefType()])!;
+    /// <summary>Compile-time only: the pending record is an IMUL's (_fr the product, _fb 1 on overflow), never stored as a LazyOp.</summary>
+    private const LazyOp MulRecord = (LazyOp)200;
     private static readonly int InstrSize = Unsafe.SizeOf<Instruction>();
     private static readonly Type[] Params = [typeof(Block), typeof(Cpu), typeof(Instruction).MakeByRefType()];
     private static readonly Type[] HandlerParams = [typeof(Cpu), typeof(Instruction).MakeByRefType()];
@@ -68,9 +71,19 @@ internal sealed partial class BlockCompiler
     /// <summary>Instructions compiled inline (the rest call their interpreter handler).</summary>
     public int Inlined { get; private set; }
 
-    private BlockCompiler(Block b)
+    private sealed class PeelMismatch : Exception;
+
+    private readonly bool _allowLoop;
+    // Self-loops are emitted twice: a first pass entered with the CPU's flags, then the loop proper, entered from
+    // either pass's back edge with the flag record in locals (so no pass writes the flags back to the CPU).
+    private Label _loopHead;
+    private int _pass = 1;
+    private (LazyOp Op, int Size) _headFlags;
+
+    private BlockCompiler(Block b, bool allowLoop)
     {
         _b = b;
+        _allowLoop = allowLoop;
         _dm = new DynamicMethod($"jit_{b.Ip:x}", typeof(void), Params, typeof(Cpu).Module, skipVisibility: true);
         _il = _dm.GetILGenerator(256 + b.Count * 64);
         _gpr = _il.DeclareLocal(typeof(ulong[]));
@@ -90,8 +103,15 @@ internal sealed partial class BlockCompiler
     public static (CompiledCode Code, int IlBytes, int Inlined, DynamicMethod Method)? Compile(Block b)
     {
         if (b.Bits != 64 || b.Count == 0 || !b.Valid) return null;
-        var c = new BlockCompiler(b);
-        c.Emit();
+        var c = new BlockCompiler(b, allowLoop: true);
+        try { c.Emit(); }
+        catch (PeelMismatch)
+        {
+            // The loop body's flag state at its back edge differs between passes (not expected): compile it without
+            // the in-method loop.
+            c = new BlockCompiler(b, allowLoop: false);
+            c.Emit();
+        }
         var code = (CompiledCode)c._dm.CreateDelegate(typeof(CompiledCode), b);
         return (code, c.IlBytes, c.Inlined, c._dm);
     }
@@ -106,7 +126,7 @@ internal sealed partial class BlockCompiler
 
         // A self-loop: the last instruction branches back to the block's start and everything is inline.
         ref Instruction last = ref ins[n - 1];
-        _selfLoop = (last.Code.IsJccShortOrNear() || last.Code.IsJmpShortOrNear()) && last.Op0Kind == OpKind.NearBranch64 &&
+        _selfLoop = _allowLoop && (last.Code.IsJccShortOrNear() || last.Code.IsJmpShortOrNear()) && last.Op0Kind == OpKind.NearBranch64 &&
                     last.NearBranch64 == _b.Ip;
         for (int k = 0; k < n && _selfLoop; k++)
             if (k < n - 1 ? !CanInline(ref ins[k]) : !last.Code.IsJccShortOrNear() && !last.Code.IsJmpShortOrNear()) _selfLoop = false;
@@ -118,12 +138,29 @@ internal sealed partial class BlockCompiler
             for (int r = 0; r < 16; r++) { Load(r); _dirty[r] = true; }
         }
         _il.MarkLabel(top);
+        _loopHead = _il.DefineLabel();
+        EmitBody(top);
+        if (_selfLoop)
+        {
+            _pass = 2;
+            (_fop, _fsize) = _headFlags;
+            _il.MarkLabel(_loopHead);
+            EmitBody(top);
+        }
+        IlBytes = _il.ILOffset;
+    }
+
+    private void EmitBody(Label top)
+    {
+        int n = _b.Count;
+        var ins = _b.Instrs;
+        int counted = _pass == 1 ? 1 : 0;
         for (_k = 0; _k < n; _k++)
         {
             ref Instruction i = ref ins[_k];
             bool isLast = _k == n - 1;
-            if (isLast && EmitBranchEnd(ref i, top)) { Inlined++; break; }
-            if (EmitInline(ref i)) { Inlined++; if (!isLast) continue; ExitTo(i.NextIP, n); break; }
+            if (isLast && EmitBranchEnd(ref i, top)) { Inlined += counted; break; }
+            if (EmitInline(ref i)) { Inlined += counted; if (!isLast) continue; ExitTo(i.NextIP, n); break; }
             EmitHandlerCall(ref i);
             if (isLast)
             {
@@ -132,7 +169,6 @@ internal sealed partial class BlockCompiler
                 _il.Emit(OpCodes.Ret);
             }
         }
-        IlBytes = _il.ILOffset;
     }
 
     // ---------------- registers ----------------
@@ -174,6 +210,16 @@ internal sealed partial class BlockCompiler
     private void SpillFlags()
     {
         if (_fop == LazyOp.None) return;
+        if (_fop == MulRecord)
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldloc, _fr);
+            _il.Emit(OpCodes.Ldc_I4, _fsize);
+            _il.Emit(OpCodes.Ldloc, _fb);
+            _il.Emit(OpCodes.Conv_I4);
+            _il.Emit(OpCodes.Call, MSetMulFlags);
+            return;
+        }
         StoreField(FLazyOp, () => _il.Emit(OpCodes.Ldc_I4, (int)_fop));
         StoreField(FLazySize, () => _il.Emit(OpCodes.Ldc_I4, _fsize));
         StoreField(FLazyRes, () => _il.Emit(OpCodes.Ldloc, _fr));
