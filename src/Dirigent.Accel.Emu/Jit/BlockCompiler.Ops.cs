@@ -342,17 +342,20 @@ internal sealed partial class BlockCompiler
         StoreReg(Cpu.RSP);
     }
 
-    /// <summary>IMUL r, r/m and IMUL r, r/m, imm: the product and its flags (CF/OF on overflow) through one helper call.</summary>
+    /// <summary>Operand 1 (a full-width register, or memory of the operand size) into _val.</summary>
+    private void SourceToVal(ref Instruction i, int size)
+    {
+        if (i.Op1Kind == OpKind.Memory) { ReadMemSource(ref i, size); return; }
+        DestGpr(i.Op1Register, out int s, out _);
+        PushReg(s);
+        _il.Emit(OpCodes.Stloc, _val);
+    }
+
+    /// <summary>IMUL r, r/m and IMUL r, r/m, imm inline: the product, and a record (product, overflow) for the flags.</summary>
     private void EmitImul(ref Instruction i)
     {
         DestGpr(i.Op0Register, out int d, out int size);
-        if (i.Op1Kind == OpKind.Memory) ReadMemSource(ref i, size);
-        else
-        {
-            DestGpr(i.Op1Register, out int s, out _);
-            PushReg(s);
-            _il.Emit(OpCodes.Stloc, _val);
-        }
+        SourceToVal(ref i, size);
         // a → _fa, b → _fb (as signed values of the operand size)
         if (i.OpCount == 3) _il.Emit(OpCodes.Ldc_I8, (long)i.GetImmediate(2));
         else PushReg(d);
@@ -401,13 +404,7 @@ internal sealed partial class BlockCompiler
     private void EmitCmov(ref Instruction i)
     {
         DestGpr(i.Op0Register, out int d, out int size);
-        if (i.Op1Kind == OpKind.Memory) ReadMemSource(ref i, size);
-        else
-        {
-            DestGpr(i.Op1Register, out int s, out _);
-            PushReg(s);
-            _il.Emit(OpCodes.Stloc, _val);
-        }
+        SourceToVal(ref i, size);
         Load(d);
         Label no = _il.DefineLabel(), end = _il.DefineLabel();
         PushCondition(i.ConditionCode);

@@ -385,6 +385,16 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Conv_I);
     }
 
+    /// <summary>The TLB-miss path: state synced for a fault, then (cpu, la, size) pushed for ReadSlow/WriteSlow.</summary>
+    private void SlowPathArgs(ref Instruction i, Label miss, int size)
+    {
+        _il.MarkLabel(miss);
+        Sync(ref i);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, _la);
+        _il.Emit(OpCodes.Ldc_I4, size);
+    }
+
     /// <summary>Reads size bytes at the address in _la into _val (zero-extended).</summary>
     private void EmitRead(ref Instruction i, int size)
     {
@@ -394,11 +404,7 @@ internal sealed partial class BlockCompiler
         if (size < 8) _il.Emit(OpCodes.Conv_U8);
         _il.Emit(OpCodes.Stloc, _val);
         _il.Emit(OpCodes.Br, done);
-        _il.MarkLabel(miss);
-        Sync(ref i);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldloc, _la);
-        _il.Emit(OpCodes.Ldc_I4, size);
+        SlowPathArgs(ref i, miss, size);
         _il.Emit(OpCodes.Call, MReadSlow);
         _il.Emit(OpCodes.Stloc, _val);
         _il.MarkLabel(done);
@@ -412,11 +418,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldloc, _val);
         _il.Emit(size switch { 1 => OpCodes.Stind_I1, 2 => OpCodes.Stind_I2, 4 => OpCodes.Stind_I4, _ => OpCodes.Stind_I8 });
         _il.Emit(OpCodes.Br, done);
-        _il.MarkLabel(miss);
-        Sync(ref i);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldloc, _la);
-        _il.Emit(OpCodes.Ldc_I4, size);
+        SlowPathArgs(ref i, miss, size);
         _il.Emit(OpCodes.Ldloc, _val);
         _il.Emit(OpCodes.Call, MWriteSlow);
         // A store into this block's own code (or an MMIO write that ends the block) stops it after this instruction.
