@@ -8,7 +8,7 @@ namespace Dirigent.Accel.Emu.Jit;
 /// <summary>The instructions the compiler emits inline, and the block-ending branches.</summary>
 internal sealed partial class BlockCompiler
 {
-    private enum Kind { None, Nop, Alu, Store, Load, Lea, IncDec, Push, Pop, Cmov, Imul }
+    private enum Kind { None, Nop, Alu, Store, Load, Lea, IncDec, Push, Pop, Cmov, Imul, Shift, Rotate, Setcc, MovByte }
 
     /// <summary>What an instruction compiles to inline; None: it calls its interpreter handler.</summary>
     private static Kind Classify(ref Instruction i)
@@ -20,20 +20,40 @@ internal sealed partial class BlockCompiler
         switch (i.Mnemonic)
         {
             case Mnemonic.Mov or Mnemonic.Add or Mnemonic.Sub or Mnemonic.And or Mnemonic.Or or Mnemonic.Xor or Mnemonic.Cmp or Mnemonic.Test:
-                if (i.OpCount != 2) return Kind.None;
-                if (i.Op0Kind == OpKind.Register)
                 {
-                    if (!DestGpr(i.Op0Register, out _, out int size)) return Kind.None;
-                    if (i.Mnemonic == Mnemonic.Mov && i.Op1Kind == OpKind.Register && !DestGpr(i.Op1Register, out _, out _)) return Kind.None;
-                    return SourceOk(ref i, size) ? Kind.Alu : Kind.None;
+                    if (i.OpCount != 2) return Kind.None;
+                    bool readOnly = i.Mnemonic is Mnemonic.Cmp or Mnemonic.Test;
+                    if (i.Op0Kind == OpKind.Register)
+                    {
+                        if (DestGpr(i.Op0Register, out _, out int size))
+                        {
+                            if (i.Mnemonic == Mnemonic.Mov && i.Op1Kind == OpKind.Register && !DestGpr(i.Op1Register, out _, out _)) return Kind.None;
+                            return SourceOk(ref i, size) ? Kind.Alu : Kind.None;
+                        }
+                        // 8/16-bit registers: compared or tested (nothing written), or MOV into a low byte.
+                        if (!SrcGpr(i.Op0Register, out _, out size)) return Kind.None;
+                        if (readOnly) return SourceOk(ref i, size) ? Kind.Alu : Kind.None;
+                        return i.Mnemonic == Mnemonic.Mov && size == 1 && SourceOk(ref i, 1) ? Kind.MovByte : Kind.None;
+                    }
+                    if (mem0)
+                    {
+                        int size = Cpu.MemSize(ref i);
+                        if (i.Mnemonic == Mnemonic.Mov) return size is 1 or 2 or 4 or 8 && SourceOk(ref i, size) ? Kind.Store : Kind.None;
+                        if (readOnly) return size is 1 or 2 or 4 or 8 && SourceOk(ref i, size) ? Kind.Alu : Kind.None;
+                        // Read-modify-write of memory (not LOCKed: those were refused above).
+                        return size is 4 or 8 && SourceOk(ref i, size) ? Kind.Alu : Kind.None;
+                    }
+                    return Kind.None;
                 }
-                if (mem0)
-                {
-                    int size = Cpu.MemSize(ref i);
-                    if (i.Mnemonic == Mnemonic.Mov) return size is 1 or 2 or 4 or 8 && SourceOk(ref i, size) ? Kind.Store : Kind.None;
-                    if (i.Mnemonic is Mnemonic.Cmp or Mnemonic.Test) return size is 4 or 8 && SourceOk(ref i, size) ? Kind.Alu : Kind.None;
-                }
-                return Kind.None;
+            case Mnemonic.Shl or Mnemonic.Shr or Mnemonic.Sar or Mnemonic.Rol or Mnemonic.Ror:
+                if (i.OpCount != 2 || i.Op0Kind != OpKind.Register || i.Op1Kind != OpKind.Immediate8 || !DestGpr(i.Op0Register, out _, out _))
+                    return Kind.None;
+                return i.Mnemonic is Mnemonic.Rol or Mnemonic.Ror ? Kind.Rotate : Kind.Shift;
+            case Mnemonic.Seta or Mnemonic.Setae or Mnemonic.Setb or Mnemonic.Setbe or Mnemonic.Sete or Mnemonic.Setg or Mnemonic.Setge
+                or Mnemonic.Setl or Mnemonic.Setle or Mnemonic.Setne or Mnemonic.Setno or Mnemonic.Setnp or Mnemonic.Setns or Mnemonic.Seto
+                or Mnemonic.Setp or Mnemonic.Sets:
+                if (i.Op0Kind == OpKind.Register) return SrcGpr(i.Op0Register, out _, out int rs) && rs == 1 ? Kind.Setcc : Kind.None;
+                return mem0 ? Kind.Setcc : Kind.None;
             case Mnemonic.Movzx or Mnemonic.Movsx or Mnemonic.Movsxd:
                 {
                     if (i.Op0Kind != OpKind.Register || !DestGpr(i.Op0Register, out _, out int size)) return Kind.None;
@@ -171,6 +191,18 @@ internal sealed partial class BlockCompiler
                 }
             case Kind.Cmov: EmitCmov(ref i); return true;
             case Kind.Imul: EmitImul(ref i); return true;
+            case Kind.Shift: EmitShift(ref i); return true;
+            case Kind.Rotate: EmitRotate(ref i); return true;
+            case Kind.Setcc: EmitSetcc(ref i); return true;
+            case Kind.MovByte:
+                {
+                    SrcGpr(i.Op0Register, out int d, out _);
+                    ReadMemSource(ref i, 1);
+                    PushSource(ref i, 1);
+                    _il.Emit(OpCodes.Stloc, _val);
+                    MergeLowByte(d);
+                    return true;
+                }
         }
         return false;
     }
@@ -188,7 +220,7 @@ internal sealed partial class BlockCompiler
     {
         Mnemonic m = i.Mnemonic;
         int size, d = -1;
-        if (i.Op0Kind == OpKind.Register) DestGpr(i.Op0Register, out d, out size);
+        if (i.Op0Kind == OpKind.Register) SrcGpr(i.Op0Register, out d, out size);
         else size = Cpu.MemSize(ref i);
         ReadMemSource(ref i, size);
         if (m == Mnemonic.Mov)
@@ -197,7 +229,21 @@ internal sealed partial class BlockCompiler
             StoreReg(d);
             return;
         }
-        // a: the destination operand (register, or memory for CMP/TEST [m], x)
+        (OpCode op, LazyOp lazy, bool writes) = m switch
+        {
+            Mnemonic.Add => (OpCodes.Add, LazyOp.Add, true),
+            Mnemonic.Sub => (OpCodes.Sub, LazyOp.Sub, true),
+            Mnemonic.Cmp => (OpCodes.Sub, LazyOp.Sub, false),
+            Mnemonic.And => (OpCodes.And, LazyOp.Logic, true),
+            Mnemonic.Or => (OpCodes.Or, LazyOp.Logic, true),
+            Mnemonic.Xor => (OpCodes.Xor, LazyOp.Logic, true),
+            _ => (OpCodes.And, LazyOp.Logic, false), // TEST
+        };
+        bool rmw = writes && d < 0;
+        // A read-modify-write may fault on its store after the record locals are reused: the previous flags go to
+        // the CPU first, so a fault there sees them.
+        if (rmw) { SpillFlags(); _fop = LazyOp.None; }
+        // a: the destination operand (register, or memory for CMP/TEST [m], x and read-modify-write)
         if (d >= 0) { PushReg(d); ZeroExtend(size); }
         else
         {
@@ -211,26 +257,168 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Stloc, _fb);
         _il.Emit(OpCodes.Ldloc, _fa);
         _il.Emit(OpCodes.Ldloc, _fb);
-        (OpCode op, LazyOp lazy, bool writes) = m switch
-        {
-            Mnemonic.Add => (OpCodes.Add, LazyOp.Add, true),
-            Mnemonic.Sub => (OpCodes.Sub, LazyOp.Sub, true),
-            Mnemonic.Cmp => (OpCodes.Sub, LazyOp.Sub, false),
-            Mnemonic.And => (OpCodes.And, LazyOp.Logic, true),
-            Mnemonic.Or => (OpCodes.Or, LazyOp.Logic, true),
-            Mnemonic.Xor => (OpCodes.Xor, LazyOp.Logic, true),
-            _ => (OpCodes.And, LazyOp.Logic, false), // TEST
-        };
         _il.Emit(op);
         _il.Emit(OpCodes.Stloc, _fr);
+        if (rmw)
+        {
+            _il.Emit(OpCodes.Ldloc, _fr);
+            _il.Emit(OpCodes.Stloc, _val);
+            EmitWrite(ref i, size, i.NextIP, () => { _fop = lazy; _fsize = size; SpillFlags(); _fop = LazyOp.None; });
+        }
         _fop = lazy;
         _fsize = size;
-        if (writes)
+        if (writes && d >= 0)
         {
             _il.Emit(OpCodes.Ldloc, _fr);
             ZeroExtend(size);
             StoreReg(d);
         }
+    }
+
+    /// <summary>Register r's low byte = _val's (the other bits kept).</summary>
+    private void MergeLowByte(int r)
+    {
+        PushReg(r);
+        _il.Emit(OpCodes.Ldc_I8, ~0xFFL);
+        _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Ldloc, _val);
+        _il.Emit(OpCodes.Ldc_I8, 0xFFL);
+        _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Or);
+        StoreReg(r);
+    }
+
+    private void EmitSetcc(ref Instruction i)
+    {
+        if (i.Op0Kind == OpKind.Memory)
+        {
+            PushAddress(ref i);
+            _il.Emit(OpCodes.Stloc, _la);
+        }
+        PushCondition(i.ConditionCode);
+        _il.Emit(OpCodes.Conv_U8);
+        _il.Emit(OpCodes.Stloc, _val);
+        if (i.Op0Kind == OpKind.Memory) EmitWrite(ref i, 1, i.NextIP);
+        else
+        {
+            SrcGpr(i.Op0Register, out int d, out _);
+            MergeLowByte(d);
+        }
+    }
+
+    /// <summary>SHL/SHR/SAR r, imm8: the result, and a record (result, CF, OF) for the flags.</summary>
+    private void EmitShift(ref Instruction i)
+    {
+        DestGpr(i.Op0Register, out int d, out int size);
+        int bits = size * 8, k = i.Immediate8 & (bits - 1);
+        if (k == 0)
+        {
+            // No flags change; a 32-bit destination is still zero-extended.
+            if (size == 4) { PushReg(d); ZeroExtend(4); StoreReg(d); }
+            return;
+        }
+        // _fa = a (the operand, zero- or sign-extended as the shift needs)
+        PushReg(d);
+        if (i.Mnemonic == Mnemonic.Sar && size == 4) { _il.Emit(OpCodes.Conv_I4); _il.Emit(OpCodes.Conv_I8); }
+        else ZeroExtend(size);
+        _il.Emit(OpCodes.Stloc, _tmp);
+        void A() => _il.Emit(OpCodes.Ldloc, _tmp);
+        void Shift(OpCode op, int n) { _il.Emit(OpCodes.Ldc_I4, n); _il.Emit(op); }
+        void Bit0() { _il.Emit(OpCodes.Ldc_I8, 1L); _il.Emit(OpCodes.And); }
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Shl:
+                A(); Shift(OpCodes.Shl, k); ZeroExtend(size); _il.Emit(OpCodes.Stloc, _fr);
+                A(); Shift(OpCodes.Shr_Un, bits - k); Bit0(); _il.Emit(OpCodes.Stloc, _fa);
+                // OF = top bit of the result ^ CF
+                _il.Emit(OpCodes.Ldloc, _fr); Shift(OpCodes.Shr_Un, bits - 1); _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Xor);
+                _il.Emit(OpCodes.Stloc, _fb);
+                break;
+            case Mnemonic.Shr:
+                A(); Shift(OpCodes.Shr_Un, k); _il.Emit(OpCodes.Stloc, _fr);
+                A(); Shift(OpCodes.Shr_Un, k - 1); Bit0(); _il.Emit(OpCodes.Stloc, _fa);
+                A(); Shift(OpCodes.Shr_Un, bits - 1); _il.Emit(OpCodes.Stloc, _fb);
+                break;
+            default: // SAR: the operand is sign-extended in _tmp
+                A(); Shift(OpCodes.Shr, k); ZeroExtend(size); _il.Emit(OpCodes.Stloc, _fr);
+                A(); Shift(OpCodes.Shr, k - 1); Bit0(); _il.Emit(OpCodes.Stloc, _fa);
+                _il.Emit(OpCodes.Ldc_I8, 0L); _il.Emit(OpCodes.Stloc, _fb);
+                break;
+        }
+        _fop = ShiftRecord;
+        _fsize = size;
+        _il.Emit(OpCodes.Ldloc, _fr);
+        StoreReg(d);
+    }
+
+    /// <summary>
+    /// ROL/ROR r, imm8: the result inline; CF and OF (the only flags they change) are written through the CPU unless
+    /// the block overwrites all arithmetic flags before anything could read them.
+    /// </summary>
+    private void EmitRotate(ref Instruction i)
+    {
+        DestGpr(i.Op0Register, out int d, out int size);
+        int bits = size * 8, k = i.Immediate8 & (bits - 1);
+        bool left = i.Mnemonic == Mnemonic.Rol;
+        if (k == 0)
+        {
+            if (size == 4) { PushReg(d); ZeroExtend(4); StoreReg(d); }
+            return;
+        }
+        PushReg(d);
+        ZeroExtend(size);
+        _il.Emit(OpCodes.Stloc, _tmp);
+        // res = (a << k | a >> (bits - k)) for ROL, the other way round for ROR
+        _il.Emit(OpCodes.Ldloc, _tmp); _il.Emit(OpCodes.Ldc_I4, left ? k : bits - k); _il.Emit(OpCodes.Shl);
+        _il.Emit(OpCodes.Ldloc, _tmp); _il.Emit(OpCodes.Ldc_I4, left ? bits - k : k); _il.Emit(OpCodes.Shr_Un);
+        _il.Emit(OpCodes.Or);
+        ZeroExtend(size);
+        _il.Emit(OpCodes.Stloc, _tmp);
+        _il.Emit(OpCodes.Ldloc, _tmp);
+        StoreReg(d);
+        if (FlagsDeadAfter(_k)) return;
+        SpillFlags();
+        _fop = LazyOp.None;
+        // ROL: CF = bit 0, OF = top ^ CF; ROR: CF = top bit, OF = top ^ next.
+        _il.Emit(OpCodes.Ldarg_1);
+        if (left)
+        {
+            _il.Emit(OpCodes.Ldloc, _tmp); _il.Emit(OpCodes.Ldc_I8, 1L); _il.Emit(OpCodes.And);
+            _il.Emit(OpCodes.Ldloc, _tmp); _il.Emit(OpCodes.Ldc_I4, bits - 1); _il.Emit(OpCodes.Shr_Un);
+            _il.Emit(OpCodes.Ldloc, _tmp); _il.Emit(OpCodes.Ldc_I8, 1L); _il.Emit(OpCodes.And);
+            _il.Emit(OpCodes.Xor);
+        }
+        else
+        {
+            _il.Emit(OpCodes.Ldloc, _tmp); _il.Emit(OpCodes.Ldc_I4, bits - 1); _il.Emit(OpCodes.Shr_Un);
+            _il.Emit(OpCodes.Ldloc, _tmp); _il.Emit(OpCodes.Ldc_I4, bits - 1); _il.Emit(OpCodes.Shr_Un);
+            _il.Emit(OpCodes.Ldloc, _tmp); _il.Emit(OpCodes.Ldc_I4, bits - 2); _il.Emit(OpCodes.Shr_Un);
+            _il.Emit(OpCodes.Ldc_I8, 1L); _il.Emit(OpCodes.And);
+            _il.Emit(OpCodes.Xor);
+        }
+        _il.Emit(OpCodes.Call, MSetCfOf);
+    }
+
+    /// <summary>
+    /// The arithmetic flags written at instruction k are overwritten, all six, by a later instruction of the block
+    /// before any instruction reads a flag or could fault, exit or call out (so no one can observe them).
+    /// </summary>
+    private bool FlagsDeadAfter(int k)
+    {
+        const RflagsBits all = RflagsBits.OF | RflagsBits.SF | RflagsBits.ZF | RflagsBits.AF | RflagsBits.CF | RflagsBits.PF;
+        var ins = _b.Instrs;
+        for (int j = k + 1; j < _b.Count - 1; j++)
+        {
+            ref Instruction x = ref ins[j];
+            if ((x.RflagsRead & all) != 0) return false;
+            if (Classify(ref x) == Kind.None) return false;
+            for (int o = 0; o < x.OpCount; o++) if (x.GetOpKind(o) == OpKind.Memory) return false;
+            if (x.Mnemonic is Mnemonic.Push or Mnemonic.Pop) return false;
+            // A shift by a (masked) zero count changes no flags, whatever its static description says.
+            if (Classify(ref x) is Kind.Shift or Kind.Rotate && (x.Immediate8 & (Cpu.RegSize(x.Op0Register) * 8 - 1)) == 0) continue;
+            if ((x.RflagsModified & all) == all) return true;
+        }
+        return false;
     }
 
     private void EmitLoadExtend(ref Instruction i)
@@ -306,6 +494,10 @@ internal sealed partial class BlockCompiler
                 return;
             case MulRecord:
                 _il.Emit(OpCodes.Ldloc, _fb);
+                _il.Emit(OpCodes.Conv_I4);
+                return;
+            case ShiftRecord:
+                _il.Emit(OpCodes.Ldloc, _fa);
                 _il.Emit(OpCodes.Conv_I4);
                 return;
             default:
@@ -452,7 +644,13 @@ internal sealed partial class BlockCompiler
             if (!set) Not();
         }
         void Not() { _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ceq); }
-        void Signed(LocalBuilder x) { _il.Emit(OpCodes.Ldloc, x); if (_fsize == 4) { _il.Emit(OpCodes.Conv_I4); _il.Emit(OpCodes.Conv_I8); } }
+        void Signed(LocalBuilder x)
+        {
+            _il.Emit(OpCodes.Ldloc, x);
+            if (_fsize == 8) return;
+            _il.Emit(_fsize switch { 4 => OpCodes.Conv_I4, 2 => OpCodes.Conv_I2, _ => OpCodes.Conv_I1 });
+            _il.Emit(OpCodes.Conv_I8);
+        }
         switch (_fop)
         {
             case LazyOp.None: return false;
@@ -484,6 +682,18 @@ internal sealed partial class BlockCompiler
                     case ConditionCode.ns or ConditionCode.ge: Sign(false); return true;
                     case ConditionCode.b or ConditionCode.o: _il.Emit(OpCodes.Ldc_I4_0); return true;
                     case ConditionCode.ae or ConditionCode.no: _il.Emit(OpCodes.Ldc_I4_1); return true;
+                }
+                return false;
+            case ShiftRecord:
+                // ZF/SF/PF from the result, CF in _fa, OF in _fb.
+                switch (cc)
+                {
+                    case ConditionCode.e: Zero(true); return true;
+                    case ConditionCode.ne: Zero(false); return true;
+                    case ConditionCode.s: Sign(true); return true;
+                    case ConditionCode.ns: Sign(false); return true;
+                    case ConditionCode.b: PushCarry(); return true;
+                    case ConditionCode.ae: PushCarry(); Not(); return true;
                 }
                 return false;
             case MulRecord:

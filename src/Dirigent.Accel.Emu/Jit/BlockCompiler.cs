@@ -41,6 +41,11 @@ internal sealed partial class BlockCompiler
     private static readonly MethodInfo MBigMul = typeof(Math).GetMethod(nameof(Math.BigMul), [typeof(long), typeof(long), typeof(long).MakeByRefType()])!;
     /// <summary>Compile-time only: the pending record is an IMUL's (_fr the product, _fb 1 on overflow), never stored as a LazyOp.</summary>
     private const LazyOp MulRecord = (LazyOp)200;
+    /// <summary>Compile-time only: an SHL/SHR/SAR's record (_fr the result, _fa CF, _fb OF).</summary>
+    private const LazyOp ShiftRecord = (LazyOp)201;
+    private static readonly MethodInfo MSetShiftFlags = typeof(Instructions.IntegerShift).GetMethod(nameof(Instructions.IntegerShift.SetShiftFlagsForJit),
+        BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
+    private static readonly MethodInfo MSetCfOf = Method(nameof(Cpu.SetCfOf));
     private static readonly int InstrSize = Unsafe.SizeOf<Instruction>();
     private static readonly Type[] Params = [typeof(Block), typeof(Cpu), typeof(Instruction).MakeByRefType()];
     private static readonly Type[] HandlerParams = [typeof(Cpu), typeof(Instruction).MakeByRefType()];
@@ -210,6 +215,16 @@ internal sealed partial class BlockCompiler
     private void SpillFlags()
     {
         if (_fop == LazyOp.None) return;
+        if (_fop == ShiftRecord)
+        {
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldloc, _fr);
+            _il.Emit(OpCodes.Ldc_I4, _fsize);
+            _il.Emit(OpCodes.Ldloc, _fa);
+            _il.Emit(OpCodes.Ldloc, _fb);
+            _il.Emit(OpCodes.Call, MSetShiftFlags);
+            return;
+        }
         if (_fop == MulRecord)
         {
             _il.Emit(OpCodes.Ldarg_1);
@@ -283,8 +298,13 @@ internal sealed partial class BlockCompiler
 
     // ---------------- interpreter handlers ----------------
 
+    /// <summary>DIRIGENT_JIT_STATS=1: how often each instruction form was left to its handler in compiled blocks.</summary>
+    internal static readonly System.Collections.Concurrent.ConcurrentDictionary<string, int>? HandlerForms =
+        Environment.GetEnvironmentVariable("DIRIGENT_JIT_STATS") == "1" ? new() : null;
+
     private unsafe void EmitHandlerCall(ref Instruction i)
     {
+        if (HandlerForms != null && _pass == 1) HandlerForms.AddOrUpdate(i.Code.ToString(), 1, (_, n) => n + 1);
         Sync(ref i);
         // Registers and flags are the CPU's again after the handler: forget the locals.
         Array.Clear(_loaded);

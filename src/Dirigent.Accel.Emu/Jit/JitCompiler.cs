@@ -167,7 +167,13 @@ internal sealed class JitCompiler : IDisposable
     public void Dispose()
     {
         // DIRIGENT_JIT_STATS=1: the figures on stderr when the VM goes (for profiling the tier).
-        if (Environment.GetEnvironmentVariable("DIRIGENT_JIT_STATS") == "1") Console.Error.WriteLine($"dirigent: jit: {this}");
+        if (Environment.GetEnvironmentVariable("DIRIGENT_JIT_STATS") == "1")
+        {
+            Console.Error.WriteLine($"dirigent: jit: {this}");
+            if (BlockCompiler.HandlerForms is { } forms)
+                Console.Error.WriteLine("dirigent: jit: left to handlers: " +
+                    string.Join(", ", forms.OrderByDescending(kv => kv.Value).Take(40).Select(kv => $"{kv.Key} {kv.Value}")));
+        }
         _disposed = true;
         _signal.Release();
     }

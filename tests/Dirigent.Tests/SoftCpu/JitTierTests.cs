@@ -77,7 +77,7 @@ public class JitTierTests
         var y32 = R32[rng.Next(R32.Length)];
         int imm = rng.Next(4) == 0 ? rng.Next() - int.MaxValue / 2 : rng.Next(-300, 300);
         int disp = rng.Next(0, 4096 - 8);
-        switch (rng.Next(35))
+        switch (rng.Next(51))
         {
             case 0: a.mov(x, y); break;
             case 1: a.mov(x32, y32); break;
@@ -114,6 +114,23 @@ public class JitTierTests
             case 31: a.setg(__byte_ptr[rbx + disp]); break;
             case 32: a.add(__qword_ptr[rbx + disp], x); break;
             case 33: a.imul(x32, __dword_ptr[rbx + disp], imm); break;
+            case 34: a.shl(x, (byte)rng.Next(64)); break;
+            case 35: a.shr(x32, (byte)rng.Next(40)); break;
+            case 36: a.sar(x, (byte)rng.Next(64)); break;
+            case 37: a.rol(x32, (byte)rng.Next(33)); break;
+            case 38: a.ror(x, (byte)rng.Next(65)); break;
+            case 39: a.setb(cl); break;
+            case 40: a.setle(__byte_ptr[rbx + disp]); break;
+            case 41: a.mov(dl, __byte_ptr[rbx + disp]); break;
+            case 42: a.mov(sil, (byte)imm); break;
+            case 43: a.cmp(r9b, __byte_ptr[rbx + disp]); break;
+            case 44: a.test(__word_ptr[rbx + disp], (short)imm); break;
+            case 45: a.sub(__dword_ptr[rbx + disp], imm); break;
+            case 46: a.xor(__qword_ptr[rbx + disp], y); break;
+            case 47: a.ror(x32, 7); a.xor(x32, y32); break;
+            case 48: a.rol(x, 13); a.mov(y, x); a.add(y, 1); break;
+            case 49: a.test(al, al); break;
+            case 50: a.cmp(__byte_ptr[rbx + disp], (byte)imm); break;
             default: a.imul(x, y); break;
         }
     }
@@ -124,7 +141,7 @@ public class JitTierTests
     public void Random_straight_line_blocks_end_in_the_interpreters_state()
     {
         int seed0 = BaseSeed;
-        for (int n = 0; n < 60; n++)
+        for (int n = 0; n < 120; n++)
         {
             int seed = seed0 + n;
             var rng = new Random(seed);
