@@ -82,6 +82,9 @@ public sealed class EmuAccelerator : IAccelerator
     {
         lock (_cpus)
         {
+            if (Environment.GetEnvironmentVariable("DIRIGENT_JIT_STATS") == "1")
+                foreach (var c in _cpus)
+                    Console.Error.WriteLine($"dirigent: jit: vcpu{c.Index}: {c.JitRunsCompiled} compiled block runs, {c.JitRunsInterpreted} interpreted (chained loop)");
             foreach (var c in _cpus) c.Dispose();
             _cpus.Clear();
         }

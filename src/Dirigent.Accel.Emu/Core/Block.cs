@@ -34,4 +34,15 @@ internal sealed unsafe class Block
     /// <summary>1 once queued for compilation (until evicted).</summary>
     public int JitQueued;
     public int JitIlBytes;
+    /// <summary>The compiled code's entry (its function pointer), 0 when not compiled or evicted.</summary>
+    public nint CompiledPtr;
+    /// <summary>
+    /// Direct chaining: a fully inline compiled block's constant exits (TargetA: the jump/call target or the
+    /// fall-through; TargetB: a Jcc's not-taken side) jump straight into the compiled block last seen there
+    /// (LinkA/LinkB, set by the dispatcher), after the same checks the dispatcher makes.
+    /// </summary>
+    public ulong TargetA = ulong.MaxValue, TargetB = ulong.MaxValue;
+    public Block? LinkA, LinkB;
+    /// <summary>DIRIGENT_JIT_STATS: interpreted runs in the chained loop.</summary>
+    public long InterpRuns;
 }

@@ -295,7 +295,18 @@ internal sealed unsafe class CodeCache
         return Instructions.FastBranch.Select(ref i, bits, h);
     }
 
-    public void Dispose() => Jit?.Dispose();
+    public void Dispose()
+    {
+        if (Emu.Jit.JitCompiler.Stats)
+        {
+            var top = _blocks.Values.OrderByDescending(b => b.InterpRuns).Take(12)
+                .Select(b => $"{b.Ip:x}/{b.Bits} runs={b.InterpRuns} heat={b.Heat} queued={b.JitQueued} compiled={(b.Compiled != null ? 1 : 0)} n={b.Count}");
+            Console.Error.WriteLine("dirigent: jit: most interpreted blocks: " + string.Join("; ", top));
+            long total = _blocks.Values.Sum(b => b.InterpRuns), under = _blocks.Values.Where(b => b.JitQueued == 0).Sum(b => b.InterpRuns);
+            Console.Error.WriteLine($"dirigent: jit: interpreted runs of live blocks {total}, of never-queued blocks {under}, live blocks {_blocks.Count}");
+        }
+        Jit?.Dispose();
+    }
 
     /// <summary>Feeds instruction bytes to Iced from guest memory, translating a second page only when needed.</summary>
     private sealed class FetchReader : CodeReader

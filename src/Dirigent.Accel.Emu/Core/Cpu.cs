@@ -378,13 +378,44 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     }
 
     /// <summary>Runs a compiled block (Jit/BlockCompiler.cs); it keeps RIP, InstrIp and the retired count as ExecuteBlock does.</summary>
-    private void ExecuteCompiled(Block b, Jit.CompiledCode code)
+    private Block ExecuteCompiled(Block b, Jit.CompiledCode code)
     {
         _currentBlock = b;
-        try { code(this, ref MemoryMarshal.GetArrayDataReference(b.Instrs)); }
+        try
+        {
+            code(this);
+            // Chained blocks set _currentBlock as they enter: the last one is where the dispatcher continues.
+            return _currentBlock ?? b;
+        }
         // A filter, not catch-and-rethrow: the fault is dispatched once (guest page faults are frequent).
-        catch (CpuException) when (CountFaultedPass()) { }
+        catch (CpuException) when (CountFaultedPass()) { return b; }
         finally { _currentBlock = null; }
+    }
+
+    /// <summary>
+    /// Compiled code, before jumping from a block into its linked successor n: what the dispatcher would check
+    /// (nothing pending, n still valid and still mapped at the same guest-physical page). Sets it current.
+    /// </summary>
+    /// <summary>
+    /// Compiled code after a RET: the compiled block the jump cache holds for <paramref name="rip"/>, checked as
+    /// GetBlock checks a hit (and nothing pending), made current; null sends the vCPU back to the dispatcher.
+    /// </summary>
+    internal Block? ChainLookup(ulong rip)
+    {
+        if (_pendingEvents != 0) return null;
+        int idx = (int)((rip ^ (rip >> JmpCacheBits)) & ((1 << JmpCacheBits) - 1)) + (Cpl == 3 ? 1 << JmpCacheBits : 0);
+        Block? b = _jmpCache[idx];
+        if (b == null || b.CompiledPtr == 0 || !b.Valid || b.Linear != rip || b.Ip != rip || b.Bits != 64 || !FetchMapped(rip, b))
+            return null;
+        _currentBlock = b;
+        return b;
+    }
+
+    internal bool ChainTo(Block n)
+    {
+        if (_pendingEvents != 0 || !n.Valid || !FetchMapped(n.Linear, n)) return false;
+        _currentBlock = n;
+        return true;
     }
 
     /// <summary>Exception filter: adds the instructions of the pass that completed before the fault; never catches.</summary>
@@ -393,6 +424,9 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         _instret += (ulong)JitDone;
         return false;
     }
+
+    /// <summary>Blocks run through RunChained compiled and interpreted (for DIRIGENT_JIT_STATS).</summary>
+    public long JitRunsCompiled, JitRunsInterpreted;
 
     // ---- entry points of compiled code ----
     /// <summary>Compiled code: instructions of the current pass completed before a call that may fault.</summary>
@@ -421,10 +455,17 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         while (true)
         {
             var code = b.Compiled;
-            if (code != null && BlockTrace == null) ExecuteCompiled(b, code);
+            if (code != null && BlockTrace == null)
+            {
+                // Compiled blocks may have chained into others: continue from the last one that ran.
+                b = ExecuteCompiled(b, code);
+                JitRunsCompiled++;
+            }
             else
             {
                 ExecuteBlock(b, b.RunCount);
+                JitRunsInterpreted++;
+                if (Jit.JitCompiler.Stats) b.InterpRuns++;
                 if (_jit != null && b.Bits == 64 && ++b.Heat == _jit.Threshold) _jit.Enqueue(b);
             }
             if (_pendingEvents != 0 || Halted || InterruptShadow || (_flags & TF) != 0 || CodeBits != 64 || BlockTrace != null)
@@ -441,6 +482,12 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                     b.Succ1 = b.Succ0;
                     b.Succ0 = n;
                 }
+            }
+            // Let a compiled block jump straight into its compiled successor next time.
+            if (n.CompiledPtr != 0 && b.CompiledPtr != 0)
+            {
+                if (rip == b.TargetA) b.LinkA = n;
+                else if (rip == b.TargetB) b.LinkB = n;
             }
             b = n;
         }

@@ -512,11 +512,11 @@ internal sealed partial class BlockCompiler
     {
         Load(Cpu.RSP);
         _dirty[Cpu.RSP] = true;
-        _il.Emit(OpCodes.Ldloc, _reg[Cpu.RSP]);
+        _il.Emit(OpCodes.Ldloc, Reg(Cpu.RSP));
         _il.Emit(OpCodes.Ldc_I8, 8L);
         _il.Emit(OpCodes.Sub);
         _il.Emit(OpCodes.Stloc, _la);
-        EmitWrite(ref i, 8, ripAfter, () => { _il.Emit(OpCodes.Ldloc, _la); _il.Emit(OpCodes.Stloc, _reg[Cpu.RSP]); });
+        EmitWrite(ref i, 8, ripAfter, () => { _il.Emit(OpCodes.Ldloc, _la); _il.Emit(OpCodes.Stloc, Reg(Cpu.RSP)); });
         _il.Emit(OpCodes.Ldloc, _la);
         StoreReg(Cpu.RSP);
     }
@@ -525,10 +525,10 @@ internal sealed partial class BlockCompiler
     private void EmitPopVal(ref Instruction i, long extra = 0)
     {
         Load(Cpu.RSP);
-        _il.Emit(OpCodes.Ldloc, _reg[Cpu.RSP]);
+        _il.Emit(OpCodes.Ldloc, Reg(Cpu.RSP));
         _il.Emit(OpCodes.Stloc, _la);
         EmitRead(ref i, 8);
-        _il.Emit(OpCodes.Ldloc, _reg[Cpu.RSP]);
+        _il.Emit(OpCodes.Ldloc, Reg(Cpu.RSP));
         _il.Emit(OpCodes.Ldc_I8, 8L + extra);
         _il.Emit(OpCodes.Add);
         StoreReg(Cpu.RSP);
@@ -603,15 +603,15 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Brfalse, no);
         _il.Emit(OpCodes.Ldloc, _val);
         ZeroExtend(size);
-        _il.Emit(OpCodes.Stloc, _reg[d]);
+        _il.Emit(OpCodes.Stloc, Reg(d));
         _il.Emit(OpCodes.Br, end);
         _il.MarkLabel(no);
         if (size == 4)
         {
             // A 32-bit CMOV zero-extends its destination even when it does not move.
-            _il.Emit(OpCodes.Ldloc, _reg[d]);
+            _il.Emit(OpCodes.Ldloc, Reg(d));
             ZeroExtend(4);
-            _il.Emit(OpCodes.Stloc, _reg[d]);
+            _il.Emit(OpCodes.Stloc, Reg(d));
         }
         _il.MarkLabel(end);
         _dirty[d] = true;
@@ -726,6 +726,15 @@ internal sealed partial class BlockCompiler
 
     private static bool Canonical(ulong a) => (ulong)((long)(a << 16) >> 16) == a;
 
+    /// <summary>A final instruction <see cref="EmitBranchEnd"/> compiles inline.</summary>
+    private static bool IsInlineBranch(ref Instruction i)
+    {
+        if (i.HasLockPrefix) return false;
+        if ((i.Code.IsJmpShortOrNear() || i.Code.IsJccShortOrNear()) && i.Op0Kind == OpKind.NearBranch64) return Canonical(i.NearBranch64);
+        if (i.Code == Code.Call_rel32_64) return Canonical(i.NearBranch64);
+        return i.Code is Code.Retnq or Code.Retnq_imm16;
+    }
+
     /// <summary>Compiles a final JMP/Jcc/CALL/RET inline; false leaves it to the generic paths.</summary>
     private bool EmitBranchEnd(ref Instruction i, Label top)
     {
@@ -742,9 +751,9 @@ internal sealed partial class BlockCompiler
                 _il.Emit(OpCodes.Brfalse, notTaken);
             }
             if (_selfLoop && target == _b.Ip) BackEdge(top, n);
-            else ExitTo(target, n);
+            else ExitTo(target, n, Slot.A);
             _il.MarkLabel(notTaken);
-            if (i.Code.IsJccShortOrNear()) ExitTo(i.NextIP, n);
+            if (i.Code.IsJccShortOrNear()) ExitTo(i.NextIP, n, Slot.B);
             return true;
         }
         if (i.Code == Code.Call_rel32_64 && Canonical(i.NearBranch64))
@@ -752,7 +761,7 @@ internal sealed partial class BlockCompiler
             _il.Emit(OpCodes.Ldc_I8, (long)i.NextIP);
             _il.Emit(OpCodes.Stloc, _val);
             EmitPushVal(ref i, i.NearBranch64);
-            ExitTo(i.NearBranch64, n);
+            ExitTo(i.NearBranch64, n, Slot.A);
             return true;
         }
         if (i.Code is Code.Retnq or Code.Retnq_imm16)
@@ -768,7 +777,7 @@ internal sealed partial class BlockCompiler
             _il.Emit(OpCodes.Ldloc, _val);
             _il.Emit(OpCodes.Beq, ok);
             _il.Emit(OpCodes.Ldloc, _la);
-            _il.Emit(OpCodes.Stloc, _reg[Cpu.RSP]);
+            _il.Emit(OpCodes.Stloc, Reg(Cpu.RSP));
             Sync(ref i);
             _il.Emit(OpCodes.Ldarg_1);
             _il.Emit(OpCodes.Call, MRaiseGp);
@@ -780,6 +789,19 @@ internal sealed partial class BlockCompiler
             _il.Emit(OpCodes.Ldloc, _val);
             _il.Emit(OpCodes.Stfld, FRip);
             AddInstret(n);
+            if (_chainable)
+            {
+                // A return goes straight into the compiled block the jump cache has for its target, if any.
+                Label plain = _il.DefineLabel();
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Ldloc, _val);
+                _il.Emit(OpCodes.Call, MChainLookup);
+                _il.Emit(OpCodes.Stloc, _nb);
+                _il.Emit(OpCodes.Ldloc, _nb);
+                _il.Emit(OpCodes.Brfalse, plain);
+                EmitTailJump(plain);
+                _il.MarkLabel(plain);
+            }
             _il.Emit(OpCodes.Ret);
             return true;
         }

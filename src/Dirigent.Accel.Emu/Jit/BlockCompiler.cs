@@ -8,7 +8,7 @@ using Label = System.Reflection.Emit.Label;
 namespace Dirigent.Accel.Emu.Jit;
 
 /// <summary>A compiled block: runs the block's instructions (and loops on itself while it may), as ExecuteBlock would.</summary>
-internal delegate void CompiledCode(Cpu c, ref Instruction first);
+internal delegate void CompiledCode(Cpu c);
 
 /// <summary>
 /// Translates one decoded 64-bit block to IL (a DynamicMethod closed over its <see cref="Block"/>), which the .NET
@@ -31,7 +31,10 @@ internal sealed partial class BlockCompiler
         FBlockExit = Field("BlockExit"), FPending = Field("_pendingEvents"), FTlbR = Field("_tlbR"), FTlbW = Field("_tlbW"),
         FInstret = Field("_instret"), FJitDone = Field("JitDone"), FLazyOp = Field("_lazyOp"), FLazySize = Field("_lazySize"),
         FLazyRes = Field("_lazyRes"), FLazyA = Field("_lazyA"), FLazyB = Field("_lazyB"), FLazyCarryIn = Field("_lazyCarryIn");
-    private static readonly FieldInfo FValid = typeof(Block).GetField(nameof(Block.Valid))!;
+    private static readonly FieldInfo FValid = typeof(Block).GetField(nameof(Block.Valid))!,
+        FLinkA = typeof(Block).GetField(nameof(Block.LinkA))!, FLinkB = typeof(Block).GetField(nameof(Block.LinkB))!,
+        FCompiledPtr = typeof(Block).GetField(nameof(Block.CompiledPtr))!, FInstrs = typeof(Block).GetField(nameof(Block.Instrs))!;
+    private static readonly MethodInfo MChainTo = Method(nameof(Cpu.ChainTo)), MChainLookup = Method(nameof(Cpu.ChainLookup));
     private static readonly MethodInfo MReadSlow = Method("ReadSlow"), MWriteSlow = Method("WriteSlow"),
         MTestCondition = Method(nameof(Cpu.TestCondition)), MGetCF = Method(nameof(Cpu.GetCF)),
         MJitExit = Method(nameof(Cpu.JitBlockExit)), MSegBase = Method(nameof(Cpu.SegmentBase)),
@@ -47,7 +50,7 @@ internal sealed partial class BlockCompiler
         BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
     private static readonly MethodInfo MSetCfOf = Method(nameof(Cpu.SetCfOf));
     private static readonly int InstrSize = Unsafe.SizeOf<Instruction>();
-    private static readonly Type[] Params = [typeof(Block), typeof(Cpu), typeof(Instruction).MakeByRefType()];
+    private static readonly Type[] Params = [typeof(Block), typeof(Cpu)];
     private static readonly Type[] HandlerParams = [typeof(Cpu), typeof(Instruction).MakeByRefType()];
 
     private static FieldInfo Field(string name) =>
@@ -62,9 +65,13 @@ internal sealed partial class BlockCompiler
     private readonly Block _b;
     private readonly ILGenerator _il;
     private readonly DynamicMethod _dm;
-    private readonly LocalBuilder[] _reg = new LocalBuilder[16];
+    private readonly LocalBuilder?[] _reg = new LocalBuilder?[16];
     private readonly bool[] _loaded = new bool[16], _dirty = new bool[16];
-    private readonly LocalBuilder _gpr, _la, _page, _ent, _val, _tmp, _fa, _fb, _fr, _fcin;
+    private readonly LocalBuilder _gpr, _la, _page, _ent, _val, _tmp, _fa, _fb, _fr, _fcin, _nb, _ptr;
+    /// <summary>Every instruction is inline: nothing in the block can change TF, the interrupt shadow or the mode,
+    /// so its constant exits may jump straight into the next compiled block.</summary>
+    private bool _chainable;
+    private enum Slot { None, A, B }
     // The pending flag record held in _fa/_fb/_fr/_fcin (None: the CPU's fields are current).
     private LazyOp _fop = LazyOp.None;
     private int _fsize;
@@ -101,7 +108,8 @@ internal sealed partial class BlockCompiler
         _fb = _il.DeclareLocal(typeof(ulong));
         _fr = _il.DeclareLocal(typeof(ulong));
         _fcin = _il.DeclareLocal(typeof(bool));
-        for (int k = 0; k < 16; k++) _reg[k] = _il.DeclareLocal(typeof(ulong));
+        _nb = _il.DeclareLocal(typeof(Block));
+        _ptr = _il.DeclareLocal(typeof(nint));
     }
 
     /// <summary>Compiles a 64-bit block; null when the block cannot be compiled (other bitness, nothing to run).</summary>
@@ -135,12 +143,15 @@ internal sealed partial class BlockCompiler
                     last.NearBranch64 == _b.Ip;
         for (int k = 0; k < n && _selfLoop; k++)
             if (k < n - 1 ? !CanInline(ref ins[k]) : !last.Code.IsJccShortOrNear() && !last.Code.IsJmpShortOrNear()) _selfLoop = false;
+        _chainable = true;
+        for (int k = 0; k < n - 1 && _chainable; k++) if (!CanInline(ref ins[k])) _chainable = false;
+        if (!CanInline(ref last) && !IsInlineBranch(ref last)) _chainable = false;
         Label top = _il.DefineLabel();
         if (_selfLoop)
         {
-            // Every register is loaded before the loop head, so the locals are valid on every pass (and written back
-            // at every exit).
-            for (int r = 0; r < 16; r++) { Load(r); _dirty[r] = true; }
+            // Every register the block uses is loaded before the loop head, so the locals are valid on every pass (and
+            // written back at every exit).
+            foreach (int r in GprsUsed(ins, n)) { Load(r); _dirty[r] = true; }
         }
         _il.MarkLabel(top);
         _loopHead = _il.DefineLabel();
@@ -165,7 +176,7 @@ internal sealed partial class BlockCompiler
             ref Instruction i = ref ins[_k];
             bool isLast = _k == n - 1;
             if (isLast && EmitBranchEnd(ref i, top)) { Inlined += counted; break; }
-            if (EmitInline(ref i)) { Inlined += counted; if (!isLast) continue; ExitTo(i.NextIP, n); break; }
+            if (EmitInline(ref i)) { Inlined += counted; if (!isLast) continue; ExitTo(i.NextIP, n, Slot.A); break; }
             EmitHandlerCall(ref i);
             if (isLast)
             {
@@ -178,22 +189,42 @@ internal sealed partial class BlockCompiler
 
     // ---------------- registers ----------------
 
+    private static readonly InstructionInfoFactory s_info = new();
+
+    /// <summary>The GPRs (by index) the block's instructions read or write, RSP included for stack operations.</summary>
+    private static IEnumerable<int> GprsUsed(Instruction[] ins, int n)
+    {
+        var set = new SortedSet<int>();
+        lock (s_info)
+            for (int k = 0; k < n; k++)
+                foreach (var u in s_info.GetInfo(ins[k]).GetUsedRegisters())
+                {
+                    Register full = u.Register.GetFullRegister();
+                    if (full is >= Register.RAX and <= Register.R15) set.Add(full - Register.RAX);
+                }
+        return set;
+    }
+
+    /// <summary>The IL local of guest register r, declared at its first use (fewer locals: less for the .NET JIT to allocate).</summary>
+    private LocalBuilder Reg(int r) => _reg[r] ??= _il.DeclareLocal(typeof(ulong));
+
     private void Load(int r)
     {
         if (_loaded[r]) return;
+        Reg(r);
         _il.Emit(OpCodes.Ldloc, _gpr);
         _il.Emit(OpCodes.Ldc_I4, r);
         _il.Emit(OpCodes.Ldelem_I8);
-        _il.Emit(OpCodes.Stloc, _reg[r]);
+        _il.Emit(OpCodes.Stloc, Reg(r));
         _loaded[r] = true;
     }
 
-    private void PushReg(int r) { Load(r); _il.Emit(OpCodes.Ldloc, _reg[r]); }
+    private void PushReg(int r) { Load(r); _il.Emit(OpCodes.Ldloc, Reg(r)); }
 
     /// <summary>Stores the value on the stack to register r (the caller has zero-extended 32-bit results).</summary>
     private void StoreReg(int r)
     {
-        _il.Emit(OpCodes.Stloc, _reg[r]);
+        _il.Emit(OpCodes.Stloc, Reg(r));
         _loaded[r] = true;
         _dirty[r] = true;
     }
@@ -206,7 +237,7 @@ internal sealed partial class BlockCompiler
             if (!_dirty[r]) continue;
             _il.Emit(OpCodes.Ldloc, _gpr);
             _il.Emit(OpCodes.Ldc_I4, r);
-            _il.Emit(OpCodes.Ldloc, _reg[r]);
+            _il.Emit(OpCodes.Ldloc, Reg(r));
             _il.Emit(OpCodes.Stelem_I8);
         }
     }
@@ -272,13 +303,49 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Stfld, FInstret);
     }
 
-    /// <summary>Leaves the block with RIP = target after <paramref name="count"/> instructions.</summary>
-    private void ExitTo(ulong target, int count)
+    /// <summary>
+    /// Leaves the block with RIP = target after <paramref name="count"/> instructions; through a chain slot, straight
+    /// into the compiled block linked there when the dispatcher's checks pass (a tail call: chains do not grow the stack).
+    /// </summary>
+    private void ExitTo(ulong target, int count, Slot slot = Slot.None)
     {
         SpillRegs();
         SpillFlags();
         StoreConst(FRip, target);
         AddInstret(count);
+        if (_chainable && slot != Slot.None)
+        {
+            if (slot == Slot.A) _b.TargetA = target; else _b.TargetB = target;
+            Label plain = _il.DefineLabel();
+            _il.Emit(OpCodes.Ldarg_0);
+            _il.Emit(OpCodes.Ldfld, slot == Slot.A ? FLinkA : FLinkB);
+            _il.Emit(OpCodes.Stloc, _nb);
+            _il.Emit(OpCodes.Ldloc, _nb);
+            _il.Emit(OpCodes.Brfalse, plain);
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldloc, _nb);
+            _il.Emit(OpCodes.Call, MChainTo);
+            _il.Emit(OpCodes.Brfalse, plain);
+            EmitTailJump(plain);
+            _il.MarkLabel(plain);
+        }
+        _il.Emit(OpCodes.Ret);
+    }
+
+    /// <summary>Jumps (a tail call) into block _nb's compiled code, or to <paramref name="plain"/> if it has none now.</summary>
+    private void EmitTailJump(Label plain)
+    {
+        _il.Emit(OpCodes.Ldloc, _nb);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, FCompiledPtr);
+        _il.Emit(OpCodes.Stloc, _ptr);
+        _il.Emit(OpCodes.Ldloc, _ptr);
+        _il.Emit(OpCodes.Brfalse, plain);
+        _il.Emit(OpCodes.Ldloc, _nb);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, _ptr);
+        _il.Emit(OpCodes.Tailcall);
+        _il.EmitCalli(OpCodes.Calli, CallingConventions.Standard, typeof(void), Params, null);
         _il.Emit(OpCodes.Ret);
     }
 
@@ -311,12 +378,10 @@ internal sealed partial class BlockCompiler
         Array.Clear(_dirty);
         _fop = LazyOp.None;
         _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldarg_2);
-        if (_k > 0)
-        {
-            _il.Emit(OpCodes.Ldc_I4, _k * InstrSize);
-            _il.Emit(OpCodes.Add);
-        }
+        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Ldfld, FInstrs);
+        _il.Emit(OpCodes.Ldc_I4, _k);
+        _il.Emit(OpCodes.Ldelema, typeof(Instruction));
         _il.Emit(OpCodes.Ldc_I8, (long)(nint)CodeCache.HandlerFor(ref i, 64));
         _il.Emit(OpCodes.Conv_I);
         _il.EmitCalli(OpCodes.Calli, CallingConventions.Standard, typeof(void), HandlerParams, null);
@@ -342,10 +407,10 @@ internal sealed partial class BlockCompiler
         if (bi >= 0) Load(bi);
         if (xi >= 0) Load(xi);
         _il.Emit(OpCodes.Ldc_I8, (long)i.MemoryDisplacement64);
-        if (bi >= 0) { _il.Emit(OpCodes.Ldloc, _reg[bi]); _il.Emit(OpCodes.Add); }
+        if (bi >= 0) { _il.Emit(OpCodes.Ldloc, Reg(bi)); _il.Emit(OpCodes.Add); }
         if (xi >= 0)
         {
-            _il.Emit(OpCodes.Ldloc, _reg[xi]);
+            _il.Emit(OpCodes.Ldloc, Reg(xi));
             int sh = i.MemoryIndexScale switch { 1 => 0, 2 => 1, 4 => 2, _ => 3 };
             if (sh != 0) { _il.Emit(OpCodes.Ldc_I4, sh); _il.Emit(OpCodes.Shl); }
             _il.Emit(OpCodes.Add);

@@ -25,10 +25,16 @@ internal sealed class JitCompiler : IDisposable
     /// <summary>IL bytes of all compiled blocks at most (the .NET JIT's code is ~3-5x this).</summary>
     public const long BudgetIlBytes = 32L << 20;
 
+    /// <summary>DIRIGENT_JIT_STATS=1: collect and print the tier's figures when the VM goes.</summary>
+    internal static readonly bool Stats = Environment.GetEnvironmentVariable("DIRIGENT_JIT_STATS") == "1";
+
     public JitMode Mode { get; }
     public int Threshold { get; }
     private readonly long _budget;
-    private readonly ConcurrentQueue<Block> _queue = new();
+    // Newest first: the block that just got hot is what the vCPU runs now; blocks queued earlier (the boot's) may
+    // be cold by the time the compiler reaches them. A FIFO left a guest's hot loop interpreted for 700000 runs
+    // behind the boot's backlog.
+    private readonly ConcurrentStack<Block> _queue = new();
     private readonly SemaphoreSlim _signal = new(0);
     private readonly Queue<Block> _compiled = new();
     private readonly object _lock = new();
@@ -36,6 +42,7 @@ internal sealed class JitCompiler : IDisposable
     private volatile bool _disposed;
     private int _live;
 
+    public long EmitTicks;
     public long IlBytes, BlocksCompiled, BlocksEvicted, InstructionsCompiled, InstructionsInlined, CompileTicks, Failures;
     /// <summary>The first compile failure (a compiler bug): the block stays interpreted.</summary>
     public string? FirstFailure;
@@ -59,7 +66,7 @@ internal sealed class JitCompiler : IDisposable
     public void Enqueue(Block b)
     {
         if (Interlocked.Exchange(ref b.JitQueued, 1) != 0) return;
-        _queue.Enqueue(b);
+        _queue.Push(b);
         _signal.Release();
     }
 
@@ -77,10 +84,29 @@ internal sealed class JitCompiler : IDisposable
         lock (_lock)
         {
             if (b.Compiled == null) return;
-            b.Compiled = null;
+            Retire(b);
             IlBytes -= b.JitIlBytes;
             _live--;
         }
+    }
+
+    // Retired code stays referenced a while: a vCPU may have read a block's entry pointer (through a chain link) just
+    // before it was retired, and must not jump into code the GC already collected. Thousands of compilations pass
+    // before one leaves this queue; a vCPU holds such a pointer for nanoseconds.
+    private readonly Queue<CompiledCode> _graveyard = new();
+    private const int GraveyardSize = 8192;
+
+    /// <summary>Under _lock: the block goes back to the interpreter; its code is kept alive for a while.</summary>
+    private void Retire(Block b)
+    {
+        Volatile.Write(ref b.CompiledPtr, 0);
+        if (b.Compiled is { } code)
+        {
+            _graveyard.Enqueue(code);
+            if (_graveyard.Count > GraveyardSize) _graveyard.Dequeue();
+        }
+        b.Compiled = null;
+        b.LinkA = b.LinkB = null;
     }
 
     private void Loop()
@@ -88,7 +114,7 @@ internal sealed class JitCompiler : IDisposable
         while (!_disposed)
         {
             _signal.Wait();
-            while (!_disposed && _queue.TryDequeue(out var b)) Compile(b);
+            while (!_disposed && _queue.TryPop(out var b)) Compile(b);
         }
     }
 
@@ -98,13 +124,16 @@ internal sealed class JitCompiler : IDisposable
         long t0 = Stopwatch.GetTimestamp();
         CompiledCode code;
         int il, inlined;
+        nint entry;
         try
         {
             var r = BlockCompiler.Compile(b);
             if (r == null) return;
             (code, il, inlined, var method) = r.Value;
+            long t1 = Stopwatch.GetTimestamp();
+            Interlocked.Add(ref EmitTicks, t1 - t0);
             // Have the .NET JIT compile it here, not on the vCPU at its first call.
-            Prepare(method);
+            entry = Prepare(method);
         }
         catch (Exception e) when (e is InvalidProgramException or NotSupportedException or ArgumentException or InvalidOperationException)
         {
@@ -118,6 +147,7 @@ internal sealed class JitCompiler : IDisposable
             if (!b.Valid) return;
             b.JitIlBytes = il;
             b.Compiled = code;
+            Volatile.Write(ref b.CompiledPtr, entry);
             IlBytes += il;
             BlocksCompiled++;
             InstructionsCompiled += b.Count;
@@ -127,7 +157,7 @@ internal sealed class JitCompiler : IDisposable
             while (IlBytes > _budget && _compiled.TryDequeue(out var old))
             {
                 if (old.Compiled == null) continue;
-                old.Compiled = null;
+                Retire(old);
                 IlBytes -= old.JitIlBytes;
                 _live--;
                 BlocksEvicted++;
@@ -151,18 +181,20 @@ internal sealed class JitCompiler : IDisposable
     /// Has the .NET JIT compile a DynamicMethod now (RuntimeHelpers.PrepareMethod on its runtime handle, which the
     /// public API does not expose for dynamic methods); an IL error surfaces here as InvalidProgramException.
     /// </summary>
-    private static void Prepare(System.Reflection.Emit.DynamicMethod m)
+    private static nint Prepare(System.Reflection.Emit.DynamicMethod m)
     {
-        if (s_getMethodDescriptor == null) return;
+        if (s_getMethodDescriptor == null) return 0;
         RuntimeMethodHandle handle;
         try { handle = (RuntimeMethodHandle)s_getMethodDescriptor.Invoke(m, null)!; }
-        catch (TargetInvocationException) { return; }
+        catch (TargetInvocationException) { return 0; }
         RuntimeHelpers.PrepareMethod(handle);
+        // The entry point, for direct chaining from other compiled blocks (0: no chaining into this one).
+        return handle.GetFunctionPointer();
     }
 
     public override string ToString() =>
         $"{BlocksCompiled} blocks compiled ({InstructionsInlined}/{InstructionsCompiled} instructions inline), {IlBytes / 1024.0:F0} KiB IL, " +
-        $"compile time {CompileTime.TotalMilliseconds:F0} ms, {BlocksEvicted} evicted, {Failures} failures{(FirstFailure != null ? " (first: " + FirstFailure + ")" : "")}";
+        $"compile time {CompileTime.TotalMilliseconds:F0} ms (IL emission {Stopwatch.GetElapsedTime(0, EmitTicks).TotalMilliseconds:F0} ms), {BlocksEvicted} evicted, {Failures} failures{(FirstFailure != null ? " (first: " + FirstFailure + ")" : "")}";
 
     public void Dispose()
     {

@@ -18,7 +18,7 @@ public class JitTierTests
     private static readonly AssemblerRegister32[] R32 = [eax, ecx, edx, esi, edi, ebp, r8d, r9d, r10d, r11d, r12d, r13d, r14d, r15d];
     private const ulong Data = Infrastructure.TestVm.DataBase;
 
-    private sealed record Result(ulong[] Gpr, ulong Rflags, ulong Rip, ulong Instret, byte[] Mem, VcpuExitReason Exit, string Detail);
+    private sealed record Result(ulong[] Gpr, ulong Rflags, ulong Rip, ulong Instret, byte[] Mem, VcpuExitReason Exit, string Detail, long DispatcherRuns = 0);
 
     private static Result Run(JitMode mode, Action<Assembler> program, ulong[] gpr, ulong rflags, byte[] mem)
     {
@@ -39,7 +39,8 @@ public class JitTierTests
         }
         var outMem = new byte[mem.Length];
         vm.Vm.Memory.Read(Data, outMem);
-        return new Result(st.Gpr.ToArray(), st.Rflags, st.Rip, vm.Cpu.InstructionsRetired, outMem, exit.Reason, exit.Detail ?? "");
+        return new Result(st.Gpr.ToArray(), st.Rflags, st.Rip, vm.Cpu.InstructionsRetired, outMem, exit.Reason, exit.Detail ?? "",
+            vm.Cpu.JitRunsCompiled + vm.Cpu.JitRunsInterpreted);
     }
 
     private static string Compare(Result i, Result c)
@@ -55,7 +56,7 @@ public class JitTierTests
         return string.Join("; ", d);
     }
 
-    private static void AssertSame(Action<Assembler> program, Random rng, string what)
+    private static Result AssertSame(Action<Assembler> program, Random rng, string what)
     {
         var gpr = new ulong[16];
         for (int k = 0; k < 16; k++) gpr[k] = Native.Differential.RandomValue(rng);
@@ -66,6 +67,7 @@ public class JitTierTests
         var compiled = Run(JitMode.Always, program, gpr, fl, mem);
         string diff = Compare(interp, compiled);
         Assert.True(diff == "", $"{what}: {diff}");
+        return compiled;
     }
 
     /// <summary>One random instruction of the kinds the compiler inlines, plus some it leaves to the interpreter.</summary>
@@ -184,6 +186,32 @@ public class JitTierTests
             a.jnz(top);
             a.hlt();
         }, rng, "self loop");
+    }
+
+    [Fact]
+    public void Blocks_that_jump_into_each_other_chain_without_growing_the_stack()
+    {
+        // Three compiled blocks jumping into each other for millions of passes with nothing pending: each transition
+        // is a direct (tail) jump from one compiled block into the next; a call per transition would overflow the
+        // vCPU thread's stack long before the end.
+        var rng = new Random(BaseSeed + 4);
+        var r = AssertSame(a =>
+        {
+            var top = a.CreateLabel();
+            var skip = a.CreateLabel();
+            a.mov(ecx, 3_000_000);
+            a.Label(ref top);
+            a.add(rax, rcx);
+            a.test(cl, 1);
+            a.jz(skip);
+            a.xor(rdx, rax);
+            a.Label(ref skip);
+            a.dec(ecx);
+            a.jnz(top);
+            a.hlt();
+        }, rng, "chained loop");
+        // ~7.5 million block transitions; the dispatcher saw only the few before the links were made.
+        Assert.True(r.DispatcherRuns < 1000, $"the dispatcher ran {r.DispatcherRuns} blocks: the compiled blocks did not chain");
     }
 
     [Fact]
