@@ -144,7 +144,7 @@ internal sealed partial class BlockCompiler
         for (int k = 0; k < n && _selfLoop; k++)
             if (k < n - 1 ? !CanInline(ref ins[k]) : !last.Code.IsJccShortOrNear() && !last.Code.IsJmpShortOrNear()) _selfLoop = false;
         _chainable = true;
-        for (int k = 0; k < n - 1 && _chainable; k++) if (!CanInline(ref ins[k])) _chainable = false;
+        for (int k = 0; k < n - 1 && _chainable; k++) if (!CanInline(ref ins[k]) && !HandlerKeepsChaining(ref ins[k])) _chainable = false;
         if (!CanInline(ref last) && !IsInlineBranch(ref last)) _chainable = false;
         Label top = _il.DefineLabel();
         if (_selfLoop)
@@ -185,6 +185,28 @@ internal sealed partial class BlockCompiler
                 _il.Emit(OpCodes.Ret);
             }
         }
+    }
+
+    /// <summary>
+    /// A mid-block instruction left to its handler that cannot change what the dispatcher checks between blocks (TF,
+    /// the interrupt shadow, HLT, the code segment): the block's exits may still chain. Handlers that end the block
+    /// early (BlockExit) leave through the dispatcher anyway; STI/POPF/IRET and segment loads are excluded.
+    /// </summary>
+    private static bool HandlerKeepsChaining(ref Instruction i)
+    {
+        if (i.FlowControl != Iced.Intel.FlowControl.Next) return false;
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Popf or Mnemonic.Popfd or Mnemonic.Popfq or Mnemonic.Sti or Mnemonic.Cli or Mnemonic.Hlt or Mnemonic.Lss
+                or Mnemonic.Lfs or Mnemonic.Lgs or Mnemonic.Les or Mnemonic.Lds or Mnemonic.Iret or Mnemonic.Iretd or Mnemonic.Iretq
+                or Mnemonic.Swapgs or Mnemonic.Wrmsr or Mnemonic.Lgdt or Mnemonic.Lidt or Mnemonic.Lldt or Mnemonic.Ltr or Mnemonic.Invlpg:
+                return false;
+        }
+        // Segment register writes (MOV Sreg, POP Sreg) change the code/stack segment or start a shadow.
+        for (int o = 0; o < i.OpCount; o++)
+            if (i.GetOpKind(o) == OpKind.Register && i.GetOpRegister(o).IsSegmentRegister() && o == 0) return false;
+        if (i.Op0Kind == OpKind.Register && i.Op0Register.IsCR() || i.Op0Kind == OpKind.Register && i.Op0Register.IsDR()) return false;
+        return true;
     }
 
     // ---------------- registers ----------------
