@@ -1,0 +1,224 @@
+using System.Reflection.Emit;
+using Dirigent.Accel.Emu.Core;
+using Iced.Intel;
+using Label = System.Reflection.Emit.Label;
+
+namespace Dirigent.Accel.Emu.Jit;
+
+/// <summary>Conditions from the pending flag record, and the block-ending branches (JMP/Jcc/CALL/RET, the self-loop's back edge).</summary>
+internal sealed partial class BlockCompiler
+{
+    /// <summary>Pushes the condition (0/1), from the pending record when it allows, else through the CPU's flags.</summary>
+    private void PushCondition(ConditionCode cc)
+    {
+        if (TryInlineCondition(cc)) return;
+        SpillFlags();
+        _fop = LazyOp.None;
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldc_I4, (int)cc);
+        _il.Emit(OpCodes.Call, MTestCondition);
+    }
+
+    private bool TryInlineCondition(ConditionCode cc)
+    {
+        // Result-based conditions (ZF/SF) hold for every record we make; the rest need the operation.
+        void Res() { _il.Emit(OpCodes.Ldloc, _fr); ZeroExtend(_fsize); }
+        void Zero(bool isZero) { Res(); _il.Emit(OpCodes.Ldc_I8, 0L); _il.Emit(OpCodes.Ceq); if (!isZero) Not(); }
+        void Sign(bool set)
+        {
+            Res();
+            _il.Emit(OpCodes.Ldc_I4, _fsize * 8 - 1);
+            _il.Emit(OpCodes.Shr_Un);
+            _il.Emit(OpCodes.Conv_I4);
+            _il.Emit(OpCodes.Ldc_I4_1);
+            _il.Emit(OpCodes.And);
+            if (!set) Not();
+        }
+        void Not() { _il.Emit(OpCodes.Ldc_I4_0); _il.Emit(OpCodes.Ceq); }
+        void Signed(LocalBuilder x)
+        {
+            _il.Emit(OpCodes.Ldloc, x);
+            if (_fsize == 8) return;
+            _il.Emit(_fsize switch { 4 => OpCodes.Conv_I4, 2 => OpCodes.Conv_I2, _ => OpCodes.Conv_I1 });
+            _il.Emit(OpCodes.Conv_I8);
+        }
+        switch (_fop)
+        {
+            case LazyOp.None: return false;
+            case LazyOp.Sub:
+                // a and b are the size-masked operands: compare them directly, as TestCondition does.
+                switch (cc)
+                {
+                    case ConditionCode.e: _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Ldloc, _fb); _il.Emit(OpCodes.Ceq); return true;
+                    case ConditionCode.ne: _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Ldloc, _fb); _il.Emit(OpCodes.Ceq); Not(); return true;
+                    case ConditionCode.b: _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Ldloc, _fb); _il.Emit(OpCodes.Clt_Un); return true;
+                    case ConditionCode.ae: _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Ldloc, _fb); _il.Emit(OpCodes.Clt_Un); Not(); return true;
+                    case ConditionCode.a: _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Ldloc, _fb); _il.Emit(OpCodes.Cgt_Un); return true;
+                    case ConditionCode.be: _il.Emit(OpCodes.Ldloc, _fa); _il.Emit(OpCodes.Ldloc, _fb); _il.Emit(OpCodes.Cgt_Un); Not(); return true;
+                    case ConditionCode.l: Signed(_fa); Signed(_fb); _il.Emit(OpCodes.Clt); return true;
+                    case ConditionCode.ge: Signed(_fa); Signed(_fb); _il.Emit(OpCodes.Clt); Not(); return true;
+                    case ConditionCode.g: Signed(_fa); Signed(_fb); _il.Emit(OpCodes.Cgt); return true;
+                    case ConditionCode.le: Signed(_fa); Signed(_fb); _il.Emit(OpCodes.Cgt); Not(); return true;
+                    case ConditionCode.s: Sign(true); return true;
+                    case ConditionCode.ns: Sign(false); return true;
+                }
+                return false;
+            case LazyOp.Logic:
+                // CF = OF = 0: every condition is one of ZF, SF or a constant.
+                switch (cc)
+                {
+                    case ConditionCode.e or ConditionCode.be: Zero(true); return true;
+                    case ConditionCode.ne or ConditionCode.a: Zero(false); return true;
+                    case ConditionCode.s or ConditionCode.l: Sign(true); return true;
+                    case ConditionCode.ns or ConditionCode.ge: Sign(false); return true;
+                    case ConditionCode.b or ConditionCode.o: _il.Emit(OpCodes.Ldc_I4_0); return true;
+                    case ConditionCode.ae or ConditionCode.no: _il.Emit(OpCodes.Ldc_I4_1); return true;
+                }
+                return false;
+            case ShiftRecord:
+                // ZF/SF/PF from the result, CF in _fa, OF in _fb.
+                switch (cc)
+                {
+                    case ConditionCode.e: Zero(true); return true;
+                    case ConditionCode.ne: Zero(false); return true;
+                    case ConditionCode.s: Sign(true); return true;
+                    case ConditionCode.ns: Sign(false); return true;
+                    case ConditionCode.b: PushCarry(); return true;
+                    case ConditionCode.ae: PushCarry(); Not(); return true;
+                }
+                return false;
+            case MulRecord:
+                // CF = OF = overflow; ZF/SF/PF from the low product (as the interpreter sets them).
+                switch (cc)
+                {
+                    case ConditionCode.e: Zero(true); return true;
+                    case ConditionCode.ne: Zero(false); return true;
+                    case ConditionCode.s: Sign(true); return true;
+                    case ConditionCode.ns: Sign(false); return true;
+                    case ConditionCode.b or ConditionCode.o: PushCarry(); return true;
+                    case ConditionCode.ae or ConditionCode.no: PushCarry(); Not(); return true;
+                }
+                return false;
+            default:
+                switch (cc)
+                {
+                    case ConditionCode.e: Zero(true); return true;
+                    case ConditionCode.ne: Zero(false); return true;
+                    case ConditionCode.s: Sign(true); return true;
+                    case ConditionCode.ns: Sign(false); return true;
+                    case ConditionCode.b when _fop == LazyOp.Add: PushCarry(); return true;
+                    case ConditionCode.ae when _fop == LazyOp.Add: PushCarry(); Not(); return true;
+                }
+                return false;
+        }
+    }
+
+    // ---------------- the block's last instruction ----------------
+
+    private static bool Canonical(ulong a) => (ulong)((long)(a << 16) >> 16) == a;
+
+    /// <summary>A final instruction <see cref="EmitBranchEnd"/> compiles inline.</summary>
+    private static bool IsInlineBranch(ref Instruction i)
+    {
+        if (i.HasLockPrefix) return false;
+        if ((i.Code.IsJmpShortOrNear() || i.Code.IsJccShortOrNear()) && i.Op0Kind == OpKind.NearBranch64) return Canonical(i.NearBranch64);
+        if (i.Code == Code.Call_rel32_64) return Canonical(i.NearBranch64);
+        return i.Code is Code.Retnq or Code.Retnq_imm16;
+    }
+
+    /// <summary>Compiles a final JMP/Jcc/CALL/RET inline; false leaves it to the generic paths.</summary>
+    private bool EmitBranchEnd(ref Instruction i, Label top)
+    {
+        if (i.HasLockPrefix) return false;
+        int n = _b.Count;
+        if ((i.Code.IsJmpShortOrNear() || i.Code.IsJccShortOrNear()) && i.Op0Kind == OpKind.NearBranch64)
+        {
+            ulong target = i.NearBranch64;
+            if (!Canonical(target)) return false;
+            Label notTaken = _il.DefineLabel();
+            if (i.Code.IsJccShortOrNear())
+            {
+                PushCondition(i.ConditionCode);
+                _il.Emit(OpCodes.Brfalse, notTaken);
+            }
+            if (_selfLoop && target == _b.Ip) BackEdge(top, n);
+            else ExitTo(target, n, Slot.A);
+            _il.MarkLabel(notTaken);
+            if (i.Code.IsJccShortOrNear()) ExitTo(i.NextIP, n, Slot.B);
+            return true;
+        }
+        if (i.Code == Code.Call_rel32_64 && Canonical(i.NearBranch64))
+        {
+            _il.Emit(OpCodes.Ldc_I8, (long)i.NextIP);
+            _il.Emit(OpCodes.Stloc, _val);
+            EmitPushVal(ref i, i.NearBranch64);
+            ExitTo(i.NearBranch64, n, Slot.A);
+            return true;
+        }
+        if (i.Code is Code.Retnq or Code.Retnq_imm16)
+        {
+            EmitPopVal(ref i, i.Code == Code.Retnq_imm16 ? i.Immediate16 : 0);
+            // A non-canonical return address is #GP(0) at the RET, before RSP moves: undo the pop's RSP change.
+            Label ok = _il.DefineLabel();
+            _il.Emit(OpCodes.Ldloc, _val);
+            _il.Emit(OpCodes.Ldc_I4, 16);
+            _il.Emit(OpCodes.Shl);
+            _il.Emit(OpCodes.Ldc_I4, 16);
+            _il.Emit(OpCodes.Shr);
+            _il.Emit(OpCodes.Ldloc, _val);
+            _il.Emit(OpCodes.Beq, ok);
+            _il.Emit(OpCodes.Ldloc, _la);
+            _il.Emit(OpCodes.Stloc, Reg(Cpu.RSP));
+            Sync(ref i);
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Call, MRaiseGp);
+            _il.Emit(OpCodes.Ret); // not reached: RaiseGp0 throws
+            _il.MarkLabel(ok);
+            SpillRegs();
+            SpillFlags();
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldloc, _val);
+            _il.Emit(OpCodes.Stfld, FRip);
+            AddInstret(n);
+            if (_chainable)
+            {
+                // A return goes straight into the compiled block the jump cache has for its target, if any.
+                Label plain = _il.DefineLabel();
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Ldloc, _val);
+                _il.Emit(OpCodes.Call, MChainLookup);
+                _il.Emit(OpCodes.Stloc, _nb);
+                _il.Emit(OpCodes.Ldloc, _nb);
+                _il.Emit(OpCodes.Brfalse, plain);
+                EmitTailJump(plain);
+                _il.MarkLabel(plain);
+            }
+            _il.Emit(OpCodes.Ret);
+            return true;
+        }
+        return false;
+    }
+
+    /// <summary>The jump back to the block's own start: go round again unless something needs the dispatcher.</summary>
+    private void BackEdge(Label top, int n)
+    {
+        Label leave = _il.DefineLabel();
+        if (_pass == 1) _headFlags = (_fop, _fsize);
+        else if (_headFlags != (_fop, _fsize)) throw new PeelMismatch();
+        AddInstret(n);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, FPending);
+        _il.Emit(OpCodes.Brtrue, leave);
+        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, FValid);
+        _il.Emit(OpCodes.Brfalse, leave);
+        _il.Emit(OpCodes.Br, _loopHead);
+        _il.MarkLabel(leave);
+        SpillRegs();
+        SpillFlags();
+        StoreConst(FRip, _b.Ip);
+        _il.Emit(OpCodes.Ret);
+    }
+}
