@@ -42,7 +42,7 @@ internal sealed class JitCompiler : IDisposable
     private volatile bool _disposed;
     private int _live;
 
-    public long EmitTicks;
+    public long EmitTicks, BlocksSkippedCold;
     public long IlBytes, BlocksCompiled, BlocksEvicted, InstructionsCompiled, InstructionsInlined, CompileTicks, Failures;
     /// <summary>The first compile failure (a compiler bug): the block stays interpreted.</summary>
     public string? FirstFailure;
@@ -114,7 +114,19 @@ internal sealed class JitCompiler : IDisposable
         while (!_disposed)
         {
             _signal.Wait();
-            while (!_disposed && _queue.TryPop(out var b)) Compile(b);
+            while (!_disposed && _queue.TryPop(out var b))
+            {
+                // A block that has not run since it was queued (the boot's code, a phase that ended) is not worth
+                // the .NET JIT's time or the memory: it goes back to counting from zero.
+                if (Volatile.Read(ref b.Heat) <= Threshold)
+                {
+                    b.Heat = 0;
+                    Volatile.Write(ref b.JitQueued, 0);
+                    Interlocked.Increment(ref BlocksSkippedCold);
+                    continue;
+                }
+                Compile(b);
+            }
         }
     }
 
@@ -194,7 +206,7 @@ internal sealed class JitCompiler : IDisposable
 
     public override string ToString() =>
         $"{BlocksCompiled} blocks compiled ({InstructionsInlined}/{InstructionsCompiled} instructions inline), {IlBytes / 1024.0:F0} KiB IL, " +
-        $"compile time {CompileTime.TotalMilliseconds:F0} ms (IL emission {Stopwatch.GetElapsedTime(0, EmitTicks).TotalMilliseconds:F0} ms), {BlocksEvicted} evicted, {Failures} failures{(FirstFailure != null ? " (first: " + FirstFailure + ")" : "")}";
+        $"compile time {CompileTime.TotalMilliseconds:F0} ms (IL emission {Stopwatch.GetElapsedTime(0, EmitTicks).TotalMilliseconds:F0} ms), {BlocksEvicted} evicted, {BlocksSkippedCold} skipped (cold by their turn), {Failures} failures{(FirstFailure != null ? " (first: " + FirstFailure + ")" : "")}";
 
     public void Dispose()
     {
