@@ -8,7 +8,7 @@ namespace Dirigent.Accel.Emu.Jit;
 /// <summary>The instructions the compiler emits inline, and the block-ending branches.</summary>
 internal sealed partial class BlockCompiler
 {
-    private enum Kind { None, Nop, Alu, Store, Load, Lea, IncDec, Push, Pop, Cmov, Imul, Shift, Rotate, Setcc, MovByte }
+    private enum Kind { None, Nop, Alu, Store, Load, Lea, IncDec, Not, Push, Pop, Cmov, Imul, Shift, Rotate, Setcc, MovByte }
 
     /// <summary>What an instruction compiles to inline; None: it calls its interpreter handler.</summary>
     private static Kind Classify(ref Instruction i)
@@ -70,7 +70,10 @@ internal sealed partial class BlockCompiler
             case Mnemonic.Lea:
                 return i.Op0Kind == OpKind.Register && DestGpr(i.Op0Register, out _, out _) && mem1 ? Kind.Lea : Kind.None;
             case Mnemonic.Inc or Mnemonic.Dec:
+                if (mem0) return Cpu.MemSize(ref i) is 4 or 8 ? Kind.IncDec : Kind.None;
                 return i.Op0Kind == OpKind.Register && DestGpr(i.Op0Register, out _, out _) ? Kind.IncDec : Kind.None;
+            case Mnemonic.Not:
+                return i.Op0Kind == OpKind.Register && DestGpr(i.Op0Register, out _, out _) ? Kind.Not : Kind.None;
             case Mnemonic.Push:
                 return i.Code is Code.Push_r64 or Code.Pushq_imm8 or Code.Pushq_imm32 ? Kind.Push : Kind.None;
             case Mnemonic.Pop:
@@ -174,6 +177,16 @@ internal sealed partial class BlockCompiler
                     return true;
                 }
             case Kind.IncDec: EmitIncDec(ref i); return true;
+            case Kind.Not:
+                {
+                    // NOT changes no flags.
+                    DestGpr(i.Op0Register, out int d, out int size);
+                    PushReg(d);
+                    _il.Emit(OpCodes.Not);
+                    ZeroExtend(size);
+                    StoreReg(d);
+                    return true;
+                }
             case Kind.Push:
                 {
                     if (i.Op0Kind == OpKind.Register) PushReg(Cpu.RegIndex(i.Op0Register));
@@ -448,15 +461,27 @@ internal sealed partial class BlockCompiler
 
     private void EmitIncDec(ref Instruction i)
     {
-        DestGpr(i.Op0Register, out int d, out int size);
+        bool mem = i.Op0Kind == OpKind.Memory;
+        int d = -1, size;
+        if (mem) size = Cpu.MemSize(ref i);
+        else DestGpr(i.Op0Register, out d, out size);
         bool inc = i.Mnemonic == Mnemonic.Inc;
+        // Of memory, a read-modify-write: the previous flags go to the CPU first, so a fault on the store sees them.
+        if (mem) { SpillFlags(); _fop = LazyOp.None; }
         // INC/DEC keep CF: the record carries the CF of the flags they replace.
         if (_fop is not (LazyOp.Inc or LazyOp.Dec))
         {
             PushCarry();
             _il.Emit(OpCodes.Stloc, _fcin);
         }
-        PushReg(d);
+        if (mem)
+        {
+            PushAddress(ref i);
+            _il.Emit(OpCodes.Stloc, _la);
+            EmitRead(ref i, size);
+            _il.Emit(OpCodes.Ldloc, _val);
+        }
+        else PushReg(d);
         ZeroExtend(size);
         _il.Emit(OpCodes.Stloc, _fa);
         _il.Emit(OpCodes.Ldc_I8, 1L);
@@ -466,8 +491,16 @@ internal sealed partial class BlockCompiler
         _il.Emit(inc ? OpCodes.Add : OpCodes.Sub);
         ZeroExtend(size);
         _il.Emit(OpCodes.Stloc, _fr);
-        _fop = inc ? LazyOp.Inc : LazyOp.Dec;
+        LazyOp op = inc ? LazyOp.Inc : LazyOp.Dec;
+        if (mem)
+        {
+            _il.Emit(OpCodes.Ldloc, _fr);
+            _il.Emit(OpCodes.Stloc, _val);
+            EmitWrite(ref i, size, i.NextIP, () => { _fop = op; _fsize = size; SpillFlags(); _fop = LazyOp.None; });
+        }
+        _fop = op;
         _fsize = size;
+        if (mem) return;
         _il.Emit(OpCodes.Ldloc, _fr);
         StoreReg(d);
     }

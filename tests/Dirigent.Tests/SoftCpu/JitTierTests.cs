@@ -79,7 +79,7 @@ public class JitTierTests
         var y32 = R32[rng.Next(R32.Length)];
         int imm = rng.Next(4) == 0 ? rng.Next() - int.MaxValue / 2 : rng.Next(-300, 300);
         int disp = rng.Next(0, 4096 - 8);
-        switch (rng.Next(51))
+        switch (rng.Next(55))
         {
             case 0: a.mov(x, y); break;
             case 1: a.mov(x32, y32); break;
@@ -133,6 +133,10 @@ public class JitTierTests
             case 48: a.rol(x, 13); a.mov(y, x); a.add(y, 1); break;
             case 49: a.test(al, al); break;
             case 50: a.cmp(__byte_ptr[rbx + disp], (byte)imm); break;
+            case 51: a.inc(__dword_ptr[rbx + disp]); break;
+            case 52: a.dec(__qword_ptr[rbx + disp]); break;
+            case 53: a.not(x); break;
+            case 54: a.not(x32); break;
             default: a.imul(x, y); break;
         }
     }
