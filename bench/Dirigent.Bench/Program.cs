@@ -90,14 +90,8 @@ public static class Program
         sw.Stop();
         if (exit.Reason != VcpuExitReason.PowerEvent)
             throw new InvalidOperationException($"{g.Name}: guest ended with {exit.Reason} {exit.Detail} {log}");
-        return (cpu.InstructionsRetired, sw.Elapsed.TotalSeconds, JitSummary(accel));
+        return (cpu.InstructionsRetired, sw.Elapsed.TotalSeconds, accel.JitSummary);
     }
-
-    /// <summary>The compiled tier's figures for one run: blocks, IL bytes, compile time on the background thread.</summary>
-    public static string JitSummary(EmuAccelerator accel) =>
-        $"{accel.JitBlocksCompiled} blocks compiled ({accel.JitInstructionsInlined}/{accel.JitInstructionsCompiled} instructions inline), " +
-        $"{accel.JitIlBytes / 1024.0:F0} KiB IL, compile time {accel.JitCompileTime.TotalMilliseconds:F0} ms, {accel.JitBlocksEvicted} evicted" +
-        (accel.JitFailures > 0 ? $", {accel.JitFailures} failures (first: {accel.JitFirstFailure})" : "");
 
     private static string? FindQemu()
     {

@@ -20,15 +20,11 @@ public sealed class EmuAccelerator : IAccelerator
 
     /// <summary>The compiled tier's mode and figures (blocks, IL bytes, compile time, evictions).</summary>
     public Jit.JitMode JitMode => _cache.Jit?.Mode ?? Jit.JitMode.Off;
-    internal Jit.JitCompiler? JitCompiler => _cache.Jit;
     public long JitBlocksCompiled => _cache.Jit?.BlocksCompiled ?? 0;
-    public long JitIlBytes => _cache.Jit?.IlBytes ?? 0;
-    public TimeSpan JitCompileTime => _cache.Jit?.CompileTime ?? TimeSpan.Zero;
     public long JitFailures => _cache.Jit?.Failures ?? 0;
     public string? JitFirstFailure => _cache.Jit?.FirstFailure;
-    public long JitInstructionsCompiled => _cache.Jit?.InstructionsCompiled ?? 0;
-    public long JitInstructionsInlined => _cache.Jit?.InstructionsInlined ?? 0;
-    public long JitBlocksEvicted => _cache.Jit?.BlocksEvicted ?? 0;
+    /// <summary>One line: blocks, instructions inline, IL bytes, compile time, evictions, failures ("off" when off).</summary>
+    public string JitSummary => _cache.Jit?.ToString() ?? "off";
 
     public string Name => "emu";
 
@@ -82,7 +78,7 @@ public sealed class EmuAccelerator : IAccelerator
     {
         lock (_cpus)
         {
-            if (Environment.GetEnvironmentVariable("DIRIGENT_JIT_STATS") == "1")
+            if (Jit.JitCompiler.Stats)
                 foreach (var c in _cpus)
                     Console.Error.WriteLine($"dirigent: jit: vcpu{c.Index}: {c.JitRunsCompiled} compiled block runs, {c.JitRunsInterpreted} interpreted (chained loop)");
             foreach (var c in _cpus) c.Dispose();

@@ -31,7 +31,7 @@ internal sealed unsafe class Block
     public volatile Jit.CompiledCode? Compiled;
     /// <summary>Interpreted runs so far (racy across vCPUs: only a hint for when to compile).</summary>
     public int Heat;
-    /// <summary>1 once queued for compilation (until evicted).</summary>
+    /// <summary>1 once queued for compilation (0 again after an eviction, or if it was cold by its turn).</summary>
     public int JitQueued;
     public int JitIlBytes;
     /// <summary>The compiled code's entry (its function pointer), 0 when not compiled or evicted.</summary>

@@ -393,24 +393,22 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     }
 
     /// <summary>
-    /// Compiled code, before jumping from a block into its linked successor n: what the dispatcher would check
-    /// (nothing pending, n still valid and still mapped at the same guest-physical page). Sets it current.
-    /// </summary>
-    /// <summary>
     /// Compiled code after a RET: the compiled block the jump cache holds for <paramref name="rip"/>, checked as
-    /// GetBlock checks a hit (and nothing pending), made current; null sends the vCPU back to the dispatcher.
+    /// a successor link is (and nothing pending), made current; null sends the vCPU back to the dispatcher.
     /// </summary>
     internal Block? ChainLookup(ulong rip)
     {
         if (_pendingEvents != 0) return null;
-        int idx = (int)((rip ^ (rip >> JmpCacheBits)) & ((1 << JmpCacheBits) - 1)) + (Cpl == 3 ? 1 << JmpCacheBits : 0);
-        Block? b = _jmpCache[idx];
-        if (b == null || b.CompiledPtr == 0 || !b.Valid || b.Linear != rip || b.Ip != rip || b.Bits != 64 || !FetchMapped(rip, b))
-            return null;
+        Block? b = _jmpCache[JmpCacheIndex(rip)];
+        if (b == null || b.CompiledPtr == 0 || !LinkValid(b, rip)) return null;
         _currentBlock = b;
         return b;
     }
 
+    /// <summary>
+    /// Compiled code, before jumping from a block into its linked successor n: what the dispatcher would check
+    /// (nothing pending, n still valid and still mapped at the same guest-physical page). Sets it current.
+    /// </summary>
     internal bool ChainTo(Block n)
     {
         if (_pendingEvents != 0 || !n.Valid || !FetchMapped(n.Linear, n)) return false;
@@ -513,10 +511,14 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     internal void FlushJmpCache() => Array.Clear(_jmpCache);
 
+    /// <summary>The jump-cache slot of a linear address (user and supervisor code have separate halves).</summary>
+    private int JmpCacheIndex(ulong linear) =>
+        (int)((linear ^ (linear >> JmpCacheBits)) & ((1 << JmpCacheBits) - 1)) + (Cpl == 3 ? 1 << JmpCacheBits : 0);
+
     private Block GetBlock()
     {
         ulong linear = Is64BitMode ? Rip : (uint)(Sreg[CS].Base + Rip);
-        int idx = (int)((linear ^ (linear >> JmpCacheBits)) & ((1 << JmpCacheBits) - 1)) + (Cpl == 3 ? 1 << JmpCacheBits : 0);
+        int idx = JmpCacheIndex(linear);
         Block? b = _jmpCache[idx];
         // A jump-cache hit is only trusted while the execute TLB still maps the block's page(s) to the same
         // guest-physical frames, so CR3 switches and INVLPG need no jump-cache flush: the TLB flush suffices.

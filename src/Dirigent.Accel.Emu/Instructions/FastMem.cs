@@ -104,7 +104,7 @@ internal static unsafe class FastMem
     }
 
     /// <summary>64-bit address size: base and index (if any) are 64-bit GPRs, or the base is RIP.</summary>
-    private static bool SimpleAddress(ref Instruction i)
+    internal static bool SimpleAddress(ref Instruction i)
     {
         Register b = i.MemoryBase, x = i.MemoryIndex;
         bool baseOk = b == Register.None || b == Register.RIP || (b >= Register.RAX && b <= Register.R15);

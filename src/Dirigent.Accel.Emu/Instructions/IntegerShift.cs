@@ -34,12 +34,12 @@ internal static unsafe class IntegerShift
         }
     }
 
-    /// <summary>SF, ZF and PF of a size-byte result.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     /// <summary>Compiled code writing back an inline SHL/SHR/SAR's flags (non-zero count): as the handlers set them.</summary>
     internal static void SetShiftFlagsForJit(Cpu c, ulong res, int size, ulong cf, ulong of) =>
         c.SetArithFlags(Szp(res, size) | cf | (of << 11));
 
+    /// <summary>SF, ZF and PF of a size-byte result.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     internal static ulong Szp(ulong res, int size)
     {
         res &= Cpu.SizeMask(size);

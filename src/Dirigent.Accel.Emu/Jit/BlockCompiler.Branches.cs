@@ -115,39 +115,36 @@ internal sealed partial class BlockCompiler
 
     // ---------------- the block's last instruction ----------------
 
-    private static bool Canonical(ulong a) => (ulong)((long)(a << 16) >> 16) == a;
-
     /// <summary>A final instruction <see cref="EmitBranchEnd"/> compiles inline.</summary>
     private static bool IsInlineBranch(ref Instruction i)
     {
         if (i.HasLockPrefix) return false;
-        if ((i.Code.IsJmpShortOrNear() || i.Code.IsJccShortOrNear()) && i.Op0Kind == OpKind.NearBranch64) return Canonical(i.NearBranch64);
-        if (i.Code == Code.Call_rel32_64) return Canonical(i.NearBranch64);
+        if ((i.Code.IsJmpShortOrNear() || i.Code.IsJccShortOrNear()) && i.Op0Kind == OpKind.NearBranch64) return Cpu.IsCanonical(i.NearBranch64);
+        if (i.Code == Code.Call_rel32_64) return Cpu.IsCanonical(i.NearBranch64);
         return i.Code is Code.Retnq or Code.Retnq_imm16;
     }
 
     /// <summary>Compiles a final JMP/Jcc/CALL/RET inline; false leaves it to the generic paths.</summary>
-    private bool EmitBranchEnd(ref Instruction i, Label top)
+    private bool EmitBranchEnd(ref Instruction i)
     {
-        if (i.HasLockPrefix) return false;
+        if (!IsInlineBranch(ref i)) return false;
         int n = _b.Count;
-        if ((i.Code.IsJmpShortOrNear() || i.Code.IsJccShortOrNear()) && i.Op0Kind == OpKind.NearBranch64)
+        if (i.Code.IsJmpShortOrNear() || i.Code.IsJccShortOrNear())
         {
             ulong target = i.NearBranch64;
-            if (!Canonical(target)) return false;
             Label notTaken = _il.DefineLabel();
             if (i.Code.IsJccShortOrNear())
             {
                 PushCondition(i.ConditionCode);
                 _il.Emit(OpCodes.Brfalse, notTaken);
             }
-            if (_selfLoop && target == _b.Ip) BackEdge(top, n);
+            if (_selfLoop && target == _b.Ip) BackEdge(n);
             else ExitTo(target, n, Slot.A);
             _il.MarkLabel(notTaken);
             if (i.Code.IsJccShortOrNear()) ExitTo(i.NextIP, n, Slot.B);
             return true;
         }
-        if (i.Code == Code.Call_rel32_64 && Canonical(i.NearBranch64))
+        if (i.Code == Code.Call_rel32_64)
         {
             _il.Emit(OpCodes.Ldc_I8, (long)i.NextIP);
             _il.Emit(OpCodes.Stloc, _val);
@@ -155,8 +152,8 @@ internal sealed partial class BlockCompiler
             ExitTo(i.NearBranch64, n, Slot.A);
             return true;
         }
-        if (i.Code is Code.Retnq or Code.Retnq_imm16)
         {
+            // RET / RET imm16
             EmitPopVal(ref i, i.Code == Code.Retnq_imm16 ? i.Immediate16 : 0);
             // A non-canonical return address is #GP(0) at the RET, before RSP moves: undo the pop's RSP change.
             Label ok = _il.DefineLabel();
@@ -196,11 +193,10 @@ internal sealed partial class BlockCompiler
             _il.Emit(OpCodes.Ret);
             return true;
         }
-        return false;
     }
 
     /// <summary>The jump back to the block's own start: go round again unless something needs the dispatcher.</summary>
-    private void BackEdge(Label top, int n)
+    private void BackEdge(int n)
     {
         Label leave = _il.DefineLabel();
         if (_pass == 1) _headFlags = (_fop, _fsize);

@@ -5,7 +5,7 @@ using Label = System.Reflection.Emit.Label;
 
 namespace Dirigent.Accel.Emu.Jit;
 
-/// <summary>The instructions the compiler emits inline, and the block-ending branches.</summary>
+/// <summary>The instructions the compiler emits inline.</summary>
 internal sealed partial class BlockCompiler
 {
     private enum Kind { None, Nop, Alu, Store, Load, Lea, IncDec, Not, Push, Pop, Cmov, Imul, Shift, Rotate, Setcc, MovByte }
@@ -16,7 +16,7 @@ internal sealed partial class BlockCompiler
         if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return Kind.None;
         if (i.Mnemonic == Mnemonic.Nop) return Kind.Nop;
         bool mem0 = i.Op0Kind == OpKind.Memory, mem1 = i.OpCount > 1 && i.Op1Kind == OpKind.Memory;
-        if ((mem0 || mem1) && !SimpleAddress(ref i)) return Kind.None;
+        if ((mem0 || mem1) && !Instructions.FastMem.SimpleAddress(ref i)) return Kind.None;
         switch (i.Mnemonic)
         {
             case Mnemonic.Mov or Mnemonic.Add or Mnemonic.Sub or Mnemonic.And or Mnemonic.Or or Mnemonic.Xor or Mnemonic.Cmp or Mnemonic.Test:
@@ -92,14 +92,6 @@ internal sealed partial class BlockCompiler
 
     private static bool CanInline(ref Instruction i) => Classify(ref i) != Kind.None;
 
-    /// <summary>64-bit address size: base and index (if any) are 64-bit GPRs, or the base is RIP.</summary>
-    private static bool SimpleAddress(ref Instruction i)
-    {
-        Register b = i.MemoryBase, x = i.MemoryIndex;
-        return (b == Register.None || b == Register.RIP || (b >= Register.RAX && b <= Register.R15)) &&
-               (x == Register.None || (x >= Register.RAX && x <= Register.R15));
-    }
-
     /// <summary>A full-width destination: a 32- or 64-bit GPR.</summary>
     private static bool DestGpr(Register r, out int idx, out int size)
     {
@@ -130,8 +122,6 @@ internal sealed partial class BlockCompiler
         return k == OpKind.Register && SrcGpr(i.Op1Register, out _, out int s) && s == size;
     }
 
-    private static ulong Mask(int size) => size == 8 ? ulong.MaxValue : (1UL << (size * 8)) - 1;
-
     private void ZeroExtend(int size)
     {
         switch (size)
@@ -148,7 +138,7 @@ internal sealed partial class BlockCompiler
         OpKind k = i.Op1Kind;
         if (k == OpKind.Register) { SrcGpr(i.Op1Register, out int r, out _); PushReg(r); ZeroExtend(size); }
         else if (k == OpKind.Memory) _il.Emit(OpCodes.Ldloc, _val);
-        else _il.Emit(OpCodes.Ldc_I8, (long)(i.GetImmediate(1) & Mask(size)));
+        else _il.Emit(OpCodes.Ldc_I8, (long)(i.GetImmediate(1) & Cpu.SizeMask(size)));
     }
 
     private bool EmitInline(ref Instruction i)
@@ -258,13 +248,7 @@ internal sealed partial class BlockCompiler
         if (rmw) { SpillFlags(); _fop = LazyOp.None; }
         // a: the destination operand (register, or memory for CMP/TEST [m], x and read-modify-write)
         if (d >= 0) { PushReg(d); ZeroExtend(size); }
-        else
-        {
-            PushAddress(ref i);
-            _il.Emit(OpCodes.Stloc, _la);
-            EmitRead(ref i, size);
-            _il.Emit(OpCodes.Ldloc, _val);
-        }
+        else PushMemDest(ref i, size);
         _il.Emit(OpCodes.Stloc, _fa);
         PushSource(ref i, size);
         _il.Emit(OpCodes.Stloc, _fb);
@@ -272,12 +256,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldloc, _fb);
         _il.Emit(op);
         _il.Emit(OpCodes.Stloc, _fr);
-        if (rmw)
-        {
-            _il.Emit(OpCodes.Ldloc, _fr);
-            _il.Emit(OpCodes.Stloc, _val);
-            EmitWrite(ref i, size, i.NextIP, () => { _fop = lazy; _fsize = size; SpillFlags(); _fop = LazyOp.None; });
-        }
+        if (rmw) StoreRmwResult(ref i, size, lazy);
         _fop = lazy;
         _fsize = size;
         if (writes && d >= 0)
@@ -286,6 +265,26 @@ internal sealed partial class BlockCompiler
             ZeroExtend(size);
             StoreReg(d);
         }
+    }
+
+    /// <summary>Pushes memory operand 0 (size bytes); its address stays in _la for a read-modify-write's store.</summary>
+    private void PushMemDest(ref Instruction i, int size)
+    {
+        PushAddress(ref i);
+        _il.Emit(OpCodes.Stloc, _la);
+        EmitRead(ref i, size);
+        _il.Emit(OpCodes.Ldloc, _val);
+    }
+
+    /// <summary>
+    /// A read-modify-write's store of _fr at _la. The caller wrote the previous flags back before the read; if the
+    /// store ends the block, the new record <paramref name="op"/> goes to the CPU first (the instruction completed).
+    /// </summary>
+    private void StoreRmwResult(ref Instruction i, int size, LazyOp op)
+    {
+        _il.Emit(OpCodes.Ldloc, _fr);
+        _il.Emit(OpCodes.Stloc, _val);
+        EmitWrite(ref i, size, i.NextIP, () => { _fop = op; _fsize = size; SpillFlags(); _fop = LazyOp.None; });
     }
 
     /// <summary>Register r's low byte = _val's (the other bits kept).</summary>
@@ -423,12 +422,12 @@ internal sealed partial class BlockCompiler
         for (int j = k + 1; j < _b.Count - 1; j++)
         {
             ref Instruction x = ref ins[j];
-            if ((x.RflagsRead & all) != 0) return false;
-            if (Classify(ref x) == Kind.None) return false;
+            Kind kind = Classify(ref x);
+            if ((x.RflagsRead & all) != 0 || kind == Kind.None) return false;
             for (int o = 0; o < x.OpCount; o++) if (x.GetOpKind(o) == OpKind.Memory) return false;
             if (x.Mnemonic is Mnemonic.Push or Mnemonic.Pop) return false;
             // A shift by a (masked) zero count changes no flags, whatever its static description says.
-            if (Classify(ref x) is Kind.Shift or Kind.Rotate && (x.Immediate8 & (Cpu.RegSize(x.Op0Register) * 8 - 1)) == 0) continue;
+            if (kind is Kind.Shift or Kind.Rotate && (x.Immediate8 & (Cpu.RegSize(x.Op0Register) * 8 - 1)) == 0) continue;
             if ((x.RflagsModified & all) == all) return true;
         }
         return false;
@@ -474,13 +473,7 @@ internal sealed partial class BlockCompiler
             PushCarry();
             _il.Emit(OpCodes.Stloc, _fcin);
         }
-        if (mem)
-        {
-            PushAddress(ref i);
-            _il.Emit(OpCodes.Stloc, _la);
-            EmitRead(ref i, size);
-            _il.Emit(OpCodes.Ldloc, _val);
-        }
+        if (mem) PushMemDest(ref i, size);
         else PushReg(d);
         ZeroExtend(size);
         _il.Emit(OpCodes.Stloc, _fa);
@@ -492,12 +485,7 @@ internal sealed partial class BlockCompiler
         ZeroExtend(size);
         _il.Emit(OpCodes.Stloc, _fr);
         LazyOp op = inc ? LazyOp.Inc : LazyOp.Dec;
-        if (mem)
-        {
-            _il.Emit(OpCodes.Ldloc, _fr);
-            _il.Emit(OpCodes.Stloc, _val);
-            EmitWrite(ref i, size, i.NextIP, () => { _fop = op; _fsize = size; SpillFlags(); _fop = LazyOp.None; });
-        }
+        if (mem) StoreRmwResult(ref i, size, op);
         _fop = op;
         _fsize = size;
         if (mem) return;

@@ -1,6 +1,5 @@
 using System.Reflection;
 using System.Reflection.Emit;
-using System.Runtime.CompilerServices;
 using Dirigent.Accel.Emu.Core;
 using Iced.Intel;
 using Label = System.Reflection.Emit.Label;
@@ -49,7 +48,6 @@ internal sealed partial class BlockCompiler
     private static readonly MethodInfo MSetShiftFlags = typeof(Instructions.IntegerShift).GetMethod(nameof(Instructions.IntegerShift.SetShiftFlagsForJit),
         BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
     private static readonly MethodInfo MSetCfOf = Method(nameof(Cpu.SetCfOf));
-    private static readonly int InstrSize = Unsafe.SizeOf<Instruction>();
     private static readonly Type[] Params = [typeof(Block), typeof(Cpu)];
     private static readonly Type[] HandlerParams = [typeof(Cpu), typeof(Instruction).MakeByRefType()];
 
@@ -68,8 +66,9 @@ internal sealed partial class BlockCompiler
     private readonly LocalBuilder?[] _reg = new LocalBuilder?[16];
     private readonly bool[] _loaded = new bool[16], _dirty = new bool[16];
     private readonly LocalBuilder _gpr, _la, _page, _ent, _val, _tmp, _fa, _fb, _fr, _fcin, _nb, _ptr;
-    /// <summary>Every instruction is inline: nothing in the block can change TF, the interrupt shadow or the mode,
-    /// so its constant exits may jump straight into the next compiled block.</summary>
+    /// <summary>Every instruction is inline or a handler that keeps chaining (<see cref="HandlerKeepsChaining"/>): nothing
+    /// in the block can change TF, the interrupt shadow or the mode, so its exits may jump straight into the next
+    /// compiled block.</summary>
     private bool _chainable;
     private enum Slot { None, A, B }
     // The pending flag record held in _fa/_fb/_fr/_fcin (None: the CPU's fields are current).
@@ -141,32 +140,29 @@ internal sealed partial class BlockCompiler
         ref Instruction last = ref ins[n - 1];
         _selfLoop = _allowLoop && (last.Code.IsJccShortOrNear() || last.Code.IsJmpShortOrNear()) && last.Op0Kind == OpKind.NearBranch64 &&
                     last.NearBranch64 == _b.Ip;
-        for (int k = 0; k < n && _selfLoop; k++)
-            if (k < n - 1 ? !CanInline(ref ins[k]) : !last.Code.IsJccShortOrNear() && !last.Code.IsJmpShortOrNear()) _selfLoop = false;
+        for (int k = 0; k < n - 1 && _selfLoop; k++) if (!CanInline(ref ins[k])) _selfLoop = false;
         _chainable = true;
         for (int k = 0; k < n - 1 && _chainable; k++) if (!CanInline(ref ins[k]) && !HandlerKeepsChaining(ref ins[k])) _chainable = false;
         if (!CanInline(ref last) && !IsInlineBranch(ref last)) _chainable = false;
-        Label top = _il.DefineLabel();
         if (_selfLoop)
         {
             // Every register the block uses is loaded before the loop head, so the locals are valid on every pass (and
             // written back at every exit).
             foreach (int r in GprsUsed(ins, n)) { Load(r); _dirty[r] = true; }
         }
-        _il.MarkLabel(top);
         _loopHead = _il.DefineLabel();
-        EmitBody(top);
+        EmitBody();
         if (_selfLoop)
         {
             _pass = 2;
             (_fop, _fsize) = _headFlags;
             _il.MarkLabel(_loopHead);
-            EmitBody(top);
+            EmitBody();
         }
         IlBytes = _il.ILOffset;
     }
 
-    private void EmitBody(Label top)
+    private void EmitBody()
     {
         int n = _b.Count;
         var ins = _b.Instrs;
@@ -175,7 +171,7 @@ internal sealed partial class BlockCompiler
         {
             ref Instruction i = ref ins[_k];
             bool isLast = _k == n - 1;
-            if (isLast && EmitBranchEnd(ref i, top)) { Inlined += counted; break; }
+            if (isLast && EmitBranchEnd(ref i)) { Inlined += counted; break; }
             if (EmitInline(ref i)) { Inlined += counted; if (!isLast) continue; ExitTo(i.NextIP, n, Slot.A); break; }
             EmitHandlerCall(ref i);
             if (isLast)
@@ -202,11 +198,11 @@ internal sealed partial class BlockCompiler
                 or Mnemonic.Swapgs or Mnemonic.Wrmsr or Mnemonic.Lgdt or Mnemonic.Lidt or Mnemonic.Lldt or Mnemonic.Ltr or Mnemonic.Invlpg:
                 return false;
         }
-        // Segment register writes (MOV Sreg, POP Sreg) change the code/stack segment or start a shadow.
-        for (int o = 0; o < i.OpCount; o++)
-            if (i.GetOpKind(o) == OpKind.Register && i.GetOpRegister(o).IsSegmentRegister() && o == 0) return false;
-        if (i.Op0Kind == OpKind.Register && i.Op0Register.IsCR() || i.Op0Kind == OpKind.Register && i.Op0Register.IsDR()) return false;
-        return true;
+        // Segment register writes (MOV Sreg, POP Sreg) change the code/stack segment or start a shadow; control and
+        // debug register writes change the mode or paging.
+        if (i.Op0Kind != OpKind.Register) return true;
+        Register r = i.Op0Register;
+        return !r.IsSegmentRegister() && !r.IsCR() && !r.IsDR();
     }
 
     // ---------------- registers ----------------
@@ -389,7 +385,7 @@ internal sealed partial class BlockCompiler
 
     /// <summary>DIRIGENT_JIT_STATS=1: how often each instruction form was left to its handler in compiled blocks.</summary>
     internal static readonly System.Collections.Concurrent.ConcurrentDictionary<string, int>? HandlerForms =
-        Environment.GetEnvironmentVariable("DIRIGENT_JIT_STATS") == "1" ? new() : null;
+        JitCompiler.Stats ? new() : null;
 
     private unsafe void EmitHandlerCall(ref Instruction i)
     {

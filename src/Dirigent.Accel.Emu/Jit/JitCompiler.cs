@@ -83,10 +83,7 @@ internal sealed class JitCompiler : IDisposable
         if (b.Compiled == null) return;
         lock (_lock)
         {
-            if (b.Compiled == null) return;
-            Retire(b);
-            IlBytes -= b.JitIlBytes;
-            _live--;
+            if (b.Compiled != null) Retire(b);
         }
     }
 
@@ -96,9 +93,11 @@ internal sealed class JitCompiler : IDisposable
     private readonly Queue<CompiledCode> _graveyard = new();
     private const int GraveyardSize = 8192;
 
-    /// <summary>Under _lock: the block goes back to the interpreter; its code is kept alive for a while.</summary>
+    /// <summary>Under _lock: the compiled block goes back to the interpreter; its code is kept alive for a while.</summary>
     private void Retire(Block b)
     {
+        IlBytes -= b.JitIlBytes;
+        _live--;
         Volatile.Write(ref b.CompiledPtr, 0);
         if (b.Compiled is { } code)
         {
@@ -107,6 +106,13 @@ internal sealed class JitCompiler : IDisposable
         }
         b.Compiled = null;
         b.LinkA = b.LinkB = null;
+    }
+
+    /// <summary>The block counts its runs from zero again and is queued anew when it gets hot again.</summary>
+    private static void Requeueable(Block b)
+    {
+        b.Heat = 0;
+        Volatile.Write(ref b.JitQueued, 0);
     }
 
     private void Loop()
@@ -120,8 +126,7 @@ internal sealed class JitCompiler : IDisposable
                 // the .NET JIT's time or the memory: it goes back to counting from zero.
                 if (Volatile.Read(ref b.Heat) <= Threshold)
                 {
-                    b.Heat = 0;
-                    Volatile.Write(ref b.JitQueued, 0);
+                    Requeueable(b);
                     Interlocked.Increment(ref BlocksSkippedCold);
                     continue;
                 }
@@ -170,11 +175,8 @@ internal sealed class JitCompiler : IDisposable
             {
                 if (old.Compiled == null) continue;
                 Retire(old);
-                IlBytes -= old.JitIlBytes;
-                _live--;
                 BlocksEvicted++;
-                old.Heat = 0;
-                Volatile.Write(ref old.JitQueued, 0);
+                Requeueable(old);
             }
             // Invalidated blocks leave dead entries behind: drop them before they outnumber the live ones.
             if (_compiled.Count > 2 * _live + 1024)
@@ -211,7 +213,7 @@ internal sealed class JitCompiler : IDisposable
     public void Dispose()
     {
         // DIRIGENT_JIT_STATS=1: the figures on stderr when the VM goes (for profiling the tier).
-        if (Environment.GetEnvironmentVariable("DIRIGENT_JIT_STATS") == "1")
+        if (Stats)
         {
             Console.Error.WriteLine($"dirigent: jit: {this}");
             if (BlockCompiler.HandlerForms is { } forms)
