@@ -27,7 +27,7 @@ public static partial class BootBench
 
     public sealed record Result(double InitUptime, double WallToPowerOff, double Sha, double Loop, double IdleCpuPercent);
 
-    public static int Run(string? qemu)
+    public static int Run(string? qemu, bool jitOff = true)
     {
         var img = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, m => Console.Error.WriteLine($"dirigent: {m}"));
         string append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(Script)}";
@@ -35,7 +35,8 @@ public static partial class BootBench
         // The interpreter alone (DIRIGENT_JIT=0: the --jit off column), then the default with the compiled tier.
         string? saved = Environment.GetEnvironmentVariable("DIRIGENT_JIT");
         Environment.SetEnvironmentVariable("DIRIGENT_JIT", "0");
-        var off = RunDirigent(img, append);
+        // --no-jit-off skips that run (for quick experiments with the compiled tier).
+        var off = jitOff ? RunDirigent(img, append) : new Result(double.NaN, double.NaN, double.NaN, double.NaN, double.NaN);
         Environment.SetEnvironmentVariable("DIRIGENT_JIT", saved);
         var d = RunDirigent(img, append);
         Result? q = qemu != null ? RunQemu(qemu, img, append) : null;

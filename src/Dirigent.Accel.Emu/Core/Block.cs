@@ -9,6 +9,9 @@ namespace Dirigent.Accel.Emu.Core;
 /// </summary>
 internal sealed unsafe class Block
 {
+    private static long s_nextId;
+    /// <summary>Unique per block: the vCPU records the block it runs by id (a plain store, where a reference would cost a GC write barrier per block).</summary>
+    public readonly long Id = Interlocked.Increment(ref s_nextId);
     public ulong Phys;      // guest-physical address of the first byte
     public ulong Ip;        // CS offset it was decoded at (branch targets and RIP-relative operands depend on it)
     public ulong Linear;    // linear address it was fetched from (jump-cache validation)

@@ -90,7 +90,8 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// <summary>An exception a restored state had in delivery; delivered first when Run resumes.</summary>
     private PendingException? _pendingException;
     private ulong _instret;
-    private Block? _currentBlock;
+    /// <summary>Id of the block running now (0: none), for <see cref="OnBlockInvalidated"/>.</summary>
+    private long _currentBlockId;
 
     public ulong InstructionsRetired => _instret;
 
@@ -346,7 +347,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void ExecuteBlock(Block b, int n)
     {
-        _currentBlock = b;
+        _currentBlockId = b.Id;
         // n never exceeds b.Count (the arrays' length), so the per-instruction bounds checks can go.
         ref Instruction instrs = ref MemoryMarshal.GetArrayDataReference(b.Instrs);
         int k = 0;
@@ -373,23 +374,22 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         finally
         {
             _instret += (ulong)k;
-            _currentBlock = null;
+            _currentBlockId = 0;
         }
     }
 
     /// <summary>Runs a compiled block (Jit/BlockCompiler.cs); it keeps RIP, InstrIp and the retired count as ExecuteBlock does.</summary>
     private Block ExecuteCompiled(Block b, Jit.CompiledCode code)
     {
-        _currentBlock = b;
+        _currentBlockId = b.Id;
         try
         {
-            code(this);
-            // Chained blocks set _currentBlock as they enter: the last one is where the dispatcher continues.
-            return _currentBlock ?? b;
+            // The code returns the last block of its chain: where the dispatcher continues.
+            return code(this);
         }
         // A filter, not catch-and-rethrow: the fault is dispatched once (guest page faults are frequent).
         catch (CpuException) when (CountFaultedPass()) { return b; }
-        finally { _currentBlock = null; }
+        finally { _currentBlockId = 0; }
     }
 
     /// <summary>
@@ -401,7 +401,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         if (_pendingEvents != 0) return null;
         Block? b = _jmpCache[JmpCacheIndex(rip)];
         if (b == null || b.CompiledPtr == 0 || !LinkValid(b, rip)) return null;
-        _currentBlock = b;
+        _currentBlockId = b.Id;
         return b;
     }
 
@@ -412,7 +412,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     internal bool ChainTo(Block n)
     {
         if (_pendingEvents != 0 || !n.Valid || !FetchMapped(n.Linear, n)) return false;
-        _currentBlock = n;
+        _currentBlockId = n.Id;
         return true;
     }
 
@@ -482,10 +482,11 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 }
             }
             // Let a compiled block jump straight into its compiled successor next time.
+            // (Stored only when it changes: a reference store costs a GC write barrier.)
             if (n.CompiledPtr != 0 && b.CompiledPtr != 0)
             {
-                if (rip == b.TargetA) b.LinkA = n;
-                else if (rip == b.TargetB) b.LinkB = n;
+                if (rip == b.TargetA) { if (b.LinkA != n) b.LinkA = n; }
+                else if (rip == b.TargetB && b.LinkB != n) b.LinkB = n;
             }
             b = n;
         }
@@ -501,7 +502,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// <summary>The code cache tells the vCPU that wrote (on its own thread) that the block it is running was overwritten.</summary>
     internal void OnBlockInvalidated(Block b)
     {
-        if (ReferenceEquals(b, _currentBlock)) BlockExit = true;
+        if (b.Id == _currentBlockId) BlockExit = true;
     }
 
     // ---------------- block lookup ----------------

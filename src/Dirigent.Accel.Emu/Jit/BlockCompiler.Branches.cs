@@ -169,7 +169,7 @@ internal sealed partial class BlockCompiler
             Sync(ref i);
             _il.Emit(OpCodes.Ldarg_1);
             _il.Emit(OpCodes.Call, MRaiseGp);
-            _il.Emit(OpCodes.Ret); // not reached: RaiseGp0 throws
+            EmitReturn(); // not reached: RaiseGp0 throws
             _il.MarkLabel(ok);
             SpillRegs();
             SpillFlags();
@@ -190,7 +190,7 @@ internal sealed partial class BlockCompiler
                 EmitTailJump(plain);
                 _il.MarkLabel(plain);
             }
-            _il.Emit(OpCodes.Ret);
+            EmitReturn();
             return true;
         }
     }
@@ -215,6 +215,6 @@ internal sealed partial class BlockCompiler
         SpillRegs();
         SpillFlags();
         StoreConst(FRip, _b.Ip);
-        _il.Emit(OpCodes.Ret);
+        EmitReturn();
     }
 }

@@ -8,7 +8,7 @@ namespace Dirigent.Accel.Emu.Jit;
 /// <summary>The instructions the compiler emits inline.</summary>
 internal sealed partial class BlockCompiler
 {
-    private enum Kind { None, Nop, Alu, Store, Load, Lea, IncDec, Not, Push, Pop, Cmov, Imul, Shift, Rotate, Setcc, MovByte }
+    private enum Kind { None, Nop, Alu, Store, Load, Lea, IncDec, Not, Push, Pop, Cmov, Imul, Shift, Rotate, Setcc, MovByte, Sse }
 
     /// <summary>What an instruction compiles to inline; None: it calls its interpreter handler.</summary>
     private static Kind Classify(ref Instruction i)
@@ -17,6 +17,7 @@ internal sealed partial class BlockCompiler
         if (i.Mnemonic == Mnemonic.Nop) return Kind.Nop;
         bool mem0 = i.Op0Kind == OpKind.Memory, mem1 = i.OpCount > 1 && i.Op1Kind == OpKind.Memory;
         if ((mem0 || mem1) && !Instructions.FastMem.SimpleAddress(ref i)) return Kind.None;
+        if (IsSseInline(ref i)) return Kind.Sse;
         switch (i.Mnemonic)
         {
             case Mnemonic.Mov or Mnemonic.Add or Mnemonic.Sub or Mnemonic.And or Mnemonic.Or or Mnemonic.Xor or Mnemonic.Cmp or Mnemonic.Test:
@@ -197,6 +198,7 @@ internal sealed partial class BlockCompiler
             case Kind.Shift: EmitShift(ref i); return true;
             case Kind.Rotate: EmitRotate(ref i); return true;
             case Kind.Setcc: EmitSetcc(ref i); return true;
+            case Kind.Sse: EmitSse(ref i); return true;
             case Kind.MovByte:
                 {
                     SrcGpr(i.Op0Register, out int d, out _);

@@ -6,8 +6,9 @@ using Label = System.Reflection.Emit.Label;
 
 namespace Dirigent.Accel.Emu.Jit;
 
-/// <summary>A compiled block: runs the block's instructions (and loops on itself while it may), as ExecuteBlock would.</summary>
-internal delegate void CompiledCode(Cpu c);
+/// <summary>A compiled block: runs the block's instructions (and loops on itself while it may), as ExecuteBlock would;
+/// returns the last block it ran (itself, or the last one it chained into).</summary>
+internal delegate Block CompiledCode(Cpu c);
 
 /// <summary>
 /// Translates one decoded 64-bit block to IL (a DynamicMethod closed over its <see cref="Block"/>), which the .NET
@@ -95,7 +96,7 @@ internal sealed partial class BlockCompiler
     {
         _b = b;
         _allowLoop = allowLoop;
-        _dm = new DynamicMethod($"jit_{b.Ip:x}", typeof(void), Params, typeof(Cpu).Module, skipVisibility: true);
+        _dm = new DynamicMethod($"jit_{b.Ip:x}", typeof(Block), Params, typeof(Cpu).Module, skipVisibility: true);
         _il = _dm.GetILGenerator(256 + b.Count * 64);
         _gpr = _il.DeclareLocal(typeof(ulong[]));
         _la = _il.DeclareLocal(typeof(ulong));
@@ -135,6 +136,8 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldfld, FGpr);
         _il.Emit(OpCodes.Stloc, _gpr);
+        for (int k = 0; k < n; k++)
+            if (Classify(ref ins[k]) == Kind.Sse) { LoadXmmArray(); break; }
 
         // A self-loop: the last instruction branches back to the block's start and everything is inline.
         ref Instruction last = ref ins[n - 1];
@@ -178,7 +181,7 @@ internal sealed partial class BlockCompiler
             {
                 // The handler set RIP (a branch, or the next instruction); registers were written back before it.
                 AddInstret(n);
-                _il.Emit(OpCodes.Ret);
+                EmitReturn();
             }
         }
     }
@@ -347,6 +350,13 @@ internal sealed partial class BlockCompiler
             EmitTailJump(plain);
             _il.MarkLabel(plain);
         }
+        EmitReturn();
+    }
+
+    /// <summary>Returns to the dispatcher with this block as the last one run.</summary>
+    private void EmitReturn()
+    {
+        _il.Emit(OpCodes.Ldarg_0);
         _il.Emit(OpCodes.Ret);
     }
 
@@ -363,7 +373,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldloc, _ptr);
         _il.Emit(OpCodes.Tailcall);
-        _il.EmitCalli(OpCodes.Calli, CallingConventions.Standard, typeof(void), Params, null);
+        _il.EmitCalli(OpCodes.Calli, CallingConventions.Standard, typeof(Block), Params, null);
         _il.Emit(OpCodes.Ret);
     }
 
@@ -395,6 +405,7 @@ internal sealed partial class BlockCompiler
         Array.Clear(_loaded);
         Array.Clear(_dirty);
         _fop = LazyOp.None;
+        _sseChecked = false; // a handler may have changed CR0/CR4
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldarg_0);
         _il.Emit(OpCodes.Ldfld, FInstrs);
@@ -411,7 +422,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Call, MJitExit);
         AddInstret(_k + 1);
-        _il.Emit(OpCodes.Ret);
+        EmitReturn();
         _il.MarkLabel(go);
     }
 

@@ -79,7 +79,8 @@ public class JitTierTests
         var y32 = R32[rng.Next(R32.Length)];
         int imm = rng.Next(4) == 0 ? rng.Next() - int.MaxValue / 2 : rng.Next(-300, 300);
         int disp = rng.Next(0, 4096 - 8);
-        switch (rng.Next(55))
+        int disp16 = rng.Next(0, 4096 - 16), aligned16 = disp16 & ~15;
+        switch (rng.Next(61))
         {
             case 0: a.mov(x, y); break;
             case 1: a.mov(x32, y32); break;
@@ -137,6 +138,13 @@ public class JitTierTests
             case 52: a.dec(__qword_ptr[rbx + disp]); break;
             case 53: a.not(x); break;
             case 54: a.not(x32); break;
+            // SSE2 forms the compiler inlines (XMM state reaches the compared GPRs and memory through MOVD/PMOVMSKB/stores).
+            case 55: a.movdqu(xmm1, __xmmword_ptr[rbx + disp16]); a.pcmpeqb(xmm1, xmm2); a.pmovmskb(x32, xmm1); break;
+            case 56: a.movq(xmm3, x); a.pxor(xmm3, xmm1); a.movdqu(__xmmword_ptr[rbx + disp16], xmm3); break;
+            case 57: a.movdqa(xmm2, __xmmword_ptr[rbx + aligned16]); a.movd(x32, xmm2); break;
+            case 58: a.movd(xmm1, y32); a.paddd(xmm1, __xmmword_ptr[rbx + aligned16]); a.movdqa(__xmmword_ptr[rbx + aligned16], xmm1); break;
+            case 59: a.pminub(xmm2, xmm1); a.pandn(xmm3, xmm2); a.por(xmm1, xmm3); a.movq(x, xmm1); break;
+            case 60: a.movq(xmm0, __qword_ptr[rbx + disp]); a.psubq(xmm0, xmm3); a.movq(__qword_ptr[rbx + disp], xmm0); a.movd(__dword_ptr[rbx + disp], xmm2); break;
             default: a.imul(x, y); break;
         }
     }

@@ -1,5 +1,6 @@
 using System.Runtime.Intrinsics;
 using Dirigent.Accel.Emu.Core;
+using Dirigent.Accel.Emu.Jit;
 using Dirigent.Machine.Accel;
 using Dirigent.Tests.Infrastructure;
 using Dirigent.Tests.Native;
@@ -8,7 +9,7 @@ using static Iced.Intel.AssemblerRegisters;
 
 namespace Dirigent.Tests.SoftCpu;
 
-/// <summary>SSE availability and alignment faults, unmasked SIMD exceptions, and the RCP/RSQRT approximations.</summary>
+/// <summary>SSE availability and alignment faults (on the interpreter and, where the compiled tier inlines the form, compiled), unmasked SIMD exceptions, and the RCP/RSQRT approximations.</summary>
 public class SseFaultTests
 {
     private const float MinNormal = 1.17549435E-38f;
@@ -43,10 +44,10 @@ public class SseFaultTests
 
     private static ulong Stack(TestVm vm, int slot) => vm.Vm.Memory.ReadU64(vm.Cpu.Gpr[Cpu.RSP] + (ulong)slot * 8);
 
-    [Fact]
-    public void MisalignedMovapsRaisesGpAtTheInstruction()
+    [Theory, InlineData(JitMode.Off), InlineData(JitMode.Always)]
+    public void MisalignedMovapsRaisesGpAtTheInstruction(JitMode jit)
     {
-        using var vm = new TestVm();
+        using var vm = new TestVm(jit: jit);
         int v = RunForVector(vm, a => { a.mov(eax, 0x20_0008); a.movaps(xmm0, __xmmword_ptr[rax]); a.hlt(); });
         Assert.Equal(Vec.GP, v);
         Assert.Equal(0UL, Stack(vm, 0));                     // error code 0
@@ -54,13 +55,17 @@ public class SseFaultTests
     }
 
     [Theory]
-    [InlineData("movdqa store")]
-    [InlineData("paddb m128")]
-    [InlineData("addps m128")]
-    [InlineData("pshufb m128")]
-    public void OtherAlignedFormsRaiseGp(string which)
+    [InlineData("movdqa store", JitMode.Off)]
+    [InlineData("paddb m128", JitMode.Off)]
+    [InlineData("addps m128", JitMode.Off)]
+    [InlineData("pshufb m128", JitMode.Off)]
+    [InlineData("movdqa store", JitMode.Always)]
+    [InlineData("paddb m128", JitMode.Always)]
+    [InlineData("pxor m128", JitMode.Always)]
+    [InlineData("pcmpeqb m128", JitMode.Always)]
+    public void OtherAlignedFormsRaiseGp(string which, JitMode jit)
     {
-        using var vm = new TestVm();
+        using var vm = new TestVm(jit: jit);
         int v = RunForVector(vm, a =>
         {
             a.mov(eax, 0x20_0004);
@@ -69,6 +74,8 @@ public class SseFaultTests
                 case "movdqa store": a.movdqa(__xmmword_ptr[rax], xmm1); break;
                 case "paddb m128": a.paddb(xmm1, __xmmword_ptr[rax]); break;
                 case "addps m128": a.addps(xmm1, __xmmword_ptr[rax]); break;
+                case "pxor m128": a.pxor(xmm1, __xmmword_ptr[rax]); break;
+                case "pcmpeqb m128": a.pcmpeqb(xmm1, __xmmword_ptr[rax]); break;
                 default: a.pshufb(xmm1, __xmmword_ptr[rax]); break;
             }
             a.hlt();
@@ -76,10 +83,10 @@ public class SseFaultTests
         Assert.Equal(Vec.GP, v);
     }
 
-    [Fact]
-    public void UnalignedFormsAndScalarMemoryDoNotFault()
+    [Theory, InlineData(JitMode.Off), InlineData(JitMode.Always)]
+    public void UnalignedFormsAndScalarMemoryDoNotFault(JitMode jit)
     {
-        using var vm = new TestVm();
+        using var vm = new TestVm(jit: jit);
         int v = RunForVector(vm, a =>
         {
             a.mov(eax, 0x20_0003);
@@ -93,32 +100,32 @@ public class SseFaultTests
         Assert.Equal(-1, v);
     }
 
-    [Fact]
-    public void MovapsAlignedDoesNotFault()
+    [Theory, InlineData(JitMode.Off), InlineData(JitMode.Always)]
+    public void MovapsAlignedDoesNotFault(JitMode jit)
     {
-        using var vm = new TestVm();
+        using var vm = new TestVm(jit: jit);
         Assert.Equal(-1, RunForVector(vm, a => { a.mov(eax, 0x20_0010); a.movaps(xmm0, __xmmword_ptr[rax]); a.hlt(); }));
     }
 
-    [Fact]
-    public void OsfxsrClearRaisesUd()
+    [Theory, InlineData(JitMode.Off), InlineData(JitMode.Always)]
+    public void OsfxsrClearRaisesUd(JitMode jit)
     {
-        using var vm = new TestVm();
+        using var vm = new TestVm(jit: jit);
         int v = RunForVector(vm, a => { a.addps(xmm0, xmm1); a.hlt(); }, c => c.Cr4 &= ~Cpu.Cr4OSFXSR);
         Assert.Equal(Vec.UD, v);
     }
 
-    [Fact]
-    public void Cr0EmRaisesUd()
+    [Theory, InlineData(JitMode.Off), InlineData(JitMode.Always)]
+    public void Cr0EmRaisesUd(JitMode jit)
     {
-        using var vm = new TestVm();
+        using var vm = new TestVm(jit: jit);
         Assert.Equal(Vec.UD, RunForVector(vm, a => { a.pxor(xmm0, xmm1); a.hlt(); }, c => c.Cr0 |= Cpu.Cr0EM));
     }
 
-    [Fact]
-    public void Cr0TsRaisesNm()
+    [Theory, InlineData(JitMode.Off), InlineData(JitMode.Always)]
+    public void Cr0TsRaisesNm(JitMode jit)
     {
-        using var vm = new TestVm();
+        using var vm = new TestVm(jit: jit);
         Assert.Equal(Vec.NM, RunForVector(vm, a => { a.movdqa(xmm0, xmm1); a.hlt(); }, c => c.Cr0 |= Cpu.Cr0TS));
     }
 
