@@ -396,6 +396,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// Compiled code after a RET: the compiled block the jump cache holds for <paramref name="rip"/>, checked as
     /// a successor link is (and nothing pending), made current; null sends the vCPU back to the dispatcher.
     /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     internal Block? ChainLookup(ulong rip)
     {
         if (_pendingEvents != 0) return null;
@@ -409,6 +410,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// Compiled code, before jumping from a block into its linked successor n: what the dispatcher would check
     /// (nothing pending, n still valid and still mapped at the same guest-physical page). Sets it current.
     /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     internal bool ChainTo(Block n)
     {
         if (_pendingEvents != 0 || !n.Valid || !FetchMapped(n.Linear, n)) return false;
@@ -431,15 +433,29 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     internal int JitDone;
 
     /// <summary>Compiled code leaves after an instruction that set BlockExit, as ExecuteBlock does.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     internal void JitBlockExit()
     {
         BlockExit = false;
         if (_rmwNotifyPa != ulong.MaxValue) FinishRmwNotify();
     }
 
+    // The entry points of compiled code are not inlined into it: the .NET JIT's inlining attempts at every call site
+    // cost compile time (the tier's main cost), and these are off the hot path or too big to gain from it.
+    [MethodImpl(MethodImplOptions.NoInlining)]
     internal ulong SegmentBase(int seg) => Sreg[seg].Base;
 
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal bool JitTestCondition(ConditionCode cc) => TestCondition(cc);
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal bool JitGetCF() => GetCF();
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal void JitSetCfOf(ulong cf, ulong of) => SetCfOf(cf, of);
+
     /// <summary>Compiled code: #GP(0) at the current instruction (a non-canonical RET target).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     internal void RaiseGp0() => throw new CpuException(Vec.GP, 0);
 
     /// <summary>

@@ -158,6 +158,7 @@ internal static unsafe class IntegerMulDiv
     }
 
     /// <summary>Compiled code writing back an inline IMUL's flags: as <see cref="Imul2"/> sets them.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     internal static void SetMulFlagsForJit(Cpu c, ulong low, int size, bool overflow) => SetMulFlags(c, low, size, overflow);
 
     private static void Imul3(Cpu c, ref Instruction i)

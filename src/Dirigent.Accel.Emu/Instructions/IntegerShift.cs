@@ -35,6 +35,7 @@ internal static unsafe class IntegerShift
     }
 
     /// <summary>Compiled code writing back an inline SHL/SHR/SAR's flags (non-zero count): as the handlers set them.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     internal static void SetShiftFlagsForJit(Cpu c, ulong res, int size, ulong cf, ulong of) =>
         c.SetArithFlags(Szp(res, size) | cf | (of << 11));
 

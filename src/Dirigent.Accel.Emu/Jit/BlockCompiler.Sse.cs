@@ -284,10 +284,13 @@ internal static class JitSse
     public static MethodInfo Method(string name) => typeof(JitSse).GetMethod(name) ?? throw new MissingMethodException(nameof(JitSse), name);
 
     /// <summary>SSE instructions may run: CR0.EM=0, CR0.TS=0, CR4.OSFXSR=1 (Sse.Check's condition).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static bool Usable(Cpu c) => ((c.Cr0 & (Cpu.Cr0EM | Cpu.Cr0TS)) | (~c.Cr4 & Cpu.Cr4OSFXSR)) == 0;
 
     /// <summary>TLB-miss paths: the interpreter's 128-bit accesses (fault order and page-crossing rules included).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static Vector128<byte> Read128(Cpu c, ulong la) => Instructions.Sse.Read128(c, la);
+    [MethodImpl(MethodImplOptions.NoInlining)]
     public static void Write128(Cpu c, ulong la, Vector128<byte> v) => Instructions.Sse.Write128(c, la, v);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector128<byte> Xor(Vector128<byte> d, Vector128<byte> s) => d ^ s;

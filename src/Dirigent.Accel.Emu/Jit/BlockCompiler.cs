@@ -36,7 +36,7 @@ internal sealed partial class BlockCompiler
         FCompiledPtr = typeof(Block).GetField(nameof(Block.CompiledPtr))!, FInstrs = typeof(Block).GetField(nameof(Block.Instrs))!;
     private static readonly MethodInfo MChainTo = Method(nameof(Cpu.ChainTo)), MChainLookup = Method(nameof(Cpu.ChainLookup));
     private static readonly MethodInfo MReadSlow = Method("ReadSlow"), MWriteSlow = Method("WriteSlow"),
-        MTestCondition = Method(nameof(Cpu.TestCondition)), MGetCF = Method(nameof(Cpu.GetCF)),
+        MTestCondition = Method(nameof(Cpu.JitTestCondition)), MGetCF = Method(nameof(Cpu.JitGetCF)),
         MJitExit = Method(nameof(Cpu.JitBlockExit)), MSegBase = Method(nameof(Cpu.SegmentBase)),
         MRaiseGp = Method(nameof(Cpu.RaiseGp0));
     private static readonly MethodInfo MSetMulFlags = typeof(Instructions.IntegerMulDiv).GetMethod(nameof(Instructions.IntegerMulDiv.SetMulFlagsForJit),
@@ -48,7 +48,7 @@ internal sealed partial class BlockCompiler
     private const LazyOp ShiftRecord = (LazyOp)201;
     private static readonly MethodInfo MSetShiftFlags = typeof(Instructions.IntegerShift).GetMethod(nameof(Instructions.IntegerShift.SetShiftFlagsForJit),
         BindingFlags.Static | BindingFlags.NonPublic | BindingFlags.Public)!;
-    private static readonly MethodInfo MSetCfOf = Method(nameof(Cpu.SetCfOf));
+    private static readonly MethodInfo MSetCfOf = Method(nameof(Cpu.JitSetCfOf));
     private static readonly Type[] Params = [typeof(Block), typeof(Cpu)];
     private static readonly Type[] HandlerParams = [typeof(Cpu), typeof(Instruction).MakeByRefType()];
 

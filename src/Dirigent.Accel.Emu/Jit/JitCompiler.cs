@@ -26,6 +26,10 @@ internal sealed class JitCompiler : IDisposable
 
     /// <summary>DIRIGENT_JIT_STATS=1: collect and print the tier's figures when the VM goes.</summary>
     internal static readonly bool Stats = Environment.GetEnvironmentVariable("DIRIGENT_JIT_STATS") == "1";
+    /// <summary>DIRIGENT_JIT_DUMP=FILE: each compiled block's address and bytes appended to FILE (`bench jit-compile FILE`
+    /// compiles them again, alone, to measure the compiler).</summary>
+    private static readonly string? DumpPath = Environment.GetEnvironmentVariable("DIRIGENT_JIT_DUMP");
+    private static readonly object DumpLock = new();
 
     public JitMode Mode { get; }
     public int Threshold { get; }
@@ -158,6 +162,7 @@ internal sealed class JitCompiler : IDisposable
     private void Compile(Block b)
     {
         if (!b.Valid) return;
+        if (DumpPath != null) Dump(b);
         long t0 = Stopwatch.GetTimestamp();
         CompiledCode code;
         int il, inlined;
@@ -208,6 +213,16 @@ internal sealed class JitCompiler : IDisposable
         }
     }
 
+    private static void Dump(Block b)
+    {
+        var ms = new MemoryStream();
+        var enc = Iced.Intel.Encoder.Create(64, new Iced.Intel.StreamCodeWriter(ms));
+        for (int k = 0; k < b.Count; k++)
+            if (!enc.TryEncode(b.Instrs[k], b.Instrs[k].IP, out _, out _)) return;
+        string line = $"{b.Ip:x} {Convert.ToHexString(ms.ToArray())}";
+        lock (DumpLock) File.AppendAllText(DumpPath!, line + "\n");
+    }
+
     private static readonly MethodInfo? s_getMethodDescriptor =
         typeof(System.Reflection.Emit.DynamicMethod).GetMethod("GetMethodDescriptor", BindingFlags.Instance | BindingFlags.NonPublic);
 
@@ -215,7 +230,7 @@ internal sealed class JitCompiler : IDisposable
     /// Has the .NET JIT compile a DynamicMethod now (RuntimeHelpers.PrepareMethod on its runtime handle, which the
     /// public API does not expose for dynamic methods); an IL error surfaces here as InvalidProgramException.
     /// </summary>
-    private static nint Prepare(System.Reflection.Emit.DynamicMethod m)
+    internal static nint Prepare(System.Reflection.Emit.DynamicMethod m)
     {
         if (s_getMethodDescriptor == null) return 0;
         RuntimeMethodHandle handle;

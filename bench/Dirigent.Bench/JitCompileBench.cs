@@ -1,0 +1,67 @@
+using System.Diagnostics;
+using System.Globalization;
+using Dirigent.Accel.Emu.Core;
+using Dirigent.Accel.Emu.Jit;
+using Iced.Intel;
+
+namespace Dirigent.Bench;
+
+/// <summary>
+/// The compiled tier's compiler alone: the blocks a guest made hot (recorded with DIRIGENT_JIT_DUMP=FILE during any run,
+/// e.g. `bench boot`) decoded again and compiled one after another on this thread, IL emission and the .NET JIT
+/// separately, so a change to the IL the compiler emits can be judged without the noise of a running guest.
+/// Usage: bench jit-compile FILE [--passes N]
+/// </summary>
+public static unsafe partial class JitCompileBench
+{
+    // Thread CPU time (getrusage RUSAGE_THREAD): what the compiler costs, without the noise of other load on the host.
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential)]
+    private struct RUsage { public long UtimeSec, UtimeUsec, StimeSec, StimeUsec; public fixed long Rest[14]; }
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "getrusage")]
+    private static partial int GetRUsage(int who, out RUsage usage);
+    private static double ThreadCpuMs()
+    {
+        GetRUsage(1, out var u); // RUSAGE_THREAD
+        return (u.UtimeSec + u.StimeSec) * 1000.0 + (u.UtimeUsec + u.StimeUsec) / 1000.0;
+    }
+
+    public static int Run(string file, int passes)
+    {
+        var blocks = new List<Block>();
+        foreach (var line in File.ReadLines(file))
+        {
+            var parts = line.Split(' ');
+            if (parts.Length != 2) continue;
+            ulong ip = ulong.Parse(parts[0], NumberStyles.HexNumber);
+            byte[] bytes = Convert.FromHexString(parts[1]);
+            var dec = Decoder.Create(64, new ByteArrayCodeReader(bytes), ip);
+            var ins = new List<Instruction>();
+            while (dec.IP < ip + (ulong)bytes.Length) { dec.Decode(out var i); ins.Add(i); }
+            var b = new Block { Ip = ip, Linear = ip, Bits = 64, Count = ins.Count, RunCount = ins.Count, Instrs = ins.ToArray(),
+                Handlers = new delegate*<Cpu, ref Instruction, void>[ins.Count] };
+            for (int k = 0; k < b.Count; k++) b.Handlers[k] = CodeCache.HandlerFor(ref b.Instrs[k], 64);
+            blocks.Add(b);
+        }
+        if (blocks.Count == 0) { Console.WriteLine($"jit-compile: no blocks in {file}"); return 2; }
+        Console.WriteLine($"{blocks.Count} blocks, {blocks.Sum(b => b.Count)} instructions, {passes} passes");
+        for (int p = 0; p < passes; p++)
+        {
+            long il = 0, emit = 0, jit = 0, inlined = 0;
+            double tc0 = ThreadCpuMs();
+            foreach (var b in blocks)
+            {
+                long t0 = Stopwatch.GetTimestamp();
+                var r = BlockCompiler.Compile(b) ?? throw new InvalidOperationException($"block {b.Ip:x} not compiled");
+                long t1 = Stopwatch.GetTimestamp();
+                JitCompiler.Prepare(r.Method);
+                long t2 = Stopwatch.GetTimestamp();
+                il += r.IlBytes; inlined += r.Inlined; emit += t1 - t0; jit += t2 - t1;
+            }
+            double threadCpu = ThreadCpuMs() - tc0;
+            double ms(long t) => t * 1000.0 / Stopwatch.Frequency;
+            Console.WriteLine($"pass {p + 1}: IL {il / 1024.0:F0} KiB ({il / (double)blocks.Count:F0} B/block), emit {ms(emit):F0} ms, .NET JIT {ms(jit):F0} ms " +
+                              $"({ms(jit) * 1000 / blocks.Count:F0} us/block), this thread's CPU {threadCpu:F0} ms ({threadCpu * 1000 / blocks.Count:F0} us/block)");
+        }
+        return 0;
+    }
+}
