@@ -33,7 +33,9 @@ internal sealed partial class BlockCompiler
         FLazyRes = Field("_lazyRes"), FLazyA = Field("_lazyA"), FLazyB = Field("_lazyB"), FLazyCarryIn = Field("_lazyCarryIn");
     private static readonly FieldInfo FValid = typeof(Block).GetField(nameof(Block.Valid))!,
         FLinkA = typeof(Block).GetField(nameof(Block.LinkA))!, FLinkB = typeof(Block).GetField(nameof(Block.LinkB))!,
-        FCompiledPtr = typeof(Block).GetField(nameof(Block.CompiledPtr))!, FInstrs = typeof(Block).GetField(nameof(Block.Instrs))!;
+        FCompiledPtr = typeof(Block).GetField(nameof(Block.CompiledPtr))!, FInstrs = typeof(Block).GetField(nameof(Block.Instrs))!,
+        FBlockId = typeof(Block).GetField(nameof(Block.Id))!;
+    private static readonly FieldInfo FCurrentBlockId = Field("_currentBlockId");
     private static readonly MethodInfo MChainTo = Method(nameof(Cpu.ChainTo)), MChainLookup = Method(nameof(Cpu.ChainLookup));
     private static readonly MethodInfo MReadSlow = Method("ReadSlow"), MWriteSlow = Method("WriteSlow"),
         MTestCondition = Method(nameof(Cpu.JitTestCondition)), MGetCF = Method(nameof(Cpu.JitGetCF)),
@@ -343,10 +345,31 @@ internal sealed partial class BlockCompiler
             _il.Emit(OpCodes.Stloc, _nb);
             _il.Emit(OpCodes.Ldloc, _nb);
             _il.Emit(OpCodes.Brfalse, plain);
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldloc, _nb);
-            _il.Emit(OpCodes.Call, MChainTo);
-            _il.Emit(OpCodes.Brfalse, plain);
+            if ((target >> 12) == (_b.Linear >> 12))
+            {
+                // A successor on this block's own page (the dispatcher links only those that do not run onto the
+                // next page): this block runs, so its page maps to the frame both were decoded from; what is left of
+                // ChainTo's checks is nothing pending and the successor still valid, a few loads inline.
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Volatile);
+                _il.Emit(OpCodes.Ldfld, FPending);
+                _il.Emit(OpCodes.Brtrue, plain);
+                _il.Emit(OpCodes.Ldloc, _nb);
+                _il.Emit(OpCodes.Volatile);
+                _il.Emit(OpCodes.Ldfld, FValid);
+                _il.Emit(OpCodes.Brfalse, plain);
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Ldloc, _nb);
+                _il.Emit(OpCodes.Ldfld, FBlockId);
+                _il.Emit(OpCodes.Stfld, FCurrentBlockId);
+            }
+            else
+            {
+                _il.Emit(OpCodes.Ldarg_1);
+                _il.Emit(OpCodes.Ldloc, _nb);
+                _il.Emit(OpCodes.Call, MChainTo);
+                _il.Emit(OpCodes.Brfalse, plain);
+            }
             EmitTailJump(plain);
             _il.MarkLabel(plain);
         }
