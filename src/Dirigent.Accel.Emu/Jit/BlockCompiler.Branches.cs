@@ -1,4 +1,5 @@
 using System.Reflection.Emit;
+using System.Reflection;
 using Dirigent.Accel.Emu.Core;
 using Iced.Intel;
 using Label = System.Reflection.Emit.Label;
@@ -121,7 +122,78 @@ internal sealed partial class BlockCompiler
         if (i.HasLockPrefix) return false;
         if ((i.Code.IsJmpShortOrNear() || i.Code.IsJccShortOrNear()) && i.Op0Kind == OpKind.NearBranch64) return Cpu.IsCanonical(i.NearBranch64);
         if (i.Code == Code.Call_rel32_64) return Cpu.IsCanonical(i.NearBranch64);
+        // JMP/CALL through a register or a plainly addressed qword (jump tables, function pointers, PLT-style stubs).
+        if (i.Code is Code.Jmp_rm64 or Code.Call_rm64)
+            return i.Op0Kind == OpKind.Register || (i.Op0Kind == OpKind.Memory && Instructions.FastMem.SimpleAddress(ref i));
         return i.Code is Code.Retnq or Code.Retnq_imm16;
+    }
+
+    /// <summary>Leaves with RIP = the value in <paramref name="target"/>: into the compiled block the jump cache has for it, if any.</summary>
+    private void ExitDynamic(LocalBuilder target, int count)
+    {
+        SpillRegs();
+        SpillFlags();
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Stfld, FRip);
+        AddInstret(count);
+        if (_chainable)
+        {
+            Label plain = _il.DefineLabel();
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldloc, target);
+            _il.Emit(OpCodes.Call, MChainLookup);
+            _il.Emit(OpCodes.Stloc, _nb);
+            _il.Emit(OpCodes.Ldloc, _nb);
+            _il.Emit(OpCodes.Brfalse, plain);
+            EmitTailJump(plain);
+            _il.MarkLabel(plain);
+        }
+        EmitReturn();
+    }
+
+    /// <summary>#GP(0) at instruction i unless the value in <paramref name="target"/> is canonical.</summary>
+    private void CheckCanonical(ref Instruction i, LocalBuilder target)
+    {
+        Label ok = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Ldc_I4, 16);
+        _il.Emit(OpCodes.Shl);
+        _il.Emit(OpCodes.Ldc_I4, 16);
+        _il.Emit(OpCodes.Shr);
+        _il.Emit(OpCodes.Ldloc, target);
+        _il.Emit(OpCodes.Beq, ok);
+        Sync(ref i);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Call, MRaiseGp);
+        EmitReturn(); // not reached: RaiseGp0 throws
+        _il.MarkLabel(ok);
+    }
+
+    /// <summary>JMP/CALL r/m64: the target read (it may fault), checked canonical, the return address pushed (CALL), then left for the target.</summary>
+    private void EmitIndirectBranch(ref Instruction i, int n)
+    {
+        _target ??= _il.DeclareLocal(typeof(ulong));
+        if (i.Op0Kind == OpKind.Register) PushReg(Cpu.RegIndex(i.Op0Register));
+        else
+        {
+            PushAddress(ref i);
+            _il.Emit(OpCodes.Stloc, _la);
+            EmitRead(ref i, 8);
+            _il.Emit(OpCodes.Ldloc, _val);
+        }
+        _il.Emit(OpCodes.Stloc, _target);
+        CheckCanonical(ref i, _target);
+        if (i.Code == Code.Call_rm64)
+        {
+            _il.Emit(OpCodes.Ldc_I8, (long)i.NextIP);
+            _il.Emit(OpCodes.Stloc, _val);
+            // A push that ends the block (a store into this code) leaves for the target: RIP from _target.
+            _dynamicRipAfter = _target;
+            EmitPushVal(ref i, 0);
+            _dynamicRipAfter = null;
+        }
+        ExitDynamic(_target, n);
     }
 
     /// <summary>Compiles a final JMP/Jcc/CALL/RET inline; false leaves it to the generic paths.</summary>
@@ -152,6 +224,11 @@ internal sealed partial class BlockCompiler
             ExitTo(i.NearBranch64, n, Slot.A);
             return true;
         }
+        if (i.Code is Code.Jmp_rm64 or Code.Call_rm64)
+        {
+            EmitIndirectBranch(ref i, n);
+            return true;
+        }
         {
             // RET / RET imm16
             EmitPopVal(ref i, i.Code == Code.Retnq_imm16 ? i.Immediate16 : 0);
@@ -171,26 +248,8 @@ internal sealed partial class BlockCompiler
             _il.Emit(OpCodes.Call, MRaiseGp);
             EmitReturn(); // not reached: RaiseGp0 throws
             _il.MarkLabel(ok);
-            SpillRegs();
-            SpillFlags();
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldloc, _val);
-            _il.Emit(OpCodes.Stfld, FRip);
-            AddInstret(n);
-            if (_chainable)
-            {
-                // A return goes straight into the compiled block the jump cache has for its target, if any.
-                Label plain = _il.DefineLabel();
-                _il.Emit(OpCodes.Ldarg_1);
-                _il.Emit(OpCodes.Ldloc, _val);
-                _il.Emit(OpCodes.Call, MChainLookup);
-                _il.Emit(OpCodes.Stloc, _nb);
-                _il.Emit(OpCodes.Ldloc, _nb);
-                _il.Emit(OpCodes.Brfalse, plain);
-                EmitTailJump(plain);
-                _il.MarkLabel(plain);
-            }
-            EmitReturn();
+            // A return goes straight into the compiled block the jump cache has for its target, if any.
+            ExitDynamic(_val, n);
             return true;
         }
     }

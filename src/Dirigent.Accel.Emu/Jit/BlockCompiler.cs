@@ -79,6 +79,10 @@ internal sealed partial class BlockCompiler
     private int _fsize;
     private int _k;              // instruction being compiled
     private bool _selfLoop;
+    /// <summary>An indirect branch's target (declared when needed).</summary>
+    private LocalBuilder? _target;
+    /// <summary>Set while an indirect CALL pushes: an exit after that store leaves for the target in this local.</summary>
+    private LocalBuilder? _dynamicRipAfter;
 
     /// <summary>IL bytes of the method (the code budget's measure).</summary>
     public int IlBytes { get; private set; }
@@ -334,7 +338,8 @@ internal sealed partial class BlockCompiler
     {
         SpillRegs();
         SpillFlags();
-        StoreConst(FRip, target);
+        if (_dynamicRipAfter != null) StoreField(FRip, () => _il.Emit(OpCodes.Ldloc, _dynamicRipAfter));
+        else StoreConst(FRip, target);
         AddInstret(count);
         if (_chainable && slot != Slot.None)
         {

@@ -285,4 +285,47 @@ public class JitTierTests
             a.hlt();
         }, rng, "fault");
     }
+
+    [Fact]
+    public void Indirect_jumps_and_calls_through_registers_and_memory()
+    {
+        // A jump table in memory, a function pointer called through a register and through memory, many times (so
+        // the compiled blocks chain through the jump cache), then a non-canonical target: #GP(0) at that JMP.
+        var rng = new Random(BaseSeed + 4);
+        AssertSame(a =>
+        {
+            var f = a.CreateLabel();
+            var top = a.CreateLabel();
+            var caseA = a.CreateLabel();
+            var caseB = a.CreateLabel();
+            var join = a.CreateLabel();
+            a.lea(rax, __[caseA]);
+            a.mov(__qword_ptr[rbx], rax);
+            a.lea(rax, __[caseB]);
+            a.mov(__qword_ptr[rbx + 8], rax);
+            a.lea(rax, __[f]);
+            a.mov(__qword_ptr[rbx + 16], rax);
+            a.mov(ecx, 400);
+            a.Label(ref top);
+            a.mov(edx, ecx);
+            a.and(edx, 1);
+            a.jmp(__qword_ptr[rbx + rdx * 8]);
+            a.Label(ref caseA);
+            a.add(r8, rcx);
+            a.jmp(join);
+            a.Label(ref caseB);
+            a.xor(r9, rcx);
+            a.Label(ref join);
+            a.lea(r10, __[f]);
+            a.call(r10);
+            a.call(__qword_ptr[rbx + 16]);
+            a.dec(ecx);
+            a.jnz(top);
+            a.mov(rax, 0x0000_8000_0000_0000UL);
+            a.jmp(rax);
+            a.Label(ref f);
+            a.add(r11, __qword_ptr[rsp]);
+            a.ret();
+        }, rng, "indirect branches");
+    }
 }
