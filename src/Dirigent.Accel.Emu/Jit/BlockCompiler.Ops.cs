@@ -42,7 +42,7 @@ internal sealed partial class BlockCompiler
                         if (i.Mnemonic == Mnemonic.Mov) return size is 1 or 2 or 4 or 8 && SourceOk(ref i, size) ? Kind.Store : Kind.None;
                         if (readOnly) return size is 1 or 2 or 4 or 8 && SourceOk(ref i, size) ? Kind.Alu : Kind.None;
                         // Read-modify-write of memory (not LOCKed: those were refused above).
-                        return size is 4 or 8 && SourceOk(ref i, size) ? Kind.Alu : Kind.None;
+                        return size is 1 or 2 or 4 or 8 && SourceOk(ref i, size) ? Kind.Alu : Kind.None;
                     }
                     return Kind.None;
                 }

@@ -80,7 +80,7 @@ public class JitTierTests
         int imm = rng.Next(4) == 0 ? rng.Next() - int.MaxValue / 2 : rng.Next(-300, 300);
         int disp = rng.Next(0, 4096 - 8);
         int disp16 = rng.Next(0, 4096 - 16), aligned16 = disp16 & ~15;
-        switch (rng.Next(61))
+        switch (rng.Next(65))
         {
             case 0: a.mov(x, y); break;
             case 1: a.mov(x32, y32); break;
@@ -144,6 +144,10 @@ public class JitTierTests
             case 57: a.movdqa(xmm2, __xmmword_ptr[rbx + aligned16]); a.movd(x32, xmm2); break;
             case 58: a.movd(xmm1, y32); a.paddd(xmm1, __xmmword_ptr[rbx + aligned16]); a.movdqa(__xmmword_ptr[rbx + aligned16], xmm1); break;
             case 59: a.pminub(xmm2, xmm1); a.pandn(xmm3, xmm2); a.por(xmm1, xmm3); a.movq(x, xmm1); break;
+            case 61: a.and(__byte_ptr[rbx + disp], (byte)imm); break;
+            case 62: a.or(__word_ptr[rbx + disp], (short)imm); break;
+            case 63: a.add(__byte_ptr[rbx + disp], dl); break;
+            case 64: a.sub(__word_ptr[rbx + disp], si); break;
             case 60: a.movq(xmm0, __qword_ptr[rbx + disp]); a.psubq(xmm0, xmm3); a.movq(__qword_ptr[rbx + disp], xmm0); a.movd(__dword_ptr[rbx + disp], xmm2); break;
             default: a.imul(x, y); break;
         }
