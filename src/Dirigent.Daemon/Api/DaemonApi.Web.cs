@@ -18,7 +18,8 @@ internal sealed partial class DaemonApi
     {
         var pub = new PublicEndpoint();
         // The page and its files need no token: they hold nothing secret, and the login form is among them.
-        app.MapMethods("/", ["GET"], (HttpContext c) => assets.Serve(c, "index.html")).WithMetadata(pub).WithTags("web");
+        // As a Delegate (not a RequestDelegate), so that the route is described in the OpenAPI document like the others.
+        app.MapMethods("/", ["GET"], (Delegate)((HttpContext c) => assets.Serve(c, "index.html"))).WithMetadata(pub).WithTags("web");
         app.MapMethods("/ui/{file}", ["GET"], (HttpContext c, string file) => assets.Serve(c, file)).WithMetadata(pub).WithTags("web");
 
         Route(app, "POST", Base + "/session", R, Login).WithMetadata(pub);
