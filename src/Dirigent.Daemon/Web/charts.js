@@ -93,6 +93,8 @@ export function chartsPanel(vmName) {
         }
         if (d) kids.push(svg('path', { d, fill: 'none', stroke: se.color, 'stroke-width': 2, 'vector-effect': 'non-scaling-stroke' }));
         const last = [...samples].reverse().find((s) => s[se.field] != null);
+        // The newest point as a dot: visible even when it is the only one (a worker's first sample).
+        if (last) kids.push(svg('circle', { cx: x(Date.parse(last.at)), cy: y(last[se.field]), r: 3, fill: se.color }));
         now.push({ se, v: last ? last[se.field] : null });
       }
       plot.setAttribute('viewBox', `0 0 ${W} ${H}`);

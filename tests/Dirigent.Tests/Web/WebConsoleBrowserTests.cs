@@ -29,14 +29,18 @@ public sealed class WebConsoleBrowserTests
         // The echoed words come from a seeded generator: DIRIGENT_TEST_SEED=N repeats a run; the seed is in any failure.
         int seed = int.TryParse(Environment.GetEnvironmentVariable("DIRIGENT_TEST_SEED"), out int s) ? s : 13;
         var rng = new Random(seed);
-        string hello = $"hello-{rng.Next(10000, 100000)}", again = $"again-{rng.Next(10000, 100000)}";
+        string hello = $"hello-{rng.Next(10000, 100000)}", pasted = $"pasted-{rng.Next(10000, 100000)}", again = $"again-{rng.Next(10000, 100000)}";
         Directory.CreateDirectory(ScreenshotDir);
 
         await using var d = await DaemonProcess.StartAsync(tcp: true, port: DaemonProcess.FreePort());
         string token = (await d.PostAsync("/api/v1/tokens", new { name = "web", rights = new[] { "admin" } }, HttpStatusCode.Created))["secret"]!.GetValue<string>();
         using var pw = await Playwright.CreateAsync();
         await using var browser = await pw.Chromium.LaunchAsync(new() { ExecutablePath = Chromium, Headless = true });
-        var context = await browser.NewContextAsync(new() { ViewportSize = new() { Width = 1280, Height = 800 } });
+        var context = await browser.NewContextAsync(new()
+        {
+            ViewportSize = new() { Width = 1280, Height = 800 },
+            Permissions = ["clipboard-read", "clipboard-write"],
+        });
         var page = await context.NewPageAsync();
         page.SetDefaultTimeout(Wait);
         SetDefaultExpectTimeout(Wait);
@@ -120,12 +124,41 @@ public sealed class WebConsoleBrowserTests
             await page.WaitForFunctionAsync("() => { const f = document.querySelector('[data-chart=cpu]'); return f && +f.dataset.points >= 2 && +f.dataset.max > 0; }");
             await page.WaitForFunctionAsync("() => +document.querySelector('[data-chart=memory]').dataset.max > 0");
             Assert.Matches(new Regex(@"^CPU over the last 10 minutes: host CPU [\d.]+ %"), await page.Locator("[data-chart=cpu] svg").GetAttributeAsync("aria-label"));
+            await Expect(page.Locator(".details .uptime")).Not.ToHaveTextAsync("–");
             await Shot(page, "4-vm-running");
             await Accessible(page, "VM page, running");
 
+            // ---- paste into the console (the button; Ctrl+Shift+V is the browser's own paste), F6 leaves it
+            await page.EvaluateAsync("t => navigator.clipboard.writeText(t)", $"echo {pasted}\n");
+            await page.GetByRole(AriaRole.Button, new() { Name = "Paste" }).ClickAsync();
+            await ConsoleLineAsync(page, pasted);
+            await page.Locator(".console-screen").ClickAsync();
+            await page.Keyboard.PressAsync("F6");
+            Assert.True(await page.EvaluateAsync<bool>("() => document.activeElement !== document.body && !document.activeElement.closest('.console-screen')"),
+                "F6 must move the focus out of the console");
+
+            // ---- pause and resume: the buttons follow the state
+            await Action(page, "pause").ClickAsync();
+            await Expect(state).ToHaveTextAsync("paused");
+            await Expect(Action(page, "pause")).ToBeDisabledAsync();
+            await Action(page, "resume").ClickAsync();
+            await Expect(state).ToHaveTextAsync("running");
+            await Expect(Action(page, "resume")).ToBeDisabledAsync();
+
+            // ---- snapshot: its name is checked at the field, then the operation runs to success
+            await Action(page, "snapshot").ClickAsync();
+            var snapName = page.GetByLabel("Snapshot name");
+            await snapName.FillAsync("Not ok!");
+            await page.GetByRole(AriaRole.Button, new() { Name = "Take snapshot" }).ClickAsync();
+            await Expect(page.Locator("#inline-error")).ToBeVisibleAsync();
+            await snapName.FillAsync("snap1");
+            await page.GetByRole(AriaRole.Button, new() { Name = "Take snapshot" }).ClickAsync();
+            await Expect(page.Locator(".operation[data-status=succeeded]")).ToContainTextAsync("snapshot web as snap1");
+            await Expect(state).ToHaveTextAsync("running");
+
             // ---- daemon restart (SIGKILL, the VM keeps running): console and events reconnect, the session holds
             await d.KillDaemonAsync();
-            await Expect(page.Locator(".console-status")).ToContainTextAsync("reconnecting");
+            await Expect(page.Locator(".console-status")).ToContainTextAsync("reconnecting", new() { IgnoreCase = true });
             await d.StartDaemonAsync();
             await Expect(page.Locator(".console-status")).ToHaveTextAsync("Connected");
             await Expect(page.Locator("#stream-status")).ToHaveTextAsync("Live");
@@ -144,12 +177,28 @@ public sealed class WebConsoleBrowserTests
             await ConsoleShowsAsync(page, "power button");
             await Shot(page, "5-vm-stopped");
 
-            await page.GetByRole(AriaRole.Link, new() { Name = "Virtual machines" }).First.ClickAsync();
+            // ---- clone the stopped VM; delete the clone (after the browser's confirmation)
+            await Action(page, "clone").ClickAsync();
+            await page.GetByLabel("Name of the clone").FillAsync("web2");
+            await page.GetByRole(AriaRole.Button, new() { Name = "Clone", Exact = true }).ClickAsync();
+            await Expect(page.Locator(".operation[data-status=succeeded]")).ToContainTextAsync("clone web to web2");
+            await page.EvaluateAsync("() => { location.hash = '#/vm/web2'; }");
+            await Expect(page.GetByRole(AriaRole.Heading, new() { Name = "web2", Exact = true })).ToBeVisibleAsync();
+            page.Dialog += async (_, dialog) => await dialog.AcceptAsync();
+            await Action(page, "delete").ClickAsync();
+            await Expect(page.GetByRole(AriaRole.Heading, new() { Name = "Virtual machines" })).ToBeVisibleAsync();
+            await Expect(page.Locator("tr[data-vm=web2]")).ToHaveCountAsync(0);
+
             var row = page.Locator("tr[data-vm=web]");
             await Expect(row.Locator(".badge")).ToHaveTextAsync("stopped");
             await Expect(row).ToContainTextAsync("128 MiB");
+            // VMs made and deleted elsewhere (here: the API on the Unix socket) come and go by themselves.
+            await d.CreateTinyAsync("elsewhere");
+            await Expect(page.Locator("tr[data-vm=elsewhere] .badge")).ToHaveTextAsync("stopped");
             await Shot(page, "6-list");
             await Accessible(page, "list");
+            Assert.Equal(HttpStatusCode.NoContent, (await d.SendAsync(HttpMethod.Delete, "/api/v1/vms/elsewhere")).Status);
+            await Expect(page.Locator("tr[data-vm=elsewhere]")).ToHaveCountAsync(0);
             Assert.Equal(42, await page.EvaluateAsync<int>("() => window.noReloadMarker"));
 
             // ---- a narrow window: one column, nothing wider than the screen
