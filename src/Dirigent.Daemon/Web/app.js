@@ -15,7 +15,7 @@ async function start() {
   onUnauthorized(() => showLogin('Your session has ended. Log in again.'));
   document.getElementById('logout').addEventListener('click', logout);
   try {
-    session = await api('GET', '/api/v1/session');
+    session = await api('GET', '/api/v1/session', undefined, { quiet401: true });
   } catch (e) {
     if (e.status === 401) return showLogin();
     return showFatal(e.detail);
@@ -94,7 +94,7 @@ function showLogin(message) {
     if (!token) return fail('Enter an API token.');
     button.disabled = true;
     try {
-      session = await api('POST', '/api/v1/session', { token });
+      session = await api('POST', '/api/v1/session', { token }, { quiet401: true });
       input.value = '';
       announce(`Logged in as ${session.token}`);
       loggedIn();

@@ -18,8 +18,11 @@ export function onUnauthorized(fn) {
   unauthorized = fn;
 }
 
-/** One API call; resolves to the parsed JSON body (null when there is none), throws ApiError otherwise. */
-export async function api(method, path, body) {
+/**
+ * One API call; resolves to the parsed JSON body (null when there is none), throws ApiError otherwise. A 401 also
+ * shows the login form, unless `quiet401` (the page's first question and the login itself handle theirs).
+ */
+export async function api(method, path, body, { quiet401 = false } = {}) {
   const init = { method, credentials: 'same-origin', headers: { Accept: 'application/json' } };
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
@@ -38,8 +41,7 @@ export async function api(method, path, body) {
   }
   if (!r.ok) {
     const err = new ApiError(r.status, (json && json.detail) || `${r.status} ${r.statusText}`);
-    // A login attempt's 401 is the form's business; any other means the session is gone.
-    if (r.status === 401 && path !== '/api/v1/session') unauthorized(err);
+    if (r.status === 401 && !quiet401) unauthorized(err);
     throw err;
   }
   return json;
