@@ -9,11 +9,19 @@ using static Microsoft.Playwright.Assertions;
 namespace Dirigent.Tests.Web;
 
 /// <summary>
+/// Chromium, a daemon and a booting guest keep both cores of a CI machine busy: the browser test runs on its own,
+/// after the parallel ones, rather than slowing (and being slowed by) the other guests' tests.
+/// </summary>
+[CollectionDefinition(nameof(BrowserAlone), DisableParallelization = true)]
+public sealed class BrowserAlone;
+
+/// <summary>
 /// The web console in a real browser: Debian's chromium, driven headless by Playwright (its driver ships in the NuGet
 /// package; no browser is downloaded), against a real daemon on TCP running the default guest on the software CPU.
 /// Screenshots of every page are kept in the test output (web-console-screenshots/ beside the test assembly).
 /// </summary>
 [Trait("Category", "Browser")]
+[Collection(nameof(BrowserAlone))]
 public sealed class WebConsoleBrowserTests
 {
     private const string Chromium = "/usr/bin/chromium";
