@@ -18,7 +18,7 @@ namespace Dirigent.Daemon.Api;
 /// <see cref="Dirigent.Api.ApiRequestException"/> for 4xx problems.
 /// </summary>
 internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, OperationManager ops, EventHub events,
-    TokenStore tokens, RequestMetrics metrics, DaemonPaths paths)
+    TokenStore tokens, SessionStore sessions, MetricsHistory history, WebAssets assets, RequestMetrics metrics, DaemonPaths paths)
 {
     public const string Base = "/api/v1";
 
@@ -59,6 +59,7 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
         Route(app, "GET", Base + "/vms/{name}/console", O, (HttpContext c, string name) => ConsoleProxy.Serve(c, vms, name));
         Route(app, "GET", Base + "/vms/{name}/console/log", R, ConsoleLog);
         MapOthers(app, R, O, A);
+        MapWeb(app, R);
     }
 
     private async Task ListVms(HttpContext c)
@@ -138,15 +139,24 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
         await Accepted(c, vms.CloneAsync(name, doc.RootElement, c.RequestAborted));
     }
 
+    /// <summary>GET /console/log: the whole log, or with ?tail=N its last N bytes (the web console shows a stopped VM's last output).</summary>
     private async Task ConsoleLog(HttpContext c, string name)
     {
+        long? tail = null;
+        string? t = c.Request.Query["tail"];
+        if (t != null)
+            tail = long.TryParse(t, out long n) && n >= 0 ? n : throw Bad($"tail must be a number of bytes (0 or more), got '{t}'");
         await vms.Store.RequireAsync(name, c.RequestAborted);
         c.Response.ContentType = "application/octet-stream";
         FileStream f;
         try { f = new FileStream(paths.ConsoleLog(name), FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete); }
         catch (FileNotFoundException) { c.Response.ContentLength = 0; return; }
         catch (DirectoryNotFoundException) { c.Response.ContentLength = 0; return; }
-        await using (f) await f.CopyToAsync(c.Response.Body, c.RequestAborted);
+        await using (f)
+        {
+            if (tail is long keep && f.Length > keep) f.Seek(-keep, SeekOrigin.End);
+            await f.CopyToAsync(c.Response.Body, c.RequestAborted);
+        }
     }
 
     /// <summary>Actions that take no arguments accept no body or an empty object.</summary>

@@ -34,14 +34,7 @@ internal static class VmMetrics
 
         Head(sb, "dirigent_vm_cpu_seconds_total", "counter", "CPU time used by the VM's worker (its cgroup, else the worker process).");
         foreach (var (name, rt, _) in fetched)
-        {
-            double? cpu = null;
-            try { if (rt.Cgroup is { } g) cpu = g.CpuUsage.TotalSeconds; }
-            catch (Exception) { /* the group went away with the worker */ }
-            // Without a cgroup (no limits, or none on this host) the worker's own user+system time is the figure.
-            cpu ??= ProcStat(rt.Handle.Pid)?.CpuSeconds;
-            if (cpu != null) Line(sb, "dirigent_vm_cpu_seconds_total", $"vm=\"{name}\"", cpu.Value);
-        }
+            if (CpuSeconds(rt) is double cpu) Line(sb, "dirigent_vm_cpu_seconds_total", $"vm=\"{name}\"", cpu);
         Head(sb, "dirigent_vm_worker_rss_bytes", "gauge", "Resident memory of the VM's worker process.");
         foreach (var (name, rt, _) in fetched)
             if (ProcStat(rt.Handle.Pid)?.RssBytes is long rss) Line(sb, "dirigent_vm_worker_rss_bytes", $"vm=\"{name}\"", rss);
@@ -89,8 +82,17 @@ internal static class VmMetrics
         }
     }
 
+    /// <summary>CPU time of a live VM's worker: its cgroup's, else the process's own user+system time.</summary>
+    internal static double? CpuSeconds(VmRuntime rt)
+    {
+        try { if (rt.Cgroup is { } g) return g.CpuUsage.TotalSeconds; }
+        catch (Exception) { /* the group went away with the worker */ }
+        // Without a cgroup (no limits, or none on this host) the worker's own user+system time is the figure.
+        return ProcStat(rt.Handle.Pid)?.CpuSeconds;
+    }
+
     /// <summary>utime+stime (fields 14, 15, in USER_HZ = 100 ticks on Linux) and rss (field 24, pages) of /proc/PID/stat.</summary>
-    private static (double CpuSeconds, long RssBytes)? ProcStat(int pid)
+    internal static (double CpuSeconds, long RssBytes)? ProcStat(int pid)
     {
         try
         {

@@ -45,14 +45,17 @@ public sealed class DaemonHost : IAsyncDisposable
     private readonly SqliteInventory _inventory;
     private readonly OperationManager _ops;
     private readonly VmManager _vms;
+    private readonly MetricsHistory _history;
     private readonly TextWriter _log;
     private int _disposed;
 
     public DaemonPaths Paths { get; }
 
-    private DaemonHost(WebApplication app, SqliteInventory inventory, OperationManager ops, VmManager vms, DaemonPaths paths, TextWriter log)
+    private DaemonHost(WebApplication app, SqliteInventory inventory, OperationManager ops, VmManager vms, MetricsHistory history,
+        DaemonPaths paths, TextWriter log)
     {
         _vms = vms;
+        _history = history;
         _app = app;
         _inventory = inventory;
         _ops = ops;
@@ -85,6 +88,8 @@ public sealed class DaemonHost : IAsyncDisposable
             var disks = new DiskManager(inventory, paths, store);
             var vms = new VmManager(store, disks, ops, events, supervisor, cgroups, paths, log);
             var metrics = new RequestMetrics();
+            var sessions = new SessionStore(inventory, tokens);
+            var history = new MetricsHistory(vms, events);
 
             var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions
             {
@@ -122,8 +127,8 @@ public sealed class DaemonHost : IAsyncDisposable
             });
 
             var app = builder.Build();
-            RequestPipeline.Use(app, tokens, metrics, log, options.LogRequests);
-            new DaemonApi(vms, disks, ops, events, tokens, metrics, paths).Map(app);
+            RequestPipeline.Use(app, tokens, sessions, metrics, log, options.LogRequests);
+            new DaemonApi(vms, disks, ops, events, tokens, sessions, history, new WebAssets(), metrics, paths).Map(app);
             app.MapOpenApi(DaemonApi.Base + "/openapi.json").WithMetadata(new RequiredRight(TokenRights.Read));
 
             // Workers first (re-adopt, record the vanished, restart policies, autostart), then serve.
@@ -137,7 +142,8 @@ public sealed class DaemonHost : IAsyncDisposable
                 while (inner.InnerException != null && inner is not (ApiSocketException or SocketException)) inner = inner.InnerException;
                 throw new DaemonStartException($"cannot listen: {ApiProblem.OneLine(inner.Message)}");
             }
-            var host = new DaemonHost(app, inventory, ops, vms, paths, log);
+            history.Start();
+            var host = new DaemonHost(app, inventory, ops, vms, history, paths, log);
             // The bound addresses (not the asked ones): port 0 picks a free port, and tests read it from this line.
             log.WriteLine($"daemon: serving {paths.Socket}{string.Concat(host.Addresses.Where(a => a.StartsWith("http://", StringComparison.Ordinal) && !a.Contains("unix:", StringComparison.Ordinal)).Select(a => " and " + a))} (state in {paths.Home}, cgroups: {cgroups.Kind})");
             return host;
@@ -187,6 +193,8 @@ public sealed class DaemonHost : IAsyncDisposable
     public async ValueTask DisposeAsync()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        // The graphs' streams end first, so that shutting Kestrel down does not wait for them.
+        await _history.DisposeAsync();
         try { await _app.StopAsync(); }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { }
         await _app.DisposeAsync();

@@ -54,6 +54,7 @@ internal sealed partial class VmManager
         var (_, now, rev) = await TransitionAsync(name, r =>
         {
             if (r.State == S.Starting) r.State = S.Running;
+            r.StartedAt = DateTimeOffset.UtcNow;
             r.Pid = h.Pid;
             r.PidStartTime = h.ProcessStartTime;
         }, CancellationToken.None);
@@ -78,7 +79,7 @@ internal sealed partial class VmManager
         if (!_live.TryGetValue(name, out var rt))
         {
             // The record says live but no worker is known: there is nothing left to stop.
-            await TransitionAsync(name, r => { r.State = S.Stopped; r.Pid = null; r.PidStartTime = null; r.StopRequested = true; }, ct);
+            await TransitionAsync(name, r => { r.State = S.Stopped; r.Pid = null; r.PidStartTime = null; r.StartedAt = null; r.StopRequested = true; }, ct);
             return;
         }
         await TransitionAsync(name, r => { r.State = S.Stopping; r.StopRequested = true; }, ct);

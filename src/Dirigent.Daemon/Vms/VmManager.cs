@@ -203,6 +203,7 @@ internal sealed partial class VmManager
                 rec.Exit = new VmExitInfo { Kind = exit.Kind, Detail = exit.Detail, ExitCode = exit.ExitCode, At = DateTimeOffset.UtcNow };
                 rec.Pid = null;
                 rec.PidStartTime = null;
+                rec.StartedAt = null;
             });
         }
         catch (StaleExitException) { return; }

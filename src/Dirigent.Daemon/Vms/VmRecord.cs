@@ -35,6 +35,8 @@ public sealed class VmRecord
     /// <summary>Set when the API stopped the VM, so restart=always leaves it down (kept across daemon restarts).</summary>
     public bool StopRequested { get; set; }
     public DateTimeOffset CreatedAt { get; set; }
+    /// <summary>When the current worker started (null while down): the web console's uptime column counts from it.</summary>
+    public DateTimeOffset? StartedAt { get; set; }
 
     public VmRecord Clone() => System.Text.Json.JsonSerializer.Deserialize<VmRecord>(
         System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(this, ApiJson.Options), ApiJson.Options)!;

@@ -29,21 +29,27 @@ internal sealed class DaemonProcess : IAsyncDisposable
     public string SocketPath => Path.Combine(Home, "dirigent.sock");
 
     private readonly bool _tcp;
+    private readonly int _port;
     private Process? _daemon;
     private readonly StringBuilder _stderr = new();
 
-    private DaemonProcess(bool tcp)
+    private DaemonProcess(bool tcp, int port)
     {
         // /tmp and a short name: worker socket paths (HOME/vms/NAME/worker.sock) must stay under 108 bytes.
         Home = Directory.CreateTempSubdirectory("dgd-").FullName;
         Kernel = Path.Combine(Home, "guest.bin");
         File.WriteAllBytes(Kernel, ApiTestVm.BuildGuest());
         _tcp = tcp;
+        _port = port;
     }
 
-    public static async Task<DaemonProcess> StartAsync(bool tcp = false)
+    /// <summary>
+    /// Starts a daemon; with <paramref name="tcp"/> also on 127.0.0.1:<paramref name="port"/> (0: any free port; a fixed
+    /// one survives <see cref="StartDaemonAsync"/> again, as a browser's page needs after a daemon restart).
+    /// </summary>
+    public static async Task<DaemonProcess> StartAsync(bool tcp = false, int port = 0)
     {
-        var d = new DaemonProcess(tcp);
+        var d = new DaemonProcess(tcp, port);
         try { await d.StartDaemonAsync(); }
         catch
         {
@@ -61,7 +67,7 @@ internal sealed class DaemonProcess : IAsyncDisposable
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "dirigent.dll"), "daemon", "--home", Home, "--log-requests" })
             psi.ArgumentList.Add(a);
-        if (_tcp) { psi.ArgumentList.Add("--listen"); psi.ArgumentList.Add("127.0.0.1:0"); }
+        if (_tcp) { psi.ArgumentList.Add("--listen"); psi.ArgumentList.Add($"127.0.0.1:{_port}"); }
         var ready = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         var p = new Process { StartInfo = psi, EnableRaisingEvents = true };
         p.ErrorDataReceived += (_, e) =>
@@ -84,6 +90,16 @@ internal sealed class DaemonProcess : IAsyncDisposable
     }
 
     public int DaemonPid => _daemon!.Id;
+
+    /// <summary>A TCP port that was free a moment ago (for a daemon that must keep its port across restarts).</summary>
+    public static int FreePort()
+    {
+        var probe = new TcpListener(IPAddress.Loopback, 0);
+        probe.Start();
+        int port = ((IPEndPoint)probe.LocalEndpoint).Port;
+        probe.Stop();
+        return port;
+    }
 
     /// <summary>SIGKILL the daemon (workers keep running) and wait until it is gone.</summary>
     public async Task KillDaemonAsync()
