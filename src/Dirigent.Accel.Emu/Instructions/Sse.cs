@@ -30,8 +30,12 @@ internal static unsafe class Sse
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Check(Cpu c, ref Instruction i)
     {
-        if (((c.Cr0 & (Cpu.Cr0EM | Cpu.Cr0TS)) | (~c.Cr4 & Cpu.Cr4OSFXSR)) != 0 || i.HasLockPrefix) Unavailable(c, i.HasLockPrefix);
+        if (!Available(c) || i.HasLockPrefix) Unavailable(c, i.HasLockPrefix);
     }
+
+    /// <summary>CR0.EM=0, CR0.TS=0 and CR4.OSFXSR=1: SSE instructions may run (the compiled tier checks this once per block).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static bool Available(Cpu c) => ((c.Cr0 & (Cpu.Cr0EM | Cpu.Cr0TS)) | (~c.Cr4 & Cpu.Cr4OSFXSR)) == 0;
 
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static void Unavailable(Cpu c, bool locked)

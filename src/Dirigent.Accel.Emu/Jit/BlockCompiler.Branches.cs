@@ -153,7 +153,7 @@ internal sealed partial class BlockCompiler
     }
 
     /// <summary>#GP(0) at instruction i unless the value in <paramref name="target"/> is canonical.</summary>
-    private void CheckCanonical(ref Instruction i, LocalBuilder target)
+    private void CheckCanonical(ref Instruction i, LocalBuilder target, Action? beforeFault = null)
     {
         Label ok = _il.DefineLabel();
         _il.Emit(OpCodes.Ldloc, target);
@@ -163,6 +163,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Shr);
         _il.Emit(OpCodes.Ldloc, target);
         _il.Emit(OpCodes.Beq, ok);
+        beforeFault?.Invoke();
         Sync(ref i);
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Call, MRaiseGp);
@@ -233,21 +234,7 @@ internal sealed partial class BlockCompiler
             // RET / RET imm16
             EmitPopVal(ref i, i.Code == Code.Retnq_imm16 ? i.Immediate16 : 0);
             // A non-canonical return address is #GP(0) at the RET, before RSP moves: undo the pop's RSP change.
-            Label ok = _il.DefineLabel();
-            _il.Emit(OpCodes.Ldloc, _val);
-            _il.Emit(OpCodes.Ldc_I4, 16);
-            _il.Emit(OpCodes.Shl);
-            _il.Emit(OpCodes.Ldc_I4, 16);
-            _il.Emit(OpCodes.Shr);
-            _il.Emit(OpCodes.Ldloc, _val);
-            _il.Emit(OpCodes.Beq, ok);
-            _il.Emit(OpCodes.Ldloc, _la);
-            _il.Emit(OpCodes.Stloc, Reg(Cpu.RSP));
-            Sync(ref i);
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Call, MRaiseGp);
-            EmitReturn(); // not reached: RaiseGp0 throws
-            _il.MarkLabel(ok);
+            CheckCanonical(ref i, _val, () => { _il.Emit(OpCodes.Ldloc, _la); _il.Emit(OpCodes.Stloc, Reg(Cpu.RSP)); });
             // A return goes straight into the compiled block the jump cache has for its target, if any.
             ExitDynamic(_val, n);
             return true;

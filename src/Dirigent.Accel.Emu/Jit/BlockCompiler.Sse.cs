@@ -97,17 +97,10 @@ internal sealed partial class BlockCompiler
     }
 
     /// <summary>Runs instruction i's own handler (state synced first) and leaves the block after it: for a path that faults.</summary>
-    private unsafe void HandlerAndLeave(ref Instruction i)
+    private void HandlerAndLeave(ref Instruction i)
     {
         Sync(ref i);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldarg_0);
-        _il.Emit(OpCodes.Ldfld, FInstrs);
-        _il.Emit(OpCodes.Ldc_I4, _k);
-        _il.Emit(OpCodes.Ldelema, typeof(Instruction));
-        _il.Emit(OpCodes.Ldc_I8, (long)(nint)CodeCache.HandlerFor(ref i, 64));
-        _il.Emit(OpCodes.Conv_I);
-        _il.EmitCalli(OpCodes.Calli, System.Reflection.CallingConventions.Standard, typeof(void), HandlerParams, null);
+        EmitCallHandler(ref i);
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Call, MJitExit);
         AddInstret(_k + 1);
@@ -117,11 +110,8 @@ internal sealed partial class BlockCompiler
     /// <summary>Reads the 128-bit memory operand 1 (or 0 for a store's address) into Vec; _la holds its address.</summary>
     private void EmitRead128(ref Instruction i, bool aligned)
     {
-        PushAddress(ref i);
-        _il.Emit(OpCodes.Stloc, _la);
-        if (aligned) EmitAlignmentCheck(ref i);
         Label miss = _il.DefineLabel(), done = _il.DefineLabel();
-        EmitTlbProbe(FTlbR, 16, miss);
+        Probe128(ref i, aligned, FTlbR, miss);
         _il.Emit(OpCodes.Unaligned, (byte)1);
         _il.Emit(OpCodes.Ldobj, V128);
         _il.Emit(OpCodes.Stloc, Vec);
@@ -138,11 +128,8 @@ internal sealed partial class BlockCompiler
     /// <summary>Writes Vec to the 128-bit memory operand 0.</summary>
     private void EmitWrite128(ref Instruction i, bool aligned)
     {
-        PushAddress(ref i);
-        _il.Emit(OpCodes.Stloc, _la);
-        if (aligned) EmitAlignmentCheck(ref i);
         Label miss = _il.DefineLabel(), done = _il.DefineLabel();
-        EmitTlbProbe(FTlbW, 16, miss);
+        Probe128(ref i, aligned, FTlbW, miss);
         _il.Emit(OpCodes.Ldloc, Vec);
         _il.Emit(OpCodes.Unaligned, (byte)1);
         _il.Emit(OpCodes.Stobj, V128);
@@ -155,6 +142,15 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Call, MSseWrite);
         ExitIfBlockExit(i.NextIP);
         _il.MarkLabel(done);
+    }
+
+    /// <summary>The memory operand's address into _la, the alignment rule, then the TLB probe (host address pushed, or to miss).</summary>
+    private void Probe128(ref Instruction i, bool aligned, FieldInfo table, Label miss)
+    {
+        PushAddress(ref i);
+        _il.Emit(OpCodes.Stloc, _la);
+        if (aligned) EmitAlignmentCheck(ref i);
+        EmitTlbProbe(table, 16, miss);
     }
 
     /// <summary>A misaligned legacy-SSE 128-bit operand faults: the handler raises exactly what the interpreter raises.</summary>
@@ -285,7 +281,7 @@ internal static class JitSse
 
     /// <summary>SSE instructions may run: CR0.EM=0, CR0.TS=0, CR4.OSFXSR=1 (Sse.Check's condition).</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    public static bool Usable(Cpu c) => ((c.Cr0 & (Cpu.Cr0EM | Cpu.Cr0TS)) | (~c.Cr4 & Cpu.Cr4OSFXSR)) == 0;
+    public static bool Usable(Cpu c) => Instructions.Sse.Available(c);
 
     /// <summary>TLB-miss paths: the interpreter's 128-bit accesses (fault order and page-crossing rules included).</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]

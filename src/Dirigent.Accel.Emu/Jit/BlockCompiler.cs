@@ -425,15 +425,9 @@ internal sealed partial class BlockCompiler
     internal static readonly System.Collections.Concurrent.ConcurrentDictionary<string, int>? HandlerForms =
         JitCompiler.Stats ? new() : null;
 
-    private unsafe void EmitHandlerCall(ref Instruction i)
+    /// <summary>Calls instruction i's interpreter handler (a direct calli on its entry), the state already synced.</summary>
+    private unsafe void EmitCallHandler(ref Instruction i)
     {
-        if (HandlerForms != null && _pass == 1) HandlerForms.AddOrUpdate(i.Code.ToString(), 1, (_, n) => n + 1);
-        Sync(ref i);
-        // Registers and flags are the CPU's again after the handler: forget the locals.
-        Array.Clear(_loaded);
-        Array.Clear(_dirty);
-        _fop = LazyOp.None;
-        _sseChecked = false; // a handler may have changed CR0/CR4
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldarg_0);
         _il.Emit(OpCodes.Ldfld, FInstrs);
@@ -442,6 +436,18 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldc_I8, (long)(nint)CodeCache.HandlerFor(ref i, 64));
         _il.Emit(OpCodes.Conv_I);
         _il.EmitCalli(OpCodes.Calli, CallingConventions.Standard, typeof(void), HandlerParams, null);
+    }
+
+    private void EmitHandlerCall(ref Instruction i)
+    {
+        if (HandlerForms != null && _pass == 1) HandlerForms.AddOrUpdate(i.Code.ToString(), 1, (_, n) => n + 1);
+        Sync(ref i);
+        // Registers and flags are the CPU's again after the handler: forget the locals.
+        Array.Clear(_loaded);
+        Array.Clear(_dirty);
+        _fop = LazyOp.None;
+        _sseChecked = false; // a handler may have changed CR0/CR4
+        EmitCallHandler(ref i);
         // HLT, mode and paging changes, stores to this block's code: the interpreter would stop here too.
         Label go = _il.DefineLabel();
         _il.Emit(OpCodes.Ldarg_1);
