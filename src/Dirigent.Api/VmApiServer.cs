@@ -104,6 +104,13 @@ public sealed partial class VmApiServer : IAsyncDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         await DrainViewersOfEndedVm();
         await _stopping.CancelAsync();
+        // Let the console viewers send their "shutting down" close before Kestrel stops: stopping it may abort their
+        // connections first (seen under load: the client saw the socket drop without a close frame).
+        if (!_viewers.IsEmpty)
+        {
+            try { await Task.WhenAll(_viewers.Values).WaitAsync(CloseGrace * 2); }
+            catch (TimeoutException) { } // a viewer that does not answer its close is cut off by the stop below
+        }
         try { await _app.StopAsync(); }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException) { }
         await _app.DisposeAsync();
