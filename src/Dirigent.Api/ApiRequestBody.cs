@@ -9,11 +9,39 @@ namespace Dirigent.Api;
 /// </summary>
 internal static class ApiRequestBody
 {
-    /// <summary>Reads the whole body (Kestrel caps its size: a larger one is a 413).</summary>
+    /// <summary>The most of an over-limit body read and thrown away so that the client hears the 413.</summary>
+    public const int DrainLimit = 1024 * 1024;
+
+    /// <summary>
+    /// Reads the whole body; one larger than the server's limit is a 413. Kestrel would answer the 413 and close
+    /// while the client is still sending, and a client that writes the whole body before reading (HttpClient does)
+    /// then sees a broken pipe instead of the answer: so the limit is enforced here, and an over-limit body of up
+    /// to <see cref="DrainLimit"/> bytes is read and dropped before answering.
+    /// </summary>
     public static async Task<byte[]> ReadAsync(HttpContext ctx)
     {
+        var feature = ctx.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>();
+        long? max = feature?.MaxRequestBodySize;
+        if (max is not long limit || feature!.IsReadOnly)
+        {
+            using var all = new MemoryStream();
+            await ctx.Request.Body.CopyToAsync(all, ctx.RequestAborted);
+            return all.ToArray();
+        }
+        string tooLarge = $"Request body too large. The max request body size is {limit} bytes.";
+        long? declared = ctx.Request.ContentLength;
+        if (declared > DrainLimit) throw new BadHttpRequestException(tooLarge, StatusCodes.Status413PayloadTooLarge);
+        feature.MaxRequestBodySize = DrainLimit;
         using var ms = new MemoryStream();
-        await ctx.Request.Body.CopyToAsync(ms, ctx.RequestAborted);
+        var buffer = new byte[16 * 1024];
+        long total = 0;
+        int n;
+        while ((n = await ctx.Request.Body.ReadAsync(buffer, ctx.RequestAborted)) > 0)
+        {
+            total += n;
+            if (total <= limit) ms.Write(buffer, 0, n);
+        }
+        if (total > limit) throw new BadHttpRequestException(tooLarge, StatusCodes.Status413PayloadTooLarge);
         return ms.ToArray();
     }
 

@@ -149,6 +149,23 @@ public class VmApiServerTests
         Assert.Equal("running", (await t.GetVm()).GetProperty("state").GetString());
     }
 
+    [Fact]
+    public async Task AnOversizedChunkedBodyIs413AndTheConnectionStaysUsable()
+    {
+        await using var t = await ApiTestVm.StartAsync();
+        // No Content-Length: the server only learns the size by reading; the answer must still be a 413, heard by
+        // a client that writes the whole body first, and the next request on the same client must work.
+        var body = new byte[VmApiServer.MaxRequestBody * 3];
+        body.AsSpan().Fill((byte)' ');
+        var content = new StreamContent(new MemoryStream(body));
+        content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+        using var req = new HttpRequestMessage(HttpMethod.Put, "/v1/vm/pause") { Content = content };
+        req.Headers.TransferEncodingChunked = true;
+        using var r = await t.Http.SendAsync(req);
+        await ApiTestVm.AssertProblem(r, HttpStatusCode.RequestEntityTooLarge);
+        Assert.Equal("running", (await t.GetVm()).GetProperty("state").GetString());
+    }
+
     [Theory]
     [InlineData("GET", "/v1/nope")]
     [InlineData("GET", "/v2/vm")]
