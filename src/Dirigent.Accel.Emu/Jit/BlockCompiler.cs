@@ -71,12 +71,14 @@ internal sealed partial class BlockCompiler
     private readonly bool[] _loaded = new bool[16], _dirty = new bool[16];
     private readonly LocalBuilder _gpr, _la, _page, _ent, _val, _tmp, _fa, _fb, _fr, _fcin, _nb, _ptr;
     /// <summary>
-    /// Registers in memory: every guest register access loads or stores the CPU's register array through <see cref="_gp"/>
-    /// (a byref to its first element) instead of an IL local. Nothing is written back at exits, fault paths and handler
-    /// calls, which is most of a block's IL: the .NET JIT's time is ~0.7 us per IL byte plus ~140 us per method, and
-    /// compiling is what a boot waits for. Self-loops, where run time is what counts, keep registers in locals.
+    /// Registers in memory: a guest register the block touches fewer than <see cref="LocalUses"/> times is loaded and
+    /// stored in the CPU's register array at each access (through <see cref="_gp"/>, a byref to its first element)
+    /// instead of living in an IL local that exits, fault paths and handler calls must write back. Fewer locals and less
+    /// write-back IL is less for the .NET JIT to do (its time is ~0.7 us per IL byte plus ~140 us per method, and
+    /// compiling is what a boot waits for); a register used more stays in a local. Self-loops, where run time is what
+    /// counts, keep every register in locals.
     /// </summary>
-    private bool _regsInMemory;
+    private readonly bool[] _inMemory = new bool[16];
     private LocalBuilder? _gp, _regTmp;
     /// <summary>Every instruction is inline or a handler that keeps chaining (<see cref="HandlerKeepsChaining"/>): nothing
     /// in the block can change TF, the interrupt shadow or the mode, so its exits may jump straight into the next
@@ -162,8 +164,12 @@ internal sealed partial class BlockCompiler
         _chainable = true;
         for (int k = 0; k < n - 1 && _chainable; k++) if (!CanInline(ref ins[k]) && !HandlerKeepsChaining(ref ins[k])) _chainable = false;
         if (!CanInline(ref last) && !IsInlineBranch(ref last)) _chainable = false;
-        _regsInMemory = !_selfLoop && !RegsInLocals;
-        if (_regsInMemory)
+        if (!_selfLoop && LocalUses > 0)
+        {
+            var uses = GprUses(ins, n);
+            for (int r = 0; r < 16; r++) _inMemory[r] = uses[r] > 0 && uses[r] < LocalUses;
+        }
+        if (Array.IndexOf(_inMemory, true) >= 0)
         {
             _gp = _il.DeclareLocal(typeof(ulong).MakeByRefType());
             _regTmp = _il.DeclareLocal(typeof(ulong));
@@ -237,6 +243,20 @@ internal sealed partial class BlockCompiler
 
     private static readonly InstructionInfoFactory s_info = new();
 
+    /// <summary>How many times the block's instructions read or write each GPR (by index; stack operations count RSP).</summary>
+    private static int[] GprUses(Instruction[] ins, int n)
+    {
+        var uses = new int[16];
+        lock (s_info)
+            for (int k = 0; k < n; k++)
+                foreach (var u in s_info.GetInfo(ins[k]).GetUsedRegisters())
+                {
+                    Register full = u.Register.GetFullRegister();
+                    if (full is >= Register.RAX and <= Register.R15) uses[full - Register.RAX]++;
+                }
+        return uses;
+    }
+
     /// <summary>The GPRs (by index) the block's instructions read or write, RSP included for stack operations.</summary>
     private static IEnumerable<int> GprsUsed(Instruction[] ins, int n)
     {
@@ -254,13 +274,17 @@ internal sealed partial class BlockCompiler
     /// <summary>The IL local of guest register r, declared at its first use (fewer locals: less for the .NET JIT to allocate).</summary>
     private LocalBuilder Reg(int r) => _reg[r] ??= _il.DeclareLocal(typeof(ulong));
 
-    /// <summary>DIRIGENT_JIT_REGS=locals: every block keeps registers in IL locals (to compare the two ways).</summary>
-    internal static readonly bool RegsInLocals = Environment.GetEnvironmentVariable("DIRIGENT_JIT_REGS") == "locals";
+    /// <summary>
+    /// Accesses from which a register gets an IL local (<see cref="_inMemory"/>); DIRIGENT_JIT_LOCAL_USES=N overrides it
+    /// (0: every register in a local, a large N: every register in memory), to compare.
+    /// </summary>
+    internal static readonly int LocalUses =
+        int.TryParse(Environment.GetEnvironmentVariable("DIRIGENT_JIT_LOCAL_USES"), out int u) ? u : 3;
 
     /// <summary>Pushes guest register r's current value.</summary>
     private void EmitLdReg(int r)
     {
-        if (!_regsInMemory) { _il.Emit(OpCodes.Ldloc, Reg(r)); return; }
+        if (!_inMemory[r]) { _il.Emit(OpCodes.Ldloc, Reg(r)); return; }
         EmitRegAddress(r);
         _il.Emit(OpCodes.Ldind_I8);
     }
@@ -268,7 +292,7 @@ internal sealed partial class BlockCompiler
     /// <summary>Stores the value on the stack into guest register r (no bookkeeping: see <see cref="StoreReg"/>).</summary>
     private void EmitStReg(int r)
     {
-        if (!_regsInMemory) { _il.Emit(OpCodes.Stloc, Reg(r)); return; }
+        if (!_inMemory[r]) { _il.Emit(OpCodes.Stloc, Reg(r)); return; }
         _il.Emit(OpCodes.Stloc, _regTmp!);
         EmitRegAddress(r);
         _il.Emit(OpCodes.Ldloc, _regTmp!);
@@ -285,7 +309,7 @@ internal sealed partial class BlockCompiler
 
     private void Load(int r)
     {
-        if (_regsInMemory || _loaded[r]) return;
+        if (_inMemory[r] || _loaded[r]) return;
         Reg(r);
         _il.Emit(OpCodes.Ldloc, _gpr);
         _il.Emit(OpCodes.Ldc_I4, r);
@@ -307,10 +331,9 @@ internal sealed partial class BlockCompiler
     /// <summary>Writes dirty registers back to the CPU (they stay dirty: this may be on a conditional path).</summary>
     private void SpillRegs()
     {
-        if (_regsInMemory) return;
         for (int r = 0; r < 16; r++)
         {
-            if (!_dirty[r]) continue;
+            if (!_dirty[r] || _inMemory[r]) continue;
             _il.Emit(OpCodes.Ldloc, _gpr);
             _il.Emit(OpCodes.Ldc_I4, r);
             _il.Emit(OpCodes.Ldloc, Reg(r));
