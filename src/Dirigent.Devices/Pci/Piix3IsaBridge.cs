@@ -79,7 +79,8 @@ public sealed class Piix3IsaBridge : PciDevice
                 var (oldIrq, oldLevel) = _driven[k];
                 if (oldIrq == irq && oldLevel == level) continue;
                 if (oldIrq >= 0 && oldIrq != irq && oldLevel) Source(k, oldIrq).Set(false);
-                if (irq >= 0) Source(k, irq).Set(level);
+                // A source is made on the first assertion: routing alone does not claim an ISA line.
+                if (irq >= 0 && (level || _isaSources.ContainsKey((k, irq)))) Source(k, irq).Set(level);
                 _driven[k] = (irq, level);
             }
         }

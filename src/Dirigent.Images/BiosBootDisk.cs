@@ -1,0 +1,68 @@
+using System.Buffers.Binary;
+using System.Text;
+
+namespace Dirigent.Images;
+
+/// <summary>
+/// A raw disk image that boots a kernel through a PC BIOS: an MBR with SYSLINUX's boot code (Debian's
+/// syslinux-common <c>mbr.bin</c>) and one active FAT16 partition from sector 2048, formatted with mtools and made
+/// bootable with <c>syslinux --offset</c> (Debian's syslinux package), holding the kernel, the initramfs and a
+/// syslinux.cfg that boots them with the given command line on the serial console. Used by the firmware boot tests
+/// and `bench firmware`.
+/// </summary>
+public static class BiosBootDisk
+{
+    public const string MbrPath = "/usr/lib/syslinux/mbr/mbr.bin";
+    public const long PartitionStartSector = 2048;
+
+    /// <summary>The tools and files it needs, each with its Debian package; null when all are there, else one line.</summary>
+    public static string? Missing()
+    {
+        var missing = new List<string>();
+        foreach (var (tool, pkg) in new[] { ("mformat", "mtools"), ("mcopy", "mtools"), ("syslinux", "syslinux") })
+            if (!OnPath(tool)) missing.Add($"{tool} ({pkg})");
+        if (!File.Exists(MbrPath)) missing.Add($"{MbrPath} (syslinux-common)");
+        return missing.Count == 0 ? null : $"missing {string.Join(", ", missing)}: apt-get install mtools syslinux syslinux-common";
+    }
+
+    private static bool OnPath(string program) =>
+        (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin:/bin").Split(':').Any(d => File.Exists(Path.Combine(d, program)));
+
+    /// <summary>Writes the image at <paramref name="path"/> (<paramref name="sizeMiB"/> MiB, sparse).</summary>
+    public static void Build(string path, string kernel, string initramfs, string append, int sizeMiB = 64)
+    {
+        if (Missing() is { } why) throw new ImageBuildException(why);
+        if (sizeMiB < 8) throw new ArgumentOutOfRangeException(nameof(sizeMiB), "at least 8 MiB");
+        long sectors = (long)sizeMiB * 2048, partSectors = sectors - PartitionStartSector;
+        using (var f = new FileStream(path, FileMode.Create, FileAccess.ReadWrite))
+        {
+            f.SetLength(sectors * 512);
+            var mbr = new byte[512];
+            File.ReadAllBytes(MbrPath).AsSpan(0, 440).CopyTo(mbr);
+            // One partition entry: active, CHS "beyond 8 GiB" (LBA only: SYSLINUX's MBR uses EDD), FAT16 (type 6).
+            var e = mbr.AsSpan(446, 16);
+            e[0] = 0x80;
+            e[1] = 0xFE; e[2] = 0xFF; e[3] = 0xFF;
+            e[4] = 0x06;
+            e[5] = 0xFE; e[6] = 0xFF; e[7] = 0xFF;
+            BinaryPrimitives.WriteUInt32LittleEndian(e[8..], (uint)PartitionStartSector);
+            BinaryPrimitives.WriteUInt32LittleEndian(e[12..], (uint)partSectors);
+            mbr[510] = 0x55; mbr[511] = 0xAA;
+            f.Write(mbr);
+        }
+        string dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
+        string part = $"{path}@@{PartitionStartSector * 512}";
+        const string remedy = "apt-get install mtools syslinux syslinux-common";
+        HostTool.Run("mformat", ["-i", part, "-T", partSectors.ToString(), "-h", "64", "-s", "32", "-H", PartitionStartSector.ToString(), "::"], remedy, dir);
+        HostTool.Run("syslinux", ["--offset", (PartitionStartSector * 512).ToString(), "--install", path], remedy, dir);
+        string cfg = Path.Combine(dir, $"syslinux-{Guid.NewGuid():N}.cfg");
+        File.WriteAllText(cfg, $"SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n  INITRD initrd\n  APPEND {append}\n", Encoding.ASCII);
+        try
+        {
+            HostTool.Run("mcopy", ["-i", part, cfg, "::syslinux.cfg"], remedy, dir);
+            HostTool.Run("mcopy", ["-i", part, kernel, "::vmlinuz"], remedy, dir);
+            HostTool.Run("mcopy", ["-i", part, initramfs, "::initrd"], remedy, dir);
+        }
+        finally { File.Delete(cfg); }
+    }
+}

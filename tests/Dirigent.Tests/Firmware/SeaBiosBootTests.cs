@@ -1,0 +1,105 @@
+using System.Diagnostics;
+using Dirigent.Cli;
+using Dirigent.Devices.Firmware;
+using Dirigent.Images;
+using Dirigent.Storage;
+using Dirigent.Tests.Boot;
+using Dirigent.Tests.Storage;
+using Dirigent.Vmm;
+using Xunit.Abstractions;
+
+namespace Dirigent.Tests.Firmware;
+
+/// <summary>
+/// Firmware boot end to end on the software CPU: Debian's SeaBIOS (package seabios) starts at the reset vector, finds
+/// the virtio-blk disk made here (SYSLINUX's MBR, an active FAT16 partition with SYSLINUX, Debian's kernel and the
+/// busybox initramfs), runs its MBR at 0x7C00, SYSLINUX loads the kernel, and the initramfs prints a marker and
+/// powers off. The same disk as raw and as qcow2 (written through our qcow2 driver).
+/// </summary>
+[Trait("Category", "Boot")]
+public class SeaBiosBootTests(ITestOutputHelper output)
+{
+    private static readonly Lazy<GuestImage> s_image = new(() => DefaultImage.EnsureBuilt(VmLauncher.CacheDir, _ => { }));
+    private static readonly TimeSpan BootTimeout = TimeSpan.FromMinutes(4);
+    public const string Marker = "dirigent-firmware-boot-marker";
+
+    /// <summary>Skips (with what to install) where SeaBIOS or the disk tools are missing; .ci/run installs them.</summary>
+    internal static void RequirePackages()
+    {
+        Skip.IfNot(File.Exists(BiosConfig.DefaultBiosPath), $"{BiosConfig.DefaultBiosPath} is missing: apt-get install seabios");
+        Skip.If(BiosBootDisk.Missing() is not null, BiosBootDisk.Missing());
+    }
+
+    /// <summary>The boot disk in <paramref name="dir"/>, raw or converted to qcow2 by <see cref="DiskImage"/>.</summary>
+    internal static string MakeDisk(TempDir dir, string format, string script)
+    {
+        string raw = dir["boot.raw"];
+        BiosBootDisk.Build(raw, s_image.Value.Kernel, s_image.Value.Initramfs,
+            $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}", sizeMiB: 32);
+        if (format == "raw") return raw;
+        string q = dir["boot.qcow2"];
+        long size = new FileInfo(raw).Length;
+        DiskImage.Create(q, "qcow2", size);
+        using (var src = DiskImage.Open(raw, "raw", readOnly: true))
+        using (var dst = DiskImage.Open(q, "qcow2", readOnly: false))
+        {
+            var buf = new byte[1 << 16];
+            for (long off = 0; off < size; off += buf.Length)
+            {
+                src.Read(off, buf);
+                if (buf.AsSpan().IndexOfAnyExcept((byte)0) >= 0) dst.Write(off, buf);
+            }
+            dst.Flush();
+        }
+        return q;
+    }
+
+    [SkippableTheory]
+    [InlineData("raw")]
+    [InlineData("qcow2")]
+    public void SeaBiosBootsTheSyslinuxDiskToTheKernelWhichPrintsTheMarkerAndPowersOff(string format)
+    {
+        RequirePackages();
+        using var dir = new TempDir();
+        string disk = MakeDisk(dir, format, $"echo {Marker}");
+        var cfg = new VmSpec
+        {
+            Firmware = FirmwareKind.Bios, MemoryBytes = 256UL << 20,
+            Disks = [new DiskConfig(disk, DiskFormat.Auto, ReadOnly: false)],
+        };
+        var sw = Stopwatch.StartNew();
+        var r = new GuestRunner();
+        int rc = r.Run(cfg, BootTimeout);
+        output.WriteLine($"{format}: firmware to power-off in {sw.Elapsed.TotalSeconds:F1} s wall");
+        string o = r.Output;
+        Assert.True(rc == 0, $"exit status {rc}; errors: {r.Errors}\n{GuestRunner.Tail(o)}");
+        // SeaBIOS's banner and boot line reach COM1 through its serial console (fw_cfg NOGRAPHIC / etc/sercon-port).
+        Assert.Contains("SeaBIOS (version", o);
+        Assert.Contains("Booting from Hard Disk", o);
+        Assert.Contains("SYSLINUX", o);
+        Assert.True(o.IndexOf("SeaBIOS (version", StringComparison.Ordinal) < o.IndexOf(Marker, StringComparison.Ordinal),
+            $"the marker came before the BIOS banner:\n{GuestRunner.Tail(o)}");
+        Assert.Contains($"{Marker}\r\n{InitScript.ExitStatusPrefix}0", o.Replace("\r\r\n", "\r\n"));
+        foreach (var bad in new[] { "BUG:", "WARNING:", "Oops", "I/O error" })
+            Assert.False(o.Contains(bad, StringComparison.Ordinal), $"console shows '{bad}':\n{GuestRunner.Tail(o)}");
+    }
+
+    [Fact]
+    public void WithoutTheBiosImageTheRunFailsWithOneLineNamingThePackage()
+    {
+        using var dir = new TempDir();
+        string disk = dir["empty.raw"];
+        File.WriteAllBytes(disk, new byte[1 << 20]);
+        var cfg = new VmSpec
+        {
+            Firmware = FirmwareKind.Bios, FirmwarePath = dir["no-such-bios.bin"],
+            Disks = [new DiskConfig(disk, DiskFormat.Raw, ReadOnly: false)],
+        };
+        var err = new StringWriter();
+        int rc = VmLauncher.Run(cfg, err, new MemoryStream(), Stream.Null, useTerminal: false);
+        Assert.Equal(ExitCodes.BadInput, rc);
+        string text = err.ToString().Trim();
+        Assert.Single(text.Split('\n'));
+        Assert.Contains("no-such-bios.bin", text);
+    }
+}
