@@ -65,4 +65,18 @@ public static class BiosBootDisk
         }
         finally { File.Delete(cfg); }
     }
+
+    /// <summary>
+    /// A 1 MiB raw disk whose MBR's first instructions write <paramref name="value"/> to QEMU's isa-debug-exit port
+    /// 0xF4 (<c>mov al, value; out 0xF4, al; hlt</c>): the VM ends the moment the firmware runs the MBR, on Dirigent
+    /// and on QEMU with <c>-device isa-debug-exit</c> alike (what `bench firmware` times).
+    /// </summary>
+    public static void WriteDebugExitMbr(string path, byte value)
+    {
+        var disk = new byte[1 << 20];
+        byte[] code = [0xB0, value, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD];
+        code.CopyTo(disk, 0);
+        disk[510] = 0x55; disk[511] = 0xAA;
+        File.WriteAllBytes(path, disk);
+    }
 }

@@ -103,3 +103,37 @@ public class SeaBiosBootTests(ITestOutputHelper output)
         Assert.Contains("no-such-bios.bin", text);
     }
 }
+
+/// <summary>
+/// SeaBIOS up to the MBR on each accelerator: a disk whose MBR writes 0x2A to the debug-exit port. The software CPU
+/// always; KVM where it is usable (an emulating KVM such as PVM runs SeaBIOS too, slowly).
+/// </summary>
+[Trait("Category", "Boot")]
+public class SeaBiosMbrTests(ITestOutputHelper output)
+{
+    [SkippableTheory]
+    [InlineData(AccelKind.Emu)]
+    [InlineData(AccelKind.Kvm)]
+    public void SeaBiosRunsTheMbrAt7C00(AccelKind accel)
+    {
+        Skip.IfNot(File.Exists(BiosConfig.DefaultBiosPath), $"{BiosConfig.DefaultBiosPath} is missing: apt-get install seabios");
+        if (accel == AccelKind.Kvm) Skip.IfNot(Dirigent.Accel.Kvm.KvmAccelerator.Probe(out var why), $"KVM is not usable here: {why}");
+        using var dir = new TempDir();
+        string disk = dir["mbr.raw"];
+        BiosBootDisk.WriteDebugExitMbr(disk, 0x2A);
+        var cfg = new VmSpec
+        {
+            Firmware = FirmwareKind.Bios, MemoryBytes = 128UL << 20, Accel = accel,
+            Disks = [new DiskConfig(disk, DiskFormat.Raw, ReadOnly: false)],
+        };
+        var log = new StringWriter();
+        using var vm = Vm.Create(cfg, log);
+        var sw = Stopwatch.StartNew();
+        vm.Start();
+        Assert.True(vm.Completion.Wait(TimeSpan.FromMinutes(3)), $"the VM did not reach the MBR; console:\n{System.Text.Encoding.ASCII.GetString(vm.Console.Recent())}");
+        var reason = vm.Completion.Result;
+        output.WriteLine($"{vm.AccelName}: reached the MBR after {sw.Elapsed.TotalSeconds:F2} s wall, {vm.Uptime.TotalSeconds:F3} s VM time");
+        Assert.True(reason.Kind == VmExitKind.DebugExit, $"ended as {reason}; console:\n{System.Text.Encoding.ASCII.GetString(vm.Console.Recent())}\n{log}");
+        Assert.Equal(0x2A, reason.DebugExitValue);
+    }
+}
