@@ -28,17 +28,30 @@ public static class BiosBootDisk
     private static bool OnPath(string program) =>
         (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin:/bin").Split(':').Any(d => File.Exists(Path.Combine(d, program)));
 
-    /// <summary>Writes the image at <paramref name="path"/> (<paramref name="sizeMiB"/> MiB, sparse).</summary>
-    public static void Build(string path, string kernel, string initramfs, string append, int sizeMiB = 64)
+    public const string GrubDir = "/usr/lib/grub/i386-pc";
+
+    /// <summary>What <see cref="Build"/> with <c>grub: true</c> needs beyond <see cref="Missing()"/>; null when there.</summary>
+    public static string? MissingGrub() =>
+        OnPath("grub-mkimage") && File.Exists(Path.Combine(GrubDir, "boot.img")) ? null
+            : "missing grub-mkimage or /usr/lib/grub/i386-pc/boot.img: apt-get install grub-pc-bin";
+
+    /// <summary>
+    /// Writes the image at <paramref name="path"/> (<paramref name="sizeMiB"/> MiB, sparse). With
+    /// <paramref name="grub"/> the MBR is GRUB's boot.img and GRUB's core.img (grub-mkimage: biosdisk, part_msdos,
+    /// fat, linux, serial, with an embedded configuration that loads the kernel and initramfs from the partition)
+    /// sits in the sectors before the partition, as grub-install embeds it; the partition then needs no SYSLINUX.
+    /// </summary>
+    public static void Build(string path, string kernel, string initramfs, string append, int sizeMiB = 64, bool grub = false)
     {
         if (Missing() is { } why) throw new ImageBuildException(why);
+        if (grub && MissingGrub() is { } whyGrub) throw new ImageBuildException(whyGrub);
         if (sizeMiB < 8) throw new ArgumentOutOfRangeException(nameof(sizeMiB), "at least 8 MiB");
         long sectors = (long)sizeMiB * 2048, partSectors = sectors - PartitionStartSector;
         using (var f = new FileStream(path, FileMode.Create, FileAccess.ReadWrite))
         {
             f.SetLength(sectors * 512);
             var mbr = new byte[512];
-            File.ReadAllBytes(MbrPath).AsSpan(0, 440).CopyTo(mbr);
+            File.ReadAllBytes(grub ? Path.Combine(GrubDir, "boot.img") : MbrPath).AsSpan(0, 440).CopyTo(mbr);
             // One partition entry: active, CHS "beyond 8 GiB" (LBA only: SYSLINUX's MBR uses EDD), FAT16 (type 6).
             var e = mbr.AsSpan(446, 16);
             e[0] = 0x80;
@@ -54,6 +67,13 @@ public static class BiosBootDisk
         string part = $"{path}@@{PartitionStartSector * 512}";
         const string remedy = "apt-get install mtools syslinux syslinux-common";
         HostTool.Run("mformat", ["-i", part, "-T", partSectors.ToString(), "-h", "64", "-s", "32", "-H", PartitionStartSector.ToString(), "::"], remedy, dir);
+        if (grub)
+        {
+            InstallGrub(path, dir, append);
+            HostTool.Run("mcopy", ["-i", part, kernel, "::vmlinuz"], remedy, dir);
+            HostTool.Run("mcopy", ["-i", part, initramfs, "::initrd"], remedy, dir);
+            return;
+        }
         HostTool.Run("syslinux", ["--offset", (PartitionStartSector * 512).ToString(), "--install", path], remedy, dir);
         string cfg = Path.Combine(dir, $"syslinux-{Guid.NewGuid():N}.cfg");
         File.WriteAllText(cfg, $"SERIAL 0 115200\nDEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n  INITRD initrd\n  APPEND {append}\n", Encoding.ASCII);
@@ -64,6 +84,29 @@ public static class BiosBootDisk
             HostTool.Run("mcopy", ["-i", part, initramfs, "::initrd"], remedy, dir);
         }
         finally { File.Delete(cfg); }
+    }
+
+    /// <summary>
+    /// core.img at sector 1: boot.img's default kernel_sector (1) and diskboot's default blocklist (from sector 2,
+    /// the length grub-mkimage fills in) are what grub-bios-setup would write for this layout.
+    /// </summary>
+    private static void InstallGrub(string path, string dir, string append)
+    {
+        string id = Guid.NewGuid().ToString("N");
+        string cfg = Path.Combine(dir, $"grub-{id}.cfg"), core = Path.Combine(dir, $"core-{id}.img");
+        File.WriteAllText(cfg, "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\n" +
+            $"linux (hd0,msdos1)/vmlinuz {append}\ninitrd (hd0,msdos1)/initrd\nboot\n", Encoding.ASCII);
+        try
+        {
+            HostTool.Run("grub-mkimage", ["-O", "i386-pc", "-d", GrubDir, "-o", core, "-c", cfg, "-p", "(hd0,msdos1)/boot/grub",
+                "biosdisk", "part_msdos", "fat", "linux", "serial", "terminal", "boot"], "apt-get install grub-pc-bin", dir);
+            byte[] img = File.ReadAllBytes(core);
+            if (img.Length > (PartitionStartSector - 1) * 512) throw new ImageBuildException($"GRUB's core.img ({img.Length} bytes) does not fit before the partition");
+            using var f = new FileStream(path, FileMode.Open, FileAccess.Write);
+            f.Position = 512;
+            f.Write(img);
+        }
+        finally { File.Delete(cfg); File.Delete(core); }
     }
 
     /// <summary>

@@ -31,11 +31,11 @@ public class SeaBiosBootTests(ITestOutputHelper output)
     }
 
     /// <summary>The boot disk in <paramref name="dir"/>, raw or converted to qcow2 by <see cref="DiskImage"/>.</summary>
-    internal static string MakeDisk(TempDir dir, string format, string script)
+    internal static string MakeDisk(TempDir dir, string format, string script, bool grub = false)
     {
         string raw = dir["boot.raw"];
         BiosBootDisk.Build(raw, s_image.Value.Kernel, s_image.Value.Initramfs,
-            $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}", sizeMiB: 32);
+            $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}", sizeMiB: 32, grub: grub);
         if (format == "raw") return raw;
         string q = dir["boot.qcow2"];
         long size = new FileInfo(raw).Length;
@@ -54,14 +54,17 @@ public class SeaBiosBootTests(ITestOutputHelper output)
         return q;
     }
 
+    /// <summary>SYSLINUX on raw and qcow2; GRUB (grub-pc-bin's boot.img and core.img, as grub-install embeds them) on raw.</summary>
     [SkippableTheory]
-    [InlineData("raw")]
-    [InlineData("qcow2")]
-    public void SeaBiosBootsTheSyslinuxDiskToTheKernelWhichPrintsTheMarkerAndPowersOff(string format)
+    [InlineData("raw", "syslinux")]
+    [InlineData("qcow2", "syslinux")]
+    [InlineData("raw", "grub")]
+    public void SeaBiosBootsTheDiskThroughItsBootLoaderToTheKernelWhichPrintsTheMarkerAndPowersOff(string format, string loader)
     {
         RequirePackages();
+        if (loader == "grub") Skip.If(BiosBootDisk.MissingGrub() is not null, BiosBootDisk.MissingGrub());
         using var dir = new TempDir();
-        string disk = MakeDisk(dir, format, $"echo {Marker}");
+        string disk = MakeDisk(dir, format, $"echo {Marker}", grub: loader == "grub");
         var cfg = new VmSpec
         {
             Firmware = FirmwareKind.Bios, MemoryBytes = 256UL << 20,
@@ -70,13 +73,13 @@ public class SeaBiosBootTests(ITestOutputHelper output)
         var sw = Stopwatch.StartNew();
         var r = new GuestRunner();
         int rc = r.Run(cfg, BootTimeout);
-        output.WriteLine($"{format}: firmware to power-off in {sw.Elapsed.TotalSeconds:F1} s wall");
+        output.WriteLine($"{format}, {loader}: firmware to power-off in {sw.Elapsed.TotalSeconds:F1} s wall");
         string o = r.Output;
         Assert.True(rc == 0, $"exit status {rc}; errors: {r.Errors}\n{GuestRunner.Tail(o)}");
         // SeaBIOS's banner and boot line reach COM1 through its serial console (fw_cfg NOGRAPHIC / etc/sercon-port).
         Assert.Contains("SeaBIOS (version", o);
         Assert.Contains("Booting from Hard Disk", o);
-        Assert.Contains("SYSLINUX", o);
+        Assert.Contains(loader == "grub" ? "GRUB loading" : "SYSLINUX", o);
         Assert.True(o.IndexOf("SeaBIOS (version", StringComparison.Ordinal) < o.IndexOf(Marker, StringComparison.Ordinal),
             $"the marker came before the BIOS banner:\n{GuestRunner.Tail(o)}");
         Assert.Contains($"{Marker}\r\n{InitScript.ExitStatusPrefix}0", o.Replace("\r\r\n", "\r\n"));
