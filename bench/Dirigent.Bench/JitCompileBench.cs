@@ -10,7 +10,8 @@ namespace Dirigent.Bench;
 /// The compiled tier's compiler alone: the blocks a guest made hot (recorded with DIRIGENT_JIT_DUMP=FILE during any run,
 /// e.g. `bench boot`) decoded again and compiled one after another on this thread, IL emission and the .NET JIT
 /// separately, so a change to the IL the compiler emits can be judged without the noise of a running guest.
-/// Usage: bench jit-compile FILE [--passes N]
+/// Usage: bench jit-compile FILE [--passes N] [--per-block OUT] (OUT: one line per block of the last pass: IL bytes,
+/// instructions, .NET JIT microseconds; to fit the compiler's cost per IL byte and per method)
 /// </summary>
 public static unsafe partial class JitCompileBench
 {
@@ -25,7 +26,7 @@ public static unsafe partial class JitCompileBench
         return (u.UtimeSec + u.StimeSec) * 1000.0 + (u.UtimeUsec + u.StimeUsec) / 1000.0;
     }
 
-    public static int Run(string file, int passes)
+    public static int Run(string file, int passes, string? perBlock = null)
     {
         var blocks = new List<Block>();
         foreach (var line in File.ReadLines(file))
@@ -56,6 +57,8 @@ public static unsafe partial class JitCompileBench
                 JitCompiler.Prepare(r.Method);
                 long t2 = Stopwatch.GetTimestamp();
                 il += r.IlBytes; inlined += r.Inlined; emit += t1 - t0; jit += t2 - t1;
+                if (p == passes - 1 && perBlock != null)
+                    File.AppendAllText(perBlock, $"{r.IlBytes} {b.Count} {(t2 - t1) * 1e6 / Stopwatch.Frequency:F1}\n");
             }
             double threadCpu = ThreadCpuMs() - tc0;
             double ms(long t) => t * 1000.0 / Stopwatch.Frequency;

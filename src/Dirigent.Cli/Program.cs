@@ -52,6 +52,19 @@ public static class Program
             Console.Error.WriteLine($"dirigent: {parsed.Errors[0].Message}");
             return ExitCodes.BadInput;
         }
-        return parsed.Invoke();
+        // Last resort: an exception nothing else handled is a bug; the user gets one line and status 6, the details
+        // go to a crash report (System.CommandLine's own handler would print a stack trace and return 1).
+        AppDomain.CurrentDomain.UnhandledException += (_, e) => Environment.Exit(CrashReport.Write(e.ExceptionObject, args));
+        try
+        {
+            // Fault injection for the tests of this path: an exception no code handles.
+            if (Environment.GetEnvironmentVariable("DIRIGENT_TEST_CRASH") == "1")
+                throw new InvalidOperationException("DIRIGENT_TEST_CRASH is set: a deliberate unhandled exception");
+            return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
+        }
+        catch (Exception e)
+        {
+            return CrashReport.Write(e, args);
+        }
     }
 }

@@ -35,14 +35,24 @@ public static class DiskImage
             case "raw":
                 if (backingFile != null) throw new BlockDeviceException("raw images cannot have a backing file (use qcow2)");
                 if (size < 0) throw new BlockDeviceException($"disk size {size} is negative");
+                FileStream? f = null;
                 try
                 {
-                    using var f = new FileStream(path, FileMode.CreateNew, FileAccess.Write);
+                    f = new FileStream(path, FileMode.CreateNew, FileAccess.Write);
                     f.SetLength(size);
+                    f.Dispose();
                 }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentOutOfRangeException)
                 {
-                    throw new BlockDeviceException($"cannot create '{path}': {e.Message}", e);
+                    // Nothing is left behind: a file we created but could not size (EFBIG: over the file system's
+                    // largest file, ENOSPC...) is removed.
+                    if (f != null)
+                    {
+                        f.Dispose();
+                        try { File.Delete(path); } catch (IOException) { }
+                    }
+                    string why = e is ArgumentOutOfRangeException ? $"{size} bytes is more than this file system allows in one file" : e.Message;
+                    throw new BlockDeviceException($"cannot create '{path}': {why}", e);
                 }
                 break;
             default:

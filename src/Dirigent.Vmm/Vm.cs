@@ -107,7 +107,9 @@ public sealed partial class Vm : IDisposable
                 try { foreach (var d in spec.Disks) disks.Add(DiskFactory.Open(d)); }
                 catch (BlockDeviceException e) { throw new VmException(e.Message, badInput: true); }
             }
-            var machine = new MachineModel(spec.MemoryBytes);
+            MachineModel machine;
+            try { machine = new MachineModel(spec.MemoryBytes); }
+            catch (Dirigent.Machine.Memory.GuestMemoryException e) { throw new VmException(e.Message, badInput: true); }
             owned.Push(machine);
             // The guest is loaded before any accelerator is probed: a bad kernel is the user's to fix, nothing started.
             LoadedKernel? loaded = null;

@@ -153,6 +153,9 @@ public sealed class VmSpec
         ulong bytes = n * mul;
         if (bytes / mul != n) throw new FormatException($"memory size '{s}' is too large");
         if (bytes < (16UL << 20)) throw new FormatException($"memory size '{s}' is too small (at least 16M)");
+        if (bytes > Dirigent.Machine.Memory.GuestMemory.MaxRamSize)
+            throw new FormatException($"memory size '{s}' is more than the guest can address: at most " +
+                $"{Dirigent.Machine.Memory.GuestMemory.MaxRamSize >> 20}M ({Dirigent.Machine.Memory.GuestMemory.PhysAddrBits} physical address bits)");
         if ((bytes & 0xFFF) != 0) throw new FormatException($"memory size '{s}' is not a multiple of 4 KiB");
         return bytes;
     }

@@ -348,7 +348,7 @@ public sealed unsafe partial class Cpu
     // ---------------- page walk ----------------
 
     /// <summary>Physical-address width we advertise in CPUID 0x80000008; page-table bits above it are reserved.</summary>
-    public const int MaxPhysAddrBits = 40;
+    public const int MaxPhysAddrBits = Dirigent.Machine.Memory.GuestMemory.PhysAddrBits;
     private const ulong PhysAddrMask = ((1UL << MaxPhysAddrBits) - 1) & ~0xFFFUL;
     private const ulong PteP = 1, PteRW = 2, PteUS = 4, PteA = 0x20, PteD = 0x40, PtePS = 0x80;
     private const ulong PteNX = 1UL << 63;

@@ -440,6 +440,47 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         if (_rmwNotifyPa != ulong.MaxValue) FinishRmwNotify();
     }
 
+    /// <summary>
+    /// Compiled code: instruction k of b through its interpreter handler <paramref name="handler"/>, with the state
+    /// the interpreter would have (InstrIp, RIP after it, the pass's count so far); true when it ended the block
+    /// (BlockExit, handled as <see cref="JitBlockExit"/>). One call in the compiled block instead of the stores,
+    /// which kept the block's IL, and the .NET JIT's time, larger.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal bool JitHandler(Block b, int k, nint handler)
+    {
+        ref Instruction i = ref b.Instrs[k];
+        JitDone = k;
+        InstrIp = i.IP;
+        Rip = i.NextIP;
+        ((delegate*<Cpu, ref Instruction, void>)handler)(this, ref i);
+        if (!BlockExit) return false;
+        JitBlockExit();
+        return true;
+    }
+
+    /// <summary>Compiled code: a soft-TLB miss of a read by instruction k of b (state set as for <see cref="JitHandler"/>).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal ulong JitReadSlow(ulong la, int size, Block b, int k)
+    {
+        ref Instruction i = ref b.Instrs[k];
+        JitDone = k;
+        InstrIp = i.IP;
+        Rip = i.NextIP;
+        return ReadSlow(la, size);
+    }
+
+    /// <summary>Compiled code: a soft-TLB miss of a write by instruction k of b.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal void JitWriteSlow(ulong la, int size, ulong v, Block b, int k)
+    {
+        ref Instruction i = ref b.Instrs[k];
+        JitDone = k;
+        InstrIp = i.IP;
+        Rip = i.NextIP;
+        WriteSlow(la, size, v);
+    }
+
     // The entry points of compiled code are not inlined into it: the .NET JIT's inlining attempts at every call site
     // cost compile time (the tier's main cost), and these are off the hot path or too big to gain from it.
     [MethodImpl(MethodImplOptions.NoInlining)]

@@ -234,7 +234,7 @@ internal sealed partial class BlockCompiler
             // RET / RET imm16
             EmitPopVal(ref i, i.Code == Code.Retnq_imm16 ? i.Immediate16 : 0);
             // A non-canonical return address is #GP(0) at the RET, before RSP moves: undo the pop's RSP change.
-            CheckCanonical(ref i, _val, () => { _il.Emit(OpCodes.Ldloc, _la); _il.Emit(OpCodes.Stloc, Reg(Cpu.RSP)); });
+            CheckCanonical(ref i, _val, () => { _il.Emit(OpCodes.Ldloc, _la); EmitStReg(Cpu.RSP); });
             // A return goes straight into the compiled block the jump cache has for its target, if any.
             ExitDynamic(_val, n);
             return true;

@@ -535,11 +535,11 @@ internal sealed partial class BlockCompiler
     {
         Load(Cpu.RSP);
         _dirty[Cpu.RSP] = true;
-        _il.Emit(OpCodes.Ldloc, Reg(Cpu.RSP));
+        EmitLdReg(Cpu.RSP);
         _il.Emit(OpCodes.Ldc_I8, 8L);
         _il.Emit(OpCodes.Sub);
         _il.Emit(OpCodes.Stloc, _la);
-        EmitWrite(ref i, 8, ripAfter, () => { _il.Emit(OpCodes.Ldloc, _la); _il.Emit(OpCodes.Stloc, Reg(Cpu.RSP)); });
+        EmitWrite(ref i, 8, ripAfter, () => { _il.Emit(OpCodes.Ldloc, _la); EmitStReg(Cpu.RSP); });
         _il.Emit(OpCodes.Ldloc, _la);
         StoreReg(Cpu.RSP);
     }
@@ -548,10 +548,10 @@ internal sealed partial class BlockCompiler
     private void EmitPopVal(ref Instruction i, long extra = 0)
     {
         Load(Cpu.RSP);
-        _il.Emit(OpCodes.Ldloc, Reg(Cpu.RSP));
+        EmitLdReg(Cpu.RSP);
         _il.Emit(OpCodes.Stloc, _la);
         EmitRead(ref i, 8);
-        _il.Emit(OpCodes.Ldloc, Reg(Cpu.RSP));
+        EmitLdReg(Cpu.RSP);
         _il.Emit(OpCodes.Ldc_I8, 8L + extra);
         _il.Emit(OpCodes.Add);
         StoreReg(Cpu.RSP);
@@ -626,15 +626,15 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Brfalse, no);
         _il.Emit(OpCodes.Ldloc, _val);
         ZeroExtend(size);
-        _il.Emit(OpCodes.Stloc, Reg(d));
+        EmitStReg(d);
         _il.Emit(OpCodes.Br, end);
         _il.MarkLabel(no);
         if (size == 4)
         {
             // A 32-bit CMOV zero-extends its destination even when it does not move.
-            _il.Emit(OpCodes.Ldloc, Reg(d));
+            EmitLdReg(d);
             ZeroExtend(4);
-            _il.Emit(OpCodes.Stloc, Reg(d));
+            EmitStReg(d);
         }
         _il.MarkLabel(end);
         _dirty[d] = true;

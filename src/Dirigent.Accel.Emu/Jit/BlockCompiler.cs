@@ -37,7 +37,8 @@ internal sealed partial class BlockCompiler
         FBlockId = typeof(Block).GetField(nameof(Block.Id))!;
     private static readonly FieldInfo FCurrentBlockId = Field("_currentBlockId");
     private static readonly MethodInfo MChainTo = Method(nameof(Cpu.ChainTo)), MChainLookup = Method(nameof(Cpu.ChainLookup));
-    private static readonly MethodInfo MReadSlow = Method("ReadSlow"), MWriteSlow = Method("WriteSlow"),
+    private static readonly MethodInfo MReadSlow = Method(nameof(Cpu.JitReadSlow)), MWriteSlow = Method(nameof(Cpu.JitWriteSlow)),
+        MHandler = Method(nameof(Cpu.JitHandler)),
         MTestCondition = Method(nameof(Cpu.JitTestCondition)), MGetCF = Method(nameof(Cpu.JitGetCF)),
         MJitExit = Method(nameof(Cpu.JitBlockExit)), MSegBase = Method(nameof(Cpu.SegmentBase)),
         MRaiseGp = Method(nameof(Cpu.RaiseGp0));
@@ -69,6 +70,14 @@ internal sealed partial class BlockCompiler
     private readonly LocalBuilder?[] _reg = new LocalBuilder?[16];
     private readonly bool[] _loaded = new bool[16], _dirty = new bool[16];
     private readonly LocalBuilder _gpr, _la, _page, _ent, _val, _tmp, _fa, _fb, _fr, _fcin, _nb, _ptr;
+    /// <summary>
+    /// Registers in memory: every guest register access loads or stores the CPU's register array through <see cref="_gp"/>
+    /// (a byref to its first element) instead of an IL local. Nothing is written back at exits, fault paths and handler
+    /// calls, which is most of a block's IL: the .NET JIT's time is ~0.7 us per IL byte plus ~140 us per method, and
+    /// compiling is what a boot waits for. Self-loops, where run time is what counts, keep registers in locals.
+    /// </summary>
+    private bool _regsInMemory;
+    private LocalBuilder? _gp, _regTmp;
     /// <summary>Every instruction is inline or a handler that keeps chaining (<see cref="HandlerKeepsChaining"/>): nothing
     /// in the block can change TF, the interrupt shadow or the mode, so its exits may jump straight into the next
     /// compiled block.</summary>
@@ -153,6 +162,16 @@ internal sealed partial class BlockCompiler
         _chainable = true;
         for (int k = 0; k < n - 1 && _chainable; k++) if (!CanInline(ref ins[k]) && !HandlerKeepsChaining(ref ins[k])) _chainable = false;
         if (!CanInline(ref last) && !IsInlineBranch(ref last)) _chainable = false;
+        _regsInMemory = !_selfLoop && !RegsInLocals;
+        if (_regsInMemory)
+        {
+            _gp = _il.DeclareLocal(typeof(ulong).MakeByRefType());
+            _regTmp = _il.DeclareLocal(typeof(ulong));
+            _il.Emit(OpCodes.Ldloc, _gpr);
+            _il.Emit(OpCodes.Ldc_I4_0);
+            _il.Emit(OpCodes.Ldelema, typeof(ulong));
+            _il.Emit(OpCodes.Stloc, _gp);
+        }
         if (_selfLoop)
         {
             // Every register the block uses is loaded before the loop head, so the locals are valid on every pass (and
@@ -235,9 +254,38 @@ internal sealed partial class BlockCompiler
     /// <summary>The IL local of guest register r, declared at its first use (fewer locals: less for the .NET JIT to allocate).</summary>
     private LocalBuilder Reg(int r) => _reg[r] ??= _il.DeclareLocal(typeof(ulong));
 
+    /// <summary>DIRIGENT_JIT_REGS=locals: every block keeps registers in IL locals (to compare the two ways).</summary>
+    internal static readonly bool RegsInLocals = Environment.GetEnvironmentVariable("DIRIGENT_JIT_REGS") == "locals";
+
+    /// <summary>Pushes guest register r's current value.</summary>
+    private void EmitLdReg(int r)
+    {
+        if (!_regsInMemory) { _il.Emit(OpCodes.Ldloc, Reg(r)); return; }
+        EmitRegAddress(r);
+        _il.Emit(OpCodes.Ldind_I8);
+    }
+
+    /// <summary>Stores the value on the stack into guest register r (no bookkeeping: see <see cref="StoreReg"/>).</summary>
+    private void EmitStReg(int r)
+    {
+        if (!_regsInMemory) { _il.Emit(OpCodes.Stloc, Reg(r)); return; }
+        _il.Emit(OpCodes.Stloc, _regTmp!);
+        EmitRegAddress(r);
+        _il.Emit(OpCodes.Ldloc, _regTmp!);
+        _il.Emit(OpCodes.Stind_I8);
+    }
+
+    private void EmitRegAddress(int r)
+    {
+        _il.Emit(OpCodes.Ldloc, _gp!);
+        if (r == 0) return;
+        _il.Emit(OpCodes.Ldc_I4, r * 8);
+        _il.Emit(OpCodes.Add);
+    }
+
     private void Load(int r)
     {
-        if (_loaded[r]) return;
+        if (_regsInMemory || _loaded[r]) return;
         Reg(r);
         _il.Emit(OpCodes.Ldloc, _gpr);
         _il.Emit(OpCodes.Ldc_I4, r);
@@ -246,12 +294,12 @@ internal sealed partial class BlockCompiler
         _loaded[r] = true;
     }
 
-    private void PushReg(int r) { Load(r); _il.Emit(OpCodes.Ldloc, Reg(r)); }
+    private void PushReg(int r) { Load(r); EmitLdReg(r); }
 
     /// <summary>Stores the value on the stack to register r (the caller has zero-extended 32-bit results).</summary>
     private void StoreReg(int r)
     {
-        _il.Emit(OpCodes.Stloc, Reg(r));
+        EmitStReg(r);
         _loaded[r] = true;
         _dirty[r] = true;
     }
@@ -259,6 +307,7 @@ internal sealed partial class BlockCompiler
     /// <summary>Writes dirty registers back to the CPU (they stay dirty: this may be on a conditional path).</summary>
     private void SpillRegs()
     {
+        if (_regsInMemory) return;
         for (int r = 0; r < 16; r++)
         {
             if (!_dirty[r]) continue;
@@ -438,23 +487,26 @@ internal sealed partial class BlockCompiler
         _il.EmitCalli(OpCodes.Calli, CallingConventions.Standard, typeof(void), HandlerParams, null);
     }
 
-    private void EmitHandlerCall(ref Instruction i)
+    private unsafe void EmitHandlerCall(ref Instruction i)
     {
         if (HandlerForms != null && _pass == 1) HandlerForms.AddOrUpdate(i.Code.ToString(), 1, (_, n) => n + 1);
-        Sync(ref i);
+        SpillRegs();
+        SpillFlags();
         // Registers and flags are the CPU's again after the handler: forget the locals.
         Array.Clear(_loaded);
         Array.Clear(_dirty);
         _fop = LazyOp.None;
         _sseChecked = false; // a handler may have changed CR0/CR4
-        EmitCallHandler(ref i);
-        // HLT, mode and paging changes, stores to this block's code: the interpreter would stop here too.
+        // Cpu.JitHandler sets InstrIp/RIP/JitDone, runs the handler and says whether it ended the block (HLT, mode and
+        // paging changes, stores to this block's code: the interpreter would stop here too).
         Label go = _il.DefineLabel();
         _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, FBlockExit);
+        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Ldc_I4, _k);
+        _il.Emit(OpCodes.Ldc_I8, (long)(nint)CodeCache.HandlerFor(ref i, 64));
+        _il.Emit(OpCodes.Conv_I);
+        _il.Emit(OpCodes.Call, MHandler);
         _il.Emit(OpCodes.Brfalse, go);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Call, MJitExit);
         AddInstret(_k + 1);
         EmitReturn();
         _il.MarkLabel(go);
@@ -470,10 +522,10 @@ internal sealed partial class BlockCompiler
         if (bi >= 0) Load(bi);
         if (xi >= 0) Load(xi);
         _il.Emit(OpCodes.Ldc_I8, (long)i.MemoryDisplacement64);
-        if (bi >= 0) { _il.Emit(OpCodes.Ldloc, Reg(bi)); _il.Emit(OpCodes.Add); }
+        if (bi >= 0) { EmitLdReg(bi); _il.Emit(OpCodes.Add); }
         if (xi >= 0)
         {
-            _il.Emit(OpCodes.Ldloc, Reg(xi));
+            EmitLdReg(xi);
             int sh = i.MemoryIndexScale switch { 1 => 0, 2 => 1, 4 => 2, _ => 3 };
             if (sh != 0) { _il.Emit(OpCodes.Ldc_I4, sh); _il.Emit(OpCodes.Shl); }
             _il.Emit(OpCodes.Add);
@@ -509,20 +561,20 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Conv_I);
         _il.Emit(OpCodes.Add);
         _il.Emit(OpCodes.Stloc, _ent);
-        // ent->Tag == page
+        // ent->Tag == page of the access's last byte: one compare is both the tag check and the page-crossing check
+        // (an access that crosses into page+1 compares with the tag at page's slot, which never holds page+1).
         _il.Emit(OpCodes.Ldloc, _ent);
         _il.Emit(OpCodes.Ldind_I8);
-        _il.Emit(OpCodes.Ldloc, _page);
-        _il.Emit(OpCodes.Bne_Un, miss);
         if (size > 1)
         {
-            // (la & 0xFFF) <= 4096 - size: the access stays inside the page
             _il.Emit(OpCodes.Ldloc, _la);
-            _il.Emit(OpCodes.Ldc_I8, 0xFFFL);
-            _il.Emit(OpCodes.And);
-            _il.Emit(OpCodes.Ldc_I8, (long)(4096 - size));
-            _il.Emit(OpCodes.Bgt_Un, miss);
+            _il.Emit(OpCodes.Ldc_I8, (long)(size - 1));
+            _il.Emit(OpCodes.Add);
+            _il.Emit(OpCodes.Ldc_I4, 12);
+            _il.Emit(OpCodes.Shr_Un);
         }
+        else _il.Emit(OpCodes.Ldloc, _page);
+        _il.Emit(OpCodes.Bne_Un, miss);
         // host = la + ent->Addend (Addend is the second field)
         _il.Emit(OpCodes.Ldloc, _la);
         _il.Emit(OpCodes.Ldloc, _ent);
@@ -537,10 +589,18 @@ internal sealed partial class BlockCompiler
     private void SlowPathArgs(ref Instruction i, Label miss, int size)
     {
         _il.MarkLabel(miss);
-        Sync(ref i);
+        SpillRegs();
+        SpillFlags();
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldloc, _la);
         _il.Emit(OpCodes.Ldc_I4, size);
+    }
+
+    /// <summary>The slow path's last arguments: this block and the instruction's index (Cpu.JitReadSlow sets RIP from them).</summary>
+    private void SlowPathSite()
+    {
+        _il.Emit(OpCodes.Ldarg_0);
+        _il.Emit(OpCodes.Ldc_I4, _k);
     }
 
     /// <summary>Reads size bytes at the address in _la into _val (zero-extended).</summary>
@@ -553,6 +613,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Stloc, _val);
         _il.Emit(OpCodes.Br, done);
         SlowPathArgs(ref i, miss, size);
+        SlowPathSite();
         _il.Emit(OpCodes.Call, MReadSlow);
         _il.Emit(OpCodes.Stloc, _val);
         _il.MarkLabel(done);
@@ -568,6 +629,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Br, done);
         SlowPathArgs(ref i, miss, size);
         _il.Emit(OpCodes.Ldloc, _val);
+        SlowPathSite();
         _il.Emit(OpCodes.Call, MWriteSlow);
         // A store into this block's own code (or an MMIO write that ends the block) stops it after this instruction.
         ExitIfBlockExit(ripAfter, beforeExit);

@@ -24,7 +24,7 @@ public static class LinuxLoader
     // struct boot_params / struct setup_header offsets
     internal const int OffAcpiRsdp = 0x070, OffExtRamdiskImage = 0x0C0, OffExtRamdiskSize = 0x0C4, OffExtCmdLine = 0x0C8;
     internal const int OffE820Entries = 0x1E8, OffE820Table = 0x2D0, E820Max = 128;
-    internal const int OffSetupSects = 0x1F1, OffBootFlag = 0x1FE, OffJump = 0x200, OffHeader = 0x202, OffVersion = 0x206;
+    internal const int OffSetupSects = 0x1F1, OffSysSize = 0x1F4, OffBootFlag = 0x1FE, OffJump = 0x200, OffHeader = 0x202, OffVersion = 0x206;
     internal const int OffTypeOfLoader = 0x210, OffLoadFlags = 0x211, OffCode32Start = 0x214;
     internal const int OffRamdiskImage = 0x218, OffRamdiskSize = 0x21C, OffHeapEndPtr = 0x224, OffCmdLinePtr = 0x228;
     internal const int OffInitrdAddrMax = 0x22C, OffKernelAlignment = 0x230, OffRelocatable = 0x234;
@@ -50,6 +50,11 @@ public static class LinuxLoader
         int setupSize = (setupSects + 1) * 512;
         if (setupSize >= img.Length) throw new LoaderException($"bzImage is truncated: setup of {setupSize} bytes, file of {img.Length}");
         var kernel = img[setupSize..];
+        // syssize: the protected-mode kernel's size in 16-byte paragraphs (boot protocol 2.04+: all 32 bits). A file
+        // cut short would otherwise boot into whatever follows in guest RAM.
+        ulong sysSize = (ulong)U32(img, OffSysSize) * 16;
+        if ((ulong)kernel.Length < sysSize)
+            throw new LoaderException($"bzImage is truncated: its header gives {setupSize + (long)sysSize} bytes, the file has {img.Length}");
 
         uint align = U32(img, OffKernelAlignment);
         if (align == 0 || (align & (align - 1)) != 0) align = 0x20_0000;

@@ -22,7 +22,11 @@ public sealed unsafe class RamRegion
         {
             nint p = AnonMap.Mmap(0, (nuint)size, AnonMap.PROT_READ | AnonMap.PROT_WRITE,
                 AnonMap.MAP_PRIVATE | AnonMap.MAP_ANONYMOUS | AnonMap.MAP_NORESERVE, -1, 0);
-            if (p == -1) throw new OutOfMemoryException($"cannot map {size >> 20} MiB of guest RAM (errno {Marshal.GetLastPInvokeError()})");
+            if (p == -1)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new GuestMemoryException($"the host cannot map {size >> 20} MiB of guest RAM ({(errno == 12 ? "out of address space or memory (ENOMEM)" : $"errno {errno}")}): ask for less memory");
+            }
             Host = (byte*)p;
             _mapped = true;
             return;
@@ -70,6 +74,12 @@ internal static partial class AnonMap
 public sealed unsafe class GuestMemory : IDisposable
 {
     /// <summary>Start of the 32-bit MMIO hole (PCI window, IOAPIC, LAPIC, BIOS flash) as on a PC with &gt;3.5 GiB.</summary>
+    /// <summary>The machine's physical-address width (the CPU models advertise it in CPUID 0x80000008).</summary>
+    public const int PhysAddrBits = 40;
+
+    /// <summary>The most RAM the machine can address: RAM above the 32-bit hole must end below 2^PhysAddrBits.</summary>
+    public const ulong MaxRamSize = (1UL << PhysAddrBits) - HighRamStart + LowMmioStart;
+
     public const ulong LowMmioStart = 0xE000_0000;
     public const ulong HighRamStart = 0x1_0000_0000;
     public const int PageShift = 12;
@@ -221,3 +231,6 @@ public sealed unsafe class GuestMemory : IDisposable
         foreach (var r in _roms) r.Free();
     }
 }
+
+/// <summary>Guest RAM could not be set up (the host refused the mapping): the request is too large for this host.</summary>
+public sealed class GuestMemoryException(string message) : Exception(message);

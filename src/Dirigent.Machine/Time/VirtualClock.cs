@@ -108,12 +108,16 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
     public TimerEntry Schedule(long deadlineNs, Action callback)
     {
         var e = new TimerEntry { Deadline = deadlineNs, Callback = callback };
+        bool earliest;
         lock (_lock)
         {
             e.Seq = ++_seq;
+            // The timer thread sleeps until the queue's head: only a new head needs to wake it. A guest reprograms
+            // its APIC timer on every tick, and waking the thread for each later deadline kept a host core busy.
+            earliest = !_queue.TryPeek(out _, out long head) || deadlineNs < head;
             _queue.Enqueue(e, deadlineNs);
         }
-        _changed.Set();
+        if (earliest) _changed.Set();
         return e;
     }
 

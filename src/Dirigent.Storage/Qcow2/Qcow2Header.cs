@@ -140,7 +140,7 @@ internal sealed class Qcow2Header
         if (h.BackingFileOffset != 0)
         {
             if (h.BackingFileSize == 0 || h.BackingFileSize > MaxBackingNameLength || h.BackingFileOffset < 0
-                || h.BackingFileOffset + h.BackingFileSize > have)
+                || h.BackingFileOffset > have - h.BackingFileSize) // not offset + size > have: that sum can overflow
                 throw new BlockDeviceException(Bad($"corrupt qcow2 header: backing file name at {h.BackingFileOffset} ({h.BackingFileSize} bytes) lies outside the header cluster"));
             h.BackingFile = Encoding.UTF8.GetString(cluster0, (int)h.BackingFileOffset, (int)h.BackingFileSize);
             if (h.BackingFile.Contains('\0')) throw new BlockDeviceException(Bad("corrupt qcow2 header: NUL in the backing file name"));

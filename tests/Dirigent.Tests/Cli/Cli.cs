@@ -18,7 +18,12 @@ public static class Cli
 
     public static CliResult Run(string home, params string[] args) => RunWithToken(home, null, args);
 
-    public static CliResult RunWithToken(string home, string? token, params string[] args)
+    public static CliResult RunWithToken(string home, string? token, params string[] args) => RunCore(home, token, null, args);
+
+    /// <summary>A run with extra environment variables.</summary>
+    public static CliResult RunWithEnvironment(string home, Dictionary<string, string> env, params string[] args) => RunCore(home, null, env, args);
+
+    private static CliResult RunCore(string home, string? token, Dictionary<string, string>? env, string[] args)
     {
         var psi = new ProcessStartInfo("dotnet")
         {
@@ -31,6 +36,7 @@ public static class Cli
         psi.Environment["DIRIGENT_HOME"] = home;
         if (token != null) psi.Environment["DIRIGENT_TOKEN"] = token;
         else psi.Environment.Remove("DIRIGENT_TOKEN");
+        foreach (var (k, v) in env ?? []) psi.Environment[k] = v;
         using var p = Process.Start(psi)!;
         p.StandardInput.Close();
         var stdout = p.StandardOutput.ReadToEndAsync();
