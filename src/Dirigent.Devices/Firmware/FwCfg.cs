@@ -200,13 +200,22 @@ public sealed partial class FwCfg : IPortDevice
     {
         if (length == 0) return true;
         if (!_mem.IsRam(address, length)) return false;
-        var buf = new byte[length];
-        if (item != null && _offset < item.Length)
+        // In bounded pieces: a guest may ask for up to 4 GiB (of zeros past the item's end).
+        Span<byte> chunk = stackalloc byte[4096];
+        for (ulong done = 0; done < length;)
         {
-            int n = (int)Math.Min(length, (uint)item.Length - _offset);
-            item.AsSpan((int)_offset, n).CopyTo(buf);
-            _offset += (uint)n;
+            int n = (int)Math.Min((ulong)chunk.Length, length - done);
+            var piece = chunk[..n];
+            piece.Clear();
+            if (item != null && _offset < item.Length)
+            {
+                int m = (int)Math.Min((uint)n, (uint)item.Length - _offset);
+                item.AsSpan((int)_offset, m).CopyTo(piece);
+                _offset += (uint)m;
+            }
+            if (!_mem.TryWrite(address + done, piece)) return false;
+            done += (ulong)n;
         }
-        return _mem.TryWrite(address, buf);
+        return true;
     }
 }

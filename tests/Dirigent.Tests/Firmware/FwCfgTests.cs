@@ -114,6 +114,18 @@ public class FwCfgTests : IDisposable
     }
 
     [Fact]
+    public void ALargeDmaReadFillsWithZerosPastTheItemWithoutAHostBufferOfThatSize()
+    {
+        _mem.Write(0x10_0000 + 5, new byte[] { 0xAA, 0xBB });
+        _mem.Write(0x10_0000 + (8 << 20) - 1, new byte[] { 0xCC });
+        uint control = (uint)FwCfg.Signature << 16 | FwCfg.DmaSelect | FwCfg.DmaRead;
+        Assert.Equal(0u, Dma(0x1000, control, 8 << 20, 0x10_0000));
+        Assert.Equal("QEMU"u8.ToArray(), new[] { _mem.ReadU8(0x10_0000), _mem.ReadU8(0x10_0001), _mem.ReadU8(0x10_0002), _mem.ReadU8(0x10_0003) });
+        Assert.Equal(0, _mem.ReadU16(0x10_0000 + 5));
+        Assert.Equal(0, _mem.ReadU8(0x10_0000 + (8 << 20) - 1));
+    }
+
+    [Fact]
     public void DmaToAddressesOutsideGuestRamSetsTheErrorBitAndTouchesNothing()
     {
         uint control = (uint)FwCfg.FileDir << 16 | FwCfg.DmaSelect | FwCfg.DmaRead;
