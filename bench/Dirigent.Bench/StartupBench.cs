@@ -154,7 +154,7 @@ public static class StartupBench
         return ms.ToArray();
     }
 
-    private static string FindRepoRoot()
+    internal static string FindRepoRoot()
     {
         for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
             if (File.Exists(Path.Combine(d.FullName, "Dirigent.slnx")) && File.Exists(Path.Combine(d.FullName, "dirigent"))) return d.FullName;
@@ -163,7 +163,7 @@ public static class StartupBench
 
     /// <summary>The `./dirigent` launcher builds the CLI into artifacts/cli when sources changed; the timed runs then
     /// spawn the built apphost directly, so no build check is timed.</summary>
-    private static string EnsureCli(string root)
+    internal static string EnsureCli(string root)
     {
         var psi = Psi("bash", Path.Combine(root, "dirigent"), "--help");
         using var p = Process.Start(psi)!;

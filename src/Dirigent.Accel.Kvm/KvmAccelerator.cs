@@ -72,6 +72,17 @@ public sealed unsafe class KvmAccelerator : IAccelerator
                 };
                 Check(Libc.Ioctl(_vmFd, KvmAbi.SET_USER_MEMORY_REGION, &slot), $"KVM_SET_USER_MEMORY_REGION slot {i} (0x{r.GuestBase:x}+0x{r.Size:x})");
             }
+            // Firmware ROM (the BIOS below 4 GiB) after the RAM slots, so RAM slot numbers stay the regions' indexes.
+            var roms = vm.Memory.Roms;
+            for (int j = 0; j < roms.Count; j++)
+            {
+                var r = roms[j];
+                var slot = new KvmUserspaceMemoryRegion
+                {
+                    Slot = (uint)(regions.Count + j), GuestPhysAddr = r.GuestBase, MemorySize = r.Size, UserspaceAddr = (ulong)r.Host,
+                };
+                Check(Libc.Ioctl(_vmFd, KvmAbi.SET_USER_MEMORY_REGION, &slot), $"KVM_SET_USER_MEMORY_REGION ROM slot (0x{r.GuestBase:x}+0x{r.Size:x})");
+            }
             HasXsave = HasXsaveCapability = Libc.Ioctl(_kvmFd, KvmAbi.CHECK_EXTENSION, KvmAbi.CAP_XSAVE) > 0;
             HasVcpuEvents = Libc.Ioctl(_kvmFd, KvmAbi.CHECK_EXTENSION, KvmAbi.CAP_VCPU_EVENTS) > 0;
             RunMmapSize = Check(Libc.Ioctl(_kvmFd, KvmAbi.GET_VCPU_MMAP_SIZE, 0), "KVM_GET_VCPU_MMAP_SIZE");

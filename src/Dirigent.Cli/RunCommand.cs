@@ -18,6 +18,8 @@ internal static class RunCommand
         var noReboot = new Option<bool>("--no-reboot") { Description = "Exit (status 0) when the guest reboots instead of rebooting it" };
         var disk = new Option<string[]>("--disk") { Description = "virtio-blk disk: PATH[,format=raw|qcow2][,readonly][,bps=N][,iops=N] (repeatable)", AllowMultipleArgumentsPerToken = false };
         var rng = new Option<bool>("--rng") { Description = "Attach a virtio-rng device fed from the host's random source" };
+        var firmware = new Option<string?>("--firmware") { Description = "bios: boot the disks through SeaBIOS (default when --disk is given without --kernel); none: load the kernel directly" };
+        var bootOrder = new Option<string?>("--boot-order") { Description = "Firmware boot order: c (the disks in --disk order) and/or diskN, comma-separated" };
         var net = new Option<string[]>("--net") { Description = "virtio-net card on a TAP interface: tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N] (repeatable)", AllowMultipleArgumentsPerToken = false };
         var restore = new Option<string?>("--restore") { Description = "Resume the snapshot in DIR instead of booting (its VM spec is used; --accel may change the accelerator)" };
         var incoming = new Option<string?>("--incoming") { Description = "Wait for a live migration at unix:PATH or tcp:HOST:PORT and run the VM it brings" };
@@ -27,7 +29,7 @@ internal static class RunCommand
         var detach = new Option<bool>("--detach") { Description = "Run in a session of its own (setsid): for workers started by the daemon" };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
-            kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, net, restore, incoming, apiSocket,
+            kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, net, restore, incoming, apiSocket,
             consoleLog, exitFile, detach,
         };
         cmd.SetAction(r =>
@@ -56,7 +58,7 @@ internal static class RunCommand
                 if (opts.RestoreDir != null || opts.Incoming != null)
                 {
                     // The VM's shape comes from the snapshot or the source; only these options still apply.
-                    var given = new Option[] { kernel, initrd, append, memory, cpus, noReboot, disk, rng, net }
+                    var given = new Option[] { kernel, initrd, append, memory, cpus, noReboot, disk, rng, firmware, bootOrder, net }
                         .Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList();
                     if (given.Count > 0)
                         throw new FormatException($"{string.Join(", ", given)} cannot be combined with {(opts.RestoreDir != null ? "--restore" : "--incoming")} (the VM's spec comes with it)");
@@ -77,6 +79,20 @@ internal static class RunCommand
                     cfg.Nics.Add(NicConfig.Parse(spec, cfg.Nics.Count));
                 foreach (var d in r.GetValue(disk) ?? []) cfg.Disks.Add(VmSpec.ParseDisk(d));
                 cfg.Rng = r.GetValue(rng);
+                cfg.Firmware = r.GetValue(firmware) switch
+                {
+                    null => cfg.Kernel == null && cfg.Disks.Count > 0 ? FirmwareKind.Bios : FirmwareKind.None,
+                    "bios" => FirmwareKind.Bios,
+                    "none" => FirmwareKind.None,
+                    var f => throw new FormatException($"--firmware must be bios or none, got '{f}'"),
+                };
+                if (cfg.Firmware == FirmwareKind.Bios && cfg.Kernel != null)
+                    throw new FormatException("--kernel boots the kernel directly: it cannot be combined with --firmware bios");
+                if (r.GetValue(bootOrder) is { } order)
+                {
+                    if (cfg.Firmware != FirmwareKind.Bios) throw new FormatException("--boot-order is for firmware boot (--firmware bios, or --disk without --kernel)");
+                    cfg.BootOrder = VmSpec.ParseBootOrder(order, cfg.Disks.Count);
+                }
             }
             catch (FormatException e)
             {

@@ -57,7 +57,7 @@ public static class VmLauncher
     /// <summary>Fills in the default guest (kernel, initramfs, command line) when no kernel was given.</summary>
     public static string? ResolveDefaultImage(VmSpec cfg, TextWriter err)
     {
-        if (cfg.Kernel != null) return null;
+        if (cfg.Kernel != null || cfg.Firmware != FirmwareKind.None) return null;
         try
         {
             var img = DefaultImage.EnsureBuilt(CacheDir, m => err.WriteLine($"dirigent: {m}"));

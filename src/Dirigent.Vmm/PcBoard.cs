@@ -1,5 +1,6 @@
 using Dirigent.Devices;
 using Dirigent.Devices.Acpi;
+using Dirigent.Devices.Firmware;
 using Dirigent.Devices.Input;
 using Dirigent.Devices.Interrupts;
 using Dirigent.Devices.Misc;
@@ -40,6 +41,10 @@ public sealed class PcBoard : IDisposable
     public I8042 Keyboard { get; }
     public AcpiPm AcpiPm { get; }
     public PciBus Pci { get; }
+    /// <summary>Firmware boot only: the BIOS ROM with its shadow RAM, QEMU's fw_cfg and the PIIX3 ISA bridge.</summary>
+    public BiosShadow? Shadow { get; }
+    public FwCfg? FwCfg { get; }
+    public Piix3IsaBridge? IsaBridge { get; }
     /// <summary>The virtio functions on the PCI bus, in slot order.</summary>
     public List<VirtioPciDevice> Virtio { get; } = new();
     private readonly List<IDisposable> _owned = new();
@@ -57,7 +62,7 @@ public sealed class PcBoard : IDisposable
     /// (<c>IAccelerator.CreateInKernelIrqChip</c>): ours are then neither created nor put on the buses.</param>
     /// <param name="disks">Images for virtio-blk functions; the board owns and disposes them.</param>
     public PcBoard(MachineModel vm, int cpuCount, ulong tscHz, ISerialBackend console, IInKernelIrqChip? inKernelIrqChip = null,
-        IReadOnlyList<IBlockDevice>? disks = null, bool rng = false)
+        IReadOnlyList<IBlockDevice>? disks = null, bool rng = false, BiosShadow? bios = null, IReadOnlyList<int>? bootOrder = null)
     {
         _inKernelIrqChip = inKernelIrqChip;
         Registry.Add("clock", vm.Clock);
@@ -114,15 +119,39 @@ public sealed class PcBoard : IDisposable
 
         Pci = new PciBus(vm.Mmio, Interrupts, PcPlatform.PciMmioBase, PcPlatform.PciMmioSize);
         Pci.Register(vm.Io);
-        Pci.Attach(new PciHostBridge(), 0);
+        if (bios != null)
+        {
+            // The i440FX with its PAM registers, and the PIIX3 at 00:01.0 whose PIRQ routing SeaBIOS programs;
+            // every function attached after it reaches the ISA IRQs through it.
+            Shadow = bios;
+            Pci.Attach(new PciHostBridge(bios.SetPam), 0);
+            IsaBridge = new Piix3IsaBridge(Interrupts);
+            Pci.Attach(IsaBridge, 1);
+            Pci.IntxRouter = IsaBridge.Wrap;
+        }
+        else Pci.Attach(new PciHostBridge(), 0);
+        var diskSlots = new List<int>();
         foreach (var disk in disks ?? [])
         {
             _owned.Add(disk);
             var blk = new VirtioBlock(disk, $"dirigent-disk{Virtio.Count}");
             _owned.Add(blk);
-            AttachVirtio(vm, blk);
+            diskSlots.Add(AttachVirtio(vm, blk).DevFn >> 3);
         }
         if (rng) AttachVirtio(vm, new VirtioRng());
+        if (bios != null)
+        {
+            var order = (bootOrder ?? []).Where(i => i >= 0 && i < diskSlots.Count).Select(i => BiosConfig.DiskPath(diskSlots[i])).ToList();
+            FwCfg = BiosConfig.Create(vm.Memory, cpuCount, order);
+            vm.Io.Register(FwCfg.BasePort, FwCfg.PortCount, FwCfg);
+            // QEMU's CMOS boot bytes: hard disk first (0x3D), no floppy signature check (0x38 bit 0); the CPU
+            // count beyond the first (0x5F), which SeaBIOS compares with fw_cfg's.
+            Rtc.SetCmosByte(0x3D, 0x02);
+            Rtc.SetCmosByte(0x38, 0x01);
+            Rtc.SetCmosByte(0x5F, (byte)(cpuCount - 1));
+            Registry.Add("bios-shadow", bios);
+            Registry.Add("fw-cfg", FwCfg);
+        }
     }
 
     /// <summary>Puts a virtio device on the next free PCI slot behind the modern PCI transport.</summary>

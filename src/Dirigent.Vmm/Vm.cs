@@ -97,7 +97,9 @@ public sealed partial class Vm : IDisposable
         PcBoard? board = null;
         try
         {
-            if (spec.Kernel == null && loadGuest) throw new VmException("no kernel given", badInput: true);
+            if (spec.Kernel == null && loadGuest && spec.Firmware == FirmwareKind.None) throw new VmException("no kernel given", badInput: true);
+            if (spec.Kernel != null && spec.Firmware != FirmwareKind.None)
+                throw new VmException("--kernel boots directly: it cannot be combined with --firmware bios", badInput: true);
             if (spec.Cpus is < 1 or > VmSpec.MaxCpus)
                 throw new VmException($"--cpus {spec.Cpus}: between 1 and {VmSpec.MaxCpus}", badInput: true);
             if (openedDisks == null)
@@ -111,7 +113,9 @@ public sealed partial class Vm : IDisposable
             owned.Push(machine);
             // The guest is loaded before any accelerator is probed: a bad kernel is the user's to fix, nothing started.
             LoadedKernel? loaded = null;
-            if (loadGuest)
+            // The ROM goes into the address space before any accelerator maps it.
+            BiosShadow? bios = spec.Firmware == FirmwareKind.Bios ? new BiosShadow(machine.Memory, ReadBios(spec)) : null;
+            if (loadGuest && bios == null)
             {
                 try { loaded = LoadGuest(machine, spec); }
                 catch (LoaderException e) { throw new VmException(e.Message, badInput: true); }
@@ -137,7 +141,7 @@ public sealed partial class Vm : IDisposable
             catch (Dirigent.Accel.Kvm.KvmException e) { throw new VmException($"kvm: {e.Message}", badInput: false); }
             VmConsole? console = null;
             board = new PcBoard(machine, spec.Cpus, Dirigent.Accel.Emu.Core.Cpu.TscHz,
-                new SerialSink(b => console?.GuestWrote(b)), irqChip, disks, spec.Rng);
+                new SerialSink(b => console?.GuestWrote(b)), irqChip, disks, spec.Rng, bios, spec.BootOrder);
             owned.Push(board); // it owns the disks from here
             var blks = board.Blocks;
             for (int k = 0; k < blks.Count && k < spec.Disks.Count; k++)
@@ -164,7 +168,7 @@ public sealed partial class Vm : IDisposable
             board.RegisterVcpus(vcpus);
             var vm = new Vm(spec, log, machine, accel, board, vcpus, nics);
             console = vm.Console;
-            if (loaded != null) vm.SetBootState(loaded);
+            if (loaded != null || (loadGuest && bios != null)) vm.SetBootState(loaded);
             return vm;
         }
         catch
@@ -180,6 +184,23 @@ public sealed partial class Vm : IDisposable
         public void Write(byte b) => write(b);
     }
 
+    /// <summary>The BIOS image named by the spec (Debian's SeaBIOS by default); one line when it cannot be read.</summary>
+    private static byte[] ReadBios(VmSpec spec)
+    {
+        string path = spec.FirmwarePath ?? BiosConfig.DefaultBiosPath;
+        byte[] image;
+        try { image = File.ReadAllBytes(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new VmException(spec.FirmwarePath == null && !File.Exists(path)
+                ? $"--firmware bios: {path} is missing (install the Debian package '{BiosConfig.BiosPackage}')"
+                : $"--firmware bios: cannot read {path}: {e.Message}", badInput: true);
+        }
+        if (image.Length < 0x2_0000 || image.Length > 16 << 20 || image.Length % 0x1_0000 != 0)
+            throw new VmException($"--firmware bios: {path} is {image.Length} bytes; a BIOS image is 128 KiB to 16 MiB in 64 KiB steps", badInput: true);
+        return image;
+    }
+
     private static LoadedKernel LoadGuest(MachineModel machine, VmSpec spec)
     {
         var map = PcFirmware.MemoryMap(machine.Memory);
@@ -190,8 +211,16 @@ public sealed partial class Vm : IDisposable
     /// <summary>Boot state of every vCPU; the guest is (re)loaded into memory unless <paramref name="loaded"/> says it is.</summary>
     private void SetBootState(LoadedKernel? loaded = null)
     {
-        loaded ??= LoadGuest(Machine, Spec);
-        Vcpus[0].SetState(loaded.State);
+        if (Spec.Firmware == FirmwareKind.Bios)
+        {
+            // Power-on state at the reset vector (F000:FFF0, CS base 0xFFFF0000): the BIOS ROM's first instruction.
+            Vcpus[0].SetState(CpuState.Reset());
+        }
+        else
+        {
+            loaded ??= LoadGuest(Machine, Spec);
+            Vcpus[0].SetState(loaded.State);
+        }
         // Application processors wait for the boot processor's INIT/STARTUP IPIs (MP spec B.4), as after power-on.
         for (int k = 1; k < Vcpus.Length; k++)
         {

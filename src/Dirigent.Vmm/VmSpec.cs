@@ -4,6 +4,9 @@ namespace Dirigent.Vmm;
 
 public enum AccelKind { Auto, Emu, Kvm }
 
+/// <summary>What the vCPUs start in: the kernel loaded directly (None), or SeaBIOS from its ROM image (Bios).</summary>
+public enum FirmwareKind { None, Bios }
+
 /// <summary>A --disk image's format; Auto probes the file's magic (a qcow2 file is never taken for raw).</summary>
 public enum DiskFormat { Auto, Raw, Qcow2 }
 
@@ -65,6 +68,36 @@ public sealed class VmSpec
     public List<DiskConfig> Disks = new();
     /// <summary>Attach a virtio entropy device (/dev/hwrng in the guest).</summary>
     public bool Rng;
+    /// <summary>Bios: the vCPUs start at the reset vector in SeaBIOS, which boots the disks (no kernel is loaded).</summary>
+    public FirmwareKind Firmware = FirmwareKind.None;
+    /// <summary>The BIOS image; null: Debian's SeaBIOS (<c>/usr/share/seabios/bios-256k.bin</c>).</summary>
+    public string? FirmwarePath;
+    /// <summary>Disks (indexes into <see cref="Disks"/>) in the order the firmware tries them; empty: SeaBIOS's default.</summary>
+    public List<int> BootOrder = new();
+
+    /// <summary>
+    /// Parses --boot-order: comma-separated items, QEMU's <c>c</c> (the hard disks, in --disk order) or <c>diskN</c>
+    /// (the N-th --disk, from 0). Each disk goes where it is first named.
+    /// </summary>
+    public static List<int> ParseBootOrder(string value, int diskCount)
+    {
+        var order = new List<int>();
+        foreach (string raw in value.Split(','))
+        {
+            string item = raw.Trim();
+            if (item == "c") { for (int k = 0; k < diskCount; k++) if (!order.Contains(k)) order.Add(k); continue; }
+            if (item.StartsWith("disk", StringComparison.Ordinal) && int.TryParse(item.AsSpan(4), System.Globalization.NumberStyles.None, null, out int n))
+            {
+                if (n >= diskCount) throw new FormatException($"--boot-order: '{item}' names disk {n}, but there {(diskCount == 1 ? "is 1 disk" : $"are {diskCount} disks")} (disk0 is the first --disk)");
+                if (!order.Contains(n)) order.Add(n);
+                continue;
+            }
+            if (item is "a" or "b" or "d" or "n")
+                throw new FormatException($"--boot-order: '{item}': this machine has no floppy, CD-ROM or network boot ROM (use c or diskN)");
+            throw new FormatException($"--boot-order: unknown item '{item}' (use c for the disks in order, or diskN)");
+        }
+        return order;
+    }
 
     /// <summary>Parses <c>PATH[,format=raw|qcow2][,readonly][,bps=N][,iops=N]</c> (also <c>readonly=on|off</c>).</summary>
     public static DiskConfig ParseDisk(string spec)

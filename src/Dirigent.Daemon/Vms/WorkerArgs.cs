@@ -18,6 +18,9 @@ internal static class WorkerArgs
             "--accel", spec.Accel,
         };
         if (spec.Kernel != null) { a.Add("--kernel"); a.Add(spec.Kernel); }
+        // `dirigent run --disk X` without --kernel boots the disk through SeaBIOS; the daemon's VMs without a kernel
+        // keep booting the default guest with their disks attached.
+        else { a.Add("--firmware"); a.Add("none"); }
         if (spec.Initrd.Count > 0) { a.Add("--initrd"); a.Add(string.Join(',', spec.Initrd)); }
         if (spec.Cmdline != null) { a.Add("--append"); a.Add(spec.Cmdline); }
         foreach (var d in spec.Disks)

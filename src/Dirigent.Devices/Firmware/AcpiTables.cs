@@ -139,10 +139,10 @@ public static class AcpiTables
     }
 
     /// <summary>DSDT whose AML is <c>Scope (\_SB) { Device (PCI0) {...} }</c> (see <see cref="PciRootAml"/>) and <c>Name (\_S5, Package (4) { typ, typ, 0, 0 })</c>.</summary>
-    internal static byte[] BuildDsdt()
+    internal static byte[] BuildDsdt(uint? pciMmioEnd = null)
     {
         var w = Header("DSDT", 2);
-        byte[] pci = PciRootAml.Device();
+        byte[] pci = pciMmioEnd is { } end ? PciRootAml.Device(end) : PciRootAml.Device();
         w.U8(0x10).Bytes(PciRootAml.PkgLength(4 + pci.Length)).Bytes("_SB_"u8).Bytes(pci);  // Scope (\_SB) { PCI0 }
         byte typ = (byte)PcPlatform.AcpiS5SlpTyp;
         w.Bytes([0x08, (byte)'\\', (byte)'_', (byte)'S', (byte)'5', (byte)'_',           // NameOp \_S5_

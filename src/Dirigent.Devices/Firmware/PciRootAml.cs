@@ -14,7 +14,8 @@ internal static class PciRootAml
     public const uint PnpPciRoot = 0x030A_D041;
 
     /// <summary>The bytes of <c>Device (PCI0) { ... }</c> for use inside <c>Scope (\_SB)</c>.</summary>
-    public static byte[] Device()
+    /// <param name="mmioEnd">Last byte of the 32-bit BAR window (firmware boot: up to the IOAPIC, where SeaBIOS puts BARs).</param>
+    public static byte[] Device(uint mmioEnd = (uint)(PcPlatform.PciMmioBase + PcPlatform.PciMmioSize - 1))
     {
         var body = new List<byte>();
         body.AddRange("PCI0"u8.ToArray());
@@ -22,7 +23,7 @@ internal static class PciRootAml
         body.AddRange(Name("_UID", [ZeroOp]));
         body.AddRange(Name("_ADR", [ZeroOp]));
         body.AddRange(Name("_BBN", [ZeroOp]));
-        body.AddRange(Name("_CRS", Buffer(ResourceTemplate())));
+        body.AddRange(Name("_CRS", Buffer(ResourceTemplate(mmioEnd))));
         body.AddRange(Name("_PRT", RoutingTable()));
         var dev = new List<byte> { ExtOpPrefix, DeviceOp };
         dev.AddRange(PkgLength(body.Count));
@@ -90,7 +91,7 @@ internal static class PciRootAml
         foreach (uint v in new[] { 0u, min, max, 0u, max - min + 1 }) r.AddRange([(byte)v, (byte)(v >> 8), (byte)(v >> 16), (byte)(v >> 24)]);
     }
 
-    internal static byte[] ResourceTemplate()
+    internal static byte[] ResourceTemplate(uint mmioEnd = (uint)(PcPlatform.PciMmioBase + PcPlatform.PciMmioSize - 1))
     {
         var r = new List<byte>();
         WordAddress(r, 2 /* bus number range */, 0, 0x00, 0xFF);
@@ -98,8 +99,7 @@ internal static class PciRootAml
         WordAddress(r, 1 /* I/O */, 0x03 /* entire range */, 0x0000, 0x0CF7);
         WordAddress(r, 1, 0x03, 0x0D00, 0xFFFF);
         DWordMemory(r, 0x03 /* cacheable, read-write */, 0x000A_0000, 0x000B_FFFF);
-        DWordMemory(r, 0x01 /* non-cacheable, read-write */, (uint)PcPlatform.PciMmioBase,
-            (uint)(PcPlatform.PciMmioBase + PcPlatform.PciMmioSize - 1));
+        DWordMemory(r, 0x01 /* non-cacheable, read-write */, (uint)PcPlatform.PciMmioBase, mmioEnd);
         r.AddRange([0x79, 0x00]); // end tag, checksum 0 (= not checked)
         return r.ToArray();
     }

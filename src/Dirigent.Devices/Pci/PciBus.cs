@@ -25,6 +25,12 @@ public sealed class PciBus
     private readonly object _mapLock = new();
     private readonly Dictionary<(PciDevice, int), BarWindow> _mapped = new();
 
+    /// <summary>
+    /// Where functions attached from now on get their INTx line: given the slot, pin and the GSI line, the line the
+    /// function drives (the PIIX3's PIRQ routing wraps it). Null: the GSI line itself.
+    /// </summary>
+    public Func<int, int, IIrqLine, IIrqLine>? IntxRouter { get; set; }
+
     public ulong MmioWindowBase { get; }
     public ulong MmioWindowSize { get; }
 
@@ -105,7 +111,8 @@ public sealed class PciBus
         if (device.InterruptPin != 0 && _irq != null)
         {
             int gsi = IntxGsi(slot, device.InterruptPin);
-            device.IntxLine = _irq.Line(gsi);
+            var line = _irq.Line(gsi);
+            device.IntxLine = IntxRouter?.Invoke(slot, device.InterruptPin, line) ?? line;
             device.SetInterruptLine((byte)gsi);
         }
         device.CaptureInitialState();

@@ -11,7 +11,27 @@ public sealed class PciHostBridge : PciDevice, IStateful<PciHostBridgeState>
 {
     public const ushort IntelVendorId = 0x8086, I440FxDeviceId = 0x1237;
 
+    /// <summary>The 440FX's PAM0..PAM6 registers (config 0x59-0x5F) that steer shadow RAM.</summary>
+    public const int PamFirst = 0x59, PamCount = 7;
+
+    private readonly Action<int, byte>? _pamWritten;
+
     public PciHostBridge() : base(IntelVendorId, I440FxDeviceId, 0x06_00_00, 2, 0x1AF4, 0x1100, 0) { }
+
+    /// <param name="pamWritten">Called with the PAM index (0..6) and value after each guest write to a PAM register
+    /// (their read and write enable bits, 0x33, are writable only when this is given: firmware boot).</param>
+    public PciHostBridge(Action<int, byte> pamWritten) : this()
+    {
+        _pamWritten = pamWritten;
+        SetWritable(PamFirst, PamCount, 0x33);
+    }
+
+    protected override void OnConfigWritten(int offset, int size, uint value)
+    {
+        if (_pamWritten == null) return;
+        for (int o = offset; o < offset + size; o++)
+            if (o is >= PamFirst and < PamFirst + PamCount) _pamWritten(o - PamFirst, ConfigBytes[o]);
+    }
 
     public override void ResetConfig()
     {

@@ -86,6 +86,9 @@ public sealed unsafe class GuestMemory : IDisposable
     public const ulong PageSize = 1UL << PageShift;
 
     private readonly RamRegion[] _regions;
+    /// <summary>Firmware ROM (the BIOS image below 4 GiB): addressable like RAM, but not guest RAM (not in
+    /// <see cref="Regions"/>, not in snapshots or migration; the VMM loads it again from its file).</summary>
+    private RamRegion[] _roms = [];
     private bool _disposed;
 
     public ulong RamSize { get; }
@@ -124,7 +127,7 @@ public sealed unsafe class GuestMemory : IDisposable
         DirtyLog = new DirtyLog(this);
     }
 
-    /// <summary>Host pointer for [gpa, gpa+len) if the whole range lies in one RAM region, else null.</summary>
+    /// <summary>Host pointer for [gpa, gpa+len) if the whole range lies in one RAM (or ROM) region, else null.</summary>
     public byte* TryGetHostPointer(ulong gpa, ulong len = 1)
     {
         foreach (var r in _regions)
@@ -133,7 +136,32 @@ public sealed unsafe class GuestMemory : IDisposable
             if (gpa >= r.GuestBase && off < r.Size && len <= r.Size - off)
                 return r.Host + off;
         }
+        foreach (var r in _roms)
+        {
+            ulong off = gpa - r.GuestBase;
+            if (gpa >= r.GuestBase && off < r.Size && len <= r.Size - off)
+                return r.Host + off;
+        }
         return null;
+    }
+
+    /// <summary>The ROM regions added with <see cref="AddRom"/>.</summary>
+    public IReadOnlyList<RamRegion> Roms => _roms;
+
+    /// <summary>
+    /// Maps a firmware ROM of <paramref name="size"/> bytes (a multiple of 4 KiB) at <paramref name="gpa"/>, in the
+    /// hole below 4 GiB where no RAM is: the software CPU fetches and reads it like RAM. Its contents are written
+    /// with <see cref="Write"/> (so code caches see the change). Only before anything runs on this memory.
+    /// </summary>
+    public RamRegion AddRom(ulong gpa, ulong size)
+    {
+        if (size == 0 || (size & (PageSize - 1)) != 0 || (gpa & (PageSize - 1)) != 0 || gpa + size < gpa)
+            throw new ArgumentException($"ROM at 0x{gpa:x}+0x{size:x}: not page-aligned");
+        for (ulong a = gpa; a < gpa + size; a += PageSize)
+            if (TryGetHostPointer(a) != null) throw new ArgumentException($"ROM at 0x{gpa:x}+0x{size:x} overlaps RAM or another ROM");
+        var rom = new RamRegion(gpa, size);
+        _roms = [.. _roms, rom];
+        return rom;
     }
 
     public bool IsRam(ulong gpa, ulong len = 1) => TryGetHostPointer(gpa, len) != null;
@@ -200,6 +228,7 @@ public sealed unsafe class GuestMemory : IDisposable
         if (_disposed) return;
         _disposed = true;
         foreach (var r in _regions) r.Free();
+        foreach (var r in _roms) r.Free();
     }
 }
 
