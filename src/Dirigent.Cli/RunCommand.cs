@@ -18,7 +18,7 @@ internal static class RunCommand
         var noReboot = new Option<bool>("--no-reboot") { Description = "Exit (status 0) when the guest reboots instead of rebooting it" };
         var disk = new Option<string[]>("--disk") { Description = "virtio-blk disk: PATH[,format=raw|qcow2][,readonly][,bps=N][,iops=N] (repeatable)", AllowMultipleArgumentsPerToken = false };
         var rng = new Option<bool>("--rng") { Description = "Attach a virtio-rng device fed from the host's random source" };
-        var net = new Option<string[]>("--net") { Description = "virtio-net card on a TAP interface: tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N] (repeatable)", AllowMultipleArgumentsPerToken = false };
+        var net = new Option<string[]>("--net") { Description = "virtio-net card on a TAP interface, tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N], or on user-mode networking without root (libslirp), user[,hostfwd=[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT]...[,mac=MAC][,bps=N][,pps=N] (repeatable)", AllowMultipleArgumentsPerToken = false };
         var restore = new Option<string?>("--restore") { Description = "Resume the snapshot in DIR instead of booting (its VM spec is used; --accel may change the accelerator)" };
         var incoming = new Option<string?>("--incoming") { Description = "Wait for a live migration at unix:PATH or tcp:HOST:PORT and run the VM it brings" };
         var apiSocket = new Option<string?>("--api-socket") { Description = "Serve the VM's HTTP API on this Unix socket (mode 0600)" };
