@@ -38,6 +38,34 @@ public class UserNetGuestTests(ITestOutputHelper log)
         """;
 
     [SkippableFact]
+    public void AForwardThatCannotBeBoundEndsTheRunBeforeTheGuestStarts()
+    {
+        string? missing = SlirpNative.Probe();
+        Skip.If(missing != null, missing);
+        var taken = new TcpListener(IPAddress.Loopback, 0);
+        taken.Start();
+        try
+        {
+            int port = ((IPEndPoint)taken.LocalEndpoint).Port;
+            var cfg = new VmSpec
+            {
+                Kernel = s_image.Value.Kernel,
+                Initrds = [s_image.Value.Initramfs],
+                Nics = [NicConfig.Parse($"user,hostfwd=tcp:127.0.0.1:{port}-:22", 0)],
+            };
+            var r = new GuestRunner();
+            int rc = r.Run(cfg, TimeSpan.FromMinutes(1));
+            Assert.Equal(ExitCodes.VmmFailure, rc);
+            Assert.Equal($"dirigent run: --net: hostfwd tcp:127.0.0.1:{port}-10.0.2.15:22: cannot listen on 127.0.0.1:{port} (tcp): Address already in use", r.Errors.Trim());
+            Assert.Equal("", r.Output);
+        }
+        finally
+        {
+            taken.Stop();
+        }
+    }
+
+    [SkippableFact]
     public void GuestGetsDhcpLeaseAndFetches16MiBFromTheHostLoopback()
     {
         string? missing = SlirpNative.Probe();
