@@ -31,6 +31,8 @@ public sealed unsafe class SlirpBackend : INetBackend
 {
     /// <summary>Frames held for the guest while its receive queue is full, and frames queued from the guest.</summary>
     public const int MaxPendingRx = 4096, MaxQueuedTx = 4096;
+    /// <summary>Bytes queued from the guest: a guest may send frames up to 64 KiB, so the count alone does not bound memory.</summary>
+    public const long MaxQueuedTxBytes = 4L << 20;
     private const short POLLIN = 0x1, POLLPRI = 0x2, POLLOUT = 0x4, POLLERR = 0x8, POLLHUP = 0x10;
 
     private readonly int _wakeFd;
@@ -47,12 +49,13 @@ public sealed unsafe class SlirpBackend : INetBackend
     // Guest -> slirp: frames (without header) queued by Send on the vCPU thread.
     private readonly ConcurrentQueue<(byte[] Buffer, int Length)> _tx = new();
     private int _txCount;
+    private long _txBytes;
 
     // Slirp -> guest, I/O thread only: packets (header + frame) the NIC refused, oldest first.
     private readonly Queue<(byte[] Buffer, int Length)> _rxPending = new();
     private readonly byte[] _rxBuffer = new byte[INetBackend.MaxPacketLength];
     private int _holding;
-    private long _readyGeneration;
+    private long _readyGeneration, _refusedAt;
 
     // The poll set of one iteration: [0] is the eventfd, the rest are slirp's sockets.
     private PollFd[] _fds = new PollFd[64];
@@ -169,7 +172,8 @@ public sealed unsafe class SlirpBackend : INetBackend
         // A header asking for a checksum or segmentation cannot come: no offload is advertised (the NIC drops such
         // packets before they get here). A frame shorter than an Ethernet header means nothing to libslirp.
         if (packet.Length < H + 14 || packet.Length > INetBackend.MaxPacketLength || packet[0] != 0 || packet[1] != 0
-            || Volatile.Read(ref _disposed) != 0 || Volatile.Read(ref _txCount) >= MaxQueuedTx)
+            || Volatile.Read(ref _disposed) != 0 || Volatile.Read(ref _txCount) >= MaxQueuedTx
+            || Interlocked.Read(ref _txBytes) >= MaxQueuedTxBytes)
         {
             Interlocked.Increment(ref SendDropped);
             return false;
@@ -177,6 +181,7 @@ public sealed unsafe class SlirpBackend : INetBackend
         var buf = ArrayPool<byte>.Shared.Rent(packet.Length - H);
         packet[H..].CopyTo(buf);
         Interlocked.Increment(ref _txCount);
+        Interlocked.Add(ref _txBytes, packet.Length - H);
         _tx.Enqueue((buf, packet.Length - H));
         if (Interlocked.Exchange(ref _wakePending, 1) == 0) Wake();
         return true;
@@ -234,14 +239,16 @@ public sealed unsafe class SlirpBackend : INetBackend
         while (_tx.TryDequeue(out var f))
         {
             Interlocked.Decrement(ref _txCount);
+            Interlocked.Add(ref _txBytes, -f.Length);
             fixed (byte* p = f.Buffer) SlirpNative.Input(_slirp, p, f.Length);
             ArrayPool<byte>.Shared.Return(f.Buffer);
         }
     }
 
-    /// <summary>Offers held packets in order until the NIC refuses one.</summary>
+    /// <summary>Offers held packets in order until the NIC refuses one; nothing until a ReceiveReady since the last refusal.</summary>
     private void FlushRx()
     {
+        if (_rxPending.Count == 0 || Interlocked.Read(ref _readyGeneration) == _refusedAt) return;
         while (_rxPending.TryPeek(out var p))
         {
             if (!Offer(p.Buffer.AsSpan(0, p.Length))) return;
@@ -262,7 +269,11 @@ public sealed unsafe class SlirpBackend : INetBackend
                 return true;
             }
             Interlocked.Exchange(ref _holding, 1);
-            if (Interlocked.Read(ref _readyGeneration) == gen) return false;
+            if (Interlocked.Read(ref _readyGeneration) == gen)
+            {
+                _refusedAt = gen;
+                return false;
+            }
         }
     }
 
