@@ -13,7 +13,7 @@ namespace Dirigent.Bench;
 /// CPU benchmark: each bare-metal workload on Dirigent's software CPU and on qemu-system-x86_64 (TCG) in the same
 /// run, printing guest MIPS and the ratio. QEMU's time has its start-up (measured with an empty workload)
 /// subtracted; its instruction count is Dirigent's, since both run the same bytes.
-/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu|boot|firmware|jit-compile FILE [--passes N] [--per-block OUT]|smp|startup|io|net|lifecycle|daemon] [--quick] [--no-qemu] [--no-dirigent (io, net)] [--from64] [--no-jit-off (boot)] [--no-busy (lifecycle)] [--vms N] [--memory-mib M] [--dirigent PATH] (daemon)
+/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu|boot|firmware|jit-compile FILE [--passes N] [--per-block OUT]|smp|startup|io|net|net-user|lifecycle|daemon] [--quick] [--no-qemu] [--no-dirigent (io, net, net-user)] [--from64] [--no-jit-off (boot)] [--no-busy (lifecycle)] [--vms N] [--memory-mib M] [--dirigent PATH] (daemon)
 /// </summary>
 public static class Program
 {
@@ -39,6 +39,7 @@ public static class Program
         if (args.Contains("lifecycle")) return LifecycleBench.Run(qemu, quick, busy: !args.Contains("--no-busy"));
         if (args.Contains("startup")) return StartupBench.Run(qemu);
         if (args.Contains("netpeer")) return NetBench.Peer();
+        if (args.Contains("net-user")) return NetUserBench.Run(qemu, skipDirigent: args.Contains("--no-dirigent"), quick);
         if (args.Contains("net")) return NetBench.Run(qemu, skipDirigent: args.Contains("--no-dirigent"));
         if (args.Contains("io")) return IoBench.Run(qemu, skipDirigent: args.Contains("--no-dirigent"));
         long scale = quick ? 1 : 10;

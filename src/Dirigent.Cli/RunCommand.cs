@@ -20,7 +20,7 @@ internal static class RunCommand
         var rng = new Option<bool>("--rng") { Description = "Attach a virtio-rng device fed from the host's random source" };
         var firmware = new Option<string?>("--firmware") { Description = "bios: boot the disks through SeaBIOS (default when --disk is given without --kernel); none: load the kernel directly" };
         var bootOrder = new Option<string?>("--boot-order") { Description = "Firmware boot order: c (the disks in --disk order) and/or diskN, comma-separated" };
-        var net = new Option<string[]>("--net") { Description = "virtio-net card on a TAP interface: tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N] (repeatable)", AllowMultipleArgumentsPerToken = false };
+        var net = new Option<string[]>("--net") { Description = "virtio-net card on a TAP interface, tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N], or on user-mode networking without root (libslirp), user[,hostfwd=[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT]...[,mac=MAC][,bps=N][,pps=N] (repeatable)", AllowMultipleArgumentsPerToken = false };
         var restore = new Option<string?>("--restore") { Description = "Resume the snapshot in DIR instead of booting (its VM spec is used; --accel may change the accelerator)" };
         var incoming = new Option<string?>("--incoming") { Description = "Wait for a live migration at unix:PATH or tcp:HOST:PORT and run the VM it brings" };
         var apiSocket = new Option<string?>("--api-socket") { Description = "Serve the VM's HTTP API on this Unix socket (mode 0600)" };

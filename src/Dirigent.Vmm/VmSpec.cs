@@ -62,7 +62,7 @@ public sealed class VmSpec
     /// <summary>"stdio", "none" or "file:PATH".</summary>
     public string Serial = "stdio";
     public bool NoReboot;
-    /// <summary>One virtio-net card per entry, in PCI slot order (--net tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N]).</summary>
+    /// <summary>One virtio-net card per entry, in PCI slot order (--net tap=NAME[,...] or --net user[,hostfwd=...]...).</summary>
     public List<NicConfig> Nics = new();
     /// <summary>virtio-blk disks in PCI slot order (the guest sees /dev/vda, /dev/vdb, ...).</summary>
     public List<DiskConfig> Disks = new();
@@ -161,10 +161,13 @@ public sealed class VmSpec
     }
 }
 
-/// <summary>A virtio-net card backed by a TAP interface.</summary>
+/// <summary>A virtio-net card backed by a TAP interface or by user-mode networking (libslirp).</summary>
 public sealed class NicConfig
 {
-    public required string Tap;
+    /// <summary>The TAP interface behind the card; null for a user-mode card (<see cref="User"/>).</summary>
+    public string? Tap;
+    /// <summary>User-mode networking (QEMU's -netdev user); null for a TAP card. Exactly one of the two is set.</summary>
+    public UserNetConfig? User;
     public required byte[] Mac;
     /// <summary>Network namespace (name under /run/netns, or a path) the TAP is opened in; null: the VMM's own.</summary>
     public string? Netns;
@@ -174,13 +177,18 @@ public sealed class NicConfig
     /// <summary>Each direction's limits (a burst of one second's worth), or null when unlimited.</summary>
     public RateLimitConfig? ToRateLimit() => RateLimits.Config(BytesPerSecond, PacketsPerSecond);
 
+    private const string Syntax = "tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N] or user[,hostfwd=[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT]...[,mac=MAC][,bps=N][,pps=N]";
+
     /// <summary>
-    /// Parses `tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N]`. Without mac=, card <paramref name="index"/> gets QEMU's default
-    /// scheme, 52:54:00:12:34:56 plus the index, so the cards of one VM differ.
+    /// Parses `tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N]` or `user[,hostfwd=...]...[,mac=MAC][,bps=N][,pps=N]`
+    /// (hostfwd repeatable, QEMU's syntax). Without mac=, card <paramref name="index"/> gets QEMU's default scheme,
+    /// 52:54:00:12:34:56 plus the index, so the cards of one VM differ.
     /// </summary>
     public static NicConfig Parse(string spec, int index)
     {
         string? tap = null, netns = null;
+        UserNetConfig? user = null;
+        var forwards = new List<HostForward>();
         byte[]? mac = null;
         long bps = 0, pps = 0;
         foreach (string part in spec.Split(','))
@@ -190,6 +198,8 @@ public sealed class NicConfig
             switch (key)
             {
                 case "tap": tap = value; break;
+                case "user" when eq < 0: user = new UserNetConfig(); break;
+                case "hostfwd": forwards.Add(HostForward.Parse(value)); break;
                 case "mac": mac = ParseMac(value); break;
                 case "netns":
                     if (value.Length == 0) throw new FormatException("--net: netns= needs a namespace name or path");
@@ -197,13 +207,23 @@ public sealed class NicConfig
                     break;
                 case "bps": bps = RateLimits.Parse("bps", $"--net '{spec}'", value); break;
                 case "pps": pps = RateLimits.Parse("pps", $"--net '{spec}'", value); break;
-                default: throw new FormatException($"--net: unknown option '{key}' in '{spec}' (expected tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N])");
+                default: throw new FormatException($"--net: unknown option '{key}' in '{spec}' (expected {Syntax})");
             }
         }
-        if (tap == null) throw new FormatException($"--net: '{spec}' names no TAP (expected tap=NAME[,mac=MAC][,netns=NS])");
-        if (Net.TapInterface.InvalidNameReason(tap) is { } bad) throw new FormatException($"--net: {bad}");
+        if (tap != null && user != null) throw new FormatException($"--net: '{spec}' names both a TAP and user networking (a card has one backend)");
+        if (tap == null && user == null) throw new FormatException($"--net: '{spec}' names no backend (expected {Syntax})");
+        if (user == null && forwards.Count > 0) throw new FormatException($"--net: hostfwd= is for user networking (--net user,hostfwd=...), not a TAP");
+        if (user != null && netns != null) throw new FormatException("--net: netns= is for a TAP card; user networking uses the VMM's own sockets");
+        if (tap != null && Net.TapInterface.InvalidNameReason(tap) is { } bad) throw new FormatException($"--net: {bad}");
+        if (user != null)
+        {
+            foreach (var f in forwards)
+                if (user.HostForwards.Any(g => g.Udp == f.Udp && g.HostPort == f.HostPort && g.HostAddress == f.HostAddress))
+                    throw new FormatException($"--net: hostfwd {f} forwards a host port already forwarded");
+                else user.HostForwards.Add(f);
+        }
         if (index > 0xA9) throw new FormatException("--net: too many cards");
-        return new NicConfig { Tap = tap, Netns = netns, BytesPerSecond = bps, PacketsPerSecond = pps, Mac = mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, (byte)(0x56 + index)] };
+        return new NicConfig { Tap = tap, User = user, Netns = netns, BytesPerSecond = bps, PacketsPerSecond = pps, Mac = mac ?? [0x52, 0x54, 0x00, 0x12, 0x34, (byte)(0x56 + index)] };
     }
 
     /// <summary>A unicast MAC written as six hex pairs separated by ':' or '-'.</summary>

@@ -23,7 +23,7 @@ public sealed partial class VmSpecOptions
     };
     public Option<string[]> Nics { get; } = new("--net")
     {
-        Description = "virtio-net card: tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N] (repeatable; on `set` the list replaces the old one)",
+        Description = "virtio-net card: tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N] or user[,hostfwd=[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT]...[,mac=MAC] (repeatable; on `set` the list replaces the old one)",
         AllowMultipleArgumentsPerToken = false,
     };
     public Option<string?> Kernel { get; } = new("--kernel") { Description = "Kernel: bzImage, vmlinux ELF or Multiboot image (default: the built-in Debian guest)" };
@@ -168,10 +168,20 @@ public sealed partial class VmSpecOptions
     {
         var nic = NicConfig.Parse(spec, index);
         bool macGiven = spec.Split(',').Any(p => p.StartsWith("mac=", StringComparison.Ordinal));
+        string? mac = macGiven ? string.Join(':', nic.Mac.Select(b => b.ToString("x2", CultureInfo.InvariantCulture))) : null;
+        if (nic.User != null)
+            return new JsonObject
+            {
+                ["user"] = true,
+                ["hostfwd"] = new JsonArray(nic.User.HostForwards.Select(f => (JsonNode)f.ToString()).ToArray()),
+                ["mac"] = mac,
+                ["bps"] = nic.BytesPerSecond,
+                ["pps"] = nic.PacketsPerSecond,
+            };
         return new JsonObject
         {
             ["tap"] = nic.Tap,
-            ["mac"] = macGiven ? string.Join(':', nic.Mac.Select(b => b.ToString("x2", CultureInfo.InvariantCulture))) : null,
+            ["mac"] = mac,
             ["netns"] = nic.Netns,
             ["bps"] = nic.BytesPerSecond,
             ["pps"] = nic.PacketsPerSecond,

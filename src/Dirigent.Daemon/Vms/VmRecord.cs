@@ -76,9 +76,13 @@ public sealed class VmDiskModel
     public long Iops { get; set; }
 }
 
+/// <summary>A NIC of a VM: on a TAP (<see cref="Tap"/>) or on user networking (<see cref="User"/>, libslirp).</summary>
 public sealed class VmNicModel
 {
-    public string Tap { get; set; } = "";
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Tap { get; set; }
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public bool User { get; set; }
+    /// <summary>QEMU-syntax forwards of a user NIC, e.g. tcp:127.0.0.1:2222-:22.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public List<string>? Hostfwd { get; set; }
     public string? Mac { get; set; }
     public string? Netns { get; set; }
     public long Bps { get; set; }

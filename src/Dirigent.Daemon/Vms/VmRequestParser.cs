@@ -115,15 +115,35 @@ internal static partial class VmRequestParser
 
     private static VmNicModel ParseNic(JsonElement e, string path)
     {
-        var f = Fields(e, path, "tap", "mac", "netns", "bps", "pps");
+        var f = Fields(e, path, "tap", "user", "hostfwd", "mac", "netns", "bps", "pps");
         var n = new VmNicModel();
-        if (!f.TryGetValue("tap", out var t)) throw Bad($"missing field '{path}.tap'");
-        n.Tap = String(t, path + ".tap");
-        // The worker's --net option is comma-separated key=value: a comma or '=' would change its meaning.
-        if (n.Tap.Length == 0 || n.Tap.Length > 15 || n.Tap.IndexOfAny([',', '=', '/', ' ']) >= 0)
-            throw Bad($"field '{path}.tap' must be an interface name (1-15 characters, no ',', '=', '/' or space)");
+        if (f.TryGetValue("user", out var u)) n.User = Bool(u, path + ".user");
+        if (f.TryGetValue("tap", out var t))
+        {
+            if (n.User) throw Bad($"field '{path}' needs exactly one of 'tap' (a TAP interface) or 'user': true (user networking)");
+            n.Tap = String(t, path + ".tap");
+            // The worker's --net option is comma-separated key=value: a comma or '=' would change its meaning.
+            if (n.Tap.Length == 0 || n.Tap.Length > 15 || n.Tap.IndexOfAny([',', '=', '/', ' ']) >= 0)
+                throw Bad($"field '{path}.tap' must be an interface name (1-15 characters, no ',', '=', '/' or space)");
+        }
+        else if (!n.User) throw Bad($"field '{path}' needs exactly one of 'tap' (a TAP interface) or 'user': true (user networking)");
+        if (f.TryGetValue("hostfwd", out var h) && h.ValueKind != JsonValueKind.Null)
+        {
+            if (!n.User) throw Bad($"field '{path}.hostfwd' is for user networking ('user': true)");
+            int k = 0;
+            foreach (var x in Items(h, path + ".hostfwd"))
+            {
+                string field = $"{path}.hostfwd[{k++}]", v = String(x, field);
+                // The same parser as `dirigent run --net user,hostfwd=...`, so the worker never refuses what was accepted.
+                try { Dirigent.Vmm.HostForward.Parse(v); }
+                catch (FormatException ex) { throw Bad($"field '{field}': {ex.Message["--net: ".Length..]}"); }
+                if (v.IndexOf(',') >= 0) throw Bad($"field '{field}' must not contain ','");
+                (n.Hostfwd ??= []).Add(v);
+            }
+        }
         if (f.TryGetValue("mac", out var m)) n.Mac = CheckOption(NullableString(m, path + ".mac"), path + ".mac");
         if (f.TryGetValue("netns", out var ns)) n.Netns = CheckOption(NullableString(ns, path + ".netns"), path + ".netns");
+        if (n.User && n.Netns != null) throw Bad($"field '{path}.netns' is for a TAP card");
         if (f.TryGetValue("bps", out var b)) n.Bps = Long(b, path + ".bps", 0, long.MaxValue);
         if (f.TryGetValue("pps", out var p)) n.Pps = Long(p, path + ".pps", 0, long.MaxValue);
         return n;

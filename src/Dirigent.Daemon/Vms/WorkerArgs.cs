@@ -44,7 +44,7 @@ internal static class WorkerArgs
         }
         foreach (var n in spec.Nics)
         {
-            var opt = "tap=" + n.Tap;
+            var opt = n.User ? "user" + string.Concat((n.Hostfwd ?? []).Select(h => ",hostfwd=" + h)) : "tap=" + n.Tap;
             if (n.Mac != null) opt += ",mac=" + n.Mac;
             if (n.Netns != null) opt += ",netns=" + n.Netns;
             if (n.Bps > 0) opt += ",bps=" + n.Bps.ToString(CultureInfo.InvariantCulture);

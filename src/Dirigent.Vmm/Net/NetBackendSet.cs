@@ -10,14 +10,21 @@ public sealed class NetBackendSet : IDisposable
     public IReadOnlyList<(INetBackend Backend, byte[] Mac)> Cards => _cards;
 
     /// <summary>
-    /// Opens every --net card's TAP; throws <see cref="NetBackendException"/> (naming the TAP) on the first failure.
-    /// A TAP that fails later (its interface deleted under the VM) says so on <paramref name="err"/>; the guest sees
-    /// a link that stays silent.
+    /// Opens every --net card's backend, a TAP or a user network (libslirp); throws <see cref="NetBackendException"/>
+    /// (naming the TAP, the missing library or the port that cannot be forwarded) on the first failure. A backend
+    /// that fails later (a TAP deleted under the VM) says so on <paramref name="err"/>; the guest sees a link that
+    /// stays silent.
     /// </summary>
     public void OpenAll(IEnumerable<NicConfig> nics, TextWriter err)
     {
         foreach (var n in nics)
         {
+            if (n.User != null)
+            {
+                _cards.Add((SlirpBackend.Open(n.User, m => err.WriteLine($"dirigent: --net user: {m}")), n.Mac));
+                continue;
+            }
+            if (n.Tap == null) throw new NetBackendException("a card has neither a TAP nor user networking");
             var tap = TapInterface.Open(n.Tap, n.Netns);
             tap.Failed = reason => err.WriteLine($"dirigent: --net: {reason}; the card receives nothing from now on");
             _cards.Add((tap, n.Mac));

@@ -81,6 +81,14 @@ public class CliRequestTests
     }
 
     [Fact]
+    public void UserNicsSendTheirForwardsNormalised()
+    {
+        var body = Create("--net", "user,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp::5353-:53");
+        var nics = body["spec"]!["nics"]!.AsArray();
+        Assert.Equal("""{"user":true,"hostfwd":["tcp:127.0.0.1:2222-10.0.2.15:22","udp:0.0.0.0:5353-10.0.2.15:53"],"mac":null,"bps":0,"pps":0}""", nics[0]!.ToJsonString());
+    }
+
+    [Fact]
     public void SetSendsOnlyWhatChangesAndNoneClearsALimit()
     {
         var (spec, r) = Parse("web", "--cpu-limit", "none", "--memory-limit", "512M", "--autostart", "false", "--rng", "false");

@@ -31,7 +31,7 @@ public class NicConfigTests
     [InlineData("tap=t0,mac=52:54:00:12:34:567", "invalid MAC")]
     [InlineData("tap=t0,mac=01:00:5e:00:00:01", "multicast")]
     [InlineData("tap=t0,mac=00:00:00:00:00:00", "all zeros")]
-    [InlineData("mac=52:54:00:12:34:56", "names no TAP")]
+    [InlineData("mac=52:54:00:12:34:56", "names no backend")]
     [InlineData("tap=t0,model=e1000", "unknown option 'model'")]
     [InlineData("tap=", "empty")]
     [InlineData("tap=sixteen-chars-xx", "too long")]
