@@ -92,7 +92,10 @@ public sealed class DebianImageBuildTests(ITestOutputHelper output)
         Assert.Contains("I: success", all); // mmdebstrap's own step lines come through, condensed
         Assert.NotNull(img.RootPassword);
         Assert.Matches(@"^\d+\.\d+\.\d+-\d+-cloud-amd64$", img.KernelVersion);
-        Assert.Equal([img.Path], Directory.GetFileSystemEntries(Path.GetDirectoryName(img.Path)!)); // no work files left
+        Assert.True(File.Exists(img.Path));
+        // No work directory (.NAME.build-PID) or temporary output (NAME.tmp-PID) left beside the image.
+        Assert.DoesNotContain(Directory.GetFileSystemEntries(Path.GetDirectoryName(img.Path)!),
+            p => Path.GetFileName(p).StartsWith('.') || p.Contains(".tmp-", StringComparison.Ordinal));
 
         var check = DebianTestImage.Tool("qemu-img", "check", img.Path);
         Assert.True(check.Exit == 0, check.Output);
