@@ -123,10 +123,8 @@ public static class DebianImageBuilder
         var tail = new Queue<string>();
         int rc = Stream("mmdebstrap", args, line =>
         {
-            // Condensed progress: mmdebstrap's own step lines and apt's download totals (which show the package
-            // cache at work); apt's and dpkg's other chatter only on failure.
-            if (line.StartsWith("I: ", StringComparison.Ordinal) || line.StartsWith("E: ", StringComparison.Ordinal)
-                || line.StartsWith("Fetched ", StringComparison.Ordinal))
+            // Condensed progress: mmdebstrap's own step lines; apt's and dpkg's chatter only on failure.
+            if (line.StartsWith("I: ", StringComparison.Ordinal) || line.StartsWith("E: ", StringComparison.Ordinal))
                 log("      " + line);
             tail.Enqueue(line);
             if (tail.Count > 30) tail.Dequeue();
