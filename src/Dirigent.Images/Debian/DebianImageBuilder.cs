@@ -32,7 +32,7 @@ public static class DebianImageBuilder
     public static string? HostProblem()
     {
         if (Environment.UserName != "root" && geteuid() != 0)
-            return "building a Debian image needs root (mmdebstrap installs packages as root into a directory; no loop devices or mounts are used)";
+            return "building a Debian image needs root (mmdebstrap installs the packages as root into a directory; no loop devices are used)";
         foreach (var tool in new[] { "mmdebstrap", "mkfs.ext4", "grub-mkimage", "chroot" })
             if (FindOnPath(tool) == null) return $"{tool} is not installed: {Packages}";
         foreach (var f in new[] { "boot.img", "diskboot.img", "kernel.img" })
