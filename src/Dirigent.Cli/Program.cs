@@ -1,7 +1,6 @@
 using System.CommandLine;
 using System.Reflection;
 using Dirigent.Vmm;
-using Dirigent.Images;
 
 namespace Dirigent.Cli;
 
@@ -17,25 +16,7 @@ public static class Program
         root.Subcommands.Add(Client.EventsCommand.Create());
         root.Subcommands.Add(DaemonCommand.Create());
 
-        var image = new Command("image", "The default guest image (Debian cloud kernel + busybox initramfs)");
-        var build = new Command("build", "Build the default guest image into the cache (needs apt-get and network)");
-        build.SetAction(_ =>
-        {
-            try
-            {
-                var img = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, m => Console.Error.WriteLine($"dirigent: {m}"));
-                Console.WriteLine($"kernel    {img.Kernel} ({img.KernelVersion})");
-                Console.WriteLine($"initramfs {img.Initramfs}");
-                return ExitCodes.Ok;
-            }
-            catch (ImageBuildException e)
-            {
-                Console.Error.WriteLine($"dirigent image build: {e.Message}");
-                return ExitCodes.BadInput;
-            }
-        });
-        image.Subcommands.Add(build);
-        root.Subcommands.Add(image);
+        root.Subcommands.Add(ImageCommand.Create());
 
         var version = new Command("version", "Print the version");
         version.SetAction(_ =>

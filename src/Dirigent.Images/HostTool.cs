@@ -3,8 +3,14 @@ using System.Diagnostics;
 
 namespace Dirigent.Images;
 
-/// <summary>The default image cannot be built; the message says what to install or to pass --kernel/--initrd.</summary>
-public sealed class ImageBuildException(string message) : Exception(message);
+/// <summary>
+/// An image cannot be built; the message says what to install or to pass --kernel/--initrd. <see cref="BadInput"/>
+/// marks the caller's mistake (a bad option or file) as opposed to what the host lacks or a failed step.
+/// </summary>
+public sealed class ImageBuildException(string message, bool badInput = false) : Exception(message)
+{
+    public bool BadInput { get; } = badInput;
+}
 
 /// <summary>Runs a host program (apt-get, tar...) and reports failures as one-line <see cref="ImageBuildException"/>s.</summary>
 internal static class HostTool

@@ -64,12 +64,17 @@ public static class VmCommands
         var name = NameArg("The new VM's name: a-z, 0-9 and '-', up to 63 characters");
         var spec = new VmSpecOptions();
         var output = Output.CreateOption();
-        var cmd = new Command("create", "Define a VM (stopped; `vm start` runs it)") { name, output };
+        var image = new Option<string?>("--image")
+        {
+            Description = "Boot disk: a linked clone (qcow2 overlay, removed by `vm delete --purge`) of the daemon's image NAME (HOME/images/NAME.qcow2, see `image build debian`)",
+        };
+        var cmd = new Command("create", "Define a VM (stopped; `vm start` runs it)") { name, output, image };
         spec.AddTo(cmd);
         Set(cmd, "vm create", async (r, ct) =>
         {
             string n = r.GetValue(name)!;
             var body = spec.CreateBody(r, n);
+            if (r.GetValue(image) is { } img) body["image"] = img;
             using var client = conn.Connect(r);
             var record = await client.JsonAsync(HttpMethod.Post, Vms, body, ct);
             // Quiet unless asked: the record is what `vm show` prints.
@@ -153,7 +158,7 @@ public static class VmCommands
     private static Command DeleteCommand(ConnectionOptions conn)
     {
         var name = NameArg();
-        var purge = new Option<bool>("--purge") { Description = "Also delete the disks the VM owns (those made for it by `vm clone`)" };
+        var purge = new Option<bool>("--purge") { Description = "Also delete the disks the VM owns (those made for it by `vm clone` and `vm create --image`)" };
         var cmd = new Command("delete", "Delete a stopped or crashed VM") { name, purge };
         cmd.Aliases.Add("rm");
         Set(cmd, "vm delete", async (r, ct) =>

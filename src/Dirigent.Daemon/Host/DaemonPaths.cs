@@ -13,6 +13,9 @@ public sealed class DaemonPaths
     public string Socket => Path.Combine(Home, "dirigent.sock");
     public string VmsDir => Path.Combine(Home, "vms");
     public string DisksDir => Path.Combine(Home, "disks");
+    /// <summary>System images (`vm create --image NAME` clones HOME/images/NAME.qcow2 or .raw): built with
+    /// `dirigent image build debian --out HOME/images/debian.qcow2`.</summary>
+    public string ImagesDir => Path.Combine(Home, "images");
     public string VmDir(string vm) => Path.Combine(VmsDir, vm);
     public string ConsoleLog(string vm) => Path.Combine(VmDir(vm), "console.log");
     public string ExitFile(string vm) => Path.Combine(VmDir(vm), "exit.json");

@@ -61,14 +61,49 @@ internal sealed partial class VmManager
 
     public async Task<JsonObject> CreateAsync(JsonElement body, CancellationToken ct)
     {
-        var rec = VmRequestParser.ParseCreate(body);
+        var rec = VmRequestParser.ParseCreate(body, out string? image);
         await CheckDisksExist(rec.Spec, ct);
         rec.CreatedAt = DateTimeOffset.UtcNow;
         if (await _store.GetAsync(rec.Name, ct) != null) throw Conflict($"a VM named '{rec.Name}' already exists");
-        Directory.CreateDirectory(_paths.VmDir(rec.Name));
-        long rev = await _store.CreateAsync(rec, ct) ?? throw Conflict($"a VM named '{rec.Name}' already exists");
-        _events.Publish(new VmStateChanged(rec.Name, null, rec.State));
-        return rec.ToApi(rev);
+        string? rootDisk = image != null ? await CloneImageAsync(rec, image, ct) : null;
+        try
+        {
+            Directory.CreateDirectory(_paths.VmDir(rec.Name));
+            long rev = await _store.CreateAsync(rec, ct) ?? throw Conflict($"a VM named '{rec.Name}' already exists");
+            _events.Publish(new VmStateChanged(rec.Name, null, rec.State));
+            return rec.ToApi(rev);
+        }
+        catch when (rootDisk != null)
+        {
+            try { await _disks.DeleteAsync(rootDisk, CancellationToken.None); } catch (Dirigent.Api.ApiRequestException) { }
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// "image": NAME makes the VM's first disk a linked clone of the system image HOME/images/NAME.qcow2 (or .raw):
+    /// a qcow2 overlay disk "VM-root" owned by the VM (removed with it by purge), so the image itself stays untouched
+    /// and clones cost only what each guest writes.
+    /// </summary>
+    private async Task<string> CloneImageAsync(VmRecord rec, string image, CancellationToken ct)
+    {
+        string? path = new[] { "qcow2", "raw" }.Select(ext => Path.Combine(_paths.ImagesDir, $"{image}.{ext}")).FirstOrDefault(File.Exists)
+            ?? throw Bad($"field 'image': no image '{image}' in {_paths.ImagesDir} (build it with `dirigent image build {image} --out {Path.Combine(_paths.ImagesDir, image + ".qcow2")}`)");
+        long size;
+        string format;
+        try
+        {
+            using var img = Dirigent.Storage.DiskImage.Open(path, null, readOnly: true);
+            (size, format) = (img.Size, img is Dirigent.Storage.Qcow2Disk ? "qcow2" : "raw");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or Dirigent.Storage.BlockDeviceException)
+        {
+            throw Bad($"field 'image': image '{image}' cannot be opened: {e.Message}");
+        }
+        string diskName = $"{rec.Name[..Math.Min(rec.Name.Length, 58)]}-root";
+        await _disks.CreateAsync(diskName, "qcow2", size, backingName: null, path, format, owner: rec.Name, ct);
+        rec.Spec.Disks.Insert(0, new VmDiskModel { Disk = diskName, Format = "auto" });
+        return diskName;
     }
 
     private async Task CheckDisksExist(VmSpecModel spec, CancellationToken ct)

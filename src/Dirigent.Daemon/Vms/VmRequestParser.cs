@@ -24,10 +24,15 @@ internal static partial class VmRequestParser
 
     private static readonly string[] RestartPolicies = ["no", "on-failure", "always"];
 
-    /// <summary>POST /vms: name, spec, limits, restart, autostart (only name is required).</summary>
-    public static VmRecord ParseCreate(JsonElement root)
+    /// <summary>POST /vms: name, spec, limits, restart, autostart, image (only name is required).</summary>
+    public static VmRecord ParseCreate(JsonElement root) => ParseCreate(root, out _);
+
+    /// <summary>Also returns the "image" field: a system image the VM boots from through a linked clone (or null).</summary>
+    public static VmRecord ParseCreate(JsonElement root, out string? image)
     {
-        var f = Fields(root, "", "name", "spec", "limits", "restart", "autostart");
+        var f = Fields(root, "", "name", "spec", "limits", "restart", "autostart", "image");
+        image = f.TryGetValue("image", out var im) ? NullableString(im, "image") : null;
+        if (image != null) RequireValidName(image, "image");
         if (!f.TryGetValue("name", out var n)) throw Bad("missing field 'name'");
         var rec = new VmRecord { Name = String(n, "name") };
         RequireValidName(rec.Name, "name");

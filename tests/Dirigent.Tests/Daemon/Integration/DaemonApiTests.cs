@@ -174,6 +174,32 @@ public sealed class DaemonApiTests(DaemonApiFixture fixture) : IClassFixture<Dae
     }
 
     [Fact]
+    public async Task VmFromAnImageBootsALinkedCloneItOwns()
+    {
+        // A stand-in system image (what `image build debian --out HOME/images/debian.qcow2` makes).
+        string image = Path.Combine(D.Home, "images", "sysimg.qcow2");
+        Directory.CreateDirectory(Path.GetDirectoryName(image)!);
+        Dirigent.Storage.DiskImage.Create(image, "qcow2", 64L << 20);
+        var vm = await D.PostAsync("/api/v1/vms", new { name = "fromimg", image = "sysimg", spec = new { disks = new[] { new { path = image } } } }, HttpStatusCode.Created);
+        var disks = vm["spec"]!["disks"]!.AsArray();
+        Assert.Equal("fromimg-root", disks[0]!["disk"]!.GetValue<string>()); // the clone is the first (boot) disk
+        Assert.Equal(image, disks[1]!["path"]!.GetValue<string>());
+        var root = await D.GetAsync("/api/v1/disks/fromimg-root");
+        Assert.Equal("fromimg", root["owner"]!.GetValue<string>());
+        Assert.Equal(64L << 20, root["size_bytes"]!.GetValue<long>());
+        using (var overlay = Dirigent.Storage.Qcow2Disk.Open(root["path"]!.GetValue<string>(), readOnly: true))
+            Assert.Equal(image, overlay.BackingFileName);
+
+        Assert.Contains("no image 'nosuch'", await Problem(HttpMethod.Post, "/api/v1/vms", HttpStatusCode.BadRequest, new { name = "noimg", image = "nosuch" }));
+        Assert.Contains("'image'", await Problem(HttpMethod.Post, "/api/v1/vms", HttpStatusCode.BadRequest, new { name = "noimg", image = "../etc" }));
+        Assert.Contains("already exists", await Problem(HttpMethod.Post, "/api/v1/vms", HttpStatusCode.Conflict, new { name = "fromimg", image = "sysimg" }));
+
+        Assert.Equal(HttpStatusCode.NoContent, (await D.SendAsync(HttpMethod.Delete, "/api/v1/vms/fromimg?purge=true")).Status);
+        await Problem(HttpMethod.Get, "/api/v1/disks/fromimg-root", HttpStatusCode.NotFound);
+        Assert.True(File.Exists(image), "the image itself stays");
+    }
+
+    [Fact]
     public async Task MetricsCountRequests()
     {
         await D.GetAsync("/api/v1/vms");
