@@ -138,7 +138,8 @@ public sealed unsafe partial class KvmIrqChip
             RequireOpen();
             KvmPitState2 k;
             KvmAccelerator.Check(Libc.Ioctl(_vmFd, KvmAbi.GET_PIT2, &k), "KVM_GET_PIT2");
-            return FromKvm(k, Libc.MonotonicNs());
+            long now = Libc.MonotonicNs();
+            return FromKvm(k, now, now - _pitCreatedNs);
         }
     }
 
@@ -150,11 +151,18 @@ public sealed unsafe partial class KvmIrqChip
             RequireOpen();
             var k = ToKvm(state, Libc.MonotonicNs());
             KvmAccelerator.Check(Libc.Ioctl(_vmFd, KvmAbi.SET_PIT2, &k), "KVM_SET_PIT2");
+            // A restored count may be older than this PIT: the bound SavePit applies moves back with it.
+            for (int i = 0; i < 3; i++) _pitCreatedNs = Math.Min(_pitCreatedNs, k.Channel(i).CountLoadTime);
         }
     }
 
+    /// <summary>When KVM_CREATE_PIT2 made the in-kernel PIT (host CLOCK_MONOTONIC): no count can be older.</summary>
+    private long _pitCreatedNs;
+
     /// <param name="nowNs">Host CLOCK_MONOTONIC now, the clock of count_load_time.</param>
-    internal static PitState FromKvm(in KvmPitState2 k, long nowNs)
+    /// <param name="maxAgeNs">The PIT's own age: a load time before it (PVM, for one, reports count_load_time 0, which
+    /// would make a count hours old) is taken as a load when the PIT was made.</param>
+    internal static PitState FromKvm(in KvmPitState2 k, long nowNs, long maxAgeNs = long.MaxValue)
     {
         var s = new PitState { SpeakerDataOn = (k.Flags & KvmAbi.PIT_FLAGS_SPEAKER_DATA_ON) != 0 };
         var copy = k;
@@ -179,7 +187,7 @@ public sealed unsafe partial class KvmIrqChip
                 Mode = programmed ? (byte)(c.Mode <= 5 ? c.Mode : c.Mode & 3) : (byte)0,
                 Bcd = c.Bcd != 0,
                 Gate = c.Gate != 0,
-                NsSinceLoad = programmed ? Math.Max(nowNs - c.CountLoadTime, 0) : 0,
+                NsSinceLoad = programmed ? Math.Clamp(nowNs - c.CountLoadTime, 0, Math.Max(maxAgeNs, 0)) : 0,
             };
         }
         return s;

@@ -69,6 +69,7 @@ public sealed unsafe partial class KvmIrqChip : IInKernelIrqChip
         var cfg = new KvmPitConfig { Flags = KvmAbi.PIT_SPEAKER_DUMMY };
         KvmAccelerator.Check(Libc.Ioctl(vmFd, KvmAbi.CREATE_PIT2, &cfg), "KVM_CREATE_PIT2");
         var chip = new KvmIrqChip(accel, vmFd, wiring);
+        chip._pitCreatedNs = Libc.MonotonicNs();
         chip._picMaster = chip.GetChip(KvmAbi.IRQCHIP_PIC_MASTER);
         chip._picSlave = chip.GetChip(KvmAbi.IRQCHIP_PIC_SLAVE);
         chip._ioApic = chip.GetChip(KvmAbi.IRQCHIP_IOAPIC);
