@@ -89,6 +89,21 @@ public class DiffMmxTests
             ("punpckhbw", (a, x, y) => a.punpckhbw(x, y), (a, x, m) => a.punpckhbw(x, m)),
             ("punpckhwd", (a, x, y) => a.punpckhwd(x, y), (a, x, m) => a.punpckhwd(x, m)),
             ("punpckhdq", (a, x, y) => a.punpckhdq(x, y), (a, x, m) => a.punpckhdq(x, m)),
+            ("pshufb", (a, x, y) => a.pshufb(x, y), (a, x, m) => a.pshufb(x, m)),
+            ("phaddw", (a, x, y) => a.phaddw(x, y), (a, x, m) => a.phaddw(x, m)),
+            ("phaddd", (a, x, y) => a.phaddd(x, y), (a, x, m) => a.phaddd(x, m)),
+            ("phaddsw", (a, x, y) => a.phaddsw(x, y), (a, x, m) => a.phaddsw(x, m)),
+            ("phsubw", (a, x, y) => a.phsubw(x, y), (a, x, m) => a.phsubw(x, m)),
+            ("phsubd", (a, x, y) => a.phsubd(x, y), (a, x, m) => a.phsubd(x, m)),
+            ("phsubsw", (a, x, y) => a.phsubsw(x, y), (a, x, m) => a.phsubsw(x, m)),
+            ("pabsb", (a, x, y) => a.pabsb(x, y), (a, x, m) => a.pabsb(x, m)),
+            ("pabsw", (a, x, y) => a.pabsw(x, y), (a, x, m) => a.pabsw(x, m)),
+            ("pabsd", (a, x, y) => a.pabsd(x, y), (a, x, m) => a.pabsd(x, m)),
+            ("psignb", (a, x, y) => a.psignb(x, y), (a, x, m) => a.psignb(x, m)),
+            ("psignw", (a, x, y) => a.psignw(x, y), (a, x, m) => a.psignw(x, m)),
+            ("psignd", (a, x, y) => a.psignd(x, y), (a, x, m) => a.psignd(x, m)),
+            ("pmaddubsw", (a, x, y) => a.pmaddubsw(x, y), (a, x, m) => a.pmaddubsw(x, m)),
+            ("pmulhrsw", (a, x, y) => a.pmulhrsw(x, y), (a, x, m) => a.pmulhrsw(x, m)),
         };
         foreach (var (name, reg, mem) in rr)
         {
@@ -109,6 +124,9 @@ public class DiffMmxTests
             yield return F($"psraw mm1,{imm}", a => a.psraw(mm1, imm));
             yield return F($"psrad mm1,{imm}", a => a.psrad(mm1, imm));
         }
+        foreach (byte imm in new byte[] { 0, 1, 5, 8, 9, 15, 16, 17, 255 })
+            yield return F($"palignr mm1,mm2,{imm}", a => a.palignr(mm1, mm2, imm));
+        yield return F("palignr mm1,[rbx+16],3", a => a.palignr(mm1, __qword_ptr[rbx + 16], 3));
         // Shift counts from a register: small, lane-width boundary and huge counts.
         foreach (ulong cnt in new ulong[] { 3, 16, 33, 64, 0x1_0000_0001 })
         {
