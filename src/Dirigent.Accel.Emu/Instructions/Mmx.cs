@@ -51,6 +51,7 @@ internal static unsafe class Mmx
             Code.Psrlw_mm_imm8, Code.Psrld_mm_imm8, Code.Psrlq_mm_imm8, Code.Psraw_mm_imm8, Code.Psrad_mm_imm8);
         MmxMove.Install(r);
         MmxSsse3.Install(r);
+        MmxConvert.Install(r);
     }
 
     // ---------------- shared state plumbing ----------------

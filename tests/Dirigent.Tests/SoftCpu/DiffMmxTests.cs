@@ -147,6 +147,16 @@ public class DiffMmxTests
         yield return F("maskmovq mm1,mm2 (rdi=rbx+8)", a => { a.lea(rdi, __[rbx + 8]); a.maskmovq(mm1, mm2); a.mov(edi, 0); });
         yield return F("movdq2q mm3,x4", a => a.movdq2q(mm3, xmm4));
         yield return F("movq2dq x9,mm6", a => a.movq2dq(xmm9, mm6));
+        yield return F("cvtpi2ps x1,mm2", a => a.cvtpi2ps(xmm1, mm2));
+        yield return F("cvtpi2ps x1,[rbx+8]", a => a.cvtpi2ps(xmm1, __qword_ptr[rbx + 8]));
+        yield return F("cvtpi2pd x1,mm2", a => a.cvtpi2pd(xmm1, mm2));
+        yield return F("cvtpi2pd x1,[rbx+8]", a => a.cvtpi2pd(xmm1, __qword_ptr[rbx + 8]));
+        yield return F("cvtps2pi mm1,x2", a => a.cvtps2pi(mm1, xmm2));
+        yield return F("cvtps2pi mm1,[rbx+8]", a => a.cvtps2pi(mm1, __qword_ptr[rbx + 8]));
+        yield return F("cvttps2pi mm1,x2", a => a.cvttps2pi(mm1, xmm2));
+        yield return F("cvtpd2pi mm1,x2", a => a.cvtpd2pi(mm1, xmm2));
+        yield return F("cvtpd2pi mm1,[rbx+16]", a => a.cvtpd2pi(mm1, __xmmword_ptr[rbx + 16]));
+        yield return F("cvttpd2pi mm1,x2", a => a.cvttpd2pi(mm1, xmm2));
         yield return F("pmovmskb edx,mm4", a => a.pmovmskb(edx, mm4));
         yield return F("pmovmskb r12,mm4", a => a.pmovmskb(r12, mm4));
         yield return F("emms", a => a.emms());
