@@ -9,7 +9,7 @@ namespace Dirigent.Accel.Emu.Instructions;
 /// MMX (SDM vol. 1 ch. 9): the 64-bit packed integer instructions on mm0-mm7, and the SSE/SSE2 integer
 /// additions that have mm forms (PAVGB, PMINUB, PSHUFW, PINSRW, PMOVMSKB, MOVNTQ, MASKMOVQ, PADDQ, PMULUDQ...).
 /// Arithmetic, compares, logic and shifts are here; packs, unpacks, shuffles, moves and MASKMOVQ in
-/// <see cref="MmxMove"/>; the SSSE3 mm forms in <see cref="MmxSsse3"/>.
+/// <see cref="MmxMove"/>; the SSSE3 mm forms in <see cref="MmxSsse3"/>; CVTPI2PS and relatives in <see cref="MmxConvert"/>.
 ///
 /// STATE. mmN is the significand (bits 0-63) of the x87 PHYSICAL register RN, not ST(N). Every MMX instruction
 /// but EMMS sets TOP=0 and marks all eight registers valid; writing mmN also sets RN's sign and exponent (bits
