@@ -39,6 +39,7 @@ internal static unsafe class Dispatch
         SegmentInstructions.Install(r);
         Sse.Install(r);
         X87.Install(r);
+        Mmx.Install(r);
     }
 
     public static bool IsImplemented(Code c) => Implemented[(int)c];

@@ -8,9 +8,9 @@ namespace Dirigent.Accel.Emu.Instructions;
 /// <summary>
 /// SSE/SSE2/SSE3/SSSE3 (legacy encodings, XMM forms). The group is split by sub-family into Sse*.cs files; this class
 /// installs them all and holds the shared operand plumbing: the CR0/CR4 availability checks, XMM register access and
-/// 128-bit memory operands with the legacy-SSE alignment rule. Not here: MMX (mm register) forms, including
-/// CVTPI2PS/CVTPS2PI/MOVQ2DQ/MASKMOVQ/PSHUFW, raise #UD because MMX state aliases the x87 stack the x87 group owns;
-/// AMD SSE4a (EXTRQ, INSERTQ, MOVNTSS/SD); fences, prefetches and CLFLUSH; FXSAVE/FXRSTOR (x87 group).
+/// 128-bit memory operands with the legacy-SSE alignment rule. Not here: the mm-register forms (including
+/// CVTPI2PS/CVTPS2PI/MOVQ2DQ/MASKMOVQ/PSHUFW and SSSE3 on mm), which are in <see cref="Mmx"/> because MMX state
+/// aliases the x87 registers and has its own checks; AMD SSE4a (EXTRQ, INSERTQ, MOVNTSS/SD); fences, prefetches and CLFLUSH; FXSAVE/FXRSTOR (x87 group).
 /// </summary>
 internal static unsafe class Sse
 {
