@@ -449,24 +449,28 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     internal bool JitHandler(Block b, int k, nint handler)
     {
-        ref Instruction i = ref b.Instrs[k];
-        JitDone = k;
-        InstrIp = i.IP;
-        Rip = i.NextIP;
+        ref Instruction i = ref JitAt(b, k);
         ((delegate*<Cpu, ref Instruction, void>)handler)(this, ref i);
         if (!BlockExit) return false;
         JitBlockExit();
         return true;
     }
 
-    /// <summary>Compiled code: a soft-TLB miss of a read by instruction k of b (state set as for <see cref="JitHandler"/>).</summary>
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    internal ulong JitReadSlow(ulong la, int size, Block b, int k)
+    /// <summary>The state the interpreter has at instruction k of b: InstrIp, RIP after it, the pass's count so far.</summary>
+    private ref Instruction JitAt(Block b, int k)
     {
         ref Instruction i = ref b.Instrs[k];
         JitDone = k;
         InstrIp = i.IP;
         Rip = i.NextIP;
+        return ref i;
+    }
+
+    /// <summary>Compiled code: a soft-TLB miss of a read by instruction k of b (state set as for <see cref="JitHandler"/>).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal ulong JitReadSlow(ulong la, int size, Block b, int k)
+    {
+        JitAt(b, k);
         return ReadSlow(la, size);
     }
 
@@ -474,10 +478,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     internal void JitWriteSlow(ulong la, int size, ulong v, Block b, int k)
     {
-        ref Instruction i = ref b.Instrs[k];
-        JitDone = k;
-        InstrIp = i.IP;
-        Rip = i.NextIP;
+        JitAt(b, k);
         WriteSlow(la, size, v);
     }
 

@@ -260,15 +260,8 @@ internal sealed partial class BlockCompiler
     /// <summary>The GPRs (by index) the block's instructions read or write, RSP included for stack operations.</summary>
     private static IEnumerable<int> GprsUsed(Instruction[] ins, int n)
     {
-        var set = new SortedSet<int>();
-        lock (s_info)
-            for (int k = 0; k < n; k++)
-                foreach (var u in s_info.GetInfo(ins[k]).GetUsedRegisters())
-                {
-                    Register full = u.Register.GetFullRegister();
-                    if (full is >= Register.RAX and <= Register.R15) set.Add(full - Register.RAX);
-                }
-        return set;
+        var uses = GprUses(ins, n);
+        return Enumerable.Range(0, 16).Where(r => uses[r] > 0);
     }
 
     /// <summary>The IL local of guest register r, declared at its first use (fewer locals: less for the .NET JIT to allocate).</summary>
