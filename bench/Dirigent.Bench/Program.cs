@@ -13,7 +13,7 @@ namespace Dirigent.Bench;
 /// CPU benchmark: each bare-metal workload on Dirigent's software CPU and on qemu-system-x86_64 (TCG) in the same
 /// run, printing guest MIPS and the ratio. QEMU's time has its start-up (measured with an empty workload)
 /// subtracted; its instruction count is Dirigent's, since both run the same bytes.
-/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu|boot|firmware|jit-compile FILE [--passes N] [--per-block OUT]|smp|startup|io|net|net-user|lifecycle|daemon] [--quick] [--no-qemu] [--no-dirigent (io, net, net-user)] [--from64] [--no-jit-off (boot)] [--no-busy (lifecycle)] [--vms N] [--memory-mib M] [--dirigent PATH] (daemon)
+/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu|boot|firmware|debian-boot [--image PATH --key KEY]|jit-compile FILE [--passes N] [--per-block OUT]|smp|startup|io|net|net-user|lifecycle|daemon] [--quick] [--no-qemu] [--no-dirigent (io, net, net-user)] [--from64] [--no-jit-off (boot)] [--no-busy (lifecycle)] [--vms N] [--memory-mib M] [--dirigent PATH] (daemon)
 /// </summary>
 public static class Program
 {
@@ -34,6 +34,7 @@ public static class Program
         }
         if (args.Contains("boot")) return BootBench.Run(qemu, jitOff: !args.Contains("--no-jit-off"));
         if (args.Contains("firmware")) return FirmwareBench.Run(qemu);
+        if (args.Contains("debian-boot")) return DebianBootBench.Run(qemu, args);
         if (args.Contains("daemon")) return DaemonBench.Run(qemu, args);
         if (args.Contains("smp")) return SmpBench.Run(qemu, quick);
         if (args.Contains("lifecycle")) return LifecycleBench.Run(qemu, quick, busy: !args.Contains("--no-busy"));

@@ -20,6 +20,7 @@ internal static class RunCommand
         var rng = new Option<bool>("--rng") { Description = "Attach a virtio-rng device fed from the host's random source" };
         var firmware = new Option<string?>("--firmware") { Description = "bios: boot the disks through SeaBIOS (default when --disk is given without --kernel); none: load the kernel directly" };
         var bootOrder = new Option<string?>("--boot-order") { Description = "Firmware boot order: c (the disks in --disk order) and/or diskN, comma-separated" };
+        var fwCfg = new Option<string[]>("--fw-cfg", "-fw_cfg") { Description = "Firmware boot: a fw_cfg file for the guest, name=opt/NAME,string=TEXT or name=opt/NAME,file=PATH (repeatable; QEMU's -fw_cfg)", AllowMultipleArgumentsPerToken = false };
         var net = new Option<string[]>("--net") { Description = "virtio-net card on a TAP interface, tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N], or on user-mode networking without root (libslirp), user[,hostfwd=[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT]...[,mac=MAC][,bps=N][,pps=N] (repeatable)", AllowMultipleArgumentsPerToken = false };
         var restore = new Option<string?>("--restore") { Description = "Resume the snapshot in DIR instead of booting (its VM spec is used; --accel may change the accelerator)" };
         var incoming = new Option<string?>("--incoming") { Description = "Wait for a live migration at unix:PATH or tcp:HOST:PORT and run the VM it brings" };
@@ -29,7 +30,7 @@ internal static class RunCommand
         var detach = new Option<bool>("--detach") { Description = "Run in a session of its own (setsid): for workers started by the daemon" };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
-            kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, net, restore, incoming, apiSocket,
+            kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, restore, incoming, apiSocket,
             consoleLog, exitFile, detach,
         };
         cmd.SetAction(r =>
@@ -58,7 +59,7 @@ internal static class RunCommand
                 if (opts.RestoreDir != null || opts.Incoming != null)
                 {
                     // The VM's shape comes from the snapshot or the source; only these options still apply.
-                    var given = new Option[] { kernel, initrd, append, memory, cpus, noReboot, disk, rng, firmware, bootOrder, net }
+                    var given = new Option[] { kernel, initrd, append, memory, cpus, noReboot, disk, rng, firmware, bootOrder, fwCfg, net }
                         .Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList();
                     if (given.Count > 0)
                         throw new FormatException($"{string.Join(", ", given)} cannot be combined with {(opts.RestoreDir != null ? "--restore" : "--incoming")} (the VM's spec comes with it)");
@@ -92,6 +93,13 @@ internal static class RunCommand
                 {
                     if (cfg.Firmware != FirmwareKind.Bios) throw new FormatException("--boot-order is for firmware boot (--firmware bios, or --disk without --kernel)");
                     cfg.BootOrder = VmSpec.ParseBootOrder(order, cfg.Disks.Count);
+                }
+                foreach (string f in r.GetValue(fwCfg) ?? [])
+                {
+                    if (cfg.Firmware != FirmwareKind.Bios) throw new FormatException("--fw-cfg is for firmware boot (--firmware bios, or --disk without --kernel)");
+                    var file = FwCfgFileConfig.Parse(f);
+                    if (cfg.FwCfgFiles.Any(x => x.Name == file.Name)) throw new FormatException($"--fw-cfg: {file.Name} given twice");
+                    cfg.FwCfgFiles.Add(file);
                 }
             }
             catch (FormatException e)

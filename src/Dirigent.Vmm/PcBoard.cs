@@ -62,7 +62,8 @@ public sealed class PcBoard : IDisposable
     /// (<c>IAccelerator.CreateInKernelIrqChip</c>): ours are then neither created nor put on the buses.</param>
     /// <param name="disks">Images for virtio-blk functions; the board owns and disposes them.</param>
     public PcBoard(MachineModel vm, int cpuCount, ulong tscHz, ISerialBackend console, IInKernelIrqChip? inKernelIrqChip = null,
-        IReadOnlyList<IBlockDevice>? disks = null, bool rng = false, BiosShadow? bios = null, IReadOnlyList<int>? bootOrder = null)
+        IReadOnlyList<IBlockDevice>? disks = null, bool rng = false, BiosShadow? bios = null, IReadOnlyList<int>? bootOrder = null,
+        IReadOnlyList<(string Name, byte[] Data)>? fwCfgFiles = null)
     {
         _inKernelIrqChip = inKernelIrqChip;
         Registry.Add("clock", vm.Clock);
@@ -142,7 +143,7 @@ public sealed class PcBoard : IDisposable
         if (bios != null)
         {
             var order = (bootOrder ?? []).Where(i => i >= 0 && i < diskSlots.Count).Select(i => BiosConfig.DiskPath(diskSlots[i])).ToList();
-            FwCfg = BiosConfig.Create(vm.Memory, cpuCount, order);
+            FwCfg = BiosConfig.Create(vm.Memory, cpuCount, order, fwCfgFiles);
             vm.Io.Register(FwCfg.BasePort, FwCfg.PortCount, FwCfg);
             // QEMU's CMOS boot bytes: hard disk first (0x3D), no floppy signature check (0x38 bit 0); the CPU
             // count beyond the first (0x5F), which SeaBIOS compares with fw_cfg's.

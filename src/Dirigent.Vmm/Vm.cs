@@ -100,6 +100,10 @@ public sealed partial class Vm : IDisposable
             if (spec.Kernel == null && loadGuest && spec.Firmware == FirmwareKind.None) throw new VmException("no kernel given", badInput: true);
             if (spec.Kernel != null && spec.Firmware != FirmwareKind.None)
                 throw new VmException("--kernel boots directly: it cannot be combined with --firmware bios", badInput: true);
+            if (spec.FwCfgFiles.Count > 0 && spec.Firmware != FirmwareKind.Bios)
+                throw new VmException("--fw-cfg needs firmware boot (fw_cfg is the BIOS's interface; not with --kernel or --firmware none)", badInput: true);
+            if (spec.FwCfgFiles.GroupBy(f => f.Name).FirstOrDefault(g => g.Count() > 1) is { } dup)
+                throw new VmException($"--fw-cfg: {dup.Key} given twice", badInput: true);
             if (spec.Cpus is < 1 or > VmSpec.MaxCpus)
                 throw new VmException($"--cpus {spec.Cpus}: between 1 and {VmSpec.MaxCpus}", badInput: true);
             if (openedDisks == null)
@@ -141,7 +145,8 @@ public sealed partial class Vm : IDisposable
             catch (Dirigent.Accel.Kvm.KvmException e) { throw new VmException($"kvm: {e.Message}", badInput: false); }
             VmConsole? console = null;
             board = new PcBoard(machine, spec.Cpus, Dirigent.Accel.Emu.Core.Cpu.TscHz,
-                new SerialSink(b => console?.GuestWrote(b)), irqChip, disks, spec.Rng, bios, spec.BootOrder);
+                new SerialSink(b => console?.GuestWrote(b)), irqChip, disks, spec.Rng, bios, spec.BootOrder,
+                spec.FwCfgFiles.Select(f => (f.Name, f.Data)).ToList());
             owned.Push(board); // it owns the disks from here
             var blks = board.Blocks;
             for (int k = 0; k < blks.Count && k < spec.Disks.Count; k++)

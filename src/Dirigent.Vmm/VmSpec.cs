@@ -7,6 +7,57 @@ public enum AccelKind { Auto, Emu, Kvm }
 /// <summary>What the vCPUs start in: the kernel loaded directly (None), or SeaBIOS from its ROM image (Bios).</summary>
 public enum FirmwareKind { None, Bios }
 
+/// <summary>A fw_cfg file the user adds (<c>--fw-cfg name=opt/NAME,string=TEXT|file=PATH</c>).</summary>
+public sealed record FwCfgFileConfig(string Name, byte[] Data)
+{
+    /// <summary>The longest file content accepted: fw_cfg carries small configuration blobs, not disks.</summary>
+    public const int MaxSize = 1 << 20;
+
+    /// <summary>Where the daemon puts a VM's name for the guest to take as its hostname (the Debian image's
+    /// dirigent-hostname.service reads it; the image builder names it too, in GuestConfig.HostnameFwCfgName).</summary>
+    public const string GuestHostnameFile = "opt/org.dirigent/hostname";
+
+    /// <summary>
+    /// Parses QEMU's <c>-fw_cfg</c> value: <c>name=opt/...,string=TEXT</c> or <c>name=opt/...,file=PATH</c>. Names
+    /// live under <c>opt/</c> (the rest of the namespace is the firmware's), 1..55 printable ASCII characters;
+    /// a string may not contain commas (as in QEMU). Errors are one line (<see cref="FormatException"/>).
+    /// </summary>
+    public static FwCfgFileConfig Parse(string value)
+    {
+        string? name = null, text = null, file = null;
+        foreach (var part in value.Split(','))
+        {
+            int eq = part.IndexOf('=');
+            string key = eq < 0 ? part : part[..eq], val = eq < 0 ? "" : part[(eq + 1)..];
+            switch (key)
+            {
+                case "name": name = val; break;
+                case "string": text = val; break;
+                case "file": file = val; break;
+                default: throw new FormatException($"--fw-cfg: unknown option '{key}' (name=opt/...,string=TEXT or name=opt/...,file=PATH)");
+            }
+        }
+        if (string.IsNullOrEmpty(name)) throw new FormatException("--fw-cfg: name=opt/... is required");
+        if (!name.StartsWith("opt/", StringComparison.Ordinal) || name.Length <= 4)
+            throw new FormatException($"--fw-cfg: name '{name}' must start with opt/ (the rest of fw_cfg's names belong to the firmware)");
+        if (name.Length > 55 || name.Any(c => c < 0x21 || c > 0x7E))
+            throw new FormatException($"--fw-cfg: name '{name}': at most 55 printable ASCII characters without spaces");
+        if ((text == null) == (file == null)) throw new FormatException("--fw-cfg: give exactly one of string= and file=");
+        byte[] data;
+        if (text != null) data = System.Text.Encoding.UTF8.GetBytes(text);
+        else
+        {
+            var fi = new FileInfo(file!);
+            if (!fi.Exists) throw new FormatException($"--fw-cfg: {file}: no such file");
+            if (fi.Length > MaxSize) throw new FormatException($"--fw-cfg: {file} is {fi.Length} bytes; at most {MaxSize}");
+            try { data = File.ReadAllBytes(file!); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new FormatException($"--fw-cfg: {file}: {e.Message}"); }
+        }
+        if (data.Length > MaxSize) throw new FormatException($"--fw-cfg: the content of {name} is over {MaxSize} bytes");
+        return new FwCfgFileConfig(name, data);
+    }
+}
+
 /// <summary>A --disk image's format; Auto probes the file's magic (a qcow2 file is never taken for raw).</summary>
 public enum DiskFormat { Auto, Raw, Qcow2 }
 
@@ -74,6 +125,9 @@ public sealed class VmSpec
     public string? FirmwarePath;
     /// <summary>Disks (indexes into <see cref="Disks"/>) in the order the firmware tries them; empty: SeaBIOS's default.</summary>
     public List<int> BootOrder = new();
+    /// <summary>Firmware boot: extra fw_cfg files (QEMU's <c>-fw_cfg name=opt/...</c>), e.g. the guest's hostname
+    /// under <c>opt/org.dirigent/hostname</c>; the guest reads them in /sys/firmware/qemu_fw_cfg/by_name.</summary>
+    public List<FwCfgFileConfig> FwCfgFiles = new();
 
     /// <summary>
     /// Parses --boot-order: comma-separated items, QEMU's <c>c</c> (the hard disks, in --disk order) or <c>diskN</c>

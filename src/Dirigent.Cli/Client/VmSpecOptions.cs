@@ -30,6 +30,7 @@ public sealed partial class VmSpecOptions
     public Option<string?> Initrd { get; } = new("--initrd") { Description = "Initial ramdisk(s), comma-separated" };
     public Option<string?> Append { get; } = new("--append") { Description = "Kernel command line" };
     public Option<string?> Accel { get; } = new("--accel") { Description = "emu, kvm or auto (default auto)" };
+    public Option<string?> Firmware { get; } = new("--firmware") { Description = "bios: boot the first disk through SeaBIOS (the default with --image); none: the kernel or the default guest" };
     public Option<bool?> Rng { get; } = new("--rng") { Description = "Attach a virtio-rng device (--rng false removes it)", Arity = ArgumentArity.ZeroOrOne };
     public Option<string?> CpuLimit { get; } = new("--cpu-limit") { Description = "CPU time limit in cores, e.g. 0.5 (none: no limit)" };
     public Option<string?> CpuWeight { get; } = new("--cpu-weight") { Description = "CPU weight against other VMs, 1..10000 (default 100; none: unset)" };
@@ -39,7 +40,7 @@ public sealed partial class VmSpecOptions
 
     public void AddTo(Command command)
     {
-        foreach (Option o in new Option[] { Memory, Cpus, Disks, Nics, Kernel, Initrd, Append, Accel, Rng, CpuLimit, CpuWeight, MemoryLimit, Restart, Autostart })
+        foreach (Option o in new Option[] { Memory, Cpus, Disks, Nics, Kernel, Initrd, Append, Accel, Firmware, Rng, CpuLimit, CpuWeight, MemoryLimit, Restart, Autostart })
             command.Options.Add(o);
     }
 
@@ -73,6 +74,11 @@ public sealed partial class VmSpecOptions
         {
             if (accel is not ("emu" or "kvm" or "auto")) throw new FormatException($"--accel must be emu, kvm or auto, got '{accel}'");
             spec["accel"] = accel;
+        }
+        if (r.GetValue(Firmware) is { } fw)
+        {
+            if (fw is not ("bios" or "none")) throw new FormatException($"--firmware must be bios or none, got '{fw}'");
+            spec["firmware"] = fw;
         }
         if (Given(r, Rng)) spec["rng"] = r.GetValue(Rng) ?? true;
         if (Given(r, Disks)) spec["disks"] = new JsonArray((r.GetValue(Disks) ?? []).Select(d => (JsonNode)DiskJson(d)).ToArray());

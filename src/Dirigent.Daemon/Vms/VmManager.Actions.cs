@@ -27,7 +27,7 @@ internal sealed partial class VmManager
         var rec = await RequireStateAsync(name, "start", ct, S.Stopped, S.Crashed);
         List<string> args = restoreDir != null
             ? ["--restore", restoreDir]
-            : await WorkerArgs.BuildAsync(rec.Spec, _disks, ct);
+            : await WorkerArgs.BuildAsync(rec.Spec, rec.Name, _disks, ct);
         var limits = rec.Limits.Any ? rec.Limits.ToResourceLimits() : null;
         if (limits != null && _cgroups.UnavailableReason is { } why)
             throw new InvalidOperationException($"VM '{name}' has limits but cgroups are unavailable: {why}");

@@ -61,6 +61,9 @@ public sealed class VmSpecModel
     public string? Cmdline { get; set; }
     public string Accel { get; set; } = "auto";
     public bool Rng { get; set; }
+    /// <summary>"bios": boot the first disk through SeaBIOS (the default for a VM made from an image); "none" or
+    /// absent: the kernel (or the default guest) directly.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Firmware { get; set; }
     public List<VmDiskModel> Disks { get; set; } = [];
     public List<VmNicModel> Nics { get; set; } = [];
 }

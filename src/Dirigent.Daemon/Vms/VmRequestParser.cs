@@ -40,6 +40,8 @@ internal static partial class VmRequestParser
         if (f.TryGetValue("limits", out var lim) && lim.ValueKind != JsonValueKind.Null) ApplyLimits(lim, rec.Limits);
         if (f.TryGetValue("restart", out var r)) rec.Restart = ParseRestart(r);
         if (f.TryGetValue("autostart", out var a)) rec.Autostart = Bool(a, "autostart");
+        // A system image boots through its own bootloader, as with `dirigent run --disk IMAGE`.
+        if (image != null && rec.Spec.Kernel == null && rec.Spec.Firmware == null) rec.Spec.Firmware = "bios";
         return rec;
     }
 
@@ -66,7 +68,7 @@ internal static partial class VmRequestParser
     /// <summary>Applies the fields present in <paramref name="e"/> onto <paramref name="spec"/>.</summary>
     public static void ApplySpec(JsonElement e, VmSpecModel spec)
     {
-        var f = Fields(e, "spec", "memory_mib", "vcpus", "kernel", "initrd", "cmdline", "accel", "rng", "disks", "nics");
+        var f = Fields(e, "spec", "memory_mib", "vcpus", "kernel", "initrd", "cmdline", "accel", "rng", "disks", "nics", "firmware");
         foreach (var (k, v) in f)
         {
             string p = "spec." + k;
@@ -77,6 +79,10 @@ internal static partial class VmRequestParser
                 case "kernel": spec.Kernel = AbsPath(NullableString(v, p), p); break;
                 case "cmdline": spec.Cmdline = NullableString(v, p); break;
                 case "rng": spec.Rng = Bool(v, p); break;
+                case "firmware":
+                    spec.Firmware = NullableString(v, p);
+                    if (spec.Firmware is not (null or "bios" or "none")) throw Bad($"field '{p}' must be bios or none, got '{spec.Firmware}'");
+                    break;
                 case "accel":
                     spec.Accel = String(v, p);
                     if (spec.Accel is not ("emu" or "kvm" or "auto")) throw Bad($"field '{p}' must be emu, kvm or auto, got '{spec.Accel}'");
@@ -89,6 +95,8 @@ internal static partial class VmRequestParser
                 case "nics": spec.Nics = v.ValueKind == JsonValueKind.Null ? [] : Items(v, p).Select((x, i) => ParseNic(x, $"{p}[{i}]")).ToList(); break;
             }
         }
+        if (spec.Firmware == "bios" && spec.Kernel != null)
+            throw Bad("field 'spec.firmware' is bios, which boots the disks: it cannot be combined with 'spec.kernel'");
         if (spec.Kernel == null && spec.Initrd.Count > 0)
             throw Bad("field 'spec.initrd' needs 'spec.kernel' (the default guest brings its own initramfs)");
     }

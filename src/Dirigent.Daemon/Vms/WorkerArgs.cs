@@ -9,7 +9,9 @@ namespace Dirigent.Daemon.Vms;
 /// </summary>
 internal static class WorkerArgs
 {
-    public static async Task<List<string>> BuildAsync(VmSpecModel spec, DiskManager disks, CancellationToken ct)
+    /// <param name="vmName">Under firmware boot, handed to the guest as its hostname (fw_cfg
+    /// <see cref="Dirigent.Vmm.FwCfgFileConfig.GuestHostnameFile"/>), so clones of one image differ.</param>
+    public static async Task<List<string>> BuildAsync(VmSpecModel spec, string vmName, DiskManager disks, CancellationToken ct)
     {
         var a = new List<string>
         {
@@ -18,8 +20,13 @@ internal static class WorkerArgs
             "--accel", spec.Accel,
         };
         if (spec.Kernel != null) { a.Add("--kernel"); a.Add(spec.Kernel); }
+        else if (spec.Firmware == "bios")
+        {
+            a.Add("--firmware"); a.Add("bios");
+            a.Add("--fw-cfg"); a.Add($"name={Dirigent.Vmm.FwCfgFileConfig.GuestHostnameFile},string={vmName}");
+        }
         // `dirigent run --disk X` without --kernel boots the disk through SeaBIOS; the daemon's VMs without a kernel
-        // keep booting the default guest with their disks attached.
+        // and without "firmware": "bios" keep booting the default guest with their disks attached.
         else { a.Add("--firmware"); a.Add("none"); }
         if (spec.Initrd.Count > 0) { a.Add("--initrd"); a.Add(string.Join(',', spec.Initrd)); }
         if (spec.Cmdline != null) { a.Add("--append"); a.Add(spec.Cmdline); }

@@ -36,7 +36,7 @@ public static class AcpiTableLoader
         }
         // Pointers hold offsets into etc/acpi/tables; the loader adds its address.
         int facs = Place(AcpiTables.BuildFacs(), 64);
-        int dsdt = Place(AcpiTables.BuildDsdt(FirmwarePciMmioEnd), 16);
+        int dsdt = Place(AcpiTables.BuildDsdt(FirmwarePciMmioEnd, fwCfg: true), 16);
         int fadt = Place(AcpiTables.BuildFadt((ulong)dsdt, (ulong)facs), 16);
         int madt = Place(AcpiTables.BuildMadt(cpuCount), 16);
         int rsdt = Place(AcpiTables.BuildRsdt([(ulong)fadt, (ulong)madt], wide: false), 16);

@@ -138,12 +138,15 @@ public static class AcpiTables
         return Finish(w);
     }
 
-    /// <summary>DSDT whose AML is <c>Scope (\_SB) { Device (PCI0) {...} }</c> (see <see cref="PciRootAml"/>) and <c>Name (\_S5, Package (4) { typ, typ, 0, 0 })</c>.</summary>
-    internal static byte[] BuildDsdt(uint? pciMmioEnd = null)
+    /// <summary>DSDT whose AML is <c>Scope (\_SB) { Device (PCI0) {...} }</c> (see <see cref="PciRootAml"/>), with
+    /// <paramref name="fwCfg"/> also QEMU's <c>Device (FWCF)</c> (see <see cref="PciRootAml.FwCfgDevice"/>), and
+    /// <c>Name (\_S5, Package (4) { typ, typ, 0, 0 })</c>.</summary>
+    internal static byte[] BuildDsdt(uint? pciMmioEnd = null, bool fwCfg = false)
     {
         var w = Header("DSDT", 2);
         byte[] pci = pciMmioEnd is { } end ? PciRootAml.Device(end) : PciRootAml.Device();
-        w.U8(0x10).Bytes(PciRootAml.PkgLength(4 + pci.Length)).Bytes("_SB_"u8).Bytes(pci);  // Scope (\_SB) { PCI0 }
+        if (fwCfg) pci = [.. pci, .. PciRootAml.FwCfgDevice()];
+        w.U8(0x10).Bytes(PciRootAml.PkgLength(4 + pci.Length)).Bytes("_SB_"u8).Bytes(pci);  // Scope (\_SB) { PCI0 [FWCF] }
         byte typ = (byte)PcPlatform.AcpiS5SlpTyp;
         w.Bytes([0x08, (byte)'\\', (byte)'_', (byte)'S', (byte)'5', (byte)'_',           // NameOp \_S5_
                  0x12, 0x08, 0x04, 0x0A, typ, 0x0A, typ, 0x00, 0x00]);                   // PackageOp len 8, 4 elems

@@ -17,7 +17,8 @@ public static class BiosConfig
     public static string DiskPath(int slot) => $"/pci@i0cf8/scsi@{slot:x}/disk@0,0";
 
     /// <param name="bootPaths">Device paths in boot order (<see cref="DiskPath"/>); empty: SeaBIOS's default order.</param>
-    public static FwCfg Create(GuestMemory mem, int cpuCount, IReadOnlyList<string> bootPaths)
+    /// <param name="userFiles">Files under opt/ the user adds (QEMU's -fw_cfg), after ours.</param>
+    public static FwCfg Create(GuestMemory mem, int cpuCount, IReadOnlyList<string> bootPaths, IReadOnlyList<(string Name, byte[] Data)>? userFiles = null)
     {
         var fw = new FwCfg(mem);
         fw.AddItem(FwCfg.Uuid, new byte[16]);
@@ -41,6 +42,11 @@ public static class BiosConfig
         fw.AddFile(AcpiTableLoader.TablesFile, acpi.Tables);
         fw.AddFile(AcpiTableLoader.RsdpFile, acpi.Rsdp);
         fw.AddFile(AcpiTableLoader.LoaderFile, acpi.Loader);
+        foreach (var (name, data) in userFiles ?? [])
+        {
+            if (!name.StartsWith("opt/", StringComparison.Ordinal)) throw new ArgumentException($"fw_cfg file '{name}': user files live under opt/");
+            fw.AddFile(name, data);
+        }
         return fw;
     }
 

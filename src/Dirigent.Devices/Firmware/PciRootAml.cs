@@ -8,7 +8,7 @@ namespace Dirigent.Devices.Firmware;
 /// </summary>
 internal static class PciRootAml
 {
-    private const byte ZeroOp = 0x00, OneOp = 0x01, BytePrefix = 0x0A, WordPrefix = 0x0B, DWordPrefix = 0x0C;
+    private const byte ZeroOp = 0x00, OneOp = 0x01, BytePrefix = 0x0A, WordPrefix = 0x0B, DWordPrefix = 0x0C, StringPrefix = 0x0D;
     private const byte NameOp = 0x08, BufferOp = 0x11, PackageOp = 0x12, ExtOpPrefix = 0x5B, DeviceOp = 0x82;
     /// <summary>EisaId ("PNP0A03") as the compressed DWORD ASL produces.</summary>
     public const uint PnpPciRoot = 0x030A_D041;
@@ -25,6 +25,26 @@ internal static class PciRootAml
         body.AddRange(Name("_BBN", [ZeroOp]));
         body.AddRange(Name("_CRS", Buffer(ResourceTemplate(mmioEnd))));
         body.AddRange(Name("_PRT", RoutingTable()));
+        var dev = new List<byte> { ExtOpPrefix, DeviceOp };
+        dev.AddRange(PkgLength(body.Count));
+        dev.AddRange(body);
+        return dev.ToArray();
+    }
+
+    /// <summary>
+    /// <c>Device (FWCF) { Name (_HID, "QEMU0002") Name (_STA, 0x0B) Name (_CRS, ResourceTemplate () { IO (Decode16,
+    /// 0x510, 0x510, 1, 12) }) }</c>, as QEMU declares fw_cfg (hw/nvram/fw_cfg-acpi): Linux's qemu_fw_cfg module binds
+    /// to it and shows the files under /sys/firmware/qemu_fw_cfg (how a guest reads `--fw-cfg name=opt/...`).
+    /// The 12 ports cover the selector, data and the DMA address register at 0x514.
+    /// </summary>
+    public static byte[] FwCfgDevice()
+    {
+        var body = new List<byte>();
+        body.AddRange("FWCF"u8.ToArray());
+        body.AddRange(Name("_HID", [StringPrefix, .. "QEMU0002"u8.ToArray(), 0]));
+        body.AddRange(Name("_STA", [BytePrefix, 0x0B])); // present, enabled, functioning; not shown in UI
+        byte[] crs = [0x47, 0x01, 0x10, 0x05, 0x10, 0x05, 0x01, 0x0C, 0x79, 0x00]; // IO (Decode16, 0x510, 0x510, 1, 12), end tag
+        body.AddRange(Name("_CRS", Buffer(crs)));
         var dev = new List<byte> { ExtOpPrefix, DeviceOp };
         dev.AddRange(PkgLength(body.Count));
         dev.AddRange(body);

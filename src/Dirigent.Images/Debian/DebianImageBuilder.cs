@@ -151,6 +151,8 @@ public static class DebianImageBuilder
         Write("etc/fstab", GuestConfig.Fstab(uuid));
         Write(GuestConfig.NetworkUnitPath, GuestConfig.NetworkUnit);
         Write("etc/systemd/system/" + GuestConfig.SshKeygenUnitName, GuestConfig.SshKeygenUnit);
+        Write("etc/systemd/system/" + GuestConfig.HostnameUnitName, GuestConfig.HostnameUnit);
+        Write(GuestConfig.HostnameScriptPath, GuestConfig.HostnameScript, 0x1ED);
         Write("boot/grub/grub.cfg", GuestConfig.GrubCfg(uuid, o.Hostname));
         // GRUB's modules beside grub.cfg, so `insmod` works at GRUB's prompt for what core.img does not carry.
         string mods = Path.Combine(root, "boot", "grub", "i386-pc");
@@ -159,7 +161,7 @@ public static class DebianImageBuilder
             File.Copy(f, Path.Combine(mods, Path.GetFileName(f)), overwrite: true);
         // Host keys made by openssh-server's postinst would be shared by every clone: made on first boot instead.
         foreach (var k in Directory.GetFiles(Path.Combine(root, "etc", "ssh"), "ssh_host_*")) File.Delete(k);
-        Chroot(root, ["systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service", GuestConfig.SshKeygenUnitName]);
+        Chroot(root, ["systemctl", "enable", "systemd-networkd.service", "systemd-resolved.service", GuestConfig.SshKeygenUnitName, GuestConfig.HostnameUnitName]);
         // Nothing in the image waits for the network; wait-online would hold boot for 2 minutes on a VM without a NIC.
         Chroot(root, ["systemctl", "disable", "systemd-networkd-wait-online.service"]);
 

@@ -103,6 +103,59 @@ public static partial class GuestConfig
 
         """;
 
+    /// <summary>The fw_cfg file a hypervisor puts the guest's hostname in: Dirigent's daemon gives each VM made from
+    /// an image its name this way (<c>dirigent run --fw-cfg name=opt/org.dirigent/hostname,string=NAME</c>; QEMU:
+    /// <c>-fw_cfg name=opt/org.dirigent/hostname,string=NAME</c>).</summary>
+    public const string HostnameFwCfgName = "opt/org.dirigent/hostname";
+
+    public const string HostnameUnitName = "dirigent-hostname.service", HostnameScriptPath = "usr/local/sbin/dirigent-hostname";
+
+    /// <summary>
+    /// Sets the hostname from <see cref="HostnameFwCfgName"/> when the hypervisor gives one (Linux shows fw_cfg files
+    /// under /sys/firmware/qemu_fw_cfg once the qemu_fw_cfg module has bound to the DSDT's QEMU0002 device), so
+    /// linked clones of one image get their VM's name; without it the image's /etc/hostname stays. An invalid name
+    /// is ignored with a log line: the guest trusts the hypervisor, but not to break /etc/hosts.
+    /// </summary>
+    public const string HostnameScript = """
+        #!/bin/sh
+        # Written by `dirigent image build debian` (dirigent-hostname.service): the hostname from the hypervisor's
+        # fw_cfg file opt/org.dirigent/hostname, if there is one.
+        f=/sys/firmware/qemu_fw_cfg/by_name/opt/org.dirigent/hostname/raw
+        modprobe -q qemu_fw_cfg 2>/dev/null || true
+        [ -r "$f" ] || exit 0
+        name=$(head -c 64 "$f")
+        case "$name" in
+          ''|-*|*-|*[!A-Za-z0-9-]*) echo "dirigent-hostname: ignoring an invalid hostname from fw_cfg" >&2; exit 0 ;;
+        esac
+        [ ${#name} -le 63 ] || exit 0
+        if [ "$(cat /etc/hostname 2>/dev/null)" != "$name" ]; then
+          echo "$name" > /etc/hostname
+          sed -i "s/^127\.0\.1\.1[[:space:]].*/127.0.1.1\t$name/" /etc/hosts
+        fi
+        hostname "$name"
+
+        """;
+
+    /// <summary>Runs <see cref="HostnameScript"/> early: after the root is writable, before the network and the
+    /// login prompts (getty units come after systemd-user-sessions), so the prompt already shows the new name.</summary>
+    public const string HostnameUnit = """
+        [Unit]
+        Description=Hostname from the hypervisor (fw_cfg opt/org.dirigent/hostname)
+        DefaultDependencies=no
+        After=local-fs.target systemd-remount-fs.service
+        Before=sysinit.target network-pre.target systemd-networkd.service systemd-user-sessions.service
+        Wants=network-pre.target
+
+        [Service]
+        Type=oneshot
+        ExecStart=/usr/local/sbin/dirigent-hostname
+        RemainAfterExit=yes
+
+        [Install]
+        WantedBy=sysinit.target
+
+        """;
+
     /// <summary>A hostname by RFC 1123: letters, digits and hyphens, 1–63 characters, not starting or ending with '-'.</summary>
     public static bool IsValidHostname(string name) => HostnameRegex().IsMatch(name);
 

@@ -18,7 +18,7 @@ public class FwCfgTests : IDisposable
 
     public FwCfgTests()
     {
-        _fw = BiosConfig.Create(_mem, 2, [BiosConfig.DiskPath(2)]);
+        _fw = BiosConfig.Create(_mem, 2, [BiosConfig.DiskPath(2)], [("opt/org.dirigent/hostname", "web-1"u8.ToArray())]);
         _io.Register(FwCfg.BasePort, FwCfg.PortCount, _fw);
     }
 
@@ -78,6 +78,8 @@ public class FwCfgTests : IDisposable
         }
         foreach (var n in new[] { "etc/e820", "bootorder", "etc/table-loader", "etc/acpi/tables", "etc/acpi/rsdp", "etc/sercon-port" })
             Assert.True(files.ContainsKey(n), $"{n} missing from the directory: {string.Join(", ", files.Keys)}");
+        // A user file (--fw-cfg name=opt/...) is listed and read like ours: how the guest's qemu_fw_cfg driver sees it.
+        Assert.Equal("web-1", Encoding.ASCII.GetString(ReadPort(files["opt/org.dirigent/hostname"].Key, (int)files["opt/org.dirigent/hostname"].Size)));
         var (size, key) = files["bootorder"];
         Assert.Equal("/pci@i0cf8/scsi@2/disk@0,0\0", Encoding.ASCII.GetString(ReadPort(key, (int)size)));
         // etc/e820: one RAM entry covering all 16 MiB.
@@ -88,6 +90,13 @@ public class FwCfgTests : IDisposable
         Assert.Equal(1u, BinaryPrimitives.ReadUInt32LittleEndian(e820.AsSpan(16)));
         // The loader script is whole 128-byte commands.
         Assert.Equal(0u, files["etc/table-loader"].Size % AcpiTableLoader.EntrySize);
+    }
+
+    [Fact]
+    public void UserFilesMustLiveUnderOpt()
+    {
+        using var mem = new GuestMemory(16 << 20);
+        Assert.Throws<ArgumentException>(() => BiosConfig.Create(mem, 1, [], [("etc/e820", new byte[20])]));
     }
 
     [Fact]

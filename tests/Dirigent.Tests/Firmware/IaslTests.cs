@@ -48,4 +48,34 @@ public class IaslTests
         }
         finally { if (Environment.GetEnvironmentVariable("DIRIGENT_KEEP_IASL") == null) Directory.Delete(dir, recursive: true); }
     }
+
+    /// <summary>Firmware boot's DSDT (handed over in etc/acpi/tables) also declares fw_cfg as QEMU does, so Linux's
+    /// qemu_fw_cfg driver binds to it: _HID "QEMU0002" and the ports 0x510..0x51B (selector, data, DMA address).</summary>
+    [Fact]
+    public void FirmwareDsdtDeclaresFwCfgAsQemuDoes()
+    {
+        string iasl = RequiredTool.Find("iasl", "acpica-tools");
+        var files = AcpiTableLoader.Build(1);
+        int at = -1;
+        for (int i = 0; i + 4 <= files.Tables.Length; i += 16)
+            if (files.Tables.AsSpan(i, 4).SequenceEqual("DSDT"u8)) { at = i; break; }
+        Assert.True(at >= 0, "no DSDT in etc/acpi/tables");
+        int len = BitConverter.ToInt32(files.Tables, at + 4);
+        string dir = Directory.CreateTempSubdirectory("dirigent-iasl").FullName;
+        try
+        {
+            File.WriteAllBytes(Path.Combine(dir, "dsdt.dat"), files.Tables.AsSpan(at, len).ToArray());
+            var (rc, output) = RequiredTool.Run(iasl, ["-d", "dsdt.dat"], dir);
+            Assert.True(rc == 0, $"iasl -d failed (rc {rc}): {output}");
+            string dsl = File.ReadAllText(Path.Combine(dir, "dsdt.dsl"));
+            Assert.Contains("Device (FWCF)", dsl);
+            Assert.Contains("Name (_HID, \"QEMU0002\")", dsl);
+            Assert.Contains("Name (_STA, 0x0B)", dsl);
+            Assert.Matches(@"IO \(Decode16,\s*0x0510,\s*// Range Minimum\s*0x0510,\s*// Range Maximum\s*0x01,\s*// Alignment\s*0x0C,", dsl);
+            Assert.Contains("Device (PCI0)", dsl);
+            var (crc, cout) = RequiredTool.Run(iasl, ["-p", "recompiled", "dsdt.dsl"], dir);
+            Assert.True(crc == 0, $"iasl could not recompile the DSDT: {cout}");
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
 }

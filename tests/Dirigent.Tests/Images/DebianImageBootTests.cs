@@ -38,7 +38,8 @@ public sealed class DebianImageBootTests(ITestOutputHelper output)
         Skip.If((Dirigent.Accel.Emu.Core.CpuidModel.CreateDefault().Leaf1Edx & Dirigent.Accel.Emu.Core.CpuidModel.MMX) == 0,
             "the software CPU does not implement MMX yet, and Debian's glibc requires it (x86-64 baseline ISA level)");
         Skip.If(DebianTestImage.SkipReason != null, DebianTestImage.SkipReason);
-        await BootAndCheck("dotnet", overlay => [Dll, "run", "--firmware", "bios", "--disk", overlay, "-m", "1G", "--accel", "emu"]);
+        await BootAndCheck("dotnet", (overlay, port) => [Dll, "run", "--firmware", "bios", "--disk", overlay, "-m", "1G", "--accel", "emu",
+            "--net", $"user,hostfwd=tcp:127.0.0.1:{port}-:22", "--fw-cfg", $"name=opt/org.dirigent/hostname,string={FwCfgHostname}"]);
     }
 
     /// <summary>
@@ -50,25 +51,44 @@ public sealed class DebianImageBootTests(ITestOutputHelper output)
     {
         Skip.IfNot(File.Exists("/usr/bin/qemu-system-x86_64"), "qemu-system-x86 is not installed");
         Skip.If(DebianTestImage.SkipReason != null, DebianTestImage.SkipReason);
-        // restrict=on: the user-mode network gives DHCP but no way out of the guest.
-        await BootAndCheck("qemu-system-x86_64", overlay => ["-nographic", "-m", "1G", "-drive", $"file={overlay},if=virtio",
-            "-serial", "mon:stdio", "-nic", "user,restrict=on,model=virtio-net-pci", "-no-reboot"]);
+        // restrict=on: the user-mode network gives DHCP and the host forward but no way out of the guest.
+        await BootAndCheck("qemu-system-x86_64", (overlay, port) => ["-nographic", "-m", "1G", "-drive", $"file={overlay},if=virtio",
+            "-serial", "mon:stdio", "-nic", $"user,restrict=on,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:22", "-no-reboot",
+            "-fw_cfg", $"name=opt/org.dirigent/hostname,string={FwCfgHostname}"]);
     }
 
-    private async Task BootAndCheck(string program, Func<string, string[]> args)
+    /// <summary>The hostname the hypervisor hands the guest through fw_cfg (as the daemon does with a VM's name),
+    /// which the image's dirigent-hostname.service takes over the built-in one before the login prompt.</summary>
+    private const string FwCfgHostname = "dtest-fwcfg";
+
+    /// <summary>
+    /// Boots the image to login: on the serial console, logs in as root with the build's password, checks systemd,
+    /// then puts a key made by the test into root's authorized_keys and runs a command over SSH through the user
+    /// network's host forward (127.0.0.1:PORT to the guest's port 22) — what a user does after `image build`.
+    /// </summary>
+    private async Task BootAndCheck(string program, Func<string, int, string[]> args)
     {
+        Skip.If(SshClient.SkipReason != null, SshClient.SkipReason);
         var (img, _) = DebianTestImage.Get();
+        string keyDir = Directory.CreateTempSubdirectory("dirigent-ssh-").FullName;
+        string key = Path.Combine(keyDir, "key");
+        Assert.Equal(0, DebianTestImage.Tool("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key).Exit);
+        string publicKey = File.ReadAllText(key + ".pub").Trim();
+        int port = FreePort();
         // An overlay, so the shared image stays as built for the other tests.
         string overlay = img.Path + $".boot-{program}.qcow2";
         Dirigent.Storage.DiskImage.Create(overlay, "qcow2", 3L << 30, img.Path, "qcow2");
         var psi = new ProcessStartInfo(program) { RedirectStandardOutput = true, RedirectStandardInput = true }; // stderr: the test log
-        foreach (var a in args(overlay)) psi.ArgumentList.Add(a);
+        foreach (var a in args(overlay, port)) psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
         var console = new Console(p.StandardOutput.BaseStream);
         var sw = Stopwatch.StartNew();
         try
         {
-            await console.WaitFor("login:", Guard);
+            string beforeLogin = await console.WaitFor("login:", Guard);
+            // "HOSTNAME login:": the name the guest gives itself, which SSH must report too.
+            string hostname = beforeLogin.TrimEnd().Split('\n').Last().Trim();
+            Assert.Equal(FwCfgHostname, hostname);
             output.WriteLine($"login prompt after {sw.Elapsed.TotalSeconds:F0} s");
             Type(p, "root\n");
             await console.WaitFor("Password:", TimeSpan.FromMinutes(5));
@@ -88,6 +108,15 @@ public sealed class DebianImageBootTests(ITestOutputHelper output)
                 foreach (var ours in new[] { "dirigent-", "systemd-networkd", "systemd-resolved", "ssh.service", "serial-getty", "systemd-fsck", "systemd-remount-fs" })
                     Assert.False(answer.Contains(ours, StringComparison.Ordinal), $"one of our units failed: {answer}");
             }
+            // systemd is up (is-system-running --wait returned), so ssh.service has started: one SSH try must work.
+            Type(p, $"mkdir -p -m 700 /root/.ssh && echo '{publicKey}' >> /root/.ssh/authorized_keys && echo KEY-INSTALLED\n");
+            await console.WaitFor("KEY-INSTALLED\r\n", TimeSpan.FromMinutes(5), afterEcho: "KEY-INSTALLED");
+            var ssh = DebianTestImage.Tool("ssh", "-i", key, "-p", port.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=300",
+                "root@127.0.0.1", "echo SSH-OK $(cat /proc/sys/kernel/hostname) $(id -un)");
+            output.WriteLine($"ssh through 127.0.0.1:{port} after {sw.Elapsed.TotalSeconds:F0} s: {ssh.Output.Trim()}");
+            Assert.True(ssh.Exit == 0, $"ssh through the host forward 127.0.0.1:{port} failed ({ssh.Exit}): {ssh.Output}");
+            Assert.Contains($"SSH-OK {hostname} root", ssh.Stdout, StringComparison.Ordinal);
             Type(p, "poweroff\n");
             Assert.True(p.WaitForExit(TimeSpan.FromMinutes(10)), "the VM did not power off");
             Assert.Equal(0, p.ExitCode);
@@ -97,7 +126,21 @@ public sealed class DebianImageBootTests(ITestOutputHelper output)
             if (!p.HasExited) p.Kill(entireProcessTree: true);
             output.WriteLine(console.Text.Length > 4000 ? console.Text[^4000..] : console.Text);
             File.Delete(overlay);
+            Directory.Delete(keyDir, recursive: true);
         }
+    }
+
+    private static int FreePort()
+    {
+        using var l = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        l.Start();
+        return ((System.Net.IPEndPoint)l.LocalEndpoint).Port;
+    }
+
+    private static class SshClient
+    {
+        public static string? SkipReason { get; } =
+            new[] { "/usr/bin/ssh", "/usr/bin/ssh-keygen" }.All(File.Exists) ? null : "ssh and ssh-keygen are not installed (openssh-client)";
     }
 
     private static void Type(Process p, string text)

@@ -144,6 +144,8 @@ public sealed class DebianImageBuildTests(ITestOutputHelper output)
             Assert.Contains("DHCP=yes", Cat(fs, "/" + GuestConfig.NetworkUnitPath));
             Assert.True(Exists(fs, "/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"), "networkd enabled");
             Assert.True(Exists(fs, "/etc/systemd/system/multi-user.target.wants/" + GuestConfig.SshKeygenUnitName), "host keys made on first boot");
+            Assert.True(Exists(fs, "/etc/systemd/system/sysinit.target.wants/" + GuestConfig.HostnameUnitName), "hostname from fw_cfg at boot");
+            Assert.Equal(GuestConfig.HostnameScript, Cat(fs, "/" + GuestConfig.HostnameScriptPath));
             Assert.False(Exists(fs, "/etc/ssh/ssh_host_ed25519_key"), "no SSH host keys shared by every copy");
             Assert.Contains("PermitRootLogin yes", Cat(fs, "/etc/ssh/sshd_config.d/dirigent-root-password.conf"));
             Assert.Matches(@"(?m)^root:\$[0-9a-z]+\$", Cat(fs, "/etc/shadow")); // a hashed password, not locked

@@ -16,7 +16,7 @@ public class UserNicRequestTests
     public async Task AUserNicBecomesTheWorkersNetOption()
     {
         var rec = Parse("""[{"user":true,"hostfwd":["tcp:127.0.0.1:2222-:22","udp::5353-:53"]},{"tap":"tap0"}]""");
-        var args = await WorkerArgs.BuildAsync(rec.Spec, null!, CancellationToken.None);
+        var args = await WorkerArgs.BuildAsync(rec.Spec, rec.Name, null!, CancellationToken.None);
         int i = args.IndexOf("--net");
         Assert.Equal("user,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp::5353-:53", args[i + 1]);
         Assert.Equal("tap=tap0", args[args.IndexOf("--net", i + 1) + 1]);
