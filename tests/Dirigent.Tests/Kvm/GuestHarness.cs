@@ -178,16 +178,21 @@ public sealed class GuestMachine : IDisposable
         return new GuestResult(Kind, exit.Reason, exit.Detail, ExitValue, Console, st.Gpr, st.Rip, log, sw.Elapsed);
     }
 
-    /// <summary>Polls until the guest printed <paramref name="text"/> (for tests that act while it runs).</summary>
-    public void WaitForConsole(string text, int timeoutMs = 3000)
+    /// <summary>Waits until the guest printed <paramref name="text"/> (for tests that act while it runs). The
+    /// timeout is a hang guard: generous, since a loaded host can hold a vCPU thread back for seconds.</summary>
+    public void WaitForConsole(string text, int timeoutMs = 60_000)
     {
-        var sw = Stopwatch.StartNew();
-        while (!Console.Contains(text))
-        {
-            if (sw.ElapsedMilliseconds > timeoutMs) throw new TimeoutException($"{Kind} guest never printed '{text}'; console='{Console}'");
-            Thread.Sleep(1);
-        }
+        if (!SpinWait.SpinUntil(() => Console.Contains(text), timeoutMs))
+            throw new TimeoutException($"{Kind} guest never printed '{text}' (hang guard {timeoutMs} ms); console='{Console}'");
     }
+
+    /// <summary>
+    /// After the guest printed its last mark before STI;HLT (or CLI;HLT): gives the vCPU a moment to get into HLT, so
+    /// that what comes next usually wakes (or stops) a halted vCPU. Coverage, not synchronisation: an interrupt or
+    /// stop that arrives before the HLT stays pending and is taken at the HLT, with the same result, so no outcome
+    /// depends on this pause (a KVM vCPU's halt cannot be observed from outside while it is in KVM_RUN).
+    /// </summary>
+    public static void LetItReachHlt() => Thread.Sleep(50);
 
     public void Dispose()
     {

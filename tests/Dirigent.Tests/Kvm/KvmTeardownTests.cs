@@ -95,11 +95,10 @@ public sealed class KvmTeardownTests(ITestOutputHelper output)
         var m = new GuestMachine(AccelKind.Kvm, interruptControllers: true);
         if (m.Interrupts is not KvmIrqChip chip)
         {
-            string line = $"not run: KVM has no in-kernel irqchip here ({m.InterruptModel})";
-            output.WriteLine(line);
-            System.Console.WriteLine(line);
+            string model = m.InterruptModel;
             m.Dispose();
-            return;
+            Skip.If(true, $"KVM offers no in-kernel irqchip on this host ({model})"); // reported as skipped, never a pass
+            return; // not reached
         }
         var irq = chip.Line(4);
         irq.Set(true);

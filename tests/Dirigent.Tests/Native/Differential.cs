@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Text;
 using Decoder = Iced.Intel.Decoder;
 using Iced.Intel;
@@ -108,10 +109,39 @@ public sealed class Differential : IDisposable
         for (int k = 0; k < MachineState.MemSize; k++)
             if (h.Mem[k] != e.Mem[k]) { sb.Append($" mem[{k}]: host={h.Mem[k]:x2} emu={e.Mem[k]:x2};"); break; }
         if (sb.Length == 0) return "";
-        var dec = Decoder.Create(64, code);
-        dec.Decode(out var ins);
-        return $"{ins}: in r0={input.Gpr[0]:x} r1={input.Gpr[1]:x} r2={input.Gpr[2]:x} fl={input.Rflags:x} ->{sb}";
+        return $"{Describe(code)}: in {DescribeInput(input)} ->{sb}";
     }
+
+    /// <summary>The instruction(s) as text and as bytes, so a failure can be reassembled or pasted into a disassembler.</summary>
+    public static string Describe(byte[] code)
+    {
+        var dec = Decoder.Create(64, code);
+        dec.IP = EmuRunner.CodeAddr;
+        dec.Decode(out var ins);
+        return $"{ins} [bytes {Convert.ToHexString(code)}]";
+    }
+
+    /// <summary>Every input GPR and RFLAGS (the memory buffer and x87/SSE state follow from the seed).</summary>
+    public static string DescribeInput(MachineState input)
+    {
+        var sb = new StringBuilder();
+        for (int k = 0; k < 16; k++) sb.Append($"r{k}={input.Gpr[k]:x} ");
+        return sb.Append($"fl={input.Rflags:x}").ToString();
+    }
+
+    /// <summary>
+    /// The failure message of a differential test: how many cases failed, the seed its random states came from,
+    /// how to run it again (the seed is fixed per form, so the same filter replays the same cases) and the first
+    /// few mismatches, each with the instruction bytes and its input.
+    /// </summary>
+    public static string Report(string test, string form, int seed, int ran, List<string> failures) =>
+        $"{form}: {failures.Count}/{ran} cases differ from the host (seed {seed}, DIRIGENT_DIFF_CASES={CasesPerForm}; replay: " +
+        $"dotnet test tests/Dirigent.Tests -c Release --filter \"FullyQualifiedName~{test}\")\n" +
+        string.Join("\n", failures.Take(3));
+
+    /// <summary>Asserts that no case failed, with <see cref="Report"/> as the message.</summary>
+    public static void AssertNoFailures(string test, string form, int seed, int ran, List<string> failures) =>
+        Assert.True(failures.Count == 0, Report(test, form, seed, ran, failures));
 
     private static string Hex(byte[] b, int off) => Convert.ToHexString(b, off & ~15, 16);
 
@@ -121,7 +151,7 @@ public sealed class Differential : IDisposable
     /// and fails with the first mismatch.
     /// </summary>
     public static void AssertMatchesHost(string name, Action<Assembler> form, int salt, bool memBase = false,
-        Action<Random, MachineState>? adjust = null)
+        Action<Random, MachineState>? adjust = null, [CallerFilePath] string callerFile = "")
     {
         Assert.True(NativeRunner.Supported, "differential tests need an x86-64 Linux host");
         using var d = new Differential();
@@ -136,7 +166,7 @@ public sealed class Differential : IDisposable
             string diff = d.Compare(code, s, memBase: memBase);
             if (diff != "") failures.Add(diff);
         }
-        Assert.True(failures.Count == 0, $"{failures.Count} mismatches (seed {seed}), first: {failures.FirstOrDefault()}");
+        AssertNoFailures(Path.GetFileNameWithoutExtension(callerFile), name, seed, CasesPerForm, failures);
     }
 
     /// <summary>FNV-1a of the name: the same seed in every process (string.GetHashCode is randomized per process).</summary>

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Dirigent.Tests.Native;
 using Iced.Intel;
 using Decoder = Iced.Intel.Decoder;
@@ -183,12 +184,14 @@ internal static class IntForms
     /// drops states that would fault on the host, mask gives extra flag bits to ignore for that state.
     /// </summary>
     public static void Check(string name, byte[] code, Action<Instruction, MachineState, Random>? fix = null,
-        Func<Instruction, MachineState, bool>? skip = null, Func<Instruction, MachineState, ulong>? mask = null)
+        Func<Instruction, MachineState, bool>? skip = null, Func<Instruction, MachineState, ulong>? mask = null,
+        [CallerFilePath] string callerFile = "")
     {
         Assert.True(NativeRunner.Supported, "differential tests need an x86-64 Linux host");
         var ins = Decode(code);
         using var d = new Differential();
-        var rng = new Random(Dirigent.Tests.Native.Differential.StableHash(name) ^ 0x1D47A);
+        int seed = Differential.StableHash(name) ^ 0x1D47A; // stable across processes: a failure replays
+        var rng = new Random(seed);
         var failures = new List<string>();
         int ran = 0;
         for (int k = 0; k < Differential.CasesPerForm * 4 && ran < Differential.CasesPerForm; k++)
@@ -205,11 +208,11 @@ internal static class IntForms
             }
             catch (InvalidOperationException e)
             {
-                failures.Add($"{ins}: {e.Message}");
+                failures.Add($"{Differential.Describe(code)}: in {Differential.DescribeInput(s)}: {e.Message}");
             }
         }
         Assert.True(ran > 0, "every case was skipped");
-        Assert.True(failures.Count == 0, $"{failures.Count}/{ran} mismatches, first: {failures.FirstOrDefault()}");
+        Differential.AssertNoFailures(Path.GetFileNameWithoutExtension(callerFile), name, seed, ran, failures);
     }
 
     /// <summary>Assembles hand-written forms (for registers like AH that the generator avoids).</summary>

@@ -94,7 +94,6 @@ public class DiffIntFlowStringTests
             string diff = d.Compare(code, s, stringRegs: (si, di));
             if (diff != "") failures.Add($"si={si} di={di} rcx={count}: {diff}");
         }
-        Assert.True(failures.Count == 0, $"{failures.Count} mismatches (seed {seed}; replay: dotnet test tests/Dirigent.Tests -c Release " +
-            $"--filter \"FullyQualifiedName~DiffIntFlowStringTests\"), first: {failures.FirstOrDefault()}");
+        Differential.AssertNoFailures(nameof(DiffIntFlowStringTests), $"{kind}/{sz}/{rep}/{df}", seed, Differential.CasesPerForm, failures);
     }
 }

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Dirigent.Tests.Native;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
@@ -15,12 +16,14 @@ internal static class SseDiff
         return (int)h;
     }
 
-    public static void Run(string name, Action<Assembler> form, Func<Random, MachineState> state, int casesFactor = 1)
+    public static void Run(string name, Action<Assembler> form, Func<Random, MachineState> state, int casesFactor = 1,
+        [CallerFilePath] string callerFile = "")
     {
         Assert.True(NativeRunner.Supported, "differential tests need an x86-64 Linux host");
         using var d = new Differential();
         var code = Differential.Asm(form);
-        var rng = new Random(Seed(name));
+        int seed = Seed(name);
+        var rng = new Random(seed);
         var failures = new List<string>();
         for (int k = 0; k < Differential.CasesPerForm * casesFactor; k++)
         {
@@ -28,7 +31,7 @@ internal static class SseDiff
             string diff = d.Compare(code, input, memBase: true);
             if (diff != "") failures.Add($"{diff} (mxcsr in={BitConverter.ToUInt32(input.Fx, 24):x}, x1={Convert.ToHexString(input.Xmm(1))}, x2={Convert.ToHexString(input.Xmm(2))})");
         }
-        Assert.True(failures.Count == 0, $"{failures.Count} mismatches, first: {failures.FirstOrDefault()}");
+        Differential.AssertNoFailures(Path.GetFileNameWithoutExtension(callerFile), name, seed, Differential.CasesPerForm * casesFactor, failures);
     }
 
     public static MachineState IntState(Random rng) => Differential.RandomState(rng);

@@ -157,7 +157,8 @@ public class IntFlowMiscTests
         uint definedFlags = name switch { "daa" or "das" => CF | AF | SF | ZF | PF, "aaa" or "aas" => CF | AF, _ => SF | ZF | PF };
         int failures = 0;
         string first = "";
-        foreach (var (eax, fl, oeax, ofl) in RunTable(op, Dirigent.Tests.Native.Differential.StableHash(name) ^ imm))
+        int seed = Dirigent.Tests.Native.Differential.StableHash(name) ^ imm; // stable across processes: a failure replays
+        foreach (var (eax, fl, oeax, ofl) in RunTable(op, seed))
         {
             var (ax, efl) = name switch
             {
@@ -174,7 +175,7 @@ public class IntFlowMiscTests
                 if (failures++ == 0) first = $"eax={eax:x} fl={fl:x}: got eax={oeax:x} fl={ofl & definedFlags:x}, SDM eax={expectEax:x} fl={efl & definedFlags:x}";
             }
         }
-        Assert.True(failures == 0, $"{name} {imm}: {failures} mismatches, first: {first}");
+        Assert.True(failures == 0, $"{name} {imm} (seed {seed}): {failures} mismatches, first: {first}");
     }
 
     private static uint RunForVector32(Action<Assembler> build)

@@ -66,7 +66,8 @@ public class JitTierTests
         var interp = Run(JitMode.Off, program, gpr, fl, mem);
         var compiled = Run(JitMode.Always, program, gpr, fl, mem);
         string diff = Compare(interp, compiled);
-        Assert.True(diff == "", $"{what}: {diff}");
+        // The program's bytes too: the block that went wrong can be disassembled without rerunning the generator.
+        if (diff != "") Assert.Fail($"{what}: {diff} [program bytes {Convert.ToHexString(Native.Differential.Asm(program))}]");
         return compiled;
     }
 

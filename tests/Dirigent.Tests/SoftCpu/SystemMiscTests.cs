@@ -239,14 +239,18 @@ public class SystemMiscTests
         Gate64(vm, 0x30, l[0]);
         Gate64(vm, 0x31, l[0]);
         vm.Cpu.InjectInterrupt(0x30);
+        bool sawHalt = false;
         var injector = new Thread(() =>
         {
-            while (!vm.Cpu.Halted) Thread.Sleep(1);
-            Thread.Sleep(20);
+            // Waits for the condition (the CPU is in HLT), not for a time; the guard only keeps a broken CPU from
+            // hanging the run.
+            sawHalt = SpinWait.SpinUntil(() => vm.Cpu.Halted, TimeSpan.FromSeconds(60));
             vm.Cpu.InjectInterrupt(0x31);
         }) { IsBackground = true };
         injector.Start();
         vm.RunToHlt();
+        injector.Join();
+        Assert.True(sawHalt, "hang guard: the CPU never reached the STI;HLT");
         Assert.Equal("11A", vm.Console.ToString());
     }
 
@@ -272,13 +276,19 @@ public class SystemMiscTests
         var l = Emit(vm, a, TestVm.CodeBase, h);
         Setup64(vm, TestVm.CodeBase);
         Gate64(vm, 2, l[0]);
+        // The NMI goes in once the guest has cleared the flag (it then spins with IF=0): an NMI before that would be
+        // overwritten by the guest's own store. Waiting on the flag, not on a time.
+        vm.Vm.Memory.WriteU8(Flag, 0xFF);
+        bool spinning = false;
         var injector = new Thread(() =>
         {
-            Thread.Sleep(30);
+            spinning = SpinWait.SpinUntil(() => vm.Vm.Memory.ReadU8(Flag) == 0, TimeSpan.FromSeconds(60));
             vm.Cpu.InjectNmi();
         }) { IsBackground = true };
         injector.Start();
         vm.RunToHlt();
+        injector.Join();
+        Assert.True(spinning, "hang guard: the guest never cleared its flag");
         Assert.Equal("ND", vm.Console.ToString());
         Assert.Equal(1, vm.Vm.Memory.ReadU8(Flag));
     }

@@ -167,23 +167,38 @@ public class VirtioBlockTests
         Assert.Equal(0, h.Status);
     }
 
-    private sealed class SlowDisk(MemoryDisk inner) : Dirigent.Storage.IBlockDevice
+    /// <summary>
+    /// A disk whose WRITE ZEROES requests wait at a gate the test opens: the test knows which request is in progress
+    /// when it resets the device, instead of timing slow requests.
+    /// </summary>
+    private sealed class GatedDisk(MemoryDisk inner) : Dirigent.Storage.IBlockDevice
     {
-        public int Zeroed;
+        public int Started, Zeroed;
+        public readonly ManualResetEventSlim FirstStarted = new(), Gate = new();
         public long Size => inner.Size;
         public bool ReadOnly => false;
         public void Read(long offset, Span<byte> buffer) => inner.Read(offset, buffer);
         public void Write(long offset, ReadOnlySpan<byte> data) => inner.Write(offset, data);
         public void Flush() { }
         public void Discard(long offset, long length) => WriteZeroes(offset, length);
-        public void WriteZeroes(long offset, long length) { Thread.Sleep(100); Interlocked.Increment(ref Zeroed); }
+        public void WriteZeroes(long offset, long length)
+        {
+            Interlocked.Increment(ref Started);
+            FirstStarted.Set();
+            // A hang guard, not a timing: the test opens the gate as soon as the reset has begun.
+            if (!Gate.Wait(TimeSpan.FromSeconds(60))) throw new TimeoutException("the test never opened the disk's gate");
+            inner.WriteZeroes(offset, length);
+            Interlocked.Increment(ref Zeroed);
+        }
         public void Dispose() { }
     }
 
     [Fact]
-    public void ResetDoesNotWaitForTheWholeQueueOfSlowRequests()
+    public async Task ResetDoesNotWaitForTheWholeQueueOfSlowRequests()
     {
-        var disk = new SlowDisk(new MemoryDisk(64 * 1024));
+        var guard = TimeSpan.FromSeconds(60);
+        var inner = new MemoryDisk(64 * 1024);
+        var disk = new GatedDisk(inner);
         using var blk = new VirtioBlock(disk, "s", useWorkerThread: true);
         using var h = new VirtioHarness(blk);
         h.Start(Version1, 16);
@@ -194,14 +209,25 @@ public class VirtioBlockTests
         h.Desc(0, Header, 16, DescFlagNext, 1);
         h.Desc(1, Buffer, 16, DescFlagNext, 2);
         h.Desc(2, Status, 1, DescFlagWrite);
-        for (int i = 0; i < 12; i++) h.Publish(0, kick: i == 11); // twelve 100 ms requests
-        Assert.True(FakeIrqLine.WaitFor(() => Volatile.Read(ref disk.Zeroed) >= 1));
-        var sw = System.Diagnostics.Stopwatch.StartNew();
-        h.Common(0x14, 1, 0);
-        Assert.True(sw.ElapsedMilliseconds < 600, $"reset took {sw.ElapsedMilliseconds} ms");
-        int done = Volatile.Read(ref disk.Zeroed);
-        Thread.Sleep(300);
-        Assert.Equal(done, Volatile.Read(ref disk.Zeroed)); // nothing more after the reset
-        Assert.True(done < 12);
+        for (int i = 0; i < 12; i++) h.Publish(0, kick: i == 11); // twelve requests, held at the gate one by one
+        Assert.True(disk.FirstStarted.Wait(guard), "hang guard: the worker never started the first request");
+
+        // The reset must wait for the request in progress (it holds guest memory), and for that one only.
+        var reset = Task.Run(() => h.Common(0x14, 1, 0));
+        Assert.True(SpinWait.SpinUntil(() => blk.ResetWaitingForRequest || reset.IsCompleted, guard), "hang guard: the reset never began");
+        Assert.False(reset.IsCompleted, "the reset returned while a request was still writing to the disk");
+        disk.Gate.Set(); // from here on every request would complete at once: only the reset stops the other eleven
+        Assert.True(await Task.WhenAny(reset, Task.Delay(guard)) == reset, "hang guard: the reset never returned");
+        await reset;
+        Assert.Equal(0, h.Status);
+        Assert.Equal(1, Volatile.Read(ref disk.Started));
+        Assert.Equal(1, Volatile.Read(ref disk.Zeroed));
+
+        // The device still answers after the reset (a fresh queue, a read), and the old queue stays untouched.
+        BinaryPrimitives.WriteUInt32LittleEndian(inner.Data.AsSpan(512), 0xC0FFEE);
+        h.Start(Version1, 16);
+        Assert.Equal(VirtioBlock.StatusOk, Request(h, VirtioBlock.TypeIn, 1, 512, true).Status);
+        Assert.Equal(0xC0FFEEu, h.Mem.ReadU32(Buffer));
+        Assert.Equal(1, Volatile.Read(ref disk.Started));
     }
 }

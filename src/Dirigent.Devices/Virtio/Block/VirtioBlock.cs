@@ -141,6 +141,10 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
         }
     }
 
+    /// <summary>A reset is waiting for the request in progress (tests: they hold a request until the reset has
+    /// begun, instead of guessing with a sleep).</summary>
+    internal bool ResetWaitingForRequest => _stopBatch;
+
     /// <summary>
     /// Waits for the request in progress to complete and be published (used ring and interrupt), then takes no new
     /// request until <see cref="Start"/>; afterwards the worker does not touch guest memory.

@@ -1,24 +1,25 @@
-using System.Diagnostics;
 using Dirigent.Devices.Interrupts;
 using Dirigent.Machine.Time;
+using Dirigent.Tests.Devices.Misc;
 using static Dirigent.Devices.Interrupts.LocalApic;
 
 namespace Dirigent.Tests.Devices.Interrupts;
 
-public sealed class LocalApicTests : IDisposable
+/// <summary>
+/// The local APIC on a <see cref="ManualClock"/>: VM time moves only when a test advances it, so the timer tests
+/// say exactly when an interrupt is due (not "within a wall-clock window") and do not depend on the host's speed.
+/// One test (<see cref="OneShotTimerFiresOnTheRunningVmClock"/>) runs the timer on the real VM clock.
+/// </summary>
+public sealed class LocalApicTests
 {
     private const ulong TscHz = 2_000_000_000;
-    private readonly VirtualClock _clock = new();
+    private readonly ManualClock _clock = new();
     private readonly LocalApic _apic;
-    private readonly SemaphoreSlim _kicks = new(0);
 
     public LocalApicTests()
     {
         _apic = new LocalApic(0, _clock, TscHz);
-        _apic.Kick = () => _kicks.Release();
     }
-
-    public void Dispose() => _clock.Dispose();
 
     private uint R(int reg) => (uint)_apic.Read((ulong)reg, 4);
     private void W(int reg, uint v) => _apic.Write((ulong)reg, 4, v);
@@ -31,15 +32,11 @@ public sealed class LocalApicTests : IDisposable
     /// <summary>What the vCPU does when the APIC kicks it: take the interrupt (INTA) if one is deliverable.</summary>
     private int TakeInterrupt() => _apic.HasPendingInterrupt ? _apic.AcknowledgeInterrupt() : -1;
 
-    /// <summary>Waits (generously) for the timer to raise something deliverable.</summary>
-    private bool WaitPending(int timeoutMs)
+    /// <summary>Moves VM time on by <paramref name="ms"/> (running the timers that fall due) and says whether the
+    /// APIC then has something deliverable.</summary>
+    private bool AdvancePending(double ms)
     {
-        var sw = Stopwatch.StartNew();
-        while (sw.ElapsedMilliseconds < timeoutMs)
-        {
-            if (_apic.HasPendingInterrupt) return true;
-            _kicks.Wait(50);
-        }
+        _clock.AdvanceMs(ms);
         return _apic.HasPendingInterrupt;
     }
 
@@ -135,16 +132,17 @@ public sealed class LocalApicTests : IDisposable
         Enable();
         W(RegTimerDivide, 0x3); // divide by 16
         W(RegLvtTimer, 0x40);
-        var sw = Stopwatch.StartNew();
         W(RegTimerInitial, 1_250_000); // 1.25M * 16 / 1 GHz = 20 ms
-        uint c1 = R(RegTimerCurrent);
-        Assert.InRange(c1, 1u, 1_250_000u);
-        Assert.True(WaitPending(2000));
-        Assert.True(sw.ElapsedMilliseconds >= 19, $"fired after {sw.ElapsedMilliseconds} ms");
+        Assert.Equal(1_250_000u, R(RegTimerCurrent)); // no VM time has passed
+        Assert.False(AdvancePending(10));
+        Assert.Equal(625_000u, R(RegTimerCurrent)); // half-way
+        Assert.False(AdvancePending(9.9));
+        Assert.True(AdvancePending(0.2)); // due at 20 ms of VM time, not before
         Assert.Equal(0u, R(RegTimerCurrent));
         Assert.Equal(0x40, _apic.AcknowledgeInterrupt());
         W(RegEoi, 0);
-        Assert.False(WaitPending(100)); // one-shot: nothing more
+        Assert.False(AdvancePending(1000)); // one-shot: nothing more
+        Assert.Equal(0u, R(RegTimerCurrent));
     }
 
     [Fact]
@@ -153,22 +151,19 @@ public sealed class LocalApicTests : IDisposable
         Enable();
         W(RegTimerDivide, 0xB); // divide by 1
         W(RegLvtTimer, 0x20041);
-        var sw = Stopwatch.StartNew();
         W(RegTimerInitial, 10_000_000); // 10 ms
-        int fired = 0;
-        while (fired < 3 && sw.ElapsedMilliseconds < 1000)
+        for (int period = 1; period <= 3; period++)
         {
-            if (!WaitPending(1000 - (int)Math.Min(sw.ElapsedMilliseconds, 1000))) break;
+            Assert.False(AdvancePending(9.9), $"period {period}: fired early");
+            Assert.True(AdvancePending(0.1), $"period {period}: did not fire at its 10 ms");
             Assert.Equal(0x41, _apic.AcknowledgeInterrupt());
             W(RegEoi, 0);
-            fired++;
         }
-        Assert.Equal(3, fired);
-        Assert.True(sw.ElapsedMilliseconds >= 29, $"3 periods took only {sw.ElapsedMilliseconds} ms");
-        uint c = R(RegTimerCurrent);
-        Assert.InRange(c, 1u, 10_000_000u);
+        _clock.AdvanceMs(2.5);
+        Assert.Equal(7_500_000u, R(RegTimerCurrent)); // reloaded: 2.5 ms into the fourth period
         W(RegTimerInitial, 0); // stops the timer
         Assert.Equal(0u, R(RegTimerCurrent));
+        Assert.False(AdvancePending(100));
     }
 
     [Fact]
@@ -178,12 +173,15 @@ public sealed class LocalApicTests : IDisposable
         W(RegTimerDivide, 0xB); // divide by 1: 100M counts = 100 ms
         W(RegLvtTimer, 0x40);
         W(RegTimerInitial, 100_000_000);
+        _clock.AdvanceMs(10);
         uint before = R(RegTimerCurrent);
-        W(RegTimerDivide, 0xA); // divide by 128: the rest now takes seconds
-        uint after = R(RegTimerCurrent);
-        Assert.InRange(after, before - 50_000_000u, before); // no jump beyond what elapsed in between (<50 ms)
-        Assert.False(WaitPending(300)); // at the old rate it would have fired by now
-        Assert.True(R(RegTimerCurrent) > after - 10_000_000u); // 300 ms at 1 GHz / 128 is ~2.3M counts
+        Assert.Equal(90_000_000u, before);
+        W(RegTimerDivide, 0xA); // divide by 128: the rest now takes 90M * 128 ns = 11.52 s
+        Assert.Equal(before, R(RegTimerCurrent)); // no jump
+        Assert.False(AdvancePending(300)); // at the old rate it would have fired after 90 ms
+        Assert.InRange(R(RegTimerCurrent), before - 2_400_000u, before - 2_200_000u); // 300 ms / 128 ns ~ 2.34M counts
+        Assert.False(AdvancePending(11_000));
+        Assert.True(AdvancePending(300)); // 11.52 s after the change
     }
 
     [Fact]
@@ -192,8 +190,10 @@ public sealed class LocalApicTests : IDisposable
         Enable();
         W(RegTimerDivide, 0xB);
         W(RegLvtTimer, 0x10040);
-        W(RegTimerInitial, 1_000_000);
-        Assert.False(WaitPending(100));
+        W(RegTimerInitial, 1_000_000); // 1 ms
+        _clock.AdvanceMs(0.5);
+        Assert.Equal(500_000u, R(RegTimerCurrent)); // counting
+        Assert.False(AdvancePending(100));
         Assert.False(Bit(_apic, RegIrr, 0x40));
     }
 
@@ -211,7 +211,9 @@ public sealed class LocalApicTests : IDisposable
         ulong deadline = now + 20_000_000 * (TscHz / 1_000_000_000); // 20 ms ahead
         _apic.WriteTscDeadline(deadline);
         Assert.Equal(deadline, _apic.ReadTscDeadline());
-        Assert.True(WaitPending(2000));
+        Assert.False(AdvancePending(19.9));
+        Assert.Equal(deadline, _apic.ReadTscDeadline());
+        Assert.True(AdvancePending(0.1));
         Assert.True((ulong)_clock.NowNs * 2 >= deadline);
         Assert.Equal(0ul, _apic.ReadTscDeadline());
         Assert.Equal(0x42, _apic.AcknowledgeInterrupt());
@@ -221,7 +223,7 @@ public sealed class LocalApicTests : IDisposable
         _apic.WriteTscDeadline((ulong)_clock.NowNs * 2 + 40_000_000);
         W(RegLvtTimer, 0x42);
         Assert.Equal(0ul, _apic.ReadTscDeadline());
-        Assert.False(WaitPending(100));
+        Assert.False(AdvancePending(100));
     }
 
     [Fact]
@@ -230,16 +232,16 @@ public sealed class LocalApicTests : IDisposable
         Enable();
         W(RegLvtTimer, 0x40043);
         _apic.WriteTscDeadline(1);
-        Assert.True(WaitPending(1000));
+        Assert.True(AdvancePending(0)); // no VM time needs to pass
         Assert.Equal(0x43, _apic.AcknowledgeInterrupt());
         W(RegEoi, 0);
 
         // With a TSC offset (the guest wrote IA32_TSC), the deadline is in the guest's TSC units.
         const long offset = 1L << 50;
         _apic.WriteTscDeadline((ulong)offset + (ulong)_clock.NowNs * 2 + 10_000_000_000UL, offset); // 5 s ahead
-        Assert.False(WaitPending(100));
+        Assert.False(AdvancePending(4_900));
         _apic.WriteTscDeadline((ulong)offset + (ulong)_clock.NowNs * 2, offset);
-        Assert.True(WaitPending(1000));
+        Assert.True(AdvancePending(0));
     }
 
     [Fact]
@@ -250,7 +252,41 @@ public sealed class LocalApicTests : IDisposable
         W(RegLvtTimer, 0x40);
         W(RegTimerInitial, 30_000_000);
         W(RegTimerInitial, 0);
-        Assert.False(WaitPending(150));
+        Assert.False(AdvancePending(1000));
+        Assert.Equal(0, _clock.PendingTimers);
+    }
+
+    /// <summary>
+    /// The same one-shot count on the running VM clock (the adapter from <see cref="VirtualClock"/> and its timer
+    /// thread): the APIC kicks the vCPU, and when it does the VM clock has reached the deadline. The wait is an
+    /// event with a hang guard, and the assertion is about VM time, so a slow host cannot fail it.
+    /// </summary>
+    [Fact]
+    public void OneShotTimerFiresOnTheRunningVmClock()
+    {
+        using var clock = new VirtualClock();
+        var apic = new LocalApic(0, clock, TscHz);
+        using var fired = new ManualResetEventSlim();
+        long firedAt = -1;
+        // The kick comes from the clock's timer thread once the interrupt is pending: note the VM time it came at.
+        apic.Kick = () =>
+        {
+            if (fired.IsSet || !apic.HasPendingInterrupt) return;
+            Volatile.Write(ref firedAt, clock.NowNs);
+            fired.Set();
+        };
+        apic.Write(RegSvr, 4, 0x1FF);
+        apic.Write(RegTimerDivide, 4, 0x3); // divide by 16
+        apic.Write(RegLvtTimer, 4, 0x40);
+        long start = clock.NowNs;
+        apic.Write(RegTimerInitial, 4, 1_250_000); // 20 ms of VM time
+        var guard = TimeSpan.FromSeconds(60);
+        Assert.True(fired.Wait(guard), $"hang guard: no timer interrupt within {guard.TotalSeconds} s of wall time");
+        long at = Volatile.Read(ref firedAt) - start;
+        Assert.True(at >= 20_000_000, $"fired at {at / 1e6:F3} ms of VM time, before its 20 ms count");
+        Assert.True(apic.HasPendingInterrupt);
+        Assert.Equal(0u, (uint)apic.Read(RegTimerCurrent, 4));
+        Assert.Equal(0x40, apic.AcknowledgeInterrupt());
     }
 
     [Fact]

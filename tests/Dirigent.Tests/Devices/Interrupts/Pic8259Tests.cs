@@ -179,12 +179,29 @@ public class Pic8259Tests
     }
 
     [Fact]
-    public void WideAndOutOfRangeAccessesDoNotThrow()
+    public void WideAndOutOfRangeAccessesLeaveAWorkingPic()
     {
         _io.Write(0x20, 4, 0xFFFF_FFFF);
         _ = _io.Read(0x20, 4);
         _pic.SetIrq(99, true);
         _pic.SetIrq(-1, true);
+
+        // Not just "did not throw": a driver's initialisation afterwards gets a working pair of chips, the
+        // out-of-range lines raise nothing, and IRQ1 is delivered and retired as usual.
+        InitLikeLinux(masterMask: 0xF9); // IRQ1 and the cascade unmasked
+        _pic.SetIrq(99, true);
+        _pic.SetIrq(-1, true);
+        Assert.False(_pic.Intr);
+        Assert.Equal(0, ReadIrr(0x20));
+        Assert.Equal(0, ReadIrr(0xA0));
+        Assert.Equal(0xF9, In(0x21));
+        _pic.Pulse(1);
+        Assert.True(_pic.Intr);
+        Assert.Equal(0x31, _pic.Acknowledge());
+        Assert.Equal(0x02, ReadIsr(0x20));
+        Out(0x20, 0x20);
+        Assert.Equal(0, ReadIsr(0x20));
+        Assert.False(_pic.Intr);
     }
 }
 

@@ -21,15 +21,10 @@ public sealed class FakeIrqLine : IIrqLine
         }
     }
 
-    /// <summary>Polls until the condition holds or the timeout passes; returns whether it held.</summary>
-    public static bool WaitFor(Func<bool> condition, int timeoutMs = 3000)
-    {
-        var sw = System.Diagnostics.Stopwatch.StartNew();
-        while (sw.ElapsedMilliseconds < timeoutMs)
-        {
-            if (condition()) return true;
-            Thread.Sleep(1);
-        }
-        return condition();
-    }
+    /// <summary>
+    /// Polls until the condition holds; the timeout is a hang guard (generous: a loaded 2-core host can stall a
+    /// worker thread for seconds), never a statement about how fast a device is. Returns whether it held.
+    /// </summary>
+    public static bool WaitFor(Func<bool> condition, int timeoutMs = 60_000) =>
+        SpinWait.SpinUntil(condition, timeoutMs);
 }

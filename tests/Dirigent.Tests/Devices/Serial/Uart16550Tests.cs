@@ -164,7 +164,7 @@ public sealed class Uart16550Tests : IDisposable
         uart.Write(4, 1, 0x08);
         uart.Write(1, 1, 0x01);
         uart.EnqueueInput("x"u8);
-        Assert.True(FakeIrqLine.WaitFor(() => irq.Level, 10_000));
+        Assert.True(FakeIrqLine.WaitFor(() => irq.Level), "hang guard: no character-timeout interrupt");
         Assert.Equal(0xCCu, uart.Read(2, 1));
     }
 

@@ -241,7 +241,7 @@ public sealed class PitTests : IDisposable
         pit.Write(3, 1, 0x34);
         pit.Write(0, 1, 11932 & 0xFF);
         pit.Write(0, 1, 11932 >> 8);
-        Assert.True(FakeIrqLine.WaitFor(() => irq.RisingEdges >= 3, 10_000));
+        Assert.True(FakeIrqLine.WaitFor(() => irq.RisingEdges >= 3), "hang guard: fewer than 3 PIT edges");
         // Count first, then take the time: no edge can come before its 10 ms slot.
         int edges = irq.RisingEdges;
         long elapsedMs = (_vm.Clock.NowNs - start) / 1_000_000;
