@@ -17,6 +17,7 @@ namespace Dirigent.Bench;
 /// cache of `image build` is reused).
 /// Usage: bench debian-boot [--image PATH --key PRIVATE_KEY] [--no-qemu]
 /// </summary>
+[System.Runtime.Versioning.SupportedOSPlatform("linux")]
 public static class DebianBootBench
 {
     private static readonly TimeSpan Guard = TimeSpan.FromMinutes(20);
