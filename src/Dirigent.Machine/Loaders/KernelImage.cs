@@ -57,7 +57,9 @@ public static class KernelImage
     public static byte[] ReadBounded(string path, string what)
     {
         if (Directory.Exists(path)) throw new LoaderException($"{what} {path} is a directory");
-        using var fs = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.None);
+        using var fs = OpenNonBlocking(path);
+        // A FIFO (or socket) cannot seek; opened without O_NONBLOCK it would have blocked in open(2) for a writer.
+        if (!fs.CanSeek) throw new LoaderException($"{what} {path} is not a regular file (a pipe?)");
         long length = new FileInfo(path).Length;
         if (length == 0)
         {
@@ -71,4 +73,34 @@ public static class KernelImage
         fs.ReadExactly(data);
         return data;
     }
+
+    /// <summary>open(2) with O_NONBLOCK, which returns at once for a FIFO with no writer and changes nothing for a
+    /// regular file (reads of regular files never block in that sense).</summary>
+    private static FileStream OpenNonBlocking(string path)
+    {
+        if (!OperatingSystem.IsLinux()) return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.None);
+        int fd = NativeOpen.Open(path, NativeOpen.O_RDONLY | NativeOpen.O_NONBLOCK | NativeOpen.O_CLOEXEC);
+        if (fd < 0)
+        {
+            int errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+            // The same exceptions FileStream gives, so callers' messages stay as they were.
+            string msg = new System.ComponentModel.Win32Exception(errno).Message;
+            throw errno switch
+            {
+                2 => new FileNotFoundException($"Could not find file '{Path.GetFullPath(path)}'.", path),
+                13 => new UnauthorizedAccessException($"Access to the path '{Path.GetFullPath(path)}' is denied."),
+                _ => new IOException($"{msg}: '{path}'"),
+            };
+        }
+        return new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true), FileAccess.Read, 1);
+    }
+}
+
+internal static partial class NativeOpen
+{
+    // Linux's generic values (x86-64 and arm64 alike).
+    public const int O_RDONLY = 0, O_NONBLOCK = 0x800, O_CLOEXEC = 0x80000;
+
+    [System.Runtime.InteropServices.LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = System.Runtime.InteropServices.StringMarshalling.Utf8)]
+    public static partial int Open(string path, int flags);
 }

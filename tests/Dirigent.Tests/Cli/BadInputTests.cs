@@ -42,6 +42,18 @@ public sealed class BadInputTests : IDisposable
     }
 
     [Fact]
+    public void AKernelThatIsAFifoIsRefusedWithoutWaitingForAWriter()
+    {
+        string fifo = Path.Combine(_home, "kernel.fifo");
+        var mk = System.Diagnostics.Process.Start("mkfifo", [fifo])!;
+        mk.WaitForExit();
+        Assert.Equal(0, mk.ExitCode);
+        // Before, open(2) blocked until some writer opened the FIFO: the run hung here.
+        var r = Cli.Run(_home, "run", "--kernel", fifo, "--serial", "none");
+        AssertOneClearLine(r, 2, "not a regular file");
+    }
+
+    [Fact]
     public void AnEmptyInitrdIsRefused()
     {
         string kernel = Path.Combine(_home, "bzImage"), initrd = Path.Combine(_home, "empty.img");
