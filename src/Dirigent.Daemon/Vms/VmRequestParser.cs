@@ -74,7 +74,8 @@ internal static partial class VmRequestParser
             string p = "spec." + k;
             switch (k)
             {
-                case "memory_mib": spec.MemoryMib = (int)Long(v, p, 1, 1 << 20); break;
+                // Bounded as `dirigent run --memory` is: RAM must end below the CPU's 40 physical address bits.
+                case "memory_mib": spec.MemoryMib = (int)Long(v, p, 1, (long)(Dirigent.Machine.Memory.GuestMemory.MaxRamSize >> 20)); break;
                 case "vcpus": spec.Vcpus = (int)Long(v, p, 1, Dirigent.Vmm.VmSpec.MaxCpus); break;
                 case "kernel": spec.Kernel = AbsPath(NullableString(v, p), p); break;
                 case "cmdline": spec.Cmdline = NullableString(v, p); break;

@@ -53,6 +53,8 @@ public class ImageFirmwareRequestTests
     [InlineData("""{"name":"a","spec":{"firmware":"uefi"}}""", "field 'spec.firmware' must be bios or none")]
     [InlineData("""{"name":"a","spec":{"firmware":"bios","kernel":"/boot/vmlinuz"}}""", "cannot be combined with 'spec.kernel'")]
     [InlineData("""{"name":"a","spec":{"firmware":1}}""", "spec.firmware")]
+    // Guest RAM must end below the 40 physical address bits the CPU models advertise (as `run --memory`).
+    [InlineData("""{"name":"a","spec":{"memory_mib":1048576}}""", "spec.memory_mib")]
     public void BadFirmwareIsA400(string json, string expected)
     {
         var e = Assert.Throws<ApiRequestException>(() => Parse(json, out _));
