@@ -134,7 +134,11 @@ internal static unsafe class SystemRegisters
 
     private static void Cpuid(Cpu c, ref Instruction i)
     {
-        c.Cpuid.Query((uint)c.Gpr[Cpu.RAX], (uint)c.Gpr[Cpu.RCX], c.Index, out uint a, out uint b, out uint cc, out uint d);
+        uint leaf = (uint)c.Gpr[Cpu.RAX];
+        c.Cpuid.Query(leaf, (uint)c.Gpr[Cpu.RCX], c.Index, out uint a, out uint b, out uint cc, out uint d);
+        // CPUID.1:EDX.APIC reflects IA32_APIC_BASE.EN (SDM 11.4.3): with the APIC globally disabled the processor
+        // reports none, and reports it again once the enable bit is set.
+        if (leaf == 1 && (c.ApicBase & Cpu.ApicBaseEnable) == 0) d &= ~CpuidModel.APIC;
         c.Gpr[Cpu.RAX] = a;
         c.Gpr[Cpu.RBX] = b;
         c.Gpr[Cpu.RCX] = cc;
