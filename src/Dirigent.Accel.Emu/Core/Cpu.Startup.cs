@@ -105,6 +105,8 @@ public sealed partial class Cpu
         _nmiPending = false;
         for (int k = 0; k < 4; k++) Volatile.Write(ref _pendingVectors[k], 0);
         _pendingException = null;
+        _deferredDb = 0;
+        UpdateDebugArming(flush: false);
         lock (_tlbSync) FlushTlb();
         FlushJmpCache();
         UpdateMode();
