@@ -182,9 +182,10 @@ public sealed partial class Cpu
         if (MovSsShadow)
         {
             // MOV SS / POP SS: the trap is delivered after the next instruction, together with that one's (SDM 6.8.3).
+            // (bits is never 0 when trap is set: it holds BS or the enabled hit.)
             if (trap)
             {
-                _deferredDb |= bits | DeferredMark;
+                _deferredDb |= bits;
                 _dbgStep = true;
             }
             return true;
@@ -201,12 +202,9 @@ public sealed partial class Cpu
         return true;
     }
 
-    // Marks _deferredDb as owed even when it carries no DR6 bit (cannot happen today; kept for clarity of the test).
-    private const ulong DeferredMark = 1UL << 63;
-
     private ulong TakeDeferredDb()
     {
-        ulong d = _deferredDb & ~DeferredMark;
+        ulong d = _deferredDb;
         _deferredDb = 0;
         _dbgStep = (Dr[7] & 0xFF) != 0;
         return d;

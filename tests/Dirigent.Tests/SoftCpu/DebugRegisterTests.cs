@@ -50,7 +50,7 @@ public class DebugRegisterTests
 
     /// <summary>Assembles body (with RBX=Results, R12=clearDr6, R13=orFlags set first), the handlers, and runs to HLT.</summary>
     private static (TestVm Vm, ulong[] L, Db[] Recs) Run(Action<Assembler> body, Func<Assembler, Label[]> labels, bool clearDr6 = true,
-        ulong orFlags = 0, JitMode? jit = null, int expect = -1)
+        ulong orFlags = 0, JitMode? jit = null)
     {
         var vm = new TestVm(jit: jit);
         var a = new Assembler(64);
