@@ -15,6 +15,8 @@ public sealed unsafe partial class Cpu
         ulong page = la >> 12;
         TlbEntry* e = _tlbR + (page & TlbMask);
         if (e->Tag == page) return (byte*)(la + e->Addend);
+        // A data breakpoint in the run: element accesses, each checked on the slow path.
+        if (_dataBpArmed && OverlapsDataBp(la, len)) return null;
         ulong pa = TranslateAndFill(la, Access.Read);
         return _mem.TryGetHostPointer(pa, (ulong)len);
     }
@@ -33,6 +35,7 @@ public sealed unsafe partial class Cpu
             notifyPa = ulong.MaxValue;
             return (byte*)(la + e->Addend);
         }
+        if (_dataBpArmed && OverlapsDataBp(la, len)) { notifyPa = ulong.MaxValue; return null; }
         ulong pa = TranslateAndFill(la, Access.Write);
         notifyPa = pa;
         return _mem.TryGetHostPointer(pa, (ulong)len);

@@ -75,6 +75,7 @@ public sealed partial class Cpu
         ulong changed = Cr4 ^ v;
         Cr4 = v;
         if ((changed & (Cr4PSE | Cr4PAE | Cr4PGE)) != 0) FlushTranslations();
+        if ((changed & Cr4DE) != 0) UpdateDebugArming(); // I/O breakpoints exist only with DE
         UpdateMode();
     }
 
@@ -114,8 +115,8 @@ public sealed partial class Cpu
     }
 
     /// <summary>
-    /// MOV DRn: the values are stored with their fixed bits; breakpoints and single-step traps through DR7 are not
-    /// implemented (CPUID still advertises DE because the registers exist).
+    /// MOV DRn: the values are stored with their fixed bits; a change to DR0-DR3 or DR7 re-arms the breakpoints
+    /// (Cpu.Debug.cs).
     /// </summary>
     public void WriteDr(int n, ulong v)
     {
@@ -129,9 +130,11 @@ public sealed partial class Cpu
             case 7:
                 if ((v >> 32) != 0) throw GP0();
                 Dr[7] = (v & 0xFFFF_2BFF) | 0x400;
+                UpdateDebugArming();
                 break;
             default:
                 Dr[n] = CodeBits == 64 ? v : (uint)v;
+                if ((Dr[7] & 0xFF) != 0) UpdateDebugArming();
                 break;
         }
     }

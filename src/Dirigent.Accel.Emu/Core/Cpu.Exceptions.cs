@@ -17,6 +17,8 @@ public sealed partial class Cpu
     public bool DeliverException(int vector, uint errorCode, bool hasError, bool softwareInt, bool external = false)
     {
         EventsDelivered[vector & 0xFF]++;
+        // The processor clears DR7.GD on entry to the #DB handler, so the handler may use the debug registers (SDM 17.2.4).
+        if (vector == Vec.DB) Dr[7] &= ~Dr7GD;
         while (true)
         {
             // Delivery can fault half-way (a stack page not present); restore what it changed before retrying.

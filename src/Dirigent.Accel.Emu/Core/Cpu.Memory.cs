@@ -206,6 +206,8 @@ public sealed unsafe partial class Cpu
         TlbEntry* e = _tlbW + (page & TlbMask);
         if (e->Tag != page)
         {
+            // A watched page is never in the TLB: its accesses all come here.
+            if (_dataBpArmed) NoteDataAccess(la, size, write: true);
             // Fills the write TLB unless the page is code or MMIO.
             ulong pa = TranslateAndFill(la, Access.Write);
             byte* p = _mem.TryGetHostPointer(pa, (ulong)size);
@@ -247,6 +249,7 @@ public sealed unsafe partial class Cpu
     [MethodImpl(MethodImplOptions.NoInlining)]
     private ulong ReadSlow(ulong la, int size)
     {
+        if (_dataBpArmed) NoteDataAccess(la, size, write: false);
         if ((la & 0xFFF) + (ulong)size > 0x1000)
         {
             ulong v = 0;
@@ -269,6 +272,7 @@ public sealed unsafe partial class Cpu
     [MethodImpl(MethodImplOptions.NoInlining)]
     private void WriteSlow(ulong la, int size, ulong v)
     {
+        if (_dataBpArmed) NoteDataAccess(la, size, write: true);
         if ((la & 0xFFF) + (ulong)size > 0x1000)
         {
             // Check both pages before storing anything, so a fault on the second page leaves memory untouched.
@@ -323,7 +327,9 @@ public sealed unsafe partial class Cpu
         ulong ppage = pa & ~0xFFFUL;
         byte* host = _mem.TryGetHostPointer(ppage, 4096);
         // A write entry only for a page that holds no code, and only after saying we may hold one (CodeCache remarks).
-        if (host != null && (acc != Access.Write || _codeCache.PrepareWriteFill(ppage, WriterBit)))
+        // No read/write entry for a page a data breakpoint watches: its accesses must reach the slow path's check.
+        if (host != null && (acc != Access.Write || _codeCache.PrepareWriteFill(ppage, WriterBit)) &&
+            !(_dataBpArmed && acc != Access.Exec && IsWatchedPage(la >> 12)))
         {
             ulong page = la >> 12;
             TlbEntry* t = acc switch { Access.Read => _tlbR, Access.Write => _tlbW, _ => _tlbX };

@@ -24,6 +24,8 @@ public sealed partial class Cpu
 
     /// <summary>IA32_APIC_BASE.BSP: the boot processor restarts at the reset vector after INIT; the others wait for a SIPI.</summary>
     private const ulong ApicBaseBsp = 1UL << 8;
+    /// <summary>IA32_APIC_BASE.EN (bit 11): the APIC global enable.</summary>
+    public const ulong ApicBaseEnable = 1UL << 11;
 
     /// <summary>IA32_APIC_BASE after reset: the xAPIC at 0xFEE00000, enabled; the BSP flag on vCPU 0 only.</summary>
     public static ulong ResetApicBase(int index) => 0xFEE0_0800UL | (index == 0 ? ApicBaseBsp : 0);
@@ -103,6 +105,8 @@ public sealed partial class Cpu
         _nmiPending = false;
         for (int k = 0; k < 4; k++) Volatile.Write(ref _pendingVectors[k], 0);
         _pendingException = null;
+        _deferredDb = 0;
+        UpdateDebugArming(flush: false);
         lock (_tlbSync) FlushTlb();
         FlushJmpCache();
         UpdateMode();

@@ -97,6 +97,8 @@ public sealed partial class Cpu
             _startupPending = _sipiVector >= 0;
         }
         InterruptShadow = s.InterruptShadow;
+        _deferredDb = 0;
+        UpdateDebugArming(flush: false); // the TLB flush below covers watched pages
         _nmiBlocked = s.NmiMasked;
         _nmiPending = s.NmiPending;
         for (int k = 0; k < 4; k++) Volatile.Write(ref _pendingVectors[k], 0);

@@ -98,7 +98,11 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// <summary>A fused handler ran a second instruction (the Jcc after a CMP/TEST) in one dispatch.</summary>
     internal void RetireFused() => _instret++;
 
-    internal bool TrapFlag => (_flags & TF) != 0;
+    /// <summary>
+    /// Set while <see cref="DebugStep"/> runs one instruction (TF or an armed breakpoint): fused handlers then run
+    /// their first instruction alone, so traps and instruction breakpoints see the boundary between the two.
+    /// </summary>
+    internal bool Stepping;
 
     /// <summary>Tracing hook: called before each block runs with its linear address and instruction count.</summary>
     public Action<Cpu, ulong, int>? BlockTrace;
@@ -245,8 +249,9 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 InstrIp = Rip;
                 Block b = GetBlock();
                 BlockTrace?.Invoke(this, b.Linear, b.Count);
+                // TF, RF or an enabled breakpoint: one instruction at a time (Cpu.Debug.cs).
                 // The STI/MOV SS shadow covers one instruction: with an event waiting, run just that one.
-                if ((_flags & TF) != 0) SingleStep(b);
+                if (((_flags & (TF | RF)) != 0 || _dbgStep) && DebugStep(b)) { }
                 else if (shadow && _pendingEvents != 0) ExecuteBlock(b, 1);
                 else RunChained(b);
             }
@@ -255,6 +260,9 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 Rip = InstrIp;
                 if (_rmwNotifyPa != ulong.MaxValue) FinishRmwNotify();
                 BlockExit = false;
+                // A fault's handler sees RF=1 in the pushed RFLAGS, so that returning to the instruction does not
+                // hit an instruction breakpoint there again (SDM 17.3.1.1); delivery then clears RF.
+                if (IsFaultClass(ex.Vector)) _flags |= RF;
                 if (!DeliverException(ex.Vector, ex.ErrorCode, ex.HasErrorCode, softwareInt: false))
                     return new VcpuExit(VcpuExitReason.Shutdown, $"triple fault ({ex.Message}) at {Sreg[CS].Selector:x4}:{InstrIp:x}");
             }
@@ -329,20 +337,6 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     /// <summary>NMI blocking ends at the next IRET (SDM 6.7.1).</summary>
     public void OnIret() { if (_nmiBlocked) { _nmiBlocked = false; if (_nmiPending) _pendingEvents = 1; } }
-
-    /// <summary>
-    /// RFLAGS.TF: run one instruction, then raise the single-step #DB trap (DR6.BS) with RIP after it.
-    /// An instruction that faults delivers its fault instead, as on hardware.
-    /// </summary>
-    private void SingleStep(Block b)
-    {
-        ExecuteBlock(b, 1);
-        if (Halted) return;
-        Dr[6] |= 1UL << 14;
-        InstrIp = Rip;
-        if (!DeliverException(Vec.DB, 0, false, softwareInt: false))
-            throw new TripleFaultException($"triple fault delivering #DB at {Sreg[CS].Selector:x4}:{Rip:x}");
-    }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private void ExecuteBlock(Block b, int n)
@@ -502,7 +496,8 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     /// <summary>
     /// Runs b and then, while nothing needs the outer loop (an event, HLT, an interrupt shadow, TF, tracing), the
-    /// blocks that follow it, found through b's successor links before the jump cache. Only 64-bit code chains:
+    /// blocks that follow it, found through b's successor links before the jump cache. (Arming a breakpoint sets
+    /// _pendingEvents, so it ends the chain too.) Only 64-bit code chains:
     /// there the linear address is RIP and no CS limit applies, so a link is valid exactly when the jump cache
     /// would accept the block.
     /// </summary>
@@ -524,7 +519,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 if (Jit.JitCompiler.Stats) b.InterpRuns++;
                 if (_jit != null && b.Bits == 64 && ++b.Heat == _jit.Threshold) _jit.Enqueue(b);
             }
-            if (_pendingEvents != 0 || Halted || InterruptShadow || (_flags & TF) != 0 || CodeBits != 64 || BlockTrace != null)
+            if (_pendingEvents != 0 || Halted || InterruptShadow || (_flags & (TF | RF)) != 0 || CodeBits != 64 || BlockTrace != null)
                 return;
             ulong rip = Rip;
             Block? n = b.Succ0;

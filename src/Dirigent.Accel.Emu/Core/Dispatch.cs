@@ -36,6 +36,7 @@ internal static unsafe class Dispatch
         SystemRegisters.Install(r);
         SystemMsr.Install(r);
         SystemCalls.Install(r);
+        Virtualization.Install(r);
         SegmentInstructions.Install(r);
         Sse.Install(r);
         X87.Install(r);

@@ -464,6 +464,7 @@ internal static unsafe class ControlFlowFar
     /// <summary>INT n pushes the address after itself (c.Rip) and checks the gate DPL against CPL.</summary>
     private static void Deliver(Cpu c, int vector, bool software)
     {
+        c.NoteSoftwareInterrupt();
         if (!c.DeliverException(vector, 0, false, softwareInt: software))
             throw new TripleFaultException($"triple fault delivering INT {vector:x} at {c.Sreg[Cpu.CS].Selector:x4}:{c.InstrIp:x}");
         c.EndBlock();

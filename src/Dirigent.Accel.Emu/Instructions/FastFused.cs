@@ -8,8 +8,8 @@ namespace Dirigent.Accel.Emu.Instructions;
 /// CMP/TEST/SUB/ADD (register or immediate source) or INC/DEC of a full-width register immediately followed by the block-ending
 /// 64-bit Jcc: one handler does both, saving a dispatch per compare-and-branch, the commonest pair in kernel code.
 /// The flags are still recorded lazily exactly as the lone CMP/TEST does, so later readers see the same state.
-/// The pair is only fused when the branch target is canonical (the Jcc cannot fault), and under RFLAGS.TF the
-/// handler runs the CMP/TEST alone so single-stepping still traps between the two.
+/// The pair is only fused when the branch target is canonical (the Jcc cannot fault), and while the CPU steps
+/// (RFLAGS.TF, armed breakpoints) the handler runs the CMP/TEST alone so traps and breakpoints see the boundary.
 /// The dispatch loop stops before the Jcc (<see cref="Block.RunCount"/>), so the loop still ends the ordinary
 /// way rather than through BlockExit; the Jcc keeps its own handler for when the block runs from it (after a
 /// single-step trap between the two).
@@ -85,7 +85,7 @@ internal static unsafe class FastFused
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void Branch<T>(Cpu c, ref Instruction i) where T : struct, ICc
     {
-        if (c.TrapFlag) return;
+        if (c.Stepping) return;
         ref Instruction j = ref Unsafe.Add(ref i, 1);
         c.Rip = c.TestCondition(T.Cc) ? j.NearBranch64 : j.NextIP;
         c.RetireFused();

@@ -43,7 +43,7 @@ internal static unsafe class SegmentInstructions
         ushort sel = (ushort)c.ReadOp(ref i, 1, 2);
         int seg = Cpu.SegIndex(sr);
         c.LoadSegment(seg, sel);
-        if (seg == Cpu.SS) { c.InterruptShadow = true; c.EndBlock(); }
+        if (seg == Cpu.SS) { c.InterruptShadow = true; c.MovSsShadow = true; c.EndBlock(); }
     }
 
     private static int SregOf(ref Instruction i) => Cpu.SegIndex(i.Op0Register);
@@ -70,7 +70,7 @@ internal static unsafe class SegmentInstructions
             c.Gpr[Cpu.RSP] = rsp;
             throw;
         }
-        if (seg == Cpu.SS) { c.InterruptShadow = true; c.EndBlock(); }
+        if (seg == Cpu.SS) { c.InterruptShadow = true; c.MovSsShadow = true; c.EndBlock(); }
     }
 
     /// <summary>LxS r, m16:16/32/64: offset first, selector after it; the segment is loaded before the register.</summary>

@@ -50,6 +50,7 @@ internal static unsafe class SystemInstructions
     /// <summary>I/O permission: CPL &lt;= IOPL, else the TSS I/O bitmap decides (SDM 19.5).</summary>
     internal static void CheckIo(Cpu c, ushort port, int size)
     {
+        if (c.IoBpArmed) c.NoteIoAccess(port, size);
         if (!c.ProtectedMode) return;
         if (!c.IsV86Mode && c.Cpl <= (int)((c.Rflags >> 12) & 3)) return;
         var tr = c.Tr;

@@ -12,7 +12,8 @@ internal static unsafe class SystemRegisters
         r.Add(&MovFromCr, Code.Mov_r32_cr, Code.Mov_r64_cr);
         r.Add(&MovToCr, true, Code.Mov_cr_r32, Code.Mov_cr_r64);
         r.Add(&MovFromDr, Code.Mov_r32_dr, Code.Mov_r64_dr);
-        r.Add(&MovToDr, Code.Mov_dr_r32, Code.Mov_dr_r64);
+        // A DR7/DR0-3 write arms breakpoints that apply from the next instruction on: end the block.
+        r.Add(&MovToDr, true, Code.Mov_dr_r32, Code.Mov_dr_r64);
         r.Add(&Lmsw, true, Code.Lmsw_rm16, Code.Lmsw_r32m16, Code.Lmsw_r64m16);
         r.Add(&Smsw, Code.Smsw_rm16, Code.Smsw_r32m16, Code.Smsw_r64m16);
         r.Add(&Clts, Code.Clts);
@@ -67,6 +68,8 @@ internal static unsafe class SystemRegisters
         int n = DrIndex(i.Op1Register);
         if (n > 7) throw Cpu.UD();
         c.RequireCpl0();
+        c.DebugRegIndex(n); // #UD for DR4/DR5 under CR4.DE comes before general detect
+        c.CheckGeneralDetect();
         c.SetReg(i.Op0Register, c.ReadDr(n));
     }
 
@@ -75,7 +78,10 @@ internal static unsafe class SystemRegisters
         int n = DrIndex(i.Op0Register);
         if (n > 7) throw Cpu.UD();
         c.RequireCpl0();
+        c.DebugRegIndex(n);
+        c.CheckGeneralDetect();
         c.WriteDr(n, c.GetReg(i.Op1Register));
+        c.EndBlock();
     }
 
     /// <summary>LMSW loads PE, MP, EM, TS; it can set PE but never clear it.</summary>
@@ -134,7 +140,11 @@ internal static unsafe class SystemRegisters
 
     private static void Cpuid(Cpu c, ref Instruction i)
     {
-        c.Cpuid.Query((uint)c.Gpr[Cpu.RAX], (uint)c.Gpr[Cpu.RCX], c.Index, out uint a, out uint b, out uint cc, out uint d);
+        uint leaf = (uint)c.Gpr[Cpu.RAX];
+        c.Cpuid.Query(leaf, (uint)c.Gpr[Cpu.RCX], c.Index, out uint a, out uint b, out uint cc, out uint d);
+        // CPUID.1:EDX.APIC reflects IA32_APIC_BASE.EN (SDM 11.4.3): with the APIC globally disabled the processor
+        // reports none, and reports it again once the enable bit is set.
+        if (leaf == 1 && (c.ApicBase & Cpu.ApicBaseEnable) == 0) d &= ~CpuidModel.APIC;
         c.Gpr[Cpu.RAX] = a;
         c.Gpr[Cpu.RBX] = b;
         c.Gpr[Cpu.RCX] = cc;

@@ -227,6 +227,29 @@ public sealed class LocalApicTests
     }
 
     [Fact]
+    public void CurrentCountReadsZeroInTscDeadlineMode()
+    {
+        // SDM 11.5.4.1: in TSC-deadline mode the current-count register reads 0, armed or not; a one-shot count
+        // running when the mode changes does not show through.
+        Enable();
+        W(RegLvtTimer, 0x42);
+        W(RegTimerDivide, 0xB); // divide by 1
+        W(RegTimerInitial, 1_000_000);
+        Assert.NotEqual(0u, R(RegTimerCurrent));
+        W(RegLvtTimer, 0x40042);
+        Assert.Equal(0u, R(RegTimerCurrent));
+        ulong deadline = (ulong)_clock.NowNs * (TscHz / 1_000_000_000) + 10_000_000 * (TscHz / 1_000_000_000); // 10 ms
+        _apic.WriteTscDeadline(deadline);
+        Assert.Equal(0u, R(RegTimerCurrent));
+        Assert.False(AdvancePending(5));
+        Assert.Equal(0u, R(RegTimerCurrent));
+        Assert.Equal(deadline, _apic.ReadTscDeadline());
+        Assert.True(AdvancePending(5));
+        Assert.Equal(0u, R(RegTimerCurrent));
+        Assert.Equal(0x42, _apic.AcknowledgeInterrupt());
+    }
+
+    [Fact]
     public void PastTscDeadlineFiresImmediately()
     {
         Enable();
