@@ -119,6 +119,8 @@ internal static class RunCommand
                 {
                     if (opts.RestoreDir != null || opts.Incoming != null)
                         throw new FormatException($"--jail cannot be combined with {(opts.RestoreDir != null ? "--restore" : "--incoming")} yet (snapshots and migration streams are not carried into the jail)");
+                    if (cfg.Nics.Any(n => n.Netns != null))
+                        throw new FormatException("--jail cannot attach a TAP in another network namespace (netns=): the jailed VMM may not enter namespaces");
                     var (uid, gid) = Jail.JailConfig.ParseUser(r.GetValue(jailUser)!);
                     jailConfig = new Jail.JailConfig(r.GetValue(jail), uid, gid);
                 }

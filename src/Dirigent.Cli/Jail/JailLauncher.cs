@@ -76,6 +76,18 @@ internal static class JailLauncher
             Directory.CreateDirectory(dir);
             created = true;
         }
+        try { return FillPlan(config, cfg, opts, fwCfgOptions, dir, created); }
+        catch when (created)
+        {
+            // Nothing is mounted yet: what was made here is plain files and directories.
+            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+            throw;
+        }
+    }
+
+    [System.Runtime.Versioning.SupportedOSPlatform("linux")]
+    private static JailPlan FillPlan(JailConfig config, VmSpec cfg, RunOptions opts, IEnumerable<string> fwCfgOptions, string dir, bool created)
+    {
         File.SetUnixFileMode(dir, (UnixFileMode)0b111_101_101);
         var plan = new JailPlan
         {

@@ -42,6 +42,8 @@ internal sealed class JailPlan
     public required string Dir { get; init; }
     public bool DirCreated { get; init; }
     public List<JailBind> Binds { get; } = [];
+    /// <summary>Supplementary groups for the jail user: the groups of device nodes it must open (kvm).</summary>
+    public List<int> ExtraGroups { get; } = [];
     /// <summary>A network namespace of its own: only when no NIC needs the host's (TAP or user networking).</summary>
     public bool NewNetNamespace { get; init; }
 
@@ -74,7 +76,12 @@ internal sealed class JailPlan
         if (Directory.Exists("/usr/lib64")) Binds.Add(new JailBind("/usr/lib64", false));
         foreach (string dev in (string[])["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"])
             Binds.Add(new JailBind(dev, true));
-        if (cfg.Accel != AccelKind.Emu && File.Exists("/dev/kvm")) Binds.Add(new JailBind("/dev/kvm", true));
+        if (cfg.Accel != AccelKind.Emu && File.Exists("/dev/kvm"))
+        {
+            Binds.Add(new JailBind("/dev/kvm", true));
+            // /dev/kvm is root:kvm 0660: the jail user gets the kvm group, and no other.
+            if (JailNative.Owner("/dev/kvm") is { } kvm && !JailNative.MayAccess("/dev/kvm", Config.Uid, Config.Gid, true)) ExtraGroups.Add(kvm.Gid);
+        }
         if (cfg.Nics.Any(n => n.Tap != null)) Binds.Add(new JailBind("/dev/net/tun", true));
 
         if (cfg.Kernel != null) AddFile(cfg.Kernel, false, "--kernel");
@@ -88,9 +95,6 @@ internal sealed class JailPlan
             foreach (string part in f.Split(','))
                 if (part.StartsWith("file=", StringComparison.Ordinal)) AddFile(part[5..], false, "--fw-cfg");
         foreach (var d in cfg.Disks) AddFile(d.Path, !d.ReadOnly, "--disk");
-        foreach (var n in cfg.Nics)
-            if (n.Netns != null)
-                throw new FormatException("--jail cannot attach a TAP in another network namespace (netns=): the jailed VMM may not enter namespaces");
     }
 
     /// <summary>An output file the VMM appends to (--console-log, --serial file:): made if absent and given to the jail user.</summary>
@@ -161,7 +165,7 @@ internal sealed class JailPlan
             # Nothing else may change in the jail's root.
             mount -o remount,ro "$R"
             hostname dirigent-jail 2>/dev/null || true
-            exec setpriv --no-new-privs -- chroot --userspec={{Config.Uid}}:{{Config.Gid}} --groups={{Config.Gid}} "$R" "$@"
+            exec setpriv --no-new-privs -- chroot --userspec={{Config.Uid}}:{{Config.Gid}} --groups={{string.Join(',', [Config.Gid, .. ExtraGroups])}} "$R" "$@"
 
             """);
         return s.ToString();
