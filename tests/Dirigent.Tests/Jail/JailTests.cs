@@ -74,14 +74,19 @@ public class JailTests(ITestOutputHelper log)
             }
         }
 
-        /// <summary>The jailed VMM: the process below ours started with --in-jail (ours, then unshare, then it).</summary>
+        /// <summary>
+        /// The jailed VMM: below ours are unshare (its arguments hold the VMM's command line, --in-jail included) and
+        /// then the VMM, PID 1 of its own PID namespace (NSpid has two numbers).
+        /// </summary>
         public int VmmPid()
         {
             foreach (int pid in global::Dirigent.Daemon.Workers.ProcessInfo.Descendants(Process.Id))
             {
                 try
                 {
-                    if (File.ReadAllText($"/proc/{pid}/cmdline").Split('\0').Contains("--in-jail")) return pid;
+                    if (File.ReadAllText($"/proc/{pid}/cmdline").Split('\0').Contains("--in-jail") &&
+                        Status(pid, "NSpid").Length == 2)
+                        return pid;
                 }
                 catch (IOException) { }
             }
@@ -95,9 +100,10 @@ public class JailTests(ITestOutputHelper log)
         }
     }
 
-    private static string StatusField(int pid, string field) =>
-        File.ReadAllLines($"/proc/{pid}/status").First(l => l.StartsWith(field + ":", StringComparison.Ordinal))
-            .Split('\t', StringSplitOptions.RemoveEmptyEntries)[1];
+    /// <summary>A /proc/PID/status field's values (Uid: real, effective, saved, fs; NSpid: outermost first).</summary>
+    private static string[] Status(int pid, string field) =>
+        File.ReadAllLines($"/proc/{pid}/status").First(l => l.StartsWith(field + ":", StringComparison.Ordinal))[(field.Length + 1)..]
+            .Split(['\t', ' '], StringSplitOptions.RemoveEmptyEntries);
 
     private static string Ns(string proc, string ns) => new FileInfo($"/proc/{proc}/ns/{ns}").LinkTarget!;
 
@@ -170,22 +176,25 @@ public class JailTests(ITestOutputHelper log)
 
             int vmm = run.VmmPid();
             // Who it is: not root, no capabilities, no_new_privs, a seccomp filter (mode 2).
-            Assert.Equal(Nobody.ToString(), StatusField(vmm, "Uid"));
-            Assert.Equal("0000000000000000", StatusField(vmm, "CapEff"));
-            Assert.Equal("1", StatusField(vmm, "NoNewPrivs"));
-            Assert.Equal("2", StatusField(vmm, "Seccomp"));
+            Assert.All(Status(vmm, "Uid"), u => Assert.Equal(Nobody.ToString(), u));
+            Assert.Equal("0000000000000000", Status(vmm, "CapEff")[0]);
+            Assert.Equal("1", Status(vmm, "NoNewPrivs")[0]);
+            Assert.Equal("2", Status(vmm, "Seccomp")[0]);
             // Where it is: namespaces of its own (the network one is the host's: --net user's sockets are the host's).
             foreach (string ns in (string[])["mnt", "pid", "ipc", "uts"])
                 Assert.NotEqual(Ns("self", ns), Ns(vmm.ToString(), ns));
             Assert.Equal(Ns("self", "net"), Ns(vmm.ToString(), "net"));
-            Assert.Equal("1", StatusField(vmm, "NSpid").Split('\t', ' ').Last()); // PID 1 of its PID namespace
+            Assert.Equal("1", Status(vmm, "NSpid")[^1]); // PID 1 of its PID namespace
             // What it sees: a root of its own, with its disk but none of the host's files.
             string root = new FileInfo($"/proc/{vmm}/root").LinkTarget!;
             Assert.NotEqual("/", root);
             Assert.True(File.Exists($"/proc/{vmm}/root{disk}"), "the disk is inside the jail");
             Assert.False(File.Exists($"/proc/{vmm}/root/etc/shadow"), "/etc/shadow is visible in the jail");
             Assert.False(Directory.Exists($"/proc/{vmm}/root/etc"), "/etc is visible in the jail");
-            Assert.False(Directory.Exists($"/proc/{vmm}/root/root"), "root's home is visible in the jail");
+            // The kernel keeps its host path, but its directory (the image cache) shows only what was bound in.
+            string kernelDir = Path.GetDirectoryName(s_image.Value.Kernel)!;
+            Assert.Equal(new[] { s_image.Value.Initramfs, s_image.Value.Kernel }.Select(Path.GetFileName).Order(),
+                Directory.GetFileSystemEntries($"/proc/{vmm}/root{kernelDir}").Select(Path.GetFileName).Order());
             Assert.False(File.Exists($"/proc/{vmm}/root/usr/bin/sh"), "host programs are visible in the jail");
             // Its /proc shows its own PID namespace only: our test process is not in it.
             Assert.False(Directory.Exists($"/proc/{vmm}/root/proc/{Environment.ProcessId}") && Environment.ProcessId != 1);
