@@ -28,21 +28,35 @@ internal static class RunCommand
         var consoleLog = new Option<string?>("--console-log") { Description = "Append all console output to this file (with any --serial)" };
         var exitFile = new Option<string?>("--exit-file") { Description = "When the VM ends, write how (JSON: state, kind, detail, exit_code, rip) to this file" };
         var detach = new Option<bool>("--detach") { Description = "Run in a session of its own (setsid): for workers started by the daemon" };
+        var jail = new Option<string?>("--jail")
+        {
+            Description = "Run the VMM jailed: own mount/PID/IPC/UTS (and, without --net, network) namespaces, chrooted to DIR " +
+                "(default: a new directory under /run/dirigent/jail), as --jail-user, no_new_privs, seccomp allow-list (needs root)",
+            Arity = ArgumentArity.ZeroOrOne,
+        };
+        var jailUser = new Option<string>("--jail-user") { Description = "UID[:GID] the jailed VMM runs as", DefaultValueFactory = _ => $"{Jail.JailConfig.DefaultId}:{Jail.JailConfig.DefaultId}" };
+        // Set by the jail's launcher on the VMM it starts inside the jail: load the seccomp filter before the guest runs.
+        var inJail = new Option<bool>("--in-jail") { Hidden = true };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
             kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, restore, incoming, apiSocket,
-            consoleLog, exitFile, detach,
+            consoleLog, exitFile, detach, jail, jailUser, inJail,
         };
+        // What a jailed VMM is given again inside: everything but the jail's own options and what the launcher sets.
+        Option[] passedIn = [kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, consoleLog];
         cmd.SetAction(r =>
         {
             var cfg = new VmSpec();
             // First, before any thread or file: a session of our own (already a group leader: detached enough).
             if (r.GetValue(detach)) Worker.Detach.NewSession();
+            bool jailed = r.GetResult(jail) != null;
+            if (r.GetValue(inJail)) Jail.JailNative.DieWithParent();
             var opts = new RunOptions
             {
                 RestoreDir = r.GetValue(restore), Incoming = r.GetValue(incoming), ApiSocket = r.GetValue(apiSocket),
-                ConsoleLog = r.GetValue(consoleLog), ExitFile = r.GetValue(exitFile),
+                ConsoleLog = r.GetValue(consoleLog), ExitFile = r.GetValue(exitFile), Seccomp = r.GetValue(inJail),
             };
+            Jail.JailConfig? jailConfig = null;
             try
             {
                 cfg.Kernel = r.GetValue(kernel);
@@ -101,15 +115,40 @@ internal static class RunCommand
                     if (cfg.FwCfgFiles.Any(x => x.Name == file.Name)) throw new FormatException($"--fw-cfg: {file.Name} given twice");
                     cfg.FwCfgFiles.Add(file);
                 }
+                if (jailed)
+                {
+                    if (opts.RestoreDir != null || opts.Incoming != null)
+                        throw new FormatException($"--jail cannot be combined with {(opts.RestoreDir != null ? "--restore" : "--incoming")} yet (snapshots and migration streams are not carried into the jail)");
+                    if (cfg.Nics.Any(n => n.Netns != null))
+                        throw new FormatException("--jail cannot attach a TAP in another network namespace (netns=): the jailed VMM may not enter namespaces");
+                    var (uid, gid) = Jail.JailConfig.ParseUser(r.GetValue(jailUser)!);
+                    jailConfig = new Jail.JailConfig(r.GetValue(jail), uid, gid);
+                }
+                else if (r.GetResult(jailUser) is { Implicit: false }) throw new FormatException("--jail-user is for --jail");
             }
             catch (FormatException e)
             {
                 Console.Error.WriteLine($"dirigent run: {e.Message}");
                 return ExitCodes.BadInput;
             }
+            if (jailConfig != null)
+                return Jail.JailLauncher.Run(jailConfig, cfg, opts, InnerOptions(r, passedIn), r.GetValue(fwCfg) ?? [], Console.Error);
             return RunWithSignals(cfg, opts);
         });
         return cmd;
+    }
+
+    /// <summary>The options given on this command line among <paramref name="options"/>, as tokens again.</summary>
+    private static List<string> InnerOptions(ParseResult r, Option[] options)
+    {
+        var a = new List<string>();
+        foreach (var o in options)
+        {
+            if (r.GetResult(o) is not { Implicit: false } res) continue;
+            if (o is Option<bool>) { if (r.GetValue((Option<bool>)o)) a.Add(o.Name); continue; }
+            foreach (var t in res.Tokens) { a.Add(o.Name); a.Add(t.Value); }
+        }
+        return a;
     }
 
     private static AccelKind ParseAccel(string a) => a switch

@@ -24,6 +24,8 @@ public sealed class RunOptions
     /// <summary>Set (by the signal handler, before it cancels the run) to the signal that stops the VM: the run then
     /// ends with status 128+number and the exit file says kind "signal".</summary>
     public volatile StopSignal? Signal;
+    /// <summary>--in-jail (set by the jail's launcher): load the seccomp allow-list just before the guest runs.</summary>
+    public bool Seccomp;
 }
 
 /// <summary>A signal that stopped the VM: its name (SIGTERM) and number (15).</summary>
@@ -195,6 +197,15 @@ public static class VmLauncher
         var sw = System.Diagnostics.Stopwatch.StartNew();
         try
         {
+            if (opts.Seccomp)
+            {
+                // After everything that opens, binds or starts threads (VM built, API listening, console wired),
+                // before the first guest instruction. DIRIGENT_SECCOMP=log: log what is not allowed instead.
+                if (Jail.Seccomp.Install(learn: Environment.GetEnvironmentVariable("DIRIGENT_SECCOMP") == "log") is { } seccompError)
+                    return outcome.Fail(err, seccompError, ExitCodes.VmmFailure);
+                // Tests: a call the filter denies, to see the kill and its report.
+                if (Environment.GetEnvironmentVariable("DIRIGENT_TEST_SECCOMP_DENY") == "1") Jail.Seccomp.CallDenied();
+            }
             vm.Start();
             var exit = vm.Completion.GetAwaiter().GetResult();
             int rc = StatusOf(exit, err);

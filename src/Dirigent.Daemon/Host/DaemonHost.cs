@@ -29,6 +29,8 @@ public sealed class DaemonOptions
     public bool LogRequests { get; init; }
     /// <summary>The worker command (default: this very dirigent binary).</summary>
     public WorkerCommand? WorkerCommand { get; init; }
+    /// <summary>--jail-workers: every worker runs under `dirigent run --jail` (see README, "Jail").</summary>
+    public bool JailWorkers { get; init; }
 }
 
 /// <summary>A bad option or an unusable state directory: one line for the user.</summary>
@@ -83,7 +85,7 @@ public sealed class DaemonHost : IAsyncDisposable
         {
             var tokens = new TokenStore(inventory);
             var cgroups = CgroupManager.Detect();
-            var supervisor = new WorkerSupervisor(options.WorkerCommand ?? WorkerCommand.Current(), cgroups, log);
+            var supervisor = new WorkerSupervisor(options.WorkerCommand ?? WorkerCommand.Current(), cgroups, log) { JailWorkers = options.JailWorkers };
             var store = new VmStore(inventory);
             var disks = new DiskManager(inventory, paths, store);
             var vms = new VmManager(store, disks, ops, events, supervisor, cgroups, paths, log);

@@ -49,6 +49,26 @@ public static partial class ProcessInfo
         return kill(pid, signal) == 0;
     }
 
+    /// <summary>The processes below <paramref name="pid"/> (children, their children, ...), from /proc's parent fields.</summary>
+    public static List<int> Descendants(int pid)
+    {
+        var parent = new Dictionary<int, int>();
+        foreach (string d in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(d), NumberStyles.None, CultureInfo.InvariantCulture, out int p)) continue;
+            string stat;
+            try { stat = File.ReadAllText($"/proc/{p}/stat"); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { continue; }
+            var f = stat[(stat.LastIndexOf(')') + 1)..].Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (f.Length > 1 && int.TryParse(f[1], NumberStyles.None, CultureInfo.InvariantCulture, out int pp)) parent[p] = pp;
+        }
+        var found = new List<int>();
+        var todo = new Queue<int>([pid]);
+        while (todo.TryDequeue(out int cur))
+            foreach (var (child, _) in parent.Where(kv => kv.Value == cur)) { found.Add(child); todo.Enqueue(child); }
+        return found;
+    }
+
     public const int SIGKILL = 9, SIGTERM = 15;
 
     [LibraryImport("libc", SetLastError = true)]

@@ -31,6 +31,16 @@ public sealed class WorkerSupervisor
     private readonly TextWriter _log;
     private readonly Lock _logLock = new();
 
+    /// <summary>
+    /// Run workers as `dirigent run --jail` (user nobody). The daemon gives the jail user the files a worker writes
+    /// (its console log and writable disks) before each start; the worker's own exit record and socket go through
+    /// the jail's run directory.
+    /// </summary>
+    public bool JailWorkers { get; init; }
+
+    /// <summary>The jail user of <see cref="JailWorkers"/> (`dirigent run --jail-user`'s default, nobody:nogroup).</summary>
+    public const int JailUid = 65534, JailGid = 65534;
+
     /// <summary>How long a worker has to answer on its socket before the start counts as failed.</summary>
     public TimeSpan StartTimeout { get; init; } = TimeSpan.FromSeconds(30);
 
@@ -77,6 +87,7 @@ public sealed class WorkerSupervisor
             "--exit-file", Path.Combine(launch.VmDir, ExitFileName),
             "--detach",
         ]);
+        if (JailWorkers) args.Add("--jail");
         return args;
     }
 
@@ -105,6 +116,12 @@ public sealed class WorkerSupervisor
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new WorkerStartException($"VM '{name}': cannot prepare its directory {vmDir}: {e.Message}", inner: e);
+        }
+
+        if (JailWorkers)
+        {
+            try { JailFiles.GiveToJailUser(launch, Path.Combine(vmDir, ConsoleLogFileName), JailUid, JailGid); }
+            catch (IOException e) { throw new WorkerStartException($"VM '{name}': cannot prepare its files for the jail: {e.Message}", inner: e); }
         }
 
         IVmCgroup? cgroup = null;
@@ -159,6 +176,15 @@ public sealed class WorkerSupervisor
                 throw new WorkerStartException($"VM '{name}': cannot put the worker in its cgroup {cgroup!.Path}: {e.Message}", inner: e);
             }
             await WaitUntilAnswering(handle, logPath, logOffset, ct).ConfigureAwait(false);
+            // A jailed worker's VMM is its grandchild (under unshare), started after the worker joined its cgroup or
+            // not: it is put there too (a process joins one cgroup at a time; moving it again is harmless).
+            if (JailWorkers && cgroup != null)
+                foreach (int d in ProcessInfo.Descendants(pid))
+                    try { cgroup.AddProcess(d); }
+                    catch (Exception e) when (e is CgroupException or IOException or UnauthorizedAccessException)
+                    {
+                        throw new WorkerStartException($"VM '{name}': cannot put the jailed VMM (pid {d}) in its cgroup {cgroup.Path}: {e.Message}", inner: e);
+                    }
             return handle;
         }
         catch
