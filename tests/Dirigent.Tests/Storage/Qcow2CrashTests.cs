@@ -52,8 +52,8 @@ public class Qcow2CrashTests
                 d.Read(100_000, back);
                 Assert.Equal(second, back);
             }
-            var (errors, _, firstError) = RefcountChecker.Check(img);
-            Assert.True(errors == 0, $"crash at write {crashAt}: {firstError}");
+            var check = Qcow2Check.Run(img);
+            Assert.True(check.Corruptions == 0, $"crash at write {crashAt}: {check.ToText()}");
             var (rc, o, e) = QemuImg.Run("check", img);
             Assert.True(rc is 0 or 3, $"crash at write {crashAt}: qemu-img check exited {rc}: {o}{e}");
         }
@@ -122,8 +122,9 @@ public class Qcow2CrashTests
             }
             Assert.NotNull(inFlight);
 
-            var (errors, leaks, first) = RefcountChecker.Check(img);
-            Assert.True(errors == 0, $"crash at write {crashAt} of {total}: {errors} refcount errors, first {first}");
+            var check = Qcow2Check.Run(img);
+            int leaks = check.Leaks;
+            Assert.True(check.Corruptions == 0, $"crash at write {crashAt} of {total}: {check.ToText()}");
             // qemu-img check, on a sample (each run costs tens of milliseconds), must agree with the in-process checker.
             bool sample = growthWindow || n++ % 16 == 0;
             if (sample)
@@ -145,7 +146,8 @@ public class Qcow2CrashTests
                 Assert.True(all.AsSpan(0, a).SequenceEqual(model.AsSpan(0, a)) && all.AsSpan(b).SequenceEqual(model.AsSpan(b)),
                     $"crash at write {crashAt}: completed writes were lost");
             }
-            Assert.Equal((0, 0), (RefcountChecker.Check(img).Errors, RefcountChecker.Check(img).Leaks));
+            var after = Qcow2Check.Run(img);
+            Assert.True(after.Corruptions == 0 && after.Leaks == 0, after.ToText());
             if (sample) QemuImg.AssertClean(img);
         }
     }
