@@ -109,6 +109,7 @@ public sealed partial class Qcow2Disk : IBlockDevice
 
             if (!readOnly)
             {
+                MapMetadata();
                 if (WasDirty) { RebuildRefcounts(); Repaired = true; }
                 // Bitmaps and other autoclear data become stale as soon as we write: the spec has us clear the bits.
                 _h.AutoclearFeatures = 0;
@@ -507,14 +508,13 @@ public sealed partial class Qcow2Disk : IBlockDevice
     }
 
     /// <summary>
-    /// A corrupt L2 entry must not let guest data overwrite the image's own L1 or refcount table (QEMU's overlap
-    /// check, for the tables whose place we know without a lookup).
+    /// A corrupt L2 entry must not let guest data overwrite the image's metadata (QEMU's overlap check): the header,
+    /// L1 table, refcount table and blocks and every L2 table are in <see cref="_meta"/> while the image is writable.
     /// </summary>
     private long CheckNotMetadata(long host)
     {
-        static bool Inside(long x, long start, long length) => x >= start && x < start + length;
-        if (Inside(host, _h.L1TableOffset, _l1.Length * 8L) || Inside(host, _h.RefcountTableOffset, (long)_h.RefcountTableClusters * _clusterSize))
-            throw Corrupt($"data cluster at 0x{host:x} overlaps the image's metadata");
+        if (_meta.TryGetValue(host >> _clusterBits, out var what))
+            throw Corrupt($"data cluster at 0x{host:x} overlaps {what}");
         return host;
     }
 
