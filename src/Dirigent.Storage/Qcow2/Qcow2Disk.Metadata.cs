@@ -10,6 +10,10 @@ public sealed partial class Qcow2Disk
         public long Offset;
         public required ulong[] Entries;
         public long Stamp;
+        /// <summary>Entries [DirtyLo, DirtyHi) changed in the cache and not yet written (see WriteBackMetadata).</summary>
+        public int DirtyLo = int.MaxValue, DirtyHi;
+        /// <summary>The L1 index whose entry is to point at this new table once the table is on the disk; -1: none.</summary>
+        public long PendingL1 = -1;
     }
 
     private readonly L2Slot?[] _l2Cache;
@@ -82,8 +86,9 @@ public sealed partial class Qcow2Disk
         WriteFile(host, _zeros);
         AddMetadata(host, _clusterSize, $"the L2 table for guest offset 0x{l1Index << (_clusterBits + _l2Bits):x}");
         var slot = InsertL2(host, new ulong[L2Entries]);
+        // The L1 entry is written once the table is on the disk (WriteBackMetadata); until then the cache has it.
         _l1[l1Index] = (ulong)host | L1Copied;
-        WriteEntry(_h.L1TableOffset + l1Index * 8, _l1[l1Index]);
+        slot.PendingL1 = l1Index;
         return (slot, idx);
     }
 
@@ -117,16 +122,18 @@ public sealed partial class Qcow2Disk
             if (_l2Cache[i] == null) { victim = i; break; }
             if (_l2Cache[i]!.Stamp < _l2Cache[victim]!.Stamp) victim = i;
         }
-        // Entries are written through, so an evicted table needs no write-back.
+        // A table with changes not yet on the disk is written back (with the barriers that takes) before it leaves.
+        var old = _l2Cache[victim];
+        if (old != null && (old.DirtyHi > old.DirtyLo || old.PendingL1 >= 0)) WriteBackMetadata();
         var slot = new L2Slot { Offset = offset, Entries = entries, Stamp = ++_l2Clock };
         _l2Cache[victim] = slot;
         return _lastL2 = slot;
     }
 
-    private void SetL2Entry(L2Slot slot, int idx, ulong value)
+    private static void SetL2Entry(L2Slot slot, int idx, ulong value)
     {
         slot.Entries[idx] = value;
-        WriteEntry(slot.Offset + idx * 8L, value);
+        MarkDirty(slot, idx, 1);
     }
 
     // ---------------------------------------------------------------- allocation and refcounts
@@ -185,9 +192,10 @@ public sealed partial class Qcow2Disk
             for (int j = 0; j < m; j++)
             {
                 if (block[bi + j] == ushort.MaxValue) throw Corrupt($"refcount of cluster 0x{(c + j) << _clusterBits:x} overflows 16 bits");
-                BinaryPrimitives.WriteUInt16BigEndian(b[(j * 2)..], ++block[bi + j]);
+                BinaryPrimitives.WriteUInt16BigEndian(b[(j * 2)..], (ushort)(block[bi + j] + 1));
             }
-            WriteFile(blockOffset + bi * 2L, b[..(m * 2)]);
+            WriteRefcounts(ti, blockOffset + bi * 2L, b[..(m * 2)]);
+            for (int j = 0; j < m; j++) block[bi + j]++;
             c += m;
         }
     }
@@ -200,10 +208,24 @@ public sealed partial class Qcow2Disk
         int v = block[bi] + delta;
         if (v < 0) throw Corrupt($"refcount of cluster 0x{cluster << _clusterBits:x} would drop below zero");
         if (v > ushort.MaxValue) throw Corrupt($"refcount of cluster 0x{cluster << _clusterBits:x} overflows 16 bits");
-        block[bi] = (ushort)v;
         Span<byte> b = stackalloc byte[2];
         BinaryPrimitives.WriteUInt16BigEndian(b, (ushort)v);
-        WriteFile(blockOffset + bi * 2L, b);
+        WriteRefcounts(ti, blockOffset + bi * 2L, b);
+        block[bi] = (ushort)v;
+    }
+
+    /// <summary>
+    /// Refcounts change in the cache only after their write went through; a write that failed may have reached the
+    /// file in part, so the block is dropped from the cache and read from the file when next needed.
+    /// </summary>
+    private void WriteRefcounts(long ti, long offset, ReadOnlySpan<byte> values)
+    {
+        try { WriteFile(offset, values); }
+        catch (IOException)
+        {
+            _refblocks.Remove(ti);
+            throw;
+        }
     }
 
     private (ushort[] Block, long Offset) GetRefblock(long ti, bool allocate)
@@ -236,9 +258,11 @@ public sealed partial class Qcow2Disk
         else AdjustRefcount(own, +1); // counted before the table points at it, like every other cluster
         WriteRefblock(blockHost, block);
         AddMetadata(blockHost, _clusterSize, $"refcount block {ti}");
+        // The block is on the disk before the table points at it; the caches change once the table entry is written.
+        SyncFile();
+        WriteEntry(_h.RefcountTableOffset + ti * 8, (ulong)blockHost);
         _refblocks[ti] = block;
         _reftable[ti] = (ulong)blockHost;
-        WriteEntry(_h.RefcountTableOffset + ti * 8, _reftable[ti]);
         return (block, blockHost);
     }
 
@@ -291,7 +315,7 @@ public sealed partial class Qcow2Disk
         var bytes = new byte[table.Length * 8];
         for (int i = 0; i < table.Length; i++) BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(i * 8), table[i]);
         WriteFile(newOffset, bytes);
-        RandomAccess.FlushToDisk(_file);
+        SyncFile(); // the new table and its blocks before the header names it
 
         long oldOffset = _h.RefcountTableOffset;
         long oldClusters = _h.RefcountTableClusters;
@@ -305,6 +329,7 @@ public sealed partial class Qcow2Disk
         _reftable = table;
         foreach (var (ti, block) in fresh) _refblocks[ti] = block;
 
+        SyncFile(); // the header names the new table before the old one's clusters are released
         for (long c = 0; c < oldClusters; c++) AdjustRefcount((oldOffset >> _clusterBits) + c, -1);
     }
 
@@ -345,6 +370,6 @@ public sealed partial class Qcow2Disk
             if (walk.RefsOf(c) != 0 && (ti >= _reftable.Length || _reftable[ti] == 0))
                 for (int k = 0; k < walk.RefsOf(c); k++) AdjustRefcount(c, +1);
         }
-        RandomAccess.FlushToDisk(_file);
+        SyncFile();
     }
 }
