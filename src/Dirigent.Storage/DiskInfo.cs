@@ -7,8 +7,15 @@ namespace Dirigent.Storage;
 public static class DiskInfo
 {
     /// <summary>A human-readable description of an image and its backing chain; opens everything read-only.</summary>
-    public static string Describe(string path, string? format = null)
+    public static string Describe(string path, string? format = null) => Describe(path, format, out _);
+
+    /// <summary>
+    /// The description, and for a qcow2 image the result of <see cref="Qcow2Check"/> on it (shown as the "check"
+    /// line): info already reads every L2 table for the allocation, so a corrupt image is never described as fine.
+    /// </summary>
+    public static string Describe(string path, string? format, out Qcow2CheckResult? check)
     {
+        check = null;
         using var disk = DiskImage.Open(path, format, readOnly: true);
         var sb = new StringBuilder();
         void Line(string key, string value) => sb.Append(CultureInfo.InvariantCulture, $"{key + ":",-14}{value}\n");
@@ -22,6 +29,8 @@ public static class DiskInfo
             Line("dirty", q.WasDirty ? "yes (not closed cleanly; opening it for writing repairs the refcounts)" : "no");
             long allocated = q.AllocatedBytes();
             Line("allocated", $"{Human(allocated)} ({allocated} bytes of data in this image; file {fileSize} bytes)");
+            check = Qcow2Check.Run(path);
+            Line("check", CheckSummary(check, path));
             if (q.BackingFileName != null)
             {
                 Line("backing file", $"{q.BackingFileName} ({q.BackingFormat})");
@@ -43,6 +52,19 @@ public static class DiskInfo
             Line("allocated", $"{fileSize} bytes (file size)");
         }
         return sb.ToString();
+    }
+
+    /// <summary>One line: clean, leaks (harmless) or corrupt with the first problem.</summary>
+    public static string CheckSummary(Qcow2CheckResult c, string path)
+    {
+        if (c.Corruptions > 0 || c.CheckErrors > 0)
+        {
+            string first = c.Problems.FirstOrDefault(p => p.StartsWith("overlap", StringComparison.Ordinal))
+                ?? c.Problems.FirstOrDefault(p => p.StartsWith("ERROR", StringComparison.Ordinal)) ?? "";
+            return $"CORRUPT: {c.Corruptions} error(s){(c.Leaks > 0 ? $", {c.Leaks} leaked cluster(s)" : "")}; {first} (details: dirigent disk check {path})";
+        }
+        if (c.Leaks > 0) return $"{c.Leaks} leaked cluster(s): wasted space, no harm to data";
+        return "clean";
     }
 
     /// <summary>"8G", "512M", "100k", "1048576" (a bare number is bytes, as with qemu-img); binary multiples.</summary>

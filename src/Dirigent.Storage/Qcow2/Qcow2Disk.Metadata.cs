@@ -10,6 +10,10 @@ public sealed partial class Qcow2Disk
         public long Offset;
         public required ulong[] Entries;
         public long Stamp;
+        /// <summary>Entries [DirtyLo, DirtyHi) changed in the cache and not yet written (see WriteBackMetadata).</summary>
+        public int DirtyLo = int.MaxValue, DirtyHi;
+        /// <summary>The L1 index whose entry is to point at this new table once the table is on the disk; -1: none.</summary>
+        public long PendingL1 = -1;
     }
 
     private readonly L2Slot?[] _l2Cache;
@@ -21,7 +25,41 @@ public sealed partial class Qcow2Disk
     /// <summary>Where the next cluster is appended: new clusters always go at the end of the file.</summary>
     private long _nextFree;
 
+    /// <summary>Every cluster holding metadata of a writable image, and what it holds (for the overlap check).</summary>
+    private readonly Dictionary<long, string> _meta = [];
+
     private int L2Entries => 1 << _l2Bits;
+
+    /// <summary>
+    /// Records the clusters of the header, the L1 table, the refcount table and blocks and the L2 tables before the
+    /// image is written; two of them in one cluster (a refcount table entry pointing at the L1 table...) means any
+    /// write would destroy one of them, so such an image is not opened for writing at all. Entries that lie outside
+    /// the file or are unaligned are left out here: using them fails on its own (see CheckL2Offset, GetRefblock).
+    /// </summary>
+    private void MapMetadata()
+    {
+        AddMetadata(0, _clusterSize, "the header");
+        AddMetadata(_h.L1TableOffset, _l1.Length * 8L, "the L1 table");
+        AddMetadata(_h.RefcountTableOffset, (long)_h.RefcountTableClusters * _clusterSize, "the refcount table");
+        for (long ti = 0; ti < _reftable.Length; ti++)
+        {
+            long off = (long)(_reftable[ti] & ~511UL);
+            if (off != 0 && (off & _clusterMask) == 0 && off + _clusterSize <= _fileLength) AddMetadata(off, _clusterSize, $"refcount block {ti}");
+        }
+        for (long i = 0; i < _l1.Length; i++)
+        {
+            long off = (long)(_l1[i] & OffsetMask);
+            if (off != 0 && (off & _clusterMask) == 0 && off + _clusterSize <= _fileLength)
+                AddMetadata(off, _clusterSize, $"the L2 table for guest offset 0x{i << (_clusterBits + _l2Bits):x}");
+        }
+    }
+
+    private void AddMetadata(long offset, long length, string what)
+    {
+        for (long c = offset >> _clusterBits; c <= (offset + length - 1) >> _clusterBits; c++)
+            if (!_meta.TryAdd(c, what))
+                throw Corrupt($"{what} at 0x{offset:x} overlaps {_meta[c]}; not opening it for writing (see 'dirigent disk check {Path}')");
+    }
     private int RefblockEntries => 1 << _rbBits;
 
     // ---------------------------------------------------------------- L2 tables
@@ -46,9 +84,11 @@ public sealed partial class Qcow2Disk
         long host = AllocateCluster();
         _zeros ??= new byte[_clusterSize];
         WriteFile(host, _zeros);
+        AddMetadata(host, _clusterSize, $"the L2 table for guest offset 0x{l1Index << (_clusterBits + _l2Bits):x}");
         var slot = InsertL2(host, new ulong[L2Entries]);
+        // The L1 entry is written once the table is on the disk (WriteBackMetadata); until then the cache has it.
         _l1[l1Index] = (ulong)host | L1Copied;
-        WriteEntry(_h.L1TableOffset + l1Index * 8, _l1[l1Index]);
+        slot.PendingL1 = l1Index;
         return (slot, idx);
     }
 
@@ -82,16 +122,18 @@ public sealed partial class Qcow2Disk
             if (_l2Cache[i] == null) { victim = i; break; }
             if (_l2Cache[i]!.Stamp < _l2Cache[victim]!.Stamp) victim = i;
         }
-        // Entries are written through, so an evicted table needs no write-back.
+        // A table with changes not yet on the disk is written back (with the barriers that takes) before it leaves.
+        var old = _l2Cache[victim];
+        if (old != null && (old.DirtyHi > old.DirtyLo || old.PendingL1 >= 0)) WriteBackMetadata();
         var slot = new L2Slot { Offset = offset, Entries = entries, Stamp = ++_l2Clock };
         _l2Cache[victim] = slot;
         return _lastL2 = slot;
     }
 
-    private void SetL2Entry(L2Slot slot, int idx, ulong value)
+    private static void SetL2Entry(L2Slot slot, int idx, ulong value)
     {
         slot.Entries[idx] = value;
-        WriteEntry(slot.Offset + idx * 8L, value);
+        MarkDirty(slot, idx, 1);
     }
 
     // ---------------------------------------------------------------- allocation and refcounts
@@ -123,6 +165,9 @@ public sealed partial class Qcow2Disk
             }
         }
         long host = _nextFree;
+        // Appending never reaches metadata (all of it lies inside the file); checked anyway, as QEMU checks overlaps.
+        for (long c = 0; c < count; c++)
+            if (_meta.TryGetValue((host >> _clusterBits) + c, out var what)) throw Corrupt($"allocating 0x{host + c * _clusterSize:x} would overwrite {what}");
         _nextFree += count * _clusterSize;
         return host;
     }
@@ -147,9 +192,10 @@ public sealed partial class Qcow2Disk
             for (int j = 0; j < m; j++)
             {
                 if (block[bi + j] == ushort.MaxValue) throw Corrupt($"refcount of cluster 0x{(c + j) << _clusterBits:x} overflows 16 bits");
-                BinaryPrimitives.WriteUInt16BigEndian(b[(j * 2)..], ++block[bi + j]);
+                BinaryPrimitives.WriteUInt16BigEndian(b[(j * 2)..], (ushort)(block[bi + j] + 1));
             }
-            WriteFile(blockOffset + bi * 2L, b[..(m * 2)]);
+            WriteRefcounts(ti, blockOffset + bi * 2L, b[..(m * 2)]);
+            for (int j = 0; j < m; j++) block[bi + j]++;
             c += m;
         }
     }
@@ -162,10 +208,24 @@ public sealed partial class Qcow2Disk
         int v = block[bi] + delta;
         if (v < 0) throw Corrupt($"refcount of cluster 0x{cluster << _clusterBits:x} would drop below zero");
         if (v > ushort.MaxValue) throw Corrupt($"refcount of cluster 0x{cluster << _clusterBits:x} overflows 16 bits");
-        block[bi] = (ushort)v;
         Span<byte> b = stackalloc byte[2];
         BinaryPrimitives.WriteUInt16BigEndian(b, (ushort)v);
-        WriteFile(blockOffset + bi * 2L, b);
+        WriteRefcounts(ti, blockOffset + bi * 2L, b);
+        block[bi] = (ushort)v;
+    }
+
+    /// <summary>
+    /// Refcounts change in the cache only after their write went through; a write that failed may have reached the
+    /// file in part, so the block is dropped from the cache and read from the file when next needed.
+    /// </summary>
+    private void WriteRefcounts(long ti, long offset, ReadOnlySpan<byte> values)
+    {
+        try { WriteFile(offset, values); }
+        catch (IOException)
+        {
+            _refblocks.Remove(ti);
+            throw;
+        }
     }
 
     private (ushort[] Block, long Offset) GetRefblock(long ti, bool allocate)
@@ -197,9 +257,12 @@ public sealed partial class Qcow2Disk
         if (selfCovered) block[own & (RefblockEntries - 1)] = 1;
         else AdjustRefcount(own, +1); // counted before the table points at it, like every other cluster
         WriteRefblock(blockHost, block);
+        AddMetadata(blockHost, _clusterSize, $"refcount block {ti}");
+        // The block is on the disk before the table points at it; the caches change once the table entry is written.
+        SyncFile();
+        WriteEntry(_h.RefcountTableOffset + ti * 8, (ulong)blockHost);
         _refblocks[ti] = block;
         _reftable[ti] = (ulong)blockHost;
-        WriteEntry(_h.RefcountTableOffset + ti * 8, _reftable[ti]);
         return (block, blockHost);
     }
 
@@ -246,11 +309,13 @@ public sealed partial class Qcow2Disk
         }
         for (long c = 0; c < clusters; c++) Count((newOffset >> _clusterBits) + c);
         foreach (var (ti, block) in fresh) WriteRefblock((long)table[ti], block);
+        AddMetadata(newOffset, clusters * _clusterSize, "the refcount table");
+        foreach (var (ti, _) in fresh) AddMetadata((long)table[ti], _clusterSize, $"refcount block {ti}");
 
         var bytes = new byte[table.Length * 8];
         for (int i = 0; i < table.Length; i++) BinaryPrimitives.WriteUInt64BigEndian(bytes.AsSpan(i * 8), table[i]);
         WriteFile(newOffset, bytes);
-        RandomAccess.FlushToDisk(_file);
+        SyncFile(); // the new table and its blocks before the header names it
 
         long oldOffset = _h.RefcountTableOffset;
         long oldClusters = _h.RefcountTableClusters;
@@ -264,58 +329,37 @@ public sealed partial class Qcow2Disk
         _reftable = table;
         foreach (var (ti, block) in fresh) _refblocks[ti] = block;
 
+        SyncFile(); // the header names the new table before the old one's clusters are released
         for (long c = 0; c < oldClusters; c++) AdjustRefcount((oldOffset >> _clusterBits) + c, -1);
     }
 
     /// <summary>
     /// Repair of a dirty image: recount every reference (header, L1, L2 tables, data and compressed clusters,
-    /// refcount table and blocks) and rewrite all refcount blocks from that count, dropping leaks. Images with
-    /// internal snapshots are refused before this runs (their tables are not walked).
+    /// refcount table and blocks) with the checker's walk and rewrite all refcount blocks from that count, dropping
+    /// leaks. The blocks are rewritten in place, so the image must first be sound apart from its refcounts: a
+    /// reference past the end of the file or unaligned, or a cluster used twice (a refcount block that is also the L1
+    /// table, an L2 entry pointing into an L2 table...) refuses the open with one line instead of writing refcounts
+    /// over metadata. Images with internal snapshots are refused before this runs.
     /// </summary>
     private void RebuildRefcounts()
     {
         long fileClusters = _nextFree >> _clusterBits;
         if (fileClusters > 1L << 27) throw new BlockDeviceException($"'{Path}': image too large to repair (dirty; run 'qemu-img check -r all')");
-        var refs = new ushort[fileClusters];
-        void Count(long start, long length)
-        {
-            if (length <= 0) return;
-            for (long c = start >> _clusterBits; c <= (start + length - 1) >> _clusterBits; c++)
-            {
-                if (c >= fileClusters) throw Corrupt($"a reference to 0x{c << _clusterBits:x} lies past the end of the file");
-                if (refs[c] < ushort.MaxValue) refs[c]++;
-            }
-        }
-
-        Count(0, _clusterSize);
-        Count(_h.L1TableOffset, _l1.Length * 8L);
-        var entries = new ulong[L2Entries];
-        foreach (ulong l1e in _l1)
-        {
-            if ((l1e & OffsetMask) == 0) continue;
-            long l2 = CheckL2Offset(l1e);
-            Count(l2, _clusterSize);
-            ReadTable(l2, entries);
-            foreach (ulong e in entries)
-            {
-                var kind = Classify(e);
-                if (kind is ClusterKind.Normal or ClusterKind.ZeroAllocated) Count((long)(e & OffsetMask), _clusterSize);
-                else if (kind == ClusterKind.Compressed) { var (s, l) = CompressedRange(e); Count(s, l); }
-            }
-        }
-        Count(_h.RefcountTableOffset, (long)_h.RefcountTableClusters * _clusterSize);
-        foreach (ulong rte in _reftable)
-            if ((rte & ~511UL) != 0) Count((long)(rte & ~511UL), _clusterSize);
+        var walk = new Qcow2Check.Walk(Path, _h, _fileLength, ReadFile);
+        walk.Run();
+        string? why = walk.Structural.FirstOrDefault();
+        if (why == null && walk.NbClusters > fileClusters) why = $"a reference to 0x{fileClusters << _clusterBits:x} lies past the end of the file";
+        if (why != null)
+            throw Corrupt($"{why}; it is dirty and its refcounts cannot be rebuilt without that risk (open it read-only, see 'dirigent disk check {Path}', repair with 'qemu-img check -r all')");
 
         _refblocks.Clear();
         for (long ti = 0; ti < _reftable.Length; ti++)
         {
             long off = (long)(_reftable[ti] & ~511UL);
             if (off == 0) continue;
-            if ((off & _clusterMask) != 0) throw Corrupt($"refcount block at 0x{off:x} is not cluster-aligned");
             var block = new ushort[RefblockEntries];
             long first = ti << _rbBits;
-            for (int i = 0; i < block.Length && first + i < fileClusters; i++) block[i] = refs[first + i];
+            for (int i = 0; i < block.Length && first + i < fileClusters; i++) block[i] = (ushort)walk.RefsOf(first + i);
             WriteRefblock(off, block);
             _refblocks[ti] = block;
         }
@@ -323,9 +367,9 @@ public sealed partial class Qcow2Disk
         for (long c = 0; c < fileClusters; c++)
         {
             long ti = c >> _rbBits;
-            if (refs[c] != 0 && (ti >= _reftable.Length || _reftable[ti] == 0))
-                for (int k = 0; k < refs[c]; k++) AdjustRefcount(c, +1);
+            if (walk.RefsOf(c) != 0 && (ti >= _reftable.Length || _reftable[ti] == 0))
+                for (int k = 0; k < walk.RefsOf(c); k++) AdjustRefcount(c, +1);
         }
-        RandomAccess.FlushToDisk(_file);
+        SyncFile();
     }
 }

@@ -10,7 +10,8 @@ namespace Dirigent.Storage;
 /// a compressed cluster (read-only: written clusters are stored uncompressed) or to nothing, which reads from the
 /// backing image or as zeros. New clusters are appended at the end of the file. Crash ordering: a cluster's
 /// refcount is raised before anything points at it and lowered only after nothing does, so a killed process
-/// leaves at worst leaked clusters. While open for writing the dirty bit is set; opening a dirty image for writing
+/// leaves at worst leaked clusters; fdatasync barriers keep that order on the disk through a power loss too (see
+/// Qcow2Disk.WriteBack.cs). While open for writing the dirty bit is set; opening a dirty image for writing
 /// repairs it by rebuilding every refcount from the L1/L2 tables (see <see cref="RebuildRefcounts"/>).
 /// </summary>
 public sealed partial class Qcow2Disk : IBlockDevice
@@ -63,10 +64,11 @@ public sealed partial class Qcow2Disk : IBlockDevice
     /// <summary>Opens a qcow2 image and its backing chain (backing files read-only).</summary>
     public static Qcow2Disk Open(string path, bool readOnly) => new(path, readOnly, []);
 
-    internal Qcow2Disk(string path, bool readOnly, List<string> chain)
+    internal Qcow2Disk(string path, bool readOnly, List<string> chain, HostHooks? hooks = null)
     {
         Path = path;
         ReadOnly = readOnly;
+        _hooks = hooks;
         _file = DiskImage.OpenFile(path, readOnly);
         try
         {
@@ -109,6 +111,7 @@ public sealed partial class Qcow2Disk : IBlockDevice
 
             if (!readOnly)
             {
+                MapMetadata();
                 if (WasDirty) { RebuildRefcounts(); Repaired = true; }
                 // Bitmaps and other autoclear data become stale as soon as we write: the spec has us clear the bits.
                 _h.AutoclearFeatures = 0;
@@ -116,7 +119,7 @@ public sealed partial class Qcow2Disk : IBlockDevice
                 {
                     _h.IncompatibleFeatures |= Qcow2Header.IncompatDirty;
                     WriteHeaderFeatures();
-                    RandomAccess.FlushToDisk(_file);
+                    SyncFile(); // dirty on the disk before anything else changes
                 }
             }
         }
@@ -269,6 +272,7 @@ public sealed partial class Qcow2Disk : IBlockDevice
     public void Write(long offset, ReadOnlySpan<byte> data)
     {
         CheckWritable();
+        if (_syncFailed) throw SyncFailed();
         CheckRange(offset, data.Length);
         while (data.Length > 0)
         {
@@ -316,15 +320,15 @@ public sealed partial class Qcow2Disk : IBlockDevice
         long host = AllocateCluster();
         WriteFile(host, whole);
         SetL2Entry(slot, idx, (ulong)host | L2Copied);
-        ReleaseCluster(e, kind);
+        DeferRelease(e, kind);
     }
 
     private const int MaxRun = 64;
 
     /// <summary>
     /// Whole clusters that need new host clusters (unallocated, zero, compressed or shared), up to the end of the
-    /// L2 table: one contiguous run is counted, then written with one call, then mapped with one L2 write, then the
-    /// old clusters released, the same order as one cluster at a time. Returns the bytes written.
+    /// L2 table: one contiguous run is counted, then written with one call, then mapped in the L2 cache, then the
+    /// old clusters queued for release, the same order as one cluster at a time. Returns the bytes written.
     /// </summary>
     private int WriteNewClusters(long offset, ReadOnlySpan<byte> data)
     {
@@ -347,14 +351,9 @@ public sealed partial class Qcow2Disk : IBlockDevice
         long host = TakeClusters(k);
         IncrementRefcounts(host >> _clusterBits, k);
         WriteFile(host, data[..(k * _clusterSize)]);
-        Span<byte> entries = stackalloc byte[MaxRun * 8];
-        for (int j = 0; j < k; j++)
-        {
-            slot.Entries[idx + j] = (ulong)(host + (long)j * _clusterSize) | L2Copied;
-            BinaryPrimitives.WriteUInt64BigEndian(entries[(j * 8)..], slot.Entries[idx + j]);
-        }
-        WriteFile(slot.Offset + idx * 8L, entries[..(k * 8)]);
-        for (int j = 0; j < k; j++) ReleaseCluster(old[j], Classify(old[j]));
+        for (int j = 0; j < k; j++) slot.Entries[idx + j] = (ulong)(host + (long)j * _clusterSize) | L2Copied;
+        MarkDirty(slot, idx, k);
+        for (int j = 0; j < k; j++) DeferRelease(old[j], Classify(old[j]));
         return k * _clusterSize;
     }
 
@@ -370,6 +369,7 @@ public sealed partial class Qcow2Disk : IBlockDevice
     private void ZeroOrDiscard(long offset, long length, bool discard)
     {
         CheckWritable();
+        if (_syncFailed) throw SyncFailed();
         CheckRange(offset, length);
         long end = offset + length;
         while (offset < end)
@@ -419,30 +419,21 @@ public sealed partial class Qcow2Disk : IBlockDevice
         if (e == newEntry || (newEntry == 0 && kind == ClusterKind.Unallocated)) return true;
         var (slot, idx) = GetL2ForWrite(offset);
         SetL2Entry(slot, idx, newEntry);
-        ReleaseCluster(e, kind);
+        DeferRelease(e, kind);
+        if (_pendingReleases.Count >= MaxPendingReleases) WriteBackMetadata();
         return true;
     }
 
-    /// <summary>Drops this image's reference to the cluster an L2 entry used to point at.</summary>
-    private void ReleaseCluster(ulong e, ClusterKind kind)
-    {
-        switch (kind)
-        {
-            case ClusterKind.Normal:
-            case ClusterKind.ZeroAllocated:
-                AdjustRefcount(DataOffset(e) >> _clusterBits, -1);
-                break;
-            case ClusterKind.Compressed:
-                _decompressedEntry = 0;
-                (long start, long len) = CompressedRange(e);
-                for (long c = start >> _clusterBits; c <= (start + len - 1) >> _clusterBits; c++) AdjustRefcount(c, -1);
-                break;
-        }
-    }
+    /// <summary>A discard of a large range queues many releases: they are written back in batches of this many.</summary>
+    private const int MaxPendingReleases = 1 << 16;
 
+    /// <summary>The guest's FLUSH: everything written so far is on the disk, in the order described in Qcow2Disk.WriteBack.cs.</summary>
     public void Flush()
     {
-        if (!ReadOnly) RandomAccess.FlushToDisk(_file);
+        if (ReadOnly) return;
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        WriteBackMetadata();
+        SyncFile();
     }
 
     public void Dispose()
@@ -451,12 +442,17 @@ public sealed partial class Qcow2Disk : IBlockDevice
         _disposed = true;
         try
         {
-            if (!ReadOnly && _h.Version >= 3 && !_crashed)
+            if (!ReadOnly && !_crashed)
             {
-                RandomAccess.FlushToDisk(_file);
-                _h.IncompatibleFeatures &= ~Qcow2Header.IncompatDirty;
-                WriteHeaderFeatures();
-                RandomAccess.FlushToDisk(_file);
+                // If any of this fails the dirty bit stays set, and the next writable open rebuilds the refcounts.
+                WriteBackMetadata();
+                SyncFile();
+                if (_h.Version >= 3)
+                {
+                    _h.IncompatibleFeatures &= ~Qcow2Header.IncompatDirty;
+                    WriteHeaderFeatures();
+                    SyncFile();
+                }
             }
         }
         finally
@@ -470,12 +466,11 @@ public sealed partial class Qcow2Disk : IBlockDevice
     public long AllocatedBytes()
     {
         long total = 0;
-        var entries = new ulong[_clusterSize / 8];
         foreach (ulong l1e in _l1)
         {
             if ((l1e & OffsetMask) == 0) continue;
-            ReadTable(CheckL2Offset(l1e), entries);
-            foreach (ulong e in entries)
+            // Through the cache: on a writable image it holds entries not yet written back.
+            foreach (ulong e in GetL2(CheckL2Offset(l1e)).Entries)
             {
                 var kind = Classify(e);
                 if (kind == ClusterKind.Normal) total += _clusterSize;
@@ -507,14 +502,13 @@ public sealed partial class Qcow2Disk : IBlockDevice
     }
 
     /// <summary>
-    /// A corrupt L2 entry must not let guest data overwrite the image's own L1 or refcount table (QEMU's overlap
-    /// check, for the tables whose place we know without a lookup).
+    /// A corrupt L2 entry must not let guest data overwrite the image's metadata (QEMU's overlap check): the header,
+    /// L1 table, refcount table and blocks and every L2 table are in <see cref="_meta"/> while the image is writable.
     /// </summary>
     private long CheckNotMetadata(long host)
     {
-        static bool Inside(long x, long start, long length) => x >= start && x < start + length;
-        if (Inside(host, _h.L1TableOffset, _l1.Length * 8L) || Inside(host, _h.RefcountTableOffset, (long)_h.RefcountTableClusters * _clusterSize))
-            throw Corrupt($"data cluster at 0x{host:x} overlaps the image's metadata");
+        if (_meta.TryGetValue(host >> _clusterBits, out var what))
+            throw Corrupt($"data cluster at 0x{host:x} overlaps {what}");
         return host;
     }
 
@@ -566,6 +560,7 @@ public sealed partial class Qcow2Disk : IBlockDevice
             _crashed = true;
             throw new IOException("simulated crash");
         }
+        _hooks?.Write?.Invoke(offset, src);
         WritesDone++;
         RandomAccess.Write(_file, src, offset);
         if (offset + src.Length > _fileLength) _fileLength = offset + src.Length;

@@ -177,7 +177,7 @@ public class Qcow2ErrorTests
         using (var disk = Qcow2Disk.Open(path, readOnly: false))
         {
             var e = Assert.Throws<BlockDeviceException>(() => disk.Write(0, new byte[512]));
-            Assert.Contains("overlaps the image's metadata", e.Message);
+            Assert.Contains("overlaps the L1 table", e.Message);
         }
         var after = File.ReadAllBytes(path);
         Assert.Equal(bytes.AsSpan((int)l1, 8).ToArray(), after.AsSpan((int)l1, 8).ToArray());

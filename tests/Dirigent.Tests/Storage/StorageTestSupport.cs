@@ -24,6 +24,9 @@ public static class QemuImg
     private static readonly Lazy<string?> Location = new(() =>
         Environment.GetEnvironmentVariable("PATH")!.Split(':').Select(d => System.IO.Path.Combine(d, "qemu-img")).FirstOrDefault(File.Exists));
 
+    /// <summary>Why qemu-img tests cannot run here (for Skip.If), or null.</summary>
+    public static string? Missing => Location.Value == null ? "qemu-img is not installed (apt-get install qemu-utils)" : null;
+
     public static string Require() =>
         Location.Value ?? throw new Xunit.Sdk.XunitException("qemu-img is not installed (apt-get install qemu-utils), so this interop test cannot run");
 
