@@ -83,6 +83,9 @@ internal static class ApiRequestBody
 
     private static JsonDocument Parse(ReadOnlyMemory<byte> body)
     {
+        // JsonDocument checks the UTF-8 of names and strings only when they are read (an InvalidOperationException,
+        // a 500, from a field name): refuse a body that is not UTF-8 up front.
+        if (!System.Text.Unicode.Utf8.IsValid(body.Span)) throw ApiRequestException.BadRequest("request body is not valid UTF-8");
         try
         {
             // The whole body must be one value: trailing bytes after it are an error too.

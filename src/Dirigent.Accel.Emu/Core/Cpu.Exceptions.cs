@@ -35,10 +35,12 @@ public sealed partial class Cpu
                 // A fault while delivering INT n/INT3/INTO is reported at that instruction, not after it.
                 Gpr[RSP] = rsp; Rip = softwareInt ? InstrIp : rip; Rflags = flags; Sreg[CS] = cs; Sreg[SS] = ss;
                 UpdateMode();
-                if (vector == Vec.DF) return false;
+                // The double-fault rules (SDM table 6-5) classify exceptions: INT n with n = 0, 8, 13, 14... is a software
+                // interrupt, and a fault delivering it (a DPL-0 gate from CPL 3) is reported as itself, not as #DF.
+                if (vector == Vec.DF && !softwareInt) return false;
                 int second = nested.Vector;
-                bool df = (IsContributory(vector) && IsContributory(second)) ||
-                          (vector == Vec.PF && (second == Vec.PF || IsContributory(second)));
+                bool df = !softwareInt && ((IsContributory(vector) && IsContributory(second)) ||
+                          (vector == Vec.PF && (second == Vec.PF || IsContributory(second))));
                 if (df) { vector = Vec.DF; errorCode = 0; hasError = true; }
                 else { vector = second; errorCode = nested.ErrorCode; hasError = nested.HasErrorCode; }
                 softwareInt = false;

@@ -37,6 +37,9 @@ internal static class ApiJson
             if (optional) return null;
             throw Bad("request body is missing: expected a JSON object");
         }
+        // JsonDocument checks the UTF-8 of names and strings only when they are read: a bad byte in a field name
+        // would surface later as an InvalidOperationException (a 500). Refuse the body here instead.
+        if (!System.Text.Unicode.Utf8.IsValid(body)) throw Bad("request body is not valid UTF-8");
         JsonDocument doc;
         try
         {
