@@ -239,7 +239,8 @@ public sealed partial class Qcow2Disk
         if (off != 0)
         {
             if (_refblocks.TryGetValue(ti, out var cached)) return (cached, off);
-            if ((off & _clusterMask) != 0 || off + _clusterSize > _fileLength)
+            // off < 0: bit 63 set (a wild entry); off + _clusterSize would wrap past the bounds check.
+            if (off < 0 || (off & _clusterMask) != 0 || off > _fileLength - _clusterSize)
                 throw Corrupt($"refcount block at 0x{off:x} is unaligned or lies outside the file");
             var loaded = new ushort[RefblockEntries];
             ReadFile(off, _metaBuf);
