@@ -108,13 +108,8 @@ internal static class RunCommand
                     if (cfg.Firmware != FirmwareKind.Bios) throw new FormatException("--boot-order is for firmware boot (--firmware bios, or --disk without --kernel)");
                     cfg.BootOrder = VmSpec.ParseBootOrder(order, cfg.Disks.Count);
                 }
-                foreach (string f in r.GetValue(fwCfg) ?? [])
-                {
-                    if (cfg.Firmware != FirmwareKind.Bios) throw new FormatException("--fw-cfg is for firmware boot (--firmware bios, or --disk without --kernel)");
-                    var file = FwCfgFileConfig.Parse(f);
-                    if (cfg.FwCfgFiles.Any(x => x.Name == file.Name)) throw new FormatException($"--fw-cfg: {file.Name} given twice");
-                    cfg.FwCfgFiles.Add(file);
-                }
+                // Vm.Create refuses them without firmware boot, and a name given twice (one place for both checks).
+                foreach (string f in r.GetValue(fwCfg) ?? []) cfg.FwCfgFiles.Add(FwCfgFileConfig.Parse(f));
                 if (jailed)
                 {
                     if (opts.RestoreDir != null || opts.Incoming != null)
