@@ -34,6 +34,49 @@ public sealed class InterruptRouterTests : IDisposable
 
     private void EnableBoth() { W(_bsp, RegSvr, 0x1FF); W(_ap, RegSvr, 0x1FF); }
 
+    /// <summary>
+    /// Coalescing as on hardware (SDM vol. 3 §11.8.4, 82093AA): edges on one IOAPIC pin that arrive while the vector
+    /// is still pending in the local APIC's IRR become one interrupt; one edge more while the vector is in service
+    /// sets IRR again and is taken after the EOI (at most one in service and one pending per vector).
+    /// </summary>
+    [Fact]
+    public void EdgeInterruptsCoalesceInTheLocalApicIrr()
+    {
+        EnableBoth();
+        ProgramIoApic(5, 0x0000_0000_0000_0045UL); // edge, fixed, physical dest 0 (the BSP), vector 0x45
+        for (int i = 0; i < 3; i++) { _router.IoApic.SetPin(5, true); _router.IoApic.SetPin(5, false); }
+        Assert.Equal(0x45, _bsp.AcknowledgeInterrupt());
+        Assert.False(_bsp.HasPendingInterrupt); // three edges, one interrupt
+        for (int i = 0; i < 3; i++) { _router.IoApic.SetPin(5, true); _router.IoApic.SetPin(5, false); }
+        Assert.False(_bsp.HasPendingInterrupt); // pending in IRR, but 0x45 is in service: same priority class waits
+        Assert.NotEqual(0u, R(_bsp, RegIrr + 0x20) & (1u << 5)); // IRR bit 0x45 (register 2, bit 5)
+        W(_bsp, RegEoi, 0);
+        Assert.Equal(0x45, _bsp.AcknowledgeInterrupt());
+        W(_bsp, RegEoi, 0);
+        Assert.False(_bsp.HasPendingInterrupt); // the three edges during service were one
+    }
+
+    /// <summary>
+    /// A level-triggered pin raised again and again before the EOI sends one message (Remote IRR holds it); the EOI
+    /// re-delivers only while the line is still asserted, once.
+    /// </summary>
+    [Fact]
+    public void RepeatedLevelInterruptsCoalesceUntilTheEoi()
+    {
+        EnableBoth();
+        ProgramIoApic(9, 0x0000_0000_0000_8049UL); // level, vector 0x49, dest 0
+        for (int i = 0; i < 4; i++) { _router.IoApic.SetPin(9, true); _router.IoApic.SetPin(9, i == 3); }
+        Assert.Equal(0x49, _bsp.AcknowledgeInterrupt());
+        Assert.False(_bsp.HasPendingInterrupt);
+        Assert.NotEqual(0u, R(_bsp, RegTmr + 0x20) & (1u << 9)); // TMR marks it level: the EOI is broadcast
+        W(_bsp, RegEoi, 0); // line still asserted: one more
+        Assert.Equal(0x49, _bsp.AcknowledgeInterrupt());
+        _router.IoApic.SetPin(9, false);
+        W(_bsp, RegEoi, 0);
+        Assert.False(_bsp.HasPendingInterrupt);
+        Assert.Equal(0ul, _router.IoApic.ReadRedirection(9) & (1UL << 14));
+    }
+
     [Fact]
     public void FixedIpiByPhysicalDestination()
     {
