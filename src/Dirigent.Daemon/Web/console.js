@@ -112,7 +112,7 @@ export function consolePanel(vmName) {
     ws = s;
     s.onopen = () => {
       attempt = 0;
-      everConnected = true;
+      logShown = false;
       // The daemon replays recent output first: start from a clean screen, or it would appear twice.
       term.reset();
       setStatus('Connected', 'ok');
@@ -128,23 +128,24 @@ export function consolePanel(vmName) {
         timer = setTimeout(connect, Math.min(5000, 250 * 2 ** Math.min(attempt, 5)));
       } else {
         setStatus(`The VM is ${state.replace('_', ' ')}: the console opens when it runs.`, 'off');
+        showLog();
       }
     };
   }
 
-  // A VM that is not running when its page opens has no console socket: show the end of its persisted log, so its
-  // last output (why it stopped, what it printed) is there. (A console that was live here keeps what it showed.)
-  // A connect clears it for the live replay.
+  // A VM that is not running has no console socket: show the end of its persisted log, so its last output (why it
+  // stopped, what it printed) is there. This also runs when a live console here ends because the VM stopped: the
+  // worker writes its log to the end before it exits, while the live stream can lose the last bytes it printed
+  // just before exiting (the socket closes with the worker). A connect clears it for the live replay.
   let logShown = false;
-  let everConnected = false;
   async function showLog() {
-    if (logShown || ws || everConnected) return;
+    if (logShown || ws) return;
     logShown = true;
     try {
       const r = await fetch(`/api/v1/vms/${encodeURIComponent(vmName)}/console/log?tail=65536`, { credentials: 'same-origin' });
-      if (!r.ok || ws || everConnected) return;
+      if (!r.ok || ws) return;
       const bytes = new Uint8Array(await r.arrayBuffer());
-      if (bytes.length === 0 || ws || everConnected) return;
+      if (bytes.length === 0 || ws) return;
       term.reset();
       term.write('\x1b[2m(the console log of its last run)\x1b[0m\r\n');
       term.write(bytes);
