@@ -96,8 +96,18 @@ public sealed partial class Cpu
         if ((ulong)vector * 8 + 7 > Idtr.Limit) throw new CpuException(Vec.GP, (uint)(vector * 8 + 2) | extBit);
         ulong gate = ReadSystem(Idtr.Base + (ulong)vector * 8, 8);
         int type = (int)((gate >> 40) & 0xF);
+        if (type == 0x5)
+        {
+            // A task gate: the handler is a task of its own; an error code goes on that task's stack (SDM 6.12.2).
+            uint idtErr = (uint)(vector * 8 + 2) | extBit;
+            if (softwareInt && (int)((gate >> 45) & 3) < Cpl) throw new CpuException(Vec.GP, idtErr);
+            if (((gate >> 47) & 1) == 0) throw new CpuException(Vec.NP, idtErr);
+            ushort tss = (ushort)(gate >> 16);
+            TaskSwitch(tss, ReadTargetTss(tss, extBit), TaskSwitchSource.Interrupt, hasError ? errorCode : null);
+            return;
+        }
         if (type is not (0x6 or 0x7 or 0xE or 0xF))
-            throw new CpuException(Vec.GP, (uint)(vector * 8 + 2) | extBit); // task gates are not implemented
+            throw new CpuException(Vec.GP, (uint)(vector * 8 + 2) | extBit);
         bool is32 = (type & 8) != 0;
         bool trapGate = (type & 1) != 0;
         var (sel, desc) = CheckGateTarget(gate, vector, 8, softwareInt, extBit);

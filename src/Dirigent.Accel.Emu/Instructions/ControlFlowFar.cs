@@ -6,8 +6,8 @@ namespace Dirigent.Accel.Emu.Instructions;
 
 /// <summary>
 /// Far JMP/CALL/RET through code segments and call gates, INT n/INT3/INTO/INT1, IRET, UD2 (SDM vol. 2 and 3 ch. 5-6).
-/// Task switches (TSS/task-gate targets, IRET with NT=1 outside long mode) and virtual-8086 mode are not implemented:
-/// they raise #GP, which CPUID's lack of VME and Linux's avoidance of hardware task switching make unreachable.
+/// Task switches (TSS and task-gate targets, IRET with NT=1 outside long mode) go to <see cref="Cpu.TaskSwitch"/>.
+/// Virtual-8086 mode is not implemented: IRET or a task switch into it raises #GP(0) (CPUID does not offer VME).
 /// </summary>
 internal static unsafe class ControlFlowFar
 {
@@ -86,10 +86,7 @@ internal static unsafe class ControlFlowFar
         int type = (int)((gate >> 40) & 0xF);
         bool lm = c.LongModeActive;
         if (!(type == 0xC || (type == 4 && !lm)))
-        {
-            c.LogOnce($"far transfer to system descriptor type {type:x} (task switch?) is not implemented");
-            throw GPSel(gateSel);
-        }
+            throw GPSel(gateSel); // an LDT, or a TSS/task gate in long mode (no task switching there)
         int gateDpl = (int)((gate >> 45) & 3);
         if (gateDpl < c.Cpl || gateDpl < (gateSel & 3)) throw GPSel(gateSel);
         if (((gate >> 47) & 1) == 0) throw NPSel(gateSel);
@@ -111,6 +108,27 @@ internal static unsafe class ControlFlowFar
         if (!t.S || (t.Type & 8) == 0 || t.Dpl > c.Cpl) throw GPSel(tsel);
         if (!t.Present) throw NPSel(tsel);
         if (lm && (!t.L || t.DB)) throw GPSel(tsel);
+    }
+
+    /// <summary>A TSS (available or busy, 16- or 32-bit) or a task gate, outside long mode (which has no task switching).</summary>
+    private static bool IsTaskTarget(Cpu c, SegmentState s) => !s.S && !c.LongModeActive && s.Type is 1 or 3 or 5 or 9 or 0xB;
+
+    /// <summary>
+    /// JMP/CALL to a TSS or through a task gate (SDM JMP/CALL "task switch" operation): the DPL of the descriptor
+    /// named (the TSS, or the gate) must be at least CPL and the selector's RPL; a gate must be present; the TSS
+    /// must be in the GDT, available and present.
+    /// </summary>
+    private static void TaskTransfer(Cpu c, ushort sel, ulong desc, TaskSwitchSource src)
+    {
+        var s = Cpu.DescriptorToCache(sel, desc);
+        if (s.Dpl < c.Cpl || s.Dpl < (sel & 3)) throw GPSel(sel);
+        if (s.Type == 5)
+        {
+            if (!s.Present) throw NPSel(sel);
+            sel = (ushort)(desc >> 16);
+        }
+        else if (s.Type is 3 or 0xB) throw GPSel(sel);
+        c.TaskSwitch(sel, c.ReadTargetTss(sel), src);
     }
 
     /// <summary>After a return to an outer level, data segments the new CPL may not use become null (SDM 5.8.6).</summary>
@@ -152,6 +170,11 @@ internal static unsafe class ControlFlowFar
         if ((sel & 0xFFFC) == 0) throw Cpu.GP0();
         ulong desc = c.ReadDescriptor(sel);
         var s = Cpu.DescriptorToCache(sel, desc);
+        if (IsTaskTarget(c, s))
+        {
+            TaskTransfer(c, sel, desc, TaskSwitchSource.Jmp);
+            return;
+        }
         var saved = Saved.Take(c);
         try
         {
@@ -217,6 +240,11 @@ internal static unsafe class ControlFlowFar
         if ((sel & 0xFFFC) == 0) throw Cpu.GP0();
         ulong desc = c.ReadDescriptor(sel);
         var s = Cpu.DescriptorToCache(sel, desc);
+        if (IsTaskTarget(c, s))
+        {
+            TaskTransfer(c, sel, desc, TaskSwitchSource.Call);
+            return;
+        }
         try
         {
             if (s.S)
@@ -391,8 +419,11 @@ internal static unsafe class ControlFlowFar
         if (c.IsV86Mode) throw Cpu.GP0();
         if ((old & Cpu.NT) != 0)
         {
-            if (!c.LongModeActive) c.LogOnce("IRET with NT=1 (task return) is not implemented");
-            throw Cpu.GP0();
+            // Long mode has no task return (SDM IRET: #GP(0)); legacy protected mode returns to the linked task.
+            if (c.LongModeActive) throw Cpu.GP0();
+            c.TaskReturn();
+            FinishIret(c);
+            return;
         }
         int oldCpl = c.Cpl;
         if (!c.LongModeActive && os == 4 && (fl & Cpu.VM) != 0 && oldCpl == 0)
