@@ -57,7 +57,11 @@ public sealed partial class Cpu
             DeliverReal(vector);
             return;
         }
-        if (IsV86Mode) throw new CpuException(Vec.GP, 0); // V86 is not implemented (CPUID does not advertise VME)
+        if (IsV86Mode)
+        {
+            DeliverFromV86(vector, errorCode, hasError, softwareInt, extBit);
+            return;
+        }
         if (LongModeActive) DeliverLong(vector, errorCode, hasError, softwareInt, extBit);
         else DeliverProtected(vector, errorCode, hasError, softwareInt, extBit);
     }

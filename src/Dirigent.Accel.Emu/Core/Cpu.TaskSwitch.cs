@@ -16,8 +16,7 @@ public enum TaskSwitchSource { Jmp, Call, Iret, Interrupt }
 /// the new TSS) is done before any state changes, so such a fault is precise. From the point the new task's
 /// registers are loaded, faults (segment descriptors that fail their checks, the error-code push, an EIP beyond
 /// the CS limit) are taken in the new task's context, as the SDM says — delivered here, with the new task's CS:EIP.
-/// A new task with EFLAGS.VM=1 (virtual-8086 mode) is refused with #GP(0) before the switch: V86 mode is not
-/// implemented (CPUID does not offer VME).
+/// A new task with EFLAGS.VM=1 runs in virtual-8086 mode (Cpu.V86.cs).
 /// </remarks>
 public sealed partial class Cpu
 {
@@ -68,11 +67,6 @@ public sealed partial class Cpu
             sregs[FS] = sregs[GS] = 0;
             ldt = (ushort)ReadSystem(b + 0x2A, 2);
         }
-        if ((eflags & VM) != 0)
-        {
-            LogOnce("task switch to a virtual-8086 task is not implemented");
-            throw GP0();
-        }
 
         // The old task's state goes to its TSS (IRET saves its EFLAGS with NT clear), then the busy bits and link.
         ulong oflags = Rflags;
@@ -108,6 +102,17 @@ public sealed partial class Cpu
         for (int r = 0; r < 8; r++) Gpr[r] = gpr[r];
         Rflags = eflags;
         Rip = eip;
+        if ((eflags & VM) != 0)
+        {
+            // A virtual-8086 task: real-mode segments, CPL 3; only its LDT is checked.
+            Ldtr = new SegmentState { Selector = ldt };
+            try { LoadTaskLdt(ldt); }
+            catch (CpuException fault) { EnterV86(eip, eflags, gpr[RSP], sregs); DeliverTaskFault(fault, sel); return; }
+            EnterV86(eip, eflags, gpr[RSP], sregs);
+            EndBlock();
+            if (debugTrap) RaiseDebugException(Dr6BT);
+            return;
+        }
         // The selectors are in place at once (a fault below shows them); the caches become usable as each loads.
         for (int s = 0; s < 6; s++) Sreg[s] = new SegmentState { Selector = sregs[s] };
         Ldtr = new SegmentState { Selector = ldt };
@@ -126,9 +131,7 @@ public sealed partial class Cpu
         catch (CpuException fault)
         {
             UpdateMode();
-            if (!DeliverException(fault.Vector, fault.ErrorCode, fault.HasErrorCode, softwareInt: false))
-                throw new TripleFaultException($"triple fault in a task switch to TSS {sel:x4}");
-            EndBlock();
+            DeliverTaskFault(fault, sel);
             return;
         }
         UpdateMode();
@@ -136,6 +139,14 @@ public sealed partial class Cpu
         EndBlock();
         // The TSS's T flag: a debug trap before the new task's first instruction, with DR6.BT (SDM 17.2.3).
         if (debugTrap) RaiseDebugException(Dr6BT);
+    }
+
+    /// <summary>A fault after the switch is the new task's: delivered with its CS:EIP (SDM 7.3, step 12).</summary>
+    private void DeliverTaskFault(CpuException fault, ushort tssSel)
+    {
+        if (!DeliverException(fault.Vector, fault.ErrorCode, fault.HasErrorCode, softwareInt: false))
+            throw new TripleFaultException($"triple fault in a task switch to TSS {tssSel:x4}");
+        EndBlock();
     }
 
     private void SetTssBusy(ushort sel, bool busy)

@@ -416,7 +416,20 @@ internal static unsafe class ControlFlowFar
             FinishIret(c);
             return;
         }
-        if (c.IsV86Mode) throw Cpu.GP0();
+        if (c.IsV86Mode)
+        {
+            // IOPL-sensitive (SDM 20.2.7): a monitor below IOPL 3 emulates it. At IOPL 3 a real-mode-style return
+            // that cannot change VM, IOPL, VIF or VIP.
+            if (((old >> 12) & 3) != 3) throw Cpu.GP0();
+            ulong keep = os == 2 ? ~0xFFFFUL | Cpu.IOPL : Cpu.VM | Cpu.IOPL | 0x18_0000;
+            if ((ip & Cpu.SizeMask(os)) > 0xFFFF) throw Cpu.GP0();
+            c.SetRspStack(c.StackMask(c.Gpr[Cpu.RSP] + (ulong)(3 * os)));
+            c.SetCodeSegmentReal(cs);
+            c.Rip = ip & Cpu.SizeMask(os);
+            c.Rflags = (old & keep) | (fl & ~keep);
+            FinishIret(c);
+            return;
+        }
         if ((old & Cpu.NT) != 0)
         {
             // Long mode has no task return (SDM IRET: #GP(0)); legacy protected mode returns to the linked task.
@@ -428,8 +441,19 @@ internal static unsafe class ControlFlowFar
         int oldCpl = c.Cpl;
         if (!c.LongModeActive && os == 4 && (fl & Cpu.VM) != 0 && oldCpl == 0)
         {
-            c.LogOnce("IRET to virtual-8086 mode is not implemented");
-            throw Cpu.GP0();
+            // RETURN-TO-VIRTUAL-8086-MODE: EIP, CS, EFLAGS, then ESP, SS, ES, DS, FS, GS, all in 32-bit slots.
+            Span<ushort> sregs = stackalloc ushort[6];
+            ulong v86Esp = c.PeekStack(12, 4);
+            sregs[Cpu.SS] = (ushort)c.PeekStack(16, 2);
+            sregs[Cpu.ES] = (ushort)c.PeekStack(20, 2);
+            sregs[Cpu.DS] = (ushort)c.PeekStack(24, 2);
+            sregs[Cpu.FS] = (ushort)c.PeekStack(28, 2);
+            sregs[Cpu.GS] = (ushort)c.PeekStack(32, 2);
+            sregs[Cpu.CS] = cs;
+            if ((ip & 0xFFFF_FFFF) > 0xFFFF) throw Cpu.GP0();
+            c.EnterV86((uint)ip, (uint)fl, (uint)v86Esp, sregs);
+            FinishIret(c);
+            return;
         }
         if ((cs & 0xFFFC) == 0) throw Cpu.GP0();
         int rpl = cs & 3;
@@ -501,7 +525,12 @@ internal static unsafe class ControlFlowFar
         c.EndBlock();
     }
 
-    private static void IntN(Cpu c, ref Instruction i) => Deliver(c, i.Immediate8, true);
+    /// <summary>INT n is IOPL-sensitive in V86 mode (INT3 and INTO are not): #GP(0) below IOPL 3 (SDM 20.2.7).</summary>
+    private static void IntN(Cpu c, ref Instruction i)
+    {
+        if (c.IsV86Mode && ((c.Rflags >> 12) & 3) != 3) throw Cpu.GP0();
+        Deliver(c, i.Immediate8, true);
+    }
     private static void Int3(Cpu c, ref Instruction i) => Deliver(c, Vec.BP, true);
 
     private static void Into(Cpu c, ref Instruction i)
