@@ -24,7 +24,7 @@ public class JailTests(ITestOutputHelper log)
     private static readonly TimeSpan BootTimeout = TimeSpan.FromMinutes(4);
     private const int Nobody = 65534;
 
-    private static void SkipUnlessJailCanRun()
+    internal static void SkipUnlessJailCanRun()
     {
         Skip.IfNot(Environment.UserName == "root", "--jail needs root (namespaces, mounts, switching to the jail user)");
         foreach (string t in (string[])["/usr/bin/unshare", "/usr/bin/setpriv", "/usr/bin/mount"])
