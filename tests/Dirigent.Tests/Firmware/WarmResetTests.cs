@@ -10,7 +10,9 @@ namespace Dirigent.Tests.Firmware;
 /// The warm reset old software uses to get back to real mode: write a resume vector at 40:67, the CMOS shutdown
 /// status byte (0x0F) = 0x0A ("jump via 40:67"), and reset the processor with a soft reset through the PIIX3 reset
 /// control register (0xCF9 = 0x04). Only INIT reaches the processor: RAM and the shadowed BIOS stay, so SeaBIOS
-/// finds its POST done, takes its resume path and jumps to the vector without a second POST.
+/// finds its POST done, takes its resume path and jumps to the vector without a second POST. The same through an INIT
+/// IPI the boot processor sends itself through its local APIC: INIT sends the BSP to the reset vector (it does not
+/// wait for a STARTUP IPI), with RAM and devices untouched.
 /// </summary>
 [Trait("Category", "Boot")]
 public class WarmResetTests
@@ -18,7 +20,7 @@ public class WarmResetTests
     private static readonly TimeSpan Timeout = TimeSpan.FromMinutes(4);
 
     // Fixed places in the boot sector (0:7C00): the main code, the resume code, the print routine, the two texts.
-    private const ushort Main = 0x7C00, Resume = 0x7D00, Print = 0x7D60, Warm = 0x7DA0, Resumed = 0x7DB0;
+    private const ushort Main = 0x7C00, Resume = 0x7C80, Print = 0x7CA0, Warm = 0x7CC0, Resumed = 0x7CD0, Gdt = 0x7CE0, GdtDesc = 0x7CF0;
 
     private static byte[] Asm(ushort at, Action<Assembler> build)
     {
@@ -31,12 +33,18 @@ public class WarmResetTests
 
     /// <summary>A boot sector (Iced, 16-bit) that prints WARM, arms the resume vector and soft-resets; the resume
     /// code prints RESUMED and spins.</summary>
-    private static byte[] BootSector()
+    private static byte[] BootSector(bool initIpi = false)
     {
         var sector = new byte[512];
+        var used = new bool[446];
         void Put(ushort at, byte[] b)
         {
             Assert.True(at - Main + b.Length <= 446, "boot code overlaps the partition table");
+            for (int k = 0; k < b.Length; k++)
+            {
+                Assert.False(used[at - Main + k], $"piece at 0x{at:x} overlaps another");
+                used[at - Main + k] = true;
+            }
             b.CopyTo(sector, at - Main);
         }
         Put(Main, Asm(Main, a =>
@@ -54,9 +62,25 @@ public class WarmResetTests
             a.@out(0x70, al);
             a.mov(al, 0x0A);                   // shutdown status 0Ah: jump via 40:67 (no EOI)
             a.@out(0x71, al);
-            a.mov(dx, 0xCF9);
-            a.mov(al, 0x04);                   // RST_CPU with SYS_RST clear: soft reset
-            a.@out(dx, al);
+            if (initIpi)
+            {
+                // INIT IPI to the boot processor itself (APIC ID 0) through the local APIC's ICR: protected mode just
+                // long enough to load ES with a descriptor based at 0xFEE00000 (16-bit code keeps running).
+                a.lgdt(__[GdtDesc]);
+                a.mov(eax, cr0);
+                a.or(al, 1);
+                a.mov(cr0, eax);
+                a.mov(ax, 0x08);
+                a.mov(es, ax);
+                a.mov(__dword_ptr.es[0x310], 0);           // ICR high: destination APIC ID 0
+                a.mov(__dword_ptr.es[0x300], 0x0000_4500); // ICR low: INIT, level assert, physical destination
+            }
+            else
+            {
+                a.mov(dx, 0xCF9);
+                a.mov(al, 0x04);               // RST_CPU with SYS_RST clear: soft reset
+                a.@out(dx, al);
+            }
             var spin = a.CreateLabel();
             a.Label(ref spin);
             a.jmp(spin);
@@ -86,6 +110,14 @@ public class WarmResetTests
             a.Label(ref done);
             a.ret();
         }));
+        // GDT: null, then a data segment at 0xFEE00000 (the local APIC), limit 0xFFF, present, writable.
+        var gdt = new byte[16];
+        BitConverter.GetBytes(0xFE00_93E0_0000_0FFFUL).CopyTo(gdt, 8); // base FEE00000, limit FFF, access 93h
+        Put(Gdt, gdt);
+        var desc = new byte[6];
+        BitConverter.GetBytes((ushort)15).CopyTo(desc, 0);
+        BitConverter.GetBytes((uint)Gdt).CopyTo(desc, 2);
+        Put(GdtDesc, desc);
         Put(Warm, "WARM\r\n\0"u8.ToArray());
         Put(Resumed, "RESUMED\r\n\0"u8.ToArray());
         sector[510] = 0x55;
@@ -93,15 +125,17 @@ public class WarmResetTests
         return sector;
     }
 
-    [SkippableFact]
-    public void ASoftResetWithShutdownStatus0AResumesAtTheVectorIn40_67WithoutAnotherPost()
+    [SkippableTheory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void ASoftResetWithShutdownStatus0AResumesAtTheVectorIn40_67WithoutAnotherPost(bool initIpiToTheBsp)
     {
         Skip.IfNot(File.Exists(Dirigent.Devices.Firmware.BiosConfig.DefaultBiosPath),
             $"{Dirigent.Devices.Firmware.BiosConfig.DefaultBiosPath} is missing: apt-get install seabios");
         using var dir = new TempDir();
         string disk = dir["boot.raw"];
         var image = new byte[1 << 20];
-        BootSector().CopyTo(image, 0);
+        BootSector(initIpiToTheBsp).CopyTo(image, 0);
         File.WriteAllBytes(disk, image);
         var spec = new VmSpec
         {
