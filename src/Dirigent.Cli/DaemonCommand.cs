@@ -12,16 +12,31 @@ internal static class DaemonCommand
         var home = new Option<string?>("--home") { Description = "State directory (default: $DIRIGENT_HOME, /var/lib/dirigent as root, else ~/.local/share/dirigent)" };
         var listen = new Option<string[]>("--listen") { Description = "Also serve TCP on HOST:PORT, e.g. 127.0.0.1:8006 (bearer tokens required; repeatable)", AllowMultipleArgumentsPerToken = false };
         var logRequests = new Option<bool>("--log-requests") { Description = "Log every API request on stderr" };
-        var jailWorkers = new Option<bool>("--jail-workers") { Description = "Run every VM's worker jailed (dirigent run --jail: namespaces, chroot, user nobody, seccomp; needs root)" };
-        var cmd = new Command("daemon", "Run dirigentd: the management daemon and its REST API on $DIRIGENT_HOME/dirigent.sock") { home, listen, logRequests, jailWorkers };
+        var jailWorkers = new Option<bool>("--jail-workers") { Description = "Require jailed workers: fail to start where the host cannot make jails (jailed is already the default where it can)" };
+        var noJailWorkers = new Option<bool>("--no-jail-workers") { Description = "Run the VMs' workers without a jail (by default they run under dirigent run --jail where the host allows: root, util-linux, libseccomp)" };
+        var cmd = new Command("daemon", "Run dirigentd: the management daemon and its REST API on $DIRIGENT_HOME/dirigent.sock") { home, listen, logRequests, jailWorkers, noJailWorkers };
         cmd.SetAction(r =>
         {
+            if (r.GetValue(jailWorkers) && r.GetValue(noJailWorkers))
+            {
+                Console.Error.WriteLine("dirigent daemon: --jail-workers and --no-jail-workers exclude each other");
+                return ExitCodes.BadInput;
+            }
+            // Workers are jailed by default where the host can make jails; where it cannot, they run as before and
+            // the daemon says why once (an explicit --jail-workers makes that an error instead).
+            string? problem = r.GetValue(noJailWorkers) ? null : Jail.JailLauncher.HostProblem();
+            if (problem != null && r.GetValue(jailWorkers))
+            {
+                Console.Error.WriteLine($"dirigent daemon: --jail-workers: {problem}");
+                return ExitCodes.VmmFailure;
+            }
             var opts = new DaemonOptions
             {
                 Home = r.GetValue(home) ?? DaemonPaths.DefaultHome(),
                 Listen = r.GetValue(listen) ?? [],
                 LogRequests = r.GetValue(logRequests),
-                JailWorkers = r.GetValue(jailWorkers),
+                JailWorkers = !r.GetValue(noJailWorkers) && problem == null,
+                UnjailedReason = problem,
             };
             try
             {

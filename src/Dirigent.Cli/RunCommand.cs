@@ -35,12 +35,17 @@ internal static class RunCommand
             Arity = ArgumentArity.ZeroOrOne,
         };
         var jailUser = new Option<string>("--jail-user") { Description = "UID[:GID] the jailed VMM runs as", DefaultValueFactory = _ => $"{Jail.JailConfig.DefaultId}:{Jail.JailConfig.DefaultId}" };
+        var jailBind = new Option<string[]>("--jail-bind")
+        {
+            Description = "With --jail: also show this host file or directory inside the jail at its own path, writable (PATH) or read-only (PATH,ro); e.g. the disks of an --incoming VM (repeatable)",
+            AllowMultipleArgumentsPerToken = false,
+        };
         // Set by the jail's launcher on the VMM it starts inside the jail: load the seccomp filter before the guest runs.
         var inJail = new Option<bool>("--in-jail") { Hidden = true };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
             kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, restore, incoming, apiSocket,
-            consoleLog, exitFile, detach, jail, jailUser, inJail,
+            consoleLog, exitFile, detach, jail, jailUser, jailBind, inJail,
         };
         // What a jailed VMM is given again inside: everything but the jail's own options and what the launcher sets.
         Option[] passedIn = [kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, consoleLog];
@@ -112,14 +117,13 @@ internal static class RunCommand
                 foreach (string f in r.GetValue(fwCfg) ?? []) cfg.FwCfgFiles.Add(FwCfgFileConfig.Parse(f));
                 if (jailed)
                 {
-                    if (opts.RestoreDir != null || opts.Incoming != null)
-                        throw new FormatException($"--jail cannot be combined with {(opts.RestoreDir != null ? "--restore" : "--incoming")} yet (snapshots and migration streams are not carried into the jail)");
                     if (cfg.Nics.Any(n => n.Netns != null))
                         throw new FormatException("--jail cannot attach a TAP in another network namespace (netns=): the jailed VMM may not enter namespaces");
                     var (uid, gid) = Jail.JailConfig.ParseUser(r.GetValue(jailUser)!);
-                    jailConfig = new Jail.JailConfig(r.GetValue(jail), uid, gid);
+                    jailConfig = new Jail.JailConfig(r.GetValue(jail), uid, gid) { ExtraBinds = r.GetValue(jailBind) ?? [] };
                 }
                 else if (r.GetResult(jailUser) is { Implicit: false }) throw new FormatException("--jail-user is for --jail");
+                else if (r.GetResult(jailBind) is { Implicit: false }) throw new FormatException("--jail-bind is for --jail");
             }
             catch (FormatException e)
             {

@@ -24,6 +24,15 @@ public sealed class MachineModel : IDisposable
     /// <summary>Raised (on the requesting thread) when a device asks for power-off/reset; the VMM stops the vCPUs.</summary>
     public event Action<PowerEventKind>? PowerEventRequested;
 
+    /// <summary>
+    /// Raised (on the requesting thread) when a device asserts INIT to every processor without resetting the machine:
+    /// the PIIX3's soft reset (0xCF9 with SYS_RST clear). The VMM sends each vCPU an INIT: RAM and devices stay as
+    /// they are, the boot processor restarts at the reset vector and the others wait for a STARTUP IPI.
+    /// </summary>
+    public event Action? CpuInitRequested;
+
+    public void RequestCpuInit() => CpuInitRequested?.Invoke();
+
     public MachineModel(ulong ramSize) => Memory = new GuestMemory(ramSize);
 
     public void RequestPowerEvent(PowerEventKind kind, int exitCode = 0)

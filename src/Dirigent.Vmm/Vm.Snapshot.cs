@@ -149,6 +149,10 @@ public sealed partial class Vm
         lock (_cmd) State = VmState.Paused;
     }
 
+    /// <summary>The VM spec a snapshot was saved with (what a jail must show the VMM that restores it); the same
+    /// checks and <see cref="VmException"/>s as <see cref="Restore"/>'s first step.</summary>
+    public static VmSpec ReadSnapshotSpec(string dir) => ReadManifest(dir).Spec;
+
     internal static SnapshotManifest ReadManifest(string dir)
     {
         string path = Path.Combine(dir, SnapshotFiles.StateFile);

@@ -71,6 +71,8 @@ public sealed partial class Vm : IDisposable
         _nics = nics;
         Console.ConnectInput(data => Board.Com1.EnqueueInput(data));
         machine.PowerEventRequested += _ => { foreach (var v in Vcpus) v.RequestStop(); };
+        // A soft reset is INIT on every processor (the vCPU takes it on its own thread at an instruction boundary).
+        machine.CpuInitRequested += () => { foreach (var v in Vcpus) v.InjectInit(); };
         // Nothing runs before Start: VM time starts at the first instruction.
         machine.Clock.Stop();
         _supervisor = new Thread(Supervise) { IsBackground = true, Name = "vm-supervisor" };

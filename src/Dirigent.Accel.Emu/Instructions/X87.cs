@@ -254,6 +254,7 @@ internal static unsafe class X87
         Begin(c);
         c.StSetEmpty(i.Op0Register - Register.ST0);
         c.FpuPop();
+        SetC1(c, false); // as FFREE and FINCSTP (the host CPU clears it)
     }
 
     private static void Fincstp(Cpu c, ref Instruction i)
@@ -313,9 +314,11 @@ internal static unsafe class X87
         int k = i.Op0Register - Register.ST0;
         if (c.StEmpty(k))
         {
-            if (PushWouldOverflow(c)) { Push(c, F80.Indefinite); return; }
+            // An empty source is a stack underflow (C1=0) even when the push would also overflow: the masked
+            // response pushes the indefinite either way, and C1 reports the underflow (as the host CPU does).
             if (!Underflow(c)) return;
             Push(c, F80.Indefinite);
+            SetC1(c, false);
             return;
         }
         Push(c, c.St(k));
@@ -446,6 +449,9 @@ internal static unsafe class X87
         F80 v;
         if (c.StEmpty(0))
         {
+            // FSTPNCE (D9 D8+i, an undocumented alias of FSTP: "no check exception") does not report the underflow
+            // of an empty ST(0): it stores nothing, clears C1 and pops, as the host CPU does.
+            if (i.Code == Code.Fstpnce_sti) { SetC1(c, false); c.FpuPop(); return; }
             if (!Underflow(c)) return;
             v = F80.Indefinite;
         }
@@ -461,6 +467,9 @@ internal static unsafe class X87
         F80 v;
         if (c.StEmpty(0))
         {
+            // FSTPNCE (D9 D8+i, an undocumented alias of FSTP: "no check exception") does not report the underflow
+            // of an empty ST(0): it stores nothing, clears C1 and pops, as the host CPU does.
+            if (i.Code == Code.Fstpnce_sti) { SetC1(c, false); c.FpuPop(); return; }
             if (!Underflow(c)) return;
             v = F80.Indefinite;
         }

@@ -22,6 +22,8 @@ internal static unsafe class X87Transcendental
         X87.Begin(c);
         Code code = i.Code;
         bool pushes = code is Code.Fptan or Code.Fsincos;
+        // C2 reports only an out-of-range operand: every other outcome (stack faults included) clears it.
+        c.FswNoTop &= unchecked((ushort)~Cpu.FswC2);
         if (pushes && X87.PushWouldOverflow(c) && !c.StEmpty(0))
         {
             X87.SetC1(c, true);

@@ -36,9 +36,11 @@ internal static class JailLauncher
         JailPlan plan;
         try
         {
-            // The default guest is built (or found) here, outside: inside there is neither apt nor the cache.
-            bool defaultGuest = cfg.Kernel == null && cfg.Firmware == FirmwareKind.None;
-            if (VmLauncher.ResolveDefaultImage(cfg, err) is { } imageError) throw new FormatException(imageError);
+            // The default guest is built (or found) here, outside: inside there is neither apt nor the cache. A restored
+            // or incoming VM brings its own spec.
+            bool resumed = opts.RestoreDir != null || opts.Incoming != null;
+            bool defaultGuest = !resumed && cfg.Kernel == null && cfg.Firmware == FirmwareKind.None;
+            if (!resumed && VmLauncher.ResolveDefaultImage(cfg, err) is { } imageError) throw new FormatException(imageError);
             if (defaultGuest)
             {
                 innerOptions.AddRange(["--kernel", cfg.Kernel!, "--initrd", string.Join(',', cfg.Initrds)]);
@@ -89,16 +91,26 @@ internal static class JailLauncher
     private static JailPlan FillPlan(JailConfig config, VmSpec cfg, RunOptions opts, IEnumerable<string> fwCfgOptions, string dir, bool created)
     {
         File.SetUnixFileMode(dir, (UnixFileMode)0b111_101_101);
+        // The network namespace is cut only when the VM surely has no NIC needing the host's: a restored VM's NICs
+        // are in its snapshot; an incoming VM's are known only once its stream arrives (and a tcp: migration port
+        // must be reachable from the host), so an incoming VMM keeps the host's network namespace.
+        VmSpec spec = cfg;
+        if (opts.RestoreDir != null)
+            try { spec = Vm.ReadSnapshotSpec(Path.GetFullPath(opts.RestoreDir)); }
+            catch (VmException e) { throw new FormatException(e.Message); }
         var plan = new JailPlan
         {
             Config = config, Dir = dir, DirCreated = created,
-            NewNetNamespace = cfg.Nics.Count == 0,
+            NewNetNamespace = opts.Incoming == null && spec.Nics.Count == 0,
         };
         Directory.CreateDirectory(plan.RootDir);
         Directory.CreateDirectory(plan.RunDir);
         File.SetUnixFileMode(plan.RunDir, (UnixFileMode)0b111_000_000);
         JailNative.Chown(plan.RunDir, config.Uid, config.Gid);
-        plan.AddVmFiles(cfg, fwCfgOptions);
+        if (opts.RestoreDir != null) plan.AddSnapshot(opts.RestoreDir);
+        else if (opts.Incoming == null) plan.AddVmFiles(cfg, fwCfgOptions);
+        else plan.AddVmFiles(new VmSpec { Accel = cfg.Accel, Firmware = FirmwareKind.None }, []); // runtime, libraries, devices
+        foreach (string b in config.ExtraBinds) plan.AddExtra(b);
         if (opts.ConsoleLog != null) plan.AddOutputFile(opts.ConsoleLog);
         if (cfg.Serial.StartsWith("file:", StringComparison.Ordinal)) plan.AddOutputFile(cfg.Serial[5..]);
         File.WriteAllText(plan.ScriptPath, plan.Script());
@@ -121,6 +133,31 @@ internal static class JailLauncher
             }
             File.CreateSymbolicLink(api, plan.HostApiSocket);
         }
+        string? innerIncoming = opts.Incoming;
+        string? incomingLink = null;
+        if (opts.Incoming is { } inc && inc.StartsWith("unix:", StringComparison.Ordinal))
+        {
+            // As the API socket: the VMM listens inside, the host path is a link to it.
+            incomingLink = Path.GetFullPath(inc[5..]);
+            if (JailNative.TypeOf(incomingLink) is { } type)
+            {
+                if (type is not (JailNative.S_IFSOCK or JailNative.S_IFLNK))
+                    return Fail(err, opts, $"--incoming {incomingLink}: a file that is not a socket is in the way", ExitCodes.BadInput);
+                File.Delete(incomingLink);
+            }
+            File.CreateSymbolicLink(incomingLink, plan.HostIncomingSocket);
+            innerIncoming = "unix:" + JailPlan.InnerIncomingSocket;
+        }
+        try { return RunJailedVmm(plan, opts, innerOptions, innerIncoming, err); }
+        finally
+        {
+            if (incomingLink != null && new FileInfo(incomingLink).LinkTarget == plan.HostIncomingSocket)
+                try { File.Delete(incomingLink); } catch (IOException) { }
+        }
+    }
+
+    private static int RunJailedVmm(JailPlan plan, RunOptions opts, List<string> innerOptions, string? innerIncoming, TextWriter err)
+    {
 
         var cmd = Dirigent.Daemon.Workers.WorkerCommand.Current();
         var psi = new ProcessStartInfo("/bin/sh") { UseShellExecute = false };
@@ -131,6 +168,8 @@ internal static class JailLauncher
         foreach (string f in plan.UnshareFlags()) psi.ArgumentList.Add(f);
         foreach (string a in (string[])["--", "/bin/sh", plan.ScriptPath, cmd.Executable, .. cmd.PrefixArgs, "run"]) psi.ArgumentList.Add(a);
         foreach (string a in innerOptions) psi.ArgumentList.Add(a);
+        if (opts.RestoreDir != null) { psi.ArgumentList.Add("--restore"); psi.ArgumentList.Add(Path.GetFullPath(opts.RestoreDir)); }
+        if (innerIncoming != null) { psi.ArgumentList.Add("--incoming"); psi.ArgumentList.Add(innerIncoming); }
         if (opts.ApiSocket != null) { psi.ArgumentList.Add("--api-socket"); psi.ArgumentList.Add(JailPlan.InnerApiSocket); }
         psi.ArgumentList.Add("--exit-file");
         psi.ArgumentList.Add(JailPlan.InnerExitFile);

@@ -8,6 +8,9 @@ namespace Dirigent.Cli.Jail;
 /// <summary>`--jail[=DIR]` and `--jail-user UID:GID` as given.</summary>
 internal sealed record JailConfig(string? Dir, int Uid, int Gid)
 {
+    /// <summary>--jail-bind values: PATH or PATH,ro.</summary>
+    public IReadOnlyList<string> ExtraBinds { get; init; } = [];
+
     /// <summary>nobody:nogroup on Debian: owns nothing, so a jailed VMM can write only what it is given.</summary>
     public const int DefaultId = 65534;
 
@@ -52,6 +55,9 @@ internal sealed class JailPlan
     public string ScriptPath => Path.Combine(Dir, "launch.sh");
     /// <summary>Inside the jail: the API socket and the exit record live in /dirigent (the host's DIR/run).</summary>
     public const string InnerApiSocket = "/dirigent/api.sock", InnerExitFile = "/dirigent/exit.json";
+    /// <summary>An --incoming unix:PATH listens here inside; the host's PATH becomes a link to it, as the API socket.</summary>
+    public const string InnerIncomingSocket = "/dirigent/incoming.sock";
+    public string HostIncomingSocket => Path.Combine(RunDir, "incoming.sock");
     public string HostApiSocket => Path.Combine(RunDir, "api.sock");
     public string HostExitFile => Path.Combine(RunDir, "exit.json");
 
@@ -94,7 +100,68 @@ internal sealed class JailPlan
         foreach (string f in fwCfgOptions)
             foreach (string part in f.Split(','))
                 if (part.StartsWith("file=", StringComparison.Ordinal)) AddFile(part[5..], false, "--fw-cfg");
-        foreach (var d in cfg.Disks) AddFile(d.Path, !d.ReadOnly, "--disk");
+        foreach (var d in cfg.Disks)
+        {
+            AddFile(d.Path, !d.ReadOnly, "--disk");
+            AddBackingChain(d.Path, d.Format);
+        }
+    }
+
+    /// <summary>
+    /// `--restore DIR`: the snapshot directory (read-only: its memory file is mapped copy-on-write) and what its saved
+    /// spec names: disks (with their backing chains), and kernel/initrd/firmware/fw_cfg files that still exist (a
+    /// restored VM does not load them again, but the board is built from the same spec; fw_cfg contents are in the spec).
+    /// </summary>
+    public VmSpec AddSnapshot(string dir)
+    {
+        dir = Path.GetFullPath(dir);
+        VmSpec spec;
+        try { spec = Vm.ReadSnapshotSpec(dir); }
+        catch (VmException e) { throw new FormatException(e.Message); }
+        if (!JailNative.MayAccess(dir, Config.Uid, Config.Gid, false))
+            throw new FormatException($"--jail: the snapshot {dir} is not readable by the jail user {Config.Uid}:{Config.Gid}");
+        AddBind(dir, false);
+        var copy = new VmSpec
+        {
+            Accel = spec.Accel, Firmware = spec.Firmware, FirmwarePath = spec.FirmwarePath, Nics = spec.Nics,
+            Kernel = spec.Kernel is { } k && File.Exists(k) ? k : null,
+        };
+        copy.Initrds.AddRange(spec.Initrds.Where(File.Exists));
+        copy.Disks.AddRange(spec.Disks);
+        AddVmFiles(copy, []); // fw_cfg files travel in the spec itself
+        return spec;
+    }
+
+    /// <summary>`--jail-bind PATH[,ro]`: a host file or directory shown at its own path (incoming disks, a snapshot
+    /// target directory). Writable unless ro; the jail user must already have the access asked for.</summary>
+    public void AddExtra(string spec)
+    {
+        var parts = spec.Split(',');
+        bool ro = parts.Length == 2 && parts[1] == "ro";
+        if (parts.Length > 2 || (parts.Length == 2 && !ro) || parts[0].Length == 0)
+            throw new FormatException($"--jail-bind must be PATH or PATH,ro, got '{spec}'");
+        string path = Path.GetFullPath(parts[0]);
+        if (!File.Exists(path) && !Directory.Exists(path)) throw new FormatException($"--jail-bind {path}: no such file or directory");
+        if (!JailNative.MayAccess(path, Config.Uid, Config.Gid, !ro))
+            throw new FormatException($"--jail-bind: {path} is not {(ro ? "readable" : "writable")} by the jail user {Config.Uid}:{Config.Gid}");
+        AddBind(path, !ro);
+    }
+
+    /// <summary>A qcow2 disk's backing files, read-only (the VMM opens them by the names in the images).</summary>
+    private void AddBackingChain(string path, DiskFormat format)
+    {
+        if (format == DiskFormat.Raw) return;
+        try
+        {
+            using var disk = Dirigent.Storage.DiskImage.Open(path, format == DiskFormat.Qcow2 ? "qcow2" : null, readOnly: true);
+            for (var b = (disk as Dirigent.Storage.Qcow2Disk)?.Backing; b != null; b = (b as Dirigent.Storage.Qcow2Disk)?.Backing)
+            {
+                string bp = b switch { Dirigent.Storage.Qcow2Disk q => q.Path, Dirigent.Storage.RawDisk r => r.Path, _ => "" };
+                if (bp.Length > 0) AddFile(bp, false, "--disk backing file");
+            }
+        }
+        catch (Dirigent.Storage.BlockDeviceException) { } // the VMM reports a broken image itself, with its own words
+        catch (IOException) { }
     }
 
     /// <summary>An output file the VMM appends to (--console-log, --serial file:): made if absent and given to the jail user.</summary>
@@ -116,7 +183,19 @@ internal sealed class JailPlan
         if (!JailNative.MayAccess(path, Config.Uid, Config.Gid, writable))
             throw new FormatException($"--jail: {path} is not {(writable ? "writable" : "readable")} by the jail user " +
                 $"{Config.Uid}:{Config.Gid} (chown or chmod it, or choose --jail-user)");
-        if (!Binds.Any(b => b.Path == path)) Binds.Add(new JailBind(path, writable));
+        AddBind(path, writable);
+    }
+
+    /// <summary>
+    /// Adds a bind unless a directory already bound covers it with at least this access (a read-only path inside a
+    /// writable one), and drops binds the new directory covers the same way: no path is bound twice.
+    /// </summary>
+    private void AddBind(string path, bool writable)
+    {
+        static bool Under(string p, string dir) => p == dir || p.StartsWith(dir + "/", StringComparison.Ordinal);
+        if (Binds.Any(b => Under(path, b.Path) && (b.Writable || !writable) && (b.Path == path || Directory.Exists(b.Path)))) return;
+        if (Directory.Exists(path)) Binds.RemoveAll(b => Under(b.Path, path) && (writable || !b.Writable));
+        Binds.Add(new JailBind(path, writable));
     }
 
     /// <summary>The host's multiarch library directory (glibc, ICU, libseccomp, libslirp).</summary>
@@ -150,7 +229,7 @@ internal sealed class JailPlan
             mount -t tmpfs -o mode=1777,size=64m,nosuid,nodev,noexec dirigent-tmp "$R/tmp"
             # b PATH rw|ro: bind the host's PATH at the same path inside the jail.
             b() {
-              if [ -d "$1" ]; then mkdir -p "$R$1"; else mkdir -p "$R$(dirname "$1")"; : >"$R$1"; fi
+              if [ -d "$1" ]; then mkdir -p "$R$1"; else mkdir -p "$R$(dirname "$1")"; [ -e "$R$1" ] || : >"$R$1"; fi
               mount --bind "$1" "$R$1"
               if [ "$2" = ro ]; then mount -o remount,bind,ro,nosuid,nodev "$R$1"; else mount -o remount,bind,nosuid "$R$1"; fi
             }

@@ -29,8 +29,11 @@ public sealed class DaemonOptions
     public bool LogRequests { get; init; }
     /// <summary>The worker command (default: this very dirigent binary).</summary>
     public WorkerCommand? WorkerCommand { get; init; }
-    /// <summary>--jail-workers: every worker runs under `dirigent run --jail` (see README, "Jail").</summary>
+    /// <summary>Every worker runs under `dirigent run --jail` (see README, "Jail"): the CLI's default where the host
+    /// can make jails (root, util-linux, libseccomp); off with --no-jail-workers.</summary>
     public bool JailWorkers { get; init; }
+    /// <summary>Why workers run unjailed although not asked to (the host cannot make jails): logged once at start.</summary>
+    public string? UnjailedReason { get; init; }
 }
 
 /// <summary>A bad option or an unusable state directory: one line for the user.</summary>
@@ -147,7 +150,8 @@ public sealed class DaemonHost : IAsyncDisposable
             history.Start();
             var host = new DaemonHost(app, inventory, ops, vms, history, paths, log);
             // The bound addresses (not the asked ones): port 0 picks a free port, and tests read it from this line.
-            log.WriteLine($"daemon: serving {paths.Socket}{string.Concat(host.Addresses.Where(a => a.StartsWith("http://", StringComparison.Ordinal) && !a.Contains("unix:", StringComparison.Ordinal)).Select(a => " and " + a))} (state in {paths.Home}, cgroups: {cgroups.Kind})");
+            if (options.UnjailedReason is { } unjailed) log.WriteLine($"daemon: VM workers run without a jail: {unjailed} (--no-jail-workers says so on purpose)");
+            log.WriteLine($"daemon: serving {paths.Socket}{string.Concat(host.Addresses.Where(a => a.StartsWith("http://", StringComparison.Ordinal) && !a.Contains("unix:", StringComparison.Ordinal)).Select(a => " and " + a))} (state in {paths.Home}, cgroups: {cgroups.Kind}, workers: {(options.JailWorkers ? "jailed" : "not jailed")})");
             return host;
         }
         catch

@@ -19,7 +19,7 @@ public sealed class DaemonPaths
     public string VmDir(string vm) => Path.Combine(VmsDir, vm);
     public string ConsoleLog(string vm) => Path.Combine(VmDir(vm), "console.log");
     public string ExitFile(string vm) => Path.Combine(VmDir(vm), "exit.json");
-    public string SnapshotsDir(string vm) => Path.Combine(VmDir(vm), "snapshots");
+    public string SnapshotsDir(string vm) => Path.Combine(VmDir(vm), Workers.WorkerSupervisor.SnapshotsDirName);
     public string SnapshotDir(string vm, string snap) => Path.Combine(SnapshotsDir(vm), snap);
     public string DiskFile(string disk, string format) => Path.Combine(DisksDir, $"{disk}.{format}");
 

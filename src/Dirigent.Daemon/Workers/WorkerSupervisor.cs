@@ -16,6 +16,8 @@ public sealed class WorkerSupervisor
     public const string ConsoleLogFileName = "console.log";
     public const string WorkerLogFileName = "worker.log";
     public const string ExitFileName = "exit.json";
+    /// <summary>Where the VM's snapshots go (DaemonPaths.SnapshotsDir): a jailed worker gets it bound in, writable.</summary>
+    public const string SnapshotsDirName = "snapshots";
 
     /// <summary>How many lines of worker.log a <see cref="WorkerStartException"/> carries.</summary>
     private const int LogTailLines = 20;
@@ -87,7 +89,7 @@ public sealed class WorkerSupervisor
             "--exit-file", Path.Combine(launch.VmDir, ExitFileName),
             "--detach",
         ]);
-        if (JailWorkers) args.Add("--jail");
+        if (JailWorkers) args.AddRange(["--jail", "--jail-bind", Path.Combine(launch.VmDir, SnapshotsDirName)]);
         return args;
     }
 
@@ -120,7 +122,7 @@ public sealed class WorkerSupervisor
 
         if (JailWorkers)
         {
-            try { JailFiles.GiveToJailUser(launch, Path.Combine(vmDir, ConsoleLogFileName), JailUid, JailGid); }
+            try { JailFiles.GiveToJailUser(launch, Path.Combine(vmDir, ConsoleLogFileName), Path.Combine(vmDir, SnapshotsDirName), JailUid, JailGid); }
             catch (IOException e) { throw new WorkerStartException($"VM '{name}': cannot prepare its files for the jail: {e.Message}", inner: e); }
         }
 

@@ -5,8 +5,12 @@ using Dirigent.Machine.State;
 namespace Dirigent.Devices.Misc;
 
 /// <summary>
-/// PIIX reset control register at port 0xCF9: bit 1 selects a hard reset, bit 2 (RST_CPU) starts the reset.
-/// Linux's "reboot=pci" and the FADT reset register (0xCF9 / 0x06) use it. Both reset kinds reset the machine.
+/// PIIX3 reset control register at port 0xCF9: bit 2 (RST_CPU) starts a reset, of the kind bit 1 (SYS_RST) selects.
+/// A hard reset (SYS_RST set, or bit 3 full reset) resets the whole machine: Linux's "reboot=pci" and the FADT reset
+/// register (0xCF9 / 0x06), SeaBIOS's own reboot. A soft reset (SYS_RST clear: 0x04) only asserts INIT to the
+/// processors: RAM, devices and the shadowed BIOS stay, so SeaBIOS finds its POST done and takes its resume path,
+/// which honours the CMOS shutdown status byte (0x0F) and the resume vector at 40:67 (the warm reset old software
+/// uses to leave protected mode).
 /// </summary>
 public sealed class ResetControl(MachineModel vm) : IPortDevice, ILifecycle
 {
@@ -28,6 +32,8 @@ public sealed class ResetControl(MachineModel vm) : IPortDevice, ILifecycle
     {
         if (offset != 0) return;
         lock (_lock) _value = (byte)(value & (SysRst | FullReset));
-        if ((value & RstCpu) != 0) vm.RequestPowerEvent(PowerEventKind.Reset);
+        if ((value & RstCpu) == 0) return;
+        if ((value & (SysRst | FullReset)) != 0) vm.RequestPowerEvent(PowerEventKind.Reset);
+        else vm.RequestCpuInit();
     }
 }

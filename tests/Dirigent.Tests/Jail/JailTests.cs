@@ -24,7 +24,7 @@ public class JailTests(ITestOutputHelper log)
     private static readonly TimeSpan BootTimeout = TimeSpan.FromMinutes(4);
     private const int Nobody = 65534;
 
-    private static void SkipUnlessJailCanRun()
+    internal static void SkipUnlessJailCanRun()
     {
         Skip.IfNot(Environment.UserName == "root", "--jail needs root (namespaces, mounts, switching to the jail user)");
         foreach (string t in (string[])["/usr/bin/unshare", "/usr/bin/setpriv", "/usr/bin/mount"])
@@ -34,7 +34,7 @@ public class JailTests(ITestOutputHelper log)
     }
 
     /// <summary>A jailed run with its output collected; the guest's console is on its stdio.</summary>
-    private sealed class JailedRun : IDisposable
+    internal sealed class JailedRun : IDisposable
     {
         private readonly StringBuilder _output = new();
         private readonly object _gate = new();
@@ -275,7 +275,7 @@ public class JailTests(ITestOutputHelper log)
     }
 
     [Theory]
-    [InlineData(new[] { "--jail", "--restore", "/nonexistent" }, "dirigent run: --jail cannot be combined with --restore yet (snapshots and migration streams are not carried into the jail)")]
+    [InlineData(new[] { "--jail-bind", "/tmp" }, "dirigent run: --jail-bind is for --jail")]
     [InlineData(new[] { "--jail", "--jail-user", "0" }, "dirigent run: --jail-user must be UID[:GID], numeric and not 0 (root), got '0'")]
     [InlineData(new[] { "--jail-user", "1000" }, "dirigent run: --jail-user is for --jail")]
     [InlineData(new[] { "--jail", "--net", "tap=tap0,netns=other" }, "dirigent run: --jail cannot attach a TAP in another network namespace (netns=): the jailed VMM may not enter namespaces")]

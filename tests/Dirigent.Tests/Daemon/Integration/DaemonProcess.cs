@@ -33,8 +33,11 @@ internal sealed class DaemonProcess : IAsyncDisposable
     private Process? _daemon;
     private readonly StringBuilder _stderr = new();
 
-    private DaemonProcess(bool tcp, int port)
+    private readonly string[] _extraArgs;
+
+    private DaemonProcess(bool tcp, int port, string[]? extraArgs = null)
     {
+        _extraArgs = extraArgs ?? [];
         // /tmp and a short name: worker socket paths (HOME/vms/NAME/worker.sock) must stay under 108 bytes.
         Home = Directory.CreateTempSubdirectory("dgd-").FullName;
         Kernel = Path.Combine(Home, "guest.bin");
@@ -47,9 +50,9 @@ internal sealed class DaemonProcess : IAsyncDisposable
     /// Starts a daemon; with <paramref name="tcp"/> also on 127.0.0.1:<paramref name="port"/> (0: any free port; a fixed
     /// one survives <see cref="StartDaemonAsync"/> again, as a browser's page needs after a daemon restart).
     /// </summary>
-    public static async Task<DaemonProcess> StartAsync(bool tcp = false, int port = 0)
+    public static async Task<DaemonProcess> StartAsync(bool tcp = false, int port = 0, string[]? extraArgs = null)
     {
-        var d = new DaemonProcess(tcp, port);
+        var d = new DaemonProcess(tcp, port, extraArgs);
         try { await d.StartDaemonAsync(); }
         catch
         {
@@ -67,6 +70,7 @@ internal sealed class DaemonProcess : IAsyncDisposable
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true };
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "dirigent.dll"), "daemon", "--home", Home, "--log-requests" })
             psi.ArgumentList.Add(a);
+        foreach (var a in _extraArgs) psi.ArgumentList.Add(a);
         if (_tcp) { psi.ArgumentList.Add("--listen"); psi.ArgumentList.Add($"127.0.0.1:{_port}"); }
         var ready = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         var p = new Process { StartInfo = psi, EnableRaisingEvents = true };

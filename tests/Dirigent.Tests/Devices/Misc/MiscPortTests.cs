@@ -44,6 +44,20 @@ public sealed class MiscPortTests : IDisposable
     }
 
     [Fact]
+    public void ResetControlSoftResetOnlyInitsTheProcessors()
+    {
+        _vm.Io.Register(PcPlatform.ResetControlPort, 1, new ResetControl(_vm));
+        int inits = 0;
+        _vm.CpuInitRequested += () => inits++;
+        _vm.Io.Write(PcPlatform.ResetControlPort, 1, 0x04); // RST_CPU with SYS_RST clear: soft reset (INIT)
+        Assert.Equal(1, inits);
+        Assert.Equal(PowerEventKind.None, _vm.PowerEvent);
+        _vm.Io.Write(PcPlatform.ResetControlPort, 1, 0x0C); // full reset selected: the machine resets
+        Assert.Equal(1, inits);
+        Assert.Equal(PowerEventKind.Reset, _vm.PowerEvent);
+    }
+
+    [Fact]
     public void PortAStoresA20AndBit0Resets()
     {
         var a = new SystemControlPortA(_vm);
