@@ -13,15 +13,45 @@ internal static class DaemonCommand
         var listen = new Option<string[]>("--listen") { Description = "Also serve TCP on HOST:PORT, e.g. 127.0.0.1:8006 (bearer tokens required; repeatable)", AllowMultipleArgumentsPerToken = false };
         var logRequests = new Option<bool>("--log-requests") { Description = "Log every API request on stderr" };
         var jailWorkers = new Option<bool>("--jail-workers") { Description = "Run every VM's worker jailed (dirigent run --jail: namespaces, chroot, user nobody, seccomp; needs root)" };
-        var cmd = new Command("daemon", "Run dirigentd: the management daemon and its REST API on $DIRIGENT_HOME/dirigent.sock") { home, listen, logRequests, jailWorkers };
+        var cluster = new Option<string?>("--cluster") { Description = "Join a cluster whose inventory is etcd: etcd://HOST:PORT[,HOST:PORT...]" };
+        var hostName = new Option<string?>("--host-name") { Description = "This host's name in the cluster (a-z, 0-9, '-'; default: the machine's host name)" };
+        var advertise = new Option<string?>("--advertise") { Description = "ADDR:PORT where the other hosts reach this daemon's TCP API (it listens there too)" };
+        var leaseTtl = new Option<int>("--lease-ttl") { Description = "Seconds after its last lease renewal that a silent host is taken for dead (default 10)", DefaultValueFactory = _ => 10 };
+        var cmd = new Command("daemon", "Run dirigentd: the management daemon and its REST API on $DIRIGENT_HOME/dirigent.sock")
+            { home, listen, logRequests, jailWorkers, cluster, hostName, advertise, leaseTtl };
         cmd.SetAction(r =>
         {
+            Dirigent.Daemon.Cluster.ClusterOptions? co = null;
+            if (r.GetValue(cluster) is { } url)
+            {
+                var eps = Dirigent.Inventory.EtcdInventory.ParseUrl(url, out string? why);
+                string name = r.GetValue(hostName) ?? Environment.MachineName.ToLowerInvariant();
+                string? adv = r.GetValue(advertise);
+                int ttl = r.GetValue(leaseTtl);
+                string? bad = eps == null ? $"--cluster: {why}"
+                    : name.Length == 0 || name[0] == '-' || !name.All(c => c is >= 'a' and <= 'z' or >= '0' and <= '9' or '-') ? $"--host-name '{name}': use a-z, 0-9 and '-' (at most 58 characters)"
+                    : name.Length > 58 ? $"--host-name '{name}': at most 58 characters"
+                    : adv == null ? "--cluster needs --advertise ADDR:PORT (where the other hosts reach this daemon)"
+                    : ttl is < 2 or > 600 ? $"--lease-ttl {ttl}: must be 2..600 seconds" : null;
+                if (bad != null)
+                {
+                    Console.Error.WriteLine($"dirigent daemon: {bad}");
+                    return ExitCodes.BadInput;
+                }
+                co = new Dirigent.Daemon.Cluster.ClusterOptions { Endpoints = eps!, HostName = name, Advertise = adv!, LeaseTtl = TimeSpan.FromSeconds(ttl) };
+            }
+            else if (r.GetValue(hostName) != null || r.GetValue(advertise) != null)
+            {
+                Console.Error.WriteLine("dirigent daemon: --host-name and --advertise only go with --cluster etcd://HOST:PORT");
+                return ExitCodes.BadInput;
+            }
             var opts = new DaemonOptions
             {
                 Home = r.GetValue(home) ?? DaemonPaths.DefaultHome(),
                 Listen = r.GetValue(listen) ?? [],
                 LogRequests = r.GetValue(logRequests),
                 JailWorkers = r.GetValue(jailWorkers),
+                Cluster = co,
             };
             try
             {

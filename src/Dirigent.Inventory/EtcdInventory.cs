@@ -217,10 +217,15 @@ public sealed class EtcdInventory : IInventory
                 }, token).ConfigureAwait(false);
                 reader = call.ResponseStream;
             }
-            catch (Exception e) when (e is RpcException or IOException or InvalidOperationException && !token.IsCancellationRequested)
+            catch (Exception e) when (e is RpcException or IOException or InvalidOperationException or OperationCanceledException)
             {
                 call?.Dispose();
                 call = null;
+            }
+            if (token.IsCancellationRequested)
+            {
+                call?.Dispose();
+                yield break;
             }
             if (call == null)
             {

@@ -48,6 +48,7 @@ public static class VmCommands
     [
         new("NAME", o => Output.Text(o["name"])),
         new("STATE", o => Output.Text(o["state"])),
+        new("HOST", o => Output.Text(o["host"])),
         new("VCPUS", o => Output.Text(o["spec"]?["vcpus"])),
         new("MEMORY", o => Output.Mib(o["spec"]?["memory_mib"])),
         new("CPU-LIMIT", o => Output.Text(o["limits"]?["cpu"])),
@@ -68,13 +69,17 @@ public static class VmCommands
         {
             Description = "Boot disk: a linked clone (qcow2 overlay, removed by `vm delete --purge`) of the daemon's image NAME (HOME/images/NAME.qcow2, see `image build debian`)",
         };
-        var cmd = new Command("create", "Define a VM (stopped; `vm start` runs it)") { name, output, image };
+        var pin = new Option<string?>("--pin") { Description = "Cluster: place the VM on this host only (a host name)" };
+        var anti = new Option<string?>("--anti-affinity") { Description = "Cluster: never place two VMs of this group on one host (a group name)" };
+        var cmd = new Command("create", "Define a VM (stopped; `vm start` runs it)") { name, output, image, pin, anti };
         spec.AddTo(cmd);
         Set(cmd, "vm create", async (r, ct) =>
         {
             string n = r.GetValue(name)!;
             var body = spec.CreateBody(r, n);
             if (r.GetValue(image) is { } img) body["image"] = img;
+            if (r.GetValue(pin) != null || r.GetValue(anti) != null)
+                body["placement"] = new JsonObject { ["host"] = r.GetValue(pin), ["anti_affinity"] = r.GetValue(anti) };
             using var client = conn.Connect(r);
             var record = await client.JsonAsync(HttpMethod.Post, Vms, body, ct);
             // Quiet unless asked: the record is what `vm show` prints.

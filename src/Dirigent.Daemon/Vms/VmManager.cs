@@ -234,6 +234,8 @@ internal sealed partial class VmManager
             r = await _store.UpdateAsync(name, rec =>
             {
                 if (pid != null && rec.Pid != null && rec.Pid != pid) throw new StaleExitException();
+                // Cluster: a VM given to another host meanwhile (fenced, migrated) is that host's to record.
+                if (!Owns(rec)) throw new StaleExitException();
                 rec.State = state;
                 rec.Exit = new VmExitInfo { Kind = exit.Kind, Detail = exit.Detail, ExitCode = exit.ExitCode, At = DateTimeOffset.UtcNow };
                 rec.Pid = null;
