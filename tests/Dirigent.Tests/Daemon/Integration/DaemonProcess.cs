@@ -30,11 +30,13 @@ internal sealed class DaemonProcess : IAsyncDisposable
 
     private readonly bool _tcp;
     private readonly int _port;
+    private readonly string[] _extra;
     private Process? _daemon;
     private readonly StringBuilder _stderr = new();
 
-    private DaemonProcess(bool tcp, int port)
+    private DaemonProcess(bool tcp, int port, string[]? extra = null)
     {
+        _extra = extra ?? [];
         // /tmp and a short name: worker socket paths (HOME/vms/NAME/worker.sock) must stay under 108 bytes.
         Home = Directory.CreateTempSubdirectory("dgd-").FullName;
         Kernel = Path.Combine(Home, "guest.bin");
@@ -47,9 +49,10 @@ internal sealed class DaemonProcess : IAsyncDisposable
     /// Starts a daemon; with <paramref name="tcp"/> also on 127.0.0.1:<paramref name="port"/> (0: any free port; a fixed
     /// one survives <see cref="StartDaemonAsync"/> again, as a browser's page needs after a daemon restart).
     /// </summary>
-    public static async Task<DaemonProcess> StartAsync(bool tcp = false, int port = 0)
+    /// <param name="extraArgs">More daemon options (the cluster tests' --cluster, --host-name, --advertise).</param>
+    public static async Task<DaemonProcess> StartAsync(bool tcp = false, int port = 0, string[]? extraArgs = null)
     {
-        var d = new DaemonProcess(tcp, port);
+        var d = new DaemonProcess(tcp, port, extraArgs);
         try { await d.StartDaemonAsync(); }
         catch
         {
@@ -68,6 +71,7 @@ internal sealed class DaemonProcess : IAsyncDisposable
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "dirigent.dll"), "daemon", "--home", Home, "--log-requests" })
             psi.ArgumentList.Add(a);
         if (_tcp) { psi.ArgumentList.Add("--listen"); psi.ArgumentList.Add($"127.0.0.1:{_port}"); }
+        foreach (string a in _extra) psi.ArgumentList.Add(a);
         var ready = new TaskCompletionSource<string>(TaskCreationOptions.RunContinuationsAsynchronously);
         var p = new Process { StartInfo = psi, EnableRaisingEvents = true };
         p.ErrorDataReceived += (_, e) =>
