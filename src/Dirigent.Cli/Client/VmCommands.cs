@@ -48,12 +48,13 @@ public static class VmCommands
     [
         new("NAME", o => Output.Text(o["name"])),
         new("STATE", o => Output.Text(o["state"])),
-        new("HOST", o => Output.Text(o["host"])),
         new("VCPUS", o => Output.Text(o["spec"]?["vcpus"])),
         new("MEMORY", o => Output.Mib(o["spec"]?["memory_mib"])),
         new("CPU-LIMIT", o => Output.Text(o["limits"]?["cpu"])),
         new("PID", o => Output.Text(o["pid"])),
         new("EXIT", o => o["exit"] is JsonObject e ? $"{Output.Text(e["kind"])}{(e["detail"] is { } d ? ": " + Output.Text(d) : "")}" : ""),
+        // Last, so that one-host listings read as before: the cluster host the VM is placed on ("-" on one host).
+        new("HOST", o => Output.Text(o["host"])),
     ];
 
     private static Argument<string> NameArg(string help = "The VM's name") => new("NAME") { Description = help };
