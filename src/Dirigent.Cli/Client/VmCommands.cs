@@ -40,6 +40,7 @@ public static class VmCommands
         vm.Subcommands.Add(SnapshotsCommand(conn));
         vm.Subcommands.Add(RestoreCommand(conn));
         vm.Subcommands.Add(CloneCommand(conn));
+        vm.Subcommands.Add(MigrateCommand(conn));
         return vm;
     }
 
@@ -155,6 +156,22 @@ public static class VmCommands
             if (r.GetValue(force)) body["force"] = true;
             using var client = conn.Connect(r);
             await client.SubmitAsync(HttpMethod.Post, $"{Vms}/{Seg(r.GetValue(name)!)}/shutdown", body.Count > 0 ? body : null,
+                r.GetValue(noWait), Console.Out, Console.Error, ct);
+            return ClientExit.Ok;
+        });
+        return cmd;
+    }
+
+    private static Command MigrateCommand(ConnectionOptions conn)
+    {
+        var name = NameArg();
+        var to = new Option<string>("--to") { Description = "The host to move the running VM to (cluster mode)", Required = true };
+        var noWait = NoWait();
+        var cmd = new Command("migrate", "Live-migrate a running VM to another host of the cluster") { name, to, noWait };
+        Set(cmd, "vm migrate", async (r, ct) =>
+        {
+            using var client = conn.Connect(r);
+            await client.SubmitAsync(HttpMethod.Post, $"{Vms}/{Seg(r.GetValue(name)!)}/migrate", new JsonObject { ["host"] = r.GetValue(to) },
                 r.GetValue(noWait), Console.Out, Console.Error, ct);
             return ClientExit.Ok;
         });

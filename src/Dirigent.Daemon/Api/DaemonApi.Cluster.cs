@@ -15,6 +15,16 @@ internal sealed partial class DaemonApi
     {
         Route(app, "GET", Base + "/cluster", R, ClusterStatus);
         Route(app, "GET", Base + "/hosts", R, ListHosts);
+        Route(app, "POST", Base + "/vms/{name}/migrate", TokenRights.Operate, async (HttpContext c, string name) =>
+        {
+            using var doc = ParseObject(await ReadBodyAsync(c))!;
+            await Accepted(c, vms.MigrateAsync(name, doc.RootElement, c.RequestAborted));
+        });
+        Route(app, "POST", Base + "/vms/{name}/incoming", A, async (HttpContext c, string name) =>
+        {
+            using var doc = ParseObject(await ReadBodyAsync(c))!;
+            await Write(c, 200, await vms.PrepareIncomingAsync(name, doc.RootElement, c.RequestAborted));
+        });
         Route(app, "POST", Base + "/cluster/resign", A, async (HttpContext c) =>
         {
             await NoBody(c);

@@ -39,7 +39,8 @@ internal sealed class ClusterForwarder(ClusterNode node, VmStore store, Operatio
         if (seg[2] != "vms") return false;
         string name = seg[3];
         bool worker = seg.Length > 4 || !HttpMethods.IsGet(ctx.Request.Method);
-        if (!worker || seg.Length > 4 && seg[4] == "migrate") return false; // records from the store; migrate runs on the source (it forwards itself)
+        // Records come from the store; "incoming" is the migration target's own half (the record names the source).
+        if (!worker || seg.Length > 4 && seg[4] == "incoming") return false;
         if (await store.GetAsync(name, ctx.RequestAborted) is not var (rec, rev)) return false; // the local 404
         if (rec.Host == null && !HttpMethods.IsDelete(ctx.Request.Method) && !HttpMethods.IsPatch(ctx.Request.Method))
             rec = await WaitPlacedAsync(name, rev, ctx.RequestAborted)

@@ -278,6 +278,31 @@ internal sealed class ClusterNode : IAsyncDisposable
     public async Task<HostRecord?> UpHostAsync(string name, CancellationToken ct)
         => await _inv.GetAsync(HostsPrefix + name, ct) is { } e ? Decode(e.Value) : null;
 
+    private readonly HttpClient _peers = new(new SocketsHttpHandler { ConnectTimeout = TimeSpan.FromSeconds(5) }) { Timeout = TimeSpan.FromMinutes(2) };
+
+    /// <summary>POSTs <paramref name="body"/> to another host's daemon with this host's token; its JSON answer, or its
+    /// problem's detail as an <see cref="InvalidOperationException"/>.</summary>
+    public async Task<System.Text.Json.Nodes.JsonNode?> PostPeerAsync(HostRecord host, string path, System.Text.Json.Nodes.JsonObject body, CancellationToken ct)
+    {
+        using var req = new HttpRequestMessage(HttpMethod.Post, $"http://{host.Address}{path}")
+        {
+            Content = new StringContent(body.ToJsonString(), System.Text.Encoding.UTF8, "application/json"),
+        };
+        req.Headers.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", PeerToken);
+        req.Headers.Add("Dirigent-Forwarded", HostName);
+        HttpResponseMessage r;
+        try { r = await _peers.SendAsync(req, ct); }
+        catch (HttpRequestException e) { throw new InvalidOperationException($"host '{host.Name}' at {host.Address} did not answer: {Dirigent.Api.ApiProblem.OneLine(e.Message)}"); }
+        using (r)
+        {
+            string text = await r.Content.ReadAsStringAsync(ct);
+            var json = text.Length > 0 ? System.Text.Json.Nodes.JsonNode.Parse(text) : null;
+            if (!r.IsSuccessStatusCode)
+                throw new InvalidOperationException($"host '{host.Name}': {(int)r.StatusCode} {json?["detail"]?.GetValue<string>() ?? text}");
+            return json;
+        }
+    }
+
     public static HostRecord Decode(byte[] v) => JsonSerializer.Deserialize<HostRecord>(v, ApiJson.Options)!;
     private static byte[] Encode(HostRecord h) => JsonSerializer.SerializeToUtf8Bytes(h, ApiJson.Options);
 

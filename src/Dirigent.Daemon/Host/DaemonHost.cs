@@ -120,6 +120,7 @@ public sealed class DaemonHost : IAsyncDisposable
             {
                 vms.HostName = cluster.HostName;
                 node = new Dirigent.Daemon.Cluster.ClusterNode(inventory, cluster, tokens, log);
+                vms.Cluster = node;
                 // Fencing comes before anything else: workers of VMs that went to other hosts meanwhile die first.
                 await node.JoinAsync(vms, ct);
             }

@@ -216,8 +216,15 @@ internal sealed partial class VmManager
     private async Task OnWorkerExitedAsync(string name, VmRuntime rt, WorkerExit exit)
     {
         _live.TryRemove(new KeyValuePair<string, VmRuntime>(name, rt));
+        // Cluster: a worker that handed its VM to another host ends "migrated"; the record is the target's to write.
+        bool migratedAway = _migratingAway.TryRemove(name, out _) && exit.Kind.Contains("migrat", StringComparison.OrdinalIgnoreCase);
         try { rt.Cgroup?.Dispose(); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or CgroupException) { _log.WriteLine($"daemon: VM '{name}': cgroup not removed: {e.Message}"); }
+        if (migratedAway)
+        {
+            _log.WriteLine($"daemon: VM '{name}': worker {rt.Handle.Pid} handed the VM to another host");
+            return;
+        }
         await RecordExitAsync(name, rt.Handle.Pid, exit);
     }
 
