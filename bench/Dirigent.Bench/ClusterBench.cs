@@ -13,7 +13,8 @@ namespace Dirigent.Bench;
 /// (n1..n3, each its own home and API port). Figures: create-and-place latency (POST /vms on a host to the record
 /// naming the host the leader chose; N creates, one at a time, through the three daemons in turn) and failover time
 /// (SIGKILL of the daemon and worker of the host running a restart=always default guest, to its record running on
-/// another host, and to its first console byte there; the lease TTL is most of it). Everything started is killed.
+/// another host, and to its first console byte there; the lease TTL is most of it), then the live migration of that
+/// guest to the third host (POST migrate to the operation's end). Everything started is killed.
 /// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- cluster [--creates N] [--lease-ttl S] [--dirigent PATH]
 /// </summary>
 public static class ClusterBench
@@ -135,6 +136,18 @@ public static class ClusterBench
             await Task.Delay(10);
         }
         Console.WriteLine($"failover (host {host} SIGKILLed, lease TTL {ttl} s): taken off it after {detected:F2} s, running on {newHost ?? "-"} after {running:F2} s, first console byte there after {firstByte:F2} s");
+        // Inter-host live migration of the running default guest (now on newHost) to the other surviving host.
+        if (newHost != null && !double.IsNaN(firstByte))
+        {
+            int from = int.Parse(newHost[1..], CultureInfo.InvariantCulture) - 1;
+            int to = Enumerable.Range(0, 3).First(i => i != from && i != victim);
+            long m0 = Stopwatch.GetTimestamp();
+            var mop = await clients[from].ExpectAsync(202, HttpMethod.Post, "api/v1/vms/fo/migrate", new JsonObject { ["host"] = $"n{to + 1}" });
+            var mdone = await clients[from].ExpectAsync(200, HttpMethod.Get, $"api/v1/operations/{mop?["id"]}/wait?timeout=120");
+            double migrate = Stopwatch.GetElapsedTime(m0).TotalSeconds;
+            Console.WriteLine($"migration n{from + 1} -> n{to + 1} of the running default guest (96 MiB): {mdone?["status"]} in {migrate:F2} s " +
+                              "(POST to the record on the target; includes starting the target's worker)");
+        }
         foreach (var c in clients) c.Dispose();
     }
 
