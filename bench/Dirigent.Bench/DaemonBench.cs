@@ -202,7 +202,7 @@ public static class DaemonBench
         throw new TimeoutException($"{name} printed no '{BootedMarker}' within {BootGuard.TotalSeconds:F0} s");
     }
 
-    private static Process StartDaemon(string[] dirigent, string home)
+    internal static Process StartDaemon(string[] dirigent, string home, params string[] extra)
     {
         // As the daemon starts its workers: output appended to a log file, never a pipe the bench would have to drain.
         var info = new ProcessStartInfo("/bin/sh") { UseShellExecute = false };
@@ -213,11 +213,13 @@ public static class DaemonBench
         info.ArgumentList.Add("daemon");
         info.ArgumentList.Add("--home");
         info.ArgumentList.Add(home);
+        foreach (string a in extra)
+            info.ArgumentList.Add(a);
         info.Environment["DIRIGENT_HOME"] = home;
         return Process.Start(info)!;
     }
 
-    private static async Task WaitReady(Process daemon, string socket, DaemonClient client)
+    internal static async Task WaitReady(Process daemon, string socket, DaemonClient client)
     {
         long start = Stopwatch.GetTimestamp();
         while (Stopwatch.GetElapsedTime(start) < TimeSpan.FromSeconds(60))
@@ -368,7 +370,7 @@ public static class DaemonBench
 
     private static double Max(List<double> v) => v.Count == 0 ? double.NaN : v.Max();
 
-    private static int? IntOption(string[] args, string name)
+    internal static int? IntOption(string[] args, string name)
     {
         int i = Array.IndexOf(args, name);
         return i >= 0 && i + 1 < args.Length && int.TryParse(args[i + 1], CultureInfo.InvariantCulture, out int v) && v > 0 ? v : null;
@@ -378,7 +380,7 @@ public static class DaemonBench
     /// The dirigent CLI to run as the daemon: --dirigent PATH, else the CLI this bench was built with (its apphost,
     /// or `dotnet dirigent.dll`), so the daemon and its workers are the same build as the bench.
     /// </summary>
-    private static string[] DirigentCommand(string[] args)
+    internal static string[] DirigentCommand(string[] args)
     {
         int i = Array.IndexOf(args, "--dirigent");
         if (i >= 0 && i + 1 < args.Length)
@@ -387,9 +389,9 @@ public static class DaemonBench
         return File.Exists(apphost) ? [apphost] : ["dotnet", Path.Combine(AppContext.BaseDirectory, "dirigent.dll")];
     }
 
-    private static string Tail(string text) => text[^Math.Min(2000, text.Length)..];
+    internal static string Tail(string text) => text[^Math.Min(2000, text.Length)..];
 
-    private static void TryDelete(string dir)
+    internal static void TryDelete(string dir)
     {
         try
         {

@@ -35,6 +35,7 @@ public static class Program
         if (args.Contains("boot")) return BootBench.Run(qemu, jitOff: !args.Contains("--no-jit-off"));
         if (args.Contains("firmware")) return FirmwareBench.Run(qemu);
         if (args.Contains("debian-boot")) return OperatingSystem.IsLinux() ? DebianBootBench.Run(qemu, args) : 2;
+        if (args.Contains("cluster")) return ClusterBench.Run(args);
         if (args.Contains("daemon")) return DaemonBench.Run(qemu, args);
         if (args.Contains("smp")) return SmpBench.Run(qemu, quick);
         if (args.Contains("lifecycle")) return LifecycleBench.Run(qemu, quick, busy: !args.Contains("--no-busy"));

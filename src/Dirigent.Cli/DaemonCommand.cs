@@ -14,12 +14,41 @@ internal static class DaemonCommand
         var logRequests = new Option<bool>("--log-requests") { Description = "Log every API request on stderr" };
         var jailWorkers = new Option<bool>("--jail-workers") { Description = "Require jailed workers: fail to start where the host cannot make jails (jailed is already the default where it can)" };
         var noJailWorkers = new Option<bool>("--no-jail-workers") { Description = "Run the VMs' workers without a jail (by default they run under dirigent run --jail where the host allows: root, util-linux, libseccomp)" };
-        var cmd = new Command("daemon", "Run dirigentd: the management daemon and its REST API on $DIRIGENT_HOME/dirigent.sock") { home, listen, logRequests, jailWorkers, noJailWorkers };
+        var cluster = new Option<string?>("--cluster") { Description = "Join a cluster whose inventory is etcd: etcd://HOST:PORT[,HOST:PORT...]" };
+        var hostName = new Option<string?>("--host-name") { Description = "This host's name in the cluster (a-z, 0-9, '-'; default: the machine's host name)" };
+        var advertise = new Option<string?>("--advertise") { Description = "ADDR:PORT where the other hosts reach this daemon's TCP API (it listens there too)" };
+        var leaseTtl = new Option<int>("--lease-ttl") { Description = "Seconds after its last lease renewal that a silent host is taken for dead (default 10)", DefaultValueFactory = _ => 10 };
+        var cmd = new Command("daemon", "Run dirigentd: the management daemon and its REST API on $DIRIGENT_HOME/dirigent.sock")
+            { home, listen, logRequests, jailWorkers, noJailWorkers, cluster, hostName, advertise, leaseTtl };
         cmd.SetAction(r =>
         {
             if (r.GetValue(jailWorkers) && r.GetValue(noJailWorkers))
             {
                 Console.Error.WriteLine("dirigent daemon: --jail-workers and --no-jail-workers exclude each other");
+                return ExitCodes.BadInput;
+            }
+            Dirigent.Daemon.Cluster.ClusterOptions? co = null;
+            if (r.GetValue(cluster) is { } url)
+            {
+                var eps = Dirigent.Inventory.EtcdInventory.ParseUrl(url, out string? why);
+                string name = r.GetValue(hostName) ?? Environment.MachineName.ToLowerInvariant();
+                string? adv = r.GetValue(advertise);
+                int ttl = r.GetValue(leaseTtl);
+                string? bad = eps == null ? $"--cluster: {why}"
+                    : name.Length == 0 || name[0] == '-' || !name.All(c => c is >= 'a' and <= 'z' or >= '0' and <= '9' or '-') ? $"--host-name '{name}': use a-z, 0-9 and '-' (at most 58 characters)"
+                    : name.Length > 58 ? $"--host-name '{name}': at most 58 characters"
+                    : adv == null ? "--cluster needs --advertise ADDR:PORT (where the other hosts reach this daemon)"
+                    : ttl is < 2 or > 600 ? $"--lease-ttl {ttl}: must be 2..600 seconds" : null;
+                if (bad != null)
+                {
+                    Console.Error.WriteLine($"dirigent daemon: {bad}");
+                    return ExitCodes.BadInput;
+                }
+                co = new Dirigent.Daemon.Cluster.ClusterOptions { Endpoints = eps!, HostName = name, Advertise = adv!, LeaseTtl = TimeSpan.FromSeconds(ttl) };
+            }
+            else if (r.GetValue(hostName) != null || r.GetValue(advertise) != null)
+            {
+                Console.Error.WriteLine("dirigent daemon: --host-name and --advertise only go with --cluster etcd://HOST:PORT");
                 return ExitCodes.BadInput;
             }
             // Workers are jailed by default where the host can make jails; where it cannot, they run as before and
@@ -37,6 +66,7 @@ internal static class DaemonCommand
                 LogRequests = r.GetValue(logRequests),
                 JailWorkers = !r.GetValue(noJailWorkers) && problem == null,
                 UnjailedReason = problem,
+                Cluster = co,
             };
             try
             {

@@ -14,6 +14,8 @@ public static class Program
         root.Subcommands.Add(Client.VmCommands.Create());
         root.Subcommands.Add(Client.TokenCommands.Create());
         root.Subcommands.Add(Client.EventsCommand.Create());
+        root.Subcommands.Add(Client.ClusterCommands.CreateCluster());
+        root.Subcommands.Add(Client.ClusterCommands.CreateHost());
         root.Subcommands.Add(DaemonCommand.Create());
 
         root.Subcommands.Add(ImageCommand.Create());

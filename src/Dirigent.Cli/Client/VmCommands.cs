@@ -40,6 +40,7 @@ public static class VmCommands
         vm.Subcommands.Add(SnapshotsCommand(conn));
         vm.Subcommands.Add(RestoreCommand(conn));
         vm.Subcommands.Add(CloneCommand(conn));
+        vm.Subcommands.Add(MigrateCommand(conn));
         return vm;
     }
 
@@ -53,6 +54,8 @@ public static class VmCommands
         new("CPU-LIMIT", o => Output.Text(o["limits"]?["cpu"])),
         new("PID", o => Output.Text(o["pid"])),
         new("EXIT", o => o["exit"] is JsonObject e ? $"{Output.Text(e["kind"])}{(e["detail"] is { } d ? ": " + Output.Text(d) : "")}" : ""),
+        // Last, so that one-host listings read as before: the cluster host the VM is placed on ("-" on one host).
+        new("HOST", o => Output.Text(o["host"])),
     ];
 
     private static Argument<string> NameArg(string help = "The VM's name") => new("NAME") { Description = help };
@@ -68,13 +71,17 @@ public static class VmCommands
         {
             Description = "Boot disk: a linked clone (qcow2 overlay, removed by `vm delete --purge`) of the daemon's image NAME (HOME/images/NAME.qcow2, see `image build debian`)",
         };
-        var cmd = new Command("create", "Define a VM (stopped; `vm start` runs it)") { name, output, image };
+        var pin = new Option<string?>("--pin") { Description = "Cluster: place the VM on this host only (a host name)" };
+        var anti = new Option<string?>("--anti-affinity") { Description = "Cluster: never place two VMs of this group on one host (a group name)" };
+        var cmd = new Command("create", "Define a VM (stopped; `vm start` runs it)") { name, output, image, pin, anti };
         spec.AddTo(cmd);
         Set(cmd, "vm create", async (r, ct) =>
         {
             string n = r.GetValue(name)!;
             var body = spec.CreateBody(r, n);
             if (r.GetValue(image) is { } img) body["image"] = img;
+            if (r.GetValue(pin) != null || r.GetValue(anti) != null)
+                body["placement"] = new JsonObject { ["host"] = r.GetValue(pin), ["anti_affinity"] = r.GetValue(anti) };
             using var client = conn.Connect(r);
             var record = await client.JsonAsync(HttpMethod.Post, Vms, body, ct);
             // Quiet unless asked: the record is what `vm show` prints.
@@ -149,6 +156,22 @@ public static class VmCommands
             if (r.GetValue(force)) body["force"] = true;
             using var client = conn.Connect(r);
             await client.SubmitAsync(HttpMethod.Post, $"{Vms}/{Seg(r.GetValue(name)!)}/shutdown", body.Count > 0 ? body : null,
+                r.GetValue(noWait), Console.Out, Console.Error, ct);
+            return ClientExit.Ok;
+        });
+        return cmd;
+    }
+
+    private static Command MigrateCommand(ConnectionOptions conn)
+    {
+        var name = NameArg();
+        var to = new Option<string>("--to") { Description = "The host to move the running VM to (cluster mode)", Required = true };
+        var noWait = NoWait();
+        var cmd = new Command("migrate", "Live-migrate a running VM to another host of the cluster") { name, to, noWait };
+        Set(cmd, "vm migrate", async (r, ct) =>
+        {
+            using var client = conn.Connect(r);
+            await client.SubmitAsync(HttpMethod.Post, $"{Vms}/{Seg(r.GetValue(name)!)}/migrate", new JsonObject { ["host"] = r.GetValue(to) },
                 r.GetValue(noWait), Console.Out, Console.Error, ct);
             return ClientExit.Ok;
         });

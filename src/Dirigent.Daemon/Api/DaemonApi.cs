@@ -18,7 +18,8 @@ namespace Dirigent.Daemon.Api;
 /// <see cref="Dirigent.Api.ApiRequestException"/> for 4xx problems.
 /// </summary>
 internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, OperationManager ops, EventHub events,
-    TokenStore tokens, SessionStore sessions, MetricsHistory history, WebAssets assets, RequestMetrics metrics, DaemonPaths paths)
+    TokenStore tokens, SessionStore sessions, MetricsHistory history, WebAssets assets, RequestMetrics metrics, DaemonPaths paths,
+    Dirigent.Daemon.Cluster.ClusterNode? cluster = null)
 {
     public const string Base = "/api/v1";
 
@@ -59,6 +60,7 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
         Route(app, "GET", Base + "/vms/{name}/console", O, (HttpContext c, string name) => ConsoleProxy.Serve(c, vms, name));
         Route(app, "GET", Base + "/vms/{name}/console/log", R, ConsoleLog);
         MapOthers(app, R, O, A);
+        MapCluster(app, R, A);
         MapWeb(app, R);
     }
 
@@ -66,8 +68,8 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
     {
         string? state = c.Request.Query["state"];
         if (state != null && state is not (VmStates.Stopped or VmStates.Starting or VmStates.Running or VmStates.Paused
-                or VmStates.ShuttingDown or VmStates.Stopping or VmStates.Crashed))
-            throw Bad($"state must be stopped, starting, running, paused, shutting_down, stopping or crashed, got '{state}'");
+                or VmStates.ShuttingDown or VmStates.Stopping or VmStates.Crashed or VmStates.Lost))
+            throw Bad($"state must be stopped, starting, running, paused, shutting_down, stopping, crashed or lost, got '{state}'");
         var list = new JsonArray();
         foreach (var (rec, rev) in await vms.Store.ListAsync(c.RequestAborted))
             if (state == null || rec.State == state) list.Add(rec.ToApi(rev));

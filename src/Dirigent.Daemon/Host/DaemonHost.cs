@@ -34,6 +34,8 @@ public sealed class DaemonOptions
     public bool JailWorkers { get; init; }
     /// <summary>Why workers run unjailed although not asked to (the host cannot make jails): logged once at start.</summary>
     public string? UnjailedReason { get; init; }
+    /// <summary>--cluster etcd://...: the inventory is etcd and this daemon is one host of a cluster (null: one host, SQLite).</summary>
+    public Dirigent.Daemon.Cluster.ClusterOptions? Cluster { get; init; }
 }
 
 /// <summary>A bad option or an unusable state directory: one line for the user.</summary>
@@ -47,7 +49,8 @@ public sealed class DaemonStartException(string message) : Exception(message);
 public sealed class DaemonHost : IAsyncDisposable
 {
     private readonly WebApplication _app;
-    private readonly SqliteInventory _inventory;
+    private readonly IInventory _inventory;
+    private readonly Dirigent.Daemon.Cluster.ClusterNode? _cluster;
     private readonly OperationManager _ops;
     private readonly VmManager _vms;
     private readonly MetricsHistory _history;
@@ -56,9 +59,10 @@ public sealed class DaemonHost : IAsyncDisposable
 
     public DaemonPaths Paths { get; }
 
-    private DaemonHost(WebApplication app, SqliteInventory inventory, OperationManager ops, VmManager vms, MetricsHistory history,
-        DaemonPaths paths, TextWriter log)
+    private DaemonHost(WebApplication app, IInventory inventory, OperationManager ops, VmManager vms, MetricsHistory history,
+        DaemonPaths paths, TextWriter log, Dirigent.Daemon.Cluster.ClusterNode? cluster)
     {
+        _cluster = cluster;
         _vms = vms;
         _history = history;
         _app = app;
@@ -73,6 +77,13 @@ public sealed class DaemonHost : IAsyncDisposable
         log = TextWriter.Synchronized(log);
         var paths = new DaemonPaths(options.Home);
         var endpoints = options.Listen.Select(ParseListen).ToList();
+        if (options.Cluster is { } co)
+        {
+            // The other daemons reach this one at its advertised address: listen there unless --listen already does.
+            var adv = ParseListen(co.Advertise);
+            if (!endpoints.Any(e => e.Port == adv.Port && (e.Address.Equals(adv.Address) || e.Address.Equals(IPAddress.Any))))
+                endpoints.Add(adv.Address.Equals(IPAddress.Loopback) || adv.Address.Equals(IPAddress.Any) ? adv : new IPEndPoint(IPAddress.Any, adv.Port));
+        }
         try { paths.Create(); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -81,7 +92,20 @@ public sealed class DaemonHost : IAsyncDisposable
         try { UnixSocketPath.Prepare(paths.Socket); }
         catch (ApiSocketException e) { throw new DaemonStartException(e.Message); }
 
-        var inventory = SqliteInventory.Open(paths.InventoryDb);
+        IInventory inventory;
+        if (options.Cluster is { } cl)
+        {
+            var etcd = new EtcdInventory(cl.Endpoints, cl.KeyPrefix);
+            try { await etcd.GetAsync(Dirigent.Daemon.Cluster.ClusterNode.LeaderKey, ct); }
+            catch (InventoryUnavailableException e)
+            {
+                await etcd.DisposeAsync();
+                throw new DaemonStartException(e.Message);
+            }
+            inventory = etcd;
+        }
+        else inventory = SqliteInventory.Open(paths.InventoryDb);
+        Dirigent.Daemon.Cluster.ClusterNode? node = null;
         var events = new EventHub();
         var ops = new OperationManager(new OperationManagerOptions(), events);
         try
@@ -95,6 +119,14 @@ public sealed class DaemonHost : IAsyncDisposable
             var metrics = new RequestMetrics();
             var sessions = new SessionStore(inventory, tokens);
             var history = new MetricsHistory(vms, events);
+            if (options.Cluster is { } cluster)
+            {
+                vms.HostName = cluster.HostName;
+                node = new Dirigent.Daemon.Cluster.ClusterNode(inventory, cluster, tokens, log);
+                vms.Cluster = node;
+                // Fencing comes before anything else: workers of VMs that went to other hosts meanwhile die first.
+                await node.JoinAsync(vms, ct);
+            }
 
             var builder = WebApplication.CreateEmptyBuilder(new WebApplicationOptions
             {
@@ -133,7 +165,8 @@ public sealed class DaemonHost : IAsyncDisposable
 
             var app = builder.Build();
             RequestPipeline.Use(app, tokens, sessions, metrics, log, options.LogRequests);
-            new DaemonApi(vms, disks, ops, events, tokens, sessions, history, new WebAssets(), metrics, paths).Map(app);
+            if (node != null) new Dirigent.Daemon.Cluster.ClusterForwarder(node, store, ops).Use(app);
+            new DaemonApi(vms, disks, ops, events, tokens, sessions, history, new WebAssets(), metrics, paths, node).Map(app);
             app.MapOpenApi(DaemonApi.Base + "/openapi.json").WithMetadata(new RequiredRight(TokenRights.Read));
 
             // Workers first (re-adopt, record the vanished, restart policies, autostart), then serve.
@@ -148,14 +181,16 @@ public sealed class DaemonHost : IAsyncDisposable
                 throw new DaemonStartException($"cannot listen: {ApiProblem.OneLine(inner.Message)}");
             }
             history.Start();
-            var host = new DaemonHost(app, inventory, ops, vms, history, paths, log);
+            node?.Start();
+            var host = new DaemonHost(app, inventory, ops, vms, history, paths, log, node);
             // The bound addresses (not the asked ones): port 0 picks a free port, and tests read it from this line.
             if (options.UnjailedReason is { } unjailed) log.WriteLine($"daemon: VM workers run without a jail: {unjailed} (--no-jail-workers says so on purpose)");
-            log.WriteLine($"daemon: serving {paths.Socket}{string.Concat(host.Addresses.Where(a => a.StartsWith("http://", StringComparison.Ordinal) && !a.Contains("unix:", StringComparison.Ordinal)).Select(a => " and " + a))} (state in {paths.Home}, cgroups: {cgroups.Kind}, workers: {(options.JailWorkers ? "jailed" : "not jailed")})");
+            log.WriteLine($"daemon: serving {paths.Socket}{string.Concat(host.Addresses.Where(a => a.StartsWith("http://", StringComparison.Ordinal) && !a.Contains("unix:", StringComparison.Ordinal)).Select(a => " and " + a))} (state in {paths.Home}, cgroups: {cgroups.Kind}, workers: {(options.JailWorkers ? "jailed" : "not jailed")}{(node != null ? $", cluster host '{node.HostName}' on {inventory}" : "")})");
             return host;
         }
         catch
         {
+            if (node != null) await node.DisposeAsync();
             ops.Dispose();
             await inventory.DisposeAsync();
             throw;
@@ -207,6 +242,7 @@ public sealed class DaemonHost : IAsyncDisposable
         UnixSocketPath.Remove(Paths.Socket);
         // Let go of the workers (they keep running; the next daemon re-adopts them) before the inventory closes.
         _vms.ReleaseWorkers();
+        if (_cluster != null) await _cluster.DisposeAsync();
         _ops.Dispose();
         await _inventory.DisposeAsync();
     }

@@ -15,7 +15,7 @@ internal sealed partial class VmManager
 
     public async Task<Operation> StartAsync(string name, CancellationToken ct)
     {
-        await PrecheckAsync(name, "start", ct, S.Stopped, S.Crashed);
+        await PrecheckAsync(name, "start", ct, S.Stopped, S.Crashed, S.Lost);
         return SubmitStart(name, $"start {name}");
     }
 
@@ -24,14 +24,14 @@ internal sealed partial class VmManager
 
     private async Task<JsonNode?> StartWorkAsync(string name, string? restoreDir, CancellationToken ct)
     {
-        var rec = await RequireStateAsync(name, "start", ct, S.Stopped, S.Crashed);
+        var rec = await RequireStateAsync(name, "start", ct, S.Stopped, S.Crashed, S.Lost);
         List<string> args = restoreDir != null
             ? ["--restore", restoreDir]
             : await WorkerArgs.BuildAsync(rec.Spec, rec.Name, _disks, ct);
         var limits = rec.Limits.Any ? rec.Limits.ToResourceLimits() : null;
         if (limits != null && _cgroups.UnavailableReason is { } why)
             throw new InvalidOperationException($"VM '{name}' has limits but cgroups are unavailable: {why}");
-        await TransitionAsync(name, r => { r.State = S.Starting; r.Exit = null; r.StopRequested = false; }, ct);
+        await TransitionAsync(name, r => { r.State = S.Starting; r.Exit = null; r.StopRequested = false; r.Want = null; }, ct);
         // A stale exit file from the previous run must not be taken for this worker's.
         try { File.Delete(_paths.ExitFile(name)); } catch (IOException) { }
         Directory.CreateDirectory(_paths.VmDir(name));

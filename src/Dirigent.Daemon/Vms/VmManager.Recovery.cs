@@ -15,7 +15,7 @@ internal sealed partial class VmManager
         var started = new HashSet<string>(StringComparer.Ordinal);
         foreach (var (rec, _) in await _store.ListAsync(ct))
         {
-            if (!S.HasWorker(rec.State)) continue;
+            if (!S.HasWorker(rec.State) || !Owns(rec)) continue;
             WorkerHandle? h = null;
             if (rec.Pid is int pid && rec.PidStartTime is long st)
             {
@@ -39,7 +39,7 @@ internal sealed partial class VmManager
             if (_inFlight.TryGetValue(rec.Name, out int n) && n > 0) started.Add(rec.Name);
         }
         foreach (var (rec, _) in await _store.ListAsync(ct))
-            if (rec.Autostart && S.IsDown(rec.State) && !started.Contains(rec.Name) && !InFlight(rec.Name))
+            if (rec.Autostart && Owns(rec) && S.IsDown(rec.State) && !started.Contains(rec.Name) && !InFlight(rec.Name))
                 SubmitStart(rec.Name, $"autostart {rec.Name}");
     }
 }

@@ -216,8 +216,15 @@ internal sealed partial class VmManager
     private async Task OnWorkerExitedAsync(string name, VmRuntime rt, WorkerExit exit)
     {
         _live.TryRemove(new KeyValuePair<string, VmRuntime>(name, rt));
+        // Cluster: a worker that handed its VM to another host ends "migrated"; the record is the target's to write.
+        bool migratedAway = _migratingAway.TryRemove(name, out _) && exit.Kind.Contains("migrat", StringComparison.OrdinalIgnoreCase);
         try { rt.Cgroup?.Dispose(); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or CgroupException) { _log.WriteLine($"daemon: VM '{name}': cgroup not removed: {e.Message}"); }
+        if (migratedAway)
+        {
+            _log.WriteLine($"daemon: VM '{name}': worker {rt.Handle.Pid} handed the VM to another host");
+            return;
+        }
         await RecordExitAsync(name, rt.Handle.Pid, exit);
     }
 
@@ -234,6 +241,8 @@ internal sealed partial class VmManager
             r = await _store.UpdateAsync(name, rec =>
             {
                 if (pid != null && rec.Pid != null && rec.Pid != pid) throw new StaleExitException();
+                // Cluster: a VM given to another host meanwhile (fenced, migrated) is that host's to record.
+                if (!Owns(rec)) throw new StaleExitException();
                 rec.State = state;
                 rec.Exit = new VmExitInfo { Kind = exit.Kind, Detail = exit.Detail, ExitCode = exit.ExitCode, At = DateTimeOffset.UtcNow };
                 rec.Pid = null;

@@ -8,12 +8,14 @@ namespace Dirigent.Daemon.Vms;
 public static class VmStates
 {
     public const string Stopped = "stopped", Starting = "starting", Running = "running", Paused = "paused",
-        ShuttingDown = "shutting_down", Stopping = "stopping", Crashed = "crashed";
+        ShuttingDown = "shutting_down", Stopping = "stopping", Crashed = "crashed",
+        // Cluster mode: the VM's host died and its restart policy is "no", so nobody runs it (start it to place it anew).
+        Lost = "lost";
 
     /// <summary>States in which a worker process exists (or is being made) for the VM.</summary>
     public static bool HasWorker(string s) => s is Starting or Running or Paused or ShuttingDown or Stopping;
 
-    public static bool IsDown(string s) => s is Stopped or Crashed;
+    public static bool IsDown(string s) => s is Stopped or Crashed or Lost;
 }
 
 /// <summary>
@@ -37,6 +39,14 @@ public sealed class VmRecord
     public DateTimeOffset CreatedAt { get; set; }
     /// <summary>When the current worker started (null while down): the web console's uptime column counts from it.</summary>
     public DateTimeOffset? StartedAt { get; set; }
+    /// <summary>Cluster mode: the host whose daemon runs this VM (set by the scheduler; null until placed, and always
+    /// null on a one-host daemon).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Host { get; set; }
+    /// <summary>Cluster mode: the placement rules (a pinned host, an anti-affinity group).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public VmPlacementModel? Placement { get; set; }
+    /// <summary>Cluster mode: "running" when the VM must be started by its (new) host's daemon, e.g. after its old host
+    /// failed; that daemon clears it when it starts the worker.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Want { get; set; }
 
     public VmRecord Clone() => System.Text.Json.JsonSerializer.Deserialize<VmRecord>(
         System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(this, ApiJson.Options), ApiJson.Options)!;
@@ -101,6 +111,14 @@ public sealed class VmLimitsModel
     [JsonIgnore] public bool Any => Cpu != null || CpuWeight != null || MemoryMib != null;
 
     public Limits.ResourceLimits ToResourceLimits() => new(Cpu, CpuWeight, MemoryMib is { } m ? (long)m << 20 : null);
+}
+
+/// <summary>Cluster placement rules: <see cref="Host"/> pins the VM to that host; VMs sharing an
+/// <see cref="AntiAffinity"/> group are never placed on one host.</summary>
+public sealed class VmPlacementModel
+{
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Host { get; set; }
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? AntiAffinity { get; set; }
 }
 
 /// <summary>Why the VM's last worker ended (from its exit.json, or what the daemon saw).</summary>

@@ -30,7 +30,7 @@ internal static partial class VmRequestParser
     /// <summary>Also returns the "image" field: a system image the VM boots from through a linked clone (or null).</summary>
     public static VmRecord ParseCreate(JsonElement root, out string? image)
     {
-        var f = Fields(root, "", "name", "spec", "limits", "restart", "autostart", "image");
+        var f = Fields(root, "", "name", "spec", "limits", "restart", "autostart", "image", "placement");
         image = f.TryGetValue("image", out var im) ? NullableString(im, "image") : null;
         if (image != null) RequireValidName(image, "image");
         if (!f.TryGetValue("name", out var n)) throw Bad("missing field 'name'");
@@ -40,6 +40,7 @@ internal static partial class VmRequestParser
         if (f.TryGetValue("limits", out var lim) && lim.ValueKind != JsonValueKind.Null) ApplyLimits(lim, rec.Limits);
         if (f.TryGetValue("restart", out var r)) rec.Restart = ParseRestart(r);
         if (f.TryGetValue("autostart", out var a)) rec.Autostart = Bool(a, "autostart");
+        if (f.TryGetValue("placement", out var pl) && pl.ValueKind != JsonValueKind.Null) rec.Placement = ParsePlacement(pl);
         // A system image boots through its own bootloader, as with `dirigent run --disk IMAGE`.
         if (image != null && rec.Spec.Kernel == null && rec.Spec.Firmware == null) rec.Spec.Firmware = "bios";
         return rec;
@@ -56,6 +57,24 @@ internal static partial class VmRequestParser
             f.TryGetValue("limits", out var l) ? l : null,
             f.TryGetValue("restart", out var r) ? ParseRestart(r) : null,
             f.TryGetValue("autostart", out var a) ? Bool(a, "autostart") : null);
+    }
+
+    /// <summary>"placement": {"host":"NAME","anti_affinity":"GROUP"} (names as VM names: a-z, 0-9, '-').</summary>
+    private static VmPlacementModel? ParsePlacement(JsonElement e)
+    {
+        var f = Fields(e, "placement", "host", "anti_affinity");
+        var p = new VmPlacementModel();
+        if (f.TryGetValue("host", out var h) && NullableString(h, "placement.host") is { } host)
+        {
+            RequireValidName(host, "placement.host");
+            p.Host = host;
+        }
+        if (f.TryGetValue("anti_affinity", out var g) && NullableString(g, "placement.anti_affinity") is { } group)
+        {
+            RequireValidName(group, "placement.anti_affinity");
+            p.AntiAffinity = group;
+        }
+        return p.Host == null && p.AntiAffinity == null ? null : p;
     }
 
     private static string ParseRestart(JsonElement e)

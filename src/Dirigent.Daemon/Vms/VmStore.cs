@@ -68,6 +68,12 @@ internal sealed class VmStore(IInventory inventory)
     public async Task<bool> DeleteAsync(string name, long revision, CancellationToken ct = default)
         => (await inventory.DeleteAsync(Key(name), revision, ct)).Succeeded;
 
+    /// <summary>Writes <paramref name="rec"/> if the entry is still at <paramref name="revision"/> (the scheduler's CAS).</summary>
+    public Task<WriteResult> PutRecordAsync(VmRecord rec, long revision, CancellationToken ct = default)
+        => inventory.PutAsync(Key(rec.Name), Encode(rec), expectedRevision: revision, ct: ct);
+
+    public static VmRecord DecodeRecord(byte[] v) => Decode(v);
+
     private static VmRecord Decode(byte[] v) => JsonSerializer.Deserialize<VmRecord>(v, ApiJson.Options)!;
     private static byte[] Encode(VmRecord r) => JsonSerializer.SerializeToUtf8Bytes(r, ApiJson.Options);
 }

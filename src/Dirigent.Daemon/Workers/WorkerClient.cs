@@ -70,6 +70,16 @@ public sealed class WorkerClient : IDisposable
         using var r = await SendAsync(new HttpRequestMessage(HttpMethod.Put, "/v1/vm/" + action), ct);
     }
 
+    /// <summary>PUT /v1/vm/migrate {"to":URI}: returns once the VM runs in the target (the worker then ends).</summary>
+    public async Task MigrateAsync(string to, CancellationToken ct = default)
+    {
+        var req = new HttpRequestMessage(HttpMethod.Put, "/v1/vm/migrate")
+        {
+            Content = new StringContent(new JsonObject { ["to"] = to }.ToJsonString(), Encoding.UTF8, "application/json"),
+        };
+        using var r = await SendAsync(req, ct);
+    }
+
     /// <summary>PUT /v1/vm/snapshot {"path":DIR}: returns once the snapshot is complete on disk.</summary>
     public async Task SnapshotAsync(string dir, CancellationToken ct = default)
     {

@@ -50,6 +50,7 @@ internal sealed class DaemonProcess : IAsyncDisposable
     /// Starts a daemon; with <paramref name="tcp"/> also on 127.0.0.1:<paramref name="port"/> (0: any free port; a fixed
     /// one survives <see cref="StartDaemonAsync"/> again, as a browser's page needs after a daemon restart).
     /// </summary>
+    /// <param name="extraArgs">More daemon options (e.g. --no-jail-workers; the cluster tests' --cluster, --host-name, --advertise).</param>
     public static async Task<DaemonProcess> StartAsync(bool tcp = false, int port = 0, string[]? extraArgs = null)
     {
         var d = new DaemonProcess(tcp, port, extraArgs);
