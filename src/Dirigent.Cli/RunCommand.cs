@@ -40,12 +40,16 @@ internal static class RunCommand
             Description = "With --jail: also show this host file or directory inside the jail at its own path, writable (PATH) or read-only (PATH,ro); e.g. the disks of an --incoming VM (repeatable)",
             AllowMultipleArgumentsPerToken = false,
         };
+        var jailHostNet = new Option<bool>("--jail-host-net")
+        {
+            Description = "With --jail: keep the host's network namespace even without --net, so the VMM can migrate out over TCP (daemon workers in cluster mode)",
+        };
         // Set by the jail's launcher on the VMM it starts inside the jail: load the seccomp filter before the guest runs.
         var inJail = new Option<bool>("--in-jail") { Hidden = true };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
             kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, restore, incoming, apiSocket,
-            consoleLog, exitFile, detach, jail, jailUser, jailBind, inJail,
+            consoleLog, exitFile, detach, jail, jailUser, jailBind, jailHostNet, inJail,
         };
         // What a jailed VMM is given again inside: everything but the jail's own options and what the launcher sets.
         Option[] passedIn = [kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, consoleLog];
@@ -120,10 +124,11 @@ internal static class RunCommand
                     if (cfg.Nics.Any(n => n.Netns != null))
                         throw new FormatException("--jail cannot attach a TAP in another network namespace (netns=): the jailed VMM may not enter namespaces");
                     var (uid, gid) = Jail.JailConfig.ParseUser(r.GetValue(jailUser)!);
-                    jailConfig = new Jail.JailConfig(r.GetValue(jail), uid, gid) { ExtraBinds = r.GetValue(jailBind) ?? [] };
+                    jailConfig = new Jail.JailConfig(r.GetValue(jail), uid, gid) { ExtraBinds = r.GetValue(jailBind) ?? [], KeepHostNetwork = r.GetValue(jailHostNet) };
                 }
                 else if (r.GetResult(jailUser) is { Implicit: false }) throw new FormatException("--jail-user is for --jail");
                 else if (r.GetResult(jailBind) is { Implicit: false }) throw new FormatException("--jail-bind is for --jail");
+                else if (r.GetValue(jailHostNet)) throw new FormatException("--jail-host-net is for --jail");
             }
             catch (FormatException e)
             {

@@ -101,7 +101,7 @@ internal static class JailLauncher
         var plan = new JailPlan
         {
             Config = config, Dir = dir, DirCreated = created,
-            NewNetNamespace = opts.Incoming == null && spec.Nics.Count == 0,
+            NewNetNamespace = opts.Incoming == null && spec.Nics.Count == 0 && !config.KeepHostNetwork,
         };
         Directory.CreateDirectory(plan.RootDir);
         Directory.CreateDirectory(plan.RunDir);

@@ -10,6 +10,8 @@ internal sealed record JailConfig(string? Dir, int Uid, int Gid)
 {
     /// <summary>--jail-bind values: PATH or PATH,ro.</summary>
     public IReadOnlyList<string> ExtraBinds { get; init; } = [];
+    /// <summary>--jail-host-net: keep the host's network namespace even without NICs (a VM that may migrate out over TCP).</summary>
+    public bool KeepHostNetwork { get; init; }
 
     /// <summary>nobody:nogroup on Debian: owns nothing, so a jailed VMM can write only what it is given.</summary>
     public const int DefaultId = 65534;

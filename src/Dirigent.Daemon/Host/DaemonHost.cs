@@ -112,7 +112,7 @@ public sealed class DaemonHost : IAsyncDisposable
         {
             var tokens = new TokenStore(inventory);
             var cgroups = CgroupManager.Detect();
-            var supervisor = new WorkerSupervisor(options.WorkerCommand ?? WorkerCommand.Current(), cgroups, log) { JailWorkers = options.JailWorkers };
+            var supervisor = new WorkerSupervisor(options.WorkerCommand ?? WorkerCommand.Current(), cgroups, log) { JailWorkers = options.JailWorkers, JailKeepsHostNetwork = options.Cluster != null };
             var store = new VmStore(inventory);
             var disks = new DiskManager(inventory, paths, store);
             var vms = new VmManager(store, disks, ops, events, supervisor, cgroups, paths, log);

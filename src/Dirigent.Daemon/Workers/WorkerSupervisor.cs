@@ -39,6 +39,11 @@ public sealed class WorkerSupervisor
     /// the jail's run directory.
     /// </summary>
     public bool JailWorkers { get; init; }
+    /// <summary>
+    /// Jailed workers keep the host's network namespace (`run --jail-host-net`): in cluster mode, where a VM migrates
+    /// out over TCP to another host's worker; a one-host daemon gives NIC-less workers a network namespace of their own.
+    /// </summary>
+    public bool JailKeepsHostNetwork { get; init; }
 
     /// <summary>The jail user of <see cref="JailWorkers"/> (`dirigent run --jail-user`'s default, nobody:nogroup).</summary>
     public const int JailUid = 65534, JailGid = 65534;
@@ -90,6 +95,7 @@ public sealed class WorkerSupervisor
             "--detach",
         ]);
         if (JailWorkers) args.AddRange(["--jail", "--jail-bind", Path.Combine(launch.VmDir, SnapshotsDirName)]);
+        if (JailWorkers && JailKeepsHostNetwork) args.Add("--jail-host-net");
         return args;
     }
 
