@@ -21,7 +21,7 @@ public sealed class GuestHooks
     private Watchpoint[] _watch = [];
     private ExecutionHook[] _exec = [];
     private readonly Dictionary<ThreadKey, SyscallEvent> _pending = new();
-    private Func<IGuestCpu, bool, ThreadKey>? _threadKey;
+    private Func<IGuestCpu, ThreadKey?>? _threadKey;
 
     public volatile bool SyscallsArmed, Cr3Armed, InterruptsArmed, WatchArmed, ExecArmed;
 
@@ -42,9 +42,9 @@ public sealed class GuestHooks
     /// How a thread is told apart when matching a system call to its return. The default is
     /// (CR3 without its PCID/PTI bits, user RSP, user return RIP): at SYSCALL the user stack pointer and the address
     /// after the instruction, at SYSRET/IRET the same values restored, and no two threads share a stack. Guest-OS
-    /// awareness can set a better one (Linux: the current task_struct). The bool says entry (true) or return.
+    /// awareness can set a better one (Linux: the current task_struct), returning null where it cannot tell.
     /// </summary>
-    public Func<IGuestCpu, bool, ThreadKey>? ThreadKeyProvider
+    public Func<IGuestCpu, ThreadKey?>? ThreadKeyProvider
     {
         get => _threadKey;
         set { _threadKey = value; lock (_pending) _pending.Clear(); }
@@ -105,12 +105,12 @@ public sealed class GuestHooks
 
     // ---------------- raised by the accelerator ----------------
 
-    public ThreadKey KeyFor(IGuestCpu cpu, bool entry, ulong userRsp, ulong returnRip) =>
-        _threadKey?.Invoke(cpu, entry) ?? new ThreadKey(cpu.Cr3 & ~0x1FFFUL, userRsp, returnRip);
+    public ThreadKey KeyFor(IGuestCpu cpu, ulong userRsp, ulong returnRip) =>
+        _threadKey?.Invoke(cpu) ?? new ThreadKey(cpu.Cr3 & ~0x1FFFUL, userRsp, returnRip);
 
     public void RaiseSyscallEnter(IGuestCpu cpu, SyscallEvent e, ulong returnRip)
     {
-        e.Thread = KeyFor(cpu, true, e.UserRsp, returnRip);
+        e.Thread = KeyFor(cpu, e.UserRsp, returnRip);
         foreach (var h in _syscall) h.Enter?.Invoke(cpu, e);
         lock (_pending)
         {
@@ -123,7 +123,7 @@ public sealed class GuestHooks
     /// <summary>A return to user mode (SYSRET, SYSEXIT, IRET to CPL 3): completes the thread's pending call, if any.</summary>
     public void RaiseReturnToUser(IGuestCpu cpu, ulong userRsp, ulong returnRip, ulong rax)
     {
-        var key = KeyFor(cpu, false, userRsp, returnRip);
+        var key = KeyFor(cpu, userRsp, returnRip);
         SyscallEvent? e;
         lock (_pending)
         {
