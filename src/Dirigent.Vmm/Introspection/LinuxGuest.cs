@@ -212,11 +212,13 @@ public sealed class LinuxGuest
     // ---- system calls ----
 
     /// <summary>
-    /// The name of a 64-bit system call: the symbol sys_call_table[nr] points at in the guest (without its
-    /// __x64_sys_ prefix), else the built-in table's.
+    /// The name of a 64-bit system call: the built-in table's (the ABI's names: the kernel's entry points differ for
+    /// some, e.g. stat is __x64_sys_newstat), else the symbol sys_call_table[nr] points at in the guest, without its
+    /// __x64_sys_ prefix (calls newer than the table).
     /// </summary>
     public string? SyscallName(IGuestCpu cpu, ulong nr)
     {
+        if (LinuxSyscalls.Name(nr) is { } known) return known;
         lock (_names)
             if (_names.TryGetValue(nr, out var cached)) return cached;
         string? name = null;

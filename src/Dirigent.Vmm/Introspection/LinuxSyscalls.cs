@@ -36,7 +36,7 @@ public static class LinuxSyscalls
         ["clone"] = "xxxxx", ["clone3"] = "xu", ["fork"] = "", ["vfork"] = "", ["exit"] = "i", ["exit_group"] = "i",
         ["wait4"] = "ixxx", ["kill"] = "ii", ["tgkill"] = "iii", ["getpid"] = "", ["gettid"] = "", ["getppid"] = "",
         ["mmap"] = "xuxxdx", ["munmap"] = "xu", ["mprotect"] = "xux", ["brk"] = "x", ["pipe2"] = "xx",
-        ["nanosleep"] = "xx", ["uname"] = "x", ["sethostname"] = "Su", ["memfd_create"] = "sx",
+        ["nanosleep"] = "xx", ["sendfile"] = "ddxu", ["uname"] = "x", ["sethostname"] = "Su", ["memfd_create"] = "sx",
     };
 
     public static string? Signature(string name) => s_sig.TryGetValue(name, out var s) ? s : null;
