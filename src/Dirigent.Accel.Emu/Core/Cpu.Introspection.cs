@@ -83,6 +83,25 @@ public sealed partial class Cpu : IGuestCpu
             });
     }
 
+    /// <summary>IN/INS: the port's value, reported to device-access hooks.</summary>
+    internal uint PortRead(ushort port, int size)
+    {
+        uint v = _vm.Io.Read(port, size);
+        if (_hooks.DevicesArmed) HookDevice(true, port, size, v, write: false);
+        return v;
+    }
+
+    /// <summary>OUT/OUTS: reported to device-access hooks before the device sees it (it may stop the VM).</summary>
+    internal void PortWrite(ushort port, int size, uint v)
+    {
+        if (_hooks.DevicesArmed) HookDevice(true, port, size, v, write: true);
+        _vm.Io.Write(port, size, v);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void HookDevice(bool port, ulong addr, int size, ulong v, bool write) =>
+        _hooks.RaiseDeviceAccess(this, new DeviceAccessEvent { Vcpu = Index, Rip = InstrIp, IsPort = port, Address = addr, Size = size, Value = v, IsWrite = write });
+
     /// <summary>Whether a read/write translation of this page may be cached (no watchpoint covers it).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private bool WatchRefusesFill(ulong la, ulong ppage, Access acc) =>

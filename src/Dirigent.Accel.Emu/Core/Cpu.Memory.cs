@@ -317,10 +317,16 @@ public sealed unsafe partial class Cpu
     /// <summary>The APIC page is per vCPU (IA32_APIC_BASE, when globally enabled); everything else is the shared bus.</summary>
     private bool IsApicPage(ulong pa) => _apicMmio != null && (pa & ~0xFFFUL) == (ApicBase & 0xF_FFFF_F000UL) && (ApicBase & 0x800) != 0;
 
-    private ulong MmioRead(ulong pa, int size) => IsApicPage(pa) ? _apicMmio!.Read(pa & 0xFFF, size) : _vm.Mmio.Read(pa, size);
+    private ulong MmioRead(ulong pa, int size)
+    {
+        ulong v = IsApicPage(pa) ? _apicMmio!.Read(pa & 0xFFF, size) : _vm.Mmio.Read(pa, size);
+        if (_hooks.DevicesArmed) HookDevice(false, pa, size, v, write: false);
+        return v;
+    }
 
     private void MmioWrite(ulong pa, int size, ulong v)
     {
+        if (_hooks.DevicesArmed) HookDevice(false, pa, size, v, write: true);
         if (IsApicPage(pa)) _apicMmio!.Write(pa & 0xFFF, size, v);
         else _vm.Mmio.Write(pa, size, v);
     }

@@ -98,6 +98,19 @@ public sealed class MemoryAccessEvent
     public bool IsWrite { get; init; }
 }
 
+/// <summary>A VM exit to a device: a port (IN/OUT/INS/OUTS) or MMIO access by a vCPU (not DMA).</summary>
+public sealed class DeviceAccessEvent
+{
+    public int Vcpu { get; init; }
+    public ulong Rip { get; init; }
+    /// <summary>An I/O port (Address is the port number); else MMIO (Address is guest-physical).</summary>
+    public bool IsPort { get; init; }
+    public ulong Address { get; init; }
+    public int Size { get; init; }
+    public ulong Value { get; init; }
+    public bool IsWrite { get; init; }
+}
+
 /// <summary>A range of guest addresses watched for reads and/or writes.</summary>
 public sealed record Watchpoint(ulong Start, ulong Length, WatchKind Kind, bool Physical, Action<IGuestCpu, MemoryAccessEvent> Callback)
 {

@@ -20,10 +20,11 @@ public sealed class GuestHooks
     private Action<IGuestCpu, InterruptEvent>[] _interrupt = [];
     private Watchpoint[] _watch = [];
     private ExecutionHook[] _exec = [];
+    private Action<IGuestCpu, DeviceAccessEvent>[] _device = [];
     private readonly Dictionary<ThreadKey, SyscallEvent> _pending = new();
     private Func<IGuestCpu, ThreadKey?>? _threadKey;
 
-    public volatile bool SyscallsArmed, Cr3Armed, InterruptsArmed, WatchArmed, ExecArmed;
+    public volatile bool SyscallsArmed, Cr3Armed, InterruptsArmed, WatchArmed, ExecArmed, DevicesArmed;
 
     /// <summary>
     /// Raised after watchpoints or execution hooks change: the accelerator drops cached translations and leaves
@@ -89,6 +90,13 @@ public sealed class GuestHooks
         });
     }
 
+    /// <summary>VM exits to devices: every port and MMIO access by a vCPU (reads after the device answered, writes before it sees them).</summary>
+    public IDisposable AddDeviceAccessHook(Action<IGuestCpu, DeviceAccessEvent> callback)
+    {
+        lock (_lock) { _device = [.. _device, callback]; DevicesArmed = true; }
+        return new Remover(() => { lock (_lock) { _device = Without(_device, callback); DevicesArmed = _device.Length > 0; } });
+    }
+
     /// <summary>Calls back before each instruction whose address (linear) lies in [start, end).</summary>
     public IDisposable AddExecutionHook(ulong start, ulong end, Action<IGuestCpu, ulong> callback)
     {
@@ -137,6 +145,11 @@ public sealed class GuestHooks
     public void RaiseCr3Write(IGuestCpu cpu, ulong old, ulong value)
     {
         foreach (var h in _cr3) h(cpu, old, value);
+    }
+
+    public void RaiseDeviceAccess(IGuestCpu cpu, DeviceAccessEvent e)
+    {
+        foreach (var h in _device) h(cpu, e);
     }
 
     public void RaiseInterrupt(IGuestCpu cpu, InterruptEvent e)

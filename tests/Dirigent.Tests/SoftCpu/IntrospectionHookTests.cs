@@ -167,6 +167,27 @@ public class IntrospectionHookTests
         Assert.Equal([l[1], l[1] + 1], execs.Take(2));
     }
 
+    [Fact]
+    public void DeviceAccessHookSeesPortWritesAndReads()
+    {
+        using var vm = new TestVm(jit: JitMode.Always);
+        var a = new Assembler(64);
+        Label o = a.CreateLabel();
+        a.mov(al, (byte)'Q');
+        a.Label(ref o);
+        a.@out(0xE9, al);
+        a.@in(al, 0xE9);
+        a.hlt();
+        var l = Emit(vm, a, TestVm.CodeBase, o);
+        vm.Cpu.SetState(Dirigent.Machine.Loaders.BootState.Long64(vm.Vm.Memory, TestVm.CodeBase, TestVm.StackTop));
+        var seen = new List<DeviceAccessEvent>();
+        using (vm.Vm.Hooks.AddDeviceAccessHook((_, e) => seen.Add(e)))
+            vm.RunToHlt();
+        Assert.Equal(2, seen.Count);
+        Assert.Equal((true, 0xE9UL, 1, (ulong)'Q', true, l[0]), (seen[0].IsPort, seen[0].Address, seen[0].Size, seen[0].Value, seen[0].IsWrite, seen[0].Rip));
+        Assert.Equal((0xE9UL, false), (seen[1].Value, seen[1].IsWrite)); // the console port reads back 0xE9
+    }
+
     private static void Wrmsr(Assembler a, uint msr, ulong v)
     {
         a.mov(ecx, msr);
