@@ -59,8 +59,23 @@ public sealed class SyscallEvent
     public ulong? Return { get; internal set; }
     /// <summary>vCPU the call returned on (a blocked thread may move).</summary>
     public int ReturnVcpu { get; internal set; } = -1;
-    /// <summary>Free for a consumer's data (a decoder keeps what it read at entry here until the exit).</summary>
-    public object? Tag { get; set; }
+    // Consumers' data, by owner (a decoder keeps what it read at entry until the exit): several hooks see one event.
+    private List<(object Owner, object? Value)>? _tags;
+
+    /// <summary>Data <paramref name="owner"/> attached at entry (null if none); the callbacks of one event run on one thread.</summary>
+    public object? GetTag(object owner)
+    {
+        if (_tags != null) foreach (var (o, v) in _tags) if (ReferenceEquals(o, owner)) return v;
+        return null;
+    }
+
+    public void SetTag(object owner, object? value)
+    {
+        _tags ??= new(1);
+        for (int k = 0; k < _tags.Count; k++)
+            if (ReferenceEquals(_tags[k].Owner, owner)) { _tags[k] = (owner, value); return; }
+        _tags.Add((owner, value));
+    }
 }
 
 /// <summary>Identifies a guest thread for matching a system call to its return.</summary>

@@ -14,6 +14,8 @@ internal sealed class TracedCall
     public string? Name;
     public string ArgsJson = "[]";
     public double Time;
+    /// <summary>execve: the program's name as the kernel will set comm (the path's last part) and argv[0]'s, for the filter.</summary>
+    public string[]? ExecNames;
 }
 
 /// <summary>
@@ -54,13 +56,14 @@ public sealed class SyscallTracer : IDisposable
         if (_linux != null && _linux.TryCurrent(cpu, out int pid, out int tid, out string? comm)) { c.Pid = pid; c.Tid = tid; c.Comm = comm; }
         c.Name = e.Kind == SyscallKind.Syscall ? (_linux?.SyscallName(cpu, e.Number) ?? LinuxSyscalls.Name(e.Number)) : null;
         c.ArgsJson = DecodeArgs(cpu, c.Name, e.Args);
-        e.Tag = c;
+        if (_process != null && c.Name is "execve" or "execveat") c.ExecNames = ExecNames(cpu, c.Name, e.Args);
+        e.SetTag(this, c);
         if (LinuxSyscalls.NeverReturns(c.Name)) Write(e, c, null, null);
     }
 
     private void OnExit(IGuestCpu cpu, SyscallEvent e)
     {
-        if (e.Tag is not TracedCall c || LinuxSyscalls.NeverReturns(c.Name)) return;
+        if (e.GetTag(this) is not TracedCall c || LinuxSyscalls.NeverReturns(c.Name)) return;
         string? exitComm = null;
         if (_process != null && c.Comm != _process && _linux != null && _linux.TryCurrent(cpu, out _, out _, out var comm)) exitComm = comm;
         Write(e, c, e.Return, exitComm);
@@ -68,7 +71,9 @@ public sealed class SyscallTracer : IDisposable
 
     private void Write(SyscallEvent e, TracedCall c, ulong? ret, string? exitComm)
     {
-        if (_process != null && c.Comm != _process && exitComm != _process) return;
+        // A program that renames itself after execve (busybox applets run as /proc/self/exe, comm "exe", then set
+        // their name) is still kept from its execve on: by the path's and argv[0]'s last part.
+        if (_process != null && c.Comm != _process && exitComm != _process && !(c.ExecNames?.Contains(_process) ?? false)) return;
         var ms = new MemoryStream();
         using (var w = new Utf8JsonWriter(ms))
         {
@@ -100,6 +105,18 @@ public sealed class SyscallTracer : IDisposable
             _out.Flush();
         }
         Interlocked.Increment(ref _events);
+    }
+
+    private static string[] ExecNames(IGuestCpu cpu, string name, ulong[] a)
+    {
+        int pathArg = name == "execveat" ? 1 : 0;
+        var names = new List<string>();
+        if (ReadString(cpu, a[pathArg], 4096) is { } path) names.Add(Path.GetFileName(path));
+        Span<byte> b = stackalloc byte[8];
+        if (cpu.ReadVirtual(a[pathArg + 1], b) == 8 && ReadString(cpu, BinaryPrimitives.ReadUInt64LittleEndian(b), 4096) is { } argv0)
+            names.Add(Path.GetFileName(argv0));
+        // comm keeps 15 bytes of the name (TASK_COMM_LEN).
+        return names.Select(n => n.Length > 15 ? n[..15] : n).ToArray();
     }
 
     // ---- argument decoding ----

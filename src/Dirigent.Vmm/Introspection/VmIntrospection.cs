@@ -54,6 +54,10 @@ public sealed class VmIntrospection
         }
     }
 
+    /// <summary>A trace the caller owns (dispose it to stop), beside the VM's own one: e.g. a filtered view.</summary>
+    public SyscallTracer NewSyscallTracer(TextWriter output, string? process = null) =>
+        new(Hooks, Linux, _machine.Clock, output, process);
+
     /// <summary>Starts the trace into a file (created or truncated).</summary>
     public void StartSyscallTrace(string path, string? process = null)
     {

@@ -48,10 +48,14 @@ public class LinuxTraceTests
         vm.Introspection.LoadSystemMap(map!);
         var trace = new StringWriter();
         vm.Introspection.StartSyscallTrace(TextWriter.Synchronized(trace));
+        // A second, filtered trace beside it (what process=cat does).
+        var catTrace = new StringWriter();
+        var catTracer = vm.Introspection.NewSyscallTracer(TextWriter.Synchronized(catTrace), "cat");
         vm.Start();
         // Waits on the guest's own marker (an event), with a generous hang guard.
         Assert.True(done.Wait(Guard), $"the guest did not finish its workload; console tail:\n{Tail(console)}");
         long events = vm.Introspection.StopSyscallTrace();
+        catTracer.Dispose();
         var lines = trace.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
         Assert.Equal(events, lines.Count);
         string Dump() => string.Join('\n', trace.ToString().Split('\n').TakeLast(60));
@@ -74,6 +78,12 @@ public class LinuxTraceTests
         Assert.Contains(lines, e => Name(e) is "sendfile" or "write" && e.GetProperty("comm").GetString() == "cat"
             && e.GetProperty("args")[0].GetInt32() == 1 && e.GetProperty("ret").GetInt64() == 10);
         Assert.Contains(lines, e => Name(e) == "openat" && e.GetProperty("comm").GetString() == "ls" && e.GetProperty("args")[1].GetString() == "/tmp" && e.GetProperty("ret").GetInt64() >= 0);
+        // The filtered trace: only cat's calls, from the execve that started it (busybox's applet runs as "exe" first).
+        var cat = catTrace.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal("execve", Name(cat[0]));
+        Assert.All(cat, e => Assert.True(e.GetProperty("comm").GetString() is "cat" or "exe" || Name(e) == "execve", e.ToString()));
+        Assert.Contains(cat, e => Name(e) == "openat" && e.GetProperty("args")[1].GetString() == "/etc/hostname");
+        Assert.DoesNotContain(cat, e => e.GetProperty("comm").GetString() == "ls");
         // Every event of a user process has a pid and a name.
         Assert.All(lines, e => Assert.Equal(JsonValueKind.String, e.GetProperty("comm").ValueKind));
 
