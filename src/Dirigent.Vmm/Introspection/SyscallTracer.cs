@@ -36,8 +36,11 @@ public sealed class SyscallTracer : IDisposable
     private readonly IDisposable _hook;
     private readonly object _writeLock = new();
     private long _events;
+    // Set by Dispose under _writeLock: a callback still running on a vCPU writes nothing after it.
+    private bool _stopped;
 
-    public long Events => Interlocked.Read(ref _events);
+    /// <summary>Lines written so far (all of them once disposed).</summary>
+    public long Events { get { lock (_writeLock) return _events; } }
 
     public SyscallTracer(GuestHooks hooks, LinuxGuest? linux, VirtualClock clock, TextWriter output, string? process)
     {
@@ -101,10 +104,11 @@ public sealed class SyscallTracer : IDisposable
         string line = Encoding.UTF8.GetString(ms.GetBuffer(), 0, (int)ms.Length);
         lock (_writeLock)
         {
+            if (_stopped) return;
             _out.WriteLine(line);
             _out.Flush();
+            _events++;
         }
-        Interlocked.Increment(ref _events);
     }
 
     private static string[] ExecNames(IGuestCpu cpu, string name, ulong[] a)
@@ -208,6 +212,7 @@ public sealed class SyscallTracer : IDisposable
     public void Dispose()
     {
         _hook.Dispose();
+        lock (_writeLock) _stopped = true;
         if (_linux != null && _hooks.ThreadKeyProvider == _linux.ThreadKeyOf) _hooks.ThreadKeyProvider = null;
     }
 }

@@ -77,8 +77,8 @@ public sealed class VmIntrospection
         lock (_lock)
         {
             if (_tracer == null) return 0;
-            long n = _tracer.Events;
             _tracer.Dispose();
+            long n = _tracer.Events;
             _tracer = null;
             _traceOut?.Flush();
             if (_ownsTraceOut) _traceOut?.Dispose();

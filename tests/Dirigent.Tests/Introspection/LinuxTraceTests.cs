@@ -116,6 +116,37 @@ public class LinuxTraceTests
         vm.Stop();
     }
 
+    /// <summary>What `dirigent run --trace syscalls,process=cat,output=FILE` does: the launcher loads the System.map kept beside the default kernel.</summary>
+    [SkippableFact]
+    public void RunWithTraceOptionWritesTheFilteredTraceFile()
+    {
+        var img = s_image.Value;
+        Skip.If(DefaultImage.EnsureSystemMap(VmLauncher.CacheDir, img.KernelVersion, _ => { }, out string why) == null,
+            $"no System.map for kernel {img.KernelVersion}: {why}");
+        string file = Path.Combine(Path.GetTempPath(), $"dirigent-trace-{Environment.ProcessId}-{Guid.NewGuid():N}.jsonl");
+        try
+        {
+            var spec = new VmSpec
+            {
+                Kernel = img.Kernel,
+                Initrds = [img.Initramfs],
+                Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument("echo clihost > /etc/hostname; cat /etc/hostname")}",
+                MemoryBytes = 256UL << 20,
+                Accel = AccelKind.Emu,
+            };
+            var r = new Dirigent.Tests.Boot.GuestRunner();
+            int rc = r.Run(spec, Guard, new RunOptions { Trace = TraceOption.Parse($"syscalls,process=cat,output={file}") });
+            Assert.True(rc == 0, $"exit status {rc}; errors: {r.Errors}");
+            Assert.Contains("clihost", r.Output);
+            var lines = File.ReadAllLines(file).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+            Assert.Contains(lines, e => Name(e) == "openat" && e.GetProperty("comm").GetString() == "cat"
+                && e.GetProperty("args")[1].GetString() == "/etc/hostname" && e.GetProperty("ret").GetInt64() >= 0);
+            Assert.Contains(lines, e => Name(e) == "exit_group" && e.GetProperty("comm").GetString() == "cat");
+            Assert.DoesNotContain(lines, e => e.GetProperty("comm").GetString() is "sh" or "init" && Name(e) != "execve");
+        }
+        finally { File.Delete(file); }
+    }
+
     private static string? Name(JsonElement e) => e.GetProperty("name").GetString();
 
     private static bool Contains(byte[] hay, ReadOnlySpan<byte> needle) => hay.AsSpan().IndexOf(needle) >= 0;
