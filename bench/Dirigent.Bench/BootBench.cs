@@ -15,7 +15,7 @@ namespace Dirigent.Bench;
 /// </summary>
 public static partial class BootBench
 {
-    private const string Script = """
+    internal const string Script = """
         echo MARK-INIT $(cut -d' ' -f1 /proc/uptime)
         a=$(cut -d' ' -f1 /proc/uptime); dd if=/dev/zero bs=1M count=16 2>/dev/null | sha256sum >/dev/null; b=$(cut -d' ' -f1 /proc/uptime)
         echo MARK-SHA $a $b
@@ -91,13 +91,16 @@ public static partial class BootBench
     [GeneratedRegex(@"MARK-SHA ([0-9.]+) ([0-9.]+)")] private static partial Regex MarkSha();
     [GeneratedRegex(@"MARK-LOOP ([0-9.]+) ([0-9.]+)")] private static partial Regex MarkLoop();
 
-    private static Result RunDirigent(GuestImage img, string append)
+    private static Result RunDirigent(GuestImage img, string append) => RunDirigent(img, append, null);
+
+    /// <summary>One run of the script on Dirigent; <paramref name="opts"/> adds run options (the introspection bench's --trace).</summary>
+    internal static Result RunDirigent(GuestImage img, string append, RunOptions? opts)
     {
         var self = Process.GetCurrentProcess();
         var w = new Watch(() => { self.Refresh(); return self.TotalProcessorTime; });
         var cfg = new VmSpec { Kernel = img.Kernel, Initrds = [img.Initramfs], Append = append, MemoryBytes = 512UL << 20 };
         var sw = Stopwatch.StartNew();
-        int rc = VmLauncher.Run(cfg, Console.Error, new MemoryStream(), w, useTerminal: false);
+        int rc = VmLauncher.Run(cfg, Console.Error, new MemoryStream(), w, useTerminal: false, opts: opts);
         double wall = sw.Elapsed.TotalSeconds;
         if (rc != 0) throw new InvalidOperationException($"dirigent exited {rc}");
         return Parse(w.Text, wall, w.IdlePercent);

@@ -16,6 +16,17 @@ public sealed class EmuAccelerator : IAccelerator
     {
         _vm = vm;
         _cache = new CodeCache(vm.Memory, jit ?? Jit.JitSettings.FromEnvironment());
+        vm.Hooks.Changed += OnHooksChanged;
+    }
+
+    /// <summary>Watchpoints or execution hooks changed: every vCPU drops its translations and leaves compiled code.</summary>
+    private void OnHooksChanged()
+    {
+        Cpu[] cpus;
+        lock (_cpus) cpus = _cpus.ToArray();
+        var posted = new Cpu.SafePointRequest?[cpus.Length];
+        for (int k = 0; k < cpus.Length; k++) posted[k] = cpus[k].PostSafePoint(c => c.OnHooksChanged());
+        for (int k = 0; k < cpus.Length; k++) cpus[k].WaitSafePoint(posted[k]);
     }
 
     /// <summary>The compiled tier's mode and figures (blocks, IL bytes, compile time, evictions).</summary>
@@ -76,6 +87,7 @@ public sealed class EmuAccelerator : IAccelerator
 
     public void Dispose()
     {
+        _vm.Hooks.Changed -= OnHooksChanged;
         lock (_cpus)
         {
             if (Jit.JitCompiler.Stats)

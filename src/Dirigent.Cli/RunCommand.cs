@@ -46,10 +46,12 @@ internal static class RunCommand
         };
         // Set by the jail's launcher on the VMM it starts inside the jail: load the seccomp filter before the guest runs.
         var inJail = new Option<bool>("--in-jail") { Hidden = true };
+        var trace = new Option<string?>("--trace") { Description = "Trace the guest's system calls as JSON lines: syscalls[,process=NAME][,output=FILE.jsonl] (software CPU; see README \"Introspection\")" };
+        var systemMap = new Option<string?>("--system-map") { Description = "The guest kernel's System.map, for process names and ids in traces (default guest: fetched from Debian's -dbg package)" };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
             kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, restore, incoming, apiSocket,
-            consoleLog, exitFile, detach, jail, jailUser, jailBind, jailHostNet, inJail,
+            consoleLog, exitFile, detach, jail, jailUser, jailBind, jailHostNet, inJail, trace, systemMap,
         };
         // What a jailed VMM is given again inside: everything but the jail's own options and what the launcher sets.
         Option[] passedIn = [kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, consoleLog];
@@ -95,6 +97,17 @@ internal static class RunCommand
                     "kvm" => AccelKind.Kvm,
                     var a => throw new FormatException($"--accel must be emu, kvm or auto, got '{a}'"),
                 };
+                if (r.GetValue(trace) is { } traceSpec)
+                {
+                    opts.Trace = TraceOption.Parse(traceSpec);
+                    // The hooks live in the software CPU: auto means emu here, and KVM cannot trace.
+                    if (cfg.Accel == AccelKind.Kvm) throw new FormatException("--trace needs the software CPU (--accel emu)");
+                    cfg.Accel = AccelKind.Emu;
+                    if (opts.AccelOverride == AccelKind.Kvm) throw new FormatException("--trace needs the software CPU (--accel emu)");
+                    opts.AccelOverride ??= opts.RestoreDir != null || opts.Incoming != null ? AccelKind.Emu : null;
+                    if (jailed) throw new FormatException("--trace cannot be combined with --jail yet");
+                }
+                opts.SystemMap = r.GetValue(systemMap);
                 cfg.Serial = r.GetValue(serial)!;
                 if (cfg.Serial is not ("stdio" or "none") && !cfg.Serial.StartsWith("file:", StringComparison.Ordinal))
                     throw new FormatException($"--serial must be stdio, file:PATH or none, got '{cfg.Serial}'");

@@ -26,6 +26,10 @@ public sealed class RunOptions
     public volatile StopSignal? Signal;
     /// <summary>--in-jail (set by the jail's launcher): load the seccomp allow-list just before the guest runs.</summary>
     public bool Seccomp;
+    /// <summary>--trace syscalls[,...]: trace the guest's system calls from the first instruction.</summary>
+    public TraceOption? Trace;
+    /// <summary>--system-map FILE: the guest kernel's symbols (Linux awareness).</summary>
+    public string? SystemMap;
 }
 
 /// <summary>A signal that stopped the VM: its name (SIGTERM) and number (15).</summary>
@@ -69,6 +73,34 @@ public static class VmLauncher
             return null;
         }
         catch (ImageBuildException e) { return $"cannot build the default guest image: {e.Message}"; }
+    }
+
+    /// <summary>
+    /// --system-map and --trace: loads the kernel's symbols (for the default guest, the System.map kept beside its
+    /// kernel, fetched once) and starts the trace. Returns a one-line error, or null.
+    /// </summary>
+    private static string? SetUpIntrospection(Vm vm, VmSpec cfg, RunOptions opts, TextWriter err)
+    {
+        try
+        {
+            string? map = opts.SystemMap;
+            if (map == null && opts.Trace != null && cfg.Kernel != null &&
+                Path.GetFullPath(cfg.Kernel) == Path.GetFullPath(Path.Combine(CacheDir, DefaultImage.KernelFile)))
+            {
+                string version = File.ReadAllText(Path.Combine(CacheDir, DefaultImage.VersionFile)).Trim();
+                map = DefaultImage.EnsureSystemMap(CacheDir, version, m => err.WriteLine($"dirigent: {m}"), out string why);
+                if (map == null) err.WriteLine($"dirigent: --trace: no System.map ({why}); events will have no pid or comm");
+            }
+            if (map != null) vm.Introspection.LoadSystemMap(map);
+            if (opts.Trace is { } t)
+            {
+                if (t.Output != null) vm.Introspection.StartSyscallTrace(t.Output, t.Process);
+                else vm.Introspection.StartSyscallTrace(TextWriter.Synchronized(err), t.Process);
+            }
+            return null;
+        }
+        catch (VmException e) { return e.Message; }
+        catch (IOException e) { return $"--trace: {e.Message}"; }
     }
 
     /// <param name="cancel">Stops the VM (as Ctrl-A x would): tests use it as a watchdog, the CLI for signals.</param>
@@ -142,6 +174,8 @@ public static class VmLauncher
             return outcome.Fail(err, "cancelled while waiting for an incoming migration", ExitCodes.VmmFailure);
         }
         using var vmScope = vm;
+        if (SetUpIntrospection(vm, cfg, opts, err) is { } introError)
+            return outcome.Fail(err, introError, ExitCodes.BadInput);
 
         FileStream? serialFile = null;
         string serial = cfg.Serial;

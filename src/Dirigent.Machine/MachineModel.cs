@@ -17,6 +17,8 @@ public sealed class MachineModel : IDisposable
     public IoBus Io { get; } = new();
     public MmioBus Mmio { get; } = new();
     public VirtualClock Clock { get; } = new();
+    /// <summary>Introspection hooks (system calls, watchpoints, ...); honoured by the software CPU.</summary>
+    public Introspection.GuestHooks Hooks { get; } = new();
 
     public PowerEventKind PowerEvent { get; private set; }
     public int ExitCode { get; private set; }

@@ -58,6 +58,8 @@ public sealed partial class Vm : IDisposable
     public IReadOnlyList<IVcpu> VcpuList => Vcpus;
     /// <summary>The accelerator running the vCPUs (for statistics and tracing hooks).</summary>
     public IAccelerator Accelerator => Accel;
+    /// <summary>Hooks, Linux awareness, system-call trace and memory dumps (README "Introspection").</summary>
+    public Introspection.VmIntrospection Introspection { get; }
 
     private Vm(VmSpec spec, TextWriter log, MachineModel machine, IAccelerator accel, PcBoard board, IVcpu[] vcpus,
         Net.NetBackendSet nics)
@@ -69,6 +71,7 @@ public sealed partial class Vm : IDisposable
         Board = board;
         Vcpus = vcpus;
         _nics = nics;
+        Introspection = new Introspection.VmIntrospection(this, machine);
         Console.ConnectInput(data => Board.Com1.EnqueueInput(data));
         machine.PowerEventRequested += _ => { foreach (var v in Vcpus) v.RequestStop(); };
         // A soft reset is INIT on every processor (the vCPU takes it on its own thread at an instruction boundary).
@@ -529,6 +532,8 @@ public sealed partial class Vm : IDisposable
             _vcpuEnded.Set();
         }
         _supervisor.Join();
+        // The vCPUs are stopped: the trace's last lines are written; flush and close its file.
+        Introspection.StopSyscallTrace();
         Board.Dispose();
         _nics.Dispose();
         Accel.Dispose();

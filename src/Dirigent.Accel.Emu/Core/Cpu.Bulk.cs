@@ -18,6 +18,8 @@ public sealed unsafe partial class Cpu
         // A data breakpoint in the run: element accesses, each checked on the slow path.
         if (_dataBpArmed && OverlapsDataBp(la, len)) return null;
         ulong pa = TranslateAndFill(la, Access.Read);
+        // A watched page (Cpu.Introspection.cs): element accesses, each reported by the slow path.
+        if (WatchRefusesFill(la, pa & ~0xFFFUL, Access.Read)) return null;
         return _mem.TryGetHostPointer(pa, (ulong)len);
     }
 
@@ -37,6 +39,7 @@ public sealed unsafe partial class Cpu
         }
         if (_dataBpArmed && OverlapsDataBp(la, len)) { notifyPa = ulong.MaxValue; return null; }
         ulong pa = TranslateAndFill(la, Access.Write);
+        if (WatchRefusesFill(la, pa & ~0xFFFUL, Access.Write)) { notifyPa = ulong.MaxValue; return null; }
         notifyPa = pa;
         return _mem.TryGetHostPointer(pa, (ulong)len);
     }

@@ -62,10 +62,12 @@ public sealed partial class Cpu
             if ((v >> MaxPhysAddrBits) != 0) throw GP0();
         }
         else v = (uint)v;
+        ulong old = Cr3;
         Cr3 = v;
         // The jump cache survives: its hits are validated against the execute TLB, which this flush empties.
         FlushTlb();
         UpdateMode();
+        if (_hooks.Cr3Armed) _hooks.RaiseCr3Write(this, old, v);
     }
 
     public void WriteCr4(ulong v)

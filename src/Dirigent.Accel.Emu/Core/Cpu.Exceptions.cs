@@ -17,6 +17,7 @@ public sealed partial class Cpu
     public bool DeliverException(int vector, uint errorCode, bool hasError, bool softwareInt, bool external = false)
     {
         EventsDelivered[vector & 0xFF]++;
+        if (_hooks.SyscallsArmed | _hooks.InterruptsArmed) HookDelivery(vector, errorCode, hasError, softwareInt, external);
         // The processor clears DR7.GD on entry to the #DB handler, so the handler may use the debug registers (SDM 17.2.4).
         if (vector == Vec.DB) Dr[7] &= ~Dr7GD;
         while (true)

@@ -212,6 +212,8 @@ public sealed unsafe partial class Cpu
             ulong pa = TranslateAndFill(la, Access.Write);
             byte* p = _mem.TryGetHostPointer(pa, (ulong)size);
             if (p == null) return null;
+            // A watched page: the caller's fallback reads and writes through the slow paths, which report.
+            if (WatchRefusesFill(la, pa & ~0xFFFUL, Access.Write)) return null;
             if (e->Tag != page)
             {
                 // A code page: the caller stores after we return, so blocks decoded from it are dropped now (the
@@ -258,15 +260,18 @@ public sealed unsafe partial class Cpu
         }
         ulong pa = TranslateAndFill(la, Access.Read);
         byte* p = _mem.TryGetHostPointer(pa, (ulong)size);
-        if (p != null) return size switch { 1 => *p, 2 => *(ushort*)p, 4 => *(uint*)p, _ => *(ulong*)p };
-        return MmioRead(pa, size);
+        ulong r = p != null ? size switch { 1 => *p, 2 => *(ushort*)p, 4 => *(uint*)p, _ => *(ulong*)p } : MmioRead(pa, size);
+        if (_hooks.WatchArmed) WatchAccess(la, pa, size, r, write: false);
+        return r;
     }
 
     private byte ReadByteSlow(ulong la)
     {
         ulong pa = TranslateAndFill(la, Access.Read);
         byte* p = _mem.TryGetHostPointer(pa);
-        return p != null ? *p : (byte)MmioRead(pa, 1);
+        byte r = p != null ? *p : (byte)MmioRead(pa, 1);
+        if (_hooks.WatchArmed) WatchAccess(la, pa, 1, r, write: false);
+        return r;
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
@@ -293,9 +298,9 @@ public sealed unsafe partial class Cpu
                 default: *(ulong*)p = v; break;
             }
             _codeCache.NotifyWrite(pa, size, this);
-            return;
         }
-        MmioWrite(pa, size, v);
+        else MmioWrite(pa, size, v);
+        if (_hooks.WatchArmed) WatchAccess(la, pa, size, v, write: true);
     }
 
     private void WriteByteSlow(ulong la, byte v)
@@ -304,6 +309,7 @@ public sealed unsafe partial class Cpu
         byte* p = _mem.TryGetHostPointer(pa);
         if (p != null) { *p = v; _codeCache.NotifyWrite(pa, 1, this); }
         else MmioWrite(pa, 1, v);
+        if (_hooks.WatchArmed) WatchAccess(la, pa, 1, v, write: true);
     }
 
     private IMmioDevice? _apicMmio;
@@ -311,10 +317,16 @@ public sealed unsafe partial class Cpu
     /// <summary>The APIC page is per vCPU (IA32_APIC_BASE, when globally enabled); everything else is the shared bus.</summary>
     private bool IsApicPage(ulong pa) => _apicMmio != null && (pa & ~0xFFFUL) == (ApicBase & 0xF_FFFF_F000UL) && (ApicBase & 0x800) != 0;
 
-    private ulong MmioRead(ulong pa, int size) => IsApicPage(pa) ? _apicMmio!.Read(pa & 0xFFF, size) : _vm.Mmio.Read(pa, size);
+    private ulong MmioRead(ulong pa, int size)
+    {
+        ulong v = IsApicPage(pa) ? _apicMmio!.Read(pa & 0xFFF, size) : _vm.Mmio.Read(pa, size);
+        if (_hooks.DevicesArmed) HookDevice(false, pa, size, v, write: false);
+        return v;
+    }
 
     private void MmioWrite(ulong pa, int size, ulong v)
     {
+        if (_hooks.DevicesArmed) HookDevice(false, pa, size, v, write: true);
         if (IsApicPage(pa)) _apicMmio!.Write(pa & 0xFFF, size, v);
         else _vm.Mmio.Write(pa, size, v);
     }
@@ -329,7 +341,7 @@ public sealed unsafe partial class Cpu
         // A write entry only for a page that holds no code, and only after saying we may hold one (CodeCache remarks).
         // No read/write entry for a page a data breakpoint watches: its accesses must reach the slow path's check.
         if (host != null && (acc != Access.Write || _codeCache.PrepareWriteFill(ppage, WriterBit)) &&
-            !(_dataBpArmed && acc != Access.Exec && IsWatchedPage(la >> 12)))
+            !(_dataBpArmed && acc != Access.Exec && IsWatchedPage(la >> 12)) && !WatchRefusesFill(la, ppage, acc))
         {
             ulong page = la >> 12;
             TlbEntry* t = acc switch { Access.Read => _tlbR, Access.Write => _tlbW, _ => _tlbX };

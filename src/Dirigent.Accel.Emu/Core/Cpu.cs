@@ -104,9 +104,6 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// </summary>
     internal bool Stepping;
 
-    /// <summary>Tracing hook: called before each block runs with its linear address and instruction count.</summary>
-    public Action<Cpu, ulong, int>? BlockTrace;
-
     /// <summary>Called once per undefined/unimplemented opcode (first occurrence), for logging.</summary>
     public Action<string>? Log;
 
@@ -114,12 +111,14 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     {
         _vm = vm;
         _mem = vm.Memory;
+        _hooks = vm.Hooks;
         _codeCache = cache;
         _jit = cache.Jit is { Mode: Jit.JitMode.On } j ? j : null;
         Index = index;
         ApicBase = ResetApicBase(index);
         AllocTlb();
         cache.Register(this);
+        UpdateInstrumented();
         SetState(CpuState.Reset());
     }
 
@@ -248,11 +247,17 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 InterruptShadow = false;
                 InstrIp = Rip;
                 Block b = GetBlock();
-                BlockTrace?.Invoke(this, b.Linear, b.Count);
+                bool step1 = false;
+                if (_instrumented)
+                {
+                    _blockTrace?.Invoke(this, b.Linear, b.Count);
+                    // Execution hooks (Cpu.Introspection.cs): one instruction at a time through a hooked range.
+                    step1 = _hooks.ExecArmed && ExecHookStep(b);
+                }
                 // TF, RF or an enabled breakpoint: one instruction at a time (Cpu.Debug.cs).
                 // The STI/MOV SS shadow covers one instruction: with an event waiting, run just that one.
                 if (((_flags & (TF | RF)) != 0 || _dbgStep) && DebugStep(b)) { }
-                else if (shadow && _pendingEvents != 0) ExecuteBlock(b, 1);
+                else if (step1 || (shadow && _pendingEvents != 0)) ExecuteBlock(b, 1);
                 else RunChained(b);
             }
             catch (CpuException ex)
@@ -506,7 +511,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         while (true)
         {
             var code = b.Compiled;
-            if (code != null && BlockTrace == null)
+            if (code != null && !_instrumented)
             {
                 // Compiled blocks may have chained into others: continue from the last one that ran.
                 b = ExecuteCompiled(b, code);
@@ -519,7 +524,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 if (Jit.JitCompiler.Stats) b.InterpRuns++;
                 if (_jit != null && b.Bits == 64 && ++b.Heat == _jit.Threshold) _jit.Enqueue(b);
             }
-            if (_pendingEvents != 0 || Halted || InterruptShadow || (_flags & (TF | RF)) != 0 || CodeBits != 64 || BlockTrace != null)
+            if (_pendingEvents != 0 || Halted || InterruptShadow || (_flags & (TF | RF)) != 0 || CodeBits != 64 || _instrumented)
                 return;
             ulong rip = Rip;
             Block? n = b.Succ0;

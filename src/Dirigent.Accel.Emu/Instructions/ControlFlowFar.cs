@@ -512,6 +512,8 @@ internal static unsafe class ControlFlowFar
         c.OnIret();
         if (c.InterruptsEnabled) c.OnInterruptsMaybeEnabled();
         c.EndBlock();
+        // A system call that returns through IRET (Linux's slow path, INT 0x80, execve).
+        if (c.Hooks.SyscallsArmed && c.Cpl == 3) c.HookReturnToUser();
     }
 
     // ---------------- software interrupts ----------------

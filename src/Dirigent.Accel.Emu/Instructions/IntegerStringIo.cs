@@ -46,7 +46,7 @@ internal static unsafe class IntegerStringIo
             while (count != 0 && budget > 0)
             {
                 ulong la = InsTarget(c, di, sz);
-                uint v = c.Machine.Io.Read(port, sz);
+                uint v = c.PortRead(port, sz);
                 c.WriteLinear(la, sz, v);
                 di = (di + step) & mask;
                 count--;
@@ -80,7 +80,7 @@ internal static unsafe class IntegerStringIo
             while (count != 0 && budget > 0)
             {
                 ulong v = c.ReadMem(seg, si, sz);
-                c.Machine.Io.Write(port, sz, (uint)v);
+                c.PortWrite(port, sz, (uint)v);
                 si = (si + step) & mask;
                 count--;
                 budget -= IntegerString.ElemCost;

@@ -1,4 +1,5 @@
 using Dirigent.Machine.Accel;
+using Dirigent.Machine.Introspection;
 using Dirigent.Accel.Emu.Core;
 using Iced.Intel;
 
@@ -27,6 +28,7 @@ internal static unsafe class SystemCalls
     private static void Syscall(Cpu c, ref Instruction i)
     {
         if ((c.Efer & Cpu.EferSCE) == 0 || !c.Is64BitMode) throw Cpu.UD();
+        if (c.Hooks.SyscallsArmed) c.HookSyscallEnter(SyscallKind.Syscall, c.Rip);
         ushort sel = (ushort)(c.Star >> 32);
         c.Gpr[Cpu.RCX] = c.Rip;
         ulong fl = c.Rflags;
@@ -53,6 +55,7 @@ internal static unsafe class SystemCalls
         c.UpdateMode();
         c.Rip = rip;
         if (c.InterruptsEnabled) c.OnInterruptsMaybeEnabled();
+        if (c.Hooks.SyscallsArmed) c.HookReturnToUser();
     }
 
     private static void Sysenter(Cpu c, ref Instruction i)
@@ -60,6 +63,7 @@ internal static unsafe class SystemCalls
         if (!c.ProtectedMode) throw Cpu.GP0();
         ushort cs = (ushort)c.SysenterCs;
         if ((cs & 0xFFFC) == 0) throw Cpu.GP0();
+        if (c.Hooks.SyscallsArmed && c.Cpl == 3) c.HookSyscallEnter(SyscallKind.Sysenter, c.Rip);
         bool lm = c.LongModeActive;
         c.Rflags = c.Rflags & ~(Cpu.VM | Cpu.IF | Cpu.RF);
         c.Sreg[Cpu.CS] = Flat((ushort)(cs & 0xFFFC), lm ? Code64Attr : Code32Attr, 0);
@@ -84,6 +88,7 @@ internal static unsafe class SystemCalls
         c.UpdateMode();
         c.Gpr[Cpu.RSP] = rsp;
         c.Rip = rip;
+        if (c.Hooks.SyscallsArmed) c.HookReturnToUser();
     }
 
     private static void Swapgs(Cpu c, ref Instruction i)

@@ -68,7 +68,7 @@ internal static unsafe class SystemInstructions
     private static void DoOut(Cpu c, ushort port, int size)
     {
         CheckIo(c, port, size);
-        c.Machine.Io.Write(port, size, (uint)c.Gpr[Cpu.RAX] & (uint)Cpu.SizeMask(size));
+        c.PortWrite(port, size, (uint)c.Gpr[Cpu.RAX] & (uint)Cpu.SizeMask(size));
         // A device may have asked to stop the VM (debug-exit, reset) or changed interrupt state: re-check now.
         c.EndBlock();
     }
@@ -76,7 +76,7 @@ internal static unsafe class SystemInstructions
     private static void DoIn(Cpu c, ushort port, int size)
     {
         CheckIo(c, port, size);
-        uint v = c.Machine.Io.Read(port, size);
+        uint v = c.PortRead(port, size);
         c.SetReg(size == 1 ? Register.AL : size == 2 ? Register.AX : Register.EAX, v);
     }
 

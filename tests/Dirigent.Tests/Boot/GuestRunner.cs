@@ -24,12 +24,12 @@ public sealed class GuestRunner
         return this;
     }
 
-    public int Run(VmSpec cfg, TimeSpan timeout)
+    public int Run(VmSpec cfg, TimeSpan timeout, RunOptions? opts = null)
     {
         var err = new StringWriter();
         using var cts = new CancellationTokenSource(timeout);
         var output = new WatchStream(this);
-        int rc = VmLauncher.Run(cfg, TextWriter.Synchronized(err), _stdin, output, useTerminal: false, cancel: cts.Token);
+        int rc = VmLauncher.Run(cfg, TextWriter.Synchronized(err), _stdin, output, useTerminal: false, cancel: cts.Token, opts: opts);
         Errors = err.ToString();
         _stdin.Close();
         if (cts.IsCancellationRequested)
