@@ -54,9 +54,13 @@ public static class VmCommands
         new("CPU-LIMIT", o => Output.Text(o["limits"]?["cpu"])),
         new("PID", o => Output.Text(o["pid"])),
         new("EXIT", o => o["exit"] is JsonObject e ? $"{Output.Text(e["kind"])}{(e["detail"] is { } d ? ": " + Output.Text(d) : "")}" : ""),
-        // Last, so that one-host listings read as before: the cluster host the VM is placed on ("-" on one host).
+        // Last: the cluster host the VM is placed on (shown only when some VM has one, see ListColumnsFor).
         new("HOST", o => Output.Text(o["host"])),
     ];
+
+    /// <summary>`vm list`'s columns for these rows: HOST only in cluster mode (a one-host listing reads as before).</summary>
+    public static IReadOnlyList<Column> ListColumnsFor(IEnumerable<JsonObject> rows) =>
+        rows.Any(o => o["host"] is JsonValue) ? ListColumns : ListColumns.Where(c => c.Header != "HOST").ToArray();
 
     private static Argument<string> NameArg(string help = "The VM's name") => new("NAME") { Description = help };
 
@@ -102,7 +106,8 @@ public static class VmCommands
             using var client = conn.Connect(r);
             string? s = r.GetValue(state);
             var answer = await client.GetAsync(s == null ? Vms : $"{Vms}?state={Uri.EscapeDataString(s)}", ct);
-            Output.WriteList(Console.Out, r.GetValue(output), Output.Items(answer, "vms"), ListColumns);
+            var items = Output.Items(answer, "vms");
+            Output.WriteList(Console.Out, r.GetValue(output), items, ListColumnsFor(items.OfType<JsonObject>()));
             return ClientExit.Ok;
         });
         return cmd;

@@ -16,12 +16,16 @@ public class CliOutputTests
     public void ListTableAlignsColumnsWithoutTrailingBlanks()
     {
         var other = new JsonObject { ["name"] = "db-primary", ["state"] = "running", ["spec"] = new JsonObject { ["vcpus"] = 1, ["memory_mib"] = 256 }, ["pid"] = 4242 };
-        string table = Output.Table([Web, other], VmCommands.ListColumns);
+        string table = Output.Table([Web, other], VmCommands.ListColumnsFor([Web, other]));
         string expected =
             "NAME        STATE    VCPUS  MEMORY   CPU-LIMIT  PID   EXIT\n" +
             "web         crashed  2      2 GiB    0.5        -     triple_fault: triple fault at rip 0x10\n" +
             "db-primary  running  1      256 MiB  -          4242\n";
         Assert.Equal(expected, table);
+        // In cluster mode the records carry their host: the HOST column comes last.
+        var placed = (JsonObject)other.DeepClone();
+        placed["host"] = "n2";
+        Assert.EndsWith("EXIT  HOST\n", Output.Table([placed], VmCommands.ListColumnsFor([placed])).Split('\n')[0] + "\n");
     }
 
     [Fact]
