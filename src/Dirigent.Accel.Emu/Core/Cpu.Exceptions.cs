@@ -103,12 +103,7 @@ public sealed partial class Cpu
         int type = (int)((gate >> 40) & 0xF);
         if (type == 0x5)
         {
-            // A task gate: the handler is a task of its own; an error code goes on that task's stack (SDM 6.12.2).
-            uint idtErr = (uint)(vector * 8 + 2) | extBit;
-            if (softwareInt && (int)((gate >> 45) & 3) < Cpl) throw new CpuException(Vec.GP, idtErr);
-            if (((gate >> 47) & 1) == 0) throw new CpuException(Vec.NP, idtErr);
-            ushort tss = (ushort)(gate >> 16);
-            TaskSwitch(tss, ReadTargetTss(tss, extBit), TaskSwitchSource.Interrupt, hasError ? errorCode : null);
+            DeliverThroughTaskGate(gate, vector, errorCode, hasError, softwareInt, extBit);
             return;
         }
         if (type is not (0x6 or 0x7 or 0xE or 0xF))

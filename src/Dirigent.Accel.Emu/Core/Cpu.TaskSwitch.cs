@@ -237,6 +237,19 @@ public sealed partial class Cpu
         return d;
     }
 
+    /// <summary>
+    /// An interrupt or exception through a task gate in the IDT (from protected or V86 mode): the handler is a task of
+    /// its own; an error code goes on that task's stack (SDM 6.12.2).
+    /// </summary>
+    private void DeliverThroughTaskGate(ulong gate, int vector, uint errorCode, bool hasError, bool softwareInt, uint extBit)
+    {
+        uint idtErr = (uint)(vector * 8 + 2) | extBit;
+        if (softwareInt && (int)((gate >> 45) & 3) < Cpl) throw new CpuException(Vec.GP, idtErr);
+        if (((gate >> 47) & 1) == 0) throw new CpuException(Vec.NP, idtErr);
+        ushort tss = (ushort)(gate >> 16);
+        TaskSwitch(tss, ReadTargetTss(tss, extBit), TaskSwitchSource.Interrupt, hasError ? errorCode : null);
+    }
+
     /// <summary>IRET with NT=1 in protected mode: back to the task in the current TSS's previous-task link.</summary>
     public void TaskReturn()
     {
