@@ -124,26 +124,7 @@ public sealed partial class Cpu
         {
             ushort oldSs = Sreg[SS].Selector;
             ulong oldEsp = Gpr[RSP];
-            bool tss32 = (Tr.Type & 8) != 0;
-            ulong newEsp, newSsSel;
-            if (tss32)
-            {
-                if ((uint)(8 * newCpl + 4 + 5) > Tr.Limit) throw new CpuException(Vec.TS, (uint)(Tr.Selector & 0xFFFC) | extBit);
-                newEsp = ReadSystem(Tr.Base + 4 + (ulong)(8 * newCpl), 4);
-                newSsSel = ReadSystem(Tr.Base + 8 + (ulong)(8 * newCpl), 2);
-            }
-            else
-            {
-                if ((uint)(4 * newCpl + 2 + 3) > Tr.Limit) throw new CpuException(Vec.TS, (uint)(Tr.Selector & 0xFFFC) | extBit);
-                newEsp = ReadSystem(Tr.Base + 2 + (ulong)(4 * newCpl), 2);
-                newSsSel = ReadSystem(Tr.Base + 4 + (ulong)(4 * newCpl), 2);
-            }
-            ushort ssSel = (ushort)newSsSel;
-            if ((ssSel & 0xFFFC) == 0 || (ssSel & 3) != newCpl) throw new CpuException(Vec.TS, (uint)(ssSel & 0xFFFC) | extBit);
-            ulong ssDesc = ReadDescriptor(ssSel);
-            var ssc = DescriptorToCache(ssSel, ssDesc);
-            if (!ssc.S || (ssc.Type & 8) != 0 || (ssc.Type & 2) == 0 || ssc.Dpl != newCpl) throw new CpuException(Vec.TS, (uint)(ssSel & 0xFFFC) | extBit);
-            if (!ssc.Present) throw new CpuException(Vec.SS, (uint)(ssSel & 0xFFFC) | extBit);
+            var (ssSel, ssDesc, ssc, newEsp) = ReadInnerStack(newCpl, extBit);
             MarkDescriptorAccessed(ssSel, ssDesc);
             ssc.Attributes |= 1;
             SetCodeSegment(sel, desc, newCpl);

@@ -142,6 +142,30 @@ public sealed partial class Cpu
     }
 
     /// <summary>A fault after the switch is the new task's: delivered with its CS:EIP (SDM 7.3, step 12).</summary>
+    /// <summary>
+    /// The stack for privilege level <paramref name="cpl"/> from the current TSS (SSn:ESPn of a 32-bit TSS, SSn:SPn
+    /// of a 16-bit one), with the checks of an inter-privilege CALL or interrupt (SDM 5.8.5, 6.12.1): #TS(TSS) when
+    /// the TSS is too short to hold that entry; #TS(SS) for a null selector, RPL or DPL other than the CPL, or a
+    /// segment that is not writable data; #SS(SS) when not present. Error codes carry <paramref name="extBit"/>.
+    /// Nothing is changed: the caller marks SS accessed and loads it once the rest of its checks passed.
+    /// </summary>
+    internal (ushort Selector, ulong Descriptor, SegmentState Cache, ulong Sp) ReadInnerStack(int cpl, uint extBit)
+    {
+        bool tss32 = (Tr.Type & 8) != 0;
+        // The entry's last byte: SSn ends at 8n+9 (32-bit) or 4n+5 (16-bit); the TSS limit is its last valid offset.
+        uint last = tss32 ? (uint)(8 * cpl + 9) : (uint)(4 * cpl + 5);
+        if (last > Tr.Limit) throw new CpuException(Vec.TS, (uint)(Tr.Selector & 0xFFFC) | extBit);
+        ulong sp = tss32 ? ReadSystem(Tr.Base + 4 + (ulong)(8 * cpl), 4) : ReadSystem(Tr.Base + 2 + (ulong)(4 * cpl), 2);
+        ushort ssSel = (ushort)(tss32 ? ReadSystem(Tr.Base + 8 + (ulong)(8 * cpl), 2) : ReadSystem(Tr.Base + 4 + (ulong)(4 * cpl), 2));
+        uint ssErr = (uint)(ssSel & 0xFFFC) | extBit;
+        if ((ssSel & 0xFFFC) == 0 || (ssSel & 3) != cpl) throw new CpuException(Vec.TS, ssErr);
+        ulong ssDesc = ReadDescriptor(ssSel);
+        var ssc = DescriptorToCache(ssSel, ssDesc);
+        if (!ssc.S || (ssc.Type & 8) != 0 || (ssc.Type & 2) == 0 || ssc.Dpl != cpl) throw new CpuException(Vec.TS, ssErr);
+        if (!ssc.Present) throw new CpuException(Vec.SS, ssErr);
+        return (ssSel, ssDesc, ssc, sp);
+    }
+
     private void DeliverTaskFault(CpuException fault, ushort tssSel)
     {
         if (!DeliverException(fault.Vector, fault.ErrorCode, fault.HasErrorCode, softwareInt: false))

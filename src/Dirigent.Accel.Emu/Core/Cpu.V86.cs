@@ -53,14 +53,7 @@ public sealed partial class Cpu
         ulong offset = (gate & 0xFFFF) | ((gate >> 32) & 0xFFFF_0000);
         if (!is32) offset &= 0xFFFF;
 
-        if ((Tr.Type & 8) != 0 ? 8 + 4 + 5 > Tr.Limit : 2 + 3 > Tr.Limit) throw new CpuException(Vec.TS, (uint)(Tr.Selector & 0xFFFC) | extBit);
-        ulong newEsp = (Tr.Type & 8) != 0 ? ReadSystem(Tr.Base + 4, 4) : ReadSystem(Tr.Base + 2, 2);
-        ushort ssSel = (ushort)((Tr.Type & 8) != 0 ? ReadSystem(Tr.Base + 8, 2) : ReadSystem(Tr.Base + 4, 2));
-        if ((ssSel & 0xFFFC) == 0 || (ssSel & 3) != 0) throw new CpuException(Vec.TS, (uint)(ssSel & 0xFFFC) | extBit);
-        ulong ssDesc = ReadDescriptor(ssSel);
-        var ssc = DescriptorToCache(ssSel, ssDesc);
-        if (!ssc.S || (ssc.Type & 8) != 0 || (ssc.Type & 2) == 0 || ssc.Dpl != 0) throw new CpuException(Vec.TS, (uint)(ssSel & 0xFFFC) | extBit);
-        if (!ssc.Present) throw new CpuException(Vec.SS, (uint)(ssSel & 0xFFFC) | extBit);
+        var (ssSel, ssDesc, ssc, newEsp) = ReadInnerStack(0, extBit);
 
         ulong oldFlags = Rflags, oldEsp = Gpr[RSP], oldRip = Rip;
         ushort oldCs = Sreg[CS].Selector, oldSs = Sreg[SS].Selector;

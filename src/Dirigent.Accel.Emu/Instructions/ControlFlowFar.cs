@@ -300,26 +300,7 @@ internal static unsafe class ControlFlowFar
             c.Push(retIp, 8);
             return;
         }
-        bool tss32 = (tr.Type & 8) != 0;
-        ulong newSp;
-        ushort ssSel;
-        if (tss32)
-        {
-            if ((uint)(8 * newCpl + 4 + 5) > tr.Limit) throw new CpuException(Vec.TS, (uint)(tr.Selector & 0xFFFC));
-            newSp = c.ReadSystem(tr.Base + 4 + (ulong)(8 * newCpl), 4);
-            ssSel = (ushort)c.ReadSystem(tr.Base + 8 + (ulong)(8 * newCpl), 2);
-        }
-        else
-        {
-            if ((uint)(4 * newCpl + 2 + 3) > tr.Limit) throw new CpuException(Vec.TS, (uint)(tr.Selector & 0xFFFC));
-            newSp = c.ReadSystem(tr.Base + 2 + (ulong)(4 * newCpl), 2);
-            ssSel = (ushort)c.ReadSystem(tr.Base + 4 + (ulong)(4 * newCpl), 2);
-        }
-        if ((ssSel & 0xFFFC) == 0 || (ssSel & 3) != newCpl) throw new CpuException(Vec.TS, (uint)(ssSel & 0xFFFC));
-        ulong ssDesc = c.ReadDescriptor(ssSel);
-        var ss = Cpu.DescriptorToCache(ssSel, ssDesc);
-        if (!ss.S || (ss.Type & 8) != 0 || (ss.Type & 2) == 0 || ss.Dpl != newCpl) throw new CpuException(Vec.TS, (uint)(ssSel & 0xFFFC));
-        if (!ss.Present) throw new CpuException(Vec.SS, (uint)(ssSel & 0xFFFC));
+        var (ssSel, ssDesc, ss, newSp) = c.ReadInnerStack(newCpl, 0);
         // Parameters come from the caller's stack, read before anything changes.
         Span<ulong> args = stackalloc ulong[32];
         for (int k = 0; k < nparams; k++) args[k] = c.PeekStack((ulong)(k * gsz), gsz);
