@@ -13,8 +13,15 @@ export function listPage(main, session) {
   const error = el('p', { class: 'form-error', role: 'alert', hidden: true });
   const table = el('table', { class: 'vms' },
     el('caption', { class: 'visually-hidden' }, 'Virtual machines, updated live'),
-    el('thead', {}, el('tr', {}, ['Name', 'State', 'vCPUs', 'Memory', 'Accel', 'Uptime'].map((h) => el('th', { scope: 'col' }, h)))),
+    el('thead', {}, el('tr', {}, ['Name', 'State', 'vCPUs', 'Memory', 'Accel', 'Uptime', 'Host'].map((h) => el('th', { scope: 'col' }, h)))),
     tbody);
+  // In cluster mode records carry the host they are placed on; on one host the column stays hidden, as in `vm list`.
+  const hostHead = table.querySelector('thead th:last-child');
+  function showHosts() {
+    const any = [...rows.values()].some(({ vm }) => vm.host);
+    hostHead.hidden = !any;
+    for (const { row } of rows.values()) row.querySelector('td[data-label="Host"]').hidden = !any;
+  }
   main.append(
     el('div', { class: 'page-head' },
       el('h1', {}, 'Virtual machines'),
@@ -32,7 +39,8 @@ export function listPage(main, session) {
       cell('vCPUs', String(vm.spec.vcpus)),
       cell('Memory', fmtMib(vm.spec.memory_mib)),
       cell('Accel', vm.spec.accel),
-      cell('Uptime', el('span', { class: 'uptime' }, fmtDuration(uptimeOf(vm)))));
+      cell('Uptime', el('span', { class: 'uptime' }, fmtDuration(uptimeOf(vm)))),
+      cell('Host', vm.host || '-'));
     const old = rows.get(vm.name);
     rows.set(vm.name, { vm, row });
     if (old) old.row.replaceWith(row);
@@ -43,12 +51,14 @@ export function listPage(main, session) {
       else tbody.append(row);
     }
     empty.hidden = rows.size > 0;
+    showHosts();
   }
 
   function remove(name) {
     rows.get(name)?.row.remove();
     rows.delete(name);
     empty.hidden = rows.size > 0;
+    showHosts();
   }
 
   async function reload() {

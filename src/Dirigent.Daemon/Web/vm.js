@@ -9,7 +9,7 @@ import { chartsPanel } from './charts.js';
 
 // The states each action is accepted in (VmManager's prechecks) and the right it needs.
 const ACTIONS = [
-  { id: 'start', label: 'Start', states: ['stopped', 'crashed'], right: 'operate', primary: true },
+  { id: 'start', label: 'Start', states: ['stopped', 'crashed', 'lost'], right: 'operate', primary: true },
   { id: 'stop', label: 'Stop', states: ['running', 'paused', 'shutting_down', 'starting', 'stopping'], right: 'operate' },
   { id: 'shutdown', label: 'Shut down', states: ['running'], right: 'operate' },
   { id: 'reboot', label: 'Reboot', states: ['running', 'paused'], right: 'operate' },
@@ -17,7 +17,7 @@ const ACTIONS = [
   { id: 'resume', label: 'Resume', states: ['paused'], right: 'operate' },
   { id: 'snapshot', label: 'Snapshot…', states: ['running', 'paused'], right: 'operate', form: 'Snapshot name' },
   { id: 'clone', label: 'Clone…', states: ['stopped', 'crashed'], right: 'admin', form: 'Name of the clone' },
-  { id: 'delete', label: 'Delete', states: ['stopped', 'crashed'], right: 'admin', danger: true },
+  { id: 'delete', label: 'Delete', states: ['stopped', 'crashed', 'lost'], right: 'admin', danger: true },
 ];
 const NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
 
@@ -61,6 +61,7 @@ export function vmPage(main, name, session) {
       ['Kernel', s.kernel || 'default guest'], ['Uptime', el('span', { class: 'uptime' }, fmtDuration(uptimeOf(vm)))],
       ['Restart', vm.restart + (vm.autostart ? ', starts with the daemon' : '')],
     ];
+    if (vm.host) rows.push(['Host', vm.host]);
     if (vm.exit) rows.push(['Last exit', `${vm.exit.kind}${vm.exit.detail ? `: ${vm.exit.detail}` : ''}`]);
     details.replaceChildren(...rows.flatMap(([k, v]) => [el('dt', {}, k), el('dd', {}, v)]));
     for (const a of ACTIONS) {
