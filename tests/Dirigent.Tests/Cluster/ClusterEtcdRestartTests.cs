@@ -12,7 +12,7 @@ namespace Dirigent.Tests.Cluster;
 /// ran before run on with the same worker, and every VM has a worker exactly when its record says it runs.
 /// </summary>
 [Collection(nameof(ClusterPair))]
-public sealed class ClusterEtcdRestartTests(ClusterPairFixture pair)
+public sealed class ClusterEtcdRestartTests(ClusterPairFixture pair, Xunit.Abstractions.ITestOutputHelper output)
 {
     private const string Prefix = "er-";
 
@@ -81,8 +81,16 @@ public sealed class ClusterEtcdRestartTests(ClusterPairFixture pair)
 
         // The daemons are back: both hosts up with a leader; new VMs through either daemon are placed (the leader's
         // watch) and started on their hosts (forwarded).
-        await rig.WaitAsync(async () => (await n2.GetAsync("/api/v1/cluster"))["hosts_up"]!.GetValue<int>() == 2
-                                        && await rig.LeaderAsync(n2) != null, "both hosts up with a leader again");
+        await rig.WaitAsync(async () =>
+        {
+            foreach (var d in rig.Hosts)
+            {
+                // Until a daemon's connection to etcd is back it answers 503: that is what is waited out here.
+                var (st, json, _) = await d.SendAsync(HttpMethod.Get, "/api/v1/cluster");
+                if (st != HttpStatusCode.OK || json!["hosts_up"]!.GetValue<int>() != 2 || json["leader"] == null) return false;
+            }
+            return true;
+        }, "both daemons back, both hosts up with a leader");
         foreach (var (name, via, pin) in new[] { ($"{Prefix}after-1", n2, "n1"), ($"{Prefix}after-2", n1, "n2") })
         {
             await via.CreateTinyVmAsync(name, pin: pin);
@@ -99,6 +107,8 @@ public sealed class ClusterEtcdRestartTests(ClusterPairFixture pair)
         }, "every VM placed and settled");
         Assert.DoesNotContain(mine, v => v.Str("name") == $"{Prefix}in-outage");
 
+        output.WriteLine($"{mine.Count} VMs: {string.Join(", ", mine.Select(v => $"{v.Str("name")} {v.Str("state")} on {v.Str("host")}"))}");
+        output.WriteLine(string.Join("\n", answers));
         var history = await rig.HostHistoryAsync();
         foreach (var v in mine)
         {
