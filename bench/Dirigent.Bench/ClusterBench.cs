@@ -14,7 +14,8 @@ namespace Dirigent.Bench;
 /// naming the host the leader chose; N creates, one at a time, through the three daemons in turn) and failover time
 /// (SIGKILL of the daemon and worker of the host running a restart=always default guest, to its record running on
 /// another host, and to its first console byte there; the lease TTL is most of it), then the live migration of that
-/// guest to the third host (POST migrate to the operation's end). Everything started is killed.
+/// guest to the third host (POST migrate to the operation's end) and its downtime (the source worker's pause to the
+/// target's report that its vCPUs run). Everything started is killed.
 /// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- cluster [--creates N] [--lease-ttl S] [--dirigent PATH]
 /// </summary>
 public static class ClusterBench
@@ -147,6 +148,13 @@ public static class ClusterBench
             double migrate = Stopwatch.GetElapsedTime(m0).TotalSeconds;
             Console.WriteLine($"migration n{from + 1} -> n{to + 1} of the running default guest (96 MiB): {mdone?["status"]} in {migrate:F2} s " +
                               "(POST to the record on the target; includes starting the target's worker)");
+            // The source worker's figures (VMM migration code): downtime from its pause to the target's report that
+            // its vCPUs run; ack = to the target's OK (state restored, not yet running).
+            if (mdone?["result"]?["migration"] is JsonObject fig)
+                Console.WriteLine($"migration downtime: {fig["downtime_ms"]} ms (pause to {fig["downtime_end"]}; to the target's OK {fig["ack_ms"]} ms, " +
+                                  $"target's OK to running {fig["target_resume_ms"]?.ToString() ?? "-"} ms), worker total {fig["total_ms"]} ms, " +
+                                  $"{fig["rounds"]} rounds, {fig["pages"]} pages, {(fig["bytes"]?.GetValue<long>() ?? 0) / 1048576.0:F1} MiB");
+            else Console.WriteLine($"migration downtime: not reported ({mdone?["error"]})");
         }
         foreach (var c in clients) c.Dispose();
     }

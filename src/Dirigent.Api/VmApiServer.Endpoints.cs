@@ -159,14 +159,38 @@ public sealed partial class VmApiServer
         ctx.Response.StatusCode = StatusCodes.Status204NoContent;
     }
 
-    /// <summary>PUT /v1/vm/migrate {"to":"unix:PATH"|"tcp:HOST:PORT"}: 204 once the VM runs in the target.</summary>
+    /// <summary>How long the source waits after the target's OK for its word that the VM runs there (the downtime's end).</summary>
+    private static readonly TimeSpan ResumeReportWait = TimeSpan.FromSeconds(10);
+
+    /// <summary>
+    /// PUT /v1/vm/migrate {"to":"unix:PATH"|"tcp:HOST:PORT"}: 200 once the VM runs in the target, with the figures:
+    /// total_ms, downtime_ms (the source's pause to the target's report that it runs, or to its OK where no report
+    /// came: downtime_end says "target_resumed" or "target_ack"), ack_ms, target_resume_ms, rounds, pages, bytes.
+    /// </summary>
     private async Task PutMigrate(HttpContext ctx)
     {
         const string example = "{\"to\": \"unix:/path/of/target.sock\"} or {\"to\": \"tcp:HOST:PORT\"}";
         string to = ApiRequestBody.ParseStrings(await ApiRequestBody.ReadAsync(ctx), example, "to")[0];
         CheckMigrationTarget(to);
-        await RunLong(() => _vm.Migrate(to));
-        ctx.Response.StatusCode = StatusCodes.Status204NoContent;
+        // The target here is another process that starts the VM by itself: wait for its resume report (bounded; the
+        // VM here stays paused meanwhile and ends only after, so this answer is written before the worker stops).
+        await RunLong(() => _vm.Migrate(to, ResumeReportWait));
+        var st = _vm.LastMigration!;
+        var buf = new ArrayBufferWriter<byte>(256);
+        using (var w = new Utf8JsonWriter(buf, ApiProblem.JsonOptions))
+        {
+            w.WriteStartObject();
+            w.WriteNumber("total_ms", Math.Round(st.TotalMs, 3));
+            w.WriteNumber("downtime_ms", Math.Round(st.DowntimeMs, 3));
+            w.WriteString("downtime_end", st.ResumeSeen ? "target_resumed" : "target_ack");
+            w.WriteNumber("ack_ms", Math.Round(st.AckMs, 3));
+            if (st.TargetResumeMs is { } tr) w.WriteNumber("target_resume_ms", Math.Round(tr, 3));
+            w.WriteNumber("rounds", st.Rounds);
+            w.WriteNumber("pages", st.PagesSent);
+            w.WriteNumber("bytes", st.BytesSent);
+            w.WriteEndObject();
+        }
+        await WriteBytes(ctx, "application/json", buf.WrittenMemory);
     }
 
     /// <summary>

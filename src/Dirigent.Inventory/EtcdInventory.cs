@@ -41,6 +41,11 @@ public sealed class EtcdInventory : IInventory
         _rootBytes = ByteString.CopyFromUtf8(keyPrefix);
         _channels = endpoints.Select(e => GrpcChannel.ForAddress("http://" + e, new GrpcChannelOptions
         {
+            // After an outage the channel retries its connection with a growing backoff, and every call in between
+            // fails at once: gRPC's default cap (120 s) would keep a daemon "unavailable" for up to two minutes
+            // after etcd is back. A short cap lets it see etcd again within a couple of seconds.
+            InitialReconnectBackoff = TimeSpan.FromMilliseconds(200),
+            MaxReconnectBackoff = TimeSpan.FromSeconds(2),
             // Watches and keep-alives are long-lived streams; etcd answers on HTTP/2 without TLS.
             HttpHandler = new SocketsHttpHandler
             {

@@ -12,7 +12,16 @@ using Dirigent.Vmm.Snapshots;
 namespace Dirigent.Vmm;
 
 /// <summary>Figures of the last outgoing migration.</summary>
-public sealed record MigrationStats(double TotalMs, double DowntimeMs, int Rounds, long PagesSent, long BytesSent);
+/// <param name="DowntimeMs">
+/// The guest's downtime as the source saw it: from its pause to the target's report that the VM runs there
+/// (<see cref="MigrationFrame.Resumed"/>) when <see cref="Vm.Migrate"/> waited for it and it came, else to the target's
+/// OK (<paramref name="AckMs"/>, which leaves out the target's own start). <paramref name="ResumeSeen"/> says which.
+/// Measured on the source's clock: the resume report's one-way trip is included (an upper bound).
+/// </param>
+/// <param name="AckMs">From the source's pause to the target's OK (state restored, disks open, not yet running).</param>
+/// <param name="TargetResumeMs">The target's own figure: from its OK to its vCPUs running (null without the report).</param>
+public sealed record MigrationStats(double TotalMs, double DowntimeMs, int Rounds, long PagesSent, long BytesSent,
+    double AckMs = 0, bool ResumeSeen = false, double? TargetResumeMs = null);
 
 public sealed partial class Vm
 {
@@ -24,6 +33,16 @@ public sealed partial class Vm
     /// <summary>Figures of the last successful <see cref="Migrate"/>, null before one.</summary>
     public MigrationStats? LastMigration { get; private set; }
 
+    /// <summary>No single read or write of a migration stream blocks longer than this (a stopped peer fails it).</summary>
+    public static readonly TimeSpan MigrationIoTimeout = TimeSpan.FromSeconds(120);
+
+    /// <summary>
+    /// An incoming VM's stream, kept open after the OK reply until <see cref="Start"/> tells the source that the VM
+    /// runs here (<see cref="MigrationFrame.Resumed"/>), with the time of that reply.
+    /// </summary>
+    private MigrationChannel? _resumeReport;
+    private long _ackTimestamp;
+
     /// <summary>
     /// Live-migrates the VM to a target process listening at <paramref name="to"/> (<c>unix:PATH</c> or
     /// <c>tcp:HOST:PORT</c>): all RAM while the guest runs, then rounds of the pages it dirtied meanwhile (dirty
@@ -32,7 +51,12 @@ public sealed partial class Vm
     /// the VM here ends with <see cref="VmExitKind.Migrated"/>; on any failure it throws <see cref="VmException"/>
     /// and the VM keeps running here, disks reopened.
     /// </summary>
-    public void Migrate(string to)
+    /// <param name="awaitResume">
+    /// After the target's OK, wait up to this long for its report that the VM runs there, to measure the downtime to
+    /// that moment (<see cref="MigrationStats.DowntimeMs"/>). Only where the target is another process that starts the
+    /// VM by itself: a caller that starts the target VM after this returns must not wait.
+    /// </param>
+    public void Migrate(string to, TimeSpan? awaitResume = null)
     {
         lock (_cmd)
         {
@@ -44,6 +68,7 @@ public sealed partial class Vm
             {
                 throw new VmException($"migration to {to}: {e.Message}", badInput: e is FormatException);
             }
+            ch.IoTimeout = MigrationIoTimeout;
             var total = Stopwatch.StartNew();
             bool paused = !wasRunning, disksClosed = false;
             long downtimeStart = 0;
@@ -89,8 +114,11 @@ public sealed partial class Vm
                     if (reply[0] != 0)
                         throw new InvalidDataException($"the target refused the VM: {Encoding.UTF8.GetString(reply, 1, reply.Length - 1)}");
                     Accel.SetDirtyLogging(false);
-                    double downtime = Stopwatch.GetElapsedTime(downtimeStart).TotalMilliseconds;
-                    LastMigration = new MigrationStats(total.Elapsed.TotalMilliseconds, downtime, rounds, pages, ch.BytesSent);
+                    double ack = Stopwatch.GetElapsedTime(downtimeStart).TotalMilliseconds;
+                    // The VM is the target's now: whatever happens to the resume report, nothing here fails any more.
+                    var (resumed, targetMs) = awaitResume is { } wait ? AwaitResumeReport(ch, wait) : (null, null);
+                    LastMigration = new MigrationStats(total.Elapsed.TotalMilliseconds, resumed == null ? ack : Stopwatch.GetElapsedTime(downtimeStart, resumed.Value).TotalMilliseconds,
+                        rounds, pages, ch.BytesSent, ack, resumed != null, targetMs);
                     Finish(VmState.Stopped, new VmExitReason(VmExitKind.Migrated, $"to {to}"));
                 }
                 catch (Exception e) when (e is IOException or SocketException or InvalidDataException or VmException
@@ -109,6 +137,45 @@ public sealed partial class Vm
                     throw new VmException($"migration to {to} failed: {why}; the VM keeps running here", badInput: false);
                 }
             }
+        }
+    }
+
+    /// <summary>
+    /// Reads the target's <see cref="MigrationFrame.Resumed"/> report (waiting at most <paramref name="wait"/>): the
+    /// timestamp it arrived and the target's own OK-to-running figure, or nulls when it does not come (an older
+    /// target, a target that failed to start the VM, a timeout).
+    /// </summary>
+    private static (long? At, double? TargetMs) AwaitResumeReport(MigrationChannel ch, TimeSpan wait)
+    {
+        try
+        {
+            ch.IoTimeout = wait;
+            var (type, payload) = ch.ReadFrame();
+            long at = Stopwatch.GetTimestamp();
+            if (type != MigrationFrame.Resumed || payload.Length != 8) return (null, null);
+            return (at, BinaryPrimitives.ReadUInt64LittleEndian(payload) / 1e6);
+        }
+        catch (Exception e) when (e is IOException or SocketException or InvalidDataException or ObjectDisposedException) { return (null, null); }
+    }
+
+    /// <summary>
+    /// Tells the source of an incoming VM that it runs here now (called once the vCPUs run), then closes the stream.
+    /// Best effort: the source may have stopped listening (it only waits when asked to).
+    /// </summary>
+    private void ReportResumed()
+    {
+        var ch = Interlocked.Exchange(ref _resumeReport, null);
+        if (ch == null) return;
+        using (ch)
+        {
+            try
+            {
+                var payload = new byte[8];
+                BinaryPrimitives.WriteUInt64LittleEndian(payload, (ulong)Stopwatch.GetElapsedTime(_ackTimestamp).Ticks * 100);
+                ch.WriteFrame(MigrationFrame.Resumed, payload);
+                ch.Flush();
+            }
+            catch (Exception e) when (e is IOException or SocketException or ObjectDisposedException) { }
         }
     }
 
@@ -180,7 +247,9 @@ public sealed partial class Vm
         {
             throw new VmException($"--incoming {from}: {e.Message}", badInput: e is FormatException);
         }
-        using (ch)
+        ch.IoTimeout = MigrationIoTimeout;
+        bool keep = false;
+        try
         {
             Vm? vm = null;
             try
@@ -224,6 +293,10 @@ public sealed partial class Vm
                 vm.ApplyManifest(state);
                 ch.WriteFrame(MigrationFrame.Reply, [0]);
                 ch.Flush();
+                // The stream stays open for the resume report (Start), which is how the source measures the downtime.
+                vm._ackTimestamp = Stopwatch.GetTimestamp();
+                vm._resumeReport = ch;
+                keep = true;
                 return vm;
             }
             catch (Exception e) when (e is IOException or InvalidDataException or JsonException or VmException or SocketException)
@@ -238,6 +311,10 @@ public sealed partial class Vm
                 vm?.Dispose();
                 throw new VmException($"incoming migration failed: {why}", badInput: false);
             }
+        }
+        finally
+        {
+            if (!keep) ch.Dispose();
         }
     }
 

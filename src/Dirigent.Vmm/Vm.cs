@@ -251,6 +251,8 @@ public sealed partial class Vm : IDisposable
             ResumeCore();
             State = VmState.Running;
         }
+        // An incoming VM: its source waits for word that it runs here (the end of its downtime).
+        ReportResumed();
     }
 
     /// <summary>Running → Paused: vCPUs stop at an instruction boundary, device workers quiesce, VM time freezes.</summary>
@@ -532,6 +534,7 @@ public sealed partial class Vm : IDisposable
             _vcpuEnded.Set();
         }
         _supervisor.Join();
+        Interlocked.Exchange(ref _resumeReport, null)?.Dispose();
         // The vCPUs are stopped: the trace's last lines are written; flush and close its file.
         Introspection.StopSyscallTrace();
         Board.Dispose();

@@ -56,6 +56,7 @@ internal static class RequestPipeline
                 (int status, error) = Classify(e);
                 if (!ctx.Response.HasStarted)
                 {
+                    if (status == StatusCodes.Status503ServiceUnavailable) ctx.Response.Headers.RetryAfter = "1";
                     try { await ApiProblem.Write(ctx, status, error); }
                     catch (Exception) when (ctx.RequestAborted.IsCancellationRequested) { }
                 }
@@ -160,6 +161,9 @@ internal static class RequestPipeline
         // Kestrel's: a body over the 64 KiB limit (413), a truncated or malformed request.
         Microsoft.AspNetCore.Http.BadHttpRequestException b => (b.StatusCode,
             b.StatusCode == 413 ? $"request body is larger than {DaemonLimits.MaxRequestBody / 1024} KiB" : b.Message),
+        // The cluster store (etcd) is down or unreachable: the request may succeed again later, nothing is wrong
+        // with it. One line, at once (the client fails fast instead of hanging until etcd is back).
+        Dirigent.Inventory.InventoryUnavailableException u => (StatusCodes.Status503ServiceUnavailable, $"the cluster store is unavailable: {ApiProblem.OneLine(u.Message)}"),
         _ => (StatusCodes.Status500InternalServerError, $"{e.GetType().Name}: {e.Message}"),
     };
 }

@@ -23,6 +23,20 @@ internal static class VmMetrics
             foreach (var s in States)
                 Line(sb, "dirigent_vm_state", $"vm=\"{rec.Name}\",state=\"{s}\"", rec.State == s ? 1 : 0);
 
+        // Live migrations between hosts that left from here (cluster mode): the last one of each VM.
+        var migrations = vms.LastMigrations.ToList();
+        foreach (var (metric, field, help) in new[]
+                 {
+                     ("dirigent_vm_migration_downtime_seconds", "downtime_ms", "Guest downtime of the VM's last live migration from this host: the pause here to the target's report that it runs."),
+                     ("dirigent_vm_migration_seconds", "total_ms", "Duration of the VM's last live migration from this host (the worker's part: first page to the target's OK)."),
+                 })
+        {
+            Head(sb, metric, "gauge", help);
+            foreach (var (name, m) in migrations)
+                if (m[field] is JsonValue v && v.TryGetValue(out double ms))
+                    Line(sb, metric, $"vm=\"{name}\",to=\"{m["to"]}\"", ms / 1000);
+        }
+
         var live = vms.Live.ToList();
         var fetched = await Task.WhenAll(live.Select(async kv =>
         {

@@ -292,13 +292,19 @@ internal sealed class ClusterNode : IAsyncDisposable
         req.Headers.Add("Dirigent-Forwarded", HostName);
         HttpResponseMessage r;
         try { r = await _peers.SendAsync(req, ct); }
-        catch (HttpRequestException e) { throw new InvalidOperationException($"host '{host.Name}' at {host.Address} did not answer: {Dirigent.Api.ApiProblem.OneLine(e.Message)}"); }
+        catch (HttpRequestException e) { throw new PeerRequestException(null, $"host '{host.Name}' at {host.Address} did not answer: {Dirigent.Api.ApiProblem.OneLine(e.Message)}"); }
+        catch (TaskCanceledException e) when (!ct.IsCancellationRequested)
+        {
+            throw new PeerRequestException(null, $"host '{host.Name}' at {host.Address} did not answer within {_peers.Timeout.TotalSeconds:0} s", e);
+        }
         using (r)
         {
             string text = await r.Content.ReadAsStringAsync(ct);
-            var json = text.Length > 0 ? System.Text.Json.Nodes.JsonNode.Parse(text) : null;
+            System.Text.Json.Nodes.JsonNode? json;
+            try { json = text.Length > 0 ? System.Text.Json.Nodes.JsonNode.Parse(text) : null; }
+            catch (JsonException) { json = null; }
             if (!r.IsSuccessStatusCode)
-                throw new InvalidOperationException($"host '{host.Name}': {(int)r.StatusCode} {json?["detail"]?.GetValue<string>() ?? text}");
+                throw new PeerRequestException((int)r.StatusCode, $"host '{host.Name}': {(int)r.StatusCode} {Dirigent.Api.ApiProblem.OneLine(json?["detail"]?.GetValue<string>() ?? text)}");
             return json;
         }
     }
@@ -317,4 +323,10 @@ internal sealed class ClusterNode : IAsyncDisposable
             try { await t.WaitAsync(TimeSpan.FromSeconds(5)); } catch (Exception) { }
         _stop.Dispose();
     }
+}
+
+/// <summary>A call to another host's daemon failed: <see cref="Status"/> is its answer's status, or null when it did not answer.</summary>
+internal sealed class PeerRequestException(int? status, string message, Exception? inner = null) : InvalidOperationException(message, inner)
+{
+    public int? Status { get; } = status;
 }

@@ -5,6 +5,7 @@ using System.Text.Json.Nodes;
 using Dirigent.Daemon.Operations;
 using Dirigent.Daemon.Workers;
 using Dirigent.Inventory;
+using Microsoft.AspNetCore.Http;
 using static Dirigent.Daemon.Api.ApiJson;
 using S = Dirigent.Daemon.Vms.VmStates;
 
@@ -24,7 +25,14 @@ internal sealed partial class VmManager
 
     private static readonly TimeSpan ConnectRetry = TimeSpan.FromSeconds(30);
 
-    /// <summary>POST /vms/{name}/migrate {"host":"NAME"} on the VM's host (the source).</summary>
+    /// <summary>The figures of each VM's last outgoing migration from this host (for /metrics).</summary>
+    public System.Collections.Concurrent.ConcurrentDictionary<string, JsonObject> LastMigrations { get; } = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// POST /vms/{name}/migrate {"host":"NAME"} on the VM's host (the source). What can be known before anything
+    /// moves is answered at once as a problem: the target is this host or not up (409), its daemon does not answer
+    /// (502) or refuses the VM (409, with its reason); a failure later fails the operation, with the VM running here.
+    /// </summary>
     public async Task<Operation> MigrateAsync(string name, JsonElement body, CancellationToken ct)
     {
         var node = Cluster ?? throw Conflict("live migration between hosts needs cluster mode (daemon --cluster)");
@@ -32,7 +40,13 @@ internal sealed partial class VmManager
         string target = f.TryGetValue("host", out var h) ? String(h, "host") : throw Bad("missing field 'host'");
         if (target == node.HostName) throw Conflict($"VM '{name}' already runs on host '{target}'");
         await PrecheckAsync(name, "migrate", ct, S.Running);
-        _ = await node.UpHostAsync(target, ct) ?? throw Conflict($"host '{target}' is not up");
+        var up = await node.UpHostAsync(target, ct) ?? throw Conflict($"host '{target}' is not up");
+        try { await node.PostPeerAsync(up, $"/api/v1/vms/{name}/incoming", new JsonObject { ["source"] = node.HostName, ["check"] = true }, ct); }
+        catch (Cluster.PeerRequestException e)
+        {
+            throw new Dirigent.Api.ApiRequestException(e.Status == null ? StatusCodes.Status502BadGateway : StatusCodes.Status409Conflict,
+                $"cannot migrate VM '{name}' to host '{target}': {e.Message}; the VM runs on here");
+        }
         return Submit(name, $"migrate {name} to {target}", async (ctx, c) =>
         {
             await RequireStateAsync(name, "migrate", c, S.Running);
@@ -48,16 +62,27 @@ internal sealed partial class VmManager
                 // The target's worker listens a moment after its daemon answered: a refused connection is retried
                 // (each failed try leaves the VM running here).
                 var deadline = DateTime.UtcNow + ConnectRetry;
+                JsonObject stats;
                 while (true)
                 {
-                    try { await rt.Handle.Client.MigrateAsync(uri, c); break; }
+                    try { stats = await rt.Handle.Client.MigrateAsync(uri, c); break; }
+                    // Only a refused connection (not "the target refused the VM", which is final).
                     catch (WorkerApiException e) when (DateTime.UtcNow < deadline && !rt.Handle.Exited.IsCompleted &&
-                                                       e.Message.Contains("refused", StringComparison.OrdinalIgnoreCase))
+                                                       e.Message.Contains("connection refused", StringComparison.OrdinalIgnoreCase))
                     {
                         await Task.Delay(200, c);
                     }
+                    catch (WorkerApiException e)
+                    {
+                        throw new InvalidOperationException($"migration of VM '{name}' to host '{target}' failed: {e.Message}");
+                    }
                 }
                 moved = true;
+                stats["from"] = node.HostName;
+                stats["to"] = target;
+                LastMigrations[name] = stats;
+                if (stats["downtime_ms"] is JsonValue dt)
+                    _log.WriteLine($"daemon: VM '{name}' migrated to host '{target}': downtime {dt} ms ({stats["downtime_end"]}), total {stats["total_ms"]} ms");
                 ctx.Report($"the VM runs on host '{target}'; waiting for its daemon to take the record");
                 await WaitRecordHostAsync(node.Inventory, name, target, c);
                 _live.TryRemove(new KeyValuePair<string, VmRuntime>(name, rt));
@@ -68,7 +93,9 @@ internal sealed partial class VmManager
                 _migratingAway.TryRemove(name, out _);
                 throw;
             }
-            return await CurrentAsync(name, c);
+            var result = (JsonObject)await CurrentAsync(name, c);
+            result["migration"] = LastMigrations[name].DeepClone();
+            return result;
         });
     }
 
@@ -95,11 +122,14 @@ internal sealed partial class VmManager
     public async Task<JsonObject> PrepareIncomingAsync(string name, JsonElement body, CancellationToken ct)
     {
         var node = Cluster ?? throw Conflict("live migration between hosts needs cluster mode (daemon --cluster)");
-        var f = Fields(body, "", "source");
+        var f = Fields(body, "", "source", "check");
         string source = f.TryGetValue("source", out var s) ? String(s, "source") : throw Bad("missing field 'source'");
+        bool checkOnly = f.TryGetValue("check", out var chk) && Bool(chk, "check");
         var (rec, _) = await _store.RequireAsync(name, ct);
         if (rec.Host != source || rec.State != S.Running) throw Conflict($"VM '{name}' is {rec.State} on host '{rec.Host}', not running on '{source}'");
         if (_live.ContainsKey(name)) throw Conflict($"VM '{name}' already has a worker on host '{node.HostName}'");
+        // The source asks first whether this host would take the VM, so that a refusal is its API answer.
+        if (checkOnly) return new JsonObject { ["host"] = node.HostName, ["ready"] = true };
         string ip = node.Advertise[..node.Advertise.LastIndexOf(':')].Trim('[', ']');
         var probe = new TcpListener(IPAddress.Parse(ip), 0);
         probe.Start();

@@ -18,6 +18,11 @@ internal enum MigrationFrame : byte
     State = 4,
     /// <summary>Target → source: u8 0 = the target has the VM and runs it, else a UTF-8 error line follows.</summary>
     Reply = 5,
+    /// <summary>
+    /// Target → source, after an OK reply, once the target's vCPUs run: u64 nanoseconds from its reply to that moment
+    /// (for the record). The source, if it waits for it, measures the downtime up to here: pause to resume elsewhere.
+    /// </summary>
+    Resumed = 6,
 }
 
 /// <summary>
@@ -121,6 +126,20 @@ internal sealed class MigrationChannel : IDisposable
     public void WriteText(MigrationFrame type, string text) => WriteFrame(type, Encoding.UTF8.GetBytes(text));
 
     public void Flush() => _stream.Flush();
+
+    /// <summary>
+    /// How long one read or write may block before it fails with an <see cref="IOException"/>: a peer that stopped
+    /// (a hung or frozen process, a cut link without a reset) ends the migration instead of hanging it.
+    /// </summary>
+    public TimeSpan IoTimeout
+    {
+        set
+        {
+            int ms = value == Timeout.InfiniteTimeSpan ? 0 : Math.Max(1, (int)value.TotalMilliseconds);
+            _socket.ReceiveTimeout = ms;
+            _socket.SendTimeout = ms;
+        }
+    }
 
     public (MigrationFrame Type, byte[] Payload) ReadFrame()
     {

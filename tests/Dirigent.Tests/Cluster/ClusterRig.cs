@@ -18,24 +18,41 @@ internal sealed class ClusterRig : IAsyncDisposable
     public List<DaemonProcess> Hosts { get; } = [];
     public int LeaseTtl { get; }
 
-    private ClusterRig(EtcdServer etcd, int leaseTtl)
+    /// <summary>The namespaces of a rig whose hosts each have their own network, or null (all on loopback here).</summary>
+    public TestNetwork? Network { get; }
+
+    private ClusterRig(EtcdServer etcd, int leaseTtl, TestNetwork? network)
     {
         Etcd = etcd;
         LeaseTtl = leaseTtl;
+        Network = network;
     }
 
-    public static async Task<ClusterRig> StartAsync(int hosts = 3, int leaseTtl = 10)
+    /// <param name="network">
+    /// Give each host a network namespace of its own from this (its daemon and workers run there, etcd in the hub):
+    /// the rig then owns and deletes it. The test talks to the daemons over their Unix sockets, which namespaces do
+    /// not separate; etcd itself is out of this process's reach then.
+    /// </param>
+    public static async Task<ClusterRig> StartAsync(int hosts = 3, int leaseTtl = 10, TestNetwork? network = null)
     {
-        var rig = new ClusterRig(await EtcdServer.StartAsync(), leaseTtl);
+        EtcdServer etcd;
+        try { etcd = network == null ? await EtcdServer.StartAsync() : await EtcdServer.StartAsync(network.Hub, TestNetwork.HubAddress); }
+        catch
+        {
+            network?.Dispose();
+            throw;
+        }
+        var rig = new ClusterRig(etcd, leaseTtl, network);
         try
         {
             // One at a time: on a 2-core machine three daemons starting at once only slow each other down.
             for (int i = 1; i <= hosts; i++)
                 rig.Hosts.Add(await DaemonProcess.StartAsync(extraArgs:
                 [
-                    "--cluster", rig.Etcd.Url, "--host-name", $"n{i}", "--advertise", $"127.0.0.1:{EtcdServer.FreePort()}",
+                    "--cluster", rig.Etcd.Url, "--host-name", $"n{i}",
+                    "--advertise", network == null ? $"127.0.0.1:{EtcdServer.FreePort()}" : $"{TestNetwork.HostAddress(i)}:8006",
                     "--lease-ttl", leaseTtl.ToString(System.Globalization.CultureInfo.InvariantCulture),
-                ]));
+                ], launcher: network?.Exec(i)));
             await rig.WaitAsync(async () => (await rig.Hosts[0].GetAsync("/api/v1/cluster"))["hosts_up"]!.GetValue<int>() == hosts
                                              && (await rig.LeaderAsync()) != null, "all hosts up and a leader");
         }
@@ -130,6 +147,7 @@ internal sealed class ClusterRig : IAsyncDisposable
     {
         foreach (var d in Hosts) await d.DisposeAsync();
         await Etcd.DisposeAsync();
+        Network?.Dispose();
     }
 }
 

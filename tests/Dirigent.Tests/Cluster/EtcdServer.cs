@@ -19,7 +19,11 @@ internal sealed class EtcdServer : IAsyncDisposable
     public string DataDir { get; }
     public int ClientPort { get; }
     public int PeerPort { get; }
-    public string Endpoint => $"127.0.0.1:{ClientPort}";
+    /// <summary>The address etcd listens on: loopback, or a link-local address inside <see cref="NetNs"/>.</summary>
+    public string Address { get; }
+    /// <summary>The network namespace etcd runs in (started through `ip netns exec`), or null for this one.</summary>
+    public string? NetNs { get; }
+    public string Endpoint => $"{Address}:{ClientPort}";
     public string Url => $"etcd://{Endpoint}";
 
     private Process? _proc;
@@ -27,18 +31,21 @@ internal sealed class EtcdServer : IAsyncDisposable
 
     public static void SkipIfMissing() => Skip.IfNot(File.Exists(Binary), $"{Binary} is missing (apt-get install etcd-server)");
 
-    private EtcdServer()
+    private EtcdServer(string? netns, string address)
     {
         DataDir = Directory.CreateTempSubdirectory("dgetcd-").FullName;
+        NetNs = netns;
+        Address = address;
         ClientPort = FreePort();
         PeerPort = FreePort();
     }
 
     public string Log { get { lock (_log) return _log.ToString(); } }
 
-    public static async Task<EtcdServer> StartAsync()
+    /// <param name="netns">Run etcd in this network namespace, listening on <paramref name="address"/> there.</param>
+    public static async Task<EtcdServer> StartAsync(string? netns = null, string address = "127.0.0.1")
     {
-        var s = new EtcdServer();
+        var s = new EtcdServer(netns, address);
         try { await s.StartProcessAsync(); }
         catch { await s.DisposeAsync(); throw; }
         return s;
@@ -47,22 +54,37 @@ internal sealed class EtcdServer : IAsyncDisposable
     /// <summary>Starts (or restarts, on the same ports and data) the etcd process and waits until it answers.</summary>
     public async Task StartProcessAsync()
     {
-        string client = $"http://127.0.0.1:{ClientPort}", peer = $"http://127.0.0.1:{PeerPort}";
-        var psi = new ProcessStartInfo(Binary) { RedirectStandardError = true, RedirectStandardOutput = true };
+        string client = $"http://{Address}:{ClientPort}", peer = $"http://{Address}:{PeerPort}";
+        var psi = new ProcessStartInfo(NetNs == null ? Binary : "ip") { RedirectStandardError = true, RedirectStandardOutput = true };
+        if (NetNs != null) foreach (var a in new[] { "netns", "exec", NetNs, Binary }) psi.ArgumentList.Add(a);
         foreach (var a in new[]
                  {
                      "--name", "t", "--data-dir", DataDir, "--listen-client-urls", client, "--advertise-client-urls", client,
                      "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer, "--initial-cluster", $"t={peer}",
-                     "--log-level", "warn",
+                     // In another namespace this process cannot reach it: its "ready" line (info level) says when it serves.
+                     "--log-level", NetNs == null ? "warn" : "info",
                  })
             psi.ArgumentList.Add(a);
+        var ready = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         var p = new Process { StartInfo = psi };
-        p.ErrorDataReceived += (_, e) => { if (e.Data != null) lock (_log) _log.AppendLine(e.Data); };
+        p.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data == null) return;
+            lock (_log) _log.AppendLine(e.Data);
+            if (e.Data.Contains("ready to serve client requests", StringComparison.Ordinal)) ready.TrySetResult();
+        };
         p.OutputDataReceived += (_, e) => { if (e.Data != null) lock (_log) _log.AppendLine(e.Data); };
         p.Start();
         p.BeginErrorReadLine();
         p.BeginOutputReadLine();
         _proc = p;
+        if (NetNs != null)
+        {
+            var exited = p.WaitForExitAsync();
+            if (await Task.WhenAny(ready.Task, exited).WaitAsync(Hang) == exited)
+                throw new InvalidOperationException($"etcd exited ({p.ExitCode}):\n{Log}");
+            return;
+        }
         // Ready when a read succeeds (the member has elected itself and serves).
         await using var inv = new EtcdInventory([Endpoint], "/probe/") { CallTimeout = TimeSpan.FromSeconds(2) };
         var deadline = DateTime.UtcNow + Hang;

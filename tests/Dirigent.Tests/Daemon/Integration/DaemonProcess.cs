@@ -34,10 +34,12 @@ internal sealed class DaemonProcess : IAsyncDisposable
     private readonly StringBuilder _stderr = new();
 
     private readonly string[] _extraArgs;
+    private readonly string[] _launcher;
 
-    private DaemonProcess(bool tcp, int port, string[]? extraArgs = null)
+    private DaemonProcess(bool tcp, int port, string[]? extraArgs = null, string[]? launcher = null)
     {
         _extraArgs = extraArgs ?? [];
+        _launcher = launcher ?? [];
         // /tmp and a short name: worker socket paths (HOME/vms/NAME/worker.sock) must stay under 108 bytes.
         Home = Directory.CreateTempSubdirectory("dgd-").FullName;
         Kernel = Path.Combine(Home, "guest.bin");
@@ -51,9 +53,10 @@ internal sealed class DaemonProcess : IAsyncDisposable
     /// one survives <see cref="StartDaemonAsync"/> again, as a browser's page needs after a daemon restart).
     /// </summary>
     /// <param name="extraArgs">More daemon options (e.g. --no-jail-workers; the cluster tests' --cluster, --host-name, --advertise).</param>
-    public static async Task<DaemonProcess> StartAsync(bool tcp = false, int port = 0, string[]? extraArgs = null)
+    /// <param name="launcher">A command that runs the daemon's command line (e.g. `ip netns exec NS`, which execs it: the pid stays).</param>
+    public static async Task<DaemonProcess> StartAsync(bool tcp = false, int port = 0, string[]? extraArgs = null, string[]? launcher = null)
     {
-        var d = new DaemonProcess(tcp, port, extraArgs);
+        var d = new DaemonProcess(tcp, port, extraArgs, launcher);
         try { await d.StartDaemonAsync(); }
         catch
         {
@@ -68,7 +71,9 @@ internal sealed class DaemonProcess : IAsyncDisposable
     /// <summary>Starts a daemon on <see cref="Home"/> and waits for its "serving" line.</summary>
     public async Task StartDaemonAsync()
     {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true };
+        var psi = new ProcessStartInfo(_launcher.Length > 0 ? _launcher[0] : "dotnet") { RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true };
+        foreach (var a in _launcher.Skip(1).Concat(_launcher.Length > 0 ? ["dotnet"] : []))
+            psi.ArgumentList.Add(a);
         foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "dirigent.dll"), "daemon", "--home", Home, "--log-requests" })
             psi.ArgumentList.Add(a);
         foreach (var a in _extraArgs) psi.ArgumentList.Add(a);
