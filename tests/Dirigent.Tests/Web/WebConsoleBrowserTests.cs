@@ -200,6 +200,8 @@ public sealed class WebConsoleBrowserTests
             var row = page.Locator("tr[data-vm=web]");
             await Expect(row.Locator(".badge")).ToHaveTextAsync("stopped");
             await Expect(row).ToContainTextAsync("128 MiB");
+            // One host: no Host column (cluster mode shows it, see ClusterWebConsoleTests).
+            await Expect(page.GetByRole(AriaRole.Columnheader, new() { Name = "Host" })).ToBeHiddenAsync();
             // VMs made and deleted elsewhere (here: the API on the Unix socket) come and go by themselves.
             await d.CreateTinyAsync("elsewhere");
             await Expect(page.Locator("tr[data-vm=elsewhere] .badge")).ToHaveTextAsync("stopped");
