@@ -36,6 +36,10 @@ internal sealed unsafe class Block
     public int Heat;
     /// <summary>1 once queued for compilation (0 again after an eviction, or if it was cold by its turn).</summary>
     public int JitQueued;
+    /// <summary>The compiler's queue scans (JitCompiler.TakeHottest, under its queue lock): heat at the last scan,
+    /// recent interpreted instructions (decayed per scan), scans since it last ran.</summary>
+    public int HeatSeen, JitIdleScans;
+    public long JitScore;
     public int JitIlBytes;
     /// <summary>The compiled code's entry (its function pointer), 0 when not compiled or evicted.</summary>
     public nint CompiledPtr;
