@@ -50,6 +50,9 @@ internal sealed unsafe class Block
     /// </summary>
     public ulong TargetA = ulong.MaxValue, TargetB = ulong.MaxValue;
     public Block? LinkA, LinkB;
+    /// <summary>The compiled block ends in a RET or an indirect JMP/CALL that chains: LinkB is the block its last
+    /// exit went to (TargetB is unused), tried before the jump cache (BlockCompiler.ExitDynamic).</summary>
+    public bool DynamicExit;
     /// <summary>DIRIGENT_JIT_STATS: interpreted runs in the chained loop.</summary>
     public long InterpRuns;
 }

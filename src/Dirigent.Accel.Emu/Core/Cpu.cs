@@ -401,7 +401,16 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         if (Jit.JitCompiler.Stats) JitChainLookups++;
         if (_pendingEvents != 0) return null;
         Block? b = _jmpCache[JmpCacheIndex(rip)];
-        if (b == null || b.CompiledPtr == 0 || !LinkValid(b, rip)) { if (Jit.JitCompiler.Stats) JitChainLookupMisses++; return null; }
+        if (b == null || b.CompiledPtr == 0 || !LinkValid(b, rip))
+        {
+            if (Jit.JitCompiler.Stats)
+            {
+                JitChainLookupMisses++;
+                if (b == null || b.Linear != rip) JitMissSlot++;
+                else if (b.CompiledPtr == 0) JitMissNotCompiled++;
+            }
+            return null;
+        }
         _currentBlockId = b.Id;
         return b;
     }
@@ -430,7 +439,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// <summary>DIRIGENT_JIT_STATS: interpreted runs of blocks queued for (and waiting for) the compiler.</summary>
     public long JitRunsWhileQueued;
     /// <summary>DIRIGENT_JIT_STATS: ChainLookup calls (RET and indirect JMP/CALL exits of compiled code) and those that found nothing.</summary>
-    public long JitChainLookups, JitChainLookupMisses;
+    public long JitChainLookups, JitChainLookupMisses, JitMissSlot, JitMissNotCompiled;
 
     // ---- entry points of compiled code ----
     /// <summary>Compiled code: instructions of the current pass completed before a call that may fault.</summary>
@@ -551,7 +560,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             if (n.CompiledPtr != 0 && b.CompiledPtr != 0 && (n.Page1 == ulong.MaxValue || (rip >> 12) != (b.Linear >> 12)))
             {
                 if (rip == b.TargetA) { if (b.LinkA != n) b.LinkA = n; }
-                else if (rip == b.TargetB && b.LinkB != n) b.LinkB = n;
+                else if (rip == b.TargetB || b.DynamicExit) { if (b.LinkB != n) b.LinkB = n; }
             }
             b = n;
         }
