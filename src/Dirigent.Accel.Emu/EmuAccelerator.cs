@@ -92,7 +92,7 @@ public sealed class EmuAccelerator : IAccelerator
         {
             if (Jit.JitCompiler.Stats)
                 foreach (var c in _cpus)
-                    Console.Error.WriteLine($"dirigent: jit: vcpu{c.Index}: {c.JitRunsCompiled} compiled block runs, {c.JitRunsInterpreted} interpreted (chained loop)");
+                    Console.Error.WriteLine($"dirigent: jit: vcpu{c.Index}: {c.JitRunsCompiled} compiled block runs, {c.JitRunsInterpreted} interpreted (chained loop), {c.JitRunsWhileQueued} of them waiting in the compiler's queue; ChainLookup {c.JitChainLookups} calls, {c.JitChainLookupMisses} found nothing ({c.JitMissSlot} not in the jump cache, {c.JitMissNotCompiled} not compiled)");
             foreach (var c in _cpus) c.Dispose();
             _cpus.Clear();
         }

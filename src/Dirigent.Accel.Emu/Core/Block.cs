@@ -36,6 +36,10 @@ internal sealed unsafe class Block
     public int Heat;
     /// <summary>1 once queued for compilation (0 again after an eviction, or if it was cold by its turn).</summary>
     public int JitQueued;
+    /// <summary>The compiler's queue scans (JitCompiler.TakeHottest, under its queue lock): heat at the last scan,
+    /// recent interpreted instructions (decayed per scan), scans since it last ran.</summary>
+    public int HeatSeen, JitIdleScans;
+    public long JitScore;
     public int JitIlBytes;
     /// <summary>The compiled code's entry (its function pointer), 0 when not compiled or evicted.</summary>
     public nint CompiledPtr;
@@ -46,6 +50,9 @@ internal sealed unsafe class Block
     /// </summary>
     public ulong TargetA = ulong.MaxValue, TargetB = ulong.MaxValue;
     public Block? LinkA, LinkB;
+    /// <summary>The compiled block ends in a RET or an indirect JMP/CALL that chains: LinkB is the block its last
+    /// exit went to (TargetB is unused), tried before the jump cache (BlockCompiler.ExitDynamic).</summary>
+    public bool DynamicExit;
     /// <summary>DIRIGENT_JIT_STATS: interpreted runs in the chained loop.</summary>
     public long InterpRuns;
 }

@@ -398,9 +398,19 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     [MethodImpl(MethodImplOptions.NoInlining)]
     internal Block? ChainLookup(ulong rip)
     {
+        if (Jit.JitCompiler.Stats) JitChainLookups++;
         if (_pendingEvents != 0) return null;
         Block? b = _jmpCache[JmpCacheIndex(rip)];
-        if (b == null || b.CompiledPtr == 0 || !LinkValid(b, rip)) return null;
+        if (b == null || b.CompiledPtr == 0 || !LinkValid(b, rip))
+        {
+            if (Jit.JitCompiler.Stats)
+            {
+                JitChainLookupMisses++;
+                if (b == null || b.Linear != rip) JitMissSlot++;
+                else if (b.CompiledPtr == 0) JitMissNotCompiled++;
+            }
+            return null;
+        }
         _currentBlockId = b.Id;
         return b;
     }
@@ -426,6 +436,10 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
 
     /// <summary>Blocks run through RunChained compiled and interpreted (for DIRIGENT_JIT_STATS).</summary>
     public long JitRunsCompiled, JitRunsInterpreted;
+    /// <summary>DIRIGENT_JIT_STATS: interpreted runs of blocks queued for (and waiting for) the compiler.</summary>
+    public long JitRunsWhileQueued;
+    /// <summary>DIRIGENT_JIT_STATS: ChainLookup calls (RET and indirect JMP/CALL exits of compiled code) and those that found nothing.</summary>
+    public long JitChainLookups, JitChainLookupMisses, JitMissSlot, JitMissNotCompiled;
 
     // ---- entry points of compiled code ----
     /// <summary>Compiled code: instructions of the current pass completed before a call that may fault.</summary>
@@ -521,8 +535,9 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             {
                 ExecuteBlock(b, b.RunCount);
                 JitRunsInterpreted++;
-                if (Jit.JitCompiler.Stats) b.InterpRuns++;
-                if (_jit != null && b.Bits == 64 && ++b.Heat == _jit.Threshold) _jit.Enqueue(b);
+                if (Jit.JitCompiler.Stats) { b.InterpRuns++; if (b.JitQueued != 0) JitRunsWhileQueued++; }
+                // (>=, and not queued: a count that raced with the compiler's reset of a cold block is not lost.)
+                if (_jit != null && b.Bits == 64 && ++b.Heat >= _jit.Threshold && b.JitQueued == 0) _jit.Enqueue(b);
             }
             if (_pendingEvents != 0 || Halted || InterruptShadow || (_flags & (TF | RF)) != 0 || CodeBits != 64 || _instrumented)
                 return;
@@ -545,7 +560,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             if (n.CompiledPtr != 0 && b.CompiledPtr != 0 && (n.Page1 == ulong.MaxValue || (rip >> 12) != (b.Linear >> 12)))
             {
                 if (rip == b.TargetA) { if (b.LinkA != n) b.LinkA = n; }
-                else if (rip == b.TargetB && b.LinkB != n) b.LinkB = n;
+                else if (rip == b.TargetB || b.DynamicExit) { if (b.LinkB != n) b.LinkB = n; }
             }
             b = n;
         }

@@ -34,7 +34,7 @@ internal sealed partial class BlockCompiler
     private static readonly FieldInfo FValid = typeof(Block).GetField(nameof(Block.Valid))!,
         FLinkA = typeof(Block).GetField(nameof(Block.LinkA))!, FLinkB = typeof(Block).GetField(nameof(Block.LinkB))!,
         FCompiledPtr = typeof(Block).GetField(nameof(Block.CompiledPtr))!, FInstrs = typeof(Block).GetField(nameof(Block.Instrs))!,
-        FBlockId = typeof(Block).GetField(nameof(Block.Id))!;
+        FBlockId = typeof(Block).GetField(nameof(Block.Id))!, FLinear = typeof(Block).GetField(nameof(Block.Linear))!;
     private static readonly FieldInfo FCurrentBlockId = Field("_currentBlockId");
     private static readonly MethodInfo MChainTo = Method(nameof(Cpu.ChainTo)), MChainLookup = Method(nameof(Cpu.ChainLookup));
     private static readonly MethodInfo MReadSlow = Method(nameof(Cpu.JitReadSlow)), MWriteSlow = Method(nameof(Cpu.JitWriteSlow)),

@@ -34,10 +34,10 @@ internal sealed class JitCompiler : IDisposable
     public JitMode Mode { get; }
     public int Threshold { get; }
     private readonly long _budget;
-    // Hottest first: the compiler takes the queued block with the most interpreted runs so far (its heat keeps
-    // counting while it waits), so what the vCPU runs most stops being interpreted first. A FIFO left a guest's hot
-    // loop interpreted for 700000 runs behind the boot's backlog; newest-first (a stack) still left a kernel loop
-    // 1.5 million runs behind blocks that became hot after it and ran far less.
+    // Hottest first (TakeHottest): the compiler takes the queued block with the most interpreted instructions recently.
+    // A FIFO left a guest's hot loop interpreted for 700000 runs behind the boot's backlog; newest-first (a stack) still
+    // left a kernel loop 1.5 million runs behind blocks that became hot after it and ran far less; the most runs so far
+    // (heat) favoured boot code that had run many times and stopped over the loop the vCPU was in.
     private readonly List<Block> _queue = new();
     private readonly SemaphoreSlim _signal = new(0);
     private readonly Queue<Block> _compiled = new();
@@ -47,6 +47,7 @@ internal sealed class JitCompiler : IDisposable
     private int _live;
 
     public long EmitTicks, BlocksSkippedCold;
+
     public long IlBytes, BlocksCompiled, BlocksEvicted, InstructionsCompiled, InstructionsInlined, CompileTicks, Failures;
     /// <summary>The first compile failure (a compiler bug): the block stays interpreted.</summary>
     public string? FirstFailure;
@@ -70,7 +71,13 @@ internal sealed class JitCompiler : IDisposable
     public void Enqueue(Block b)
     {
         if (Interlocked.Exchange(ref b.JitQueued, 1) != 0) return;
-        lock (_queue) _queue.Add(b);
+        lock (_queue)
+        {
+            b.HeatSeen = Volatile.Read(ref b.Heat);
+            b.JitScore = 0;
+            b.JitIdleScans = 0;
+            _queue.Add(b);
+        }
         _signal.Release();
     }
 
@@ -124,37 +131,52 @@ internal sealed class JitCompiler : IDisposable
         while (!_disposed)
         {
             _signal.Wait();
-            while (!_disposed && TakeHottest() is { } b)
-            {
-                // A block that has not run since it was queued (the boot's code, a phase that ended) is not worth
-                // the .NET JIT's time or the memory: it goes back to counting from zero.
-                if (Volatile.Read(ref b.Heat) <= Threshold)
-                {
-                    Requeueable(b);
-                    Interlocked.Increment(ref BlocksSkippedCold);
-                    continue;
-                }
-                Compile(b);
-            }
+            while (!_disposed && TakeHottest() is { } b) Compile(b);
         }
     }
 
-    /// <summary>Removes and returns the queued block with the highest heat (a scan: the queue holds at most a few thousand).</summary>
+    /// <summary>A queued block idle (no interpreted run) for this many of the compiler's queue scans is dropped, not compiled.</summary>
+    internal const int ColdScans = 32;
+    private long _scans;
+
+    /// <summary>
+    /// Removes and returns the queued block most worth compiling now: the most interpreted instructions recently (runs
+    /// since the last scan times its length, decayed by a quarter per scan, so a loop the vCPU is in now goes before
+    /// boot code that ran many times once). Blocks that have not run for <see cref="ColdScans"/> scans (code of a phase
+    /// that ended) leave the queue uncompiled and count from zero again. One scan per compilation, so the decay and
+    /// the idle count go with the compiler's progress through a backlog, not with wall time (a halted guest ages nothing).
+    /// </summary>
     private Block? TakeHottest()
     {
         lock (_queue)
         {
-            int n = _queue.Count;
-            if (n == 0) return null;
-            int best = 0, bestHeat = int.MinValue;
-            for (int k = 0; k < n; k++)
+            _scans++;
+            int best = -1;
+            long bestScore = long.MinValue;
+            for (int k = 0; k < _queue.Count; k++)
             {
-                int h = Volatile.Read(ref _queue[k].Heat);
-                if (h > bestHeat) { bestHeat = h; best = k; }
+                Block q = _queue[k];
+                int heat = Volatile.Read(ref q.Heat);
+                int d = heat - q.HeatSeen;
+                q.HeatSeen = heat;
+                q.JitScore = q.JitScore - (q.JitScore >> 2) + (long)d * q.Count;
+                if (d != 0) q.JitIdleScans = 0;
+                else if (++q.JitIdleScans >= ColdScans)
+                {
+                    // Cold: out of the queue (order does not matter: swap with the last).
+                    _queue[k] = _queue[^1];
+                    _queue.RemoveAt(_queue.Count - 1);
+                    k--;
+                    Requeueable(q);
+                    BlocksSkippedCold++;
+                    continue;
+                }
+                if (q.JitScore > bestScore) { bestScore = q.JitScore; best = k; }
             }
+            if (best < 0) return null;
             Block b = _queue[best];
-            _queue[best] = _queue[n - 1];
-            _queue.RemoveAt(n - 1);
+            _queue[best] = _queue[^1];
+            _queue.RemoveAt(_queue.Count - 1);
             return b;
         }
     }
@@ -243,7 +265,7 @@ internal sealed class JitCompiler : IDisposable
 
     public override string ToString() =>
         $"{BlocksCompiled} blocks compiled ({InstructionsInlined}/{InstructionsCompiled} instructions inline), {IlBytes / 1024.0:F0} KiB IL, " +
-        $"compile time {CompileTime.TotalMilliseconds:F0} ms (IL emission {Stopwatch.GetElapsedTime(0, EmitTicks).TotalMilliseconds:F0} ms), {BlocksEvicted} evicted, {BlocksSkippedCold} skipped (cold by their turn), {Failures} failures{(FirstFailure != null ? " (first: " + FirstFailure + ")" : "")}";
+        $"compile time {CompileTime.TotalMilliseconds:F0} ms (IL emission {Stopwatch.GetElapsedTime(0, EmitTicks).TotalMilliseconds:F0} ms), {BlocksEvicted} evicted, {BlocksSkippedCold} dropped from the queue cold, {Failures} failures{(FirstFailure != null ? " (first: " + FirstFailure + ")" : "")}";
 
     public void Dispose()
     {

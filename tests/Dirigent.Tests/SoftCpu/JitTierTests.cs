@@ -333,4 +333,46 @@ public class JitTierTests
             a.ret();
         }, rng, "indirect branches");
     }
+    [Fact]
+    public void A_return_to_alternating_and_rewritten_call_sites_goes_where_the_stack_says()
+    {
+        // One function returned from to two call sites in turn (its RET's last-target link is stale every other time
+        // and must only miss), and halfway through one return site's code is rewritten (the block the link and the
+        // jump cache hold is invalidated: the new bytes must run from the next return on).
+        var rng = new Random(BaseSeed + 5);
+        var r = AssertSame(a =>
+        {
+            var f = a.CreateLabel();
+            var top = a.CreateLabel();
+            var odd = a.CreateLabel();
+            var next = a.CreateLabel();
+            var noPatch = a.CreateLabel();
+            var afterAdd = a.CreateLabel();
+            a.mov(ecx, 20_000);
+            a.Label(ref top);
+            a.test(cl, 1);
+            a.jnz(odd);
+            a.call(f);
+            a.add(r8, 0x1111); // return site 1: its imm32 (the instruction's last 4 bytes) is patched below
+            a.Label(ref afterAdd);
+            a.jmp(next);
+            a.Label(ref odd);
+            a.call(f);
+            a.xor(r9, rcx);    // return site 2
+            a.Label(ref next);
+            a.cmp(ecx, 10_000);
+            a.jne(noPatch);
+            a.lea(rdi, __[afterAdd]);
+            a.mov(__dword_ptr[rdi - 4], 0x2222);
+            a.Label(ref noPatch);
+            a.dec(ecx);
+            a.jnz(top);
+            a.hlt();
+            a.Label(ref f);
+            a.add(r10, rcx);
+            a.ret();
+        }, rng, "alternating returns");
+        // 60000 returns and calls; only the first passes, and those after the rewrite until it is compiled, go through the dispatcher.
+        Assert.True(r.DispatcherRuns < 5000, $"the dispatcher ran {r.DispatcherRuns} blocks: the returns did not chain");
+    }
 }
