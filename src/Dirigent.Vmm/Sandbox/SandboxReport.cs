@@ -9,9 +9,10 @@ namespace Dirigent.Vmm.Sandbox;
 /// What a sandboxed run changed on disk, read from the qcow2 overlays after the VM stopped: per disk, the guest byte
 /// ranges of the clusters allocated in the overlay (everything the guest wrote; the base image holds the rest), and,
 /// when the disk (or a partition of its MBR) holds an ext2/3/4 file system, the files and directories that own the
-/// changed blocks, found with e2fsprogs' debugfs (icheck: block → inode; ncheck: inode → path) on a copy of the file
-/// system as the guest left it. Blocks no inode owns (bitmaps, inode tables, group descriptors, the superblock) are
-/// counted as metadata. Any other file system: ranges only, with the reason.
+/// changed blocks (those of the changed clusters whose bytes differ from the base), found with e2fsprogs' debugfs
+/// (icheck: block → inode; ncheck: inode → path) on a copy of the file system as the guest left it. Changed blocks no
+/// inode owns (bitmaps, inode tables, group descriptors, the superblock) are counted as unowned. Any other file
+/// system: ranges only, with the reason.
 /// </summary>
 public static class SandboxReport
 {
@@ -38,7 +39,7 @@ public static class SandboxReport
                 ["changed_bytes"] = bytes,
                 ["ranges"] = new JsonArray(ranges.Select(r => (JsonNode)new JsonObject { ["offset"] = r.Offset, ["length"] = r.Length }).ToArray()),
             };
-            Ext4Files(q, ranges, disk);
+            Ext4Files(q, q.Backing, ranges, disk);
             disks.Add(disk);
         }
         return new JsonObject { ["sandbox"] = Path.GetFullPath(dir), ["disks"] = disks };
@@ -52,7 +53,7 @@ public static class SandboxReport
         return r;
     }
 
-    private static void Ext4Files(IBlockDevice disk, List<(long Offset, long Length)> ranges, JsonObject into)
+    private static void Ext4Files(IBlockDevice disk, IBlockDevice? baseDisk, List<(long Offset, long Length)> ranges, JsonObject into)
     {
         var fs = FindExt(disk);
         if (fs == null)
@@ -63,17 +64,30 @@ public static class SandboxReport
         }
         var (start, size, blockSize) = fs.Value;
         into["filesystem"] = new JsonObject { ["type"] = "ext", ["offset"] = start, ["size"] = size, ["block_size"] = blockSize };
+        // A cluster (64 KiB) holds several blocks: only those whose bytes differ from the base count, so a file that
+        // merely shares a cluster with a write is not listed.
         var blocks = new SortedSet<long>();
+        var now = new byte[blockSize];
+        var was = new byte[blockSize];
         foreach (var (off, len) in ranges)
         {
             long a = Math.Max(off, start), b = Math.Min(off + len, start + size);
             for (long blk = (a - start) / blockSize; blk * blockSize < b - start; blk++)
             {
+                long at = start + blk * blockSize;
+                if (at + blockSize > disk.Size) break;
+                if (baseDisk != null && at + blockSize <= baseDisk.Size)
+                {
+                    disk.Read(at, now);
+                    baseDisk.Read(at, was);
+                    if (now.AsSpan().SequenceEqual(was)) continue;
+                }
                 blocks.Add(blk);
                 if (blocks.Count > MaxMappedBlocks) { into["files_note"] = $"over {MaxMappedBlocks} changed blocks: not mapped to files"; return; }
             }
         }
-        if (blocks.Count == 0) { into["files"] = new JsonArray(); into["metadata_blocks"] = 0; return; }
+        into["changed_blocks"] = blocks.Count;
+        if (blocks.Count == 0) { into["files"] = new JsonArray(); into["unowned_blocks"] = 0; return; }
         string tmp = Path.Combine(Path.GetTempPath(), $"dirigent-sandbox-{Environment.ProcessId}-{Guid.NewGuid():N}.img");
         try
         {
@@ -89,7 +103,7 @@ public static class SandboxReport
                     ["changed_blocks"] = g.Count(),
                 });
             into["files"] = files;
-            into["metadata_blocks"] = owners.Count(o => o.Value == 0);
+            into["unowned_blocks"] = owners.Count(o => o.Value == 0);
         }
         catch (SandboxToolException e) { into["files_note"] = e.Message; }
         finally { File.Delete(tmp); }
