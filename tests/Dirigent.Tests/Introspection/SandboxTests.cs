@@ -141,4 +141,31 @@ public class SandboxTests
         }
         finally { Directory.Delete(dir, recursive: true); }
     }
+
+    [Fact]
+    public void BadSandboxRunsAreOneLineAndStatus2()
+    {
+        string home = Dirigent.Tests.Cli.Cli.TempDir("dirigent-sbbad");
+        try
+        {
+            string box = Path.Combine(home, "box");
+            void Refused(string expected, params string[] args)
+            {
+                var r = Dirigent.Tests.Cli.Cli.Run(home, args);
+                Assert.True(r.Exit == 2, $"expected status 2\n{r}");
+                string err = r.Err.Trim();
+                Assert.DoesNotContain("\n", err);
+                Assert.DoesNotContain("   at ", r.Err);
+                Assert.Contains(expected, err);
+            }
+            Refused("TAP", "run", "--serial", "none", "--sandbox", box, "--net", "tap=dgsb0");
+            Assert.False(Directory.Exists(box)); // refused before anything was made
+            Refused("--restore", "run", "--serial", "none", "--sandbox", box, "--restore", home);
+            Directory.CreateDirectory(box);
+            File.WriteAllText(Path.Combine(box, VmSandbox.ManifestFile), "{\"disks\":[]}");
+            Refused("existing sandbox", "run", "--serial", "none", "--sandbox", box, "--memory", "64M");
+            Refused("no start snapshot", "run", "--serial", "none", "--sandbox", box);
+        }
+        finally { Directory.Delete(home, recursive: true); }
+    }
 }
