@@ -70,6 +70,37 @@ public sealed partial class VmApiServer
         }
     }
 
+    /// <summary>
+    /// GET /v1/vm/trace/stream[?process=NAME][&system_map=/ABS/System.map]: 200 application/x-ndjson, chunked, one system call per line (the file
+    /// trace's format) until the client closes the connection or the VM ends.
+    /// </summary>
+    private async Task GetTraceStream(HttpContext ctx)
+    {
+        string? process = null, map = null;
+        foreach (var (k, v) in ctx.Request.Query)
+        {
+            if (k is not ("process" or "system_map")) throw ApiRequestException.BadRequest($"unknown query parameter '{k}' (process=NAME, system_map=/ABS/System.map)");
+            if (v.Count != 1 || string.IsNullOrEmpty(v[0])) throw ApiRequestException.BadRequest($"{k} must be given once, not empty");
+            if (k == "process") process = v[0]; else map = v[0];
+        }
+        if (_vm.ExitReason != null) throw new VmStateException("the VM has ended: nothing to trace");
+        if (map != null)
+        {
+            CheckPath(map, "system_map");
+            _vm.Introspection.LoadSystemMap(map);
+        }
+        var stream = new TraceStream();
+        // Attached before the headers go out, so a refusal (a KVM VM) is still a problem answer.
+        using var tracer = _vm.Introspection.NewSyscallTracer(stream, process);
+        ctx.Response.StatusCode = StatusCodes.Status200OK;
+        ctx.Response.ContentType = "application/x-ndjson";
+        ctx.Response.Headers.CacheControl = "no-cache";
+        await ctx.Response.StartAsync(ctx.RequestAborted);
+        await ctx.Response.Body.FlushAsync(ctx.RequestAborted);
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(ctx.RequestAborted, _stopping.Token);
+        await stream.PumpAsync(ctx.Response, _vm.Completion, cts.Token);
+    }
+
     /// <summary>PUT /v1/vm/memory-dump: 204 once the file is written (a running VM is paused for the copy).</summary>
     private async Task PutMemoryDump(HttpContext ctx)
     {

@@ -137,6 +137,7 @@ public sealed partial class VmApiServer : IAsyncDisposable
         app.Map("/v1/vm/snapshot", c => Serve(c, HttpMethods.Put, PutSnapshot));
         app.Map("/v1/vm/migrate", c => Serve(c, HttpMethods.Put, PutMigrate));
         app.Map("/v1/vm/trace", c => Serve(c, HttpMethods.Put, PutTrace));
+        app.Map("/v1/vm/trace/stream", c => Serve(c, HttpMethods.Get, GetTraceStream));
         app.Map("/v1/vm/memory-dump", c => Serve(c, HttpMethods.Put, PutMemoryDump));
         app.Map("/v1/vm/processes", c => Serve(c, HttpMethods.Get, GetProcesses));
         // Any other path, any method; "{*path}" rather than the default pattern, which skips paths with a dot.

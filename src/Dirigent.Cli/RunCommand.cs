@@ -48,10 +48,11 @@ internal static class RunCommand
         var inJail = new Option<bool>("--in-jail") { Hidden = true };
         var trace = new Option<string?>("--trace") { Description = "Trace the guest's system calls as JSON lines: syscalls[,process=NAME][,output=FILE.jsonl] (software CPU; see README \"Introspection\")" };
         var systemMap = new Option<string?>("--system-map") { Description = "The guest kernel's System.map, for process names and ids in traces (default guest: fetched from Debian's -dbg package)" };
+        var sandbox = new Option<string?>("--sandbox") { Description = "Sandbox profile in DIR: disks as qcow2 overlays there (bases never written), network none or --net user restricted (nothing leaves the host), a start snapshot, and DIR/sandbox-report.json of the changed clusters and files at exit; an existing DIR is reverted to its start and run again" };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
             kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, restore, incoming, apiSocket,
-            consoleLog, exitFile, detach, jail, jailUser, jailBind, jailHostNet, inJail, trace, systemMap,
+            consoleLog, exitFile, detach, jail, jailUser, jailBind, jailHostNet, inJail, trace, systemMap, sandbox,
         };
         // What a jailed VMM is given again inside: everything but the jail's own options and what the launcher sets.
         Option[] passedIn = [kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, consoleLog];
@@ -108,6 +109,20 @@ internal static class RunCommand
                     if (jailed) throw new FormatException("--trace cannot be combined with --jail yet");
                 }
                 opts.SystemMap = r.GetValue(systemMap);
+                if (r.GetValue(sandbox) is { } sb)
+                {
+                    if (sb.Length == 0) throw new FormatException("--sandbox needs a directory");
+                    if (opts.RestoreDir != null || opts.Incoming != null) throw new FormatException("--sandbox cannot be combined with --restore or --incoming (an existing sandbox directory is resumed from its start)");
+                    if (jailed) throw new FormatException("--sandbox cannot be combined with --jail yet");
+                    opts.Sandbox = sb;
+                    if (Dirigent.Vmm.Sandbox.VmSandbox.Exists(sb))
+                    {
+                        var given = new Option[] { kernel, initrd, append, memory, cpus, noReboot, disk, rng, firmware, bootOrder, fwCfg, net }
+                            .Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList();
+                        if (given.Count > 0)
+                            throw new FormatException($"{string.Join(", ", given)} cannot be given for the existing sandbox {sb} (it runs again from its start snapshot)");
+                    }
+                }
                 cfg.Serial = r.GetValue(serial)!;
                 if (cfg.Serial is not ("stdio" or "none") && !cfg.Serial.StartsWith("file:", StringComparison.Ordinal))
                     throw new FormatException($"--serial must be stdio, file:PATH or none, got '{cfg.Serial}'");

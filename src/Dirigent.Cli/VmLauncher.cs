@@ -3,6 +3,7 @@ using Dirigent.Accel.Emu.Core;
 using Dirigent.Cli.Terminal;
 using Dirigent.Images;
 using Dirigent.Vmm;
+using Dirigent.Vmm.Sandbox;
 
 namespace Dirigent.Cli;
 
@@ -30,6 +31,9 @@ public sealed class RunOptions
     public TraceOption? Trace;
     /// <summary>--system-map FILE: the guest kernel's symbols (Linux awareness).</summary>
     public string? SystemMap;
+    /// <summary>--sandbox DIR: disks on overlays in DIR, restricted network, start snapshot, change report at exit;
+    /// a DIR that already holds a sandbox is reverted to its start and run again from there.</summary>
+    public string? Sandbox;
 }
 
 /// <summary>A signal that stopped the VM: its name (SIGTERM) and number (15).</summary>
@@ -103,6 +107,23 @@ public static class VmLauncher
         catch (IOException e) { return $"--trace: {e.Message}"; }
     }
 
+    /// <summary>After a sandboxed run (the overlays closed): DIR/sandbox-report.json and one line about it.</summary>
+    private static void WriteSandboxReport(string dir, TextWriter err)
+    {
+        try
+        {
+            var r = SandboxReport.Write(dir);
+            var disks = r["disks"]!.AsArray();
+            long clusters = disks.Sum(d => (long)d!["changed_clusters"]!);
+            int files = disks.Sum(d => d!["files"] is System.Text.Json.Nodes.JsonArray f ? f.Count(x => x!["path"] != null) : 0);
+            err.WriteLine($"dirigent: sandbox report {Path.Combine(dir, VmSandbox.ReportFile)}: {clusters} changed clusters, {files} files and directories");
+        }
+        catch (Exception e) when (e is VmException or IOException or UnauthorizedAccessException or Dirigent.Storage.BlockDeviceException)
+        {
+            err.WriteLine($"dirigent: sandbox report: {e.Message}");
+        }
+    }
+
     /// <param name="cancel">Stops the VM (as Ctrl-A x would): tests use it as a watchdog, the CLI for signals.</param>
     public static int Run(VmSpec cfg, TextWriter err, Stream? stdin = null, Stream? stdout = null, bool useTerminal = true,
         CancellationToken cancel = default, RunOptions? opts = null)
@@ -141,8 +162,23 @@ public static class VmLauncher
         CancellationToken cancel, RunOptions opts, Outcome outcome)
     {
         Vm vm;
+        bool newSandbox = false;
         try
         {
+            if (opts.Sandbox != null)
+            {
+                if (VmSandbox.Exists(opts.Sandbox))
+                {
+                    // Run it again from the start: the overlays as they were then, and the start snapshot.
+                    opts.RestoreDir = VmSandbox.Revert(opts.Sandbox);
+                    err.WriteLine($"dirigent: sandbox {opts.Sandbox} reverted to its start");
+                }
+                else
+                {
+                    cfg = VmSandbox.Prepare(cfg, opts.Sandbox);
+                    newSandbox = true;
+                }
+            }
             if (opts.RestoreDir != null) vm = Vm.Restore(opts.RestoreDir, opts.AccelOverride, err);
             else if (opts.Incoming != null)
                 vm = Vm.Incoming(opts.Incoming, opts.AccelOverride, err, cancel, u => err.WriteLine($"dirigent: waiting for an incoming migration at {u}"));
@@ -163,6 +199,11 @@ public static class VmLauncher
                     return outcome.Fail(err, e.Message, ExitCodes.BadInput);
                 }
                 vm = Vm.Create(cfg, err, disks);
+                if (newSandbox)
+                {
+                    try { VmSandbox.SaveStart(vm, opts.Sandbox!); }
+                    catch { vm.Dispose(); throw; }
+                }
             }
         }
         catch (VmException e)
@@ -253,6 +294,7 @@ public static class VmLauncher
             // Disks flushed and closed in order before the terminal is given back.
             vm.Dispose();
             frontend?.Dispose();
+            if (opts.Sandbox != null) WriteSandboxReport(opts.Sandbox, err);
             if (Environment.GetEnvironmentVariable("DIRIGENT_STATS") == "1" && vm.VcpuList[0] is Cpu soft0 && vm.Accelerator is EmuAccelerator emu)
                 PrintStats(err, soft0, emu, sw.Elapsed);
         }

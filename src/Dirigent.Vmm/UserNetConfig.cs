@@ -13,6 +13,13 @@ public sealed class UserNetConfig
     public const string Network = "10.0.2.0", Netmask = "255.255.255.0", Gateway = "10.0.2.2", Dns = "10.0.2.3",
         DhcpStart = "10.0.2.15";
 
+    /// <summary>
+    /// restrict=on (QEMU's -netdev user,restrict=on; libslirp's restricted mode): the guest reaches only the virtual
+    /// network's own services (DHCP, and the gateway's hostfwd= ports from the host); every connection or datagram it
+    /// sends elsewhere is dropped inside libslirp, so nothing it does leaves the host (what --sandbox uses).
+    /// </summary>
+    public bool Restricted;
+
     /// <summary>hostfwd= entries in the order given.</summary>
     public List<HostForward> HostForwards = new();
 }

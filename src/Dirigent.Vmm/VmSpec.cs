@@ -231,7 +231,7 @@ public sealed class NicConfig
     /// <summary>Each direction's limits (a burst of one second's worth), or null when unlimited.</summary>
     public RateLimitConfig? ToRateLimit() => RateLimits.Config(BytesPerSecond, PacketsPerSecond);
 
-    private const string Syntax = "tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N] or user[,hostfwd=[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT]...[,mac=MAC][,bps=N][,pps=N]";
+    private const string Syntax = "tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N] or user[,hostfwd=[tcp|udp]:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT]...[,restrict=on][,mac=MAC][,bps=N][,pps=N]";
 
     /// <summary>
     /// Parses `tap=NAME[,mac=MAC][,netns=NS][,bps=N][,pps=N]` or `user[,hostfwd=...]...[,mac=MAC][,bps=N][,pps=N]`
@@ -245,6 +245,7 @@ public sealed class NicConfig
         var forwards = new List<HostForward>();
         byte[]? mac = null;
         long bps = 0, pps = 0;
+        bool? restrict = null;
         foreach (string part in spec.Split(','))
         {
             int eq = part.IndexOf('=');
@@ -259,6 +260,14 @@ public sealed class NicConfig
                     if (value.Length == 0) throw new FormatException("--net: netns= needs a namespace name or path");
                     netns = value;
                     break;
+                case "restrict":
+                    restrict = value switch
+                    {
+                        "on" or "yes" or "" => true,
+                        "off" or "no" => false,
+                        _ => throw new FormatException($"--net: restrict must be on or off, got '{value}'"),
+                    };
+                    break;
                 case "bps": bps = RateLimits.Parse("bps", $"--net '{spec}'", value); break;
                 case "pps": pps = RateLimits.Parse("pps", $"--net '{spec}'", value); break;
                 default: throw new FormatException($"--net: unknown option '{key}' in '{spec}' (expected {Syntax})");
@@ -267,6 +276,8 @@ public sealed class NicConfig
         if (tap != null && user != null) throw new FormatException($"--net: '{spec}' names both a TAP and user networking (a card has one backend)");
         if (tap == null && user == null) throw new FormatException($"--net: '{spec}' names no backend (expected {Syntax})");
         if (user == null && forwards.Count > 0) throw new FormatException($"--net: hostfwd= is for user networking (--net user,hostfwd=...), not a TAP");
+        if (user == null && restrict != null) throw new FormatException("--net: restrict= is for user networking (--net user,restrict=on), not a TAP");
+        if (user != null) user.Restricted = restrict ?? false;
         if (user != null && netns != null) throw new FormatException("--net: netns= is for a TAP card; user networking uses the VMM's own sockets");
         if (tap != null && Net.TapInterface.InvalidNameReason(tap) is { } bad) throw new FormatException($"--net: {bad}");
         if (user != null)

@@ -41,6 +41,7 @@ public static class VmCommands
         vm.Subcommands.Add(RestoreCommand(conn));
         vm.Subcommands.Add(CloneCommand(conn));
         vm.Subcommands.Add(MigrateCommand(conn));
+        VmIntrospectionCommands.AddTo(vm, conn);
         return vm;
     }
 

@@ -60,6 +60,7 @@ internal sealed partial class DaemonApi(VmManager vms, DiskManager disks, Operat
         Route(app, "GET", Base + "/vms/{name}/console", O, (HttpContext c, string name) => ConsoleProxy.Serve(c, vms, name));
         Route(app, "GET", Base + "/vms/{name}/console/log", R, ConsoleLog);
         MapOthers(app, R, O, A);
+        MapIntrospection(app, R, O);
         MapCluster(app, R, A);
         MapWeb(app, R);
     }

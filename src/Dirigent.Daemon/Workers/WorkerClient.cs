@@ -98,6 +98,33 @@ public sealed class WorkerClient : IDisposable
         using var r = await SendAsync(req, ct);
     }
 
+    /// <summary>GET /v1/vm/processes: the guest's process list, as the worker's JSON array.</summary>
+    public async Task<byte[]> GetProcessesAsync(CancellationToken ct = default)
+    {
+        using var r = await SendAsync(new HttpRequestMessage(HttpMethod.Get, "/v1/vm/processes"), ct);
+        return await r.Content.ReadAsByteArrayAsync(ct);
+    }
+
+    /// <summary>PUT /v1/vm/memory-dump {"path", "format"}: returns once the file is written.</summary>
+    public async Task MemoryDumpAsync(string path, string format, CancellationToken ct = default)
+    {
+        var req = new HttpRequestMessage(HttpMethod.Put, "/v1/vm/memory-dump")
+        {
+            Content = new StringContent(new JsonObject { ["path"] = path, ["format"] = format }.ToJsonString(), Encoding.UTF8, "application/json"),
+        };
+        using var r = await SendAsync(req, ct);
+    }
+
+    /// <summary>
+    /// GET /v1/vm/trace/stream: the open response (headers read, body streaming) for the caller to copy and dispose;
+    /// the request timeout covers only the headers, the stream lasts as long as the caller reads.
+    /// </summary>
+    public async Task<HttpResponseMessage> OpenTraceStreamAsync(string? process, CancellationToken ct = default)
+    {
+        string path = process == null ? "/v1/vm/trace/stream" : $"/v1/vm/trace/stream?process={Uri.EscapeDataString(process)}";
+        return await SendAsync(new HttpRequestMessage(HttpMethod.Get, path), ct, HttpCompletionOption.ResponseHeadersRead);
+    }
+
     /// <summary>
     /// The worker's console as a WebSocket (GET /v1/vm/console/ws): binary messages, the replayed recent output then
     /// live output from the worker; what is sent goes to the guest. The caller owns (and disposes) the socket.
@@ -146,13 +173,14 @@ public sealed class WorkerClient : IDisposable
     }
 
     /// <summary>Sends; a success comes back for the caller to read and dispose, anything else throws.</summary>
-    private async Task<HttpResponseMessage> SendAsync(HttpRequestMessage req, CancellationToken ct)
+    private async Task<HttpResponseMessage> SendAsync(HttpRequestMessage req, CancellationToken ct,
+        HttpCompletionOption completion = HttpCompletionOption.ResponseContentRead)
     {
         string what = $"{req.Method} {req.RequestUri}";
         HttpResponseMessage r;
         try
         {
-            using (req) r = await _http.SendAsync(req, HttpCompletionOption.ResponseContentRead, ct);
+            using (req) r = await _http.SendAsync(req, completion, ct);
         }
         catch (HttpRequestException e)
         {

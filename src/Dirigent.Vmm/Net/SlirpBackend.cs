@@ -126,6 +126,7 @@ public sealed unsafe class SlirpBackend : INetBackend
         // the plain timer_new callback.
         _cfg->Version = System.Version.TryParse(version, out var v) && v >= new Version(4, 7) ? SlirpNative.ConfigVersion : 1;
         _cfg->InEnabled = 1;
+        _cfg->Restricted = config.Restricted ? 1 : 0;
         _cfg->VNetwork = Addr(UserNetConfig.Network);
         _cfg->VNetmask = Addr(UserNetConfig.Netmask);
         _cfg->VHost = Addr(UserNetConfig.Gateway);

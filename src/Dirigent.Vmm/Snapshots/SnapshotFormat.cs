@@ -141,11 +141,21 @@ public static partial class SnapshotFiles
     /// </summary>
     public static string HashFile(string path)
     {
+        using var f = OpenReadUnlocked(path);
+        return Convert.ToHexStringLower(SHA256.HashData(f));
+    }
+
+    /// <summary>
+    /// Opens a file for reading with open(2) itself, taking no lock: .NET's FileStream would take a shared flock,
+    /// which the VM's exclusive lock on an open disk refuses (the hash above and a sandbox's overlay copy read disks
+    /// the VM has open, while it is paused or not yet started).
+    /// </summary>
+    public static FileStream OpenReadUnlocked(string path)
+    {
         int fd = Open(path, 0 /* O_RDONLY */ | 0x80000 /* O_CLOEXEC */);
         if (fd < 0) throw new IOException($"cannot open {path}: errno {Marshal.GetLastPInvokeError()}");
-        using var h = new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
-        using var f = new FileStream(h, FileAccess.Read, 1 << 20);
-        return Convert.ToHexStringLower(SHA256.HashData(f));
+        var h = new Microsoft.Win32.SafeHandles.SafeFileHandle(fd, ownsHandle: true);
+        return new FileStream(h, FileAccess.Read, 1 << 20);
     }
 
     [LibraryImport("libc", EntryPoint = "open", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
