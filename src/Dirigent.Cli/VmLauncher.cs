@@ -88,8 +88,14 @@ public static class VmLauncher
         try
         {
             string? map = opts.SystemMap;
-            if (map == null && opts.Trace != null && cfg.Kernel != null &&
-                Path.GetFullPath(cfg.Kernel) == Path.GetFullPath(Path.Combine(CacheDir, DefaultImage.KernelFile)))
+            bool defaultKernel = cfg.Kernel != null &&
+                Path.GetFullPath(cfg.Kernel) == Path.GetFullPath(Path.Combine(CacheDir, DefaultImage.KernelFile));
+            // The default guest with its System.map already fetched (a daemon's workers; a jail shows it beside the
+            // kernel, at the same path, while the jail user's HOME names no cache): process names and lists through
+            // the API work without naming the map.
+            if (map == null && opts.Trace == null && cfg.Kernel != null && DefaultImage.CachedSystemMap(cfg.Kernel) is { } cached)
+                vm.Introspection.UseSystemMapWhenNeeded(cached);
+            if (map == null && opts.Trace != null && defaultKernel)
             {
                 string version = File.ReadAllText(Path.Combine(CacheDir, DefaultImage.VersionFile)).Trim();
                 map = DefaultImage.EnsureSystemMap(CacheDir, version, m => err.WriteLine($"dirigent: {m}"), out string why);

@@ -52,6 +52,18 @@ public static partial class DefaultImage
         }
     }
 
+    /// <summary>
+    /// The System.map fetched beside the default guest's kernel, for a kernel file of the cache's layout (named
+    /// <see cref="KernelFile"/>; the map was fetched for that kernel's version); never downloads. Else null.
+    /// </summary>
+    public static string? CachedSystemMap(string kernelPath)
+    {
+        if (Path.GetFileName(kernelPath) != KernelFile) return null;
+        string map = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(kernelPath))!, SystemMapFile);
+        try { return IsRealSystemMap(map) ? map : null; }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
+    }
+
     /// <summary>A System.map with symbols in it (not Debian's one-line stub).</summary>
     private static bool IsRealSystemMap(string path)
     {

@@ -111,6 +111,7 @@ internal static class JailLauncher
         else if (opts.Incoming == null) plan.AddVmFiles(cfg, fwCfgOptions);
         else plan.AddVmFiles(new VmSpec { Accel = cfg.Accel, Firmware = FirmwareKind.None }, []); // runtime, libraries, devices
         foreach (string b in config.ExtraBinds) plan.AddExtra(b);
+        if (opts.SystemMap != null) plan.AddInputFile(opts.SystemMap, "--system-map");
         if (opts.ConsoleLog != null) plan.AddOutputFile(opts.ConsoleLog);
         if (cfg.Serial.StartsWith("file:", StringComparison.Ordinal)) plan.AddOutputFile(cfg.Serial[5..]);
         File.WriteAllText(plan.ScriptPath, plan.Script());

@@ -92,7 +92,15 @@ internal sealed class JailPlan
         }
         if (cfg.Nics.Any(n => n.Tap != null)) Binds.Add(new JailBind("/dev/net/tun", true));
 
-        if (cfg.Kernel != null) AddFile(cfg.Kernel, false, "--kernel");
+        if (cfg.Kernel != null)
+        {
+            AddFile(cfg.Kernel, false, "--kernel");
+            // A System.map kept beside the kernel (the default guest's cache) comes along when the jail user can read
+            // it: the per-VM API's process list and trace name processes with it. Optional, so never an error.
+            if (Dirigent.Images.DefaultImage.CachedSystemMap(cfg.Kernel) is { } map
+                && JailNative.MayAccess(map, Config.Uid, Config.Gid, false))
+                AddBind(map, false);
+        }
         foreach (string i in cfg.Initrds) AddFile(i, false, "--initrd");
         if (cfg.Firmware == FirmwareKind.Bios)
         {
@@ -177,6 +185,9 @@ internal sealed class JailPlan
         }
         AddFile(path, true, path);
     }
+
+    /// <summary>A file the VMM reads at start that the spec does not name (--system-map), read-only.</summary>
+    public void AddInputFile(string path, string what) => AddFile(path, false, what);
 
     private void AddFile(string path, bool writable, string what)
     {

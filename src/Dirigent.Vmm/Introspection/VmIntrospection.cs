@@ -34,10 +34,45 @@ public sealed class VmIntrospection
         }
     }
 
-    /// <summary>Linux awareness, once <see cref="LoadSystemMap"/> gave the kernel's symbols; null before.</summary>
-    public LinuxGuest? Linux { get; private set; }
+    private LinuxGuest? _linux;
+    private string? _deferredMap;
 
-    public void LoadSystemMap(string path) => Linux = new LinuxGuest(SystemMap.Load(path), _machine.Memory);
+    /// <summary>
+    /// Linux awareness, once <see cref="LoadSystemMap"/> gave the kernel's symbols (or, on first use, the map named by
+    /// <see cref="UseSystemMapWhenNeeded"/>); null without one.
+    /// </summary>
+    public LinuxGuest? Linux
+    {
+        get
+        {
+            lock (_lock)
+            {
+                if (_linux == null && _deferredMap is { } path)
+                {
+                    _deferredMap = null;
+                    try { _linux = new LinuxGuest(SystemMap.Load(path), _machine.Memory); }
+                    catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or VmException) { }
+                }
+                return _linux;
+            }
+        }
+    }
+
+    public void LoadSystemMap(string path)
+    {
+        var linux = new LinuxGuest(SystemMap.Load(path), _machine.Memory);
+        lock (_lock) { _linux = linux; _deferredMap = null; }
+    }
+
+    /// <summary>
+    /// Names a System.map to load only when something first asks for Linux awareness (a trace, the process list):
+    /// the map of a kernel a VM may run is known at start, but parsing it (~150000 symbols) is wasted on VMs nobody
+    /// inspects. A map that then cannot be read leaves the VM without Linux awareness, as if none was named.
+    /// </summary>
+    public void UseSystemMapWhenNeeded(string path)
+    {
+        lock (_lock) if (_linux == null) _deferredMap = path;
+    }
 
     public bool Tracing { get { lock (_lock) return _tracer != null; } }
 

@@ -79,4 +79,31 @@ public sealed class CliIntrospectionTests(CliDaemon d) : IClassFixture<CliDaemon
         d.Ok("vm", "stop", "tracy");
         d.Ok("vm", "delete", "tracy");
     }
+
+    [SkippableFact]
+    [Trait("Category", "Boot")]
+    public async Task WithTheDefaultGuestsSystemMapCachedPsAndTraceNameProcesses()
+    {
+        // A daemon's VM names no System.map: its worker uses the one cached beside the default kernel (fetched here
+        // once, as `run --trace` does), also inside the worker's jail.
+        var img = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, _ => { });
+        Skip.If(DefaultImage.EnsureSystemMap(VmLauncher.CacheDir, img.KernelVersion, _ => { }, out string why) == null,
+            $"no System.map for kernel {img.KernelVersion}: {why}");
+        string append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument("while true; do cat /etc/hostname; sleep 1; done")}";
+        d.Ok("vm", "create", "psy", "--memory", "256M", "--accel", "emu", "--append", append);
+        d.Ok("vm", "start", "psy");
+        using (var trace = new CliChild(d.Home, "vm", "trace", "psy", "--process", "cat"))
+        {
+            string line = await trace.WaitForLine(l => l.Contains("\"openat\"") && l.Contains("\"/etc/hostname\""), timeout: Hang);
+            var ev = JsonNode.Parse(line)!;
+            Assert.Equal("cat", (string?)ev["comm"]);
+            Assert.True((int)ev["pid"]! > 1, line);
+            Assert.Equal(0, await trace.TerminateAsync());
+        }
+        var ps = JsonNode.Parse(d.Ok("vm", "ps", "psy", "--output", "json").Out)!;
+        var procs = (ps as JsonArray ?? ps["processes"]!.AsArray()).Select(p => ((string?)p!["comm"], (int)p["pid"]!)).ToList();
+        Assert.Contains(("kthreadd", 2), procs);
+        d.Ok("vm", "stop", "psy");
+        d.Ok("vm", "delete", "psy");
+    }
 }
