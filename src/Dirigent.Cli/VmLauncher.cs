@@ -30,6 +30,10 @@ public sealed class RunOptions
     public TraceOption? Trace;
     /// <summary>--system-map FILE: the guest kernel's symbols (Linux awareness).</summary>
     public string? SystemMap;
+    /// <summary>--record DIR: log every non-deterministic input of the run there (README "Record and replay").</summary>
+    public string? RecordDir;
+    /// <summary>--replay DIR: re-execute the recording in DIR with no devices live.</summary>
+    public string? ReplayDir;
 }
 
 /// <summary>A signal that stopped the VM: its name (SIGTERM) and number (15).</summary>
@@ -141,9 +145,15 @@ public static class VmLauncher
         CancellationToken cancel, RunOptions opts, Outcome outcome)
     {
         Vm vm;
+        Dirigent.Vmm.Introspection.RunRecorder? recorder = null;
         try
         {
-            if (opts.RestoreDir != null) vm = Vm.Restore(opts.RestoreDir, opts.AccelOverride, err);
+            if (opts.ReplayDir != null)
+            {
+                recorder = Dirigent.Vmm.Introspection.RunRecorder.Replay(opts.ReplayDir, out cfg);
+                vm = Vm.Create(cfg, err, null, recorder.Session);
+            }
+            else if (opts.RestoreDir != null) vm = Vm.Restore(opts.RestoreDir, opts.AccelOverride, err);
             else if (opts.Incoming != null)
                 vm = Vm.Incoming(opts.Incoming, opts.AccelOverride, err, cancel, u => err.WriteLine($"dirigent: waiting for an incoming migration at {u}"));
             else
@@ -162,11 +172,26 @@ public static class VmLauncher
                     foreach (var d in disks) d.Dispose();
                     return outcome.Fail(err, e.Message, ExitCodes.BadInput);
                 }
-                vm = Vm.Create(cfg, err, disks);
+                if (opts.RecordDir != null)
+                {
+                    try { recorder = Dirigent.Vmm.Introspection.RunRecorder.Record(opts.RecordDir, cfg); }
+                    catch (Dirigent.Vmm.Introspection.RecordingException)
+                    {
+                        foreach (var d in disks) d.Dispose();
+                        throw;
+                    }
+                }
+                vm = Vm.Create(cfg, err, disks, recorder?.Session);
             }
+        }
+        catch (Dirigent.Vmm.Introspection.RecordingException e)
+        {
+            recorder?.Dispose();
+            return outcome.Fail(err, e.Message, ExitCodes.BadInput);
         }
         catch (VmException e)
         {
+            recorder?.Dispose();
             return outcome.Fail(err, e.Message, e.BadInput ? ExitCodes.BadInput : ExitCodes.VmmFailure);
         }
         catch (OperationCanceledException)
@@ -174,6 +199,8 @@ public static class VmLauncher
             return outcome.Fail(err, "cancelled while waiting for an incoming migration", ExitCodes.VmmFailure);
         }
         using var vmScope = vm;
+        using var recorderScope = recorder;
+        recorder?.Attach(vm);
         if (SetUpIntrospection(vm, cfg, opts, err) is { } introError)
             return outcome.Fail(err, introError, ExitCodes.BadInput);
 
@@ -242,6 +269,17 @@ public static class VmLauncher
             }
             vm.Start();
             var exit = vm.Completion.GetAwaiter().GetResult();
+            if (recorder != null)
+            {
+                string line = recorder.Finish(out bool same);
+                if (!same)
+                {
+                    err.WriteLine($"dirigent run --replay: {line}");
+                    outcome.Record = Worker.ExitFile.Of(exit, vm.State, ExitCodes.VmmFailure);
+                    return ExitCodes.VmmFailure;
+                }
+                err.WriteLine($"dirigent: {line}");
+            }
             int rc = StatusOf(exit, err);
             outcome.Record = Worker.ExitFile.Of(exit, vm.State, rc);
             return rc;
