@@ -150,7 +150,10 @@ public static class VmLauncher
         {
             if (opts.ReplayDir != null)
             {
+                // The VM comes with the recording; where its console goes is still this command line's choice.
+                string serialChoice = cfg.Serial;
                 recorder = Dirigent.Vmm.Introspection.RunRecorder.Replay(opts.ReplayDir, out cfg);
+                cfg.Serial = serialChoice;
                 vm = Vm.Create(cfg, err, null, recorder.Session);
             }
             else if (opts.RestoreDir != null) vm = Vm.Restore(opts.RestoreDir, opts.AccelOverride, err);

@@ -21,7 +21,7 @@ public sealed unsafe partial class Cpu
         bool replay = rr.Replaying;
         while (true)
         {
-            if (_pendingEvents != 0 || replay)
+            if (_pendingEvents != 0)
             {
                 if (_startupPending) HonourStartup();
                 if (_stopRequested)
@@ -34,7 +34,7 @@ public sealed unsafe partial class Cpu
                 if (_safePointPending) RunSafePointWork();
                 if (_pendingException is { } pe && !DeliverRestoredException(pe))
                     return new VcpuExit(VcpuExitReason.Shutdown, $"triple fault delivering restored exception {pe.Vector} at {Sreg[CS].Selector:x4}:{Rip:x}");
-                if (replay)
+                if (replay && _pendingEvents != 0)
                 {
                     // Nothing live is delivered in replay: only stops and safe points (hooks, state queries) count.
                     Interlocked.Exchange(ref _pendingEvents, 0);
