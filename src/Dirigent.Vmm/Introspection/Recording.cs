@@ -78,7 +78,7 @@ public sealed class RunRecorder : IDisposable
     /// <summary>Null when <paramref name="spec"/> can be recorded, else why not (one line).</summary>
     public static string? Unsupported(VmSpec spec)
     {
-        if (spec.Cpus != 1) return $"--record needs one vCPU (--cpus {spec.Cpus}): interleaving between vCPUs is not logged";
+        if (spec.Cpus != 1) return $"--record needs one vCPU (--cpus {spec.Cpus}): the interleaving of vCPUs is not recorded";
         if (spec.Accel == AccelKind.Kvm) return "--record needs the software CPU (--accel emu): KVM does not count instructions exactly";
         if (spec.Firmware != FirmwareKind.None || spec.Kernel == null) return "--record needs --kernel (firmware boot is not supported)";
         if (spec.Disks.Count > 0 || spec.Nics.Count > 0 || spec.Rng)

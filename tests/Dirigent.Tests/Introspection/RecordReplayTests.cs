@@ -243,7 +243,7 @@ public class RecordReplayTests
         spec.Cpus = 2;
         var (rc, r) = Run(spec, new RunOptions { RecordDir = g.Recording });
         Assert.Equal(ExitCodes.BadInput, rc);
-        Assert.Equal("dirigent run: --record needs one vCPU (--cpus 2): interleaving between vCPUs is not logged", r.Errors.Trim());
+        Assert.Equal("dirigent run: --record needs one vCPU (--cpus 2): the interleaving of vCPUs is not recorded", r.Errors.Trim());
         var (rc2, r2) = Run(new VmSpec(), new RunOptions { ReplayDir = Path.Combine(g.Dir, "none") });
         Assert.Equal(ExitCodes.BadInput, rc2);
         Assert.Single(r2.Errors.Trim().Split('\n'));
