@@ -181,6 +181,14 @@ public sealed partial class Vm : IDisposable
                 apic.OnStartupIpi = (_, vector) => vcpu.InjectSipi((byte)vector);
             }
             board.RegisterVcpus(vcpus);
+            // Record/replay: VM time from the instruction count (so the same count is the same time in a replay),
+            // device timers fired by the vCPU at instruction boundaries.
+            if (recordReplay != null)
+            {
+                var vcpu0 = vcpus[0];
+                machine.Clock.UseInstructionTime(() => vcpu0.InstructionsRetired,
+                    Dirigent.Machine.Introspection.RecordReplay.RecordReplaySession.NsPerInstruction);
+            }
             var vm = new Vm(spec, log, machine, accel, board, vcpus, nics);
             console = vm.Console;
             if (loaded != null || (loadGuest && bios != null)) vm.SetBootState(loaded);

@@ -64,6 +64,9 @@ public sealed unsafe partial class Cpu
                 }
                 else
                 {
+                    // Instruction time: device timers fire here, at instruction boundaries, as the count says.
+                    var clock = _vm.Clock;
+                    if (clock.InstructionTime && clock.NowNs >= clock.NextDeadlineNs) clock.RunDueTimers();
                     if (Halted)
                     {
                         if (!HasDeliverableEvent())
@@ -71,6 +74,23 @@ public sealed unsafe partial class Cpu
                             if (_stopRequested || _startupPending) continue;
                             if (!InterruptsEnabled && !_nmiPending && HaltIsForever)
                                 return new VcpuExit(VcpuExitReason.HaltedForever, $"HLT with IF=0 at {Sreg[CS].Selector:x4}:{InstrIp:x}");
+                            long next = clock.NextDeadlineNs;
+                            if (clock.InstructionTime && next != long.MaxValue)
+                            {
+                                // Nothing to do but wait for a timer (QEMU's -icount sleep=on): sleep in host time
+                                // until its deadline or a host event (console input), then move VM time on by as
+                                // much (logged, so replay's clock jumps the same, without the sleep).
+                                long want = next - clock.NowNs;
+                                long skip = want >= 1_000_000 ? Math.Min(want, IdleUpTo(want)) : want;
+                                if (skip > 0)
+                                {
+                                    rr.LogTimeSkip(_instret, skip);
+                                    clock.Advance(skip);
+                                }
+                                clock.RunDueTimers();
+                                continue;
+                            }
+                            // No timer at all: only the host (console input) can wake it.
                             Idle();
                             continue;
                         }
@@ -116,6 +136,22 @@ public sealed unsafe partial class Cpu
         }
     }
 
+    /// <summary>Sleeps as HLT does, at most <paramref name="ns"/> of host time; returns the host time slept.</summary>
+    private long IdleUpTo(long ns)
+    {
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        LeaveExecution();
+        bool woken;
+        try
+        {
+            OnIdle?.Invoke();
+            woken = _wake.Wait(TimeSpan.FromTicks(ns / 100));
+            _wake.Reset();
+        }
+        finally { EnterExecution(); }
+        return woken ? (long)System.Diagnostics.Stopwatch.GetElapsedTime(t0).TotalNanoseconds : ns;
+    }
+
     private static VcpuExit Diverged(ReplayDivergenceException d) => new(VcpuExitReason.InternalError, d.Message);
 
     /// <summary>Replay: takes the boundary events at the current count (checkpoints, interrupts, the end) in log order.</summary>
@@ -125,6 +161,9 @@ public sealed unsafe partial class Cpu
         {
             switch (e.Kind)
             {
+                case EventKind.TimeSkip:
+                    _vm.Clock.Advance((long)e.Value);
+                    break;
                 case EventKind.Checkpoint:
                     ulong h = StateHash();
                     if (h != e.Value)
@@ -219,10 +258,14 @@ public sealed unsafe partial class Cpu
         ? _rr.Take(_instret, EventKind.MmioRead, pa, size)
         : _rr.Log(_instret, EventKind.MmioRead, pa, size, apic ? _apicMmio!.Read(pa & 0xFFF, size) : _vm.Mmio.Read(pa, size));
 
-    /// <summary>The TSC an instruction sees (RDTSC, RDTSCP, IA32_TSC): logged when recording, from the log in replay.</summary>
+    /// <summary>
+    /// The TSC an instruction sees (RDTSC, RDTSCP, IA32_TSC). Under instruction time (always, with the VMM's
+    /// record/replay) it is a function of the count and of the logged idle skips, so it is computed again in replay,
+    /// not logged (TSC delay loops would otherwise fill the log); on a host-time clock it is logged.
+    /// </summary>
     internal ulong GuestTsc()
     {
-        if (_rr == null) return ReadTsc();
+        if (_rr == null || _vm.Clock.InstructionTime) return ReadTsc();
         return _rr.Replaying ? _rr.Take(_instret, EventKind.Tsc, 0, 8) : _rr.Log(_instret, EventKind.Tsc, 0, 8, ReadTsc());
     }
 

@@ -21,6 +21,8 @@ public sealed class RecordingManifest
     public string Append { get; set; } = "";
     public ulong MemoryBytes { get; set; }
     public ulong CheckpointInterval { get; set; }
+    /// <summary>VM time per instruction (VM time is instruction time in a recording and its replays).</summary>
+    public long NsPerInstruction { get; set; }
     /// <summary>Retired instructions from the first to the end.</summary>
     public ulong Instructions { get; set; }
     /// <summary>stopped, power-off, debug-exit, triple-fault, halted-forever or reset.</summary>
@@ -31,7 +33,7 @@ public sealed class RecordingManifest
     public long ConsoleBytes { get; set; }
     public long Events { get; set; }
     public long LogBytes { get; set; }
-    /// <summary>VM time the recording covered (host-clock time while it ran).</summary>
+    /// <summary>VM time the recording covered (instruction time, idle skips included).</summary>
     public long VmTimeNs { get; set; }
 
     public sealed class RecordedFile
@@ -193,6 +195,7 @@ public sealed class RunRecorder : IDisposable
             Kernel = Path.GetFullPath(vm.Spec.Kernel!), KernelSha256 = Sha256File(vm.Spec.Kernel!),
             Initrds = vm.Spec.Initrds.Select(p => new RecordingManifest.RecordedFile { Path = Path.GetFullPath(p), Sha256 = Sha256File(p) }).ToList(),
             Append = vm.Spec.Append, MemoryBytes = vm.Spec.MemoryBytes, CheckpointInterval = Session.CheckpointInterval,
+            NsPerInstruction = RecordReplaySession.NsPerInstruction,
             Instructions = icount, End = EndName(end), EndCode = code, MemorySha256 = memSha, ConsoleSha256 = conSha,
             ConsoleBytes = _consoleBytes, Events = Session.EventsWritten, LogBytes = Session.LogBytes, VmTimeNs = vm.Machine.Clock.NowNs,
         };

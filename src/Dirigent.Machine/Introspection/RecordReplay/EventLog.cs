@@ -10,7 +10,8 @@ public enum EventKind : byte
     PortRead = 1,
     /// <summary>A load from MMIO (the local APIC page included): Address = guest-physical address.</summary>
     MmioRead = 2,
-    /// <summary>RDTSC, RDTSCP, RDMSR/WRMSR of IA32_TSC: the TSC the instruction saw (VM time is the host's).</summary>
+    /// <summary>RDTSC, RDTSCP, RDMSR/WRMSR of IA32_TSC: the TSC the instruction saw, when VM time is the host's (not
+    /// under instruction time, where the replay computes the same TSC from the count).</summary>
     Tsc = 3,
     /// <summary>A local-APIC register read through the CPU: Address 0 = CR8 (TPR), 1 = IA32_TSC_DEADLINE.</summary>
     ApicRegister = 4,
@@ -22,6 +23,8 @@ public enum EventKind : byte
     Checkpoint = 18,
     /// <summary>The recording ends here: Address = <see cref="RecordedEnd"/>, Value = its exit code.</summary>
     End = 19,
+    /// <summary>The vCPU was halted with nothing to do but wait: VM time jumped Value ns to the next timer deadline.</summary>
+    TimeSkip = 20,
 }
 
 /// <summary>How the recorded run ended (the replay ends the same way at the same count).</summary>
@@ -48,6 +51,7 @@ public struct ReplayEvent
         EventKind.Nmi => "an NMI",
         EventKind.Checkpoint => "a register checkpoint",
         EventKind.End => $"the end ({(RecordedEnd)Address})",
+        EventKind.TimeSkip => $"a skip of {Value} ns of idle VM time",
         _ => $"event kind {(byte)Kind}",
     };
 }
@@ -55,7 +59,7 @@ public struct ReplayEvent
 /// <summary>
 /// The binary event log (events.bin): an 8-byte magic, then per event a LEB128 varint of the instruction count
 /// since the previous event, one kind byte, and the kind's payload (varint address, size byte, varint value for
-/// reads; varint vector for interrupts; varint hash for checkpoints; end kind byte and varint code for the end).
+/// reads; varint vector for interrupts; varint hash for checkpoints; varint nanoseconds for time skips; end kind byte and varint code for the end).
 /// Deltas keep a busy log small: most events are a few bytes.
 /// </summary>
 public static class EventLogFormat
@@ -87,7 +91,7 @@ public sealed class EventLogWriter : IDisposable
         {
             case EventKind.Nmi: break;
             case EventKind.Interrupt: WriteVarint(e.Address); break;
-            case EventKind.Checkpoint: WriteVarint(e.Value); break;
+            case EventKind.Checkpoint or EventKind.TimeSkip: WriteVarint(e.Value); break;
             case EventKind.End: _s.WriteByte((byte)e.Address); WriteVarint(e.Value); break;
             default:
                 WriteVarint(e.Address);
@@ -139,7 +143,7 @@ public sealed class EventLogReader : IDisposable
         {
             case EventKind.Nmi: break;
             case EventKind.Interrupt: e.Address = ReadVarint(ReadByte()); break;
-            case EventKind.Checkpoint: e.Value = ReadVarint(ReadByte()); break;
+            case EventKind.Checkpoint or EventKind.TimeSkip: e.Value = ReadVarint(ReadByte()); break;
             case EventKind.End: e.Address = (ulong)ReadByte(); e.Value = ReadVarint(ReadByte()); break;
             case EventKind.PortRead or EventKind.MmioRead or EventKind.Tsc or EventKind.ApicRegister:
                 e.Address = ReadVarint(ReadByte());

@@ -20,6 +20,8 @@ public sealed class ReplayDivergenceException(ulong instruction, string what)
 public sealed class RecordReplaySession : IDisposable
 {
     public const ulong DefaultCheckpointInterval = 1 << 20;
+    /// <summary>VM time per retired instruction in both modes (the VM clock's instruction time; 1 GHz-like).</summary>
+    public const long NsPerInstruction = 1;
 
     private readonly EventLogWriter? _writer;
     private readonly EventLogReader? _reader;
@@ -82,6 +84,9 @@ public sealed class RecordReplaySession : IDisposable
         _writer!.Write(new ReplayEvent { Icount = icount, Kind = EventKind.Checkpoint, Value = hash });
         NextCheckpoint = icount + CheckpointInterval;
     }
+
+    public void LogTimeSkip(ulong icount, long ns) =>
+        _writer!.Write(new ReplayEvent { Icount = icount, Kind = EventKind.TimeSkip, Value = (ulong)ns });
 
     /// <summary>The VMM, after the vCPU stopped for good: how and where the run ended. Flushes the log.</summary>
     public void LogEnd(ulong icount, RecordedEnd kind, int code)
