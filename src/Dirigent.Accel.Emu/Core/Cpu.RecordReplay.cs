@@ -14,6 +14,8 @@ public sealed unsafe partial class Cpu
     // instruction count, and every read is logged with the count of the instruction that made it. Without a session
     // the only cost elsewhere is a null check at device reads and writes and at interrupt delivery.
     private readonly RecordReplaySession? _rr;
+    // Replay: the count of the next boundary event (0: look now).
+    private ulong _replayNext;
 
     private VcpuExit RrLoop()
     {
@@ -47,20 +49,32 @@ public sealed unsafe partial class Cpu
                 if (replay)
                 {
                     if (rr.Divergence != null) return Diverged(rr.Divergence);
-                    if (rr.Ended)
+                    if (rr.Ended && rr.EndKind is not (RecordedEnd.TripleFault or RecordedEnd.HaltedForever))
                     {
                         // A power-off or debug exit was requested at the end (the loop's top returns it); a stopped
                         // recording waits here for the VMM's stop.
                         if (!_stopRequested) Idle();
                         continue;
                     }
-                    ReplayBoundary(rr);
-                    if (rr.Ended) continue;
+                    // Boundary events are looked at only when the count reaches the next one (cached per block).
+                    if (_instret >= _replayNext)
+                    {
+                        if (rr.Ended)
+                            throw rr.Diverge(_instret, $"the recording ended with a {rr.EndKind} shortly before; the replay did not");
+                        ReplayBoundary(rr);
+                        if (rr.Ended) continue;
+                        _replayNext = rr.NextBoundary(_instret);
+                        if (_replayNext == ulong.MaxValue)
+                            throw rr.Diverge(_instret, "the log ends here without the end of the run (truncated?)");
+                    }
+                    if (Halted && rr.Ended && rr.EndKind == RecordedEnd.HaltedForever && !InterruptsEnabled)
+                        return new VcpuExit(VcpuExitReason.HaltedForever, $"HLT with IF=0 at {Sreg[CS].Selector:x4}:{InstrIp:x}");
                     if (Halted)
                         throw rr.Diverge(_instret, $"the guest halted; the recording continues with {rr.PeekDescription()}");
-                    limit = rr.NextBoundary(_instret);
-                    // A recording that ended in a triple fault or an endless HLT ends the same way by itself.
-                    if (limit == ulong.MaxValue && rr.Ended) limit = _instret + 1_000_000;
+                    // A boundary still at this count sits behind reads the next instruction makes (it faulted in
+                    // the recording, e.g. a triple fault): run that one instruction; if it retires, the boundary
+                    // was passed and that is a divergence.
+                    limit = _replayNext == _instret ? _instret + 1 : _replayNext;
                 }
                 else
                 {
@@ -189,7 +203,7 @@ public sealed unsafe partial class Cpu
                     else if (kind is RecordedEnd.Reset) _vm.RequestPowerEvent(Dirigent.Machine.PowerEventKind.Reset);
                     rr.MarkEnded(kind, (int)e.Value);
                     // A triple fault or an endless HLT is the guest's own doing: let it happen again.
-                    if (kind is RecordedEnd.TripleFault or RecordedEnd.HaltedForever) return;
+                    if (kind is RecordedEnd.TripleFault or RecordedEnd.HaltedForever) _replayNext = _instret + 1_000_000;
                     return;
             }
         }

@@ -237,6 +237,39 @@ public class RecordReplayTests
         Assert.Contains($"replay diverged at instruction {ev.Icount}: the guest made a 1-byte read of port 0x3fd; the recording has a 1-byte read of port 0x2fd", rep.Errors);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void GuestThatTripleFaultsOrHaltsForeverEndsItsReplayTheSameWay(bool tripleFault)
+    {
+        // Prints a line, then divides by zero with an empty IDT (#DE, #GP, #DF: triple fault) or halts with IF=0.
+        var a = new Assembler(32);
+        const uint magic = 0x1BADB002, flags = 0x0001_0000;
+        a.dd(magic); a.dd(flags); a.dd(unchecked(0u - magic - flags));
+        a.dd(LoadAddr); a.dd(LoadAddr); a.dd(0u); a.dd(0u); a.dd(LoadAddr + 32);
+        Dirigent.Tests.Lifecycle.TinyGuest.EmitWriteCom1(a, "about to end\r\n");
+        a.cli();
+        if (tripleFault)
+        {
+            a.push(0); a.push(0);
+            a.lidt(__[esp + 2]);
+            a.xor(ecx, ecx);
+            a.div(ecx);
+        }
+        a.hlt();
+        using var ms = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(ms), LoadAddr);
+        using var g = new Guest();
+        File.WriteAllBytes(g.Kernel, ms.ToArray());
+        var (rc, rec) = Run(g.Spec, new RunOptions { RecordDir = g.Recording });
+        Assert.Equal(ExitCodes.GuestDied, rc);
+        Assert.Equal(tripleFault ? "triple-fault" : "halted-forever", Manifest(g.Recording).End);
+        var (rrc, rep) = Run(new VmSpec(), new RunOptions { ReplayDir = g.Recording });
+        Assert.True(rrc == ExitCodes.GuestDied, $"replay: exit status {rrc}; errors: {rep.Errors}");
+        Assert.Equal("about to end\r\n", rep.Output);
+        Assert.Contains("replay matches the recording", rep.Errors);
+    }
+
     [Fact]
     public void RecordRefusesWhatItCannotLogWithOneLine()
     {
