@@ -271,6 +271,21 @@ public class RecordReplayTests
     }
 
     [Fact]
+    public void TruncatedLogIsReportedAsADivergenceNotAHang()
+    {
+        using var g = new Guest();
+        var (rc, rec) = Run(g.Spec, new RunOptions { RecordDir = g.Recording });
+        Assert.True(rc % 2 == 1, $"recording: exit status {rc}; errors: {rec.Errors}");
+        string path = Path.Combine(g.Recording, RecordingManifest.LogFileName);
+        var bytes = File.ReadAllBytes(path);
+        File.WriteAllBytes(path, bytes[..(bytes.Length / 2)]);
+        var (rrc, rep) = Run(new VmSpec(), new RunOptions { ReplayDir = g.Recording });
+        Assert.Equal(ExitCodes.VmmFailure, rrc);
+        Assert.Matches(@"dirigent run --replay: replay diverged at instruction \d+: ", rep.Errors);
+        Assert.DoesNotContain("   at ", rep.Errors); // no stack trace
+    }
+
+    [Fact]
     public void RecordRefusesWhatItCannotLogWithOneLine()
     {
         using var g = new Guest();
