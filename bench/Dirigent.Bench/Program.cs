@@ -13,7 +13,7 @@ namespace Dirigent.Bench;
 /// CPU benchmark: each bare-metal workload on Dirigent's software CPU and on qemu-system-x86_64 (TCG) in the same
 /// run, printing guest MIPS and the ratio. QEMU's time has its start-up (measured with an empty workload)
 /// subtracted; its instruction count is Dirigent's, since both run the same bytes.
-/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu|boot|introspection|firmware|debian-boot [--image PATH --key KEY]|jit-compile FILE [--passes N] [--per-block OUT]|smp|startup|io|net|net-user|lifecycle|daemon] [--quick] [--no-qemu] [--no-dirigent (io, net, net-user)] [--from64] [--no-jit-off (boot)] [--no-busy (lifecycle)] [--vms N] [--memory-mib M] [--dirigent PATH] (daemon)
+/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu|boot|introspection|record|firmware|debian-boot [--image PATH --key KEY]|jit-compile FILE [--passes N] [--per-block OUT]|smp|startup|io|net|net-user|lifecycle|daemon] [--quick] [--no-qemu] [--no-dirigent (io, net, net-user)] [--from64] [--no-jit-off (boot)] [--no-busy (lifecycle)] [--vms N] [--memory-mib M] [--dirigent PATH] (daemon)
 /// </summary>
 public static class Program
 {
@@ -33,6 +33,7 @@ public static class Program
             return JitCompileBench.Run(args[at + 1], pi >= 0 ? int.Parse(args[pi + 1]) : 3, bi >= 0 ? args[bi + 1] : null);
         }
         if (args.Contains("introspection")) return IntrospectionBench.Run();
+        if (args.Contains("record")) return RecordBench.Run();
         if (args.Contains("boot")) return BootBench.Run(qemu, jitOff: !args.Contains("--no-jit-off"));
         if (args.Contains("firmware")) return FirmwareBench.Run(qemu);
         if (args.Contains("debian-boot")) return OperatingSystem.IsLinux() ? DebianBootBench.Run(qemu, args) : 2;

@@ -49,10 +49,13 @@ internal static class RunCommand
         var trace = new Option<string?>("--trace") { Description = "Trace the guest's system calls as JSON lines: syscalls[,process=NAME][,output=FILE.jsonl] (software CPU; see README \"Introspection\")" };
         var systemMap = new Option<string?>("--system-map") { Description = "The guest kernel's System.map, for process names and ids in traces (default guest: fetched from Debian's -dbg package)" };
         var sandbox = new Option<string?>("--sandbox") { Description = "Sandbox profile in DIR: disks as qcow2 overlays there (bases never written), network none or --net user restricted (nothing leaves the host), a start snapshot, and DIR/sandbox-report.json of the changed clusters and files at exit; an existing DIR is reverted to its start and run again" };
+        var record = new Option<string?>("--record") { Description = "Record the run into DIR (new or empty) for --replay: every device read, interrupt point and TSC value, counted in instructions (software CPU, one vCPU, --kernel, no virtio devices)" };
+        var replay = new Option<string?>("--replay") { Description = "Re-execute the recording in DIR instruction for instruction with no devices live; checks the instruction count, memory and console output against it" };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
             kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, restore, incoming, apiSocket,
             consoleLog, exitFile, detach, jail, jailUser, jailBind, jailHostNet, inJail, trace, systemMap, sandbox,
+            record, replay,
         };
         // What a jailed VMM is given again inside: everything but the jail's own options and what the launcher sets.
         Option[] passedIn = [kernel, initrd, append, memory, cpus, accel, serial, noReboot, disk, rng, firmware, bootOrder, fwCfg, net, consoleLog];
@@ -122,6 +125,26 @@ internal static class RunCommand
                         if (given.Count > 0)
                             throw new FormatException($"{string.Join(", ", given)} cannot be given for the existing sandbox {sb} (it runs again from its start snapshot)");
                     }
+                }
+                opts.RecordDir = r.GetValue(record);
+                opts.ReplayDir = r.GetValue(replay);
+                if (opts.RecordDir != null || opts.ReplayDir != null)
+                {
+                    string which = opts.RecordDir != null ? "--record" : "--replay";
+                    if (opts.RecordDir != null && opts.ReplayDir != null) throw new FormatException("--record and --replay exclude each other");
+                    if (opts.Sandbox != null) throw new FormatException($"{which} cannot be combined with --sandbox yet (a recording has no virtio disks)");
+                    if (opts.RestoreDir != null || opts.Incoming != null) throw new FormatException($"{which} cannot be combined with --restore or --incoming");
+                    if (jailed) throw new FormatException($"{which} cannot be combined with --jail yet");
+                    if (cfg.Accel == AccelKind.Kvm) throw new FormatException($"{which} needs the software CPU (--accel emu): KVM does not count instructions exactly");
+                    if (cfg.Cpus != 1) throw new FormatException($"{which} needs one vCPU (--cpus {cfg.Cpus}): the interleaving of vCPUs is not recorded");
+                    if (opts.ReplayDir != null)
+                    {
+                        // The VM comes with the recording.
+                        var given = new Option[] { kernel, initrd, append, memory, noReboot, disk, rng, firmware, bootOrder, fwCfg, net }
+                            .Where(o => r.GetResult(o) is { Implicit: false }).Select(o => o.Name).ToList();
+                        if (given.Count > 0) throw new FormatException($"{string.Join(", ", given)} cannot be combined with --replay (the VM's spec comes with the recording)");
+                    }
+                    cfg.Accel = AccelKind.Emu;
                 }
                 cfg.Serial = r.GetValue(serial)!;
                 if (cfg.Serial is not ("stdio" or "none") && !cfg.Serial.StartsWith("file:", StringComparison.Ordinal))

@@ -34,6 +34,10 @@ public sealed class RunOptions
     /// <summary>--sandbox DIR: disks on overlays in DIR, restricted network, start snapshot, change report at exit;
     /// a DIR that already holds a sandbox is reverted to its start and run again from there.</summary>
     public string? Sandbox;
+    /// <summary>--record DIR: log every non-deterministic input of the run there (README "Record and replay").</summary>
+    public string? RecordDir;
+    /// <summary>--replay DIR: re-execute the recording in DIR with no devices live.</summary>
+    public string? ReplayDir;
 }
 
 /// <summary>A signal that stopped the VM: its name (SIGTERM) and number (15).</summary>
@@ -169,6 +173,7 @@ public static class VmLauncher
     {
         Vm vm;
         bool newSandbox = false;
+        Dirigent.Vmm.Introspection.RunRecorder? recorder = null;
         try
         {
             if (opts.Sandbox != null)
@@ -185,7 +190,15 @@ public static class VmLauncher
                     newSandbox = true;
                 }
             }
-            if (opts.RestoreDir != null) vm = Vm.Restore(opts.RestoreDir, opts.AccelOverride, err);
+            if (opts.ReplayDir != null)
+            {
+                // The VM comes with the recording; where its console goes is still this command line's choice.
+                string serialChoice = cfg.Serial;
+                recorder = Dirigent.Vmm.Introspection.RunRecorder.Replay(opts.ReplayDir, out cfg);
+                cfg.Serial = serialChoice;
+                vm = Vm.Create(cfg, err, null, recorder.Session);
+            }
+            else if (opts.RestoreDir != null) vm = Vm.Restore(opts.RestoreDir, opts.AccelOverride, err);
             else if (opts.Incoming != null)
                 vm = Vm.Incoming(opts.Incoming, opts.AccelOverride, err, cancel, u => err.WriteLine($"dirigent: waiting for an incoming migration at {u}"));
             else
@@ -204,7 +217,16 @@ public static class VmLauncher
                     foreach (var d in disks) d.Dispose();
                     return outcome.Fail(err, e.Message, ExitCodes.BadInput);
                 }
-                vm = Vm.Create(cfg, err, disks);
+                if (opts.RecordDir != null)
+                {
+                    try { recorder = Dirigent.Vmm.Introspection.RunRecorder.Record(opts.RecordDir, cfg); }
+                    catch (Dirigent.Vmm.Introspection.RecordingException)
+                    {
+                        foreach (var d in disks) d.Dispose();
+                        throw;
+                    }
+                }
+                vm = Vm.Create(cfg, err, disks, recorder?.Session);
                 if (newSandbox)
                 {
                     try { VmSandbox.SaveStart(vm, opts.Sandbox!); }
@@ -212,8 +234,14 @@ public static class VmLauncher
                 }
             }
         }
+        catch (Dirigent.Vmm.Introspection.RecordingException e)
+        {
+            recorder?.Dispose();
+            return outcome.Fail(err, e.Message, ExitCodes.BadInput);
+        }
         catch (VmException e)
         {
+            recorder?.Dispose();
             return outcome.Fail(err, e.Message, e.BadInput ? ExitCodes.BadInput : ExitCodes.VmmFailure);
         }
         catch (OperationCanceledException)
@@ -221,6 +249,8 @@ public static class VmLauncher
             return outcome.Fail(err, "cancelled while waiting for an incoming migration", ExitCodes.VmmFailure);
         }
         using var vmScope = vm;
+        using var recorderScope = recorder;
+        recorder?.Attach(vm);
         if (SetUpIntrospection(vm, cfg, opts, err) is { } introError)
             return outcome.Fail(err, introError, ExitCodes.BadInput);
 
@@ -289,6 +319,17 @@ public static class VmLauncher
             }
             vm.Start();
             var exit = vm.Completion.GetAwaiter().GetResult();
+            if (recorder != null)
+            {
+                string line = recorder.Finish(out bool same);
+                if (!same)
+                {
+                    err.WriteLine($"dirigent run --replay: {line}");
+                    outcome.Record = Worker.ExitFile.Of(exit, vm.State, ExitCodes.VmmFailure);
+                    return ExitCodes.VmmFailure;
+                }
+                err.WriteLine($"dirigent: {line}");
+            }
             int rc = StatusOf(exit, err);
             outcome.Record = Worker.ExitFile.Of(exit, vm.State, rc);
             return rc;

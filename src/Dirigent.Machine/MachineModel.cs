@@ -19,6 +19,8 @@ public sealed class MachineModel : IDisposable
     public VirtualClock Clock { get; } = new();
     /// <summary>Introspection hooks (system calls, watchpoints, ...); honoured by the software CPU.</summary>
     public Introspection.GuestHooks Hooks { get; } = new();
+    /// <summary>Record or replay of this run (README "Record and replay"); set before the vCPU is created.</summary>
+    public Introspection.RecordReplay.RecordReplaySession? RecordReplay { get; set; }
 
     public PowerEventKind PowerEvent { get; private set; }
     public int ExitCode { get; private set; }

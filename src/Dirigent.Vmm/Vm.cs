@@ -88,13 +88,17 @@ public sealed partial class Vm : IDisposable
     /// </summary>
     /// <param name="openedDisks">The images of spec.Disks, already open (the CLI opens them before it builds the
     /// default image, so a bad --disk is reported first); the VM owns them from here, even when this throws.</param>
-    public static Vm Create(VmSpec spec, TextWriter log, IReadOnlyList<IBlockDevice>? openedDisks = null) =>
-        Build(spec, log, loadGuest: true, openedDisks);
+    /// <param name="recordReplay">A recording or replay of this run (Introspection/Recording.cs); its machine gets it
+    /// before the vCPU is created.</param>
+    public static Vm Create(VmSpec spec, TextWriter log, IReadOnlyList<IBlockDevice>? openedDisks = null,
+        Dirigent.Machine.Introspection.RecordReplay.RecordReplaySession? recordReplay = null) =>
+        Build(spec, log, loadGuest: true, openedDisks, recordReplay);
 
     /// <param name="openedDisks">Images to use instead of opening spec.Disks: already opened ones, or an incoming
     /// migration's stand-ins of the right size (it builds the VM before the source has let go of the disks and swaps
     /// the real ones in later).</param>
-    private static Vm Build(VmSpec spec, TextWriter log, bool loadGuest, IReadOnlyList<IBlockDevice>? openedDisks = null)
+    private static Vm Build(VmSpec spec, TextWriter log, bool loadGuest, IReadOnlyList<IBlockDevice>? openedDisks = null,
+        Dirigent.Machine.Introspection.RecordReplay.RecordReplaySession? recordReplay = null)
     {
         // Until the board takes the disks, a failure closes them here; everything else built is in `owned`.
         var owned = new Stack<IDisposable>();
@@ -120,6 +124,7 @@ public sealed partial class Vm : IDisposable
             try { machine = new MachineModel(spec.MemoryBytes); }
             catch (Dirigent.Machine.Memory.GuestMemoryException e) { throw new VmException(e.Message, badInput: true); }
             owned.Push(machine);
+            machine.RecordReplay = recordReplay;
             // The guest is loaded before any accelerator is probed: a bad kernel is the user's to fix, nothing started.
             LoadedKernel? loaded = null;
             // The ROM goes into the address space before any accelerator maps it.
@@ -176,6 +181,14 @@ public sealed partial class Vm : IDisposable
                 apic.OnStartupIpi = (_, vector) => vcpu.InjectSipi((byte)vector);
             }
             board.RegisterVcpus(vcpus);
+            // Record/replay: VM time from the instruction count (so the same count is the same time in a replay),
+            // device timers fired by the vCPU at instruction boundaries.
+            if (recordReplay != null)
+            {
+                var vcpu0 = vcpus[0];
+                machine.Clock.UseInstructionTime(() => vcpu0.InstructionsRetired,
+                    Dirigent.Machine.Introspection.RecordReplay.RecordReplaySession.NsPerInstruction);
+            }
             var vm = new Vm(spec, log, machine, accel, board, vcpus, nics);
             console = vm.Console;
             if (loaded != null || (loadGuest && bios != null)) vm.SetBootState(loaded);

@@ -86,7 +86,7 @@ public sealed partial class Cpu : IGuestCpu
     /// <summary>IN/INS: the port's value, reported to device-access hooks.</summary>
     internal uint PortRead(ushort port, int size)
     {
-        uint v = _vm.Io.Read(port, size);
+        uint v = _rr == null ? _vm.Io.Read(port, size) : RrPortRead(port, size);
         if (_hooks.DevicesArmed) HookDevice(true, port, size, v, write: false);
         return v;
     }
@@ -95,7 +95,8 @@ public sealed partial class Cpu : IGuestCpu
     internal void PortWrite(ushort port, int size, uint v)
     {
         if (_hooks.DevicesArmed) HookDevice(true, port, size, v, write: true);
-        _vm.Io.Write(port, size, v);
+        if (ReplayDropsWrites) _rr!.ReplayPortWrite(port, size, v);
+        else _vm.Io.Write(port, size, v);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]

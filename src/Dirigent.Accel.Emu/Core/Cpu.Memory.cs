@@ -319,7 +319,7 @@ public sealed unsafe partial class Cpu
 
     private ulong MmioRead(ulong pa, int size)
     {
-        ulong v = IsApicPage(pa) ? _apicMmio!.Read(pa & 0xFFF, size) : _vm.Mmio.Read(pa, size);
+        ulong v = _rr != null ? RrMmioRead(pa, size, IsApicPage(pa)) : IsApicPage(pa) ? _apicMmio!.Read(pa & 0xFFF, size) : _vm.Mmio.Read(pa, size);
         if (_hooks.DevicesArmed) HookDevice(false, pa, size, v, write: false);
         return v;
     }
@@ -327,6 +327,7 @@ public sealed unsafe partial class Cpu
     private void MmioWrite(ulong pa, int size, ulong v)
     {
         if (_hooks.DevicesArmed) HookDevice(false, pa, size, v, write: true);
+        if (ReplayDropsWrites) return;
         if (IsApicPage(pa)) _apicMmio!.Write(pa & 0xFFF, size, v);
         else _vm.Mmio.Write(pa, size, v);
     }

@@ -44,7 +44,7 @@ public sealed partial class Cpu
             unsafe
             {
                 byte* p = _mem.TryGetHostPointer(pa);
-                b = p != null ? *p : (byte)_vm.Mmio.Read(pa, 1);
+                b = p != null ? *p : (byte)(_rr != null ? RrMmioRead(pa, 1, apic: false) : _vm.Mmio.Read(pa, 1));
             }
             v |= (ulong)b << (8 * k);
         }
@@ -62,7 +62,7 @@ public sealed partial class Cpu
             {
                 byte* p = _mem.TryGetHostPointer(pa);
                 if (p != null) { *p = (byte)(v >> (8 * k)); _codeCache.NotifyWrite(pa, 1, this); }
-                else _vm.Mmio.Write(pa, 1, (byte)(v >> (8 * k)));
+                else if (!ReplayDropsWrites) _vm.Mmio.Write(pa, 1, (byte)(v >> (8 * k)));
             }
         }
     }

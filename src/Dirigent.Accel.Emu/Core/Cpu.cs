@@ -112,6 +112,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         _vm = vm;
         _mem = vm.Memory;
         _hooks = vm.Hooks;
+        _rr = vm.RecordReplay;
         _codeCache = cache;
         _jit = cache.Jit is { Mode: Jit.JitMode.On } j ? j : null;
         Index = index;
@@ -192,7 +193,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         _inRun = true;
         t_self = this;
         EnterExecution();
-        try { return RunLoop(); }
+        try { return _rr != null ? RrLoop() : RunLoop(); }
         finally
         {
             LeaveExecution();
@@ -297,6 +298,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             _nmiPending = false;
             _nmiBlocked = true;
             InstrIp = Rip;
+            _rr?.LogInterrupt(_instret, -1);
             DeliverInterrupt(Vec.NMI);
             return;
         }
@@ -310,6 +312,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             int bit = 63 - System.Numerics.BitOperations.LeadingZeroCount(bits);
             Interlocked.And(ref _pendingVectors[k], ~(1UL << bit));
             InstrIp = Rip;
+            _rr?.LogInterrupt(_instret, k * 64 + bit);
             DeliverInterrupt(k * 64 + bit);
             for (int j = 0; j < 4; j++) if (Volatile.Read(ref _pendingVectors[j]) != 0) any = true;
             break;
@@ -323,6 +326,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 if (v >= 0)
                 {
                     InstrIp = Rip;
+                    _rr?.LogInterrupt(_instret, v);
                     DeliverInterrupt(v);
                 }
             }

@@ -46,7 +46,7 @@ internal static unsafe class SystemMsr
             case Cpu.MsrFsBase: v = c.Sreg[Cpu.FS].Base; return true;
             case Cpu.MsrGsBase: v = c.Sreg[Cpu.GS].Base; return true;
             case Cpu.MsrKernelGsBase: v = c.KernelGsBase; return true;
-            case Cpu.MsrTsc: v = c.ReadTsc(); return true;
+            case Cpu.MsrTsc: v = c.GuestTsc(); return true;
             case Cpu.MsrTscAdjust: v = c.TscAdjust; return true;
             case Cpu.MsrTscAux: v = c.TscAux; return true;
             case Cpu.MsrApicBase: v = c.ApicBase; return true;
@@ -64,7 +64,7 @@ internal static unsafe class SystemMsr
                 v = c.OtherMsrs.TryGetValue(msr, out ulong d) ? d : 0x806;
                 return true;
             case Cpu.MsrTscDeadline when c.ApicRegisters != null:
-                v = c.ApicRegisters.ReadTscDeadline();
+                v = c.ApicRegisterRead(1, c.ApicRegisters.ReadTscDeadline());
                 return true;
             case Cpu.MsrTscDeadline: case MsrBiosSignId: case MsrDebugCtl:
                 v = c.OtherMsrs.GetValueOrDefault(msr);
@@ -110,7 +110,7 @@ internal static unsafe class SystemMsr
             case Cpu.MsrTsc:
             {
                 // SDM 17.17.3: a TSC write moves IA32_TSC_ADJUST by the same amount.
-                long delta = (long)(v - c.ReadTsc());
+                long delta = (long)(v - c.GuestTsc());
                 c.TscOffset += delta;
                 c.TscAdjust += (ulong)delta;
                 return true;
@@ -143,7 +143,7 @@ internal static unsafe class SystemMsr
                 if (msr == Cpu.MsrSysenterEsp) c.SysenterEsp = v; else c.SysenterEip = v;
                 return true;
             case Cpu.MsrTscDeadline:
-                if (c.ApicRegisters != null) c.ApicRegisters.WriteTscDeadline(v, c.TscOffset);
+                if (c.ApicRegisters != null && !c.ReplayDropsWrites) c.ApicRegisters.WriteTscDeadline(v, c.TscOffset);
                 else c.OtherMsrs[msr] = v;
                 return true;
             case MsrMcgStatus:
@@ -201,7 +201,7 @@ internal static unsafe class SystemMsr
     private static void Rdtsc(Cpu c, ref Instruction i)
     {
         CheckTsd(c);
-        ulong t = c.ReadTsc();
+        ulong t = c.GuestTsc();
         c.Gpr[Cpu.RAX] = (uint)t;
         c.Gpr[Cpu.RDX] = t >> 32;
     }
@@ -209,7 +209,7 @@ internal static unsafe class SystemMsr
     private static void Rdtscp(Cpu c, ref Instruction i)
     {
         CheckTsd(c);
-        ulong t = c.ReadTsc();
+        ulong t = c.GuestTsc();
         c.Gpr[Cpu.RAX] = (uint)t;
         c.Gpr[Cpu.RDX] = t >> 32;
         c.Gpr[Cpu.RCX] = (uint)c.TscAux;

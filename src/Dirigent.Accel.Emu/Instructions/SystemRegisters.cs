@@ -41,7 +41,7 @@ internal static unsafe class SystemRegisters
             2 => c.Cr2,
             3 => c.Cr3,
             4 => c.Cr4,
-            8 when c.Is64BitMode => c.ApicRegisters != null ? c.ApicRegisters.Tpr >> 4 : c.Cr8,
+            8 when c.Is64BitMode => c.ApicRegisters != null ? c.ApicRegisterRead(0, c.ApicRegisters.Tpr >> 4) : c.Cr8,
             _ => throw Cpu.UD(),
         };
         c.SetReg(i.Op0Register, v);

@@ -29,6 +29,12 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
     private long _epoch = Stopwatch.GetTimestamp();
     private volatile bool _running = true;
     private long _frozenNs;
+    // Instruction time (record/replay): while running, VM time = _itBaseNs + (retired - _itBaseCount) * _itNsPer.
+    private Func<ulong>? _icount;
+    private long _itNsPer, _itBaseNs;
+    private ulong _itBaseCount;
+    // The earliest queued deadline (stale-early after a cancel), for the vCPU's check at each block boundary.
+    private long _nextDeadline = long.MaxValue;
 
     public VirtualClock()
     {
@@ -42,7 +48,69 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
         get
         {
             if (!_running) return Volatile.Read(ref _frozenNs);
+            if (_icount is { } ic) return InstructionNs(ic());
             return HostToVm(Stopwatch.GetTimestamp(), Volatile.Read(ref _epoch));
+        }
+    }
+
+    private long InstructionNs(ulong count) => Volatile.Read(ref _itBaseNs) + (long)(count - _itBaseCount) * _itNsPer;
+
+    /// <summary>
+    /// Switches to instruction time, as QEMU's -icount: VM time advances by <paramref name="nsPerInstruction"/> for
+    /// each instruction <paramref name="retired"/> counts, and only then; timers no longer fire on the timer thread
+    /// but where the (single) vCPU calls <see cref="RunDueTimers"/>, at instruction boundaries, so where they fire is
+    /// a function of the instruction count. A vCPU with nothing to do but wait <see cref="Advance"/>s time to the next
+    /// deadline instead of sleeping. VM time starts again from 0 (a record and its replays start from the same
+    /// time, not from however long the VM took to build). Call before the VM runs.
+    /// </summary>
+    public void UseInstructionTime(Func<ulong> retired, long nsPerInstruction)
+    {
+        lock (_lock)
+        {
+            _itNsPer = nsPerInstruction;
+            _itBaseCount = retired();
+            _itBaseNs = 0;
+            _frozenNs = 0;
+            _icount = retired;
+        }
+        _changed.Set();
+    }
+
+    public bool InstructionTime => _icount != null;
+
+    /// <summary>The earliest timer deadline (VM ns), or long.MaxValue; may be early by a cancelled timer.</summary>
+    public long NextDeadlineNs => Volatile.Read(ref _nextDeadline);
+
+    /// <summary>Instruction time: moves VM time forward by <paramref name="deltaNs"/> (an idle vCPU skipping to a deadline).</summary>
+    public void Advance(long deltaNs)
+    {
+        if (deltaNs <= 0) return;
+        lock (_lock)
+        {
+            if (_running) Volatile.Write(ref _itBaseNs, _itBaseNs + deltaNs);
+            else _frozenNs += deltaNs;
+        }
+    }
+
+    /// <summary>Instruction time: runs, on the calling thread (the vCPU's), every callback whose deadline has passed.</summary>
+    public void RunDueTimers()
+    {
+        while (true)
+        {
+            TimerEntry? due = null;
+            lock (_lock)
+            {
+                while (_queue.TryPeek(out var e, out long dl))
+                {
+                    if (e.Cancelled) { _queue.Dequeue(); continue; }
+                    if (_running && dl <= NowNs) due = _queue.Dequeue();
+                    break;
+                }
+                Volatile.Write(ref _nextDeadline, _queue.TryPeek(out _, out long head) ? head : long.MaxValue);
+            }
+            if (due == null) return;
+            try { due.Callback(); }
+            catch (Exception ex) { Console.Error.WriteLine($"dirigent: timer callback failed: {ex.Message}"); }
         }
     }
 
@@ -54,7 +122,7 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
         lock (_lock)
         {
             if (!_running) return;
-            _frozenNs = HostToVm(Stopwatch.GetTimestamp(), _epoch);
+            _frozenNs = _icount is { } ic ? InstructionNs(ic()) : HostToVm(Stopwatch.GetTimestamp(), _epoch);
             _running = false;
         }
         _changed.Set();
@@ -72,8 +140,16 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
         _changed.Set();
     }
 
-    private void SetEpochFor(long vmNs) =>
+    private void SetEpochFor(long vmNs)
+    {
+        if (_icount is { } ic)
+        {
+            _itBaseCount = ic();
+            Volatile.Write(ref _itBaseNs, vmNs);
+            return;
+        }
         Volatile.Write(ref _epoch, Stopwatch.GetTimestamp() - (long)((double)vmNs * Stopwatch.Frequency / 1e9));
+    }
 
     /// <summary>The clock has no power-on state of its own to return to: VM time keeps counting across a reboot,
     /// as a PC's does; the devices reset their own timers.</summary>
@@ -116,6 +192,7 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
             // its APIC timer on every tick, and waking the thread for each later deadline kept a host core busy.
             earliest = !_queue.TryPeek(out _, out long head) || deadlineNs < head;
             _queue.Enqueue(e, deadlineNs);
+            if (deadlineNs < _nextDeadline) Volatile.Write(ref _nextDeadline, deadlineNs);
         }
         if (earliest) _changed.Set();
         return e;
@@ -131,7 +208,8 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
             long waitNs = 1_000_000_000;
             lock (_lock)
             {
-                while (_running && _queue.TryPeek(out var e, out long dl))
+                // Instruction time: the vCPU fires the timers (RunDueTimers); this thread only waits to be disposed.
+                while (_running && _icount == null && _queue.TryPeek(out var e, out long dl))
                 {
                     if (e.Cancelled) { _queue.Dequeue(); continue; }
                     long now = NowNs;
