@@ -25,6 +25,9 @@ internal sealed partial class VmManager
 
     private static readonly TimeSpan ConnectRetry = TimeSpan.FromSeconds(30);
 
+    /// <summary>How long a migrated-out worker may take to end by itself (it flushes and closes its disks first).</summary>
+    private static readonly TimeSpan SourceExitWait = TimeSpan.FromSeconds(30);
+
     /// <summary>The figures of each VM's last outgoing migration from this host (for /metrics).</summary>
     public System.Collections.Concurrent.ConcurrentDictionary<string, JsonObject> LastMigrations { get; } = new(StringComparer.Ordinal);
 
@@ -85,6 +88,15 @@ internal sealed partial class VmManager
                     _log.WriteLine($"daemon: VM '{name}' migrated to host '{target}': downtime {dt} ms ({stats["downtime_end"]}), total {stats["total_ms"]} ms");
                 ctx.Report($"the VM runs on host '{target}'; waiting for its daemon to take the record");
                 await WaitRecordHostAsync(node.Inventory, name, target, c);
+                // The source's worker ends by itself once the VM is out; the operation ends when it has, so that a
+                // finished migration leaves one process for the VM (a worker that lingers is killed: its VM is gone).
+                ctx.Report("waiting for the worker here to end");
+                if (await Task.WhenAny(rt.Processed.Task, Task.Delay(SourceExitWait, c)) != rt.Processed.Task)
+                {
+                    _log.WriteLine($"daemon: VM '{name}': the migrated-out worker {rt.Handle.Pid} did not end within {SourceExitWait.TotalSeconds} s: killing it");
+                    rt.Handle.Kill();
+                    await rt.Processed.Task.WaitAsync(c);
+                }
                 _live.TryRemove(new KeyValuePair<string, VmRuntime>(name, rt));
                 try { rt.Cgroup?.Dispose(); } catch (Exception e) when (e is IOException or UnauthorizedAccessException or Limits.CgroupException) { }
             }
