@@ -50,17 +50,38 @@ internal sealed partial class VmManager
             }, CancellationToken.None);
             throw;
         }
-        // Record the pid before watching the worker: its exit handler only acts on a record that names it.
-        var (_, now, rev) = await TransitionAsync(name, r =>
+        // Record the pid before watching the worker: its exit handler only acts on a record that names it. The
+        // worker runs already: a cluster store that is out (etcd restarting) is waited for, else the record would stay
+        // 'starting' with an untracked worker; one that stays out kills the worker, so nothing runs unrecorded.
+        VmRecord now;
+        long rev;
+        for (var deadline = DateTime.UtcNow + StoreOutageWait; ; await Task.Delay(500, CancellationToken.None))
         {
-            if (r.State == S.Starting) r.State = S.Running;
-            r.StartedAt = DateTimeOffset.UtcNow;
-            r.Pid = h.Pid;
-            r.PidStartTime = h.ProcessStartTime;
-        }, CancellationToken.None);
+            try
+            {
+                (_, now, rev) = await TransitionAsync(name, r =>
+                {
+                    if (r.State == S.Starting) r.State = S.Running;
+                    r.StartedAt = DateTimeOffset.UtcNow;
+                    r.Pid = h.Pid;
+                    r.PidStartTime = h.ProcessStartTime;
+                }, CancellationToken.None);
+                break;
+            }
+            catch (Dirigent.Inventory.InventoryUnavailableException) when (DateTime.UtcNow < deadline) { }
+            catch (Exception)
+            {
+                _log.WriteLine($"daemon: VM '{name}': its start could not be recorded: killing worker {h.Pid}");
+                h.Kill();
+                throw;
+            }
+        }
         Track(name, h);
         return now.ToApi(rev);
     }
+
+    /// <summary>How long a started worker waits for an unreachable cluster store to record it (see StartWorkAsync).</summary>
+    private static readonly TimeSpan StoreOutageWait = TimeSpan.FromMinutes(2);
 
     public async Task<Operation> StopAsync(string name, CancellationToken ct)
     {
