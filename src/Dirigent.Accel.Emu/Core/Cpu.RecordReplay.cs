@@ -130,12 +130,7 @@ public sealed unsafe partial class Cpu
             }
             catch (CpuException ex)
             {
-                Rip = InstrIp;
-                if (_rmwNotifyPa != ulong.MaxValue) FinishRmwNotify();
-                BlockExit = false;
-                if (IsFaultClass(ex.Vector)) _flags |= RF;
-                if (!DeliverException(ex.Vector, ex.ErrorCode, ex.HasErrorCode, softwareInt: false))
-                    return new VcpuExit(VcpuExitReason.Shutdown, $"triple fault ({ex.Message}) at {Sreg[CS].Selector:x4}:{InstrIp:x}");
+                if (DeliverFault(ex) is { } exit) return exit;
             }
             catch (TripleFaultException tf)
             {

@@ -263,14 +263,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             }
             catch (CpuException ex)
             {
-                Rip = InstrIp;
-                if (_rmwNotifyPa != ulong.MaxValue) FinishRmwNotify();
-                BlockExit = false;
-                // A fault's handler sees RF=1 in the pushed RFLAGS, so that returning to the instruction does not
-                // hit an instruction breakpoint there again (SDM 17.3.1.1); delivery then clears RF.
-                if (IsFaultClass(ex.Vector)) _flags |= RF;
-                if (!DeliverException(ex.Vector, ex.ErrorCode, ex.HasErrorCode, softwareInt: false))
-                    return new VcpuExit(VcpuExitReason.Shutdown, $"triple fault ({ex.Message}) at {Sreg[CS].Selector:x4}:{InstrIp:x}");
+                if (DeliverFault(ex) is { } exit) return exit;
             }
             catch (TripleFaultException tf)
             {
@@ -635,6 +628,23 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     }
 
     public void LogOnce(string message) => Log?.Invoke(message);
+
+    /// <summary>
+    /// An instruction's fault, delivered precisely at it (RIP back at the instruction, a pending read-modify-write
+    /// notification finished); the exit when delivery itself fails (triple fault), else null.
+    /// </summary>
+    private VcpuExit? DeliverFault(CpuException ex)
+    {
+        Rip = InstrIp;
+        if (_rmwNotifyPa != ulong.MaxValue) FinishRmwNotify();
+        BlockExit = false;
+        // A fault's handler sees RF=1 in the pushed RFLAGS, so that returning to the instruction does not
+        // hit an instruction breakpoint there again (SDM 17.3.1.1); delivery then clears RF.
+        if (IsFaultClass(ex.Vector)) _flags |= RF;
+        if (!DeliverException(ex.Vector, ex.ErrorCode, ex.HasErrorCode, softwareInt: false))
+            return new VcpuExit(VcpuExitReason.Shutdown, $"triple fault ({ex.Message}) at {Sreg[CS].Selector:x4}:{InstrIp:x}");
+        return null;
+    }
 }
 
 /// <summary>A fault while delivering a double fault: the CPU shuts down (a PC resets).</summary>
