@@ -198,7 +198,12 @@ public static class VmLauncher
                 cfg.Serial = serialChoice;
                 vm = Vm.Create(cfg, err, null, recorder.Session);
             }
-            else if (opts.RestoreDir != null) vm = Vm.Restore(opts.RestoreDir, opts.AccelOverride, err);
+            else if (opts.RestoreDir != null)
+            {
+                vm = Vm.Restore(opts.RestoreDir, opts.AccelOverride, err);
+                // The sandbox's start snapshot: the VM can be reverted to it again while it runs.
+                if (opts.Sandbox != null) VmSandbox.Attach(vm, opts.Sandbox);
+            }
             else if (opts.Incoming != null)
                 vm = Vm.Incoming(opts.Incoming, opts.AccelOverride, err, cancel, u => err.WriteLine($"dirigent: waiting for an incoming migration at {u}"));
             else

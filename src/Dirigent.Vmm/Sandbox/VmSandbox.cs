@@ -98,6 +98,41 @@ public static class VmSandbox
             }
         }
         catch (IOException e) { throw new VmException($"sandbox {dir}: cannot keep the start overlays: {e.Message}", badInput: false); }
+        vm.SandboxDirectory = Path.GetFullPath(dir);
+    }
+
+    /// <summary>Marks a VM restored from the sandbox's start snapshot (a second run of the same DIR) as this sandbox's,
+    /// so that <see cref="RevertRunning"/> can put it back.</summary>
+    public static void Attach(Vm vm, string dir) => vm.SandboxDirectory = Path.GetFullPath(dir);
+
+    /// <summary>
+    /// Puts a sandbox VM back to its start in one call while it runs (the API's PUT /v1/vm/revert): paused, its
+    /// overlays replaced by their start copies (nothing the guest wrote remains), memory, vCPUs and devices from the
+    /// start snapshot, and running on from there. A VM that is not a sandbox is a <see cref="VmStateException"/>.
+    /// </summary>
+    public static void RevertRunning(Vm vm)
+    {
+        string dir = vm.SandboxDirectory ?? throw new VmStateException("the VM is not a sandbox (only a VM run with --sandbox DIR can be reverted)");
+        var m = ReadManifest(dir);
+        string start = Path.Combine(dir, StartDir);
+        vm.RevertInPlace(start, () =>
+        {
+            CopyStartOverlays(dir, m);
+            File.Delete(Path.Combine(dir, ReportFile));
+        });
+    }
+
+    /// <summary>Each overlay replaced by its copy from the start (atomically: a copy beside it, then a rename).</summary>
+    private static void CopyStartOverlays(string dir, SandboxManifest m)
+    {
+        string start = Path.Combine(dir, StartDir);
+        for (int k = 0; k < m.Disks.Count; k++)
+        {
+            string saved = Path.Combine(start, $"disk{k}.qcow2");
+            string tmp = m.Disks[k].Overlay + ".revert";
+            File.Copy(saved, tmp, overwrite: true);
+            File.Move(tmp, m.Disks[k].Overlay, overwrite: true);
+        }
     }
 
     /// <summary>
@@ -114,13 +149,7 @@ public static class VmSandbox
             throw new VmException($"sandbox {dir} has no start snapshot (its first run did not get that far)", badInput: true);
         try
         {
-            for (int k = 0; k < m.Disks.Count; k++)
-            {
-                string saved = Path.Combine(start, $"disk{k}.qcow2");
-                string tmp = m.Disks[k].Overlay + ".revert";
-                File.Copy(saved, tmp, overwrite: true);
-                File.Move(tmp, m.Disks[k].Overlay, overwrite: true);
-            }
+            CopyStartOverlays(dir, m);
             File.Delete(Path.Combine(dir, ReportFile));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
