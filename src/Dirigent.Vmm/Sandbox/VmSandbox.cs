@@ -28,7 +28,8 @@ public sealed class SandboxManifest
 /// </summary>
 public static class VmSandbox
 {
-    public const string ManifestFile = "sandbox.json", StartDir = "start", ReportFile = "sandbox-report.json";
+    public const string ManifestFile = "sandbox.json", StartDir = "start", ReportFile = "sandbox-report.json",
+        NetworkLogFile = "network.jsonl";
 
     private static readonly JsonSerializerOptions s_json = new() { WriteIndented = true };
 
@@ -74,7 +75,12 @@ public static class VmSandbox
         // The spec is cloned through JSON (as snapshots store it), so the caller's stays as it was.
         var sandboxed = JsonSerializer.Deserialize<VmSpec>(JsonSerializer.Serialize(spec, Snapshots.SnapshotFiles.Json), Snapshots.SnapshotFiles.Json)!;
         sandboxed.Disks = disks;
-        foreach (var n in sandboxed.Nics) if (n.User != null) n.User.Restricted = true;
+        foreach (var n in sandboxed.Nics)
+        {
+            if (n.User == null) continue;
+            n.User.Restricted = true;
+            n.User.SinkholeLog = Path.Combine(dir, NetworkLogFile);
+        }
         return sandboxed;
     }
 
@@ -151,6 +157,8 @@ public static class VmSandbox
         {
             CopyStartOverlays(dir, m);
             File.Delete(Path.Combine(dir, ReportFile));
+            // The run starts again: its log and report are the new run's.
+            File.Delete(Path.Combine(dir, NetworkLogFile));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
