@@ -112,6 +112,33 @@ public class SandboxRevertTests
     }
 
     [Fact]
+    public async Task RevertInPlaceRestoresVmTimeAndABadSnapshotChangesNothing()
+    {
+        await using var t = await ApiTestVm.StartAsync();
+        var vm = t.Vm;
+        string snap = Path.Combine(t.Dir, "snap");
+        vm.Pause();
+        var at = vm.Uptime;
+        vm.SaveSnapshot(snap);
+        vm.Resume();
+        await Until(() => vm.Uptime > at, "VM time going on", () => "");
+        vm.Pause();
+        vm.RevertInPlace(snap);
+        Assert.Equal(VmState.Paused, vm.State);
+        Assert.Equal(at, vm.Uptime); // the clock is the snapshot's
+        vm.Resume();
+
+        // A snapshot with no memory file is refused before anything is touched: the VM runs on.
+        File.Delete(Path.Combine(snap, SnapshotFiles.MemoryFile));
+        var e = Assert.Throws<VmException>(() => vm.RevertInPlace(snap));
+        Assert.Contains("memory file", e.Message);
+        Assert.Equal(VmState.Running, vm.State);
+        Assert.Throws<VmException>(() => vm.RevertInPlace(Path.Combine(t.Dir, "none")));
+        Assert.Equal(VmState.Running, vm.State);
+        Assert.Null(vm.ExitReason);
+    }
+
+    [Fact]
     public async Task RevertOfAVmThatIsNotASandboxIs409()
     {
         await using var t = await ApiTestVm.StartAsync();
