@@ -233,6 +233,7 @@ public class SandboxNetworkTests
             // Nothing else was addressed: only link-local destinations (DHCP is libslirp's and not logged).
             Assert.All(lines, l => Assert.StartsWith("169.254.", (string?)l["destination"]));
 
+            Assert.Contains($"{lines.Count} network events", r.Errors);
             var net = JsonNode.Parse(File.ReadAllText(Path.Combine(box, VmSandbox.ReportFile)))!["network"]!;
             Assert.Equal(lines.Count, (long)net["events"]!);
             Assert.Contains("evil.example", net["dns_names"]!.AsArray().Select(n => (string?)n));
