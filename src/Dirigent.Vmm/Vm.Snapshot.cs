@@ -59,6 +59,9 @@ public sealed partial class Vm
     /// null for any other VM.</summary>
     public string? SandboxDirectory { get; internal set; }
 
+    /// <summary>Writes an event line to the VM's network logs (the sandbox's sinkhole), if it has any.</summary>
+    internal void NoteInNetworkLogs(string what) => _nics.NoteInLogs(what);
+
     /// <summary>
     /// Puts this VM back, in place, to the snapshot in <paramref name="dir"/> (one it saved itself, or one of the
     /// same shape): memory, vCPUs and devices as saved, and it goes on running if it was. The disks are closed while

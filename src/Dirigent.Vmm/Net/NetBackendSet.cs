@@ -48,6 +48,13 @@ public sealed class NetBackendSet : IDisposable
         }
     }
 
+    /// <summary>A line in every card's network log that is not the guest's doing (a sandbox revert), so the log's
+    /// readers can tell the runs apart.</summary>
+    public void NoteInLogs(string what)
+    {
+        foreach (var l in _logs.Values) l.Write(w => w.WriteString("event", what));
+    }
+
     public void Dispose()
     {
         foreach (var (b, _) in _cards) b.Dispose();

@@ -126,6 +126,9 @@ public static class VmSandbox
             CopyStartOverlays(dir, m);
             File.Delete(Path.Combine(dir, ReportFile));
         });
+        // The log goes on: this line tells the run before the revert from the one after.
+        try { vm.NoteInNetworkLogs("revert"); }
+        catch (Exception e) when (e is IOException or ObjectDisposedException) { } // the VM runs on; its log is past help
     }
 
     /// <summary>Each overlay replaced by its copy from the start (atomically: a copy beside it, then a rename).</summary>
