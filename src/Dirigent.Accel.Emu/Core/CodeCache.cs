@@ -303,7 +303,11 @@ internal sealed unsafe class CodeCache
                 .Select(b => $"{b.Ip:x}/{b.Bits} runs={b.InterpRuns} heat={b.Heat} queued={b.JitQueued} compiled={(b.Compiled != null ? 1 : 0)} n={b.Count}");
             Console.Error.WriteLine("dirigent: jit: most interpreted blocks: " + string.Join("; ", top));
             long total = _blocks.Values.Sum(b => b.InterpRuns), under = _blocks.Values.Where(b => b.JitQueued == 0).Sum(b => b.InterpRuns);
-            Console.Error.WriteLine($"dirigent: jit: interpreted runs of live blocks {total}, of never-queued blocks {under}, live blocks {_blocks.Count}");
+            Console.Error.WriteLine($"dirigent: jit: interpreted runs of live blocks {total}, of never-queued blocks {under}, live blocks {_blocks.Count}, blocks invalidated {BlocksInvalidated}");
+            // DIRIGENT_JIT_STATS_FILE=PATH: every live block's figures, one line each (to compare two runs).
+            if (Environment.GetEnvironmentVariable("DIRIGENT_JIT_STATS_FILE") is { Length: > 0 } path)
+                File.WriteAllLines(path, _blocks.Values.Select(b =>
+                    $"{b.Ip:x} {b.Bits} {b.InterpRuns} {b.Heat} {b.JitQueued} {(b.Compiled != null ? 1 : 0)} {b.Count}"));
         }
         Jit?.Dispose();
     }
