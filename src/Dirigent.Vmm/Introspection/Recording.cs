@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text.Json;
 using Dirigent.Devices;
 using Dirigent.Machine.Introspection.RecordReplay;
+using Dirigent.Storage;
 
 namespace Dirigent.Vmm.Introspection;
 
@@ -9,7 +10,9 @@ namespace Dirigent.Vmm.Introspection;
 public sealed class RecordingManifest
 {
     public const string FormatName = "dirigent-recording";
-    public const int CurrentVersion = 1;
+    /// <summary>2: virtio disks and the entropy device, whose writes into guest RAM are in the log. A version-1
+    /// recording (no virtio devices) replays as before.</summary>
+    public const int CurrentVersion = 2;
     public const string FileName = "manifest.json";
     public const string LogFileName = "events.bin";
 
@@ -20,6 +23,11 @@ public sealed class RecordingManifest
     public List<RecordedFile> Initrds { get; set; } = new();
     public string Append { get; set; } = "";
     public ulong MemoryBytes { get; set; }
+    /// <summary>The virtio disks, in --disk order. Not read in a replay (what the guest read from them is in the
+    /// log); the replay builds the same devices with stand-ins of the recorded size.</summary>
+    public List<RecordedDisk> Disks { get; set; } = new();
+    /// <summary>Whether the VM had the virtio entropy device (its bytes are in the log).</summary>
+    public bool Rng { get; set; }
     public ulong CheckpointInterval { get; set; }
     /// <summary>VM time per instruction (VM time is instruction time in a recording and its replays).</summary>
     public long NsPerInstruction { get; set; }
@@ -33,6 +41,9 @@ public sealed class RecordingManifest
     public long ConsoleBytes { get; set; }
     public long Events { get; set; }
     public long LogBytes { get; set; }
+    /// <summary>Device writes into guest RAM (DMA) in the log, and their bytes.</summary>
+    public long DmaWrites { get; set; }
+    public long DmaBytes { get; set; }
     /// <summary>VM time the recording covered (instruction time, idle skips included).</summary>
     public long VmTimeNs { get; set; }
 
@@ -40,6 +51,16 @@ public sealed class RecordingManifest
     {
         public string Path { get; set; } = "";
         public string Sha256 { get; set; } = "";
+    }
+
+    public sealed class RecordedDisk
+    {
+        public string Path { get; set; } = "";
+        /// <summary>raw or qcow2 (as opened).</summary>
+        public string Format { get; set; } = "";
+        /// <summary>Virtual size in bytes (what the guest saw).</summary>
+        public long Size { get; set; }
+        public bool ReadOnly { get; set; }
     }
 
     internal static readonly JsonSerializerOptions Json = new()
@@ -53,9 +74,10 @@ public sealed class RecordingException(string message) : Exception(message);
 
 /// <summary>
 /// `dirigent run --record DIR` and `--replay DIR` around one <see cref="Vm"/>: checks that the VM can be recorded
-/// (one vCPU on the software CPU, a kernel booted directly, no virtio devices, whose DMA is not logged yet), opens
-/// the event log, and at the end writes or checks the manifest (instruction count, SHA-256 of guest RAM and of the
-/// console output).
+/// (one vCPU on the software CPU, a kernel booted directly, no virtio-net, whose received frames arrive from the
+/// host between any two instructions), opens the event log, and at the end writes or checks the manifest
+/// (instruction count, SHA-256 of guest RAM and of the console output). Virtio disks and the entropy device are
+/// recorded through their writes into guest RAM (RecordReplaySession); a replay gets stand-in disks.
 /// </summary>
 public sealed class RunRecorder : IDisposable
 {
@@ -83,8 +105,8 @@ public sealed class RunRecorder : IDisposable
         if (spec.Cpus != 1) return $"--record needs one vCPU (--cpus {spec.Cpus}): the interleaving of vCPUs is not recorded";
         if (spec.Accel == AccelKind.Kvm) return "--record needs the software CPU (--accel emu): KVM does not count instructions exactly";
         if (spec.Firmware != FirmwareKind.None || spec.Kernel == null) return "--record needs --kernel (firmware boot is not supported)";
-        if (spec.Disks.Count > 0 || spec.Nics.Count > 0 || spec.Rng)
-            return "--record does not support --disk, --net or --rng yet (virtio DMA is not logged)";
+        if (spec.Nics.Count > 0)
+            return "--record does not support --net yet (received frames arrive from the host at no instruction boundary and are not logged)";
         return null;
     }
 
@@ -117,14 +139,18 @@ public sealed class RunRecorder : IDisposable
         try { m = JsonSerializer.Deserialize<RecordingManifest>(File.ReadAllText(path), RecordingManifest.Json) ?? throw new JsonException("empty"); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new RecordingException($"--replay {dir}: {e.Message}"); }
         catch (JsonException e) { throw new RecordingException($"--replay {dir}: {RecordingManifest.FileName} is not a recording manifest ({e.Message})"); }
-        if (m.Format != RecordingManifest.FormatName || m.Version != RecordingManifest.CurrentVersion)
-            throw new RecordingException($"--replay {dir}: format {m.Format} version {m.Version}; this dirigent reads {RecordingManifest.FormatName} version {RecordingManifest.CurrentVersion}");
+        if (m.Format != RecordingManifest.FormatName || m.Version is < 1 or > RecordingManifest.CurrentVersion)
+            throw new RecordingException($"--replay {dir}: format {m.Format} version {m.Version}; this dirigent reads {RecordingManifest.FormatName} versions 1 to {RecordingManifest.CurrentVersion}");
+        m.Disks ??= new();
+        if (m.Disks.FirstOrDefault(d => d.Size <= 0 || d.Size % 512 != 0) is { } bad)
+            throw new RecordingException($"--replay {dir}: {RecordingManifest.FileName}: disk {bad.Path} has size {bad.Size}");
         CheckInput(m.Kernel, m.KernelSha256);
         foreach (var f in m.Initrds) CheckInput(f.Path, f.Sha256);
         spec = new VmSpec
         {
             Kernel = m.Kernel, Initrds = m.Initrds.Select(f => f.Path).ToList(), Append = m.Append,
-            MemoryBytes = m.MemoryBytes, Accel = AccelKind.Emu, NoReboot = true,
+            MemoryBytes = m.MemoryBytes, Accel = AccelKind.Emu, NoReboot = true, Rng = m.Rng,
+            Disks = m.Disks.Select(d => new DiskConfig(d.Path, d.Format == "qcow2" ? DiskFormat.Qcow2 : DiskFormat.Raw, d.ReadOnly)).ToList(),
         };
         try
         {
@@ -133,6 +159,26 @@ public sealed class RunRecorder : IDisposable
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new RecordingException($"--replay {dir}: {e.Message}"); }
         catch (EventLogFormatException e) { throw new RecordingException($"--replay {dir}: {RecordingManifest.LogFileName}: {e.Message}"); }
+    }
+
+    /// <summary>
+    /// Replay: the disks the VM gets instead of the recorded images (which may be gone or changed): the same size and
+    /// writability, so the devices look the same, but nothing to read; the replayed devices never serve a request.
+    /// </summary>
+    public IReadOnlyList<IBlockDevice> ReplayDisks() =>
+        (Recorded?.Disks ?? []).Select(d => (IBlockDevice)new ReplayStandInDisk(d.Size, d.ReadOnly)).ToList();
+
+    private sealed class ReplayStandInDisk(long size, bool readOnly) : IBlockDevice
+    {
+        public long Size => size;
+        public bool ReadOnly => readOnly;
+        private static BlockDeviceException Cut() => new("a replayed disk is not read: its data comes from the recording");
+        public void Read(long offset, Span<byte> buffer) => throw Cut();
+        public void Write(long offset, ReadOnlySpan<byte> data) => throw Cut();
+        public void Flush() { }
+        public void Discard(long offset, long length) => throw Cut();
+        public void WriteZeroes(long offset, long length) => throw Cut();
+        public void Dispose() { }
     }
 
     private static void CheckInput(string path, string sha)
@@ -190,11 +236,18 @@ public sealed class RunRecorder : IDisposable
         }
         var (end, code) = EndOf(vm.ExitReason);
         Session.LogEnd(icount, end, code);
+        var blocks = vm.Board.Blocks;
         var manifest = new RecordingManifest
         {
             Kernel = Path.GetFullPath(vm.Spec.Kernel!), KernelSha256 = Sha256File(vm.Spec.Kernel!),
             Initrds = vm.Spec.Initrds.Select(p => new RecordingManifest.RecordedFile { Path = Path.GetFullPath(p), Sha256 = Sha256File(p) }).ToList(),
             Append = vm.Spec.Append, MemoryBytes = vm.Spec.MemoryBytes, CheckpointInterval = Session.CheckpointInterval,
+            Disks = vm.Spec.Disks.Select((d, k) => new RecordingManifest.RecordedDisk
+            {
+                Path = Path.GetFullPath(d.Path), Format = blocks[k].Disk is Qcow2Disk ? "qcow2" : "raw",
+                Size = blocks[k].Disk.Size, ReadOnly = blocks[k].Disk.ReadOnly,
+            }).ToList(),
+            Rng = vm.Spec.Rng, DmaWrites = Session.DmaWrites, DmaBytes = Session.DmaBytes,
             NsPerInstruction = RecordReplaySession.NsPerInstruction,
             Instructions = icount, End = EndName(end), EndCode = code, MemorySha256 = memSha, ConsoleSha256 = conSha,
             ConsoleBytes = _consoleBytes, Events = Session.EventsWritten, LogBytes = Session.LogBytes, VmTimeNs = vm.Machine.Clock.NowNs,
@@ -202,6 +255,11 @@ public sealed class RunRecorder : IDisposable
         string tmp = Path.Combine(Dir, RecordingManifest.FileName + ".tmp");
         File.WriteAllText(tmp, JsonSerializer.Serialize(manifest, RecordingManifest.Json));
         File.Move(tmp, Path.Combine(Dir, RecordingManifest.FileName), overwrite: true);
+        if (Session.RecordError is { } broken)
+        {
+            ok = false;
+            return $"the recording in {Dir} cannot be replayed: {broken}";
+        }
         return $"recorded {icount} instructions, {manifest.Events} events ({manifest.LogBytes} bytes) in {Dir}";
     }
 
