@@ -11,7 +11,8 @@ namespace Dirigent.Tests.Introspection;
 /// Record and replay of the default guest (Debian's cloud kernel + busybox initramfs) on the software CPU: a boot,
 /// a line typed on the console (host input, reaching the guest through UART reads and interrupts), a small workload
 /// and a power-off. Three replays print the same console output, end with the same memory and instruction count, and
-/// a system-call trace attached to a replay shows the same calls as the one attached to the recording.
+/// a system-call trace attached to a replay shows the same calls as the one attached to the recording. With a
+/// virtio disk and the entropy device, the replays need neither the image nor the host's entropy.
 /// </summary>
 [Trait("Category", "Boot")]
 public class LinuxRecordReplayTests
@@ -58,6 +59,64 @@ public class LinuxRecordReplayTests
                 Assert.Equal(r.Output, p.Output);
                 Assert.Contains($"replay matches the recording: {m.Instructions} instructions", p.Errors);
                 if (k == 0) Assert.Equal(recCalls, Calls(repTrace));
+            }
+        }
+        finally { try { Directory.Delete(dir, recursive: true); } catch (IOException) { } }
+    }
+
+    [Fact]
+    public void BootWithVirtioDiskAndRngReplaysFromTheLogWithoutTheDisk()
+    {
+        var img = s_image.Value;
+        string dir = Path.Combine(Path.GetTempPath(), $"dirigent-rr-linux-dma-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(dir);
+        try
+        {
+            // A raw disk of known bytes (fixed seed), read whole by the guest; 16 bytes of the entropy device's.
+            const int seed = 1717;
+            var bytes = new byte[1 << 20];
+            new Random(seed).NextBytes(bytes);
+            string disk = Path.Combine(dir, "disk.raw");
+            File.WriteAllBytes(disk, bytes);
+            string sha = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
+            const string script = "echo DISK=$(dd if=/dev/vda bs=64k 2>/dev/null | sha256sum); " +
+                "echo RNG=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d ' '); poweroff -f";
+            var spec = new VmSpec
+            {
+                Kernel = img.Kernel,
+                Initrds = [img.Initramfs],
+                Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
+                MemoryBytes = 128UL << 20,
+                Accel = AccelKind.Emu,
+                Disks = [new DiskConfig(disk, DiskFormat.Raw, ReadOnly: true)],
+                Rng = true,
+            };
+            string rec = Path.Combine(dir, "rec");
+            var r = new GuestRunner();
+            int rc = r.Run(spec, Guard, new RunOptions { RecordDir = rec });
+            Assert.True(rc == 0, $"recording (seed {seed}): exit status {rc}; errors: {r.Errors}\n{GuestRunner.Tail(r.Output)}");
+            Assert.Contains($"DISK={sha}", r.Output);
+            var rng = System.Text.RegularExpressions.Regex.Match(r.Output, "RNG=([0-9a-f]{32})");
+            Assert.True(rng.Success, GuestRunner.Tail(r.Output));
+            var m = JsonSerializer.Deserialize<RecordingManifest>(File.ReadAllText(Path.Combine(rec, RecordingManifest.FileName)),
+                new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.CamelCase })!;
+            Assert.Equal(("power-off", 2, true), (m.End, m.Version, m.Rng));
+            var d = Assert.Single(m.Disks);
+            Assert.Equal((Path.GetFullPath(disk), "raw", (long)bytes.Length, true), (d.Path, d.Format, d.Size, d.ReadOnly));
+            // Everything the guest read from the disk is in the log.
+            Assert.True(m.DmaBytes > bytes.Length, $"{m.DmaBytes} bytes of DMA logged for a {bytes.Length}-byte disk");
+
+            // The image changed, then gone: the replays take the disk's and the device's bytes from the log.
+            new Random(seed + 1).NextBytes(bytes);
+            File.WriteAllBytes(disk, bytes);
+            for (int k = 0; k < 3; k++)
+            {
+                if (k == 1) File.Delete(disk);
+                var p = new GuestRunner();
+                int prc = p.Run(new VmSpec(), Guard, new RunOptions { ReplayDir = rec });
+                Assert.True(prc == 0, $"replay {k} (seed {seed}): exit status {prc}; errors: {p.Errors}\n{GuestRunner.Tail(p.Output)}");
+                Assert.Equal(r.Output, p.Output);
+                Assert.Contains($"replay matches the recording: {m.Instructions} instructions, memory SHA-256 {m.MemorySha256[..16]}", p.Errors);
             }
         }
         finally { try { Directory.Delete(dir, recursive: true); } catch (IOException) { } }
