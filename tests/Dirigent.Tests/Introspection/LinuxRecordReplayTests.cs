@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Dirigent.Cli;
 using Dirigent.Images;
+using Dirigent.Machine.Introspection.RecordReplay;
 using Dirigent.Tests.Boot;
 using Dirigent.Vmm;
 using Dirigent.Vmm.Introspection;
@@ -72,7 +73,9 @@ public class LinuxRecordReplayTests
         Directory.CreateDirectory(dir);
         try
         {
-            // A raw disk of known bytes (fixed seed), read whole by the guest; 16 bytes of the entropy device's.
+            // A raw disk of known bytes (fixed seed), read whole by the guest; 16 bytes of the entropy device's. The
+            // disk is limited to 512 KiB/s of VM time, less than the guest reads: the limiter's timer resumes the
+            // queue between instructions, so device writes happen there too.
             const int seed = 1717;
             var bytes = new byte[1 << 20];
             new Random(seed).NextBytes(bytes);
@@ -88,7 +91,7 @@ public class LinuxRecordReplayTests
                 Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
                 MemoryBytes = 128UL << 20,
                 Accel = AccelKind.Emu,
-                Disks = [new DiskConfig(disk, DiskFormat.Raw, ReadOnly: true)],
+                Disks = [new DiskConfig(disk, DiskFormat.Raw, ReadOnly: true, BytesPerSecond: 512 << 10)],
                 Rng = true,
             };
             string rec = Path.Combine(dir, "rec");
@@ -105,6 +108,11 @@ public class LinuxRecordReplayTests
             Assert.Equal((Path.GetFullPath(disk), "raw", (long)bytes.Length, true), (d.Path, d.Format, d.Size, d.ReadOnly));
             // Everything the guest read from the disk is in the log.
             Assert.True(m.DmaBytes > bytes.Length, $"{m.DmaBytes} bytes of DMA logged for a {bytes.Length}-byte disk");
+            var kinds = new Dictionary<EventKind, int>();
+            using (var reader = new EventLogReader(File.OpenRead(Path.Combine(rec, RecordingManifest.LogFileName))))
+                while (reader.TryRead(out var e)) kinds[e.Kind] = kinds.GetValueOrDefault(e.Kind) + 1;
+            Assert.True(kinds.GetValueOrDefault(EventKind.DmaWrite) > 0 && kinds.GetValueOrDefault(EventKind.DmaWriteBetween) > 0,
+                string.Join(", ", kinds.Select(k => $"{k.Key}: {k.Value}")));
 
             // The image changed, then gone: the replays take the disk's and the device's bytes from the log.
             new Random(seed + 1).NextBytes(bytes);
