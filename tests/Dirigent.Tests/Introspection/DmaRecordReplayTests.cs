@@ -244,6 +244,50 @@ public class DmaRecordReplayTests
         Assert.True(ulong.Parse(match.Groups[1].Value) > ev.Icount, rep.Errors);
     }
 
+    /// <summary>
+    /// The session alone: device writes on the vCPU thread are logged where they happened (between instructions,
+    /// or during the instruction's device access), whether copied in or written through a ring pointer, long ones in
+    /// pieces; one from another thread makes the recording unusable instead of landing at a wrong count.
+    /// </summary>
+    [Fact]
+    public unsafe void SessionLogsDeviceWritesWithTheirPlaceAndRefusesOnesFromOtherThreads()
+    {
+        using var mem = new Dirigent.Machine.Memory.GuestMemory(4 << 20);
+        var ms = new MemoryStream();
+        var big = new byte[EventLogFormat.MaxDmaBytes + 10];
+        new Random(5).NextBytes(big);
+        using (var rr = RecordReplaySession.Record(ms))
+        {
+            ulong icount = 100;
+            rr.Bind(mem, () => icount);
+            Assert.True(mem.TryWrite(0x1000, [1, 2, 3]));
+            icount = 105;
+            rr.DeviceAccess++;
+            Assert.True(mem.TryWrite(0x10_0000, big));
+            *(ushort*)mem.TryGetHostPointer(0x2002, 2) = 0x0107;
+            mem.MarkDirty(0x2002, 2);
+            rr.DeviceAccess--;
+            Assert.Null(rr.RecordError);
+            var other = new Thread(() => mem.TryWrite(0x3000, [9]));
+            other.Start();
+            other.Join();
+            Assert.Equal("a device wrote 1 bytes of guest memory at 0x3000 outside the vCPU thread", rr.RecordError);
+            rr.LogEnd(106, RecordedEnd.PowerOff, 0);
+            Assert.Null(mem.DeviceWrites);
+            Assert.Equal((4L, 3L + big.Length + 2), (rr.DmaWrites, rr.DmaBytes));
+        }
+        using var reader = new EventLogReader(new MemoryStream(ms.ToArray()));
+        var log = new List<ReplayEvent>();
+        while (reader.TryRead(out var e)) log.Add(e);
+        Assert.Equal(
+            [(100UL, EventKind.DmaWriteBetween, 0x1000UL, "010203"),
+             (105UL, EventKind.DmaWrite, 0x10_0000UL, Convert.ToHexString(big, 0, EventLogFormat.MaxDmaBytes)),
+             (105UL, EventKind.DmaWrite, 0x10_0000UL + (ulong)EventLogFormat.MaxDmaBytes, Convert.ToHexString(big, EventLogFormat.MaxDmaBytes, 10)),
+             (105UL, EventKind.DmaWrite, 0x2002UL, "0701"),
+             (106UL, EventKind.End, (ulong)RecordedEnd.PowerOff, "")],
+            log.Select(e => (e.Icount, e.Kind, e.Address, Convert.ToHexString(e.Data ?? []))).ToList());
+    }
+
     [Fact]
     public void RecordStillRefusesNetWithOneLine()
     {
