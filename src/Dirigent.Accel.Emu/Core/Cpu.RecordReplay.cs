@@ -22,7 +22,7 @@ public sealed unsafe partial class Cpu
         var rr = _rr!;
         bool replay = rr.Replaying;
         // Device writes into guest RAM are logged from here (recording) or written from the log (replay).
-        rr.Bind(_mem, () => _instret);
+        rr.Bind(_mem, () => _instret, () => _wake.Set());
         while (true)
         {
             if (_pendingEvents != 0)
@@ -83,6 +83,8 @@ public sealed unsafe partial class Cpu
                     // Instruction time: device timers fire here, at instruction boundaries, as the count says.
                     var clock = _vm.Clock;
                     if (clock.InstructionTime && clock.NowNs >= clock.NextDeadlineNs) clock.RunDueTimers();
+                    // Input from the host (received frames) reaches its device here, between instructions.
+                    if (rr.HostWorkPending) rr.RunHostWork();
                     if (Halted)
                     {
                         if (!HasDeliverableEvent())

@@ -28,6 +28,8 @@ public sealed class RecordingManifest
     public List<RecordedDisk> Disks { get; set; } = new();
     /// <summary>Whether the VM had the virtio entropy device (its bytes are in the log).</summary>
     public bool Rng { get; set; }
+    /// <summary>The virtio-net cards, in --net order (what they received is in the log; a replay opens no network).</summary>
+    public List<RecordedNic> Nics { get; set; } = new();
     public ulong CheckpointInterval { get; set; }
     /// <summary>VM time per instruction (VM time is instruction time in a recording and its replays).</summary>
     public long NsPerInstruction { get; set; }
@@ -53,6 +55,14 @@ public sealed class RecordingManifest
         public string Sha256 { get; set; } = "";
     }
 
+    public sealed class RecordedNic
+    {
+        /// <summary>user or tap=NAME, for people; the replay does not use it.</summary>
+        public string Backend { get; set; } = "";
+        /// <summary>The card's MAC address, as 12 hex digits.</summary>
+        public string Mac { get; set; } = "";
+    }
+
     public sealed class RecordedDisk
     {
         public string Path { get; set; } = "";
@@ -74,10 +84,10 @@ public sealed class RecordingException(string message) : Exception(message);
 
 /// <summary>
 /// `dirigent run --record DIR` and `--replay DIR` around one <see cref="Vm"/>: checks that the VM can be recorded
-/// (one vCPU on the software CPU, a kernel booted directly, no virtio-net, whose received frames arrive from the
-/// host between any two instructions), opens the event log, and at the end writes or checks the manifest
-/// (instruction count, SHA-256 of guest RAM and of the console output). Virtio disks and the entropy device are
-/// recorded through their writes into guest RAM (RecordReplaySession); a replay gets stand-in disks.
+/// (one vCPU on the software CPU, a kernel booted directly), opens the event log, and at the end writes or checks
+/// the manifest (instruction count, SHA-256 of guest RAM and of the console output). Virtio disks, network cards
+/// and the entropy device are recorded through their writes into guest RAM (RecordReplaySession; received frames
+/// reach the card between instructions, Net/RecordedNetBackend); a replay gets stand-in disks and backends.
 /// </summary>
 public sealed class RunRecorder : IDisposable
 {
@@ -105,8 +115,6 @@ public sealed class RunRecorder : IDisposable
         if (spec.Cpus != 1) return $"--record needs one vCPU (--cpus {spec.Cpus}): the interleaving of vCPUs is not recorded";
         if (spec.Accel == AccelKind.Kvm) return "--record needs the software CPU (--accel emu): KVM does not count instructions exactly";
         if (spec.Firmware != FirmwareKind.None || spec.Kernel == null) return "--record needs --kernel (firmware boot is not supported)";
-        if (spec.Nics.Count > 0)
-            return "--record does not support --net yet (received frames arrive from the host at no instruction boundary and are not logged)";
         return null;
     }
 
@@ -144,6 +152,16 @@ public sealed class RunRecorder : IDisposable
         m.Disks ??= new();
         if (m.Disks.FirstOrDefault(d => d.Size <= 0 || d.Size % 512 != 0) is { } bad)
             throw new RecordingException($"--replay {dir}: {RecordingManifest.FileName}: disk {bad.Path} has size {bad.Size}");
+        m.Nics ??= new();
+        var macs = new List<byte[]>();
+        foreach (var n in m.Nics)
+        {
+            byte[] mac;
+            try { mac = Convert.FromHexString(n.Mac ?? ""); }
+            catch (FormatException) { mac = []; }
+            if (mac.Length != 6) throw new RecordingException($"--replay {dir}: {RecordingManifest.FileName}: network card MAC '{n.Mac}' is not 12 hex digits");
+            macs.Add(mac);
+        }
         CheckInput(m.Kernel, m.KernelSha256);
         foreach (var f in m.Initrds) CheckInput(f.Path, f.Sha256);
         spec = new VmSpec
@@ -151,6 +169,8 @@ public sealed class RunRecorder : IDisposable
             Kernel = m.Kernel, Initrds = m.Initrds.Select(f => f.Path).ToList(), Append = m.Append,
             MemoryBytes = m.MemoryBytes, Accel = AccelKind.Emu, NoReboot = true, Rng = m.Rng,
             Disks = m.Disks.Select(d => new DiskConfig(d.Path, d.Format == "qcow2" ? DiskFormat.Qcow2 : DiskFormat.Raw, d.ReadOnly)).ToList(),
+            // Cut off in the replay (stand-in backends): only the cards' number and MAC addresses matter.
+            Nics = macs.Select(mac => new NicConfig { Mac = mac }).ToList(),
         };
         try
         {
@@ -246,6 +266,10 @@ public sealed class RunRecorder : IDisposable
             {
                 Path = Path.GetFullPath(d.Path), Format = blocks[k].Disk is Qcow2Disk ? "qcow2" : "raw",
                 Size = blocks[k].Disk.Size, ReadOnly = blocks[k].Disk.ReadOnly,
+            }).ToList(),
+            Nics = vm.Spec.Nics.Select(n => new RecordingManifest.RecordedNic
+            {
+                Backend = n.User != null ? "user" : $"tap={n.Tap}", Mac = Convert.ToHexStringLower(n.Mac),
             }).ToList(),
             Rng = vm.Spec.Rng, DmaWrites = Session.DmaWrites, DmaBytes = Session.DmaBytes,
             NsPerInstruction = RecordReplaySession.NsPerInstruction,

@@ -31,6 +31,12 @@ public sealed class NetBackendSet : IDisposable
         }
     }
 
+    /// <summary>A replay's cards: backends that send and receive nothing, with the recorded MAC addresses.</summary>
+    public void AddStandIns(IEnumerable<NicConfig> nics)
+    {
+        foreach (var n in nics) _cards.Add((new ReplayNetBackend("replay"), n.Mac));
+    }
+
     public void Dispose()
     {
         foreach (var (b, _) in _cards) b.Dispose();

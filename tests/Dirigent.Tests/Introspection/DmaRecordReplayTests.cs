@@ -289,12 +289,12 @@ public class DmaRecordReplayTests
     }
 
     [Fact]
-    public void RecordStillRefusesNetWithOneLine()
+    public void RecordTakesVirtioDevicesButStillOneVcpu()
     {
         var spec = new VmSpec { Kernel = "k", Rng = true, Disks = [new DiskConfig("d.img", DiskFormat.Raw, true)] };
-        Assert.Null(RunRecorder.Unsupported(spec));
         spec.Nics.Add(NicConfig.Parse("user", 0));
-        Assert.Equal("--record does not support --net yet (received frames arrive from the host at no instruction boundary and are not logged)",
-            RunRecorder.Unsupported(spec));
+        Assert.Null(RunRecorder.Unsupported(spec));
+        spec.Cpus = 2;
+        Assert.Equal("--record needs one vCPU (--cpus 2): the interleaving of vCPUs is not recorded", RunRecorder.Unsupported(spec));
     }
 }

@@ -130,6 +130,97 @@ public class LinuxRecordReplayTests
         finally { try { Directory.Delete(dir, recursive: true); } catch (IOException) { } }
     }
 
+    /// <summary>
+    /// `--net user`: the guest gets a lease by DHCP and fetches 256 KiB from an HTTP server this test runs on the
+    /// host's loopback (10.0.2.2 to the guest). The server is gone for the replay, which opens no network: the
+    /// frames the card received come from the log, between the instructions where the recording took them in.
+    /// </summary>
+    [SkippableFact]
+    public void NetworkDownloadReplaysWithoutTheNetwork()
+    {
+        string? missing = Dirigent.Vmm.Net.SlirpNative.Probe();
+        Skip.If(missing != null, missing);
+        var img = s_image.Value;
+        string dir = Path.Combine(Path.GetTempPath(), $"dirigent-rr-linux-net-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(dir);
+        const int Size = 256 << 10, Seed = 1818;
+        var data = new byte[Size];
+        new Random(Seed).NextBytes(data);
+        string sha = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(data));
+        var listener = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        listener.Start();
+        int port = ((System.Net.IPEndPoint)listener.LocalEndpoint).Port;
+        Exception? serverError = null;
+        var server = new Thread(() =>
+        {
+            try
+            {
+                using var c = listener.AcceptSocket();
+                var buf = new byte[4096];
+                var req = new System.Text.StringBuilder();
+                while (!req.ToString().Contains("\r\n\r\n"))
+                {
+                    int n = c.Receive(buf);
+                    if (n == 0) break;
+                    req.Append(System.Text.Encoding.ASCII.GetString(buf, 0, n));
+                }
+                c.Send(System.Text.Encoding.ASCII.GetBytes($"HTTP/1.0 200 OK\r\nContent-Length: {Size}\r\nConnection: close\r\n\r\n"));
+                c.Send(data);
+                c.Shutdown(System.Net.Sockets.SocketShutdown.Send);
+            }
+            catch (Exception e) { serverError = e; }
+        }) { IsBackground = true };
+        server.Start();
+        try
+        {
+            string script = """
+                printf '#!/bin/sh\n[ "$1" = bound ] && ip addr add $ip/$mask dev $interface && ip route add default via $router && echo "LEASE ip=$ip"\nexit 0\n' >/tmp/dhcp.sh
+                chmod +x /tmp/dhcp.sh
+                ip link set eth0 up
+                udhcpc -q -n -f -i eth0 -s /tmp/dhcp.sh || exit 3
+
+                """ + $"echo NET=$(wget -q -O - http://10.0.2.2:{port}/blob | sha256sum)\npoweroff -f\n";
+            var spec = new VmSpec
+            {
+                Kernel = img.Kernel,
+                Initrds = [img.Initramfs],
+                Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
+                MemoryBytes = 128UL << 20,
+                Accel = AccelKind.Emu,
+                Nics = [NicConfig.Parse("user", 0)],
+            };
+            string rec = Path.Combine(dir, "rec");
+            var r = new GuestRunner();
+            int rc = r.Run(spec, Guard, new RunOptions { RecordDir = rec });
+            Assert.True(rc == 0, $"recording (seed {Seed}): exit status {rc}; errors: {r.Errors}\n{GuestRunner.Tail(r.Output)}");
+            Assert.Contains("LEASE ip=10.0.2.15", r.Output);
+            Assert.Contains($"NET={sha}", r.Output);
+            Assert.True(server.Join(TimeSpan.FromSeconds(30)), "the HTTP server did not finish");
+            Assert.Null(serverError);
+            listener.Stop();
+            var m = JsonSerializer.Deserialize<RecordingManifest>(File.ReadAllText(Path.Combine(rec, RecordingManifest.FileName)),
+                new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.CamelCase })!;
+            Assert.Equal("user", Assert.Single(m.Nics).Backend);
+            // The received frames were written between instructions; the download is all in them.
+            long between = 0;
+            using (var reader = new EventLogReader(File.OpenRead(Path.Combine(rec, RecordingManifest.LogFileName))))
+                while (reader.TryRead(out var e))
+                    if (e.Kind == EventKind.DmaWriteBetween) between += e.Data!.Length;
+            Assert.True(between > Size, $"{between} bytes written between instructions for a {Size}-byte download");
+
+            var p = new GuestRunner();
+            int prc = p.Run(new VmSpec(), Guard, new RunOptions { ReplayDir = rec });
+            Assert.True(prc == 0, $"replay (seed {Seed}): exit status {prc}; errors: {p.Errors}\n{GuestRunner.Tail(p.Output)}");
+            Assert.Equal(r.Output, p.Output);
+            Assert.Contains($"replay matches the recording: {m.Instructions} instructions", p.Errors);
+        }
+        finally
+        {
+            listener.Stop();
+            try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+        }
+    }
+
     /// <summary>The trace's lines, VM time included: under instruction time it is the same in a replay.</summary>
     private static List<string> Calls(string path) => File.ReadAllLines(path).Where(l => l.Length > 0).ToList();
 }

@@ -90,13 +90,42 @@ public sealed class RecordReplaySession : IDisposable
     /// The vCPU, when it starts running (on its own thread): gives the session guest memory and, in a recording,
     /// the retired-instruction count, and from here logs the devices' writes into guest RAM.
     /// </summary>
-    public void Bind(GuestMemory memory, Func<ulong> icount)
+    public void Bind(GuestMemory memory, Func<ulong> icount, Action? wake = null)
     {
         _memory = memory;
         if (Replaying) return;
         _icount = icount;
+        _wake = wake;
         _vcpuThread = Environment.CurrentManagedThreadId;
         memory.DeviceWrites = OnDeviceWrite;
+    }
+
+    // ---------------- host work (recording) ----------------
+
+    private readonly System.Collections.Concurrent.ConcurrentQueue<Action> _hostWork = new();
+    private volatile bool _hostWorkPending;
+    private Action? _wake;
+
+    /// <summary>
+    /// Recording: runs <paramref name="work"/> on the vCPU thread at the next instruction boundary (waking a halted
+    /// vCPU): how input that arrives from the host on its own thread (a received network frame) reaches a device,
+    /// so that what the device then writes into guest RAM is logged between instructions. Any thread.
+    /// </summary>
+    public void PostHostWork(Action work)
+    {
+        _hostWork.Enqueue(work);
+        _hostWorkPending = true;
+        _wake?.Invoke();
+    }
+
+    /// <summary>Recording: whether host work waits for the vCPU (checked at every boundary; a volatile read).</summary>
+    public bool HostWorkPending => _hostWorkPending;
+
+    /// <summary>Recording, on the vCPU thread at an instruction boundary: runs the host work posted so far.</summary>
+    public void RunHostWork()
+    {
+        _hostWorkPending = false;
+        while (_hostWork.TryDequeue(out var work)) work();
     }
 
     private void Unbind()
