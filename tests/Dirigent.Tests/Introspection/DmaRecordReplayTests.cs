@@ -288,6 +288,58 @@ public class DmaRecordReplayTests
             log.Select(e => (e.Icount, e.Kind, e.Address, Convert.ToHexString(e.Data ?? []))).ToList());
     }
 
+    /// <summary>A network card's device side that takes packets while it has room (receive buffers).</summary>
+    private sealed class Card : Dirigent.Devices.Net.INetReceiver
+    {
+        public readonly List<int> Taken = new();
+        public int Room;
+        public int Offers;
+        public bool TryReceive(ReadOnlySpan<byte> packet)
+        {
+            Offers++;
+            if (Room == 0) return false;
+            Room--;
+            Taken.Add(BitConverter.ToInt32(packet));
+            return true;
+        }
+    }
+
+    /// <summary>
+    /// The recording's network backend alone: packets from the backend's thread wait for the vCPU's boundary (host
+    /// work), reach the card in order, none lost or doubled, with flow control both ways: a full queue makes the
+    /// backend hold its packet until there is room, a card without buffers gets the packet again after it says it
+    /// has some.
+    /// </summary>
+    [Fact]
+    public void RecordedNetBackendHandsPacketsToTheCardOnlyAtBoundariesInOrder()
+    {
+        using var rr = RecordReplaySession.Record(new MemoryStream());
+        var inner = new Dirigent.Tests.Virtio.FakeBackend();
+        var card = new Card { Room = 10 };
+        var backend = new Dirigent.Vmm.Net.RecordedNetBackend(inner, rr);
+        backend.Start(card);
+        var fromHost = inner.Receiver!;
+        int next = 0;
+        bool Deliver() => fromHost.TryReceive(BitConverter.GetBytes(next));
+        for (; next < Dirigent.Vmm.Net.RecordedNetBackend.MaxQueued; next++) Assert.True(Deliver());
+        Assert.False(Deliver()); // full: the backend holds packet 64
+        Assert.Equal(0, card.Offers); // nothing reaches the card off the vCPU's boundary
+        Assert.True(rr.HostWorkPending);
+        rr.RunHostWork();
+        Assert.Equal(Enumerable.Range(0, 10), card.Taken);
+        Assert.Equal(11, card.Offers); // the 11th was refused: no buffers
+        Assert.Equal(1, inner.ReadyCalls); // room in the queue again: the backend may offer what it holds
+        Assert.True(Deliver());
+        next++;
+        Assert.False(rr.HostWorkPending); // the card is still full: no use offering
+        card.Room = 1000;
+        backend.ReceiveReady(); // the driver posted buffers
+        Assert.Equal(2, inner.ReadyCalls);
+        rr.RunHostWork();
+        Assert.Equal(Enumerable.Range(0, next), card.Taken);
+        Assert.False(rr.HostWorkPending);
+    }
+
     [Fact]
     public void RecordTakesVirtioDevicesButStillOneVcpu()
     {
