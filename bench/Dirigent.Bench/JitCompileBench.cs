@@ -65,6 +65,9 @@ public static unsafe partial class JitCompileBench
             Console.WriteLine($"pass {p + 1}: IL {il / 1024.0:F0} KiB ({il / (double)blocks.Count:F0} B/block), emit {ms(emit):F0} ms, .NET JIT {ms(jit):F0} ms " +
                               $"({ms(jit) * 1000 / blocks.Count:F0} us/block), this thread's CPU {threadCpu:F0} ms ({threadCpu * 1000 / blocks.Count:F0} us/block)");
         }
+        if (BlockCompiler.IlStats is { } st)
+            foreach (var kv in st.OrderByDescending(kv => kv.Value.Bytes).Take(40))
+                Console.WriteLine($"{kv.Key,-24} n={kv.Value.N,6} bytes={kv.Value.Bytes,8} avg={kv.Value.Bytes / (double)kv.Value.N:F0}");
         return 0;
     }
 }

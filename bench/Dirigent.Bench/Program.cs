@@ -19,6 +19,8 @@ public static class Program
 {
     public static int Main(string[] args)
     {
+        // The benchmarks run VMs in this process: the same runtime settings as `dirigent run` (RuntimeKnobs).
+        Dirigent.Cli.RuntimeKnobs.ExecWithoutWriteXorExecute();
         bool quick = args.Contains("--quick");
         bool noQemu = args.Contains("--no-qemu");
         bool from64 = args.Contains("--from64");

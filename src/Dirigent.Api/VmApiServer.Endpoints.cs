@@ -159,6 +159,17 @@ public sealed partial class VmApiServer
         ctx.Response.StatusCode = StatusCodes.Status204NoContent;
     }
 
+    /// <summary>
+    /// PUT /v1/vm/revert (no body): a sandbox VM back to its start snapshot, overlays included, running on from there
+    /// if it ran; 204 once done. 409 for a VM that is not a sandbox or not running or paused.
+    /// </summary>
+    private async Task PutRevert(HttpContext ctx)
+    {
+        ApiRequestBody.RequireEmpty(await ApiRequestBody.ReadAsync(ctx), $"PUT {ctx.Request.Path}");
+        await RunLong(() => Dirigent.Vmm.Sandbox.VmSandbox.RevertRunning(_vm));
+        ctx.Response.StatusCode = StatusCodes.Status204NoContent;
+    }
+
     /// <summary>How long the source waits after the target's OK for its word that the VM runs there (the downtime's end).</summary>
     private static readonly TimeSpan ResumeReportWait = TimeSpan.FromSeconds(10);
 

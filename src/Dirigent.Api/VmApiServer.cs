@@ -136,6 +136,7 @@ public sealed partial class VmApiServer : IAsyncDisposable
         app.Map("/v1/vm/stop", c => Serve(c, HttpMethods.Put, x => Lifecycle(x, _vm.Stop)));
         app.Map("/v1/vm/snapshot", c => Serve(c, HttpMethods.Put, PutSnapshot));
         app.Map("/v1/vm/migrate", c => Serve(c, HttpMethods.Put, PutMigrate));
+        app.Map("/v1/vm/revert", c => Serve(c, HttpMethods.Put, PutRevert));
         app.Map("/v1/vm/trace", c => Serve(c, HttpMethods.Put, PutTrace));
         app.Map("/v1/vm/trace/stream", c => Serve(c, HttpMethods.Get, GetTraceStream));
         app.Map("/v1/vm/memory-dump", c => Serve(c, HttpMethods.Put, PutMemoryDump));

@@ -126,7 +126,8 @@ public static class VmLauncher
             var disks = r["disks"]!.AsArray();
             long clusters = disks.Sum(d => (long)d!["changed_clusters"]!);
             int files = disks.Sum(d => d!["files"] is System.Text.Json.Nodes.JsonArray f ? f.Count(x => x!["path"] != null) : 0);
-            err.WriteLine($"dirigent: sandbox report {Path.Combine(dir, VmSandbox.ReportFile)}: {clusters} changed clusters, {files} files and directories");
+            string net = r["network"] is { } n ? $", {(long)n["events"]!} network events (sinkhole log {n["log"]})" : "";
+            err.WriteLine($"dirigent: sandbox report {Path.Combine(dir, VmSandbox.ReportFile)}: {clusters} changed clusters, {files} files and directories{net}");
         }
         catch (Exception e) when (e is VmException or IOException or UnauthorizedAccessException or Dirigent.Storage.BlockDeviceException)
         {
@@ -198,7 +199,12 @@ public static class VmLauncher
                 cfg.Serial = serialChoice;
                 vm = Vm.Create(cfg, err, recorder.ReplayDisks(), recorder.Session);
             }
-            else if (opts.RestoreDir != null) vm = Vm.Restore(opts.RestoreDir, opts.AccelOverride, err);
+            else if (opts.RestoreDir != null)
+            {
+                vm = Vm.Restore(opts.RestoreDir, opts.AccelOverride, err);
+                // The sandbox's start snapshot: the VM can be reverted to it again while it runs.
+                if (opts.Sandbox != null) VmSandbox.Attach(vm, opts.Sandbox);
+            }
             else if (opts.Incoming != null)
                 vm = Vm.Incoming(opts.Incoming, opts.AccelOverride, err, cancel, u => err.WriteLine($"dirigent: waiting for an incoming migration at {u}"));
             else

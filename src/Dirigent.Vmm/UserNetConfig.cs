@@ -20,6 +20,12 @@ public sealed class UserNetConfig
     /// </summary>
     public bool Restricted;
 
+    /// <summary>
+    /// The sandbox's network log (DIR/network.jsonl): when set, the card's frames pass the sinkhole
+    /// (<see cref="Net.NetSinkhole"/>) first, which logs every connection attempt there and answers it itself.
+    /// </summary>
+    public string? SinkholeLog;
+
     /// <summary>hostfwd= entries in the order given.</summary>
     public List<HostForward> HostForwards = new();
 }

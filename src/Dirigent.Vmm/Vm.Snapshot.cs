@@ -55,6 +55,80 @@ public sealed partial class Vm
         }
     }
 
+    /// <summary>The sandbox directory this VM runs in (README "Sandbox"), set by <see cref="Sandbox.VmSandbox"/>;
+    /// null for any other VM.</summary>
+    public string? SandboxDirectory { get; internal set; }
+
+    /// <summary>Writes an event line to the VM's network logs (the sandbox's sinkhole), if it has any.</summary>
+    internal void NoteInNetworkLogs(string what) => _nics.NoteInLogs(what);
+
+    /// <summary>
+    /// Puts this VM back, in place, to the snapshot in <paramref name="dir"/> (one it saved itself, or one of the
+    /// same shape): memory, vCPUs and devices as saved, and it goes on running if it was. The disks are closed while
+    /// <paramref name="whileDisksClosed"/> runs (a sandbox copies its start overlays back then) and must then be as the
+    /// snapshot recorded them. Anything wrong before the memory is touched is a <see cref="VmException"/> and the VM
+    /// goes on as it was; a failure after that crashes it (its state would be neither the old nor the saved one).
+    /// </summary>
+    public void RevertInPlace(string dir, Action? whileDisksClosed = null)
+    {
+        lock (_cmd)
+        {
+            Require("revert", VmState.Running, VmState.ShuttingDown, VmState.Paused);
+            var m = ReadManifest(dir);
+            string mem = Path.Combine(dir, SnapshotFiles.MemoryFile);
+            if (m.MemoryBytes != (long)Machine.Memory.RamSize || m.Cpus.Count != Vcpus.Length || m.Disks.Count != Spec.Disks.Count
+                || m.Spec.Nics.Count != Spec.Nics.Count)
+                throw new VmException($"snapshot {dir} is of another VM ({m.MemoryBytes >> 20} MiB, {m.Cpus.Count} vCPUs, {m.Disks.Count} disks)", badInput: true);
+            if (!File.Exists(mem) || new FileInfo(mem).Length != m.MemoryBytes)
+                throw new VmException($"snapshot {dir}: the memory file is missing or truncated", badInput: true);
+            var before = State;
+            bool wasRunning = State is VmState.Running or VmState.ShuttingDown;
+            if (wasRunning && !PauseCore()) throw new VmStateException($"the VM ended while pausing for the revert: {ExitReason}");
+            // Set while a failure leaves the VM in no state it could run on (disks closed, memory half replaced).
+            bool fatal = false;
+            try
+            {
+                Board.FlushDisks();
+                if (whileDisksClosed != null)
+                {
+                    Board.CloseDisks();
+                    try
+                    {
+                        whileDisksClosed();
+                        CheckDisks(dir, m);
+                    }
+                    finally
+                    {
+                        // The disks as they now are, whether the action and the check went through or not.
+                        fatal = true;
+                        Board.ReopenDisks(Spec.Disks.Select(DiskFactory.Open).ToList());
+                        fatal = false;
+                    }
+                }
+                else CheckDisks(dir, m);
+                fatal = true;
+                SnapshotFiles.ReplaceMemory(Machine.Memory, mem, mapPrivate: Accel is EmuAccelerator
+                    && Environment.GetEnvironmentVariable("DIRIGENT_RESTORE_COPY") != "1");
+                ApplyManifest(m);
+                // KVM: the states PauseCore kept would be set back at resume, over the restored ones.
+                _pausedStates = null;
+            }
+            catch (Exception e) when (e is VmException or IOException or UnauthorizedAccessException or Dirigent.Storage.BlockDeviceException)
+            {
+                string why = e is VmException ? e.Message : $"revert to {dir}: {e.Message}";
+                if (fatal)
+                {
+                    Finish(VmState.Crashed, new VmExitReason(VmExitKind.VmmError, $"the revert failed half-way: {why}"));
+                    throw new VmException(why, badInput: false);
+                }
+                State = before;
+                if (wasRunning) ResumeCore();
+                throw new VmException(why, badInput: e is VmException { BadInput: true });
+            }
+            if (wasRunning) { ResumeCore(); State = before == VmState.ShuttingDown ? VmState.Running : before; }
+        }
+    }
+
     /// <summary>Everything but RAM and disks, from a paused VM.</summary>
     internal SnapshotManifest CaptureManifest() => new()
     {

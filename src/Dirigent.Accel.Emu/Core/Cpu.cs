@@ -484,12 +484,18 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         return ReadSlow(la, size);
     }
 
-    /// <summary>Compiled code: a soft-TLB miss of a write by instruction k of b.</summary>
+    /// <summary>
+    /// Compiled code: a soft-TLB miss of a write by instruction k of b; true when the store ended the block (into this
+    /// block's code, or an MMIO write that stops it), handled as <see cref="JitBlockExit"/>: the caller leaves after k.
+    /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    internal void JitWriteSlow(ulong la, int size, ulong v, Block b, int k)
+    internal bool JitWriteSlow(ulong la, int size, ulong v, Block b, int k)
     {
         JitAt(b, k);
         WriteSlow(la, size, v);
+        if (!BlockExit) return false;
+        JitBlockExit();
+        return true;
     }
 
     // The entry points of compiled code are not inlined into it: the .NET JIT's inlining attempts at every call site

@@ -226,12 +226,32 @@ internal sealed partial class BlockCompiler
         {
             ulong target = i.NearBranch64;
             Label notTaken = _il.DefineLabel();
+            bool backEdge = _selfLoop && target == _b.Ip;
             if (i.Code.IsJccShortOrNear())
             {
+                if (!backEdge)
+                {
+                    // Both ways leave the block with the same state: write it back once, before the test (the flag
+                    // record stays in its locals for the test).
+                    SpillRegs();
+                    SpillFlags();
+                    if (!TryInlineCondition(i.ConditionCode))
+                    {
+                        _fop = LazyOp.None;
+                        _il.Emit(OpCodes.Ldarg_1);
+                        _il.Emit(OpCodes.Ldc_I4, (int)i.ConditionCode);
+                        _il.Emit(OpCodes.Call, MTestCondition);
+                    }
+                    _il.Emit(OpCodes.Brfalse, notTaken);
+                    ExitTo(target, n, Slot.A, spill: false);
+                    _il.MarkLabel(notTaken);
+                    ExitTo(i.NextIP, n, Slot.B, spill: false);
+                    return true;
+                }
                 PushCondition(i.ConditionCode);
                 _il.Emit(OpCodes.Brfalse, notTaken);
             }
-            if (_selfLoop && target == _b.Ip) BackEdge(n);
+            if (backEdge) BackEdge(n);
             else ExitTo(target, n, Slot.A);
             _il.MarkLabel(notTaken);
             if (i.Code.IsJccShortOrNear()) ExitTo(i.NextIP, n, Slot.B);

@@ -539,7 +539,7 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldc_I8, 8L);
         _il.Emit(OpCodes.Sub);
         _il.Emit(OpCodes.Stloc, _la);
-        EmitWrite(ref i, 8, ripAfter, () => { _il.Emit(OpCodes.Ldloc, _la); EmitStReg(Cpu.RSP); });
+        EmitWrite(ref i, 8, ripAfter, () => { _il.Emit(OpCodes.Ldloc, _la); EmitStReg(Cpu.RSP); }, Cpu.RSP);
         _il.Emit(OpCodes.Ldloc, _la);
         StoreReg(Cpu.RSP);
     }

@@ -193,6 +193,7 @@ internal sealed partial class BlockCompiler
             _il.MarkLabel(_loopHead);
             EmitBody();
         }
+        EmitChainTails();
         IlBytes = _il.ILOffset;
     }
 
@@ -205,9 +206,11 @@ internal sealed partial class BlockCompiler
         {
             ref Instruction i = ref ins[_k];
             bool isLast = _k == n - 1;
-            if (isLast && EmitBranchEnd(ref i)) { Inlined += counted; break; }
-            if (EmitInline(ref i)) { Inlined += counted; if (!isLast) continue; ExitTo(i.NextIP, n, Slot.A); break; }
+            int off0 = _il.ILOffset;
+            if (isLast && EmitBranchEnd(ref i)) { Inlined += counted; IlStat("end:" + i.Mnemonic, off0); break; }
+            if (EmitInline(ref i)) { Inlined += counted; IlStat(i.Mnemonic + (i.OpCount > 0 && (i.Op0Kind == OpKind.Memory || (i.OpCount > 1 && i.Op1Kind == OpKind.Memory)) ? "/m" : ""), off0); if (!isLast) continue; off0 = _il.ILOffset; ExitTo(i.NextIP, n, Slot.A); IlStat("fallexit", off0); break; }
             EmitHandlerCall(ref i);
+            IlStat("handler", off0);
             if (isLast)
             {
                 // The handler set RIP (a branch, or the next instruction); registers were written back before it.
@@ -222,6 +225,16 @@ internal sealed partial class BlockCompiler
     /// the interrupt shadow, HLT, the code segment): the block's exits may still chain. Handlers that end the block
     /// early (BlockExit) leave through the dispatcher anyway; STI/POPF/IRET and segment loads are excluded.
     /// </summary>
+    /// <summary>DIRIGENT_JIT_ILSTATS=1: IL bytes per instruction form and per block end (printed by `bench jit-compile`).</summary>
+    internal static readonly System.Collections.Concurrent.ConcurrentDictionary<string, (long N, long Bytes)>? IlStats =
+        Environment.GetEnvironmentVariable("DIRIGENT_JIT_ILSTATS") == "1" ? new() : null;
+    private void IlStat(string key, int off0)
+    {
+        if (IlStats == null || _pass != 1) return;
+        int d = _il.ILOffset - off0;
+        IlStats.AddOrUpdate(key, (1, d), (_, v) => (v.N + 1, v.Bytes + d));
+    }
+
     private static bool HandlerKeepsChaining(ref Instruction i)
     {
         if (i.FlowControl != Iced.Intel.FlowControl.Next) return false;
@@ -399,23 +412,50 @@ internal sealed partial class BlockCompiler
     /// Leaves the block with RIP = target after <paramref name="count"/> instructions; through a chain slot, straight
     /// into the compiled block linked there when the dispatcher's checks pass (a tail call: chains do not grow the stack).
     /// </summary>
-    private void ExitTo(ulong target, int count, Slot slot = Slot.None)
+    private void ExitTo(ulong target, int count, Slot slot = Slot.None, bool spill = true)
     {
-        SpillRegs();
-        SpillFlags();
+        if (spill)
+        {
+            SpillRegs();
+            SpillFlags();
+        }
         if (_dynamicRipAfter != null) StoreField(FRip, () => _il.Emit(OpCodes.Ldloc, _dynamicRipAfter));
         else StoreConst(FRip, target);
         AddInstret(count);
         if (_chainable && slot != Slot.None)
         {
             if (slot == Slot.A) _b.TargetA = target; else _b.TargetB = target;
-            Label plain = _il.DefineLabel();
             _il.Emit(OpCodes.Ldarg_0);
             _il.Emit(OpCodes.Ldfld, slot == Slot.A ? FLinkA : FLinkB);
             _il.Emit(OpCodes.Stloc, _nb);
+            // The checks and the jump are emitted once per method (see EmitChainTails), not at every exit.
+            bool samePage = (target >> 12) == (_b.Linear >> 12);
+            ref Label? tail = ref samePage ? ref _tailSamePage : ref _tailOtherPage;
+            tail ??= _il.DefineLabel();
+            _il.Emit(OpCodes.Br, tail.Value);
+            return;
+        }
+        EmitReturn();
+    }
+
+    // The shared ends of the chaining exits (ExitTo): _nb holds the linked successor (or null), RIP and the count are stored.
+    private Label? _tailSamePage, _tailOtherPage;
+
+    /// <summary>Emits the chaining exits' shared ends that were used, after the body.</summary>
+    private void EmitChainTails()
+    {
+        if (_tailSamePage is { } same) EmitChainTail(same, samePage: true);
+        if (_tailOtherPage is { } other) EmitChainTail(other, samePage: false);
+    }
+
+    private void EmitChainTail(Label at, bool samePage)
+    {
+        _il.MarkLabel(at);
+        {
+            Label plain = _il.DefineLabel();
             _il.Emit(OpCodes.Ldloc, _nb);
             _il.Emit(OpCodes.Brfalse, plain);
-            if ((target >> 12) == (_b.Linear >> 12))
+            if (samePage)
             {
                 // A successor on this block's own page (the dispatcher links only those that do not run onto the
                 // next page): this block runs, so its page maps to the frame both were decoded from; what is left of
@@ -470,18 +510,30 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ret);
     }
 
-    /// <summary>After a call that may set BlockExit (a slow-path store, MMIO): leave after this instruction if it did.</summary>
-    private void ExitIfBlockExit(ulong ripAfter, Action? finish = null)
+    /// <summary>After a call that may set BlockExit (an SSE slow-path store; the state synced before it): leave after this instruction if it did.</summary>
+    private void ExitIfBlockExit(ulong ripAfter)
     {
         Label go = _il.DefineLabel();
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldfld, FBlockExit);
         _il.Emit(OpCodes.Brfalse, go);
-        finish?.Invoke();
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Call, MJitExit);
-        ExitTo(ripAfter, _k + 1);
+        LeaveSynced(ripAfter, _k + 1);
         _il.MarkLabel(go);
+    }
+
+    /// <summary>
+    /// Leaves for <paramref name="ripAfter"/> after <paramref name="count"/> instructions, through the dispatcher, when
+    /// the registers and flags were written back just before (a slow-path call): only RIP and the count are stored,
+    /// which keeps the IL of every store site short (the .NET JIT's time goes with the IL's size).
+    /// </summary>
+    private void LeaveSynced(ulong ripAfter, int count)
+    {
+        if (_dynamicRipAfter != null) StoreField(FRip, () => _il.Emit(OpCodes.Ldloc, _dynamicRipAfter));
+        else StoreConst(FRip, ripAfter);
+        AddInstret(count);
+        EmitReturn();
     }
 
     // ---------------- interpreter handlers ----------------
@@ -636,7 +688,7 @@ internal sealed partial class BlockCompiler
     }
 
     /// <summary>Writes the low size bytes of _val at the address in _la; a slow-path store may end the block after it.</summary>
-    private void EmitWrite(ref Instruction i, int size, ulong ripAfter, Action? beforeExit = null)
+    private void EmitWrite(ref Instruction i, int size, ulong ripAfter, Action? beforeExit = null, int finishReg = -1)
     {
         Label miss = _il.DefineLabel(), done = _il.DefineLabel();
         EmitTlbProbe(FTlbW, size, miss);
@@ -648,7 +700,18 @@ internal sealed partial class BlockCompiler
         SlowPathSite();
         _il.Emit(OpCodes.Call, MWriteSlow);
         // A store into this block's own code (or an MMIO write that ends the block) stops it after this instruction.
-        ExitIfBlockExit(ripAfter, beforeExit);
+        // The slow path wrote the registers and flags back before the call; what beforeExit changes (a register:
+        // finishReg; the flags: it writes them itself) is all that is left to store.
+        _il.Emit(OpCodes.Brfalse, done);
+        beforeExit?.Invoke();
+        if (finishReg >= 0 && !_inMemory[finishReg])
+        {
+            _il.Emit(OpCodes.Ldloc, _gpr);
+            _il.Emit(OpCodes.Ldc_I4, finishReg);
+            _il.Emit(OpCodes.Ldloc, Reg(finishReg));
+            _il.Emit(OpCodes.Stelem_I8);
+        }
+        LeaveSynced(ripAfter, _k + 1);
         _il.MarkLabel(done);
     }
 }

@@ -179,6 +179,19 @@ public sealed unsafe class GuestMemory : IDisposable
 
     public bool IsRam(ulong gpa, ulong len = 1) => TryGetHostPointer(gpa, len) != null;
 
+    /// <summary>
+    /// All of RAM was rewritten behind the accelerators' backs (a snapshot put back in place): logs every page dirty
+    /// and raises <see cref="ExternalWrite"/> per region, so code caches drop what they decoded from the old bytes.
+    /// </summary>
+    public void AllContentsReplaced()
+    {
+        foreach (var r in _regions)
+        {
+            DirtyLog.Mark(r.GuestBase, r.Size);
+            ExternalWrite?.Invoke(r.GuestBase, r.Size);
+        }
+    }
+
     /// <summary>Copies guest RAM into a host buffer; false (and nothing copied) if any byte is not RAM.</summary>
     public bool TryRead(ulong gpa, Span<byte> dst)
     {

@@ -6,6 +6,7 @@ namespace Dirigent.Vmm.Net;
 public sealed class NetBackendSet : IDisposable
 {
     private readonly List<(INetBackend Backend, byte[] Mac)> _cards = new();
+    private readonly Dictionary<string, NetworkLog> _logs = new();
 
     public IReadOnlyList<(INetBackend Backend, byte[] Mac)> Cards => _cards;
 
@@ -17,11 +18,27 @@ public sealed class NetBackendSet : IDisposable
     /// </summary>
     public void OpenAll(IEnumerable<NicConfig> nics, TextWriter err)
     {
+        int index = 0;
         foreach (var n in nics)
         {
+            int nic = index++;
             if (n.User != null)
             {
-                _cards.Add((SlirpBackend.Open(n.User, m => err.WriteLine($"dirigent: --net user: {m}")), n.Mac));
+                NetSinkhole? sinkhole = null;
+                if (n.User.SinkholeLog is { } path)
+                {
+                    // One log for all the cards (each line names its card).
+                    if (!_logs.TryGetValue(path, out var log))
+                    {
+                        try { _logs[path] = log = new NetworkLog(path); }
+                        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                        {
+                            throw new NetBackendException($"cannot open the network log {path}: {e.Message}");
+                        }
+                    }
+                    sinkhole = new NetSinkhole(log, nic, n.User.HostForwards.Where(f => f.Udp).Select(f => f.GuestPort));
+                }
+                _cards.Add((SlirpBackend.Open(n.User, m => err.WriteLine($"dirigent: --net user: {m}"), sinkhole), n.Mac));
                 continue;
             }
             if (n.Tap == null) throw new NetBackendException("a card has neither a TAP nor user networking");
@@ -37,9 +54,19 @@ public sealed class NetBackendSet : IDisposable
         foreach (var n in nics) _cards.Add((new ReplayNetBackend("replay"), n.Mac));
     }
 
+    /// <summary>A line in every card's network log that is not the guest's doing (a sandbox revert), so the log's
+    /// readers can tell the runs apart.</summary>
+    public void NoteInLogs(string what)
+    {
+        foreach (var l in _logs.Values) l.Write(w => w.WriteString("event", what));
+    }
+
     public void Dispose()
     {
         foreach (var (b, _) in _cards) b.Dispose();
         _cards.Clear();
+        // After the backends: their I/O threads, which write the log, have ended.
+        foreach (var l in _logs.Values) l.Dispose();
+        _logs.Clear();
     }
 }

@@ -37,6 +37,8 @@ public sealed unsafe class SlirpBackend : INetBackend
 
     private readonly int _wakeFd;
     private readonly Action<string>? _log;
+    private NetSinkhole? _sinkhole;
+    private readonly FrameSink _deliver;
     private GCHandle _self;
     private nint _slirp;
     private SlirpCb* _cb;
@@ -80,6 +82,7 @@ public sealed unsafe class SlirpBackend : INetBackend
         _wakeFd = wakeFd;
         Name = name;
         _log = log;
+        _deliver = Deliver;
     }
 
     /// <summary>
@@ -87,13 +90,14 @@ public sealed unsafe class SlirpBackend : INetBackend
     /// <see cref="NetBackendException"/> with one line (libslirp missing, a port that cannot be bound).
     /// <paramref name="log"/> gets guest misbehaviour libslirp reports and a failure of the I/O thread.
     /// </summary>
-    public static SlirpBackend Open(UserNetConfig config, Action<string>? log = null)
+    /// <param name="sinkhole">The sandbox's sinkhole: it sees every frame from the guest first (README "Sandbox").</param>
+    public static SlirpBackend Open(UserNetConfig config, Action<string>? log = null, NetSinkhole? sinkhole = null)
     {
         if (SlirpNative.Probe() is { } missing) throw new NetBackendException(missing);
         string version = Marshal.PtrToStringUTF8(SlirpNative.VersionString()) ?? "?";
         int wake = NetNative.EventFd(0, NetNative.EFD_CLOEXEC | NetNative.EFD_NONBLOCK);
         if (wake < 0) throw new NetBackendException($"user networking: cannot create an eventfd: {NetNative.ErrorText(NetNative.LastErrno)}");
-        var b = new SlirpBackend(wake, $"user (libslirp {version})", log);
+        var b = new SlirpBackend(wake, $"user (libslirp {version})", log) { _sinkhole = sinkhole };
         try
         {
             b.Create(config, version);
@@ -241,8 +245,22 @@ public sealed unsafe class SlirpBackend : INetBackend
         {
             Interlocked.Decrement(ref _txCount);
             Interlocked.Add(ref _txBytes, -f.Length);
-            fixed (byte* p = f.Buffer) SlirpNative.Input(_slirp, p, f.Length);
+            // The sandbox's sinkhole answers (or drops) what the guest starts; the rest is libslirp's.
+            if (_sinkhole == null || Sinkhole(f.Buffer.AsSpan(0, f.Length)))
+                fixed (byte* p = f.Buffer) SlirpNative.Input(_slirp, p, f.Length);
             ArrayPool<byte>.Shared.Return(f.Buffer);
+        }
+    }
+
+    /// <summary>The sinkhole's verdict; a frame it cannot take apart (a bug, a full disk for the log) is dropped,
+    /// never passed on, and the network goes on.</summary>
+    private bool Sinkhole(ReadOnlySpan<byte> frame)
+    {
+        try { return _sinkhole!.Inspect(frame, _deliver); }
+        catch (Exception e) when (e is IOException or ArgumentException or IndexOutOfRangeException or InvalidOperationException)
+        {
+            if (Interlocked.Increment(ref _guestErrors) <= 10) _log?.Invoke($"user network: sinkhole: {e.Message} (frame dropped)");
+            return false;
         }
     }
 
@@ -332,7 +350,12 @@ public sealed unsafe class SlirpBackend : INetBackend
     [UnmanagedCallersOnly]
     private static nint OnSendPacket(byte* buf, nuint len, nint opaque)
     {
-        try { From(opaque).Deliver(new ReadOnlySpan<byte>(buf, (int)Math.Min(len, int.MaxValue))); }
+        try
+        {
+            var b = From(opaque);
+            var frame = new ReadOnlySpan<byte>(buf, (int)Math.Min(len, int.MaxValue));
+            b.Deliver(b._sinkhole != null ? b._sinkhole.FromSlirp(frame) : frame);
+        }
         catch (Exception) { }
         return (nint)len;
     }

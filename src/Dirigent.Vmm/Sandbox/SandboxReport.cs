@@ -42,7 +42,48 @@ public static class SandboxReport
             Ext4Files(q, q.Backing, ranges, disk);
             disks.Add(disk);
         }
-        return new JsonObject { ["sandbox"] = Path.GetFullPath(dir), ["disks"] = disks };
+        var report = new JsonObject { ["sandbox"] = Path.GetFullPath(dir), ["disks"] = disks };
+        if (Network(dir) is { } net) report["network"] = net;
+        return report;
+    }
+
+    /// <summary>Network events the report lists in full; the rest are counted (the log has them all).</summary>
+    public const int MaxNetworkEvents = 1000;
+
+    /// <summary>
+    /// The sinkhole's log (DIR/network.jsonl), when the sandbox had a network: every event up to
+    /// <see cref="MaxNetworkEvents"/>, their count, and the distinct destinations and DNS names.
+    /// </summary>
+    private static JsonObject? Network(string dir)
+    {
+        string path = Path.Combine(dir, VmSandbox.NetworkLogFile);
+        if (!File.Exists(path)) return null;
+        var events = new JsonArray();
+        var destinations = new SortedSet<string>(StringComparer.Ordinal);
+        var names = new SortedSet<string>(StringComparer.Ordinal);
+        long count = 0, unreadable = 0;
+        foreach (string line in File.ReadLines(path))
+        {
+            if (line.Length == 0) continue;
+            JsonNode? e;
+            try { e = JsonNode.Parse(line); }
+            catch (System.Text.Json.JsonException) { unreadable++; continue; } // a line cut short by a crash
+            if (e is not JsonObject o) { unreadable++; continue; }
+            count++;
+            if (o["protocol"] is { } p && o["destination"] is { } d) destinations.Add($"{p}:{d}");
+            if (o["name"] is { } n) names.Add((string)n!);
+            if (events.Count < MaxNetworkEvents) events.Add(o);
+        }
+        var net = new JsonObject
+        {
+            ["log"] = path,
+            ["events"] = count,
+            ["destinations"] = new JsonArray(destinations.Select(x => (JsonNode)JsonValue.Create(x)!).ToArray()),
+            ["dns_names"] = new JsonArray(names.Select(x => (JsonNode)JsonValue.Create(x)!).ToArray()),
+            ["listed"] = events,
+        };
+        if (unreadable > 0) net["unreadable_lines"] = unreadable;
+        return net;
     }
 
     /// <summary>Builds the report and writes it to DIR/sandbox-report.json; returns it.</summary>

@@ -28,7 +28,8 @@ public sealed class SandboxManifest
 /// </summary>
 public static class VmSandbox
 {
-    public const string ManifestFile = "sandbox.json", StartDir = "start", ReportFile = "sandbox-report.json";
+    public const string ManifestFile = "sandbox.json", StartDir = "start", ReportFile = "sandbox-report.json",
+        NetworkLogFile = "network.jsonl";
 
     private static readonly JsonSerializerOptions s_json = new() { WriteIndented = true };
 
@@ -74,7 +75,12 @@ public static class VmSandbox
         // The spec is cloned through JSON (as snapshots store it), so the caller's stays as it was.
         var sandboxed = JsonSerializer.Deserialize<VmSpec>(JsonSerializer.Serialize(spec, Snapshots.SnapshotFiles.Json), Snapshots.SnapshotFiles.Json)!;
         sandboxed.Disks = disks;
-        foreach (var n in sandboxed.Nics) if (n.User != null) n.User.Restricted = true;
+        foreach (var n in sandboxed.Nics)
+        {
+            if (n.User == null) continue;
+            n.User.Restricted = true;
+            n.User.SinkholeLog = Path.Combine(dir, NetworkLogFile);
+        }
         return sandboxed;
     }
 
@@ -98,6 +104,44 @@ public static class VmSandbox
             }
         }
         catch (IOException e) { throw new VmException($"sandbox {dir}: cannot keep the start overlays: {e.Message}", badInput: false); }
+        vm.SandboxDirectory = Path.GetFullPath(dir);
+    }
+
+    /// <summary>Marks a VM restored from the sandbox's start snapshot (a second run of the same DIR) as this sandbox's,
+    /// so that <see cref="RevertRunning"/> can put it back.</summary>
+    public static void Attach(Vm vm, string dir) => vm.SandboxDirectory = Path.GetFullPath(dir);
+
+    /// <summary>
+    /// Puts a sandbox VM back to its start in one call while it runs (the API's PUT /v1/vm/revert): paused, its
+    /// overlays replaced by their start copies (nothing the guest wrote remains), memory, vCPUs and devices from the
+    /// start snapshot, and running on from there. A VM that is not a sandbox is a <see cref="VmStateException"/>.
+    /// </summary>
+    public static void RevertRunning(Vm vm)
+    {
+        string dir = vm.SandboxDirectory ?? throw new VmStateException("the VM is not a sandbox (only a VM run with --sandbox DIR can be reverted)");
+        var m = ReadManifest(dir);
+        string start = Path.Combine(dir, StartDir);
+        vm.RevertInPlace(start, () =>
+        {
+            CopyStartOverlays(dir, m);
+            File.Delete(Path.Combine(dir, ReportFile));
+        });
+        // The log goes on: this line tells the run before the revert from the one after.
+        try { vm.NoteInNetworkLogs("revert"); }
+        catch (Exception e) when (e is IOException or ObjectDisposedException) { } // the VM runs on; its log is past help
+    }
+
+    /// <summary>Each overlay replaced by its copy from the start (atomically: a copy beside it, then a rename).</summary>
+    private static void CopyStartOverlays(string dir, SandboxManifest m)
+    {
+        string start = Path.Combine(dir, StartDir);
+        for (int k = 0; k < m.Disks.Count; k++)
+        {
+            string saved = Path.Combine(start, $"disk{k}.qcow2");
+            string tmp = m.Disks[k].Overlay + ".revert";
+            File.Copy(saved, tmp, overwrite: true);
+            File.Move(tmp, m.Disks[k].Overlay, overwrite: true);
+        }
     }
 
     /// <summary>
@@ -114,14 +158,10 @@ public static class VmSandbox
             throw new VmException($"sandbox {dir} has no start snapshot (its first run did not get that far)", badInput: true);
         try
         {
-            for (int k = 0; k < m.Disks.Count; k++)
-            {
-                string saved = Path.Combine(start, $"disk{k}.qcow2");
-                string tmp = m.Disks[k].Overlay + ".revert";
-                File.Copy(saved, tmp, overwrite: true);
-                File.Move(tmp, m.Disks[k].Overlay, overwrite: true);
-            }
+            CopyStartOverlays(dir, m);
             File.Delete(Path.Combine(dir, ReportFile));
+            // The run starts again: its log and report are the new run's.
+            File.Delete(Path.Combine(dir, NetworkLogFile));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

@@ -130,6 +130,29 @@ public static partial class SnapshotFiles
         }
     }
 
+    /// <summary>
+    /// Puts the memory file back into the RAM of a VM that has run (a revert in place): mapped copy-on-write over
+    /// the old contents when <paramref name="mapPrivate"/> allows it, else RAM cleared and the file copied in
+    /// (<see cref="ReadMemory"/> skips the file's zero pages, which must not keep what the guest wrote there).
+    /// </summary>
+    public static unsafe void ReplaceMemory(GuestMemory mem, string path, bool mapPrivate)
+    {
+        bool mapped = false;
+        using (var f = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.None))
+        {
+            // Checked before anything is overwritten.
+            if (f.Length != (long)mem.RamSize)
+                throw new VmException($"snapshot memory file is {f.Length} bytes, the VM has {mem.RamSize} bytes of RAM", badInput: true);
+            if (mapPrivate) mapped = mem.TryMapFilePrivate((int)f.SafeFileHandle.DangerousGetHandle());
+        }
+        if (!mapped)
+        {
+            foreach (var r in mem.Regions) NativeMemory.Clear(r.Host, (nuint)r.Size);
+            ReadMemory(mem, path, mapPrivate: false);
+        }
+        mem.AllContentsReplaced();
+    }
+
     private const int SeekData = 3, SeekHole = 4, ENXIO = 6;
 
     [LibraryImport("libc", EntryPoint = "lseek", SetLastError = true)]
