@@ -49,7 +49,7 @@ internal static class RunCommand
         var trace = new Option<string?>("--trace") { Description = "Trace the guest's system calls as JSON lines: syscalls[,process=NAME][,output=FILE.jsonl] (software CPU; see README \"Introspection\")" };
         var systemMap = new Option<string?>("--system-map") { Description = "The guest kernel's System.map, for process names and ids in traces (default guest: fetched from Debian's -dbg package)" };
         var sandbox = new Option<string?>("--sandbox") { Description = "Sandbox profile in DIR: disks as qcow2 overlays there (bases never written), network none or --net user restricted (nothing leaves the host), a start snapshot, and DIR/sandbox-report.json of the changed clusters and files at exit; an existing DIR is reverted to its start and run again" };
-        var record = new Option<string?>("--record") { Description = "Record the run into DIR (new or empty) for --replay: every device read, interrupt point and TSC value, counted in instructions (software CPU, one vCPU, --kernel, no virtio devices)" };
+        var record = new Option<string?>("--record") { Description = "Record the run into DIR (new or empty) for --replay: every device read, interrupt point and TSC value, counted in instructions (software CPU, one vCPU, --kernel; --disk, --net and --rng are recorded through what they write into guest RAM)" };
         var replay = new Option<string?>("--replay") { Description = "Re-execute the recording in DIR instruction for instruction with no devices live; checks the instruction count, memory and console output against it" };
         var cmd = new Command("run", "Boot a VM (default: Debian's stock cloud kernel with a busybox initramfs)")
         {
@@ -132,7 +132,7 @@ internal static class RunCommand
                 {
                     string which = opts.RecordDir != null ? "--record" : "--replay";
                     if (opts.RecordDir != null && opts.ReplayDir != null) throw new FormatException("--record and --replay exclude each other");
-                    if (opts.Sandbox != null) throw new FormatException($"{which} cannot be combined with --sandbox yet (a recording has no virtio disks)");
+                    if (opts.Sandbox != null) throw new FormatException($"{which} cannot be combined with --sandbox yet");
                     if (opts.RestoreDir != null || opts.Incoming != null) throw new FormatException($"{which} cannot be combined with --restore or --incoming");
                     if (jailed) throw new FormatException($"{which} cannot be combined with --jail yet");
                     if (cfg.Accel == AccelKind.Kvm) throw new FormatException($"{which} needs the software CPU (--accel emu): KVM does not count instructions exactly");

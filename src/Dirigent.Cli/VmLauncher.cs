@@ -197,7 +197,7 @@ public static class VmLauncher
                 string serialChoice = cfg.Serial;
                 recorder = Dirigent.Vmm.Introspection.RunRecorder.Replay(opts.ReplayDir, out cfg);
                 cfg.Serial = serialChoice;
-                vm = Vm.Create(cfg, err, null, recorder.Session);
+                vm = Vm.Create(cfg, err, recorder.ReplayDisks(), recorder.Session);
             }
             else if (opts.RestoreDir != null)
             {
@@ -330,7 +330,7 @@ public static class VmLauncher
                 string line = recorder.Finish(out bool same);
                 if (!same)
                 {
-                    err.WriteLine($"dirigent run --replay: {line}");
+                    err.WriteLine($"dirigent run {(recorder.Replaying ? "--replay" : "--record")}: {line}");
                     outcome.Record = Worker.ExitFile.Of(exit, vm.State, ExitCodes.VmmFailure);
                     return ExitCodes.VmmFailure;
                 }

@@ -135,7 +135,9 @@ public sealed class PcBoard : IDisposable
         foreach (var disk in disks ?? [])
         {
             _owned.Add(disk);
-            var blk = new VirtioBlock(disk, $"dirigent-disk{Virtio.Count}");
+            // Recorded or replayed: requests are served on the vCPU thread inside the notifying write, so what the
+            // device writes into guest RAM lands at a known instruction count (Introspection/RecordReplay).
+            var blk = new VirtioBlock(disk, $"dirigent-disk{Virtio.Count}", useWorkerThread: vm.RecordReplay == null);
             _owned.Add(blk);
             diskSlots.Add(AttachVirtio(vm, blk).DevFn >> 3);
         }

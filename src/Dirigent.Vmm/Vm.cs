@@ -136,7 +136,9 @@ public sealed partial class Vm : IDisposable
             }
             var nics = new Net.NetBackendSet();
             owned.Push(nics);
-            try { nics.OpenAll(spec.Nics, log); }
+            // A replay's cards are cut off: they get stand-ins, the recorded network is not opened again.
+            if (recordReplay is { Replaying: true }) nics.AddStandIns(spec.Nics);
+            else try { nics.OpenAll(spec.Nics, log); }
             catch (Net.NetBackendException e) { throw new VmException($"--net: {e.Message}", badInput: false); }
             IAccelerator accel;
             Dirigent.Machine.Interrupts.IInKernelIrqChip? irqChip;
@@ -164,6 +166,8 @@ public sealed partial class Vm : IDisposable
             for (int k = 0; k < nics.Cards.Count; k++)
             {
                 var (backend, mac) = nics.Cards[k];
+                // Recorded: received packets reach the device on the vCPU thread, between instructions.
+                if (recordReplay is { Replaying: false }) backend = new Net.RecordedNetBackend(backend, recordReplay);
                 var nic = new Devices.Virtio.Net.VirtioNet(backend, mac);
                 if (k < spec.Nics.Count && spec.Nics[k].ToRateLimit() is { } nicLimit) nic.SetRateLimit(nicLimit, machine.Clock);
                 board.AttachVirtio(machine, nic);

@@ -95,7 +95,7 @@ public sealed partial class Cpu : IGuestCpu
     internal void PortWrite(ushort port, int size, uint v)
     {
         if (_hooks.DevicesArmed) HookDevice(true, port, size, v, write: true);
-        if (ReplayDropsWrites) _rr!.ReplayPortWrite(port, size, v);
+        if (_rr != null) RrPortWrite(port, size, v);
         else _vm.Io.Write(port, size, v);
     }
 

@@ -327,8 +327,8 @@ public sealed unsafe partial class Cpu
     private void MmioWrite(ulong pa, int size, ulong v)
     {
         if (_hooks.DevicesArmed) HookDevice(false, pa, size, v, write: true);
-        if (ReplayDropsWrites) return;
-        if (IsApicPage(pa)) _apicMmio!.Write(pa & 0xFFF, size, v);
+        if (_rr != null) RrMmioWrite(pa, size, v, IsApicPage(pa));
+        else if (IsApicPage(pa)) _apicMmio!.Write(pa & 0xFFF, size, v);
         else _vm.Mmio.Write(pa, size, v);
     }
 

@@ -21,6 +21,8 @@ public sealed unsafe partial class Cpu
     {
         var rr = _rr!;
         bool replay = rr.Replaying;
+        // Device writes into guest RAM are logged from here (recording) or written from the log (replay).
+        rr.Bind(_mem, () => _instret, () => _wake.Set());
         while (true)
         {
             if (_pendingEvents != 0)
@@ -81,6 +83,8 @@ public sealed unsafe partial class Cpu
                     // Instruction time: device timers fire here, at instruction boundaries, as the count says.
                     var clock = _vm.Clock;
                     if (clock.InstructionTime && clock.NowNs >= clock.NextDeadlineNs) clock.RunDueTimers();
+                    // Input from the host (received frames) reaches its device here, between instructions.
+                    if (rr.HostWorkPending) rr.RunHostWork();
                     if (Halted)
                     {
                         if (!HasDeliverableEvent())
@@ -173,6 +177,9 @@ public sealed unsafe partial class Cpu
                 case EventKind.TimeSkip:
                     _vm.Clock.Advance((long)e.Value);
                     break;
+                case EventKind.DmaWriteBetween:
+                    rr.WriteDma(_instret, e);
+                    break;
                 case EventKind.Checkpoint:
                     ulong h = StateHash();
                     if (h != e.Value)
@@ -257,15 +264,68 @@ public sealed unsafe partial class Cpu
 
     // ---------------- values from outside the CPU ----------------
 
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private uint RrPortRead(ushort port, int size) => _rr!.Replaying
-        ? (uint)_rr.Take(_instret, EventKind.PortRead, port, size)
-        : (uint)_rr.Log(_instret, EventKind.PortRead, port, size, _vm.Io.Read(port, size));
+    // Recording: a device access is bracketed (RecordReplaySession.DeviceAccess) so that what the device writes into
+    // guest RAM meanwhile is logged as part of this instruction. Replay: after a dropped write, the device writes the
+    // recording made while serving it are applied (a read applies them itself before taking its value).
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private ulong RrMmioRead(ulong pa, int size, bool apic) => _rr!.Replaying
-        ? _rr.Take(_instret, EventKind.MmioRead, pa, size)
-        : _rr.Log(_instret, EventKind.MmioRead, pa, size, apic ? _apicMmio!.Read(pa & 0xFFF, size) : _vm.Mmio.Read(pa, size));
+    private uint RrPortRead(ushort port, int size)
+    {
+        var rr = _rr!;
+        if (rr.Replaying) return (uint)rr.Take(_instret, EventKind.PortRead, port, size);
+        rr.DeviceAccess++;
+        uint v;
+        try { v = _vm.Io.Read(port, size); }
+        finally { rr.DeviceAccess--; }
+        return (uint)rr.Log(_instret, EventKind.PortRead, port, size, v);
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private ulong RrMmioRead(ulong pa, int size, bool apic)
+    {
+        var rr = _rr!;
+        if (rr.Replaying) return rr.Take(_instret, EventKind.MmioRead, pa, size);
+        rr.DeviceAccess++;
+        ulong v;
+        try { v = apic ? _apicMmio!.Read(pa & 0xFFF, size) : _vm.Mmio.Read(pa, size); }
+        finally { rr.DeviceAccess--; }
+        return rr.Log(_instret, EventKind.MmioRead, pa, size, v);
+    }
+
+    /// <summary>OUT/OUTS under a session: to the device (recording) or COM1's mirror and the logged DMA (replay).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void RrPortWrite(ushort port, int size, uint v)
+    {
+        var rr = _rr!;
+        if (rr.Replaying)
+        {
+            rr.ReplayPortWrite(port, size, v);
+            rr.ApplyDma(_instret);
+            return;
+        }
+        rr.DeviceAccess++;
+        try { _vm.Io.Write(port, size, v); }
+        finally { rr.DeviceAccess--; }
+    }
+
+    /// <summary>A store to MMIO under a session (<paramref name="apic"/>: this vCPU's local APIC page).</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private void RrMmioWrite(ulong pa, int size, ulong v, bool apic)
+    {
+        var rr = _rr!;
+        if (rr.Replaying)
+        {
+            rr.ApplyDma(_instret);
+            return;
+        }
+        rr.DeviceAccess++;
+        try
+        {
+            if (apic) _apicMmio!.Write(pa & 0xFFF, size, v);
+            else _vm.Mmio.Write(pa, size, v);
+        }
+        finally { rr.DeviceAccess--; }
+    }
 
     /// <summary>
     /// The TSC an instruction sees (RDTSC, RDTSCP, IA32_TSC). Under instruction time (always, with the VMM's

@@ -62,7 +62,8 @@ public sealed partial class Cpu
             {
                 byte* p = _mem.TryGetHostPointer(pa);
                 if (p != null) { *p = (byte)(v >> (8 * k)); _codeCache.NotifyWrite(pa, 1, this); }
-                else if (!ReplayDropsWrites) _vm.Mmio.Write(pa, 1, (byte)(v >> (8 * k)));
+                else if (_rr != null) RrMmioWrite(pa, 1, (byte)(v >> (8 * k)), apic: false);
+                else _vm.Mmio.Write(pa, 1, (byte)(v >> (8 * k)));
             }
         }
     }

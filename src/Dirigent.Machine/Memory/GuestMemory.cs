@@ -104,10 +104,23 @@ public sealed unsafe class GuestMemory : IDisposable
     public DirtyLog DirtyLog { get; }
 
     /// <summary>
-    /// A device wrote [gpa, gpa+len) through a host pointer (DMA): logs it for migration. (<see cref="TryWrite"/> does
-    /// this itself.)
+    /// A device wrote [gpa, gpa+len) through a host pointer (DMA): logs it for migration and shows it to
+    /// <see cref="DeviceWrites"/>. (<see cref="TryWrite"/> does this itself.)
     /// </summary>
-    public void MarkDirty(ulong gpa, ulong len) => DirtyLog.Mark(gpa, len);
+    public void MarkDirty(ulong gpa, ulong len)
+    {
+        DirtyLog.Mark(gpa, len);
+        if (DeviceWrites is not { } observe) return;
+        byte* p = TryGetHostPointer(gpa, len);
+        if (p != null) observe(gpa, new ReadOnlySpan<byte>(p, (int)len));
+    }
+
+    /// <summary>
+    /// Sees every write into guest memory made outside the vCPUs (<see cref="TryWrite"/>, <see cref="MarkDirty"/>:
+    /// device DMA, loaders), after it landed; a recording (Introspection/RecordReplay) logs them. The vCPUs' own
+    /// stores do not come here. Null (the usual case) costs a null check.
+    /// </summary>
+    public DeviceWriteObserver? DeviceWrites { get; set; }
 
     public GuestMemory(ulong ramSize)
     {
@@ -195,6 +208,7 @@ public sealed unsafe class GuestMemory : IDisposable
         src.CopyTo(new Span<byte>(p, src.Length));
         DirtyLog.Mark(gpa, (ulong)src.Length);
         ExternalWrite?.Invoke(gpa, (ulong)src.Length);
+        DeviceWrites?.Invoke(gpa, src);
         return true;
     }
 
@@ -246,4 +260,7 @@ public sealed unsafe class GuestMemory : IDisposable
 }
 
 /// <summary>Guest RAM could not be set up (the host refused the mapping): the request is too large for this host.</summary>
+/// <summary>Sees bytes written into guest memory at <paramref name="gpa"/> from outside the vCPUs (<see cref="GuestMemory.DeviceWrites"/>).</summary>
+public delegate void DeviceWriteObserver(ulong gpa, ReadOnlySpan<byte> bytes);
+
 public sealed class GuestMemoryException(string message) : Exception(message);

@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text.Json;
 using Dirigent.Devices;
 using Dirigent.Machine.Introspection.RecordReplay;
+using Dirigent.Storage;
 
 namespace Dirigent.Vmm.Introspection;
 
@@ -9,7 +10,9 @@ namespace Dirigent.Vmm.Introspection;
 public sealed class RecordingManifest
 {
     public const string FormatName = "dirigent-recording";
-    public const int CurrentVersion = 1;
+    /// <summary>2: virtio disks and the entropy device, whose writes into guest RAM are in the log. A version-1
+    /// recording (no virtio devices) replays as before.</summary>
+    public const int CurrentVersion = 2;
     public const string FileName = "manifest.json";
     public const string LogFileName = "events.bin";
 
@@ -20,6 +23,13 @@ public sealed class RecordingManifest
     public List<RecordedFile> Initrds { get; set; } = new();
     public string Append { get; set; } = "";
     public ulong MemoryBytes { get; set; }
+    /// <summary>The virtio disks, in --disk order. Not read in a replay (what the guest read from them is in the
+    /// log); the replay builds the same devices with stand-ins of the recorded size.</summary>
+    public List<RecordedDisk> Disks { get; set; } = new();
+    /// <summary>Whether the VM had the virtio entropy device (its bytes are in the log).</summary>
+    public bool Rng { get; set; }
+    /// <summary>The virtio-net cards, in --net order (what they received is in the log; a replay opens no network).</summary>
+    public List<RecordedNic> Nics { get; set; } = new();
     public ulong CheckpointInterval { get; set; }
     /// <summary>VM time per instruction (VM time is instruction time in a recording and its replays).</summary>
     public long NsPerInstruction { get; set; }
@@ -33,6 +43,9 @@ public sealed class RecordingManifest
     public long ConsoleBytes { get; set; }
     public long Events { get; set; }
     public long LogBytes { get; set; }
+    /// <summary>Device writes into guest RAM (DMA) in the log, and their bytes.</summary>
+    public long DmaWrites { get; set; }
+    public long DmaBytes { get; set; }
     /// <summary>VM time the recording covered (instruction time, idle skips included).</summary>
     public long VmTimeNs { get; set; }
 
@@ -40,6 +53,24 @@ public sealed class RecordingManifest
     {
         public string Path { get; set; } = "";
         public string Sha256 { get; set; } = "";
+    }
+
+    public sealed class RecordedNic
+    {
+        /// <summary>user or tap=NAME, for people; the replay does not use it.</summary>
+        public string Backend { get; set; } = "";
+        /// <summary>The card's MAC address, as 12 hex digits.</summary>
+        public string Mac { get; set; } = "";
+    }
+
+    public sealed class RecordedDisk
+    {
+        public string Path { get; set; } = "";
+        /// <summary>raw or qcow2 (as opened).</summary>
+        public string Format { get; set; } = "";
+        /// <summary>Virtual size in bytes (what the guest saw).</summary>
+        public long Size { get; set; }
+        public bool ReadOnly { get; set; }
     }
 
     internal static readonly JsonSerializerOptions Json = new()
@@ -53,9 +84,10 @@ public sealed class RecordingException(string message) : Exception(message);
 
 /// <summary>
 /// `dirigent run --record DIR` and `--replay DIR` around one <see cref="Vm"/>: checks that the VM can be recorded
-/// (one vCPU on the software CPU, a kernel booted directly, no virtio devices, whose DMA is not logged yet), opens
-/// the event log, and at the end writes or checks the manifest (instruction count, SHA-256 of guest RAM and of the
-/// console output).
+/// (one vCPU on the software CPU, a kernel booted directly), opens the event log, and at the end writes or checks
+/// the manifest (instruction count, SHA-256 of guest RAM and of the console output). Virtio disks, network cards
+/// and the entropy device are recorded through their writes into guest RAM (RecordReplaySession; received frames
+/// reach the card between instructions, Net/RecordedNetBackend); a replay gets stand-in disks and backends.
 /// </summary>
 public sealed class RunRecorder : IDisposable
 {
@@ -83,8 +115,6 @@ public sealed class RunRecorder : IDisposable
         if (spec.Cpus != 1) return $"--record needs one vCPU (--cpus {spec.Cpus}): the interleaving of vCPUs is not recorded";
         if (spec.Accel == AccelKind.Kvm) return "--record needs the software CPU (--accel emu): KVM does not count instructions exactly";
         if (spec.Firmware != FirmwareKind.None || spec.Kernel == null) return "--record needs --kernel (firmware boot is not supported)";
-        if (spec.Disks.Count > 0 || spec.Nics.Count > 0 || spec.Rng)
-            return "--record does not support --disk, --net or --rng yet (virtio DMA is not logged)";
         return null;
     }
 
@@ -117,14 +147,30 @@ public sealed class RunRecorder : IDisposable
         try { m = JsonSerializer.Deserialize<RecordingManifest>(File.ReadAllText(path), RecordingManifest.Json) ?? throw new JsonException("empty"); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new RecordingException($"--replay {dir}: {e.Message}"); }
         catch (JsonException e) { throw new RecordingException($"--replay {dir}: {RecordingManifest.FileName} is not a recording manifest ({e.Message})"); }
-        if (m.Format != RecordingManifest.FormatName || m.Version != RecordingManifest.CurrentVersion)
-            throw new RecordingException($"--replay {dir}: format {m.Format} version {m.Version}; this dirigent reads {RecordingManifest.FormatName} version {RecordingManifest.CurrentVersion}");
+        if (m.Format != RecordingManifest.FormatName || m.Version is < 1 or > RecordingManifest.CurrentVersion)
+            throw new RecordingException($"--replay {dir}: format {m.Format} version {m.Version}; this dirigent reads {RecordingManifest.FormatName} versions 1 to {RecordingManifest.CurrentVersion}");
+        m.Disks ??= new();
+        if (m.Disks.FirstOrDefault(d => d.Size <= 0 || d.Size % 512 != 0) is { } bad)
+            throw new RecordingException($"--replay {dir}: {RecordingManifest.FileName}: disk {bad.Path} has size {bad.Size}");
+        m.Nics ??= new();
+        var macs = new List<byte[]>();
+        foreach (var n in m.Nics)
+        {
+            byte[] mac;
+            try { mac = Convert.FromHexString(n.Mac ?? ""); }
+            catch (FormatException) { mac = []; }
+            if (mac.Length != 6) throw new RecordingException($"--replay {dir}: {RecordingManifest.FileName}: network card MAC '{n.Mac}' is not 12 hex digits");
+            macs.Add(mac);
+        }
         CheckInput(m.Kernel, m.KernelSha256);
         foreach (var f in m.Initrds) CheckInput(f.Path, f.Sha256);
         spec = new VmSpec
         {
             Kernel = m.Kernel, Initrds = m.Initrds.Select(f => f.Path).ToList(), Append = m.Append,
-            MemoryBytes = m.MemoryBytes, Accel = AccelKind.Emu, NoReboot = true,
+            MemoryBytes = m.MemoryBytes, Accel = AccelKind.Emu, NoReboot = true, Rng = m.Rng,
+            Disks = m.Disks.Select(d => new DiskConfig(d.Path, d.Format == "qcow2" ? DiskFormat.Qcow2 : DiskFormat.Raw, d.ReadOnly)).ToList(),
+            // Cut off in the replay (stand-in backends): only the cards' number and MAC addresses matter.
+            Nics = macs.Select(mac => new NicConfig { Mac = mac }).ToList(),
         };
         try
         {
@@ -133,6 +179,26 @@ public sealed class RunRecorder : IDisposable
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new RecordingException($"--replay {dir}: {e.Message}"); }
         catch (EventLogFormatException e) { throw new RecordingException($"--replay {dir}: {RecordingManifest.LogFileName}: {e.Message}"); }
+    }
+
+    /// <summary>
+    /// Replay: the disks the VM gets instead of the recorded images (which may be gone or changed): the same size and
+    /// writability, so the devices look the same, but nothing to read; the replayed devices never serve a request.
+    /// </summary>
+    public IReadOnlyList<IBlockDevice> ReplayDisks() =>
+        (Recorded?.Disks ?? []).Select(d => (IBlockDevice)new ReplayStandInDisk(d.Size, d.ReadOnly)).ToList();
+
+    private sealed class ReplayStandInDisk(long size, bool readOnly) : IBlockDevice
+    {
+        public long Size => size;
+        public bool ReadOnly => readOnly;
+        private static BlockDeviceException Cut() => new("a replayed disk is not read: its data comes from the recording");
+        public void Read(long offset, Span<byte> buffer) => throw Cut();
+        public void Write(long offset, ReadOnlySpan<byte> data) => throw Cut();
+        public void Flush() { }
+        public void Discard(long offset, long length) => throw Cut();
+        public void WriteZeroes(long offset, long length) => throw Cut();
+        public void Dispose() { }
     }
 
     private static void CheckInput(string path, string sha)
@@ -190,11 +256,22 @@ public sealed class RunRecorder : IDisposable
         }
         var (end, code) = EndOf(vm.ExitReason);
         Session.LogEnd(icount, end, code);
+        var blocks = vm.Board.Blocks;
         var manifest = new RecordingManifest
         {
             Kernel = Path.GetFullPath(vm.Spec.Kernel!), KernelSha256 = Sha256File(vm.Spec.Kernel!),
             Initrds = vm.Spec.Initrds.Select(p => new RecordingManifest.RecordedFile { Path = Path.GetFullPath(p), Sha256 = Sha256File(p) }).ToList(),
             Append = vm.Spec.Append, MemoryBytes = vm.Spec.MemoryBytes, CheckpointInterval = Session.CheckpointInterval,
+            Disks = vm.Spec.Disks.Select((d, k) => new RecordingManifest.RecordedDisk
+            {
+                Path = Path.GetFullPath(d.Path), Format = blocks[k].Disk is Qcow2Disk ? "qcow2" : "raw",
+                Size = blocks[k].Disk.Size, ReadOnly = blocks[k].Disk.ReadOnly,
+            }).ToList(),
+            Nics = vm.Spec.Nics.Select(n => new RecordingManifest.RecordedNic
+            {
+                Backend = n.User != null ? "user" : $"tap={n.Tap}", Mac = Convert.ToHexStringLower(n.Mac),
+            }).ToList(),
+            Rng = vm.Spec.Rng, DmaWrites = Session.DmaWrites, DmaBytes = Session.DmaBytes,
             NsPerInstruction = RecordReplaySession.NsPerInstruction,
             Instructions = icount, End = EndName(end), EndCode = code, MemorySha256 = memSha, ConsoleSha256 = conSha,
             ConsoleBytes = _consoleBytes, Events = Session.EventsWritten, LogBytes = Session.LogBytes, VmTimeNs = vm.Machine.Clock.NowNs,
@@ -202,6 +279,11 @@ public sealed class RunRecorder : IDisposable
         string tmp = Path.Combine(Dir, RecordingManifest.FileName + ".tmp");
         File.WriteAllText(tmp, JsonSerializer.Serialize(manifest, RecordingManifest.Json));
         File.Move(tmp, Path.Combine(Dir, RecordingManifest.FileName), overwrite: true);
+        if (Session.RecordError is { } broken)
+        {
+            ok = false;
+            return $"the recording in {Dir} cannot be replayed: {broken}";
+        }
         return $"recorded {icount} instructions, {manifest.Events} events ({manifest.LogBytes} bytes) in {Dir}";
     }
 

@@ -48,6 +48,12 @@ public sealed class NetBackendSet : IDisposable
         }
     }
 
+    /// <summary>A replay's cards: backends that send and receive nothing, with the recorded MAC addresses.</summary>
+    public void AddStandIns(IEnumerable<NicConfig> nics)
+    {
+        foreach (var n in nics) _cards.Add((new ReplayNetBackend("replay"), n.Mac));
+    }
+
     /// <summary>A line in every card's network log that is not the guest's doing (a sandbox revert), so the log's
     /// readers can tell the runs apart.</summary>
     public void NoteInLogs(string what)

@@ -286,6 +286,35 @@ public class RecordReplayTests
     }
 
     [Fact]
+    public void VersionOneRecordingStillReplaysAndAnUnknownVersionIsRefusedWithOneLine()
+    {
+        using var g = new Guest();
+        var (rc, rec) = Run(g.Spec, new RunOptions { RecordDir = g.Recording });
+        Assert.True(rc % 2 == 1, $"recording: exit status {rc}; errors: {rec.Errors}");
+        // Version 1 had no DMA events and no virtio devices: such a recording is this one with the old magic and
+        // the old manifest version (and no disks or rng in it).
+        string log = Path.Combine(g.Recording, RecordingManifest.LogFileName), manifest = Path.Combine(g.Recording, RecordingManifest.FileName);
+        var bytes = File.ReadAllBytes(log);
+        "DRRLOG1\n"u8.CopyTo(bytes);
+        File.WriteAllBytes(log, bytes);
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(manifest))!.AsObject();
+        json["version"] = 1;
+        json.Remove("disks");
+        json.Remove("rng");
+        File.WriteAllText(manifest, json.ToJsonString());
+        var (rrc, rep) = Run(new VmSpec(), new RunOptions { ReplayDir = g.Recording });
+        Assert.True(rrc == rc, $"replay of version 1: exit status {rrc}; errors: {rep.Errors}");
+        Assert.Equal(rec.Output, rep.Output);
+        Assert.Contains("replay matches the recording", rep.Errors);
+
+        json["version"] = 3;
+        File.WriteAllText(manifest, json.ToJsonString());
+        var (rc3, r3) = Run(new VmSpec(), new RunOptions { ReplayDir = g.Recording });
+        Assert.Equal(ExitCodes.BadInput, rc3);
+        Assert.Equal($"dirigent run: --replay {g.Recording}: format dirigent-recording version 3; this dirigent reads dirigent-recording versions 1 to 2", r3.Errors.Trim());
+    }
+
+    [Fact]
     public void RecordRefusesWhatItCannotLogWithOneLine()
     {
         using var g = new Guest();

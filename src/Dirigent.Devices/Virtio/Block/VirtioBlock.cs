@@ -160,6 +160,9 @@ public sealed class VirtioBlock : IVirtioDevice, IDisposable
     {
         if (!_paused) return;
         _paused = false;
+        // Without a worker, requests are served only inside the driver's notification, on its thread (a recording
+        // logs what they write there): nothing was left waiting unless the driver made chains available meanwhile.
+        if (_worker == null && _transport?.Queue(0).HasAvailable != true) return;
         QueueNotify(0);
     }
 

@@ -15,6 +15,10 @@ public enum EventKind : byte
     Tsc = 3,
     /// <summary>A local-APIC register read through the CPU: Address 0 = CR8 (TPR), 1 = IA32_TSC_DEADLINE.</summary>
     ApicRegister = 4,
+    /// <summary>A device wrote guest RAM (DMA) while serving a port/MMIO access of the instruction at this count:
+    /// Address = guest-physical address, Data = the bytes. Replay writes them at the same point of the instruction
+    /// (after a write, before a read's value).</summary>
+    DmaWrite = 5,
     /// <summary>An external interrupt delivered before the instruction at this count: Address = vector.</summary>
     Interrupt = 16,
     /// <summary>An NMI delivered before the instruction at this count.</summary>
@@ -25,6 +29,9 @@ public enum EventKind : byte
     End = 19,
     /// <summary>The vCPU was halted with nothing to do but wait: VM time jumped Value ns to the next timer deadline.</summary>
     TimeSkip = 20,
+    /// <summary>A device wrote guest RAM between instructions (a device timer, e.g. a rate limiter resuming a queue),
+    /// before the instruction at this count: Address and Data as <see cref="DmaWrite"/>.</summary>
+    DmaWriteBetween = 21,
 }
 
 /// <summary>How the recorded run ended (the replay ends the same way at the same count).</summary>
@@ -38,6 +45,8 @@ public struct ReplayEvent
     public ulong Address;
     public int Size;
     public ulong Value;
+    /// <summary>DMA writes: the bytes written at <see cref="Address"/>.</summary>
+    public byte[]? Data;
 
     public readonly bool IsBoundary => Kind >= EventKind.Interrupt;
 
@@ -52,6 +61,8 @@ public struct ReplayEvent
         EventKind.Checkpoint => "a register checkpoint",
         EventKind.End => $"the end ({(RecordedEnd)Address})",
         EventKind.TimeSkip => $"a skip of {Value} ns of idle VM time",
+        EventKind.DmaWrite => $"a device write (DMA) of {Data?.Length ?? 0} bytes at 0x{Address:x}",
+        EventKind.DmaWriteBetween => $"a device write (DMA) of {Data?.Length ?? 0} bytes at 0x{Address:x} between instructions",
         _ => $"event kind {(byte)Kind}",
     };
 }
@@ -59,12 +70,17 @@ public struct ReplayEvent
 /// <summary>
 /// The binary event log (events.bin): an 8-byte magic, then per event a LEB128 varint of the instruction count
 /// since the previous event, one kind byte, and the kind's payload (varint address, size byte, varint value for
-/// reads; varint vector for interrupts; varint hash for checkpoints; varint nanoseconds for time skips; end kind byte and varint code for the end).
+/// reads; varint vector for interrupts; varint hash for checkpoints; varint nanoseconds for time skips; end kind byte and varint code for the end;
+/// varint address, varint length and the bytes for DMA writes).
 /// Deltas keep a busy log small: most events are a few bytes.
 /// </summary>
 public static class EventLogFormat
 {
-    public static ReadOnlySpan<byte> Magic => "DRRLOG1\n"u8;
+    /// <summary>Version 2 added the DMA writes; a version-1 log (no DMA kinds) reads the same way.</summary>
+    public static ReadOnlySpan<byte> Magic => "DRRLOG2\n"u8;
+    public static ReadOnlySpan<byte> MagicV1 => "DRRLOG1\n"u8;
+    /// <summary>The most bytes one DMA event carries (the writer splits longer writes; the reader refuses more).</summary>
+    public const int MaxDmaBytes = 1 << 20;
 }
 
 /// <summary>Writes events.bin; one writer thread (the single vCPU's, then the VMM's for the end).</summary>
@@ -93,6 +109,9 @@ public sealed class EventLogWriter : IDisposable
             case EventKind.Interrupt: WriteVarint(e.Address); break;
             case EventKind.Checkpoint or EventKind.TimeSkip: WriteVarint(e.Value); break;
             case EventKind.End: _s.WriteByte((byte)e.Address); WriteVarint(e.Value); break;
+            case EventKind.DmaWrite or EventKind.DmaWriteBetween:
+                WriteDmaPayload(e.Address, e.Data ?? []);
+                break;
             default:
                 WriteVarint(e.Address);
                 _s.WriteByte((byte)e.Size);
@@ -100,6 +119,25 @@ public sealed class EventLogWriter : IDisposable
                 break;
         }
         Events++;
+    }
+
+    /// <summary>A DMA write without copying its bytes into an event (the recording's hot path for disk reads).</summary>
+    public void WriteDma(ulong icount, bool between, ulong gpa, ReadOnlySpan<byte> data)
+    {
+        if (icount < _last) throw new InvalidOperationException($"event at {icount} after one at {_last}");
+        WriteVarint(icount - _last);
+        _last = icount;
+        _s.WriteByte((byte)(between ? EventKind.DmaWriteBetween : EventKind.DmaWrite));
+        WriteDmaPayload(gpa, data);
+        Events++;
+    }
+
+    private void WriteDmaPayload(ulong gpa, ReadOnlySpan<byte> data)
+    {
+        if (data.Length > EventLogFormat.MaxDmaBytes) throw new ArgumentException($"DMA event of {data.Length} bytes");
+        WriteVarint(gpa);
+        WriteVarint((ulong)data.Length);
+        _s.Write(data);
     }
 
     private void WriteVarint(ulong v)
@@ -125,7 +163,7 @@ public sealed class EventLogReader : IDisposable
     {
         _s = new BufferedStream(s, 1 << 20);
         Span<byte> m = stackalloc byte[8];
-        if (_s.ReadAtLeast(m, 8, throwOnEndOfStream: false) != 8 || !m.SequenceEqual(EventLogFormat.Magic))
+        if (_s.ReadAtLeast(m, 8, throwOnEndOfStream: false) != 8 || !(m.SequenceEqual(EventLogFormat.Magic) || m.SequenceEqual(EventLogFormat.MagicV1)))
             throw new EventLogFormatException("not a Dirigent event log (bad magic)");
     }
 
@@ -149,6 +187,14 @@ public sealed class EventLogReader : IDisposable
                 e.Address = ReadVarint(ReadByte());
                 e.Size = ReadByte();
                 e.Value = ReadVarint(ReadByte());
+                break;
+            case EventKind.DmaWrite or EventKind.DmaWriteBetween:
+                e.Address = ReadVarint(ReadByte());
+                ulong n = ReadVarint(ReadByte());
+                if (n > EventLogFormat.MaxDmaBytes) throw new EventLogFormatException($"a DMA write of {n} bytes after instruction {_last}");
+                e.Data = new byte[n];
+                if (_s.ReadAtLeast(e.Data, (int)n, throwOnEndOfStream: false) != (int)n)
+                    throw new EventLogFormatException($"the log is truncated after instruction {_last}");
                 break;
             default: throw new EventLogFormatException($"unknown event kind {(byte)e.Kind} after instruction {_last}");
         }

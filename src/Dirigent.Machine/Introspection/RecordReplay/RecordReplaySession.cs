@@ -1,3 +1,5 @@
+using Dirigent.Machine.Memory;
+
 namespace Dirigent.Machine.Introspection.RecordReplay;
 
 /// <summary>Replay found the guest doing something the recording did not: it stops at <see cref="Instruction"/>.</summary>
@@ -16,6 +18,11 @@ public sealed class ReplayDivergenceException(ulong instruction, string what)
 /// writes so the console output comes back. Register checkpoints every <see cref="CheckpointInterval"/> instructions
 /// and the check of each read's port/address against the log detect divergence. Only the vCPU thread calls the
 /// event methods.
+/// <para>Device DMA: in a recording the devices serve their queues on the vCPU thread, inside the port/MMIO access
+/// that notified them (virtio-blk without its worker thread), so every write a device makes into guest RAM happens
+/// at a known point: during the access of the instruction at the current count, or between instructions (a device
+/// timer). <see cref="GuestMemory.DeviceWrites"/> shows each one to the session, which logs its address and bytes
+/// there; the replay writes the same bytes at the same point and needs neither the disk image nor the entropy.</para>
 /// </summary>
 public sealed class RecordReplaySession : IDisposable
 {
@@ -51,6 +58,20 @@ public sealed class RecordReplaySession : IDisposable
     public long EventsWritten => _writer?.Events ?? 0;
     public long LogBytes => _writer?.Bytes ?? 0;
 
+    // DMA: guest memory (both modes), and in a recording the vCPU's count and thread.
+    private GuestMemory? _memory;
+    private Func<ulong>? _icount;
+    private int _vcpuThread;
+    /// <summary>Recording: above 0 while the vCPU is inside a port/MMIO access (a device write then belongs to the
+    /// instruction at the current count; otherwise it happens between instructions).</summary>
+    public int DeviceAccess;
+    /// <summary>Recording: why the log misses a device write (made on a thread other than the vCPU's, so at no
+    /// known instruction count), or null. The recording is then not replayable and says so at the end.</summary>
+    public string? RecordError { get; private set; }
+    /// <summary>Device writes into guest RAM logged (recording) or applied (replay), and their bytes.</summary>
+    public long DmaWrites { get; private set; }
+    public long DmaBytes { get; private set; }
+
     private RecordReplaySession(EventLogWriter? w, EventLogReader? r, ulong interval)
     {
         _writer = w;
@@ -65,7 +86,73 @@ public sealed class RecordReplaySession : IDisposable
     public static RecordReplaySession Replay(Stream log, ulong checkpointInterval = DefaultCheckpointInterval) =>
         new(null, new EventLogReader(log), checkpointInterval);
 
+    /// <summary>
+    /// The vCPU, when it starts running (on its own thread): gives the session guest memory and, in a recording,
+    /// the retired-instruction count, and from here logs the devices' writes into guest RAM.
+    /// </summary>
+    public void Bind(GuestMemory memory, Func<ulong> icount, Action? wake = null)
+    {
+        _memory = memory;
+        if (Replaying) return;
+        _icount = icount;
+        _wake = wake;
+        _vcpuThread = Environment.CurrentManagedThreadId;
+        memory.DeviceWrites = OnDeviceWrite;
+    }
+
+    // ---------------- host work (recording) ----------------
+
+    private readonly System.Collections.Concurrent.ConcurrentQueue<Action> _hostWork = new();
+    private volatile bool _hostWorkPending;
+    private Action? _wake;
+
+    /// <summary>
+    /// Recording: runs <paramref name="work"/> on the vCPU thread at the next instruction boundary (waking a halted
+    /// vCPU): how input that arrives from the host on its own thread (a received network frame) reaches a device,
+    /// so that what the device then writes into guest RAM is logged between instructions. Any thread.
+    /// </summary>
+    public void PostHostWork(Action work)
+    {
+        _hostWork.Enqueue(work);
+        _hostWorkPending = true;
+        _wake?.Invoke();
+    }
+
+    /// <summary>Recording: whether host work waits for the vCPU (checked at every boundary; a volatile read).</summary>
+    public bool HostWorkPending => _hostWorkPending;
+
+    /// <summary>Recording, on the vCPU thread at an instruction boundary: runs the host work posted so far.</summary>
+    public void RunHostWork()
+    {
+        _hostWorkPending = false;
+        while (_hostWork.TryDequeue(out var work)) work();
+    }
+
+    private void Unbind()
+    {
+        if (_memory != null && _writer != null) _memory.DeviceWrites = null;
+    }
+
     // ---------------- recording ----------------
+
+    private void OnDeviceWrite(ulong gpa, ReadOnlySpan<byte> bytes)
+    {
+        if (Environment.CurrentManagedThreadId != _vcpuThread)
+        {
+            // Not at a point of the instruction stream the replay could find again: the log cannot be trusted.
+            RecordError ??= $"a device wrote {bytes.Length} bytes of guest memory at 0x{gpa:x} outside the vCPU thread";
+            return;
+        }
+        ulong icount = _icount!();
+        bool between = DeviceAccess == 0;
+        for (int off = 0; off < bytes.Length; off += EventLogFormat.MaxDmaBytes)
+        {
+            int n = Math.Min(EventLogFormat.MaxDmaBytes, bytes.Length - off);
+            _writer!.WriteDma(icount, between, gpa + (ulong)off, bytes.Slice(off, n));
+            DmaWrites++;
+        }
+        DmaBytes += bytes.Length;
+    }
 
     /// <summary>Logs a value consumed by the instruction at <paramref name="icount"/> and returns it.</summary>
     public ulong Log(ulong icount, EventKind kind, ulong address, int size, ulong value)
@@ -91,6 +178,7 @@ public sealed class RecordReplaySession : IDisposable
     /// <summary>The VMM, after the vCPU stopped for good: how and where the run ended. Flushes the log.</summary>
     public void LogEnd(ulong icount, RecordedEnd kind, int code)
     {
+        Unbind();
         _writer!.Write(new ReplayEvent { Icount = icount, Kind = EventKind.End, Address = (ulong)kind, Value = (ulong)code });
         _writer.Flush();
     }
@@ -101,12 +189,36 @@ public sealed class RecordReplaySession : IDisposable
     /// recording's next event is not this read.</summary>
     public ulong Take(ulong icount, EventKind kind, ulong address, int size)
     {
+        // Device writes the recording made while serving this read come first (its value was logged after them).
+        ApplyDma(icount);
         if (!Fill()) throw Diverge(icount, $"the guest made {Describe(kind, address, size)} after the end of the log");
         var e = _ahead.Peek();
         if (e.Icount != icount || e.Kind != kind || e.Address != address || e.Size != size)
             throw Diverge(icount, $"the guest made {Describe(kind, address, size)}; the recording has {e} at instruction {e.Icount}");
         _ahead.Dequeue();
         return e.Value;
+    }
+
+    /// <summary>
+    /// Replay: writes into guest RAM what the devices wrote during the instruction at <paramref name="icount"/> up to
+    /// this point of it (called after each device write the replay drops, and before a read takes its value).
+    /// </summary>
+    public void ApplyDma(ulong icount)
+    {
+        while (Fill() && _ahead.Peek() is { Kind: EventKind.DmaWrite } e && e.Icount == icount)
+        {
+            _ahead.Dequeue();
+            WriteDma(icount, e);
+        }
+    }
+
+    /// <summary>Replay: one logged device write into guest RAM (code caches see it as they saw the device's).</summary>
+    public void WriteDma(ulong icount, in ReplayEvent e)
+    {
+        if (_memory == null || !_memory.TryWrite(e.Address, e.Data ?? []))
+            throw Diverge(icount, $"the recording has {e}, which is not guest RAM");
+        DmaWrites++;
+        DmaBytes += e.Data?.Length ?? 0;
     }
 
     /// <summary>The count of the next boundary event (the vCPU must stop there), or ulong.MaxValue when none is left.</summary>
@@ -193,6 +305,7 @@ public sealed class RecordReplaySession : IDisposable
 
     public void Dispose()
     {
+        Unbind();
         _writer?.Dispose();
         _reader?.Dispose();
     }
