@@ -1,3 +1,4 @@
+using Dirigent.Tests.Infrastructure;
 using System.Text.Json;
 using Dirigent.Cli;
 using Dirigent.Images;
@@ -30,14 +31,7 @@ public class LinuxRecordReplayTests
         try
         {
             const string script = "echo READY-FOR-INPUT; read line; echo \"GOT:$line\"; cat /proc/uptime; ls /; poweroff -f";
-            var spec = new VmSpec
-            {
-                Kernel = img.Kernel,
-                Initrds = [img.Initramfs],
-                Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
-                MemoryBytes = 128UL << 20,
-                Accel = AccelKind.Emu,
-            };
+            var spec = DefaultGuestSpec.For(img, script, 128UL << 20);
             string rec = Path.Combine(dir, "rec");
             string recTrace = Path.Combine(dir, "rec.jsonl");
             var r = new GuestRunner().When("READY-FOR-INPUT", "typed on the host\n");
@@ -84,16 +78,9 @@ public class LinuxRecordReplayTests
             string sha = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(bytes));
             const string script = "echo DISK=$(dd if=/dev/vda bs=64k 2>/dev/null | sha256sum); " +
                 "echo RNG=$(dd if=/dev/hwrng bs=16 count=1 2>/dev/null | od -An -tx1 | tr -d ' '); poweroff -f";
-            var spec = new VmSpec
-            {
-                Kernel = img.Kernel,
-                Initrds = [img.Initramfs],
-                Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
-                MemoryBytes = 128UL << 20,
-                Accel = AccelKind.Emu,
-                Disks = [new DiskConfig(disk, DiskFormat.Raw, ReadOnly: true, BytesPerSecond: 512 << 10)],
-                Rng = true,
-            };
+            var spec = DefaultGuestSpec.For(img, script, 128UL << 20);
+            spec.Disks = [new DiskConfig(disk, DiskFormat.Raw, ReadOnly: true, BytesPerSecond: 512 << 10)];
+            spec.Rng = true;
             string rec = Path.Combine(dir, "rec");
             var r = new GuestRunner();
             int rc = r.Run(spec, Guard, new RunOptions { RecordDir = rec });
@@ -180,15 +167,8 @@ public class LinuxRecordReplayTests
                 udhcpc -q -n -f -i eth0 -s /tmp/dhcp.sh || exit 3
 
                 """ + $"echo NET=$(wget -q -O - http://10.0.2.2:{port}/blob | sha256sum)\npoweroff -f\n";
-            var spec = new VmSpec
-            {
-                Kernel = img.Kernel,
-                Initrds = [img.Initramfs],
-                Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
-                MemoryBytes = 128UL << 20,
-                Accel = AccelKind.Emu,
-                Nics = [NicConfig.Parse("user", 0)],
-            };
+            var spec = DefaultGuestSpec.For(img, script, 128UL << 20);
+            spec.Nics = [NicConfig.Parse("user", 0)];
             string rec = Path.Combine(dir, "rec");
             var r = new GuestRunner();
             int rc = r.Run(spec, Guard, new RunOptions { RecordDir = rec });

@@ -1,3 +1,4 @@
+using Dirigent.Tests.Infrastructure;
 using System.Text;
 using System.Text.Json;
 using Dirigent.Cli;
@@ -26,14 +27,7 @@ public class LinuxTraceTests
         string? map = DefaultImage.EnsureSystemMap(VmLauncher.CacheDir, img.KernelVersion, _ => { }, out string why);
         Skip.If(map == null, $"no System.map for kernel {img.KernelVersion}: {why}");
         const string script = "echo tracehost > /etc/hostname; cat /etc/hostname; ls /tmp; echo WORKLOAD-DONE; sleep 600";
-        var spec = new VmSpec
-        {
-            Kernel = img.Kernel,
-            Initrds = [img.Initramfs],
-            Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
-            MemoryBytes = 256UL << 20,
-            Accel = AccelKind.Emu,
-        };
+        var spec = DefaultGuestSpec.For(img, script);
         using var vm = Vm.Create(spec, TextWriter.Null);
         var console = new StringBuilder();
         using var done = new ManualResetEventSlim();

@@ -1,3 +1,4 @@
+using Dirigent.Tests.Infrastructure;
 using System.Buffers.Binary;
 using System.Text.Json.Nodes;
 using Dirigent.Cli;
@@ -197,15 +198,8 @@ public class SandboxNetworkTests
                 nslookup evil.example 169.254.53.53 | grep -A1 evil.example | sed -n 's/^Address[^:]*: */DNS-ANSWER /p'
                 echo NET-DONE
                 """;
-            var spec = new VmSpec
-            {
-                Kernel = img.Kernel,
-                Initrds = [img.Initramfs],
-                Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
-                MemoryBytes = 256UL << 20,
-                Accel = AccelKind.Emu,
-                Nics = [NicConfig.Parse("user", 0)],
-            };
+            var spec = DefaultGuestSpec.For(img, script);
+            spec.Nics = [NicConfig.Parse("user", 0)];
             var r = new GuestRunner();
             int rc = r.Run(spec, TimeSpan.FromMinutes(8), new RunOptions { Sandbox = box });
             string o = r.Output, why = $"exit status {rc}; errors: {r.Errors}\n{GuestRunner.Tail(o)}";

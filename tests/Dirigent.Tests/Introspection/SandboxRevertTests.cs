@@ -1,3 +1,4 @@
+using Dirigent.Tests.Infrastructure;
 using System.Net;
 using System.Text.Json;
 using System.Text.RegularExpressions;
@@ -61,14 +62,7 @@ public class SandboxRevertTests
                             "if [ -e /tmp/mark ]; then echo MEM:MARKED; else echo MEM:CLEAN; fi; " +
                             "echo x > /tmp/mark; printf SANDBOXED | dd of=/dev/vda bs=512 seek=2048 conv=notrunc 2>/dev/null; sync; " +
                             "echo WROTE-MARKER; sleep 100000";
-            var spec = new VmSpec
-            {
-                Kernel = img.Kernel,
-                Initrds = [img.Initramfs],
-                Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
-                MemoryBytes = 256UL << 20,
-                Accel = AccelKind.Emu,
-            };
+            var spec = DefaultGuestSpec.For(img, script);
             spec.Disks.Add(VmSpec.ParseDisk($"{disk},format=raw"));
             // A card (the guest leaves it down) only for the sinkhole's log, which marks the revert.
             bool slirp = Dirigent.Vmm.Net.SlirpNative.Probe() == null;

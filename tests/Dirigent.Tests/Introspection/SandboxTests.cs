@@ -1,3 +1,4 @@
+using Dirigent.Tests.Infrastructure;
 using System.Diagnostics;
 using System.Security.Cryptography;
 using System.Text.Json.Nodes;
@@ -57,14 +58,7 @@ public class SandboxTests
             byte[] baseHash = SHA256.HashData(File.ReadAllBytes(baseImage));
             // The guest overwrites the file's first block through the raw device, then syncs (the init script powers off).
             string script = $"printf SANDBOXED-WRITE | dd of=/dev/vda bs=4096 seek={block} conv=notrunc 2>/dev/null; sync; echo SANDBOX-DONE";
-            var spec = new VmSpec
-            {
-                Kernel = img.Kernel,
-                Initrds = [img.Initramfs],
-                Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
-                MemoryBytes = 256UL << 20,
-                Accel = AccelKind.Emu,
-            };
+            var spec = DefaultGuestSpec.For(img, script);
             spec.Disks.Add(VmSpec.ParseDisk($"{baseImage},format=raw"));
             var r = new Dirigent.Tests.Boot.GuestRunner();
             int rc = r.Run(spec, Guard, new RunOptions { Sandbox = box });

@@ -1,3 +1,4 @@
+using Dirigent.Tests.Infrastructure;
 using System.Net;
 using System.Text;
 using System.Text.Json;
@@ -24,14 +25,7 @@ public class TraceStreamTests
         var img = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, _ => { });
         // The guest cannot know when the stream opens, so it repeats the command: a run after that is seen whole.
         const string script = "echo box > /etc/hostname; while true; do cat /etc/hostname; sleep 1; done";
-        var spec = new VmSpec
-        {
-            Kernel = img.Kernel,
-            Initrds = [img.Initramfs],
-            Append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(script)}",
-            MemoryBytes = 256UL << 20,
-            Accel = AccelKind.Emu,
-        };
+        var spec = DefaultGuestSpec.For(img, script);
         string dir = Directory.CreateTempSubdirectory("dirigent-tstream-").FullName;
         using var vm = Vm.Create(spec, TextWriter.Null);
         var console = new StringBuilder();
