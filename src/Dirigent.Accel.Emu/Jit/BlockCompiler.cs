@@ -207,10 +207,10 @@ internal sealed partial class BlockCompiler
             ref Instruction i = ref ins[_k];
             bool isLast = _k == n - 1;
             int off0 = _il.ILOffset;
-            if (isLast && EmitBranchEnd(ref i)) { Inlined += counted; IlStat("end:" + i.Mnemonic, off0); break; }
-            if (EmitInline(ref i)) { Inlined += counted; IlStat(i.Mnemonic + (i.OpCount > 0 && (i.Op0Kind == OpKind.Memory || (i.OpCount > 1 && i.Op1Kind == OpKind.Memory)) ? "/m" : ""), off0); if (!isLast) continue; off0 = _il.ILOffset; ExitTo(i.NextIP, n, Slot.A); IlStat("fallexit", off0); break; }
+            if (isLast && EmitBranchEnd(ref i)) { Inlined += counted; IlStat(IlStatKind.End, ref i, off0); break; }
+            if (EmitInline(ref i)) { Inlined += counted; IlStat(IlStatKind.Inline, ref i, off0); if (!isLast) continue; off0 = _il.ILOffset; ExitTo(i.NextIP, n, Slot.A); IlStat(IlStatKind.FallExit, ref i, off0); break; }
             EmitHandlerCall(ref i);
-            IlStat("handler", off0);
+            IlStat(IlStatKind.Handler, ref i, off0);
             if (isLast)
             {
                 // The handler set RIP (a branch, or the next instruction); registers were written back before it.
@@ -220,21 +220,32 @@ internal sealed partial class BlockCompiler
         }
     }
 
+    /// <summary>DIRIGENT_JIT_ILSTATS=1: IL bytes per instruction form and per block end (printed by `bench jit-compile`).</summary>
+    internal static readonly System.Collections.Concurrent.ConcurrentDictionary<string, (long N, long Bytes)>? IlStats =
+        Environment.GetEnvironmentVariable("DIRIGENT_JIT_ILSTATS") == "1" ? new() : null;
+    private enum IlStatKind { Inline, End, FallExit, Handler }
+
+    /// <summary>DIRIGENT_JIT_ILSTATS: the IL bytes emitted since <paramref name="off0"/>, under the instruction's form
+    /// (the key is made only when the statistics are on: the compiler's own time is what they measure).</summary>
+    private void IlStat(IlStatKind kind, ref Instruction i, int off0)
+    {
+        if (IlStats == null || _pass != 1) return;
+        string key = kind switch
+        {
+            IlStatKind.End => "end:" + i.Mnemonic,
+            IlStatKind.FallExit => "fallexit",
+            IlStatKind.Handler => "handler",
+            _ => i.Mnemonic + (i.OpCount > 0 && (i.Op0Kind == OpKind.Memory || (i.OpCount > 1 && i.Op1Kind == OpKind.Memory)) ? "/m" : ""),
+        };
+        int d = _il.ILOffset - off0;
+        IlStats.AddOrUpdate(key, (1, d), (_, v) => (v.N + 1, v.Bytes + d));
+    }
+
     /// <summary>
     /// A mid-block instruction left to its handler that cannot change what the dispatcher checks between blocks (TF,
     /// the interrupt shadow, HLT, the code segment): the block's exits may still chain. Handlers that end the block
     /// early (BlockExit) leave through the dispatcher anyway; STI/POPF/IRET and segment loads are excluded.
     /// </summary>
-    /// <summary>DIRIGENT_JIT_ILSTATS=1: IL bytes per instruction form and per block end (printed by `bench jit-compile`).</summary>
-    internal static readonly System.Collections.Concurrent.ConcurrentDictionary<string, (long N, long Bytes)>? IlStats =
-        Environment.GetEnvironmentVariable("DIRIGENT_JIT_ILSTATS") == "1" ? new() : null;
-    private void IlStat(string key, int off0)
-    {
-        if (IlStats == null || _pass != 1) return;
-        int d = _il.ILOffset - off0;
-        IlStats.AddOrUpdate(key, (1, d), (_, v) => (v.N + 1, v.Bytes + d));
-    }
-
     private static bool HandlerKeepsChaining(ref Instruction i)
     {
         if (i.FlowControl != Iced.Intel.FlowControl.Next) return false;
