@@ -98,8 +98,13 @@ export function vmPage(main, name, session) {
   }
 
   // The operation panel: what runs, its last progress note, and how it ended.
+  // An operation only moves forward: pending → running → ended. The POST's answer (pending) can
+  // arrive after the event stream has already said the operation ended; it must not undo that.
+  const STAGE = { pending: 0, running: 1 };
+  const stage = (s) => STAGE[s] ?? 2;
   function showOp(o) {
     if (op && o.id !== op.id && new Date(o.created_at) < new Date(op.created_at)) return;
+    if (op && o.id === op.id && stage(o.status) < stage(op.status)) return;
     op = o;
     const running = o.status === 'pending' || o.status === 'running';
     opBox.hidden = false;

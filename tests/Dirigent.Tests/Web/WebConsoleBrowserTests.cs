@@ -185,10 +185,27 @@ public sealed class WebConsoleBrowserTests
             await ConsoleShowsAsync(page, "power button");
             await Shot(page, "5-vm-stopped");
 
-            // ---- clone the stopped VM; delete the clone (after the browser's confirmation)
+            // ---- clone the stopped VM; delete the clone (after the browser's confirmation).
+            // The POST's answer (pending) is held back until the event stream has told the page
+            // that the clone ended: a late answer must not turn the panel back to pending (a CI
+            // run saw exactly that race, the clone of a stopped VM being quick).
+            var cloneAnswered = new TaskCompletionSource();
+            await page.RouteAsync("**/api/v1/vms/web/clone", async route =>
+            {
+                try
+                {
+                    var answer = await route.FetchAsync();
+                    await Expect(page.Locator("#announcer")).ToHaveTextAsync("clone web to web2: succeeded");
+                    await route.FulfillAsync(new() { Response = answer });
+                    cloneAnswered.TrySetResult();
+                }
+                catch (Exception e) { cloneAnswered.TrySetException(e); }
+            });
             await Action(page, "clone").ClickAsync();
             await page.GetByLabel("Name of the clone").FillAsync("web2");
             await page.GetByRole(AriaRole.Button, new() { Name = "Clone", Exact = true }).ClickAsync();
+            await cloneAnswered.Task.WaitAsync(TimeSpan.FromMinutes(4));
+            await page.UnrouteAsync("**/api/v1/vms/web/clone");
             await Expect(page.Locator(".operation[data-status=succeeded]")).ToContainTextAsync("clone web to web2");
             await page.EvaluateAsync("() => { location.hash = '#/vm/web2'; }");
             await Expect(page.GetByRole(AriaRole.Heading, new() { Name = "web2", Exact = true })).ToBeVisibleAsync();
