@@ -22,7 +22,7 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
     private readonly PriorityQueue<TimerEntry, long> _queue = new();
     private readonly object _lock = new();
     private readonly Thread _thread;
-    private readonly AutoResetEvent _changed = new(false);
+    private readonly HostWait _changed = new();
     private volatile bool _disposed;
     private long _seq;
     // VM time = (host timestamp - _epoch) scaled, while running; _frozenNs while stopped.
@@ -225,9 +225,15 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
                 continue;
             }
             // Sleep until the next deadline, a new earlier timer, or a stop/start/restore.
-            _changed.WaitOne(TimeSpan.FromTicks(Math.Max(1, waitNs / 100)));
+            _changed.Wait(waitNs);
+            Interlocked.Increment(ref _wakeups);
         }
     }
+
+    private long _wakeups;
+
+    /// <summary>How often the timer thread has woken from its wait (a busy-polling timer thread shows here).</summary>
+    public long TimerThreadWakeups => Interlocked.Read(ref _wakeups);
 
     /// <summary>
     /// Stops the timer thread and waits until no callback runs any more: the machine frees guest memory right after,
@@ -237,6 +243,10 @@ public sealed class VirtualClock : IStateful<ClockState>, IDisposable
     {
         _disposed = true;
         _changed.Set();
-        if (Thread.CurrentThread != _thread) _thread.Join();
+        if (Thread.CurrentThread != _thread)
+        {
+            _thread.Join();
+            _changed.Dispose();
+        }
     }
 }
