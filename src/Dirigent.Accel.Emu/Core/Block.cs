@@ -51,7 +51,9 @@ internal sealed unsafe class Block
     public ulong TargetA = ulong.MaxValue, TargetB = ulong.MaxValue;
     public Block? LinkA, LinkB;
     /// <summary>The compiled block ends in a RET or an indirect JMP/CALL that chains: LinkB is the block its last
-    /// exit went to (TargetB is unused), tried before the jump cache (BlockCompiler.ExitDynamic).</summary>
+    /// exit through the dispatcher went to (TargetB is unused) and LinkC the last one the jump cache gave it (a
+    /// function's RET alternating between two call sites), both tried before the jump cache (BlockCompiler.ExitDynamic).</summary>
+    public Block? LinkC;
     public bool DynamicExit;
     /// <summary>DIRIGENT_JIT_STATS: interpreted runs in the chained loop.</summary>
     public long InterpRuns;

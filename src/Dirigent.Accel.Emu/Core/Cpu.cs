@@ -389,11 +389,12 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     }
 
     /// <summary>
-    /// Compiled code after a RET: the compiled block the jump cache holds for <paramref name="rip"/>, checked as
-    /// a successor link is (and nothing pending), made current; null sends the vCPU back to the dispatcher.
+    /// Compiled code after a RET or an indirect jump of <paramref name="src"/> that neither of its links matched: the
+    /// compiled block the jump cache holds for <paramref name="rip"/>, checked as a successor link is (and nothing
+    /// pending), made current and kept as src's LinkC (tried inline next time); null sends the vCPU to the dispatcher.
     /// </summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    internal Block? ChainLookup(ulong rip)
+    internal Block? ChainLookup(ulong rip, Block src)
     {
         if (Jit.JitCompiler.Stats) JitChainLookups++;
         if (_pendingEvents != 0) return null;
@@ -409,6 +410,8 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             return null;
         }
         _currentBlockId = b.Id;
+        // (Stored only when it changes: a reference store costs a GC write barrier.)
+        if (src.LinkC != b) src.LinkC = b;
         return b;
     }
 

@@ -139,33 +139,34 @@ internal sealed partial class BlockCompiler
         AddInstret(count);
         if (_chainable)
         {
-            // First the block this exit last went to (LinkB, set by the dispatcher: the return site of the last CALL
-            // into this function, the last target of this indirect jump), checked as ChainTo checks a link; then the
-            // jump cache. The jump cache alone missed a third of the time (its slot held another block, as it is filled
-            // only by the dispatcher's lookups) and each miss was a round trip through the dispatcher.
+            // First the blocks this exit went to before (LinkB: the last one through the dispatcher; LinkC: the last
+            // one the jump cache gave, so a function's RET alternating between two call sites stays inline), each
+            // through the method's shared chaining tail with ChainTo's checks; then the jump cache (ChainLookup). The
+            // jump cache alone missed a third of the time (its slot held another block, as it is filled only by the
+            // dispatcher's lookups) and each miss was a round trip through the dispatcher.
             _b.DynamicExit = true;
-            Label plain = _il.DefineLabel(), lookup = _il.DefineLabel(), jump = _il.DefineLabel();
+            Label plain = _il.DefineLabel(), tryC = _il.DefineLabel(), lookup = _il.DefineLabel();
+            _tailOtherPage ??= _il.DefineLabel();
+            foreach (var (link, next) in new[] { (FLinkB, tryC), (FLinkC, lookup) })
+            {
+                _il.Emit(OpCodes.Ldarg_0);
+                _il.Emit(OpCodes.Ldfld, link);
+                _il.Emit(OpCodes.Stloc, _nb);
+                _il.Emit(OpCodes.Ldloc, _nb);
+                _il.Emit(OpCodes.Brfalse, next);
+                _il.Emit(OpCodes.Ldloc, _nb);
+                _il.Emit(OpCodes.Ldfld, FLinear);
+                _il.Emit(OpCodes.Ldloc, target);
+                _il.Emit(OpCodes.Beq, _tailOtherPage.Value);
+                _il.MarkLabel(next);
+            }
+            _il.Emit(OpCodes.Ldarg_1);
+            _il.Emit(OpCodes.Ldloc, target);
             _il.Emit(OpCodes.Ldarg_0);
-            _il.Emit(OpCodes.Ldfld, FLinkB);
-            _il.Emit(OpCodes.Stloc, _nb);
-            _il.Emit(OpCodes.Ldloc, _nb);
-            _il.Emit(OpCodes.Brfalse, lookup);
-            _il.Emit(OpCodes.Ldloc, _nb);
-            _il.Emit(OpCodes.Ldfld, FLinear);
-            _il.Emit(OpCodes.Ldloc, target);
-            _il.Emit(OpCodes.Bne_Un, lookup);
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldloc, _nb);
-            _il.Emit(OpCodes.Call, MChainTo);
-            _il.Emit(OpCodes.Brtrue, jump);
-            _il.MarkLabel(lookup);
-            _il.Emit(OpCodes.Ldarg_1);
-            _il.Emit(OpCodes.Ldloc, target);
             _il.Emit(OpCodes.Call, MChainLookup);
             _il.Emit(OpCodes.Stloc, _nb);
             _il.Emit(OpCodes.Ldloc, _nb);
             _il.Emit(OpCodes.Brfalse, plain);
-            _il.MarkLabel(jump);
             EmitTailJump(plain);
             _il.MarkLabel(plain);
         }

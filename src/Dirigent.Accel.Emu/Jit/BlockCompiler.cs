@@ -28,11 +28,13 @@ internal sealed partial class BlockCompiler
 {
     private static readonly Type CpuT = typeof(Cpu);
     private static readonly FieldInfo FGpr = Field("Gpr"), FRip = Field("Rip"), FInstrIp = Field("InstrIp"),
-        FBlockExit = Field("BlockExit"), FPending = Field("_pendingEvents"), FTlbR = Field("_tlbR"), FTlbW = Field("_tlbW"),
+        FBlockExit = Field("BlockExit"), FPending = Field("_pendingEvents"), FTlbR = Field("_tlbR"), FTlbW = Field("_tlbW"), FTlbX = Field("_tlbX"),
         FInstret = Field("_instret"), FJitDone = Field("JitDone"), FLazyOp = Field("_lazyOp"), FLazySize = Field("_lazySize"),
         FLazyRes = Field("_lazyRes"), FLazyA = Field("_lazyA"), FLazyB = Field("_lazyB"), FLazyCarryIn = Field("_lazyCarryIn");
     private static readonly FieldInfo FValid = typeof(Block).GetField(nameof(Block.Valid))!,
         FLinkA = typeof(Block).GetField(nameof(Block.LinkA))!, FLinkB = typeof(Block).GetField(nameof(Block.LinkB))!,
+        FLinkC = typeof(Block).GetField(nameof(Block.LinkC))!, FPage0 = typeof(Block).GetField(nameof(Block.Page0))!,
+        FPage1 = typeof(Block).GetField(nameof(Block.Page1))!,
         FCompiledPtr = typeof(Block).GetField(nameof(Block.CompiledPtr))!, FInstrs = typeof(Block).GetField(nameof(Block.Instrs))!,
         FBlockId = typeof(Block).GetField(nameof(Block.Id))!, FLinear = typeof(Block).GetField(nameof(Block.Linear))!;
     private static readonly FieldInfo FCurrentBlockId = Field("_currentBlockId");
@@ -484,17 +486,72 @@ internal sealed partial class BlockCompiler
                 _il.Emit(OpCodes.Ldfld, FBlockId);
                 _il.Emit(OpCodes.Stfld, FCurrentBlockId);
             }
-            else
-            {
-                _il.Emit(OpCodes.Ldarg_1);
-                _il.Emit(OpCodes.Ldloc, _nb);
-                _il.Emit(OpCodes.Call, MChainTo);
-                _il.Emit(OpCodes.Brfalse, plain);
-            }
+            else EmitChainChecks(plain);
             EmitTailJump(plain);
             _il.MarkLabel(plain);
         }
         EmitReturn();
+    }
+
+    /// <summary>
+    /// ChainTo's checks of the successor in _nb, inline (emitted once per method, in the shared tail): nothing pending,
+    /// the successor valid, its page still mapped by the execute TLB to the frame it was decoded from; then it is
+    /// made current. A successor that runs onto a second page (rare) is left to ChainTo itself. Branches to
+    /// <paramref name="fail"/> when the dispatcher must decide. (As a call, ChainTo was 5.6% of a shell loop's time.)
+    /// </summary>
+    private unsafe void EmitChainChecks(Label fail)
+    {
+        Label viaCall = _il.DefineLabel(), ok = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, FPending);
+        _il.Emit(OpCodes.Brtrue, fail);
+        _il.Emit(OpCodes.Ldloc, _nb);
+        _il.Emit(OpCodes.Ldfld, FPage1);
+        _il.Emit(OpCodes.Ldc_I8, -1L);
+        _il.Emit(OpCodes.Bne_Un, viaCall);
+        _il.Emit(OpCodes.Ldloc, _nb);
+        _il.Emit(OpCodes.Volatile);
+        _il.Emit(OpCodes.Ldfld, FValid);
+        _il.Emit(OpCodes.Brfalse, fail);
+        // page = nb.Linear >> 12; ent = _tlbX + (page & mask) * sizeof(TlbEntry); ent->Tag == page && ent->PhysPage == nb.Page0
+        _il.Emit(OpCodes.Ldloc, _nb);
+        _il.Emit(OpCodes.Ldfld, FLinear);
+        _il.Emit(OpCodes.Ldc_I4, 12);
+        _il.Emit(OpCodes.Shr_Un);
+        _il.Emit(OpCodes.Stloc, _page);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldfld, FTlbX);
+        _il.Emit(OpCodes.Ldloc, _page);
+        _il.Emit(OpCodes.Ldc_I8, (long)Cpu.TlbIndexMask);
+        _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Ldc_I8, (long)sizeof(TlbEntry));
+        _il.Emit(OpCodes.Mul);
+        _il.Emit(OpCodes.Conv_I);
+        _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Stloc, _ent);
+        _il.Emit(OpCodes.Ldloc, _ent);
+        _il.Emit(OpCodes.Ldind_I8);
+        _il.Emit(OpCodes.Ldloc, _page);
+        _il.Emit(OpCodes.Bne_Un, fail);
+        _il.Emit(OpCodes.Ldloc, _ent);
+        _il.Emit(OpCodes.Ldc_I4, 16); // TlbEntry.PhysPage, the third field
+        _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Ldind_I8);
+        _il.Emit(OpCodes.Ldloc, _nb);
+        _il.Emit(OpCodes.Ldfld, FPage0);
+        _il.Emit(OpCodes.Bne_Un, fail);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, _nb);
+        _il.Emit(OpCodes.Ldfld, FBlockId);
+        _il.Emit(OpCodes.Stfld, FCurrentBlockId);
+        _il.Emit(OpCodes.Br, ok);
+        _il.MarkLabel(viaCall);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldloc, _nb);
+        _il.Emit(OpCodes.Call, MChainTo);
+        _il.Emit(OpCodes.Brfalse, fail);
+        _il.MarkLabel(ok);
     }
 
     /// <summary>Returns to the dispatcher with this block as the last one run.</summary>

@@ -116,7 +116,7 @@ internal sealed class JitCompiler : IDisposable
             if (_graveyard.Count > GraveyardSize) _graveyard.Dequeue();
         }
         b.Compiled = null;
-        b.LinkA = b.LinkB = null;
+        b.LinkA = b.LinkB = b.LinkC = null;
     }
 
     /// <summary>The block counts its runs from zero again and is queued anew when it gets hot again.</summary>
