@@ -124,6 +124,9 @@ public sealed partial class Vm : IDisposable
             try { machine = new MachineModel(spec.MemoryBytes); }
             catch (Dirigent.Machine.Memory.GuestMemoryException e) { throw new VmException(e.Message, badInput: true); }
             owned.Push(machine);
+            // VM time starts at the first instruction: frozen from here (near 0) until Start, not running while the
+            // rest is built (a second with libslirp), which the guest saw as time passed before it ran.
+            machine.Clock.Stop();
             machine.RecordReplay = recordReplay;
             // The guest is loaded before any accelerator is probed: a bad kernel is the user's to fix, nothing started.
             LoadedKernel? loaded = null;
