@@ -19,13 +19,30 @@ public sealed class EmuAccelerator : IAccelerator
         vm.Hooks.Changed += OnHooksChanged;
     }
 
-    /// <summary>Watchpoints or execution hooks changed: every vCPU drops its translations and leaves compiled code.</summary>
+    /// <summary>
+    /// Watchpoints or execution hooks changed: every vCPU drops its translations and leaves compiled code, and none
+    /// runs on until all have. Without that rendezvous a vCPU that had dropped its translations reported stores to a
+    /// new watchpoint while another, not yet at its safe point (its thread unscheduled on a loaded host), still stored
+    /// through its old soft-TLB entry, unreported: a gap in what a watchpoint added to a running SMP guest saw.
+    /// A vCPU that is not executing has its part done here (PostSafePoint/WaitSafePoint) and runs no guest code
+    /// meanwhile; one that does it at its own boundary then waits, not executing, for the others.
+    /// </summary>
     private void OnHooksChanged()
     {
         Cpu[] cpus;
         lock (_cpus) cpus = _cpus.ToArray();
         var posted = new Cpu.SafePointRequest?[cpus.Length];
-        for (int k = 0; k < cpus.Length; k++) posted[k] = cpus[k].PostSafePoint(c => c.OnHooksChanged());
+        // Not disposed: a vCPU may still be returning from its Wait when the last part is done.
+        var all = new CountdownEvent(cpus.Length);
+        var requester = Thread.CurrentThread;
+        for (int k = 0; k < cpus.Length; k++)
+            posted[k] = cpus[k].PostSafePoint(c =>
+            {
+                try { c.OnHooksChanged(); }
+                finally { all.Signal(); }
+                // Done here (the vCPU not executing, or this is its own thread): nothing of it runs meanwhile.
+                if (Thread.CurrentThread != requester) c.HoldAfterSafePoint(all);
+            });
         for (int k = 0; k < cpus.Length; k++) cpus[k].WaitSafePoint(posted[k]);
     }
 

@@ -123,7 +123,26 @@ public sealed partial class Cpu
             _safePointPending = false;
             Monitor.PulseAll(_tlbSync);
         }
+        if (_holdUntil is { } all)
+        {
+            // Outside _tlbSync and not counting as executing: a requester does the work of the vCPUs that do not
+            // reach a boundary themselves, so the count always reaches zero.
+            _holdUntil = null;
+            LeaveExecution();
+            try { all.Wait(); }
+            finally { EnterExecution(); }
+        }
     }
+
+    // Set by safe-point work on this vCPU's own thread: after the work, wait (executing nothing) until every vCPU has
+    // done its part. See EmuAccelerator.OnHooksChanged.
+    private CountdownEvent? _holdUntil;
+
+    /// <summary>
+    /// Safe-point work, on this vCPU's thread: once the work is done, run no more guest code until
+    /// <paramref name="all"/> reaches zero (a rendezvous of all vCPUs).
+    /// </summary>
+    internal void HoldAfterSafePoint(CountdownEvent all) => _holdUntil = all;
 
     private void EnterExecution()
     {

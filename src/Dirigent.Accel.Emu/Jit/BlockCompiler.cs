@@ -464,87 +464,65 @@ internal sealed partial class BlockCompiler
     private void EmitChainTail(Label at, bool samePage)
     {
         _il.MarkLabel(at);
-        {
-            Label plain = _il.DefineLabel();
-            _il.Emit(OpCodes.Ldloc, _nb);
-            _il.Emit(OpCodes.Brfalse, plain);
-            if (samePage)
-            {
-                // A successor on this block's own page (the dispatcher links only those that do not run onto the
-                // next page): this block runs, so its page maps to the frame both were decoded from; what is left of
-                // ChainTo's checks is nothing pending and the successor still valid, a few loads inline.
-                _il.Emit(OpCodes.Ldarg_1);
-                _il.Emit(OpCodes.Volatile);
-                _il.Emit(OpCodes.Ldfld, FPending);
-                _il.Emit(OpCodes.Brtrue, plain);
-                _il.Emit(OpCodes.Ldloc, _nb);
-                _il.Emit(OpCodes.Volatile);
-                _il.Emit(OpCodes.Ldfld, FValid);
-                _il.Emit(OpCodes.Brfalse, plain);
-                _il.Emit(OpCodes.Ldarg_1);
-                _il.Emit(OpCodes.Ldloc, _nb);
-                _il.Emit(OpCodes.Ldfld, FBlockId);
-                _il.Emit(OpCodes.Stfld, FCurrentBlockId);
-            }
-            else EmitChainChecks(plain);
-            EmitTailJump(plain);
-            _il.MarkLabel(plain);
-        }
+        Label plain = _il.DefineLabel();
+        _il.Emit(OpCodes.Ldloc, _nb);
+        _il.Emit(OpCodes.Brfalse, plain);
+        EmitChainChecks(plain, samePage);
+        EmitTailJump(plain);
+        _il.MarkLabel(plain);
         EmitReturn();
     }
 
     /// <summary>
-    /// ChainTo's checks of the successor in _nb, inline (emitted once per method, in the shared tail): nothing pending,
-    /// the successor valid, its page still mapped by the execute TLB to the frame it was decoded from; then it is
-    /// made current. A successor that runs onto a second page (rare) is left to ChainTo itself. Branches to
-    /// <paramref name="fail"/> when the dispatcher must decide. (As a call, ChainTo was 5.6% of a shell loop's time.)
+    /// ChainTo's checks of the successor in _nb, inline (emitted once per method, in a shared tail), then it is made
+    /// current; branches to <paramref name="fail"/> when the dispatcher must decide. Nothing may be pending and the
+    /// successor must still be valid. A successor on another page must also still be mapped by the execute TLB to the
+    /// frame it was decoded from (one that runs onto a second page, rare, is left to ChainTo itself; as a call,
+    /// ChainTo was 5.6% of a shell loop's time). One on this block's own page needs no more: the dispatcher links
+    /// only those that do not run onto the next page, and this block runs, so the page maps to the frame both were
+    /// decoded from.
     /// </summary>
-    private unsafe void EmitChainChecks(Label fail)
+    private void EmitChainChecks(Label fail, bool samePage)
     {
         Label viaCall = _il.DefineLabel(), ok = _il.DefineLabel();
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Volatile);
         _il.Emit(OpCodes.Ldfld, FPending);
         _il.Emit(OpCodes.Brtrue, fail);
-        _il.Emit(OpCodes.Ldloc, _nb);
-        _il.Emit(OpCodes.Ldfld, FPage1);
-        _il.Emit(OpCodes.Ldc_I8, -1L);
-        _il.Emit(OpCodes.Bne_Un, viaCall);
+        if (!samePage)
+        {
+            _il.Emit(OpCodes.Ldloc, _nb);
+            _il.Emit(OpCodes.Ldfld, FPage1);
+            _il.Emit(OpCodes.Ldc_I8, -1L);
+            _il.Emit(OpCodes.Bne_Un, viaCall);
+        }
         _il.Emit(OpCodes.Ldloc, _nb);
         _il.Emit(OpCodes.Volatile);
         _il.Emit(OpCodes.Ldfld, FValid);
         _il.Emit(OpCodes.Brfalse, fail);
-        // page = nb.Linear >> 12; ent = _tlbX + (page & mask) * sizeof(TlbEntry); ent->Tag == page && ent->PhysPage == nb.Page0
-        _il.Emit(OpCodes.Ldloc, _nb);
-        _il.Emit(OpCodes.Ldfld, FLinear);
-        _il.Emit(OpCodes.Ldc_I4, 12);
-        _il.Emit(OpCodes.Shr_Un);
-        _il.Emit(OpCodes.Stloc, _page);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, FTlbX);
-        _il.Emit(OpCodes.Ldloc, _page);
-        _il.Emit(OpCodes.Ldc_I8, (long)Cpu.TlbIndexMask);
-        _il.Emit(OpCodes.And);
-        _il.Emit(OpCodes.Ldc_I8, (long)sizeof(TlbEntry));
-        _il.Emit(OpCodes.Mul);
-        _il.Emit(OpCodes.Conv_I);
-        _il.Emit(OpCodes.Add);
-        _il.Emit(OpCodes.Stloc, _ent);
-        _il.Emit(OpCodes.Ldloc, _ent);
-        _il.Emit(OpCodes.Ldind_I8);
-        _il.Emit(OpCodes.Ldloc, _page);
-        _il.Emit(OpCodes.Bne_Un, fail);
-        _il.Emit(OpCodes.Ldloc, _ent);
-        _il.Emit(OpCodes.Ldc_I4, 16); // TlbEntry.PhysPage, the third field
-        _il.Emit(OpCodes.Add);
-        _il.Emit(OpCodes.Ldind_I8);
-        _il.Emit(OpCodes.Ldloc, _nb);
-        _il.Emit(OpCodes.Ldfld, FPage0);
-        _il.Emit(OpCodes.Bne_Un, fail);
+        if (!samePage)
+        {
+            // The execute TLB's entry for nb.Linear's page: ent->Tag == page && ent->PhysPage == nb.Page0
+            _il.Emit(OpCodes.Ldloc, _nb);
+            _il.Emit(OpCodes.Ldfld, FLinear);
+            EmitTlbEntry(FTlbX);
+            _il.Emit(OpCodes.Ldloc, _ent);
+            _il.Emit(OpCodes.Ldind_I8);
+            _il.Emit(OpCodes.Ldloc, _page);
+            _il.Emit(OpCodes.Bne_Un, fail);
+            _il.Emit(OpCodes.Ldloc, _ent);
+            _il.Emit(OpCodes.Ldc_I4, 16); // TlbEntry.PhysPage, the third field
+            _il.Emit(OpCodes.Add);
+            _il.Emit(OpCodes.Ldind_I8);
+            _il.Emit(OpCodes.Ldloc, _nb);
+            _il.Emit(OpCodes.Ldfld, FPage0);
+            _il.Emit(OpCodes.Bne_Un, fail);
+        }
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Ldloc, _nb);
         _il.Emit(OpCodes.Ldfld, FBlockId);
         _il.Emit(OpCodes.Stfld, FCurrentBlockId);
+        if (samePage) return;
         _il.Emit(OpCodes.Br, ok);
         _il.MarkLabel(viaCall);
         _il.Emit(OpCodes.Ldarg_1);
@@ -682,21 +660,9 @@ internal sealed partial class BlockCompiler
     /// </summary>
     private unsafe void EmitTlbProbe(FieldInfo table, int size, Label miss)
     {
-        // page = la >> 12; ent = table + (page & mask) * sizeof(TlbEntry)
+        // page = la >> 12
         _il.Emit(OpCodes.Ldloc, _la);
-        _il.Emit(OpCodes.Ldc_I4, 12);
-        _il.Emit(OpCodes.Shr_Un);
-        _il.Emit(OpCodes.Stloc, _page);
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, table);
-        _il.Emit(OpCodes.Ldloc, _page);
-        _il.Emit(OpCodes.Ldc_I8, (long)Cpu.TlbIndexMask);
-        _il.Emit(OpCodes.And);
-        _il.Emit(OpCodes.Ldc_I8, (long)sizeof(TlbEntry));
-        _il.Emit(OpCodes.Mul);
-        _il.Emit(OpCodes.Conv_I);
-        _il.Emit(OpCodes.Add);
-        _il.Emit(OpCodes.Stloc, _ent);
+        EmitTlbEntry(table);
         // ent->Tag == page of the access's last byte: one compare is both the tag check and the page-crossing check
         // (an access that crosses into page+1 compares with the tag at page's slot, which never holds page+1).
         _il.Emit(OpCodes.Ldloc, _ent);
@@ -719,6 +685,27 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldind_I8);
         _il.Emit(OpCodes.Add);
         _il.Emit(OpCodes.Conv_I);
+    }
+
+    /// <summary>
+    /// With a linear address on the stack: _page = its page number, _ent = the address of <paramref name="table"/>'s
+    /// entry for that page (table + (page &amp; mask) * sizeof(TlbEntry)); nothing is compared yet.
+    /// </summary>
+    private unsafe void EmitTlbEntry(FieldInfo table)
+    {
+        _il.Emit(OpCodes.Ldc_I4, 12);
+        _il.Emit(OpCodes.Shr_Un);
+        _il.Emit(OpCodes.Stloc, _page);
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldfld, table);
+        _il.Emit(OpCodes.Ldloc, _page);
+        _il.Emit(OpCodes.Ldc_I8, (long)Cpu.TlbIndexMask);
+        _il.Emit(OpCodes.And);
+        _il.Emit(OpCodes.Ldc_I8, (long)sizeof(TlbEntry));
+        _il.Emit(OpCodes.Mul);
+        _il.Emit(OpCodes.Conv_I);
+        _il.Emit(OpCodes.Add);
+        _il.Emit(OpCodes.Stloc, _ent);
     }
 
     /// <summary>The TLB-miss path: state synced for a fault, then (cpu, la, size) pushed for ReadSlow/WriteSlow.</summary>

@@ -49,8 +49,23 @@ public class SmpWatchpointTests(ITestOutputHelper output)
             Assert.True(g.Select(e => e.Value).SequenceEqual(g.Select(e => e.Value).Order()), $"vcpu {g.Key}: stores out of order");
     }
 
-    [Fact]
+    [SkippableFact]
     public void WatchpointAddedWhileVcpusRunReportsEveryLaterStore()
+    {
+        // The test says something about every vCPU only if each still had increments to make when the watchpoint
+        // went in. The guest starts them together, but a loaded host may leave one vCPU's thread unscheduled while
+        // the other makes all its increments (a CI run saw that): such a run is checked for gaps, then tried again.
+        const int attempts = 5;
+        for (int attempt = 1; attempt <= attempts; attempt++)
+        {
+            if (ArmWhileRunning(attempt)) return;
+        }
+        Skip.If(true, $"in {attempts} runs one vCPU had finished all its increments before the watchpoint went in " +
+                      "(the host did not run both vCPU threads at once): nothing to say about the other vCPU");
+    }
+
+    /// <summary>One run: arms the watchpoint mid-run and checks the stores; false when a vCPU had already finished then.</summary>
+    private bool ArmWhileRunning(int attempt)
     {
         const int cpus = 2;
         using var dir = new TempDir();
@@ -58,18 +73,20 @@ public class SmpWatchpointTests(ITestOutputHelper output)
         using var cap = new ConsoleCapture(vm);
         vm.Start();
         int total = cpus * 40_000;
-        // Wait (on the guest's own progress) until both vCPUs are in their increments, then arm the watchpoint.
+        // Wait (on the guest's own progress) until the vCPUs are in their increments, then arm the watchpoint.
         bool running = SpinWait.SpinUntil(() => vm.Machine.Memory.ReadU64(SmpGuest.Counter) >= 1_000 || vm.WaitEnded(TimeSpan.Zero), HangGuard);
         Assert.True(running, "the guest never started its increments");
         var seen = new List<MemoryAccessEvent>();
-        ulong before;
+        ulong before, doneAtArming;
         using (vm.Introspection.Hooks.AddWatchpoint(SmpGuest.Counter, 8, WatchKind.Write, physical: true, (_, e) => { lock (seen) seen.Add(e); }))
         {
+            // Read once the watchpoint is in: a vCPU not done by now stores at least once more, and must be reported.
+            doneAtArming = vm.Machine.Memory.ReadU64(SmpGuest.Done);
             before = vm.Machine.Memory.ReadU64(SmpGuest.Counter);
             Assert.True(vm.WaitEnded(HangGuard), $"no debug-exit within {HangGuard.TotalSeconds} s; console:\n{cap.Text}");
         }
         Assert.Equal(SmpGuest.Pass, vm.ExitReason!.DebugExitValue);
-        output.WriteLine($"armed at counter {before}; {seen.Count} stores reported");
+        output.WriteLine($"run {attempt}: armed at counter {before} with {doneAtArming} vCPUs done; {seen.Count} stores reported");
         Assert.True(before < (ulong)total, $"the guest finished ({before}) before the watchpoint was armed: nothing was tested");
         // From the first reported store on, every value up to the end was reported exactly once: no vCPU kept storing
         // through a translation made before the watchpoint existed.
@@ -77,7 +94,9 @@ public class SmpWatchpointTests(ITestOutputHelper output)
         ulong first = values[0];
         Assert.True(first <= before + 1, $"first reported store {first}, but the counter was {before} when the watchpoint was armed");
         Assert.Equal(Enumerable.Range((int)first, total - (int)first + 1).Select(v => (ulong)v), values);
+        if (doneAtArming != 0) return false;
         Assert.Equal(Enumerable.Range(0, cpus), seen.Select(e => e.Vcpu).Distinct().Order());
+        return true;
     }
 
     private static Vm CreateVm(TempDir dir, int cpus, int perCpu = PerCpu) =>
