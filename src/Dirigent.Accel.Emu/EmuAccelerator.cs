@@ -49,6 +49,8 @@ public sealed class EmuAccelerator : IAccelerator
     /// <summary>The compiled tier's mode and figures (blocks, IL bytes, compile time, evictions).</summary>
     public Jit.JitMode JitMode => _cache.Jit?.Mode ?? Jit.JitMode.Off;
     public long JitBlocksCompiled => _cache.Jit?.BlocksCompiled ?? 0;
+    /// <summary>Compiled methods that hold a region of several blocks (BlockCompiler.Region.cs).</summary>
+    public long JitRegionsCompiled => _cache.Jit?.Regions ?? 0;
     public long JitFailures => _cache.Jit?.Failures ?? 0;
     public string? JitFirstFailure => _cache.Jit?.FirstFailure;
     /// <summary>One line: blocks, instructions inline, IL bytes, compile time, evictions, failures ("off" when off).</summary>

@@ -55,6 +55,13 @@ internal sealed unsafe class Block
     /// function's RET alternating between two call sites), both tried before the jump cache (BlockCompiler.ExitDynamic).</summary>
     public Block? LinkC;
     public bool DynamicExit;
+    /// <summary>
+    /// Region compilation (BlockCompiler.Region.cs): the blocks compiled into this block's method after it, [0] being
+    /// this block (IL reaches the others' instructions and links through it). RegionMember: some region's method runs
+    /// this block's code, so the dispatcher keeps its links (LinkA/LinkB) current even when it has no method of its own.
+    /// </summary>
+    public Block[]? Region;
+    public bool RegionMember;
     /// <summary>DIRIGENT_JIT_STATS: interpreted runs in the chained loop.</summary>
     public long InterpRuns;
 }

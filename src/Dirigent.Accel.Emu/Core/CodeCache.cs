@@ -57,7 +57,7 @@ internal sealed unsafe class CodeCache
     public CodeCache(GuestMemory mem, Jit.JitMode jit = Emu.Jit.JitMode.Off)
     {
         _mem = mem;
-        if (jit != Emu.Jit.JitMode.Off) Jit = new Jit.JitCompiler(jit);
+        if (jit != Emu.Jit.JitMode.Off) Jit = new Jit.JitCompiler(jit, lookup: (phys, ip) => Lookup(phys, ip, 64));
         _pageState = new int[(mem.TopOfRam >> 12) + 1];
         _writers = new ulong[_pageState.Length];
         mem.ExternalWrite += (gpa, len) => InvalidateRange(gpa, len);

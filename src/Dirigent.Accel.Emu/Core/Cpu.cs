@@ -563,7 +563,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             // Let a compiled block jump straight into its compiled successor next time.
             // (Stored only when it changes: a reference store costs a GC write barrier.) A successor on b's own page is
             // entered with lighter checks (BlockCompiler.ExitTo): it is linked only if it does not run onto the next page.
-            if (n.CompiledPtr != 0 && b.CompiledPtr != 0 && (n.Page1 == ulong.MaxValue || (rip >> 12) != (b.Linear >> 12)))
+            if (n.CompiledPtr != 0 && (b.CompiledPtr != 0 || b.RegionMember) && (n.Page1 == ulong.MaxValue || (rip >> 12) != (b.Linear >> 12)))
             {
                 if (rip == b.TargetA) { if (b.LinkA != n) b.LinkA = n; }
                 else if (rip == b.TargetB || b.DynamicExit) { if (b.LinkB != n) b.LinkB = n; }

@@ -22,6 +22,7 @@ internal sealed partial class BlockCompiler
 
     private bool TryInlineCondition(ConditionCode cc)
     {
+        Materialize();
         // Result-based conditions (ZF/SF) hold for every record we make; the rest need the operation.
         void Res() { _il.Emit(OpCodes.Ldloc, _fr); ZeroExtend(_fsize); }
         void Zero(bool isZero) { Res(); _il.Emit(OpCodes.Ldc_I8, 0L); _il.Emit(OpCodes.Ceq); if (!isZero) Not(); }
@@ -149,7 +150,7 @@ internal sealed partial class BlockCompiler
             _tailOtherPage ??= _il.DefineLabel();
             foreach (var (link, next) in new[] { (FLinkB, tryC), (FLinkC, lookup) })
             {
-                _il.Emit(OpCodes.Ldarg_0);
+                EmitLdBlock();
                 _il.Emit(OpCodes.Ldfld, link);
                 _il.Emit(OpCodes.Stloc, _nb);
                 _il.Emit(OpCodes.Ldloc, _nb);
@@ -162,7 +163,7 @@ internal sealed partial class BlockCompiler
             }
             _il.Emit(OpCodes.Ldarg_1);
             _il.Emit(OpCodes.Ldloc, target);
-            _il.Emit(OpCodes.Ldarg_0);
+            EmitLdBlock();
             _il.Emit(OpCodes.Call, MChainLookup);
             _il.Emit(OpCodes.Stloc, _nb);
             _il.Emit(OpCodes.Ldloc, _nb);
@@ -228,9 +229,11 @@ internal sealed partial class BlockCompiler
             ulong target = i.NearBranch64;
             Label notTaken = _il.DefineLabel();
             bool backEdge = _selfLoop && target == _b.Ip;
+            // A way into this method's region takes the branch path below (no write-back before the test).
+            bool inner = _regionLabels != null && (_regionLabels.ContainsKey(target) || _regionLabels.ContainsKey(i.NextIP));
             if (i.Code.IsJccShortOrNear())
             {
-                if (!backEdge)
+                if (!backEdge && !inner)
                 {
                     // Both ways leave the block with the same state: write it back once, before the test (the flag
                     // record stays in its locals for the test).

@@ -470,6 +470,7 @@ internal sealed partial class BlockCompiler
         // Of memory, a read-modify-write: the previous flags go to the CPU first, so a fault on the store sees them.
         if (mem) { SpillFlags(); _fop = LazyOp.None; }
         // INC/DEC keep CF: the record carries the CF of the flags they replace.
+        Materialize();
         if (_fop is not (LazyOp.Inc or LazyOp.Dec))
         {
             PushCarry();
@@ -498,6 +499,7 @@ internal sealed partial class BlockCompiler
     /// <summary>Pushes CF (0/1) of the current flags.</summary>
     private void PushCarry()
     {
+        Materialize();
         switch (_fop)
         {
             case LazyOp.Logic: _il.Emit(OpCodes.Ldc_I4_0); return;

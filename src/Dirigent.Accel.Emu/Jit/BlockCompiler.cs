@@ -66,7 +66,9 @@ internal sealed partial class BlockCompiler
         ?? throw new MissingMethodException(CpuT.Name, name);
 
     // ---- per compilation ----
-    private readonly Block _b;
+    /// <summary>The block being emitted: the head, or a region member while its instructions are emitted.</summary>
+    private Block _b;
+    private readonly Block _head;
     private readonly ILGenerator _il;
     private readonly DynamicMethod _dm;
     private readonly LocalBuilder?[] _reg = new LocalBuilder?[16];
@@ -111,9 +113,10 @@ internal sealed partial class BlockCompiler
     private int _pass = 1;
     private (LazyOp Op, int Size) _headFlags;
 
-    private BlockCompiler(Block b, bool allowLoop)
+    private BlockCompiler(Block b, bool allowLoop, Block[]? members = null)
     {
-        _b = b;
+        _b = _head = b;
+        _members = members;
         _allowLoop = allowLoop;
         _dm = new DynamicMethod($"jit_{b.Ip:x}", typeof(Block), Params, typeof(Cpu).Module, skipVisibility: true);
         _il = _dm.GetILGenerator(256 + b.Count * 64);
@@ -132,9 +135,22 @@ internal sealed partial class BlockCompiler
     }
 
     /// <summary>Compiles a 64-bit block; null when the block cannot be compiled (other bitness, nothing to run).</summary>
-    public static (CompiledCode Code, int IlBytes, int Inlined, DynamicMethod Method)? Compile(Block b)
+    /// <paramref name="lookup"/> finds decoded blocks (guest-physical address, IP) for a region around b (see
+    /// BlockCompiler.Region.cs); without it, or when there is none, b is compiled alone.
+    public static (CompiledCode Code, int IlBytes, int Inlined, DynamicMethod Method)? Compile(Block b, Func<ulong, ulong, Block?>? lookup = null, int minHeat = 0)
     {
         if (b.Bits != 64 || b.Count == 0 || !b.Valid) return null;
+        // A block that already runs inside another block's region is compiled alone (it is entered here from elsewhere):
+        // compiling its neighbours again would double the .NET JIT's work for code that already has a method.
+        if (lookup != null && !(b.RegionMember && b.Region == null) && BuildRegion(b, lookup, minHeat) is { } members)
+        {
+            var rc = new BlockCompiler(b, allowLoop: false, members);
+            rc.EmitRegion();
+            // Published before the method can run: its IL reads the members through b.Region.
+            b.Region = members;
+            for (int j = 1; j < members.Length; j++) members[j].RegionMember = true;
+            return ((CompiledCode)rc._dm.CreateDelegate(typeof(CompiledCode), b), rc.IlBytes, rc.Inlined, rc._dm);
+        }
         var c = new BlockCompiler(b, allowLoop: true);
         try { c.Emit(); }
         catch (PeelMismatch)
@@ -364,6 +380,7 @@ internal sealed partial class BlockCompiler
     private void SpillFlags()
     {
         if (_fop == LazyOp.None) return;
+        if (_fop == DynamicRecord) { EmitDynamicSpill(); return; }
         if (_fop == ShiftRecord)
         {
             _il.Emit(OpCodes.Ldarg_1);
@@ -427,6 +444,7 @@ internal sealed partial class BlockCompiler
     /// </summary>
     private void ExitTo(ulong target, int count, Slot slot = Slot.None, bool spill = true)
     {
+        if (TryRegionEdge(target, count, slot)) return;
         if (spill)
         {
             SpillRegs();
@@ -438,7 +456,7 @@ internal sealed partial class BlockCompiler
         if (_chainable && slot != Slot.None)
         {
             if (slot == Slot.A) _b.TargetA = target; else _b.TargetB = target;
-            _il.Emit(OpCodes.Ldarg_0);
+            EmitLdBlock();
             _il.Emit(OpCodes.Ldfld, slot == Slot.A ? FLinkA : FLinkB);
             _il.Emit(OpCodes.Stloc, _nb);
             // The checks and the jump are emitted once per method (see EmitChainTails), not at every exit.
@@ -535,7 +553,7 @@ internal sealed partial class BlockCompiler
     /// <summary>Returns to the dispatcher with this block as the last one run.</summary>
     private void EmitReturn()
     {
-        _il.Emit(OpCodes.Ldarg_0);
+        EmitLdBlock();
         _il.Emit(OpCodes.Ret);
     }
 
@@ -592,7 +610,7 @@ internal sealed partial class BlockCompiler
     private unsafe void EmitCallHandler(ref Instruction i)
     {
         _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldarg_0);
+        EmitLdBlock();
         _il.Emit(OpCodes.Ldfld, FInstrs);
         _il.Emit(OpCodes.Ldc_I4, _k);
         _il.Emit(OpCodes.Ldelema, typeof(Instruction));
@@ -615,7 +633,7 @@ internal sealed partial class BlockCompiler
         // paging changes, stores to this block's code: the interpreter would stop here too).
         Label go = _il.DefineLabel();
         _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldarg_0);
+        EmitLdBlock();
         _il.Emit(OpCodes.Ldc_I4, _k);
         _il.Emit(OpCodes.Ldc_I8, (long)(nint)CodeCache.HandlerFor(ref i, 64));
         _il.Emit(OpCodes.Conv_I);
@@ -722,7 +740,7 @@ internal sealed partial class BlockCompiler
     /// <summary>The slow path's last arguments: this block and the instruction's index (Cpu.JitReadSlow sets RIP from them).</summary>
     private void SlowPathSite()
     {
-        _il.Emit(OpCodes.Ldarg_0);
+        EmitLdBlock();
         _il.Emit(OpCodes.Ldc_I4, _k);
     }
 

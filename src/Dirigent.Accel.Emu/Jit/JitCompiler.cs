@@ -46,15 +46,19 @@ internal sealed class JitCompiler : IDisposable
     private volatile bool _disposed;
     private int _live;
 
-    public long EmitTicks, BlocksSkippedCold;
+    public long EmitTicks, BlocksSkippedCold, Regions, RegionBlocks;
 
     public long IlBytes, BlocksCompiled, BlocksEvicted, InstructionsCompiled, InstructionsInlined, CompileTicks, Failures;
     /// <summary>The first compile failure (a compiler bug): the block stays interpreted.</summary>
     public string? FirstFailure;
 
-    public JitCompiler(JitMode mode, int threshold = DefaultThreshold, long budgetIlBytes = BudgetIlBytes)
+    /// <summary>Decoded blocks by (guest-physical address, IP), for regions (BlockCompiler.Region.cs); null: one block per method.</summary>
+    private readonly Func<ulong, ulong, Block?>? _lookup;
+
+    public JitCompiler(JitMode mode, int threshold = DefaultThreshold, long budgetIlBytes = BudgetIlBytes, Func<ulong, ulong, Block?>? lookup = null)
     {
         Mode = mode;
+        _lookup = lookup;
         if (int.TryParse(Environment.GetEnvironmentVariable("DIRIGENT_JIT_THRESHOLD"), out int t)) threshold = t;
         Threshold = Math.Max(1, threshold);
         _budget = budgetIlBytes;
@@ -191,7 +195,9 @@ internal sealed class JitCompiler : IDisposable
         nint entry;
         try
         {
-            var r = BlockCompiler.Compile(b);
+            // A region's other blocks must have run an eighth as often as a block is hot (so a loop's exit path that ran
+            // a few times stays out); under Always every decoded block is a candidate (blocks compile before they run).
+            var r = BlockCompiler.Compile(b, _lookup, Mode == JitMode.Always ? 0 : Threshold / 8);
             if (r == null) return;
             (code, il, inlined, var method) = r.Value;
             long t1 = Stopwatch.GetTimestamp();
@@ -210,6 +216,7 @@ internal sealed class JitCompiler : IDisposable
         {
             if (!b.Valid) return;
             b.JitIlBytes = il;
+            if (b.Region is { } region) { Regions++; RegionBlocks += region.Length; }
             b.Compiled = code;
             Volatile.Write(ref b.CompiledPtr, entry);
             IlBytes += il;
@@ -265,7 +272,7 @@ internal sealed class JitCompiler : IDisposable
 
     public override string ToString() =>
         $"{BlocksCompiled} blocks compiled ({InstructionsInlined}/{InstructionsCompiled} instructions inline), {IlBytes / 1024.0:F0} KiB IL, " +
-        $"compile time {CompileTime.TotalMilliseconds:F0} ms (IL emission {Stopwatch.GetElapsedTime(0, EmitTicks).TotalMilliseconds:F0} ms), {BlocksEvicted} evicted, {BlocksSkippedCold} dropped from the queue cold, {Failures} failures{(FirstFailure != null ? " (first: " + FirstFailure + ")" : "")}";
+        $"compile time {CompileTime.TotalMilliseconds:F0} ms (IL emission {Stopwatch.GetElapsedTime(0, EmitTicks).TotalMilliseconds:F0} ms), {Regions} of them regions of {RegionBlocks} blocks, {BlocksEvicted} evicted, {BlocksSkippedCold} dropped from the queue cold, {Failures} failures{(FirstFailure != null ? " (first: " + FirstFailure + ")" : "")}";
 
     public void Dispose()
     {

@@ -18,7 +18,7 @@ public class JitTierTests
     private static readonly AssemblerRegister32[] R32 = [eax, ecx, edx, esi, edi, ebp, r8d, r9d, r10d, r11d, r12d, r13d, r14d, r15d];
     private const ulong Data = Infrastructure.TestVm.DataBase;
 
-    private sealed record Result(ulong[] Gpr, ulong Rflags, ulong Rip, ulong Instret, byte[] Mem, VcpuExitReason Exit, string Detail, long DispatcherRuns = 0);
+    private sealed record Result(ulong[] Gpr, ulong Rflags, ulong Rip, ulong Instret, byte[] Mem, VcpuExitReason Exit, string Detail, long DispatcherRuns = 0, long Regions = 0);
 
     private static Result Run(JitMode mode, Action<Assembler> program, ulong[] gpr, ulong rflags, byte[] mem)
     {
@@ -40,7 +40,7 @@ public class JitTierTests
         var outMem = new byte[mem.Length];
         vm.Vm.Memory.Read(Data, outMem);
         return new Result(st.Gpr.ToArray(), st.Rflags, st.Rip, vm.Cpu.InstructionsRetired, outMem, exit.Reason, exit.Detail ?? "",
-            vm.Cpu.JitRunsCompiled + vm.Cpu.JitRunsInterpreted);
+            vm.Cpu.JitRunsCompiled + vm.Cpu.JitRunsInterpreted, vm.Accel.JitRegionsCompiled);
     }
 
     private static string Compare(Result i, Result c)
@@ -56,7 +56,7 @@ public class JitTierTests
         return string.Join("; ", d);
     }
 
-    private static Result AssertSame(Action<Assembler> program, Random rng, string what)
+    private static Result AssertSame(Action<Assembler> program, Random rng, string what, Action<long>? countRegions = null)
     {
         var gpr = new ulong[16];
         for (int k = 0; k < 16; k++) gpr[k] = Native.Differential.RandomValue(rng);
@@ -68,6 +68,7 @@ public class JitTierTests
         string diff = Compare(interp, compiled);
         // The program's bytes too: the block that went wrong can be disassembled without rerunning the generator.
         if (diff != "") Assert.Fail($"{what}: {diff} [program bytes {Convert.ToHexString(Native.Differential.Asm(program))}]");
+        countRegions?.Invoke(compiled.Regions);
         return compiled;
     }
 
@@ -184,6 +185,48 @@ public class JitTierTests
             };
             AssertSame(program, rng, $"seed {seed} (replay: DIRIGENT_JIT_SEED={seed})");
         }
+    }
+
+    [Fact]
+    public void Random_loops_of_several_blocks_compiled_as_one_region_end_in_the_interpreters_state()
+    {
+        // A loop of three blocks on one page: under Always the block with the back edge is compiled with the head and
+        // the head's other successor as one region (inner branches, registers and the flag record kept in locals
+        // across them). Random instructions at the start of each block read the flags the block before left (ADC,
+        // CMOVcc, SETcc, a Jcc with no flag write before it): the record crosses the inner edges.
+        int seed0 = BaseSeed + 1000;
+        long regions = 0;
+        for (int n = 0; n < 40; n++)
+        {
+            int seed = seed0 + n;
+            var rng = new Random(seed);
+            int k1 = rng.Next(1, 8), k2 = rng.Next(0, 8), k3 = rng.Next(0, 8);
+            Action<Assembler> program = a =>
+            {
+                var r = new Random(seed * 31 + 7);
+                var top = a.CreateLabel();
+                var mid = a.CreateLabel();
+                a.mov(__qword_ptr[rbx + 8192], 200 + r.Next(100));
+                a.Label(ref top);
+                for (int k = 0; k < k1; k++) RandomInstruction(a, r);
+                switch (r.Next(3))
+                {
+                    case 0: a.jl(mid); break;
+                    case 1: a.jb(mid); break;
+                    default: a.jne(mid); break;
+                }
+                // The fall-through block starts with a conditional branch on the flags from the block before.
+                if (r.Next(2) == 0) a.jg(mid);
+                for (int k = 0; k < k2; k++) RandomInstruction(a, r);
+                a.Label(ref mid);
+                for (int k = 0; k < k3; k++) RandomInstruction(a, r);
+                a.dec(__qword_ptr[rbx + 8192]);
+                a.jnz(top);
+                a.hlt();
+            };
+            var c = AssertSame(program, rng, $"seed {seed} (replay: DIRIGENT_JIT_SEED={seed - 1000})", countRegions: x => regions += x);
+        }
+        Assert.True(regions > 0, "no region was compiled");
     }
 
     [Fact]
