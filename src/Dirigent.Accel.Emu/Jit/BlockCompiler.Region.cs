@@ -95,9 +95,7 @@ internal sealed partial class BlockCompiler
     private void EmitRegion()
     {
         var members = _members!;
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, FGpr);
-        _il.Emit(OpCodes.Stloc, _gpr);
+        EmitGprInit();
         bool sse = false;
         foreach (var m in members)
             for (int k = 0; k < m.Count && !sse; k++) sse = Classify(ref m.Instrs[k]) == Kind.Sse;
@@ -136,13 +134,7 @@ internal sealed partial class BlockCompiler
         _b = _head;
         _il.MarkLabel(_leaveAll);
         for (int r = 0; r < 16; r++)
-        {
-            if (!_regionRegs[r]) continue;
-            _il.Emit(OpCodes.Ldloc, _gpr);
-            _il.Emit(OpCodes.Ldc_I4, r);
-            _il.Emit(OpCodes.Ldloc, Reg(r));
-            _il.Emit(OpCodes.Stelem_I8);
-        }
+            if (_regionRegs[r]) EmitLocalToGpr(r);
         EmitDynamicSpill();
         StoreField(FRip, () => _il.Emit(OpCodes.Ldloc, _leaveRip));
         _il.Emit(OpCodes.Ldarg_0);
@@ -179,13 +171,7 @@ internal sealed partial class BlockCompiler
         }
         // Registers a handler call left in the CPU go back into their locals.
         for (int r = 0; r < 16; r++)
-        {
-            if (!_regionRegs[r] || _loaded[r]) continue;
-            _il.Emit(OpCodes.Ldloc, _gpr);
-            _il.Emit(OpCodes.Ldc_I4, r);
-            _il.Emit(OpCodes.Ldelem_I8);
-            _il.Emit(OpCodes.Stloc, Reg(r));
-        }
+            if (_regionRegs[r] && !_loaded[r]) EmitGprToLocal(r);
         Label leave = _il.DefineLabel();
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Volatile);

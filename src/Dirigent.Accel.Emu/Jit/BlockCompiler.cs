@@ -168,9 +168,7 @@ internal sealed partial class BlockCompiler
     {
         int n = _b.Count;
         var ins = _b.Instrs;
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Ldfld, FGpr);
-        _il.Emit(OpCodes.Stloc, _gpr);
+        EmitGprInit();
         for (int k = 0; k < n; k++)
             if (Classify(ref ins[k]) == Kind.Sse) { LoadXmmArray(); break; }
 
@@ -186,15 +184,6 @@ internal sealed partial class BlockCompiler
         {
             var uses = GprUses(ins, n);
             for (int r = 0; r < 16; r++) _inMemory[r] = uses[r] > 0 && uses[r] < LocalUses;
-        }
-        if (Array.IndexOf(_inMemory, true) >= 0)
-        {
-            _gp = _il.DeclareLocal(typeof(ulong).MakeByRefType());
-            _regTmp = _il.DeclareLocal(typeof(ulong));
-            _il.Emit(OpCodes.Ldloc, _gpr);
-            _il.Emit(OpCodes.Ldc_I4_0);
-            _il.Emit(OpCodes.Ldelema, typeof(ulong));
-            _il.Emit(OpCodes.Stloc, _gp);
         }
         if (_selfLoop)
         {
@@ -345,12 +334,41 @@ internal sealed partial class BlockCompiler
     private void Load(int r)
     {
         if (_inMemory[r] || _loaded[r]) return;
-        Reg(r);
-        _il.Emit(OpCodes.Ldloc, _gpr);
-        _il.Emit(OpCodes.Ldc_I4, r);
-        _il.Emit(OpCodes.Ldelem_I8);
-        _il.Emit(OpCodes.Stloc, Reg(r));
+        EmitGprToLocal(r);
         _loaded[r] = true;
+    }
+
+    /// <summary>
+    /// At the method's start: _gp = a byref to the CPU's register array's first element. Registers are read and
+    /// written through it at constant offsets, with no bounds check per access (ldelem/stelem checked each index).
+    /// </summary>
+    private void EmitGprInit()
+    {
+        _il.Emit(OpCodes.Ldarg_1);
+        _il.Emit(OpCodes.Ldfld, FGpr);
+        _il.Emit(OpCodes.Stloc, _gpr);
+        _gp = _il.DeclareLocal(typeof(ulong).MakeByRefType());
+        _regTmp = _il.DeclareLocal(typeof(ulong));
+        _il.Emit(OpCodes.Ldloc, _gpr);
+        _il.Emit(OpCodes.Ldc_I4_0);
+        _il.Emit(OpCodes.Ldelema, typeof(ulong));
+        _il.Emit(OpCodes.Stloc, _gp);
+    }
+
+    /// <summary>Guest register r from the CPU into its local (no bookkeeping).</summary>
+    private void EmitGprToLocal(int r)
+    {
+        EmitRegAddress(r);
+        _il.Emit(OpCodes.Ldind_I8);
+        _il.Emit(OpCodes.Stloc, Reg(r));
+    }
+
+    /// <summary>Guest register r's local to the CPU (no bookkeeping).</summary>
+    private void EmitLocalToGpr(int r)
+    {
+        EmitRegAddress(r);
+        _il.Emit(OpCodes.Ldloc, Reg(r));
+        _il.Emit(OpCodes.Stind_I8);
     }
 
     private void PushReg(int r) { Load(r); EmitLdReg(r); }
@@ -369,10 +387,7 @@ internal sealed partial class BlockCompiler
         for (int r = 0; r < 16; r++)
         {
             if (!_dirty[r] || _inMemory[r]) continue;
-            _il.Emit(OpCodes.Ldloc, _gpr);
-            _il.Emit(OpCodes.Ldc_I4, r);
-            _il.Emit(OpCodes.Ldloc, Reg(r));
-            _il.Emit(OpCodes.Stelem_I8);
+            EmitLocalToGpr(r);
         }
     }
 
@@ -777,13 +792,7 @@ internal sealed partial class BlockCompiler
         // finishReg; the flags: it writes them itself) is all that is left to store.
         _il.Emit(OpCodes.Brfalse, done);
         beforeExit?.Invoke();
-        if (finishReg >= 0 && !_inMemory[finishReg])
-        {
-            _il.Emit(OpCodes.Ldloc, _gpr);
-            _il.Emit(OpCodes.Ldc_I4, finishReg);
-            _il.Emit(OpCodes.Ldloc, Reg(finishReg));
-            _il.Emit(OpCodes.Stelem_I8);
-        }
+        if (finishReg >= 0 && !_inMemory[finishReg]) EmitLocalToGpr(finishReg);
         LeaveSynced(ripAfter, _k + 1);
         _il.MarkLabel(done);
     }
