@@ -470,8 +470,12 @@ internal sealed partial class BlockCompiler
         // Of memory, a read-modify-write: the previous flags go to the CPU first, so a fault on the store sees them.
         if (mem) { SpillFlags(); _fop = LazyOp.None; }
         // INC/DEC keep CF: the record carries the CF of the flags they replace.
-        Materialize();
-        if (_fop is not (LazyOp.Inc or LazyOp.Dec))
+        if (_fop is LazyOp.None or DynamicRecord)
+        {
+            PushCarryOfUnknownRecord();
+            _il.Emit(OpCodes.Stloc, _fcin);
+        }
+        else if (_fop is not (LazyOp.Inc or LazyOp.Dec))
         {
             PushCarry();
             _il.Emit(OpCodes.Stloc, _fcin);
