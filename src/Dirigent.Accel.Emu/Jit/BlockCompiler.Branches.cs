@@ -285,13 +285,13 @@ internal sealed partial class BlockCompiler
         }
     }
 
-    /// <summary>The jump back to the block's own start: go round again unless something needs the dispatcher.</summary>
-    private void BackEdge(int n)
+    /// <summary>
+    /// An edge inside the method (a self-loop's back edge, a region's inner edge): to <paramref name="stay"/> when
+    /// nothing is pending and the method's block is still valid, else on at the next instruction, which leaves
+    /// (<paramref name="leave"/> is where a pending event goes).
+    /// </summary>
+    private void EmitStayChecks(Label stay, Label leave)
     {
-        Label leave = _il.DefineLabel();
-        if (_pass == 1) _headFlags = (_fop, _fsize);
-        else if (_headFlags != (_fop, _fsize)) throw new PeelMismatch();
-        AddInstret(n);
         _il.Emit(OpCodes.Ldarg_1);
         _il.Emit(OpCodes.Volatile);
         _il.Emit(OpCodes.Ldfld, FPending);
@@ -299,8 +299,17 @@ internal sealed partial class BlockCompiler
         _il.Emit(OpCodes.Ldarg_0);
         _il.Emit(OpCodes.Volatile);
         _il.Emit(OpCodes.Ldfld, FValid);
-        _il.Emit(OpCodes.Brfalse, leave);
-        _il.Emit(OpCodes.Br, _loopHead);
+        _il.Emit(OpCodes.Brtrue, stay);
+    }
+
+    /// <summary>The jump back to the block's own start: go round again unless something needs the dispatcher.</summary>
+    private void BackEdge(int n)
+    {
+        Label leave = _il.DefineLabel();
+        if (_pass == 1) _headFlags = (_fop, _fsize);
+        else if (_headFlags != (_fop, _fsize)) throw new PeelMismatch();
+        AddInstret(n);
+        EmitStayChecks(_loopHead, leave);
         _il.MarkLabel(leave);
         SpillRegs();
         SpillFlags();

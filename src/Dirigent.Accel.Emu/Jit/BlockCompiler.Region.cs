@@ -173,14 +173,7 @@ internal sealed partial class BlockCompiler
         for (int r = 0; r < 16; r++)
             if (_regionRegs[r] && !_loaded[r]) EmitGprToLocal(r);
         Label leave = _il.DefineLabel();
-        _il.Emit(OpCodes.Ldarg_1);
-        _il.Emit(OpCodes.Volatile);
-        _il.Emit(OpCodes.Ldfld, FPending);
-        _il.Emit(OpCodes.Brtrue, leave);
-        _il.Emit(OpCodes.Ldarg_0);
-        _il.Emit(OpCodes.Volatile);
-        _il.Emit(OpCodes.Ldfld, FValid);
-        _il.Emit(OpCodes.Brtrue, dst);
+        EmitStayChecks(dst, leave);
         _il.MarkLabel(leave);
         _il.Emit(OpCodes.Ldc_I8, (long)target);
         _il.Emit(OpCodes.Stloc, _leaveRip!);
