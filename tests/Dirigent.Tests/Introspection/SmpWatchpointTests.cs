@@ -60,8 +60,8 @@ public class SmpWatchpointTests(ITestOutputHelper output)
         {
             if (ArmWhileRunning(attempt)) return;
         }
-        Skip.If(true, $"in {attempts} runs one vCPU had finished all its increments before the watchpoint went in " +
-                      "(the host did not run both vCPU threads at once): nothing to say about the other vCPU");
+        Skip.If(true, $"in {attempts} runs a vCPU (or the whole guest) had finished all its increments before the watchpoint went in " +
+                      "(the host did not run both vCPU threads at once while it was armed): nothing to say about the other vCPU");
     }
 
     /// <summary>One run: arms the watchpoint mid-run and checks the stores; false when a vCPU had already finished then.</summary>
@@ -87,7 +87,8 @@ public class SmpWatchpointTests(ITestOutputHelper output)
         }
         Assert.Equal(SmpGuest.Pass, vm.ExitReason!.DebugExitValue);
         output.WriteLine($"run {attempt}: armed at counter {before} with {doneAtArming} vCPUs done; {seen.Count} stores reported");
-        Assert.True(before < (ulong)total, $"the guest finished ({before}) before the watchpoint was armed: nothing was tested");
+        // Arming is a rendezvous of the vCPUs; a fast host (or one that ran a vCPU alone) may see the guest end first.
+        if (before >= (ulong)total) return false;
         // From the first reported store on, every value up to the end was reported exactly once: no vCPU kept storing
         // through a translation made before the watchpoint existed.
         var values = seen.Select(e => e.Value).Order().ToList();
