@@ -469,6 +469,26 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         return true;
     }
 
+    /// <summary>
+    /// Compiled code: instructions k..k+m-1 of b (a PUSH or POP run whose one soft-TLB check missed) through their
+    /// interpreter handlers, one by one, each with the state the interpreter would have; true when one ended the block,
+    /// with the instructions up to it counted here (the caller returns).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal bool JitHandlerRun(Block b, int k, int m)
+    {
+        for (int j = k; j < k + m; j++)
+        {
+            ref Instruction i = ref JitAt(b, j);
+            ((delegate*<Cpu, ref Instruction, void>)CodeCache.HandlerFor(ref i, 64))(this, ref i);
+            if (!BlockExit) continue;
+            JitBlockExit();
+            _instret += (ulong)(j + 1);
+            return true;
+        }
+        return false;
+    }
+
     /// <summary>The state the interpreter has at instruction k of b: InstrIp, RIP after it, the pass's count so far.</summary>
     private ref Instruction JitAt(Block b, int k)
     {

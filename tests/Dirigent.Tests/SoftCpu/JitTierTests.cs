@@ -418,4 +418,105 @@ public class JitTierTests
         // 60000 returns and calls; only the first passes, and those after the rewrite until it is compiled, go through the dispatcher.
         Assert.True(r.DispatcherRuns < 5000, $"the dispatcher ran {r.DispatcherRuns} blocks: the returns did not chain");
     }
+
+    [Fact]
+    public void Push_and_pop_runs_compiled_as_one_stack_access_match_the_interpreter()
+    {
+        // A function saving and restoring registers in runs (one soft-TLB check per run in the compiled tier), called
+        // with the stack moving 24 bytes down per call: some runs cross a page boundary, miss the check and go through
+        // the handlers one by one. Pops land in other registers than the pushes came from, with immediates among them.
+        var rng = new Random(BaseSeed + 7);
+        AssertSame(a =>
+        {
+            var f = a.CreateLabel();
+            var top = a.CreateLabel();
+            a.mov(ecx, 400);
+            a.Label(ref top);
+            a.push(rcx);
+            a.call(f);
+            a.pop(rcx);
+            a.sub(rsp, 24);
+            a.dec(ecx);
+            a.jnz(top);
+            a.hlt();
+            a.Label(ref f);
+            a.push(rbp);
+            a.push(r12);
+            a.push(r13);
+            a.push(0x12);
+            a.push(-7);
+            a.push(rax);
+            a.mov(r12, rcx);
+            a.add(r13, __qword_ptr[rsp + 16]);
+            a.imul(rbp, rcx);
+            a.pop(rdx);
+            a.pop(rsi);
+            a.pop(rdi);
+            a.pop(r13);
+            a.pop(r12);
+            a.pop(rbp);
+            a.add(rax, rdx);
+            a.add(rax, rsi);
+            a.xor(rax, rdi);
+            a.ret();
+        }, rng, "push/pop runs");
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void A_fault_inside_a_push_or_pop_run_leaves_the_instructions_before_it_done(bool push)
+    {
+        // No IDT: the #PF shuts the machine down with the state of the faulting instruction. Pushes from RSP = 0x10:
+        // the third goes below address 0 into the unmapped top of the address space. Pops from 4 GiB - 16: the third
+        // reads at 4 GiB, where the page tables end. The first two must have moved RSP and written (or set) their
+        // operands in both tiers.
+        var rng = new Random(BaseSeed + 8 + (push ? 1 : 0));
+        AssertSame(a =>
+        {
+            if (push)
+            {
+                a.mov(rsp, 0x10);
+                a.push(rax);
+                a.push(rcx);
+                a.push(rdx);
+                a.push(rsi);
+            }
+            else
+            {
+                a.mov(rsp, 0xFFFF_FFF0UL);
+                a.pop(rax);
+                a.pop(rcx);
+                a.pop(rdx);
+                a.pop(rsi);
+            }
+            a.mov(rdi, 5);
+            a.hlt();
+        }, rng, push ? "push fault" : "pop fault");
+    }
+
+    [Fact]
+    public void Fs_relative_loads_and_stores_use_the_segment_base()
+    {
+        // FS base set through IA32_FS_BASE, then a loop of fs: loads and stores (TLS, the stack protector's canary):
+        // the compiled tier reads the base inline.
+        var rng = new Random(BaseSeed + 10);
+        AssertSame(a =>
+        {
+            var top = a.CreateLabel();
+            a.mov(ecx, 0xC000_0100);
+            a.mov(eax, (uint)Data + 0x100);
+            a.xor(edx, edx);
+            a.wrmsr();
+            a.mov(ecx, 300);
+            a.Label(ref top);
+            a.mov(rax, __qword_ptr.fs[0x28]);
+            a.add(rdx, rax);
+            a.mov(__qword_ptr.fs[0x30], rdx);
+            a.add(r8, __qword_ptr.fs[rcx * 8]);
+            a.dec(ecx);
+            a.jnz(top);
+            a.hlt();
+        }, rng, "fs-relative");
+    }
 }
