@@ -25,7 +25,7 @@ public static partial class BootBench
         poweroff -f
         """;
 
-    public sealed record Result(double InitUptime, double WallToPowerOff, double Sha, double Loop, double IdleCpuPercent);
+    public sealed record Result(double InitUptime, double WallToPowerOff, double Sha, double Loop, double IdleCpuPercent, double WallToInit = double.NaN);
 
     public static int Run(string? qemu, bool jitOff = true)
     {
@@ -42,6 +42,7 @@ public static partial class BootBench
         Result? q = qemu != null ? RunQemu(qemu, img, append) : null;
         Console.WriteLine($"{"metric",-34} {"jit off",10} {"dirigent",10} {"qemu tcg",10} {"dirigent/qemu",14}");
         Row("guest uptime at /init (s)", off.InitUptime, d.InitUptime, q?.InitUptime);
+        Row("wall time to /init (s)", off.WallToInit, d.WallToInit, q?.WallToInit);
         Row("wall time to power-off (s)", off.WallToPowerOff, d.WallToPowerOff, q?.WallToPowerOff);
         Row("dd 16 MiB | sha256sum (s)", off.Sha, d.Sha, q?.Sha);
         Row("shell loop, 20000 iterations (s)", off.Loop, d.Loop, q?.Loop);
@@ -57,8 +58,14 @@ public static partial class BootBench
         private readonly StringBuilder _sb = new();
         private readonly Func<TimeSpan> _cpu;
         public TimeSpan? IdleBegin, IdleEnd;
+        // Wall time from the VM's start (Dirigent: VmLauncher.Run called; QEMU: process started) to the MARK-INIT line.
+        // Guest uptimes do not start at the same point of the boot: Linux's clock starts at tsc_early_init in
+        // setup_arch under Dirigent (the TSC's frequency is in CPUID leaf 0x15), but only at its TSC calibration,
+        // later in start_kernel, under QEMU TCG.
+        private readonly Stopwatch _sw;
+        public double? InitWall;
         public DateTime? IdleBeginWall, IdleEndWall;
-        public Watch(Func<TimeSpan> cpu) { _cpu = cpu; }
+        public Watch(Func<TimeSpan> cpu, Stopwatch sw) { _cpu = cpu; _sw = sw; }
         public string Text { get { lock (_sb) return _sb.ToString(); } }
         public void Feed(byte[] buffer, int offset, int count)
         {
@@ -66,6 +73,7 @@ public static partial class BootBench
             {
                 _sb.Append(Encoding.ASCII.GetString(buffer, offset, count));
                 string s = _sb.ToString();
+                if (InitWall == null && MarkInit().IsMatch(s)) InitWall = _sw.Elapsed.TotalSeconds;
                 if (IdleBegin == null && s.Contains("MARK-IDLE-BEGIN")) { IdleBegin = _cpu(); IdleBeginWall = DateTime.UtcNow; }
                 if (IdleEnd == null && s.Contains("MARK-IDLE-END")) { IdleEnd = _cpu(); IdleEndWall = DateTime.UtcNow; }
             }
@@ -97,13 +105,13 @@ public static partial class BootBench
     internal static Result RunDirigent(GuestImage img, string append, RunOptions? opts)
     {
         var self = Process.GetCurrentProcess();
-        var w = new Watch(() => { self.Refresh(); return self.TotalProcessorTime; });
         var cfg = new VmSpec { Kernel = img.Kernel, Initrds = [img.Initramfs], Append = append, MemoryBytes = 512UL << 20 };
         var sw = Stopwatch.StartNew();
+        var w = new Watch(() => { self.Refresh(); return self.TotalProcessorTime; }, sw);
         int rc = VmLauncher.Run(cfg, Console.Error, new MemoryStream(), w, useTerminal: false, opts: opts);
         double wall = sw.Elapsed.TotalSeconds;
         if (rc != 0) throw new InvalidOperationException($"dirigent exited {rc}");
-        return Parse(w.Text, wall, w.IdlePercent);
+        return Parse(w.Text, wall, w.IdlePercent) with { WallToInit = w.InitWall ?? double.NaN };
     }
 
     private static Result RunQemu(string qemu, GuestImage img, string append)
@@ -115,13 +123,13 @@ public static partial class BootBench
         var sw = Stopwatch.StartNew();
         using var p = Process.Start(psi)!;
         TimeSpan Cpu() { try { p.Refresh(); return p.TotalProcessorTime; } catch (InvalidOperationException) { return TimeSpan.Zero; } }
-        var w = new Watch(Cpu);
+        var w = new Watch(Cpu, sw);
         var buf = new byte[4096];
         var so = p.StandardOutput.BaseStream;
         int n;
         while ((n = so.Read(buf, 0, buf.Length)) > 0) w.Feed(buf, 0, n);
         p.WaitForExit();
         double wall = sw.Elapsed.TotalSeconds;
-        return Parse(w.Text, wall, w.IdlePercent);
+        return Parse(w.Text, wall, w.IdlePercent) with { WallToInit = w.InitWall ?? double.NaN };
     }
 }
