@@ -56,8 +56,7 @@ public sealed class DaemonActionTests
         int pid = (await d.GetAsync("/api/v1/vms/runner"))["pid"]!.GetValue<int>();
 
         using (var kill = Process.Start("kill", ["-TERM", d.DaemonPid.ToString()])) await kill.WaitForExitAsync();
-        using (var daemon = Process.GetProcessById(d.DaemonPid))
-            await daemon.WaitForExitAsync().WaitAsync(DaemonProcess.Hang);
+        await d.WaitDaemonExitAsync().WaitAsync(DaemonProcess.Hang);
         Assert.False(File.Exists(d.SocketPath));
         using (var w = Process.GetProcessById(pid)) Assert.False(w.HasExited);
 

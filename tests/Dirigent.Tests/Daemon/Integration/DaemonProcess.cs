@@ -100,6 +100,9 @@ internal sealed class DaemonProcess : IAsyncDisposable
     }
 
     public int DaemonPid => _daemon!.Id;
+    /// <summary>Completes when the daemon process has exited (through the Process that started it: a daemon that exited
+    /// before the caller looked is no longer found by its pid).</summary>
+    public Task WaitDaemonExitAsync() => _daemon!.WaitForExitAsync();
 
     /// <summary>A TCP port that was free a moment ago (for a daemon that must keep its port across restarts).</summary>
     public static int FreePort()
