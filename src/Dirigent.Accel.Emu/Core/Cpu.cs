@@ -479,10 +479,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     {
         for (int j = k; j < k + m; j++)
         {
-            ref Instruction i = ref JitAt(b, j);
-            ((delegate*<Cpu, ref Instruction, void>)CodeCache.HandlerFor(ref i, 64))(this, ref i);
-            if (!BlockExit) continue;
-            JitBlockExit();
+            if (!JitHandler(b, j, (nint)CodeCache.HandlerFor(ref b.Instrs[j], 64))) continue;
             _instret += (ulong)(j + 1);
             return true;
         }
