@@ -10,7 +10,9 @@ namespace Dirigent.Vmm;
 /// <summary>
 /// Chooses the accelerator. `auto` uses KVM only when it is present, usable and actually faster: it times the same
 /// small calibration guest on KVM and on the software CPU and keeps the faster (a PVM host emulates every
-/// instruction under KVM, so there the software CPU wins).
+/// instruction under KVM, so there the software CPU wins). The choice is remembered for the rest of the host's boot
+/// (<see cref="ChoiceFile"/>), so only the first `auto` VM after a reboot, a KVM module reload or a new Dirigent build
+/// pays for the calibration (~0.25 s here).
 /// </summary>
 public static class AccelSelector
 {
@@ -37,15 +39,96 @@ public static class AccelSelector
                     err.WriteLine($"accel: emu (kvm unavailable: {reason})");
                     return new EmuAccelerator(vm);
                 }
-                double kvm = TimeCalibration(v => new KvmAccelerator(v));
-                double emu = TimeCalibration(v => new EmuAccelerator(v));
-                if (kvm < emu)
-                {
-                    err.WriteLine($"accel: kvm (calibration guest: kvm {kvm * 1000:F1} ms, software CPU {emu * 1000:F1} ms)");
-                    return new KvmAccelerator(vm);
-                }
-                err.WriteLine($"accel: emu (kvm is slower here: calibration guest took {kvm * 1000:F1} ms on kvm, {emu * 1000:F1} ms on the software CPU)");
-                return new EmuAccelerator(vm);
+                return ChooseAuto(ChoiceFile, HostKey(), () => TimeCalibration(v => new KvmAccelerator(v)),
+                    () => TimeCalibration(v => new EmuAccelerator(v)), err) == AccelKind.Kvm
+                    ? new KvmAccelerator(vm) : new EmuAccelerator(vm);
+        }
+    }
+
+    /// <summary>
+    /// Where `auto` remembers its choice: DIRIGENT_CACHE, else ~/.cache/dirigent, then accel-auto (one line; delete it to
+    /// calibrate again). Null when there is no home directory: every `auto` VM then calibrates.
+    /// </summary>
+    public static string? ChoiceFile
+    {
+        get
+        {
+            string? dir = Environment.GetEnvironmentVariable("DIRIGENT_CACHE") is { Length: > 0 } d ? d
+                : Environment.GetFolderPath(Environment.SpecialFolder.UserProfile) is { Length: > 0 } home ? Path.Combine(home, ".cache", "dirigent") : null;
+            return dir == null ? null : Path.Combine(dir, "accel-auto");
+        }
+    }
+
+    /// <summary>
+    /// What the remembered choice is valid for: this boot of the host (its boot_id), this /dev/kvm (a module reload makes
+    /// a new node) and this build of both accelerators (a faster software CPU may change the answer).
+    /// </summary>
+    public static string HostKey()
+    {
+        string boot = "?";
+        try { boot = File.ReadAllText("/proc/sys/kernel/random/boot_id").Trim(); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        long kvmNode = File.Exists("/dev/kvm") ? File.GetLastWriteTimeUtc("/dev/kvm").Ticks : 0;
+        return $"{boot}/{kvmNode:x}/{typeof(EmuAccelerator).Assembly.ManifestModule.ModuleVersionId:N}/{typeof(KvmAccelerator).Assembly.ManifestModule.ModuleVersionId:N}";
+    }
+
+    private const string ChoiceVersion = "dirigent-accel-auto-1";
+
+    /// <summary>
+    /// `auto` with KVM usable: the choice remembered in <paramref name="file"/> for <paramref name="key"/>, else the
+    /// calibration (timeKvm, timeEmu), whose result is then remembered. Says which and why in one line on err. A
+    /// missing, unreadable, foreign or malformed file only means calibrating; failing to write it is not an error.
+    /// </summary>
+    public static AccelKind ChooseAuto(string? file, string key, Func<double> timeKvm, Func<double> timeEmu, TextWriter err)
+    {
+        if (file != null && ReadChoice(file, key) is { } known)
+        {
+            err.WriteLine($"accel: {(known.Kind == AccelKind.Kvm ? "kvm" : "emu")} (remembered from this host boot's calibration: " +
+                          $"kvm {known.KvmMs:F1} ms, software CPU {known.EmuMs:F1} ms; delete {file} to calibrate again)");
+            return known.Kind;
+        }
+        double kvm = timeKvm(), emu = timeEmu();
+        var kind = kvm < emu ? AccelKind.Kvm : AccelKind.Emu;
+        if (kind == AccelKind.Kvm)
+            err.WriteLine($"accel: kvm (calibration guest: kvm {kvm * 1000:F1} ms, software CPU {emu * 1000:F1} ms)");
+        else
+            err.WriteLine($"accel: emu (kvm is slower here: calibration guest took {kvm * 1000:F1} ms on kvm, {emu * 1000:F1} ms on the software CPU)");
+        if (file != null && kvm < double.MaxValue && emu < double.MaxValue) WriteChoice(file, key, kind, kvm * 1000, emu * 1000);
+        return kind;
+    }
+
+    private static (AccelKind Kind, double KvmMs, double EmuMs)? ReadChoice(string file, string key)
+    {
+        string text;
+        try
+        {
+            if (new FileInfo(file).Length > 4096) return null;
+            text = File.ReadAllText(file);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return null; }
+        var f = text.Trim().Split(' ');
+        if (f.Length != 5 || f[0] != ChoiceVersion || f[1] != key) return null;
+        AccelKind? kind = f[2] switch { "kvm" => AccelKind.Kvm, "emu" => AccelKind.Emu, _ => null };
+        if (kind == null || !double.TryParse(f[3], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double k)
+            || !double.TryParse(f[4], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double e2)
+            || !double.IsFinite(k) || !double.IsFinite(e2))
+            return null;
+        return (kind.Value, k, e2);
+    }
+
+    /// <summary>Written to a temporary file and renamed, so a VM starting at the same time reads the old line or the new one.</summary>
+    private static void WriteChoice(string file, string key, AccelKind kind, double kvmMs, double emuMs)
+    {
+        string tmp = $"{file}.{Environment.ProcessId}.{Environment.CurrentManagedThreadId}.tmp";
+        try
+        {
+            Directory.CreateDirectory(Path.GetDirectoryName(file)!);
+            File.WriteAllText(tmp, string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"{ChoiceVersion} {key} {(kind == AccelKind.Kvm ? "kvm" : "emu")} {kvmMs:F1} {emuMs:F1}\n"));
+            File.Move(tmp, file, overwrite: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            try { File.Delete(tmp); } catch (Exception) { }
         }
     }
 

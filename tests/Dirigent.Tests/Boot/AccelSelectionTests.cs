@@ -43,4 +43,79 @@ public class AccelSelectionTests
         // PVM's KVM emulates every instruction: the calibration must then pick the software CPU.
         if (Directory.Exists("/sys/module/kvm_pvm")) Assert.StartsWith("accel: emu (", lines[0]);
     }
+
+    /// <summary>
+    /// `auto` remembers its calibration per host key: the second VM of the same key does not calibrate and says so;
+    /// another key, or a damaged file, calibrates again. Timers here are stand-ins that count their calls.
+    /// </summary>
+    [Fact]
+    public void AutoRemembersItsChoiceForTheSameHostKeyAndCalibratesAgainOtherwise()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"dirigent-accel-choice-{Environment.ProcessId}");
+        string file = Path.Combine(dir, "accel-auto");
+        try
+        {
+            int kvmRuns = 0, emuRuns = 0;
+            double kvmTime = 0.090, emuTime = 0.010;
+            AccelKind Choose(string key, out string line)
+            {
+                var err = new StringWriter();
+                var kind = AccelSelector.ChooseAuto(file, key, () => { kvmRuns++; return kvmTime; }, () => { emuRuns++; return emuTime; }, err);
+                line = err.ToString().TrimEnd();
+                Assert.DoesNotContain('\n', line);
+                return kind;
+            }
+
+            Assert.Equal(AccelKind.Emu, Choose("boot-a", out string first));
+            Assert.Equal((1, 1), (kvmRuns, emuRuns));
+            Assert.StartsWith("accel: emu (kvm is slower here: calibration guest took 90.0 ms on kvm, 10.0 ms", first);
+
+            // Same key: remembered, no calibration, the same answer and its figures.
+            kvmTime = 0.001; // would pick kvm if it calibrated
+            Assert.Equal(AccelKind.Emu, Choose("boot-a", out string second));
+            Assert.Equal((1, 1), (kvmRuns, emuRuns));
+            Assert.Matches(new Regex(@"^accel: emu \(remembered from this host boot's calibration: kvm 90\.0 ms, software CPU 10\.0 ms; delete .+ to calibrate again\)$"), second);
+
+            // Another key (a reboot, a KVM reload, a new build): calibrates, and the new answer replaces the old.
+            Assert.Equal(AccelKind.Kvm, Choose("boot-b", out string third));
+            Assert.Equal((2, 2), (kvmRuns, emuRuns));
+            Assert.StartsWith("accel: kvm (calibration guest: kvm 1.0 ms, software CPU 10.0 ms)", third);
+            Assert.Equal(AccelKind.Kvm, Choose("boot-b", out _));
+            Assert.Equal((2, 2), (kvmRuns, emuRuns));
+
+            // A damaged file is not trusted.
+            foreach (string junk in new[] { "", "garbage", File.ReadAllText(file).Replace(" kvm ", " xen "), File.ReadAllText(file).Replace(" 1.0 ", " NaN ") })
+            {
+                File.WriteAllText(file, junk);
+                int before = kvmRuns;
+                Assert.Equal(AccelKind.Kvm, Choose("boot-b", out _));
+                Assert.Equal(before + 1, kvmRuns);
+            }
+
+            // Nowhere to remember (the directory is a file): calibrates every time, and says nothing more about it.
+            Directory.Delete(dir, recursive: true);
+            File.WriteAllText(dir, "not a directory");
+            int b2 = kvmRuns;
+            Choose("boot-c", out string noCache);
+            Choose("boot-c", out _);
+            Assert.Equal(b2 + 2, kvmRuns);
+            Assert.StartsWith("accel: kvm (calibration guest:", noCache);
+        }
+        finally
+        {
+            if (File.Exists(dir)) File.Delete(dir);
+            if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public void TheHostKeyNamesThisBootAndBothAcceleratorBuilds()
+    {
+        string key = AccelSelector.HostKey();
+        Assert.Equal(key, AccelSelector.HostKey());
+        string boot = File.ReadAllText("/proc/sys/kernel/random/boot_id").Trim();
+        Assert.StartsWith(boot + "/", key);
+        Assert.Contains(typeof(Dirigent.Accel.Emu.EmuAccelerator).Assembly.ManifestModule.ModuleVersionId.ToString("N"), key);
+        Assert.DoesNotContain(' ', key);
+    }
 }
