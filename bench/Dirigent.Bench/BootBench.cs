@@ -27,31 +27,84 @@ public static partial class BootBench
 
     public sealed record Result(double InitUptime, double WallToPowerOff, double Sha, double Loop, double IdleCpuPercent, double WallToInit = double.NaN);
 
-    public static int Run(string? qemu, bool jitOff = true)
+    /// <summary>
+    /// <paramref name="runs"/> rounds, each a Dirigent boot in a fresh process (`boot-one`: what `dirigent run` pays,
+    /// .NET start-up and the JIT of Dirigent's own code included, not warmed by an earlier VM in the same process)
+    /// followed by QEMU; the table gives each metric's median, its range and the ratio of the medians. The jit-off
+    /// column is one run, first.
+    /// </summary>
+    public static int Run(string? qemu, bool jitOff = true, int runs = 1)
     {
         var img = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, m => Console.Error.WriteLine($"dirigent: {m}"));
         string append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(Script)}";
-        Console.WriteLine($"guest: {img.KernelVersion}, 512 MiB, 1 vCPU");
-        // The interpreter alone (DIRIGENT_JIT=0: the --jit off column), then the default with the compiled tier.
-        string? saved = Environment.GetEnvironmentVariable("DIRIGENT_JIT");
-        Environment.SetEnvironmentVariable("DIRIGENT_JIT", "0");
-        // --no-jit-off skips that run (for quick experiments with the compiled tier).
-        var off = jitOff ? RunDirigent(img, append) : new Result(double.NaN, double.NaN, double.NaN, double.NaN, double.NaN);
-        Environment.SetEnvironmentVariable("DIRIGENT_JIT", saved);
-        var d = RunDirigent(img, append);
-        Result? q = qemu != null ? RunQemu(qemu, img, append) : null;
-        Console.WriteLine($"{"metric",-34} {"jit off",10} {"dirigent",10} {"qemu tcg",10} {"dirigent/qemu",14}");
-        Row("guest uptime at /init (s)", off.InitUptime, d.InitUptime, q?.InitUptime);
-        Row("wall time to /init (s)", off.WallToInit, d.WallToInit, q?.WallToInit);
-        Row("wall time to power-off (s)", off.WallToPowerOff, d.WallToPowerOff, q?.WallToPowerOff);
-        Row("dd 16 MiB | sha256sum (s)", off.Sha, d.Sha, q?.Sha);
-        Row("shell loop, 20000 iterations (s)", off.Loop, d.Loop, q?.Loop);
-        Row("host CPU while guest idles (%)", off.IdleCpuPercent, d.IdleCpuPercent, q?.IdleCpuPercent);
+        Console.WriteLine($"guest: {img.KernelVersion}, 512 MiB, 1 vCPU; {runs} run(s) each, Dirigent in a fresh process per run");
+        // The interpreter alone (DIRIGENT_JIT=0: the --jit off column); --no-jit-off skips it.
+        var nan = new Result(double.NaN, double.NaN, double.NaN, double.NaN, double.NaN);
+        var off = jitOff ? RunDirigentProcess(jit: false) : nan;
+        var ds = new List<Result>();
+        var qs = new List<Result>();
+        for (int k = 0; k < runs; k++)
+        {
+            ds.Add(RunDirigentProcess(jit: true));
+            if (qemu != null) qs.Add(RunQemu(qemu, img, append));
+            if (runs > 1)
+                Console.WriteLine($"run {k + 1}: /init {ds[^1].InitUptime:F2} s" + (qemu != null ? $" (qemu {qs[^1].InitUptime:F2})" : "") +
+                                  $", loop {ds[^1].Loop:F2} s" + (qemu != null ? $" (qemu {qs[^1].Loop:F2})" : ""));
+        }
+        string range = runs > 1 ? $" {"dirigent range",15} {"qemu range",13}" : "";
+        Console.WriteLine($"{"metric",-34} {"jit off",10} {"dirigent",10} {"qemu tcg",10} {"dirigent/qemu",14}{range}");
+        void Row(string name, Func<Result, double> f)
+        {
+            double a = Median(ds.Select(f)), b = qs.Count > 0 ? Median(qs.Select(f)) : double.NaN;
+            string line = $"{name,-34} {f(off),10:F2} {a,10:F2} {(qs.Count > 0 ? b.ToString("F2", CultureInfo.InvariantCulture) : "-"),10} " +
+                          $"{(b > 0 ? (a / b).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-"),14}";
+            if (runs > 1)
+                line += $" {$"{ds.Min(f):F2}-{ds.Max(f):F2}",15} {(qs.Count > 0 ? $"{qs.Min(f):F2}-{qs.Max(f):F2}" : "-"),13}";
+            Console.WriteLine(line);
+        }
+        Row("guest uptime at /init (s)", r => r.InitUptime);
+        Row("wall time to /init (s)", r => r.WallToInit);
+        Row("wall time to power-off (s)", r => r.WallToPowerOff);
+        Row("dd 16 MiB | sha256sum (s)", r => r.Sha);
+        Row("shell loop, 20000 iterations (s)", r => r.Loop);
+        Row("host CPU while guest idles (%)", r => r.IdleCpuPercent);
         return 0;
     }
 
-    private static void Row(string name, double off, double a, double? b) =>
-        Console.WriteLine($"{name,-34} {off,10:F2} {a,10:F2} {(b.HasValue ? b.Value.ToString("F2") : "-"),10} {(b is > 0 ? (a / b.Value).ToString("F2") + "x" : "-"),14}");
+    private static double Median(IEnumerable<double> values)
+    {
+        var v = values.OrderBy(x => x).ToArray();
+        return v.Length == 0 ? double.NaN : v.Length % 2 == 1 ? v[v.Length / 2] : (v[v.Length / 2 - 1] + v[v.Length / 2]) / 2;
+    }
+
+    private const string ResultTag = "BOOT-RESULT";
+
+    /// <summary>`bench boot-one`: one Dirigent run of the script in this process, its result as one line on stdout.</summary>
+    public static int RunOne()
+    {
+        var img = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, m => Console.Error.WriteLine($"dirigent: {m}"));
+        var r = RunDirigent(img, $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(Script)}");
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{ResultTag} {r.InitUptime:R} {r.WallToPowerOff:R} {r.Sha:R} {r.Loop:R} {r.IdleCpuPercent:R} {r.WallToInit:R}"));
+        return 0;
+    }
+
+    /// <summary>Runs `boot-one` in a child process (this bench's own executable) and reads its result line.</summary>
+    private static Result RunDirigentProcess(bool jit)
+    {
+        string self = Environment.ProcessPath ?? throw new InvalidOperationException("no process path");
+        var psi = new ProcessStartInfo(self) { RedirectStandardOutput = true, UseShellExecute = false };
+        if (Path.GetFileNameWithoutExtension(self) == "dotnet") psi.ArgumentList.Add(typeof(BootBench).Assembly.Location);
+        psi.ArgumentList.Add("boot-one");
+        if (!jit) psi.Environment["DIRIGENT_JIT"] = "0";
+        using var p = Process.Start(psi)!;
+        string output = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        string? line = output.Split('\n').FirstOrDefault(l => l.StartsWith(ResultTag + " ", StringComparison.Ordinal));
+        if (p.ExitCode != 0 || line == null) throw new InvalidOperationException($"boot-one exited {p.ExitCode}:\n{output}");
+        double[] f = line[(ResultTag.Length + 1)..].Trim().Split(' ').Select(x => double.Parse(x, CultureInfo.InvariantCulture)).ToArray();
+        return new Result(f[0], f[1], f[2], f[3], f[4], f[5]);
+    }
 
     private sealed class Watch : OutputSink
     {

@@ -13,7 +13,7 @@ namespace Dirigent.Bench;
 /// CPU benchmark: each bare-metal workload on Dirigent's software CPU and on qemu-system-x86_64 (TCG) in the same
 /// run, printing guest MIPS and the ratio. QEMU's time has its start-up (measured with an empty workload)
 /// subtracted; its instruction count is Dirigent's, since both run the same bytes.
-/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu|boot|introspection|record|firmware|debian-boot [--image PATH --key KEY]|jit-compile FILE [--passes N] [--per-block OUT]|smp|startup|io|net|net-user|lifecycle|daemon] [--quick] [--no-qemu] [--no-dirigent (io, net, net-user)] [--from64] [--no-jit-off (boot)] [--no-busy (lifecycle)] [--vms N] [--memory-mib M] [--dirigent PATH] (daemon)
+/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu|boot|introspection|record|firmware|debian-boot [--image PATH --key KEY]|jit-compile FILE [--passes N] [--per-block OUT]|smp|startup|io|net|net-user|lifecycle|daemon] [--quick] [--no-qemu] [--no-dirigent (io, net, net-user)] [--from64] [--no-jit-off (boot)] [--runs N (boot)] [--no-busy (lifecycle)] [--vms N] [--memory-mib M] [--dirigent PATH] (daemon)
 /// </summary>
 public static class Program
 {
@@ -36,7 +36,18 @@ public static class Program
         }
         if (args.Contains("introspection")) return IntrospectionBench.Run();
         if (args.Contains("record")) return RecordBench.Run();
-        if (args.Contains("boot")) return BootBench.Run(qemu, jitOff: !args.Contains("--no-jit-off"));
+        if (args.Contains("boot-one")) return BootBench.RunOne();
+        if (args.Contains("boot"))
+        {
+            int ri = Array.IndexOf(args, "--runs");
+            int runs = 1;
+            if (ri >= 0 && (ri + 1 >= args.Length || !int.TryParse(args[ri + 1], out runs) || runs is < 1 or > 50))
+            {
+                Console.Error.WriteLine("bench boot: --runs takes a number from 1 to 50");
+                return 2;
+            }
+            return BootBench.Run(qemu, jitOff: !args.Contains("--no-jit-off"), runs);
+        }
         if (args.Contains("firmware")) return FirmwareBench.Run(qemu);
         if (args.Contains("debian-boot")) return OperatingSystem.IsLinux() ? DebianBootBench.Run(qemu, args) : 2;
         if (args.Contains("cluster")) return ClusterBench.Run(args);
