@@ -48,6 +48,8 @@ public static unsafe partial class JitCompileBench
         for (int p = 0; p < passes; p++)
         {
             long il = 0, emit = 0, jit = 0, inlined = 0;
+            // Per block (IL bytes, .NET JIT microseconds), for the least-squares cost model printed after the pass.
+            var fit = new List<(double Il, double Us)>(blocks.Count);
             double tc0 = ThreadCpuMs();
             foreach (var b in blocks)
             {
@@ -57,6 +59,7 @@ public static unsafe partial class JitCompileBench
                 JitCompiler.Prepare(r.Method);
                 long t2 = Stopwatch.GetTimestamp();
                 il += r.IlBytes; inlined += r.Inlined; emit += t1 - t0; jit += t2 - t1;
+                fit.Add((r.IlBytes, (t2 - t1) * 1e6 / Stopwatch.Frequency));
                 if (p == passes - 1 && perBlock != null)
                     File.AppendAllText(perBlock, $"{r.IlBytes} {b.Count} {(t2 - t1) * 1e6 / Stopwatch.Frequency:F1}\n");
             }
@@ -64,6 +67,10 @@ public static unsafe partial class JitCompileBench
             double ms(long t) => t * 1000.0 / Stopwatch.Frequency;
             Console.WriteLine($"pass {p + 1}: IL {il / 1024.0:F0} KiB ({il / (double)blocks.Count:F0} B/block), emit {ms(emit):F0} ms, .NET JIT {ms(jit):F0} ms " +
                               $"({ms(jit) * 1000 / blocks.Count:F0} us/block), this thread's CPU {threadCpu:F0} ms ({threadCpu * 1000 / blocks.Count:F0} us/block)");
+            // The .NET JIT's cost per method and per IL byte: what a change to the emitted IL can and cannot save.
+            double mx = fit.Average(f => f.Il), my = fit.Average(f => f.Us);
+            double sxx = fit.Sum(f => (f.Il - mx) * (f.Il - mx)), slope = sxx > 0 ? fit.Sum(f => (f.Il - mx) * (f.Us - my)) / sxx : 0;
+            Console.WriteLine($"        .NET JIT per block ~ {my - slope * mx:F0} us + {slope:F3} us per IL byte (least squares over {fit.Count} blocks)");
         }
         if (BlockCompiler.IlStats is { } st)
             foreach (var kv in st.OrderByDescending(kv => kv.Value.Bytes).Take(40))
