@@ -25,7 +25,15 @@ public static partial class BootBench
         poweroff -f
         """;
 
-    public sealed record Result(double InitUptime, double WallToPowerOff, double Sha, double Loop, double IdleCpuPercent, double WallToInit = double.NaN);
+    public sealed record Result(double InitUptime, double WallToPowerOff, double Sha, double Loop, double IdleCpuPercent, double WallToInit = double.NaN)
+    {
+        // Dirigent only (NaN for QEMU): the block compiler's figures for the whole run, and the .NET JIT's time in the
+        // whole process (the blocks' methods and Dirigent's own code, tiered up while it runs).
+        public double JitCompileSeconds { get; init; } = double.NaN;
+        public double JitPeakIlKiB { get; init; } = double.NaN;
+        public double JitBlocks { get; init; } = double.NaN;
+        public double DotnetJitSeconds { get; init; } = double.NaN;
+    }
 
     /// <summary>
     /// <paramref name="runs"/> rounds, each a Dirigent boot in a fresh process (`boot-one`: what `dirigent run` pays,
@@ -56,10 +64,11 @@ public static partial class BootBench
         void Row(string name, Func<Result, double> f)
         {
             double a = Median(ds.Select(f)), b = qs.Count > 0 ? Median(qs.Select(f)) : double.NaN;
-            string line = $"{name,-34} {f(off),10:F2} {a,10:F2} {(qs.Count > 0 ? b.ToString("F2", CultureInfo.InvariantCulture) : "-"),10} " +
+            string N(double v) => double.IsNaN(v) ? "-" : v.ToString("F2", CultureInfo.InvariantCulture);
+            string line = $"{name,-34} {N(f(off)),10} {N(a),10} {N(b),10} " +
                           $"{(b > 0 ? (a / b).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-"),14}";
             if (runs > 1)
-                line += $" {$"{ds.Min(f):F2}-{ds.Max(f):F2}",15} {(qs.Count > 0 ? $"{qs.Min(f):F2}-{qs.Max(f):F2}" : "-"),13}";
+                line += $" {$"{N(ds.Min(f))}-{N(ds.Max(f))}",15} {(qs.Count > 0 && !double.IsNaN(b) ? $"{N(qs.Min(f))}-{N(qs.Max(f))}" : "-"),13}";
             Console.WriteLine(line);
         }
         Row("guest uptime at /init (s)", r => r.InitUptime);
@@ -68,6 +77,10 @@ public static partial class BootBench
         Row("dd 16 MiB | sha256sum (s)", r => r.Sha);
         Row("shell loop, 20000 iterations (s)", r => r.Loop);
         Row("host CPU while guest idles (%)", r => r.IdleCpuPercent);
+        Row("blocks compiled", r => r.JitBlocks);
+        Row("block compile time, whole run (s)", r => r.JitCompileSeconds);
+        Row("compiled code, peak (KiB of IL)", r => r.JitPeakIlKiB);
+        Row(".NET JIT time, whole process (s)", r => r.DotnetJitSeconds);
         return 0;
     }
 
@@ -84,8 +97,10 @@ public static partial class BootBench
     {
         var img = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, m => Console.Error.WriteLine($"dirigent: {m}"));
         var r = RunDirigent(img, $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(Script)}");
+        var jit = Dirigent.Accel.Emu.Jit.JitCompiler.LastTotals;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-            $"{ResultTag} {r.InitUptime:R} {r.WallToPowerOff:R} {r.Sha:R} {r.Loop:R} {r.IdleCpuPercent:R} {r.WallToInit:R}"));
+            $"{ResultTag} {r.InitUptime:R} {r.WallToPowerOff:R} {r.Sha:R} {r.Loop:R} {r.IdleCpuPercent:R} {r.WallToInit:R} " +
+            $"{(jit?.Blocks ?? 0)} {(jit?.CompileTime.TotalSeconds ?? 0):R} {(jit?.PeakIlBytes ?? 0) / 1024.0:R} {System.Runtime.JitInfo.GetCompilationTime().TotalSeconds:R}"));
         return 0;
     }
 
@@ -103,7 +118,8 @@ public static partial class BootBench
         string? line = output.Split('\n').FirstOrDefault(l => l.StartsWith(ResultTag + " ", StringComparison.Ordinal));
         if (p.ExitCode != 0 || line == null) throw new InvalidOperationException($"boot-one exited {p.ExitCode}:\n{output}");
         double[] f = line[(ResultTag.Length + 1)..].Trim().Split(' ').Select(x => double.Parse(x, CultureInfo.InvariantCulture)).ToArray();
-        return new Result(f[0], f[1], f[2], f[3], f[4], f[5]);
+        return new Result(f[0], f[1], f[2], f[3], f[4], f[5])
+            { JitBlocks = f[6], JitCompileSeconds = f[7], JitPeakIlKiB = f[8], DotnetJitSeconds = f[9] };
     }
 
     private sealed class Watch : OutputSink

@@ -48,6 +48,12 @@ internal sealed class JitCompiler : IDisposable
 
     public long EmitTicks, BlocksSkippedCold, Regions, RegionBlocks;
 
+    /// <summary>The most IL bytes compiled code held at once (eviction keeps it under the budget).</summary>
+    public long PeakIlBytes;
+
+    /// <summary>The figures of the last compiler this process disposed (`bench boot-one` prints them after its VM).</summary>
+    internal static (long Blocks, long PeakIlBytes, TimeSpan CompileTime, long Evicted)? LastTotals;
+
     public long IlBytes, BlocksCompiled, BlocksEvicted, InstructionsCompiled, InstructionsInlined, CompileTicks, Failures;
     /// <summary>The first compile failure (a compiler bug): the block stays interpreted.</summary>
     public string? FirstFailure;
@@ -220,6 +226,7 @@ internal sealed class JitCompiler : IDisposable
             b.Compiled = code;
             Volatile.Write(ref b.CompiledPtr, entry);
             IlBytes += il;
+            if (IlBytes > PeakIlBytes) PeakIlBytes = IlBytes;
             BlocksCompiled++;
             InstructionsCompiled += b.Count;
             InstructionsInlined += inlined;
@@ -284,6 +291,7 @@ internal sealed class JitCompiler : IDisposable
                 Console.Error.WriteLine("dirigent: jit: left to handlers: " +
                     string.Join(", ", forms.OrderByDescending(kv => kv.Value).Take(40).Select(kv => $"{kv.Key} {kv.Value}")));
         }
+        LastTotals = (Interlocked.Read(ref BlocksCompiled), Interlocked.Read(ref PeakIlBytes), CompileTime, Interlocked.Read(ref BlocksEvicted));
         _disposed = true;
         _signal.Release();
     }
