@@ -64,7 +64,7 @@ public static partial class BootBench
         void Row(string name, Func<Result, double> f)
         {
             double a = Median(ds.Select(f)), b = qs.Count > 0 ? Median(qs.Select(f)) : double.NaN;
-            string N(double v) => double.IsNaN(v) ? "-" : v.ToString("F2", CultureInfo.InvariantCulture);
+            string N(double v) => double.IsNaN(v) ? "-" : v.ToString(v >= 1000 && v == Math.Floor(v) ? "F0" : "F2", CultureInfo.InvariantCulture);
             string line = $"{name,-34} {N(f(off)),10} {N(a),10} {N(b),10} " +
                           $"{(b > 0 ? (a / b).ToString("F2", CultureInfo.InvariantCulture) + "x" : "-"),14}";
             if (runs > 1)
