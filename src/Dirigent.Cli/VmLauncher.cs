@@ -51,9 +51,7 @@ public sealed record StopSignal(string Name, int Number);
 public static class VmLauncher
 {
     /// <summary>Where the default guest image is cached (DIRIGENT_CACHE, else ~/.cache/dirigent).</summary>
-    public static string CacheDir =>
-        Environment.GetEnvironmentVariable("DIRIGENT_CACHE") is { Length: > 0 } d ? d :
-        Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "dirigent");
+    public static string CacheDir => AccelSelector.CacheDir;
 
     /// <summary>
     /// The default guest's kernel command line: serial console; a panic powers off at once; and no crypto self-tests

@@ -46,18 +46,15 @@ public static class AccelSelector
     }
 
     /// <summary>
-    /// Where `auto` remembers its choice: DIRIGENT_CACHE, else ~/.cache/dirigent, then accel-auto (one line; delete it to
-    /// calibrate again). Null when there is no home directory: every `auto` VM then calibrates.
+    /// Where `auto` remembers its choice: accel-auto in the cache directory (DIRIGENT_CACHE, else ~/.cache/dirigent;
+    /// one line; delete it to calibrate again).
     /// </summary>
-    public static string? ChoiceFile
-    {
-        get
-        {
-            string? dir = Environment.GetEnvironmentVariable("DIRIGENT_CACHE") is { Length: > 0 } d ? d
-                : Environment.GetFolderPath(Environment.SpecialFolder.UserProfile) is { Length: > 0 } home ? Path.Combine(home, ".cache", "dirigent") : null;
-            return dir == null ? null : Path.Combine(dir, "accel-auto");
-        }
-    }
+    public static string ChoiceFile => Path.Combine(CacheDir, "accel-auto");
+
+    /// <summary>Dirigent's cache directory: DIRIGENT_CACHE, else ~/.cache/dirigent (also the default guest image's).</summary>
+    public static string CacheDir =>
+        Environment.GetEnvironmentVariable("DIRIGENT_CACHE") is { Length: > 0 } d ? d :
+        Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "dirigent");
 
     /// <summary>
     /// What the remembered choice is valid for: this boot of the host (its boot_id), this /dev/kvm (a module reload makes

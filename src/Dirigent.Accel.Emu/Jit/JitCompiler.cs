@@ -52,7 +52,7 @@ internal sealed class JitCompiler : IDisposable
     public long PeakIlBytes;
 
     /// <summary>The figures of the last compiler this process disposed (`bench boot-one` prints them after its VM).</summary>
-    internal static (long Blocks, long PeakIlBytes, TimeSpan CompileTime, long Evicted)? LastTotals;
+    internal static (long Blocks, long PeakIlBytes, TimeSpan CompileTime)? LastTotals;
 
     public long IlBytes, BlocksCompiled, BlocksEvicted, InstructionsCompiled, InstructionsInlined, CompileTicks, Failures;
     /// <summary>The first compile failure (a compiler bug): the block stays interpreted.</summary>
@@ -291,7 +291,7 @@ internal sealed class JitCompiler : IDisposable
                 Console.Error.WriteLine("dirigent: jit: left to handlers: " +
                     string.Join(", ", forms.OrderByDescending(kv => kv.Value).Take(40).Select(kv => $"{kv.Key} {kv.Value}")));
         }
-        LastTotals = (Interlocked.Read(ref BlocksCompiled), Interlocked.Read(ref PeakIlBytes), CompileTime, Interlocked.Read(ref BlocksEvicted));
+        LastTotals = (Interlocked.Read(ref BlocksCompiled), Interlocked.Read(ref PeakIlBytes), CompileTime);
         _disposed = true;
         _signal.Release();
     }
