@@ -10,8 +10,9 @@ namespace Dirigent.Bench;
 /// The compiled tier's compiler alone: the blocks a guest made hot (recorded with DIRIGENT_JIT_DUMP=FILE during any run,
 /// e.g. `bench boot`) decoded again and compiled one after another on this thread, IL emission and the .NET JIT
 /// separately, so a change to the IL the compiler emits can be judged without the noise of a running guest.
-/// Usage: bench jit-compile FILE [--passes N] [--per-block OUT] (OUT: one line per block of the last pass: IL bytes,
-/// instructions, .NET JIT microseconds; to fit the compiler's cost per IL byte and per method)
+/// Usage: bench jit-compile FILE [--passes N] [--per-block OUT] [--bundle K] (OUT: one line per method of the last
+/// pass: IL bytes, instructions, .NET JIT microseconds; to fit the compiler's cost per IL byte and per method; K: the
+/// blocks compiled K at a time into one method, as the compiler bundles its queue's hottest, DIRIGENT_JIT_BUNDLE)
 /// </summary>
 public static unsafe partial class JitCompileBench
 {
@@ -26,7 +27,7 @@ public static unsafe partial class JitCompileBench
         return (u.UtimeSec + u.StimeSec) * 1000.0 + (u.UtimeUsec + u.StimeUsec) / 1000.0;
     }
 
-    public static int Run(string file, int passes, string? perBlock = null)
+    public static int Run(string file, int passes, string? perBlock = null, int bundle = 1)
     {
         var blocks = new List<Block>();
         foreach (var line in File.ReadLines(file))
@@ -51,17 +52,30 @@ public static unsafe partial class JitCompileBench
             // Per block (IL bytes, .NET JIT microseconds), for the least-squares cost model printed after the pass.
             var fit = new List<(double Il, double Us)>(blocks.Count);
             double tc0 = ThreadCpuMs();
-            foreach (var b in blocks)
+            int methods = 0;
+            foreach (var unit in Units(blocks, bundle))
             {
                 long t0 = Stopwatch.GetTimestamp();
-                var r = BlockCompiler.Compile(b) ?? throw new InvalidOperationException($"block {b.Ip:x} not compiled");
+                System.Reflection.Emit.DynamicMethod method;
+                int ilBytes, inl;
+                if (unit.Length == 1)
+                {
+                    var r = BlockCompiler.Compile(unit[0]) ?? throw new InvalidOperationException($"block {unit[0].Ip:x} not compiled");
+                    (method, ilBytes, inl) = (r.Method, r.IlBytes, r.Inlined);
+                }
+                else
+                {
+                    var r = BlockCompiler.CompileBundle(unit, BlockCompiler.TierUpRuns);
+                    (method, ilBytes, inl) = (r.Method, r.IlBytes, r.Inlined);
+                }
                 long t1 = Stopwatch.GetTimestamp();
-                JitCompiler.Prepare(r.Method);
+                JitCompiler.Prepare(method);
                 long t2 = Stopwatch.GetTimestamp();
-                il += r.IlBytes; inlined += r.Inlined; emit += t1 - t0; jit += t2 - t1;
-                fit.Add((r.IlBytes, (t2 - t1) * 1e6 / Stopwatch.Frequency));
+                methods++;
+                il += ilBytes; inlined += inl; emit += t1 - t0; jit += t2 - t1;
+                fit.Add((ilBytes, (t2 - t1) * 1e6 / Stopwatch.Frequency));
                 if (p == passes - 1 && perBlock != null)
-                    File.AppendAllText(perBlock, $"{r.IlBytes} {b.Count} {(t2 - t1) * 1e6 / Stopwatch.Frequency:F1}\n");
+                    File.AppendAllText(perBlock, $"{ilBytes} {unit.Sum(b => b.Count)} {(t2 - t1) * 1e6 / Stopwatch.Frequency:F1}\n");
             }
             double threadCpu = ThreadCpuMs() - tc0;
             double ms(long t) => t * 1000.0 / Stopwatch.Frequency;
@@ -70,11 +84,30 @@ public static unsafe partial class JitCompileBench
             // The .NET JIT's cost per method and per IL byte: what a change to the emitted IL can and cannot save.
             double mx = fit.Average(f => f.Il), my = fit.Average(f => f.Us);
             double sxx = fit.Sum(f => (f.Il - mx) * (f.Il - mx)), slope = sxx > 0 ? fit.Sum(f => (f.Il - mx) * (f.Us - my)) / sxx : 0;
-            Console.WriteLine($"        .NET JIT per block ~ {my - slope * mx:F0} us + {slope:F3} us per IL byte (least squares over {fit.Count} blocks)");
+            Console.WriteLine($"        .NET JIT per method ~ {my - slope * mx:F0} us + {slope:F3} us per IL byte (least squares over {fit.Count} methods of {blocks.Count / (double)methods:F2} blocks)");
         }
         if (BlockCompiler.IlStats is { } st)
             foreach (var kv in st.OrderByDescending(kv => kv.Value.Bytes).Take(40))
                 Console.WriteLine($"{kv.Key,-24} n={kv.Value.N,6} bytes={kv.Value.Bytes,8} avg={kv.Value.Bytes / (double)kv.Value.N:F0}");
         return 0;
+    }
+
+    /// <summary>The blocks in file order, <paramref name="bundle"/> at a time (and at most as many instructions as the compiler bundles).</summary>
+    private static IEnumerable<Block[]> Units(List<Block> blocks, int bundle)
+    {
+        var unit = new List<Block>();
+        int instrs = 0;
+        foreach (var b in blocks)
+        {
+            if (unit.Count > 0 && (unit.Count >= bundle || instrs + b.Count > BlockCompiler.BundleMaxInstructions))
+            {
+                yield return unit.ToArray();
+                unit.Clear();
+                instrs = 0;
+            }
+            unit.Add(b);
+            instrs += b.Count;
+        }
+        if (unit.Count > 0) yield return unit.ToArray();
     }
 }

@@ -13,7 +13,7 @@ namespace Dirigent.Bench;
 /// CPU benchmark: each bare-metal workload on Dirigent's software CPU and on qemu-system-x86_64 (TCG) in the same
 /// run, printing guest MIPS and the ratio. QEMU's time has its start-up (measured with an empty workload)
 /// subtracted; its instruction count is Dirigent's, since both run the same bytes.
-/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu|boot|introspection|record|firmware|debian-boot [--image PATH --key KEY]|jit-compile FILE [--passes N] [--per-block OUT]|smp|startup|io|net|net-user|lifecycle|daemon] [--quick] [--no-qemu] [--no-dirigent (io, net, net-user)] [--from64] [--no-jit-off (boot)] [--runs N (boot)] [--no-busy (lifecycle)] [--vms N] [--memory-mib M] [--dirigent PATH] (daemon)
+/// Usage: dotnet run -c Release --project bench/Dirigent.Bench -- [cpu|boot|introspection|record|firmware|debian-boot [--image PATH --key KEY]|jit-compile FILE [--passes N] [--per-block OUT] [--bundle K]|smp|startup|io|net|net-user|lifecycle|daemon] [--quick] [--no-qemu] [--no-dirigent (io, net, net-user)] [--from64] [--no-jit-off (boot)] [--runs N (boot)] [--no-busy (lifecycle)] [--vms N] [--memory-mib M] [--dirigent PATH] (daemon)
 /// </summary>
 public static class Program
 {
@@ -32,7 +32,9 @@ public static class Program
             int at = Array.IndexOf(args, "jit-compile");
             int pi = Array.IndexOf(args, "--passes");
             int bi = Array.IndexOf(args, "--per-block");
-            return JitCompileBench.Run(args[at + 1], pi >= 0 ? int.Parse(args[pi + 1]) : 3, bi >= 0 ? args[bi + 1] : null);
+            int ki = Array.IndexOf(args, "--bundle");
+            return JitCompileBench.Run(args[at + 1], pi >= 0 ? int.Parse(args[pi + 1]) : 3, bi >= 0 ? args[bi + 1] : null,
+                ki >= 0 ? int.Parse(args[ki + 1]) : 1);
         }
         if (args.Contains("introspection")) return IntrospectionBench.Run();
         if (args.Contains("record")) return RecordBench.Run();

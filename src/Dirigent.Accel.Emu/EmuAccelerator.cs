@@ -51,6 +51,9 @@ public sealed class EmuAccelerator : IAccelerator
     public long JitBlocksCompiled => _cache.Jit?.BlocksCompiled ?? 0;
     /// <summary>Compiled methods that hold a region of several blocks (BlockCompiler.Region.cs).</summary>
     public long JitRegionsCompiled => _cache.Jit?.Regions ?? 0;
+    /// <summary>Methods that hold a bundle of unrelated blocks, and bundled blocks compiled again alone (BlockCompiler.Bundle.cs).</summary>
+    public long JitBundlesCompiled => _cache.Jit?.Bundles ?? 0;
+    public long JitTierUps => _cache.Jit?.TierUps ?? 0;
     public long JitFailures => _cache.Jit?.Failures ?? 0;
     public string? JitFirstFailure => _cache.Jit?.FirstFailure;
     /// <summary>One line: blocks, instructions inline, IL bytes, compile time, evictions, failures ("off" when off).</summary>

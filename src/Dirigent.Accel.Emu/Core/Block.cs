@@ -62,6 +62,15 @@ internal sealed unsafe class Block
     /// </summary>
     public Block[]? Region;
     public bool RegionMember;
+    /// <summary>
+    /// Bundles (BlockCompiler.Bundle.cs): this block's entry in the method it was compiled into with other unrelated
+    /// blocks, which switches on it; -1 before it was ever bundled. Written once, before that method is published, and
+    /// never changed: after an eviction the old method may still be entered with this block for a moment, so a block
+    /// compiled again goes into a method of its own.
+    /// </summary>
+    public int JitEntry = -1;
+    /// <summary>Entries into this block's bundle code left before it is compiled again alone (BlockCompiler.Bundle.cs).</summary>
+    public int BundleRuns;
     /// <summary>DIRIGENT_JIT_STATS: interpreted runs in the chained loop.</summary>
     public long InterpRuns;
 }

@@ -445,6 +445,10 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     /// <summary>Compiled code: instructions of the current pass completed before a call that may fault.</summary>
     internal int JitDone;
 
+    /// <summary>A bundled block's entries ran out (BlockCompiler.Bundle.cs): the compiler gives it a method of its own.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    internal void JitTierUp(Block b) => _codeCache.Jit?.TierUp(b);
+
     /// <summary>Compiled code leaves after an instruction that set BlockExit, as ExecuteBlock does.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     internal void JitBlockExit()

@@ -168,12 +168,26 @@ internal sealed partial class BlockCompiler
 
     private void Emit()
     {
+        EmitGprInit();
+        if (HasInlineSse(_b)) LoadXmmArray();
+        EmitBlock();
+        EmitChainTails();
+        IlBytes = _il.ILOffset;
+    }
+
+    private static bool HasInlineSse(Block b)
+    {
+        for (int k = 0; k < b.Count; k++)
+            if (Classify(ref b.Instrs[k]) == Kind.Sse) return true;
+        return false;
+    }
+
+    /// <summary>Block _b's code, after the method's entry (EmitGprInit, and LoadXmmArray if it has inline SSE); its
+    /// chaining exits branch to the method's shared tails (EmitChainTails, after every block of the method).</summary>
+    private void EmitBlock()
+    {
         int n = _b.Count;
         var ins = _b.Instrs;
-        EmitGprInit();
-        for (int k = 0; k < n; k++)
-            if (Classify(ref ins[k]) == Kind.Sse) { LoadXmmArray(); break; }
-
         // A self-loop: the last instruction branches back to the block's start and everything is inline.
         ref Instruction last = ref ins[n - 1];
         _selfLoop = _allowLoop && (last.Code.IsJccShortOrNear() || last.Code.IsJmpShortOrNear()) && last.Op0Kind == OpKind.NearBranch64 &&
@@ -202,8 +216,6 @@ internal sealed partial class BlockCompiler
             _il.MarkLabel(_loopHead);
             EmitBody();
         }
-        EmitChainTails();
-        IlBytes = _il.ILOffset;
     }
 
     private void EmitBody()

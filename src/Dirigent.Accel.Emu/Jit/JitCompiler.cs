@@ -46,7 +46,7 @@ internal sealed class JitCompiler : IDisposable
     private volatile bool _disposed;
     private int _live;
 
-    public long EmitTicks, BlocksSkippedCold, Regions, RegionBlocks;
+    public long EmitTicks, BlocksSkippedCold, Regions, RegionBlocks, Bundles, BundleBlocks, TierUps;
 
     /// <summary>The most IL bytes compiled code held at once (eviction keeps it under the budget).</summary>
     public long PeakIlBytes;
@@ -95,8 +95,24 @@ internal sealed class JitCompiler : IDisposable
     public void CompileNow(Block b)
     {
         if (Interlocked.Exchange(ref b.JitQueued, 1) != 0) return;
-        Compile(b);
+        // Bundles get the same differential tests as single blocks: each block goes into a bundle after a stand-in
+        // for the block compiled before it (a copy, never published), so its code is emitted after another block's
+        // and entered at a nonzero entry; one entered a few times is compiled again alone (TierUp).
+        Block? before = _alwaysBefore;
+        if (before != null && Bundleable(b) && before.Count + b.Count <= BlockCompiler.BundleMaxInstructions)
+            CompileBundle([before, b], publishFrom: 1);
+        else Compile(b);
+        if (b.Bits == 64 && b.Count > 0) _alwaysBefore = StandIn(b);
     }
+
+    private Block? _alwaysBefore;
+
+    /// <summary>A copy of b's decoded instructions for a bundle's other entry: compiled, never run or published.</summary>
+    private static unsafe Block StandIn(Block b) => new()
+    {
+        Phys = b.Phys, Ip = b.Ip, Linear = b.Linear, Bits = b.Bits, Page0 = b.Page0, Page1 = b.Page1,
+        Instrs = b.Instrs, Handlers = b.Handlers, Count = b.Count, RunCount = b.RunCount,
+    };
 
     /// <summary>A block was invalidated (its code was written): its compiled code goes with it.</summary>
     public void Forget(Block b)
@@ -141,8 +157,35 @@ internal sealed class JitCompiler : IDisposable
         while (!_disposed)
         {
             _signal.Wait();
-            while (!_disposed && TakeHottest() is { } b) Compile(b);
+            while (!_disposed)
+            {
+                // Blocks that outgrew their bundle first: they run compiled already, but are where the vCPU spends its time.
+                Block? t = null;
+                lock (_tierUp) if (_tierUp.Count > 0) t = _tierUp.Dequeue();
+                if (t != null) { if (t.Valid && t.Compiled != null) { TierUps++; Compile(t); } continue; }
+                if (TakeHottest() is not { } b) break;
+                CompileWithOthers(b);
+            }
         }
+    }
+
+    private readonly Queue<Block> _tierUp = new();
+
+    /// <summary><see cref="JitMode.Always"/>: a block's bundle code runs this many times, then its own (the tests see both).</summary>
+    internal const int AlwaysTierUpRuns = 3;
+
+    /// <summary>A vCPU ran a bundled block's entries out (Cpu.JitTierUp): compile it again, alone. Under
+    /// <see cref="JitMode.Always"/> at once, on the vCPU (the bundle's code goes on running to its exit, kept alive as
+    /// retired code is).</summary>
+    public void TierUp(Block b)
+    {
+        if (Mode == JitMode.Always)
+        {
+            if (b.Valid && b.Compiled != null) { TierUps++; Compile(b); }
+            return;
+        }
+        lock (_tierUp) _tierUp.Enqueue(b);
+        _signal.Release();
     }
 
     /// <summary>A queued block idle (no interpreted run) for this many of the compiler's queue scans is dropped, not compiled.</summary>
@@ -191,6 +234,74 @@ internal sealed class JitCompiler : IDisposable
         }
     }
 
+    /// <summary>
+    /// Compiles b; with DIRIGENT_JIT_BUNDLE=N (BlockCompiler.Bundle.cs) bundled with the next hottest queued blocks that
+    /// may be, up to N in one method. A block that heads a region, was bundled before or is too long goes alone.
+    /// </summary>
+    private void CompileWithOthers(Block b)
+    {
+        int max = BlockCompiler.BundleMaxBlocks;
+        if (max < 2 || !Bundleable(b)) { Compile(b); return; }
+        var bundle = new List<Block>(max) { b };
+        int instrs = b.Count;
+        List<Block>? alone = null;
+        // A bounded number of takes: blocks that cannot join are compiled alone after the bundle, in their turn.
+        for (int takes = 0; takes < 2 * max && bundle.Count < max && !_disposed && TakeHottest() is { } o; takes++)
+        {
+            if (Bundleable(o) && instrs + o.Count <= BlockCompiler.BundleMaxInstructions) { bundle.Add(o); instrs += o.Count; }
+            else (alone ??= new()).Add(o);
+        }
+        if (bundle.Count == 1) Compile(b);
+        else CompileBundle(bundle.ToArray());
+        if (alone != null) foreach (var o in alone) Compile(o);
+    }
+
+    /// <summary>May b go into a bundle: not a region head (those are compiled alone with their members) and never bundled.</summary>
+    private bool Bundleable(Block b) =>
+        BlockCompiler.Bundleable(b) && b.Count <= BlockCompiler.BundleMaxInstructions &&
+        (_lookup == null || (b.RegionMember && b.Region == null) || BlockCompiler.BuildRegion(b, _lookup, RegionMinHeat) == null);
+
+    /// <summary>A region's other blocks must have run an eighth as often as a block is hot (so a loop's exit path that
+    /// ran a few times stays out); under Always every decoded block is a candidate (blocks compile before they run).</summary>
+    private int RegionMinHeat => Mode == JitMode.Always ? 0 : Threshold / 8;
+
+    /// <summary>Compiles blocks as one bundle and publishes those from <paramref name="publishFrom"/> on (the rest: CompileNow's stand-ins).</summary>
+    private void CompileBundle(Block[] blocks, int publishFrom = 0)
+    {
+        if (DumpPath != null) foreach (var b in blocks) Dump(b);
+        long t0 = Stopwatch.GetTimestamp();
+        CompiledCode[] codes;
+        int il, inlined;
+        nint entry;
+        try
+        {
+            (codes, il, inlined, var method) = BlockCompiler.CompileBundle(blocks, Mode == JitMode.Always ? AlwaysTierUpRuns : BlockCompiler.TierUpRuns);
+            Interlocked.Add(ref EmitTicks, Stopwatch.GetTimestamp() - t0);
+            entry = Prepare(method);
+        }
+        catch (Exception e) when (e is InvalidProgramException or NotSupportedException or ArgumentException or InvalidOperationException)
+        {
+            // A compiler bug: count it, and give each block its own method (they cannot be bundled again).
+            Interlocked.Increment(ref Failures);
+            Interlocked.CompareExchange(ref FirstFailure, $"bundle at {blocks[0].Ip:x}: {e.GetType().Name}: {e.Message}", null);
+            for (int j = publishFrom; j < blocks.Length; j++) Compile(blocks[j]);
+            return;
+        }
+        finally { Interlocked.Add(ref CompileTicks, Stopwatch.GetTimestamp() - t0); }
+        int instrs = blocks.Sum(b => b.Count);
+        lock (_lock)
+        {
+            Bundles++;
+            InstructionsInlined += inlined;
+            for (int j = publishFrom; j < blocks.Length; j++)
+            {
+                BundleBlocks++;
+                // The method's IL is shared out by instructions: the budget counts each block's part.
+                Publish(blocks[j], codes[j], entry, (int)((long)il * blocks[j].Count / instrs));
+            }
+        }
+    }
+
     private void Compile(Block b)
     {
         if (!b.Valid) return;
@@ -201,9 +312,7 @@ internal sealed class JitCompiler : IDisposable
         nint entry;
         try
         {
-            // A region's other blocks must have run an eighth as often as a block is hot (so a loop's exit path that ran
-            // a few times stays out); under Always every decoded block is a candidate (blocks compile before they run).
-            var r = BlockCompiler.Compile(b, _lookup, Mode == JitMode.Always ? 0 : Threshold / 8);
+            var r = BlockCompiler.Compile(b, _lookup, RegionMinHeat);
             if (r == null) return;
             (code, il, inlined, var method) = r.Value;
             long t1 = Stopwatch.GetTimestamp();
@@ -221,31 +330,41 @@ internal sealed class JitCompiler : IDisposable
         lock (_lock)
         {
             if (!b.Valid) return;
-            b.JitIlBytes = il;
             if (b.Region is { } region) { Regions++; RegionBlocks += region.Length; }
-            b.Compiled = code;
-            Volatile.Write(ref b.CompiledPtr, entry);
-            IlBytes += il;
-            if (IlBytes > PeakIlBytes) PeakIlBytes = IlBytes;
-            BlocksCompiled++;
-            InstructionsCompiled += b.Count;
             InstructionsInlined += inlined;
-            _live++;
-            _compiled.Enqueue(b);
-            while (IlBytes > _budget && _compiled.TryDequeue(out var old))
-            {
-                if (old.Compiled == null) continue;
-                Retire(old);
-                BlocksEvicted++;
-                Requeueable(old);
-            }
-            // Invalidated blocks leave dead entries behind: drop them before they outnumber the live ones.
-            if (_compiled.Count > 2 * _live + 1024)
-            {
-                var keep = _compiled.Where(x => x.Compiled != null).ToArray();
-                _compiled.Clear();
-                foreach (var x in keep) _compiled.Enqueue(x);
-            }
+            Publish(b, code, entry, il);
+        }
+    }
+
+    /// <summary>Under _lock: b's compiled code goes live (unless b was invalidated meanwhile); the oldest go past the budget.</summary>
+    private void Publish(Block b, CompiledCode code, nint entry, int il)
+    {
+        if (!b.Valid) return;
+        // A tier-up replaces the block's bundle code (kept alive a while like any retired code). Its old place in the
+        // eviction order stays behind: under the budget's pressure it may go a little early, never late.
+        if (b.Compiled != null) Retire(b);
+        b.JitIlBytes = il;
+        b.Compiled = code;
+        Volatile.Write(ref b.CompiledPtr, entry);
+        IlBytes += il;
+        if (IlBytes > PeakIlBytes) PeakIlBytes = IlBytes;
+        BlocksCompiled++;
+        InstructionsCompiled += b.Count;
+        _live++;
+        _compiled.Enqueue(b);
+        while (IlBytes > _budget && _compiled.TryDequeue(out var old))
+        {
+            if (old.Compiled == null) continue;
+            Retire(old);
+            BlocksEvicted++;
+            Requeueable(old);
+        }
+        // Invalidated blocks leave dead entries behind: drop them before they outnumber the live ones.
+        if (_compiled.Count > 2 * _live + 1024)
+        {
+            var keep = _compiled.Where(x => x.Compiled != null).ToArray();
+            _compiled.Clear();
+            foreach (var x in keep) _compiled.Enqueue(x);
         }
     }
 
@@ -279,7 +398,7 @@ internal sealed class JitCompiler : IDisposable
 
     public override string ToString() =>
         $"{BlocksCompiled} blocks compiled ({InstructionsInlined}/{InstructionsCompiled} instructions inline), {IlBytes / 1024.0:F0} KiB IL, " +
-        $"compile time {CompileTime.TotalMilliseconds:F0} ms (IL emission {Stopwatch.GetElapsedTime(0, EmitTicks).TotalMilliseconds:F0} ms), {Regions} of them regions of {RegionBlocks} blocks, {BlocksEvicted} evicted, {BlocksSkippedCold} dropped from the queue cold, {Failures} failures{(FirstFailure != null ? " (first: " + FirstFailure + ")" : "")}";
+        $"compile time {CompileTime.TotalMilliseconds:F0} ms (IL emission {Stopwatch.GetElapsedTime(0, EmitTicks).TotalMilliseconds:F0} ms), {Regions} of them regions of {RegionBlocks} blocks, {BundleBlocks} in {Bundles} bundles ({TierUps} compiled again alone), {BlocksEvicted} evicted, {BlocksSkippedCold} dropped from the queue cold, {Failures} failures{(FirstFailure != null ? " (first: " + FirstFailure + ")" : "")}";
 
     public void Dispose()
     {

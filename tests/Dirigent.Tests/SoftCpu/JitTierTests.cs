@@ -18,7 +18,8 @@ public class JitTierTests
     private static readonly AssemblerRegister32[] R32 = [eax, ecx, edx, esi, edi, ebp, r8d, r9d, r10d, r11d, r12d, r13d, r14d, r15d];
     private const ulong Data = Infrastructure.TestVm.DataBase;
 
-    private sealed record Result(ulong[] Gpr, ulong Rflags, ulong Rip, ulong Instret, byte[] Mem, VcpuExitReason Exit, string Detail, long DispatcherRuns = 0, long Regions = 0);
+    private sealed record Result(ulong[] Gpr, ulong Rflags, ulong Rip, ulong Instret, byte[] Mem, VcpuExitReason Exit, string Detail, long DispatcherRuns = 0, long Regions = 0,
+        long Bundles = 0, long TierUps = 0);
 
     private static Result Run(JitMode mode, Action<Assembler> program, ulong[] gpr, ulong rflags, byte[] mem)
     {
@@ -40,7 +41,7 @@ public class JitTierTests
         var outMem = new byte[mem.Length];
         vm.Vm.Memory.Read(Data, outMem);
         return new Result(st.Gpr.ToArray(), st.Rflags, st.Rip, vm.Cpu.InstructionsRetired, outMem, exit.Reason, exit.Detail ?? "",
-            vm.Cpu.JitRunsCompiled + vm.Cpu.JitRunsInterpreted, vm.Accel.JitRegionsCompiled);
+            vm.Cpu.JitRunsCompiled + vm.Cpu.JitRunsInterpreted, vm.Accel.JitRegionsCompiled, vm.Accel.JitBundlesCompiled, vm.Accel.JitTierUps);
     }
 
     private static string Compare(Result i, Result c)
@@ -195,7 +196,7 @@ public class JitTierTests
         // across them). Random instructions at the start of each block read the flags the block before left (ADC,
         // CMOVcc, SETcc, a Jcc with no flag write before it): the record crosses the inner edges.
         int seed0 = BaseSeed + 1000;
-        long regions = 0;
+        long regions = 0, bundles = 0;
         for (int n = 0; n < 40; n++)
         {
             int seed = seed0 + n;
@@ -225,8 +226,12 @@ public class JitTierTests
                 a.hlt();
             };
             var c = AssertSame(program, rng, $"seed {seed} (replay: DIRIGENT_JIT_SEED={seed - 1000})", countRegions: x => regions += x);
+            bundles += c.Bundles;
         }
         Assert.True(regions > 0, "no region was compiled");
+        // Under Always a block that is not a region head is compiled into a bundle behind another block's code
+        // (BlockCompiler.Bundle.cs): the regions' neighbours ran as bundle members.
+        Assert.True(bundles > 0, "no bundle was compiled");
     }
 
     [Fact]
@@ -278,7 +283,7 @@ public class JitTierTests
     public void Calls_returns_and_pushes_through_the_compiled_tier()
     {
         var rng = new Random(BaseSeed + 1);
-        AssertSame(a =>
+        var r = AssertSame(a =>
         {
             var f = a.CreateLabel();
             var top = a.CreateLabel();
@@ -294,6 +299,10 @@ public class JitTierTests
             a.add(rax, __qword_ptr[rsp + 8]);
             a.ret();
         }, rng, "call/ret");
+        // Under Always the blocks are compiled in bundles, and one entered a few times is compiled again alone while
+        // its bundle's code is running (BlockCompiler.Bundle.cs): the 500 calls ran bundle code, then the block's own.
+        Assert.True(r.Bundles > 0, "no bundle was compiled");
+        Assert.True(r.TierUps > 0, "no bundled block was compiled again alone");
     }
 
     [Fact]
