@@ -64,7 +64,7 @@ internal sealed unsafe class Block
     public bool RegionMember;
     /// <summary>
     /// Bundles (BlockCompiler.Bundle.cs): this block's entry in the method it was compiled into with other unrelated
-    /// blocks, which switches on it; -1 before it was ever bundled. Written once, before that method is published, and
+    /// blocks, which branches on it; -1 before it was ever bundled. Written once, before that method is published, and
     /// never changed: after an eviction the old method may still be entered with this block for a moment, so a block
     /// compiled again goes into a method of its own.
     /// </summary>

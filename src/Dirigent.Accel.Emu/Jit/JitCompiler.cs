@@ -162,7 +162,7 @@ internal sealed class JitCompiler : IDisposable
                 // Blocks that outgrew their bundle first: they run compiled already, but are where the vCPU spends its time.
                 Block? t = null;
                 lock (_tierUp) if (_tierUp.Count > 0) t = _tierUp.Dequeue();
-                if (t != null) { if (t.Valid && t.Compiled != null) { TierUps++; Compile(t); } continue; }
+                if (t != null) { CompileAlone(t); continue; }
                 if (TakeHottest() is not { } b) break;
                 CompileWithOthers(b);
             }
@@ -179,13 +179,17 @@ internal sealed class JitCompiler : IDisposable
     /// retired code is).</summary>
     public void TierUp(Block b)
     {
-        if (Mode == JitMode.Always)
-        {
-            if (b.Valid && b.Compiled != null) { TierUps++; Compile(b); }
-            return;
-        }
+        if (Mode == JitMode.Always) { CompileAlone(b); return; }
         lock (_tierUp) _tierUp.Enqueue(b);
         _signal.Release();
+    }
+
+    /// <summary>A tier-up: the bundled block, if it still has code, gets a method of its own (Publish retires its bundle code).</summary>
+    private void CompileAlone(Block b)
+    {
+        if (!b.Valid || b.Compiled == null) return;
+        TierUps++;
+        Compile(b);
     }
 
     /// <summary>A queued block idle (no interpreted run) for this many of the compiler's queue scans is dropped, not compiled.</summary>
