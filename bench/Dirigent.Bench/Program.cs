@@ -17,6 +17,16 @@ namespace Dirigent.Bench;
 /// </summary>
 public static class Program
 {
+    /// <summary>An integer option's value (<paramref name="fallback"/> when absent); null, with one line on stderr, when it is not a number from min to max.</summary>
+    private static int? IntOption(string[] args, string name, int fallback, int min, int max, string bench)
+    {
+        int i = Array.IndexOf(args, name);
+        if (i < 0) return fallback;
+        if (i + 1 < args.Length && int.TryParse(args[i + 1], out int v) && v >= min && v <= max) return v;
+        Console.Error.WriteLine($"bench {bench}: {name} takes a number from {min} to {max}");
+        return null;
+    }
+
     public static int Main(string[] args)
     {
         // The benchmarks run VMs in this process: the same runtime settings as `dirigent run` (RuntimeKnobs).
@@ -30,24 +40,22 @@ public static class Program
         if (args.Contains("jit-compile"))
         {
             int at = Array.IndexOf(args, "jit-compile");
-            int pi = Array.IndexOf(args, "--passes");
             int bi = Array.IndexOf(args, "--per-block");
-            int ki = Array.IndexOf(args, "--bundle");
-            return JitCompileBench.Run(args[at + 1], pi >= 0 ? int.Parse(args[pi + 1]) : 3, bi >= 0 ? args[bi + 1] : null,
-                ki >= 0 ? int.Parse(args[ki + 1]) : 1);
+            if (at + 1 >= args.Length || !File.Exists(args[at + 1]))
+            {
+                Console.Error.WriteLine("bench jit-compile: FILE must be a block dump written with DIRIGENT_JIT_DUMP=FILE");
+                return 2;
+            }
+            if (IntOption(args, "--passes", 3, 1, 100, "jit-compile") is not int passes) return 2;
+            if (IntOption(args, "--bundle", 1, 1, 64, "jit-compile") is not int bundle) return 2;
+            return JitCompileBench.Run(args[at + 1], passes, bi >= 0 && bi + 1 < args.Length ? args[bi + 1] : null, bundle);
         }
         if (args.Contains("introspection")) return IntrospectionBench.Run();
         if (args.Contains("record")) return RecordBench.Run();
         if (args.Contains("boot-one")) return BootBench.RunOne();
         if (args.Contains("boot"))
         {
-            int ri = Array.IndexOf(args, "--runs");
-            int runs = 1;
-            if (ri >= 0 && (ri + 1 >= args.Length || !int.TryParse(args[ri + 1], out runs) || runs is < 1 or > 50))
-            {
-                Console.Error.WriteLine("bench boot: --runs takes a number from 1 to 50");
-                return 2;
-            }
+            if (IntOption(args, "--runs", 1, 1, 50, "boot") is not int runs) return 2;
             return BootBench.Run(qemu, jitOff: !args.Contains("--no-jit-off"), runs);
         }
         if (args.Contains("firmware")) return FirmwareBench.Run(qemu);
