@@ -24,10 +24,14 @@ public sealed class CpuidModel
 
     /// <summary>
     /// IA32_ARCH_CAPABILITIES: RDCL_NO, SKIP_L1DFL_VMENTRY, SSB_NO, MDS_NO, IF_PSCHANGE_MC_NO, TAA_NO, SBDR_SSDP_NO,
-    /// FBSDP_NO, PSDP_NO, PBRSB_NO, GDS_NO, RFDS_NO: an interpreter has none of these side channels.
+    /// FBSDP_NO, PSDP_NO, BHI_NO, PBRSB_NO, GDS_NO, RFDS_NO, ITS_NO: a CPU that does not speculate has none of these
+    /// side channels. ITS_NO matters most: without it a kernel with the 2025 ITS fix (Debian 12's 6.1 among them) assumes a
+    /// hypervisor's Intel CPU may have Indirect Target Selection and routes every kernel RET through a return thunk
+    /// (one more block per function return here).
     /// </summary>
-    public ulong ArchCapabilities = (1UL << 0) | (1UL << 3) | (1UL << 4) | (1UL << 5) | (1UL << 6) | (1UL << 8) |
-        (1UL << 13) | (1UL << 14) | (1UL << 15) | (1UL << 24) | (1UL << 26) | (1UL << 27);
+    public ulong ArchCapabilities = ArchCapRdclNo | (1UL << 3) | (1UL << 4) | (1UL << 5) | (1UL << 6) | (1UL << 8) |
+        (1UL << 13) | (1UL << 14) | (1UL << 15) | ArchCapBhiNo | (1UL << 24) | (1UL << 26) | (1UL << 27) | ArchCapItsNo;
+    public const ulong ArchCapRdclNo = 1UL << 0, ArchCapBhiNo = 1UL << 20, ArchCapItsNo = 1UL << 62;
 
     // Leaf 1 EDX
     public const uint FPU = 1u << 0, DE = 1u << 2, PSE = 1u << 3, TSC = 1u << 4, MSR = 1u << 5, PAE = 1u << 6,

@@ -1,3 +1,4 @@
+using Dirigent.Accel.Emu.Core;
 using Dirigent.Tests.Infrastructure;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
@@ -50,7 +51,10 @@ public class LinuxEntrySequenceTests
             a.hlt();
         });
         vm.RunToHlt();
-        Assert.Equal(1UL, vm.Cpu.Gpr[0] & 1); // RDCL_NO
+        ulong caps = (vm.Cpu.Gpr[2] << 32) | (uint)vm.Cpu.Gpr[0];
+        Assert.NotEqual(0UL, caps & CpuidModel.ArchCapRdclNo); // no Meltdown: no KPTI
+        Assert.NotEqual(0UL, caps & CpuidModel.ArchCapItsNo); // no Indirect Target Selection: no return thunks
+        Assert.NotEqual(0UL, caps & CpuidModel.ArchCapBhiNo);
         Assert.Equal(vm.Cpu.Cpuid.ArchCapabilities, (vm.Cpu.Gpr[2] << 32) | (uint)vm.Cpu.Gpr[0]);
     }
 
