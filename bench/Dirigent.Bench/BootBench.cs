@@ -11,7 +11,8 @@ namespace Dirigent.Bench;
 /// <summary>
 /// The default guest on Dirigent and on QEMU TCG (same kernel, initramfs and script) in one run: guest uptime when
 /// /init starts, wall time to power-off, in-guest `dd | sha256sum` of 16 MiB, a 20000-iteration busybox shell loop,
-/// and host CPU used while the booted guest sleeps for 10 s.
+/// 100 processes started one after another (fork + exec of busybox's /bin/true: kernel code that runs too few times
+/// to get hot in the compiled tier early), and host CPU used while the booted guest sleeps for 10 s.
 /// </summary>
 public static partial class BootBench
 {
@@ -21,6 +22,8 @@ public static partial class BootBench
         echo MARK-SHA $a $b
         a=$(cut -d' ' -f1 /proc/uptime); i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; b=$(cut -d' ' -f1 /proc/uptime)
         echo MARK-LOOP $a $b
+        a=$(cut -d' ' -f1 /proc/uptime); i=0; while [ $i -lt 100 ]; do /bin/true; i=$((i+1)); done; b=$(cut -d' ' -f1 /proc/uptime)
+        echo MARK-EXEC $a $b
         echo MARK-IDLE-BEGIN; sleep 10; echo MARK-IDLE-END
         poweroff -f
         """;
@@ -33,6 +36,8 @@ public static partial class BootBench
         public double JitPeakIlKiB { get; init; } = double.NaN;
         public double JitBlocks { get; init; } = double.NaN;
         public double DotnetJitSeconds { get; init; } = double.NaN;
+        /// <summary>100 fork + exec of /bin/true in the guest's shell, one after another (s).</summary>
+        public double Exec { get; init; } = double.NaN;
     }
 
     /// <summary>
@@ -76,6 +81,7 @@ public static partial class BootBench
         Row("wall time to power-off (s)", r => r.WallToPowerOff);
         Row("dd 16 MiB | sha256sum (s)", r => r.Sha);
         Row("shell loop, 20000 iterations (s)", r => r.Loop);
+        Row("100 x fork + exec /bin/true (s)", r => r.Exec);
         Row("host CPU while guest idles (%)", r => r.IdleCpuPercent);
         Row("blocks compiled", r => r.JitBlocks);
         Row("block compile time, whole run (s)", r => r.JitCompileSeconds);
@@ -100,7 +106,7 @@ public static partial class BootBench
         var jit = Dirigent.Accel.Emu.Jit.JitCompiler.LastTotals;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{ResultTag} {r.InitUptime:R} {r.WallToPowerOff:R} {r.Sha:R} {r.Loop:R} {r.IdleCpuPercent:R} {r.WallToInit:R} " +
-            $"{(jit?.Blocks ?? 0)} {(jit?.CompileTime.TotalSeconds ?? 0):R} {(jit?.PeakIlBytes ?? 0) / 1024.0:R} {System.Runtime.JitInfo.GetCompilationTime().TotalSeconds:R}"));
+            $"{(jit?.Blocks ?? 0)} {(jit?.CompileTime.TotalSeconds ?? 0):R} {(jit?.PeakIlBytes ?? 0) / 1024.0:R} {System.Runtime.JitInfo.GetCompilationTime().TotalSeconds:R} {r.Exec:R}"));
         return 0;
     }
 
@@ -119,7 +125,7 @@ public static partial class BootBench
         if (p.ExitCode != 0 || line == null) throw new InvalidOperationException($"boot-one exited {p.ExitCode}:\n{output}");
         double[] f = line[(ResultTag.Length + 1)..].Trim().Split(' ').Select(x => double.Parse(x, CultureInfo.InvariantCulture)).ToArray();
         return new Result(f[0], f[1], f[2], f[3], f[4], f[5])
-            { JitBlocks = f[6], JitCompileSeconds = f[7], JitPeakIlKiB = f[8], DotnetJitSeconds = f[9] };
+            { JitBlocks = f[6], JitCompileSeconds = f[7], JitPeakIlKiB = f[8], DotnetJitSeconds = f[9], Exec = f[10] };
     }
 
     private sealed class Watch : OutputSink
@@ -159,14 +165,16 @@ public static partial class BootBench
         var init = MarkInit().Match(text);
         var sha = MarkSha().Match(text);
         var loop = MarkLoop().Match(text);
-        if (!init.Success || !sha.Success || !loop.Success) throw new InvalidOperationException($"markers missing in guest output:\n{text[^Math.Min(2000, text.Length)..]}");
+        var exec = MarkExec().Match(text);
+        if (!init.Success || !sha.Success || !loop.Success || !exec.Success) throw new InvalidOperationException($"markers missing in guest output:\n{text[^Math.Min(2000, text.Length)..]}");
         return new Result(Num(init.Groups[1].Value), wall, Num(sha.Groups[2].Value) - Num(sha.Groups[1].Value),
-            Num(loop.Groups[2].Value) - Num(loop.Groups[1].Value), idle);
+            Num(loop.Groups[2].Value) - Num(loop.Groups[1].Value), idle) { Exec = Num(exec.Groups[2].Value) - Num(exec.Groups[1].Value) };
     }
 
     [GeneratedRegex(@"MARK-INIT ([0-9.]+)")] private static partial Regex MarkInit();
     [GeneratedRegex(@"MARK-SHA ([0-9.]+) ([0-9.]+)")] private static partial Regex MarkSha();
     [GeneratedRegex(@"MARK-LOOP ([0-9.]+) ([0-9.]+)")] private static partial Regex MarkLoop();
+    [GeneratedRegex(@"MARK-EXEC ([0-9.]+) ([0-9.]+)")] private static partial Regex MarkExec();
 
     private static Result RunDirigent(GuestImage img, string append) => RunDirigent(img, append, null);
 

@@ -27,6 +27,7 @@ public static class IntrospectionBench
             Row("wall time to power-off (s)", plain.WallToPowerOff, traced.WallToPowerOff);
             Row("dd 16 MiB | sha256sum (s)", plain.Sha, traced.Sha);
             Row("shell loop, 20000 iterations (s)", plain.Loop, traced.Loop);
+            Row("100 x fork + exec /bin/true (s)", plain.Exec, traced.Exec);
             Row("host CPU while guest idles (%)", plain.IdleCpuPercent, traced.IdleCpuPercent);
             // The guest runs about as long as the wall time minus the VMM's start (VM time is not reported by the
             // script's markers; the wall time to power-off is the bound used here).
