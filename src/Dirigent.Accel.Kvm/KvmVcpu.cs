@@ -177,11 +177,12 @@ public sealed unsafe partial class KvmVcpu : IVcpu, IDisposable
 
     // ---------------- run loop ----------------
 
+    public void PrepareRun() => _stopRequested = false;
+
     public VcpuExit Run()
     {
         ObjectDisposedException.ThrowIf(_fd < 0, this);
-        // As with the software CPU, a stop request applies to the run in progress, not to the next one.
-        _stopRequested = false;
+        // A stale stop request was dropped by PrepareRun; one made since applies to this run (IVcpu.RequestStop).
         EnterRun();
         try
         {

@@ -375,6 +375,8 @@ public sealed partial class Vm : IDisposable
         _exits = new VcpuExit[run.Length];
         var ended = _ended = new StrongBox<int>();
         var threads = new Thread[run.Length];
+        // Under _cmd, before any thread starts: a Pause right after this Resume then reaches the new runs.
+        foreach (var v in run) v.PrepareRun();
         for (int k = 0; k < run.Length; k++)
         {
             int idx = k;

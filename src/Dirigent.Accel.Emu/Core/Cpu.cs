@@ -184,9 +184,10 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         _pendingEvents = 1;
     }
 
+    public void PrepareRun() => _stopRequested = false;
+
     public VcpuExit Run()
     {
-        _stopRequested = false;
         // The stop that ended the last Run cleared this with events still queued (an interrupt injected just before
         // the pause, a restored exception): look at them again first.
         _pendingEvents = 1;

@@ -63,8 +63,17 @@ public interface IVcpu
     /// <summary>Runs the guest on the calling thread until an exit (see <see cref="VcpuExitReason"/>).</summary>
     VcpuExit Run();
 
-    /// <summary>Thread-safe: makes a running or halted <see cref="Run"/> return <see cref="VcpuExitReason.Stopped"/> soon.</summary>
+    /// <summary>Thread-safe: makes a running or halted <see cref="Run"/> return <see cref="VcpuExitReason.Stopped"/> soon;
+    /// made after <see cref="PrepareRun"/> but before the new run's thread enters <see cref="Run"/>, it ends that run
+    /// at once.</summary>
     void RequestStop();
+
+    /// <summary>
+    /// Before a new run's thread starts: drops a stop request left over from the last run (one that came after that
+    /// run had already ended). Run itself does not drop requests: a pause that follows a resume at once must not be
+    /// lost in the moment before the resumed thread enters Run.
+    /// </summary>
+    void PrepareRun();
 
     /// <summary>
     /// The full architectural state, including activity (running/halted/waiting for SIPI) and pending events. Only

@@ -193,6 +193,28 @@ public class CpuStateTests
         Assert.False(cpu2.GetState().InterruptShadow);
     }
 
+    [Fact]
+    public void StopRequestedBeforeTheRunThreadEntersRunEndsThatRun()
+    {
+        // The VM's Resume prepares the runs, then starts their threads; a Pause right after may reach a vCPU before its
+        // thread is in Run. That stop must end the run (it hung the VM's Pause when Run dropped it).
+        using var vm = new TestVm();
+        vm.Start64(a => { Label spin = a.CreateLabel(); a.Label(ref spin); a.jmp(spin); });
+        vm.Cpu.PrepareRun();
+        vm.Cpu.RequestStop();
+        Assert.Equal(VcpuExitReason.Stopped, RunOn(vm.Cpu).Reason);
+    }
+
+    [Fact]
+    public void StopLeftOverFromAnEndedRunIsDroppedByPrepareRun()
+    {
+        using var vm = new TestVm();
+        vm.Start64(a => { a.cli(); a.hlt(); });
+        vm.Cpu.RequestStop(); // came after the last run had ended
+        vm.Cpu.PrepareRun();
+        Assert.Equal(VcpuExitReason.HaltedForever, RunOn(vm.Cpu).Reason);
+    }
+
     /// <summary>Injects vector 0x41 and asks for a stop on its first store, only stops on later ones.</summary>
     private sealed class InjectAndStop(Cpu cpu) : Dirigent.Machine.Bus.IMmioDevice
     {
