@@ -86,10 +86,41 @@ public static unsafe partial class JitCompileBench
             double sxx = fit.Sum(f => (f.Il - mx) * (f.Il - mx)), slope = sxx > 0 ? fit.Sum(f => (f.Il - mx) * (f.Us - my)) / sxx : 0;
             Console.WriteLine($"        .NET JIT per method ~ {my - slope * mx:F0} us + {slope:F3} us per IL byte (least squares over {fit.Count} methods of {blocks.Count / (double)methods:F2} blocks)");
         }
+        PrintMachineCode(blocks, bundle);
         if (BlockCompiler.IlStats is { } st)
             foreach (var kv in st.OrderByDescending(kv => kv.Value.Bytes).Take(40))
                 Console.WriteLine($"{kv.Key,-24} n={kv.Value.N,6} bytes={kv.Value.Bytes,8} avg={kv.Value.Bytes / (double)kv.Value.N:F0}");
         return 0;
+    }
+
+    /// <summary>
+    /// The machine code the .NET JIT makes for the blocks (the compiled tier's budget is kept in IL bytes; this gives the
+    /// ratio): one more pass, untimed, as the runtime's JIT events slow compiling down.
+    /// </summary>
+    private static void PrintMachineCode(List<Block> blocks, int bundle)
+    {
+        using var sizes = new JitCodeSizeListener();
+        var wait = TimeSpan.FromSeconds(10);
+        if (!sizes.Sync(wait)) { Console.WriteLine("machine code: not reported (the runtime's JIT events did not arrive)"); return; }
+        long il = 0;
+        foreach (var unit in Units(blocks, bundle))
+        {
+            if (unit.Length == 1)
+            {
+                var r = BlockCompiler.Compile(unit[0]) ?? throw new InvalidOperationException($"block {unit[0].Ip:x} not compiled");
+                JitCompiler.Prepare(r.Method);
+                il += r.IlBytes;
+            }
+            else
+            {
+                var r = BlockCompiler.CompileBundle(unit, BlockCompiler.TierUpRuns);
+                JitCompiler.Prepare(r.Method);
+                il += r.IlBytes;
+            }
+        }
+        if (!sizes.Sync(wait)) { Console.WriteLine("machine code: not reported (the runtime's JIT events stopped)"); return; }
+        var (code, methods) = sizes.Totals;
+        Console.WriteLine($"machine code {code / 1024.0:F0} KiB in {methods} methods ({code / (double)blocks.Count:F0} B/block, {code / (double)il:F2} x the IL)");
     }
 
     /// <summary>The blocks in file order, <paramref name="bundle"/> at a time (and at most as many instructions as the compiler bundles).</summary>
