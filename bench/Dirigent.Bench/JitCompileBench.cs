@@ -56,18 +56,7 @@ public static unsafe partial class JitCompileBench
             foreach (var unit in Units(blocks, bundle))
             {
                 long t0 = Stopwatch.GetTimestamp();
-                System.Reflection.Emit.DynamicMethod method;
-                int ilBytes, inl;
-                if (unit.Length == 1)
-                {
-                    var r = BlockCompiler.Compile(unit[0]) ?? throw new InvalidOperationException($"block {unit[0].Ip:x} not compiled");
-                    (method, ilBytes, inl) = (r.Method, r.IlBytes, r.Inlined);
-                }
-                else
-                {
-                    var r = BlockCompiler.CompileBundle(unit, BlockCompiler.TierUpRuns);
-                    (method, ilBytes, inl) = (r.Method, r.IlBytes, r.Inlined);
-                }
+                var (method, ilBytes, inl) = Emit(unit);
                 long t1 = Stopwatch.GetTimestamp();
                 JitCompiler.Prepare(method);
                 long t2 = Stopwatch.GetTimestamp();
@@ -93,9 +82,21 @@ public static unsafe partial class JitCompileBench
         return 0;
     }
 
+    /// <summary>One unit's IL, as the compiler emits it: a block alone, or several in a bundle (not yet compiled by the .NET JIT).</summary>
+    private static (System.Reflection.Emit.DynamicMethod Method, int IlBytes, int Inlined) Emit(Block[] unit)
+    {
+        if (unit.Length > 1)
+        {
+            var rb = BlockCompiler.CompileBundle(unit, BlockCompiler.TierUpRuns);
+            return (rb.Method, rb.IlBytes, rb.Inlined);
+        }
+        var r = BlockCompiler.Compile(unit[0]) ?? throw new InvalidOperationException($"block {unit[0].Ip:x} not compiled");
+        return (r.Method, r.IlBytes, r.Inlined);
+    }
+
     /// <summary>
     /// The machine code the .NET JIT makes for the blocks (the compiled tier's budget is kept in IL bytes; this gives the
-    /// ratio): one more pass, untimed, as the runtime's JIT events slow compiling down.
+    /// ratio): one more pass, untimed, as the runtime's JIT events add work to every compilation.
     /// </summary>
     private static void PrintMachineCode(List<Block> blocks, int bundle)
     {
@@ -105,18 +106,9 @@ public static unsafe partial class JitCompileBench
         long il = 0;
         foreach (var unit in Units(blocks, bundle))
         {
-            if (unit.Length == 1)
-            {
-                var r = BlockCompiler.Compile(unit[0]) ?? throw new InvalidOperationException($"block {unit[0].Ip:x} not compiled");
-                JitCompiler.Prepare(r.Method);
-                il += r.IlBytes;
-            }
-            else
-            {
-                var r = BlockCompiler.CompileBundle(unit, BlockCompiler.TierUpRuns);
-                JitCompiler.Prepare(r.Method);
-                il += r.IlBytes;
-            }
+            var (method, ilBytes, _) = Emit(unit);
+            JitCompiler.Prepare(method);
+            il += ilBytes;
         }
         if (!sizes.Sync(wait)) { Console.WriteLine("machine code: not reported (the runtime's JIT events stopped)"); return; }
         var (code, methods) = sizes.Totals;
