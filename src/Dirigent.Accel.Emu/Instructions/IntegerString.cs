@@ -110,18 +110,16 @@ internal static unsafe class IntegerString
         {
             while (count != 0 && budget > 0)
             {
-                if (forward)
+                ulong n = forward ? MovsBulk(c, seg, si, di, count, sz, mask, (ulong)budget)
+                                  : MovsBulkBackward(c, seg, si, di, count, sz, mask, (ulong)budget);
+                if (n != 0)
                 {
-                    ulong n = MovsBulk(c, seg, si, di, count, sz, mask, (ulong)budget);
-                    if (n != 0)
-                    {
-                        ulong bytes = n * (ulong)sz;
-                        si = (si + bytes) & mask;
-                        di = (di + bytes) & mask;
-                        count -= n;
-                        budget -= (long)bytes;
-                        continue;
-                    }
+                    ulong bytes = n * (ulong)sz;
+                    si = (forward ? si + bytes : si - bytes) & mask;
+                    di = (forward ? di + bytes : di - bytes) & mask;
+                    count -= n;
+                    budget -= (long)bytes;
+                    continue;
                 }
                 ulong v = c.ReadMem(seg, si, sz);
                 c.WriteMem(Cpu.ES, di, sz, v);
@@ -175,6 +173,60 @@ internal static unsafe class IntegerString
         }
         else
         {
+            Buffer.MemoryCopy(ps, pd, len, len);
+        }
+        c.BulkWriteDone(notify, len);
+        return n;
+    }
+
+    /// <summary>
+    /// MOVS with DF=1 (Linux's decompressor moves the compressed kernel up this way, memmove copies overlapping
+    /// buffers down this way): up to count elements from si and di downwards that stay inside the first element's
+    /// source and destination pages, with a host copy; 0 when this run needs element accesses. Each pointer is taken
+    /// for the first element first, so a fault is the one the element path raises (CR2 included).
+    /// </summary>
+    private static ulong MovsBulkBackward(Cpu c, int seg, ulong si, ulong di, ulong count, int sz, ulong mask, ulong budget)
+    {
+        ulong las = c.Linear(seg, si, sz, false);
+        ulong lad = c.Linear(Cpu.ES, di, sz, true);
+        // A first element that straddles a page, or a segment that grows down: element accesses.
+        if ((las & 0xFFF) + (ulong)sz > 0x1000 || (lad & 0xFFF) + (ulong)sz > 0x1000) return 0;
+        if (!c.Is64BitMode && (((c.Sreg[seg].Type & 0xC) == 0x4) || (c.Sreg[Cpu.ES].Type & 0xC) == 0x4)) return 0;
+        ulong n = Math.Min(count, budget / (ulong)sz);
+        // Elements below the first one down to its page's start, and offsets that do not wrap below zero (the upper
+        // end is the first element, which Linear checked against the segment limit).
+        n = Math.Min(n, (las & 0xFFF) / (ulong)sz + 1);
+        n = Math.Min(n, (lad & 0xFFF) / (ulong)sz + 1);
+        n = Math.Min(n, si / (ulong)sz + 1);
+        n = Math.Min(n, di / (ulong)sz + 1);
+        if (n < 2) return 0;
+        int len = (int)n * sz;
+        ulong span = (ulong)(len - sz);
+        if (c.BulkReadPointer(las, sz) == null) return 0;
+        byte* ps = c.BulkReadPointer(las - span, len);
+        if (ps == null) return 0;
+        if (c.BulkWritePointer(lad, sz, out _) == null) return 0;
+        byte* pd = c.BulkWritePointer(lad - span, len, out ulong notify);
+        if (pd == null) return 0;
+        long d = ps - pd;
+        if (d > 0 && d < len)
+        {
+            // The destination starts below the source and overlaps it: going down, each element must see the
+            // stores of the elements above it.
+            for (int k = len - sz; k >= 0; k -= sz)
+            {
+                switch (sz)
+                {
+                    case 1: pd[k] = ps[k]; break;
+                    case 2: Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<ushort>(ps + k)); break;
+                    case 4: Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<uint>(ps + k)); break;
+                    default: Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<ulong>(ps + k)); break;
+                }
+            }
+        }
+        else
+        {
+            // No element reads what an earlier one wrote: a copy as if through a buffer is the same.
             Buffer.MemoryCopy(ps, pd, len, len);
         }
         c.BulkWriteDone(notify, len);

@@ -82,6 +82,106 @@ public class IntFlowStringTests
         Assert.Equal(dst - 4, vm.Cpu.Gpr[7]);
     }
 
+    /// <summary>
+    /// REP MOVS with DF=1 where source and destination overlap (or not) at distances below, within and above one
+    /// element, across pages and over more than one execution's budget: the result must be what copying one element
+    /// at a time from the top down gives (a later element reads what an earlier one wrote when the destination is
+    /// below the source).
+    /// </summary>
+    [Theory]
+    [InlineData(8, 0x2010, 0x2000, 1500)]   // destination 16 bytes below: later elements read earlier stores
+    [InlineData(1, 0x0F03, 0x0F00, 9000)]   // 3 bytes below, byte elements, across pages
+    [InlineData(4, 0x3002, 0x3000, 5000)]   // 2 bytes below: closer than one element
+    [InlineData(8, 0x0100, 0x0118, 10000)]  // 24 bytes above (memmove's case), more than one budget
+    [InlineData(2, 0x1FFF, 0x2000, 7000)]   // 1 byte above, odd alignment
+    [InlineData(8, 0x0FFC, 0x9FFA, 3000)]   // apart, elements straddling pages
+    public void RepMovsBackwardMatchesElementOrder64(int sz, int srcOff, int dstOff, int count)
+    {
+        using var vm = new TestVm();
+        int len = sz * count;
+        int region = Math.Max(srcOff, dstOff) + len + 64;
+        var model = Pattern(region, 100 + sz);
+        ulong b = TestVm.DataBase;
+        vm.Vm.Memory.Write(b, model);
+        ulong srcTop = b + (ulong)srcOff + (ulong)(len - sz), dstTop = b + (ulong)dstOff + (ulong)(len - sz);
+        vm.Start64(a =>
+        {
+            a.mov(rsi, srcTop);
+            a.mov(rdi, dstTop);
+            a.mov(rcx, (ulong)count);
+            a.std();
+            switch (sz)
+            {
+                case 1: a.rep.movsb(); break;
+                case 2: a.rep.movsw(); break;
+                case 4: a.rep.movsd(); break;
+                default: a.rep.movsq(); break;
+            }
+            a.cld();
+            a.hlt();
+        });
+        vm.RunToHlt();
+        // The SDM's order: element k reads [RSI - k*sz] whole, then writes [RDI - k*sz].
+        var elem = new byte[sz];
+        for (int k = 0; k < count; k++)
+        {
+            int s = srcOff + len - sz - k * sz, d = dstOff + len - sz - k * sz;
+            Array.Copy(model, s, elem, 0, sz);
+            Array.Copy(elem, 0, model, d, sz);
+        }
+        var got = new byte[region];
+        vm.Vm.Memory.Read(b, got);
+        int diff = got.AsSpan().CommonPrefixLength(model);
+        Assert.True(diff == region, $"first differing byte at offset {diff:x} of the region");
+        Assert.Equal(0UL, vm.Cpu.Gpr[1]);
+        Assert.Equal(b + (ulong)srcOff - (ulong)sz, vm.Cpu.Gpr[6]);
+        Assert.Equal(b + (ulong)dstOff - (ulong)sz, vm.Cpu.Gpr[7]);
+    }
+
+    /// <summary>
+    /// A backward REP MOVS that reaches a not-present page (as destination or source) faults at the first element in
+    /// it, the page's highest: CR2 is that element's address and RCX/RSI/RDI the progress up to it; after the
+    /// handler maps the page the instruction finishes the copy.
+    /// </summary>
+    [Theory]
+    [InlineData(1, 0x20_6000UL, 0x20_2800UL, 0x3000, 0x20_3000UL, true)]
+    [InlineData(8, 0x20_6008UL, 0x20_2000UL, 0x600, 0x20_7000UL, false)]
+    public void RepMovsBackwardPageFaultMidwayResumes64(int sz, ulong src, ulong dst, int count, ulong missing, bool missingIsDst)
+    {
+        using var vm = new TestVm();
+        int len = sz * count;
+        var data = Pattern(len, 11 + sz);
+        vm.Vm.Memory.Write(src, data);
+        vm.Start64(a =>
+        {
+            a.mov(rsi, src + (ulong)(len - sz));
+            a.mov(rdi, dst + (ulong)(len - sz));
+            a.mov(ecx, count);
+            a.std();
+            if (sz == 1) a.rep.movsb(); else a.rep.movsq();
+            a.cld();
+            a.cli();
+            a.hlt();
+        });
+        SetupDemandPage(vm, missing);
+        vm.RunToHlt();
+        var m = vm.Vm.Memory;
+        ulong faultAt = missing + 0x1000 - (ulong)sz;                  // the missing page's highest element
+        ulong done = ((missingIsDst ? dst : src) + (ulong)(len - sz) - faultAt) / (ulong)sz;
+        Assert.Equal(IntFlowSupport.NoVector, IntFlowSupport.Vector(vm));
+        Assert.Equal(1u, m.ReadU32(Slots + 32));
+        Assert.Equal(missingIsDst ? 2UL : 0UL, m.ReadU64(Slots));      // write or read, not present, CPL 0
+        Assert.Equal(faultAt, vm.Cpu.Cr2);
+        Assert.Equal((ulong)count - done, m.ReadU64(Slots + 8));       // RCX: elements still to go
+        Assert.Equal(src + (ulong)(len - sz) - done * (ulong)sz, m.ReadU64(Slots + 16));
+        Assert.Equal(dst + (ulong)(len - sz) - done * (ulong)sz, m.ReadU64(Slots + 24));
+        var got = new byte[len];
+        m.Read(dst, got);
+        Assert.Equal(data, got);
+        Assert.Equal(0UL, vm.Cpu.Gpr[1]);
+        Assert.Equal(dst - (ulong)sz, vm.Cpu.Gpr[7]);
+    }
+
     [Fact]
     public void RepStosLargerThanOneExecutionBudget64()
     {
