@@ -29,6 +29,11 @@ public sealed unsafe class RamRegion
             }
             Host = (byte*)p;
             _mapped = true;
+            // Transparent huge pages where the host offers them on request (THP "madvise", Debian's default), as QEMU
+            // asks for its guest RAM: one host page fault per 2 MiB the guest touches instead of 512 (each dear on a
+            // virtualized host), and fewer host TLB misses behind the soft TLB's host pointers. Advice only: a host
+            // without THP ignores it, and nothing depends on it.
+            AnonMap.Madvise(p, (nuint)size, AnonMap.MADV_HUGEPAGE);
             return;
         }
         Host = (byte*)NativeMemory.AlignedAlloc((nuint)size, 4096);
@@ -62,6 +67,11 @@ internal static partial class AnonMap
 
     [LibraryImport("libc", EntryPoint = "mmap", SetLastError = true)]
     public static partial nint Mmap(nint addr, nuint length, int prot, int flags, int fd, nint offset);
+
+    public const int MADV_HUGEPAGE = 14;
+
+    [LibraryImport("libc", EntryPoint = "madvise", SetLastError = true)]
+    public static partial int Madvise(nint addr, nuint length, int advice);
 
     [LibraryImport("libc", EntryPoint = "munmap", SetLastError = true)]
     public static partial int Munmap(nint addr, nuint length);
