@@ -130,7 +130,7 @@ public static partial class BootBench
 
     private sealed class Watch : OutputSink
     {
-        private readonly StringBuilder _sb = new();
+        private readonly ConsoleLines _lines;
         private readonly Func<TimeSpan> _cpu;
         public TimeSpan? IdleBegin, IdleEnd;
         // Wall time from the VM's start (Dirigent: VmLauncher.Run called; QEMU: process started) to the MARK-INIT line.
@@ -140,20 +140,29 @@ public static partial class BootBench
         private readonly Stopwatch _sw;
         public double? InitWall;
         public DateTime? IdleBeginWall, IdleEndWall;
-        public Watch(Func<TimeSpan> cpu, Stopwatch sw) { _cpu = cpu; _sw = sw; }
-        public string Text { get { lock (_sb) return _sb.ToString(); } }
+        public Watch(Func<TimeSpan> cpu, Stopwatch sw)
+        {
+            _cpu = cpu;
+            _sw = sw;
+            _lines = new ConsoleLines(OnLine);
+        }
+        public string Text { get { lock (_lines) return _lines.Text; } }
         public void Feed(byte[] buffer, int offset, int count)
         {
-            lock (_sb)
-            {
-                _sb.Append(Encoding.ASCII.GetString(buffer, offset, count));
-                string s = _sb.ToString();
-                if (InitWall == null && MarkInit().IsMatch(s)) InitWall = _sw.Elapsed.TotalSeconds;
-                if (IdleBegin == null && s.Contains("MARK-IDLE-BEGIN")) { IdleBegin = _cpu(); IdleBeginWall = DateTime.UtcNow; }
-                if (IdleEnd == null && s.Contains("MARK-IDLE-END")) { IdleEnd = _cpu(); IdleEndWall = DateTime.UtcNow; }
-            }
+            lock (_lines) _lines.Add(buffer.AsSpan(offset, count));
+        }
+        // Marks are taken when their line is complete (under _lines' lock).
+        private void OnLine(string line)
+        {
+            if (InitWall == null && MarkInit().IsMatch(line)) InitWall = _sw.Elapsed.TotalSeconds;
+            if (IdleBegin == null && line.Contains("MARK-IDLE-BEGIN", StringComparison.Ordinal)) { IdleBegin = _cpu(); IdleBeginWall = DateTime.UtcNow; }
+            if (IdleEnd == null && line.Contains("MARK-IDLE-END", StringComparison.Ordinal)) { IdleEnd = _cpu(); IdleEndWall = DateTime.UtcNow; }
         }
         public override void Write(byte[] buffer, int offset, int count) => Feed(buffer, offset, count);
+        public override void WriteByte(byte value)
+        {
+            lock (_lines) _lines.Add(value);
+        }
 
         public double IdlePercent => IdleBegin.HasValue && IdleEnd.HasValue
             ? (IdleEnd.Value - IdleBegin.Value).TotalSeconds / (IdleEndWall!.Value - IdleBeginWall!.Value).TotalSeconds * 100 : double.NaN;

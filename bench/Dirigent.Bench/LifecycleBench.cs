@@ -138,24 +138,24 @@ public static partial class LifecycleBench
     /// <summary>Collects console output and signals when the guest has printed READY on a line of its own.</summary>
     private sealed class ReadyWatch
     {
-        private readonly StringBuilder _sb = new();
+        private readonly ConsoleLines _lines;
         public readonly ManualResetEventSlim Ready = new();
+        public ReadyWatch() => _lines = new ConsoleLines(line => { if (line == "READY") Ready.Set(); });
         public void Feed(string s)
         {
-            lock (_sb)
-            {
-                _sb.Append(s);
-                if (!Ready.IsSet && ReadyLine().IsMatch(_sb.ToString())) Ready.Set();
-            }
+            lock (_lines) _lines.Add(s);
         }
-        public string Tail { get { lock (_sb) return _sb.ToString()[^Math.Min(1500, _sb.Length)..]; } }
+        public void Feed(byte b)
+        {
+            lock (_lines) _lines.Add(b);
+        }
+        public string Tail { get { lock (_lines) return _lines.Tail(1500); } }
         public void Wait(string who, TimeSpan timeout)
         {
             if (!Ready.Wait(timeout)) throw new TimeoutException($"{who}: no READY from the guest within {timeout.TotalSeconds} s:\n{Tail}");
         }
     }
 
-    [GeneratedRegex(@"(^|\n)READY\r?\n")] private static partial Regex ReadyLine();
 
     private static VmSpec Spec(GuestImage img, string script) => new()
     {
@@ -170,7 +170,7 @@ public static partial class LifecycleBench
         try
         {
             var w = new ReadyWatch();
-            using (vm.Console.Subscribe(b => w.Feed(((char)b).ToString()), replay: true))
+            using (vm.Console.Subscribe(w.Feed, replay: true))
             {
                 vm.Start();
                 w.Wait($"dirigent {kind}", TimeSpan.FromMinutes(4));

@@ -121,26 +121,31 @@ public static partial class SmpBench
     /// <summary>Collects the serial output and notes the host's wall time when /init's first mark arrives.</summary>
     private sealed class Marks : OutputSink
     {
-        private readonly StringBuilder _sb = new();
+        private readonly ConsoleLines _lines;
         public Stopwatch Clock = null!;
         private double _wallToInit = double.NaN;
 
-        public string Tail { get { lock (_sb) { var s = _sb.ToString(); return s[^Math.Min(3000, s.Length)..]; } } }
+        public Marks() => _lines = new ConsoleLines(line =>
+        {
+            if (double.IsNaN(_wallToInit) && line.Contains("MARK-INIT", StringComparison.Ordinal)) _wallToInit = Clock.Elapsed.TotalSeconds;
+        });
+
+        public string Tail { get { lock (_lines) return _lines.Tail(3000); } }
 
         public override void Write(byte[] buffer, int offset, int count)
         {
-            lock (_sb)
-            {
-                _sb.Append(Encoding.ASCII.GetString(buffer, offset, count));
-                if (double.IsNaN(_wallToInit) && _sb.ToString().Contains("MARK-INIT", StringComparison.Ordinal))
-                    _wallToInit = Clock.Elapsed.TotalSeconds;
-            }
+            lock (_lines) _lines.Add(buffer.AsSpan(offset, count));
+        }
+
+        public override void WriteByte(byte value)
+        {
+            lock (_lines) _lines.Add(value);
         }
 
         public Result Parse(int cpus)
         {
             string text;
-            lock (_sb) text = _sb.ToString();
+            lock (_lines) text = _lines.Text;
             static double Num(string s) => double.Parse(s, CultureInfo.InvariantCulture);
             var init = MarkInit().Match(text);
             var one = MarkOne().Match(text);
