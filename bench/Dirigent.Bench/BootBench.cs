@@ -38,6 +38,11 @@ public static partial class BootBench
         public double DotnetJitSeconds { get; init; } = double.NaN;
         /// <summary>100 fork + exec of /bin/true in the guest's shell, one after another (s).</summary>
         public double Exec { get; init; } = double.NaN;
+        /// <summary>
+        /// The kernel's own clock (printk's) from registering the tsc-early clocksource to "Run /init": the same stretch
+        /// of the same kernel on both VMMs, which uptime is not (see Watch); NaN when a line is missing.
+        /// </summary>
+        public double KernelToInit { get; init; } = double.NaN;
     }
 
     /// <summary>
@@ -78,6 +83,7 @@ public static partial class BootBench
         }
         Row("guest uptime at /init (s)", r => r.InitUptime);
         Row("wall time to /init (s)", r => r.WallToInit);
+        Row("kernel, tsc-early to Run /init (s)", r => r.KernelToInit);
         Row("wall time to power-off (s)", r => r.WallToPowerOff);
         Row("dd 16 MiB | sha256sum (s)", r => r.Sha);
         Row("shell loop, 20000 iterations (s)", r => r.Loop);
@@ -106,7 +112,7 @@ public static partial class BootBench
         var jit = Dirigent.Accel.Emu.Jit.JitCompiler.LastTotals;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{ResultTag} {r.InitUptime:R} {r.WallToPowerOff:R} {r.Sha:R} {r.Loop:R} {r.IdleCpuPercent:R} {r.WallToInit:R} " +
-            $"{(jit?.Blocks ?? 0)} {(jit?.CompileTime.TotalSeconds ?? 0):R} {(jit?.PeakIlBytes ?? 0) / 1024.0:R} {System.Runtime.JitInfo.GetCompilationTime().TotalSeconds:R} {r.Exec:R}"));
+            $"{(jit?.Blocks ?? 0)} {(jit?.CompileTime.TotalSeconds ?? 0):R} {(jit?.PeakIlBytes ?? 0) / 1024.0:R} {System.Runtime.JitInfo.GetCompilationTime().TotalSeconds:R} {r.Exec:R} {r.KernelToInit:R}"));
         return 0;
     }
 
@@ -125,7 +131,7 @@ public static partial class BootBench
         if (p.ExitCode != 0 || line == null) throw new InvalidOperationException($"boot-one exited {p.ExitCode}:\n{output}");
         double[] f = line[(ResultTag.Length + 1)..].Trim().Split(' ').Select(x => double.Parse(x, CultureInfo.InvariantCulture)).ToArray();
         return new Result(f[0], f[1], f[2], f[3], f[4], f[5])
-            { JitBlocks = f[6], JitCompileSeconds = f[7], JitPeakIlKiB = f[8], DotnetJitSeconds = f[9], Exec = f[10] };
+            { JitBlocks = f[6], JitCompileSeconds = f[7], JitPeakIlKiB = f[8], DotnetJitSeconds = f[9], Exec = f[10], KernelToInit = f[11] };
     }
 
     private sealed class Watch : OutputSink
@@ -176,14 +182,19 @@ public static partial class BootBench
         var loop = MarkLoop().Match(text);
         var exec = MarkExec().Match(text);
         if (!init.Success || !sha.Success || !loop.Success || !exec.Success) throw new InvalidOperationException($"markers missing in guest output:\n{text[^Math.Min(2000, text.Length)..]}");
+        var tscEarly = KernelTscEarly().Match(text);
+        var runInit = KernelRunInit().Match(text);
+        double kernel = tscEarly.Success && runInit.Success ? Num(runInit.Groups[1].Value) - Num(tscEarly.Groups[1].Value) : double.NaN;
         return new Result(Num(init.Groups[1].Value), wall, Num(sha.Groups[2].Value) - Num(sha.Groups[1].Value),
-            Num(loop.Groups[2].Value) - Num(loop.Groups[1].Value), idle) { Exec = Num(exec.Groups[2].Value) - Num(exec.Groups[1].Value) };
+            Num(loop.Groups[2].Value) - Num(loop.Groups[1].Value), idle) { Exec = Num(exec.Groups[2].Value) - Num(exec.Groups[1].Value), KernelToInit = kernel };
     }
 
     [GeneratedRegex(@"MARK-INIT ([0-9.]+)")] private static partial Regex MarkInit();
     [GeneratedRegex(@"MARK-SHA ([0-9.]+) ([0-9.]+)")] private static partial Regex MarkSha();
     [GeneratedRegex(@"MARK-LOOP ([0-9.]+) ([0-9.]+)")] private static partial Regex MarkLoop();
     [GeneratedRegex(@"MARK-EXEC ([0-9.]+) ([0-9.]+)")] private static partial Regex MarkExec();
+    [GeneratedRegex(@"\[ *([0-9.]+)\] clocksource: tsc-early:")] private static partial Regex KernelTscEarly();
+    [GeneratedRegex(@"\[ *([0-9.]+)\] Run /init as init process")] private static partial Regex KernelRunInit();
 
     private static Result RunDirigent(GuestImage img, string append) => RunDirigent(img, append, null);
 
