@@ -19,6 +19,17 @@ public class IntFlowStringTests
         return b;
     }
 
+    private static void RepMovs(Iced.Intel.Assembler a, int sz)
+    {
+        switch (sz)
+        {
+            case 1: a.rep.movsb(); break;
+            case 2: a.rep.movsw(); break;
+            case 4: a.rep.movsd(); break;
+            default: a.rep.movsq(); break;
+        }
+    }
+
     [Theory]
     [InlineData(1, 0xFF3, 0x5FF9, 3 * 4096 + 77)]
     [InlineData(8, 0x1FFC, 0x8FFA, 1000)]
@@ -36,13 +47,7 @@ public class IntFlowStringTests
             a.mov(rsi, src);
             a.mov(rdi, dst);
             a.mov(rcx, (ulong)count);
-            switch (sz)
-            {
-                case 1: a.rep.movsb(); break;
-                case 2: a.rep.movsw(); break;
-                case 4: a.rep.movsd(); break;
-                default: a.rep.movsq(); break;
-            }
+            RepMovs(a, sz);
             a.hlt();
         });
         vm.RunToHlt();
@@ -110,13 +115,7 @@ public class IntFlowStringTests
             a.mov(rdi, dstTop);
             a.mov(rcx, (ulong)count);
             a.std();
-            switch (sz)
-            {
-                case 1: a.rep.movsb(); break;
-                case 2: a.rep.movsw(); break;
-                case 4: a.rep.movsd(); break;
-                default: a.rep.movsq(); break;
-            }
+            RepMovs(a, sz);
             a.cld();
             a.hlt();
         });
@@ -158,7 +157,7 @@ public class IntFlowStringTests
             a.mov(rdi, dst + (ulong)(len - sz));
             a.mov(ecx, count);
             a.std();
-            if (sz == 1) a.rep.movsb(); else a.rep.movsq();
+            RepMovs(a, sz);
             a.cld();
             a.cli();
             a.hlt();
