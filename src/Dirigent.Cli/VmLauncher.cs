@@ -323,6 +323,8 @@ public static class VmLauncher
             }
             vm.Start();
             var exit = vm.Completion.GetAwaiter().GetResult();
+            // The guest's last output before any line of ours about how it ended.
+            frontend?.Flush();
             if (recorder != null)
             {
                 string line = recorder.Finish(out bool same);
