@@ -52,19 +52,10 @@ public sealed class GuestRunner
         }
     }
 
-    private sealed class WatchStream(GuestRunner r) : Stream
+    private sealed class WatchStream(GuestRunner r) : Infrastructure.WriteOnlyStream
     {
         public override void Write(byte[] buffer, int offset, int count) { for (int k = 0; k < count; k++) r.OnOutput(buffer[offset + k]); }
         public override void WriteByte(byte value) => r.OnOutput(value);
-        public override void Flush() { }
-        public override bool CanRead => false;
-        public override bool CanSeek => false;
-        public override bool CanWrite => true;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
     }
 
     /// <summary>stdin for the VM: blocks until the script feeds bytes; Close() gives end-of-file.</summary>

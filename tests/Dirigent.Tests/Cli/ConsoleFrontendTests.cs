@@ -1,4 +1,5 @@
 using Dirigent.Cli.Terminal;
+using Dirigent.Tests.Infrastructure;
 
 namespace Dirigent.Tests.Cli;
 
@@ -12,7 +13,7 @@ public sealed class ConsoleFrontendTests
     private static readonly TimeSpan Hang = TimeSpan.FromSeconds(30);
 
     /// <summary>A stdout that records every write and can signal when a byte count is reached.</summary>
-    private sealed class Recorder : Stream
+    private sealed class Recorder : WriteOnlyStream
     {
         private readonly MemoryStream _all = new();
         private readonly object _lock = new();
@@ -31,15 +32,6 @@ public sealed class ConsoleFrontendTests
             }
         }
         public byte[] Bytes { get { lock (_lock) return _all.ToArray(); } }
-        public override void Flush() { }
-        public override bool CanRead => false;
-        public override bool CanSeek => false;
-        public override bool CanWrite => true;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
     }
 
     [Fact]
