@@ -293,6 +293,7 @@ public static class VmLauncher
 
         // The terminal goes raw only now that nothing can fail before the VM runs (and the finally below restores it).
         ConsoleFrontend? frontend = null;
+        BatchedWriter? serialOut = null; // --serial file:, drained before the file closes (serialFileScope)
         IDisposable? outputSub = null;
         if (serial == "stdio")
         {
@@ -304,7 +305,8 @@ public static class VmLauncher
         }
         else if (serialFile != null)
         {
-            outputSub = vm.Console.Subscribe(b => { serialFile.WriteByte(b); serialFile.Flush(); });
+            serialOut = new BatchedWriter(serialFile, "dirigent-serial-out");
+            outputSub = vm.Console.Subscribe(serialOut.Write);
         }
         using var cancelReg = cancel.Register(() => { try { vm.Stop(); } catch (ObjectDisposedException) { } });
         using var profiler = Environment.GetEnvironmentVariable("DIRIGENT_PROFILE") is { Length: > 0 } profPath && vm.VcpuList[0] is Cpu soft
@@ -325,6 +327,7 @@ public static class VmLauncher
             var exit = vm.Completion.GetAwaiter().GetResult();
             // The guest's last output before any line of ours about how it ended.
             frontend?.Flush();
+            serialOut?.Flush();
             if (recorder != null)
             {
                 string line = recorder.Finish(out bool same);
@@ -347,6 +350,7 @@ public static class VmLauncher
             // Disks flushed and closed in order before the terminal is given back.
             vm.Dispose();
             frontend?.Dispose();
+            serialOut?.Dispose();
             if (opts.Sandbox != null) WriteSandboxReport(opts.Sandbox, err);
             if (Environment.GetEnvironmentVariable("DIRIGENT_STATS") == "1" && vm.VcpuList[0] is Cpu soft0 && vm.Accelerator is EmuAccelerator emu)
                 PrintStats(err, soft0, emu, sw.Elapsed);

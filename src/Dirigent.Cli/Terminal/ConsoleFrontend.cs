@@ -4,22 +4,12 @@ namespace Dirigent.Cli.Terminal;
 /// Connects the guest's serial console to the host's stdin/stdout. On a terminal: raw mode with QEMU's escape
 /// (Ctrl-A x quits, Ctrl-A h helps, Ctrl-A Ctrl-A sends Ctrl-A). Otherwise plain pass-through, and end-of-file on
 /// stdin only stops input: the VM keeps running (so `&lt;/dev/null` works, as with QEMU).
-/// Output goes through a writer thread: the guest's bytes arrive one by one on the vCPU thread, and a write(2) per
-/// byte (2-4 us each on this project's hosts, ~20 KB of boot log) was vCPU time. The vCPU only appends to a buffer
-/// and wakes the writer when it sleeps; the writer writes whatever gathered meanwhile in one call, so a burst goes
-/// out in a few writes and a lone keystroke's echo at once. <see cref="Flush"/> and <see cref="Dispose"/> drain it.
+/// Output goes through a <see cref="BatchedWriter"/>: the vCPU thread only appends to a buffer.
 /// </summary>
 public sealed class ConsoleFrontend : IDisposable
 {
-    private readonly Stream _out;
+    private readonly BatchedWriter _out;
     private readonly TerminalMode? _raw;
-    private readonly object _outLock = new();   // guards _pending, _writerBusy, _writerStop
-    private readonly object _writeLock = new(); // one writer of _out at a time (the thread, or a Flush)
-    private byte[] _pending = new byte[4096];
-    private int _pendingCount;
-    private byte[] _spare = new byte[4096];     // guarded by _writeLock
-    private bool _writerBusy, _writerStop;
-    private readonly Thread _writer;
     private Thread? _reader;
     private volatile bool _stopped;
 
@@ -35,78 +25,16 @@ public sealed class ConsoleFrontend : IDisposable
 
     public ConsoleFrontend(Stream output, bool useTerminal = true)
     {
-        _out = output;
         _raw = useTerminal ? TerminalMode.EnterRaw() : null;
-        // Started here, before the VM runs (and before a seccomp filter, which allows no new threads).
-        _writer = new Thread(WriterLoop) { IsBackground = true, Name = "dirigent-console-out" };
-        _writer.Start();
+        _out = new BatchedWriter(output, "dirigent-console-out");
     }
 
-    /// <summary>A byte from the guest's UART.</summary>
-    public void Write(byte b)
-    {
-        // Raw mode turns off the terminal's own LF -> CRLF mapping; the guest already sends CRLF on its console.
-        Append(new ReadOnlySpan<byte>(in b));
-    }
-
-    private void Append(ReadOnlySpan<byte> bytes)
-    {
-        lock (_outLock)
-        {
-            if (_pendingCount + bytes.Length > _pending.Length)
-                Array.Resize(ref _pending, Math.Max(_pending.Length * 2, _pendingCount + bytes.Length));
-            bytes.CopyTo(_pending.AsSpan(_pendingCount));
-            _pendingCount += bytes.Length;
-            if (!_writerBusy) Monitor.Pulse(_outLock);
-        }
-    }
-
-    private void WriterLoop()
-    {
-        while (true)
-        {
-            lock (_outLock)
-            {
-                _writerBusy = false;
-                while (_pendingCount == 0 && !_writerStop) Monitor.Wait(_outLock);
-                if (_pendingCount == 0) return; // stopping, and everything is out
-                _writerBusy = true;
-            }
-            lock (_writeLock) DrainLocked();
-        }
-    }
-
-    /// <summary>Under _writeLock: takes what gathered and writes it. Taking and writing under the one lock keeps the
-    /// output in order between the writer thread and <see cref="Flush"/>.</summary>
-    private void DrainLocked()
-    {
-        byte[] chunk;
-        int n;
-        lock (_outLock)
-        {
-            (chunk, n) = (_pending, _pendingCount);
-            (_pending, _pendingCount) = (_spare, 0);
-        }
-        if (n > 0) WriteOut(chunk, n);
-        _spare = chunk;
-    }
-
-    private void WriteOut(byte[] chunk, int n)
-    {
-        try
-        {
-            _out.Write(chunk, 0, n);
-            _out.Flush();
-        }
-        catch (IOException) { } // the reader of our stdout went away: the guest's output has nowhere to go
-        catch (ObjectDisposedException) { }
-    }
+    /// <summary>A byte from the guest's UART, as it is (raw mode turns off the terminal's own LF -> CRLF mapping; the
+    /// guest already sends CRLF on its console).</summary>
+    public void Write(byte b) => _out.Write(b);
 
     /// <summary>Writes out everything the guest wrote so far, on this thread (before a line of the VMM's own).</summary>
-    public void Flush()
-    {
-        lock (_writeLock) DrainLocked();
-    }
+    public void Flush() => _out.Flush();
 
     public void StartInput(Stream stdin)
     {
@@ -158,18 +86,12 @@ public sealed class ConsoleFrontend : IDisposable
         }
     }
 
-    private void Message(string s) => Append(System.Text.Encoding.ASCII.GetBytes(s));
+    private void Message(string s) => _out.Write(System.Text.Encoding.ASCII.GetBytes(s));
 
     public void Dispose()
     {
         _stopped = true;
-        lock (_outLock)
-        {
-            _writerStop = true;
-            Monitor.Pulse(_outLock);
-        }
-        _writer.Join();
-        Flush();
+        _out.Dispose();
         _raw?.Dispose();
     }
 }
