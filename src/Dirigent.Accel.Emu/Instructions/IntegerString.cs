@@ -77,7 +77,7 @@ internal static unsafe class IntegerString
         if (!c.Is64BitMode)
         {
             ref var s = ref c.Sreg[seg];
-            if ((s.Type & 0xC) == 0x4) return 0; // expand-down data
+            if (GrowsDown(c, seg)) return 0;
             ulong lim = s.Limit;
             n = off > lim ? 0 : Math.Min(n, (lim - off + 1) / (ulong)sz);
         }
@@ -163,13 +163,7 @@ internal static unsafe class IntegerString
         if (d > 0 && d < len)
         {
             // The destination starts inside the source run: each element must see earlier elements' stores.
-            switch (sz)
-            {
-                case 1: for (int k = 0; k < len; k++) pd[k] = ps[k]; break;
-                case 2: for (int k = 0; k < len; k += 2) Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<ushort>(ps + k)); break;
-                case 4: for (int k = 0; k < len; k += 4) Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<uint>(ps + k)); break;
-                default: for (int k = 0; k < len; k += 8) Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<ulong>(ps + k)); break;
-            }
+            CopyElements(pd, ps, len, sz, down: false);
         }
         else
         {
@@ -177,6 +171,30 @@ internal static unsafe class IntegerString
         }
         c.BulkWriteDone(notify, len);
         return n;
+    }
+
+    /// <summary>An expand-down data segment (outside 64-bit mode): its offsets run the other way, so bulk runs skip it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool GrowsDown(Cpu c, int seg) => !c.Is64BitMode && (c.Sreg[seg].Type & 0xC) == 0x4;
+
+    /// <summary>
+    /// Copies len bytes as sz-byte elements one at a time, from the bottom up or (down) from the top down: where
+    /// source and destination overlap closer than the run, each element then sees the stores of the ones before it,
+    /// as MOVS's elements do.
+    /// </summary>
+    private static void CopyElements(byte* pd, byte* ps, int len, int sz, bool down)
+    {
+        int k = down ? len - sz : 0, step = down ? -sz : sz;
+        for (int done = 0; done < len; done += sz, k += step)
+        {
+            switch (sz)
+            {
+                case 1: pd[k] = ps[k]; break;
+                case 2: Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<ushort>(ps + k)); break;
+                case 4: Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<uint>(ps + k)); break;
+                default: Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<ulong>(ps + k)); break;
+            }
+        }
     }
 
     /// <summary>
@@ -191,7 +209,7 @@ internal static unsafe class IntegerString
         ulong lad = c.Linear(Cpu.ES, di, sz, true);
         // A first element that straddles a page, or a segment that grows down: element accesses.
         if ((las & 0xFFF) + (ulong)sz > 0x1000 || (lad & 0xFFF) + (ulong)sz > 0x1000) return 0;
-        if (!c.Is64BitMode && (((c.Sreg[seg].Type & 0xC) == 0x4) || (c.Sreg[Cpu.ES].Type & 0xC) == 0x4)) return 0;
+        if (GrowsDown(c, seg) || GrowsDown(c, Cpu.ES)) return 0;
         ulong n = Math.Min(count, budget / (ulong)sz);
         // Elements below the first one down to its page's start, and offsets that do not wrap below zero (the upper
         // end is the first element, which Linear checked against the segment limit).
@@ -213,16 +231,7 @@ internal static unsafe class IntegerString
         {
             // The destination starts below the source and overlaps it: going down, each element must see the
             // stores of the elements above it.
-            for (int k = len - sz; k >= 0; k -= sz)
-            {
-                switch (sz)
-                {
-                    case 1: pd[k] = ps[k]; break;
-                    case 2: Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<ushort>(ps + k)); break;
-                    case 4: Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<uint>(ps + k)); break;
-                    default: Unsafe.WriteUnaligned(pd + k, Unsafe.ReadUnaligned<ulong>(ps + k)); break;
-                }
-            }
+            CopyElements(pd, ps, len, sz, down: true);
         }
         else
         {
