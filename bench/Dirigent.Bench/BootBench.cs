@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Text;
 using System.Text.RegularExpressions;
 using Dirigent.Cli;
 using Dirigent.Vmm;
@@ -165,10 +164,6 @@ public static partial class BootBench
             if (IdleEnd == null && line.Contains("MARK-IDLE-END", StringComparison.Ordinal)) { IdleEnd = _cpu(); IdleEndWall = DateTime.UtcNow; }
         }
         public override void Write(byte[] buffer, int offset, int count) => Feed(buffer, offset, count);
-        public override void WriteByte(byte value)
-        {
-            lock (_lines) _lines.Add(value);
-        }
 
         public double IdlePercent => IdleBegin.HasValue && IdleEnd.HasValue
             ? (IdleEnd.Value - IdleBegin.Value).TotalSeconds / (IdleEndWall!.Value - IdleBeginWall!.Value).TotalSeconds * 100 : double.NaN;

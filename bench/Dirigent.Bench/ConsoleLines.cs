@@ -14,8 +14,6 @@ internal sealed class ConsoleLines(Action<string> onLine)
     private readonly StringBuilder _all = new();
     private readonly StringBuilder _line = new();
 
-    public int Length => _all.Length;
-
     /// <summary>Bytes as ASCII (others become '?', as Encoding.ASCII decodes them).</summary>
     public void Add(ReadOnlySpan<byte> bytes)
     {

@@ -156,7 +156,6 @@ public static partial class LifecycleBench
         }
     }
 
-
     private static VmSpec Spec(GuestImage img, string script) => new()
     {
         Kernel = img.Kernel, Initrds = [img.Initramfs], MemoryBytes = 512UL << 20, Accel = AccelKind.Emu,

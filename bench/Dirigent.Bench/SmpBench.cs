@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using System.Globalization;
-using System.Text;
 using System.Text.RegularExpressions;
 using Dirigent.Cli;
 using Dirigent.Images;
@@ -135,11 +134,6 @@ public static partial class SmpBench
         public override void Write(byte[] buffer, int offset, int count)
         {
             lock (_lines) _lines.Add(buffer.AsSpan(offset, count));
-        }
-
-        public override void WriteByte(byte value)
-        {
-            lock (_lines) _lines.Add(value);
         }
 
         public Result Parse(int cpus)
