@@ -215,6 +215,15 @@ internal sealed partial class VmManager
 
     private async Task OnWorkerExitedAsync(string name, VmRuntime rt, WorkerExit exit)
     {
+        // Counted as exiting before the worker leaves _live: reconciliation never sees a record whose worker is
+        // neither live nor being recorded.
+        _exiting.AddOrUpdate(name, 1, (_, n) => n + 1);
+        try { await OnWorkerGoneAsync(name, rt, exit); }
+        finally { _exiting.AddOrUpdate(name, 0, (_, n) => n - 1); }
+    }
+
+    private async Task OnWorkerGoneAsync(string name, VmRuntime rt, WorkerExit exit)
+    {
         _live.TryRemove(new KeyValuePair<string, VmRuntime>(name, rt));
         // Cluster: a worker that handed its VM to another host ends "migrated"; the record is the target's to write.
         bool migratedAway = _migratingAway.TryRemove(name, out _) && exit.Kind.Contains("migrat", StringComparison.OrdinalIgnoreCase);
@@ -236,22 +245,39 @@ internal sealed partial class VmManager
     {
         string state = exit.State == VmStates.Stopped ? VmStates.Stopped : VmStates.Crashed;
         (VmRecord Old, VmRecord New, long Revision) r;
+        _exiting.AddOrUpdate(name, 1, (_, n) => n + 1);
         try
         {
-            r = await _store.UpdateAsync(name, rec =>
+            // A store that is out (etcd restarting) is waited for: the exit is known only here, and a record left
+            // "running" would name a worker that is gone.
+            for (bool told = false; ; await Task.Delay(ReconcileRetry, _stopping.Token))
             {
-                if (pid != null && rec.Pid != null && rec.Pid != pid) throw new StaleExitException();
-                // Cluster: a VM given to another host meanwhile (fenced, migrated) is that host's to record.
-                if (!Owns(rec)) throw new StaleExitException();
-                rec.State = state;
-                rec.Exit = new VmExitInfo { Kind = exit.Kind, Detail = exit.Detail, ExitCode = exit.ExitCode, At = DateTimeOffset.UtcNow };
-                rec.Pid = null;
-                rec.PidStartTime = null;
-                rec.StartedAt = null;
-            });
+                try
+                {
+                    r = await _store.UpdateAsync(name, rec =>
+                    {
+                        if (pid != null && rec.Pid != null && rec.Pid != pid) throw new StaleExitException();
+                        // Cluster: a VM given to another host meanwhile (fenced, migrated) is that host's to record.
+                        if (!Owns(rec)) throw new StaleExitException();
+                        rec.State = state;
+                        rec.Exit = new VmExitInfo { Kind = exit.Kind, Detail = exit.Detail, ExitCode = exit.ExitCode, At = DateTimeOffset.UtcNow };
+                        rec.Pid = null;
+                        rec.PidStartTime = null;
+                        rec.StartedAt = null;
+                    }, ct: _stopping.Token);
+                    break;
+                }
+                catch (Exception e) when (IsStoreOutage(e))
+                {
+                    if (!told) _log.WriteLine($"daemon: VM '{name}': its worker ended ({exit.Kind}); recording that waits for the store: {Dirigent.Api.ApiProblem.OneLine(e.Message)}");
+                    told = true;
+                }
+            }
         }
         catch (StaleExitException) { return; }
         catch (Dirigent.Api.ApiRequestException) { return; } // deleted meanwhile
+        catch (OperationCanceledException) when (_stopping.IsCancellationRequested) { return; } // the next daemon records it
+        finally { _exiting.AddOrUpdate(name, 0, (_, n) => n - 1); }
         _log.WriteLine($"daemon: VM '{name}' {state}: {exit.Kind}: {exit.Detail}");
         _events.Publish(new VmExited(name, exit.Kind, exit.Detail));
         if (r.Old.State != r.New.State) _events.Publish(new VmStateChanged(name, r.Old.State, r.New.State));
@@ -284,6 +310,7 @@ internal sealed partial class VmManager
     /// <summary>Daemon shutdown: stops watching the workers without touching them.</summary>
     public void ReleaseWorkers()
     {
+        _stopping.Cancel();
         foreach (var rt in _live.Values) rt.Handle.Dispose();
     }
 
@@ -299,8 +326,19 @@ internal sealed partial class VmManager
         {
             return _ops.Submit(Target(name), description, async (ctx, ct) =>
             {
+                bool outage = false;
                 try { return await work(ctx, ct); }
-                finally { _inFlight.AddOrUpdate(name, 0, (_, n) => n - 1); }
+                catch (Exception e) when (IsStoreOutage(e))
+                {
+                    // Its last write may have landed: the record is put right once the store is back.
+                    outage = true;
+                    throw;
+                }
+                finally
+                {
+                    _inFlight.AddOrUpdate(name, 0, (_, n) => n - 1);
+                    if (outage) ReconcileLater(name);
+                }
             });
         }
         catch
