@@ -110,7 +110,10 @@ internal sealed partial class VmManager
         _log.WriteLine($"daemon: VM '{name}': worker {rt.Handle.Pid} did not exit within {StopGrace.TotalSeconds} s: killing it");
         rt.Handle.Kill();
         if (!await WaitProcessedAsync(rt, StopGrace, ct))
-            throw new InvalidOperationException($"worker {rt.Handle.Pid} of VM '{name}' did not exit even after SIGKILL");
+            throw new InvalidOperationException(rt.Handle.Exited.IsCompleted
+                // The exit is known but not yet written (RecordExitAsync waits for a cluster store that is out).
+                ? $"worker {rt.Handle.Pid} of VM '{name}' exited, but the store is unreachable: its record follows when the store is back"
+                : $"worker {rt.Handle.Pid} of VM '{name}' did not exit even after SIGKILL");
     }
 
     private static async Task<bool> WaitProcessedAsync(VmRuntime rt, TimeSpan timeout, CancellationToken ct)
