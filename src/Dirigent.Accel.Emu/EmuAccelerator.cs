@@ -106,6 +106,8 @@ public sealed class EmuAccelerator : IAccelerator
 
     public long BlocksTranslated => _cache.BlocksTranslated;
     public long BlocksInvalidated => _cache.BlocksInvalidated;
+    /// <summary>The compiled tier (null when off).</summary>
+    internal Emu.Jit.JitCompiler? CompiledTier => _cache.Jit;
 
     public void Dispose()
     {

@@ -565,7 +565,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 JitRunsInterpreted++;
                 if (Jit.JitCompiler.Stats) { b.InterpRuns++; if (b.JitQueued != 0) JitRunsWhileQueued++; }
                 // (>=, and not queued: a count that raced with the compiler's reset of a cold block is not lost.)
-                if (_jit != null && b.Bits == 64 && ++b.Heat >= _jit.Threshold && b.JitQueued == 0) _jit.Enqueue(b);
+                if (_jit != null && b.Bits == 64 && ++b.Heat >= _jit.ThresholdFor(b) && b.JitQueued == 0) _jit.Enqueue(b);
             }
             if (_pendingEvents != 0 || Halted || InterruptShadow || (_flags & (TF | RF)) != 0 || CodeBits != 64 || _instrumented)
                 return;
