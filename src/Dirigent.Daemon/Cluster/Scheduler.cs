@@ -51,9 +51,7 @@ internal sealed class Scheduler(IInventory inv, VmStore store, TextWriter log)
                 next.State = restart || rec.Want != null ? S.Crashed : S.Lost;
                 next.Exit = new VmExitInfo { Kind = "host_lost", Detail = $"host '{dead}' stopped renewing its lease", At = DateTimeOffset.UtcNow };
                 next.Want = restart || rec.Want != null ? S.Running : null;
-                next.Pid = null;
-                next.PidStartTime = null;
-                next.StartedAt = null;
+                next.ClearWorker();
             }
             var w = await store.PutRecordAsync(next, r, ct);
             if (!w.Succeeded) continue;

@@ -100,7 +100,7 @@ internal sealed partial class VmManager
         if (!_live.TryGetValue(name, out var rt))
         {
             // The record says live but no worker is known: there is nothing left to stop.
-            await TransitionAsync(name, r => { r.State = S.Stopped; r.Pid = null; r.PidStartTime = null; r.StartedAt = null; r.StopRequested = true; }, ct);
+            await TransitionAsync(name, r => { r.State = S.Stopped; r.ClearWorker(); r.StopRequested = true; }, ct);
             return;
         }
         await TransitionAsync(name, r => { r.State = S.Stopping; r.StopRequested = true; }, ct);

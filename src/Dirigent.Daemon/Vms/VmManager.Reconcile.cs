@@ -91,9 +91,7 @@ internal sealed partial class VmManager
                             Detail = "the start was cut short: the cluster store became unreachable",
                             At = DateTimeOffset.UtcNow,
                         };
-                        rec.Pid = null;
-                        rec.PidStartTime = null;
-                        rec.StartedAt = null;
+                        rec.ClearWorker();
                         what = "its start was cut short by the store outage: stopped";
                         break;
                     case S.Stopping or S.ShuttingDown when live:
@@ -104,9 +102,7 @@ internal sealed partial class VmManager
                     case S.Stopping or S.ShuttingDown:
                         rec.State = S.Stopped;
                         rec.Exit ??= new VmExitInfo { Kind = "stopped_by_request", Detail = "the worker ended during a store outage", At = DateTimeOffset.UtcNow };
-                        rec.Pid = null;
-                        rec.PidStartTime = null;
-                        rec.StartedAt = null;
+                        rec.ClearWorker();
                         what = "its worker ended during the store outage: stopped";
                         break;
                     default:

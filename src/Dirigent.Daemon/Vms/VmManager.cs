@@ -215,26 +215,24 @@ internal sealed partial class VmManager
 
     private async Task OnWorkerExitedAsync(string name, VmRuntime rt, WorkerExit exit)
     {
-        // Counted as exiting before the worker leaves _live: reconciliation never sees a record whose worker is
-        // neither live nor being recorded.
+        // Counted as exiting before the worker leaves _live, until its exit is recorded (which may wait for the
+        // store): reconciliation never sees a record whose worker is neither live nor being recorded.
         _exiting.AddOrUpdate(name, 1, (_, n) => n + 1);
-        try { await OnWorkerGoneAsync(name, rt, exit); }
-        finally { _exiting.AddOrUpdate(name, 0, (_, n) => n - 1); }
-    }
-
-    private async Task OnWorkerGoneAsync(string name, VmRuntime rt, WorkerExit exit)
-    {
-        _live.TryRemove(new KeyValuePair<string, VmRuntime>(name, rt));
-        // Cluster: a worker that handed its VM to another host ends "migrated"; the record is the target's to write.
-        bool migratedAway = _migratingAway.TryRemove(name, out _) && exit.Kind.Contains("migrat", StringComparison.OrdinalIgnoreCase);
-        try { rt.Cgroup?.Dispose(); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or CgroupException) { _log.WriteLine($"daemon: VM '{name}': cgroup not removed: {e.Message}"); }
-        if (migratedAway)
+        try
         {
-            _log.WriteLine($"daemon: VM '{name}': worker {rt.Handle.Pid} handed the VM to another host");
-            return;
+            _live.TryRemove(new KeyValuePair<string, VmRuntime>(name, rt));
+            // Cluster: a worker that handed its VM to another host ends "migrated"; the record is the target's to write.
+            bool migratedAway = _migratingAway.TryRemove(name, out _) && exit.Kind.Contains("migrat", StringComparison.OrdinalIgnoreCase);
+            try { rt.Cgroup?.Dispose(); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or CgroupException) { _log.WriteLine($"daemon: VM '{name}': cgroup not removed: {e.Message}"); }
+            if (migratedAway)
+            {
+                _log.WriteLine($"daemon: VM '{name}': worker {rt.Handle.Pid} handed the VM to another host");
+                return;
+            }
+            await RecordExitAsync(name, rt.Handle.Pid, exit);
         }
-        await RecordExitAsync(name, rt.Handle.Pid, exit);
+        finally { _exiting.AddOrUpdate(name, 0, (_, n) => n - 1); }
     }
 
     /// <summary>
@@ -245,7 +243,6 @@ internal sealed partial class VmManager
     {
         string state = exit.State == VmStates.Stopped ? VmStates.Stopped : VmStates.Crashed;
         (VmRecord Old, VmRecord New, long Revision) r;
-        _exiting.AddOrUpdate(name, 1, (_, n) => n + 1);
         try
         {
             // A store that is out (etcd restarting) is waited for: the exit is known only here, and a record left
@@ -261,9 +258,7 @@ internal sealed partial class VmManager
                         if (!Owns(rec)) throw new StaleExitException();
                         rec.State = state;
                         rec.Exit = new VmExitInfo { Kind = exit.Kind, Detail = exit.Detail, ExitCode = exit.ExitCode, At = DateTimeOffset.UtcNow };
-                        rec.Pid = null;
-                        rec.PidStartTime = null;
-                        rec.StartedAt = null;
+                        rec.ClearWorker();
                     }, ct: _stopping.Token);
                     break;
                 }
@@ -277,7 +272,6 @@ internal sealed partial class VmManager
         catch (StaleExitException) { return; }
         catch (Dirigent.Api.ApiRequestException) { return; } // deleted meanwhile
         catch (OperationCanceledException) when (_stopping.IsCancellationRequested) { return; } // the next daemon records it
-        finally { _exiting.AddOrUpdate(name, 0, (_, n) => n - 1); }
         _log.WriteLine($"daemon: VM '{name}' {state}: {exit.Kind}: {exit.Detail}");
         _events.Publish(new VmExited(name, exit.Kind, exit.Detail));
         if (r.Old.State != r.New.State) _events.Publish(new VmStateChanged(name, r.Old.State, r.New.State));

@@ -48,6 +48,14 @@ public sealed class VmRecord
     /// failed; that daemon clears it when it starts the worker.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] public string? Want { get; set; }
 
+    /// <summary>The record no longer names a worker: no pid, no process start time, no uptime.</summary>
+    public void ClearWorker()
+    {
+        Pid = null;
+        PidStartTime = null;
+        StartedAt = null;
+    }
+
     public VmRecord Clone() => System.Text.Json.JsonSerializer.Deserialize<VmRecord>(
         System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(this, ApiJson.Options), ApiJson.Options)!;
 
