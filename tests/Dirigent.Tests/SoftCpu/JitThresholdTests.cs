@@ -38,16 +38,17 @@ public class JitThresholdTests
         return vm.Accel.CompiledTier!.BlocksQueued;
     }
 
-    private static JitCompiler Tier()
+    /// <summary>The thresholds a VM's compiled tier gets (defaults, or the environment's overrides); Off starts no thread.</summary>
+    private static (int Kernel, int User) Thresholds()
     {
-        using var vm = new TestVm(jit: JitMode.On);
-        return vm.Accel.CompiledTier!;
+        using var t = new JitCompiler(JitMode.Off);
+        return (t.Threshold, t.UserThreshold);
     }
 
     [Fact]
     public void A_user_half_block_is_queued_at_the_user_threshold()
     {
-        int user = Tier().UserThreshold;
+        int user = Thresholds().User;
         Assert.Equal(0, QueuedAfter(Page, user - 2));
         Assert.Equal(1, QueuedAfter(Page, user + 10));
     }
@@ -55,10 +56,10 @@ public class JitThresholdTests
     [Fact]
     public void A_kernel_half_block_waits_for_the_kernel_threshold()
     {
-        var t = Tier();
-        Assert.True(t.UserThreshold < t.Threshold, $"user threshold {t.UserThreshold}, kernel threshold {t.Threshold}");
-        Assert.Equal(0, QueuedAfter(UpperAlias + Page, t.UserThreshold + 10));
-        Assert.Equal(0, QueuedAfter(UpperAlias + Page, t.Threshold - 2));
-        Assert.Equal(1, QueuedAfter(UpperAlias + Page, t.Threshold + 10));
+        var (kernel, user) = Thresholds();
+        Assert.True(user < kernel, $"user threshold {user}, kernel threshold {kernel}");
+        Assert.Equal(0, QueuedAfter(UpperAlias + Page, user + 10));
+        Assert.Equal(0, QueuedAfter(UpperAlias + Page, kernel - 2));
+        Assert.Equal(1, QueuedAfter(UpperAlias + Page, kernel + 10));
     }
 }
