@@ -64,8 +64,8 @@ public sealed partial class Cpu
         else v = (uint)v;
         ulong old = Cr3;
         Cr3 = v;
-        // The jump cache survives: its hits are validated against the execute TLB, which this flush empties.
-        FlushTlb();
+        // The jump cache survives: its hits are validated against the execute TLB, whose non-global entries this drops.
+        FlushTlbNonGlobal();
         UpdateMode();
         if (_hooks.Cr3Armed) _hooks.RaiseCr3Write(this, old, v);
     }

@@ -87,6 +87,58 @@ public class PagingTests
         Assert.Equal(0x60UL, R64(vm, PtBase + 5 * 8) & 0x60);
     }
 
+    /// <summary>
+    /// SDM 4.10.4.1: with CR4.PGE a MOV to CR3 drops the TLB's non-global translations and keeps the global ones, until
+    /// INVLPG of the page or a change of CR4.PGE; without PGE the G bit means nothing and CR3 drops everything. A guest
+    /// sees this when it changes a PTE without invalidating it: the old frame stays in use.
+    /// </summary>
+    [Fact]
+    public void Cr3WriteKeepsGlobalTranslationsUntilInvlpgOrAPgeChange()
+    {
+        const ulong G = 0x100;
+        using var vm = new TestVm();
+        var a = new Assembler(64);
+        void Remap(ulong slot, ulong pte) { a.mov(rax, pte); a.mov(__qword_ptr[PtBase + slot * 8], rax); }
+        void Record(ulong linear, int n) { a.mov(rax, __qword_ptr[linear]); a.mov(__qword_ptr[Results + (ulong)n * 8], rax); }
+        void ReloadCr3() { a.mov(rax, cr3); a.mov(cr3, rax); }
+        a.mov(rax, cr4);
+        a.or(eax, 0x80);                                   // CR4.PGE
+        a.mov(cr4, rax);
+        Record(0x40_1000, 0);                              // global page: frame 0x50_0000
+        Record(0x40_2000, 1);                              // not global: frame 0x50_1000
+        Remap(1, 0x50_2003 | G);
+        Remap(2, 0x50_3003);
+        ReloadCr3();
+        Record(0x40_1000, 2);                              // still the old frame: the global entry was kept
+        Record(0x40_2000, 3);                              // the new frame
+        a.invlpg(__[0x40_1000]);
+        Record(0x40_1000, 4);                              // the new frame
+        Remap(1, 0x50_0003 | G);
+        ReloadCr3();
+        Record(0x40_1000, 5);                              // kept again (filled as global by the read above)
+        a.mov(rax, cr4);
+        a.and(eax, ~0x80);                                 // clearing PGE flushes everything
+        a.mov(cr4, rax);
+        Record(0x40_1000, 6);
+        Remap(1, 0x50_2003 | G);
+        ReloadCr3();                                       // without PGE, G entries go too
+        Record(0x40_1000, 7);
+        a.hlt();
+        Emit(vm, a, TestVm.CodeBase, []);
+        Setup64(vm, TestVm.CodeBase);
+        for (ulong k = 0; k < 512; k++) W64(vm, PtBase + k * 8, 0);
+        W64(vm, PtBase + 1 * 8, 0x50_0003 | G);
+        W64(vm, PtBase + 2 * 8, 0x50_1003);
+        W64(vm, BootState.PdAddr + 2 * 8, PtBase | 3);
+        W64(vm, 0x50_0000, 0xA0);
+        W64(vm, 0x50_1000, 0xB0);
+        W64(vm, 0x50_2000, 0xA1);
+        W64(vm, 0x50_3000, 0xB1);
+        vm.RunToHlt();
+        var got = Enumerable.Range(0, 8).Select(n => R64(vm, Results + (ulong)n * 8)).ToArray();
+        Assert.Equal(new ulong[] { 0xA0, 0xB0, 0xA0, 0xB1, 0xA1, 0xA1, 0xA0, 0xA1 }, got);
+    }
+
     /// <summary>Logs (14, error code, CR2, EIP) as dwords at [EBX], resumes at EDI.</summary>
     private static void PfHandler32(Assembler a, ref Label l)
     {
