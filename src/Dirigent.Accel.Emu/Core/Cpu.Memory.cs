@@ -36,7 +36,7 @@ public sealed unsafe partial class Cpu
     // The entries filled since the last flush (indices into _tlbBase), so a flush clears those instead of all six
     // tables: a CR3 write per context switch would otherwise cost a sweep of the whole TLB. Past FillLogSize fills
     // the next flush sweeps everything.
-    private const int FillLogSize = 1024;
+    private const int FillLogSize = 2048;
     private int* _fillLog;
     private int _fills;
 
@@ -68,8 +68,17 @@ public sealed unsafe partial class Cpu
         int n = _fills;
         if (n > FillLogSize)
         {
-            for (int k = 0; k < TlbSize * 6; k++) if (_tlbBase[k].Global == 0) _tlbBase[k].Tag = ulong.MaxValue;
-            return; // the log stays overflowed: the kept entries are not in it
+            // A sweep, which also logs the kept entries again, so the next flush needs none if they fit.
+            int kept = 0;
+            for (int k = 0; k < TlbSize * 6; k++)
+            {
+                if (_tlbBase[k].Tag == ulong.MaxValue) continue;
+                if (_tlbBase[k].Global == 0) _tlbBase[k].Tag = ulong.MaxValue;
+                else if (kept < FillLogSize) _fillLog[kept++] = k;
+                else kept = int.MaxValue - 1;
+            }
+            _fills = kept <= FillLogSize ? kept : int.MaxValue;
+            return;
         }
         int m = 0;
         for (int k = 0; k < n; k++)

@@ -90,13 +90,17 @@ public class PagingTests
     /// <summary>
     /// SDM 4.10.4.1: with CR4.PGE a MOV to CR3 drops the TLB's non-global translations and keeps the global ones, until
     /// INVLPG of the page or a change of CR4.PGE; without PGE the G bit means nothing and CR3 drops everything. A guest
-    /// sees this when it changes a PTE without invalidating it: the old frame stays in use.
+    /// sees this when it changes a PTE without invalidating it: the old frame stays in use. With
+    /// <paramref name="manyFills"/> 2100 other pages are written first, more than the TLB's log of fills holds, so the
+    /// first CR3 write sweeps the whole TLB instead.
     /// </summary>
-    [Fact]
-    public void Cr3WriteKeepsGlobalTranslationsUntilInvlpgOrAPgeChange()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Cr3WriteKeepsGlobalTranslationsUntilInvlpgOrAPgeChange(bool manyFills)
     {
         const ulong G = 0x100;
-        using var vm = new TestVm();
+        using var vm = new TestVm(ramSize: 32 << 20);
         var a = new Assembler(64);
         void Remap(ulong slot, ulong pte) { a.mov(rax, pte); a.mov(__qword_ptr[PtBase + slot * 8], rax); }
         void Record(ulong linear, int n) { a.mov(rax, __qword_ptr[linear]); a.mov(__qword_ptr[Results + (ulong)n * 8], rax); }
@@ -108,6 +112,18 @@ public class PagingTests
         Record(0x40_2000, 1);                              // not global: frame 0x50_1000
         Remap(1, 0x50_2003 | G);
         Remap(2, 0x50_3003);
+        if (manyFills)
+        {
+            // Writes: their entries go to the write table, so the read entries of 0x40_1000 and 0x40_2000 stay.
+            var fill = a.CreateLabel();
+            a.mov(ecx, 2100);
+            a.mov(esi, 0x100_0000);
+            a.Label(ref fill);
+            a.mov(__dword_ptr[rsi], ecx);
+            a.add(esi, 0x1000);
+            a.dec(ecx);
+            a.jnz(fill);
+        }
         ReloadCr3();
         Record(0x40_1000, 2);                              // still the old frame: the global entry was kept
         Record(0x40_2000, 3);                              // the new frame
