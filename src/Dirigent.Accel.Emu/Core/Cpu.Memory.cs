@@ -33,18 +33,21 @@ public sealed unsafe partial class Cpu
     private TlbEntry* _tlbR, _tlbW, _tlbX;
     public ulong TlbMisses;
 
-    // The entries filled since the last flush (indices into _tlbBase), so a flush clears those instead of all six
-    // tables: a CR3 write per context switch would otherwise cost a sweep of the whole TLB. Past FillLogSize fills
-    // the next flush sweeps everything.
-    private const int FillLogSize = 2048;
-    private int* _fillLog;
-    private int _fills;
+    // Which entries hold something, so a flush clears those instead of sweeping all six tables (a CR3 write per
+    // context switch would otherwise cost a sweep of the whole TLB): the non-global entries filled since the last CR3
+    // write or flush, and the global ones filled since the last flush, in two logs of indices into _tlbBase. A fill
+    // logs its entry when the entry was empty or held the other kind (one of the same kind is in its log already).
+    // Past LogSize fills a log overflows and the flush that needs it sweeps instead.
+    private const int LogSize = 2048;
+    private int* _localLog, _globalLog;
+    private int _locals, _globals;
 
     private void AllocTlb()
     {
         _tlbBase = (TlbEntry*)NativeMemory.AlignedAlloc((nuint)(sizeof(TlbEntry) * TlbSize * 6), 64);
-        _fillLog = (int*)NativeMemory.Alloc(FillLogSize, sizeof(int));
-        _fills = int.MaxValue;
+        _localLog = (int*)NativeMemory.Alloc(LogSize, sizeof(int));
+        _globalLog = (int*)NativeMemory.Alloc(LogSize, sizeof(int));
+        _locals = _globals = int.MaxValue;
         FlushTlb();
         SelectTlb();
     }
@@ -53,8 +56,9 @@ public sealed unsafe partial class Cpu
     {
         if (_tlbBase != null) NativeMemory.AlignedFree(_tlbBase);
         _tlbBase = null;
-        if (_fillLog != null) NativeMemory.Free(_fillLog);
-        _fillLog = null;
+        if (_localLog != null) NativeMemory.Free(_localLog);
+        if (_globalLog != null) NativeMemory.Free(_globalLog);
+        _localLog = _globalLog = null;
     }
 
     /// <summary>
@@ -65,40 +69,30 @@ public sealed unsafe partial class Cpu
     private void FlushTlbNonGlobal()
     {
         if ((Cr4 & Cr4PGE) == 0 || _mem.DirtyLog.Enabled) { FlushTlb(); return; }
-        int n = _fills;
-        if (n > FillLogSize)
+        int n = _locals;
+        if (n <= LogSize)
         {
-            // A sweep, which also logs the kept entries again, so the next flush needs none if they fit.
-            int kept = 0;
-            for (int k = 0; k < TlbSize * 6; k++)
+            for (int k = 0; k < n; k++)
             {
-                if (_tlbBase[k].Tag == ulong.MaxValue) continue;
-                if (_tlbBase[k].Global == 0) _tlbBase[k].Tag = ulong.MaxValue;
-                else if (kept < FillLogSize) _fillLog[kept++] = k;
-                else kept = int.MaxValue - 1;
+                TlbEntry* e = _tlbBase + _localLog[k];
+                if (e->Global == 0) e->Tag = ulong.MaxValue;
             }
-            _fills = kept <= FillLogSize ? kept : int.MaxValue;
-            return;
         }
-        int m = 0;
-        for (int k = 0; k < n; k++)
-        {
-            int i = _fillLog[k];
-            if (_tlbBase[i].Tag == ulong.MaxValue) continue;
-            if (_tlbBase[i].Global != 0) _fillLog[m++] = i;
-            else _tlbBase[i].Tag = ulong.MaxValue;
-        }
-        _fills = m;
+        else for (int k = 0; k < TlbSize * 6; k++) if (_tlbBase[k].Global == 0) _tlbBase[k].Tag = ulong.MaxValue;
+        _locals = 0;
     }
 
     /// <summary>Drops every cached translation (CR0/CR4/EFER writes, CR3 without CR4.PGE).</summary>
     public void FlushTlb()
     {
         if (_mem.DirtyLog.Enabled) DropWriteEntries(); // logs the pages first (see Cpu.DirtyLog.cs)
-        int n = _fills;
-        if (n <= FillLogSize) for (int k = 0; k < n; k++) _tlbBase[_fillLog[k]].Tag = ulong.MaxValue;
+        if (_locals <= LogSize && _globals <= LogSize)
+        {
+            for (int k = 0; k < _locals; k++) _tlbBase[_localLog[k]].Tag = ulong.MaxValue;
+            for (int k = 0; k < _globals; k++) _tlbBase[_globalLog[k]].Tag = ulong.MaxValue;
+        }
         else for (int k = 0; k < TlbSize * 6; k++) _tlbBase[k].Tag = ulong.MaxValue;
-        _fills = 0;
+        _locals = _globals = 0;
     }
 
     /// <summary>INVLPG: drops the translations of one linear page.</summary>
@@ -400,12 +394,17 @@ public sealed unsafe partial class Cpu
             TlbEntry* t = acc switch { Access.Read => _tlbR, Access.Write => _tlbW, _ => _tlbX };
             TlbEntry* e = t + (page & TlbMask);
             if (acc == Access.Write && _mem.DirtyLog.Enabled) LogWriteFill(e, ppage);
-            if (e->Tag == ulong.MaxValue && _fills < FillLogSize) _fillLog[_fills++] = (int)(e - _tlbBase);
-            else if (e->Tag == ulong.MaxValue) _fills = int.MaxValue;
+            ulong global = _walkGlobal ? 1UL : 0UL;
+            if (e->Tag == ulong.MaxValue || e->Global != global)
+            {
+                if (global != 0) { if (_globals < LogSize) _globalLog[_globals++] = (int)(e - _tlbBase); else _globals = int.MaxValue; }
+                else if (_locals < LogSize) _localLog[_locals++] = (int)(e - _tlbBase);
+                else _locals = int.MaxValue;
+            }
             e->Tag = page;
             e->Addend = (ulong)host - (la & ~0xFFFUL);
             e->PhysPage = ppage;
-            e->Global = _walkGlobal ? 1UL : 0UL;
+            e->Global = global;
         }
         return pa;
     }
