@@ -394,7 +394,7 @@ public sealed unsafe partial class Cpu
             TlbEntry* t = acc switch { Access.Read => _tlbR, Access.Write => _tlbW, _ => _tlbX };
             TlbEntry* e = t + (page & TlbMask);
             if (acc == Access.Write && _mem.DirtyLog.Enabled) LogWriteFill(e, ppage);
-            ulong global = _walkGlobal ? 1UL : 0UL;
+            ulong global = _walkGlobal && (Cr4 & Cr4PGE) != 0 ? 1UL : 0UL;
             if (e->Tag == ulong.MaxValue || e->Global != global)
             {
                 if (global != 0) { if (_globals < LogSize) _globalLog[_globals++] = (int)(e - _tlbBase); else _globals = int.MaxValue; }
@@ -451,7 +451,7 @@ public sealed unsafe partial class Cpu
 
     private const ulong NoTranslation = ulong.MaxValue;
     private const ulong PteG = 0x100;
-    /// <summary>The last walk's leaf entry was global (G) and CR4.PGE is on: TranslateAndFill marks its entry so.</summary>
+    /// <summary>The last walk's leaf entry had its G bit set (TranslateAndFill marks the entry global if CR4.PGE is on).</summary>
     private bool _walkGlobal;
 
     private ulong ReadPte(ulong pa, bool wide)
@@ -541,7 +541,7 @@ public sealed unsafe partial class Cpu
                 CheckLeaf(la, acc, user, rights, nx);
                 ulong need = PteA | (acc == Access.Write ? PteD : 0);
                 if ((e & need) != need && !SetPteBits(ea, true, e, need)) return NoTranslation;
-                _walkGlobal = (e & PteG) != 0 && (Cr4 & Cr4PGE) != 0;
+                _walkGlobal = (e & PteG) != 0;
                 return (e & PhysAddrMask & ~pageMask) | (la & pageMask);
             }
             // Non-leaf accessed bits are set as the walk passes, even if it later faults (SDM 4.8).
@@ -573,7 +573,7 @@ public sealed unsafe partial class Cpu
                 CheckLeaf(la, acc, user, rights, nx);
                 ulong need = PteA | (acc == Access.Write ? PteD : 0);
                 if ((e & need) != need && !SetPteBits(ea, true, e, need)) return NoTranslation;
-                _walkGlobal = (e & PteG) != 0 && (Cr4 & Cr4PGE) != 0;
+                _walkGlobal = (e & PteG) != 0;
                 ulong pageMask = (1UL << shift) - 1;
                 return (e & PhysAddrMask & ~pageMask) | (la & pageMask);
             }
@@ -593,7 +593,7 @@ public sealed unsafe partial class Cpu
             CheckLeaf(la, acc, user, pde, false);
             ulong need4m = PteA | (acc == Access.Write ? PteD : 0);
             if ((pde & need4m) != need4m && !SetPteBits(pdeAddr, false, pde, need4m)) return NoTranslation;
-            _walkGlobal = (pde & PteG) != 0 && (Cr4 & Cr4PGE) != 0;
+            _walkGlobal = (pde & PteG) != 0;
             // PSE-36: bits 13..20 of the PDE are physical-address bits 32..39.
             ulong frame = (pde & 0xFFC0_0000UL) | (((pde >> 13) & 0xFF) << 32);
             return frame | (la & 0x3F_FFFF);
@@ -605,7 +605,7 @@ public sealed unsafe partial class Cpu
         if ((pde & PteA) == 0 && !SetPteBits(pdeAddr, false, pde, PteA)) return NoTranslation;
         ulong need = PteA | (acc == Access.Write ? PteD : 0);
         if ((pte & need) != need && !SetPteBits(pteAddr, false, pte, need)) return NoTranslation;
-        _walkGlobal = (pte & PteG) != 0 && (Cr4 & Cr4PGE) != 0;
+        _walkGlobal = (pte & PteG) != 0;
         return (pte & 0xFFFF_F000UL) | (la & 0xFFF);
     }
 }
