@@ -388,5 +388,9 @@ public static class VmLauncher
             $"TLB misses {cpu.TlbMisses:N0}, blocks translated {accel.BlocksTranslated:N0}, invalidated {accel.BlocksInvalidated:N0}");
         var top = cpu.EventsDelivered.Select((n, v) => (n, v)).Where(x => x.n > 0).OrderByDescending(x => x.n).Take(8);
         err.WriteLine("dirigent: stats: events by vector: " + string.Join(", ", top.Select(x => $"{x.v:x2}={x.n:N0}")));
+        // .NET's collections stop every thread, the vCPUs too, while VM time goes on.
+        err.WriteLine($"dirigent: stats: .NET GC: {GC.CollectionCount(0)}/{GC.CollectionCount(1)}/{GC.CollectionCount(2)} collections (gen 0/1/2), " +
+            $"{GC.GetTotalPauseDuration().TotalMilliseconds:F0} ms paused, {GC.GetTotalAllocatedBytes() / (1 << 20)} MiB allocated, " +
+            $".NET JIT {System.Runtime.JitInfo.GetCompilationTime().TotalMilliseconds:F0} ms for {System.Runtime.JitInfo.GetCompiledMethodCount()} methods");
     }
 }
