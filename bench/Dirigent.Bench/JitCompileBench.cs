@@ -48,18 +48,21 @@ public static unsafe partial class JitCompileBench
         Console.WriteLine($"{blocks.Count} blocks, {blocks.Sum(b => b.Count)} instructions, {passes} passes");
         for (int p = 0; p < passes; p++)
         {
-            long il = 0, emit = 0, jit = 0, inlined = 0;
+            long il = 0, emit = 0, jit = 0, inlined = 0, allocEmit = 0, allocJit = 0;
             // Per block (IL bytes, .NET JIT microseconds), for the least-squares cost model printed after the pass.
             var fit = new List<(double Il, double Us)>(blocks.Count);
             double tc0 = ThreadCpuMs();
             int methods = 0;
             foreach (var unit in Units(blocks, bundle))
             {
+                long a0 = GC.GetAllocatedBytesForCurrentThread();
                 long t0 = Stopwatch.GetTimestamp();
                 var (method, ilBytes, inl) = Emit(unit);
                 long t1 = Stopwatch.GetTimestamp();
+                long a1 = GC.GetAllocatedBytesForCurrentThread();
                 JitCompiler.Prepare(method);
                 long t2 = Stopwatch.GetTimestamp();
+                allocEmit += a1 - a0; allocJit += GC.GetAllocatedBytesForCurrentThread() - a1;
                 methods++;
                 il += ilBytes; inlined += inl; emit += t1 - t0; jit += t2 - t1;
                 fit.Add((ilBytes, (t2 - t1) * 1e6 / Stopwatch.Frequency));
@@ -73,6 +76,8 @@ public static unsafe partial class JitCompileBench
             // The .NET JIT's cost per method and per IL byte: what a change to the emitted IL can and cannot save.
             double mx = fit.Average(f => f.Il), my = fit.Average(f => f.Us);
             double sxx = fit.Sum(f => (f.Il - mx) * (f.Il - mx)), slope = sxx > 0 ? fit.Sum(f => (f.Il - mx) * (f.Us - my)) / sxx : 0;
+            // Managed allocation per block: the garbage the VM's collections (which stop the vCPUs) have to deal with.
+            Console.WriteLine($"        managed allocation: emit {allocEmit / (double)blocks.Count / 1024:F1} KiB/block, .NET JIT {allocJit / (double)blocks.Count / 1024:F1} KiB/block");
             Console.WriteLine($"        .NET JIT per method ~ {my - slope * mx:F0} us + {slope:F3} us per IL byte (least squares over {fit.Count} methods of {blocks.Count / (double)methods:F2} blocks)");
         }
         PrintMachineCode(blocks, bundle);

@@ -30,7 +30,7 @@ public static class Program
     public static int Main(string[] args)
     {
         // The benchmarks run VMs in this process: the same runtime settings as `dirigent run` (RuntimeKnobs).
-        Dirigent.Cli.RuntimeKnobs.ExecWithoutWriteXorExecute();
+        Dirigent.Cli.RuntimeKnobs.ExecWithVmmSettings();
         bool quick = args.Contains("--quick");
         bool noQemu = args.Contains("--no-qemu");
         bool from64 = args.Contains("--from64");

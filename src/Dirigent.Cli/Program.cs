@@ -9,7 +9,7 @@ public static class Program
     public static int Main(string[] args)
     {
         // A VMM (`run`, also the daemon's workers) runs the software CPU's compiler: no W^X (RuntimeKnobs).
-        if (args.Length > 0 && args[0] == "run") RuntimeKnobs.ExecWithoutWriteXorExecute();
+        if (args.Length > 0 && args[0] == "run") RuntimeKnobs.ExecWithVmmSettings();
         var root = new RootCommand("Dirigent: a hypervisor with a software x86-64 CPU (and KVM, later)");
         root.Subcommands.Add(RunCommand.Create());
         root.Subcommands.Add(DiskCommand.Create());

@@ -15,9 +15,11 @@ namespace Dirigent.Accel.Emu.Jit;
 /// 183 us (8). In the VM that drained the compiler's queue sooner (blocks run interpreted while they wait in it):
 /// uptime at /init 1.875 s against 1.975 s (medians of six, ranges 1.86-1.89 and 1.92-2.02). But a warm shell loop
 /// whose blocks had been bundled ran 10-15 % slower (0.50-0.54 s against 0.43-0.47 s per 20000 iterations), though
-/// the .NET JIT's listing of a member and of the same block alone are alike, the entry is a compare per member (a
-/// switch's jump table was no better) and a bundle of one block is as fast as a method. Not understood; so bundles
-/// are a choice (a faster boot, slower steady code), not the default. Compiling a bundled block again alone once it
+/// the .NET JIT's code for a member's body and for the same block alone are alike. The difference is the frame: the
+/// .NET JIT gives a method one prolog and epilog, which save and restore every callee-saved register any member
+/// uses (DOTNET_JitDisasm: six pushes and the frame on every entry and again before every chaining tail call),
+/// where a short block alone saves only RBP; for blocks of two to five instructions chained to each other that is
+/// most of their cost. No IL controls it, so bundles are a choice (a faster boot, slower steady code), not the default. Compiling a bundled block again alone once it
 /// has run <see cref="TierUpRuns"/> times (DIRIGENT_JIT_TIER_UP=N) brought the warm loop back, but recompiled ~30 %
 /// of the bundled blocks and lost the boot's gain. Regions (BlockCompiler.Region.cs) are compiled alone.
 /// </summary>
