@@ -19,7 +19,7 @@ namespace Dirigent.Cli;
 /// paused (DIRIGENT_STATS=1). DOTNET_GCgen0size=0x2000000 (32 MiB; .NET reads it from the environment only) cuts
 /// that to a handful: eight alternating `bench boot-one` pairs, uptime at /init 2.06 s against 2.23 s (better in 7
 /// of 8), wall time to /init 3.14 against 3.30 s (7 of 8), the rest unchanged; at the price of up to 32 MiB more
-/// resident memory per VMM process.
+/// resident memory per VMM process (a booted 96 MiB guest: 241-242 against 218-229 MiB).
 ///
 /// Either variable already in the environment (e.g. DOTNET_EnableWriteXorExecute=1) is left as it is.
 /// </summary>
