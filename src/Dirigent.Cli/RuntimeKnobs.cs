@@ -21,25 +21,20 @@ namespace Dirigent.Cli;
 /// of 8), wall time to /init 3.14 against 3.30 s (7 of 8), the rest unchanged; at the price of up to 32 MiB more
 /// resident memory per VMM process (a booted 96 MiB guest: 241-242 against 218-229 MiB).
 ///
-/// Either variable already in the environment (e.g. DOTNET_EnableWriteXorExecute=1) is left as it is.
+/// Either variable already in the environment (e.g. DOTNET_EnableWriteXorExecute=1) is left as it is. The names and
+/// values are Dirigent.Vmm.VmmProcessSettings, shared with the daemon's workers.
 /// </summary>
 public static partial class RuntimeKnobs
 {
-    public const string WriteXorExecute = "DOTNET_EnableWriteXorExecute";
-    public const string Gen0Size = "DOTNET_GCgen0size";
-
-    /// <summary>The settings a VMM process runs with, each unless the environment already names it.</summary>
-    public static readonly IReadOnlyList<(string Name, string Value)> VmmSettings = [(WriteXorExecute, "0"), (Gen0Size, "0x2000000")];
-
     /// <summary>
-    /// When a setting of <see cref="VmmSettings"/> is not in the environment, replaces this process (execve of
+    /// When a setting of <see cref="Dirigent.Vmm.VmmProcessSettings"/> is not in the environment, replaces this process (execve of
     /// /proc/self/exe with the same argv) by one that has them; returns only when all are already set or the exec
     /// failed (then the VMM runs with .NET's defaults). Call first thing in Main, before anything else is started.
     /// </summary>
     public static void ExecWithVmmSettings()
     {
         if (!OperatingSystem.IsLinux()) return;
-        var missing = VmmSettings.Where(s => Environment.GetEnvironmentVariable(s.Name) == null).ToList();
+        var missing = Dirigent.Vmm.VmmProcessSettings.All.Where(s => Environment.GetEnvironmentVariable(s.Name) == null).ToList();
         if (missing.Count == 0) return;
         string[] argv;
         try

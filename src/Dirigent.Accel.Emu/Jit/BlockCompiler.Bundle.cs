@@ -19,9 +19,10 @@ namespace Dirigent.Accel.Emu.Jit;
 /// .NET JIT gives a method one prolog and epilog, which save and restore every callee-saved register any member
 /// uses (DOTNET_JitDisasm: six pushes and the frame on every entry and again before every chaining tail call),
 /// where a short block alone saves only RBP; for blocks of two to five instructions chained to each other that is
-/// most of their cost. No IL controls it, so bundles are a choice (a faster boot, slower steady code), not the default. Compiling a bundled block again alone once it
-/// has run <see cref="TierUpRuns"/> times (DIRIGENT_JIT_TIER_UP=N) brought the warm loop back, but recompiled ~30 %
-/// of the bundled blocks and lost the boot's gain. Regions (BlockCompiler.Region.cs) are compiled alone.
+/// most of their cost. No IL controls it, so bundles are a choice (a faster boot, slower steady code), not the
+/// default. Compiling a bundled block again alone once it has run <see cref="TierUpRuns"/> times
+/// (DIRIGENT_JIT_TIER_UP=N) brought the warm loop back, but recompiled ~30 % of the bundled blocks and lost the
+/// boot's gain. Regions (BlockCompiler.Region.cs) are compiled alone.
 /// </summary>
 internal sealed partial class BlockCompiler
 {

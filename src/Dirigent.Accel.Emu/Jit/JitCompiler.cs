@@ -7,10 +7,11 @@ namespace Dirigent.Accel.Emu.Jit;
 
 /// <summary>
 /// The compiled tier of one VM: hot blocks are queued by the vCPUs and compiled on one background thread (at the
-/// vCPUs' priority: see the constructor), which also has the .NET JIT produce their machine code before they are published, so a vCPU
-/// never waits for a compiler; it keeps interpreting the block until <see cref="Block.Compiled"/> appears. Compiled
-/// code has a budget (IL bytes, <see cref="BudgetIlBytes"/>): past it the oldest compiled blocks go back to the
-/// interpreter (and may be compiled again if they get hot again), so a guest that makes code forever cannot grow it.
+/// vCPUs' priority: see the constructor), which also has the .NET JIT produce their machine code before they are
+/// published, so a vCPU never waits for a compiler; it keeps interpreting the block until
+/// <see cref="Block.Compiled"/> appears. Compiled code has a budget (IL bytes, <see cref="BudgetIlBytes"/>): past it
+/// the oldest compiled blocks go back to the interpreter (and may be compiled again if they get hot again), so a
+/// guest that makes code forever cannot grow it.
 /// </summary>
 internal sealed class JitCompiler : IDisposable
 {

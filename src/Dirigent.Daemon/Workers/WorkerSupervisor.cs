@@ -158,8 +158,7 @@ public sealed class WorkerSupervisor
         psi.Environment["DIRIGENT_WORKER_LOG"] = logPath;
         // The worker is a VMM: its runtime settings (W^X off, gen0 budget) from its start, unless the daemon's
         // environment says (Dirigent.Cli.RuntimeKnobs; the worker would otherwise re-execute itself to get them).
-        psi.Environment.TryAdd("DOTNET_EnableWriteXorExecute", "0");
-        psi.Environment.TryAdd("DOTNET_GCgen0size", "0x2000000");
+        foreach (var (variable, value) in Dirigent.Vmm.VmmProcessSettings.All) psi.Environment.TryAdd(variable, value);
         // systemd's hand-over variables are the daemon's (Type=notify, socket activation): a worker that inherited
         // them could report readiness or take sockets on the daemon's behalf.
         foreach (string v in (string[])["NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"])
