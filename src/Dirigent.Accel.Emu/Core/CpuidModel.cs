@@ -102,7 +102,14 @@ public sealed class CpuidModel
                 }
                 break;
             case 6:
-                a = 1u << 2; // ARAT: the APIC timer keeps running in deep C-states
+                // No ARAT (EAX bit 2), deliberately. With ARAT, a TSC-deadline APIC timer and the TSC's frequency in leaf
+                // 0x15, Linux starts no PIT (apic_needs_pit()), so it has no tick at all from timekeeping_init until
+                // smp_prepare_cpus sets up the APIC timer: on this CPU that stretch of early boot (alternatives
+                // patching, ~0.3 s) ran with jiffies, the printk clock and CLOCK_MONOTONIC standing still, and the
+                // guest's clocks came out ~0.38 s behind the TSC ("sched_clock: Marking stable (...)->(..., -374574747)").
+                // Without ARAT the PIT ticks from late_time_init, as under QEMU TCG, and is shut down once the APIC
+                // timer takes over (HLT idle needs no broadcast): the loss is ~0.1 s, the gap before late_time_init.
+                a = 0;
                 break;
             case 0xB:
                 // x2APIC topology for one thread per core, one core per package.
