@@ -44,10 +44,20 @@ public static partial class BootBench
         /// <summary>The shell loop run again after the others (its code compiled by then on Dirigent) (s).</summary>
         public double WarmLoop { get; init; } = double.NaN;
         /// <summary>
-        /// The kernel's own clock (printk's) from registering the tsc-early clocksource to "Run /init": the same stretch
-        /// of the same kernel on both VMMs, which uptime is not (see Watch); NaN when a line is missing.
+        /// The kernel's TSC clock from registering the tsc-early clocksource to "Run /init" (printk's times, the
+        /// sched_clock realignment added back, see <see cref="ClockAtInit"/>); NaN when a line is missing.
         /// </summary>
         public double KernelToInit { get; init; } = double.NaN;
+        /// <summary>
+        /// The kernel's TSC clock at "Run /init": seconds since tsc_early_init (in setup_arch, on both VMMs). Printk's
+        /// times are sched_clock's, but when Linux marks sched_clock stable it shifts them to agree with
+        /// CLOCK_MONOTONIC, which stood still wherever no tick ran; "sched_clock: Marking stable (...)->(raw, offset)"
+        /// prints the shift, and it is added back here. The guest's uptime carries that loss, so this is the row that
+        /// times the same stretch of boot on both.
+        /// </summary>
+        public double ClockAtInit { get; init; } = double.NaN;
+        /// <summary>sched_clock's realignment to CLOCK_MONOTONIC (s; negative: the guest's clocks lost that much), 0 if none printed.</summary>
+        public double ClockShift { get; init; } = double.NaN;
     }
 
     /// <summary>
@@ -88,6 +98,8 @@ public static partial class BootBench
         }
         Row("guest uptime at /init (s)", r => r.InitUptime);
         Row("wall time to /init (s)", r => r.WallToInit);
+        Row("kernel TSC clock at Run /init (s)", r => r.ClockAtInit);
+        Row("guest clocks' lag at /init (s)", r => -r.ClockShift);
         Row("kernel, tsc-early to Run /init (s)", r => r.KernelToInit);
         Row("wall time to power-off (s)", r => r.WallToPowerOff);
         Row("dd 16 MiB | sha256sum (s)", r => r.Sha);
@@ -118,7 +130,7 @@ public static partial class BootBench
         var jit = Dirigent.Accel.Emu.Jit.JitCompiler.LastTotals;
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{ResultTag} {r.InitUptime:R} {r.WallToPowerOff:R} {r.Sha:R} {r.Loop:R} {r.IdleCpuPercent:R} {r.WallToInit:R} " +
-            $"{(jit?.Blocks ?? 0)} {(jit?.CompileTime.TotalSeconds ?? 0):R} {(jit?.PeakIlBytes ?? 0) / 1024.0:R} {System.Runtime.JitInfo.GetCompilationTime().TotalSeconds:R} {r.Exec:R} {r.KernelToInit:R} {r.WarmLoop:R}"));
+            $"{(jit?.Blocks ?? 0)} {(jit?.CompileTime.TotalSeconds ?? 0):R} {(jit?.PeakIlBytes ?? 0) / 1024.0:R} {System.Runtime.JitInfo.GetCompilationTime().TotalSeconds:R} {r.Exec:R} {r.KernelToInit:R} {r.WarmLoop:R} {r.ClockAtInit:R} {r.ClockShift:R}"));
         return 0;
     }
 
@@ -137,7 +149,7 @@ public static partial class BootBench
         if (p.ExitCode != 0 || line == null) throw new InvalidOperationException($"boot-one exited {p.ExitCode}:\n{output}");
         double[] f = line[(ResultTag.Length + 1)..].Trim().Split(' ').Select(x => double.Parse(x, CultureInfo.InvariantCulture)).ToArray();
         return new Result(f[0], f[1], f[2], f[3], f[4], f[5])
-            { JitBlocks = f[6], JitCompileSeconds = f[7], JitPeakIlKiB = f[8], DotnetJitSeconds = f[9], Exec = f[10], KernelToInit = f[11], WarmLoop = f[12] };
+            { JitBlocks = f[6], JitCompileSeconds = f[7], JitPeakIlKiB = f[8], DotnetJitSeconds = f[9], Exec = f[10], KernelToInit = f[11], WarmLoop = f[12], ClockAtInit = f[13], ClockShift = f[14] };
     }
 
     private sealed class Watch : OutputSink
@@ -146,9 +158,9 @@ public static partial class BootBench
         private readonly Func<TimeSpan> _cpu;
         public TimeSpan? IdleBegin, IdleEnd;
         // Wall time from the VM's start (Dirigent: VmLauncher.Run called; QEMU: process started) to the MARK-INIT line.
-        // Guest uptimes do not start at the same point of the boot: Linux's clock starts at tsc_early_init in
-        // setup_arch under Dirigent (the TSC's frequency is in CPUID leaf 0x15), but only at its TSC calibration,
-        // later in start_kernel, under QEMU TCG.
+        // (Linux's clock starts at tsc_early_init in setup_arch on both: QEMU's TSC is calibrated there against the
+        // PIT, Dirigent's frequency is in CPUID leaf 0x15. The uptimes still differ from the TSC clock by the time the
+        // guest's CLOCK_MONOTONIC lost where no tick ran: Result.ClockAtInit.)
         private readonly Stopwatch _sw;
         public double? InitWall;
         public DateTime? IdleBeginWall, IdleEndWall;
@@ -187,9 +199,14 @@ public static partial class BootBench
         if (!init.Success || !sha.Success || !loop.Success || !exec.Success || !warm.Success) throw new InvalidOperationException($"markers missing in guest output:\n{text[^Math.Min(2000, text.Length)..]}");
         var tscEarly = KernelTscEarly().Match(text);
         var runInit = KernelRunInit().Match(text);
-        double kernel = tscEarly.Success && runInit.Success ? Num(runInit.Groups[1].Value) - Num(tscEarly.Groups[1].Value) : double.NaN;
+        // Printk times after the "Marking stable" line carry sched_clock's shift to CLOCK_MONOTONIC (ns): add it back.
+        var stable = SchedClockStable().Match(text);
+        double shift = stable.Success ? Num(stable.Groups[1].Value) / 1e9 : 0;
+        double atInit = runInit.Success ? Num(runInit.Groups[1].Value) - (stable.Success && stable.Index < runInit.Index ? shift : 0) : double.NaN;
+        double kernel = tscEarly.Success && runInit.Success ? atInit - Num(tscEarly.Groups[1].Value) : double.NaN;
         return new Result(Num(init.Groups[1].Value), wall, Num(sha.Groups[2].Value) - Num(sha.Groups[1].Value),
             Num(loop.Groups[2].Value) - Num(loop.Groups[1].Value), idle) { Exec = Num(exec.Groups[2].Value) - Num(exec.Groups[1].Value), KernelToInit = kernel,
+                ClockAtInit = atInit, ClockShift = shift,
                 WarmLoop = Num(warm.Groups[2].Value) - Num(warm.Groups[1].Value) };
     }
 
@@ -200,6 +217,7 @@ public static partial class BootBench
     [GeneratedRegex(@"MARK-WARMLOOP ([0-9.]+) ([0-9.]+)")] private static partial Regex MarkWarmLoop();
     [GeneratedRegex(@"\[ *([0-9.]+)\] clocksource: tsc-early:")] private static partial Regex KernelTscEarly();
     [GeneratedRegex(@"\[ *([0-9.]+)\] Run /init as init process")] private static partial Regex KernelRunInit();
+    [GeneratedRegex(@"sched_clock: Marking stable \(-?[0-9]+, -?[0-9]+\)->\(-?[0-9]+, (-?[0-9]+)\)")] private static partial Regex SchedClockStable();
 
     private static Result RunDirigent(GuestImage img, string append) => RunDirigent(img, append, null);
 
