@@ -147,10 +147,13 @@ internal static class DirigentCli
         }
     }
 
+    /// <summary>The checkout above the bench's own binary (`dotnet run --project bench/...`), else above the working
+    /// directory (a bench built elsewhere with -o, run from the checkout).</summary>
     private static string RepoRoot()
     {
-        for (var d = new DirectoryInfo(AppContext.BaseDirectory); d != null; d = d.Parent)
-            if (File.Exists(System.IO.Path.Combine(d.FullName, "Dirigent.slnx"))) return d.FullName;
-        throw new InvalidOperationException("cannot find the repository root (Dirigent.slnx) above " + AppContext.BaseDirectory);
+        foreach (string start in new[] { AppContext.BaseDirectory, Environment.CurrentDirectory })
+            for (var d = new DirectoryInfo(start); d != null; d = d.Parent)
+                if (File.Exists(System.IO.Path.Combine(d.FullName, "Dirigent.slnx"))) return d.FullName;
+        throw new InvalidOperationException($"cannot find the repository root (Dirigent.slnx) above {AppContext.BaseDirectory} or the working directory: run the bench from the checkout");
     }
 }

@@ -31,6 +31,18 @@ public static class Program
     {
         // The benchmarks run VMs in this process: the same runtime settings as `dirigent run` (RuntimeKnobs).
         Dirigent.Cli.RuntimeKnobs.ExecWithVmmSettings();
+        try { return Dispatch(args); }
+        catch (InvalidOperationException e)
+        {
+            // A bench that cannot go on (no repository, a VM that did not finish, markers missing): its reason in one
+            // line, not a stack trace.
+            Console.Error.WriteLine($"bench: {e.Message}");
+            return 1;
+        }
+    }
+
+    private static int Dispatch(string[] args)
+    {
         bool quick = args.Contains("--quick");
         bool noQemu = args.Contains("--no-qemu");
         bool from64 = args.Contains("--from64");
