@@ -12,10 +12,12 @@ public sealed class EmuAccelerator : IAccelerator
     private readonly List<Cpu> _cpus = new();
 
     /// <param name="jit">The compiled tier; null: from DIRIGENT_JIT (on unless it says 0).</param>
-    public EmuAccelerator(MachineModel vm, Jit.JitMode? jit = null)
+    /// <param name="nativeThreshold">The native first tier: runs before a block's native code is made, 0 for off;
+    /// null: from DIRIGENT_NATIVE (on where the host is x86-64 Linux, unless it says 0).</param>
+    public EmuAccelerator(MachineModel vm, Jit.JitMode? jit = null, int? nativeThreshold = null)
     {
         _vm = vm;
-        _cache = new CodeCache(vm.Memory, jit ?? Jit.JitSettings.FromEnvironment());
+        _cache = new CodeCache(vm.Memory, jit ?? Jit.JitSettings.FromEnvironment()) { NativeThreshold = nativeThreshold };
         vm.Hooks.Changed += OnHooksChanged;
     }
 
@@ -116,7 +118,11 @@ public sealed class EmuAccelerator : IAccelerator
         {
             if (Jit.JitCompiler.Stats)
                 foreach (var c in _cpus)
+                {
+                    if (c.NativeTier is { } nt)
+                        Console.Error.WriteLine($"dirigent: native: vcpu{c.Index}: {nt.BlocksCompiled} blocks ({nt.InstructionsCovered} instructions covered, {nt.BlocksNone} not covered at all), {nt.CompileTicks * 1000.0 / System.Diagnostics.Stopwatch.Frequency:F0} ms, {nt.Arena.BytesEmitted / 1024} KiB emitted, arena restarts {nt.Arena.Restarts}");
                     Console.Error.WriteLine($"dirigent: jit: vcpu{c.Index}: {c.JitRunsCompiled} compiled block runs, {c.JitRunsInterpreted} interpreted (chained loop), {c.JitRunsWhileQueued} of them waiting in the compiler's queue; ChainLookup {c.JitChainLookups} calls, {c.JitChainLookupMisses} found nothing ({c.JitMissSlot} not in the jump cache, {c.JitMissNotCompiled} not compiled)");
+                }
             foreach (var c in _cpus) c.Dispose();
             _cpus.Clear();
         }

@@ -71,6 +71,9 @@ internal sealed unsafe class Block
     public int JitEntry = -1;
     /// <summary>Entries into this block's bundle code left before it is compiled again alone (BlockCompiler.Bundle.cs).</summary>
     public int BundleRuns;
+    /// <summary>The native first tier's code for this block (Native/), and runs counted towards making it.</summary>
+    public volatile Native.NativeCode? Native;
+    public int NativeHeat;
     /// <summary>DIRIGENT_JIT_STATS: interpreted runs in the chained loop.</summary>
     public long InterpRuns;
 }

@@ -53,6 +53,8 @@ internal sealed unsafe class CodeCache
 
     /// <summary>The compiled tier (null when off).</summary>
     public Jit.JitCompiler? Jit { get; }
+    /// <summary>The native first tier's threshold for this VM's vCPUs (0: off); null: from DIRIGENT_NATIVE.</summary>
+    public int? NativeThreshold { get; init; }
 
     public CodeCache(GuestMemory mem, Jit.JitMode jit = Emu.Jit.JitMode.Off)
     {

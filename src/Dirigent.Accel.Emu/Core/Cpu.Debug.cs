@@ -174,7 +174,7 @@ public sealed partial class Cpu
         _softIntDelivered = false;
         MovSsShadow = false;
         Stepping = true;
-        try { ExecuteBlock(b, 1); }
+        try { ExecuteBlock(b, 0, 1); }
         finally { Stepping = false; }
         bool stepped = tf && !_softIntDelivered;
         bool trap = stepped || _dbHitEnabled;

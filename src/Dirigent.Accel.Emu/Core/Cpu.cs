@@ -118,6 +118,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         Index = index;
         ApicBase = ResetApicBase(index);
         AllocTlb();
+        InitNative();
         cache.Register(this);
         UpdateInstrumented();
         SetState(CpuState.Reset());
@@ -127,6 +128,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     {
         _codeCache.Unregister(this);
         FreeTlb();
+        _native?.Arena.Dispose();
         _wake.Dispose();
     }
 
@@ -259,7 +261,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 // TF, RF or an enabled breakpoint: one instruction at a time (Cpu.Debug.cs).
                 // The STI/MOV SS shadow covers one instruction: with an event waiting, run just that one.
                 if (((_flags & (TF | RF)) != 0 || _dbgStep) && DebugStep(b)) { }
-                else if (step1 || (shadow && _pendingEvents != 0)) ExecuteBlock(b, 1);
+                else if (step1 || (shadow && _pendingEvents != 0)) ExecuteBlock(b, 0, 1);
                 else RunChained(b);
             }
             catch (CpuException ex)
@@ -342,12 +344,12 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
     public void OnIret() { if (_nmiBlocked) { _nmiBlocked = false; if (_nmiPending) _pendingEvents = 1; } }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void ExecuteBlock(Block b, int n)
+    private void ExecuteBlock(Block b, int start, int n)
     {
         _currentBlockId = b.Id;
         // n never exceeds b.Count (the arrays' length), so the per-instruction bounds checks can go.
         ref Instruction instrs = ref MemoryMarshal.GetArrayDataReference(b.Instrs);
-        int k = 0;
+        int k = start;
         try
         {
             fixed (delegate*<Cpu, ref Instruction, void>* handlers = b.Handlers)
@@ -370,7 +372,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
         }
         finally
         {
-            _instret += (ulong)k;
+            _instret += (ulong)(k - start);
             _currentBlockId = 0;
         }
     }
@@ -561,7 +563,8 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             }
             else
             {
-                ExecuteBlock(b, b.RunCount);
+                if (_native != null && b.Bits == 64 && !_instrumented) ExecuteNativeOrInterpret(b, _native);
+                else ExecuteBlock(b, 0, b.RunCount);
                 JitRunsInterpreted++;
                 if (Jit.JitCompiler.Stats) { b.InterpRuns++; if (b.JitQueued != 0) JitRunsWhileQueued++; }
                 // (>=, and not queued: a count that raced with the compiler's reset of a cold block is not lost.)

@@ -40,10 +40,10 @@ public sealed class CpuRandomBytesFuzzTests(ITestOutputHelper output)
         public readonly int Bits;
         private readonly CpuState _start;
 
-        public Machine(int bits, JitMode jit)
+        public Machine(int bits, JitMode jit, int native = 0)
         {
             Bits = bits;
-            Vm = new TestVm(jit: jit);
+            Vm = new TestVm(jit: jit, native: native);
             var m = Vm.Vm.Memory;
             m.Write(Handlers, Enumerable.Repeat((byte)0xF4, 256).ToArray());
             if (bits == 64)
@@ -128,6 +128,7 @@ public sealed class CpuRandomBytesFuzzTests(ITestOutputHelper output)
     {
         using var interp = new Machine(bits, JitMode.Off);
         using var jit = new Machine(bits, JitMode.Always);
+        using var nat = new Machine(bits, JitMode.Off, native: 1);
         using var diff = bits == 64 && NativeRunner.Supported ? new Differential() : null;
         var counts = new Dictionary<string, int>();
         void Count(string k) => counts[k] = counts.GetValueOrDefault(k) + 1;
@@ -154,11 +155,12 @@ public sealed class CpuRandomBytesFuzzTests(ITestOutputHelper output)
             var flow = ins.FlowControl;
             bool branch = valid && flow is not (FlowControl.Next or FlowControl.Interrupt or FlowControl.Exception);
             string what = $"{(valid ? ins.ToString() : "invalid")} [{Convert.ToHexString(code)}] in {bits}-bit mode";
-            Machine.Outcome a, b;
+            Machine.Outcome a, b, c;
             try
             {
                 a = interp.Run(code, st.Gpr, st.Rflags, st.Fx, branch);
                 b = jit.Run(code, st.Gpr, st.Rflags, st.Fx, branch);
+                c = nat.Run(code, st.Gpr, st.Rflags, st.Fx, branch);
             }
             catch (Exception e) { throw new Xunit.Sdk.XunitException($"{what}: {e.GetType().Name}: {e.Message}"); }
             FuzzBudget.Check(a.Vector != 8, $"{what}: double fault ({a})");
@@ -166,8 +168,13 @@ public sealed class CpuRandomBytesFuzzTests(ITestOutputHelper output)
                 $"{what}: interpreter {a}, compiled tier {b}");
             // The time stamp counter and random numbers legitimately differ between two runs.
             bool machineSpecific = ins.Mnemonic is Mnemonic.Rdtsc or Mnemonic.Rdtscp or Mnemonic.Rdrand or Mnemonic.Rdseed or Mnemonic.Rdpmc;
+            FuzzBudget.Check(a.Vector == c.Vector && a.Error == c.Error && a.PushedIp == c.PushedIp && (a.Vector != 14 || a.Cr2 == c.Cr2),
+                $"{what}: interpreter {a}, native tier {c}");
             for (int k = 0; k < 16 && !machineSpecific; k++)
+            {
                 FuzzBudget.Check(a.Gpr[k] == b.Gpr[k], $"{what}: r{k} interpreter 0x{a.Gpr[k]:x}, compiled tier 0x{b.Gpr[k]:x}");
+                FuzzBudget.Check(a.Gpr[k] == c.Gpr[k], $"{what}: r{k} interpreter 0x{a.Gpr[k]:x}, native tier 0x{c.Gpr[k]:x}");
+            }
             ulong start = bits == 64 ? UserCode : 0, next = start + (ulong)ins.Length;
             bool completed = a.Vector == 13 && a.Error == 0 && a.PushedIp == next && valid;
             bool faultedHere = a.PushedIp == start;

@@ -27,10 +27,11 @@ public sealed class TestVm : IDisposable
     public const ulong DataBase = 0x20_0000;   // 2 MiB: scratch data
 
     /// <param name="jit">The software CPU's compiled tier; null: DIRIGENT_JIT (on by default).</param>
-    public TestVm(ulong ramSize = 16 << 20, Dirigent.Accel.Emu.Jit.JitMode? jit = null)
+    /// <param name="native">The native first tier's threshold (0: off, 1: every block before it first runs); null: DIRIGENT_NATIVE.</param>
+    public TestVm(ulong ramSize = 16 << 20, Dirigent.Accel.Emu.Jit.JitMode? jit = null, int? native = null)
     {
         Vm = new MachineModel(ramSize);
-        Accel = new EmuAccelerator(Vm, jit);
+        Accel = new EmuAccelerator(Vm, jit, native);
         Cpu = (Cpu)Accel.CreateVcpu(0);
         Cpu.Log = Log.Add;
         Vm.Io.Register(0xE9, 1, new ConsolePort(this));

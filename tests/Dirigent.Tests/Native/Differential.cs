@@ -13,9 +13,11 @@ namespace Dirigent.Tests.Native;
 public sealed class Differential : IDisposable
 {
     private readonly NativeRunner _native = new();
-    // The same cases run on the interpreter and on the compiled tier (every block compiled before it runs).
+    // The same cases run on the interpreter, on the compiled tier (every block compiled before it runs) and on the
+    // native first tier (every block's native code made before it runs; the interpreter does what it does not cover).
     private readonly EmuRunner _emu = new(Dirigent.Accel.Emu.Jit.JitMode.Off);
     private readonly EmuRunner _emuJit = new(Dirigent.Accel.Emu.Jit.JitMode.Always);
+    private readonly EmuRunner _emuNative = new(Dirigent.Accel.Emu.Jit.JitMode.Off, native: 1);
     public static int CasesPerForm => int.TryParse(Environment.GetEnvironmentVariable("DIRIGENT_DIFF_CASES"), out var n) && n > 0 ? n : 64;
     public int CasesRun { get; private set; }
 
@@ -73,11 +75,14 @@ public sealed class Differential : IDisposable
         }
         var h = _native.Run(code, hin);
         var e = _emu.Run(code, ein.Clone());
-        var j = _emuJit.Run(code, ein);
+        var j = _emuJit.Run(code, ein.Clone());
+        var n = _emuNative.Run(code, ein);
         string d = Diff(code, input, h, e, flagMask, compareFx, memBase, stringRegs);
         if (d != "") return d;
         d = Diff(code, input, h, j, flagMask, compareFx, memBase, stringRegs);
-        return d == "" ? "" : "[compiled tier] " + d;
+        if (d != "") return "[compiled tier] " + d;
+        d = Diff(code, input, h, n, flagMask, compareFx, memBase, stringRegs);
+        return d == "" ? "" : "[native tier] " + d;
     }
 
     private string Diff(byte[] code, MachineState input, MachineState h, MachineState e, ulong flagMask, bool compareFx, bool memBase,
@@ -208,5 +213,6 @@ public sealed class Differential : IDisposable
         _native.Dispose();
         _emu.Dispose();
         _emuJit.Dispose();
+        _emuNative.Dispose();
     }
 }

@@ -10,7 +10,8 @@ public sealed class EmuRunner : IDisposable
     private readonly TestVm _vm;
 
     /// <param name="jit">Off: the interpreter alone; Always: every block compiled before it runs.</param>
-    public EmuRunner(Dirigent.Accel.Emu.Jit.JitMode jit = Dirigent.Accel.Emu.Jit.JitMode.Off) => _vm = new TestVm(jit: jit);
+    /// <param name="native">The native first tier: 0 off, 1 every block's native code made before it runs.</param>
+    public EmuRunner(Dirigent.Accel.Emu.Jit.JitMode jit = Dirigent.Accel.Emu.Jit.JitMode.Off, int native = 0) => _vm = new TestVm(jit: jit, native: native);
     public const ulong CodeAddr = 0x10_0000;
     /// <summary>Guest address of the memory buffer, to place in <see cref="NativeRunner.MemBaseReg"/>.</summary>
     public const ulong GuestMemAddress = 0x30_0000;

@@ -21,9 +21,9 @@ public class JitTierTests
     private sealed record Result(ulong[] Gpr, ulong Rflags, ulong Rip, ulong Instret, byte[] Mem, VcpuExitReason Exit, string Detail, long DispatcherRuns = 0, long Regions = 0,
         long Bundles = 0, long TierUps = 0);
 
-    private static Result Run(JitMode mode, Action<Assembler> program, ulong[] gpr, ulong rflags, byte[] mem)
+    private static Result Run(JitMode mode, Action<Assembler> program, ulong[] gpr, ulong rflags, byte[] mem, int native = 0)
     {
-        using var vm = new Infrastructure.TestVm(jit: mode);
+        using var vm = new Infrastructure.TestVm(jit: mode, native: native);
         vm.Vm.Memory.Write(Data, mem);
         vm.Start64(program);
         var s = vm.Cpu.GetState();
@@ -38,6 +38,8 @@ public class JitTierTests
             Assert.True(vm.Accel.JitFailures == 0, $"compile failure: {vm.Accel.JitFirstFailure}");
             Assert.True(vm.Accel.JitBlocksCompiled > 0, "nothing was compiled");
         }
+        // (A block whose first instruction is one the tier leaves to the interpreter gets no code: counted as tried.)
+        if (native > 0) Assert.True(vm.Cpu.NativeTier is { } nt && nt.BlocksCompiled + nt.BlocksNone > 0, "the native tier was not on");
         var outMem = new byte[mem.Length];
         vm.Vm.Memory.Read(Data, outMem);
         return new Result(st.Gpr.ToArray(), st.Rflags, st.Rip, vm.Cpu.InstructionsRetired, outMem, exit.Reason, exit.Detail ?? "",
@@ -69,6 +71,12 @@ public class JitTierTests
         string diff = Compare(interp, compiled);
         // The program's bytes too: the block that went wrong can be disassembled without rerunning the generator.
         if (diff != "") Assert.Fail($"{what}: {diff} [program bytes {Convert.ToHexString(Native.Differential.Asm(program))}]");
+        // The native first tier (every block's native code made before it runs, the interpreter for the rest).
+        if (NativeTierSupported)
+        {
+            diff = Compare(interp, Run(JitMode.Off, program, gpr, fl, mem, native: 1));
+            if (diff != "") Assert.Fail($"{what}: [native tier] {diff} [program bytes {Convert.ToHexString(Native.Differential.Asm(program))}]");
+        }
         countRegions?.Invoke(compiled.Regions);
         return compiled;
     }
@@ -155,6 +163,9 @@ public class JitTierTests
             default: a.imul(x, y); break;
         }
     }
+
+    private static bool NativeTierSupported =>
+        System.Runtime.InteropServices.RuntimeInformation.ProcessArchitecture == System.Runtime.InteropServices.Architecture.X64 && OperatingSystem.IsLinux();
 
     private static int BaseSeed => int.TryParse(Environment.GetEnvironmentVariable("DIRIGENT_JIT_SEED"), out int s) ? s : 0x5EED_0012;
 

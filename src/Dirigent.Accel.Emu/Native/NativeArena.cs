@@ -1,0 +1,87 @@
+using System.Runtime.InteropServices;
+
+namespace Dirigent.Accel.Emu.Native;
+
+/// <summary>
+/// One vCPU's executable memory for the native first tier: a fixed-size mapping filled front to back. When it is
+/// full, the next block starts a new generation at the front: every earlier block's code is then stale (its
+/// <see cref="NativeCode.Gen"/> no longer matches), so the vCPU never enters it again. Only the owning vCPU writes
+/// and runs code here, and never while it is inside native code, so starting over needs no coordination. The
+/// mapping's size is the tier's memory budget per vCPU.
+/// </summary>
+internal sealed unsafe partial class NativeArena : IDisposable
+{
+    public const int DefaultSize = 8 << 20;
+    private byte* _base;
+    private readonly int _size;
+    private int _used;
+    /// <summary>Bumped each time the arena starts over; code of an older generation is never run.</summary>
+    public int Gen { get; private set; }
+    public long BytesEmitted { get; private set; }
+    public int Restarts { get; private set; }
+
+    private NativeArena(byte* b, int size)
+    {
+        _base = b;
+        _size = size;
+    }
+
+    /// <summary>The arena, or null where executable memory cannot be had (then the tier stays off).</summary>
+    public static NativeArena? TryCreate(int size = DefaultSize)
+    {
+        const int PROT_READ = 1, PROT_WRITE = 2, PROT_EXEC = 4, MAP_PRIVATE = 2, MAP_ANONYMOUS = 0x20;
+        nint p = mmap(0, (nuint)size, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == -1 || p == 0) return null;
+        return new NativeArena((byte*)p, size);
+    }
+
+    /// <summary>Copies code in; returns its address, or 0 when it is larger than the whole arena.</summary>
+    public nint Place(ReadOnlySpan<byte> code)
+    {
+        int len = (code.Length + 15) & ~15;
+        if (len > _size) return 0;
+        if (_used + len > _size)
+        {
+            _used = 0;
+            Gen++;
+            Restarts++;
+        }
+        byte* dst = _base + _used;
+        code.CopyTo(new Span<byte>(dst, code.Length));
+        _used += len;
+        BytesEmitted += code.Length;
+        return (nint)dst;
+    }
+
+    public int Used => _used;
+
+    public void Dispose()
+    {
+        if (_base != null) munmap((nint)_base, (nuint)_size);
+        _base = null;
+    }
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial nint mmap(nint addr, nuint length, int prot, int flags, int fd, nint offset);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int munmap(nint addr, nuint length);
+}
+
+/// <summary>A block's native code: valid only for the vCPU that owns the arena it lives in, in that generation.</summary>
+internal sealed class NativeCode
+{
+    public readonly object Owner;
+    public readonly int Gen;
+    public readonly nint Entry;
+    /// <summary>How many of the block's instructions the code covers (a prefix; the interpreter runs the rest).</summary>
+    public readonly int Covered;
+
+    public NativeCode(object owner, int gen, nint entry, int covered)
+    {
+        Owner = owner;
+        Gen = gen;
+        Entry = entry;
+        Covered = covered;
+    }
+}

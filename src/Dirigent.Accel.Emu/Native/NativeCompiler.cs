@@ -1,0 +1,479 @@
+using System.Runtime.CompilerServices;
+using Dirigent.Accel.Emu.Core;
+using Iced.Intel;
+
+namespace Dirigent.Accel.Emu.Native;
+
+/// <summary>
+/// The native first tier: a 64-bit block's leading instructions, as far as their forms are covered, translated to
+/// x86-64 host code from fixed templates (QEMU TCG's order of cost: microseconds a block, where the .NET JIT of the
+/// IL tier costs hundreds). It runs on the vCPU's own thread when a block has run a few times, and the interpreter
+/// runs the block's remaining instructions. Guest registers stay in the CPU's register array (loaded and stored per
+/// instruction); arithmetic flags are written as the same lazy record the interpreter writes; memory goes through the
+/// same soft TLB, and a miss returns to the interpreter at that instruction with nothing of it done, so faults and
+/// slow paths (MMIO, code pages, dirty logging) are the interpreter's, exactly as before.
+///
+/// The code is called with <c>(ulong* gpr, ulong* anchor, SegmentState* sreg)</c> (System V: rdi, rsi, rdx), where
+/// anchor is the address of the CPU's <c>_flags</c> field and the other fields are reached at fixed offsets from it;
+/// it returns how many instructions it completed. It calls nothing, allocates nothing and cannot fault: the caller
+/// pins what it points at and calls it without a GC transition.
+/// </summary>
+internal sealed unsafe class NativeCompiler
+{
+    private const int Rax = X64Emitter.Rax, Rcx = X64Emitter.Rcx, Rdx = X64Emitter.Rdx, Rsi = X64Emitter.Rsi,
+        Rdi = X64Emitter.Rdi, R8 = X64Emitter.R8, R9 = X64Emitter.R9, R10 = X64Emitter.R10, R11 = X64Emitter.R11;
+    private readonly NativeLayout _l;
+    private readonly NativeArena _arena;
+    private readonly object _owner;
+    private readonly X64Emitter _a = new();
+    // Per block: the exit labels of instructions that can leave early, and whether the host's flags hold the guest's.
+    private readonly List<(int label, int k)> _exits = new();
+    private bool _hostFlags;
+
+    public long BlocksCompiled, InstructionsCovered, BlocksNone, CompileTicks;
+
+    public NativeCompiler(NativeLayout layout, NativeArena arena, object owner)
+    {
+        _l = layout;
+        _arena = arena;
+        _owner = owner;
+    }
+
+    public int Gen => _arena.Gen;
+    public NativeArena Arena => _arena;
+
+    /// <summary>The block's native code, or null when not even its first instruction is covered.</summary>
+    public NativeCode? Compile(Block b)
+    {
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        try
+        {
+            _a.Reset();
+            _exits.Clear();
+            _hostFlags = false;
+            int m = 0;
+            for (; m < b.Count; m++)
+                if (!Emit(ref b.Instrs[m], m, last: m == b.Count - 1)) break;
+            if (m == 0) { BlocksNone++; return null; }
+            if (m == b.Count && b.Instrs[m - 1].FlowControl == FlowControl.Next)
+            {
+                // The block ends without a branch (page end, length cap, an instruction that ends blocks): RIP moves on.
+                _a.MovImm(R9, b.Instrs[m - 1].NextIP);
+                _a.Store(8, Rsi, _l.Rip, R9);
+            }
+            _a.MovEaxImm(m);
+            _a.Ret();
+            foreach (var (label, k) in _exits)
+            {
+                _a.Bind(label);
+                _a.MovEaxImm(k);
+                _a.Ret();
+            }
+            if (!_a.Finish()) return null;
+            nint entry = _arena.Place(_a.Code);
+            if (entry == 0) return null;
+            BlocksCompiled++;
+            InstructionsCovered += m;
+            return new NativeCode(_owner, _arena.Gen, entry, m);
+        }
+        finally { CompileTicks += System.Diagnostics.Stopwatch.GetTimestamp() - t0; }
+    }
+
+    /// <summary>Emits instruction k; false when its form is not covered (the block's native code ends before it).</summary>
+    private bool Emit(ref Instruction i, int k, bool last)
+    {
+        if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return false;
+        switch (i.Mnemonic)
+        {
+            case Mnemonic.Nop: return true; // in every encoding (the ModRM forms touch no memory)
+            case Mnemonic.Mov: return EmitMov(ref i, k);
+            case Mnemonic.Movzx: case Mnemonic.Movsx: case Mnemonic.Movsxd: return EmitMovx(ref i, k);
+            case Mnemonic.Lea: return EmitLea(ref i);
+            case Mnemonic.Add: return EmitAlu(ref i, k, AluOp.Add);
+            case Mnemonic.Sub: return EmitAlu(ref i, k, AluOp.Sub);
+            case Mnemonic.Cmp: return EmitAlu(ref i, k, AluOp.Cmp);
+            case Mnemonic.And: return EmitAlu(ref i, k, AluOp.And);
+            case Mnemonic.Or: return EmitAlu(ref i, k, AluOp.Or);
+            case Mnemonic.Xor: return EmitAlu(ref i, k, AluOp.Xor);
+            case Mnemonic.Test: return EmitAlu(ref i, k, AluOp.Test);
+            case Mnemonic.Push: return EmitPush(ref i, k);
+            case Mnemonic.Pop: return EmitPop(ref i, k);
+            case Mnemonic.Jmp:
+                if (!last || (i.Code != Code.Jmp_rel8_64 && i.Code != Code.Jmp_rel32_64)) return false;
+                _a.MovImm(R9, i.NearBranch64);
+                _a.Store(8, Rsi, _l.Rip, R9);
+                return true;
+            case Mnemonic.Call: return last && EmitCall(ref i, k);
+            case Mnemonic.Ret: return last && i.Code == Code.Retnq && EmitRet(k);
+        }
+        if (i.FlowControl == FlowControl.ConditionalBranch && last && _hostFlags && i.Code.IsJccShortOrNear())
+            return EmitJcc(ref i);
+        return false;
+    }
+
+    // ---------------- registers ----------------
+
+    /// <summary>A general-purpose register operand: its byte offset in the register array and its size (0: not a GPR).</summary>
+    private static (int disp, int size) Gpr(Register r)
+    {
+        if (r == Register.None) return (0, 0);
+        int size = Cpu.RegSize(r);
+        if (size == 0) return (0, 0);
+        bool high = r is Register.AH or Register.CH or Register.DH or Register.BH;
+        return (Cpu.RegIndex(r) * 8 + (high ? 1 : 0), size);
+    }
+
+    /// <summary>Loads a register slot zero-extended into a host register.</summary>
+    private void LoadReg(int dst, int disp, int size) => _a.Load(size, dst, Rdi, disp);
+
+    /// <summary>Stores src into a register slot with x86's merge rules (32-bit writes clear the upper half).</summary>
+    private void StoreReg(int disp, int size, int src)
+    {
+        _a.Store(size, Rdi, disp, src);
+        if (size == 4) _a.StoreImm(4, Rdi, disp + 4, 0);
+    }
+
+    private static ulong Mask(int size) => size == 8 ? ulong.MaxValue : (1UL << (size * 8)) - 1;
+
+    // ---------------- memory ----------------
+
+    /// <summary>
+    /// Puts the memory operand's linear address in rax; false for forms left to the interpreter (32-bit addressing).
+    /// FS and GS add their base (the kernel's per-CPU data, user TLS); the others have base 0 in 64-bit mode.
+    /// </summary>
+    private bool Address(ref Instruction i)
+    {
+        Register b = i.MemoryBase, x = i.MemoryIndex;
+        if (b != Register.None && b != Register.RIP && Cpu.RegSize(b) != 8) return false;
+        if (x != Register.None && Cpu.RegSize(x) != 8) return false;
+        ulong disp = i.MemoryDisplacement64;
+        bool fits = (long)disp == (int)disp;
+        int scale = i.MemoryIndexScale;
+        if (b == Register.None || b == Register.RIP || !fits)
+        {
+            // RIP-relative (Iced gives the absolute address: the block was decoded at its own IP), absolute, or a
+            // displacement beyond 32 bits.
+            _a.MovImm(Rax, disp);
+            if (b != Register.None && b != Register.RIP)
+            {
+                _a.Load(8, R10, Rdi, Cpu.RegIndex(b) * 8);
+                _a.Lea(Rax, Rax, R10, 1, 0);
+            }
+            if (x != Register.None)
+            {
+                _a.Load(8, R10, Rdi, Cpu.RegIndex(x) * 8);
+                _a.Lea(Rax, Rax, R10, scale, 0);
+            }
+        }
+        else
+        {
+            _a.Load(8, Rax, Rdi, Cpu.RegIndex(b) * 8);
+            if (x != Register.None)
+            {
+                _a.Load(8, R10, Rdi, Cpu.RegIndex(x) * 8);
+                _a.Lea(Rax, Rax, R10, scale, (int)disp);
+            }
+            else if (disp != 0) _a.Lea(Rax, Rax, -1, 1, (int)disp);
+        }
+        int seg = Cpu.SegIndex(i.MemorySegment);
+        if (seg >= Cpu.FS)
+        {
+            _a.AluLoad64(X64Emitter.OpAdd, Rax, Rdx, _l.SegBase(seg));
+            _hostFlags = false;
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// The soft-TLB probe of an access of size bytes at rax (write: the write table): rax becomes the host address;
+    /// a miss leaves through instruction k's exit. Clobbers r10, r11 and the host's flags.
+    /// </summary>
+    private void Probe(int size, bool write, int k)
+    {
+        _a.Load(8, R11, Rsi, write ? _l.TlbW : _l.TlbR);
+        _a.Mov(R10, Rax);
+        _a.Shift(X64Emitter.Shr, true, R10, 12);
+        _a.And32(R10, (int)Cpu.TlbIndexMask);
+        _a.Shift(X64Emitter.Shl, false, R10, 5);
+        _a.Lea(R11, R11, R10, 1, 0);
+        // The tag against the page of the access's last byte: one compare checks both the page and a page crossing
+        // (an access running into page+1 meets page's slot, which never holds page+1).
+        _a.Lea(R10, Rax, -1, 1, size - 1);
+        _a.Shift(X64Emitter.Shr, true, R10, 12);
+        _a.AluLoad64(X64Emitter.OpCmp, R10, R11, 0);
+        _a.Jcc(X64Emitter.CcNe, Exit(k));
+        _a.AluLoad64(X64Emitter.OpAdd, Rax, R11, 8);
+        _hostFlags = false;
+    }
+
+    private int Exit(int k)
+    {
+        int l = _a.NewLabel();
+        _exits.Add((l, k));
+        return l;
+    }
+
+    private static int MemSize(ref Instruction i) => i.MemorySize switch
+    {
+        MemorySize.UInt8 or MemorySize.Int8 => 1,
+        MemorySize.UInt16 or MemorySize.Int16 => 2,
+        MemorySize.UInt32 or MemorySize.Int32 => 4,
+        MemorySize.UInt64 or MemorySize.Int64 => 8,
+        _ => 0,
+    };
+
+    private static bool IsImm(OpKind k) => k is OpKind.Immediate8 or OpKind.Immediate16 or OpKind.Immediate32 or OpKind.Immediate64
+        or OpKind.Immediate8to16 or OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32to64;
+
+    // ---------------- instructions ----------------
+
+    private bool EmitMov(ref Instruction i, int k)
+    {
+        if (i.OpCount != 2) return false;
+        OpKind k0 = i.Op0Kind, k1 = i.Op1Kind;
+        if (k0 == OpKind.Register)
+        {
+            var (dd, ds) = Gpr(i.Op0Register);
+            if (ds == 0) return false;
+            if (k1 == OpKind.Register)
+            {
+                var (sd, ss) = Gpr(i.Op1Register);
+                if (ss != ds) return false;
+                LoadReg(R8, sd, ss);
+            }
+            else if (IsImm(k1)) _a.MovImm(R8, i.GetImmediate(1) & Mask(ds));
+            else if (k1 == OpKind.Memory)
+            {
+                if (MemSize(ref i) != ds || !Address(ref i)) return false;
+                Probe(ds, false, k);
+                _a.Load(ds, R8, Rax, 0);
+            }
+            else return false;
+            StoreReg(dd, ds, R8);
+            return true;
+        }
+        if (k0 == OpKind.Memory)
+        {
+            int size = MemSize(ref i);
+            if (size == 0) return false;
+            if (k1 == OpKind.Register)
+            {
+                var (sd, ss) = Gpr(i.Op1Register);
+                if (ss != size || !Address(ref i)) return false;
+                LoadReg(R8, sd, ss);
+            }
+            else if (IsImm(k1))
+            {
+                if (!Address(ref i)) return false;
+                _a.MovImm(R8, i.GetImmediate(1) & Mask(size));
+            }
+            else return false;
+            Probe(size, true, k);
+            _a.Store(size, Rax, 0, R8);
+            return true;
+        }
+        return false;
+    }
+
+    private bool EmitMovx(ref Instruction i, int k)
+    {
+        if (i.OpCount != 2 || i.Op0Kind != OpKind.Register) return false;
+        var (dd, ds) = Gpr(i.Op0Register);
+        if (ds < 2) return false;
+        int ss;
+        if (i.Op1Kind == OpKind.Register)
+        {
+            int sd;
+            (sd, ss) = Gpr(i.Op1Register);
+            if (ss == 0) return false;
+            LoadReg(R8, sd, ss);
+        }
+        else if (i.Op1Kind == OpKind.Memory)
+        {
+            ss = MemSize(ref i);
+            if (ss == 0 || !Address(ref i)) return false;
+            Probe(ss, false, k);
+            _a.Load(ss, R8, Rax, 0);
+        }
+        else return false;
+        if (i.Mnemonic != Mnemonic.Movzx && ss < 8) _a.Movsx(ss, R8, R8);
+        StoreReg(dd, ds, R8);
+        return true;
+    }
+
+    private bool EmitLea(ref Instruction i)
+    {
+        if (i.Op0Kind != OpKind.Register) return false;
+        var (dd, ds) = Gpr(i.Op0Register);
+        if (ds < 4 || Cpu.SegIndex(i.MemorySegment) >= Cpu.FS) return false;
+        if (!Address(ref i)) return false;
+        StoreReg(dd, ds, Rax);
+        return true;
+    }
+
+    private enum AluOp { Add, Sub, Cmp, And, Or, Xor, Test }
+
+    /// <summary>
+    /// ADD/SUB/CMP/AND/OR/XOR/TEST in their register, immediate and memory forms: a in r8, b in r9, a's old value in
+    /// rcx; the host runs the same operation at the same width (so its flags are the guest's, for a Jcc that
+    /// follows), the result is stored, and the lazy flag record is written as the interpreter writes it.
+    /// </summary>
+    private bool EmitAlu(ref Instruction i, int k, AluOp op)
+    {
+        if (i.OpCount != 2) return false;
+        OpKind k0 = i.Op0Kind, k1 = i.Op1Kind;
+        bool writes = op is not (AluOp.Cmp or AluOp.Test);
+        int size, dd = 0;
+        bool memDst = false;
+        if (k0 == OpKind.Register)
+        {
+            (dd, size) = Gpr(i.Op0Register);
+            if (size == 0) return false;
+        }
+        else if (k0 == OpKind.Memory)
+        {
+            size = MemSize(ref i);
+            if (size == 0 || k1 == OpKind.Memory) return false;
+            memDst = true;
+        }
+        else return false;
+        // b first (a memory source's probe uses rax), then a.
+        if (k1 == OpKind.Register)
+        {
+            var (sd, ss) = Gpr(i.Op1Register);
+            if (ss != size) return false;
+            if (memDst && !Address(ref i)) return false;
+            LoadReg(R9, sd, ss);
+        }
+        else if (IsImm(k1))
+        {
+            if (memDst && !Address(ref i)) return false;
+            _a.MovImm(R9, i.GetImmediate(1) & Mask(size));
+        }
+        else if (k1 == OpKind.Memory)
+        {
+            if (MemSize(ref i) != size || !Address(ref i)) return false;
+            Probe(size, false, k);
+            _a.Load(size, R9, Rax, 0);
+        }
+        else return false;
+        if (memDst)
+        {
+            // One probe of the write table when the result is stored (a writable page is readable at the same address).
+            Probe(size, writes, k);
+            _a.Load(size, R8, Rax, 0);
+        }
+        else LoadReg(R8, dd, size);
+        _a.Mov(Rcx, R8);
+        _a.Alu(op switch
+        {
+            AluOp.Add => X64Emitter.OpAdd,
+            AluOp.Sub or AluOp.Cmp => X64Emitter.OpSub,
+            AluOp.And or AluOp.Test => X64Emitter.OpAnd,
+            AluOp.Or => X64Emitter.OpOr,
+            _ => X64Emitter.OpXor,
+        }, size, R8, R9);
+        // Nothing below changes the host's flags (MOV only).
+        if (writes)
+        {
+            if (memDst) _a.Store(size, Rax, 0, R8);
+            else StoreReg(dd, size, R8);
+        }
+        LazyOp lop = op switch { AluOp.Add => LazyOp.Add, AluOp.Sub or AluOp.Cmp => LazyOp.Sub, _ => LazyOp.Logic };
+        _a.StoreImm(1, Rsi, _l.LazyOp, (int)lop);
+        _a.StoreImm(1, Rsi, _l.LazySize, size);
+        _a.Store(8, Rsi, _l.LazyRes, R8);
+        _a.Store(8, Rsi, _l.LazyA, Rcx);
+        _a.Store(8, Rsi, _l.LazyB, R9);
+        _hostFlags = true;
+        return true;
+    }
+
+    private bool EmitPush(ref Instruction i, int k)
+    {
+        if (i.Code == Code.Push_r64) LoadReg(R8, Cpu.RegIndex(i.Op0Register) * 8, 8);
+        else if (i.Code is Code.Pushq_imm8 or Code.Pushq_imm32) _a.MovImm(R8, i.GetImmediate(0));
+        else return false;
+        _a.Load(8, Rax, Rdi, Cpu.RSP * 8);
+        _a.Lea(Rax, Rax, -1, 1, -8);
+        _a.Mov(R9, Rax);
+        Probe(8, true, k);
+        _a.Store(8, Rax, 0, R8);
+        _a.Store(8, Rdi, Cpu.RSP * 8, R9);
+        return true;
+    }
+
+    private bool EmitPop(ref Instruction i, int k)
+    {
+        if (i.Code != Code.Pop_r64) return false;
+        _a.Load(8, Rax, Rdi, Cpu.RSP * 8);
+        _a.Lea(R9, Rax, -1, 1, 8);
+        Probe(8, false, k);
+        _a.Load(8, R8, Rax, 0);
+        // RSP is incremented before the register is written: POP RSP loads the popped value (SDM POP).
+        _a.Store(8, Rdi, Cpu.RSP * 8, R9);
+        _a.Store(8, Rdi, Cpu.RegIndex(i.Op0Register) * 8, R8);
+        return true;
+    }
+
+    private bool EmitCall(ref Instruction i, int k)
+    {
+        if (i.Code != Code.Call_rel32_64) return false;
+        _a.Load(8, Rax, Rdi, Cpu.RSP * 8);
+        _a.Lea(Rax, Rax, -1, 1, -8);
+        _a.Mov(R9, Rax);
+        Probe(8, true, k);
+        _a.MovImm(R8, i.NextIP);
+        _a.Store(8, Rax, 0, R8);
+        _a.Store(8, Rdi, Cpu.RSP * 8, R9);
+        _a.MovImm(R8, i.NearBranch64);
+        _a.Store(8, Rsi, _l.Rip, R8);
+        return true;
+    }
+
+    private bool EmitRet(int k)
+    {
+        _a.Load(8, Rax, Rdi, Cpu.RSP * 8);
+        _a.Lea(R9, Rax, -1, 1, 8);
+        Probe(8, false, k);
+        _a.Load(8, R8, Rax, 0);
+        // A non-canonical return address is #GP at the RET: the interpreter runs it again and raises it.
+        _a.Mov(Rcx, R8);
+        _a.Shift(X64Emitter.Shl, true, Rcx, 16);
+        _a.Shift(X64Emitter.Sar, true, Rcx, 16);
+        _a.Alu(X64Emitter.OpCmp, 8, Rcx, R8);
+        _a.Jcc(X64Emitter.CcNe, Exit(k));
+        _a.Store(8, Rdi, Cpu.RSP * 8, R9);
+        _a.Store(8, Rsi, _l.Rip, R8);
+        return true;
+    }
+
+    /// <summary>A Jcc right after an ALU template: the host's flags are the guest's, so a CMOVcc picks the next RIP.</summary>
+    private bool EmitJcc(ref Instruction i)
+    {
+        int cc = i.ConditionCode switch
+        {
+            ConditionCode.o => X64Emitter.CcO, ConditionCode.no => X64Emitter.CcNo, ConditionCode.b => X64Emitter.CcB,
+            ConditionCode.ae => X64Emitter.CcAe, ConditionCode.e => X64Emitter.CcE, ConditionCode.ne => X64Emitter.CcNe,
+            ConditionCode.be => X64Emitter.CcBe, ConditionCode.a => X64Emitter.CcA, ConditionCode.s => X64Emitter.CcS,
+            ConditionCode.ns => X64Emitter.CcNs, ConditionCode.p => X64Emitter.CcP, ConditionCode.np => X64Emitter.CcNp,
+            ConditionCode.l => X64Emitter.CcL, ConditionCode.ge => X64Emitter.CcGe, ConditionCode.le => X64Emitter.CcLe,
+            ConditionCode.g => X64Emitter.CcG, _ => -1,
+        };
+        if (cc < 0) return false;
+        // MOV leaves the flags alone (MovImm is a MOV in every form).
+        _a.MovImm(R8, i.NearBranch64);
+        _a.MovImm(R9, i.NextIP);
+        _a.Cmov(cc, R9, R8);
+        _a.Store(8, Rsi, _l.Rip, R9);
+        return true;
+    }
+}
+
+/// <summary>Offsets of the CPU's fields from its <c>_flags</c> field, and of segment bases in the segment array.</summary>
+internal sealed class NativeLayout
+{
+    public int Rip, LazyOp, LazySize, LazyRes, LazyA, LazyB, TlbR, TlbW;
+    public int SegSize, SegBaseOffset;
+    public int SegBase(int seg) => seg * SegSize + SegBaseOffset;
+}

@@ -1,0 +1,138 @@
+using Dirigent.Accel.Emu.Native;
+using Iced.Intel;
+using static Dirigent.Accel.Emu.Native.X64Emitter;
+
+namespace Dirigent.Tests.SoftCpu;
+
+/// <summary>
+/// The native tier's encoder (Native/X64Emitter.cs): every form it writes, for registers and displacements that need
+/// REX bits, SIB bytes and both displacement sizes, decoded again by Iced and compared with what was meant.
+/// </summary>
+public class NativeEmitterTests
+{
+    private static string Decode(X64Emitter e)
+    {
+        Assert.True(e.Finish());
+        var bytes = e.Code.ToArray();
+        var d = Decoder.Create(64, new ByteArrayCodeReader(bytes));
+        var f = new NasmFormatter();
+        f.Options.HexPrefix = "0x";
+        f.Options.HexSuffix = "";
+        f.Options.UppercaseHex = false;
+        f.Options.SpaceAfterOperandSeparator = true;
+        f.Options.SmallHexNumbersInDecimal = false;
+        f.Options.ShowBranchSize = false;
+        f.Options.BranchLeadingZeros = false;
+        f.Options.SignedImmediateOperands = true;
+        var o = new StringOutput();
+        var lines = new List<string>();
+        while (d.IP < (ulong)bytes.Length)
+        {
+            var i = d.Decode();
+            Assert.False(i.IsInvalid, $"invalid encoding at {i.IP}: {Convert.ToHexString(bytes)}");
+            f.Format(i, o);
+            lines.Add(o.ToStringAndReset());
+        }
+        return string.Join("; ", lines);
+    }
+
+    private static void Is(string expected, Action<X64Emitter> emit)
+    {
+        var e = new X64Emitter();
+        emit(e);
+        Assert.Equal(expected, Decode(e));
+    }
+
+    [Fact]
+    public void Loads_zero_extend_at_every_size()
+    {
+        Is("mov rax, [rdi+0x20]", e => e.Load(8, Rax, Rdi, 0x20));
+        Is("mov r8d, [rdi+0x7c]", e => e.Load(4, R8, Rdi, 0x7C));
+        Is("movzx r9d, word [rsi+0x1000]", e => e.Load(2, R9, Rsi, 0x1000));
+        Is("movzx ecx, byte [r11]", e => e.Load(1, Rcx, R11, 0));
+        Is("mov r11, [rsi-0x8]", e => e.Load(8, R11, Rsi, -8));
+        Is("mov rax, [rsp+0x8]", e => e.Load(8, Rax, Rsp, 8));
+        Is("mov rax, [rbp]", e => e.Load(8, Rax, Rbp, 0));
+    }
+
+    [Fact]
+    public void Stores_at_every_size_and_immediates()
+    {
+        Is("mov [rdi+0x8], r8", e => e.Store(8, Rdi, 8, R8));
+        Is("mov [rax], r9d", e => e.Store(4, Rax, 0, R9));
+        Is("mov [rdi+0x21], r10w", e => e.Store(2, Rdi, 0x21, R10));
+        Is("mov [rdi+0x1], r8b", e => e.Store(1, Rdi, 1, R8));
+        Is("mov [rax], cl", e => e.Store(1, Rax, 0, Rcx));
+        Is("mov byte [rsi+0x90], 0x5", e => e.StoreImm(1, Rsi, 0x90, 5));
+        Is("mov dword [rdi+0x4], 0x0", e => e.StoreImm(4, Rdi, 4, 0));
+        Is("mov qword [r11], -0x1", e => e.StoreImm(8, R11, 0, -1));
+    }
+
+    [Fact]
+    public void Moves_of_immediates_pick_a_form_that_keeps_the_value()
+    {
+        Is("mov r8d, -0x1", e => e.MovImm(R8, 0xFFFF_FFFF)); // imm32 0xffffffff, zero-extended into r8
+        Is("mov rax, -0x80", e => e.MovImm(Rax, unchecked((ulong)-128L)));
+        Is("mov r9, -0x7f000000", e => e.MovImm(R9, 0xFFFF_FFFF_8100_0000)); // imm32, sign-extended
+        Is("mov r10, 0x123456789", e => e.MovImm(R10, 0x1_2345_6789));
+        Is("mov rcx, r8", e => e.Mov(Rcx, R8));
+        Is("mov r10, rax", e => e.Mov(R10, Rax));
+    }
+
+    [Fact]
+    public void Lea_with_and_without_index()
+    {
+        Is("lea rax, [rax+r10*8+0x40]", e => e.Lea(Rax, Rax, R10, 8, 0x40));
+        Is("lea r11, [r11+r10]", e => e.Lea(R11, R11, R10, 1, 0));
+        Is("lea r9, [rax+0x8]", e => e.Lea(R9, Rax, -1, 1, 8));
+        Is("lea rax, [rax-0x8]", e => e.Lea(Rax, Rax, -1, 1, -8));
+        Is("lea rax, [rax+0x12345678]", e => e.Lea(Rax, Rax, -1, 1, 0x12345678));
+    }
+
+    [Fact]
+    public void Alu_forms_at_every_size()
+    {
+        Is("add r8, r9", e => e.Alu(OpAdd, 8, R8, R9));
+        Is("sub r8d, r9d", e => e.Alu(OpSub, 4, R8, R9));
+        Is("and r8w, r9w", e => e.Alu(OpAnd, 2, R8, R9));
+        Is("xor r8b, r9b", e => e.Alu(OpXor, 1, R8, R9));
+        Is("or al, cl", e => e.Alu(OpOr, 1, Rax, Rcx));
+        Is("cmp rcx, r8", e => e.Alu(OpCmp, 8, Rcx, R8));
+        Is("add rax, [r11+0x8]", e => e.AluLoad64(OpAdd, Rax, R11, 8));
+        Is("cmp r10, [r11]", e => e.AluLoad64(OpCmp, R10, R11, 0));
+        Is("add rax, [rdx+0x58]", e => e.AluLoad64(OpAdd, Rax, Rdx, 0x58));
+        Is("and r10d, 0x7ff", e => e.And32(R10, 0x7FF));
+    }
+
+    [Fact]
+    public void Shifts_sign_extensions_and_conditional_moves()
+    {
+        Is("shr r10, 0xc", e => e.Shift(Shr, true, R10, 12));
+        Is("shl r10d, 0x5", e => e.Shift(Shl, false, R10, 5));
+        Is("sar rcx, 0x10", e => e.Shift(Sar, true, Rcx, 16));
+        Is("movsx r8, r8b", e => e.Movsx(1, R8, R8));
+        Is("movsx r8, r8w", e => e.Movsx(2, R8, R8));
+        Is("movsxd r8, r8d", e => e.Movsx(4, R8, R8));
+        Is("cmove r9, r8", e => e.Cmov(CcE, R9, R8));
+        Is("cmovg r9, r8", e => e.Cmov(CcG, R9, R8));
+        Is("cmovb rax, rcx", e => e.Cmov(CcB, Rax, Rcx));
+    }
+
+    [Fact]
+    public void Branches_reach_their_labels()
+    {
+        Is("jne 0xc; mov eax, 0x1; ret; mov eax, 0x2; ret", e =>
+        {
+            int l = e.NewLabel();
+            e.Jcc(CcNe, l);
+            e.MovEaxImm(1);
+            e.Ret();
+            e.Bind(l);
+            e.MovEaxImm(2);
+            e.Ret();
+        });
+        var u = new X64Emitter();
+        u.Jcc(CcE, u.NewLabel());
+        Assert.False(u.Finish());
+    }
+}
