@@ -47,6 +47,7 @@ public sealed unsafe partial class Cpu
         fixed (ulong* res = &_lazyRes)
         fixed (ulong* la = &_lazyA)
         fixed (ulong* lb = &_lazyB)
+        fixed (bool* ci = &_lazyCarryIn)
         fixed (TlbEntry** r = &_tlbR)
         fixed (TlbEntry** w = &_tlbW)
         fixed (SegmentState* s = Sreg)
@@ -58,6 +59,7 @@ public sealed unsafe partial class Cpu
             l.LazyRes = (int)((byte*)res - b);
             l.LazyA = (int)((byte*)la - b);
             l.LazyB = (int)((byte*)lb - b);
+            l.LazyCarryIn = (int)((byte*)ci - b);
             l.TlbR = (int)((byte*)r - b);
             l.TlbW = (int)((byte*)w - b);
             l.SegSize = sizeof(SegmentState);

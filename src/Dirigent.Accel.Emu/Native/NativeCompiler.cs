@@ -29,8 +29,13 @@ internal sealed unsafe class NativeCompiler
     // Per block: the exit labels of instructions that can leave early, and whether the host's flags hold the guest's.
     private readonly List<(int label, int k)> _exits = new();
     private bool _hostFlags;
+    // The last ALU template's operation (X64Emitter.OpAdd/OpSub/OpAnd) and size, when its record can be turned back
+    // into host flags (EnsureHostFlags); 0 when no such template ran in this block's code since the last flag writer.
+    private int _flagRedo, _flagSize;
 
     public long BlocksCompiled, InstructionsCovered, BlocksNone, CompileTicks;
+    /// <summary>DIRIGENT_JIT_STATS: the instructions blocks' native code stopped before, by form.</summary>
+    public readonly Dictionary<Code, int> StopsAt = new();
 
     public NativeCompiler(NativeLayout layout, NativeArena arena, object owner)
     {
@@ -51,9 +56,15 @@ internal sealed unsafe class NativeCompiler
             _a.Reset();
             _exits.Clear();
             _hostFlags = false;
+            _flagRedo = 0;
             int m = 0;
             for (; m < b.Count; m++)
                 if (!Emit(ref b.Instrs[m], m, last: m == b.Count - 1)) break;
+            if (m < b.Count && Jit.JitCompiler.Stats)
+            {
+                var c = b.Instrs[m].Code;
+                StopsAt[c] = StopsAt.GetValueOrDefault(c) + 1;
+            }
             if (m == 0) { BlocksNone++; return null; }
             if (m == b.Count && b.Instrs[m - 1].FlowControl == FlowControl.Next)
             {
@@ -103,11 +114,22 @@ internal sealed unsafe class NativeCompiler
                 _a.MovImm(R9, i.NearBranch64);
                 _a.Store(8, Rsi, _l.Rip, R9);
                 return true;
+            case Mnemonic.Shl: case Mnemonic.Shr: case Mnemonic.Sar: return EmitShift(ref i);
+            case Mnemonic.Not: return EmitNot(ref i);
+            case Mnemonic.Cdqe:
+                _a.Load(4, R8, Rdi, 0);
+                _a.Movsx(4, R8, R8);
+                _a.Store(8, Rdi, 0, R8);
+                return true;
+            case Mnemonic.Inc: return EmitIncDec(ref i, k, dec: false);
+            case Mnemonic.Dec: return EmitIncDec(ref i, k, dec: true);
             case Mnemonic.Call: return last && EmitCall(ref i, k);
             case Mnemonic.Ret: return last && i.Code == Code.Retnq && EmitRet(k);
         }
-        if (i.FlowControl == FlowControl.ConditionalBranch && last && _hostFlags && i.Code.IsJccShortOrNear())
+        if (i.FlowControl == FlowControl.ConditionalBranch && last && FlagsAvailable && i.Code.IsJccShortOrNear())
             return EmitJcc(ref i);
+        if (i.Mnemonic is >= Mnemonic.Cmova and <= Mnemonic.Cmovs && FlagsAvailable) return EmitCmov(ref i, k);
+        if (i.Mnemonic is >= Mnemonic.Seta and <= Mnemonic.Sets && FlagsAvailable) return EmitSetcc(ref i, k);
         return false;
     }
 
@@ -386,6 +408,8 @@ internal sealed unsafe class NativeCompiler
         _a.Store(8, Rsi, _l.LazyA, Rcx);
         _a.Store(8, Rsi, _l.LazyB, R9);
         _hostFlags = true;
+        _flagRedo = op switch { AluOp.Add => X64Emitter.OpAdd, AluOp.Sub or AluOp.Cmp => X64Emitter.OpSub, _ => X64Emitter.OpAnd };
+        _flagSize = size;
         return true;
     }
 
@@ -448,9 +472,209 @@ internal sealed unsafe class NativeCompiler
         return true;
     }
 
-    /// <summary>A Jcc right after an ALU template: the host's flags are the guest's, so a CMOVcc picks the next RIP.</summary>
+    /// <summary>The guest's flags can be had in the host's: they are there, or the last ALU template's record gives them.</summary>
+    private bool FlagsAvailable => _hostFlags || _flagRedo != 0;
+
+    /// <summary>
+    /// Makes the host's flags the guest's (FlagsAvailable must hold): the last ALU template's operation again, on the
+    /// values its lazy record kept (CMP for SUB/CMP, ADD, and AND of the result with itself for the logic group,
+    /// which gives its ZF, SF and PF with CF = OF = 0). Uses r10 and r11.
+    /// </summary>
+    private void EnsureHostFlags()
+    {
+        if (_hostFlags) return;
+        System.Diagnostics.Debug.Assert(_flagRedo != 0, "host flags asked for where the record cannot give them");
+        if (_flagRedo == Materialized)
+        {
+            // The guest's arithmetic flags are in _flags: into the host's RFLAGS, its other bits untouched.
+            _a.ReadFlags(R10);
+            _a.And64(R10, ~(int)Cpu.ArithFlags);
+            _a.Load(8, R11, Rsi, 0);
+            _a.And64(R11, (int)Cpu.ArithFlags);
+            _a.Alu(X64Emitter.OpOr, 8, R10, R11);
+            _a.WriteFlags(R10);
+        }
+        else if (_flagRedo == X64Emitter.OpAnd)
+        {
+            _a.Load(8, R10, Rsi, _l.LazyRes);
+            _a.Alu(X64Emitter.OpAnd, _flagSize, R10, R10);
+        }
+        else
+        {
+            _a.Load(8, R10, Rsi, _l.LazyA);
+            _a.Load(8, R11, Rsi, _l.LazyB);
+            _a.Alu(_flagRedo == X64Emitter.OpAdd ? X64Emitter.OpAdd : X64Emitter.OpCmp, _flagSize, R10, R11);
+        }
+        _hostFlags = true;
+    }
+
+    /// <summary>_flagRedo when the last flag writer stored the flags themselves (_flags, no lazy record).</summary>
+    private const int Materialized = -1;
+
+    /// <summary>
+    /// SHL/SHR/SAR r32/r64, imm8 with a non-zero count: the flags as the interpreter sets them (FastBranch.Shl64 ...):
+    /// SF, ZF, PF and CF from the host's shift (all defined for these counts), OF as for a count of 1 (SHL: the
+    /// result's sign XOR CF; SHR: the operand's sign; SAR: 0), AF clear; stored in _flags with no lazy record.
+    /// </summary>
+    private bool EmitShift(ref Instruction i)
+    {
+        if (i.OpCount != 2 || i.Op0Kind != OpKind.Register || i.Op1Kind != OpKind.Immediate8) return false;
+        var (dd, size) = Gpr(i.Op0Register);
+        if (size < 4) return false;
+        int bits = size * 8, count = i.Immediate8 & (bits - 1);
+        if (count == 0) return false;
+        int kind = i.Mnemonic == Mnemonic.Shl ? X64Emitter.Shl : i.Mnemonic == Mnemonic.Shr ? X64Emitter.Shr : X64Emitter.Sar;
+        LoadReg(R8, dd, size);
+        _a.Mov(Rcx, R8);
+        _a.Shift(kind, size == 8, R8, count);
+        _a.ReadFlags(R9);
+        StoreReg(dd, size, R8);
+        _a.And64(R9, (int)(Cpu.CF | Cpu.PF | Cpu.ZF | Cpu.SF));
+        if (kind != X64Emitter.Sar)
+        {
+            // SHL: sign(result) ^ CF; SHR: sign(operand). (Registers hold the values zero-extended from their size.)
+            _a.Mov(R10, kind == X64Emitter.Shl ? R8 : Rcx);
+            _a.Shift(X64Emitter.Shr, true, R10, bits - 1);
+            if (kind == X64Emitter.Shl)
+            {
+                _a.Mov(R11, R9);
+                _a.And64(R11, 1);
+                _a.Alu(X64Emitter.OpXor, 8, R10, R11);
+            }
+            _a.Shift(X64Emitter.Shl, true, R10, 11);
+            _a.Alu(X64Emitter.OpOr, 8, R9, R10);
+        }
+        _a.Load(8, R10, Rsi, 0);
+        _a.And64(R10, ~(int)Cpu.ArithFlags);
+        _a.Alu(X64Emitter.OpOr, 8, R10, R9);
+        _a.Store(8, Rsi, 0, R10);
+        _a.StoreImm(1, Rsi, _l.LazyOp, (int)LazyOp.None);
+        _hostFlags = false;
+        _flagRedo = Materialized;
+        return true;
+    }
+
+    /// <summary>NOT r32/r64 (no flags).</summary>
+    private bool EmitNot(ref Instruction i)
+    {
+        if (i.Op0Kind != OpKind.Register) return false;
+        var (dd, size) = Gpr(i.Op0Register);
+        if (size < 4) return false;
+        LoadReg(R8, dd, size);
+        _a.Not(size == 8, R8);
+        StoreReg(dd, size, R8);
+        return true;
+    }
+
+    private static int Cc(ConditionCode c) => c switch
+    {
+        ConditionCode.o => X64Emitter.CcO, ConditionCode.no => X64Emitter.CcNo, ConditionCode.b => X64Emitter.CcB,
+        ConditionCode.ae => X64Emitter.CcAe, ConditionCode.e => X64Emitter.CcE, ConditionCode.ne => X64Emitter.CcNe,
+        ConditionCode.be => X64Emitter.CcBe, ConditionCode.a => X64Emitter.CcA, ConditionCode.s => X64Emitter.CcS,
+        ConditionCode.ns => X64Emitter.CcNs, ConditionCode.p => X64Emitter.CcP, ConditionCode.np => X64Emitter.CcNp,
+        ConditionCode.l => X64Emitter.CcL, ConditionCode.ge => X64Emitter.CcGe, ConditionCode.le => X64Emitter.CcLe,
+        ConditionCode.g => X64Emitter.CcG, _ => -1,
+    };
+
+    /// <summary>CMOVcc r32/r64, r/m: the source is read (and may miss) whatever the condition; a 32-bit destination is
+    /// zero-extended even when nothing moves (SDM CMOVcc), as the host's CMOV does.</summary>
+    private bool EmitCmov(ref Instruction i, int k)
+    {
+        int cc = Cc(i.ConditionCode);
+        if (cc < 0 || i.Op0Kind != OpKind.Register) return false;
+        var (dd, size) = Gpr(i.Op0Register);
+        if (size < 4) return false;
+        if (i.Op1Kind == OpKind.Register)
+        {
+            var (sd, ss) = Gpr(i.Op1Register);
+            if (ss != size) return false;
+            LoadReg(Rcx, sd, size);
+        }
+        else if (i.Op1Kind == OpKind.Memory)
+        {
+            // The probe clobbers the host's flags: only when the record can give them back.
+            if (_flagRedo == 0 || MemSize(ref i) != size || !Address(ref i)) return false;
+            Probe(size, false, k);
+            _a.Load(size, Rcx, Rax, 0);
+        }
+        else return false;
+        EnsureHostFlags();
+        LoadReg(R8, dd, size);
+        _a.Cmov(cc, R8, Rcx, size == 8);
+        StoreReg(dd, size, R8);
+        return true;
+    }
+
+    /// <summary>SETcc r/m8.</summary>
+    private bool EmitSetcc(ref Instruction i, int k)
+    {
+        int cc = Cc(i.ConditionCode);
+        if (cc < 0) return false;
+        if (i.Op0Kind == OpKind.Register)
+        {
+            var (dd, size) = Gpr(i.Op0Register);
+            if (size != 1) return false;
+            EnsureHostFlags();
+            _a.Setcc(cc, R8);
+            _a.Store(1, Rdi, dd, R8);
+            return true;
+        }
+        // The probe clobbers the host's flags: only when the record can give them back.
+        if (i.Op0Kind != OpKind.Memory || _flagRedo == 0 || !Address(ref i)) return false;
+        Probe(1, true, k);
+        EnsureHostFlags();
+        _a.Setcc(cc, R8);
+        _a.Store(1, Rax, 0, R8);
+        return true;
+    }
+
+    /// <summary>
+    /// INC/DEC r/m: CF is left as it was, so the record keeps it as its carry-in (Cpu.SetLazyIncDec); the host's INC or
+    /// DEC, run with the guest's flags in place, leaves exactly the guest's flags.
+    /// </summary>
+    private bool EmitIncDec(ref Instruction i, int k, bool dec)
+    {
+        if (i.OpCount != 1 || !FlagsAvailable) return false;
+        int size, dd = 0;
+        bool mem = i.Op0Kind == OpKind.Memory;
+        if (i.Op0Kind == OpKind.Register) (dd, size) = Gpr(i.Op0Register);
+        else if (mem) size = MemSize(ref i);
+        else return false;
+        if (size == 0) return false;
+        // CF (kept by INC/DEC) into cl first: the memory operand's address and probe clobber the host's flags.
+        EnsureHostFlags();
+        _a.Setcc(X64Emitter.CcB, Rcx);
+        if (mem)
+        {
+            if (!Address(ref i)) return false;
+            Probe(size, true, k);
+            _a.Load(size, R8, Rax, 0);
+        }
+        else LoadReg(R8, dd, size);
+        _a.Mov(R9, R8);
+        // CF = cl again (0xFF + cl carries exactly when cl is 1); the host's INC/DEC then leaves every flag the guest's.
+        _a.MovImm(R10, 0xFF);
+        _a.Mov(R11, Rcx);
+        _a.Alu(X64Emitter.OpAdd, 1, R11, R10);
+        _a.IncDec(dec, size, R8);
+        // Nothing below changes the host's flags (MOV only).
+        if (mem) _a.Store(size, Rax, 0, R8);
+        else StoreReg(dd, size, R8);
+        _a.StoreImm(1, Rsi, _l.LazyOp, (int)(dec ? LazyOp.Dec : LazyOp.Inc));
+        _a.StoreImm(1, Rsi, _l.LazySize, size);
+        _a.Store(8, Rsi, _l.LazyRes, R8);
+        _a.Store(8, Rsi, _l.LazyA, R9);
+        _a.StoreImm(8, Rsi, _l.LazyB, 1);
+        _a.Store(1, Rsi, _l.LazyCarryIn, Rcx);
+        _hostFlags = true;
+        _flagRedo = 0;
+        return true;
+    }
+
+    /// <summary>A Jcc at the block's end: with the guest's flags in the host's, a CMOVcc picks the next RIP.</summary>
     private bool EmitJcc(ref Instruction i)
     {
+        EnsureHostFlags();
         int cc = i.ConditionCode switch
         {
             ConditionCode.o => X64Emitter.CcO, ConditionCode.no => X64Emitter.CcNo, ConditionCode.b => X64Emitter.CcB,
@@ -473,7 +697,7 @@ internal sealed unsafe class NativeCompiler
 /// <summary>Offsets of the CPU's fields from its <c>_flags</c> field, and of segment bases in the segment array.</summary>
 internal sealed class NativeLayout
 {
-    public int Rip, LazyOp, LazySize, LazyRes, LazyA, LazyB, TlbR, TlbW;
+    public int Rip, LazyOp, LazySize, LazyRes, LazyA, LazyB, LazyCarryIn, TlbR, TlbW;
     public int SegSize, SegBaseOffset;
     public int SegBase(int seg) => seg * SegSize + SegBaseOffset;
 }

@@ -189,13 +189,64 @@ internal sealed class X64Emitter
         RegRm(dst, src);
     }
 
-    /// <summary>dst = src when condition cc (the SDM's tttn: 0 O, 1 NO, 2 B, ... 15 G) holds.</summary>
-    public void Cmov(int cc, int dst, int src)
+    /// <summary>dst = src when condition cc (the SDM's tttn: 0 O, 1 NO, 2 B, ... 15 G) holds (64-bit, or 32-bit: w false).</summary>
+    public void Cmov(int cc, int dst, int src, bool w = true)
     {
-        Rex(true, dst, NoReg, src);
+        Rex(w, dst, NoReg, src);
         B(0x0F);
         B(0x40 | cc);
         RegRm(dst, src);
+    }
+
+    /// <summary>The low byte of dst = 1 when condition cc holds, else 0 (SETcc).</summary>
+    public void Setcc(int cc, int dst)
+    {
+        Rex(false, 0, NoReg, dst, force: true);
+        B(0x0F);
+        B(0x90 | cc);
+        RegRm(0, dst);
+    }
+
+    /// <summary>INC or DEC of a register at size bytes.</summary>
+    public void IncDec(bool dec, int size, int dst)
+    {
+        if (size == 2) B(0x66);
+        Rex(size == 8, 0, NoReg, dst, force: size == 1);
+        B(size == 1 ? 0xFE : 0xFF);
+        RegRm(dec ? 1 : 0, dst);
+    }
+
+    /// <summary>64-bit AND with a sign-extended 32-bit immediate.</summary>
+    public void And64(int dst, int imm)
+    {
+        Rex(true, 0, NoReg, dst);
+        B(0x81);
+        RegRm(4, dst);
+        D(imm);
+    }
+
+    /// <summary>NOT of a 32- or 64-bit register.</summary>
+    public void Not(bool w, int dst)
+    {
+        Rex(w, 0, NoReg, dst);
+        B(0xF7);
+        RegRm(2, dst);
+    }
+
+    /// <summary>PUSHFQ then POP dst: the host's RFLAGS into dst.</summary>
+    public void ReadFlags(int dst)
+    {
+        B(0x9C);
+        Rex(false, 0, NoReg, dst);
+        B(0x58 + (dst & 7));
+    }
+
+    /// <summary>PUSH src then POPFQ: RFLAGS from src (callers change only the arithmetic flags).</summary>
+    public void WriteFlags(int src)
+    {
+        Rex(false, 0, NoReg, src);
+        B(0x50 + (src & 7));
+        B(0x9D);
     }
 
     /// <summary>Jcc rel32 to a label.</summary>

@@ -337,6 +337,30 @@ public class JitTierTests
     }
 
     [Fact]
+    public void Loads_and_stores_walking_across_a_page_boundary_match_the_interpreter()
+    {
+        // A loop (so the soft TLB is warm and compiled and native code take their inline paths) whose 2-, 4- and
+        // 8-byte accesses slide one byte a pass over the end of the data page: the ones that straddle it must leave
+        // the inline path for the slow one, with the instructions before them done and none after.
+        var rng = new Random(BaseSeed + 7);
+        AssertSame(a =>
+        {
+            var top = a.CreateLabel();
+            a.mov(ecx, 0xFF0);
+            a.Label(ref top);
+            a.mov(rax, __qword_ptr[rbx + rcx]);
+            a.add(rdx, rax);
+            a.mov(__word_ptr[rbx + rcx - 0x800], dx);
+            a.xor(esi, __dword_ptr[rbx + rcx + 2]);
+            a.add(__dword_ptr[rbx + rcx - 0x400], esi);
+            a.inc(ecx);
+            a.cmp(ecx, 0x1008);
+            a.jb(top);
+            a.hlt();
+        }, rng, "page-crossing accesses");
+    }
+
+    [Fact]
     public void A_fault_in_the_middle_of_a_compiled_block_is_precise()
     {
         // No IDT: the #GP of a non-canonical load shuts the machine down, with the state of the faulting instruction.

@@ -116,6 +116,18 @@ public class NativeEmitterTests
         Is("cmove r9, r8", e => e.Cmov(CcE, R9, R8));
         Is("cmovg r9, r8", e => e.Cmov(CcG, R9, R8));
         Is("cmovb rax, rcx", e => e.Cmov(CcB, Rax, Rcx));
+        Is("cmovle r8d, ecx", e => e.Cmov(CcLe, R8, Rcx, w: false));
+        Is("setne r8b", e => e.Setcc(CcNe, R8));
+        Is("setb cl", e => e.Setcc(CcB, Rcx));
+        Is("inc r8", e => e.IncDec(false, 8, R8));
+        Is("dec r8d", e => e.IncDec(true, 4, R8));
+        Is("inc r8w", e => e.IncDec(false, 2, R8));
+        Is("dec r8b", e => e.IncDec(true, 1, R8));
+        Is("and r9, -0x8d6", e => e.And64(R9, ~0x8D5));
+        Is("not r8", e => e.Not(true, R8));
+        Is("not r8d", e => e.Not(false, R8));
+        Is("pushf; pop r10", e => e.ReadFlags(R10));
+        Is("push r10; popf", e => e.WriteFlags(R10));
     }
 
     [Fact]
