@@ -71,7 +71,7 @@ public static partial class BootBench
         var img = DefaultImage.EnsureBuilt(VmLauncher.CacheDir, m => Console.Error.WriteLine($"dirigent: {m}"));
         string append = $"{VmLauncher.DefaultAppend} {InitScript.CommandArgument(Script)}";
         Console.WriteLine($"guest: {img.KernelVersion}, 512 MiB, 1 vCPU; {runs} run(s) each, Dirigent in a fresh process per run");
-        // The interpreter alone (DIRIGENT_JIT=0: the --jit off column); --no-jit-off skips it.
+        // The interpreter alone (DIRIGENT_JIT=0 DIRIGENT_NATIVE=0: the --jit off column); --no-jit-off skips it.
         var nan = new Result(double.NaN, double.NaN, double.NaN, double.NaN, double.NaN);
         var off = jitOff ? RunDirigentProcess(jit: false) : nan;
         var ds = new List<Result>();
@@ -141,7 +141,12 @@ public static partial class BootBench
         var psi = new ProcessStartInfo(self) { RedirectStandardOutput = true, UseShellExecute = false };
         if (Path.GetFileNameWithoutExtension(self) == "dotnet") psi.ArgumentList.Add(typeof(BootBench).Assembly.Location);
         psi.ArgumentList.Add("boot-one");
-        if (!jit) psi.Environment["DIRIGENT_JIT"] = "0";
+        if (!jit)
+        {
+            // The interpreter alone: neither the compiled tier nor the native first tier.
+            psi.Environment["DIRIGENT_JIT"] = "0";
+            psi.Environment["DIRIGENT_NATIVE"] = "0";
+        }
         using var p = Process.Start(psi)!;
         string output = p.StandardOutput.ReadToEnd();
         p.WaitForExit();

@@ -30,10 +30,12 @@ public static class FirmwareBench
             string disk = Path.Combine(dir, "mbr.raw");
             BiosBootDisk.WriteDebugExitMbr(disk, 0x2A);
             Console.WriteLine($"firmware: {BiosConfig.DefaultBiosPath}; disk: MBR writes the debug-exit port; 128 MiB, 1 vCPU; median of {Runs}");
-            string? saved = Environment.GetEnvironmentVariable("DIRIGENT_JIT");
+            string? saved = Environment.GetEnvironmentVariable("DIRIGENT_JIT"), savedNative = Environment.GetEnvironmentVariable("DIRIGENT_NATIVE");
             Environment.SetEnvironmentVariable("DIRIGENT_JIT", "0");
+            Environment.SetEnvironmentVariable("DIRIGENT_NATIVE", "0");
             var off = Median(Enumerable.Range(0, Runs).Select(_ => RunDirigent(disk)).ToList());
             Environment.SetEnvironmentVariable("DIRIGENT_JIT", saved);
+            Environment.SetEnvironmentVariable("DIRIGENT_NATIVE", savedNative);
             var on = Median(Enumerable.Range(0, Runs).Select(_ => RunDirigent(disk)).ToList());
             (double Wall, double Startup)? q = null;
             if (qemu != null)

@@ -95,14 +95,16 @@ public static class Program
             qemuBase = Enumerable.Range(0, 3).Select(_ => RunQemu(qemu, g0)).Min();
             Console.WriteLine($"QEMU TCG start-up + exit (empty workload): {qemuBase:F3} s (subtracted below)");
         }
-        // Each workload on the interpreter alone (--jit off) and with the compiled tier (on, the default).
-        Console.WriteLine($"{"workload",-10} {"instructions",14} {"jit off MIPS",13} {"jit on s",9} {"MIPS",8} {"qemu s",9} {"MIPS",8} {"dirigent/qemu MIPS",19}");
+        // Each workload on the interpreter alone (--jit off: neither the native tier nor the compiled one), with the
+        // native first tier only, and with both (on, the default).
+        Console.WriteLine($"{"workload",-10} {"instructions",14} {"jit off MIPS",13} {"native MIPS",12} {"jit on s",9} {"MIPS",8} {"qemu s",9} {"MIPS",8} {"dirigent/qemu MIPS",19}");
         foreach (var (name, iters) in workloads)
         {
             var g = CpuGuests.Build(name, iters);
-            var (instrOff, secsOff, _) = RunDirigent(g, from64, JitMode.Off);
-            var (instr, secs, jit) = RunDirigent(g, from64, JitMode.On);
-            double mipsOff = instrOff / secsOff / 1e6, mips = instr / secs / 1e6;
+            var (instrOff, secsOff, _) = RunDirigent(g, from64, JitMode.Off, native: 0);
+            var (instrNat, secsNat, _) = RunDirigent(g, from64, JitMode.Off, native: null);
+            var (instr, secs, jit) = RunDirigent(g, from64, JitMode.On, native: null);
+            double mipsOff = instrOff / secsOff / 1e6, mipsNat = instrNat / secsNat / 1e6, mips = instr / secs / 1e6;
             string q = "", qm = "", ratio = "";
             if (qemu != null)
             {
@@ -110,7 +112,7 @@ public static class Program
                 double qmips = instr / qs / 1e6;
                 q = qs.ToString("F3"); qm = qmips.ToString("F0"); ratio = (mips / qmips).ToString("F2") + "x";
             }
-            Console.WriteLine($"{name,-10} {instr,14:N0} {mipsOff,13:F0} {secs,9:F3} {mips,8:F0} {q,9} {qm,8} {ratio,19}   {g.Description}");
+            Console.WriteLine($"{name,-10} {instr,14:N0} {mipsOff,13:F0} {mipsNat,12:F0} {secs,9:F3} {mips,8:F0} {q,9} {qm,8} {ratio,19}   {g.Description}");
             Console.WriteLine($"{"",-10} jit: {jit}");
         }
         return 0;
@@ -122,10 +124,11 @@ public static class Program
         public void Write(ushort offset, int size, uint value) => vm.RequestPowerEvent(PowerEventKind.DebugExit, (int)value);
     }
 
-    private static (ulong instructions, double seconds, string jit) RunDirigent(CpuGuests.Guest g, bool from64, JitMode mode)
+    /// <param name="native">The native first tier's threshold (0: off); null: DIRIGENT_NATIVE, on by default.</param>
+    private static (ulong instructions, double seconds, string jit) RunDirigent(CpuGuests.Guest g, bool from64, JitMode mode, int? native)
     {
         using var vm = new MachineModel(256 << 20);
-        using var accel = new EmuAccelerator(vm, mode);
+        using var accel = new EmuAccelerator(vm, mode, native);
         var cpu = (Cpu)accel.CreateVcpu(0);
         vm.Io.Register(0xF4, 4, new ExitPort(vm));
         vm.PowerEventRequested += _ => cpu.RequestStop();

@@ -32,10 +32,12 @@ public static class RecordBench
         try
         {
             var plain = Timed(Spec(), null);
-            string? saved = Environment.GetEnvironmentVariable("DIRIGENT_JIT");
+            string? saved = Environment.GetEnvironmentVariable("DIRIGENT_JIT"), savedNative = Environment.GetEnvironmentVariable("DIRIGENT_NATIVE");
             Environment.SetEnvironmentVariable("DIRIGENT_JIT", "0");
+            Environment.SetEnvironmentVariable("DIRIGENT_NATIVE", "0");
             var interp = Timed(Spec(), null);
             Environment.SetEnvironmentVariable("DIRIGENT_JIT", saved);
+            Environment.SetEnvironmentVariable("DIRIGENT_NATIVE", savedNative);
             var record = Timed(Spec(), new RunOptions { RecordDir = dir });
             var m = JsonSerializer.Deserialize<RecordingManifest>(File.ReadAllText(Path.Combine(dir, RecordingManifest.FileName)),
                 new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.CamelCase })!;
@@ -45,7 +47,7 @@ public static class RecordBench
             void Line(string name, (double Wall, double Cpu) t) =>
                 Console.WriteLine($"{name,-42} {t.Wall,8:F2} {t.Wall / plain.Wall,8:F2}x {t.Cpu,8:F2} {t.Cpu / plain.Cpu,8:F2}x");
             Line("plain (compiled tier on)", plain);
-            Line("plain, interpreter only (DIRIGENT_JIT=0)", interp);
+            Line("plain, interpreter only (DIRIGENT_JIT=0 DIRIGENT_NATIVE=0)", interp);
             Line("--record", record);
             Line("--replay", replay);
             Console.WriteLine($"recording: {m.Instructions:N0} instructions in {vmSeconds:F2} s of guest time (instruction time); " +

@@ -65,7 +65,10 @@ internal sealed unsafe class NativeCompiler
                 var c = b.Instrs[m].Code;
                 StopsAt[c] = StopsAt.GetValueOrDefault(c) + 1;
             }
-            if (m == 0) { BlocksNone++; return null; }
+            // Leaving native code for the interpreter mid-block costs about what a few interpreted instructions do,
+            // so a short covered prefix gains nothing: a block gets native code when it covers all of it or three
+            // quarters.
+            if (m == 0 || (m < b.Count && 4 * m < 3 * b.Count)) { BlocksNone++; return null; }
             if (m == b.Count && b.Instrs[m - 1].FlowControl == FlowControl.Next)
             {
                 // The block ends without a branch (page end, length cap, an instruction that ends blocks): RIP moves on.
