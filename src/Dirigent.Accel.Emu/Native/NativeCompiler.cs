@@ -33,6 +33,7 @@ internal sealed unsafe class NativeCompiler
     // into host flags (EnsureHostFlags); 0 when no such template ran in this block's code since the last flag writer.
     private int _flagRedo, _flagSize;
 
+    /// <summary>Blocks given code, the instructions it covers, blocks left to the interpreter (under three quarters covered), time.</summary>
     public long BlocksCompiled, InstructionsCovered, BlocksNone, CompileTicks;
     /// <summary>DIRIGENT_JIT_STATS: the instructions blocks' native code stopped before, by form.</summary>
     public readonly Dictionary<Code, int> StopsAt = new();
