@@ -678,17 +678,9 @@ internal sealed unsafe class NativeCompiler
     /// <summary>A Jcc at the block's end: with the guest's flags in the host's, a CMOVcc picks the next RIP.</summary>
     private bool EmitJcc(ref Instruction i)
     {
-        EnsureHostFlags();
-        int cc = i.ConditionCode switch
-        {
-            ConditionCode.o => X64Emitter.CcO, ConditionCode.no => X64Emitter.CcNo, ConditionCode.b => X64Emitter.CcB,
-            ConditionCode.ae => X64Emitter.CcAe, ConditionCode.e => X64Emitter.CcE, ConditionCode.ne => X64Emitter.CcNe,
-            ConditionCode.be => X64Emitter.CcBe, ConditionCode.a => X64Emitter.CcA, ConditionCode.s => X64Emitter.CcS,
-            ConditionCode.ns => X64Emitter.CcNs, ConditionCode.p => X64Emitter.CcP, ConditionCode.np => X64Emitter.CcNp,
-            ConditionCode.l => X64Emitter.CcL, ConditionCode.ge => X64Emitter.CcGe, ConditionCode.le => X64Emitter.CcLe,
-            ConditionCode.g => X64Emitter.CcG, _ => -1,
-        };
+        int cc = Cc(i.ConditionCode);
         if (cc < 0) return false;
+        EnsureHostFlags();
         // MOV leaves the flags alone (MovImm is a MOV in every form).
         _a.MovImm(R8, i.NearBranch64);
         _a.MovImm(R9, i.NextIP);
