@@ -98,6 +98,9 @@ internal sealed unsafe class NativeCompiler
     private bool Emit(ref Instruction i, int k, bool last)
     {
         if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return false;
+        // A near branch to a non-canonical target is #GP(0) at the branch (Cpu.JumpTo): the interpreter's to raise.
+        if (i.FlowControl is FlowControl.UnconditionalBranch or FlowControl.ConditionalBranch or FlowControl.Call
+            && (ulong)((long)(i.NearBranch64 << 16) >> 16) != i.NearBranch64) return false;
         switch (i.Mnemonic)
         {
             case Mnemonic.Nop: return true; // in every encoding (the ModRM forms touch no memory)
