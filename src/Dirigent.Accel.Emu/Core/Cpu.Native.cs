@@ -69,24 +69,22 @@ public sealed unsafe partial class Cpu
     }
 
     /// <summary>
-    /// The chained loop's interpreted path with the native tier on: the block's native code (made once it has run
-    /// <see cref="_nativeThreshold"/> times), then the interpreter for what that code does not cover or left at.
+    /// The chained loop's interpreted path with the native tier on: runs the block's native code, made once the block
+    /// has run <see cref="_nativeThreshold"/> times, and returns how many of its instructions that code completed:
+    /// b.Count (it set RIP), fewer (RIP is set at the one the interpreter goes on with), or 0 when there is no code
+    /// to run (the interpreter runs the whole block).
     /// </summary>
-    private void ExecuteNativeOrInterpret(Block b, NativeCompiler nat)
+    private int RunNative(Block b, NativeCompiler nat)
     {
         var nc = b.Native;
         if (nc == null || nc.Gen != nat.Gen || nc.Owner != this)
         {
-            // Another vCPU's code (its own arena) is not ours to run: interpret. Our own stale code is made again.
-            if (nc != null && nc.Owner != this) { ExecuteBlock(b, 0, b.RunCount); return; }
-            if (nc == null && ++b.NativeHeat != _nativeThreshold)
-            {
-                ExecuteBlock(b, 0, b.RunCount);
-                return;
-            }
+            // Another vCPU's code (its own arena) is not ours to run; our own stale code is made again at once; a
+            // block without code gets it at its threshold-th run.
+            if (nc != null ? nc.Owner != this : ++b.NativeHeat != _nativeThreshold) return 0;
             nc = nat.Compile(b);
             b.Native = nc;
-            if (nc == null) { b.NativeHeat = int.MinValue; ExecuteBlock(b, 0, b.RunCount); return; }
+            if (nc == null) { b.NativeHeat = int.MinValue; return 0; }
         }
         _currentBlockId = b.Id;
         int k;
@@ -95,16 +93,12 @@ public sealed unsafe partial class Cpu
         fixed (SegmentState* s = Sreg)
             k = ((delegate* unmanaged[SuppressGCTransition]<ulong*, ulong*, SegmentState*, int>)nc.Entry)(g, anchor, s);
         _instret += (ulong)k;
-        if (k == b.Count)
+        if (k < b.Count) Rip = b.Instrs[k].IP;
+        else
         {
-            // The code set RIP (a branch's target, or past the block's last instruction).
             InstrIp = b.Instrs[k - 1].IP;
             _currentBlockId = 0;
-            return;
         }
-        // The rest of the block (or the instruction whose TLB probe missed, again) in the interpreter. A fused last
-        // pair runs through its fused handler when the code stopped before it, else the last handler alone.
-        Rip = b.Instrs[k].IP;
-        ExecuteBlock(b, k, k >= b.RunCount ? b.Count : b.RunCount);
+        return k;
     }
 }

@@ -563,8 +563,11 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
             }
             else
             {
-                if (_native != null && b.Bits == 64 && !_instrumented) ExecuteNativeOrInterpret(b, _native);
-                else ExecuteBlock(b, 0, b.RunCount);
+                // The native tier's code first (Cpu.Native.cs), then the interpreter for what it did not do: from the
+                // instruction it stopped at, through the fused last pair's handler when it stopped before that pair,
+                // else the last handler alone.
+                int k = _native != null && b.Bits == 64 && !_instrumented ? RunNative(b, _native) : 0;
+                if (k < b.Count) ExecuteBlock(b, k, k >= b.RunCount ? b.Count : b.RunCount);
                 JitRunsInterpreted++;
                 if (Jit.JitCompiler.Stats) { b.InterpRuns++; if (b.JitQueued != 0) JitRunsWhileQueued++; }
                 // (>=, and not queued: a count that raced with the compiler's reset of a cold block is not lost.)

@@ -53,8 +53,6 @@ internal sealed unsafe partial class NativeArena : IDisposable
         return (nint)dst;
     }
 
-    public int Used => _used;
-
     public void Dispose()
     {
         if (_base != null) munmap((nint)_base, (nuint)_size);
@@ -74,14 +72,11 @@ internal sealed class NativeCode
     public readonly object Owner;
     public readonly int Gen;
     public readonly nint Entry;
-    /// <summary>How many of the block's instructions the code covers (a prefix; the interpreter runs the rest).</summary>
-    public readonly int Covered;
 
-    public NativeCode(object owner, int gen, nint entry, int covered)
+    public NativeCode(object owner, int gen, nint entry)
     {
         Owner = owner;
         Gen = gen;
         Entry = entry;
-        Covered = covered;
     }
 }

@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using Dirigent.Accel.Emu.Core;
 using Iced.Intel;
 
@@ -29,9 +28,11 @@ internal sealed unsafe class NativeCompiler
     // Per block: the exit labels of instructions that can leave early, and whether the host's flags hold the guest's.
     private readonly List<(int label, int k)> _exits = new();
     private bool _hostFlags;
-    // The last ALU template's operation (X64Emitter.OpAdd/OpSub/OpAnd) and size, when its record can be turned back
-    // into host flags (EnsureHostFlags); 0 when no such template ran in this block's code since the last flag writer.
-    private int _flagRedo, _flagSize;
+    // What the last flag writer in this block's code left, for EnsureHostFlags: a lazy record of Add, Sub or Logic
+    // (replayed), None for flags materialized in _flags (a shift), with its size; null when nothing can give the flags
+    // back (no flag writer yet, or INC/DEC, whose record needs its carry-in).
+    private LazyOp? _flagSource;
+    private int _flagSize;
 
     /// <summary>Blocks given code, the instructions it covers, blocks left to the interpreter (under three quarters covered), time.</summary>
     public long BlocksCompiled, InstructionsCovered, BlocksNone, CompileTicks;
@@ -48,7 +49,7 @@ internal sealed unsafe class NativeCompiler
     public int Gen => _arena.Gen;
     public NativeArena Arena => _arena;
 
-    /// <summary>The block's native code, or null when not even its first instruction is covered.</summary>
+    /// <summary>The block's native code, or null when its templates cover under three quarters of it.</summary>
     public NativeCode? Compile(Block b)
     {
         long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -57,7 +58,7 @@ internal sealed unsafe class NativeCompiler
             _a.Reset();
             _exits.Clear();
             _hostFlags = false;
-            _flagRedo = 0;
+            _flagSource = null;
             int m = 0;
             for (; m < b.Count; m++)
                 if (!Emit(ref b.Instrs[m], m, last: m == b.Count - 1)) break;
@@ -89,7 +90,7 @@ internal sealed unsafe class NativeCompiler
             if (entry == 0) return null;
             BlocksCompiled++;
             InstructionsCovered += m;
-            return new NativeCode(_owner, _arena.Gen, entry, m);
+            return new NativeCode(_owner, _arena.Gen, entry);
         }
         finally { CompileTicks += System.Diagnostics.Stopwatch.GetTimestamp() - t0; }
     }
@@ -100,7 +101,7 @@ internal sealed unsafe class NativeCompiler
         if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return false;
         // A near branch to a non-canonical target is #GP(0) at the branch (Cpu.JumpTo): the interpreter's to raise.
         if (i.FlowControl is FlowControl.UnconditionalBranch or FlowControl.ConditionalBranch or FlowControl.Call
-            && (ulong)((long)(i.NearBranch64 << 16) >> 16) != i.NearBranch64) return false;
+            && !Cpu.IsCanonical(i.NearBranch64)) return false;
         switch (i.Mnemonic)
         {
             case Mnemonic.Nop: return true; // in every encoding (the ModRM forms touch no memory)
@@ -145,7 +146,6 @@ internal sealed unsafe class NativeCompiler
     /// <summary>A general-purpose register operand: its byte offset in the register array and its size (0: not a GPR).</summary>
     private static (int disp, int size) Gpr(Register r)
     {
-        if (r == Register.None) return (0, 0);
         int size = Cpu.RegSize(r);
         if (size == 0) return (0, 0);
         bool high = r is Register.AH or Register.CH or Register.DH or Register.BH;
@@ -242,14 +242,8 @@ internal sealed unsafe class NativeCompiler
         return l;
     }
 
-    private static int MemSize(ref Instruction i) => i.MemorySize switch
-    {
-        MemorySize.UInt8 or MemorySize.Int8 => 1,
-        MemorySize.UInt16 or MemorySize.Int16 => 2,
-        MemorySize.UInt32 or MemorySize.Int32 => 4,
-        MemorySize.UInt64 or MemorySize.Int64 => 8,
-        _ => 0,
-    };
+    /// <summary>The memory operand's size when the templates handle it (1, 2, 4 or 8 bytes), else 0.</summary>
+    private static int MemSize(ref Instruction i) => Cpu.MemSize(ref i) is var s && s is 1 or 2 or 4 or 8 ? s : 0;
 
     private static bool IsImm(OpKind k) => k is OpKind.Immediate8 or OpKind.Immediate16 or OpKind.Immediate32 or OpKind.Immediate64
         or OpKind.Immediate8to16 or OpKind.Immediate8to32 or OpKind.Immediate8to64 or OpKind.Immediate32to64;
@@ -415,9 +409,29 @@ internal sealed unsafe class NativeCompiler
         _a.Store(8, Rsi, _l.LazyA, Rcx);
         _a.Store(8, Rsi, _l.LazyB, R9);
         _hostFlags = true;
-        _flagRedo = op switch { AluOp.Add => X64Emitter.OpAdd, AluOp.Sub or AluOp.Cmp => X64Emitter.OpSub, _ => X64Emitter.OpAnd };
+        _flagSource = lop;
         _flagSize = size;
         return true;
+    }
+
+    /// <summary>Pushes r8 (64-bit): RSP - 8 probed for a write, the store, then RSP; a miss leaves with nothing done.</summary>
+    private void PushR8(int k)
+    {
+        _a.Load(8, Rax, Rdi, Cpu.RSP * 8);
+        _a.Lea(Rax, Rax, -1, 1, -8);
+        _a.Mov(R9, Rax);
+        Probe(8, true, k);
+        _a.Store(8, Rax, 0, R8);
+        _a.Store(8, Rdi, Cpu.RSP * 8, R9);
+    }
+
+    /// <summary>Reads the 64-bit value at RSP into r8 and RSP + 8 into r9; the caller stores them.</summary>
+    private void PeekR8(int k)
+    {
+        _a.Load(8, Rax, Rdi, Cpu.RSP * 8);
+        _a.Lea(R9, Rax, -1, 1, 8);
+        Probe(8, false, k);
+        _a.Load(8, R8, Rax, 0);
     }
 
     private bool EmitPush(ref Instruction i, int k)
@@ -425,22 +439,14 @@ internal sealed unsafe class NativeCompiler
         if (i.Code == Code.Push_r64) LoadReg(R8, Cpu.RegIndex(i.Op0Register) * 8, 8);
         else if (i.Code is Code.Pushq_imm8 or Code.Pushq_imm32) _a.MovImm(R8, i.GetImmediate(0));
         else return false;
-        _a.Load(8, Rax, Rdi, Cpu.RSP * 8);
-        _a.Lea(Rax, Rax, -1, 1, -8);
-        _a.Mov(R9, Rax);
-        Probe(8, true, k);
-        _a.Store(8, Rax, 0, R8);
-        _a.Store(8, Rdi, Cpu.RSP * 8, R9);
+        PushR8(k);
         return true;
     }
 
     private bool EmitPop(ref Instruction i, int k)
     {
         if (i.Code != Code.Pop_r64) return false;
-        _a.Load(8, Rax, Rdi, Cpu.RSP * 8);
-        _a.Lea(R9, Rax, -1, 1, 8);
-        Probe(8, false, k);
-        _a.Load(8, R8, Rax, 0);
+        PeekR8(k);
         // RSP is incremented before the register is written: POP RSP loads the popped value (SDM POP).
         _a.Store(8, Rdi, Cpu.RSP * 8, R9);
         _a.Store(8, Rdi, Cpu.RegIndex(i.Op0Register) * 8, R8);
@@ -450,13 +456,8 @@ internal sealed unsafe class NativeCompiler
     private bool EmitCall(ref Instruction i, int k)
     {
         if (i.Code != Code.Call_rel32_64) return false;
-        _a.Load(8, Rax, Rdi, Cpu.RSP * 8);
-        _a.Lea(Rax, Rax, -1, 1, -8);
-        _a.Mov(R9, Rax);
-        Probe(8, true, k);
         _a.MovImm(R8, i.NextIP);
-        _a.Store(8, Rax, 0, R8);
-        _a.Store(8, Rdi, Cpu.RSP * 8, R9);
+        PushR8(k);
         _a.MovImm(R8, i.NearBranch64);
         _a.Store(8, Rsi, _l.Rip, R8);
         return true;
@@ -464,10 +465,7 @@ internal sealed unsafe class NativeCompiler
 
     private bool EmitRet(int k)
     {
-        _a.Load(8, Rax, Rdi, Cpu.RSP * 8);
-        _a.Lea(R9, Rax, -1, 1, 8);
-        Probe(8, false, k);
-        _a.Load(8, R8, Rax, 0);
+        PeekR8(k);
         // A non-canonical return address is #GP at the RET: the interpreter runs it again and raises it.
         _a.Mov(Rcx, R8);
         _a.Shift(X64Emitter.Shl, true, Rcx, 16);
@@ -480,7 +478,7 @@ internal sealed unsafe class NativeCompiler
     }
 
     /// <summary>The guest's flags can be had in the host's: they are there, or the last ALU template's record gives them.</summary>
-    private bool FlagsAvailable => _hostFlags || _flagRedo != 0;
+    private bool FlagsAvailable => _hostFlags || _flagSource != null;
 
     /// <summary>
     /// Makes the host's flags the guest's (FlagsAvailable must hold): the last ALU template's operation again, on the
@@ -490,8 +488,8 @@ internal sealed unsafe class NativeCompiler
     private void EnsureHostFlags()
     {
         if (_hostFlags) return;
-        System.Diagnostics.Debug.Assert(_flagRedo != 0, "host flags asked for where the record cannot give them");
-        if (_flagRedo == Materialized)
+        System.Diagnostics.Debug.Assert(_flagSource != null, "host flags asked for where the record cannot give them");
+        if (_flagSource == LazyOp.None)
         {
             // The guest's arithmetic flags are in _flags: into the host's RFLAGS, its other bits untouched.
             _a.ReadFlags(R10);
@@ -501,7 +499,7 @@ internal sealed unsafe class NativeCompiler
             _a.Alu(X64Emitter.OpOr, 8, R10, R11);
             _a.WriteFlags(R10);
         }
-        else if (_flagRedo == X64Emitter.OpAnd)
+        else if (_flagSource == LazyOp.Logic)
         {
             _a.Load(8, R10, Rsi, _l.LazyRes);
             _a.Alu(X64Emitter.OpAnd, _flagSize, R10, R10);
@@ -510,13 +508,10 @@ internal sealed unsafe class NativeCompiler
         {
             _a.Load(8, R10, Rsi, _l.LazyA);
             _a.Load(8, R11, Rsi, _l.LazyB);
-            _a.Alu(_flagRedo == X64Emitter.OpAdd ? X64Emitter.OpAdd : X64Emitter.OpCmp, _flagSize, R10, R11);
+            _a.Alu(_flagSource == LazyOp.Add ? X64Emitter.OpAdd : X64Emitter.OpCmp, _flagSize, R10, R11);
         }
         _hostFlags = true;
     }
-
-    /// <summary>_flagRedo when the last flag writer stored the flags themselves (_flags, no lazy record).</summary>
-    private const int Materialized = -1;
 
     /// <summary>
     /// SHL/SHR/SAR r32/r64, imm8 with a non-zero count: the flags as the interpreter sets them (FastBranch.Shl64 ...):
@@ -557,7 +552,7 @@ internal sealed unsafe class NativeCompiler
         _a.Store(8, Rsi, 0, R10);
         _a.StoreImm(1, Rsi, _l.LazyOp, (int)LazyOp.None);
         _hostFlags = false;
-        _flagRedo = Materialized;
+        _flagSource = LazyOp.None;
         return true;
     }
 
@@ -600,7 +595,7 @@ internal sealed unsafe class NativeCompiler
         else if (i.Op1Kind == OpKind.Memory)
         {
             // The probe clobbers the host's flags: only when the record can give them back.
-            if (_flagRedo == 0 || MemSize(ref i) != size || !Address(ref i)) return false;
+            if (_flagSource == null || MemSize(ref i) != size || !Address(ref i)) return false;
             Probe(size, false, k);
             _a.Load(size, Rcx, Rax, 0);
         }
@@ -627,7 +622,7 @@ internal sealed unsafe class NativeCompiler
             return true;
         }
         // The probe clobbers the host's flags: only when the record can give them back.
-        if (i.Op0Kind != OpKind.Memory || _flagRedo == 0 || !Address(ref i)) return false;
+        if (i.Op0Kind != OpKind.Memory || _flagSource == null || !Address(ref i)) return false;
         Probe(1, true, k);
         EnsureHostFlags();
         _a.Setcc(cc, R8);
@@ -674,7 +669,7 @@ internal sealed unsafe class NativeCompiler
         _a.StoreImm(8, Rsi, _l.LazyB, 1);
         _a.Store(1, Rsi, _l.LazyCarryIn, Rcx);
         _hostFlags = true;
-        _flagRedo = 0;
+        _flagSource = null;
         return true;
     }
 

@@ -17,7 +17,6 @@ internal sealed class X64Emitter
     private readonly List<(int at, int label)> _fixups = new();
     private readonly List<int> _labels = new();
 
-    public int Length => _n;
     public ReadOnlySpan<byte> Code => _b.AsSpan(0, _n);
 
     public void Reset()
