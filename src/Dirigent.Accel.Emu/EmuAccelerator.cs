@@ -120,7 +120,7 @@ public sealed class EmuAccelerator : IAccelerator
                 foreach (var c in _cpus)
                 {
                     if (c.NativeTier is { } nt)
-                        Console.Error.WriteLine($"dirigent: native: vcpu{c.Index}: {nt.BlocksCompiled} blocks ({nt.InstructionsCovered} instructions covered, {nt.BlocksNone} left to the interpreter: under three quarters covered), {nt.CompileTicks * 1000.0 / System.Diagnostics.Stopwatch.Frequency:F0} ms, {nt.Arena.BytesEmitted / 1024} KiB emitted, arena restarts {nt.Arena.Restarts}; stopped before: {string.Join(", ", nt.StopsAt.OrderByDescending(kv => kv.Value).Take(40).Select(kv => $"{kv.Key} {kv.Value}"))}");
+                        Console.Error.WriteLine($"dirigent: native: vcpu{c.Index}: {nt.BlocksCompiled} blocks ({nt.InstructionsCovered} instructions covered, {nt.BlocksNone} left to the interpreter: under three quarters covered), {nt.CompileTicks * 1000.0 / System.Diagnostics.Stopwatch.Frequency:F0} ms, {nt.Arena.BytesEmitted / 1024} KiB emitted, {nt.Links} links, arena restarts {nt.Arena.Restarts}; stopped before: {string.Join(", ", nt.StopsAt.OrderByDescending(kv => kv.Value).Take(40).Select(kv => $"{kv.Key} {kv.Value}"))}");
                     Console.Error.WriteLine($"dirigent: jit: vcpu{c.Index}: {c.JitRunsCompiled} compiled block runs, {c.JitRunsInterpreted} interpreted (chained loop), {c.JitRunsWhileQueued} of them waiting in the compiler's queue; ChainLookup {c.JitChainLookups} calls, {c.JitChainLookupMisses} found nothing ({c.JitMissSlot} not in the jump cache, {c.JitMissNotCompiled} not compiled)");
                 }
             foreach (var c in _cpus) c.Dispose();

@@ -137,6 +137,10 @@ internal sealed unsafe class CodeCache
             {
                 if (!b.Valid) continue;
                 b.Valid = false;
+                // Native trampolines stop entering it (after the fence: the vCPU making its code writes Native, then
+                // reads Valid).
+                Interlocked.MemoryBarrier();
+                b.Native?.Kill();
                 BlocksInvalidated++;
                 _blocks.TryRemove((b.Phys, b.Ip, b.Bits), out _);
                 // Only the writer's own block is cut short: another vCPU's current block belongs to its thread.

@@ -11,6 +11,13 @@ public sealed unsafe partial class Cpu
     private NativeCompiler? _native;
     private int _nativeThreshold;
     private static NativeLayout? s_nativeLayout;
+    // Written by chained native code (Native/NativeChain.cs): the slot of the code running, the instructions of the
+    // blocks it completed before that one, and the link site (+1) it left through.
+    private int _nativeSlot, _nativeLinkSite;
+    private ulong _nativeChained;
+    // The code and site the last native run left through, for RunChained to link once it knows the successor.
+    private NativeCode? _linkFrom;
+    private int _linkSiteIdx;
 
     /// <summary>DIRIGENT_NATIVE: 0/off, always (every 64-bit block before it first runs), else on (x86-64 Linux hosts).</summary>
     private void InitNative()
@@ -51,6 +58,10 @@ public sealed unsafe partial class Cpu
         fixed (TlbEntry** r = &_tlbR)
         fixed (TlbEntry** w = &_tlbW)
         fixed (SegmentState* s = Sreg)
+        fixed (TlbEntry** x = &_tlbX)
+        fixed (int* slot = &_nativeSlot)
+        fixed (int* site = &_nativeLinkSite)
+        fixed (ulong* chained = &_nativeChained)
         {
             byte* b = (byte*)a;
             l.Rip = (int)((byte*)rip - b);
@@ -62,6 +73,16 @@ public sealed unsafe partial class Cpu
             l.LazyCarryIn = (int)((byte*)ci - b);
             l.TlbR = (int)((byte*)r - b);
             l.TlbW = (int)((byte*)w - b);
+#pragma warning disable CS0420 // only the field's address is taken: native code reads it with a plain load (x86's are ordered)
+            l.PendingEvents = (int)((byte*)Unsafe.AsPointer(ref _pendingEvents) - b);
+#pragma warning restore CS0420
+            l.TlbX = (int)((byte*)x - b);
+            l.TlbEntrySize = sizeof(TlbEntry);
+            l.TlbTag = 0;
+            l.TlbPhysPage = 2 * sizeof(ulong);
+            l.Slot = (int)((byte*)slot - b);
+            l.LinkSite = (int)((byte*)site - b);
+            l.Chained = (int)((byte*)chained - b);
             l.SegSize = sizeof(SegmentState);
             l.SegBaseOffset = (int)((byte*)&s[0].Base - (byte*)s);
         }
@@ -70,11 +91,12 @@ public sealed unsafe partial class Cpu
 
     /// <summary>
     /// The chained loop's interpreted path with the native tier on: runs the block's native code, made once the block
-    /// has run <see cref="_nativeThreshold"/> times, and returns how many of its instructions that code completed:
-    /// b.Count (it set RIP), fewer (RIP is set at the one the interpreter goes on with), or 0 when there is no code
-    /// to run (the interpreter runs the whole block).
+    /// has run <see cref="_nativeThreshold"/> times, and returns how many instructions of the block it ended in that
+    /// code completed: the block's count (it set RIP), fewer (RIP is set at the one the interpreter goes on with), or
+    /// 0 when there is no code to run (the interpreter runs the whole block). Native code may have chained through
+    /// other blocks' code: b is then the block it ended in, and the instructions of those before it are counted here.
     /// </summary>
-    private int RunNative(Block b, NativeCompiler nat)
+    private int RunNative(ref Block b, NativeCompiler nat)
     {
         var nc = b.Native;
         if (nc == null || nc.Gen != nat.Gen || nc.Owner != this)
@@ -85,20 +107,72 @@ public sealed unsafe partial class Cpu
             nc = nat.Compile(b);
             b.Native = nc;
             if (nc == null) { b.NativeHeat = int.MinValue; return 0; }
+            // An invalidation that ran while the code was made found no code to keep trampolines out of (it sets Valid
+            // before it reads Native; this writes Native before it reads Valid).
+            Interlocked.MemoryBarrier();
+            if (!b.Valid) nc.Kill();
         }
-        _currentBlockId = b.Id;
+        // Trampoline entries spent since the last visit go to the block's heat for the IL tier, and are refilled
+        // (unless the word is dead: another thread may kill it at any time, so only a live value is replaced).
+        int* word = nc.Word;
+        int left = *word;
+        if (left < NativeCompiler.ChainBudget / 2 && left >= -1
+            && Interlocked.CompareExchange(ref *word, NativeCompiler.ChainBudget, left) == left)
+            CreditHeat(b, NativeCompiler.ChainBudget - left);
+        _nativeSlot = nc.Slot;
         int k;
         fixed (ulong* g = Gpr)
         fixed (ulong* anchor = &_flags)
         fixed (SegmentState* s = Sreg)
             k = ((delegate* unmanaged[SuppressGCTransition]<ulong*, ulong*, SegmentState*, int>)nc.Entry)(g, anchor, s);
-        _instret += (ulong)k;
-        if (k < b.Count) Rip = b.Instrs[k].IP;
+        if (_nativeSlot != nc.Slot)
+        {
+            nc = nat.SlotCode(_nativeSlot);
+            b = nc.Block;
+        }
+        _instret += _nativeChained + (ulong)k;
+        _nativeChained = 0;
+        if (_nativeLinkSite != 0)
+        {
+            _linkFrom = nc;
+            _linkSiteIdx = _nativeLinkSite - 1;
+            _nativeLinkSite = 0;
+        }
+        if (k < b.Count)
+        {
+            Rip = b.Instrs[k].IP;
+            _currentBlockId = b.Id;
+        }
         else
         {
             InstrIp = b.Instrs[k - 1].IP;
             _currentBlockId = 0;
         }
         return k;
+    }
+
+    /// <summary>Runs of a block that trampolines entered, counted toward the IL tier's threshold as the loop counts its own.</summary>
+    private void CreditHeat(Block b, int runs)
+    {
+        b.Heat += runs;
+        if (_jit != null && b.Heat >= _jit.ThresholdFor(b) && b.JitQueued == 0) _jit.Enqueue(b);
+    }
+
+    /// <summary>
+    /// RunChained, with n the block at RIP after b: links the site b's native code left through to n's code, when n is
+    /// the valid block there, has this vCPU's code of this generation, no IL code, and lies on one page. A successor on
+    /// b's own page needs no mapping check in the trampoline: every block in a chain is on a page whose mapping was
+    /// checked when the chain began or when a trampoline entered it, and nothing native code runs changes mappings.
+    /// </summary>
+    private void LinkNative(Block b, Block n, ulong rip, NativeCompiler nat)
+    {
+        var from = _linkFrom!;
+        _linkFrom = null;
+        int site = _linkSiteIdx;
+        var to = n.Native;
+        if (from.Block != b || to == null || to.Owner != this || to.Gen != nat.Gen || from.Gen != nat.Gen) return;
+        if (from.LinkedTo[site] == to || from.SiteTargets[site] != rip || n.Linear != rip || !n.Valid) return;
+        if (n.Compiled != null || n.Page1 != ulong.MaxValue || *to.Word < -1) return;
+        nat.Link(from, site, to, crossPage: (rip >> 12) != (b.Linear >> 12), n.Page0);
     }
 }

@@ -566,7 +566,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                 // The native tier's code first (Cpu.Native.cs), then the interpreter for what it did not do: from the
                 // instruction it stopped at, through the fused last pair's handler when it stopped before that pair,
                 // else the last handler alone.
-                int k = _native != null && b.Bits == 64 && !_instrumented ? RunNative(b, _native) : 0;
+                int k = _native != null && b.Bits == 64 && !_instrumented ? RunNative(ref b, _native) : 0;
                 if (k < b.Count) ExecuteBlock(b, k, k >= b.RunCount ? b.Count : b.RunCount);
                 JitRunsInterpreted++;
                 if (Jit.JitCompiler.Stats) { b.InterpRuns++; if (b.JitQueued != 0) JitRunsWhileQueued++; }
@@ -588,6 +588,7 @@ public sealed unsafe partial class Cpu : IVcpu, IDisposable
                     b.Succ0 = n;
                 }
             }
+            if (_linkFrom != null) LinkNative(b, n, rip, _native!);
             // Let a compiled block jump straight into its compiled successor next time.
             // (Stored only when it changes: a reference store costs a GC write barrier.) A successor on b's own page is
             // entered with lighter checks (BlockCompiler.ExitTo): it is linked only if it does not run onto the next page.

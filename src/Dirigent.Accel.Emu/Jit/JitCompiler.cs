@@ -403,6 +403,8 @@ internal sealed class JitCompiler : IDisposable
         b.JitIlBytes = il;
         b.Compiled = code;
         Volatile.Write(ref b.CompiledPtr, entry);
+        // Native code chained through trampolines would keep running instead: they stop entering it.
+        b.Native?.Kill();
         IlBytes += il;
         if (IlBytes > PeakIlBytes) PeakIlBytes = IlBytes;
         BlocksCompiled++;

@@ -65,18 +65,3 @@ internal sealed unsafe partial class NativeArena : IDisposable
     [LibraryImport("libc", SetLastError = true)]
     private static partial int munmap(nint addr, nuint length);
 }
-
-/// <summary>A block's native code: valid only for the vCPU that owns the arena it lives in, in that generation.</summary>
-internal sealed class NativeCode
-{
-    public readonly object Owner;
-    public readonly int Gen;
-    public readonly nint Entry;
-
-    public NativeCode(object owner, int gen, nint entry)
-    {
-        Owner = owner;
-        Gen = gen;
-        Entry = entry;
-    }
-}

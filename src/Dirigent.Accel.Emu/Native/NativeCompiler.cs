@@ -15,9 +15,10 @@ namespace Dirigent.Accel.Emu.Native;
 /// The code is called with <c>(ulong* gpr, ulong* anchor, SegmentState* sreg)</c> (System V: rdi, rsi, rdx), where
 /// anchor is the address of the CPU's <c>_flags</c> field and the other fields are reached at fixed offsets from it;
 /// it returns how many instructions it completed. It calls nothing, allocates nothing and cannot fault: the caller
-/// pins what it points at and calls it without a GC transition.
+/// pins what it points at and calls it without a GC transition. Its direct exits may be linked to other blocks' code
+/// (NativeChain.cs): it then returns from the last block it ran, named by the CPU's _nativeSlot.
 /// </summary>
-internal sealed unsafe class NativeCompiler
+internal sealed unsafe partial class NativeCompiler
 {
     private const int Rax = X64Emitter.Rax, Rcx = X64Emitter.Rcx, Rdx = X64Emitter.Rdx, Rsi = X64Emitter.Rsi,
         Rdi = X64Emitter.Rdi, R8 = X64Emitter.R8, R9 = X64Emitter.R9, R10 = X64Emitter.R10, R11 = X64Emitter.R11;
@@ -57,6 +58,7 @@ internal sealed unsafe class NativeCompiler
         {
             _a.Reset();
             _exits.Clear();
+            _sites.Clear();
             _hostFlags = false;
             _flagSource = null;
             int m = 0;
@@ -71,14 +73,20 @@ internal sealed unsafe class NativeCompiler
             // so a short covered prefix gains nothing: a block gets native code when it covers all of it or three
             // quarters.
             if (m == 0 || (m < b.Count && 4 * m < 3 * b.Count)) { BlocksNone++; return null; }
-            if (m == b.Count && b.Instrs[m - 1].FlowControl == FlowControl.Next)
+            // The block ends without a branch (page end, length cap, an instruction that ends blocks): RIP moves on,
+            // through a link site like a JMP's.
+            if (m == b.Count && b.Instrs[m - 1].FlowControl == FlowControl.Next) ExitTo(b.Instrs[m - 1].NextIP);
+            // A block whose last instruction is a direct branch has left through its sites; RET and partial blocks return.
+            if (_sites.Count == 0)
             {
-                // The block ends without a branch (page end, length cap, an instruction that ends blocks): RIP moves on.
-                _a.MovImm(R9, b.Instrs[m - 1].NextIP);
-                _a.Store(8, Rsi, _l.Rip, R9);
+                _a.MovEaxImm(m);
+                _a.Ret();
             }
-            _a.MovEaxImm(m);
-            _a.Ret();
+            for (int s = 0; s < _sites.Count; s++)
+            {
+                _a.Bind(_sites[s].label);
+                SiteEpilogue(_sites[s].target, s, m);
+            }
             foreach (var (label, k) in _exits)
             {
                 _a.Bind(label);
@@ -90,7 +98,7 @@ internal sealed unsafe class NativeCompiler
             if (entry == 0) return null;
             BlocksCompiled++;
             InstructionsCovered += m;
-            return new NativeCode(_owner, _arena.Gen, entry);
+            return NewCode(b, entry);
         }
         finally { CompileTicks += System.Diagnostics.Stopwatch.GetTimestamp() - t0; }
     }
@@ -119,8 +127,7 @@ internal sealed unsafe class NativeCompiler
             case Mnemonic.Pop: return EmitPop(ref i, k);
             case Mnemonic.Jmp:
                 if (!last || (i.Code != Code.Jmp_rel8_64 && i.Code != Code.Jmp_rel32_64)) return false;
-                _a.MovImm(R9, i.NearBranch64);
-                _a.Store(8, Rsi, _l.Rip, R9);
+                ExitTo(i.NearBranch64);
                 return true;
             case Mnemonic.Shl: case Mnemonic.Shr: case Mnemonic.Sar: return EmitShift(ref i);
             case Mnemonic.Not: return EmitNot(ref i);
@@ -458,8 +465,7 @@ internal sealed unsafe class NativeCompiler
         if (i.Code != Code.Call_rel32_64) return false;
         _a.MovImm(R8, i.NextIP);
         PushR8(k);
-        _a.MovImm(R8, i.NearBranch64);
-        _a.Store(8, Rsi, _l.Rip, R8);
+        ExitTo(i.NearBranch64);
         return true;
     }
 
@@ -673,17 +679,14 @@ internal sealed unsafe class NativeCompiler
         return true;
     }
 
-    /// <summary>A Jcc at the block's end: with the guest's flags in the host's, a CMOVcc picks the next RIP.</summary>
+    /// <summary>A Jcc at the block's end: with the guest's flags in the host's, the host's Jcc takes one of two link sites.</summary>
     private bool EmitJcc(ref Instruction i)
     {
         int cc = Cc(i.ConditionCode);
         if (cc < 0) return false;
         EnsureHostFlags();
-        // MOV leaves the flags alone (MovImm is a MOV in every form).
-        _a.MovImm(R8, i.NearBranch64);
-        _a.MovImm(R9, i.NextIP);
-        _a.Cmov(cc, R9, R8);
-        _a.Store(8, Rsi, _l.Rip, R9);
+        ExitTo(i.NearBranch64, cc);
+        ExitTo(i.NextIP);
         return true;
     }
 }
@@ -692,6 +695,8 @@ internal sealed unsafe class NativeCompiler
 internal sealed class NativeLayout
 {
     public int Rip, LazyOp, LazySize, LazyRes, LazyA, LazyB, LazyCarryIn, TlbR, TlbW;
+    /// <summary>For chaining: the pending-events word, the execute TLB and its entries' layout, the chain's own fields.</summary>
+    public int PendingEvents, TlbX, TlbEntrySize, TlbTag, TlbPhysPage, Chained, Slot, LinkSite;
     public int SegSize, SegBaseOffset;
     public int SegBase(int seg) => seg * SegSize + SegBaseOffset;
 }

@@ -248,13 +248,45 @@ internal sealed class X64Emitter
         B(0x9D);
     }
 
-    /// <summary>Jcc rel32 to a label.</summary>
-    public void Jcc(int cc, int label)
+    /// <summary>Jcc rel32 to a label; returns the offset of its rel32 field (a link site that may be patched later).</summary>
+    public int Jcc(int cc, int label)
     {
         B(0x0F);
         B(0x80 | cc);
-        _fixups.Add((_n, label));
+        int at = _n;
+        _fixups.Add((at, label));
         D(0);
+        return at;
+    }
+
+    /// <summary>JMP rel32 to a label; returns the offset of its rel32 field (a link site that may be patched later).</summary>
+    public int Jmp(int label)
+    {
+        B(0xE9);
+        int at = _n;
+        _fixups.Add((at, label));
+        D(0);
+        return at;
+    }
+
+    /// <summary>JMP rel32 whose field the caller sets once the code's address is known; returns the field's offset.</summary>
+    public int JmpPlaceholder()
+    {
+        B(0xE9);
+        int at = _n;
+        D(0);
+        return at;
+    }
+
+    /// <summary>op (ADD, SUB, CMP ...) of a sign-extended 32-bit immediate into size (4 or 8) bytes at [bas + disp].</summary>
+    public void AluMemImm(int op, int size, int bas, int disp, int imm)
+    {
+        Rex(size == 8, 0, NoReg, bas);
+        bool short8 = imm == (sbyte)imm;
+        B(short8 ? 0x83 : 0x81);
+        // The "r/m, imm" group's ModR/M reg field is the operation's number: the "r/m, r" opcode's bits 5:3.
+        Mem(op >> 3, bas, NoReg, 1, disp);
+        if (short8) B(imm); else D(imm);
     }
 
     public void MovEaxImm(int imm) { B(0xB8); D(imm); }

@@ -563,4 +563,78 @@ public class JitTierTests
             a.hlt();
         }, rng, "fs-relative");
     }
+    [Fact]
+    public void Chained_native_code_across_pages_and_into_a_rewritten_block_matches_the_interpreter()
+    {
+        // Blocks on two pages whose native code links through trampolines (same-page links and cross-page ones, which
+        // check the execute TLB). Halfway, a block rewrites the immediate of the block on the other page, to which a
+        // trampoline already leads: from then on the new bytes must run, as in the interpreter.
+        var rng = new Random(BaseSeed + 11);
+        AssertSame(a =>
+        {
+            var top = a.CreateLabel();
+            var skip = a.CreateLabel();
+            var far = a.CreateLabel();
+            var near = a.CreateLabel();
+            a.mov(ecx, 200);
+            a.Label(ref top);
+            a.add(edx, ecx);
+            a.cmp(ecx, 100);
+            a.jne(skip);
+            a.lea(rdi, __[far]);
+            a.mov(__dword_ptr[rdi + 1], ecx); // far's "add eax, imm32" (05 id)
+            a.Label(ref skip);
+            a.xor(esi, edx);
+            a.jmp(far);
+            a.db(Enumerable.Repeat((byte)0xCC, 4096).ToArray());
+            a.Label(ref far);
+            a.add(eax, 0x11111111);
+            a.test(ecx, 1);
+            a.jz(near);
+            a.add(r8, rax);
+            a.Label(ref near);
+            a.dec(ecx);
+            a.jnz(top);
+            a.hlt();
+        }, rng, "native chains");
+    }
+
+    [SkippableFact]
+    public void A_loop_of_chained_native_code_stops_when_asked_with_every_instruction_counted()
+    {
+        // Two blocks that jump to each other forever: their native code links into a loop that never returns on its
+        // own. It must still leave for a stop request (trampolines check pending events), and the instructions of
+        // every block it ran through must be counted: the retired count, the registers and RIP agree.
+        Skip.IfNot(NativeTierSupported, "the native tier runs on x86-64 Linux hosts only");
+        using var vm = new Infrastructure.TestVm(jit: JitMode.Off, native: 1);
+        Action<Assembler> program = a =>
+        {
+            var top = a.CreateLabel();
+            var mid = a.CreateLabel();
+            a.xor(eax, eax);
+            a.xor(edx, edx);
+            a.Label(ref top);
+            a.add(rax, 1);
+            a.jmp(mid);
+            a.Label(ref mid);
+            a.add(rdx, 2);
+            a.jmp(top);
+        };
+        vm.Start64(program);
+        VcpuExit exit = default;
+        var t = new Thread(() => exit = vm.Cpu.Run(), 16 << 20) { IsBackground = true };
+        t.Start();
+        // Waits on guest progress (the 60 s are only a guard against a hang).
+        Assert.True(SpinWait.SpinUntil(() => vm.Cpu.InstructionsRetired > 2_000_000, 60_000), "the guest made no progress");
+        vm.Cpu.RequestStop();
+        Assert.True(t.Join(60_000), "the vCPU did not stop");
+        Assert.Equal(VcpuExitReason.Stopped, exit.Reason);
+        var s = vm.Cpu.GetState();
+        ulong tops = s.Gpr[0], mids = s.Gpr[2] / 2;
+        Assert.True(mids == tops || mids + 1 == tops, $"rax={tops:x} rdx={s.Gpr[2]:x}");
+        Assert.True(2 + 2 * tops + 2 * mids == vm.Cpu.InstructionsRetired, $"retired {vm.Cpu.InstructionsRetired}, rax={tops:x} rdx={s.Gpr[2]:x} rip={s.Rip:x}");
+        // top at +4 (after two 2-byte XORs), mid at +12 (Iced encodes "add rax, 1" as 48 05 id, then a 2-byte JMP).
+        Assert.True(Infrastructure.TestVm.CodeBase + (mids == tops ? 4UL : 12UL) == s.Rip, $"rip={s.Rip:x} rax={tops:x} rdx={s.Gpr[2]:x} bytes={Convert.ToHexString(Native.Differential.Asm(program))}");
+        Assert.True(vm.Cpu.NativeTier!.Links > 0, "no native code was linked");
+    }
 }

@@ -147,4 +147,23 @@ public class NativeEmitterTests
         u.Jcc(CcE, u.NewLabel());
         Assert.False(u.Finish());
     }
+
+    [Fact]
+    public void Chain_forms_memory_immediates_and_patchable_jumps()
+    {
+        Is("cmp dword [rsi+0x1c], 0x0", e => e.AluMemImm(OpCmp, 4, Rsi, 0x1C, 0));
+        Is("sub dword [rax], 0x1", e => e.AluMemImm(OpSub, 4, Rax, 0, 1));
+        Is("add qword [rsi+0x120], 0x7", e => e.AluMemImm(OpAdd, 8, Rsi, 0x120, 7));
+        Is("add qword [rsi-0x10], 0x12345", e => e.AluMemImm(OpAdd, 8, Rsi, -0x10, 0x12345));
+        // A JMP's and a Jcc's rel32 fields are where the caller says, so that a link can repoint them.
+        var e = new X64Emitter();
+        int l = e.NewLabel();
+        int jcc = e.Jcc(CcNe, l);
+        int jmp = e.Jmp(l);
+        int open = e.JmpPlaceholder();
+        e.Bind(l);
+        e.Ret();
+        Assert.Equal("jne 0x10; jmp 0x10; jmp 0x10; ret", Decode(e));
+        Assert.Equal((2, 7, 12), (jcc, jmp, open));
+    }
 }

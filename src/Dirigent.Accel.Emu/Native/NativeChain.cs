@@ -1,0 +1,168 @@
+using System.Runtime.CompilerServices;
+using Dirigent.Accel.Emu.Core;
+
+namespace Dirigent.Accel.Emu.Native;
+
+/// <summary>
+/// A block's native code: valid only for the vCPU that owns the arena it lives in, in that generation. Its direct
+/// exits (JMP, CALL, both ways of a Jcc, running off the block's end) are link sites: rel32 fields that first lead to
+/// an epilogue returning to the vCPU's loop, and that the owner later points at a trampoline into the successor's code
+/// (<see cref="NativeCompiler.Link"/>), as TCG chains its translation blocks.
+/// </summary>
+internal sealed unsafe class NativeCode
+{
+    public readonly object Owner;
+    public readonly int Gen;
+    public readonly nint Entry;
+    public readonly Block Block;
+    /// <summary>The code's index in its owner's table (what chained code stores in the CPU's _nativeSlot).</summary>
+    public readonly int Slot;
+    /// <summary>Per link site: its rel32 field's offset from <see cref="Entry"/>, the RIP it leaves with, what it is linked to.</summary>
+    public readonly int[] SiteOffsets;
+    public readonly ulong[] SiteTargets;
+    public readonly NativeCode?[] LinkedTo;
+    // The chain word: how many more times trampolines may enter this code before the vCPU's loop sees the block again
+    // (which refills it), or Dead. In a pinned array, so that trampolines read it at a fixed address.
+    private readonly int[] _words;
+    private readonly int _wordIndex;
+
+    /// <summary>A chain word no trampoline passes: the block was invalidated or has compiled (IL) code to run instead.</summary>
+    public const int Dead = -(1 << 30);
+
+    public NativeCode(object owner, int gen, nint entry, Block block, int slot, int[] words, int wordIndex, int[] siteOffsets, ulong[] siteTargets)
+    {
+        Owner = owner;
+        Gen = gen;
+        Entry = entry;
+        Block = block;
+        Slot = slot;
+        _words = words;
+        _wordIndex = wordIndex;
+        SiteOffsets = siteOffsets;
+        SiteTargets = siteTargets;
+        LinkedTo = new NativeCode?[siteOffsets.Length];
+    }
+
+    /// <summary>The chain word's address (the array is pinned; read it only while the code's generation is current).</summary>
+    public int* Word => (int*)Unsafe.AsPointer(ref _words[_wordIndex]);
+
+    /// <summary>Trampolines stop entering this code (any thread; the array stays alive as long as this object).</summary>
+    public void Kill() => Volatile.Write(ref _words[_wordIndex], Dead);
+}
+
+internal sealed unsafe partial class NativeCompiler
+{
+    /// <summary>
+    /// Trampoline entries a block's code allows between two visits of the vCPU's loop, which refills them and credits
+    /// them to the block's heat for the IL tier. It bounds how long native code runs without the loop (the GC waits for
+    /// a vCPU inside native code) and how late a hot block reaches the IL tier's queue.
+    /// </summary>
+    public const int ChainBudget = 64;
+
+    private const int WordsPerChunk = 4096;
+    // This generation's codes by slot, and its chain words (pinned chunks, never reused: a Kill from another thread
+    // after the arena started over writes into its own chunk).
+    private readonly List<NativeCode> _slots = new();
+    private int[] _words = GC.AllocateArray<int>(WordsPerChunk, pinned: true);
+    private int _wordsUsed, _slotsGen;
+    // Per block being compiled: the link sites' rel32 offsets, RIP targets and epilogue labels.
+    private readonly List<(int at, ulong target, int label)> _sites = new();
+
+    /// <summary>Trampolines made (links between two blocks' code).</summary>
+    public long Links;
+
+    /// <summary>The code in slot <paramref name="slot"/> of the current generation.</summary>
+    public NativeCode SlotCode(int slot) => _slots[slot];
+
+    /// <summary>A direct exit to <paramref name="target"/>: a JMP (or the Jcc given) to an epilogue that Link may replace.</summary>
+    private void ExitTo(ulong target, int jccCc = -1)
+    {
+        int label = _a.NewLabel();
+        int at = jccCc >= 0 ? _a.Jcc(jccCc, label) : _a.Jmp(label);
+        _sites.Add((at, target, label));
+    }
+
+    /// <summary>The way out through link site <paramref name="site"/>: RIP, the site for the vCPU's loop to link, the count.</summary>
+    private void SiteEpilogue(ulong target, int site, int count)
+    {
+        _a.MovImm(R9, target);
+        _a.Store(8, Rsi, _l.Rip, R9);
+        _a.StoreImm(4, Rsi, _l.LinkSite, site + 1);
+        _a.MovEaxImm(count);
+        _a.Ret();
+    }
+
+    /// <summary>The block's code object, in a slot of the current generation (a new generation empties the table).</summary>
+    private NativeCode NewCode(Block b, nint entry)
+    {
+        if (_slotsGen != _arena.Gen)
+        {
+            _slotsGen = _arena.Gen;
+            _slots.Clear();
+            _words = GC.AllocateArray<int>(WordsPerChunk, pinned: true);
+            _wordsUsed = 0;
+        }
+        if (_wordsUsed == WordsPerChunk)
+        {
+            _words = GC.AllocateArray<int>(WordsPerChunk, pinned: true);
+            _wordsUsed = 0;
+        }
+        int w = _wordsUsed++;
+        _words[w] = ChainBudget;
+        var offsets = new int[_sites.Count];
+        var targets = new ulong[_sites.Count];
+        for (int s = 0; s < _sites.Count; s++) (offsets[s], targets[s]) = (_sites[s].at, _sites[s].target);
+        var nc = new NativeCode(_owner, _arena.Gen, entry, b, _slots.Count, _words, w, offsets, targets);
+        _slots.Add(nc);
+        return nc;
+    }
+
+    /// <summary>
+    /// Points link site <paramref name="site"/> of <paramref name="from"/> at a trampoline into <paramref name="to"/>'s
+    /// code (both this generation's; the caller checked that to's block is the valid block at the site's target, on
+    /// one page). The trampoline leaves through the site's epilogue when an event is pending, when to's chain word is
+    /// spent or dead, or (crossPage: to's page is not from's) when the execute TLB no longer maps the target page to to's
+    /// frame, the check the vCPU's loop makes (Cpu.FetchMapped). Otherwise it counts from's instructions, makes to the
+    /// current slot and jumps. Runs on the owning vCPU's thread, outside native code, so patching needs no care.
+    /// </summary>
+    public void Link(NativeCode from, int site, NativeCode to, bool crossPage, ulong physPage)
+    {
+        int gen = _arena.Gen;
+        if (from.Gen != gen || to.Gen != gen) return;
+        ulong target = from.SiteTargets[site];
+        int count = from.Block.Count;
+        _a.Reset();
+        int fail = _a.NewLabel();
+        _a.AluMemImm(X64Emitter.OpCmp, 4, Rsi, _l.PendingEvents, 0);
+        _a.Jcc(X64Emitter.CcNe, fail);
+        if (crossPage)
+        {
+            ulong page = target >> 12;
+            int entry = (int)(page & Cpu.TlbIndexMask) * _l.TlbEntrySize;
+            _a.Load(8, R11, Rsi, _l.TlbX);
+            _a.MovImm(R10, page);
+            _a.AluLoad64(X64Emitter.OpCmp, R10, R11, entry + _l.TlbTag);
+            _a.Jcc(X64Emitter.CcNe, fail);
+            _a.MovImm(R10, physPage);
+            _a.AluLoad64(X64Emitter.OpCmp, R10, R11, entry + _l.TlbPhysPage);
+            _a.Jcc(X64Emitter.CcNe, fail);
+        }
+        _a.MovImm(Rax, (ulong)to.Word);
+        _a.AluMemImm(X64Emitter.OpSub, 4, Rax, 0, 1);
+        _a.Jcc(X64Emitter.CcS, fail);
+        _a.AluMemImm(X64Emitter.OpAdd, 8, Rsi, _l.Chained, count);
+        _a.StoreImm(4, Rsi, _l.Slot, to.Slot);
+        int jmp = _a.JmpPlaceholder();
+        _a.Bind(fail);
+        SiteEpilogue(target, site, count);
+        if (!_a.Finish()) return;
+        nint t = _arena.Place(_a.Code);
+        // Placing it started a new generation: from's and to's code are stale (and their bytes may be overwritten).
+        if (t == 0 || _arena.Gen != gen) return;
+        *(int*)(t + jmp) = (int)(to.Entry - (t + jmp + 4));
+        nint field = from.Entry + from.SiteOffsets[site];
+        *(int*)field = (int)(t - (field + 4));
+        from.LinkedTo[site] = to;
+        Links++;
+    }
+}
