@@ -103,7 +103,11 @@ public sealed unsafe partial class Cpu
         {
             // Another vCPU's code (its own arena) is not ours to run; our own stale code is made again at once; a
             // block without code gets it at its threshold-th run.
-            if (nc != null ? nc.Owner != this : ++b.NativeHeat != _nativeThreshold) return 0;
+            if (nc != null ? nc.Owner != this : ++b.NativeHeat != _nativeThreshold)
+            {
+                if (Jit.JitCompiler.Stats && b.NativeHeat < 0) nat.CountStop(b, b.NativeStop);
+                return 0;
+            }
             nc = nat.Compile(b);
             b.Native = nc;
             if (nc == null) { b.NativeHeat = int.MinValue; return 0; }
@@ -140,6 +144,7 @@ public sealed unsafe partial class Cpu
         }
         if (k < b.Count)
         {
+            if (Jit.JitCompiler.Stats) nat.CountStop(b, k);
             Rip = b.Instrs[k].IP;
             _currentBlockId = b.Id;
         }

@@ -29,9 +29,9 @@ internal sealed unsafe partial class NativeCompiler
     // Per block: the exit labels of instructions that can leave early, and whether the host's flags hold the guest's.
     private readonly List<(int label, int k)> _exits = new();
     private bool _hostFlags;
-    // What the last flag writer in this block's code left, for EnsureHostFlags: a lazy record of Add, Sub or Logic
-    // (replayed), None for flags materialized in _flags (a shift), with its size; null when nothing can give the flags
-    // back (no flag writer yet, or INC/DEC, whose record needs its carry-in).
+    // What the last flag writer in this block's code left, for EnsureHostFlags: a lazy record of Add, Sub, Logic, Inc
+    // or Dec (replayed), None for flags materialized in _flags (a shift), with its size; null when nothing in this
+    // block's code wrote the flags yet.
     private LazyOp? _flagSource;
     private int _flagSize;
 
@@ -39,6 +39,16 @@ internal sealed unsafe partial class NativeCompiler
     public long BlocksCompiled, InstructionsCovered, BlocksNone, CompileTicks;
     /// <summary>DIRIGENT_JIT_STATS: the instructions blocks' native code stopped before, by form.</summary>
     public readonly Dictionary<Code, int> StopsAt = new();
+    /// <summary>DIRIGENT_JIT_STATS: runs of blocks whose native code stopped before an instruction (or that have none for it), by its form.</summary>
+    public readonly Dictionary<Code, long> StopRuns = new();
+
+    /// <summary>DIRIGENT_JIT_STATS: a run of b that left the interpreter its instructions from k on.</summary>
+    public void CountStop(Block b, int k)
+    {
+        if (k < 0 || k >= b.Count) return;
+        var c = b.Instrs[k].Code;
+        StopRuns[c] = StopRuns.GetValueOrDefault(c) + 1;
+    }
 
     public NativeCompiler(NativeLayout layout, NativeArena arena, object owner)
     {
@@ -68,6 +78,7 @@ internal sealed unsafe partial class NativeCompiler
             {
                 var c = b.Instrs[m].Code;
                 StopsAt[c] = StopsAt.GetValueOrDefault(c) + 1;
+                b.NativeStop = m;
             }
             // Leaving native code for the interpreter mid-block costs about what a few interpreted instructions do,
             // so a short covered prefix gains nothing: a block gets native code when it covers all of it or three
@@ -113,6 +124,9 @@ internal sealed unsafe partial class NativeCompiler
         switch (i.Mnemonic)
         {
             case Mnemonic.Nop: return true; // in every encoding (the ModRM forms touch no memory)
+            // Prefetches are hints that never fault (SDM PREFETCHh): nothing to do.
+            case Mnemonic.Prefetcht0: case Mnemonic.Prefetcht1: case Mnemonic.Prefetcht2: case Mnemonic.Prefetchnta:
+            case Mnemonic.Prefetchw: return true;
             case Mnemonic.Mov: return EmitMov(ref i, k);
             case Mnemonic.Movzx: case Mnemonic.Movsx: case Mnemonic.Movsxd: return EmitMovx(ref i, k);
             case Mnemonic.Lea: return EmitLea(ref i);
@@ -505,6 +519,15 @@ internal sealed unsafe partial class NativeCompiler
             _a.Alu(X64Emitter.OpOr, 8, R10, R11);
             _a.WriteFlags(R10);
         }
+        else if (_flagSource is LazyOp.Inc or LazyOp.Dec)
+        {
+            // CF from the record's carry-in (0xFF + 1 carries), then the same INC/DEC of its operand.
+            _a.Load(1, R10, Rsi, _l.LazyCarryIn);
+            _a.MovImm(R11, 0xFF);
+            _a.Alu(X64Emitter.OpAdd, 1, R10, R11);
+            _a.Load(8, R11, Rsi, _l.LazyA);
+            _a.IncDec(_flagSource == LazyOp.Dec, _flagSize, R11);
+        }
         else if (_flagSource == LazyOp.Logic)
         {
             _a.Load(8, R10, Rsi, _l.LazyRes);
@@ -642,7 +665,7 @@ internal sealed unsafe partial class NativeCompiler
     /// </summary>
     private bool EmitIncDec(ref Instruction i, int k, bool dec)
     {
-        if (i.OpCount != 1 || !FlagsAvailable) return false;
+        if (i.OpCount != 1) return false;
         int size, dd = 0;
         bool mem = i.Op0Kind == OpKind.Memory;
         if (i.Op0Kind == OpKind.Register) (dd, size) = Gpr(i.Op0Register);
@@ -650,8 +673,12 @@ internal sealed unsafe partial class NativeCompiler
         else return false;
         if (size == 0) return false;
         // CF (kept by INC/DEC) into cl first: the memory operand's address and probe clobber the host's flags.
-        EnsureHostFlags();
-        _a.Setcc(X64Emitter.CcB, Rcx);
+        if (FlagsAvailable)
+        {
+            EnsureHostFlags();
+            _a.Setcc(X64Emitter.CcB, Rcx);
+        }
+        else CarryFromRecord(k);
         if (mem)
         {
             if (!Address(ref i)) return false;
@@ -675,8 +702,66 @@ internal sealed unsafe partial class NativeCompiler
         _a.StoreImm(8, Rsi, _l.LazyB, 1);
         _a.Store(1, Rsi, _l.LazyCarryIn, Rcx);
         _hostFlags = true;
-        _flagSource = null;
+        _flagSource = dec ? LazyOp.Dec : LazyOp.Inc;
+        _flagSize = size;
         return true;
+    }
+
+    /// <summary>
+    /// cl = the guest's CF, from a flag state this block's code did not write (it came from before the block): read off
+    /// the lazy record at run time as Cpu.GetCF does, for the records ALU templates, INC/DEC and shifts leave; ADC, SBB
+    /// and NEG records leave through instruction k's exit for the interpreter. Operands are compared shifted left by
+    /// 64 - 8 * size, which compares their low size bytes. Clobbers rcx, r10, r11 and the host's flags.
+    /// </summary>
+    private void CarryFromRecord(int k)
+    {
+        int none = _a.NewLabel(), logic = _a.NewLabel(), add = _a.NewLabel(), sub = _a.NewLabel(), carry = _a.NewLabel(),
+            done = _a.NewLabel();
+        _a.Load(1, R10, Rsi, _l.LazyOp);
+        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.None);
+        _a.Jcc(X64Emitter.CcE, none);
+        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Logic);
+        _a.Jcc(X64Emitter.CcE, logic);
+        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Add);
+        _a.Jcc(X64Emitter.CcE, add);
+        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Sub);
+        _a.Jcc(X64Emitter.CcE, sub);
+        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Inc);
+        _a.Jcc(X64Emitter.CcE, carry);
+        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Dec);
+        _a.Jcc(X64Emitter.CcE, carry);
+        _a.Jmp(Exit(k));
+        _a.Bind(none);
+        _a.Load(4, Rcx, Rsi, 0);
+        _a.And32(Rcx, 1);
+        _a.Jmp(done);
+        _a.Bind(logic);
+        _a.Alu(X64Emitter.OpXor, 4, Rcx, Rcx);
+        _a.Jmp(done);
+        _a.Bind(carry);
+        _a.Load(1, Rcx, Rsi, _l.LazyCarryIn);
+        _a.Jmp(done);
+        // ADD: CF = result < a; SUB: CF = a < b (at the record's size).
+        _a.Bind(add);
+        _a.Load(8, R10, Rsi, _l.LazyRes);
+        _a.Load(8, R11, Rsi, _l.LazyA);
+        int cmp = _a.NewLabel();
+        _a.Jmp(cmp);
+        _a.Bind(sub);
+        _a.Load(8, R10, Rsi, _l.LazyA);
+        _a.Load(8, R11, Rsi, _l.LazyB);
+        _a.Bind(cmp);
+        _a.Load(1, Rcx, Rsi, _l.LazySize);
+        _a.Shift(X64Emitter.Shl, false, Rcx, 3);
+        _a.AluImm(X64Emitter.OpSub, false, Rcx, 64);
+        _a.Not(false, Rcx);
+        _a.AluImm(X64Emitter.OpAdd, false, Rcx, 1); // cl = 64 - 8 * size
+        _a.ShiftCl(X64Emitter.Shl, true, R10);
+        _a.ShiftCl(X64Emitter.Shl, true, R11);
+        _a.Alu(X64Emitter.OpCmp, 8, R10, R11);
+        _a.Setcc(X64Emitter.CcB, Rcx);
+        _a.Bind(done);
+        _hostFlags = false;
     }
 
     /// <summary>A Jcc at the block's end: with the guest's flags in the host's, the host's Jcc takes one of two link sites.</summary>

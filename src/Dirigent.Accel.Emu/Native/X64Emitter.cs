@@ -278,6 +278,24 @@ internal sealed class X64Emitter
         return at;
     }
 
+    /// <summary>op (ADD, SUB, CMP ...) of a sign-extended 32-bit immediate into a 32- or 64-bit register.</summary>
+    public void AluImm(int op, bool w, int dst, int imm)
+    {
+        Rex(w, 0, NoReg, dst);
+        bool short8 = imm == (sbyte)imm;
+        B(short8 ? 0x83 : 0x81);
+        RegRm(op >> 3, dst);
+        if (short8) B(imm); else D(imm);
+    }
+
+    /// <summary>A shift of a 32- or 64-bit register by CL.</summary>
+    public void ShiftCl(int kind, bool w, int dst)
+    {
+        Rex(w, 0, NoReg, dst);
+        B(0xD3);
+        RegRm(kind, dst);
+    }
+
     /// <summary>op (ADD, SUB, CMP ...) of a sign-extended 32-bit immediate into size (4 or 8) bytes at [bas + disp].</summary>
     public void AluMemImm(int op, int size, int bas, int disp, int imm)
     {

@@ -599,6 +599,56 @@ public class JitTierTests
         }, rng, "native chains");
     }
 
+    [Fact]
+    public void Inc_and_dec_at_a_block_start_keep_the_carry_of_every_kind_of_flag_record()
+    {
+        // INC/DEC keep CF, which then comes from whatever wrote the flags before the block: native code reads it off
+        // the lazy record at run time (ADD and SUB at every size, logic, shifts, INC/DEC; ADC/SBB/NEG leave for the
+        // interpreter). Each pair of blocks: a flag writer, a jump, INC or DEC, then the carry and all flags stored.
+        var rng = new Random(BaseSeed + 12);
+        for (int round = 0; round < 8; round++)
+        {
+            // The choices are drawn once: the program is built again for each tier.
+            var pick = Enumerable.Range(0, 24).Select(_ => (x: rng.Next(R64.Length), kind: rng.Next(12), sh: rng.Next(1, 64),
+                y: rng.Next(R64.Length), mem: rng.Next(2) == 0)).ToArray();
+            AssertSame(a =>
+            {
+                for (int n = 0; n < pick.Length; n++)
+                {
+                    var x = R64[pick[n].x];
+                    var x32 = R32[pick[n].x];
+                    var next = a.CreateLabel();
+                    switch (pick[n].kind)
+                    {
+                        case 0: a.add(x, __qword_ptr[rbx + 8 * n]); break;
+                        case 1: a.sub(x32, __dword_ptr[rbx + 8 * n]); break;
+                        case 2: a.add(__byte_ptr[rbx + n], cl); break;
+                        case 3: a.sub(__word_ptr[rbx + 2 * n], dx); break;
+                        case 4: a.cmp(x, __qword_ptr[rbx + 8 * n + 256]); break;
+                        case 5: a.and(x32, __dword_ptr[rbx + 4 * n]); break;
+                        case 6: a.shl(x, (byte)pick[n].sh); break;
+                        case 7: a.inc(__byte_ptr[rbx + n]); break;
+                        case 8: a.dec(x32); break;
+                        case 9: a.adc(x, __qword_ptr[rbx + 8 * n]); break;
+                        case 10: a.neg(x32); break;
+                        default: a.stc(); break;
+                    }
+                    a.jmp(next);
+                    a.Label(ref next);
+                    if (pick[n].mem) a.dec(__dword_ptr[rbx + 4 * n + 512]); else a.inc(R64[pick[n].y]);
+                    a.setb(__byte_ptr[rbx + n + 1024]);
+                    // (A block of its own, so that native code covers it whole; PUSHF is the interpreter's.)
+                    var store = a.CreateLabel();
+                    a.jmp(store);
+                    a.Label(ref store);
+                    a.pushfq();
+                    a.pop(__qword_ptr[rbx + 8 * n + 1536]);
+                }
+                a.hlt();
+            }, rng, $"inc/dec after a flag record, round {round}");
+        }
+    }
+
     [SkippableFact]
     public void A_loop_of_chained_native_code_stops_when_asked_with_every_instruction_counted()
     {

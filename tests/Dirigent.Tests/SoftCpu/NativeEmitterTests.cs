@@ -155,6 +155,11 @@ public class NativeEmitterTests
         Is("sub dword [rax], 0x1", e => e.AluMemImm(OpSub, 4, Rax, 0, 1));
         Is("add qword [rsi+0x120], 0x7", e => e.AluMemImm(OpAdd, 8, Rsi, 0x120, 7));
         Is("add qword [rsi-0x10], 0x12345", e => e.AluMemImm(OpAdd, 8, Rsi, -0x10, 0x12345));
+        Is("cmp r10d, 0x5", e => e.AluImm(OpCmp, false, R10, 5));
+        Is("sub ecx, 0x40", e => e.AluImm(OpSub, false, Rcx, 64));
+        Is("add rax, 0x1000", e => e.AluImm(OpAdd, true, Rax, 0x1000));
+        Is("shl r10, cl", e => e.ShiftCl(Shl, true, R10));
+        Is("shr r11d, cl", e => e.ShiftCl(Shr, false, R11));
         // A JMP's and a Jcc's rel32 fields are where the caller says, so that a link can repoint them.
         var e = new X64Emitter();
         int l = e.NewLabel();
