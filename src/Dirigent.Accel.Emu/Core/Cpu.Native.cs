@@ -176,8 +176,9 @@ public sealed unsafe partial class Cpu
         int site = _linkSiteIdx;
         var to = n.Native;
         if (from.Block != b || to == null || to.Owner != this || to.Gen != nat.Gen || from.Gen != nat.Gen) return;
-        if (from.LinkedTo[site] == to || from.SiteTargets[site] != rip || n.Linear != rip || !n.Valid) return;
-        if (n.Compiled != null || n.Page1 != ulong.MaxValue || *to.Word < -1) return;
-        nat.Link(from, site, to, crossPage: (rip >> 12) != (b.Linear >> 12), n.Page0);
+        bool same = from.SiteTargets[site] == rip;
+        if (same ? from.LinkedTo[site] == to : from.SiteImms[site] < 0 || from.Relinks[site] >= NativeCompiler.MaxRelinks) return;
+        if (n.Linear != rip || !n.Valid || n.Compiled != null || n.Page1 != ulong.MaxValue || *to.Word < -1) return;
+        nat.Link(from, site, to, rip, crossPage: (rip >> 12) != (b.Linear >> 12), n.Page0);
     }
 }

@@ -21,6 +21,9 @@ internal sealed unsafe class NativeCode
     public readonly int[] SiteOffsets;
     public readonly ulong[] SiteTargets;
     public readonly NativeCode?[] LinkedTo;
+    /// <summary>Per dynamic site (RET, JMP/CALL r/m): its target immediate's offset from Entry (-1: a direct exit), and how often it was linked.</summary>
+    public readonly int[] SiteImms;
+    public readonly byte[] Relinks;
     // The chain word: how many more times trampolines may enter this code before the vCPU's loop sees the block again
     // (which refills it), or Dead. In a pinned array, so that trampolines read it at a fixed address.
     private readonly int[] _words;
@@ -29,7 +32,8 @@ internal sealed unsafe class NativeCode
     /// <summary>A chain word no trampoline passes: the block was invalidated or has compiled (IL) code to run instead.</summary>
     public const int Dead = -(1 << 30);
 
-    public NativeCode(object owner, int gen, nint entry, Block block, int slot, int[] words, int wordIndex, int[] siteOffsets, ulong[] siteTargets)
+    public NativeCode(object owner, int gen, nint entry, Block block, int slot, int[] words, int wordIndex, int[] siteOffsets,
+        ulong[] siteTargets, int[] siteImms)
     {
         Owner = owner;
         Gen = gen;
@@ -40,6 +44,8 @@ internal sealed unsafe class NativeCode
         _wordIndex = wordIndex;
         SiteOffsets = siteOffsets;
         SiteTargets = siteTargets;
+        SiteImms = siteImms;
+        Relinks = new byte[siteOffsets.Length];
         LinkedTo = new NativeCode?[siteOffsets.Length];
     }
 
@@ -66,7 +72,7 @@ internal sealed unsafe partial class NativeCompiler
     private int[] _words = GC.AllocateArray<int>(WordsPerChunk, pinned: true);
     private int _wordsUsed, _slotsGen;
     // Per block being compiled: the link sites' rel32 offsets, RIP targets and epilogue labels.
-    private readonly List<(int at, ulong target, int label)> _sites = new();
+    private readonly List<(int at, ulong target, int label, int imm)> _sites = new();
 
     /// <summary>Trampolines made (links between two blocks' code).</summary>
     public long Links;
@@ -79,14 +85,39 @@ internal sealed unsafe partial class NativeCompiler
     {
         int label = _a.NewLabel();
         int at = jccCc >= 0 ? _a.Jcc(jccCc, label) : _a.Jmp(label);
-        _sites.Add((at, target, label));
+        _sites.Add((at, target, label, -1));
     }
+
+    /// <summary>
+    /// An exit whose RIP (stored, and in r8) is known only at run time (RET, JMP/CALL r/m): an inline cache of one
+    /// target. The site compares r8 with a patchable immediate (at first a non-canonical value no target equals) and,
+    /// when equal, takes a link site like a direct exit's; Link sets the immediate when it links the site.
+    /// </summary>
+    private void DynamicExit()
+    {
+        int imm = _a.MovImm64(R10, NoTarget);
+        _a.Alu(X64Emitter.OpCmp, 8, R8, R10);
+        int label = _a.NewLabel();
+        _a.Jcc(X64Emitter.CcNe, label);
+        int at = _a.Jmp(label);
+        _sites.Add((at, NoTarget, label, imm));
+    }
+
+    /// <summary>A dynamic site's target before it is linked: non-canonical, so no RIP equals it.</summary>
+    private const ulong NoTarget = 0x8000_0000_0000_0000;
+
+    /// <summary>Times a dynamic site is linked again to a new target: a RET that returns to many callers stays unlinked.</summary>
+    public const int MaxRelinks = 4;
 
     /// <summary>The way out through link site <paramref name="site"/>: RIP, the site for the vCPU's loop to link, the count.</summary>
     private void SiteEpilogue(ulong target, int site, int count)
     {
-        _a.MovImm(R9, target);
-        _a.Store(8, Rsi, _l.Rip, R9);
+        // (A dynamic site's RIP is stored already; its trampoline's way out stores the linked target, the same value.)
+        if (target != NoTarget)
+        {
+            _a.MovImm(R9, target);
+            _a.Store(8, Rsi, _l.Rip, R9);
+        }
         _a.StoreImm(4, Rsi, _l.LinkSite, site + 1);
         _a.MovEaxImm(count);
         _a.Ret();
@@ -111,8 +142,9 @@ internal sealed unsafe partial class NativeCompiler
         _words[w] = ChainBudget;
         var offsets = new int[_sites.Count];
         var targets = new ulong[_sites.Count];
-        for (int s = 0; s < _sites.Count; s++) (offsets[s], targets[s]) = (_sites[s].at, _sites[s].target);
-        var nc = new NativeCode(_owner, _arena.Gen, entry, b, _slots.Count, _words, w, offsets, targets);
+        var imms = new int[_sites.Count];
+        for (int s = 0; s < _sites.Count; s++) (offsets[s], targets[s], imms[s]) = (_sites[s].at, _sites[s].target, _sites[s].imm);
+        var nc = new NativeCode(_owner, _arena.Gen, entry, b, _slots.Count, _words, w, offsets, targets, imms);
         _slots.Add(nc);
         return nc;
     }
@@ -125,11 +157,10 @@ internal sealed unsafe partial class NativeCompiler
     /// frame, the check the vCPU's loop makes (Cpu.FetchMapped). Otherwise it counts from's instructions, makes to the
     /// current slot and jumps. Runs on the owning vCPU's thread, outside native code, so patching needs no care.
     /// </summary>
-    public void Link(NativeCode from, int site, NativeCode to, bool crossPage, ulong physPage)
+    public void Link(NativeCode from, int site, NativeCode to, ulong target, bool crossPage, ulong physPage)
     {
         int gen = _arena.Gen;
         if (from.Gen != gen || to.Gen != gen) return;
-        ulong target = from.SiteTargets[site];
         int count = from.Block.Count;
         _a.Reset();
         int fail = _a.NewLabel();
@@ -160,6 +191,13 @@ internal sealed unsafe partial class NativeCompiler
         // Placing it started a new generation: from's and to's code are stale (and their bytes may be overwritten).
         if (t == 0 || _arena.Gen != gen) return;
         *(int*)(t + jmp) = (int)(to.Entry - (t + jmp + 4));
+        if (from.SiteImms[site] >= 0)
+        {
+            // A dynamic site: the cached target first (nothing runs this code meanwhile: one thread, outside it).
+            *(ulong*)(from.Entry + from.SiteImms[site]) = target;
+            from.SiteTargets[site] = target;
+            from.Relinks[site]++;
+        }
         nint field = from.Entry + from.SiteOffsets[site];
         *(int*)field = (int)(t - (field + 4));
         from.LinkedTo[site] = to;

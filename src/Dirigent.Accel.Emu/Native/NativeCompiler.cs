@@ -140,7 +140,9 @@ internal sealed unsafe partial class NativeCompiler
             case Mnemonic.Push: return EmitPush(ref i, k);
             case Mnemonic.Pop: return EmitPop(ref i, k);
             case Mnemonic.Jmp:
-                if (!last || (i.Code != Code.Jmp_rel8_64 && i.Code != Code.Jmp_rel32_64)) return false;
+                if (!last) return false;
+                if (i.Code == Code.Jmp_rm64) return EmitJmpIndirect(ref i, k);
+                if (i.Code != Code.Jmp_rel8_64 && i.Code != Code.Jmp_rel32_64) return false;
                 ExitTo(i.NearBranch64);
                 return true;
             case Mnemonic.Shl: case Mnemonic.Shr: case Mnemonic.Sar: return EmitShift(ref i);
@@ -476,6 +478,18 @@ internal sealed unsafe partial class NativeCompiler
 
     private bool EmitCall(ref Instruction i, int k)
     {
+        if (i.Code == Code.Call_rm64)
+        {
+            // The target first (read with the old RSP), then the push; the target waits in rcx.
+            if (!IndirectTarget(ref i, k)) return false;
+            _a.Mov(Rcx, R8);
+            _a.MovImm(R8, i.NextIP);
+            PushR8(k);
+            _a.Mov(R8, Rcx);
+            _a.Store(8, Rsi, _l.Rip, R8);
+            DynamicExit();
+            return true;
+        }
         if (i.Code != Code.Call_rel32_64) return false;
         _a.MovImm(R8, i.NextIP);
         PushR8(k);
@@ -483,17 +497,49 @@ internal sealed unsafe partial class NativeCompiler
         return true;
     }
 
+    /// <summary>JMP r/m64: RIP from a register or memory.</summary>
+    private bool EmitJmpIndirect(ref Instruction i, int k)
+    {
+        if (!IndirectTarget(ref i, k)) return false;
+        _a.Store(8, Rsi, _l.Rip, R8);
+        DynamicExit();
+        return true;
+    }
+
+    /// <summary>r8 = an indirect JMP's or CALL's target (register or memory operand), leaving through k's exit when it is
+    /// not canonical (#GP at the branch: the interpreter runs it and raises it). Nothing of the instruction is done.</summary>
+    private bool IndirectTarget(ref Instruction i, int k)
+    {
+        if (i.Op0Kind == OpKind.Register) LoadReg(R8, Cpu.RegIndex(i.Op0Register) * 8, 8);
+        else if (i.Op0Kind == OpKind.Memory && MemSize(ref i) == 8 && Address(ref i))
+        {
+            Probe(8, false, k);
+            _a.Load(8, R8, Rax, 0);
+        }
+        else return false;
+        CanonicalOrExit(R8, k);
+        return true;
+    }
+
+    /// <summary>Leaves through k's exit when reg holds a non-canonical address. Uses r10 and the host's flags.</summary>
+    private void CanonicalOrExit(int reg, int k)
+    {
+        _a.Mov(R10, reg);
+        _a.Shift(X64Emitter.Shl, true, R10, 16);
+        _a.Shift(X64Emitter.Sar, true, R10, 16);
+        _a.Alu(X64Emitter.OpCmp, 8, R10, reg);
+        _a.Jcc(X64Emitter.CcNe, Exit(k));
+        _hostFlags = false;
+    }
+
     private bool EmitRet(int k)
     {
         PeekR8(k);
         // A non-canonical return address is #GP at the RET: the interpreter runs it again and raises it.
-        _a.Mov(Rcx, R8);
-        _a.Shift(X64Emitter.Shl, true, Rcx, 16);
-        _a.Shift(X64Emitter.Sar, true, Rcx, 16);
-        _a.Alu(X64Emitter.OpCmp, 8, Rcx, R8);
-        _a.Jcc(X64Emitter.CcNe, Exit(k));
+        CanonicalOrExit(R8, k);
         _a.Store(8, Rdi, Cpu.RSP * 8, R9);
         _a.Store(8, Rsi, _l.Rip, R8);
+        DynamicExit();
         return true;
     }
 

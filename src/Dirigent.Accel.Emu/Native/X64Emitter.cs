@@ -125,6 +125,17 @@ internal sealed class X64Emitter
         }
     }
 
+    /// <summary>dst = imm in the 10-byte form whatever the value; returns the immediate's offset (patched later).</summary>
+    public int MovImm64(int dst, ulong imm)
+    {
+        Rex(true, 0, NoReg, dst);
+        B(0xB8 + (dst & 7));
+        int at = _n;
+        D((int)imm);
+        D((int)(imm >> 32));
+        return at;
+    }
+
     /// <summary>dst = src (64-bit MOV).</summary>
     public void Mov(int dst, int src)
     {
