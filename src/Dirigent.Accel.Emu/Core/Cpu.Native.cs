@@ -11,6 +11,8 @@ public sealed unsafe partial class Cpu
     private NativeCompiler? _native;
     private int _nativeThreshold;
     private static NativeLayout? s_nativeLayout;
+    /// <summary>DIRIGENT_NATIVE_CHAIN=0: native code is never linked (every block returns to the vCPU's loop), for comparison.</summary>
+    private static readonly bool s_nativeChain = Environment.GetEnvironmentVariable("DIRIGENT_NATIVE_CHAIN") != "0";
     // Written by chained native code (Native/NativeChain.cs): the slot of the code running, the instructions of the
     // blocks it completed before that one, and the link site (+1) it left through.
     private int _nativeSlot, _nativeLinkSite;
@@ -25,7 +27,8 @@ public sealed unsafe partial class Cpu
         _nativeThreshold = _codeCache.NativeThreshold ?? NativeThresholdFromEnvironment();
         if (_nativeThreshold <= 0) return;
         if (RuntimeInformation.ProcessArchitecture != Architecture.X64 || !OperatingSystem.IsLinux()) return;
-        var arena = NativeArena.TryCreate();
+        var arena = NativeArena.TryCreate(int.TryParse(Environment.GetEnvironmentVariable("DIRIGENT_NATIVE_ARENA_MB"), out int mb) && mb is > 0 and <= 1024
+            ? mb << 20 : NativeArena.DefaultSize);
         if (arena == null) { LogOnce("native tier off: no executable memory"); return; }
         _native = new NativeCompiler(s_nativeLayout ??= MeasureLayout(), arena, this);
     }
@@ -136,12 +139,14 @@ public sealed unsafe partial class Cpu
         }
         _instret += _nativeChained + (ulong)k;
         _nativeChained = 0;
-        if (_nativeLinkSite != 0)
+        // (A site given up on, a dynamic one linked as often as it may be or a direct one whose target will not have
+        // code to link to, is not worth the loop's linking step.)
+        if (_nativeLinkSite != 0 && s_nativeChain && nc.Relinks[_nativeLinkSite - 1] < NativeCompiler.MaxRelinks)
         {
             _linkFrom = nc;
             _linkSiteIdx = _nativeLinkSite - 1;
-            _nativeLinkSite = 0;
         }
+        _nativeLinkSite = 0;
         if (k < b.Count)
         {
             if (Jit.JitCompiler.Stats) nat.CountStop(b, k);
@@ -173,12 +178,22 @@ public sealed unsafe partial class Cpu
     {
         var from = _linkFrom!;
         _linkFrom = null;
+        if (Jit.JitCompiler.Stats) { nat.SiteExits++; if (from.LinkedTo[_linkSiteIdx] != null) nat.SiteExitsLinked++; }
         int site = _linkSiteIdx;
         var to = n.Native;
-        if (from.Block != b || to == null || to.Owner != this || to.Gen != nat.Gen || from.Gen != nat.Gen) return;
+        if (from.Block != b || from.Gen != nat.Gen || n.Linear != rip || !n.Valid) return;
         bool same = from.SiteTargets[site] == rip;
+        if (same && from.SiteImms[site] < 0 && (n.Compiled != null || n.Page1 != ulong.MaxValue || n.NativeHeat == int.MinValue
+            || (to != null && to.Owner != this)))
+        {
+            // A direct exit to a block that will not have this vCPU's native code on one page (it has IL code, spans
+            // two pages, is left to the interpreter, or belongs to another vCPU): given up on.
+            from.Relinks[site] = NativeCompiler.MaxRelinks;
+            return;
+        }
+        if (to == null || to.Owner != this || to.Gen != nat.Gen) return;
         if (same ? from.LinkedTo[site] == to : from.SiteImms[site] < 0 || from.Relinks[site] >= NativeCompiler.MaxRelinks) return;
-        if (n.Linear != rip || !n.Valid || n.Compiled != null || n.Page1 != ulong.MaxValue || *to.Word < -1) return;
+        if (n.Compiled != null || n.Page1 != ulong.MaxValue || *to.Word < -1) return;
         nat.Link(from, site, to, rip, crossPage: (rip >> 12) != (b.Linear >> 12), n.Page0);
     }
 }

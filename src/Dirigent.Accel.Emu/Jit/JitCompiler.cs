@@ -404,7 +404,7 @@ internal sealed class JitCompiler : IDisposable
         b.Compiled = code;
         Volatile.Write(ref b.CompiledPtr, entry);
         // Native code chained through trampolines would keep running instead: they stop entering it.
-        b.Native?.Kill();
+        b.Native?.Kill(Native.NativeCode.Retired);
         IlBytes += il;
         if (IlBytes > PeakIlBytes) PeakIlBytes = IlBytes;
         BlocksCompiled++;

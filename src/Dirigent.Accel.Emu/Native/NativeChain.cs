@@ -29,8 +29,16 @@ internal sealed unsafe class NativeCode
     private readonly int[] _words;
     private readonly int _wordIndex;
 
-    /// <summary>A chain word no trampoline passes: the block was invalidated or has compiled (IL) code to run instead.</summary>
+    /// <summary>A chain word no trampoline passes: the block was invalidated (a trampoline that meets it asks the vCPU's
+    /// loop to link its site again, to the block that replaces it).</summary>
     public const int Dead = -(1 << 30);
+
+    /// <summary>A chain word no trampoline passes and that needs no new link: the block has compiled (IL) code to run
+    /// instead. Failing trampolines decrement it too; it stays above <see cref="DeadBelow"/> for tens of millions of them.</summary>
+    public const int Retired = -(1 << 20);
+
+    /// <summary>Words below this are <see cref="Dead"/>.</summary>
+    public const int DeadBelow = -(1 << 26);
 
     public NativeCode(object owner, int gen, nint entry, Block block, int slot, int[] words, int wordIndex, int[] siteOffsets,
         ulong[] siteTargets, int[] siteImms)
@@ -52,8 +60,9 @@ internal sealed unsafe class NativeCode
     /// <summary>The chain word's address (the array is pinned; read it only while the code's generation is current).</summary>
     public int* Word => (int*)Unsafe.AsPointer(ref _words[_wordIndex]);
 
-    /// <summary>Trampolines stop entering this code (any thread; the array stays alive as long as this object).</summary>
-    public void Kill() => Volatile.Write(ref _words[_wordIndex], Dead);
+    /// <summary>Trampolines stop entering this code (any thread; the array stays alive as long as this object): Dead when
+    /// the block was invalidated, Retired when it has IL code.</summary>
+    public void Kill(int word = Dead) => Volatile.Write(ref _words[_wordIndex], word);
 }
 
 internal sealed unsafe partial class NativeCompiler
@@ -109,7 +118,7 @@ internal sealed unsafe partial class NativeCompiler
     /// <summary>Times a dynamic site is linked again to a new target: a RET that returns to many callers stays unlinked.</summary>
     public const int MaxRelinks = 4;
 
-    /// <summary>The way out through link site <paramref name="site"/>: RIP, the site for the vCPU's loop to link, the count.</summary>
+    /// <summary>The way out through link site <paramref name="site"/>: RIP, the site for the vCPU's loop to link (none: -1), the count.</summary>
     private void SiteEpilogue(ulong target, int site, int count)
     {
         // (A dynamic site's RIP is stored already; its trampoline's way out stores the linked target, the same value.)
@@ -118,7 +127,7 @@ internal sealed unsafe partial class NativeCompiler
             _a.MovImm(R9, target);
             _a.Store(8, Rsi, _l.Rip, R9);
         }
-        _a.StoreImm(4, Rsi, _l.LinkSite, site + 1);
+        if (site >= 0) _a.StoreImm(4, Rsi, _l.LinkSite, site + 1);
         _a.MovEaxImm(count);
         _a.Ret();
     }
@@ -159,6 +168,15 @@ internal sealed unsafe partial class NativeCompiler
     /// </summary>
     public void Link(NativeCode from, int site, NativeCode to, ulong target, bool crossPage, ulong physPage)
     {
+        long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
+        try { LinkCore(from, site, to, target, crossPage, physPage); }
+        finally { LinkTicks += System.Diagnostics.Stopwatch.GetTimestamp() - t0; }
+    }
+
+    public long LinkTicks, SiteExits, SiteExitsLinked;
+
+    private void LinkCore(NativeCode from, int site, NativeCode to, ulong target, bool crossPage, ulong physPage)
+    {
         int gen = _arena.Gen;
         if (from.Gen != gen || to.Gen != gen) return;
         int count = from.Block.Count;
@@ -178,14 +196,21 @@ internal sealed unsafe partial class NativeCompiler
             _a.AluLoad64(X64Emitter.OpCmp, R10, R11, entry + _l.TlbPhysPage);
             _a.Jcc(X64Emitter.CcNe, fail);
         }
+        int spent = _a.NewLabel();
         _a.MovImm(Rax, (ulong)to.Word);
         _a.AluMemImm(X64Emitter.OpSub, 4, Rax, 0, 1);
-        _a.Jcc(X64Emitter.CcS, fail);
+        _a.Jcc(X64Emitter.CcS, spent);
         _a.AluMemImm(X64Emitter.OpAdd, 8, Rsi, _l.Chained, count);
         _a.StoreImm(4, Rsi, _l.Slot, to.Slot);
         int jmp = _a.JmpPlaceholder();
-        _a.Bind(fail);
+        // Only a dead target asks for a new link; an event, an unmapped page, a spent budget or IL code do not (the
+        // vCPU's loop would find nothing to change), so those ways out skip its linking step.
+        _a.Bind(spent);
+        _a.AluMemImm(X64Emitter.OpCmp, 4, Rax, 0, NativeCode.DeadBelow);
+        _a.Jcc(X64Emitter.CcGe, fail);
         SiteEpilogue(target, site, count);
+        _a.Bind(fail);
+        SiteEpilogue(target, -1, count);
         if (!_a.Finish()) return;
         nint t = _arena.Place(_a.Code);
         // Placing it started a new generation: from's and to's code are stale (and their bytes may be overwritten).
