@@ -74,6 +74,8 @@ internal sealed unsafe class Block
     /// <summary>The native first tier's code for this block (Native/), and runs counted towards making it.</summary>
     public volatile Native.NativeCode? Native;
     public int NativeHeat;
+    /// <summary>The budget its native code's chain word was last given (Cpu.Refill).</summary>
+    public int NativeRefill;
     /// <summary>DIRIGENT_JIT_STATS: the instruction the native tier's templates stopped at (its code, or the attempt).</summary>
     public int NativeStop = -1;
     /// <summary>DIRIGENT_JIT_STATS: interpreted runs in the chained loop.</summary>

@@ -118,14 +118,9 @@ public sealed unsafe partial class Cpu
             // before it reads Native; this writes Native before it reads Valid).
             Interlocked.MemoryBarrier();
             if (!b.Valid) nc.Kill();
+            b.NativeRefill = NativeCompiler.ChainBudget;
         }
-        // Trampoline entries spent since the last visit go to the block's heat for the IL tier, and are refilled
-        // (unless the word is dead: another thread may kill it at any time, so only a live value is replaced).
-        int* word = nc.Word;
-        int left = *word;
-        if (left < NativeCompiler.ChainBudget / 2 && left >= -1
-            && Interlocked.CompareExchange(ref *word, NativeCompiler.ChainBudget, left) == left)
-            CreditHeat(b, NativeCompiler.ChainBudget - left);
+        Refill(b, nc);
         _nativeSlot = nc.Slot;
         int k;
         fixed (ulong* g = Gpr)
@@ -161,10 +156,27 @@ public sealed unsafe partial class Cpu
         return k;
     }
 
-    /// <summary>Runs of a block that trampolines entered, counted toward the IL tier's threshold as the loop counts its own.</summary>
-    private void CreditHeat(Block b, int runs)
+    /// <summary>
+    /// The block's chain word, when half spent: the trampoline entries since the last refill go to its heat for the IL
+    /// tier (the loop counts only the runs it sees), and it gets a new budget, no more than the runs left before the
+    /// block reaches the IL tier's threshold, so that it comes back here to be queued when it does. Another thread may
+    /// kill the word at any time, so only a live value is replaced.
+    /// </summary>
+    private void Refill(Block b, NativeCode nc)
     {
-        b.Heat += runs;
+        int* word = nc.Word;
+        int left = *word;
+        if (left < -1 || left > b.NativeRefill / 2) return;
+        // (-1: the entry that found the word spent did not run the block.)
+        int used = b.NativeRefill - Math.Max(left, 0), refill = NativeCompiler.ChainBudget;
+        if (_jit != null && b.JitQueued == 0)
+        {
+            int toGo = _jit.ThresholdFor(b) - b.Heat - used;
+            if (toGo > 0 && toGo < refill) refill = toGo;
+        }
+        if (Interlocked.CompareExchange(ref *word, refill, left) != left) return;
+        b.NativeRefill = refill;
+        b.Heat += used;
         if (_jit != null && b.Heat >= _jit.ThresholdFor(b) && b.JitQueued == 0) _jit.Enqueue(b);
     }
 
