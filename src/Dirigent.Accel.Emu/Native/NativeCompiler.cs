@@ -547,48 +547,6 @@ internal sealed unsafe partial class NativeCompiler
     private bool FlagsAvailable => _hostFlags || _flagSource != null;
 
     /// <summary>
-    /// Makes the host's flags the guest's (FlagsAvailable must hold): the last ALU template's operation again, on the
-    /// values its lazy record kept (CMP for SUB/CMP, ADD, and AND of the result with itself for the logic group,
-    /// which gives its ZF, SF and PF with CF = OF = 0). Uses r10 and r11.
-    /// </summary>
-    private void EnsureHostFlags()
-    {
-        if (_hostFlags) return;
-        System.Diagnostics.Debug.Assert(_flagSource != null, "host flags asked for where the record cannot give them");
-        if (_flagSource == LazyOp.None)
-        {
-            // The guest's arithmetic flags are in _flags: into the host's RFLAGS, its other bits untouched.
-            _a.ReadFlags(R10);
-            _a.And64(R10, ~(int)Cpu.ArithFlags);
-            _a.Load(8, R11, Rsi, 0);
-            _a.And64(R11, (int)Cpu.ArithFlags);
-            _a.Alu(X64Emitter.OpOr, 8, R10, R11);
-            _a.WriteFlags(R10);
-        }
-        else if (_flagSource is LazyOp.Inc or LazyOp.Dec)
-        {
-            // CF from the record's carry-in (0xFF + 1 carries), then the same INC/DEC of its operand.
-            _a.Load(1, R10, Rsi, _l.LazyCarryIn);
-            _a.MovImm(R11, 0xFF);
-            _a.Alu(X64Emitter.OpAdd, 1, R10, R11);
-            _a.Load(8, R11, Rsi, _l.LazyA);
-            _a.IncDec(_flagSource == LazyOp.Dec, _flagSize, R11);
-        }
-        else if (_flagSource == LazyOp.Logic)
-        {
-            _a.Load(8, R10, Rsi, _l.LazyRes);
-            _a.Alu(X64Emitter.OpAnd, _flagSize, R10, R10);
-        }
-        else
-        {
-            _a.Load(8, R10, Rsi, _l.LazyA);
-            _a.Load(8, R11, Rsi, _l.LazyB);
-            _a.Alu(_flagSource == LazyOp.Add ? X64Emitter.OpAdd : X64Emitter.OpCmp, _flagSize, R10, R11);
-        }
-        _hostFlags = true;
-    }
-
-    /// <summary>
     /// SHL/SHR/SAR r32/r64, imm8 with a non-zero count: the flags as the interpreter sets them (FastBranch.Shl64 ...):
     /// SF, ZF, PF and CF from the host's shift (all defined for these counts), OF as for a count of 1 (SHL: the
     /// result's sign XOR CF; SHR: the operand's sign; SAR: 0), AF clear; stored in _flags with no lazy record.
@@ -751,63 +709,6 @@ internal sealed unsafe partial class NativeCompiler
         _flagSource = dec ? LazyOp.Dec : LazyOp.Inc;
         _flagSize = size;
         return true;
-    }
-
-    /// <summary>
-    /// cl = the guest's CF, from a flag state this block's code did not write (it came from before the block): read off
-    /// the lazy record at run time as Cpu.GetCF does, for the records ALU templates, INC/DEC and shifts leave; ADC, SBB
-    /// and NEG records leave through instruction k's exit for the interpreter. Operands are compared shifted left by
-    /// 64 - 8 * size, which compares their low size bytes. Clobbers rcx, r10, r11 and the host's flags.
-    /// </summary>
-    private void CarryFromRecord(int k)
-    {
-        int none = _a.NewLabel(), logic = _a.NewLabel(), add = _a.NewLabel(), sub = _a.NewLabel(), carry = _a.NewLabel(),
-            done = _a.NewLabel();
-        _a.Load(1, R10, Rsi, _l.LazyOp);
-        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.None);
-        _a.Jcc(X64Emitter.CcE, none);
-        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Logic);
-        _a.Jcc(X64Emitter.CcE, logic);
-        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Add);
-        _a.Jcc(X64Emitter.CcE, add);
-        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Sub);
-        _a.Jcc(X64Emitter.CcE, sub);
-        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Inc);
-        _a.Jcc(X64Emitter.CcE, carry);
-        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Dec);
-        _a.Jcc(X64Emitter.CcE, carry);
-        _a.Jmp(Exit(k));
-        _a.Bind(none);
-        _a.Load(4, Rcx, Rsi, 0);
-        _a.And32(Rcx, 1);
-        _a.Jmp(done);
-        _a.Bind(logic);
-        _a.Alu(X64Emitter.OpXor, 4, Rcx, Rcx);
-        _a.Jmp(done);
-        _a.Bind(carry);
-        _a.Load(1, Rcx, Rsi, _l.LazyCarryIn);
-        _a.Jmp(done);
-        // ADD: CF = result < a; SUB: CF = a < b (at the record's size).
-        _a.Bind(add);
-        _a.Load(8, R10, Rsi, _l.LazyRes);
-        _a.Load(8, R11, Rsi, _l.LazyA);
-        int cmp = _a.NewLabel();
-        _a.Jmp(cmp);
-        _a.Bind(sub);
-        _a.Load(8, R10, Rsi, _l.LazyA);
-        _a.Load(8, R11, Rsi, _l.LazyB);
-        _a.Bind(cmp);
-        _a.Load(1, Rcx, Rsi, _l.LazySize);
-        _a.Shift(X64Emitter.Shl, false, Rcx, 3);
-        _a.AluImm(X64Emitter.OpSub, false, Rcx, 64);
-        _a.Not(false, Rcx);
-        _a.AluImm(X64Emitter.OpAdd, false, Rcx, 1); // cl = 64 - 8 * size
-        _a.ShiftCl(X64Emitter.Shl, true, R10);
-        _a.ShiftCl(X64Emitter.Shl, true, R11);
-        _a.Alu(X64Emitter.OpCmp, 8, R10, R11);
-        _a.Setcc(X64Emitter.CcB, Rcx);
-        _a.Bind(done);
-        _hostFlags = false;
     }
 
     /// <summary>A Jcc at the block's end: with the guest's flags in the host's, the host's Jcc takes one of two link sites.</summary>

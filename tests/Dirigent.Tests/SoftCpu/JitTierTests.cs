@@ -563,6 +563,7 @@ public class JitTierTests
             a.hlt();
         }, rng, "fs-relative");
     }
+
     [Fact]
     public void Chained_native_code_across_pages_and_into_a_rewritten_block_matches_the_interpreter()
     {
