@@ -81,8 +81,9 @@ public sealed unsafe partial class Cpu
 #pragma warning restore CS0420
             l.TlbX = (int)((byte*)x - b);
             l.TlbEntrySize = sizeof(TlbEntry);
-            l.TlbTag = 0;
-            l.TlbPhysPage = 2 * sizeof(ulong);
+            TlbEntry e = default;
+            l.TlbTag = (int)((byte*)&e.Tag - (byte*)&e);
+            l.TlbPhysPage = (int)((byte*)&e.PhysPage - (byte*)&e);
             l.Slot = (int)((byte*)slot - b);
             l.LinkSite = (int)((byte*)site - b);
             l.Chained = (int)((byte*)chained - b);
@@ -195,17 +196,15 @@ public sealed unsafe partial class Cpu
         var to = n.Native;
         if (from.Block != b || from.Gen != nat.Gen || n.Linear != rip || !n.Valid) return;
         bool same = from.SiteTargets[site] == rip;
-        if (same && from.SiteImms[site] < 0 && (n.Compiled != null || n.Page1 != ulong.MaxValue || n.NativeHeat == int.MinValue
-            || (to != null && to.Owner != this)))
+        if (n.Compiled != null || n.Page1 != ulong.MaxValue || n.NativeHeat == int.MinValue || (to != null && to.Owner != this))
         {
-            // A direct exit to a block that will not have this vCPU's native code on one page (it has IL code, spans
-            // two pages, is left to the interpreter, or belongs to another vCPU): given up on.
-            from.Relinks[site] = NativeCompiler.MaxRelinks;
+            // n will not have this vCPU's native code on one page (it has IL code, spans two pages, is left to the
+            // interpreter, or belongs to another vCPU): a direct exit to it is given up on.
+            if (same && from.SiteImms[site] < 0) from.Relinks[site] = NativeCompiler.MaxRelinks;
             return;
         }
-        if (to == null || to.Owner != this || to.Gen != nat.Gen) return;
+        if (to == null || to.Gen != nat.Gen || *to.Word < -1) return;
         if (same ? from.LinkedTo[site] == to : from.SiteImms[site] < 0 || from.Relinks[site] >= NativeCompiler.MaxRelinks) return;
-        if (n.Compiled != null || n.Page1 != ulong.MaxValue || *to.Word < -1) return;
         nat.Link(from, site, to, rip, crossPage: (rip >> 12) != (b.Linear >> 12), n.Page0);
     }
 }

@@ -83,8 +83,9 @@ internal sealed unsafe partial class NativeCompiler
     // Per block being compiled: the link sites' rel32 offsets, RIP targets and epilogue labels.
     private readonly List<(int at, ulong target, int label, int imm)> _sites = new();
 
-    /// <summary>Trampolines made (links between two blocks' code).</summary>
-    public long Links;
+    /// <summary>Trampolines made (links between two blocks' code), the time spent making them, and (DIRIGENT_JIT_STATS)
+    /// the site exits the vCPU's loop looked at, those at sites already linked.</summary>
+    public long Links, LinkTicks, SiteExits, SiteExitsLinked;
 
     /// <summary>The code in slot <paramref name="slot"/> of the current generation.</summary>
     public NativeCode SlotCode(int slot) => _slots[slot];
@@ -139,8 +140,7 @@ internal sealed unsafe partial class NativeCompiler
         {
             _slotsGen = _arena.Gen;
             _slots.Clear();
-            _words = GC.AllocateArray<int>(WordsPerChunk, pinned: true);
-            _wordsUsed = 0;
+            _wordsUsed = WordsPerChunk; // a fresh chunk too
         }
         if (_wordsUsed == WordsPerChunk)
         {
@@ -172,8 +172,6 @@ internal sealed unsafe partial class NativeCompiler
         try { LinkCore(from, site, to, target, crossPage, physPage); }
         finally { LinkTicks += System.Diagnostics.Stopwatch.GetTimestamp() - t0; }
     }
-
-    public long LinkTicks, SiteExits, SiteExitsLinked;
 
     private void LinkCore(NativeCode from, int site, NativeCode to, ulong target, bool crossPage, ulong physPage)
     {

@@ -245,7 +245,7 @@ internal sealed unsafe partial class NativeCompiler
         _a.Load(8, R11, Rsi, write ? _l.TlbW : _l.TlbR);
         _a.Mov(R10, Rax);
         _a.Shift(X64Emitter.Shr, true, R10, 12);
-        _a.And32(R10, (int)Cpu.TlbIndexMask);
+        _a.AluImm(X64Emitter.OpAnd, false, R10, (int)Cpu.TlbIndexMask);
         _a.Shift(X64Emitter.Shl, false, R10, 5);
         _a.Lea(R11, R11, R10, 1, 0);
         // The tag against the page of the access's last byte: one compare checks both the page and a page crossing
@@ -564,7 +564,7 @@ internal sealed unsafe partial class NativeCompiler
         _a.Shift(kind, size == 8, R8, count);
         _a.ReadFlags(R9);
         StoreReg(dd, size, R8);
-        _a.And64(R9, (int)(Cpu.CF | Cpu.PF | Cpu.ZF | Cpu.SF));
+        _a.AluImm(X64Emitter.OpAnd, true, R9, (int)(Cpu.CF | Cpu.PF | Cpu.ZF | Cpu.SF));
         if (kind != X64Emitter.Sar)
         {
             // SHL: sign(result) ^ CF; SHR: sign(operand). (Registers hold the values zero-extended from their size.)
@@ -573,14 +573,14 @@ internal sealed unsafe partial class NativeCompiler
             if (kind == X64Emitter.Shl)
             {
                 _a.Mov(R11, R9);
-                _a.And64(R11, 1);
+                _a.AluImm(X64Emitter.OpAnd, true, R11, 1);
                 _a.Alu(X64Emitter.OpXor, 8, R10, R11);
             }
             _a.Shift(X64Emitter.Shl, true, R10, 11);
             _a.Alu(X64Emitter.OpOr, 8, R9, R10);
         }
         _a.Load(8, R10, Rsi, 0);
-        _a.And64(R10, ~(int)Cpu.ArithFlags);
+        _a.AluImm(X64Emitter.OpAnd, true, R10, ~(int)Cpu.ArithFlags);
         _a.Alu(X64Emitter.OpOr, 8, R10, R9);
         _a.Store(8, Rsi, 0, R10);
         _a.StoreImm(1, Rsi, _l.LazyOp, (int)LazyOp.None);

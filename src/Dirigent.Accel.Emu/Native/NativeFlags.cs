@@ -18,9 +18,9 @@ internal sealed partial class NativeCompiler
         {
             // The guest's arithmetic flags are in _flags: into the host's RFLAGS, its other bits untouched.
             _a.ReadFlags(R10);
-            _a.And64(R10, ~(int)Cpu.ArithFlags);
+            _a.AluImm(X64Emitter.OpAnd, true, R10, ~(int)Cpu.ArithFlags);
             _a.Load(8, R11, Rsi, 0);
-            _a.And64(R11, (int)Cpu.ArithFlags);
+            _a.AluImm(X64Emitter.OpAnd, true, R11, (int)Cpu.ArithFlags);
             _a.Alu(X64Emitter.OpOr, 8, R10, R11);
             _a.WriteFlags(R10);
         }
@@ -58,22 +58,21 @@ internal sealed partial class NativeCompiler
         int none = _a.NewLabel(), logic = _a.NewLabel(), add = _a.NewLabel(), sub = _a.NewLabel(), carry = _a.NewLabel(),
             done = _a.NewLabel();
         _a.Load(1, R10, Rsi, _l.LazyOp);
-        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.None);
-        _a.Jcc(X64Emitter.CcE, none);
-        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Logic);
-        _a.Jcc(X64Emitter.CcE, logic);
-        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Add);
-        _a.Jcc(X64Emitter.CcE, add);
-        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Sub);
-        _a.Jcc(X64Emitter.CcE, sub);
-        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Inc);
-        _a.Jcc(X64Emitter.CcE, carry);
-        _a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.Dec);
-        _a.Jcc(X64Emitter.CcE, carry);
+        void When(LazyOp op, int label)
+        {
+            _a.AluImm(X64Emitter.OpCmp, false, R10, (int)op);
+            _a.Jcc(X64Emitter.CcE, label);
+        }
+        When(LazyOp.None, none);
+        When(LazyOp.Logic, logic);
+        When(LazyOp.Add, add);
+        When(LazyOp.Sub, sub);
+        When(LazyOp.Inc, carry);
+        When(LazyOp.Dec, carry);
         _a.Jmp(Exit(k));
         _a.Bind(none);
         _a.Load(4, Rcx, Rsi, 0);
-        _a.And32(Rcx, 1);
+        _a.AluImm(X64Emitter.OpAnd, false, Rcx, 1);
         _a.Jmp(done);
         _a.Bind(logic);
         _a.Alu(X64Emitter.OpXor, 4, Rcx, Rcx);
@@ -92,10 +91,10 @@ internal sealed partial class NativeCompiler
         _a.Load(8, R11, Rsi, _l.LazyB);
         _a.Bind(cmp);
         _a.Load(1, Rcx, Rsi, _l.LazySize);
+        // cl = -8 * size: a 64-bit shift counts cl mod 64, so that is 64 - 8 * size (0 for 8 bytes).
         _a.Shift(X64Emitter.Shl, false, Rcx, 3);
-        _a.AluImm(X64Emitter.OpSub, false, Rcx, 64);
         _a.Not(false, Rcx);
-        _a.AluImm(X64Emitter.OpAdd, false, Rcx, 1); // cl = 64 - 8 * size
+        _a.AluImm(X64Emitter.OpAdd, false, Rcx, 1);
         _a.ShiftCl(X64Emitter.Shl, true, R10);
         _a.ShiftCl(X64Emitter.Shl, true, R11);
         _a.Alu(X64Emitter.OpCmp, 8, R10, R11);

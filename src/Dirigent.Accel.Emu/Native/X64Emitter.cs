@@ -170,15 +170,6 @@ internal sealed class X64Emitter
         Mem(dst, bas, NoReg, 1, disp);
     }
 
-    /// <summary>32-bit AND with an immediate.</summary>
-    public void And32(int dst, int imm)
-    {
-        Rex(false, 0, NoReg, dst);
-        B(0x81);
-        RegRm(4, dst);
-        D(imm);
-    }
-
     public const int Shl = 4, Shr = 5, Sar = 7;
 
     /// <summary>A shift of a 32- or 64-bit register by an immediate.</summary>
@@ -224,15 +215,6 @@ internal sealed class X64Emitter
         Rex(size == 8, 0, NoReg, dst, force: size == 1);
         B(size == 1 ? 0xFE : 0xFF);
         RegRm(dec ? 1 : 0, dst);
-    }
-
-    /// <summary>64-bit AND with a sign-extended 32-bit immediate.</summary>
-    public void And64(int dst, int imm)
-    {
-        Rex(true, 0, NoReg, dst);
-        B(0x81);
-        RegRm(4, dst);
-        D(imm);
     }
 
     /// <summary>NOT of a 32- or 64-bit register.</summary>

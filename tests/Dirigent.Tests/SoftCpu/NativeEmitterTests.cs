@@ -101,7 +101,7 @@ public class NativeEmitterTests
         Is("add rax, [r11+0x8]", e => e.AluLoad64(OpAdd, Rax, R11, 8));
         Is("cmp r10, [r11]", e => e.AluLoad64(OpCmp, R10, R11, 0));
         Is("add rax, [rdx+0x58]", e => e.AluLoad64(OpAdd, Rax, Rdx, 0x58));
-        Is("and r10d, 0x7ff", e => e.And32(R10, 0x7FF));
+        Is("and r10d, 0x7ff", e => e.AluImm(OpAnd, false, R10, 0x7FF));
     }
 
     [Fact]
@@ -123,7 +123,7 @@ public class NativeEmitterTests
         Is("dec r8d", e => e.IncDec(true, 4, R8));
         Is("inc r8w", e => e.IncDec(false, 2, R8));
         Is("dec r8b", e => e.IncDec(true, 1, R8));
-        Is("and r9, -0x8d6", e => e.And64(R9, ~0x8D5));
+        Is("and r9, -0x8d6", e => e.AluImm(OpAnd, true, R9, ~0x8D5));
         Is("not r8", e => e.Not(true, R8));
         Is("not r8d", e => e.Not(false, R8));
         Is("pushf; pop r10", e => e.ReadFlags(R10));
