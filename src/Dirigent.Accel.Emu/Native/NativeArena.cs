@@ -15,6 +15,8 @@ internal sealed unsafe partial class NativeArena : IDisposable
     private byte* _base;
     private readonly int _size;
     private int _used;
+    // The front of the mapping holds code that lives as long as the arena (shared routines): generations start after it.
+    private int _fixedEnd;
     /// <summary>Bumped each time the arena starts over; code of an older generation is never run.</summary>
     public int Gen { get; private set; }
     public long BytesEmitted { get; private set; }
@@ -35,14 +37,26 @@ internal sealed unsafe partial class NativeArena : IDisposable
         return new NativeArena((byte*)p, size);
     }
 
+    /// <summary>Copies code in at the arena's front for its whole life (before any <see cref="Place"/>); returns its address.</summary>
+    public nint PlaceFixed(ReadOnlySpan<byte> code)
+    {
+        int len = (code.Length + 15) & ~15;
+        if (_used != _fixedEnd || len > _size / 2) throw new InvalidOperationException("fixed code goes in before any block's");
+        byte* dst = _base + _used;
+        code.CopyTo(new Span<byte>(dst, code.Length));
+        _used += len;
+        _fixedEnd = _used;
+        return (nint)dst;
+    }
+
     /// <summary>Copies code in; returns its address, or 0 when it is larger than the whole arena.</summary>
     public nint Place(ReadOnlySpan<byte> code)
     {
         int len = (code.Length + 15) & ~15;
-        if (len > _size) return 0;
+        if (len > _size - _fixedEnd) return 0;
         if (_used + len > _size)
         {
-            _used = 0;
+            _used = _fixedEnd;
             Gen++;
             Restarts++;
         }

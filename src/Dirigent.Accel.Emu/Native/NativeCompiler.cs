@@ -34,6 +34,8 @@ internal sealed unsafe partial class NativeCompiler
     // block's code wrote the flags yet.
     private LazyOp? _flagSource;
     private int _flagSize;
+    // The shared flags routine (NativeFlags.cs) at the arena's front.
+    private readonly nint _flagsRoutine;
 
     /// <summary>Blocks given code, the instructions it covers, blocks left to the interpreter (under three quarters covered), time.</summary>
     public long BlocksCompiled, InstructionsCovered, BlocksNone, CompileTicks;
@@ -55,6 +57,9 @@ internal sealed unsafe partial class NativeCompiler
         _l = layout;
         _arena = arena;
         _owner = owner;
+        EmitFlagsRoutine();
+        if (!_a.Finish()) throw new InvalidOperationException("the flags routine has an unbound label");
+        _flagsRoutine = _arena.PlaceFixed(_a.Code);
     }
 
     public int Gen => _arena.Gen;
@@ -137,6 +142,8 @@ internal sealed unsafe partial class NativeCompiler
             case Mnemonic.Or: return EmitAlu(ref i, k, AluOp.Or);
             case Mnemonic.Xor: return EmitAlu(ref i, k, AluOp.Xor);
             case Mnemonic.Test: return EmitAlu(ref i, k, AluOp.Test);
+            case Mnemonic.Adc: return EmitAlu(ref i, k, AluOp.Adc);
+            case Mnemonic.Sbb: return EmitAlu(ref i, k, AluOp.Sbb);
             case Mnemonic.Push: return EmitPush(ref i, k);
             case Mnemonic.Pop: return EmitPop(ref i, k);
             case Mnemonic.Jmp:
@@ -146,6 +153,12 @@ internal sealed unsafe partial class NativeCompiler
                 ExitTo(i.NearBranch64);
                 return true;
             case Mnemonic.Shl: case Mnemonic.Shr: case Mnemonic.Sar: return EmitShift(ref i);
+            case Mnemonic.Rol: case Mnemonic.Ror: return EmitRotate(ref i);
+            case Mnemonic.Bt: case Mnemonic.Bts: case Mnemonic.Btr: case Mnemonic.Btc: return EmitBitTest(ref i, k);
+            case Mnemonic.Imul: return EmitImul(ref i, k);
+            case Mnemonic.Neg: return EmitNeg(ref i, k);
+            case Mnemonic.Bswap: return EmitBswap(ref i);
+            case Mnemonic.Leave: return i.Code == Code.Leaveq && EmitLeave(k);
             case Mnemonic.Not: return EmitNot(ref i);
             case Mnemonic.Cdqe:
                 _a.Load(4, R8, Rdi, 0);
@@ -157,10 +170,10 @@ internal sealed unsafe partial class NativeCompiler
             case Mnemonic.Call: return last && EmitCall(ref i, k);
             case Mnemonic.Ret: return last && i.Code == Code.Retnq && EmitRet(k);
         }
-        if (i.FlowControl == FlowControl.ConditionalBranch && last && FlagsAvailable && i.Code.IsJccShortOrNear())
+        if (i.FlowControl == FlowControl.ConditionalBranch && last && i.Code.IsJccShortOrNear())
             return EmitJcc(ref i);
-        if (i.Mnemonic is >= Mnemonic.Cmova and <= Mnemonic.Cmovs && FlagsAvailable) return EmitCmov(ref i, k);
-        if (i.Mnemonic is >= Mnemonic.Seta and <= Mnemonic.Sets && FlagsAvailable) return EmitSetcc(ref i, k);
+        if (i.Mnemonic is >= Mnemonic.Cmova and <= Mnemonic.Cmovs) return EmitCmov(ref i, k);
+        if (i.Mnemonic is >= Mnemonic.Seta and <= Mnemonic.Sets) return EmitSetcc(ref i, k);
         return false;
     }
 
@@ -357,12 +370,13 @@ internal sealed unsafe partial class NativeCompiler
         return true;
     }
 
-    private enum AluOp { Add, Sub, Cmp, And, Or, Xor, Test }
+    private enum AluOp { Add, Sub, Cmp, And, Or, Xor, Test, Adc, Sbb }
 
     /// <summary>
-    /// ADD/SUB/CMP/AND/OR/XOR/TEST in their register, immediate and memory forms: a in r8, b in r9, a's old value in
-    /// rcx; the host runs the same operation at the same width (so its flags are the guest's, for a Jcc that
-    /// follows), the result is stored, and the lazy flag record is written as the interpreter writes it.
+    /// ADD/SUB/CMP/AND/OR/XOR/TEST/ADC/SBB in their register, immediate and memory forms: a in r8, b in r9, a's old
+    /// value in rcx (ADC/SBB: the carry-in in r10); the host runs the same operation at the same width (so its flags
+    /// are the guest's, for a Jcc that follows), the result is stored, and the lazy flag record is written as the
+    /// interpreter writes it.
     /// </summary>
     private bool EmitAlu(ref Instruction i, int k, AluOp op)
     {
@@ -410,9 +424,19 @@ internal sealed unsafe partial class NativeCompiler
             _a.Load(size, R8, Rax, 0);
         }
         else LoadReg(R8, dd, size);
+        bool carry = op is AluOp.Adc or AluOp.Sbb;
+        if (carry)
+        {
+            // The carry-in: the guest's CF into the host's (the flags routine leaves rax, r8 and r9 alone), kept in r10
+            // for the record; SETcc and MOV leave it for the ADC/SBB.
+            EnsureHostFlags();
+            _a.Setcc(X64Emitter.CcB, R10);
+        }
         _a.Mov(Rcx, R8);
         _a.Alu(op switch
         {
+            AluOp.Adc => X64Emitter.OpAdc,
+            AluOp.Sbb => X64Emitter.OpSbb,
             AluOp.Add => X64Emitter.OpAdd,
             AluOp.Sub or AluOp.Cmp => X64Emitter.OpSub,
             AluOp.And or AluOp.Test => X64Emitter.OpAnd,
@@ -425,12 +449,17 @@ internal sealed unsafe partial class NativeCompiler
             if (memDst) _a.Store(size, Rax, 0, R8);
             else StoreReg(dd, size, R8);
         }
-        LazyOp lop = op switch { AluOp.Add => LazyOp.Add, AluOp.Sub or AluOp.Cmp => LazyOp.Sub, _ => LazyOp.Logic };
+        LazyOp lop = op switch
+        {
+            AluOp.Add => LazyOp.Add, AluOp.Sub or AluOp.Cmp => LazyOp.Sub, AluOp.Adc => LazyOp.Adc, AluOp.Sbb => LazyOp.Sbb,
+            _ => LazyOp.Logic,
+        };
         _a.StoreImm(1, Rsi, _l.LazyOp, (int)lop);
         _a.StoreImm(1, Rsi, _l.LazySize, size);
         _a.Store(8, Rsi, _l.LazyRes, R8);
         _a.Store(8, Rsi, _l.LazyA, Rcx);
         _a.Store(8, Rsi, _l.LazyB, R9);
+        if (carry) _a.Store(1, Rsi, _l.LazyCarryIn, R10);
         _hostFlags = true;
         _flagSource = lop;
         _flagSize = size;
@@ -473,6 +502,18 @@ internal sealed unsafe partial class NativeCompiler
         // RSP is incremented before the register is written: POP RSP loads the popped value (SDM POP).
         _a.Store(8, Rdi, Cpu.RSP * 8, R9);
         _a.Store(8, Rdi, Cpu.RegIndex(i.Op0Register) * 8, R8);
+        return true;
+    }
+
+    /// <summary>LEAVE: RSP = RBP, then RBP = the value popped (read first: a miss leaves with nothing done).</summary>
+    private bool EmitLeave(int k)
+    {
+        _a.Load(8, Rax, Rdi, Cpu.RBP * 8);
+        _a.Lea(R9, Rax, -1, 1, 8);
+        Probe(8, false, k);
+        _a.Load(8, R8, Rax, 0);
+        _a.Store(8, Rdi, Cpu.RSP * 8, R9);
+        _a.Store(8, Rdi, Cpu.RBP * 8, R8);
         return true;
     }
 
@@ -543,52 +584,6 @@ internal sealed unsafe partial class NativeCompiler
         return true;
     }
 
-    /// <summary>The guest's flags can be had in the host's: they are there, or the last ALU template's record gives them.</summary>
-    private bool FlagsAvailable => _hostFlags || _flagSource != null;
-
-    /// <summary>
-    /// SHL/SHR/SAR r32/r64, imm8 with a non-zero count: the flags as the interpreter sets them (FastBranch.Shl64 ...):
-    /// SF, ZF, PF and CF from the host's shift (all defined for these counts), OF as for a count of 1 (SHL: the
-    /// result's sign XOR CF; SHR: the operand's sign; SAR: 0), AF clear; stored in _flags with no lazy record.
-    /// </summary>
-    private bool EmitShift(ref Instruction i)
-    {
-        if (i.OpCount != 2 || i.Op0Kind != OpKind.Register || i.Op1Kind != OpKind.Immediate8) return false;
-        var (dd, size) = Gpr(i.Op0Register);
-        if (size < 4) return false;
-        int bits = size * 8, count = i.Immediate8 & (bits - 1);
-        if (count == 0) return false;
-        int kind = i.Mnemonic == Mnemonic.Shl ? X64Emitter.Shl : i.Mnemonic == Mnemonic.Shr ? X64Emitter.Shr : X64Emitter.Sar;
-        LoadReg(R8, dd, size);
-        _a.Mov(Rcx, R8);
-        _a.Shift(kind, size == 8, R8, count);
-        _a.ReadFlags(R9);
-        StoreReg(dd, size, R8);
-        _a.AluImm(X64Emitter.OpAnd, true, R9, (int)(Cpu.CF | Cpu.PF | Cpu.ZF | Cpu.SF));
-        if (kind != X64Emitter.Sar)
-        {
-            // SHL: sign(result) ^ CF; SHR: sign(operand). (Registers hold the values zero-extended from their size.)
-            _a.Mov(R10, kind == X64Emitter.Shl ? R8 : Rcx);
-            _a.Shift(X64Emitter.Shr, true, R10, bits - 1);
-            if (kind == X64Emitter.Shl)
-            {
-                _a.Mov(R11, R9);
-                _a.AluImm(X64Emitter.OpAnd, true, R11, 1);
-                _a.Alu(X64Emitter.OpXor, 8, R10, R11);
-            }
-            _a.Shift(X64Emitter.Shl, true, R10, 11);
-            _a.Alu(X64Emitter.OpOr, 8, R9, R10);
-        }
-        _a.Load(8, R10, Rsi, 0);
-        _a.AluImm(X64Emitter.OpAnd, true, R10, ~(int)Cpu.ArithFlags);
-        _a.Alu(X64Emitter.OpOr, 8, R10, R9);
-        _a.Store(8, Rsi, 0, R10);
-        _a.StoreImm(1, Rsi, _l.LazyOp, (int)LazyOp.None);
-        _hostFlags = false;
-        _flagSource = LazyOp.None;
-        return true;
-    }
-
     /// <summary>NOT r32/r64 (no flags).</summary>
     private bool EmitNot(ref Instruction i)
     {
@@ -627,8 +622,7 @@ internal sealed unsafe partial class NativeCompiler
         }
         else if (i.Op1Kind == OpKind.Memory)
         {
-            // The probe clobbers the host's flags: only when the record can give them back.
-            if (_flagSource == null || MemSize(ref i) != size || !Address(ref i)) return false;
+            if (MemSize(ref i) != size || !Address(ref i)) return false;
             Probe(size, false, k);
             _a.Load(size, Rcx, Rax, 0);
         }
@@ -654,8 +648,7 @@ internal sealed unsafe partial class NativeCompiler
             _a.Store(1, Rdi, dd, R8);
             return true;
         }
-        // The probe clobbers the host's flags: only when the record can give them back.
-        if (i.Op0Kind != OpKind.Memory || _flagSource == null || !Address(ref i)) return false;
+        if (i.Op0Kind != OpKind.Memory || !Address(ref i)) return false;
         Probe(1, true, k);
         EnsureHostFlags();
         _a.Setcc(cc, R8);
@@ -677,12 +670,8 @@ internal sealed unsafe partial class NativeCompiler
         else return false;
         if (size == 0) return false;
         // CF (kept by INC/DEC) into cl first: the memory operand's address and probe clobber the host's flags.
-        if (FlagsAvailable)
-        {
-            EnsureHostFlags();
-            _a.Setcc(X64Emitter.CcB, Rcx);
-        }
-        else CarryFromRecord(k);
+        EnsureHostFlags();
+        _a.Setcc(X64Emitter.CcB, Rcx);
         if (mem)
         {
             if (!Address(ref i)) return false;

@@ -2,104 +2,149 @@ using Dirigent.Accel.Emu.Core;
 
 namespace Dirigent.Accel.Emu.Native;
 
-/// <summary>The native tier's guest flags in the host's: replaying the block's last flag record, or reading CF off a record from before the block.</summary>
+/// <summary>The native tier's guest flags in the host's: replaying the block's last flag record, or, for a record from before the block, a shared routine that replays it at run time.</summary>
 internal sealed partial class NativeCompiler
 {
     /// <summary>
-    /// Makes the host's flags the guest's (FlagsAvailable must hold): the last ALU template's operation again, on the
-    /// values its lazy record kept (CMP for SUB/CMP, ADD, and AND of the result with itself for the logic group,
-    /// which gives its ZF, SF and PF with CF = OF = 0). Uses r10 and r11.
+    /// Makes the host's flags the guest's: the last flag-writing template's operation again, on the values its lazy
+    /// record kept (CMP for SUB/CMP and NEG, ADD, CMP with 0 of a logic result, INC/DEC, ADC and SBB after CF = the
+    /// carry-in), the flags a shift left in _flags, or, when this block's code wrote no record the compiler knows, a
+    /// call of the shared routine that does the same at run time from whatever record is there. Uses r10 and r11.
     /// </summary>
     private void EnsureHostFlags()
     {
         if (_hostFlags) return;
-        System.Diagnostics.Debug.Assert(_flagSource != null, "host flags asked for where the record cannot give them");
-        if (_flagSource == LazyOp.None)
+        if (_flagSource == null)
         {
-            // The guest's arithmetic flags are in _flags: into the host's RFLAGS, its other bits untouched.
-            _a.ReadFlags(R10);
-            _a.AluImm(X64Emitter.OpAnd, true, R10, ~(int)Cpu.ArithFlags);
-            _a.Load(8, R11, Rsi, 0);
-            _a.AluImm(X64Emitter.OpAnd, true, R11, (int)Cpu.ArithFlags);
-            _a.Alu(X64Emitter.OpOr, 8, R10, R11);
-            _a.WriteFlags(R10);
+            // A record from before the block (or one only the routine replays): the shared routine reads it at run time.
+            _a.MovImm(R11, (ulong)_flagsRoutine);
+            _a.CallReg(R11);
         }
+        else if (_flagSource == LazyOp.None) ArithFlagsToHost();
         else if (_flagSource is LazyOp.Inc or LazyOp.Dec)
         {
-            // CF from the record's carry-in (0xFF + 1 carries), then the same INC/DEC of its operand.
-            _a.Load(1, R10, Rsi, _l.LazyCarryIn);
-            _a.MovImm(R11, 0xFF);
-            _a.Alu(X64Emitter.OpAdd, 1, R10, R11);
+            // CF from the record's carry-in, then the same INC/DEC of its operand.
+            CarryInToCf();
             _a.Load(8, R11, Rsi, _l.LazyA);
             _a.IncDec(_flagSource == LazyOp.Dec, _flagSize, R11);
         }
-        else if (_flagSource == LazyOp.Logic)
+        else if (_flagSource == LazyOp.Logic) LogicFlags(_flagSize);
+        else if (_flagSource is LazyOp.Add or LazyOp.Sub or LazyOp.Neg)
         {
-            _a.Load(8, R10, Rsi, _l.LazyRes);
-            _a.Alu(X64Emitter.OpAnd, _flagSize, R10, R10);
-        }
-        else
-        {
+            // (NEG is recorded as 0 - operand.)
             _a.Load(8, R10, Rsi, _l.LazyA);
             _a.Load(8, R11, Rsi, _l.LazyB);
             _a.Alu(_flagSource == LazyOp.Add ? X64Emitter.OpAdd : X64Emitter.OpCmp, _flagSize, R10, R11);
+        }
+        else
+        {
+            // ADC/SBB: CF = the carry-in, then the same operation.
+            CarryInToCf();
+            _a.Load(8, R10, Rsi, _l.LazyA);
+            _a.Load(8, R11, Rsi, _l.LazyB);
+            _a.Alu(_flagSource == LazyOp.Adc ? X64Emitter.OpAdc : X64Emitter.OpSbb, _flagSize, R10, R11);
         }
         _hostFlags = true;
     }
 
     /// <summary>
-    /// cl = the guest's CF, from a flag state this block's code did not write (it came from before the block): read off
-    /// the lazy record at run time as Cpu.GetCF does, for the records ALU templates, INC/DEC and shifts leave; ADC, SBB
-    /// and NEG records leave through instruction k's exit for the interpreter. Operands are compared shifted left by
-    /// 64 - 8 * size, which compares their low size bytes. Clobbers rcx, r10, r11 and the host's flags.
+    /// The shared routine (at the arena's front, called with CALL) that makes the host's arithmetic flags the guest's
+    /// from a flag state this block's code did not write (it came from before the block, or from an instruction whose
+    /// record no template replays): the lazy record's operation again, at its size, on the operands it kept, which gives
+    /// exactly the flags the interpreter derives from it (Cpu.ComputeArith): CMP for SUB (and NEG, recorded as 0 - b),
+    /// ADD, ADC and SBB with CF = the carry-in first, INC/DEC with CF = the carry-in, CMP of a logic result with 0;
+    /// with no record, the arithmetic flags of _flags. Clobbers r10 and r11 only; RET leaves the flags as they are.
     /// </summary>
-    private void CarryFromRecord(int k)
+    private void EmitFlagsRoutine()
     {
-        int none = _a.NewLabel(), logic = _a.NewLabel(), add = _a.NewLabel(), sub = _a.NewLabel(), carry = _a.NewLabel(),
-            done = _a.NewLabel();
-        _a.Load(1, R10, Rsi, _l.LazyOp);
-        void When(LazyOp op, int label)
+        var a = _a;
+        a.Reset();
+        int none = a.NewLabel();
+        a.Load(1, R10, Rsi, _l.LazyOp);
+        a.AluImm(X64Emitter.OpCmp, false, R10, (int)LazyOp.None);
+        a.Jcc(X64Emitter.CcE, none);
+        a.Load(1, R11, Rsi, _l.LazySize);
+        int[] sized = [a.NewLabel(), a.NewLabel(), a.NewLabel(), a.NewLabel()];
+        a.AluImm(X64Emitter.OpCmp, false, R11, 8);
+        a.Jcc(X64Emitter.CcE, sized[3]);
+        a.AluImm(X64Emitter.OpCmp, false, R11, 4);
+        a.Jcc(X64Emitter.CcE, sized[2]);
+        a.AluImm(X64Emitter.OpCmp, false, R11, 2);
+        a.Jcc(X64Emitter.CcE, sized[1]);
+        a.Jmp(sized[0]);
+        for (int s = 0; s < 4; s++)
         {
-            _a.AluImm(X64Emitter.OpCmp, false, R10, (int)op);
-            _a.Jcc(X64Emitter.CcE, label);
+            int size = 1 << s;
+            a.Bind(sized[s]);
+            int logic = a.NewLabel(), inc = a.NewLabel(), dec = a.NewLabel(), add = a.NewLabel(), adc = a.NewLabel(), sbb = a.NewLabel();
+            foreach (var (op, label) in new[] { (LazyOp.Logic, logic), (LazyOp.Inc, inc), (LazyOp.Dec, dec), (LazyOp.Add, add), (LazyOp.Adc, adc), (LazyOp.Sbb, sbb) })
+            {
+                a.AluImm(X64Emitter.OpCmp, false, R10, (int)op);
+                a.Jcc(X64Emitter.CcE, label);
+            }
+            // SUB and NEG.
+            a.Load(8, R10, Rsi, _l.LazyA);
+            a.Load(8, R11, Rsi, _l.LazyB);
+            a.Alu(X64Emitter.OpCmp, size, R10, R11);
+            a.Ret();
+            a.Bind(add);
+            a.Load(8, R10, Rsi, _l.LazyA);
+            a.Load(8, R11, Rsi, _l.LazyB);
+            a.Alu(X64Emitter.OpAdd, size, R10, R11);
+            a.Ret();
+            foreach (var (label, op) in new[] { (adc, X64Emitter.OpAdc), (sbb, X64Emitter.OpSbb) })
+            {
+                a.Bind(label);
+                CarryInToCf();
+                a.Load(8, R10, Rsi, _l.LazyA);
+                a.Load(8, R11, Rsi, _l.LazyB);
+                a.Alu(op, size, R10, R11);
+                a.Ret();
+            }
+            a.Bind(logic);
+            LogicFlags(size);
+            a.Ret();
+            foreach (var (label, isDec) in new[] { (inc, false), (dec, true) })
+            {
+                a.Bind(label);
+                CarryInToCf();
+                a.Load(8, R11, Rsi, _l.LazyA);
+                a.IncDec(isDec, size, R11);
+                a.Ret();
+            }
         }
-        When(LazyOp.None, none);
-        When(LazyOp.Logic, logic);
-        When(LazyOp.Add, add);
-        When(LazyOp.Sub, sub);
-        When(LazyOp.Inc, carry);
-        When(LazyOp.Dec, carry);
-        _a.Jmp(Exit(k));
-        _a.Bind(none);
-        _a.Load(4, Rcx, Rsi, 0);
-        _a.AluImm(X64Emitter.OpAnd, false, Rcx, 1);
-        _a.Jmp(done);
-        _a.Bind(logic);
-        _a.Alu(X64Emitter.OpXor, 4, Rcx, Rcx);
-        _a.Jmp(done);
-        _a.Bind(carry);
-        _a.Load(1, Rcx, Rsi, _l.LazyCarryIn);
-        _a.Jmp(done);
-        // ADD: CF = result < a; SUB: CF = a < b (at the record's size).
-        _a.Bind(add);
+        a.Bind(none);
+        ArithFlagsToHost();
+        a.Ret();
+    }
+
+    /// <summary>
+    /// A logic result's flags: CMP of it with 0 at its size, which gives its ZF, SF and PF with CF = OF = 0 and, unlike
+    /// AND of it with itself (AF undefined), AF = 0 as the interpreter has it. Uses r10 and r11.
+    /// </summary>
+    private void LogicFlags(int size)
+    {
         _a.Load(8, R10, Rsi, _l.LazyRes);
-        _a.Load(8, R11, Rsi, _l.LazyA);
-        int cmp = _a.NewLabel();
-        _a.Jmp(cmp);
-        _a.Bind(sub);
-        _a.Load(8, R10, Rsi, _l.LazyA);
-        _a.Load(8, R11, Rsi, _l.LazyB);
-        _a.Bind(cmp);
-        _a.Load(1, Rcx, Rsi, _l.LazySize);
-        // cl = -8 * size: a 64-bit shift counts cl mod 64, so that is 64 - 8 * size (0 for 8 bytes).
-        _a.Shift(X64Emitter.Shl, false, Rcx, 3);
-        _a.Not(false, Rcx);
-        _a.AluImm(X64Emitter.OpAdd, false, Rcx, 1);
-        _a.ShiftCl(X64Emitter.Shl, true, R10);
-        _a.ShiftCl(X64Emitter.Shl, true, R11);
-        _a.Alu(X64Emitter.OpCmp, 8, R10, R11);
-        _a.Setcc(X64Emitter.CcB, Rcx);
-        _a.Bind(done);
-        _hostFlags = false;
+        _a.MovImm(R11, 0);
+        _a.Alu(X64Emitter.OpCmp, size, R10, R11);
+    }
+
+    /// <summary>The host's CF = the record's carry-in (0xFF + 1 carries, 0xFF + 0 does not). Uses r10 and r11.</summary>
+    private void CarryInToCf()
+    {
+        _a.Load(1, R10, Rsi, _l.LazyCarryIn);
+        _a.MovImm(R11, 0xFF);
+        _a.Alu(X64Emitter.OpAdd, 1, R10, R11);
+    }
+
+    /// <summary>The guest's arithmetic flags in _flags (no record) into the host's RFLAGS, its other bits untouched. Uses r10 and r11.</summary>
+    private void ArithFlagsToHost()
+    {
+        _a.ReadFlags(R10);
+        _a.AluImm(X64Emitter.OpAnd, true, R10, ~(int)Cpu.ArithFlags);
+        _a.Load(8, R11, Rsi, 0);
+        _a.AluImm(X64Emitter.OpAnd, true, R11, (int)Cpu.ArithFlags);
+        _a.Alu(X64Emitter.OpOr, 8, R10, R11);
+        _a.WriteFlags(R10);
     }
 }

@@ -153,7 +153,7 @@ internal sealed class X64Emitter
     }
 
     /// <summary>The ALU operations' "r/m, r" opcodes (the byte forms are one less).</summary>
-    public const int OpAdd = 0x01, OpOr = 0x09, OpAnd = 0x21, OpSub = 0x29, OpXor = 0x31, OpCmp = 0x39;
+    public const int OpAdd = 0x01, OpOr = 0x09, OpAdc = 0x11, OpSbb = 0x19, OpAnd = 0x21, OpSub = 0x29, OpXor = 0x31, OpCmp = 0x39;
 
     /// <summary>dst op= src at size bytes (dst is the r/m operand, as the guest's "r/m, r" forms).</summary>
     public void Alu(int op, int size, int dst, int src)
@@ -170,9 +170,9 @@ internal sealed class X64Emitter
         Mem(dst, bas, NoReg, 1, disp);
     }
 
-    public const int Shl = 4, Shr = 5, Sar = 7;
+    public const int Rol = 0, Ror = 1, Shl = 4, Shr = 5, Sar = 7;
 
-    /// <summary>A shift of a 32- or 64-bit register by an immediate.</summary>
+    /// <summary>A shift or rotate of a 32- or 64-bit register by an immediate.</summary>
     public void Shift(int kind, bool w, int dst, int count)
     {
         Rex(w, 0, NoReg, dst);
@@ -301,6 +301,50 @@ internal sealed class X64Emitter
     }
 
     public void MovEaxImm(int imm) { B(0xB8); D(imm); }
+
+    /// <summary>The bit-test group's "r/m, r" opcodes (second byte after 0F).</summary>
+    public const int OpBt = 0xA3, OpBts = 0xAB, OpBtr = 0xB3, OpBtc = 0xBB;
+
+    /// <summary>BT/BTS/BTR/BTC dst, src on 32- or 64-bit registers (the bit offset is taken modulo the size).</summary>
+    public void BitTest(int op, bool w, int dst, int src)
+    {
+        Rex(w, src, NoReg, dst);
+        B(0x0F);
+        B(op);
+        RegRm(src, dst);
+    }
+
+    /// <summary>IMUL dst, src (two-operand form, 32- or 64-bit).</summary>
+    public void Imul(bool w, int dst, int src)
+    {
+        Rex(w, dst, NoReg, src);
+        B(0x0F);
+        B(0xAF);
+        RegRm(dst, src);
+    }
+
+    /// <summary>BSWAP of a 32- or 64-bit register.</summary>
+    public void Bswap(bool w, int reg)
+    {
+        Rex(w, 0, NoReg, reg);
+        B(0x0F);
+        B(0xC8 + (reg & 7));
+    }
+
+    /// <summary>NEG of a register at size bytes.</summary>
+    public void Neg(int size, int dst)
+    {
+        SizedOp(size, 0xF7, 0, NoReg, dst);
+        RegRm(3, dst);
+    }
+
+    /// <summary>CALL through a register (the shared routines at the arena's front).</summary>
+    public void CallReg(int reg)
+    {
+        Rex(false, 0, NoReg, reg);
+        B(0xFF);
+        RegRm(2, reg);
+    }
 
     public void Ret() => B(0xC3);
 

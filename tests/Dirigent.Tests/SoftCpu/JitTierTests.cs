@@ -91,7 +91,7 @@ public class JitTierTests
         int imm = rng.Next(4) == 0 ? rng.Next() - int.MaxValue / 2 : rng.Next(-300, 300);
         int disp = rng.Next(0, 4096 - 8);
         int disp16 = rng.Next(0, 4096 - 16), aligned16 = disp16 & ~15;
-        switch (rng.Next(65))
+        switch (rng.Next(82))
         {
             case 0: a.mov(x, y); break;
             case 1: a.mov(x32, y32); break;
@@ -160,6 +160,24 @@ public class JitTierTests
             case 63: a.add(__byte_ptr[rbx + disp], dl); break;
             case 64: a.sub(__word_ptr[rbx + disp], si); break;
             case 60: a.movq(xmm0, __qword_ptr[rbx + disp]); a.psubq(xmm0, xmm3); a.movq(__qword_ptr[rbx + disp], xmm0); a.movd(__dword_ptr[rbx + disp], xmm2); break;
+            // Shifts by CL, bit tests, IMUL, NEG, BSWAP, rotates and LEAVE (native templates since 2026-12-07).
+            case 65: a.mov(rcx, (ulong)(long)rng.Next(-2048, 2048)); a.bts(__qword_ptr[rbx + 2048], rcx); break;
+            case 66: a.shl(x, cl); break;
+            case 67: a.shr(x32, cl); break;
+            case 68: a.sar(x, cl); break;
+            case 69: a.bt(x, y); break;
+            case 70: a.btr(x32, (byte)rng.Next(256)); break;
+            case 71: a.bts(__qword_ptr[rbx + disp], (byte)rng.Next(256)); break;
+            case 72: a.btc(__dword_ptr[rbx + disp], (byte)rng.Next(256)); break;
+            case 73: a.imul(x, __qword_ptr[rbx + disp]); break;
+            case 74: a.imul(x32, y32, imm); break;
+            case 75: a.neg(x); break;
+            case 76: a.neg(__word_ptr[rbx + disp]); break;
+            case 77: a.bswap(x); break;
+            case 78: a.bswap(x32); break;
+            case 79: a.rol(x, (byte)rng.Next(1, 64)); break;
+            case 80: a.ror(x32, (byte)rng.Next(1, 32)); break;
+            case 81: a.push(rbp); a.mov(rbp, rsp); a.push(x); a.leave(); break;
             default: a.imul(x, y); break;
         }
     }
@@ -603,9 +621,9 @@ public class JitTierTests
     [Fact]
     public void Inc_and_dec_at_a_block_start_keep_the_carry_of_every_kind_of_flag_record()
     {
-        // INC/DEC keep CF, which then comes from whatever wrote the flags before the block: native code reads it off
-        // the lazy record at run time (ADD and SUB at every size, logic, shifts, INC/DEC; ADC/SBB/NEG leave for the
-        // interpreter). Each pair of blocks: a flag writer, a jump, INC or DEC, then the carry and all flags stored.
+        // INC/DEC keep CF, which then comes from whatever wrote the flags before the block: native code has the shared
+        // flags routine replay the lazy record at run time (every kind of record). Each pair of blocks: a flag writer,
+        // a jump, INC or DEC, then the carry and all flags stored.
         var rng = new Random(BaseSeed + 12);
         for (int round = 0; round < 8; round++)
         {
@@ -647,6 +665,149 @@ public class JitTierTests
                 }
                 a.hlt();
             }, rng, $"inc/dec after a flag record, round {round}");
+        }
+    }
+
+    [Fact]
+    public void Conditions_at_a_block_start_read_every_kind_of_flag_record()
+    {
+        // A Jcc, SETcc or CMOVcc whose flags were written before its block: native code calls the shared flags routine,
+        // which replays whatever lazy record is there (ADD, ADC, SUB, SBB, NEG, logic, INC, DEC at each size, or flags
+        // already in RFLAGS). Each round: a flag writer, a jump, then the condition's three forms on all 16 codes.
+        var rng = new Random(BaseSeed + 13);
+        for (int round = 0; round < 8; round++)
+        {
+            var pick = Enumerable.Range(0, 24).Select(_ => (x: rng.Next(R64.Length), kind: rng.Next(16), cc: rng.Next(16),
+                y: rng.Next(R64.Length), taken: rng.Next(2) == 0)).ToArray();
+            AssertSame(a =>
+            {
+                for (int n = 0; n < pick.Length; n++)
+                {
+                    var x = R64[pick[n].x];
+                    var x32 = R32[pick[n].x];
+                    var y = R64[pick[n].y];
+                    var next = a.CreateLabel();
+                    switch (pick[n].kind)
+                    {
+                        case 0: a.add(x, __qword_ptr[rbx + 8 * n]); break;
+                        case 1: a.adc(__byte_ptr[rbx + n], cl); break;
+                        case 2: a.adc(x32, __dword_ptr[rbx + 4 * n]); break;
+                        case 3: a.sub(__word_ptr[rbx + 2 * n], dx); break;
+                        case 4: a.sbb(x, __qword_ptr[rbx + 8 * n + 256]); break;
+                        case 5: a.sbb(__word_ptr[rbx + 2 * n], si); break;
+                        case 6: a.neg(x32); break;
+                        case 7: a.neg(__byte_ptr[rbx + n]); break;
+                        case 8: a.or(x, __qword_ptr[rbx + 8 * n]); break;
+                        case 9: a.xor(__byte_ptr[rbx + n], al); break;
+                        case 10: a.inc(__word_ptr[rbx + 2 * n]); break;
+                        case 11: a.dec(x32); break;
+                        case 12: a.shr(x, 3); break;
+                        case 13: a.cmp(__byte_ptr[rbx + n], (byte)n); break;
+                        case 14: a.bt(x, (byte)n); break;
+                        default: a.stc(); break;
+                    }
+                    a.jmp(next);
+                    a.Label(ref next);
+                    var skip = a.CreateLabel();
+                    int cc = pick[n].cc;
+                    // SETcc to memory, CMOVcc from memory, then the Jcc.
+                    Cc(a, cc, __byte_ptr[rbx + n + 1024]);
+                    CmovCc(a, cc, y, __qword_ptr[rbx + 8 * n + 1536]);
+                    JccTo(a, cc, skip);
+                    a.add(__qword_ptr[rbx + 8 * n + 2048], 1);
+                    a.Label(ref skip);
+                }
+                a.hlt();
+            }, rng, $"a condition after a flag record, round {round}");
+        }
+    }
+
+    [Fact]
+    public void Shifts_rotates_bit_tests_imul_and_carries_leave_the_interpreters_flags_after_each_instruction()
+    {
+        // Each instruction is followed by PUSHF (the interpreter's, in the next block), so every flag it leaves is seen, the ones the SDM
+        // leaves undefined included: all tiers must set those alike (a logic operation just before a bit test or a
+        // rotate: AF, undefined after AND on the host, is 0 on the interpreter). Counts by CL include zero.
+        var rng = new Random(BaseSeed + 14);
+        for (int round = 0; round < 8; round++)
+        {
+            var pick = Enumerable.Range(0, 32).Select(_ => (x: rng.Next(R64.Length), y: rng.Next(R64.Length), kind: rng.Next(18),
+                count: rng.Next(4) == 0 ? 64 * rng.Next(2) : rng.Next(1, 64), logic: rng.Next(3))).ToArray();
+            AssertSame(a =>
+            {
+                for (int n = 0; n < pick.Length; n++)
+                {
+                    var (x, y) = (R64[pick[n].x], R64[pick[n].y]);
+                    var (x32, y32) = (R32[pick[n].x], R32[pick[n].y]);
+                    byte c = (byte)pick[n].count;
+                    if (pick[n].logic == 0) a.and(x32, y32);
+                    else if (pick[n].logic == 1) a.add(x, y);
+                    switch (pick[n].kind)
+                    {
+                        case 0: a.mov(ecx, c); a.shl(x, cl); break;
+                        case 1: a.mov(ecx, c); a.shr(x32, cl); break;
+                        case 2: a.mov(ecx, c); a.sar(x, cl); break;
+                        case 3: a.rol(x, (byte)Math.Max(1, c & 63)); break;
+                        case 4: a.ror(x32, (byte)Math.Max(1, c & 31)); break;
+                        case 5: a.ror(x, (byte)Math.Max(1, c & 63)); break;
+                        case 6: a.bt(x, y); break;
+                        case 7: a.bts(x32, c); break;
+                        case 8: a.btr(__qword_ptr[rbx + 8 * n], c); break;
+                        case 9: a.mov(rcx, (ulong)(long)(c * 7 - 200)); a.btc(__dword_ptr[rbx + 1024], rcx); break;
+                        case 10: a.imul(x, y); break;
+                        case 11: a.imul(x32, __dword_ptr[rbx + 4 * n], c * 1000); break;
+                        case 12: a.neg(x32); break;
+                        case 13: a.neg(__byte_ptr[rbx + n]); break;
+                        case 14: a.bswap(x); break;
+                        case 15: a.sbb(x32, __dword_ptr[rbx + 4 * n]); break;
+                        case 16: a.adc(__qword_ptr[rbx + 8 * n + 512], y); break;
+                        default: a.shl(x32, c); break;
+                    }
+                    // PUSHF in a block of its own (native code covers the one before it whole).
+                    var store = a.CreateLabel();
+                    var next = a.CreateLabel();
+                    a.jmp(store);
+                    a.Label(ref store);
+                    a.pushfq();
+                    a.pop(__qword_ptr[rbx + 8 * n + 2048]);
+                    a.jmp(next);
+                    a.Label(ref next);
+                }
+                a.hlt();
+            }, rng, $"flags after each instruction, round {round}");
+        }
+    }
+
+    private static void Cc(Assembler a, int cc, AssemblerMemoryOperand m)
+    {
+        switch (cc)
+        {
+            case 0: a.seto(m); break; case 1: a.setno(m); break; case 2: a.setb(m); break; case 3: a.setae(m); break;
+            case 4: a.sete(m); break; case 5: a.setne(m); break; case 6: a.setbe(m); break; case 7: a.seta(m); break;
+            case 8: a.sets(m); break; case 9: a.setns(m); break; case 10: a.setp(m); break; case 11: a.setnp(m); break;
+            case 12: a.setl(m); break; case 13: a.setge(m); break; case 14: a.setle(m); break; default: a.setg(m); break;
+        }
+    }
+
+    private static void CmovCc(Assembler a, int cc, AssemblerRegister64 r, AssemblerMemoryOperand m)
+    {
+        switch (cc)
+        {
+            case 0: a.cmovo(r, m); break; case 1: a.cmovno(r, m); break; case 2: a.cmovb(r, m); break; case 3: a.cmovae(r, m); break;
+            case 4: a.cmove(r, m); break; case 5: a.cmovne(r, m); break; case 6: a.cmovbe(r, m); break; case 7: a.cmova(r, m); break;
+            case 8: a.cmovs(r, m); break; case 9: a.cmovns(r, m); break; case 10: a.cmovp(r, m); break; case 11: a.cmovnp(r, m); break;
+            case 12: a.cmovl(r, m); break; case 13: a.cmovge(r, m); break; case 14: a.cmovle(r, m); break; default: a.cmovg(r, m); break;
+        }
+    }
+
+    private static void JccTo(Assembler a, int cc, Label l)
+    {
+        switch (cc)
+        {
+            case 0: a.jo(l); break; case 1: a.jno(l); break; case 2: a.jb(l); break; case 3: a.jae(l); break;
+            case 4: a.je(l); break; case 5: a.jne(l); break; case 6: a.jbe(l); break; case 7: a.ja(l); break;
+            case 8: a.js(l); break; case 9: a.jns(l); break; case 10: a.jp(l); break; case 11: a.jnp(l); break;
+            case 12: a.jl(l); break; case 13: a.jge(l); break; case 14: a.jle(l); break; default: a.jg(l); break;
         }
     }
 

@@ -105,6 +105,30 @@ public class NativeEmitterTests
     }
 
     [Fact]
+    public void Carries_bit_tests_multiplies_and_the_shared_routine_call()
+    {
+        Is("adc r10b, r11b", e => e.Alu(OpAdc, 1, R10, R11));
+        Is("sbb r8d, r9d", e => e.Alu(OpSbb, 4, R8, R9));
+        Is("adc rcx, r9", e => e.Alu(OpAdc, 8, Rcx, R9));
+        Is("sbb ax, cx", e => e.Alu(OpSbb, 2, Rax, Rcx));
+        Is("bt r8, r9", e => e.BitTest(OpBt, true, R8, R9));
+        Is("bts r8d, r9d", e => e.BitTest(OpBts, false, R8, R9));
+        Is("btr rax, rcx", e => e.BitTest(OpBtr, true, Rax, Rcx));
+        Is("btc r11d, r10d", e => e.BitTest(OpBtc, false, R11, R10));
+        Is("imul r8, r9", e => e.Imul(true, R8, R9));
+        Is("imul r8d, ecx", e => e.Imul(false, R8, Rcx));
+        Is("bswap r8", e => e.Bswap(true, R8));
+        Is("bswap eax", e => e.Bswap(false, Rax));
+        Is("neg r8", e => e.Neg(8, R8));
+        Is("neg r8d", e => e.Neg(4, R8));
+        Is("neg r8w", e => e.Neg(2, R8));
+        Is("neg r8b", e => e.Neg(1, R8));
+        Is("rol r8, 0xd", e => e.Shift(Rol, true, R8, 13));
+        Is("ror r8d, 0x7", e => e.Shift(Ror, false, R8, 7));
+        Is("call r11", e => e.CallReg(R11));
+    }
+
+    [Fact]
     public void Shifts_sign_extensions_and_conditional_moves()
     {
         Is("shr r10, 0xc", e => e.Shift(Shr, true, R10, 12));
