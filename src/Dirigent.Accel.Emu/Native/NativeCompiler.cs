@@ -122,7 +122,8 @@ internal sealed unsafe partial class NativeCompiler
     /// <summary>Emits instruction k; false when its form is not covered (the block's native code ends before it).</summary>
     private bool Emit(ref Instruction i, int k, bool last)
     {
-        if (i.HasLockPrefix || i.HasRepPrefix || i.HasRepnePrefix) return false;
+        if (i.HasRepPrefix || i.HasRepnePrefix) return false;
+        if (i.HasLockPrefix) return i.Mnemonic is Mnemonic.Cmpxchg or Mnemonic.Xadd && EmitCmpxchgXadd(ref i, k);
         // A near branch to a non-canonical target is #GP(0) at the branch (Cpu.JumpTo): the interpreter's to raise.
         if (i.FlowControl is FlowControl.UnconditionalBranch or FlowControl.ConditionalBranch or FlowControl.Call
             && !Cpu.IsCanonical(i.NearBranch64)) return false;
@@ -159,6 +160,8 @@ internal sealed unsafe partial class NativeCompiler
             case Mnemonic.Neg: return EmitNeg(ref i, k);
             case Mnemonic.Bswap: return EmitBswap(ref i);
             case Mnemonic.Leave: return i.Code == Code.Leaveq && EmitLeave(k);
+            case Mnemonic.Cmpxchg: case Mnemonic.Xadd: return EmitCmpxchgXadd(ref i, k);
+            case Mnemonic.Pushfq: return EmitPushfq(k);
             case Mnemonic.Not: return EmitNot(ref i);
             case Mnemonic.Cdqe:
                 _a.Load(4, R8, Rdi, 0);
@@ -491,6 +494,18 @@ internal sealed unsafe partial class NativeCompiler
         if (i.Code == Code.Push_r64) LoadReg(R8, Cpu.RegIndex(i.Op0Register) * 8, 8);
         else if (i.Code is Code.Pushq_imm8 or Code.Pushq_imm32) _a.MovImm(R8, i.GetImmediate(0));
         else return false;
+        PushR8(k);
+        return true;
+    }
+
+    /// <summary>PUSHFQ: RFLAGS with VM and RF read as 0 (the interpreter's Pushf; 64-bit code is never virtual-8086).</summary>
+    private bool EmitPushfq(int k)
+    {
+        GuestFlagsInto(R8, 0);
+        _a.Load(8, R10, Rsi, 0);
+        _a.AluImm(X64Emitter.OpAnd, true, R10, ~(int)(Cpu.ArithFlags | Cpu.VM | Cpu.RF));
+        _a.Alu(X64Emitter.OpOr, 8, R8, R10);
+        _a.AluImm(X64Emitter.OpOr, true, R8, 2);
         PushR8(k);
         return true;
     }

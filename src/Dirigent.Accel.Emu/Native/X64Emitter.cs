@@ -338,6 +338,17 @@ internal sealed class X64Emitter
         RegRm(3, dst);
     }
 
+    /// <summary>LOCK CMPXCHG [bas], src at size bytes (the accumulator is the host's RAX) when xadd is false, else LOCK XADD [bas], src.</summary>
+    public void LockRmw(bool xadd, int size, int bas, int src)
+    {
+        B(0xF0);
+        if (size == 2) B(0x66);
+        Rex(size == 8, src, NoReg, bas, force: size == 1);
+        B(0x0F);
+        B((xadd ? 0xC1 : 0xB1) - (size == 1 ? 1 : 0));
+        Mem(src, bas, NoReg, 1, 0);
+    }
+
     /// <summary>CALL through a register (the shared routines at the arena's front).</summary>
     public void CallReg(int reg)
     {

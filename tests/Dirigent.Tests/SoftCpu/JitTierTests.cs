@@ -91,7 +91,7 @@ public class JitTierTests
         int imm = rng.Next(4) == 0 ? rng.Next() - int.MaxValue / 2 : rng.Next(-300, 300);
         int disp = rng.Next(0, 4096 - 8);
         int disp16 = rng.Next(0, 4096 - 16), aligned16 = disp16 & ~15;
-        switch (rng.Next(82))
+        switch (rng.Next(87))
         {
             case 0: a.mov(x, y); break;
             case 1: a.mov(x32, y32); break;
@@ -178,6 +178,11 @@ public class JitTierTests
             case 79: a.rol(x, (byte)rng.Next(1, 64)); break;
             case 80: a.ror(x32, (byte)rng.Next(1, 32)); break;
             case 81: a.push(rbp); a.mov(rbp, rsp); a.push(x); a.leave(); break;
+            case 82: a.@lock.cmpxchg(__qword_ptr[rbx + disp], x); break;
+            case 83: a.cmpxchg(__dword_ptr[rbx + disp], y32); break;
+            case 84: a.@lock.xadd(__dword_ptr[rbx + disp], x32); break;
+            case 85: a.@lock.xadd(__qword_ptr[rbx + disp], y); break;
+            case 86: a.pushfq(); a.pop(x); break;
             default: a.imul(x, y); break;
         }
     }
@@ -723,7 +728,7 @@ public class JitTierTests
     }
 
     [Fact]
-    public void Shifts_rotates_bit_tests_imul_and_carries_leave_the_interpreters_flags_after_each_instruction()
+    public void Shifts_rotates_bit_tests_imul_carries_and_atomics_leave_the_interpreters_flags_after_each_instruction()
     {
         // Each instruction is followed by PUSHF (the interpreter's, in the next block), so every flag it leaves is seen, the ones the SDM
         // leaves undefined included: all tiers must set those alike (a logic operation just before a bit test or a
@@ -731,7 +736,7 @@ public class JitTierTests
         var rng = new Random(BaseSeed + 14);
         for (int round = 0; round < 8; round++)
         {
-            var pick = Enumerable.Range(0, 32).Select(_ => (x: rng.Next(R64.Length), y: rng.Next(R64.Length), kind: rng.Next(18),
+            var pick = Enumerable.Range(0, 32).Select(_ => (x: rng.Next(R64.Length), y: rng.Next(R64.Length), kind: rng.Next(22),
                 count: rng.Next(4) == 0 ? 64 * rng.Next(2) : rng.Next(1, 64), logic: rng.Next(3))).ToArray();
             AssertSame(a =>
             {
@@ -761,6 +766,10 @@ public class JitTierTests
                         case 14: a.bswap(x); break;
                         case 15: a.sbb(x32, __dword_ptr[rbx + 4 * n]); break;
                         case 16: a.adc(__qword_ptr[rbx + 8 * n + 512], y); break;
+                        case 17: a.@lock.cmpxchg(__qword_ptr[rbx + 8 * (n & 3)], y); break;
+                        case 18: a.@lock.xadd(__word_ptr[rbx + 2 * n], dx); break;
+                        case 19: a.cmpxchg(__byte_ptr[rbx + n], cl); break;
+                        case 20: a.pushfq(); a.pop(__qword_ptr[rbx + 8 * n + 512]); break;
                         default: a.shl(x32, c); break;
                     }
                     // PUSHF in a block of its own (native code covers the one before it whole).

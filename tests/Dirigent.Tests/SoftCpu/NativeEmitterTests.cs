@@ -126,6 +126,10 @@ public class NativeEmitterTests
         Is("rol r8, 0xd", e => e.Shift(Rol, true, R8, 13));
         Is("ror r8d, 0x7", e => e.Shift(Ror, false, R8, 7));
         Is("call r11", e => e.CallReg(R11));
+        Is("lock cmpxchg [r11], r9", e => e.LockRmw(false, 8, R11, R9));
+        Is("lock cmpxchg [r11], r9b", e => e.LockRmw(false, 1, R11, R9));
+        Is("lock xadd [rax], r9d", e => e.LockRmw(true, 4, Rax, R9));
+        Is("lock xadd [rax], cx", e => e.LockRmw(true, 2, Rax, Rcx));
     }
 
     [Fact]
