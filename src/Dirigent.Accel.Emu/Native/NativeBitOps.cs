@@ -154,6 +154,8 @@ internal sealed partial class NativeCompiler
         else if (i.Op0Kind == OpKind.Register) (dd, size) = Gpr(i.Op0Register);
         else return false;
         if (size < 4) return false;
+        // A register offset from an absolute address: the interpreter wraps the sum at the address size; left to it.
+        if (mem && i.Op1Kind == OpKind.Register && i.MemoryBase == Register.None && i.MemoryIndex == Register.None) return false;
         bool w = size == 8;
         // The offset in r9 (a register's value, or the immediate modulo the size).
         if (i.Op1Kind == OpKind.Register)
@@ -202,21 +204,8 @@ internal sealed partial class NativeCompiler
     {
         if (i.OpCount is not (2 or 3) || i.Op0Kind != OpKind.Register) return false;
         var (dd, size) = Gpr(i.Op0Register);
-        if (size < 4) return false;
         // r9 = the r/m operand.
-        if (i.Op1Kind == OpKind.Register)
-        {
-            var (sd, ss) = Gpr(i.Op1Register);
-            if (ss != size) return false;
-            LoadReg(R9, sd, size);
-        }
-        else if (i.Op1Kind == OpKind.Memory)
-        {
-            if (MemSize(ref i) != size || !Address(ref i)) return false;
-            Probe(size, false, k);
-            _a.Load(size, R9, Rax, 0);
-        }
-        else return false;
+        if (size < 4 || !LoadSource(ref i, k, size, R9)) return false;
         if (i.OpCount == 3)
         {
             if (!IsImm(i.Op2Kind)) return false;

@@ -281,6 +281,25 @@ internal sealed unsafe partial class NativeCompiler
         return l;
     }
 
+    /// <summary>
+    /// dst = the second operand, a register or memory of size bytes (zero-extended); false for other forms. A memory
+    /// operand is probed for a read (a miss leaves through instruction k's exit; rax then holds its host address).
+    /// </summary>
+    private bool LoadSource(ref Instruction i, int k, int size, int dst)
+    {
+        if (i.Op1Kind == OpKind.Register)
+        {
+            var (sd, ss) = Gpr(i.Op1Register);
+            if (ss != size) return false;
+            LoadReg(dst, sd, size);
+            return true;
+        }
+        if (i.Op1Kind != OpKind.Memory || MemSize(ref i) != size || !Address(ref i)) return false;
+        Probe(size, false, k);
+        _a.Load(size, dst, Rax, 0);
+        return true;
+    }
+
     /// <summary>The memory operand's size when the templates handle it (1, 2, 4 or 8 bytes), else 0.</summary>
     private static int MemSize(ref Instruction i) => Cpu.MemSize(ref i) is var s && s is 1 or 2 or 4 or 8 ? s : 0;
 
@@ -628,20 +647,7 @@ internal sealed unsafe partial class NativeCompiler
         int cc = Cc(i.ConditionCode);
         if (cc < 0 || i.Op0Kind != OpKind.Register) return false;
         var (dd, size) = Gpr(i.Op0Register);
-        if (size < 4) return false;
-        if (i.Op1Kind == OpKind.Register)
-        {
-            var (sd, ss) = Gpr(i.Op1Register);
-            if (ss != size) return false;
-            LoadReg(Rcx, sd, size);
-        }
-        else if (i.Op1Kind == OpKind.Memory)
-        {
-            if (MemSize(ref i) != size || !Address(ref i)) return false;
-            Probe(size, false, k);
-            _a.Load(size, Rcx, Rax, 0);
-        }
-        else return false;
+        if (size < 4 || !LoadSource(ref i, k, size, Rcx)) return false;
         EnsureHostFlags();
         LoadReg(R8, dd, size);
         _a.Cmov(cc, R8, Rcx, size == 8);
