@@ -58,8 +58,6 @@ internal sealed partial class NativeCompiler
             _a.Alu(X64Emitter.OpOr, 8, R9, R10);
         }
         StoreArithFlags(R9);
-        _hostFlags = false;
-        _flagSource = LazyOp.None;
         if (byCl)
         {
             _a.Jmp(done);
@@ -72,7 +70,10 @@ internal sealed partial class NativeCompiler
         return true;
     }
 
-    /// <summary>_flags' arithmetic bits = those of reg (which holds no others), with no lazy record. Uses r10.</summary>
+    /// <summary>
+    /// _flags' arithmetic bits = those of reg (which holds no others), with no lazy record; the compiler then knows the
+    /// flags are there (and not in the host's, which this clobbers). Uses r10.
+    /// </summary>
     private void StoreArithFlags(int reg)
     {
         _a.Load(8, R10, Rsi, 0);
@@ -80,6 +81,8 @@ internal sealed partial class NativeCompiler
         _a.Alu(X64Emitter.OpOr, 8, R10, reg);
         _a.Store(8, Rsi, 0, R10);
         _a.StoreImm(1, Rsi, _l.LazyOp, (int)LazyOp.None);
+        _hostFlags = false;
+        _flagSource = LazyOp.None;
     }
 
     /// <summary>
@@ -131,7 +134,6 @@ internal sealed partial class NativeCompiler
         _a.Shift(X64Emitter.Shl, true, R11, 11);
         _a.Alu(X64Emitter.OpOr, 8, Rcx, R11);
         StoreArithFlags(Rcx);
-        _flagSource = LazyOp.None;
         return true;
     }
 
@@ -192,7 +194,6 @@ internal sealed partial class NativeCompiler
             else StoreReg(dd, size, R8);
         }
         StoreArithFlags(Rcx);
-        _flagSource = LazyOp.None;
         return true;
     }
 
@@ -222,9 +223,7 @@ internal sealed partial class NativeCompiler
         _a.Alu(X64Emitter.OpOr, 8, R9, R10);
         _a.Shift(X64Emitter.Shl, true, R10, 11);
         _a.Alu(X64Emitter.OpOr, 8, R9, R10);
-        _hostFlags = false;
         StoreArithFlags(R9);
-        _flagSource = LazyOp.None;
         return true;
     }
 
@@ -253,14 +252,7 @@ internal sealed partial class NativeCompiler
         // Nothing below changes the host's flags (MOV only).
         if (mem) _a.Store(size, Rax, 0, R8);
         else StoreReg(dd, size, R8);
-        _a.StoreImm(1, Rsi, _l.LazyOp, (int)LazyOp.Neg);
-        _a.StoreImm(1, Rsi, _l.LazySize, size);
-        _a.Store(8, Rsi, _l.LazyRes, R8);
-        _a.StoreImm(8, Rsi, _l.LazyA, 0);
-        _a.Store(8, Rsi, _l.LazyB, R9);
-        _hostFlags = true;
-        _flagSource = LazyOp.Neg;
-        _flagSize = size;
+        RecordFlags(LazyOp.Neg, size, R8, Const0, R9);
         return true;
     }
 

@@ -476,16 +476,36 @@ internal sealed unsafe partial class NativeCompiler
             AluOp.Add => LazyOp.Add, AluOp.Sub or AluOp.Cmp => LazyOp.Sub, AluOp.Adc => LazyOp.Adc, AluOp.Sbb => LazyOp.Sbb,
             _ => LazyOp.Logic,
         };
-        _a.StoreImm(1, Rsi, _l.LazyOp, (int)lop);
-        _a.StoreImm(1, Rsi, _l.LazySize, size);
-        _a.Store(8, Rsi, _l.LazyRes, R8);
-        _a.Store(8, Rsi, _l.LazyA, Rcx);
-        _a.Store(8, Rsi, _l.LazyB, R9);
-        if (carry) _a.Store(1, Rsi, _l.LazyCarryIn, R10);
-        _hostFlags = true;
-        _flagSource = lop;
-        _flagSize = size;
+        RecordFlags(lop, size, R8, Rcx, R9, carry ? R10 : null);
         return true;
+    }
+
+    /// <summary>An operand of <see cref="RecordFlags"/> that is the constant 0 or 1 rather than a register.</summary>
+    private const int Const0 = ~0, Const1 = ~1;
+
+    /// <summary>
+    /// Writes the lazy flag record as the interpreter's handlers write it: the operation, its size, the result and the
+    /// operands a and b (registers, or <see cref="Const0"/>/<see cref="Const1"/>), and for ADC/SBB/INC/DEC the carry-in
+    /// (a register's low byte). The caller ran that operation on the host last, with nothing since that changes the
+    /// host's flags (these stores do not either): they are the guest's, and the record is the one to replay.
+    /// </summary>
+    private void RecordFlags(LazyOp op, int size, int res, int a, int b, int? carryIn = null)
+    {
+        _a.StoreImm(1, Rsi, _l.LazyOp, (int)op);
+        _a.StoreImm(1, Rsi, _l.LazySize, size);
+        _a.Store(8, Rsi, _l.LazyRes, res);
+        Operand(_l.LazyA, a);
+        Operand(_l.LazyB, b);
+        if (carryIn is { } c) _a.Store(1, Rsi, _l.LazyCarryIn, c);
+        _hostFlags = true;
+        _flagSource = op;
+        _flagSize = size;
+
+        void Operand(int disp, int v)
+        {
+            if (v < 0) _a.StoreImm(8, Rsi, disp, ~v);
+            else _a.Store(8, Rsi, disp, v);
+        }
     }
 
     /// <summary>Pushes r8 (64-bit): RSP - 8 probed for a write, the store, then RSP; a miss leaves with nothing done.</summary>
@@ -709,15 +729,7 @@ internal sealed unsafe partial class NativeCompiler
         // Nothing below changes the host's flags (MOV only).
         if (mem) _a.Store(size, Rax, 0, R8);
         else StoreReg(dd, size, R8);
-        _a.StoreImm(1, Rsi, _l.LazyOp, (int)(dec ? LazyOp.Dec : LazyOp.Inc));
-        _a.StoreImm(1, Rsi, _l.LazySize, size);
-        _a.Store(8, Rsi, _l.LazyRes, R8);
-        _a.Store(8, Rsi, _l.LazyA, R9);
-        _a.StoreImm(8, Rsi, _l.LazyB, 1);
-        _a.Store(1, Rsi, _l.LazyCarryIn, Rcx);
-        _hostFlags = true;
-        _flagSource = dec ? LazyOp.Dec : LazyOp.Inc;
-        _flagSize = size;
+        RecordFlags(dec ? LazyOp.Dec : LazyOp.Inc, size, R8, R9, Const1, Rcx);
         return true;
     }
 

@@ -6,54 +6,59 @@ namespace Dirigent.Accel.Emu.Native;
 internal sealed partial class NativeCompiler
 {
     /// <summary>
-    /// Makes the host's flags the guest's: the last flag-writing template's operation again, on the values its lazy
-    /// record kept (CMP for SUB/CMP and NEG, ADD, CMP with 0 of a logic result, INC/DEC, ADC and SBB after CF = the
-    /// carry-in), the flags a shift left in _flags, or, when this block's code wrote no record the compiler knows, a
-    /// call of the shared routine that does the same at run time from whatever record is there. Uses r10 and r11.
+    /// Makes the host's flags the guest's: <see cref="Replay"/> of the record the last flag-writing template in this
+    /// block left (or the flags a shift left in _flags), or, when this block's code wrote no record the compiler knows,
+    /// a call of the shared routine that replays at run time whatever record is there. Uses r10 and r11.
     /// </summary>
     private void EnsureHostFlags()
     {
         if (_hostFlags) return;
-        if (_flagSource == null)
+        if (_flagSource is { } op) Replay(op, _flagSize);
+        else
         {
             // A record from before the block (or one only the routine replays): the shared routine reads it at run time.
             _a.MovImm(R11, (ulong)_flagsRoutine);
             _a.CallReg(R11);
         }
-        else if (_flagSource == LazyOp.None) ArithFlagsToHost();
-        else if (_flagSource is LazyOp.Inc or LazyOp.Dec)
-        {
-            // CF from the record's carry-in, then the same INC/DEC of its operand.
-            CarryInToCf();
-            _a.Load(8, R11, Rsi, _l.LazyA);
-            _a.IncDec(_flagSource == LazyOp.Dec, _flagSize, R11);
-        }
-        else if (_flagSource == LazyOp.Logic) LogicFlags(_flagSize);
-        else if (_flagSource is LazyOp.Add or LazyOp.Sub or LazyOp.Neg)
-        {
-            // (NEG is recorded as 0 - operand.)
-            _a.Load(8, R10, Rsi, _l.LazyA);
-            _a.Load(8, R11, Rsi, _l.LazyB);
-            _a.Alu(_flagSource == LazyOp.Add ? X64Emitter.OpAdd : X64Emitter.OpCmp, _flagSize, R10, R11);
-        }
-        else
-        {
-            // ADC/SBB: CF = the carry-in, then the same operation.
-            CarryInToCf();
-            _a.Load(8, R10, Rsi, _l.LazyA);
-            _a.Load(8, R11, Rsi, _l.LazyB);
-            _a.Alu(_flagSource == LazyOp.Adc ? X64Emitter.OpAdc : X64Emitter.OpSbb, _flagSize, R10, R11);
-        }
         _hostFlags = true;
+    }
+
+    /// <summary>
+    /// The host's arithmetic flags = those the interpreter derives from a record of <paramref name="op"/> at
+    /// <paramref name="size"/> bytes (Cpu.ComputeArith), by running the recorded operation again on the operands it
+    /// kept: CMP for SUB (and NEG, recorded as 0 - operand), ADD, ADC and SBB after CF = the carry-in, INC/DEC after
+    /// CF = the carry-in, CMP with 0 of a logic result; with no record (None), the arithmetic flags of _flags. Uses r10
+    /// and r11.
+    /// </summary>
+    private void Replay(LazyOp op, int size)
+    {
+        switch (op)
+        {
+            case LazyOp.None: ArithFlagsToHost(); break;
+            case LazyOp.Logic: LogicFlags(size); break;
+            case LazyOp.Inc or LazyOp.Dec:
+                CarryInToCf();
+                _a.Load(8, R11, Rsi, _l.LazyA);
+                _a.IncDec(op == LazyOp.Dec, size, R11);
+                break;
+            default:
+                if (op is LazyOp.Adc or LazyOp.Sbb) CarryInToCf();
+                _a.Load(8, R10, Rsi, _l.LazyA);
+                _a.Load(8, R11, Rsi, _l.LazyB);
+                _a.Alu(op switch
+                {
+                    LazyOp.Add => X64Emitter.OpAdd, LazyOp.Adc => X64Emitter.OpAdc, LazyOp.Sbb => X64Emitter.OpSbb,
+                    _ => X64Emitter.OpCmp, // SUB, NEG
+                }, size, R10, R11);
+                break;
+        }
     }
 
     /// <summary>
     /// The shared routine (at the arena's front, called with CALL) that makes the host's arithmetic flags the guest's
     /// from a flag state this block's code did not write (it came from before the block, or from an instruction whose
-    /// record no template replays): the lazy record's operation again, at its size, on the operands it kept, which gives
-    /// exactly the flags the interpreter derives from it (Cpu.ComputeArith): CMP for SUB (and NEG, recorded as 0 - b),
-    /// ADD, ADC and SBB with CF = the carry-in first, INC/DEC with CF = the carry-in, CMP of a logic result with 0;
-    /// with no record, the arithmetic flags of _flags. Clobbers r10 and r11 only; RET leaves the flags as they are.
+    /// record no template replays): <see cref="Replay"/> of whatever record is there, at its size. Clobbers r10 and r11
+    /// only; RET leaves the flags as they are.
     /// </summary>
     private void EmitFlagsRoutine()
     {
@@ -65,56 +70,35 @@ internal sealed partial class NativeCompiler
         a.Jcc(X64Emitter.CcE, none);
         a.Load(1, R11, Rsi, _l.LazySize);
         int[] sized = [a.NewLabel(), a.NewLabel(), a.NewLabel(), a.NewLabel()];
-        a.AluImm(X64Emitter.OpCmp, false, R11, 8);
-        a.Jcc(X64Emitter.CcE, sized[3]);
-        a.AluImm(X64Emitter.OpCmp, false, R11, 4);
-        a.Jcc(X64Emitter.CcE, sized[2]);
-        a.AluImm(X64Emitter.OpCmp, false, R11, 2);
-        a.Jcc(X64Emitter.CcE, sized[1]);
+        for (int s = 3; s > 0; s--)
+        {
+            a.AluImm(X64Emitter.OpCmp, false, R11, 1 << s);
+            a.Jcc(X64Emitter.CcE, sized[s]);
+        }
         a.Jmp(sized[0]);
+        // Per size: the op in r10 picks its replay; SUB and NEG (both CMP) are what is left.
+        LazyOp[] ops = [LazyOp.Logic, LazyOp.Inc, LazyOp.Dec, LazyOp.Add, LazyOp.Adc, LazyOp.Sbb];
         for (int s = 0; s < 4; s++)
         {
-            int size = 1 << s;
             a.Bind(sized[s]);
-            int logic = a.NewLabel(), inc = a.NewLabel(), dec = a.NewLabel(), add = a.NewLabel(), adc = a.NewLabel(), sbb = a.NewLabel();
-            foreach (var (op, label) in new[] { (LazyOp.Logic, logic), (LazyOp.Inc, inc), (LazyOp.Dec, dec), (LazyOp.Add, add), (LazyOp.Adc, adc), (LazyOp.Sbb, sbb) })
+            int[] labels = new int[ops.Length];
+            for (int n = 0; n < ops.Length; n++)
             {
-                a.AluImm(X64Emitter.OpCmp, false, R10, (int)op);
-                a.Jcc(X64Emitter.CcE, label);
+                labels[n] = a.NewLabel();
+                a.AluImm(X64Emitter.OpCmp, false, R10, (int)ops[n]);
+                a.Jcc(X64Emitter.CcE, labels[n]);
             }
-            // SUB and NEG.
-            a.Load(8, R10, Rsi, _l.LazyA);
-            a.Load(8, R11, Rsi, _l.LazyB);
-            a.Alu(X64Emitter.OpCmp, size, R10, R11);
+            Replay(LazyOp.Sub, 1 << s);
             a.Ret();
-            a.Bind(add);
-            a.Load(8, R10, Rsi, _l.LazyA);
-            a.Load(8, R11, Rsi, _l.LazyB);
-            a.Alu(X64Emitter.OpAdd, size, R10, R11);
-            a.Ret();
-            foreach (var (label, op) in new[] { (adc, X64Emitter.OpAdc), (sbb, X64Emitter.OpSbb) })
+            for (int n = 0; n < ops.Length; n++)
             {
-                a.Bind(label);
-                CarryInToCf();
-                a.Load(8, R10, Rsi, _l.LazyA);
-                a.Load(8, R11, Rsi, _l.LazyB);
-                a.Alu(op, size, R10, R11);
-                a.Ret();
-            }
-            a.Bind(logic);
-            LogicFlags(size);
-            a.Ret();
-            foreach (var (label, isDec) in new[] { (inc, false), (dec, true) })
-            {
-                a.Bind(label);
-                CarryInToCf();
-                a.Load(8, R11, Rsi, _l.LazyA);
-                a.IncDec(isDec, size, R11);
+                a.Bind(labels[n]);
+                Replay(ops[n], 1 << s);
                 a.Ret();
             }
         }
         a.Bind(none);
-        ArithFlagsToHost();
+        Replay(LazyOp.None, 0);
         a.Ret();
     }
 

@@ -27,14 +27,7 @@ internal sealed partial class NativeCompiler
             _a.LockRmw(true, size, Rax, R9);
             StoreReg(sd, size, R9);
             _a.Lea(R10, R9, Rcx, 1, 0);
-            _a.StoreImm(1, Rsi, _l.LazyOp, (int)LazyOp.Add);
-            _a.StoreImm(1, Rsi, _l.LazySize, size);
-            _a.Store(8, Rsi, _l.LazyRes, R10);
-            _a.Store(8, Rsi, _l.LazyA, R9);
-            _a.Store(8, Rsi, _l.LazyB, Rcx);
-            _hostFlags = true;
-            _flagSource = LazyOp.Add;
-            _flagSize = size;
+            RecordFlags(LazyOp.Add, size, R10, R9, Rcx);
             return true;
         }
         // CMPXCHG: the host's RAX is the accumulator, so the address moves to r11. Afterwards rax holds the old value
@@ -48,18 +41,12 @@ internal sealed partial class NativeCompiler
         // On failure the accumulator gets the old value (a 32-bit one zero-extended), as the interpreter's SetReg does.
         StoreReg(Cpu.RAX * 8, size, Rax);
         _a.Bind(equal);
-        // The interpreter's Sub record: a = the accumulator, b = the old value; MOV and LEA leave the host's flags.
-        _a.StoreImm(1, Rsi, _l.LazyOp, (int)LazyOp.Sub);
-        _a.StoreImm(1, Rsi, _l.LazySize, size);
-        _a.Store(8, Rsi, _l.LazyA, Rcx);
-        _a.Store(8, Rsi, _l.LazyB, Rax);
+        // The interpreter's Sub record: a = the accumulator, b = the old value, the result a - b in r10 (= a + ~b + 1:
+        // NOT and LEA leave the host's flags).
         _a.Mov(R10, Rax);
         _a.Not(true, R10);
         _a.Lea(R10, Rcx, R10, 1, 1);
-        _a.Store(8, Rsi, _l.LazyRes, R10);
-        _hostFlags = true;
-        _flagSource = LazyOp.Sub;
-        _flagSize = size;
+        RecordFlags(LazyOp.Sub, size, R10, Rcx, Rax);
         return true;
     }
 }
